@@ -1,0 +1,95 @@
+"""Typed errors for slidebank.
+
+Every error derives from :class:`SlidebankError` and, where a builtin fits, from that
+builtin too, so callers can catch either (``except MissingMPPError`` or
+``except ValueError``). Errors about one slide carry the slide (its id or URI) so a
+batch can report exactly which input failed and why.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "InvalidSlideIdError",
+    "MissingMPPError",
+    "ScratchSpaceError",
+    "SlideCorruptError",
+    "SlideError",
+    "SlideNotFoundError",
+    "SlideOpenError",
+    "SlideReadError",
+    "SlidebankError",
+    "StagingError",
+    "StoreConflictError",
+    "StoreError",
+    "WeightsError",
+]
+
+
+class SlidebankError(Exception):
+    """Base class of every error slidebank raises on purpose."""
+
+
+class ConfigError(SlidebankError, ValueError):
+    """A configuration value is invalid (names the field and the value)."""
+
+
+class InvalidSlideIdError(SlidebankError, ValueError):
+    """A slide id does not match ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``."""
+
+
+class SlideError(SlidebankError):
+    """An error about one slide. ``slide`` names it (id or URI, never credentials)."""
+
+    def __init__(self, slide: str, message: str) -> None:
+        self.slide = slide
+        self.reason = message
+        super().__init__(f"{slide}: {message}")
+
+    def __reduce__(self):  # keep (slide, message) through pickling to Ray workers
+        return (type(self), (self.slide, self.reason))
+
+
+class SlideOpenError(SlideError, OSError):
+    """No backend could open the slide; ``__cause__`` chains each backend's failure."""
+
+
+class SlideNotFoundError(SlideOpenError, FileNotFoundError):
+    """The slide's URI points at nothing."""
+
+
+class SlideCorruptError(SlideOpenError):
+    """The bytes are not a readable slide (empty, truncated, wrong container)."""
+
+
+class SlideReadError(SlideError, OSError):
+    """A region could not be read from an open slide."""
+
+
+class MissingMPPError(SlideError, ValueError):
+    """The slide has no microns-per-pixel in its metadata and no override was given."""
+
+
+class BackendUnavailableError(SlidebankError, ImportError):
+    """A requested reader backend is not installed or cannot run here."""
+
+
+class StagingError(SlidebankError, OSError):
+    """Downloading a remote slide to local scratch failed its size or ETag check."""
+
+
+class ScratchSpaceError(StagingError):
+    """Local scratch is too small for the slide even after evicting unused files."""
+
+
+class StoreError(SlidebankError):
+    """An error in the feature store."""
+
+
+class StoreConflictError(StoreError, RuntimeError):
+    """A concurrent writer committed first and retries were exhausted."""
+
+
+class WeightsError(SlidebankError, OSError):
+    """Model weights are missing, unsafe to load, or do not match the architecture."""

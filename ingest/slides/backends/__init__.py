@@ -1,0 +1,1 @@
+"""Reader backends: cuCIM, OpenSlide, tiffslide. Each imports its library lazily."""

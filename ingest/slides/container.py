@@ -1,0 +1,104 @@
+"""Container-level checks and metadata, shared by every backend.
+
+Reads only the TIFF header and directories (a few small range requests on object
+storage). Two jobs: refuse bytes that are not a whole slide before any decoder sees
+them (a truncated SVS otherwise opens in some backends and fails tiles later), and
+gather the resolution facts that :mod:`ingest.slides.mpp` resolves, identically for
+every backend.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+import tifffile
+
+from infra.errors import SlideCorruptError
+from ingest.slides.mpp import VendorMetadata, parse_aperio_description, parse_ome_xml
+
+__all__ = ["TIFF_MAGICS", "inspect_tiff", "is_tiff", "sniff"]
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_MAX_PAGES = 64  # pyramids have < 20 levels; stop reading directories of huge stacks
+
+
+def sniff(fileobj: IO[bytes]) -> bytes:
+    fileobj.seek(0)
+    head = fileobj.read(16)
+    fileobj.seek(0)
+    return head
+
+
+def is_tiff(head: bytes) -> bool:
+    return head[:4] in TIFF_MAGICS
+
+
+def inspect_tiff(fileobj: IO[bytes], size: int, slide: str) -> VendorMetadata:
+    """Validate a TIFF container's structure and collect its vendor metadata."""
+    try:
+        with tifffile.TiffFile(fileobj, _multifile=False) as tif:
+            meta = _collect(tif)
+            _check_extent(tif, size, slide)
+    except SlideCorruptError:
+        raise
+    except Exception as exc:  # tifffile raises many types on malformed structure
+        raise SlideCorruptError(slide, f"malformed TIFF structure: {exc}") from exc
+    return meta
+
+
+def _collect(tif: tifffile.TiffFile) -> VendorMetadata:
+    page = tif.pages.first
+    tags = page.tags
+    meta = VendorMetadata()
+    description = str(tags["ImageDescription"].value) if "ImageDescription" in tags else ""
+    meta.aperio = parse_aperio_description(description)
+    if tif.is_ome and tif.ome_metadata:
+        meta.ome_physical_size, meta.ome_magnification, meta.ome_model = parse_ome_xml(
+            tif.ome_metadata
+        )
+    if "XResolution" in tags and "YResolution" in tags:
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        meta.tiff_resolution = (
+            _rational(tags["XResolution"].value),
+            _rational(tags["YResolution"].value),
+            unit,
+        )
+    make = str(tags["Make"].value).strip() if "Make" in tags else ""
+    model = str(tags["Model"].value).strip() if "Model" in tags else ""
+    meta.tiff_model = " ".join(p for p in (make, model) if p) or None
+    meta.vendor = _vendor(tif, meta)
+    return meta
+
+
+def _vendor(tif: tifffile.TiffFile, meta: VendorMetadata) -> str:
+    if meta.aperio or tif.is_svs:
+        return "aperio"
+    for flag, name in (("is_ndpi", "hamamatsu"), ("is_philips", "philips"), ("is_scn", "leica"),
+                       ("is_bif", "ventana"), ("is_ome", "ome")):
+        if getattr(tif, flag, False):
+            return name
+    return "generic-tiff"
+
+
+def _rational(value: object) -> float:
+    if isinstance(value, tuple) and len(value) == 2:
+        num, den = value
+        return float(num) / float(den) if den else 0.0
+    return float(value)  # type: ignore[arg-type]
+
+
+def _check_extent(tif: tifffile.TiffFile, size: int, slide: str) -> None:
+    """Every tile or strip must lie inside the file: catches truncated uploads."""
+    pages = tif.pages
+    pages.cache = False
+    for index in range(min(len(pages), _MAX_PAGES)):
+        page = pages[index]
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+        if ends and max(ends) > size:
+            raise SlideCorruptError(
+                slide,
+                f"truncated: image data of directory {index} ends at byte {max(ends)} "
+                f"but the file has {size} bytes",
+            )
+        if page.is_tiled and len(page.dataoffsets) < 1:
+            raise SlideCorruptError(slide, f"directory {index} is tiled but lists no tiles")

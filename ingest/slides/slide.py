@@ -1,0 +1,266 @@
+"""The public slide object: pixels at a known resolution, from any backend.
+
+Regions are addressed like OpenSlide: (x, y) in level-0 pixels, size in pixels of the
+requested level, RGB uint8 out. Parts of a region outside the slide are white (glass),
+identically for every backend, because the bounds are handled here and backends only
+ever see in-bounds requests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from infra.errors import ConfigError, MissingMPPError, SlideReadError
+from ingest.slides.geometry import DEFAULT_TOLERANCE, LevelChoice, choose_level, clamp_region
+from ingest.slides.handle import SlideHandle
+from ingest.slides.metadata import SlideMetadata
+
+if TYPE_CHECKING:
+    from ingest.slides.base import BackendSlide
+    from ingest.slides.staging import ScratchSpace, StagedFile
+
+__all__ = ["Slide"]
+
+_THUMB_CHUNK = 1024  # output pixels per side read at once: bounds memory for huge slides
+
+
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Slide:
+    """An open slide. Use as a context manager; pickling reopens it from its handle."""
+
+    def __init__(
+        self,
+        handle: SlideHandle,
+        backend: BackendSlide,
+        metadata: SlideMetadata,
+        label: str,
+        staged: tuple[ScratchSpace, StagedFile] | None = None,
+        on_close: Any = None,
+    ) -> None:
+        self.handle = handle
+        self.metadata = metadata
+        self.name = label
+        self._backend = backend
+        self._staged = staged
+        self._on_close = on_close
+        self._closed = False
+
+    # ---- geometry ------------------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        return self.metadata.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self.metadata.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self.metadata.level_downsamples
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.metadata.level_dimensions[0]
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 µm/px. Raises MissingMPPError rather than guess."""
+        mpp = self.metadata.mpp
+        if mpp is None:
+            raise MissingMPPError(self.name, "slide has no MPP; pass one explicitly (--mpp)")
+        return mpp
+
+    def level_mpp(self, level: int) -> float:
+        self._check_level(level)
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level(self, target_mpp: float, tolerance: float = DEFAULT_TOLERANCE) -> LevelChoice:
+        """Where to read for ``target_mpp``: the coarsest level not coarser than it."""
+        mpps = [self.mpp * d for d in self.level_downsamples]
+        return choose_level(mpps, target_mpp, tolerance)
+
+    # ---- pixels ----------------------------------------------------------------------------
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (height, width, 3) of the region at ``level``; outside the slide is white."""
+        self._check_open()
+        self._check_level(level)
+        width, height = _check_size(size)
+        x, y = int(location[0]), int(location[1])
+        if self._inside(x, y, level, width, height):
+            return self._backend_read(x, y, level, width, height)
+        return self._read_clamped(x, y, level, width, height)
+
+    def read_regions(
+        self,
+        locations: Sequence[tuple[int, int]] | np.ndarray,
+        level: int,
+        size: tuple[int, int],
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """(N, height, width, 3) for N level-0 locations; batched and threaded in the backend."""
+        self._check_open()
+        self._check_level(level)
+        width, height = _check_size(size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        out = np.empty((len(locs), height, width, 3), np.uint8)
+        inside = np.array([self._inside(int(x), int(y), level, width, height) for x, y in locs],
+                          dtype=bool)
+        idx = np.flatnonzero(inside)
+        if idx.size:
+            try:
+                out[idx] = self._backend.read_regions(
+                    [tuple(p) for p in locs[idx].tolist()], level, (width, height),
+                    threads or _default_threads(),
+                )
+            except Exception as exc:  # any decoder failure becomes a typed, named error
+                raise SlideReadError(self.name, f"batched read at level {level}: {exc}") from exc
+        for i in np.flatnonzero(~inside):
+            out[i] = self._read_clamped(int(locs[i, 0]), int(locs[i, 1]), level, width, height)
+        return out
+
+    def read_regions_at_mpp(
+        self,
+        locations: Sequence[tuple[int, int]] | np.ndarray,
+        tile_size: int,
+        target_mpp: float,
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """(N, tile, tile, 3) tiles at ``target_mpp`` whose top-left is at level-0 ``locations``.
+
+        Reads the best level; when it does not match exactly, reads the larger footprint
+        and downsamples with an antialiasing (Lanczos) filter.
+        """
+        choice = self.best_level(target_mpp)
+        read = tile_size if choice.exact else int(round(tile_size * choice.scale))
+        raw = self.read_regions(locations, choice.level, (read, read), threads)
+        if read == tile_size:
+            return raw
+        out = np.empty((len(raw), tile_size, tile_size, 3), np.uint8)
+        for i, tile in enumerate(raw):
+            out[i] = np.asarray(
+                Image.fromarray(tile).resize((tile_size, tile_size), Image.Resampling.LANCZOS)
+            )
+        return out
+
+    def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
+        """The whole slide at about ``mpp`` µm/px, and the exact µm/px of the result.
+
+        Built chunk by chunk from the best level with area averaging, so a 100k² slide
+        never has more than a chunk of its pixels in memory.
+        """
+        self._check_open()
+        choice = self.best_level(mpp)
+        w0, h0 = self.dimensions
+        out_w = max(1, int(round(w0 * self.mpp / mpp)))
+        out_h = max(1, int(round(h0 * self.mpp / mpp)))
+        lw, lh = self.level_dimensions[choice.level]
+        fx, fy = lw / out_w, lh / out_h  # level pixels per output pixel, per axis
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for cy in range(0, out_h, _THUMB_CHUNK):
+            for cx in range(0, out_w, _THUMB_CHUNK):
+                cw, ch = min(_THUMB_CHUNK, out_w - cx), min(_THUMB_CHUNK, out_h - cy)
+                out[cy:cy + ch, cx:cx + cw] = self._thumb_chunk(
+                    choice.level, (cx * fx, cy * fy, (cx + cw) * fx, (cy + ch) * fy), (cw, ch)
+                )
+        return out, w0 * self.mpp / out_w
+
+    def _thumb_chunk(self, level: int, box: tuple[float, ...], size: tuple[int, int]) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        bx0, by0, bx1, by1 = box
+        sx0, sy0 = int(math.floor(bx0)), int(math.floor(by0))
+        sx1, sy1 = min(int(math.ceil(bx1)), lw), min(int(math.ceil(by1)), lh)
+        ds = self.level_downsamples[level]
+        region = self.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level,
+                                  (sx1 - sx0, sy1 - sy0))
+        local = (bx0 - sx0, by0 - sy0, min(bx1, sx1) - sx0, min(by1, sy1) - sy0)
+        image = Image.fromarray(region).resize(size, Image.Resampling.BOX, box=local)
+        return np.asarray(image)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _inside(self, x: int, y: int, level: int, width: int, height: int) -> bool:
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        return x >= 0 and y >= 0 and x / ds + width <= lw and y / ds + height <= lh
+
+    def _backend_read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            return self._backend.read_region(x, y, level, width, height)
+        except Exception as exc:  # decoder errors come in many types; name the slide
+            raise SlideReadError(
+                self.name, f"region ({x}, {y}) {width}x{height} at level {level}: {exc}"
+            ) from exc
+
+    def _read_clamped(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        out = np.full((height, width, 3), 255, np.uint8)
+        ds = self.level_downsamples[level]
+        lx, ly = int(math.floor(x / ds)), int(math.floor(y / ds))
+        box = clamp_region(lx, ly, width, height, self.level_dimensions[level])
+        if box is None:
+            return out
+        bx, by, bw, bh = box
+        part = self._backend_read(int(round(bx * ds)), int(round(by * ds)), level, bw, bh)
+        out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = part
+        return out
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= int(level) < self.level_count:
+            raise ConfigError(f"{self.name}: level {level} out of range 0..{self.level_count - 1}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SlideReadError(self.name, "slide is closed")
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._backend.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+            if self._staged is not None:
+                scratch, staged = self._staged
+                scratch.release(staged)
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
+    def __reduce__(self) -> tuple[Any, tuple[SlideHandle]]:
+        # Never pickle file handles or decoders: the receiver reopens from the handle.
+        return (_reopen, (self.handle,))
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Slide({self.name!r}, reader={m.reader}, levels={m.level_count}, "
+                f"dimensions={self.dimensions}, mpp={m.mpp}, access={m.access})")
+
+
+def _reopen(handle: SlideHandle) -> Slide:
+    return handle.open()
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    width, height = int(size[0]), int(size[1])
+    if width <= 0 or height <= 0 or width * height > 2**28:
+        raise ConfigError(f"region size must be positive and below 2^28 pixels, got {size}")
+    return width, height

@@ -1,0 +1,226 @@
+"""Procedural H&E-like tissue, evaluated anywhere on the slide without a whole-slide array.
+
+Everything is defined in physical units (micrometres) so that a slide written at
+0.25 µm/px and one at 0.5 µm/px show the same tissue. Colours come from Beer-Lambert
+mixing of hematoxylin and eosin optical densities, so stain-normalization code sees
+realistic stain vectors. A region can be rendered at any pyramid downsample; nuclei
+are drawn individually where they span pixels and averaged where they do not.
+
+Ground truth: tissue is where the blob field is positive and no pen ink lies on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["H_OD", "E_OD", "TissueContent", "TissueDesign"]
+
+# Unit optical-density vectors (RGB) of hematoxylin and eosin; the standard published
+# H&E reference directions, so normalizers fitted on these slides behave as on real ones.
+H_OD = np.array([0.5626, 0.7201, 0.4062])
+E_OD = np.array([0.2159, 0.8012, 0.5581])
+_INK_OD = {
+    "blue": np.array([1.10, 0.55, 0.05]),
+    "green": np.array([1.00, 0.20, 0.90]),
+    "black": np.array([1.40, 1.40, 1.35]),
+    "red": np.array([0.05, 1.10, 0.85]),
+}
+_GLASS = 241.0
+_CELL_UM = 12.0  # one candidate nucleus per 12 µm grid cell
+
+
+@dataclass(frozen=True)
+class TissueDesign:
+    """Random layout of one synthetic slide, all positions in micrometres."""
+
+    width_um: float
+    height_um: float
+    blobs: np.ndarray  # (K, 6): cx, cy, a, b, angle, stain scale
+    noise: np.ndarray  # coarse lattice that roughens blob boundaries
+    noise_step_um: float
+    pen: tuple[tuple[str, np.ndarray, float], ...]  # (ink, (N, 2) polyline, width_um)
+    blur: tuple[float, float, float] | None  # cx, cy, radius (µm) of an out-of-focus area
+    fold: tuple[np.ndarray, float] | None  # polyline and width (µm) of a tissue fold
+    seed: int
+    extras: dict = field(default_factory=dict)
+
+
+def _hash01(i: np.ndarray, j: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) per integer lattice point (splitmix64 mixing)."""
+    with np.errstate(over="ignore"):
+        z = (i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (
+            j.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+        )
+        z ^= np.uint64((seed * 0x165667B1 + salt * 0x27D4EB2F) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _polyline_distance(
+    px: np.ndarray, py: np.ndarray, line: np.ndarray, reach: float = np.inf
+) -> np.ndarray:
+    """Distance (µm) from each point to a polyline; segments farther than ``reach`` skipped."""
+    best = np.full(px.shape, np.inf)
+    if px.size == 0:
+        return best
+    qx0, qx1, qy0, qy1 = px.min() - reach, px.max() + reach, py.min() - reach, py.max() + reach
+    for (x0, y0), (x1, y1) in zip(line[:-1], line[1:], strict=True):
+        if max(x0, x1) < qx0 or min(x0, x1) > qx1 or max(y0, y1) < qy0 or min(y0, y1) > qy1:
+            continue  # the segment's box misses the query box grown by reach
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((px - x0) * dx + (py - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+        best = np.minimum(best, np.hypot(px - (x0 + t * dx), py - (y0 + t * dy)))
+    return best
+
+
+class TissueContent:
+    """Evaluates the synthetic slide's pixels and ground truth for any region."""
+
+    def __init__(self, design: TissueDesign) -> None:
+        self.design = design
+
+    # ---- fields in micrometre coordinates -------------------------------------------
+    def _lattice_noise(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        lattice, step = self.design.noise, self.design.noise_step_um
+        gx, gy = x / step, y / step
+        # Periodic lattice: any coordinate (also scaled ones, for finer grain) is valid.
+        ny, nx = lattice.shape
+        fx0, fy0 = np.floor(gx), np.floor(gy)
+        fx, fy = gx - fx0, gy - fy0
+        ix, iy = fx0.astype(np.int64) % nx, fy0.astype(np.int64) % ny
+        ix1, iy1 = (ix + 1) % nx, (iy + 1) % ny
+        fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+        top = lattice[iy, ix] * (1 - fx) + lattice[iy, ix1] * fx
+        bottom = lattice[iy1, ix] * (1 - fx) + lattice[iy1, ix1] * fx
+        return top * (1 - fy) + bottom * fy
+
+    def blob_field(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Signed tissue field (> 0 inside) and the stain scale of the nearest blob."""
+        best = np.full(x.shape, -np.inf)
+        scale = np.ones(x.shape)
+        for cx, cy, a, b, angle, stain in self.design.blobs:
+            c, s = math.cos(angle), math.sin(angle)
+            u, v = (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
+            value = 1.0 - np.sqrt((u / a) ** 2 + (v / b) ** 2)
+            better = value > best
+            best = np.where(better, value, best)
+            scale = np.where(better, stain, scale)
+        return best + 0.22 * self._lattice_noise(x, y), scale
+
+    def pen_od(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ink optical density (…, 3) and a boolean pen mask."""
+        od = np.zeros((*x.shape, 3))
+        mask = np.zeros(x.shape, bool)
+        for ink, line, width in self.design.pen:
+            d = _polyline_distance(x, y, line, reach=width / 2 + 4.0)
+            weight = np.clip((width / 2 - d) / 4.0 + 0.5, 0, 1)  # 4 µm soft edge
+            od += weight[..., None] * _INK_OD[ink]
+            mask |= weight > 0.5
+        return od, mask
+
+    def tissue_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Ground truth at the given points: tissue and not under pen ink."""
+        tissue = self.blob_field(x, y)[0] > 0
+        if self.design.pen:
+            tissue &= ~self.pen_od(x, y)[1]
+        return tissue
+
+    # ---- rendering ---------------------------------------------------------------------
+    def render(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of the region whose top-left pixel edge is at (x0, y0) µm."""
+        blur = self.design.blur
+        margin = 0
+        if blur is not None:
+            cx, cy, r = blur
+            if _box_near_disc(x0, y0, w * pixel_um, h * pixel_um, cx, cy, r + 20):
+                margin = int(math.ceil(6.0 / pixel_um)) + 1
+        od = self._render_od(x0 - margin * pixel_um, y0 - margin * pixel_um,
+                             w + 2 * margin, h + 2 * margin, pixel_um)
+        if margin:
+            od = self._apply_blur(od, x0 - margin * pixel_um, y0 - margin * pixel_um, pixel_um)
+            od = od[margin:margin + h, margin:margin + w]
+        rgb = _GLASS * np.exp(-od)
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    def _grid(self, x0: float, y0: float, w: int, h: int, pixel_um: float):
+        xs = x0 + (np.arange(w) + 0.5) * pixel_um
+        ys = y0 + (np.arange(h) + 0.5) * pixel_um
+        return np.meshgrid(xs, ys)
+
+    def _render_od(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
+        x, y = self._grid(x0, y0, w, h, pixel_um)
+        field_value, stain_scale = self.blob_field(x, y)
+        tissue = np.clip(field_value / 0.02, 0, 1)  # ~soft boundary
+        grain = self._lattice_noise(x * 7.3 + 1000, y * 7.3 + 1000)
+        eosin = (0.30 + 0.12 * grain) * tissue
+        hema = 0.04 * tissue + self._nuclei(x0, y0, w, h, pixel_um) * tissue
+        if self.design.fold is not None:
+            line, width = self.design.fold
+            dist = _polyline_distance(x, y, line, reach=width / 2 + 6.0)
+            fold = np.clip((width / 2 - dist) / 6.0, 0, 1) * tissue
+            eosin, hema = eosin * (1 + fold), hema * (1 + 0.8 * fold)
+        scale = stain_scale[..., None]
+        od = scale * (hema[..., None] * H_OD + eosin[..., None] * E_OD)
+        if self.design.pen:
+            od = od + self.pen_od(x, y)[0]
+        rng_noise = _hash01(np.round(x / pixel_um).astype(np.int64),
+                            np.round(y / pixel_um).astype(np.int64), self.design.seed, 99)
+        return od + (rng_noise[..., None] - 0.5) * 0.012  # sensor noise, also on glass
+
+    def _nuclei(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
+        """Hematoxylin concentration of nuclei: drawn when resolvable, averaged when not."""
+        x1, y1 = x0 + w * pixel_um, y0 + h * pixel_um
+        i0, i1 = int(math.floor(x0 / _CELL_UM)) - 1, int(math.floor(x1 / _CELL_UM)) + 1
+        j0, j1 = int(math.floor(y0 / _CELL_UM)) - 1, int(math.floor(y1 / _CELL_UM)) + 1
+        ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1))
+        seed = self.design.seed
+        cx = (ii + 0.15 + 0.7 * _hash01(ii, jj, seed, 1)) * _CELL_UM
+        cy = (jj + 0.15 + 0.7 * _hash01(ii, jj, seed, 2)) * _CELL_UM
+        # "Tumour-like" regions: denser, larger nuclei, steered by the coarse noise.
+        crowd = np.clip(0.5 + 0.8 * self._lattice_noise(cx * 3.1 + 500, cy * 3.1 + 500), 0, 1)
+        present = _hash01(ii, jj, seed, 3) < 0.35 + 0.5 * crowd
+        radius = 2.2 + 1.6 * crowd + 0.8 * _hash01(ii, jj, seed, 4)
+        conc = 0.85 + 0.5 * _hash01(ii, jj, seed, 5)
+        out = np.zeros((h, w))
+        if pixel_um > 1.6:  # nuclei smaller than ~2 px: use their expected coverage
+            x, y = self._grid(x0, y0, w, h, pixel_um)
+            local = np.clip(0.5 + 0.8 * self._lattice_noise(x * 3.1 + 500, y * 3.1 + 500), 0, 1)
+            mean_r = 2.2 + 1.6 * local + 0.4
+            coverage = (0.35 + 0.5 * local) * math.pi * mean_r**2 / _CELL_UM**2
+            return coverage * 1.1
+        for cxi, cyi, r, c in zip(cx[present], cy[present], radius[present], conc[present],
+                                  strict=True):
+            px0 = max(int((cxi - r - x0) / pixel_um) - 1, 0)
+            px1 = min(int((cxi + r - x0) / pixel_um) + 2, w)
+            py0 = max(int((cyi - r - y0) / pixel_um) - 1, 0)
+            py1 = min(int((cyi + r - y0) / pixel_um) + 2, h)
+            if px0 >= px1 or py0 >= py1:
+                continue
+            gx = x0 + (np.arange(px0, px1) + 0.5) * pixel_um
+            gy = y0 + (np.arange(py0, py1) + 0.5) * pixel_um
+            d = np.hypot(gx[None, :] - cxi, (gy[:, None] - cyi) * 1.25)
+            inside = np.clip((r - d) / max(pixel_um, 0.5) + 0.5, 0, 1) * c
+            region = out[py0:py1, px0:px1]
+            np.maximum(region, inside, out=region)
+        return out
+
+    def _apply_blur(self, od: np.ndarray, x0: float, y0: float, pixel_um: float) -> np.ndarray:
+        assert self.design.blur is not None  # caller checked; internal invariant
+        cx, cy, r = self.design.blur
+        sigma = 3.0 / pixel_um  # 3 µm point spread: clearly out of focus at 20x
+        blurred = np.stack([ndimage.gaussian_filter(od[..., k], sigma) for k in range(3)], -1)
+        h, w = od.shape[:2]
+        x, y = self._grid(x0, y0, w, h, pixel_um)
+        weight = np.clip((r - np.hypot(x - cx, y - cy)) / 20.0, 0, 1)[..., None]
+        return od * (1 - weight) + blurred * weight
+
+
+def _box_near_disc(x: float, y: float, w: float, h: float, cx: float, cy: float, r: float) -> bool:
+    nx, ny = min(max(cx, x), x + w), min(max(cy, y), y + h)
+    return (nx - cx) ** 2 + (ny - cy) ** 2 <= r * r

@@ -1,0 +1,47 @@
+"""The ``slidebank`` command line: a thin typer layer over the facade.
+
+Each command lives in its own ``_cli_*.py`` module exposing ``register(app)``; this
+module only assembles them, so adding a command never touches another's code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+from infra.logs import install_redaction
+
+__all__ = ["app", "main"]
+
+_COMMAND_MODULES = (
+    "slidebank._cli_info",
+)
+
+app = typer.Typer(
+    name="slidebank",
+    help="Whole-slide images into a queryable feature store, and slide-level models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    install_redaction()
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    app()

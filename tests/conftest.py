@@ -1,0 +1,105 @@
+"""Shared fixtures: real sample slide, synthetic slides, and a local moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CMU_SLIDE = SHARED_DATA / "cmu_small_region.svs"
+
+# Fake credentials for the local moto server only; set before any boto/s3fs import
+# can pick up real ones from the environment.
+_FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from infra.arrays import gpu_available
+
+    if gpu_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    if not CMU_SLIDE.exists():
+        pytest.skip(f"real sample slide not present at {CMU_SLIDE} (fresh clone without shared/)")
+    return CMU_SLIDE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real S3-protocol endpoint on loopback (``python -m moto.server``)."""
+    port = _free_port()
+    env = {**os.environ, **_FAKE_AWS}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto server did not start")
+            time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_options(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """fsspec storage options pointing s3fs at the moto server."""
+    for key, value in _FAKE_AWS.items():
+        monkeypatch.setenv(key, value)
+    return {
+        "key": _FAKE_AWS["AWS_ACCESS_KEY_ID"],
+        "secret": _FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
+        "endpoint_url": moto_server,
+        "skip_instance_cache": True,
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_options: dict) -> str:
+    """A fresh, empty bucket; returns ``s3://name``."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.mkdir(name)
+    return f"s3://{name}"
