@@ -56,7 +56,11 @@ def _free_port() -> int:
 def moto_server() -> Iterator[str]:
     """A real S3-protocol endpoint on loopback (``python -m moto.server``)."""
     port = _free_port()
-    env = {**os.environ, **_FAKE_AWS}
+    # Libraries that read credentials from the environment (boto, lance) must only ever
+    # see the fake ones while the tests talk to moto.
+    saved = {k: os.environ.get(k) for k in _FAKE_AWS}
+    os.environ.update(_FAKE_AWS)
+    env = dict(os.environ)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env=env,
@@ -79,13 +83,16 @@ def moto_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-@pytest.fixture
-def s3_options(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """fsspec storage options pointing s3fs at the moto server."""
-    for key, value in _FAKE_AWS.items():
-        monkeypatch.setenv(key, value)
+@pytest.fixture(scope="session")
+def s3_options(moto_server: str) -> dict:
+    """fsspec storage options pointing s3fs at the moto server (fake credentials)."""
     return {
         "key": _FAKE_AWS["AWS_ACCESS_KEY_ID"],
         "secret": _FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
@@ -103,3 +110,28 @@ def s3_bucket(s3_options: dict) -> str:
     fs = s3fs.S3FileSystem(**s3_options)
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+# ---- synthetic slides (written once per session, small enough for CI) -------------------
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
+def synthetic_svs(synthetic_dir: Path):
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    spec = SyntheticSlideSpec(width=2304, height=1792, mpp=0.5, style="svs", seed=11,
+                              downsamples=(1, 4), pen_marks=True)
+    return write_synthetic_slide(synthetic_dir / "synthetic.svs", spec)
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiff(synthetic_dir: Path):
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    # 1502 rows: level 2 has a non-integer downsample (1502 / 375), as real scans do.
+    spec = SyntheticSlideSpec(width=2000, height=1502, mpp=0.25, style="tiff", seed=12,
+                              downsamples=(1, 2, 4))
+    return write_synthetic_slide(synthetic_dir / "synthetic.tif", spec)

@@ -8,6 +8,7 @@ once for all backends, so results agree whichever backend opened the slide.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, ClassVar
 
@@ -24,6 +25,18 @@ class BackendSlide(abc.ABC):
     tile_size: tuple[int, int] | None
     #: backend-specific facts that feed MPP resolution (never exposed downstream)
     vendor_properties: Mapping[str, Any]
+    #: how this backend maps a level-0 coordinate to its level grid: "floor" backends
+    #: (cuCIM, tiffslide) read exactly level pixel ``lx`` from ``ceil(lx * ds)``; OpenSlide
+    #: interpolates fractional positions, so it gets the nearest level-0 coordinate.
+    level0_mapping: str = "floor"
+
+    def level0_coordinate(self, level_px: int, level: int) -> int:
+        """The level-0 coordinate this backend maps to level pixel ``level_px``."""
+        ds = self.level_downsamples[level]
+        if self.level0_mapping == "floor":
+            value = math.ceil(level_px * ds - 1e-9)
+            return value if math.floor(value / ds + 1e-9) == level_px else value + 1
+        return int(round(level_px * ds))
 
     @abc.abstractmethod
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:

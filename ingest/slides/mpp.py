@@ -13,7 +13,6 @@ reason. A resolution unit of "none" carries no physical scale and is ignored.
 from __future__ import annotations
 
 import math
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field

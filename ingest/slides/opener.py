@@ -203,6 +203,16 @@ def _open_with(
     return Slide(handle, backend, metadata, label, staged=staged, on_close=on_close)
 
 
+def canonical_downsamples(dims: tuple[tuple[int, int], ...]) -> tuple[float, ...]:
+    """Mean of the width and height ratios (OpenSlide's definition), for every backend alike.
+
+    Backends disagree in the last digits (cuCIM stores float32); one definition keeps the
+    level-0 ↔ level mapping and the reported metadata identical whichever backend reads.
+    """
+    w0, h0 = dims[0]
+    return tuple(1.0 if i == 0 else (w0 / w + h0 / h) / 2 for i, (w, h) in enumerate(dims))
+
+
 def _metadata(
     handle: SlideHandle, label: str, backend: BackendSlide, reader: str,
     meta: VendorMetadata, tiff: bool, info: ObjectInfo, access: str,
@@ -227,7 +237,7 @@ def _metadata(
         vendor=sanitize_short_text(meta.vendor),
         level_count=len(backend.level_dimensions),
         level_dimensions=backend.level_dimensions,
-        level_downsamples=backend.level_downsamples,
+        level_downsamples=canonical_downsamples(backend.level_dimensions),
         mpp_x=mpp.x if mpp else None,
         mpp_y=mpp.y if mpp else None,
         mpp_source=mpp.source if mpp else None,

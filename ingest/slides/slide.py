@@ -8,9 +8,11 @@ ever see in-bounds requests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,7 +98,8 @@ class Slide:
         width, height = _check_size(size)
         x, y = int(location[0]), int(location[1])
         if self._inside(x, y, level, width, height):
-            return self._backend_read(x, y, level, width, height)
+            bx, by = self._to_backend(x, y, level)
+            return self._backend_read(bx, by, level, width, height)
         return self._read_clamped(x, y, level, width, height)
 
     def read_regions(
@@ -118,7 +121,8 @@ class Slide:
         if idx.size:
             try:
                 out[idx] = self._backend.read_regions(
-                    [tuple(p) for p in locs[idx].tolist()], level, (width, height),
+                    [self._to_backend(int(x), int(y), level) for x, y in locs[idx]],
+                    level, (width, height),
                     threads or _default_threads(),
                 )
             except Exception as exc:  # any decoder failure becomes a typed, named error
@@ -145,10 +149,18 @@ class Slide:
         if read == tile_size:
             return raw
         out = np.empty((len(raw), tile_size, tile_size, 3), np.uint8)
-        for i, tile in enumerate(raw):
-            out[i] = np.asarray(
-                Image.fromarray(tile).resize((tile_size, tile_size), Image.Resampling.LANCZOS)
-            )
+
+        def resize(i: int) -> None:
+            image = Image.fromarray(raw[i])
+            out[i] = np.asarray(image.resize((tile_size, tile_size), Image.Resampling.LANCZOS))
+
+        workers = threads or _default_threads()
+        if workers > 1 and len(raw) > 1:
+            with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while resampling
+                list(pool.map(resize, range(len(raw))))
+        else:
+            for i in range(len(raw)):
+                resize(i)
         return out
 
     def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
@@ -180,16 +192,26 @@ class Slide:
         sx1, sy1 = min(int(math.ceil(bx1)), lw), min(int(math.ceil(by1)), lh)
         ds = self.level_downsamples[level]
         region = self.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level,
-                                  (sx1 - sx0, sy1 - sy0))
+                                  (sx1 - sx0, sy1 - sy0))  # round(lx·ds) maps back to lx exactly
         local = (bx0 - sx0, by0 - sy0, min(bx1, sx1) - sx0, min(by1, sy1) - sy0)
         image = Image.fromarray(region).resize(size, Image.Resampling.BOX, box=local)
         return np.asarray(image)
 
     # ---- internals -------------------------------------------------------------------------
+    def _level_px(self, x: int, y: int, level: int) -> tuple[int, int]:
+        """Nearest level pixel of a level-0 coordinate (exact for coordinates made as lx·ds)."""
+        ds = self.level_downsamples[level]
+        return int(round(x / ds)), int(round(y / ds))
+
     def _inside(self, x: int, y: int, level: int, width: int, height: int) -> bool:
         lw, lh = self.level_dimensions[level]
-        ds = self.level_downsamples[level]
-        return x >= 0 and y >= 0 and x / ds + width <= lw and y / ds + height <= lh
+        lx, ly = self._level_px(x, y, level)
+        return lx >= 0 and ly >= 0 and lx + width <= lw and ly + height <= lh
+
+    def _to_backend(self, x: int, y: int, level: int) -> tuple[int, int]:
+        lx, ly = self._level_px(x, y, level)
+        b = self._backend
+        return b.level0_coordinate(lx, level), b.level0_coordinate(ly, level)
 
     def _backend_read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
@@ -201,13 +223,14 @@ class Slide:
 
     def _read_clamped(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         out = np.full((height, width, 3), 255, np.uint8)
-        ds = self.level_downsamples[level]
-        lx, ly = int(math.floor(x / ds)), int(math.floor(y / ds))
+        lx, ly = self._level_px(x, y, level)
         box = clamp_region(lx, ly, width, height, self.level_dimensions[level])
         if box is None:
             return out
         bx, by, bw, bh = box
-        part = self._backend_read(int(round(bx * ds)), int(round(by * ds)), level, bw, bh)
+        backend = self._backend
+        part = self._backend_read(backend.level0_coordinate(bx, level),
+                                  backend.level0_coordinate(by, level), level, bw, bh)
         out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = part
         return out
 
@@ -240,10 +263,9 @@ class Slide:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown modules may already be gone; closing is best effort there.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown: modules may already be gone
-            pass
 
     def __reduce__(self) -> tuple[Any, tuple[SlideHandle]]:
         # Never pickle file handles or decoders: the receiver reopens from the handle.

@@ -11,13 +11,14 @@ Ground truth: tissue is where the blob field is positive and no pen ink lies on 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["H_OD", "E_OD", "TissueContent", "TissueDesign"]
+__all__ = ["E_OD", "H_OD", "TissueContent", "TissueDesign"]
 
 # Unit optical-density vectors (RGB) of hematoxylin and eosin; the standard published
 # H&E reference directions, so normalizers fitted on these slides behave as on real ones.
@@ -70,7 +71,7 @@ def _polyline_distance(
     if px.size == 0:
         return best
     qx0, qx1, qy0, qy1 = px.min() - reach, px.max() + reach, py.min() - reach, py.max() + reach
-    for (x0, y0), (x1, y1) in zip(line[:-1], line[1:], strict=True):
+    for (x0, y0), (x1, y1) in itertools.pairwise(line):
         if max(x0, x1) < qx0 or min(x0, x1) > qx1 or max(y0, y1) < qy0 or min(y0, y1) > qy1:
             continue  # the segment's box misses the query box grown by reach
         dx, dy = x1 - x0, y1 - y0

@@ -15,6 +15,7 @@ OpenSlide and tiffslide with the same levels and MPP:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -72,8 +73,12 @@ class SyntheticSlideSpec:
         if self.tile_size % 16 or self.tile_size < 16:
             raise ConfigError(f"tile_size must be a multiple of 16, got {self.tile_size}")
         ds = self.resolved_downsamples()
-        if ds[0] != 1 or any(b <= a for a, b in zip(ds, ds[1:], strict=False)):
-            raise ConfigError(f"downsamples must start at 1 and increase, got {ds}")
+        steps = {b / a for a, b in itertools.pairwise(ds)}
+        # tifffile (so tiffslide) only recognises pyramids with one constant factor of 2, 3 or 4.
+        if ds[0] != 1 or len(steps) > 1 or not steps <= {2, 3, 4}:
+            raise ConfigError(
+                f"downsamples must be 1, f, f², ... with a constant f in (2, 3, 4); got {ds}"
+            )
 
 
 @dataclass(frozen=True)

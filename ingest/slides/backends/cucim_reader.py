@@ -9,7 +9,7 @@ staged to scratch first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def _to_host_rgb(region: Any) -> np.ndarray:
 
 class CucimReader(SlideReader):
     name = "cucim"
-    extensions = {".svs": 100, ".tif": 100, ".tiff": 100}
+    extensions: ClassVar[dict[str, int]] = {".svs": 100, ".tif": 100, ".tiff": 100}
     supports_remote = False
     supports_gpu_decode = True
     tiff_only = True

@@ -7,7 +7,7 @@ one ranged GET through fsspec. Also the fallback where native libraries are miss
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class _TiffSlideSlide(BackendSlide):
 
 class TiffSlideReader(SlideReader):
     name = "tiffslide"
-    extensions = {".svs": 40, ".tif": 40, ".tiff": 40, ".ndpi": 40, ".scn": 40, ".bif": 40}
+    extensions: ClassVar[dict[str, int]] = {".svs": 40, ".tif": 40, ".tiff": 40, ".ndpi": 40, ".scn": 40, ".bif": 40}
     supports_remote = True
 
     @classmethod

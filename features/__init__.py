@@ -1,0 +1,1 @@
+"""Features: patch encoders and the feature store (Lance tables, Zarr arrays)."""

@@ -1,0 +1,39 @@
+"""slidebank: whole-slide images into a queryable feature store, and slide-level models.
+
+The stable surface for users::
+
+    import slidebank as sb
+    with sb.open_slide("s3://bucket/slide.svs", storage_options={...}) as slide:
+        tiles = slide.read_regions_at_mpp([(0, 0), (512, 0)], 256, 0.5)
+
+Names are resolved lazily so ``import slidebank`` stays fast and has no side effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "open_slide": "ingest.slides",
+    "Slide": "ingest.slides",
+    "SlideHandle": "ingest.slides",
+    "SlideMetadata": "ingest.slides",
+    "ScratchSpace": "ingest.slides",
+    "available_readers": "ingest.slides",
+    "SyntheticSlideSpec": "ingest.synthetic",
+    "write_synthetic_slide": "ingest.synthetic",
+    "describe_slide": "slidebank.api",
+    "validate_slide_id": "infra.ids",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slidebank' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,89 @@
+"""``slidebank info`` and ``slidebank sample``: look at one slide; write a synthetic one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+
+__all__ = ["register"]
+
+
+def info(
+    slide_uri: Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")],
+    out: Annotated[Path, typer.Option(help="Directory for the thumbnail PNG.")] = Path("slidebank-out"),
+    mpp: Annotated[float | None, typer.Option(help="MPP override in µm/px (manifest value).")] = None,
+    reader: Annotated[str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")] = None,
+    strategy: Annotated[str, typer.Option(help="Remote access: auto, stream or stage.")] = "auto",
+    thumbnail_mpp: Annotated[float, typer.Option(help="Thumbnail resolution in µm/px.")] = 8.0,
+    storage_option: Annotated[list[str] | None, typer.Option(
+        "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a slide's levels, dimensions, MPP (and its source), vendor and objective power,
+    and write a thumbnail PNG.
+
+    Example: slidebank info ../shared/data/cmu_small_region.svs --json
+    """
+    from slidebank.api import describe_slide
+
+    with fail_on_slidebank_error():
+        report = describe_slide(
+            slide_uri, out_dir=out, mpp=mpp, reader=reader, strategy=strategy,  # type: ignore[arg-type]
+            thumbnail_mpp=thumbnail_mpp, storage_options=parse_storage_options(storage_option),
+        )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_table(report)
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(show_header=False, title=f"slide {report['slide_id']}")
+    for key in ("uri", "reader", "access", "vendor", "scanner_model", "objective_power",
+                "mpp", "mpp_source", "tile_size", "size_bytes", "thumbnail"):
+        summary.add_row(key, str(report.get(key)))
+    console.print(summary)
+    levels = Table(title="levels")
+    for col in ("level", "width", "height", "downsample", "µm/px"):
+        levels.add_column(col, justify="right")
+    for lv in report["levels"]:
+        levels.add_row(str(lv["level"]), str(lv["width"]), str(lv["height"]),
+                       f"{lv['downsample']:.3f}", f"{lv['mpp']:.4f}" if lv["mpp"] else "?")
+    console.print(levels)
+
+
+def sample(
+    path: Annotated[Path, typer.Argument(help="Where to write the slide (.svs or .tif).")],
+    width: Annotated[int, typer.Option(help="Level-0 width in pixels.")] = 4096,
+    height: Annotated[int, typer.Option(help="Level-0 height in pixels.")] = 3072,
+    mpp: Annotated[float, typer.Option(help="Resolution written into the metadata, µm/px.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same slide).")] = 0,
+    pen_marks: Annotated[bool, typer.Option(help="Draw pen marks on the glass.")] = True,
+) -> None:
+    """Write a synthetic H&E-like pyramidal slide (SVS style for .svs, generic TIFF otherwise).
+
+    Example: slidebank sample slidebank-out/sample.svs --width 8192 --height 6144
+    """
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    style = "svs" if path.suffix.lower() == ".svs" else "tiff"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fail_on_slidebank_error():
+        slide = write_synthetic_slide(path, SyntheticSlideSpec(
+            width=width, height=height, mpp=mpp, seed=seed, style=style, pen_marks=pen_marks))
+    typer.echo(f"wrote {slide.path} ({width}x{height} px at {mpp} µm/px, "
+               f"levels {[d for d in slide.level_dimensions]}, tissue {slide.tissue_fraction:.1%})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("sample")(sample)
