@@ -100,5 +100,5 @@ def _check_extent(tif: tifffile.TiffFile, size: int, slide: str) -> None:
                 f"truncated: image data of directory {index} ends at byte {max(ends)} "
                 f"but the file has {size} bytes",
             )
-        if page.is_tiled and len(page.dataoffsets) < 1:
+        if getattr(page, "is_tiled", False) and len(page.dataoffsets) < 1:
             raise SlideCorruptError(slide, f"directory {index} is tiled but lists no tiles")

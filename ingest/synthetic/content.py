@@ -132,6 +132,26 @@ class TissueContent:
             tissue &= ~self.pen_od(x, y)[1]
         return tissue
 
+    def is_glass(self, x0: float, y0: float, w_um: float, h_um: float) -> bool:
+        """True when a region certainly shows only glass (no tissue, ink, fold or blur).
+
+        Samples the tissue field on a 9×9 grid with a safety margin larger than the field
+        can change between samples, so a True answer is never wrong for tissue; it lets the
+        writer reuse one glass tile for most of a large slide.
+        """
+        xs = np.linspace(x0, x0 + w_um, 9)
+        ys = np.linspace(y0, y0 + h_um, 9)
+        x, y = np.meshgrid(xs, ys)
+        step = max(w_um, h_um) / 8
+        margin = 0.05 + 1.5 * step / float(np.min(self.design.blobs[:, 3]))
+        if self.blob_field(x, y)[0].max() > -margin:
+            return False
+        for _, line, width in self.design.pen:
+            reach = width / 2 + step + 8.0
+            if np.isfinite(_polyline_distance(x, y, line, reach)).any():
+                return False
+        return True
+
     # ---- rendering ---------------------------------------------------------------------
     def render(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
         """RGB uint8 (h, w, 3) of the region whose top-left pixel edge is at (x0, y0) µm."""
@@ -148,6 +168,13 @@ class TissueContent:
             od = od[margin:margin + h, margin:margin + w]
         rgb = _GLASS * np.exp(-od)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    def render_glass(self, w: int, h: int) -> np.ndarray:
+        """Empty glass with the same sensor noise statistics as rendered regions."""
+        i, j = np.meshgrid(np.arange(w), np.arange(h))
+        noise = (_hash01(i, j, self.design.seed, 98)[..., None] - 0.5) * 0.012
+        rgb = np.clip(np.rint(_GLASS * np.exp(-noise)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.broadcast_to(rgb, (h, w, 3)))
 
     def _grid(self, x0: float, y0: float, w: int, h: int, pixel_um: float):
         xs = x0 + (np.arange(w) + 0.5) * pixel_um

@@ -106,9 +106,16 @@ def _tiles(content: TissueContent, spec: SyntheticSlideSpec, ds: int) -> Iterato
     h, w = _level_shape(spec, ds)
     t = spec.tile_size
     px_um = spec.mpp * ds
+    glass = None
     for ty in range(0, h, t):
         for tx in range(0, w, t):
             th, tw = min(t, h - ty), min(t, w - tx)
+            if th == t and tw == t and content.is_glass(tx * px_um, ty * px_um, t * px_um, t * px_um):
+                if glass is None:  # one rendered glass tile serves the whole level
+                    glass = content.render_glass(t, t)
+                    glass.flags.writeable = False  # shared by many tiles: never mutate it
+                yield glass
+                continue
             tile = np.full((t, t, 3), 255, np.uint8)
             tile[:th, :tw] = content.render(tx * px_um, ty * px_um, tw, th, px_um)
             yield tile

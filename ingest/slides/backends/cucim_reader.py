@@ -84,12 +84,12 @@ class CucimReader(SlideReader):
     @classmethod
     def is_available(cls) -> bool:
         try:
-            from cucim import CuImage  # noqa: F401
+            from cucim import CuImage  # type: ignore[attr-defined]  # noqa: F401
         except Exception:  # a broken CUDA runtime surfaces as many exception types
             return False
         return True
 
     def open_local(self, path: str) -> BackendSlide:
-        from cucim import CuImage
+        from cucim import CuImage  # type: ignore[attr-defined]
 
         return _CucimSlide(CuImage(path), self.device)

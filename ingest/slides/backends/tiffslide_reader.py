@@ -63,4 +63,4 @@ class TiffSlideReader(SlideReader):
     ) -> BackendSlide:
         import tiffslide
 
-        return _TiffSlideSlide(tiffslide.TiffSlide(fileobj))
+        return _TiffSlideSlide(tiffslide.TiffSlide(fileobj))  # type: ignore[arg-type]
