@@ -30,7 +30,7 @@ class SlideHandle:
     reader: str | None = None
     mpp: float | None = None
     strategy: Strategy = "auto"
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuCIM decodes on the GPU when present
     require_mpp: bool = True
 
     def open(self, scratch: ScratchSpace | None = None) -> Slide:

@@ -48,7 +48,7 @@ def open_slide(
     reader: str | None = None,
     mpp: float | None = None,
     strategy: Strategy = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     require_mpp: bool = True,
     scratch: ScratchSpace | None = None,
 ) -> Slide:
@@ -147,7 +147,12 @@ def _candidates(handle: SlideHandle, access: str) -> list[type[SlideReader]]:
 
 def _instantiate(cls: type[SlideReader], handle: SlideHandle) -> SlideReader:
     if cls.supports_gpu_decode:
-        return cls(device=handle.device)  # type: ignore[call-arg]
+        from infra.arrays import gpu_available
+
+        device = handle.device
+        if device == "auto":
+            device = "cuda" if gpu_available() else "cpu"
+        return cls(device=device)  # type: ignore[call-arg]
     return cls()
 
 

@@ -8,6 +8,7 @@ staged to scratch first.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -16,6 +17,8 @@ import numpy as np
 from ingest.slides.base import BackendSlide, SlideReader
 
 __all__ = ["CucimReader"]
+
+log = logging.getLogger(__name__)
 
 
 class _CucimSlide(BackendSlide):
@@ -30,8 +33,20 @@ class _CucimSlide(BackendSlide):
         self.vendor_properties = {}
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        region = self._image.read_region((x, y), (width, height), level, device=self._device)
+        try:
+            region = self._image.read_region((x, y), (width, height), level, device=self._device)
+        except Exception as exc:
+            if self._device == "cpu":
+                raise
+            self._fall_back_to_cpu(exc)
+            region = self._image.read_region((x, y), (width, height), level, device="cpu")
         return _to_host_rgb(region)
+
+    def _fall_back_to_cpu(self, exc: Exception) -> None:
+        # nvJPEG cannot decode every JPEG variant (e.g. some Aperio RGB-colourspace tiles);
+        # decoding on the CPU is slower but correct, so switch once and say so.
+        log.warning("cuCIM GPU decode failed (%s); decoding this slide on the CPU", exc)
+        self._device = "cpu"
 
     def read_regions(
         self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
@@ -41,6 +56,16 @@ class _CucimSlide(BackendSlide):
         out = np.empty((len(locations), height, width, 3), np.uint8)
         if not len(locations):
             return out
+        try:
+            return self._read_batches(locations, level, size, threads, out)
+        except Exception as exc:
+            if self._device == "cpu":
+                raise
+            self._fall_back_to_cpu(exc)
+            return self._read_batches(locations, level, size, threads, out)
+
+    def _read_batches(self, locations, level, size, threads, out) -> np.ndarray:
+        width, height = size
         batch = 32
         batches = self._image.read_region(
             [(int(x), int(y)) for x, y in locations], (width, height), level,
