@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -75,7 +75,7 @@ def sample(
     """
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    style = "svs" if path.suffix.lower() == ".svs" else "tiff"
+    style: Literal["svs", "tiff"] = "svs" if path.suffix.lower() == ".svs" else "tiff"
     path.parent.mkdir(parents=True, exist_ok=True)
     with fail_on_slidebank_error():
         slide = write_synthetic_slide(path, SyntheticSlideSpec(
