@@ -114,19 +114,24 @@ class Slide:
         self._check_level(level)
         width, height = _check_size(size)
         locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
-        out = np.empty((len(locs), height, width, 3), np.uint8)
         inside = np.array([self._inside(int(x), int(y), level, width, height) for x, y in locs],
                           dtype=bool)
         idx = np.flatnonzero(inside)
+        batch = None
         if idx.size:
             try:
-                out[idx] = self._backend.read_regions(
+                batch = self._backend.read_regions(
                     [self._to_backend(int(x), int(y), level) for x, y in locs[idx]],
                     level, (width, height),
                     threads or _default_threads(),
                 )
             except Exception as exc:  # any decoder failure becomes a typed, named error
                 raise SlideReadError(self.name, f"batched read at level {level}: {exc}") from exc
+            if idx.size == len(locs):
+                return batch  # the common case: no copy
+        out = np.empty((len(locs), height, width, 3), np.uint8)
+        if batch is not None:
+            out[idx] = batch
         for i in np.flatnonzero(~inside):
             out[i] = self._read_clamped(int(locs[i, 0]), int(locs[i, 1]), level, width, height)
         return out
