@@ -1,0 +1,200 @@
+"""The torch side of :class:`~features.encoders.runtime.Encoder`: preprocessing and inference.
+
+Tiles travel as uint8 (a quarter of float32's bytes) through a reusable pinned host buffer,
+so the host-to-device copy is asynchronous; resizing and normalization happen on the device.
+On CUDA the model runs under ``torch.autocast`` in the spec's dtype (bf16 by default) with
+channels_last memory; on CPU it runs in float32. Everything is under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.encoders._build import build_model, load_weights_into, pool_tokens
+from features.encoders.spec import EncoderSpec
+from features.encoders.weights import load_state_dict
+from infra.errors import ConfigError
+
+__all__ = ["TorchBackend", "preprocess", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees one (and SLIDEBANK_DISABLE_GPU is not 1), else CPU."""
+    usable = torch.cuda.is_available() and os.environ.get("SLIDEBANK_DISABLE_GPU") != "1"
+    if choice == "auto":
+        return torch.device("cuda" if usable else "cpu")
+    if choice == "cuda" and not usable:
+        raise ConfigError("device='cuda' requested but torch sees no usable CUDA GPU")
+    if choice not in {"cpu", "cuda"}:
+        raise ConfigError(f"device must be auto, cpu or cuda, got {choice!r}")
+    return torch.device(choice)
+
+
+class _Pooled(nn.Module):
+    """forward_features + pooling as one module, so torch.compile sees the whole graph."""
+
+    def __init__(self, model: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.model, self.pooling = model, pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_tokens(self.model, self.model.forward_features(x), self.pooling)  # type: ignore[operator]
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    if height < size or width < size:
+        raise ConfigError(f"cannot crop {size}px from a {height}x{width} image")
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    # antialias matches PIL/torchvision when downsampling; bicubic can overshoot 0..255.
+    out = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    return out.clamp_(0.0, 255.0)
+
+
+def preprocess(
+    tiles: torch.Tensor, spec: EncoderSpec, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on any device -> normalized float (B, 3, S, S), channels_last.
+
+    ``scale`` = 1 / (255 std) and ``shift`` = -mean / std, shaped (1, 3, 1, 1), so
+    normalization is one fused multiply-add on 0..255 values.
+    """
+    # A permuted NHWC tensor already has channels_last strides: no copy until the float cast.
+    x = tiles.permute(0, 3, 1, 2).float()
+    size = spec.input_size
+    height, width = x.shape[-2:]
+    if spec.resize_policy == "resize":
+        x = _resize(x, (size, size), spec.interpolation)
+    elif spec.resize_policy == "resize_crop":
+        target = int(spec.resize_size or size)
+        factor = target / min(height, width)
+        resized = (max(target, round(height * factor)), max(target, round(width * factor)))
+        x = _center_crop(_resize(x, resized, spec.interpolation), size)
+    elif (height, width) != (size, size):
+        raise ConfigError(f"{spec.name} takes {size}x{size} tiles, got {height}x{width}")
+    x = torch.addcmul(shift, x, scale)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _host_tensor(tiles: np.ndarray) -> torch.Tensor:
+    # torch.from_numpy shares memory and warns on read-only arrays (e.g. from Arrow): copy those.
+    array = np.ascontiguousarray(tiles)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+class _PinnedStager:
+    """Copies NumPy batches into one reused pinned buffer, then to the GPU asynchronously."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffer: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def __call__(self, tiles: np.ndarray) -> torch.Tensor:
+        if (
+            self._buffer is None
+            or tuple(self._buffer.shape[1:]) != tiles.shape[1:]
+            or len(self._buffer) < len(tiles)
+        ):
+            self._buffer = torch.empty(tiles.shape, dtype=torch.uint8, pin_memory=True)
+        elif self._copied is not None:
+            self._copied.synchronize()  # the previous async copy must finish reading it
+        staged = self._buffer[: len(tiles)]
+        # One host copy, straight into pinned memory (read-only or strided input is fine).
+        np.copyto(staged.numpy(), tiles)
+        out = staged.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return out
+
+
+class TorchBackend:
+    """One timm model on one device (see module docstring)."""
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        weights: Path | None,
+        *,
+        device: str = "auto",
+        compile: bool = False,
+        seed: int = 0,
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.spec = spec
+        self._device = resolve_device(device)
+        cuda = self._device.type == "cuda"
+        # Seeded in a forked RNG: random-weight models are reproducible and the caller's
+        # global RNG state is left alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(spec, device="cpu")
+        if weights is not None:
+            load_weights_into(model, spec, load_state_dict(weights))
+        model = model.to(self._device)
+        if cuda:
+            model = model.to(memory_format=torch.channels_last)
+        module: nn.Module = _Pooled(model, spec.pooling).eval()
+        self.compiled = bool(compile)
+        if compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        self._module = module
+        std = torch.tensor(spec.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+        self._autocast_dtype = (
+            getattr(torch, spec.dtype) if cuda and spec.dtype != "float32" else None
+        )
+        self._stage = _PinnedStager(self._device) if cuda else None
+
+    @property
+    def device(self) -> str:
+        return self._device.type
+
+    def describe(self) -> dict[str, Any]:
+        import timm
+
+        dtype = (
+            str(self._autocast_dtype).removeprefix("torch.") if self._autocast_dtype else "float32"
+        )
+        return {
+            "device": self.device,
+            "dtype": dtype,
+            "compiled": self.compiled,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        }
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = self._stage(tiles) if self._stage is not None else _host_tensor(tiles)
+            x = preprocess(batch, self.spec, self._scale, self._shift)
+            autocast = (
+                torch.autocast(device_type="cuda", dtype=self._autocast_dtype)
+                if self._autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                out = self._module(x)
+            return out.float().cpu().numpy()

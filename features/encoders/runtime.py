@@ -1,0 +1,210 @@
+"""Running an encoder: one model per worker, batches of uint8 tiles in, float32 vectors out.
+
+:class:`Encoder` is shaped to be a Ray actor: the constructor takes plain picklable arguments
+and loads the model once; ``__call__`` takes a batch. It accepts a NumPy array
+(B, H, W, 3) and returns (B, D), or a Ray Data batch (a mapping with an image column) and
+returns it with an embedding column added, so it can be passed straight to
+``Dataset.map_batches(Encoder, fn_constructor_kwargs={...}, concurrency=..., num_gpus=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol, overload
+
+import numpy as np
+
+from features.encoders.registry import get_encoder_spec
+from features.encoders.spec import EncoderSpec
+from features.encoders.weights import WeightsSource, resolve_weights, sha256_file
+from infra.errors import ConfigError, WeightsError
+
+__all__ = ["Encoder"]
+
+logger = logging.getLogger(__name__)
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+def _check_tiles(tiles: Any) -> np.ndarray:
+    if isinstance(tiles, np.ndarray) and tiles.dtype == object:
+        tiles = np.stack(list(tiles))  # Ray Data hands ragged image columns as object arrays
+    array = np.asarray(tiles)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise ConfigError(
+            f"tiles must be uint8 RGB (B, H, W, 3), got {array.dtype} {tuple(array.shape)}"
+        )
+    return array
+
+
+class Encoder:
+    """A ready-to-run encoder (see module docstring).
+
+    Args:
+        encoder: a registry name (``"uni"``, ``"timm:resnet50"``...) or an :class:`EncoderSpec`;
+            the weight-free default when ``None``.
+        weights: a local weight file, or ``"hf-hub:owner/repo[/file]"``; ``None`` to resolve
+            it (env, weights dir, hub cache, hub); ``"random"`` for random weights
+            (benchmarks and tests only: logged).
+        device: ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"`` or ``"cuda"``.
+        batch_size: tiles per forward pass; larger batches are split, smaller ones run as is.
+        compile: wrap the model in ``torch.compile`` (worth it for long runs on a GPU).
+        expected_sha256: refuse a weight file whose checksum differs.
+        num_threads: torch CPU threads for this worker (avoid oversubscribing a node that
+            runs several CPU actors).
+        image_key / output_key: column names when called with a Ray Data batch.
+        seed: initialisation seed for ``weights="random"``.
+    """
+
+    def __init__(
+        self,
+        encoder: str | EncoderSpec | None = None,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        device: DeviceChoice = "auto",
+        batch_size: int = 64,
+        compile: bool = False,
+        expected_sha256: str | None = None,
+        num_threads: int | None = None,
+        image_key: str = "image",
+        output_key: str = "embedding",
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.spec = encoder if isinstance(encoder, EncoderSpec) else get_encoder_spec(encoder)
+        self.batch_size = batch_size
+        self.image_key, self.output_key = image_key, output_key
+        self._sha256: str | None = None
+        source = self._weights(weights, expected_sha256)
+        self._backend: _Backend
+        if self.spec.pooling == "handcrafted":
+            self._backend = _HandcraftedBackend()
+        else:
+            from features.encoders._torch_backend import TorchBackend
+
+            self._backend = TorchBackend(
+                self.spec,
+                source.path if source else None,
+                device=device,
+                compile=compile,
+                seed=seed,
+                num_threads=num_threads,
+            )
+        self.provenance = self._provenance(source)
+        logger.info("encoder %s ready on %s", self.spec.name, self.device)
+
+    def _weights(self, weights: Any, expected_sha256: str | None) -> WeightsSource | None:
+        if self.spec.is_builtin:
+            if weights is not None and weights != "random":
+                raise WeightsError(f"encoder {self.spec.name!r} is built in and takes no weights")
+            return None
+        if weights == "random":
+            logger.warning(
+                "encoder %s uses RANDOM weights: embeddings carry no meaning", self.spec.name
+            )
+            return None
+        source = resolve_weights(self.spec, weights)
+        self._sha256 = sha256_file(source.path)
+        if expected_sha256 is not None and self._sha256 != expected_sha256.lower():
+            raise WeightsError(
+                f"{source.path.name}: sha256 {self._sha256} differs from expected {expected_sha256}"
+            )
+        return source
+
+    def _provenance(self, source: WeightsSource | None) -> dict[str, Any]:
+        weights_info: dict[str, Any]
+        if self.spec.is_builtin:
+            weights_info = {"origin": "built-in", "file": None, "sha256": None}
+        elif source is None:
+            weights_info = {"origin": "random", "file": None, "sha256": None}
+        else:
+            weights_info = {
+                "origin": source.origin,
+                "file": Path(source.path).name,  # never the full path: it may name a user
+                "sha256": self._sha256,
+                "hub_repo": source.hub_repo,
+            }
+        return {
+            "encoder": self.spec.name,
+            "family": self.spec.family,
+            "embed_dim": self.spec.embed_dim,
+            "spec_fingerprint": self.spec.fingerprint(),
+            "pooling": self.spec.pooling,
+            "input_size": self.spec.input_size,
+            "weights": weights_info,
+            **self._backend.describe(),
+        }
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.embed_dim
+
+    @property
+    def device(self) -> str:
+        return self._backend.device
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.spec.name!r}, dim={self.embed_dim}, device={self.device!r})"
+
+    def encode(self, tiles: np.ndarray) -> np.ndarray:
+        """Embeddings (B, D) float32 for uint8 RGB tiles (B, H, W, 3)."""
+        array = _check_tiles(tiles)
+        if len(array) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        parts = [
+            self._backend.run(array[start : start + self.batch_size])
+            for start in range(0, len(array), self.batch_size)
+        ]
+        out = np.concatenate(parts).astype(np.float32, copy=False)
+        if out.shape != (len(array), self.embed_dim):
+            raise ConfigError(
+                f"encoder {self.name} produced {out.shape}, spec declares dim {self.embed_dim}"
+            )
+        return out
+
+    @overload
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    @overload
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def __call__(self, batch: np.ndarray | Mapping[str, Any]) -> np.ndarray | dict[str, Any]:
+        if isinstance(batch, Mapping):
+            if self.image_key not in batch:
+                raise ConfigError(f"batch has no {self.image_key!r} column: {sorted(batch)}")
+            out = {k: v for k, v in batch.items() if k != self.image_key}  # pixels stop here
+            out[self.output_key] = self.encode(batch[self.image_key])
+            return out
+        return self.encode(batch)
+
+
+class _Backend(Protocol):
+    """What Encoder needs from a backend: a device name, one batch in, vectors out."""
+
+    @property
+    def device(self) -> str: ...
+
+    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class _HandcraftedBackend:
+    device = "cpu"
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        from features.encoders.handcrafted import handcrafted_features
+
+        return handcrafted_features(tiles)
+
+    def describe(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        return {"device": "cpu", "dtype": "float32", "scikit-image": version("scikit-image")}
