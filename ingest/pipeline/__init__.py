@@ -1,0 +1,1 @@
+"""The distributed ingestion pipeline: sources → plan → read → encode → store."""
