@@ -1,1 +1,4 @@
-"""Training: omics tables, cohorts and splits, bag datasets, MIL and graph models on Ray Train."""
+"""Training: omics tables and signatures (`training.omics`), cohorts and leakage-safe
+splits (`training.cohorts`), and (later) bag datasets and MIL models on Ray Train."""
+
+__all__ = ["cohorts", "omics"]

@@ -1,0 +1,45 @@
+"""Cohorts: omics labels joined with the store's slides, and leakage-safe splits.
+
+>>> from training.cohorts import CohortConfig, build_cohort
+>>> build = build_cohort(CohortConfig(signatures=("ayers_ifng6",)), "expr.tsv", "./store")
+>>> build.cohort.report.to_dict()["slides_without_omics"]
+
+Names are resolved on first use, so importing the package loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CohortConfig": "training.cohorts.config",
+    "SplitConfig": "training.cohorts.config",
+    "CohortError": "training.cohorts.errors",
+    "LeakageError": "training.cohorts.errors",
+    "SplitError": "training.cohorts.errors",
+    "Cohort": "training.cohorts.build",
+    "CohortReport": "training.cohorts.build",
+    "join_slides": "training.cohorts.build",
+    "slides_frame": "training.cohorts.build",
+    "write_parquet": "training.cohorts.build",
+    "assign_folds": "training.cohorts.splits",
+    "assign_train_val_test": "training.cohorts.splits",
+    "check_no_leakage": "training.cohorts.splits",
+    "external_table": "training.cohorts.splits",
+    "CohortBuild": "training.cohorts.pipeline",
+    "build_cohort": "training.cohorts.pipeline",
+    "build_external": "training.cohorts.pipeline",
+    "label_patients": "training.cohorts.pipeline",
+    "cohort_tables": "training.cohorts.sql",
+    "connect": "training.cohorts.sql",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'training.cohorts' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
