@@ -17,6 +17,8 @@ __all__ = ["app", "main"]
 
 _COMMAND_MODULES = (
     "slidebank._cli_info",
+    "slidebank._cli_encoders",
+    "slidebank._cli_cohort",
 )
 
 app = typer.Typer(
