@@ -1,0 +1,15 @@
+"""Errors of stain fitting (kept here until they move into :mod:`infra.errors`)."""
+
+from __future__ import annotations
+
+from infra.errors import SlidebankError
+
+
+class StainFitError(SlidebankError, ValueError):
+    """Stain parameters cannot be fitted from the given pixels.
+
+    Raised for too few tissue pixels (a blank or faint image), a single stain (the two
+    Macenko directions collapse onto one), or non-finite results. Never returned as
+    garbage parameters: a caller decides whether to skip the slide or normalize it
+    with another reference.
+    """
