@@ -6,7 +6,8 @@ mixing of hematoxylin and eosin optical densities, so stain-normalization code s
 realistic stain vectors. A region can be rendered at any pyramid downsample; nuclei
 are drawn individually where they span pixels and averaged where they do not.
 
-Ground truth: tissue is where the blob field is positive and no pen ink lies on top.
+Ground truth: tissue is where the blob field is positive and no pen ink or scanner
+artifact (border, coverslip edge, bubble rim) lies on top.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["E_OD", "H_OD", "TissueContent", "TissueDesign"]
+__all__ = ["E_OD", "H_OD", "ArtifactDesign", "TissueContent", "TissueDesign"]
 
 # Unit optical-density vectors (RGB) of hematoxylin and eosin; the standard published
 # H&E reference directions, so normalizers fitted on these slides behave as on real ones.
@@ -30,8 +31,24 @@ _INK_OD = {
     "black": np.array([1.40, 1.40, 1.35]),
     "red": np.array([0.05, 1.10, 0.85]),
 }
+# Scanner artifacts absorb about equally in R, G and B: they carry no stain colour.
+_BORDER_OD = np.array([2.30, 2.30, 2.25])  # the black beyond the glass
+_EDGE_OD = np.array([0.46, 0.44, 0.42])  # a coverslip edge, grey
+_RIM_OD = np.array([0.58, 0.56, 0.55])  # the refracting rim of an air bubble
 _GLASS = 241.0
 _CELL_UM = 12.0  # one candidate nucleus per 12 µm grid cell
+
+
+@dataclass(frozen=True)
+class ArtifactDesign:
+    """Optional scanner artifacts, in micrometres. None of them is tissue."""
+
+    border: tuple[str, float] | None = None  # side ("left", "right", "top", "bottom"), width
+    glass_edge: tuple[np.ndarray, float] | None = None  # (2, 2) straight line, width
+    bubbles: tuple[tuple[float, float, float, float], ...] = ()  # cx, cy, radius, rim width
+
+    def __bool__(self) -> bool:
+        return self.border is not None or self.glass_edge is not None or bool(self.bubbles)
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class TissueDesign:
     fold: tuple[np.ndarray, float] | None  # polyline and width (µm) of a tissue fold
     seed: int
     extras: dict = field(default_factory=dict)
+    artifacts: ArtifactDesign = field(default_factory=ArtifactDesign)
 
 
 def _hash01(i: np.ndarray, j: np.ndarray, seed: int, salt: int) -> np.ndarray:
@@ -125,11 +143,52 @@ class TissueContent:
             mask |= weight > 0.5
         return od, mask
 
+    def artifact_od(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Optical density (…, 3) of scanner artifacts and a boolean artifact mask."""
+        art = self.design.artifacts
+        od = np.zeros((*x.shape, 3))
+        mask = np.zeros(x.shape, bool)
+        if art.border is not None:
+            side, width = art.border
+            inset = {"left": x, "top": y, "right": self.design.width_um - x,
+                     "bottom": self.design.height_um - y}[side]
+            weight = np.clip((width - inset) / 2.0 + 0.5, 0, 1)  # 2 µm soft edge
+            od += weight[..., None] * _BORDER_OD
+            mask |= weight > 0.5
+        if art.glass_edge is not None:
+            line, width = art.glass_edge
+            d = _polyline_distance(x, y, line, reach=width / 2 + 3.0)
+            weight = np.clip((width / 2 - d) / 3.0 + 0.5, 0, 1)
+            od += weight[..., None] * _EDGE_OD
+            mask |= weight > 0.5
+        for cx, cy, radius, rim in art.bubbles:
+            d = np.abs(np.hypot(x - cx, y - cy) - radius)
+            weight = np.clip((rim / 2 - d) / 3.0 + 0.5, 0, 1)
+            od += weight[..., None] * _RIM_OD
+            mask |= weight > 0.5
+        return od, mask
+
+    def hidden_by_border(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Points under the scanner border: nothing of the slide is imaged there."""
+        border = self.design.artifacts.border
+        if border is None:
+            return np.zeros(x.shape, bool)
+        side, width = border
+        inset = {"left": x, "top": y, "right": self.design.width_um - x,
+                 "bottom": self.design.height_um - y}[side]
+        return inset < width
+
     def tissue_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Ground truth at the given points: tissue and not under pen ink."""
+        """Ground truth at the given points: tissue, not under pen ink or the scanner border.
+
+        A coverslip edge or a bubble rim crossing a section lies on top of tissue that
+        is still there (and still counts); on glass they are simply not tissue.
+        """
         tissue = self.blob_field(x, y)[0] > 0
         if self.design.pen:
             tissue &= ~self.pen_od(x, y)[1]
+        if self.design.artifacts:
+            tissue &= ~self.hidden_by_border(x, y)
         return tissue
 
     def is_glass(self, x0: float, y0: float, w_um: float, h_um: float) -> bool:
@@ -150,7 +209,31 @@ class TissueContent:
             reach = width / 2 + step + 8.0
             if np.isfinite(_polyline_distance(x, y, line, reach)).any():
                 return False
-        return True
+        return not self._near_artifact(x0, y0, w_um, h_um)
+
+    def _near_artifact(self, x0: float, y0: float, w_um: float, h_um: float) -> bool:
+        """True when an artifact may touch the region (exact box tests, with margins)."""
+        art = self.design.artifacts
+        if art.border is not None:
+            side, width = art.border
+            reach = width + 4.0
+            if {"left": x0 < reach, "top": y0 < reach,
+                    "right": x0 + w_um > self.design.width_um - reach,
+                    "bottom": y0 + h_um > self.design.height_um - reach}[side]:
+                return True
+        if art.glass_edge is not None:
+            line, width = art.glass_edge
+            cx, cy = x0 + w_um / 2, y0 + h_um / 2
+            d = _polyline_distance(np.array([cx]), np.array([cy]), line)[0]
+            if d <= math.hypot(w_um, h_um) / 2 + width / 2 + 6.0:
+                return True
+        for cx, cy, radius, rim in art.bubbles:
+            nx, ny = min(max(cx, x0), x0 + w_um), min(max(cy, y0), y0 + h_um)
+            far = max(math.hypot(cx - x, cy - y) for x in (x0, x0 + w_um) for y in (y0, y0 + h_um))
+            reach = rim / 2 + 6.0
+            if math.hypot(nx - cx, ny - cy) <= radius + reach and far >= radius - reach:
+                return True
+        return False
 
     # ---- rendering ---------------------------------------------------------------------
     def render(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
@@ -197,6 +280,8 @@ class TissueContent:
         od = scale * (hema[..., None] * H_OD + eosin[..., None] * E_OD)
         if self.design.pen:
             od = od + self.pen_od(x, y)[0]
+        if self.design.artifacts:
+            od = od + self.artifact_od(x, y)[0]
         rng_noise = _hash01(np.round(x / pixel_um).astype(np.int64),
                             np.round(y / pixel_um).astype(np.int64), self.design.seed, 99)
         return od + (rng_noise[..., None] - 0.5) * 0.012  # sensor noise, also on glass

@@ -1,4 +1,5 @@
-"""Random but seeded layouts for synthetic slides: tissue blobs, pen strokes, blur, folds."""
+"""Random but seeded layouts for synthetic slides: tissue blobs, pen strokes, blur, folds,
+and optional scanner artifacts (black borders, coverslip edges, air bubbles)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import numpy as np
 
-from ingest.synthetic.content import TissueDesign
+from ingest.synthetic.content import ArtifactDesign, TissueDesign
 
 __all__ = ["make_design"]
 
@@ -23,8 +24,15 @@ def make_design(
     fold: bool = False,
     faint: bool = False,
     n_blobs: int | None = None,
+    scanner_border: bool = False,
+    glass_edge: bool = False,
+    bubbles: bool = False,
 ) -> TissueDesign:
-    """A deterministic layout for a ``width_um`` × ``height_um`` slide."""
+    """A deterministic layout for a ``width_um`` × ``height_um`` slide.
+
+    Artifacts draw from their own random stream, so turning them on leaves the tissue,
+    pen marks, blur and folds of a seed exactly as they were.
+    """
     rng = np.random.default_rng(seed)
     side = min(width_um, height_um)
     k = n_blobs or int(rng.integers(1, 4))
@@ -59,7 +67,41 @@ def make_design(
         blur=blur_disc,
         fold=fold_line,
         seed=seed,
+        artifacts=_artifacts(seed, width_um, height_um, scanner_border, glass_edge, bubbles),
     )
+
+
+def _artifacts(seed: int, width_um: float, height_um: float, border: bool, edge: bool,
+               bubbles: bool) -> ArtifactDesign:
+    rng = np.random.default_rng([seed, 0xA27])
+    side = min(width_um, height_um)
+    border_design = None
+    if border:
+        where = ("left", "right", "top", "bottom")[int(rng.integers(0, 4))]
+        extent = width_um if where in ("left", "right") else height_um
+        border_design = (where, float(np.clip(rng.uniform(0.03, 0.05) * extent, 80.0, 2000.0)))
+    edge_design = None
+    if edge:
+        # A coverslip edge runs across the whole slide, near and almost parallel to a side.
+        y = rng.uniform(0.04, 0.10) * height_um
+        if rng.integers(0, 2):
+            y = height_um - y
+        tilt = rng.uniform(-0.02, 0.02) * width_um
+        line = np.array([[0.0, y - tilt], [width_um, y + tilt]])
+        edge_design = (line, float(rng.uniform(10.0, 16.0)))
+    bubble_design: list[tuple[float, float, float, float]] = []
+    if bubbles:
+        for _ in range(20):  # two bubbles that do not touch (touching ones merge)
+            radius = float(rng.uniform(0.04, 0.08) * side)
+            cx = float(rng.uniform(0.12, 0.88) * width_um)
+            cy = float(rng.uniform(0.12, 0.88) * height_um)
+            rim = float(rng.uniform(8.0, 14.0))
+            if all(math.hypot(cx - x, cy - y) > radius + r + 2 * max(rim, w)
+                   for x, y, r, w in bubble_design):
+                bubble_design.append((cx, cy, radius, rim))
+            if len(bubble_design) == 2:
+                break
+    return ArtifactDesign(border_design, edge_design, tuple(bubble_design))
 
 
 def _pen_strokes(rng, blobs, width_um, height_um):

@@ -11,6 +11,11 @@ OpenSlide and tiffslide with the same levels and MPP:
 * ``tiff``: generic pyramid — every level in the main IFD chain, reduced levels
   flagged as such, MPP in the TIFF resolution tags (centimetre unit), or no
   resolution tags at all when ``mpp_metadata=False``.
+
+For scale tests, ``empty_levels`` writes the finest levels without pixel data (every
+tile present in the pyramid but 0 bytes long), so a 100k² slide whose coarse levels
+hold real tissue is written in seconds; readers return no useful pixels there, which is
+the point: code that must never read those levels can be tested against them.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ class SyntheticSlideSpec:
     mpp_metadata: bool = True
     objective_power: int | None = None  # default: from mpp (0.25 → 40, 0.5 → 20)
     mask_max_side: int = 1024  # size of the returned ground-truth mask
+    scanner_border: bool = False  # black band beyond the glass along one side
+    glass_edge: bool = False  # a grey coverslip edge across the slide
+    bubbles: bool = False  # two air bubbles (grey rims)
+    empty_levels: int = 0  # finest levels written without pixel data (scale tests)
 
     def resolved_downsamples(self) -> tuple[int, ...]:
         if self.downsamples is not None:
@@ -79,6 +88,9 @@ class SyntheticSlideSpec:
             raise ConfigError(
                 f"downsamples must be 1, f, f², ... with a constant f in (2, 3, 4); got {ds}"
             )
+        if not 0 <= self.empty_levels < len(ds):
+            raise ConfigError(f"empty_levels must leave at least one level with pixels, "
+                              f"got {self.empty_levels} of {len(ds)} levels")
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class SyntheticSlide:
     tissue_mask: np.ndarray
     pen_mask: np.ndarray
     mask_mpp: float
+    artifact_mask: np.ndarray | None = None  # borders, coverslip edges, bubble rims
 
     @property
     def tissue_fraction(self) -> float:
@@ -119,6 +132,14 @@ def _tiles(content: TissueContent, spec: SyntheticSlideSpec, ds: int) -> Iterato
             tile = np.full((t, t, 3), 255, np.uint8)
             tile[:th, :tw] = content.render(tx * px_um, ty * px_um, tw, th, px_um)
             yield tile
+
+
+def _empty_tiles(spec: SyntheticSlideSpec, ds: int) -> Iterator[bytes]:
+    # tifffile writes already-encoded chunks as given: empty ones make a level that
+    # exists, with its tile table, but holds no pixel data.
+    h, w = _level_shape(spec, ds)
+    for _ in range(math.ceil(h / spec.tile_size) * math.ceil(w / spec.tile_size)):
+        yield b""
 
 
 def _aperio_description(spec: SyntheticSlideSpec, shape: tuple[int, int], power: int) -> str:
@@ -152,6 +173,7 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
     design = make_design(
         spec.width * spec.mpp, spec.height * spec.mpp, seed=spec.seed, pen_marks=spec.pen_marks,
         blur=spec.blur, fold=spec.fold, faint=spec.faint, n_blobs=spec.n_blobs,
+        scanner_border=spec.scanner_border, glass_edge=spec.glass_edge, bubbles=spec.bubbles,
     )
     content = TissueContent(design)
     downsamples = spec.resolved_downsamples()
@@ -161,7 +183,9 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
             for index, ds in enumerate(downsamples):
                 shape = _level_shape(spec, ds)
                 kwargs = _level_kwargs(spec, shape, ds, index, power)
-                tw.write(_tiles(content, spec, ds), shape=(*shape, 3), dtype=np.uint8,
+                tiles: Iterator = (_empty_tiles(spec, ds) if index < spec.empty_levels
+                                   else _tiles(content, spec, ds))
+                tw.write(tiles, shape=(*shape, 3), dtype=np.uint8,
                          tile=(spec.tile_size, spec.tile_size), compression="jpeg",
                          compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
                          **kwargs)
@@ -175,7 +199,8 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
             tmp.unlink()
     tissue, pen, mask_mpp = ground_truth(content, spec)
     dims = tuple((_level_shape(spec, d)[1], _level_shape(spec, d)[0]) for d in downsamples)
-    return SyntheticSlide(path, spec, dims, tissue, pen, mask_mpp)
+    artifacts = artifact_truth(content, spec) if content.design.artifacts else None
+    return SyntheticSlide(path, spec, dims, tissue, pen, mask_mpp, artifacts)
 
 
 def _level_kwargs(spec, shape, ds, index, power) -> dict:
@@ -219,14 +244,25 @@ def _write_svs_associated(tw: tifffile.TiffWriter, content: TissueContent, spec)
              description=f"Aperio Image Library v12.0.15\r\nmacro {macro.shape[1]}x{macro.shape[0]}")
 
 
-def ground_truth(content: TissueContent, spec: SyntheticSlideSpec):
-    """Tissue and pen masks sampled at pixel centres of a ≤ ``mask_max_side`` grid."""
+def _truth_grid(spec: SyntheticSlideSpec) -> tuple[np.ndarray, np.ndarray, float]:
     ds = max(1.0, max(spec.width, spec.height) / spec.mask_max_side)
     w, h = max(int(math.ceil(spec.width / ds)), 1), max(int(math.ceil(spec.height / ds)), 1)
     px_um = spec.mpp * ds
     xs = (np.arange(w) + 0.5) * px_um
     ys = (np.arange(h) + 0.5) * px_um
     x, y = np.meshgrid(xs, ys)
+    return x, y, px_um
+
+
+def artifact_truth(content: TissueContent, spec: SyntheticSlideSpec) -> np.ndarray:
+    """Artifact mask on the same grid as :func:`ground_truth`."""
+    x, y, _ = _truth_grid(spec)
+    return content.artifact_od(x, y)[1]
+
+
+def ground_truth(content: TissueContent, spec: SyntheticSlideSpec):
+    """Tissue and pen masks sampled at pixel centres of a ≤ ``mask_max_side`` grid."""
+    x, y, px_um = _truth_grid(spec)
     tissue = content.tissue_mask(x, y)
     pen = content.pen_od(x, y)[1] if content.design.pen else np.zeros_like(tissue)
     return tissue, pen, px_um

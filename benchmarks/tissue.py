@@ -1,0 +1,156 @@
+"""Tissue detection: slidebank vs the classic saturation-Otsu mask, same slides, same run.
+
+Cases:
+  accuracy   synthetic slides (fully rendered pyramids) with pen marks, a faint section
+             and an out-of-focus area; every other one also a black scanner border, a
+             coverslip edge and air bubbles. Both methods run on the same thumbnail at
+             8 µm/px; IoU against ground truth, share of ink (and of artifacts on glass)
+             left out of the mask, and seconds per slide (mask only, and with the
+             thumbnail read).
+  real       the real Aperio sample (../shared/data/cmu_small_region.svs) when present:
+             tissue fraction of both methods and slidebank's tile count (no ground truth).
+  plan_100k  planning a 100,000² px slide (0.25 µm/px, ×4 pyramid) from scratch: wall and
+             CPU seconds, tiles planned, pyramid levels read.
+
+Usage: python benchmarks/tissue.py --out tissue.json [--quick] [--device cpu|cuda|auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import DATA, ROOT, machine, print_table, write_json
+from ingest.slides import open_slide
+from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from ingest.tiling import plan_slide
+from ingest.tissue import TissueConfig, saturation_otsu_mask, slide_tissue_mask
+from ingest.tissue.evaluate import accuracy_specs, score_slide, write_slides
+
+REAL_SLIDE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def run_accuracy(count: int, side: int, workdir: Path, workers: int, device: str) -> dict[str, Any]:
+    specs = accuracy_specs(count, side=side, mpp=0.5)
+    print(f"writing {count} synthetic slides of {side}² px ...", flush=True)
+    slides = write_slides(specs, workdir, workers)
+    rows = [score_slide(slide, TissueConfig(), device) for slide in slides]  # type: ignore[arg-type]
+    summary = {
+        "slides": len(rows), "side_px": side, "mpp": 0.5, "mask_mpp": 8.0,
+        "slidebank_mean_iou": _mean(rows, "iou"), "baseline_mean_iou": _mean(rows, "baseline_iou"),
+        "slidebank_min_iou": min(r["iou"] for r in rows),
+        "baseline_min_iou": min(r["baseline_iou"] for r in rows),
+        "slidebank_pen_outside": _mean(rows, "pen_outside"),
+        "baseline_pen_outside": _mean(rows, "baseline_pen_outside"),
+        "slidebank_artifacts_outside": _mean(rows, "artifact_outside"),
+        "baseline_artifacts_outside": _mean(rows, "baseline_artifact_outside"),
+        "slidebank_mask_s_per_slide": _mean(rows, "seconds"),
+        "baseline_mask_s_per_slide": _mean(rows, "baseline_seconds"),
+        "thumbnail_s_per_slide": _mean(rows, "thumbnail_s"),
+    }
+    return {"summary": summary, "rows": rows}
+
+
+def run_real(device: str) -> dict[str, Any] | None:
+    if not REAL_SLIDE.exists():
+        return None
+    with open_slide(str(REAL_SLIDE)) as slide:
+        start = time.perf_counter()
+        tissue, plan = plan_slide(slide, device=device)  # type: ignore[arg-type]
+        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    baseline = saturation_otsu_mask(tissue.thumbnail, tissue.mpp, device=device)  # type: ignore[arg-type]
+    return {"slide": REAL_SLIDE.name, "slidebank_tissue_fraction": tissue.tissue_fraction,
+            "baseline_tissue_fraction": float(baseline.mean()), "tile_count": plan.tile_count,
+            "inks": tissue.summary()["inks"], "plan_seconds": seconds,
+            "baseline_mask_seconds": time.perf_counter() - start}
+
+
+def run_plan_100k(workdir: Path, device: str, repeats: int = 3) -> dict[str, Any]:
+    side = 100_000
+    spec = SyntheticSlideSpec(width=side, height=side, mpp=0.25, style="tiff", seed=5, n_blobs=2,
+                              pen_marks=True, downsamples=(1, 4, 16, 64), empty_levels=2,
+                              mask_max_side=512)
+    print("writing the 100k² slide (levels 0 and 1 without pixels) ...", flush=True)
+    slide_file = write_synthetic_slide(workdir / "huge.tif", spec)
+    walls, cpus, levels = [], [], set()
+    for _ in range(repeats):
+        with open_slide(str(slide_file.path)) as slide:
+            backend = slide._backend
+            single, batch = backend.read_region, backend.read_regions
+
+            def read_region(x, y, level, w, h, single=single):
+                levels.add(level)
+                return single(x, y, level, w, h)
+
+            def read_regions(locs, level, size, threads=1, batch=batch):
+                levels.add(level)
+                return batch(locs, level, size, threads)
+
+            backend.read_region, backend.read_regions = read_region, read_regions  # type: ignore[method-assign]
+            wall, cpu = time.perf_counter(), time.process_time()
+            tissue, plan = plan_slide(slide, device=device)  # type: ignore[arg-type]
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    start = time.perf_counter()
+    with open_slide(str(slide_file.path)) as slide:
+        mask_only = slide_tissue_mask(slide, device=device)  # type: ignore[arg-type]
+    return {"side_px": side, "mpp": 0.25, "levels_read": sorted(levels),
+            "wall_s_best": min(walls), "wall_s_first": walls[0], "cpu_s_best": min(cpus),
+            "tile_count": plan.tile_count, "mask_shape": list(tissue.mask.shape),
+            "tissue_fraction": tissue.tissue_fraction,
+            "thumbnail_and_mask_s": time.perf_counter() - start,
+            "status": plan.status, "mask_device": mask_only.device}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="tissue.json", help="where to write the JSON results")
+    parser.add_argument("--quick", action="store_true", help="20 small slides (about a minute)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--workers", type=int, default=2, help="processes writing slides")
+    args = parser.parse_args(argv)
+    count, side = (20, 2048) if args.quick else (40, 4096)
+    DATA.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="tissue_", dir=DATA))
+    try:
+        accuracy = run_accuracy(count, side, workdir, args.workers, args.device)
+        real = run_real(args.device)
+        plan = run_plan_100k(workdir, args.device)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"benchmark": "tissue", "quick": args.quick, "device": args.device,
+              "machine": machine(), "tissue_config_hash": TissueConfig().config_hash(),
+              "accuracy": accuracy, "real": real, "plan_100k": plan}
+    write_json(args.out, result)
+    rows = [{"case": r["slide"], "iou": r["iou"], "baseline_iou": r["baseline_iou"],
+             "ms": 1000 * r["seconds"], "baseline_ms": 1000 * r["baseline_seconds"]}
+            for r in accuracy["rows"]]
+    print_table(rows, ["case", "iou", "baseline_iou", "ms", "baseline_ms"])
+    s = accuracy["summary"]
+    print(f"mean IoU  slidebank {s['slidebank_mean_iou']:.4f}   saturation-Otsu {s['baseline_mean_iou']:.4f}")
+    print(f"ink left out  slidebank {s['slidebank_pen_outside']:.4f}   "
+          f"saturation-Otsu {s['baseline_pen_outside']:.4f}")
+    if real:
+        print(f"{real['slide']}: tissue {real['slidebank_tissue_fraction']:.3f} "
+              f"(baseline {real['baseline_tissue_fraction']:.3f}), {real['tile_count']} tiles")
+    print(f"100k² plan: {plan['wall_s_best']:.2f} s wall (first {plan['wall_s_first']:.2f} s), "
+          f"{plan['cpu_s_best']:.2f} s CPU, {plan['tile_count']} tiles, levels read {plan['levels_read']}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

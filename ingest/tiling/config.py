@@ -1,0 +1,51 @@
+"""Typed, hashable parameters of tile planning."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.errors import ConfigError
+from ingest.tissue.config import stable_hash
+from ingest.tissue.qc import TileQCConfig
+
+__all__ = ["TilingConfig"]
+
+_ALGORITHM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """A regular grid of ``tile_size`` px tiles at ``target_mpp`` µm/px over the tissue.
+
+    ``overlap`` is the fraction of a tile shared with its neighbour (stride =
+    tile × (1 − overlap)); tiles are kept when at least ``min_tissue_fraction`` of their
+    footprint is tissue.
+    """
+
+    tile_size: int = 256
+    target_mpp: float = 0.5
+    overlap: float = 0.0
+    min_tissue_fraction: float = 0.5
+    qc: TileQCConfig = field(default_factory=TileQCConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int) \
+                or not 8 <= self.tile_size <= 8192:
+            raise ConfigError(f"TilingConfig.tile_size must be an int in [8, 8192], got {self.tile_size!r}")
+        if not (isinstance(self.target_mpp, int | float) and math.isfinite(self.target_mpp)
+                and self.target_mpp > 0):
+            raise ConfigError(f"TilingConfig.target_mpp must be a positive number, got {self.target_mpp!r}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"TilingConfig.overlap must be in [0, 1), got {self.overlap!r}")
+        if not 0 <= self.min_tissue_fraction <= 1:
+            raise ConfigError("TilingConfig.min_tissue_fraction must be in [0, 1], "
+                              f"got {self.min_tissue_fraction!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        return stable_hash("slidebank.tiling", _ALGORITHM_VERSION, self.to_dict())

@@ -1,0 +1,176 @@
+"""Tile quality control: background, blur and pen, with flags the store keeps.
+
+Two places measure QC, on purpose:
+
+* **Planning time** (:func:`ingest.tiling.plan_tiles`): ``background_fraction`` and
+  ``pen_fraction`` of each tile's footprint, integrated exactly over the thumbnail-level
+  masks (glass and ink). No tile pixels are read, so a 100k² slide plans in a second,
+  but blur cannot be measured: at ~8 µm/px every tile is "blurry".
+* **Read time** (:func:`tile_qc`): the pipeline calls it on the tiles it read, at read
+  resolution: ``background_fraction`` (near-white, colourless pixels), ``blur_score``
+  (variance of the Laplacian of the grey image, high when sharp) and ``pen_fraction``
+  (blocks of ink hue at about the mask's resolution, by the same rules as the mask).
+  Batched, on NumPy or CuPy.
+
+Both produce the same :data:`QC_*` bits, combined into the ``qc_flags`` column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from infra.arrays import Device, asnumpy, get_xp, ndimage_module
+from infra.errors import ConfigError
+from ingest.tissue.color import color_features
+from ingest.tissue.config import TissueConfig
+from ingest.tissue.pen import ink_pixels
+
+__all__ = [
+    "QC_BACKGROUND",
+    "QC_BLUR",
+    "QC_PEN",
+    "TileQC",
+    "TileQCConfig",
+    "blur_scores",
+    "describe_flags",
+    "qc_flags",
+    "tile_qc",
+]
+
+#: bit set when a tile is mostly glass
+QC_BACKGROUND = 1
+#: bit set when a tile is out of focus (read-time only)
+QC_BLUR = 2
+#: bit set when a tile carries pen ink
+QC_PEN = 4
+_FLAG_NAMES = {QC_BACKGROUND: "background", QC_BLUR: "blur", QC_PEN: "pen"}
+
+Array = Any
+# Grey from RGB with the ITU-R BT.601 weights: what "variance of the Laplacian" is
+# conventionally computed on, in 0-255 units.
+_GREY = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class TileQCConfig:
+    """Flag thresholds. Blur scores depend on resolution and stain: calibrate per cohort."""
+
+    max_background_fraction: float = 0.5
+    max_pen_fraction: float = 0.05
+    #: variance of the Laplacian below which a tile is blurry (grey 0-255, at read MPP)
+    min_blur_score: float = 100.0
+    #: a pixel is background (glass) when its mean OD is below this ...
+    background_max_od: float = 0.06
+    #: ... against this glass brightness when the slide's own is not passed
+    default_glass: float = 242.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or value < 0:
+                raise ConfigError(f"TileQCConfig.{f.name} must be a finite number ≥ 0, got {value!r}")
+        for name in ("max_background_fraction", "max_pen_fraction"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"TileQCConfig.{name} must be ≤ 1, got {getattr(self, name)!r}")
+        if not 0 < self.default_glass <= 255:
+            raise ConfigError(f"TileQCConfig.default_glass must be in (0, 255], got {self.default_glass!r}")
+
+
+def qc_flags(background_fraction: Array, pen_fraction: Array, config: TileQCConfig,
+             blur_score: Array | None = None) -> np.ndarray:
+    """int32 bit mask per tile from its QC measurements (blur only when measured)."""
+    bg = np.asarray(asnumpy(background_fraction))
+    flags = np.where(bg > config.max_background_fraction, QC_BACKGROUND, 0)
+    flags |= np.where(np.asarray(asnumpy(pen_fraction)) > config.max_pen_fraction, QC_PEN, 0)
+    if blur_score is not None:
+        flags |= np.where(np.asarray(asnumpy(blur_score)) < config.min_blur_score, QC_BLUR, 0)
+    return flags.astype(np.int32)
+
+
+def describe_flags(flags: int) -> list[str]:
+    """Names of the bits set in ``flags``."""
+    return [name for bit, name in _FLAG_NAMES.items() if flags & bit]
+
+
+@dataclass(frozen=True)
+class TileQC:
+    """Read-time QC of a batch of N tiles (host NumPy arrays)."""
+
+    background_fraction: np.ndarray  # (N,) float32
+    blur_score: np.ndarray  # (N,) float32
+    pen_fraction: np.ndarray  # (N,) float32
+    flags: np.ndarray  # (N,) int32
+
+    @property
+    def passed(self) -> np.ndarray:
+        return self.flags == 0
+
+
+def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
+            tissue_config: TissueConfig | None = None,
+            glass: tuple[float, float, float] | None = None,
+            device: Device = "auto") -> TileQC:
+    """QC of a batch of RGB uint8 tiles (N, H, W, 3) at ``mpp`` µm/px, as the pipeline
+    read them.
+
+    ``glass`` is the slide's glass brightness (``TissueMask.glass_rgb``); without it,
+    ``config.default_glass`` is used. Ink is judged on blocks of about
+    ``tissue_config.thumbnail_mpp`` (the scale the pen rules are made for): a single
+    red blood cell at 0.5 µm/px has the hue of red ink, a pen stroke keeps it at any scale.
+    """
+    config = config or TileQCConfig()
+    tissue_config = tissue_config or TissueConfig()
+    if not (mpp > 0 and math.isfinite(mpp)):
+        raise ConfigError(f"tile mpp must be a positive number, got {mpp!r}")
+    xp = get_xp(device)
+    batch = xp.asarray(tiles)
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+        raise ConfigError(f"tiles must be (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
+    n, h, w = batch.shape[:3]
+    if n == 0:
+        empty = np.zeros(0, np.float32)
+        return TileQC(empty, empty, empty, np.zeros(0, np.int32))
+    ref = glass or (config.default_glass,) * 3
+    ref = (float(ref[0]), float(ref[1]), float(ref[2]))
+    # All tiles side by side form one image: colour rules are per pixel anyway.
+    features = color_features(batch.reshape(n * h, w, 3), xp, glass=ref)
+    background = (features.signal < np.float32(config.background_max_od)).reshape(n, h * w)
+    bg_frac = background.mean(axis=1, dtype=xp.float32)
+    pen_frac = _pen_fraction(batch, mpp, tissue_config, ref, xp)
+    blur = blur_scores(batch, xp)
+    flags = qc_flags(bg_frac, pen_frac, config, blur)
+    return TileQC(asnumpy(bg_frac).astype(np.float32), asnumpy(blur).astype(np.float32),
+                  asnumpy(pen_frac).astype(np.float32), flags)
+
+
+def _pen_fraction(batch: Array, mpp: float, tissue_config: TissueConfig,
+                  glass: tuple[float, float, float], xp: ModuleType) -> Array:
+    n, h, w = batch.shape[:3]
+    k = max(1, min(int(round(tissue_config.thumbnail_mpp / mpp)), h, w))
+    bh, bw = h // k, w // k
+    blocks = batch[:, :bh * k, :bw * k].reshape(n, bh, k, bw, k, 3).astype(xp.float32)
+    means = xp.rint(blocks.mean(axis=(2, 4))).astype(xp.uint8)  # like the thumbnail's box filter
+    features = color_features(means.reshape(n * bh, bw, 3), xp, glass=glass)
+    return ink_pixels(features, tissue_config, xp).reshape(n, bh * bw).mean(axis=1, dtype=xp.float32)
+
+
+def blur_scores(tiles: Array, xp: ModuleType) -> Array:
+    """Variance of the Laplacian of each tile's grey image (N,), float32; higher = sharper.
+
+    The 3×3 Laplacian is applied per tile (a (1, 3, 3) kernel never mixes tiles) and
+    the one-pixel rim, where the filter sees outside the tile, is left out.
+    """
+    grey = (tiles[..., 0].astype(xp.float32) * np.float32(_GREY[0])
+            + tiles[..., 1].astype(xp.float32) * np.float32(_GREY[1])
+            + tiles[..., 2].astype(xp.float32) * np.float32(_GREY[2]))
+    kernel = xp.asarray(np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], dtype=np.float32))
+    lap = ndimage_module(xp).convolve(grey, kernel, mode="reflect")
+    inner = lap[:, 1:-1, 1:-1] if lap.shape[1] > 2 and lap.shape[2] > 2 else lap
+    return inner.reshape(inner.shape[0], -1).var(axis=1)
