@@ -17,6 +17,7 @@ __all__ = ["app", "main"]
 
 _COMMAND_MODULES = (
     "slidebank._cli_info",
+    "slidebank._cli_tissue",
     "slidebank._cli_encoders",
     "slidebank._cli_cohort",
 )
