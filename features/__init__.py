@@ -1,1 +1,6 @@
-"""Features: patch encoders and the feature store (Lance tables, Zarr arrays)."""
+"""Features: patch encoders (`features.encoders`) and the feature store (`features.store`).
+
+Import the subpackages directly; this package imports nothing heavy on its own.
+"""
+
+__all__ = ["encoders", "store"]

@@ -1,0 +1,53 @@
+"""The feature store: Lance tables (slides, tiles, runs) and per-slide Zarr arrays.
+
+Open one with :meth:`FeatureStore.open`; workers write with
+:meth:`FeatureStore.write_slide` (or :func:`write_slide`), the driver makes groups of
+slides visible atomically with :meth:`FeatureStore.commit`. The commit protocol is
+documented in :mod:`features.store.writer`.
+
+Heavy libraries (Lance, DuckDB, Zarr, torch) load when first used, not on import.
+"""
+
+from features.store._errors import (
+    StoreNotFoundError,
+    StoreReadOnlyError,
+    StoreSchemaError,
+    StoreVersionError,
+    TileNotFoundError,
+)
+from features.store.arrays import SlideArrays
+from features.store.location import StoreLocation
+from features.store.reader import Bag
+from features.store.runs import RunRecord, hash_config
+from features.store.schema import SlideInfo, SlideKey, tile_batch
+from features.store.store import FeatureStore
+from features.store.vectors import IndexPlan, SearchParams, VectorIndexConfig, plan_index
+from features.store.versions import CompactionReport, StoreVersion
+from features.store.writer import CommitResult, PendingSlide, failed_slide, write_slide
+
+__all__ = [
+    "Bag",
+    "CommitResult",
+    "CompactionReport",
+    "FeatureStore",
+    "IndexPlan",
+    "PendingSlide",
+    "RunRecord",
+    "SearchParams",
+    "SlideArrays",
+    "SlideInfo",
+    "SlideKey",
+    "StoreLocation",
+    "StoreNotFoundError",
+    "StoreReadOnlyError",
+    "StoreSchemaError",
+    "StoreVersion",
+    "StoreVersionError",
+    "TileNotFoundError",
+    "VectorIndexConfig",
+    "failed_slide",
+    "hash_config",
+    "plan_index",
+    "tile_batch",
+    "write_slide",
+]

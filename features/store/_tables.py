@@ -1,0 +1,222 @@
+"""Opening and creating the store's Lance tables; the only module that names their paths.
+
+Layout under the store root::
+
+    slides.lance            one row per (slide, encoder, config)
+    runs.lance              one row per ingestion run
+    tiles/<encoder>.lance   one table per encoder: its embedding width is fixed
+    zarr/<slide_id>/        masks, thumbnails, embedding grids, heatmaps
+
+Tiles are split per encoder because a Lance column has one ``fixed_size_list`` width:
+a 1024-wide and a 1536-wide encoder cannot share a column. Each row still carries
+its ``encoder``, so the contract key (slide_id, encoder, x, y) holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from features.store._errors import StoreNotFoundError, StoreSchemaError
+from features.store._keys import validate_encoder
+from features.store.location import StoreLocation
+
+if TYPE_CHECKING:
+    import lance
+
+__all__ = ["TableSet"]
+
+log = logging.getLogger(__name__)
+
+SLIDES, RUNS, TILES_DIR, ZARR_DIR = "slides.lance", "runs.lance", "tiles", "zarr"
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "not found" in text or "does not exist" in text or "no such file" in text
+
+
+class _SmallCache:
+    """A tiny LRU map (the gate of the last few slides versions)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class TableSet:
+    """Lance datasets of one store, opened through one shared cache session."""
+
+    def __init__(self, location: StoreLocation) -> None:
+        import lance
+
+        self.location = location
+        self._options = location.lance_options()
+        # One session per store: index and metadata caches survive reopening a table,
+        # which keeps vector-search latency low when each call opens the latest version.
+        self.session = lance.Session()
+        self.gate_cache = _SmallCache(16)
+        self._fs: tuple[Any, str] | None = None
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return dict(self._options)
+
+    def uri(self, name: str) -> str:
+        return self.location.join(name)
+
+    def tiles_uri(self, encoder: str) -> str:
+        return self.location.join(TILES_DIR, f"{validate_encoder(encoder)}.lance")
+
+    def open(self, uri: str, version: int | str | None = None) -> lance.LanceDataset:
+        import lance
+
+        try:
+            return lance.dataset(
+                uri, version=version, storage_options=self._options, session=self.session
+            )
+        except (ValueError, OSError) as exc:
+            if _is_not_found(exc):
+                what = f"version {version!r} of {uri}" if version is not None else uri
+                raise StoreNotFoundError(f"no Lance table at {what}") from exc
+            raise
+
+    def slides(self, version: int | str | None = None) -> lance.LanceDataset:
+        return self.open(self.uri(SLIDES), version)
+
+    def runs(self, version: int | str | None = None) -> lance.LanceDataset:
+        return self.open(self.uri(RUNS), version)
+
+    def tiles(self, encoder: str, version: int | str | None = None) -> lance.LanceDataset:
+        return self.open(self.tiles_uri(encoder), version)
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The store's fsspec filesystem (created once) and root path."""
+        if self._fs is None:
+            self._fs = self.location.filesystem()
+        return self._fs
+
+    def encoders(self) -> list[str]:
+        """Encoders with a tiles table, sorted."""
+        fs, root = self.filesystem()
+        tiles_root = f"{root.rstrip('/')}/{TILES_DIR}"
+        # Another process may have created a table since the last listing.
+        fs.invalidate_cache(tiles_root)
+        try:
+            names = fs.ls(tiles_root, detail=False)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            base = str(name).rstrip("/").rsplit("/", 1)[-1]
+            if base.endswith(".lance"):
+                out.append(base[: -len(".lance")])
+        return sorted(out)
+
+    def create(self, uri: str, schema: pa.Schema) -> lance.LanceDataset:
+        """Create an empty table, or open it if another process created it first.
+
+        Lance writes version 1 with put-if-not-exists, so of two concurrent creators
+        exactly one wins and the other sees "already exists" and opens the table.
+        """
+        import lance
+
+        try:
+            return lance.write_dataset(
+                schema.empty_table(),
+                uri,
+                schema=schema,
+                mode="create",
+                storage_options=self._options,
+            )
+        except OSError as exc:
+            if "already exists" not in str(exc).lower():
+                raise
+        dataset = self.open(uri)
+        if not dataset.schema.equals(schema, check_metadata=False):
+            raise StoreSchemaError(
+                f"table {uri} exists with schema {dataset.schema}, expected {schema}"
+            )
+        return dataset
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.open(uri)
+        except StoreNotFoundError:
+            return False
+        return True
+
+
+class StoreView:
+    """The store as of one slides version (``None``: always the latest).
+
+    The slides table is the gate, so a version of the store *is* a slides version.
+    For a past version, each encoder's tiles table is opened at the newest
+    ``tiles_version`` recorded by the slides rows of that version: that tiles version
+    holds every tile those rows reference (see :mod:`features.store.writer`).
+    """
+
+    def __init__(self, tables: TableSet, slides_version: int | str | None = None) -> None:
+        self.tables = tables
+        self.pinned = slides_version is not None
+        self._slides = tables.slides(slides_version) if self.pinned else None
+        self._tiles_versions: dict[str, int | None] = {}
+
+    def slides(self) -> lance.LanceDataset:
+        return self._slides if self._slides is not None else self.tables.slides()
+
+    @property
+    def version(self) -> int:
+        return int(self.slides().version)
+
+    def encoders(self) -> list[str]:
+        return self.tables.encoders()
+
+    def resolve_encoder(self, encoder: str | None) -> str:
+        from infra.errors import ConfigError
+
+        if encoder is not None:
+            return validate_encoder(encoder)
+        names = self.encoders()
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise StoreNotFoundError(f"the store at {self.tables.location.uri} has no tiles yet")
+        raise ConfigError(f"the store holds several encoders {names}; pass encoder=")
+
+    def tiles(self, encoder: str) -> lance.LanceDataset | None:
+        """The encoder's tiles table at the version matching this view; None if empty."""
+        if not self.pinned:
+            try:
+                return self.tables.tiles(encoder)
+            except StoreNotFoundError:
+                return None
+        if encoder not in self._tiles_versions:
+            import pyarrow.compute as pc
+
+            rows = self.slides().to_table(
+                columns=["tiles_version"], filter=f"encoder = '{validate_encoder(encoder)}'"
+            )
+            newest = pc.max(rows.column("tiles_version")).as_py() if rows.num_rows else None
+            self._tiles_versions[encoder] = newest
+        version = self._tiles_versions[encoder]
+        return None if version is None else self.tables.tiles(encoder, version)

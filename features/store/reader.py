@@ -1,0 +1,440 @@
+"""Reading the store: slides, tiles (Arrow, pandas, torch) and streamed MIL bags.
+
+Every tile read goes through the gate described in :mod:`features.store.writer`:
+only rows whose ``write_id`` is the current ``done`` write of their slide are
+returned, so partially committed or replaced data is never seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.store._keys import in_list, sql_literal, validate_config_hash, validate_slide_id
+from features.store._tables import StoreView
+from features.store.schema import SlideKey, embeddings_to_numpy
+from infra.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    import lance
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "Bag",
+    "bag_from_table",
+    "current_writes",
+    "iter_bag_batches",
+    "iter_bags",
+    "list_slides",
+    "read_bag",
+    "read_tiles",
+    "scan_tiles",
+    "tiles_pandas",
+    "tiles_predicate",
+    "to_torch",
+    "visible_writes",
+]
+
+_KEY = ("slide_id", "encoder", "config_hash")
+_GATE_COLUMNS = [*_KEY, "write_id", "status", "tiles_version", "tile_count"]
+# Lance keeps a few decoded batches in flight; ~1k rows keeps that to tens of MB.
+DEFAULT_BATCH_ROWS = 1024
+_IO_BUFFER_BYTES = 16 << 20
+
+
+def _latest_per_key(table: pa.Table) -> pa.Table:
+    """One row per (slide_id, encoder, config_hash): ``done`` first, then newest write."""
+    if table.num_rows == 0:
+        return table
+    done = pc.if_else(pc.equal(table.column("status"), "done"), "1", "0")
+    rank = pc.binary_join_element_wise(done, table.column("write_id"), "")
+    ordered = table.append_column("_rank", rank).sort_by([("_rank", "descending")])
+    keys = pc.binary_join_element_wise(*(ordered.column(c) for c in _KEY), "\x1f")
+    _, first = np.unique(keys.to_numpy(zero_copy_only=False), return_index=True)
+    return ordered.take(pa.array(np.sort(first))).drop_columns(["_rank"])
+
+
+def _slides_filter(
+    encoder: str | None,
+    slide_ids: Iterable[str] | None,
+    config_hash: str | None,
+) -> str | None:
+    clauses = []
+    if encoder is not None:
+        clauses.append(f"encoder = {sql_literal(encoder)}")
+    if slide_ids is not None:
+        clauses.append(in_list("slide_id", [validate_slide_id(s) for s in slide_ids]))
+    if config_hash is not None:
+        clauses.append(f"config_hash = {sql_literal(validate_config_hash(config_hash))}")
+    return " AND ".join(clauses) or None
+
+
+def current_writes(
+    slides: lance.LanceDataset, keys: Sequence[SlideKey]
+) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """The current (write id, status) of each key (``done`` rows win over ``failed``)."""
+    if not keys:
+        return {}
+    rows = slides.to_table(
+        columns=_GATE_COLUMNS, filter=in_list("slide_id", {k.slide_id for k in keys})
+    )
+    rows = _latest_per_key(rows)
+    return {
+        (r["slide_id"], r["encoder"], r["config_hash"]): (r["write_id"], r["status"])
+        for r in rows.to_pylist()
+    }
+
+
+def _gate(view: StoreView, encoder: str) -> pa.Table:
+    """Every current ``done`` write of an encoder, cached per slides version.
+
+    A slides version never changes, so its gate is computed once per version: a
+    serving process answering many searches or bag reads re-reads it only after a
+    commit lands.
+    """
+    slides = view.slides()
+    key = (int(slides.version), encoder)
+    cached = view.tables.gate_cache.get(key)
+    if cached is None:
+        rows = slides.to_table(columns=_GATE_COLUMNS, filter=_slides_filter(encoder, None, None))
+        rows = _latest_per_key(rows)
+        cached = rows.filter(pc.equal(rows.column("status"), "done"))
+        view.tables.gate_cache.put(key, cached)
+    return cached
+
+
+def visible_writes(
+    view: StoreView,
+    encoder: str,
+    *,
+    slide_ids: Iterable[str] | None = None,
+    exclude_slide_ids: Iterable[str] = (),
+    config_hash: str | None = None,
+) -> pa.Table:
+    """The gate: current ``done`` writes (slide_id, config_hash, write_id...) of an encoder."""
+    rows = _gate(view, encoder)
+    if slide_ids is not None:
+        wanted = pa.array([validate_slide_id(s) for s in slide_ids], pa.string())
+        rows = rows.filter(pc.is_in(rows.column("slide_id"), wanted))
+    if config_hash is not None:
+        rows = rows.filter(pc.equal(rows.column("config_hash"), validate_config_hash(config_hash)))
+    excluded = [validate_slide_id(s) for s in exclude_slide_ids]
+    if excluded:
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("slide_id"), pa.array(excluded))))
+    return rows
+
+
+def list_slides(
+    view: StoreView,
+    *,
+    encoder: str | None = None,
+    status: str | None = None,
+    slide_ids: Iterable[str] | None = None,
+    config_hash: str | None = None,
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Slides rows, one per (slide, encoder, config), with optional filters.
+
+    ``where`` is a Lance SQL predicate over slides columns written by the caller
+    (for example ``"mpp < 0.3 AND vendor = 'aperio'"``).
+    """
+    if status not in (None, "done", "failed"):
+        raise ConfigError(f"status must be 'done' or 'failed', not {status!r}")
+    base = _slides_filter(encoder, slide_ids, config_hash)
+    table = view.slides().to_table(filter=base)
+    table = _latest_per_key(table)
+    if status is not None:
+        table = table.filter(pc.equal(table.column("status"), status))
+    if where:
+        # The gate dedup must run before a user predicate, or a predicate matching only
+        # an older shadowed row would resurrect it: filter the deduplicated rows.
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            con.register("slides", table)
+            table = con.sql(f"SELECT * FROM slides WHERE {where}").to_arrow_table()
+        finally:
+            con.close()
+    table = table.sort_by([("slide_id", "ascending"), ("encoder", "ascending")])
+    return table.select(list(columns)) if columns else table
+
+
+def tiles_predicate(
+    view: StoreView,
+    encoder: str,
+    dataset: lance.LanceDataset,
+    *,
+    slide_ids: Iterable[str] | None = None,
+    exclude_slide_ids: Iterable[str] = (),
+    config_hash: str | None = None,
+) -> str | None:
+    """A Lance predicate selecting exactly the visible tiles asked for.
+
+    The exact form lists the visible write ids. When every row of the table is
+    visible (nothing replaced or orphaned awaits tidying: the row count equals the
+    sum of the gate rows' tile counts) and no cohort is asked for, the gate needs no
+    predicate at all, which keeps vector-search prefilters cheap.
+    """
+    excluded = sorted({validate_slide_id(s) for s in exclude_slide_ids})
+    everything = visible_writes(view, encoder)
+    total = pc.sum(everything.column("tile_count")).as_py() or 0
+    if slide_ids is None and config_hash is None and dataset.count_rows() == total:
+        if not excluded:
+            return None
+        return f"NOT ({in_list('slide_id', excluded)})"
+    writes = visible_writes(
+        view,
+        encoder,
+        slide_ids=slide_ids,
+        exclude_slide_ids=excluded,
+        config_hash=config_hash,
+    )
+    return in_list("write_id", writes.column("write_id").to_pylist())
+
+
+def scan_tiles(
+    view: StoreView,
+    encoder: str,
+    *,
+    slide_ids: Iterable[str] | None = None,
+    exclude_slide_ids: Iterable[str] = (),
+    config_hash: str | None = None,
+    columns: Sequence[str] | None = None,
+    where: str | None = None,
+    batch_size: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """Stream visible tiles of a slide, a cohort (``slide_ids``) or all slides.
+
+    ``where`` is an extra Lance SQL predicate over tile columns written by the caller
+    (for example ``"tissue_fraction > 0.5 AND qc_flags = 0"``).
+    """
+    dataset = view.tiles(encoder)
+    if dataset is None:
+        return
+    predicate = tiles_predicate(
+        view,
+        encoder,
+        dataset,
+        slide_ids=None if slide_ids is None else list(slide_ids),
+        exclude_slide_ids=exclude_slide_ids,
+        config_hash=config_hash,
+    )
+    if where:
+        predicate = f"({predicate}) AND ({where})" if predicate else where
+    scanner = dataset.scanner(
+        columns=list(columns) if columns else None,
+        filter=predicate,
+        batch_size=batch_size,
+        # One fragment at a time keeps memory to a few batches.
+        fragment_readahead=1,
+    )
+    yield from scanner.to_batches()
+
+
+def read_tiles(view: StoreView, encoder: str, **kwargs: Any) -> pa.Table:
+    """Visible tiles as one Arrow table (arguments as :func:`scan_tiles`)."""
+    from features.store.schema import tiles_schema
+
+    batches = list(scan_tiles(view, encoder, **kwargs))
+    if batches:
+        return pa.Table.from_batches(batches)
+    dataset = view.tiles(encoder)
+    schema = dataset.schema if dataset is not None else tiles_schema(1)
+    columns = kwargs.get("columns")
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
+    return schema.empty_table()
+
+
+def tiles_pandas(view: StoreView, encoder: str, **kwargs: Any) -> pd.DataFrame:
+    """Visible tiles as a DataFrame; embeddings become one NumPy array per row."""
+    return read_tiles(view, encoder, **kwargs).to_pandas()
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    import torch
+
+    # Arrow hands out read-only buffers; torch needs memory it may write to.
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, copy=True, order="C")
+    return torch.from_numpy(array)
+
+
+def to_torch(table: pa.Table) -> dict[str, Any]:
+    """Numeric columns as torch tensors (embeddings as one (N, D) tensor); strings as lists."""
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_fixed_size_list(column.type):
+            out[name] = _tensor(embeddings_to_numpy(column))
+        elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            out[name] = _tensor(column.to_numpy(zero_copy_only=False))
+        else:
+            out[name] = column.to_pylist()
+    return out
+
+
+@dataclass(frozen=True)
+class Bag:
+    """A slide's bag for MIL: (N, D) embeddings and their (N, 2) level-0 (x, y) coords."""
+
+    slide_id: str
+    embeddings: np.ndarray
+    coords: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def to_torch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _tensor(self.embeddings), _tensor(self.coords)
+
+
+def bag_from_table(slide_id: str, batch: pa.RecordBatch | pa.Table) -> Bag:
+    coords = np.stack(
+        [
+            batch.column("x").to_numpy(zero_copy_only=False),
+            batch.column("y").to_numpy(zero_copy_only=False),
+        ],
+        axis=1,
+    ).astype(np.int64, copy=False)
+    return Bag(slide_id, embeddings_to_numpy(batch.column("embedding")), coords)
+
+
+def _single_write(writes: pa.Table, slide_id: str) -> str | None:
+    """The write id holding ``slide_id``'s visible tiles, None when it has none."""
+    mine = writes.filter(pc.equal(writes.column("slide_id"), slide_id))
+    if mine.num_rows > 1:
+        hashes = mine.column("config_hash").to_pylist()
+        raise ConfigError(
+            f"{slide_id} has features for several configs {hashes}; pass config_hash="
+        )
+    return mine.column("write_id")[0].as_py() if mine.num_rows else None
+
+
+def _scan_write(
+    dataset: lance.LanceDataset, slide_id: str, write_id: str, batch_size: int
+) -> Iterator[Bag]:
+    scanner = dataset.scanner(
+        columns=["x", "y", "embedding"],
+        filter=f"write_id = {sql_literal(write_id)}",
+        batch_size=batch_size,
+        # Bounded memory: one fragment, two batches decoded ahead, a small I/O buffer
+        # (Lance's default buffers up to 2 GiB ahead of a slow consumer).
+        fragment_readahead=1,
+        batch_readahead=1,
+        io_buffer_size=_IO_BUFFER_BYTES,
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield bag_from_table(slide_id, batch)
+
+
+def _empty_bag(dataset: lance.LanceDataset | None, slide_id: str) -> Bag:
+    if dataset is None:
+        return Bag(slide_id, np.empty((0, 0), np.float32), np.empty((0, 2), np.int64))
+    emb_type = dataset.schema.field("embedding").type
+    dtype = np.float16 if emb_type.value_type == pa.float16() else np.float32
+    return Bag(slide_id, np.empty((0, emb_type.list_size), dtype), np.empty((0, 2), np.int64))
+
+
+def _assemble(slide_id: str, pieces: Iterator[Bag], expected: int) -> Bag | None:
+    """Fill one preallocated (N, D) array from streamed pieces (no list-then-concatenate,
+    which would hold the bag twice); ``expected`` is the gate's tile count."""
+    first = next(pieces, None)
+    if first is None:
+        return None
+    size = max(expected, len(first))
+    embeddings = np.empty((size, first.embeddings.shape[1]), first.embeddings.dtype)
+    coords = np.empty((size, 2), np.int64)
+    filled = 0
+    for piece in itertools.chain([first], pieces):
+        end = filled + len(piece)
+        if end > len(embeddings):  # more rows than the gate said: grow (never expected)
+            embeddings = np.resize(embeddings, (end, embeddings.shape[1]))
+            coords = np.resize(coords, (end, 2))
+        embeddings[filled:end] = piece.embeddings
+        coords[filled:end] = piece.coords
+        filled = end
+    return Bag(slide_id, embeddings[:filled], coords[:filled])
+
+
+def iter_bag_batches(
+    view: StoreView,
+    slide_id: str,
+    encoder: str,
+    *,
+    config_hash: str | None = None,
+    batch_size: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[Bag]:
+    """A slide's bag in pieces of at most ``batch_size`` tiles; memory stays bounded."""
+    slide_id = validate_slide_id(slide_id)
+    writes = visible_writes(view, encoder, slide_ids=[slide_id], config_hash=config_hash)
+    write_id = _single_write(writes, slide_id)
+    dataset = view.tiles(encoder)
+    if write_id is not None and dataset is not None:
+        yield from _scan_write(dataset, slide_id, write_id, batch_size)
+
+
+def read_bag(
+    view: StoreView, slide_id: str, encoder: str, *, config_hash: str | None = None
+) -> Bag:
+    """A slide's whole bag; an empty (0, D) bag when the slide has no visible tiles."""
+    return next(iter_bags(view, encoder, [slide_id], config_hash=config_hash))
+
+
+def _read_bag(
+    dataset: lance.LanceDataset | None, writes: pa.Table, slide_id: str, batch_size: int
+) -> tuple[Bag | None, int]:
+    """(bag or None, tile count the gate promised)."""
+    write_id = _single_write(writes, slide_id)
+    if write_id is None or dataset is None:
+        return None, 0
+    mine = writes.filter(pc.equal(writes.column("write_id"), write_id))
+    expected = int(mine.column("tile_count")[0].as_py() or 0)
+    bag = _assemble(slide_id, _scan_write(dataset, slide_id, write_id, batch_size), expected)
+    return bag, expected
+
+
+def iter_bags(
+    view: StoreView,
+    encoder: str,
+    slide_ids: Iterable[str] | None = None,
+    *,
+    config_hash: str | None = None,
+    batch_size: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[Bag]:
+    """Bags one slide at a time, in the order given (all visible slides when None).
+
+    Only one bag is in memory at a time. The gate and the tiles table are opened once,
+    so a training loop pays one lookup per bag and an epoch reads one snapshot even
+    while new commits land. Each bag is checked against the tile count its slides row
+    promises: if a commit replaced and tidied the slide between reading the gate and
+    opening the tiles table, the bag is read again from a fresh view.
+    """
+    wanted = None if slide_ids is None else [validate_slide_id(s) for s in slide_ids]
+    writes = visible_writes(view, encoder, slide_ids=wanted, config_hash=config_hash)
+    if wanted is None:
+        wanted = sorted(set(writes.column("slide_id").to_pylist()))
+    dataset = view.tiles(encoder)
+    for slide_id in wanted:
+        bag, expected = _read_bag(dataset, writes, slide_id, batch_size)
+        found = 0 if bag is None else len(bag)
+        if found != expected and not view.pinned:
+            fresh = StoreView(view.tables)
+            fresh_writes = visible_writes(
+                fresh, encoder, slide_ids=[slide_id], config_hash=config_hash
+            )
+            bag, expected = _read_bag(fresh.tiles(encoder), fresh_writes, slide_id, batch_size)
+            found = 0 if bag is None else len(bag)
+        if found != expected:
+            raise StoreError(f"{slide_id}: its slides row promises {expected} tiles, found {found}")
+        yield bag if bag is not None else _empty_bag(dataset, slide_id)

@@ -1,0 +1,58 @@
+"""Fixtures for the feature store tests: a store on each storage location, tile factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from store_helpers import CONFIG, DIM, ENCODER, slide_info, tile_payload
+
+from features.store import FeatureStore, PendingSlide, SlideKey
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store_location(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict[str, Any]]:
+    """A fresh store root on local disk, or in a moto S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store"), {}
+    bucket = request.getfixturevalue("s3_bucket")
+    options = request.getfixturevalue("s3_options")
+    return f"{bucket}/store", options
+
+
+@pytest.fixture
+def store(store_location) -> FeatureStore:
+    uri, options = store_location
+    return FeatureStore.open(uri, options)
+
+
+@pytest.fixture
+def local_store(tmp_path) -> FeatureStore:
+    return FeatureStore.open(str(tmp_path / "store"))
+
+
+WriteFn = Callable[..., PendingSlide]
+
+
+@pytest.fixture
+def write() -> WriteFn:
+    """``write(store, slide_id, n=..., seed=...)``: a worker-side write, not committed."""
+
+    def _write(
+        fs: FeatureStore,
+        slide_id: str,
+        n: int = 40,
+        *,
+        seed: int = 0,
+        encoder: str = ENCODER,
+        config: str = CONFIG,
+        dim: int = DIM,
+        dtype: str = "float32",
+    ) -> PendingSlide:
+        key = SlideKey(slide_id, encoder, config)
+        return fs.write_slide(
+            key, slide_info(slide_id), [tile_payload(n, dim=dim, seed=seed, dtype=dtype)]
+        )
+
+    return _write
