@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Fresh machine to first result: install, then run the main job on a sample slide.
+# Fresh machine to first result: install, then run the main job on a generated cohort
+# (plus the real sample slide when ../shared/data has it): embedded Ray, local store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-SLIDE=../shared/data/cmu_small_region.svs
-if [ ! -f "$SLIDE" ]; then
-  SLIDE=slidebank-out/sample.svs
-  .venv/bin/slidebank sample "$SLIDE"
-fi
-.venv/bin/slidebank info "$SLIDE"
+.venv/bin/slidebank demo --out slidebank-demo

@@ -19,7 +19,9 @@ _COMMAND_MODULES = (
     "slidebank._cli_info",
     "slidebank._cli_tissue",
     "slidebank._cli_encoders",
+    "slidebank._cli_query",
     "slidebank._cli_cohort",
+    "slidebank._cli_ingest",
 )
 
 app = typer.Typer(

@@ -73,7 +73,8 @@ def _from_manifest(source: str, storage_options: Mapping[str, Any] | None) -> li
     if column is None:
         raise ManifestError(f"{source}: no slide column; expected one of {list(_URI_COLUMNS)}")
     base = posixpath.dirname(strip_protocol(source)) if is_local(source) else source.rsplit("/", 1)[0]
-    out, seen = [], {}
+    out: list[SlideSource] = []
+    seen: dict[str, Any] = {}
     for number, row in enumerate(rows, start=2):  # row 1 is the header, as a spreadsheet shows it
         out.append(_row_source(source, number, row, column, base))
         sid = out[-1].slide_id
@@ -114,7 +115,8 @@ def _from_listing(source: str, storage_options: Mapping[str, Any] | None) -> lis
         raise ManifestError(f"{source}: no such file, folder or prefix")
     if not paths:
         raise ManifestError(f"{source}: matched no slides")
-    out, seen = [], {}
+    out: list[SlideSource] = []
+    seen: dict[str, Any] = {}
     for p in paths:
         uri = p if protocol is None else f"{protocol}://{p}"
         sid = slide_id_from_uri(uri)

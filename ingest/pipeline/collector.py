@@ -1,0 +1,141 @@
+"""Driver side: gather each slide's batches, then commit groups of finished slides.
+
+A slide is finished when every batch index of its ``write_id`` has arrived (``tiles``),
+or when its single ``empty`` or ``failed`` row has. Retried tasks may deliver a batch
+twice; the first copy wins and the rest are never committed. A ``failed`` row ends the
+slide even if some of its batches already arrived: those fragments stay invisible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.pipeline import metrics
+
+__all__ = ["SlideCollector", "SlideOutcome"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    status: str  # done | failed
+    tiles: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class _Partial:
+    write_id: str
+    n_batches: int = 0
+    batches: dict[int, tuple[list[str], int, int]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class SlideCollector:
+    """Feeds finished slides to ``store.commit`` in groups of ``commit_every``."""
+
+    def __init__(self, store: Any, encoder: str, config_hash: str, dtype: str,
+                 write_ids: Mapping[str, str], commit_every: int, run_id: str,
+                 faults: Mapping[str, Any] | None = None) -> None:
+        self.store, self.encoder, self.config_hash, self.dtype = store, encoder, config_hash, dtype
+        self.write_ids = dict(write_ids)
+        self.commit_every, self.run_id = commit_every, run_id
+        self.partial: dict[str, _Partial] = {}
+        self.ready: list[Any] = []
+        self.outcomes: dict[str, SlideOutcome] = {}
+        self.committed_slides = 0
+        self.commits = 0
+        self.faults = dict(faults or {})
+
+    def add(self, row: Mapping[str, Any]) -> SlideOutcome | None:
+        """Take one pipeline output row; returns the slide's outcome when it completes."""
+        sid, write_id = str(row["slide_id"]), str(row["write_id"])
+        if sid in self.outcomes or self.write_ids.get(sid) != write_id:
+            return None  # a late duplicate from a retried task
+        part = self.partial.setdefault(sid, _Partial(write_id))
+        part.info = json.loads(str(row["info_json"])) or part.info
+        status = str(row["status"])
+        if status == "failed":
+            return self._finish_failed(sid, part, str(row["error_type"]), str(row["error_message"]))
+        if status == "empty":
+            return self._finish_done(sid, part)
+        part.n_batches = int(row["n_batches"])
+        index = int(row["batch_index"])
+        if index not in part.batches:
+            part.batches[index] = (json.loads(str(row["fragments"])), int(row["n_tiles"]), int(row["dim"]))
+        if len(part.batches) == part.n_batches:
+            return self._finish_done(sid, part)
+        return None
+
+    def _finish_done(self, sid: str, part: _Partial) -> SlideOutcome:
+        from features.store import PendingSlide
+
+        fragments = tuple(f for i in sorted(part.batches) for f in part.batches[i][0])
+        n_tiles = sum(b[1] for b in part.batches.values())
+        dim = next((b[2] for b in part.batches.values() if b[2]), None)
+        self.ready.append(PendingSlide(
+            key=self._key(sid), info=self._info(part.info), write_id=part.write_id, status="done",
+            n_tiles=n_tiles, fragments=fragments, dim=dim, dtype=self.dtype if dim else None))
+        return self._outcome(sid, SlideOutcome(sid, "done", n_tiles, seconds=_seconds(part.info)))
+
+    def _finish_failed(self, sid: str, part: _Partial, error_type: str, message: str) -> SlideOutcome:
+        from features.store import PendingSlide
+
+        self.ready.append(PendingSlide(
+            key=self._key(sid), info=self._info(part.info), write_id=part.write_id,
+            status="failed", error_type=error_type, error_message=message))
+        return self._outcome(sid, SlideOutcome(sid, "failed", 0, error_type, message))
+
+    def _outcome(self, sid: str, outcome: SlideOutcome) -> SlideOutcome:
+        self.partial.pop(sid, None)
+        self.outcomes[sid] = outcome
+        metrics.record_slide(outcome.status)
+        if len(self.ready) >= self.commit_every:
+            self.flush()
+        return outcome
+
+    def flush(self) -> None:
+        """Commit every finished slide not yet committed (one atomic group)."""
+        if not self.ready:
+            return
+        group, self.ready = self.ready, []
+        self.store.commit(group, run_id=self.run_id)
+        self.committed_slides += len(group)
+        self.commits += 1
+        log.info("committed %d slides (%d so far)", len(group), self.committed_slides)
+        if self.faults.get("driver_exit_after_commits") == self.commits:
+            os._exit(17)  # test hook: the driver dies right after a commit
+
+    def _key(self, sid: str) -> Any:
+        from features.store import SlideKey
+
+        return SlideKey(sid, self.encoder, self.config_hash)
+
+    def _info(self, info: Mapping[str, Any]) -> Any:
+        import slidebank
+        from features.store import SlideInfo
+
+        return SlideInfo(
+            source_uri=str(info.get("source_uri") or ""), size_bytes=info.get("size_bytes"),
+            checksum=info.get("checksum"), reader=info.get("reader"), vendor=info.get("vendor"),
+            level_dimensions=tuple(tuple(d) for d in info.get("level_dimensions") or ()),
+            mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
+            objective_power=info.get("objective_power"), tissue_area_mm2=info.get("tissue_area_mm2"),
+            patient_id=info.get("patient_id"), code_version=slidebank.__version__,
+            timings=info.get("timings") or {},
+        )
+
+
+def _seconds(info: Mapping[str, Any]) -> float | None:
+    timings = info.get("timings") or {}
+    total = sum(float(v) for v in timings.values())
+    return round(total, 3) if timings else None

@@ -1,0 +1,79 @@
+"""What a person watching a long ingestion sees: slides and tiles done, rate, ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+__all__ = ["Progress", "summary_table"]
+
+
+class Progress:
+    """A rich progress bar over slides with a live tile count; silent when disabled."""
+
+    def __init__(self, total_slides: int, *, enabled: bool = True) -> None:
+        self.total, self.enabled = total_slides, enabled and sys.stderr.isatty()
+        self.tiles = self.done = self.failed = 0
+        self.started = time.perf_counter()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(
+                TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("slides · {task.fields[tiles]:,} tiles · {task.fields[rate]:.0f} tiles/s"
+                           " · {task.fields[failed]} failed"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._progress.start()
+            self._task = self._progress.add_task("ingest", total=self.total, tiles=0, rate=0.0, failed=0)
+        return self
+
+    def batch(self, tiles: int) -> None:
+        self.tiles += tiles
+        self._update(advance=0)
+
+    def slide(self, outcome: Any) -> None:
+        self.done += 1
+        self.failed += outcome.status == "failed"
+        self._update(advance=1)
+
+    def _update(self, advance: int) -> None:
+        if self._progress is None:
+            return
+        rate = self.tiles / max(time.perf_counter() - self.started, 1e-6)
+        self._progress.update(self._task, advance=advance, tiles=self.tiles, rate=rate,
+                              failed=self.failed)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def summary_table(result: Any) -> Any:
+    """A rich table of the run: one row per slide, failures with their reason."""
+    from rich.table import Table
+
+    table = Table(title=f"ingest {result.run_id} · config {result.config_hash} · "
+                        f"{result.seconds:.1f} s")
+    for column in ("slide", "status", "tiles", "seconds", "error"):
+        table.add_column(column, justify="right" if column in ("tiles", "seconds") else "left")
+    for o in result.outcomes:
+        error = f"{o.error_type}: {o.error_message}"[:120] if o.error_type else ""
+        style = "red" if o.status == "failed" else None
+        table.add_row(o.slide_id, o.status, f"{o.tiles:,}",
+                      f"{o.seconds:.2f}" if o.seconds is not None else "", error, style=style)
+    for sid in result.skipped:
+        table.add_row(sid, "skipped (done)", "", "", "", style="dim")
+    return table

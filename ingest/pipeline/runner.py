@@ -1,0 +1,160 @@
+"""Run the ingestion: sources → Ray Data (read → encode → write) → driver commits.
+
+Idempotent and resumable: slides already ``done`` for this encoder and config hash are
+skipped (``force`` redoes them); every slide gets a fresh ``write_id`` per run, and the
+store's commit protocol guarantees that a slide's rows are replaced, never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.pipeline.collector import SlideCollector, SlideOutcome
+from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.encode_stage import EncodeStage
+from ingest.pipeline.progress import Progress
+from ingest.pipeline.read_stage import read_slides
+from ingest.pipeline.resources import connect, plan_resources
+from ingest.pipeline.sources import SlideSource
+from ingest.pipeline.write_stage import write_batches
+
+__all__ = ["IngestResult", "run_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    config_hash: str
+    encoder: str
+    outcomes: list[SlideOutcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    store_version: int | None = None
+
+    @property
+    def failed(self) -> list[SlideOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def tiles(self) -> int:
+        return sum(o.tiles for o in self.outcomes)
+
+
+def run_ingest(
+    sources: Sequence[SlideSource],
+    store: Any,
+    config: IngestConfig | None = None,
+    options: RunOptions | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    dashboard: bool = True,
+) -> IngestResult:
+    """Ingest ``sources`` into ``store`` (a :class:`features.store.FeatureStore`)."""
+    from features.encoders import Encoder
+
+    config, options = config or IngestConfig(), options or RunOptions()
+    started = time.perf_counter()
+    probe = Encoder(config.encoder, weights=config.weights, device="cpu")  # fails fast on bad weights
+    weights_sha = (probe.provenance.get("weights") or {}).get("sha256")
+    config_hash = config.config_hash(weights_sha)
+    result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder)
+    todo = _pending(sources, store, config.encoder, config_hash, options.force, result)
+    if not todo:
+        result.seconds = time.perf_counter() - started
+        return result
+    # Create the encoder's table once here rather than racing to create it in every worker.
+    store.ensure_tiles_table(config.encoder, int(probe.spec.embed_dim), config.embedding_dtype)
+    shutdown = connect(options, dashboard=dashboard)
+    try:
+        _execute(todo, store, config, options, storage_options, config_hash, probe, result)
+    finally:
+        if shutdown:
+            import ray
+
+            ray.shutdown()
+    result.store_version = store.latest().version
+    result.seconds = time.perf_counter() - started
+    _record_run(store, config, options, result, weights_sha, len(sources))
+    return result
+
+
+def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_hash: str,
+             force: bool, result: IngestResult) -> list[SlideSource]:
+    if force:
+        return list(sources)
+    table = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
+                                  columns=["slide_id"]) if encoder in store.encoders() else None
+    done = set(table.column("slide_id").to_pylist()) if table is not None else set()
+    result.skipped = [s.slide_id for s in sources if s.slide_id in done]
+    return [s for s in sources if s.slide_id not in done]
+
+
+def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+             storage_options: Mapping[str, Any] | None, config_hash: str, probe: Any,
+             result: IngestResult) -> None:
+    import ray
+
+    from features.store._keys import new_write_id
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own progress display is on the driver
+    plan = plan_resources(options)
+    write_ids = {s.slide_id: new_write_id() for s in todo}
+    items = [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
+              "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
+             for s in todo]
+    location = store.location
+    # Worker deaths are retried by Ray (tasks: 3 retries by default; actors restart);
+    # application errors never reach Ray: the read stage turns them into failed rows.
+    ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(read_slides, batch_size=1, num_cpus=0.5,
+                        compute=ray.data.TaskPoolStrategy(size=plan.read_tasks),
+                        fn_kwargs={"config": config, "options": options, "store": location,
+                                   "storage_options": storage_options})
+    ds = ds.map_batches(
+        EncodeStage, batch_size=1, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
+        compute=ray.data.ActorPoolStrategy(size=plan.encoder_actors),
+        fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
+                               "device": options.device, "batch_size": options.tiles_per_batch,
+                               "num_threads": None if plan.gpus_per_encoder else 1})
+    ds = ds.map_batches(write_batches, batch_size=1, num_cpus=0.25, fn_kwargs={
+        "store": location, "encoder": config.encoder, "config_hash": config_hash,
+        "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
+        "read_mpp": config.tiling.target_mpp})
+    collector = SlideCollector(store, config.encoder, config_hash, config.embedding_dtype,
+                               write_ids, options.commit_every, result.run_id, options.faults)
+    with Progress(len(todo), enabled=options.progress) as progress:
+        for row in ds.iter_rows():
+            outcome = collector.add(row)
+            progress.batch(int(row["n_tiles"]))
+            if outcome is not None:
+                progress.slide(outcome)
+        collector.flush()
+    result.outcomes = [collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes]
+    missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
+    if missing:  # cannot happen unless Ray lost rows; never report them as done
+        raise RuntimeError(f"pipeline ended without a result for slides {missing}")
+
+
+def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,
+                weights_sha: str | None, n_sources: int) -> None:
+    import slidebank
+    from features.store import RunRecord
+
+    record = RunRecord(
+        run_id=result.run_id, config={**config.to_dict(weights_sha), "sources": n_sources,
+                                      "skipped": len(result.skipped)},
+        config_hash=result.config_hash, encoder=config.encoder, code_version=slidebank.__version__,
+        weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
+        n_slides_failed=len(result.failed), n_tiles=result.tiles,
+        timings={"total_s": round(result.seconds, 3)})
+    store.record_run(record)
+    if options.run_tag:
+        store.tag(options.run_tag)

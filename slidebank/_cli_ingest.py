@@ -1,0 +1,126 @@
+"""``slidebank ingest`` (the main job) and ``slidebank demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+
+__all__ = ["register"]
+
+EXIT_SOME_FAILED = 3
+
+
+def ingest(
+    source: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet: uri, slide_id, patient_id, mpp) "
+                                               "or a glob/prefix such as 's3://bucket/cohort/*.svs'.")],
+    store: Annotated[str, typer.Option(help="Feature store URI (path or s3://...).")],
+    encoder: Annotated[str, typer.Option(help="Encoder name (see `slidebank encoders`).")] = "handcrafted-he-v1",
+    weights: Annotated[str | None, typer.Option(help="Local weight file or hf-hub:owner/repo.")] = None,
+    mpp: Annotated[float, typer.Option(help="Target resolution of the tiles, µm/px. Per-slide MPP "
+                                            "overrides go in the manifest's `mpp` column.")] = 0.5,
+    tile: Annotated[int, typer.Option(help="Tile size in pixels at the target resolution.")] = 256,
+    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.0,
+    min_tissue: Annotated[float, typer.Option(help="Keep tiles with at least this tissue fraction.")] = 0.5,
+    stain: Annotated[str, typer.Option(help="Stain normalization: macenko or none.")] = "macenko",
+    dtype: Annotated[str, typer.Option(help="Embedding storage dtype: float32 or float16.")] = "float32",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
+                                                     "else an embedded local Ray).")] = None,
+    force: Annotated[bool, typer.Option(help="Redo slides already done with this config.")] = False,
+    tiles_per_batch: Annotated[int, typer.Option(help="Tiles per read/encode batch.")] = 64,
+    read_concurrency: Annotated[int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")] = None,
+    encoder_actors: Annotated[int | None, typer.Option(help="Encoder actors (default: one per GPU, "
+                                                            "else half the CPUs).")] = None,
+    commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    tag: Annotated[str | None, typer.Option(help="Tag the store version after this run.")] = None,
+    storage_option: Annotated[list[str] | None, typer.Option(
+        "--storage-option", "-s", help="fsspec storage option KEY=VALUE for slides and store (repeatable).")] = None,
+    no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
+
+    Resumable: slides already done with the same configuration are skipped. Exit code 0
+    when every slide is done, 3 when some failed (listed in the summary), 2 on bad input.
+
+    Example: slidebank ingest 's3://bucket/cohort/*.svs' --store s3://bucket/store -s endpoint_url=http://...
+    """
+    from ingest.pipeline.config import IngestConfig, RunOptions
+    from ingest.tiling.config import TilingConfig
+    from slidebank.ingest_api import ingest as run
+
+    options = parse_storage_options(storage_option)
+    with fail_on_slidebank_error():
+        config = IngestConfig(encoder=encoder, weights=weights, stain=_literal(stain),
+                              embedding_dtype=_literal(dtype),
+                              tiling=TilingConfig(tile_size=tile, target_mpp=mpp, overlap=overlap,
+                                                  min_tissue_fraction=min_tissue))
+        run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
+                                 read_concurrency=read_concurrency, encoder_actors=encoder_actors,
+                                 commit_every=commit_every, device=_literal(device), run_tag=tag,
+                                 progress=not as_json)
+        result = run(source, store, config=config, options=run_options,
+                     storage_options=options or None, dashboard=not no_dashboard)
+    _report(result, as_json)
+    if result.failed:
+        raise typer.Exit(code=EXIT_SOME_FAILED)
+
+
+def _literal(value: str) -> Any:
+    return value  # the typed configs validate it and name the field when it is wrong
+
+
+def _report(result: object, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from ingest.pipeline.progress import summary_table
+
+    if as_json:
+        payload = {k: v for k, v in asdict(result).items()}  # type: ignore[call-overload]
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    console = Console()
+    console.print(summary_table(result))
+    done = sum(o.status == "done" for o in result.outcomes)  # type: ignore[attr-defined]
+    console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "  # type: ignore[attr-defined]
+                  f"{result.tiles:,} tiles")  # type: ignore[attr-defined]
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the cohort, the store and the pictures.")] = Path("slidebank-demo"),
+    slides: Annotated[int, typer.Option(help="Synthetic slides to write.")] = 4,
+) -> None:
+    """Write a small synthetic cohort (plus the real sample slide when ../shared/data has it),
+    ingest it with the default encoder into a local store, run a similarity query, and
+    write a QC overlay PNG.
+
+    Example: slidebank demo --out slidebank-demo
+    """
+    from rich.console import Console
+
+    from ingest.pipeline.progress import summary_table
+    from slidebank.ingest_api import run_demo
+
+    with fail_on_slidebank_error():
+        report = run_demo(out, n_slides=slides)
+    console = Console()
+    console.print(summary_table(report.result))
+    if report.similar is not None and report.query is not None:
+        sid, x, y = report.query
+        console.print(f"\ntiles most like {sid} at ({x}, {y}), from other slides:")
+        for row in report.similar.select(["slide_id", "x", "y", "distance"]).to_pylist():
+            console.print(f"  {row['slide_id']:<22} ({row['x']:>6}, {row['y']:>6})  distance {row['distance']:.4f}")
+    console.print(f"\ncohort:  {report.cohort}\nstore:   {report.store}\noverlay: {report.overlay}")
+    console.print(f"next:    slidebank query slides --store {report.store}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest)
+    app.command("demo")(demo)

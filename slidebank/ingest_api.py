@@ -1,0 +1,94 @@
+"""The facade's ingestion operations: ``ingest`` (the main job) and ``demo``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoReport", "ingest", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+
+def ingest(source: str, store: str, *, config: Any = None, options: Any = None,
+           storage_options: Mapping[str, Any] | None = None,
+           store_options: Mapping[str, Any] | None = None, dashboard: bool = True) -> Any:
+    """Ingest every slide named by ``source`` (manifest, glob or prefix) into ``store``."""
+    from features.store import FeatureStore
+    from ingest.pipeline.runner import run_ingest
+    from ingest.pipeline.sources import load_sources
+
+    sources = load_sources(source, storage_options)
+    feature_store = FeatureStore.open(store, store_options or storage_options)
+    return run_ingest(sources, feature_store, config, options, storage_options=storage_options,
+                      dashboard=dashboard)
+
+
+@dataclass
+class DemoReport:
+    cohort: Path
+    store: str
+    result: Any
+    similar: Any
+    overlay: Path
+    query: tuple[str, int, int] | None
+
+
+def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
+             use_real_slide: bool = True, dashboard: bool = False, progress: bool = True) -> DemoReport:
+    """Write a small synthetic cohort, ingest it locally, query it, draw a QC overlay."""
+    import numpy as np
+
+    from features.store import FeatureStore
+    from ingest.pipeline.config import RunOptions
+    from ingest.pipeline.runner import run_ingest
+    from ingest.pipeline.sources import SlideSource
+
+    out = Path(out)
+    cohort = out / "cohort"
+    sources = _write_cohort(cohort, n_slides)
+    real = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmu_small_region.svs"
+    if use_real_slide and real.exists():
+        sources.append(SlideSource(str(real), "cmu_small_region"))
+    store = FeatureStore.open(str(out / "store"))
+    result = run_ingest(sources, store, options=RunOptions(progress=progress), dashboard=dashboard)
+    store = store.latest()
+    tiles = store.tiles(columns=["slide_id", "x", "y"]) if result.tiles else None
+    similar, query = None, None
+    if tiles is not None and tiles.num_rows:
+        pick = int(np.argmax(np.asarray(tiles.column("x"))))  # a deterministic tile to ask about
+        query = (tiles.column("slide_id")[pick].as_py(), int(tiles.column("x")[pick].as_py()),
+                 int(tiles.column("y")[pick].as_py()))
+        similar = store.search_by_tile(*query, k=5, exclude_same_slide=True)
+    overlay = _overlay(sources[0], out)
+    return DemoReport(cohort, str(out / "store"), result, similar, overlay, query)
+
+
+def _write_cohort(folder: Path, n: int) -> list[Any]:
+    from ingest.pipeline.sources import SlideSource
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for i in range(n):
+        path = folder / f"synthetic-{i:02d}.svs"
+        if not path.exists():
+            write_synthetic_slide(path, SyntheticSlideSpec(
+                width=3072, height=2304, mpp=0.5, seed=100 + i, pen_marks=i % 2 == 0,
+                faint=i == 1, blur=i == 2, downsamples=(1, 4)))
+        sources.append(SlideSource(str(path), path.stem, patient_id=f"P{i // 2:03d}"))
+    return sources
+
+
+def _overlay(source: Any, out: Path) -> Path:
+    from ingest.slides import open_slide
+    from ingest.tiling.plan import plan_slide
+    from ingest.tissue.overlay import render_overlay, write_png
+
+    with open_slide(source.uri) as slide:
+        tissue, plan = plan_slide(slide)
+        image = render_overlay(tissue, plan, slide.dimensions)
+    return write_png(out / f"{source.slide_id}.overlay.png", image)

@@ -1,0 +1,161 @@
+"""The main job end to end: real Ray, real Lance, real S3 protocol, injected faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.store import FeatureStore
+from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.runner import run_ingest
+from ingest.pipeline.sources import SlideSource
+from ingest.slides import open_slide
+from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from ingest.tiling.plan import plan_slide
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> list[SlideSource]:
+    folder = tmp_path_factory.mktemp("cohort")
+    sources = []
+    for i in range(6):
+        path = folder / f"syn-{i}.svs"
+        write_synthetic_slide(path, SyntheticSlideSpec(width=1792, height=1536, seed=40 + i,
+                                                       downsamples=(1, 4), pen_marks=i % 3 == 0,
+                                                       n_blobs=2))
+        sources.append(SlideSource(str(path), path.stem, patient_id=f"P{i // 2}"))
+    return sources
+
+
+def _planned(source: SlideSource, storage_options=None) -> set[tuple[int, int]]:
+    with open_slide(source.uri, storage_options=storage_options, mpp=source.mpp) as slide:
+        _, plan = plan_slide(slide)
+    return set(zip(plan.table.column("x").to_pylist(), plan.table.column("y").to_pylist(), strict=True))
+
+
+def _stored(store: FeatureStore) -> dict[str, list[tuple[int, int]]]:
+    table = store.latest().tiles(columns=["slide_id", "x", "y"])
+    out: dict[str, list[tuple[int, int]]] = {}
+    for sid, x, y in zip(*(table.column(c).to_pylist() for c in ("slide_id", "x", "y")), strict=True):
+        out.setdefault(sid, []).append((x, y))
+    return out
+
+
+FAST = RunOptions(progress=False, commit_every=3, tiles_per_batch=16)
+
+
+@pytest.mark.s3
+def test_cohort_from_s3_into_a_store_on_s3(ray_cluster, cohort, cmu_slide, s3_bucket, s3_options,
+                                           tmp_path) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    remote = []
+    for source in [*cohort, SlideSource(str(cmu_slide), "cmu_small_region")]:
+        key = f"{s3_bucket}/slides/{Path(source.uri).name}"
+        fs.put(source.uri, key)
+        remote.append(SlideSource(key, source.slide_id, source.patient_id))
+    corrupt = f"{s3_bucket}/slides/corrupt.svs"
+    fs.pipe(corrupt, Path(cohort[0].uri).read_bytes()[:50_000])
+    remote.append(SlideSource(corrupt, "corrupt"))
+    store = FeatureStore.open(f"{s3_bucket}/store", s3_options)
+
+    result = run_ingest(remote, store, options=FAST, storage_options=s3_options)
+
+    by_id = {o.slide_id: o for o in result.outcomes}
+    assert by_id["corrupt"].status == "failed" and by_id["corrupt"].error_type == "SlideCorruptError"
+    stored = _stored(store)
+    for source in remote[:-1]:
+        planned = _planned(source, s3_options)
+        assert by_id[source.slide_id].status == "done"
+        assert sorted(stored.get(source.slide_id, [])) == sorted(planned), source.slide_id
+        assert len(planned) > 0
+    slides = store.latest().slides(columns=["slide_id", "status", "tile_count", "mpp", "mpp_source"])
+    rows = {r["slide_id"]: r for r in slides.to_pylist()}
+    assert rows["cmu_small_region"]["mpp"] == pytest.approx(0.499)
+    assert rows["cmu_small_region"]["mpp_source"] == "aperio"
+    assert rows["corrupt"]["status"] == "failed"
+    embeddings = np.stack(store.latest().tiles(columns=["embedding"]).column("embedding").to_numpy(
+        zero_copy_only=False))
+    assert embeddings.shape[1] == 64 and np.isfinite(embeddings).all()
+
+
+def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, cohort, tmp_path) -> None:
+    store = FeatureStore.open(str(tmp_path / "store"))
+    faults = {"exit_once": {"slide_id": cohort[2].slide_id, "marker": str(tmp_path / "killed")}}
+    result = run_ingest(cohort, store, options=FAST.replace(faults=faults))
+    assert (tmp_path / "killed").exists(), "the fault was injected"
+    assert all(o.status == "done" for o in result.outcomes)
+    stored = _stored(store)
+    for source in cohort:
+        tiles = stored[source.slide_id]
+        assert len(tiles) == len(set(tiles)), "no duplicates"
+        assert set(tiles) == _planned(source)
+
+
+def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_cluster, cohort, tmp_path) -> None:
+    reference = FeatureStore.open(str(tmp_path / "reference"))
+    run_ingest(cohort, reference, options=FAST.replace(commit_every=2))
+    crashed = tmp_path / "crashed"
+    script = (
+        "import json, sys\n"
+        "from features.store import FeatureStore\n"
+        "from ingest.pipeline.config import RunOptions\n"
+        "from ingest.pipeline.runner import run_ingest\n"
+        "from ingest.pipeline.sources import SlideSource\n"
+        "sources = [SlideSource(**s) for s in json.loads(sys.argv[1])]\n"
+        "opts = RunOptions(progress=False, commit_every=2, tiles_per_batch=16, encoder_actors=1,"
+        " read_concurrency=1, faults={'driver_exit_after_commits': 1})\n"
+        f"run_ingest(sources, FeatureStore.open({str(crashed)!r}), options=opts, dashboard=False)\n"
+    )
+    payload = json.dumps([s.__dict__ for s in cohort])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script, payload], env=env, cwd=ROOT,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 17, proc.stderr.decode()[-2000:]
+    store = FeatureStore.open(str(crashed))
+    partial = store.slides(status="done", columns=["slide_id"]).column("slide_id").to_pylist()
+    assert 0 < len(partial) < len(cohort)
+
+    result = run_ingest(cohort, store.latest(), options=FAST)
+
+    assert sorted(result.skipped) == sorted(partial)
+    assert _stored(store).keys() == _stored(reference).keys()
+    for sid, tiles in _stored(reference).items():
+        assert sorted(_stored(store)[sid]) == sorted(tiles)
+    ours = store.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
+        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    theirs = reference.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
+        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    assert ours.equals(theirs), "same tiles and the same embeddings"
+
+
+def test_all_background_slide_is_done_with_zero_tiles(ray_cluster, tmp_path) -> None:
+    path = tmp_path / "glass.tif"
+    import tifffile
+
+    tifffile.imwrite(path, np.full((1024, 1024, 3), 242, np.uint8), tile=(256, 256),
+                     photometric="rgb", resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
+    store = FeatureStore.open(str(tmp_path / "store"))
+    result = run_ingest([SlideSource(str(path), "glass")], store, options=FAST,
+                        config=IngestConfig(stain="none"))
+    (outcome,) = result.outcomes
+    assert (outcome.status, outcome.tiles) == ("done", 0)
