@@ -14,6 +14,13 @@ from pathlib import Path
 
 import pytest
 
+# cuCIM must initialise before PyTorch in a process (see ingest/slides/backends/cucim_reader.py):
+# load it first so every test, whatever the order, can use the cuCIM backend.
+try:
+    import cucim.clara  # noqa: F401
+except Exception:  # cuCIM missing or broken: its tests report that themselves
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CMU_SLIDE = SHARED_DATA / "cmu_small_region.svs"

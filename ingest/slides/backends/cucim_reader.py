@@ -8,7 +8,9 @@ staged to scratch first.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +21,13 @@ from ingest.slides.base import BackendSlide, SlideReader
 __all__ = ["CucimReader"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_torch_first() -> None:
+    log.warning("cuCIM disabled in this process: PyTorch was imported before cuCIM, and "
+                "cuCIM's initialisation then hangs; import cucim (or ingest.slides) first "
+                "to use it. Falling back to OpenSlide/tiffslide.")
 
 
 class _CucimSlide(BackendSlide):
@@ -108,6 +117,12 @@ class CucimReader(SlideReader):
 
     @classmethod
     def is_available(cls) -> bool:
+        if "cucim.clara" not in sys.modules and "torch" in sys.modules:
+            # cuCIM's cuFile initializer spins forever (a libstdc++ getline loop inside
+            # cuFileDriverOpen) when PyTorch was imported first in the process. Never hang:
+            # treat cuCIM as unavailable here; OpenSlide reads the same formats.
+            _warn_torch_first()
+            return False
         try:
             from cucim import CuImage  # type: ignore[attr-defined]  # noqa: F401
         except Exception:  # a broken CUDA runtime surfaces as many exception types
