@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,10 +17,10 @@ import pytest
 
 # cuCIM must initialise before PyTorch in a process (see ingest/slides/backends/cucim_reader.py):
 # load it first so every test, whatever the order, can use the cuCIM backend.
-try:
-    import cucim.clara  # noqa: F401
-except Exception:  # cuCIM missing or broken: its tests report that themselves
-    pass
+with contextlib.suppress(Exception):  # cuCIM missing or broken: its own tests say so
+    from ingest.slides.backends.cucim_reader import warm_up
+
+    warm_up()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -27,6 +27,7 @@ from ingest.pipeline import metrics
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
 from ingest.slides import Slide, open_slide
+from ingest.slides.backends.cucim_reader import warm_up
 from ingest.tiling.plan import plan_slide
 from ingest.tissue.qc import tile_qc
 
@@ -45,6 +46,7 @@ def read_slides(
     storage_options: Mapping[str, Any] | None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data UDF: for each source row, yield that slide's tile-batch rows."""
+    warm_up()  # load cuCIM before anything in this worker can import PyTorch
     for i in range(len(batch["slide_id"])):
         source = {k: _scalar(batch[k][i]) for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
         yield from _one_slide(source, config, options, store, storage_options)

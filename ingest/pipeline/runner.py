@@ -22,6 +22,7 @@ from ingest.pipeline.read_stage import read_slides
 from ingest.pipeline.resources import connect, plan_resources
 from ingest.pipeline.sources import SlideSource
 from ingest.pipeline.write_stage import write_batches
+from ingest.slides.backends.cucim_reader import warm_up
 
 __all__ = ["IngestResult", "run_ingest"]
 
@@ -61,6 +62,7 @@ def run_ingest(
 
     config, options = config or IngestConfig(), options or RunOptions()
     started = time.perf_counter()
+    warm_up()  # the driver opens slides too (demo overlay); load cuCIM before PyTorch
     probe = Encoder(config.encoder, weights=config.weights, device="cpu")  # fails fast on bad weights
     weights_sha = (probe.provenance.get("weights") or {}).get("sha256")
     config_hash = config.config_hash(weights_sha)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -18,9 +20,10 @@ import numpy as np
 
 from ingest.slides.base import BackendSlide, SlideReader
 
-__all__ = ["CucimReader"]
+__all__ = ["CucimReader", "warm_up"]
 
 log = logging.getLogger(__name__)
+_WARM = {"done": False}
 
 
 @functools.cache
@@ -117,7 +120,7 @@ class CucimReader(SlideReader):
 
     @classmethod
     def is_available(cls) -> bool:
-        if "cucim.clara" not in sys.modules and "torch" in sys.modules:
+        if not _WARM["done"] and "torch" in sys.modules:
             # cuCIM's cuFile initializer spins forever (a libstdc++ getline loop inside
             # cuFileDriverOpen) when PyTorch was imported first in the process. Never hang:
             # treat cuCIM as unavailable here; OpenSlide reads the same formats.
@@ -132,4 +135,30 @@ class CucimReader(SlideReader):
     def open_local(self, path: str) -> BackendSlide:
         from cucim import CuImage  # type: ignore[attr-defined]
 
-        return _CucimSlide(CuImage(path), self.device)
+        slide = _CucimSlide(CuImage(path), self.device)
+        _WARM["done"] = True  # its plugins are loaded: PyTorch can no longer hurt it
+        return slide
+
+
+def warm_up() -> bool:
+    """Load cuCIM and its TIFF plugin now, before anything imports PyTorch.
+
+    The plugin is loaded on the first open and its cuFile initializer is what hangs
+    after PyTorch; opening a tiny temporary TIFF here gets that over with.
+    """
+    if _WARM["done"]:
+        return True
+    if "torch" in sys.modules:
+        return False
+    import numpy as np
+    import tifffile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "warm.tif")
+            tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), tile=(16, 16), photometric="rgb")
+            CucimReader().open_local(path).close()
+    except Exception as exc:  # cuCIM unusable here: the registry will skip it
+        log.info("cuCIM warm-up failed: %s", exc)
+        return False
+    return True
