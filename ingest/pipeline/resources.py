@@ -38,21 +38,38 @@ class Plan:
     encoder_actors: int
     gpus_per_encoder: float
     cpus_per_encoder: float
+    cpus_per_reader: float
+    cpus_per_writer: float
+
+
+_WRITER_CPU = 0.2
 
 
 def plan_resources(options: RunOptions) -> Plan:
-    """One encoder per GPU when there are GPUs; otherwise share the CPUs with readers."""
+    """One encoder per GPU when there are GPUs; otherwise share the CPUs with readers.
+
+    The CPU shares always add up to at most the cluster's CPUs: encoder actors hold theirs
+    for the whole run, and a reader paused by backpressure still holds its share, so an
+    over-committed plan (e.g. a 1-CPU machine) would deadlock instead of running slowly.
+    Readers take fractional CPUs so Ray keeps them a separate operator from the encoders.
+    """
     import ray
 
     resources = ray.cluster_resources()
-    cpus = max(int(resources.get("CPU", 1)), 1)
+    cpus = max(float(resources.get("CPU", 1)), 1.0)
     gpus = int(resources.get("GPU", 0))
+    reader_cpu = 0.5 if cpus >= 2 else 0.3
     if gpus and options.device != "cpu":
         actors = options.encoder_actors or gpus
-        gpu_share = options.gpus_per_encoder or 1.0
-        reads = options.read_concurrency or max(cpus - actors, 1)
-        return Plan(reads, actors, gpu_share, 1.0)
-    actors = options.encoder_actors or max(cpus // 2, 1)
-    reads = options.read_concurrency or max(cpus - actors, 1)
-    # Readers take half a CPU so Ray keeps them a separate operator from the encoders.
-    return Plan(reads, actors, 0.0, 1.0)
+        reads = options.read_concurrency or max(int(cpus) - actors, 1)
+        encoder_cpu = min(1.0, max((cpus - _WRITER_CPU - reads * reader_cpu) / actors, 0.1))
+        return Plan(reads, actors, options.gpus_per_encoder or 1.0, encoder_cpu, reader_cpu,
+                    _WRITER_CPU)
+    actors = options.encoder_actors or max(int(cpus) // 2, 1)
+    reads = options.read_concurrency or max(int(cpus) - actors, 1)
+    encoder_cpu = min(1.0, (cpus - _WRITER_CPU - reads * reader_cpu) / actors)
+    if encoder_cpu < 0.1:
+        from infra.errors import ConfigError
+
+        raise ConfigError(f"{actors} encoder actors and {reads} readers do not fit in {cpus:g} CPUs")
+    return Plan(reads, actors, 0.0, encoder_cpu, reader_cpu, _WRITER_CPU)

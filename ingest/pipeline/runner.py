@@ -116,7 +116,7 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
     # Worker deaths are retried by Ray (tasks: 3 retries by default; actors restart);
     # application errors never reach Ray: the read stage turns them into failed rows.
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_slides, batch_size=1, num_cpus=0.5,
+    ds = ds.map_batches(read_slides, batch_size=1, num_cpus=plan.cpus_per_reader,
                         compute=ray.data.TaskPoolStrategy(size=plan.read_tasks),
                         fn_kwargs={"config": config, "options": options, "store": location,
                                    "storage_options": storage_options})
@@ -126,7 +126,7 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,
                                "num_threads": None if plan.gpus_per_encoder else 1})
-    ds = ds.map_batches(write_batches, batch_size=1, num_cpus=0.25, fn_kwargs={
+    ds = ds.map_batches(write_batches, batch_size=1, num_cpus=plan.cpus_per_writer, fn_kwargs={
         "store": location, "encoder": config.encoder, "config_hash": config_hash,
         "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
         "read_mpp": config.tiling.target_mpp})
