@@ -27,6 +27,21 @@ _EXPORTS = {
     "write_synthetic_slide": "ingest.synthetic",
     "describe_slide": "slidebank.api",
     "validate_slide_id": "infra.ids",
+    "ingest": "slidebank.ingest_api",
+    "run_demo": "slidebank.ingest_api",
+    "IngestConfig": "ingest.pipeline.config",
+    "RunOptions": "ingest.pipeline.config",
+    "load_sources": "ingest.pipeline.sources",
+    "TissueConfig": "ingest.tissue",
+    "TilingConfig": "ingest.tiling",
+    "plan_slide": "ingest.tiling",
+    "StainNormalizer": "ingest.stain",
+    "fit_slide": "ingest.stain",
+    "Encoder": "features.encoders",
+    "list_encoders": "features.encoders",
+    "FeatureStore": "features.store",
+    "load_expression": "training.omics",
+    "build_cohort": "training.cohorts",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
