@@ -19,3 +19,12 @@ def test_cpu_shares_fit(monkeypatch, cpus: int, gpus: int) -> None:
     assert used <= cpus + 1e-9
     assert plan.encoder_actors == (gpus or max(cpus // 2, 1))
     assert plan.cpus_per_reader != plan.cpus_per_encoder, "keeps reads a separate operator"
+
+
+def test_encoder_names_become_store_ids() -> None:
+    from features.store import SlideKey
+    from ingest.pipeline.config import IngestConfig
+
+    config = IngestConfig(encoder="timm:vit_small_patch16_224")
+    assert config.encoder_id == "timm-vit_small_patch16_224"
+    SlideKey("s1", config.encoder_id, "0123456789abcdef")  # accepted by the store

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,11 @@ class IngestConfig:
             raise ConfigError(f"stain must be macenko or none, got {self.stain!r}")
         if self.embedding_dtype not in ("float16", "float32"):
             raise ConfigError(f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+
+    @property
+    def encoder_id(self) -> str:
+        """The encoder's name as the store keys it (``timm:vit_x`` → ``timm-vit_x``)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "-", self.encoder).lstrip("._-")[:128]
 
     def to_dict(self, weights_sha256: str | None = None) -> dict[str, Any]:
         return {

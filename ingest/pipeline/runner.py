@@ -66,13 +66,13 @@ def run_ingest(
     probe = Encoder(config.encoder, weights=config.weights, device="cpu")  # fails fast on bad weights
     weights_sha = (probe.provenance.get("weights") or {}).get("sha256")
     config_hash = config.config_hash(weights_sha)
-    result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder)
-    todo = _pending(sources, store, config.encoder, config_hash, options.force, result)
+    result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder_id)
+    todo = _pending(sources, store, config.encoder_id, config_hash, options.force, result)
     if not todo:
         result.seconds = time.perf_counter() - started
         return result
     # Create the encoder's table once here rather than racing to create it in every worker.
-    store.ensure_tiles_table(config.encoder, int(probe.spec.embed_dim), config.embedding_dtype)
+    store.ensure_tiles_table(config.encoder_id, int(probe.spec.embed_dim), config.embedding_dtype)
     shutdown = connect(options, dashboard=dashboard)
     try:
         _execute(todo, store, config, options, storage_options, config_hash, probe, result)
@@ -127,10 +127,10 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
                                "device": options.device, "batch_size": options.tiles_per_batch,
                                "num_threads": None if plan.gpus_per_encoder else 1})
     ds = ds.map_batches(write_batches, batch_size=1, num_cpus=plan.cpus_per_writer, fn_kwargs={
-        "store": location, "encoder": config.encoder, "config_hash": config_hash,
+        "store": location, "encoder": config.encoder_id, "config_hash": config_hash,
         "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
         "read_mpp": config.tiling.target_mpp})
-    collector = SlideCollector(store, config.encoder, config_hash, config.embedding_dtype,
+    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, options.faults)
     with Progress(len(todo), enabled=options.progress) as progress:
         for row in ds.iter_rows():
@@ -153,7 +153,7 @@ def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: I
     record = RunRecord(
         run_id=result.run_id, config={**config.to_dict(weights_sha), "sources": n_sources,
                                       "skipped": len(result.skipped)},
-        config_hash=result.config_hash, encoder=config.encoder, code_version=slidebank.__version__,
+        config_hash=result.config_hash, encoder=config.encoder_id, code_version=slidebank.__version__,
         weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
         n_slides_failed=len(result.failed), n_tiles=result.tiles,
         timings={"total_s": round(result.seconds, 3)})
