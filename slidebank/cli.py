@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "slidebank._cli_query",
     "slidebank._cli_cohort",
     "slidebank._cli_ingest",
+    "slidebank._cli_train",
 )
 
 app = typer.Typer(

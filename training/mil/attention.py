@@ -1,0 +1,136 @@
+"""Attention back into the store: a Zarr heatmap per slide, a per-tile table, a PNG overlay.
+
+The heatmap has one pixel per tile on the tiling grid (``grid_from_coords``), so its
+mpp is the slide's level-0 mpp times the tile stride. The per-tile values also go to a
+Lance table ``<store>/mil_attention/<name>.lance`` (slide_id, x, y, attention) beside
+the store's own tables, so they join with tiles on (slide_id, x, y) from SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infra.errors import ConfigError
+
+__all__ = ["attention_grid", "attention_mass", "render_overlay", "top_bottom_tiles", "write_attention"]
+
+log = logging.getLogger(__name__)
+
+
+def attention_grid(coords: np.ndarray, attention: np.ndarray, tile_size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(grid with NaN where no tile, stride in level-0 px, origin (x0, y0))."""
+    from features.store.arrays import grid_from_coords
+
+    coords = np.asarray(coords).reshape(-1, 2)
+    attention = np.asarray(attention, dtype=np.float32).reshape(-1)
+    if len(coords) != len(attention):
+        raise ConfigError(f"{len(coords)} coordinates but {len(attention)} attention values")
+    rows, cols, stride, origin, shape = grid_from_coords(coords, tile_size)
+    grid = np.full(shape, np.nan, np.float32)
+    grid[rows, cols] = attention
+    return grid, stride, origin
+
+
+def attention_mass(coords: np.ndarray, attention: np.ndarray, planted: np.ndarray) -> float:
+    """Fraction of the attention on tiles whose (x, y) are in ``planted``."""
+    wanted = {tuple(map(int, c)) for c in np.asarray(planted).reshape(-1, 2)}
+    hit = np.array([tuple(map(int, c)) in wanted for c in np.asarray(coords).reshape(-1, 2)])
+    total = float(np.sum(attention))
+    return float(np.sum(np.asarray(attention)[hit]) / total) if total > 0 else 0.0
+
+
+def top_bottom_tiles(coords: np.ndarray, attention: np.ndarray, k: int = 8) -> dict[str, list[dict[str, Any]]]:
+    """The k most- and least-attended tiles as {x, y, attention}, for review panels."""
+    attention = np.asarray(attention).reshape(-1)
+    order = np.argsort(-attention, kind="stable")
+
+    def rows(idx: np.ndarray) -> list[dict[str, Any]]:
+        return [{"x": int(coords[i][0]), "y": int(coords[i][1]), "attention": float(attention[i])} for i in idx]
+
+    k = min(k, len(order))
+    return {"top": rows(order[:k]), "bottom": rows(order[::-1][:k])}
+
+
+def _slide_mpp(store: Any, slide_id: str) -> float:
+    table = store.slides(slide_ids=[slide_id], columns=["mpp"])
+    values = [v for v in table.column("mpp").to_pylist() if v] if table.num_rows else []
+    if not values:
+        raise ConfigError(f"slide {slide_id!r} has no mpp in the store; cannot place its heatmap")
+    return float(values[0])
+
+
+def write_attention(
+    store: Any, slide_id: str, coords: np.ndarray, attention: np.ndarray, *, name: str, tile_size: int = 256
+) -> dict[str, Any]:
+    """Write the heatmap ``heatmaps/<name>`` and append rows to the attention table."""
+    import lance
+    import pyarrow as pa
+
+    grid, stride, origin = attention_grid(coords, attention, tile_size)
+    mpp = _slide_mpp(store, slide_id)
+    store.arrays(slide_id).write_heatmap(name, grid, mpp=mpp * stride)
+    coords = np.asarray(coords).reshape(-1, 2)
+    table = pa.table({
+        "slide_id": pa.array([slide_id] * len(coords)),
+        "x": pa.array(coords[:, 0].astype(np.int64)),
+        "y": pa.array(coords[:, 1].astype(np.int64)),
+        "attention": pa.array(np.asarray(attention, dtype=np.float32).reshape(-1)),
+    })
+    uri = store.location.join("mil_attention", f"{name}.lance")
+    mode = "append" if _exists(uri, store) else "create"
+    lance.write_dataset(table, uri, mode=mode, storage_options=store.location.lance_options() or None)
+    return {"heatmap": f"heatmaps/{name}", "table": uri, "stride": stride, "origin": origin, "mpp": mpp * stride}
+
+
+def _exists(uri: str, store: Any) -> bool:
+    import lance
+
+    try:
+        lance.dataset(uri, storage_options=store.location.lance_options() or None)
+    except (ValueError, OSError, FileNotFoundError):
+        return False
+    return True
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """Blue (low) → red (high) on [0, 1]; a simple diverging ramp, no matplotlib needed."""
+    v = np.clip(values, 0, 1)[..., None]
+    low, mid, high = np.array([49, 54, 149]), np.array([255, 255, 191]), np.array([165, 0, 38])
+    out = np.where(v < 0.5, low + (mid - low) * (v / 0.5), mid + (high - mid) * ((v - 0.5) / 0.5))
+    return out.astype(np.uint8)
+
+
+def render_overlay(
+    store: Any, slide_id: str, name: str, path: str | Path, *, origin: tuple[int, int], stride: int,
+    level0_size: tuple[int, int] | None = None, alpha: float = 0.5,
+) -> Path:
+    """The heatmap over the slide thumbnail as a PNG (tiles without attention stay clear)."""
+    from PIL import Image
+
+    from training.mil._png import save_png
+
+    arrays = store.arrays(slide_id)
+    thumb = np.asarray(arrays.read_image("thumbnail"))
+    heat = np.asarray(arrays.read_image(f"heatmaps/{name}"), dtype=np.float32)
+    if level0_size is None:
+        table = store.slides(slide_ids=[slide_id], columns=["level_dimensions"])
+        dims = table.column("level_dimensions")[0].as_py() if table.num_rows else None
+        if not dims:
+            raise ConfigError(f"slide {slide_id!r} has no level dimensions to place the heatmap")
+        level0_size = (int(dims[0][0]), int(dims[0][1]))
+    scale = thumb.shape[1] / level0_size[0]  # thumbnail px per level-0 px
+    finite = np.isfinite(heat)
+    lo, hi = (np.nanmin(heat), np.nanmax(heat)) if finite.any() else (0.0, 1.0)
+    norm = (np.nan_to_num(heat, nan=float(lo)) - lo) / max(hi - lo, 1e-12)
+    rgb = Image.fromarray(_colormap(norm))
+    mask = Image.fromarray((finite * int(255 * alpha)).astype(np.uint8))
+    width = max(1, round(heat.shape[1] * stride * scale))
+    height = max(1, round(heat.shape[0] * stride * scale))
+    base = Image.fromarray(thumb[..., :3].astype(np.uint8)).convert("RGB")
+    position = (round(origin[0] * scale), round(origin[1] * scale))
+    base.paste(rgb.resize((width, height), Image.Resampling.NEAREST), position, mask.resize((width, height), Image.Resampling.NEAREST))
+    return save_png(base, path)
