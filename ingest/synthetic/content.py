@@ -324,7 +324,8 @@ class TissueContent:
         return out
 
     def _apply_blur(self, od: np.ndarray, x0: float, y0: float, pixel_um: float) -> np.ndarray:
-        assert self.design.blur is not None  # caller checked; internal invariant
+        if self.design.blur is None:  # nothing to blur: the caller's check was the fast path
+            return od
         cx, cy, r = self.design.blur
         sigma = 3.0 / pixel_um  # 3 µm point spread: clearly out of focus at 20x
         blurred = np.stack([ndimage.gaussian_filter(od[..., k], sigma) for k in range(3)], -1)
