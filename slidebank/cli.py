@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import typer
 
@@ -43,6 +44,9 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
     )
     install_redaction()
+    # Ray starts its daemons with fork+exec after Lance is loaded; no Lance state is used in
+    # those children, so Lance's fork-safety warning is noise to a command-line user.
+    warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
 
 
 for _name in _COMMAND_MODULES:
