@@ -176,14 +176,29 @@ def tiles_predicate(
     slide_ids: Iterable[str] | None = None,
     exclude_slide_ids: Iterable[str] = (),
     config_hash: str | None = None,
+    where: str | None = None,
 ) -> str | None:
-    """A Lance predicate selecting exactly the visible tiles asked for.
+    """A Lance predicate selecting exactly the visible tiles asked for (and ``where``).
 
     The exact form lists the visible write ids. When every row of the table is
     visible (nothing replaced or orphaned awaits tidying: the row count equals the
     sum of the gate rows' tile counts) and no cohort is asked for, the gate needs no
     predicate at all, which keeps vector-search prefilters cheap.
     """
+    gate = _visibility_predicate(view, encoder, dataset, slide_ids, exclude_slide_ids, config_hash)
+    if where:
+        return f"({gate}) AND ({where})" if gate else where
+    return gate
+
+
+def _visibility_predicate(
+    view: StoreView,
+    encoder: str,
+    dataset: lance.LanceDataset,
+    slide_ids: Iterable[str] | None,
+    exclude_slide_ids: Iterable[str],
+    config_hash: str | None,
+) -> str | None:
     excluded = sorted({validate_slide_id(s) for s in exclude_slide_ids})
     everything = visible_writes(view, encoder)
     total = pc.sum(everything.column("tile_count")).as_py() or 0
@@ -227,9 +242,8 @@ def scan_tiles(
         slide_ids=None if slide_ids is None else list(slide_ids),
         exclude_slide_ids=exclude_slide_ids,
         config_hash=config_hash,
+        where=where,
     )
-    if where:
-        predicate = f"({predicate}) AND ({where})" if predicate else where
     scanner = dataset.scanner(
         columns=list(columns) if columns else None,
         filter=predicate,

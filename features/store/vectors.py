@@ -279,9 +279,8 @@ def search_vector(
         slide_ids=None if slide_ids is None else list(slide_ids),
         exclude_slide_ids=exclude_slide_ids,
         config_hash=config_hash,
+        where=where,
     )
-    if where:
-        predicate = f"({predicate}) AND ({where})" if predicate else where
     table = dataset.to_table(
         columns=[*RESULT_COLUMNS, "_distance"],
         nearest=_nearest(dataset, query, params),
