@@ -67,6 +67,10 @@ class SlideReadError(SlideError, OSError):
     """A region could not be read from an open slide."""
 
 
+class SlideCrashError(SlideReadError):
+    """Reading the slide killed its worker process (a native decoder crash) repeatedly."""
+
+
 class MissingMPPError(SlideError, ValueError):
     """The slide has no microns-per-pixel in its metadata and no override was given."""
 

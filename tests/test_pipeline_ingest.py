@@ -99,13 +99,22 @@ def test_cohort_from_s3_into_a_store_on_s3(ray_cluster, cohort, cmu_slide, s3_bu
 
 
 def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, cohort, tmp_path) -> None:
+    """One worker dies once (retried, exact tiles); one slide kills its worker every
+    time (a poison slide: failed after MAX_CRASHES, not retried forever)."""
     store = FeatureStore.open(str(tmp_path / "store"))
-    faults = {"exit_once": {"slide_id": cohort[2].slide_id, "marker": str(tmp_path / "killed")}}
+    poison = cohort[-1].slide_id
+    faults = {"exit_once": {"slide_id": cohort[2].slide_id, "marker": str(tmp_path / "killed")},
+              "exit_always": poison}
     result = run_ingest(cohort, store, options=FAST.replace(faults=faults))
     assert (tmp_path / "killed").exists(), "the fault was injected"
-    assert all(o.status == "done" for o in result.outcomes)
+    outcomes = {o.slide_id: o for o in result.outcomes}
+    assert outcomes[poison].status == "failed"
+    assert outcomes[poison].error_type == "SlideCrashError"
+    assert "killed the worker process 2 times" in outcomes[poison].error_message
+    assert all(o.status == "done" for sid, o in outcomes.items() if sid != poison)
     stored = _stored(store)
-    for source in cohort:
+    assert poison not in stored
+    for source in cohort[:-1]:
         tiles = stored[source.slide_id]
         assert len(tiles) == len(set(tiles)), "no duplicates"
         assert set(tiles) == _planned(source)

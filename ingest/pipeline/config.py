@@ -72,6 +72,7 @@ class RunOptions:
     address: str | None = None
     tiles_per_batch: int = 64
     read_concurrency: int | None = None
+    slides_per_task: int | None = None
     encoder_actors: int | None = None
     gpus_per_encoder: float | None = None
     commit_every: int = 8
@@ -86,6 +87,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:
             raise ConfigError("tiles_per_batch and commit_every must be >= 1")
+        if self.slides_per_task is not None and self.slides_per_task < 1:
+            raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from infra.errors import SlideCorruptError, SlideNotFoundError, SlideReadError
+from infra.errors import SlideCorruptError, SlideCrashError, SlideNotFoundError, SlideReadError
 from ingest.pipeline import metrics
+from ingest.pipeline.attempts import MAX_CRASHES
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
 from ingest.slides import Slide, open_slide
@@ -31,7 +32,7 @@ from ingest.slides.backends.cucim_reader import warm_up
 from ingest.tiling.plan import plan_slide
 from ingest.tissue.qc import tile_qc
 
-__all__ = ["QC_STAIN", "read_slides"]
+__all__ = ["QC_STAIN", "ReadStage", "read_slides"]
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,58 @@ QC_STAIN = 8
 _READ_ATTEMPTS = 3
 
 
+class ReadStage:
+    """Ray Data actor UDF around :func:`read_slides`.
+
+    An actor rather than a task on purpose: a task's worker process may be reaped when
+    idle (Ray keeps about one idle worker per CPU), and every fresh worker pays a second
+    or more of imports before its first slide. With thousands of small slides that churn,
+    not the reading, set the pace; an actor pays its imports once per run.
+    """
+
+    def __init__(self, *, config: IngestConfig, options: RunOptions, store: Any,
+                 storage_options: Mapping[str, Any] | None, ledger: Any = None) -> None:
+        warm_up()  # load cuCIM before anything in this worker can import PyTorch
+        self._kwargs = {"config": config, "options": options, "store": store,
+                        "storage_options": storage_options, "ledger": ledger}
+
+    def __call__(self, batch: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+        yield from read_slides(batch, **self._kwargs)
+
+
 def read_slides(
     batch: Mapping[str, Any], *, config: IngestConfig, options: RunOptions, store: Any,
-    storage_options: Mapping[str, Any] | None,
+    storage_options: Mapping[str, Any] | None, ledger: Any = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF: for each source row, yield that slide's tile-batch rows."""
+    """For each source row, yield that slide's tile-batch rows.
+
+    ``ledger`` (an :class:`ingest.pipeline.attempts.AttemptLedger` actor) turns a slide
+    that keeps crashing its worker into a failed row instead of an endless retry.
+    """
     warm_up()  # load cuCIM before anything in this worker can import PyTorch
     for i in range(len(batch["slide_id"])):
         source = {k: _scalar(batch[k][i]) for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
-        yield from _one_slide(source, config, options, store, storage_options)
+        if ledger is None:
+            yield from _one_slide(source, config, options, store, storage_options)
+            continue
+        import ray
+
+        crashes = ray.get(ledger.begin.remote(source["write_id"]))
+        if crashes >= MAX_CRASHES:
+            yield _crashed(source, crashes)
+        else:
+            yield from _one_slide(source, config, options, store, storage_options)
+        ledger.finish.remote(source["write_id"])
+
+
+def _crashed(source: Mapping[str, Any], crashes: int) -> dict[str, np.ndarray]:
+    error = SlideCrashError(source["uri"], f"reading it killed the worker process {crashes} times "
+                                           "(a crash in native decoding code); not retried again")
+    log.warning("slide %s failed: %s", source["slide_id"], error)
+    metrics.record_failure(type(error).__name__)
+    info = {"source_uri": source["uri"], "patient_id": source["patient_id"], "timings": {}}
+    return make_row(slide_id=source["slide_id"], write_id=source["write_id"], status="failed",
+                    info=info, error=error)
 
 
 def _scalar(value: Any) -> Any:
@@ -174,7 +218,10 @@ def _write_arrays(store: Any, sid: str, tissue: Any) -> None:
 
 
 def _inject_fault(faults: Mapping[str, Any], sid: str) -> None:
-    """Test hook: kill this worker process the first time it reaches ``slide_id``."""
+    """Test hooks: kill this worker process the first time (``exit_once``) or every time
+    (``exit_always``, a poison slide) it reaches ``slide_id``."""
+    if faults.get("exit_always") == sid:
+        os._exit(1)
     spec = faults.get("exit_once")
     if not spec or spec.get("slide_id") != sid:
         return

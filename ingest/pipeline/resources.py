@@ -40,6 +40,7 @@ class Plan:
     cpus_per_encoder: float
     cpus_per_reader: float
     cpus_per_writer: float
+    writers: int = 1
 
 
 _WRITER_CPU = 0.2
@@ -62,14 +63,21 @@ def plan_resources(options: RunOptions) -> Plan:
     if gpus and options.device != "cpu":
         actors = options.encoder_actors or gpus
         reads = options.read_concurrency or max(int(cpus) - actors, 1)
-        encoder_cpu = min(1.0, max((cpus - _WRITER_CPU - reads * reader_cpu) / actors, 0.1))
+        writers = _writers(actors)
+        encoder_cpu = min(1.0, max((cpus - writers * _WRITER_CPU - reads * reader_cpu) / actors, 0.1))
         return Plan(reads, actors, options.gpus_per_encoder or 1.0, encoder_cpu, reader_cpu,
-                    _WRITER_CPU)
+                    _WRITER_CPU, writers)
     actors = options.encoder_actors or max(int(cpus) // 2, 1)
     reads = options.read_concurrency or max(int(cpus) - actors, 1)
-    encoder_cpu = min(1.0, (cpus - _WRITER_CPU - reads * reader_cpu) / actors)
+    writers = _writers(actors)
+    encoder_cpu = min(1.0, (cpus - writers * _WRITER_CPU - reads * reader_cpu) / actors)
     if encoder_cpu < 0.1:
         from infra.errors import ConfigError
 
         raise ConfigError(f"{actors} encoder actors and {reads} readers do not fit in {cpus:g} CPUs")
-    return Plan(reads, actors, 0.0, encoder_cpu, reader_cpu, _WRITER_CPU)
+    return Plan(reads, actors, 0.0, encoder_cpu, reader_cpu, _WRITER_CPU, writers)
+
+
+def _writers(encoder_actors: int) -> int:
+    """One writer per four encoders: a fragment write is a few ms of CPU and one PUT."""
+    return max(1, -(-encoder_actors // 4))

@@ -14,14 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.pipeline.attempts import new_ledger
 from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.progress import Progress
-from ingest.pipeline.read_stage import read_slides
+from ingest.pipeline.read_stage import ReadStage
 from ingest.pipeline.resources import connect, plan_resources
 from ingest.pipeline.sources import SlideSource
-from ingest.pipeline.write_stage import write_batches
+from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
 
 __all__ = ["IngestResult", "run_ingest"]
@@ -113,23 +114,31 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
               "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
              for s in todo]
     location = store.location
-    # Worker deaths are retried by Ray (tasks: 3 retries by default; actors restart);
-    # application errors never reach Ray: the read stage turns them into failed rows.
-    ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_slides, batch_size=1, num_cpus=plan.cpus_per_reader,
-                        compute=ray.data.TaskPoolStrategy(size=plan.read_tasks),
-                        fn_kwargs={"config": config, "options": options, "store": location,
-                                   "storage_options": storage_options})
+    # Every stage is a pool of long-lived actors (see ReadStage for why). Ray restarts a
+    # dead actor and retries its task; the ledger stops that for a slide that kills its
+    # reader every time. Application errors never reach Ray: the read stage turns them
+    # into failed rows.
+    ledger = new_ledger()
+    per_task = options.slides_per_task or _slides_per_task(len(items), plan.read_tasks)
+    ds: Any = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task))
+    ds = ds.map_batches(
+        ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
+        compute=ray.data.ActorPoolStrategy(size=plan.read_tasks),
+        fn_constructor_kwargs={"config": config, "options": options, "store": location,
+                               "storage_options": storage_options, "ledger": ledger})
     ds = ds.map_batches(
         EncodeStage, batch_size=1, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
         compute=ray.data.ActorPoolStrategy(size=plan.encoder_actors),
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,
                                "num_threads": None if plan.gpus_per_encoder else 1})
-    ds = ds.map_batches(write_batches, batch_size=1, num_cpus=plan.cpus_per_writer, fn_kwargs={
-        "store": location, "encoder": config.encoder_id, "config_hash": config_hash,
-        "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
-        "read_mpp": config.tiling.target_mpp})
+    ds = ds.map_batches(
+        WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
+        compute=ray.data.ActorPoolStrategy(size=plan.writers),
+        fn_constructor_kwargs={
+            "store": location, "encoder": config.encoder_id, "config_hash": config_hash,
+            "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
+            "read_mpp": config.tiling.target_mpp})
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, options.faults)
     with Progress(len(todo), enabled=options.progress) as progress:
@@ -143,6 +152,14 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
     missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
     if missing:  # cannot happen unless Ray lost rows; never report them as done
         raise RuntimeError(f"pipeline ended without a result for slides {missing}")
+
+
+def _slides_per_task(n_slides: int, readers: int) -> int:
+    """Several slides per read task once there are plenty: each task costs Ray Data tens of
+    milliseconds of scheduling, as much as reading a small slide. Eight tasks per reader
+    still balance the load at the end of the run; more than 8 slides per task would make
+    a retried task redo too much."""
+    return max(1, min(8, n_slides // (8 * max(readers, 1))))
 
 
 def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,

@@ -17,7 +17,18 @@ import numpy as np
 from ingest.pipeline import metrics
 from ingest.pipeline.rows import column_value
 
-__all__ = ["write_batches"]
+__all__ = ["WriteStage", "write_batches"]
+
+
+class WriteStage:
+    """Ray Data actor UDF around :func:`write_batches` (an actor for the reason given in
+    :class:`ingest.pipeline.read_stage.ReadStage`: no worker churn, imports paid once)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return write_batches(batch, **self._kwargs)
 
 
 def write_batches(batch: Mapping[str, Any], *, store: Any, encoder: str, config_hash: str,
