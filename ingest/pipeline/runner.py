@@ -127,7 +127,7 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
         fn_constructor_kwargs={"config": config, "options": options, "store": location,
                                "storage_options": storage_options, "ledger": ledger})
     ds = ds.map_batches(
-        EncodeStage, batch_size=1, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
+        EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
         compute=ray.data.ActorPoolStrategy(size=plan.encoder_actors),
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,

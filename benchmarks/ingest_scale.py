@@ -1,0 +1,106 @@
+"""Scale: 1,000 small slides (1024² px at 0.5 µm/px) in one run; per-slide overhead.
+
+Many small slides are the worst case for a distributed pipeline: every slide pays
+scheduling, opening, planning, Zarr masks and a commit, for a handful of tiles. Same
+slides, same run, side by side:
+
+  slidebank  run_ingest on an embedded Ray with all of this machine's CPUs (default
+             config: Macenko stain normalization, default encoder). Ray's own start is
+             excluded (a cluster starts once); actor start-up is included.
+  baseline   the sequential CLAM-style script (benchmarks/_clam_baseline.py): OpenSlide,
+             Otsu tissue, read_region, same encoder, one h5 per slide.
+
+Reported per case: seconds, slides/s, tiles/s and milliseconds per slide; for slidebank
+also the steady-state milliseconds per slide (between the first and the last commit,
+from the store's own timestamps, so start-up is separated from per-slide cost) and a
+check that every slide is done with as many stored tiles as its slide row says.
+
+Usage: python benchmarks/ingest_scale.py --out ingest_scale.json [--slides 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._clam_baseline import run_clam_style
+from benchmarks._common import DATA, machine, print_table, write_json
+
+ENCODER = "handcrafted-he-v1"
+
+
+def run_slidebank(paths: list[Path], root: Path) -> dict:
+    import ray
+
+    from features.store import FeatureStore
+    from ingest.pipeline.config import IngestConfig, RunOptions
+    from ingest.pipeline.runner import run_ingest
+    from ingest.pipeline.sources import SlideSource
+
+    cpus = os.cpu_count() or 1
+    started = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_start = time.perf_counter() - started
+    try:
+        store = FeatureStore.open(str(root / "store"))
+        sources = [SlideSource(str(p), p.stem) for p in paths]
+        start = time.perf_counter()
+        result = run_ingest(sources, store, IngestConfig(encoder=ENCODER), RunOptions(progress=False))
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    slides = store.latest().slides(encoder=ENCODER).to_pandas()
+    done = slides[slides["status"] == "done"]
+    stored = store.latest().tiles_pandas(encoder=ENCODER, columns=["slide_id", "x", "y"])
+    counts = stored["slide_id"].value_counts()
+    mismatched = int(sum(counts.get(s, 0) != n for s, n in zip(done["slide_id"], done["tile_count"], strict=True)))
+    commits = sorted(slides["created_at"].unique())
+    first = slides[slides["created_at"] == commits[0]]
+    steady = (commits[-1] - commits[0]).total_seconds() / max(len(slides) - len(first), 1)
+    return {"case": "slidebank (Ray)", "slides": len(paths), "done": len(done),
+            "failed": len(result.failed), "tiles": result.tiles, "seconds": seconds,
+            "ray_start_s": ray_start, "steady_ms_per_slide": 1000 * steady,
+            "tile_count_mismatches": mismatched, "duplicate_tiles": int(stored.duplicated().sum())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="ingest_scale.json")
+    parser.add_argument("--slides", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="100 slides")
+    args = parser.parse_args(argv)
+    from ingest.synthetic.cohort import write_small_cohort
+
+    n = 100 if args.quick else args.slides
+    started = time.perf_counter()
+    paths = write_small_cohort(DATA / "scale_1000x1024", n)
+    print(f"cohort: {n} slides ready in {time.perf_counter() - started:.0f} s (cached after the first run)")
+    root = Path(tempfile.mkdtemp(prefix="slidebank-scale-"))
+    try:
+        base_s, base_tiles = run_clam_style(paths, ENCODER, None, root / "h5")
+        rows = [{"case": "baseline (sequential, h5)", "slides": n, "done": n, "tiles": base_tiles,
+                 "seconds": base_s}]
+        rows.append(run_slidebank(paths, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for row in rows:
+        row["slides_per_s"] = row["slides"] / row["seconds"]
+        row["tiles_per_s"] = row["tiles"] / row["seconds"]
+        row["ms_per_slide"] = 1000 * row["seconds"] / row["slides"]
+    ratio = rows[1]["slides_per_s"] / rows[0]["slides_per_s"]
+    write_json(args.out, {"benchmark": "ingest_scale", "slides": n, "side_px": 1024, "machine": machine(),
+                          "rows": rows, "ratios": {"slidebank / baseline (slides/s)": ratio}})
+    print_table(rows, ["case", "slides", "done", "tiles", "seconds", "slides_per_s", "tiles_per_s",
+                       "ms_per_slide", "steady_ms_per_slide"])
+    print(f"slidebank / baseline (slides/s): {ratio:.2f}\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
