@@ -90,7 +90,9 @@ def _report(result: object, as_json: bool) -> None:
     console.print(summary_table(result))
     done = sum(o.status == "done" for o in result.outcomes)  # type: ignore[attr-defined]
     console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "  # type: ignore[attr-defined]
-                  f"{result.tiles:,} tiles")  # type: ignore[attr-defined]
+                  f"{result.tiles:,} tiles in {result.seconds:.1f} s")  # type: ignore[attr-defined]
+    if result.compacted:  # type: ignore[attr-defined]
+        console.print(f"store compacted: {result.compacted} small fragments merged")  # type: ignore[attr-defined]
 
 
 def demo(

@@ -14,7 +14,7 @@ def test_cpu_shares_fit(monkeypatch, cpus: int, gpus: int) -> None:
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(cpus), "GPU": float(gpus)})
     plan = plan_resources(RunOptions())
-    used = (plan.encoder_actors * plan.cpus_per_encoder + plan.read_tasks * plan.cpus_per_reader
+    used = (plan.encoder_actors * plan.cpus_per_encoder + plan.readers * plan.cpus_per_reader
             + plan.writers * plan.cpus_per_writer)
     assert used <= cpus + 1e-9
     assert plan.encoder_actors == (gpus or max(cpus // 2, 1))

@@ -329,6 +329,11 @@ class FeatureStore:
 
         return list_runs(self._tables)
 
+    def fragment_count(self, encoder: str | None = None) -> int:
+        """Data fragments of an encoder's tiles table (each ingest write adds some)."""
+        encoder = self._encoder(encoder)
+        return len(self._tables.tiles(encoder).get_fragments())
+
     def compact(
         self, *, orphan_grace: timedelta = timedelta(hours=6)
     ) -> _versions.CompactionReport:

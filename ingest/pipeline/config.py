@@ -80,6 +80,10 @@ class RunOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     run_tag: str | None = None
+    #: compact the store after the run when the encoder's tiles table has more data
+    #: fragments than this (each written batch is one; 0 disables). Many small fragments
+    #: make every later scan and bag read slower; compaction merges them.
+    compact_fragments: int = 256
     #: test-only fault injection: {"exit_once": {"slide_id": ..., "marker": path}} kills a
     #: read worker once; {"driver_exit_after_commits": n} kills the driver after n commits
     faults: dict[str, Any] = field(default_factory=dict)

@@ -34,7 +34,7 @@ def connect(options: RunOptions, *, dashboard: bool = True) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    read_tasks: int
+    readers: int
     encoder_actors: int
     gpus_per_encoder: float
     cpus_per_encoder: float
@@ -68,7 +68,9 @@ def plan_resources(options: RunOptions) -> Plan:
         return Plan(reads, actors, options.gpus_per_encoder or 1.0, encoder_cpu, reader_cpu,
                     _WRITER_CPU, writers)
     actors = options.encoder_actors or max(int(cpus) // 2, 1)
-    reads = options.read_concurrency or max(int(cpus) - actors, 1)
+    # At least two readers from 2 CPUs up: with small slides the reader, not the encoder,
+    # is the busy stage, and one reader per slide leaves a core idle between slides.
+    reads = options.read_concurrency or max(int(cpus) - actors, 2 if cpus >= 2 else 1)
     writers = _writers(actors)
     encoder_cpu = min(1.0, (cpus - writers * _WRITER_CPU - reads * reader_cpu) / actors)
     if encoder_cpu < 0.1:

@@ -39,6 +39,7 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     store_version: int | None = None
+    compacted: int = 0  # fragments merged away after the run
 
     @property
     def failed(self) -> list[SlideOutcome]:
@@ -82,6 +83,7 @@ def run_ingest(
             import ray
 
             ray.shutdown()
+    result.compacted = _maybe_compact(store, config.encoder_id, options.compact_fragments)
     result.store_version = store.latest().version
     result.seconds = time.perf_counter() - started
     _record_run(store, config, options, result, weights_sha, len(sources))
@@ -119,22 +121,25 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
     # reader every time. Application errors never reach Ray: the read stage turns them
     # into failed rows.
     ledger = new_ledger()
-    per_task = options.slides_per_task or _slides_per_task(len(items), plan.read_tasks)
-    ds: Any = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task))
+    per_task = options.slides_per_task or _slides_per_task(len(items), plan.readers)
+    blocks = -(-len(items) // per_task)
+    # No pool larger than its inputs: every read task yields at least one block, so no
+    # stage receives fewer than ``blocks`` inputs, and a bigger pool would start idle actors.
+    ds: Any = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
-        compute=ray.data.ActorPoolStrategy(size=plan.read_tasks),
+        compute=ray.data.ActorPoolStrategy(size=min(plan.readers, blocks)),
         fn_constructor_kwargs={"config": config, "options": options, "store": location,
                                "storage_options": storage_options, "ledger": ledger})
     ds = ds.map_batches(
         EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
-        compute=ray.data.ActorPoolStrategy(size=plan.encoder_actors),
+        compute=ray.data.ActorPoolStrategy(size=min(plan.encoder_actors, blocks)),
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,
                                "num_threads": None if plan.gpus_per_encoder else 1})
     ds = ds.map_batches(
         WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
-        compute=ray.data.ActorPoolStrategy(size=plan.writers),
+        compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
         fn_constructor_kwargs={
             "store": location, "encoder": config.encoder_id, "config_hash": config_hash,
             "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
@@ -152,6 +157,28 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
     missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
     if missing:  # cannot happen unless Ray lost rows; never report them as done
         raise RuntimeError(f"pipeline ended without a result for slides {missing}")
+
+
+def _maybe_compact(store: Any, encoder: str, threshold: int) -> int:
+    """Merge the run's many small fragments (one per written batch) into few large ones.
+
+    Only fragments below Lance's target size are rewritten, so this costs about what
+    the run wrote, not the whole store. A failure here loses nothing: the data is
+    committed, and ``slidebank query`` / ``FeatureStore.compact`` can run it later.
+    """
+    if threshold <= 0 or encoder not in store.encoders():
+        return 0
+    before = store.fragment_count(encoder)
+    if before <= threshold:
+        return 0
+    try:
+        report = store.compact()
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("compaction after the run failed (the data is committed): %s", exc)
+        return 0
+    merged = int(report.fragments_removed.get(encoder, 0))
+    log.info("compacted %s: %d fragments merged away (%d before)", encoder, merged, before)
+    return merged
 
 
 def _slides_per_task(n_slides: int, readers: int) -> int:
