@@ -7,7 +7,9 @@ realistic stain vectors. A region can be rendered at any pyramid downsample; nuc
 are drawn individually where they span pixels and averaged where they do not.
 
 Ground truth: tissue is where the blob field is positive and no pen ink or scanner
-artifact (border, coverslip edge, bubble rim) lies on top.
+artifact (border, coverslip edge, bubble rim) lies on top. Optional lymphocyte
+aggregates (dense, small, dark, round nuclei: an immune infiltrate) are planted content
+with their own ground truth, so a model's attention can be checked against them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ _EDGE_OD = np.array([0.46, 0.44, 0.42])  # a coverslip edge, grey
 _RIM_OD = np.array([0.58, 0.56, 0.55])  # the refracting rim of an air bubble
 _GLASS = 241.0
 _CELL_UM = 12.0  # one candidate nucleus per 12 µm grid cell
+# Lymphocytes: ~7 µm round nuclei packed nearly touching (a dense infiltrate), one
+# candidate per 7.5 µm cell, stained about twice as strongly as tumour or stroma nuclei.
+_LYMPH_CELL_UM = 7.5
+_LYMPH_PRESENT = 0.85
+_LYMPH_RADIUS_UM = (3.2, 3.9)
+_LYMPH_CONC = (1.3, 1.6)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class TissueDesign:
     seed: int
     extras: dict = field(default_factory=dict)
     artifacts: ArtifactDesign = field(default_factory=ArtifactDesign)
+    # Lymphocyte aggregates: (cx, cy, radius) discs in µm, boundaries roughened by noise.
+    lymphocytes: tuple[tuple[float, float, float], ...] = ()
+    # Scattered lymphocytes over all tissue: the share of candidate cells that hold one.
+    lymphocyte_background: float = 0.0
 
 
 def _hash01(i: np.ndarray, j: np.ndarray, seed: int, salt: int) -> np.ndarray:
@@ -191,6 +203,22 @@ class TissueContent:
             tissue &= ~self.hidden_by_border(x, y)
         return tissue
 
+    def lymphocyte_field(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed field of the lymphocyte aggregates (> 0 inside one); -1 with none."""
+        best = np.full(x.shape, -1.0)
+        for cx, cy, r in self.design.lymphocytes:
+            best = np.maximum(best, 1.0 - np.hypot(x - cx, y - cy) / r)
+        if not self.design.lymphocytes:
+            return best
+        # Irregular borders, as infiltrates have; its own noise offset from the tissue's.
+        return best + 0.12 * self._lattice_noise(x * 2.3 + 300, y * 2.3 + 300)
+
+    def lymphocyte_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Ground truth of the planted infiltrate: inside an aggregate and on tissue."""
+        if not self.design.lymphocytes:
+            return np.zeros(x.shape, bool)
+        return (self.lymphocyte_field(x, y) > 0) & self.tissue_mask(x, y)
+
     def is_glass(self, x0: float, y0: float, w_um: float, h_um: float) -> bool:
         """True when a region certainly shows only glass (no tissue, ink, fold or blur).
 
@@ -270,7 +298,10 @@ class TissueContent:
         tissue = np.clip(field_value / 0.02, 0, 1)  # ~soft boundary
         grain = self._lattice_noise(x * 7.3 + 1000, y * 7.3 + 1000)
         eosin = (0.30 + 0.12 * grain) * tissue
-        hema = 0.04 * tissue + self._nuclei(x0, y0, w, h, pixel_um) * tissue
+        nuclei = self._nuclei(x0, y0, w, h, pixel_um)
+        if self.design.lymphocytes or self.design.lymphocyte_background > 0:
+            nuclei = np.maximum(nuclei, self._lymphocytes(x0, y0, w, h, pixel_um))
+        hema = 0.04 * tissue + nuclei * tissue
         if self.design.fold is not None:
             line, width = self.design.fold
             dist = _polyline_distance(x, y, line, reach=width / 2 + 6.0)
@@ -309,18 +340,44 @@ class TissueContent:
             return coverage * 1.1
         for cxi, cyi, r, c in zip(cx[present], cy[present], radius[present], conc[present],
                                   strict=True):
-            px0 = max(int((cxi - r - x0) / pixel_um) - 1, 0)
-            px1 = min(int((cxi + r - x0) / pixel_um) + 2, w)
-            py0 = max(int((cyi - r - y0) / pixel_um) - 1, 0)
-            py1 = min(int((cyi + r - y0) / pixel_um) + 2, h)
-            if px0 >= px1 or py0 >= py1:
-                continue
-            gx = x0 + (np.arange(px0, px1) + 0.5) * pixel_um
-            gy = y0 + (np.arange(py0, py1) + 0.5) * pixel_um
-            d = np.hypot(gx[None, :] - cxi, (gy[:, None] - cyi) * 1.25)
-            inside = np.clip((r - d) / max(pixel_um, 0.5) + 0.5, 0, 1) * c
-            region = out[py0:py1, px0:px1]
-            np.maximum(region, inside, out=region)
+            _stamp_disc(out, x0, y0, pixel_um, cxi, cyi, r, c, aspect=1.25)
+        return out
+
+    def _lymphocytes(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
+        """Hematoxylin of lymphocyte nuclei: packed inside the aggregates, scattered at
+        ``lymphocyte_background`` elsewhere (zero where neither)."""
+        out = np.zeros((h, w))
+        x1, y1 = x0 + w * pixel_um, y0 + h * pixel_um
+        background = self.design.lymphocyte_background
+        near = [(cx, cy, r) for cx, cy, r in self.design.lymphocytes
+                if _box_near_disc(x0, y0, x1 - x0, y1 - y0, cx, cy, 1.3 * r)]
+        if not near and background <= 0:
+            return out
+        if pixel_um > 1.6:  # unresolved: expected coverage times stain
+            x, y = self._grid(x0, y0, w, h, pixel_um)
+            r_mean = sum(_LYMPH_RADIUS_UM) / 2
+            coverage = math.pi * r_mean**2 / _LYMPH_CELL_UM**2
+            inside = np.clip(self.lymphocyte_field(x, y) / 0.05, 0, 1) if near else np.zeros((h, w))
+            share = np.maximum(inside * _LYMPH_PRESENT, background)
+            return share * coverage * sum(_LYMPH_CONC) / 2
+        cell = _LYMPH_CELL_UM
+        i0, i1 = int(math.floor(x0 / cell)) - 1, int(math.floor(x1 / cell)) + 1
+        j0, j1 = int(math.floor(y0 / cell)) - 1, int(math.floor(y1 / cell)) + 1
+        ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1))
+        seed = self.design.seed
+        cx = (ii + 0.2 + 0.6 * _hash01(ii, jj, seed, 11)) * cell
+        cy = (jj + 0.2 + 0.6 * _hash01(ii, jj, seed, 12)) * cell
+        draw = _hash01(ii, jj, seed, 13)
+        present = draw < background
+        if near:
+            present |= (draw < _LYMPH_PRESENT) & (self.lymphocyte_field(cx, cy) > 0)
+        lo, hi = _LYMPH_RADIUS_UM
+        radius = lo + (hi - lo) * _hash01(ii, jj, seed, 14)
+        clo, chi = _LYMPH_CONC
+        conc = clo + (chi - clo) * _hash01(ii, jj, seed, 15)
+        for cxi, cyi, r, c in zip(cx[present], cy[present], radius[present], conc[present],
+                                  strict=True):
+            _stamp_disc(out, x0, y0, pixel_um, cxi, cyi, r, c, aspect=1.0)
         return out
 
     def _apply_blur(self, od: np.ndarray, x0: float, y0: float, pixel_um: float) -> np.ndarray:
@@ -333,6 +390,24 @@ class TissueContent:
         x, y = self._grid(x0, y0, w, h, pixel_um)
         weight = np.clip((r - np.hypot(x - cx, y - cy)) / 20.0, 0, 1)[..., None]
         return od * (1 - weight) + blurred * weight
+
+
+def _stamp_disc(out: np.ndarray, x0: float, y0: float, pixel_um: float, cx: float, cy: float,
+                r: float, conc: float, aspect: float) -> None:
+    """Draw one nucleus (anti-aliased disc, y stretched by ``aspect``) into ``out`` by max."""
+    h, w = out.shape
+    px0 = max(int((cx - r - x0) / pixel_um) - 1, 0)
+    px1 = min(int((cx + r - x0) / pixel_um) + 2, w)
+    py0 = max(int((cy - r - y0) / pixel_um) - 1, 0)
+    py1 = min(int((cy + r - y0) / pixel_um) + 2, h)
+    if px0 >= px1 or py0 >= py1:
+        return
+    gx = x0 + (np.arange(px0, px1) + 0.5) * pixel_um
+    gy = y0 + (np.arange(py0, py1) + 0.5) * pixel_um
+    d = np.hypot(gx[None, :] - cx, (gy[:, None] - cy) * aspect)
+    inside = np.clip((r - d) / max(pixel_um, 0.5) + 0.5, 0, 1) * conc
+    region = out[py0:py1, px0:px1]
+    np.maximum(region, inside, out=region)
 
 
 def _box_near_disc(x: float, y: float, w: float, h: float, cx: float, cy: float, r: float) -> bool:

@@ -1,15 +1,23 @@
 """Random but seeded layouts for synthetic slides: tissue blobs, pen strokes, blur, folds,
-and optional scanner artifacts (black borders, coverslip edges, air bubbles)."""
+optional scanner artifacts (black borders, coverslip edges, air bubbles) and optional
+lymphocyte aggregates covering a chosen fraction of the tissue."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from ingest.synthetic.content import ArtifactDesign, TissueDesign
+from infra.errors import ConfigError
+from ingest.synthetic.content import ArtifactDesign, TissueContent, TissueDesign
 
-__all__ = ["make_design"]
+__all__ = ["make_design", "plant_lymphocytes"]
+
+# Aggregate radii (µm): one to two 128 µm tiles across, the size of a dense infiltrate
+# or a small lymphoid aggregate; large enough that a tile can lie wholly inside one.
+_AGGREGATE_RADIUS_UM = (70.0, 130.0)
+_PLANT_STEP_UM = 8.0  # grid on which the covered fraction is measured while placing
 
 _INKS = ("blue", "green", "black", "red")
 
@@ -121,3 +129,40 @@ def _pen_strokes(rng, blobs, width_um, height_um):
     # A short dot-like mark in a corner, as used to mark slide orientation.
     corner = np.array([[0.06 * width_um, 0.08 * height_um], [0.09 * width_um, 0.1 * height_um]])
     yield _INKS[int(rng.integers(0, 4))], corner, side * 0.015
+
+
+def plant_lymphocytes(design: TissueDesign, fraction: float, *, seed: int) -> TissueDesign:
+    """``design`` with lymphocyte aggregates covering about ``fraction`` of its tissue.
+
+    Aggregates are discs centred on tissue, added one at a time until the covered share
+    of the tissue (measured on an 8 µm grid, through the same field the renderer and
+    the ground truth use) reaches ``fraction``. They draw from their own random stream,
+    so the rest of a seed's slide is unchanged.
+    """
+    if fraction <= 0:
+        return design
+    if not 0 < fraction < 1:
+        raise ConfigError(f"lymphocyte fraction must be in [0, 1), got {fraction!r}")
+    rng = np.random.default_rng([seed, 0x1F0])
+    xs = np.arange(_PLANT_STEP_UM / 2, design.width_um, _PLANT_STEP_UM)
+    ys = np.arange(_PLANT_STEP_UM / 2, design.height_um, _PLANT_STEP_UM)
+    x, y = np.meshgrid(xs, ys)
+    content = TissueContent(design)
+    tissue = content.tissue_mask(x, y)
+    if not tissue.any():
+        return design
+    candidates = np.flatnonzero(tissue.ravel())
+    discs: list[tuple[float, float, float]] = []
+    covered = 0.0
+    for _ in range(200):  # a bound, not a target: small fractions need one or two discs
+        pick = int(candidates[int(rng.integers(0, len(candidates)))])
+        lo, hi = _AGGREGATE_RADIUS_UM
+        trial = (*discs, (float(x.ravel()[pick]), float(y.ravel()[pick]), float(rng.uniform(lo, hi))))
+        planted = TissueContent(dataclasses.replace(design, lymphocytes=trial)).lymphocyte_mask(x, y)
+        share = float(planted[tissue].mean())
+        if share > fraction * 1.25 and discs:
+            continue  # this disc overshoots; try another place or size
+        discs, covered = list(trial), share
+        if covered >= fraction:
+            break
+    return dataclasses.replace(design, lymphocytes=tuple(discs))

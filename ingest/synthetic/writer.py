@@ -33,7 +33,7 @@ import tifffile
 
 from infra.errors import ConfigError
 from ingest.synthetic.content import TissueContent
-from ingest.synthetic.design import make_design
+from ingest.synthetic.design import make_design, plant_lymphocytes
 
 __all__ = ["SyntheticSlide", "SyntheticSlideSpec", "write_synthetic_slide"]
 
@@ -65,6 +65,12 @@ class SyntheticSlideSpec:
     glass_edge: bool = False  # a grey coverslip edge across the slide
     bubbles: bool = False  # two air bubbles (grey rims)
     empty_levels: int = 0  # finest levels written without pixel data (scale tests)
+    # Share of the tissue covered by lymphocyte aggregates (dense small dark round
+    # nuclei); 0 plants none and leaves the slide byte-identical to one without it.
+    lymphocyte_fraction: float = 0.0
+    # Scattered lymphocytes over all tissue (share of candidate cells, e.g. 0.04): real
+    # tissue always has some, so the darkest nuclei of a cold slide are lymphocytes too.
+    lymphocyte_background: float = 0.0
 
     def resolved_downsamples(self) -> tuple[int, ...]:
         if self.downsamples is not None:
@@ -88,6 +94,10 @@ class SyntheticSlideSpec:
             raise ConfigError(
                 f"downsamples must be 1, f, f², ... with a constant f in (2, 3, 4); got {ds}"
             )
+        if not 0.0 <= self.lymphocyte_fraction < 1.0:
+            raise ConfigError(f"lymphocyte_fraction must be in [0, 1), got {self.lymphocyte_fraction!r}")
+        if not 0.0 <= self.lymphocyte_background <= 1.0:
+            raise ConfigError(f"lymphocyte_background must be in [0, 1], got {self.lymphocyte_background!r}")
         if not 0 <= self.empty_levels < len(ds):
             raise ConfigError(f"empty_levels must leave at least one level with pixels, "
                               f"got {self.empty_levels} of {len(ds)} levels")
@@ -104,10 +114,29 @@ class SyntheticSlide:
     pen_mask: np.ndarray
     mask_mpp: float
     artifact_mask: np.ndarray | None = None  # borders, coverslip edges, bubble rims
+    lymphocyte_mask: np.ndarray | None = None  # planted infiltrate (None when not planted)
 
     @property
     def tissue_fraction(self) -> float:
         return float(self.tissue_mask.mean())
+
+    @property
+    def lymphocyte_fraction(self) -> float:
+        """Share of the tissue that the planted infiltrate covers (0 when none)."""
+        if self.lymphocyte_mask is None or not self.tissue_mask.any():
+            return 0.0
+        return float(self.lymphocyte_mask[self.tissue_mask].mean())
+
+    def lymphocyte_coverage(self, x: int, y: int, size: int) -> float:
+        """Share of the level-0 square (x, y, size px) covered by the planted infiltrate,
+        measured on the ground-truth grid (a tile's "planted" fraction)."""
+        if self.lymphocyte_mask is None:
+            return 0.0
+        scale = self.spec.mpp / self.mask_mpp  # mask px per level-0 px
+        r0, r1 = int(math.floor(y * scale)), int(math.ceil((y + size) * scale))
+        c0, c1 = int(math.floor(x * scale)), int(math.ceil((x + size) * scale))
+        window = self.lymphocyte_mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)]
+        return float(window.mean()) if window.size else 0.0
 
 
 def _level_shape(spec: SyntheticSlideSpec, ds: int) -> tuple[int, int]:
@@ -175,6 +204,9 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
         blur=spec.blur, fold=spec.fold, faint=spec.faint, n_blobs=spec.n_blobs,
         scanner_border=spec.scanner_border, glass_edge=spec.glass_edge, bubbles=spec.bubbles,
     )
+    design = plant_lymphocytes(design, spec.lymphocyte_fraction, seed=spec.seed)
+    if spec.lymphocyte_background > 0:
+        design = replace(design, lymphocyte_background=spec.lymphocyte_background)
     content = TissueContent(design)
     downsamples = spec.resolved_downsamples()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -200,7 +232,8 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
     tissue, pen, mask_mpp = ground_truth(content, spec)
     dims = tuple((_level_shape(spec, d)[1], _level_shape(spec, d)[0]) for d in downsamples)
     artifacts = artifact_truth(content, spec) if content.design.artifacts else None
-    return SyntheticSlide(path, spec, dims, tissue, pen, mask_mpp, artifacts)
+    lymphocytes = lymphocyte_truth(content, spec) if content.design.lymphocytes else None
+    return SyntheticSlide(path, spec, dims, tissue, pen, mask_mpp, artifacts, lymphocytes)
 
 
 def _level_kwargs(spec, shape, ds, index, power) -> dict:
@@ -258,6 +291,12 @@ def artifact_truth(content: TissueContent, spec: SyntheticSlideSpec) -> np.ndarr
     """Artifact mask on the same grid as :func:`ground_truth`."""
     x, y, _ = _truth_grid(spec)
     return content.artifact_od(x, y)[1]
+
+
+def lymphocyte_truth(content: TissueContent, spec: SyntheticSlideSpec) -> np.ndarray:
+    """Planted-infiltrate mask on the same grid as :func:`ground_truth`."""
+    x, y, _ = _truth_grid(spec)
+    return content.lymphocyte_mask(x, y)
 
 
 def ground_truth(content: TissueContent, spec: SyntheticSlideSpec):

@@ -1,9 +1,14 @@
 """Bags from the feature store joined with cohort labels.
 
-A :class:`BagDataset` holds only slide ids and targets; each bag is read from the store
-when it is needed (one slide at a time), so memory is bounded by the largest bag, and
-``max_patches`` bounds that too by random subsampling (fresh per epoch in training,
-fixed for evaluation so validation metrics are comparable across epochs).
+A :class:`BagDataset` holds only slide ids and targets. Without a cache each bag is read
+from the store when it is needed (one slide at a time), so memory is bounded by the
+largest bag. With ``cache=True`` the first access reads *every* bag of the dataset in
+one scan of the tiles table and keeps them in memory: one query per slide costs a
+gate lookup and a filtered scan (~8 ms each on a laptop, more on object storage),
+which made per-epoch store reads the bottleneck of training on small embeddings
+(``benchmarks/train.py``). ``max_patches`` bounds a bag by random subsampling (fresh
+per epoch in training, fixed for evaluation so validation metrics are comparable
+across epochs).
 """
 
 from __future__ import annotations
@@ -138,7 +143,34 @@ class BagDataset:
             self._store = FeatureStore.open(self.store_uri, self.storage_options, create=False)
         return self._store
 
+    def preload(self) -> None:
+        """Read all bags not yet cached with one scan of the tiles table (visible rows only)
+        into the cache; a slide with no tiles is an error, as in :meth:`read`."""
+        wanted = sorted({item.slide_id for item in self.items} - set(self._cache))
+        if not wanted:
+            return
+        from features.store.schema import embeddings_to_numpy
+
+        table = self.store().tiles(encoder=self.encoder, slide_ids=wanted,
+                                   columns=["slide_id", "x", "y", "embedding"])
+        ids = np.asarray(table.column("slide_id").to_numpy(zero_copy_only=False)).astype(str)
+        emb = embeddings_to_numpy(table.column("embedding")).astype(np.float32, copy=False)
+        coords = np.stack([table.column("x").to_numpy(), table.column("y").to_numpy()], 1).astype(np.int64)
+        # Stable sort keeps each slide's tiles in scan order, the order a per-slide read gives.
+        order = np.argsort(ids, kind="stable")
+        names, starts = np.unique(ids[order], return_index=True)
+        bounds = [*starts[1:], len(order)]
+        for name, start, end in zip(names, starts, bounds, strict=True):
+            rows = order[start:end]
+            self._cache[str(name)] = (np.ascontiguousarray(emb[rows]), coords[rows])
+        missing = [s for s in wanted if s not in self._cache]
+        if missing:
+            raise ConfigError(f"slide {missing[0]!r} has no tiles for encoder {self.encoder!r}"
+                              f" ({len(missing)} slides without tiles)")
+
     def read(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if slide_id not in self._cache and self.cache:
+            self.preload()
         if slide_id in self._cache:
             return self._cache[slide_id]
         bag = self.store().bag(slide_id, encoder=self.encoder)

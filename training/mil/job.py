@@ -2,9 +2,13 @@
 
 Workers train with DDP (``TorchTrainer``; CPU workers here, GPU workers on a cluster);
 the rank-0 worker checkpoints the best weights under ``storage_path`` (by default
-``<store>/mil_runs``, so a run on S3 checkpoints to S3). The driver then loads the
-best checkpoint once and predicts the held-out and external sets itself: prediction
-is cheap next to training and this keeps attention maps out of the workers' reports.
+``<store>/mil_runs``, so a run on S3 checkpoints to S3). With storage options (a
+custom endpoint, explicit keys) the checkpoint location is handed to Ray Train as a
+pyarrow filesystem wrapping the same fsspec filesystem the store uses, since Ray's own
+``s3://`` resolution only sees environment credentials and AWS endpoints. The driver
+then loads the best checkpoint once and predicts the held-out and external sets
+itself: prediction is cheap next to training and this keeps attention maps out of the
+workers' reports.
 """
 
 from __future__ import annotations
@@ -40,15 +44,45 @@ class JobConfig:
     max_failures: int = 0
     cache_bags: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # Seconds between reports to Ray Train (metrics history and newest best weights);
+    # see training.mil.train.RayReporter for why not every epoch.
+    report_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
         if not self.label_columns:
             raise ConfigError("label_columns is empty")
+        if self.report_interval_s < 0:
+            raise ConfigError(f"report_interval_s must be >= 0, got {self.report_interval_s}")
 
     def checkpoint_root(self) -> str:
         return self.storage_path or self.store_uri.rstrip("/") + "/mil_runs"
+
+    def run_storage(self) -> tuple[str, Any]:
+        """(storage_path, storage_filesystem) for Ray Train's ``RunConfig``."""
+        from infra.storage import is_local, open_filesystem, strip_protocol
+
+        root = self.checkpoint_root()
+        if is_local(root):
+            return strip_protocol(root), None
+        if not self.storage_options:
+            return root, None  # Ray resolves the URI with the environment's credentials
+        import pyarrow.fs
+
+        fs, path = open_filesystem(root, self.storage_options)
+        return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+    def checkpoint_uri(self, path: str) -> str:
+        """A checkpoint path as Ray reports it, as a URI (Ray strips the protocol when
+        it was given a filesystem)."""
+        from fsspec.core import split_protocol
+
+        root = self.checkpoint_root()
+        protocol, _ = split_protocol(root)
+        if protocol in (None, "file", "local") or split_protocol(path)[0] is not None:
+            return path
+        return f"{protocol}://{path.lstrip('/')}"
 
 
 @dataclass
@@ -102,13 +136,16 @@ def run_training(
                      n_classes=n_classes, weighted=job.train.weighted_loss)
     model_cfg = replace(job.train.model, in_dim=_in_dim(job, train_data), n_outputs=head.n_outputs)
     cfg = replace(job.train, model=model_cfg)
+    storage_path, storage_filesystem = job.run_storage()
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"train": cfg, "head": head, "train_data": train_data, "val_data": val_data},
+        train_loop_config={"train": cfg, "head": head, "train_data": train_data, "val_data": val_data,
+                           "report_interval_s": job.report_interval_s},
         scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu),
         run_config=ray.train.RunConfig(
             name=job.name,
-            storage_path=job.checkpoint_root(),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
             # Checkpoints are only reported on improvement, so the latest is the best.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -129,7 +166,7 @@ def run_training(
     for set_name, table in (eval_tables or {}).items():
         data, _ = _dataset(job, table, train=False)
         predictions[set_name] = predict(model, data, head, attention=attention)
-    return RunResult(job.name, head, history, result.checkpoint.path, predictions, names)
+    return RunResult(job.name, head, history, job.checkpoint_uri(result.checkpoint.path), predictions, names)
 
 
 def _worker_entry(config: dict[str, Any]) -> None:

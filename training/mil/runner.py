@@ -15,6 +15,8 @@ columns and the task, the model and training settings, and the Ray scaling:
     cv: true            # k-fold on the cohort's `fold` column; else its `split` column
     external: ext.parquet
     out: runs/clam
+    # optional: checkpoints (default <store>/mil_runs), storage_options (fsspec, for
+    # s3:// stores and checkpoints), cache_bags (true), report_interval_s (10), attention
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ def run_from_config(config: dict[str, Any]) -> dict[str, Any]:
         encoder=config.get("encoder"), num_workers=int(config.get("workers", 1)),
         use_gpu=bool(config.get("use_gpu", False)), storage_path=config.get("checkpoints"),
         name=str(config.get("name", "mil")), max_failures=int(config.get("max_failures", 0)),
+        cache_bags=bool(config.get("cache_bags", True)),
+        storage_options=dict(config.get("storage_options") or {}),
+        report_interval_s=float(config.get("report_interval_s", 10.0)),
     )
     table = _read_table(str(config["cohort"]))
     external = _read_table(str(config["external"])) if config.get("external") else None

@@ -1,4 +1,8 @@
-"""A store-backed synthetic cohort with a planted signal, for tests and benchmarks.
+"""A store-backed synthetic cohort with a planted signal, written straight as embeddings.
+
+Fast, for unit tests of the training machinery and for throughput benchmarks. For the
+learning claims (pixels -> ingestion -> omics -> labels), see
+:mod:`slidebank.synthetic_cohort`, which plants lymphocyte infiltrates in the pixels.
 
 Each slide is a grid of tiles with background embeddings; "High" slides carry a
 cluster of planted tiles (think dense small dark nuclei) whose embeddings are shifted
@@ -41,11 +45,12 @@ def write_planted_cohort(
     n_noise_genes: int = 3,
     seed: int = 0,
     with_thumbnails: bool = False,
+    storage_options: dict | None = None,
 ) -> PlantedCohort:
     from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 
     rng = np.random.default_rng(seed)
-    store = FeatureStore.open(store_uri)
+    store = FeatureStore.open(store_uri, storage_options)
     side = int(np.ceil(np.sqrt(n_tiles)))
     direction = np.zeros(dim, np.float32)
     direction[:4] = shift  # the planted content moves a few features, as density/size would
