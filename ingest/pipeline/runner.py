@@ -106,10 +106,25 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
              result: IngestResult) -> None:
     import ray
 
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.target_max_block_size
+    ctx.enable_progress_bars = False  # our own progress display is on the driver
+    # Blocks of at most 16 MiB (about 80 tiles of 256² px): a read task then hands its
+    # batches on as it reads instead of holding up to the default 128 MiB, so encoding a
+    # slide overlaps with reading it, and memory per reader stays small.
+    ctx.target_max_block_size = 16 << 20
+    try:
+        _stream(todo, store, config, options, storage_options, config_hash, result)
+    finally:
+        ctx.enable_progress_bars, ctx.target_max_block_size = saved
+
+
+def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult) -> None:
+    import ray
+
     from features.store._keys import new_write_id
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own progress display is on the driver
     plan = plan_resources(options)
     write_ids = {s.slide_id: new_write_id() for s in todo}
     items = [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
