@@ -161,13 +161,16 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
             "read_mpp": config.tiling.target_mpp})
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, options.faults)
-    with Progress(len(todo), enabled=options.progress) as progress:
-        for row in ds.iter_rows():
-            outcome = collector.add(row)
-            progress.batch(int(row["n_tiles"]))
-            if outcome is not None:
-                progress.slide(outcome)
-        collector.flush()
+    try:
+        with Progress(len(todo), enabled=options.progress) as progress:
+            for row in ds.iter_rows():
+                outcome = collector.add(row)
+                progress.batch(int(row["n_tiles"]))
+                if outcome is not None:
+                    progress.slide(outcome)
+            collector.flush()
+    finally:
+        ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
     result.outcomes = [collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes]
     missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
     if missing:  # cannot happen unless Ray lost rows; never report them as done
