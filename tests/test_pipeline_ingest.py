@@ -105,9 +105,11 @@ def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, 
     poison = cohort[-1].slide_id
     faults = {"exit_once": {"slide_id": cohort[2].slide_id, "marker": str(tmp_path / "killed")},
               "exit_always": poison}
-    # A low compaction threshold: the exact-tiles checks below then also hold after the
-    # run's fragments were merged.
-    result = run_ingest(cohort, store, options=FAST.replace(faults=faults, compact_fragments=2))
+    # Two slides per read task: a retried task re-reads the slide that finished before the
+    # crash, which must not count as a crash of that slide. A low compaction threshold: the
+    # exact-tiles checks below then also hold after the run's fragments were merged.
+    result = run_ingest(cohort, store, options=FAST.replace(faults=faults, compact_fragments=2,
+                                                            slides_per_task=2))
     assert result.compacted > 0 and store.fragment_count(result.encoder) < 3
     assert (tmp_path / "killed").exists(), "the fault was injected"
     outcomes = {o.slide_id: o for o in result.outcomes}
