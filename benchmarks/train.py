@@ -58,9 +58,16 @@ def write_h5(cohort: Any, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def peer_loop(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int) -> list[float]:
-    """The per-slide h5 loop: one process, batch size 1, read from disk each epoch."""
+def _h5_bag(path: Path) -> Any:
     import h5py
+    import torch
+
+    with h5py.File(path, "r") as f:
+        return torch.from_numpy(f["features"][:])
+
+
+def _peer_epochs(cfg: Any, items: list[Any], head: Any, epochs: int, bag: Any) -> list[float]:
+    """Plain single-process PyTorch MIL, batch size 1; ``bag(slide_id)`` gives the features."""
     import torch
 
     from training.mil.models import build_model
@@ -74,43 +81,24 @@ def peer_loop(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epo
         start = time.perf_counter()
         model.train()
         for i in order:
-            with h5py.File(paths[items[i].slide_id], "r") as f:
-                x = torch.from_numpy(f["features"][:])
-            y = torch.tensor(items[i].target)
             optimizer.zero_grad()
-            head.loss(model(x).logits, y).backward()
+            head.loss(model(bag(items[i].slide_id)).logits, torch.tensor(items[i].target)).backward()
             optimizer.step()
         rates.append(len(items) / (time.perf_counter() - start))
     return rates
 
 
+def peer_loop(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int) -> list[float]:
+    """The per-slide h5 loop: one process, batch size 1, read from disk each epoch."""
+    return _peer_epochs(cfg, items, head, epochs, lambda sid: _h5_bag(paths[sid]))
+
+
 def peer_preloaded(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int) -> tuple[list[float], float]:
     """The h5 loop with every bag read into memory first: (per-epoch rates, read seconds)."""
-    import h5py
-    import torch
-
-    from training.mil.models import build_model
-
     start = time.perf_counter()
-    bags = {}
-    for item in items:
-        with h5py.File(paths[item.slide_id], "r") as f:
-            bags[item.slide_id] = torch.from_numpy(f["features"][:])
+    bags = {item.slide_id: _h5_bag(paths[item.slide_id]) for item in items}
     read_s = time.perf_counter() - start
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rates = []
-    for epoch in range(epochs):
-        order = np.random.default_rng([0, epoch]).permutation(len(items))
-        start = time.perf_counter()
-        model.train()
-        for i in order:
-            optimizer.zero_grad()
-            head.loss(model(bags[items[i].slide_id]).logits, torch.tensor(items[i].target)).backward()
-            optimizer.step()
-        rates.append(len(items) / (time.perf_counter() - start))
-    return rates, read_s
+    return _peer_epochs(cfg, items, head, epochs, bags.__getitem__), read_s
 
 
 def _row(case: str, per_epoch: list[float], wall: float, **extra: Any) -> dict[str, Any]:
