@@ -77,7 +77,7 @@ def run_ingest(
     store.ensure_tiles_table(config.encoder_id, int(probe.spec.embed_dim), config.embedding_dtype)
     shutdown = connect(options, dashboard=dashboard)
     try:
-        _execute(todo, store, config, options, storage_options, config_hash, probe, result)
+        _execute(todo, store, config, options, storage_options, config_hash, result)
     finally:
         if shutdown:
             import ray
@@ -102,7 +102,7 @@ def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_ha
 
 
 def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-             storage_options: Mapping[str, Any] | None, config_hash: str, probe: Any,
+             storage_options: Mapping[str, Any] | None, config_hash: str,
              result: IngestResult) -> None:
     import ray
 
