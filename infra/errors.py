@@ -15,6 +15,7 @@ __all__ = [
     "MissingMPPError",
     "ScratchSpaceError",
     "SlideCorruptError",
+    "SlideCrashError",
     "SlideError",
     "SlideNotFoundError",
     "SlideOpenError",
@@ -23,6 +24,8 @@ __all__ = [
     "StagingError",
     "StoreConflictError",
     "StoreError",
+    "TableNotFoundError",
+    "TableReadError",
     "WeightsError",
 ]
 
@@ -97,3 +100,19 @@ class StoreConflictError(StoreError, RuntimeError):
 
 class WeightsError(SlidebankError, OSError):
     """Model weights are missing, unsafe to load, or do not match the architecture."""
+
+
+class TableReadError(SlidebankError, ValueError):
+    """A user-supplied table (manifest, cohort, labels, omics) cannot be read; names the file."""
+
+    def __init__(self, table: str, message: str) -> None:
+        self.table = table
+        self.reason = message
+        super().__init__(f"{table}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.table, self.reason))
+
+
+class TableNotFoundError(TableReadError, FileNotFoundError):
+    """A user-supplied table does not exist."""

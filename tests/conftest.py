@@ -143,3 +143,22 @@ def synthetic_tiff(synthetic_dir: Path):
     spec = SyntheticSlideSpec(width=2000, height=1502, mpp=0.25, style="tiff", seed=12,
                               downsamples=(1, 2, 4))
     return write_synthetic_slide(synthetic_dir / "synthetic.tif", spec)
+
+
+# ---- one local Ray for the whole session ---------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A running local Ray (2 CPUs) shared by every test that needs one: starting Ray costs
+    15-40 s on a small machine, so each module starting its own would dominate the suite.
+    Started through the same ``infra.ray_runtime.connect`` the CLI uses (token auth set
+    explicitly, dashboard off)."""
+    import ray
+
+    from infra.ray_runtime import connect, shutdown
+
+    started = connect(num_cpus=2)
+    try:
+        yield None
+    finally:
+        if ray.is_initialized():
+            shutdown(started)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from features.store import FeatureStore
+from ingest.pipeline._faults import FaultPlan, injected
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
@@ -103,13 +104,14 @@ def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, 
     time (a poison slide: failed after MAX_CRASHES, not retried forever)."""
     store = FeatureStore.open(str(tmp_path / "store"))
     poison = cohort[-1].slide_id
-    faults = {"exit_once": {"slide_id": cohort[2].slide_id, "marker": str(tmp_path / "killed")},
-              "exit_always": poison}
+    faults = FaultPlan(exit_once_slide=cohort[2].slide_id, exit_once_marker=str(tmp_path / "killed"),
+                       exit_always_slide=poison)
     # Two slides per read task: a retried task re-reads the slide that finished before the
     # crash, which must not count as a crash of that slide. A low compaction threshold: the
     # exact-tiles checks below then also hold after the run's fragments were merged.
-    result = run_ingest(cohort, store, options=FAST.replace(faults=faults, compact_fragments=2,
-                                                            slides_per_task=2))
+    with injected(faults):
+        result = run_ingest(cohort, store, options=FAST.replace(compact_fragments=2,
+                                                                slides_per_task=2))
     assert result.compacted > 0 and store.fragment_count(result.encoder) < 3
     assert (tmp_path / "killed").exists(), "the fault was injected"
     outcomes = {o.slide_id: o for o in result.outcomes}
@@ -132,13 +134,15 @@ def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_cluster, co
     script = (
         "import json, sys\n"
         "from features.store import FeatureStore\n"
+        "from ingest.pipeline._faults import FaultPlan, injected\n"
         "from ingest.pipeline.config import RunOptions\n"
         "from ingest.pipeline.runner import run_ingest\n"
         "from ingest.pipeline.sources import SlideSource\n"
         "sources = [SlideSource(**s) for s in json.loads(sys.argv[1])]\n"
         "opts = RunOptions(progress=False, commit_every=2, tiles_per_batch=16, encoder_actors=1,"
-        " read_concurrency=1, faults={'driver_exit_after_commits': 1})\n"
-        f"run_ingest(sources, FeatureStore.open({str(crashed)!r}), options=opts, dashboard=False)\n"
+        " read_concurrency=1)\n"
+        "with injected(FaultPlan(driver_exit_after_commits=1)):\n"
+        f"    run_ingest(sources, FeatureStore.open({str(crashed)!r}), options=opts, dashboard=False)\n"
     )
     payload = json.dumps([s.__dict__ for s in cohort])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

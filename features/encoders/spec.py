@@ -11,14 +11,13 @@ back to the exact preprocessing and pooling that produced it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from infra.errors import ConfigError
+from infra.provenance import stable_hash
 
 __all__ = [
     "DType",
@@ -165,8 +164,7 @@ class EncoderSpec:
         payload = self.to_dict()
         for key in ("description", "reference", "weights"):
             payload.pop(key)
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return stable_hash("slidebank.encoder", 1, payload)
 
     def with_timm_overrides(self, name: str, **overrides: Any) -> EncoderSpec:
         """The same family with some timm kwargs changed (e.g. a reduced-depth test variant).

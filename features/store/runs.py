@@ -7,8 +7,6 @@ it left, tagged ``run-<run_id>`` so that exact state can be read back later.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,28 +19,19 @@ from features.store._keys import validate_config_hash, validate_encoder, validat
 from features.store._tables import TableSet
 from features.store.schema import runs_schema
 from features.store.versions import create_tag
+from infra.provenance import canonical_json, stable_hash
 
 __all__ = ["RunRecord", "hash_config", "list_runs", "record_run", "run_tag"]
 
 
-def _canonical(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _canonical(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
 def config_json(config: Any) -> str:
-    """Canonical JSON of a config (a mapping or a dataclass): sorted keys, no spaces."""
-    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"), default=str)
+    """Canonical JSON of a config (a mapping or a dataclass), see :mod:`infra.provenance`."""
+    return canonical_json(config)
 
 
 def hash_config(config: Any) -> str:
-    """A short, stable hash of a pipeline config, usable as the store's ``config_hash``."""
-    return hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
+    """A short, stable hash of a run's config, usable as the store's ``config_hash``."""
+    return stable_hash("slidebank.run", 1, config)
 
 
 def run_tag(run_id: str) -> str:

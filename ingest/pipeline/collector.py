@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.pipeline import metrics
+from infra import metrics
+from infra.version import CODE_VERSION
+from ingest.pipeline._faults import FaultPlan
 
 __all__ = ["SlideCollector", "SlideOutcome"]
 
@@ -45,7 +46,7 @@ class SlideCollector:
 
     def __init__(self, store: Any, encoder: str, config_hash: str, dtype: str,
                  write_ids: Mapping[str, str], commit_every: int, run_id: str,
-                 faults: Mapping[str, Any] | None = None) -> None:
+                 faults: FaultPlan | None = None) -> None:
         self.store, self.encoder, self.config_hash, self.dtype = store, encoder, config_hash, dtype
         self.write_ids = dict(write_ids)
         self.commit_every, self.run_id = commit_every, run_id
@@ -54,7 +55,7 @@ class SlideCollector:
         self.outcomes: dict[str, SlideOutcome] = {}
         self.committed_slides = 0
         self.commits = 0
-        self.faults = dict(faults or {})
+        self.faults = faults
 
     def add(self, row: Mapping[str, Any]) -> SlideOutcome | None:
         """Take one pipeline output row; returns the slide's outcome when it completes."""
@@ -112,8 +113,8 @@ class SlideCollector:
         self.committed_slides += len(group)
         self.commits += 1
         log.info("committed %d slides (%d so far)", len(group), self.committed_slides)
-        if self.faults.get("driver_exit_after_commits") == self.commits:
-            os._exit(17)  # test hook: the driver dies right after a commit
+        if self.faults is not None:
+            self.faults.after_commit(self.commits)
 
     def _key(self, sid: str) -> Any:
         from features.store import SlideKey
@@ -121,7 +122,6 @@ class SlideCollector:
         return SlideKey(sid, self.encoder, self.config_hash)
 
     def _info(self, info: Mapping[str, Any]) -> Any:
-        import slidebank
         from features.store import SlideInfo
 
         return SlideInfo(
@@ -130,7 +130,7 @@ class SlideCollector:
             level_dimensions=tuple(tuple(d) for d in info.get("level_dimensions") or ()),
             mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
             objective_power=info.get("objective_power"), tissue_area_mm2=info.get("tissue_area_mm2"),
-            patient_id=info.get("patient_id"), code_version=slidebank.__version__,
+            patient_id=info.get("patient_id"), code_version=CODE_VERSION,
             timings=info.get("timings") or {},
         )
 

@@ -10,19 +10,21 @@ batching), which never changes the result and is not hashed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from infra.errors import ConfigError
+from infra.provenance import stable_hash
 from ingest.tiling.config import TilingConfig
 from ingest.tissue.config import TissueConfig
 
 __all__ = ["PIPELINE_VERSION", "IngestConfig", "RunOptions"]
 
-PIPELINE_VERSION = 1
+# 2: the configuration hash moved to infra.provenance's canonical form (compact JSON,
+# kind and version included). Slides ingested under version 1 hash differently, so a
+# rerun re-ingests them once; their old rows stay queryable under their old hash.
+PIPELINE_VERSION = 2
 # Reinhard needs a user reference image; the pipeline normalizes to the published H&E
 # reference with Macenko, or not at all.
 StainMethod = Literal["macenko", "none"]
@@ -61,8 +63,7 @@ class IngestConfig:
 
     def config_hash(self, weights_sha256: str | None = None) -> str:
         """16 hex digits over every parameter that changes the stored features."""
-        text = json.dumps(self.to_dict(weights_sha256), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return stable_hash("slidebank.ingest", PIPELINE_VERSION, self.to_dict(weights_sha256))
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,6 @@ class RunOptions:
     #: fragments than this (each written batch is one; 0 disables). Many small fragments
     #: make every later scan and bag read slower; compaction merges them.
     compact_fragments: int = 256
-    #: test-only fault injection: {"exit_once": {"slide_id": ..., "marker": path}} kills a
-    #: read worker once; {"driver_exit_after_commits": n} kills the driver after n commits
-    faults: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:

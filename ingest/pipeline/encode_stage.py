@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.pipeline import metrics
+from infra import metrics
 from ingest.pipeline.rows import column_value
 
 __all__ = ["EncodeStage"]

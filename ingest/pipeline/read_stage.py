@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from infra import metrics
 from infra.errors import SlideCorruptError, SlideCrashError, SlideNotFoundError, SlideReadError
-from ingest.pipeline import metrics
+from ingest.pipeline._faults import FaultPlan
 from ingest.pipeline.attempts import MAX_CRASHES
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
@@ -52,10 +51,11 @@ class ReadStage:
     """
 
     def __init__(self, *, config: IngestConfig, options: RunOptions, store: Any,
-                 storage_options: Mapping[str, Any] | None, ledger: Any = None) -> None:
+                 storage_options: Mapping[str, Any] | None, ledger: Any = None,
+                 faults: FaultPlan | None = None) -> None:
         warm_up()  # load cuCIM before anything in this worker can import PyTorch
         self._kwargs = {"config": config, "options": options, "store": store,
-                        "storage_options": storage_options, "ledger": ledger}
+                        "storage_options": storage_options, "ledger": ledger, "faults": faults}
 
     def __call__(self, batch: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
         yield from read_slides(batch, **self._kwargs)
@@ -64,6 +64,7 @@ class ReadStage:
 def read_slides(
     batch: Mapping[str, Any], *, config: IngestConfig, options: RunOptions, store: Any,
     storage_options: Mapping[str, Any] | None, ledger: Any = None,
+    faults: FaultPlan | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """For each source row, yield that slide's tile-batch rows.
 
@@ -74,7 +75,7 @@ def read_slides(
     for i in range(len(batch["slide_id"])):
         source = {k: _scalar(batch[k][i]) for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
         if ledger is None:
-            yield from _one_slide(source, config, options, store, storage_options)
+            yield from _one_slide(source, config, options, store, storage_options, faults)
             continue
         import ray
 
@@ -82,7 +83,7 @@ def read_slides(
         if crashes >= MAX_CRASHES:
             yield _crashed(source, crashes)
         else:
-            yield from _one_slide(source, config, options, store, storage_options)
+            yield from _one_slide(source, config, options, store, storage_options, faults)
         ledger.finish.remote(source["write_id"])
 
 
@@ -105,13 +106,15 @@ def _scalar(value: Any) -> Any:
 
 
 def _one_slide(source: dict[str, Any], config: IngestConfig, options: RunOptions, store: Any,
-               storage_options: Mapping[str, Any] | None) -> Iterator[dict[str, np.ndarray]]:
+               storage_options: Mapping[str, Any] | None,
+               faults: FaultPlan | None = None) -> Iterator[dict[str, np.ndarray]]:
     sid, write_id = source["slide_id"], source["write_id"]
     info: dict[str, Any] = {"source_uri": source["uri"], "patient_id": source["patient_id"],
                             "timings": {}}
     started = time.perf_counter()
     try:
-        _inject_fault(options.faults, sid)
+        if faults is not None:
+            faults.before_read(sid)
         with open_slide(source["uri"], storage_options=storage_options, mpp=source["mpp"],
                         device=options.device) as slide:
             _describe(slide, info)
@@ -215,17 +218,3 @@ def _write_arrays(store: Any, sid: str, tissue: Any) -> None:
     arrays = SlideArrays(store, sid)
     arrays.write_thumbnail(np.ascontiguousarray(tissue.thumbnail), mpp=tissue.mpp)
     arrays.write_mask(tissue.mask.astype(np.uint8), mpp=tissue.mpp)
-
-
-def _inject_fault(faults: Mapping[str, Any], sid: str) -> None:
-    """Test hooks: kill this worker process the first time (``exit_once``) or every time
-    (``exit_always``, a poison slide) it reaches ``slide_id``."""
-    if faults.get("exit_always") == sid:
-        os._exit(1)
-    spec = faults.get("exit_once")
-    if not spec or spec.get("slide_id") != sid:
-        return
-    marker = Path(spec["marker"])
-    if not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os._exit(1)

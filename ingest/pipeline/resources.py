@@ -1,35 +1,15 @@
-"""Ray runtime start/connect and concurrency defaults derived from the cluster."""
+"""Concurrency defaults derived from the cluster's resources (Ray start/connect: infra.ray_runtime)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 from ingest.pipeline.config import RunOptions
 
-__all__ = ["Plan", "connect", "plan_resources"]
+__all__ = ["Plan", "plan_resources"]
 
 log = logging.getLogger(__name__)
-
-
-def connect(options: RunOptions, *, dashboard: bool = True) -> bool:
-    """Start an embedded Ray (dashboard on localhost only) or join ``address``/RAY_ADDRESS.
-
-    Returns True when this call started Ray (and so should shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        log.info("connected to Ray cluster at %s", address)
-        return True
-    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
-    return True
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.ray_runtime import connect, shutdown
+from infra.version import CODE_VERSION
+from ingest.pipeline import _faults
 from ingest.pipeline.attempts import new_ledger
 from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.progress import Progress
 from ingest.pipeline.read_stage import ReadStage
-from ingest.pipeline.resources import connect, plan_resources
+from ingest.pipeline.resources import plan_resources
 from ingest.pipeline.sources import SlideSource
 from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
@@ -75,14 +78,11 @@ def run_ingest(
         return result
     # Create the encoder's table once here rather than racing to create it in every worker.
     store.ensure_tiles_table(config.encoder_id, int(probe.spec.embed_dim), config.embedding_dtype)
-    shutdown = connect(options, dashboard=dashboard)
+    started_ray = connect(options.address, dashboard=dashboard)
     try:
         _execute(todo, store, config, options, storage_options, config_hash, result)
     finally:
-        if shutdown:
-            import ray
-
-            ray.shutdown()
+        shutdown(started_ray)
     result.compacted = _maybe_compact(store, config.encoder_id, options.compact_fragments)
     result.store_version = store.latest().version
     result.seconds = time.perf_counter() - started
@@ -126,6 +126,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
     from features.store._keys import new_write_id
 
     plan = plan_resources(options)
+    faults = _faults.active()
     write_ids = {s.slide_id: new_write_id() for s in todo}
     items = [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
               "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
@@ -145,7 +146,8 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
         ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
         compute=ray.data.ActorPoolStrategy(size=min(plan.readers, blocks)),
         fn_constructor_kwargs={"config": config, "options": options, "store": location,
-                               "storage_options": storage_options, "ledger": ledger})
+                               "storage_options": storage_options, "ledger": ledger,
+                               "faults": faults})
     ds = ds.map_batches(
         EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
         compute=ray.data.ActorPoolStrategy(size=min(plan.encoder_actors, blocks)),
@@ -160,7 +162,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
             "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
             "read_mpp": config.tiling.target_mpp})
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, options.faults)
+                               write_ids, options.commit_every, result.run_id, faults)
     try:
         with Progress(len(todo), enabled=options.progress) as progress:
             for row in ds.iter_rows():
@@ -209,13 +211,12 @@ def _slides_per_task(n_slides: int, readers: int) -> int:
 
 def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,
                 weights_sha: str | None, n_sources: int) -> None:
-    import slidebank
     from features.store import RunRecord
 
     record = RunRecord(
         run_id=result.run_id, config={**config.to_dict(weights_sha), "sources": n_sources,
                                       "skipped": len(result.skipped)},
-        config_hash=result.config_hash, encoder=config.encoder_id, code_version=slidebank.__version__,
+        config_hash=result.config_hash, encoder=config.encoder_id, code_version=CODE_VERSION,
         weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
         n_slides_failed=len(result.failed), n_tiles=result.tiles,
         timings={"total_s": round(result.seconds, 3)})

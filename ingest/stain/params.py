@@ -10,7 +10,6 @@ version of the algorithm (``version``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from infra.errors import ConfigError
+from infra.provenance import canonical_json, stable_hash
 
 __all__ = ["STAIN_ALGORITHM_VERSION", "Method", "StainParams"]
 
@@ -119,7 +119,7 @@ class StainParams:
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys); floats are written with full precision."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StainParams:
@@ -148,7 +148,7 @@ class StainParams:
 
     def digest(self) -> str:
         """Short content hash for provenance and pipeline config hashes."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return stable_hash("slidebank.stain-params", 1, {"params": self.to_dict()})
 
     def with_reference(self, reference_id: str) -> StainParams:
         return dataclasses.replace(self, reference_id=reference_id)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.errors import ConfigError
-from ingest.tissue.config import stable_hash
+from infra.provenance import stable_hash
 from ingest.tissue.qc import TileQCConfig
 
 __all__ = ["TilingConfig"]

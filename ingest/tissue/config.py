@@ -13,15 +13,14 @@ tissue with exactly the same parameters.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from infra.errors import ConfigError
+from infra.provenance import stable_hash
 
-__all__ = ["INKS", "Ink", "TissueConfig", "stable_hash"]
+__all__ = ["INKS", "Ink", "TissueConfig"]
 
 Ink = Literal["blue", "green", "black", "red"]
 INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
@@ -29,13 +28,6 @@ INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
 # Bump when the algorithm changes in a way that changes masks for the same parameters,
 # so old and new results never share a hash.
 _ALGORITHM_VERSION = 1
-
-
-def stable_hash(kind: str, version: int, fields: dict[str, Any]) -> str:
-    """16 hex characters of SHA-256 over canonical JSON (sorted keys, exact float repr)."""
-    payload = json.dumps({"kind": kind, "version": version, **fields}, sort_keys=True,
-                         separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,12 @@ that produced it, so two tables can be compared only when they were made the sam
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from infra.errors import ConfigError
+from infra.provenance import canonical_json, stable_hash
 
 __all__ = [
     "DuplicatePolicy",
@@ -118,23 +116,13 @@ class LabelConfig:
             raise ConfigError(f"high_quantile must be in (0, 1), not {self.high_quantile!r}")
 
 
-def _canonical(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__type__": type(value).__name__, **_canonical(dataclasses.asdict(value))}
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, float):
-        return repr(value)  # exact: 2/3 must not hash like 0.6667
-    return value
-
-
 def config_json(config: Any) -> str:
-    """Canonical JSON of a config (dataclasses and mappings): sorted keys, no spaces."""
-    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"), default=str)
+    """Canonical JSON of a config (dataclasses and mappings), see :mod:`infra.provenance`."""
+    return canonical_json(config)
 
 
 def config_hash(config: Any) -> str:
-    """A short stable hash of a config, recorded in every table derived with it."""
-    return hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
+    """A short stable hash of a config, recorded in every table derived with it; the
+    config's type is part of what is hashed, so two kinds of config never collide."""
+    kind = type(config).__name__ if dataclasses.is_dataclass(config) else "mapping"
+    return stable_hash(f"slidebank.{kind}", 1, config)

@@ -1,0 +1,93 @@
+"""One atomic local write: a uniquely named temp file in the target's folder, then ``os.replace``.
+
+Readers see the old file or the new one, never a partial one; two writers of the same
+path never share a temp name (a uuid, not a fixed ``.partial`` suffix), so concurrent
+writers cannot corrupt each other's temp files. Object stores (S3, GCS) PUT atomically
+already; :func:`write_bytes_uri` uses this helper only for local paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "temp_path", "write_bytes_uri"]
+
+
+def temp_path(path: str | os.PathLike[str]) -> Path:
+    """A unique sibling of ``path`` for writing before the rename (same filesystem)."""
+    target = Path(path)
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
+                 fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file for writing; on success it replaces ``path``, on error it is removed.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8). Parent folders are created.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """JSON with sorted keys and no NaN (NaN is not JSON; write null explicitly)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True,
+                                              allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and paths show up in reports; anything else is a bug in the caller.
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+
+
+def write_bytes_uri(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write ``data`` to a local path atomically, or PUT it to an object store (atomic there)."""
+    from infra.storage import is_local, open_filesystem, strip_protocol
+
+    if is_local(uri):
+        atomic_write_bytes(strip_protocol(uri), data)
+        return
+    fs, path = open_filesystem(uri, storage_options)
+    parent = path.rsplit("/", 1)[0]
+    with contextlib.suppress(OSError):  # object stores have no real folders
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(data)
