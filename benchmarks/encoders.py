@@ -19,7 +19,6 @@ weights are not needed to measure it. The JSON holds every figure and the machin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.encoders import Encoder, EncoderSpec, get_encoder_spec  # noqa: E402
+from infra.files import atomic_write_json  # noqa: E402
 
 SAMPLE_SLIDE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
 
@@ -277,9 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu"] = gpu_section(args.quick)
     else:
         report["gpu_note"] = "no CUDA GPU visible to torch: GPU figures not measured"
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, report)
     _print(report)
     return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from infra.version import CODE_VERSION as __version__
 
 _EXPORTS = {
     "open_slide": "ingest.slides",

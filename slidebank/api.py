@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from infra.files import atomic_write
 from infra.ids import slide_id_from_uri, validate_slide_id
 from ingest.slides import Strategy, open_slide
 
@@ -32,10 +33,8 @@ def describe_slide(
         meta = slide.metadata
         thumb, actual = slide.thumbnail(thumbnail_mpp)
     target = Path(out_dir) / sid / "thumbnail.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".png.partial")
-    Image.fromarray(np.ascontiguousarray(thumb)).save(tmp, format="PNG")
-    tmp.replace(target)
+    with atomic_write(target) as handle:
+        Image.fromarray(np.ascontiguousarray(thumb)).save(handle, format="PNG")
     report = {"slide_id": sid, **meta.to_dict()}
     report["levels"] = [
         {"level": i, "width": w, "height": h, "downsample": d, "mpp": meta.level_mpp(i)}

@@ -16,15 +16,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra.errors import InvalidSlideIdError, SlidebankError
+from infra.errors import InvalidSlideIdError, SlidebankError, TableReadError
 from infra.ids import slide_id_from_uri, validate_slide_id
 from infra.storage import is_local, open_filesystem, strip_protocol
+from infra.tables import TABLE_SUFFIXES
 
 __all__ = ["SLIDE_EXTENSIONS", "ManifestError", "SlideSource", "load_sources"]
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
 _URI_COLUMNS = ("uri", "slide_uri", "path")
-_MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+_MANIFEST_SUFFIXES = tuple(s for s in TABLE_SUFFIXES if not s.startswith(".txt"))
 
 
 class ManifestError(SlidebankError, ValueError):
@@ -47,22 +48,13 @@ def load_sources(source: str, storage_options: Mapping[str, Any] | None = None) 
 
 
 def _read_table(source: str, storage_options: Mapping[str, Any] | None) -> pa.Table:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    from infra.tables import read_arrow_table
 
-    fs, path = open_filesystem(source, storage_options)
     try:
-        with fs.open(path, "rb") as fh:
-            if source.lower().endswith((".parquet", ".pq")):
-                return pq.read_table(fh)
-            delimiter = "\t" if source.lower().endswith(".tsv") else ","
-            return pacsv.read_csv(fh, parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                  convert_options=pacsv.ConvertOptions(
-                                      column_types={"slide_id": pa.string(), "patient_id": pa.string()}))
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{source}: manifest not found") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ManifestError(f"{source}: cannot read manifest: {exc}") from exc
+        # Ids stay text: a slide id "007" or a patient id "1e3" must not become a number.
+        return read_arrow_table(source, storage_options, string_columns=("slide_id", "patient_id"))
+    except TableReadError as exc:
+        raise ManifestError(f"{source}: cannot read manifest: {exc.reason}") from exc
 
 
 def _from_manifest(source: str, storage_options: Mapping[str, Any] | None) -> list[SlideSource]:

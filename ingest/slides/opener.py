@@ -18,6 +18,7 @@ from typing import IO, Any
 from infra.errors import (
     BackendUnavailableError,
     ConfigError,
+    MissingMPPError,
     ScratchSpaceError,
     SlideCorruptError,
     SlideError,
@@ -233,7 +234,9 @@ def _metadata(
     mpp = None
     try:
         mpp = resolve_mpp(label, meta, handle.mpp)
-    except Exception:
+    except MissingMPPError:
+        # Planning needs an MPP, metadata-only callers (``slidebank info``) do not. Only a
+        # missing MPP is tolerated here; a parsing bug must surface, not become mpp=None.
         if handle.require_mpp or handle.mpp is not None:
             raise
     return SlideMetadata(

@@ -25,6 +25,7 @@ from pathlib import Path
 import fsspec
 
 from infra.errors import ScratchSpaceError, StagingError
+from infra.files import temp_path
 from infra.storage import ObjectInfo, object_info
 
 __all__ = ["ScratchSpace", "StagedFile", "default_scratch"]
@@ -138,7 +139,9 @@ class ScratchSpace:
 
     def _download(self, fs, path: str, info: ObjectInfo, target: Path, slide: str) -> float:
         start = time.perf_counter()
-        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.partial")
+        # Not infra.files.atomic_write: parts are written in parallel with pwrite and
+        # verified before the rename, but the temp name comes from the same helper.
+        tmp = temp_path(target)
         ranges = [(o, min(o + self.part_size, info.size)) for o in range(0, info.size, self.part_size)]
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

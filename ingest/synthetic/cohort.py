@@ -19,9 +19,8 @@ __all__ = ["write_small_cohort"]
 def _write(args: tuple[str, int, int, int]) -> str:
     path, side, seed, blobs = args
     if not Path(path).exists():
-        tmp = f"{path}.partial"
-        write_synthetic_slide(tmp, SyntheticSlideSpec(width=side, height=side, seed=seed, n_blobs=blobs))
-        os.replace(tmp, path)  # an interrupted run never leaves a truncated slide behind
+        # write_synthetic_slide writes atomically: an interrupted run leaves no truncated slide
+        write_synthetic_slide(path, SyntheticSlideSpec(width=side, height=side, seed=seed, n_blobs=blobs))
     return path
 
 

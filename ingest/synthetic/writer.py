@@ -32,6 +32,7 @@ import numpy as np
 import tifffile
 
 from infra.errors import ConfigError
+from infra.files import atomic_write
 from ingest.synthetic.content import TissueContent
 from ingest.synthetic.design import make_design, plant_lymphocytes
 
@@ -209,26 +210,21 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
         design = replace(design, lymphocyte_background=spec.lymphocyte_background)
     content = TissueContent(design)
     downsamples = spec.resolved_downsamples()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=spec.width * spec.height > 2**31 // 4) as tw:
-            for index, ds in enumerate(downsamples):
-                shape = _level_shape(spec, ds)
-                kwargs = _level_kwargs(spec, shape, ds, index, power)
-                tiles: Iterator = (_empty_tiles(spec, ds) if index < spec.empty_levels
-                                   else _tiles(content, spec, ds))
-                tw.write(tiles, shape=(*shape, 3), dtype=np.uint8,
-                         tile=(spec.tile_size, spec.tile_size), compression="jpeg",
-                         compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
-                         **kwargs)
-                if spec.style == "svs" and index == 0:
-                    _write_svs_thumbnail(tw, content, spec)
-            if spec.style == "svs":
-                _write_svs_associated(tw, content, spec)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb", fsync=False) as handle, \
+            tifffile.TiffWriter(handle, bigtiff=spec.width * spec.height > 2**31 // 4) as tw:
+        for index, ds in enumerate(downsamples):
+            shape = _level_shape(spec, ds)
+            kwargs = _level_kwargs(spec, shape, ds, index, power)
+            tiles: Iterator = (_empty_tiles(spec, ds) if index < spec.empty_levels
+                               else _tiles(content, spec, ds))
+            tw.write(tiles, shape=(*shape, 3), dtype=np.uint8,
+                     tile=(spec.tile_size, spec.tile_size), compression="jpeg",
+                     compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
+                     **kwargs)
+            if spec.style == "svs" and index == 0:
+                _write_svs_thumbnail(tw, content, spec)
+        if spec.style == "svs":
+            _write_svs_associated(tw, content, spec)
     tissue, pen, mask_mpp = ground_truth(content, spec)
     dims = tuple((_level_shape(spec, d)[1], _level_shape(spec, d)[0]) for d in downsamples)
     artifacts = artifact_truth(content, spec) if content.design.artifacts else None

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from infra.arrays import Device
+from infra.files import atomic_write, atomic_write_text
 from infra.ids import slide_id_from_uri, validate_slide_id
 from ingest.slides import Strategy, open_slide
 from ingest.tiling.config import TilingConfig
@@ -90,14 +91,10 @@ def tissue_report(
 
 
 def _write_parquet(table: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        pq.write_table(table, handle)
     return path
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from infra.errors import ConfigError
+from infra.files import atomic_write_text
 
 __all__ = ["mask_to_geojson", "write_geojson"]
 
@@ -114,8 +115,4 @@ def mask_to_geojson(mask: np.ndarray, mask_mpp: float, slide_size: tuple[int, in
 
 def write_geojson(path: str | os.PathLike, collection: dict) -> Path:
     """Write atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(collection, separators=(",", ":")))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(collection, separators=(",", ":")))

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
+from infra.files import atomic_write
+
 if TYPE_CHECKING:
     from ingest.tiling.plan import TilePlan
     from ingest.tissue.mask import TissueMask
@@ -84,8 +86,6 @@ def _draw_tiles(image: np.ndarray, plan: TilePlan, scale: tuple[float, float]) -
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_write(path) as handle:
+        Image.fromarray(np.ascontiguousarray(image)).save(handle, format="PNG")
+    return Path(path)

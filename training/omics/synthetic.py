@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.files import atomic_write_text
 from training.omics.signatures import get_signature
 
 __all__ = ["TrackingExpression", "expression_tracking"]
@@ -50,9 +51,7 @@ class TrackingExpression:
 
 
 def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def expression_tracking(
