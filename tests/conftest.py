@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests._support import moto
+from tests._support.moto import FAKE_CREDENTIALS
+from tests._support.slides import CMU_SLIDE
 
 # cuCIM must initialise before PyTorch in a process (see ingest/slides/backends/cucim_reader.py):
 # load it first so every test, whatever the order, can use the cuCIM backend.
@@ -21,20 +20,6 @@ with contextlib.suppress(Exception):  # cuCIM missing or broken: its own tests s
     from ingest.slides.backends.cucim_reader import warm_up
 
     warm_up()
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-CMU_SLIDE = SHARED_DATA / "cmu_small_region.svs"
-
-# Fake credentials for the local moto server only; set before any boto/s3fs import
-# can pick up real ones from the environment.
-_FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from infra.arrays import gpu_available
@@ -54,43 +39,17 @@ def cmu_slide() -> Path:
     return CMU_SLIDE
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A real S3-protocol endpoint on loopback (``python -m moto.server``)."""
-    port = _free_port()
     # Libraries that read credentials from the environment (boto, lance) must only ever
     # see the fake ones while the tests talk to moto.
-    saved = {k: os.environ.get(k) for k in _FAKE_AWS}
-    os.environ.update(_FAKE_AWS)
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("moto server did not start")
-            time.sleep(0.1)
+    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
+    os.environ.update(FAKE_CREDENTIALS)
     try:
-        yield endpoint
+        with moto.moto_server(dict(os.environ)) as endpoint:
+            yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -101,12 +60,7 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3_options(moto_server: str) -> dict:
     """fsspec storage options pointing s3fs at the moto server (fake credentials)."""
-    return {
-        "key": _FAKE_AWS["AWS_ACCESS_KEY_ID"],
-        "secret": _FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-        "endpoint_url": moto_server,
-        "skip_instance_cache": True,
-    }
+    return moto.storage_options(moto_server)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_omics_synthetic import planted_cohort, tcga_patient
+from tests._support.omics import planted_cohort, tcga_patient
 from training.cohorts import (
     CohortConfig,
     CohortError,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from slidebank.cli import app
-from tests.test_omics_synthetic import planted_cohort, tcga_patient
+from tests._support.omics import planted_cohort, tcga_patient
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from tests.test_omics_synthetic import planted_cohort
+from tests._support.omics import planted_cohort
 from training.omics import (
     HIGH,
     REST,

@@ -23,7 +23,8 @@ from PIL import Image
 
 from ingest.slides import ScratchSpace, open_slide
 from ingest.synthetic import FAKE_PATIENT_ID
-from tests.slide_cases import (
+from tests._support.slides import (
+    CMU_SLIDE,
     SlideCase,
     inside_level_pixels,
     level_array,
@@ -42,8 +43,6 @@ def cases(request: pytest.FixtureRequest, synthetic_svs, synthetic_tiff) -> dict
         "synthetic_tiff": SlideCase("synthetic_tiff", str(synthetic_tiff.path), 0.25,
                                     "tiff-resolution", None),
     }
-    from tests.conftest import CMU_SLIDE
-
     if CMU_SLIDE.exists():
         out["cmu"] = SlideCase("cmu", str(CMU_SLIDE), 0.499, "aperio", 20.0)
     return out

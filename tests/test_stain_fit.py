@@ -18,7 +18,7 @@ from ingest.stain import (
     sample_tissue_locations,
 )
 from ingest.synthetic.content import E_OD, H_OD
-from tests.test_stain_support import cmu_tiles, unit
+from tests._support.stain import cmu_tiles, unit
 
 
 def _angle(a, b) -> float:

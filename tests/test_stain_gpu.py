@@ -19,7 +19,7 @@ from ingest.stain import (
     hed_jitter,
     reference_from_image,
 )
-from tests.test_stain_support import cmu_tiles
+from tests._support.stain import cmu_tiles
 
 pytestmark = pytest.mark.gpu
 

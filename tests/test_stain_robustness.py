@@ -22,7 +22,7 @@ from ingest.stain import (
     rgb_to_od,
     standard_reference,
 )
-from tests.test_stain_support import cmu_tiles, rerender, unit
+from tests._support.stain import cmu_tiles, rerender, unit
 
 S = 128
 

@@ -28,7 +28,7 @@ from ingest.stain import (
     reference_from_image,
     standard_reference,
 )
-from tests.test_stain_support import cmu_tiles, synthetic_tiles
+from tests._support.stain import cmu_tiles, synthetic_tiles
 
 MAX_MAD = 2.0
 IO = 240

@@ -25,7 +25,7 @@ import pytest
 from skimage.color import rgb2lab
 
 from ingest.stain import FitConfig, StainNormalizer, fit_tiles, reference_from_image, tissue_mask
-from tests.test_stain_support import cmu_tiles, rerender, stain_shifts
+from tests._support.stain import cmu_tiles, rerender, stain_shifts
 
 MIN_REDUCTION = 0.70
 

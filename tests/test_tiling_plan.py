@@ -16,30 +16,12 @@ from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import TILE_PLAN_SCHEMA, SlideGeometry, TilingConfig, plan_slide, plan_tiles
 from ingest.tiling._coverage import box_fractions
 from ingest.tissue import QC_BACKGROUND, QC_PEN, TileQCConfig, detect_tissue
+from tests._support.slides import record_reads
 
 
 def _plan(path: Path, tiling: TilingConfig | None = None, **open_kw):
     with open_slide(str(path), **open_kw) as slide:
         return plan_slide(slide, tiling_config=tiling, device="cpu")
-
-
-def _record_reads(slide, monkeypatch) -> list[int]:
-    """Wrap the slide's backend so every pixel read records its level."""
-    levels: list[int] = []
-    backend = slide._backend  # the one object every read goes through
-    single, batch = backend.read_region, backend.read_regions
-
-    def read_region(x, y, level, width, height):
-        levels.append(level)
-        return single(x, y, level, width, height)
-
-    def read_regions(locations, level, size, threads=1):
-        levels.extend([level] * len(locations))
-        return batch(locations, level, size, threads)
-
-    monkeypatch.setattr(backend, "read_region", read_region)
-    monkeypatch.setattr(backend, "read_regions", read_regions)
-    return levels
 
 
 def _blank_slide(path: Path, width: int, height: int, mpp: float = 0.5) -> Path:
@@ -204,7 +186,7 @@ def test_tiling_config_hash() -> None:
 def test_planning_reads_no_level0_pixels(synthetic_svs, monkeypatch) -> None:
     with open_slide(str(synthetic_svs.path)) as slide:
         assert slide.level_count == 2
-        levels = _record_reads(slide, monkeypatch)
+        levels = record_reads(slide, monkeypatch).levels
         _, plan = plan_slide(slide, device="cpu")
     assert plan.tile_count > 0
     assert levels and set(levels) == {1}, f"planning read levels {sorted(set(levels))}"

@@ -1,4 +1,4 @@
-"""Planning a 100k × 100k slide: under two seconds on CPU, and no level-0 pixels read.
+"""Planning a 100k × 100k slide reads only the coarse level it needs, each pixel once.
 
 The slide is 100,000² px at 0.25 µm/px (2.5 cm square, a 40x scan) with an Aperio-style
 ×4 pyramid (0.25, 1, 4, 16 µm/px). Its two finest levels are written without pixel
@@ -6,13 +6,11 @@ data, so the file takes seconds to write; the levels a plan may read (4 and 16 �
 hold real rendered tissue and pen marks. A planner that read level 0 or 1 would both
 be slow and see black.
 
-The time limit is on the process's CPU time: on a shared CI machine, other jobs stretch
-wall-clock time but not the work done. benchmarks/tissue.py reports wall time too.
+The test asserts the work done (which levels, how many pixels), not the time it took: a
+time limit fails on slower hardware. Planning speed is measured in benchmarks/tissue.py.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -20,7 +18,7 @@ from ingest.slides import open_slide
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import plan_slide
 from ingest.tissue import iou, resample_nearest
-from tests.test_tiling_plan import _record_reads
+from tests._support.slides import record_reads
 
 SIDE = 100_000
 
@@ -33,18 +31,15 @@ def huge_slide(tmp_path_factory: pytest.TempPathFactory):
     return write_synthetic_slide(tmp_path_factory.mktemp("huge") / "huge.tif", spec)
 
 
-def test_huge_slide_plans_fast_without_reading_fine_levels(huge_slide, monkeypatch) -> None:
-    best_cpu, best_wall = float("inf"), float("inf")
-    for _ in range(2):  # the second run finds the file in the page cache, as a pipeline would
-        with open_slide(str(huge_slide.path)) as slide:
-            assert slide.dimensions == (SIDE, SIDE)
-            levels = _record_reads(slide, monkeypatch)
-            wall, cpu = time.perf_counter(), time.process_time()
-            tissue, plan = plan_slide(slide, device="cpu")
-            best_cpu = min(best_cpu, time.process_time() - cpu)
-            best_wall = min(best_wall, time.perf_counter() - wall)
-        assert levels and set(levels) == {2}, f"read levels {sorted(set(levels))}"
-    assert best_cpu < 2.0, f"planning took {best_cpu:.2f} s CPU ({best_wall:.2f} s wall)"
+def test_huge_slide_plans_reading_only_the_coarse_level(huge_slide, monkeypatch) -> None:
+    with open_slide(str(huge_slide.path)) as slide:
+        assert slide.dimensions == (SIDE, SIDE)
+        reads = record_reads(slide, monkeypatch)
+        tissue, plan = plan_slide(slide, device="cpu")
+        level2 = slide.level_dimensions[2]
+    assert reads.levels and set(reads.pixels) == {2}, f"read levels {sorted(reads.pixels)}"
+    # Each level-2 pixel at most once (the whole level is 6250² = 39 Mpx; level 0 is 10 Gpx).
+    assert reads.pixels[2] <= level2[0] * level2[1], f"read {reads.pixels[2]:,} level-2 pixels"
     assert plan.status == "ok" and plan.tile_count > 1000
     assert tissue.mask.shape == (3125, 3125)  # 8 µm/px
     truth = resample_nearest(huge_slide.tissue_mask, tissue.mask.shape)

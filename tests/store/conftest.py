@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from store_helpers import CONFIG, DIM, ENCODER, slide_info, tile_payload
+from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 from features.store import FeatureStore, PendingSlide, SlideKey
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import typer
-from store_helpers import ENCODER
+from tests._support.store import ENCODER
 from typer.testing import CliRunner
 
 from features.store import RunRecord

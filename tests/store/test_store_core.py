@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from store_helpers import CONFIG, DIM, ENCODER, slide_info, tile_payload
+from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 import features.store.writer as writer_module
 from features.store import (

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from store_helpers import memory_probe
+from tests._support.store import memory_probe
 
 from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from store_helpers import CONFIG, ENCODER, slide_info
+from tests._support.store import CONFIG, ENCODER, slide_info
 
 from features.store import (
     FeatureStore,
