@@ -17,6 +17,7 @@ __all__ = [
     "SlideCorruptError",
     "SlideCrashError",
     "SlideError",
+    "SlideLimitError",
     "SlideNotFoundError",
     "SlideOpenError",
     "SlideReadError",
@@ -72,6 +73,11 @@ class SlideReadError(SlideError, OSError):
 
 class SlideCrashError(SlideReadError):
     """Reading the slide killed its worker process (a native decoder crash) repeatedly."""
+
+
+class SlideLimitError(SlideError, ValueError):
+    """The slide would take unbounded work: implausible declared pixels for its size, a
+    thumbnail too large for memory, or over its time budget / memory ceiling (issue 17)."""
 
 
 class MissingMPPError(SlideError, ValueError):

@@ -85,10 +85,19 @@ class RunOptions:
     #: fragments than this (each written batch is one; 0 disables). Many small fragments
     #: make every later scan and bag read slower; compaction merges them.
     compact_fragments: int = 256
+    #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
+    #: reader process holds more than this much resident memory, becomes a ``failed`` row.
+    #: ``None`` memory: half the machine's memory divided among the readers of one node.
+    slide_time_budget_s: float | None = 1800.0
+    reader_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:
             raise ConfigError("tiles_per_batch and commit_every must be >= 1")
+        for name in ("slide_time_budget_s", "reader_memory_gb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
         if self.slides_per_task is not None and self.slides_per_task < 1:
             raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
 

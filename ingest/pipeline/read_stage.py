@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
 from ingest.slides import Slide, open_slide
 from ingest.slides.backends.cucim_reader import warm_up
+from ingest.slides.limits import SlideBudget
 from ingest.tiling.plan import plan_slide
 from ingest.tissue.qc import tile_qc
 
@@ -111,18 +113,29 @@ def _one_slide(source: dict[str, Any], config: IngestConfig, options: RunOptions
     sid, write_id = source["slide_id"], source["write_id"]
     info: dict[str, Any] = {"source_uri": source["uri"], "patient_id": source["patient_id"],
                             "timings": {}}
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), time.monotonic()
     try:
         if faults is not None:
             faults.before_read(sid)
         with open_slide(source["uri"], storage_options=storage_options, mpp=source["mpp"],
                         device=options.device) as slide:
+            slide.budget = _budget(sid, options, clock)
             _describe(slide, info)
             yield from _tile_rows(slide, sid, write_id, info, config, options, store, started)
     except Exception as exc:  # isolate the slide: record type and message, go on
         log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
         metrics.record_failure(type(exc).__name__)
         yield make_row(slide_id=sid, write_id=write_id, status="failed", info=info, error=exc)
+
+
+def _budget(sid: str, options: RunOptions, started: float) -> SlideBudget:
+    """Time and memory this slide may use in this reader (checked between chunks)."""
+    memory_gb = options.reader_memory_gb
+    if memory_gb is None:
+        import psutil
+
+        memory_gb = psutil.virtual_memory().total / 2 / max(1, os.cpu_count() or 1) / 2**30
+    return SlideBudget(sid, options.slide_time_budget_s, int(memory_gb * 2**30), started)
 
 
 def _describe(slide: Slide, info: dict[str, Any]) -> None:

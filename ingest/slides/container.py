@@ -13,7 +13,8 @@ from typing import IO
 
 import tifffile
 
-from infra.errors import SlideCorruptError
+from infra.errors import SlideCorruptError, SlideLimitError
+from ingest.slides.limits import check_declared_size
 from ingest.slides.mpp import VendorMetadata, parse_aperio_description, parse_ome_xml
 
 __all__ = ["TIFF_MAGICS", "inspect_tiff", "is_tiff", "sniff"]
@@ -39,7 +40,7 @@ def inspect_tiff(fileobj: IO[bytes], size: int, slide: str) -> VendorMetadata:
         with tifffile.TiffFile(fileobj, _multifile=False) as tif:
             meta = _collect(tif)
             _check_extent(tif, size, slide)
-    except SlideCorruptError:
+    except (SlideCorruptError, SlideLimitError):
         raise
     except Exception as exc:  # tifffile raises many types on malformed structure
         raise SlideCorruptError(slide, f"malformed TIFF structure: {exc}") from exc
@@ -88,11 +89,15 @@ def _rational(value: object) -> float:
 
 
 def _check_extent(tif: tifffile.TiffFile, size: int, slide: str) -> None:
-    """Every tile or strip must lie inside the file: catches truncated uploads."""
+    """Every tile or strip must lie inside the file (catches truncated uploads), and the
+    pixels declared must be plausible for the bytes present (catches decompression bombs)."""
     pages = tif.pages
     pages.cache = False
+    shapes: list[tuple[tuple[int, ...], int]] = []
     for index in range(min(len(pages), _MAX_PAGES)):
         page = pages[index]
+        dtype = getattr(page, "dtype", None)
+        shapes.append((tuple(page.shape), dtype.itemsize if dtype is not None else 1))
         ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
         if ends and max(ends) > size:
             raise SlideCorruptError(
@@ -102,3 +107,4 @@ def _check_extent(tif: tifffile.TiffFile, size: int, slide: str) -> None:
             )
         if getattr(page, "is_tiled", False) and len(page.dataoffsets) < 1:
             raise SlideCorruptError(slide, f"directory {index} is tiled but lists no tiles")
+    check_declared_size(slide, shapes, size)

@@ -21,6 +21,7 @@ from PIL import Image
 from infra.errors import ConfigError, MissingMPPError, SlideReadError
 from ingest.slides.geometry import DEFAULT_TOLERANCE, LevelChoice, choose_level, clamp_region
 from ingest.slides.handle import SlideHandle
+from ingest.slides.limits import SlideBudget, check_thumbnail
 from ingest.slides.metadata import SlideMetadata
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Slide"]
 
 _THUMB_CHUNK = 1024  # output pixels per side read at once: bounds memory for huge slides
+_THUMB_SOURCE_CHUNK = 4096  # level pixels per side read at once, whatever the downsampling
 
 
 def _default_threads() -> int:
@@ -55,6 +57,8 @@ class Slide:
         self._staged = staged
         self._on_close = on_close
         self._closed = False
+        #: set by a pipeline to bound this slide's time and memory (checked between chunks)
+        self.budget: SlideBudget | None = None
 
     # ---- geometry ------------------------------------------------------------------------
     @property
@@ -148,6 +152,7 @@ class Slide:
         Reads the best level; when it does not match exactly, reads the larger footprint
         and downsamples with an antialiasing (Lanczos) filter.
         """
+        self._check_budget("tile reading")
         choice = self.best_level(target_mpp)
         read = tile_size if choice.exact else int(round(tile_size * choice.scale))
         raw = self.read_regions(locations, choice.level, (read, read), threads)
@@ -180,11 +185,16 @@ class Slide:
         out_w = max(1, int(round(w0 * self.mpp / mpp)))
         out_h = max(1, int(round(h0 * self.mpp / mpp)))
         lw, lh = self.level_dimensions[choice.level]
+        check_thumbnail(self.name, (out_w, out_h), (lw, lh), choice.level, mpp)
         fx, fy = lw / out_w, lh / out_h  # level pixels per output pixel, per axis
+        # A chunk's source region stays near _THUMB_SOURCE_CHUNK² level pixels even when the
+        # chosen level is far finer than the thumbnail (a slide without a matching level).
+        chunk = max(16, min(_THUMB_CHUNK, int(_THUMB_SOURCE_CHUNK / max(fx, fy, 1.0))))
         out = np.empty((out_h, out_w, 3), np.uint8)
-        for cy in range(0, out_h, _THUMB_CHUNK):
-            for cx in range(0, out_w, _THUMB_CHUNK):
-                cw, ch = min(_THUMB_CHUNK, out_w - cx), min(_THUMB_CHUNK, out_h - cy)
+        for cy in range(0, out_h, chunk):
+            for cx in range(0, out_w, chunk):
+                self._check_budget("thumbnail")
+                cw, ch = min(chunk, out_w - cx), min(chunk, out_h - cy)
                 out[cy:cy + ch, cx:cx + cw] = self._thumb_chunk(
                     choice.level, (cx * fx, cy * fy, (cx + cw) * fx, (cy + ch) * fy), (cw, ch)
                 )
@@ -203,6 +213,10 @@ class Slide:
         return np.asarray(image)
 
     # ---- internals -------------------------------------------------------------------------
+    def _check_budget(self, stage: str) -> None:
+        if self.budget is not None:
+            self.budget.check(stage)
+
     def _level_px(self, x: int, y: int, level: int) -> tuple[int, int]:
         """Nearest level pixel of a level-0 coordinate (exact for coordinates made as lx·ds)."""
         ds = self.level_downsamples[level]
