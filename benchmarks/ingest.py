@@ -78,7 +78,7 @@ def run_slidebank(sources, encoder: str, weights, cpus: int, root: Path) -> tupl
     with pinned(cpus):
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            store = FeatureStore.open(str(root / f"store-{encoder.replace(':', '_')}-{cpus}"))
+            store = FeatureStore.open(str(root / f"store-{encoder.replace(':', '_')}-{cpus}"), create=True)
             config = IngestConfig(encoder=encoder, weights=weights, stain="none")
             start = time.perf_counter()
             result = run_ingest(sources, store, config, RunOptions(progress=False, tiles_per_batch=32))

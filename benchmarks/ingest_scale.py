@@ -50,7 +50,7 @@ def run_slidebank(paths: list[Path], root: Path, stain: str) -> dict:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_start = time.perf_counter() - started
     try:
-        store = FeatureStore.open(str(root / f"store-{stain}"))
+        store = FeatureStore.open(str(root / f"store-{stain}"), create=True)
         sources = [SlideSource(str(p), p.stem) for p in paths]
         start = time.perf_counter()
         result = run_ingest(sources, store, IngestConfig(encoder=ENCODER, stain=stain),

@@ -112,7 +112,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 def bench_ann(work: Path, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     n, dim, per_slide = cfg["ann_n"], cfg["ann_dim"], cfg["ann_per_slide"]
     vectors = clustered(n, dim, cfg["ann_clusters"], seed)
-    store = FeatureStore.open(str(work / "ann"))
+    store = FeatureStore.open(str(work / "ann"), create=True)
     write_s = _fill(store, [vectors[s : s + per_slide] for s in range(0, n, per_slide)])
     start = time.perf_counter()
     store.compact()  # the end of an ingestion run: one large fragment instead of one per slide
@@ -214,7 +214,7 @@ def bench_bags(work: Path, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     tiles, dim = cfg["bag_tiles"], cfg["bag_dim"]
     counts = rng.integers(tiles // 2, tiles * 3 // 2, cfg["bag_slides"])
     slides = [rng.normal(size=(int(c), dim)).astype(np.float32) for c in counts]
-    store = FeatureStore.open(str(work / "bags"))
+    store = FeatureStore.open(str(work / "bags"), create=True)
     lance_write = _fill(store, slides)
     store.compact()  # an ingestion run ends with compaction: fragments merged, index folded in
     store.cleanup(older_than=timedelta(0))  # drop pre-compaction files, so sizes compare

@@ -22,7 +22,7 @@ def ingest(source: str, store: str, *, config: Any = None, options: Any = None,
     from ingest.pipeline.sources import load_sources
 
     sources = load_sources(source, storage_options)
-    feature_store = FeatureStore.open(store, store_options or storage_options)
+    feature_store = FeatureStore.open(store, store_options or storage_options, create=True)
     return run_ingest(sources, feature_store, config, options, storage_options=storage_options,
                       dashboard=dashboard)
 
@@ -53,7 +53,7 @@ def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
     real = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmu_small_region.svs"
     if use_real_slide and real.exists():
         sources.append(SlideSource(str(real), "cmu_small_region"))
-    store = FeatureStore.open(str(out / "store"))
+    store = FeatureStore.open(str(out / "store"), create=True)
     result = run_ingest(sources, store, options=RunOptions(progress=progress), dashboard=dashboard)
     store = store.latest()
     tiles = store.tiles(columns=["slide_id", "x", "y"]) if result.tiles else None
@@ -79,7 +79,9 @@ def _write_cohort(folder: Path, n: int) -> list[Any]:
             write_synthetic_slide(path, SyntheticSlideSpec(
                 width=3072, height=2304, mpp=0.5, seed=100 + i, pen_marks=i % 2 == 0,
                 faint=i == 1, blur=i == 2, downsamples=(1, 4)))
-        sources.append(SlideSource(str(path), path.stem, patient_id=f"P{i // 2:03d}"))
+        # Absolute URIs: the store records them, and a store copied elsewhere (or read
+        # from another working directory) must still be able to reopen its slides.
+        sources.append(SlideSource(str(path.resolve()), path.stem, patient_id=f"P{i // 2:03d}"))
     return sources
 
 

@@ -265,7 +265,7 @@ def make_ingested_cohort(
             raise ConfigError("the external cohort needs its own prefix (patient ids must differ)")
         ext_spec = external if external.name != spec.name else replace(external, name="external")
     ext_slides = write_cohort_slides(root / "slides" / ext_spec.prefix, ext_spec) if ext_spec else []
-    store = FeatureStore.open(store_uri or str(root / "store"), storage_options)
+    store = FeatureStore.open(store_uri or str(root / "store"), storage_options, create=True)
     ingest_cohort_slides([*slides, *ext_slides], store, options=options)
     store = store.latest()
     cohort = label_cohort(store, slides, spec, root / "omics")

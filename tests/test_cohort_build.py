@@ -82,7 +82,7 @@ def test_nothing_in_common_is_an_error() -> None:
 def _store(root: Path, slides: dict[str, str | None], failed: tuple[str, ...] = ()):
     from features.store import FeatureStore, SlideInfo, SlideKey, failed_slide, tile_batch
 
-    store = FeatureStore.open(str(root / "store"))
+    store = FeatureStore.open(str(root / "store"), create=True)
     rng = np.random.default_rng(0)
     pending = []
     for i, (slide, patient) in enumerate(slides.items()):

@@ -77,7 +77,7 @@ def test_cohort_from_s3_into_a_store_on_s3(ray_cluster, cohort, cmu_slide, s3_bu
     corrupt = f"{s3_bucket}/slides/corrupt.svs"
     fs.pipe(corrupt, Path(cohort[0].uri).read_bytes()[:50_000])
     remote.append(SlideSource(corrupt, "corrupt"))
-    store = FeatureStore.open(f"{s3_bucket}/store", s3_options)
+    store = FeatureStore.open(f"{s3_bucket}/store", s3_options, create=True)
 
     result = run_ingest(remote, store, options=FAST, storage_options=s3_options)
 
@@ -102,7 +102,7 @@ def test_cohort_from_s3_into_a_store_on_s3(ray_cluster, cohort, cmu_slide, s3_bu
 def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, cohort, tmp_path) -> None:
     """One worker dies once (retried, exact tiles); one slide kills its worker every
     time (a poison slide: failed after MAX_CRASHES, not retried forever)."""
-    store = FeatureStore.open(str(tmp_path / "store"))
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
     poison = cohort[-1].slide_id
     faults = FaultPlan(exit_once_slide=cohort[2].slide_id, exit_once_marker=str(tmp_path / "killed"),
                        exit_always_slide=poison)
@@ -128,7 +128,7 @@ def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_cluster, 
 
 
 def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_cluster, cohort, tmp_path) -> None:
-    reference = FeatureStore.open(str(tmp_path / "reference"))
+    reference = FeatureStore.open(str(tmp_path / "reference"), create=True)
     run_ingest(cohort, reference, options=FAST.replace(commit_every=2))
     crashed = tmp_path / "crashed"
     script = (
@@ -142,7 +142,7 @@ def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_cluster, co
         "opts = RunOptions(progress=False, commit_every=2, tiles_per_batch=16, encoder_actors=1,"
         " read_concurrency=1)\n"
         "with injected(FaultPlan(driver_exit_after_commits=1)):\n"
-        f"    run_ingest(sources, FeatureStore.open({str(crashed)!r}), options=opts, dashboard=False)\n"
+        f"    run_ingest(sources, FeatureStore.open({str(crashed)!r}, create=True), options=opts, dashboard=False)\n"
     )
     payload = json.dumps([s.__dict__ for s in cohort])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -172,7 +172,7 @@ def test_all_background_slide_is_done_with_zero_tiles(ray_cluster, tmp_path) -> 
 
     tifffile.imwrite(path, np.full((1024, 1024, 3), 242, np.uint8), tile=(256, 256),
                      photometric="rgb", resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
-    store = FeatureStore.open(str(tmp_path / "store"))
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
     result = run_ingest([SlideSource(str(path), "glass")], store, options=FAST,
                         config=IngestConfig(stain="none"))
     (outcome,) = result.outcomes

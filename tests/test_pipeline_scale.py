@@ -29,7 +29,7 @@ def test_one_thousand_small_slides_in_one_run(tmp_path) -> None:
 
     paths = write_small_cohort(tmp_path / "cohort", N_SLIDES)
     sources = [SlideSource(str(p), p.stem) for p in paths]
-    store = FeatureStore.open(str(tmp_path / "store"))
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         start = time.perf_counter()

@@ -9,6 +9,7 @@ Heavy libraries (Lance, DuckDB, Zarr, torch) load when first used, not on import
 """
 
 from features.store._errors import (
+    SlideNotInStoreError,
     StoreNotFoundError,
     StoreReadOnlyError,
     StoreSchemaError,
@@ -37,6 +38,7 @@ __all__ = [
     "SlideArrays",
     "SlideInfo",
     "SlideKey",
+    "SlideNotInStoreError",
     "StoreLocation",
     "StoreNotFoundError",
     "StoreReadOnlyError",

@@ -12,6 +12,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreReadOnlyError",
     "StoreSchemaError",
+    "SlideNotInStoreError",
     "StoreVersionError",
     "TileNotFoundError",
 ]
@@ -35,3 +36,7 @@ class StoreReadOnlyError(StoreError, PermissionError):
 
 class TileNotFoundError(StoreError, LookupError):
     """No visible tile at the requested (slide_id, x, y)."""
+
+
+class SlideNotInStoreError(StoreError, LookupError):
+    """A slide id the store has never seen (for the encoder asked about)."""

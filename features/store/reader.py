@@ -34,6 +34,7 @@ __all__ = [
     "iter_bags",
     "list_slides",
     "read_bag",
+    "require_known_slides",
     "read_tiles",
     "scan_tiles",
     "tiles_pandas",
@@ -401,8 +402,34 @@ def iter_bag_batches(
 def read_bag(
     view: StoreView, slide_id: str, encoder: str, *, config_hash: str | None = None
 ) -> Bag:
-    """A slide's whole bag; an empty (0, D) bag when the slide has no visible tiles."""
+    """A slide's whole bag; an empty (0, D) bag when the slide is known but has no
+    visible tiles (failed, or no tissue). An id the store has never seen for this
+    encoder raises :class:`SlideNotInStoreError`: an empty bag for a typo would
+    surface much later as NaN features."""
+    slide_id = validate_slide_id(slide_id)
+    if visible_writes(view, encoder, slide_ids=[slide_id], config_hash=config_hash).num_rows == 0:
+        require_known_slides(view, encoder, [slide_id])
     return next(iter_bags(view, encoder, [slide_id], config_hash=config_hash))
+
+
+def require_known_slides(view: StoreView, encoder: str, slide_ids: Sequence[str]) -> None:
+    """Raise :class:`SlideNotInStoreError` naming the ids with no slides row for ``encoder``."""
+    from features.store._errors import SlideNotInStoreError
+
+    wanted = sorted({validate_slide_id(s) for s in slide_ids})
+    if not wanted:
+        return
+    rows = view.slides().to_table(columns=["slide_id"], filter=_slides_filter(encoder, None, None))
+    known = set(rows.column("slide_id").to_pylist())
+    missing = [s for s in wanted if s not in known]
+    if missing:
+        examples = ", ".join(sorted(known)[:5]) or "none"
+        more = f" (and {len(known) - 5} more)" if len(known) > 5 else ""
+        raise SlideNotInStoreError(
+            f"slide id(s) {', '.join(map(repr, missing[:10]))} not in the store at "
+            f"{view.tables.location.uri} for encoder {encoder!r}; it holds {len(known)} "
+            f"slide(s): {examples}{more}"
+        )
 
 
 def _read_bag(

@@ -4,7 +4,7 @@ A thin object over the modules that do the work (writer, reader, sql, vectors,
 versions, runs, arrays); it holds the location, the Lance cache session and, for a
 store checked out at a past version, that version.
 
->>> store = FeatureStore.open("s3://bucket/cohort", {"key": ..., "secret": ...})
+>>> store = FeatureStore.open("s3://bucket/cohort", {"key": ..., "secret": ...}, create=True)
 >>> pending = store.write_slide(key, info, batches)        # on a worker
 >>> store.commit([pending, ...])                             # on the driver
 >>> bag = store.bag("TCGA-01", encoder="uni2")
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from features.store import reader, writer
 from features.store import versions as _versions
 from features.store._errors import StoreNotFoundError, StoreReadOnlyError
+from features.store._keys import in_list
 from features.store._tables import RUNS, SLIDES, StoreView, TableSet
 from features.store.location import StoreLocation
 from features.store.schema import SlideInfo, SlideKey, runs_schema, slides_schema
@@ -54,10 +55,12 @@ class FeatureStore:
         uri: str,
         storage_options: Mapping[str, Any] | None = None,
         *,
-        create: bool = True,
+        create: bool = False,
         version: int | str | None = None,
     ) -> FeatureStore:
-        """Open the store at ``uri`` (a path or ``s3://...``), creating it if asked.
+        """Open the store at ``uri`` (a path or ``s3://...``); ``create=True`` makes a
+        new one there when none exists. Without it a missing store (a typo in the
+        path) raises :class:`StoreNotFoundError` instead of silently creating one.
 
         ``storage_options`` are fsspec-style (``key``, ``secret``, ``endpoint_url``)
         or Lance-style (``aws_access_key_id``...); they are never logged.
@@ -67,7 +70,9 @@ class FeatureStore:
         tables = TableSet(location)
         if not tables.exists(tables.uri(SLIDES)):
             if not create:
-                raise StoreNotFoundError(f"no feature store at {location.uri}")
+                raise StoreNotFoundError(
+                    f"no feature store at {location.uri} (a typo? pass create=True to make one)"
+                )
             log.info(
                 "creating feature store at %s (options %s)",
                 location.uri,
@@ -228,6 +233,58 @@ class FeatureStore:
             batch_size=batch_size,
         )
 
+    # ------------------------------------------------------------------ slide level
+    def slide_embeddings(
+        self,
+        *,
+        encoder: str | None = None,
+        slide_ids: Sequence[str] | None = None,
+        config_hash: str | None = None,
+    ) -> pa.Table:
+        """One row per visible slide: ``mean`` and ``max`` pooled tile embeddings,
+        ``tile_count``, ``tissue_area_mm2``, ``patient_id`` (see
+        :mod:`features.store.slide_embeddings`). Matrix: ``slide_embedding_matrix``."""
+        from features.store import slide_embeddings
+
+        return slide_embeddings.read(
+            self._view(), self._encoder(encoder), slide_ids=slide_ids, config_hash=config_hash
+        )
+
+    def refresh_slide_embeddings(
+        self, slide_ids: Iterable[str], *, encoder: str | None = None
+    ) -> int:
+        """Re-pool the named slides into the slide-embeddings table (ingestion calls this)."""
+        from features.store import slide_embeddings
+
+        self._writable()
+        return slide_embeddings.refresh(self._tables, self._encoder(encoder), slide_ids)
+
+    def rebuild_slide_embeddings(self, *, encoder: str | None = None) -> int:
+        """Recompute the slide-embeddings table of an encoder from its tiles."""
+        from features.store import slide_embeddings
+
+        self._writable()
+        return slide_embeddings.rebuild(self._tables, self._encoder(encoder))
+
+    # ------------------------------------------------------------------ outside readers
+    def committed_filter(self, encoder: str | None = None) -> str:
+        """A Lance SQL predicate selecting exactly the committed (visible) tile rows.
+
+        Plain ``pylance``/``lancedb`` readers of ``tiles/<encoder>.lance`` also see rows
+        that are written but not committed, or replaced and not yet tidied; pass this
+        string as their ``filter=`` (and ``prefilter=True`` for a filtered vector
+        search, or it may return fewer than ``k`` hits). It is valid for the store
+        version it was made at; make a new one after the next commit.
+        """
+        from features.store.reader import visible_writes
+
+        writes = visible_writes(self._view(), self._encoder(encoder))
+        return in_list("write_id", writes.column("write_id").to_pylist())
+
+    def tiles_uri(self, encoder: str | None = None) -> str:
+        """The Lance URI of an encoder's tiles table (read it with ``committed_filter``)."""
+        return self._tables.tiles_uri(self._encoder(encoder))
+
     # ------------------------------------------------------------------ SQL
     def sql(
         self, query: str, *, encoder: str | None = None, tables: Mapping[str, Any] | None = None
@@ -267,15 +324,21 @@ class FeatureStore:
         exclude_slide_ids: Iterable[str] = (),
         where: str | None = None,
         params: SearchParams | None = None,
+        metric: str | None = None,
     ) -> pa.Table:
-        """The ``k`` visible tiles nearest ``vector`` (columns ... ``distance``)."""
-        from features.store.vectors import SearchParams, search_vector
+        """The ``k`` visible tiles nearest ``vector`` (columns ... ``distance``).
+
+        ``metric``: ``"L2"`` (squared Euclidean, the default), ``"cosine"`` (1 - cos)
+        or ``"dot"``. ``where`` filters before ranking, so ``k`` hits come back when
+        ``k`` rows match.
+        """
+        from features.store.vectors import search_vector
 
         return search_vector(
             self._view(),
             self._encoder(encoder),
             vector,
-            params=params or SearchParams(k=k),
+            params=_params(k, params, metric),
             slide_ids=slide_ids,
             exclude_slide_ids=exclude_slide_ids,
             where=where,
@@ -293,9 +356,11 @@ class FeatureStore:
         slide_ids: Iterable[str] | None = None,
         where: str | None = None,
         params: SearchParams | None = None,
+        metric: str | None = None,
     ) -> pa.Table:
-        """Tiles like the one at (slide_id, x, y), by default from other slides."""
-        from features.store.vectors import SearchParams, search_by_tile
+        """Tiles like the one at (slide_id, x, y), by default from other slides
+        (``metric`` as in :meth:`search`)."""
+        from features.store.vectors import search_by_tile
 
         return search_by_tile(
             self._view(),
@@ -303,7 +368,7 @@ class FeatureStore:
             slide_id,
             x,
             y,
-            params=params or SearchParams(k=k),
+            params=_params(k, params, metric),
             exclude_same_slide=exclude_same_slide,
             slide_ids=slide_ids,
             where=where,
@@ -390,6 +455,15 @@ class FeatureStore:
             chunk_tiles=chunk_tiles,
         )
         return shape
+
+
+def _params(k: int, params: SearchParams | None, metric: str | None) -> SearchParams:
+    import dataclasses
+
+    from features.store.vectors import SearchParams, check_metric
+
+    base = params or SearchParams(k=k)
+    return dataclasses.replace(base, metric=check_metric(metric)) if metric else base
 
 
 def _reopen(location: StoreLocation, version: int | None) -> FeatureStore:

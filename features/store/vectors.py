@@ -230,6 +230,19 @@ class SearchParams:
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"k must be a positive int, not {self.k!r}")
+        if self.metric is not None:
+            check_metric(self.metric)
+
+
+METRICS = ("L2", "cosine", "dot")
+
+
+def check_metric(metric: str) -> Metric:
+    """``L2``/``cosine``/``dot`` (case-insensitive) in Lance's spelling."""
+    for name in METRICS:
+        if str(metric).lower() == name.lower():
+            return name  # type: ignore[return-value]
+    raise ConfigError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
 
 
 def _nearest(
@@ -239,6 +252,11 @@ def _nearest(
     query: dict[str, Any] = {"column": "embedding", "q": vector, "k": params.k}
     metric = params.metric or (plan.metric if plan else "L2")
     query["metric"] = metric
+    if plan is not None and metric != plan.metric:
+        # The index ranks by the metric it was built with; another metric needs an
+        # exact scan (correct, and slower only on tables large enough for an index).
+        query["use_index"] = False
+        return query
     if plan is not None:
         refine = params.refine_factor or plan.refine_factor
         query["minimum_nprobes"] = params.nprobes or plan.nprobes

@@ -110,11 +110,24 @@ class SlideCollector:
             return
         group, self.ready = self.ready, []
         self.store.commit(group, run_id=self.run_id)
+        self._refresh_slide_embeddings(group)
         self.committed_slides += len(group)
         self.commits += 1
         log.info("committed %d slides (%d so far)", len(group), self.committed_slides)
         if self.faults is not None:
             self.faults.after_commit(self.commits)
+
+    def _refresh_slide_embeddings(self, group: list[Any]) -> None:
+        # The slide-level table is a derived cache (readers pool any slide it lacks), so
+        # a failure to refresh it is logged, never allowed to fail the ingest run.
+        done = [p.key.slide_id for p in group if p.status == "done" and p.n_tiles]
+        if not done:
+            return
+        try:
+            self.store.latest().refresh_slide_embeddings(done, encoder=self.encoder)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("slide embeddings not refreshed for %d slides (%s); "
+                        "store.rebuild_slide_embeddings() recomputes them", len(done), exc)
 
     def _key(self, sid: str) -> Any:
         from features.store import SlideKey

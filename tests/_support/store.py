@@ -57,7 +57,7 @@ def writer_process(
     slide every writer also commits, all while the other writer does the same."""
     from features.store import FeatureStore, SlideKey
 
-    store = FeatureStore.open(uri, options)
+    store = FeatureStore.open(uri, options, create=True)
     barrier.wait(timeout=60)
     ids = [f"{prefix}-{i}" for i in range(n_slides)]
     for start in range(0, n_slides, 2):
@@ -89,7 +89,7 @@ def crash_between_append_and_gate(uri: str, options: dict, slide_id: str, n_tile
         os._exit(17)
 
     writer_module._merge_slides = die  # type: ignore[assignment]
-    store = FeatureStore.open(uri, options)
+    store = FeatureStore.open(uri, options, create=True)
     pending = store.write_slide(
         SlideKey(slide_id, ENCODER, CONFIG), slide_info(slide_id), [tile_payload(n_tiles, seed=9)]
     )

@@ -24,12 +24,12 @@ def store_location(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict[
 @pytest.fixture
 def store(store_location) -> FeatureStore:
     uri, options = store_location
-    return FeatureStore.open(uri, options)
+    return FeatureStore.open(uri, options, create=True)
 
 
 @pytest.fixture
 def local_store(tmp_path) -> FeatureStore:
-    return FeatureStore.open(str(tmp_path / "store"))
+    return FeatureStore.open(str(tmp_path / "store"), create=True)
 
 
 WriteFn = Callable[..., PendingSlide]

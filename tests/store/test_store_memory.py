@@ -37,7 +37,7 @@ def _probe(uri: str, mode: str) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_streaming_a_50k_tile_bag_keeps_memory_bounded(tmp_path):
     uri = str(tmp_path / "store")
-    store = FeatureStore.open(uri)
+    store = FeatureStore.open(uri, create=True)
     # The writer streams too: the generator never holds more than one 5000-tile batch.
     pending = store.write_slide(
         SlideKey("big", "uni", "c1"), SlideInfo(source_uri="mem://big"), _batches()

@@ -134,7 +134,7 @@ def _recall_at_10(fs: FeatureStore, vectors: np.ndarray, per_slide: int, n_queri
 
 def test_ann_recall_200k_x_384(tmp_path):
     """recall@10 >= 0.95 against exact search on 200k x 384 clustered vectors."""
-    fs = FeatureStore.open(str(tmp_path / "ann"))
+    fs = FeatureStore.open(str(tmp_path / "ann"), create=True)
     vectors = clustered_vectors(200_000, 384)
     fill_store(fs, vectors, per_slide=2000)
     fs.compact()  # as an ingestion run ends: one fragment, not one per slide
@@ -154,7 +154,7 @@ def test_ann_recall_200k_x_384(tmp_path):
 
 @pytest.mark.slow
 def test_ann_recall_1m_x_1024(tmp_path):
-    fs = FeatureStore.open(str(tmp_path / "ann"))
+    fs = FeatureStore.open(str(tmp_path / "ann"), create=True)
     vectors = clustered_vectors(1_000_000, 1024, clusters=1024)
     fill_store(fs, vectors, per_slide=10_000)
     fs.compact()

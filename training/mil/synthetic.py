@@ -50,7 +50,7 @@ def write_planted_cohort(
     from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 
     rng = np.random.default_rng(seed)
-    store = FeatureStore.open(store_uri, storage_options)
+    store = FeatureStore.open(store_uri, storage_options, create=True)
     side = int(np.ceil(np.sqrt(n_tiles)))
     direction = np.zeros(dim, np.float32)
     direction[:4] = shift  # the planted content moves a few features, as density/size would
@@ -70,7 +70,7 @@ def write_planted_cohort(
         emb[mask] += direction
         planted[sid] = np.stack([x[mask], y[mask]], axis=1)
         info = SlideInfo(source_uri=f"synthetic://{sid}", mpp=0.5, mpp_source="metadata",
-                         level_dimensions=((side * 256, side * 256),))
+                         level_dimensions=((side * 256, side * 256),), patient_id=f"P{i:03d}")
         pending.append(store.write_slide(SlideKey(sid, ENCODER, CONFIG), info,
                                          [tile_batch(x, y, emb, tile_size=256, read_mpp=0.5)]))
         if with_thumbnails:

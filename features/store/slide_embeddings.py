@@ -1,0 +1,226 @@
+"""Slide-level embeddings: one row per visible slide and encoder, pooled from its tiles.
+
+Layout: ``slide_embeddings/<encoder>.lance`` under the store root, columns
+``slide_id, encoder, config_hash, write_id, tile_count, tissue_area_mm2, mean, max,
+created_at``. ``mean`` and ``max`` are attention-free poolings of the slide's tile
+embeddings (float32), the usual inputs of a linear probe or kNN baseline.
+
+The table is a *derived cache* keyed by the tile write it was pooled from
+(``write_id``), never a source of truth:
+
+* ingestion refreshes it right after each commit (:func:`refresh`), so it is current
+  without a second pass over the tiles;
+* readers (:func:`read`) keep only rows whose ``write_id`` is the slide's current
+  visible write (the store's gate), and pool any visible slide the table lacks or
+  holds stale (an ingest from before this table existed, a failed refresh, a past
+  store version) from its tiles on the fly, so a read is always correct;
+* :func:`rebuild` recomputes it from the tiles at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.store._keys import in_list, validate_encoder
+from features.store._tables import StoreView, TableSet
+from features.store.reader import iter_bags, require_known_slides, visible_writes
+from infra.errors import ConfigError
+
+__all__ = ["POOLINGS", "read", "rebuild", "refresh", "slide_embeddings_schema"]
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "max")
+DIR = "slide_embeddings"
+
+
+def slide_embeddings_schema(dim: int) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            pa.field("slide_id", pa.string(), nullable=False),
+            pa.field("encoder", pa.string(), nullable=False),
+            pa.field("config_hash", pa.string(), nullable=False),
+            pa.field("write_id", pa.string(), nullable=False),
+            pa.field("tile_count", pa.int64(), nullable=False),
+            pa.field("tissue_area_mm2", pa.float64()),
+            pa.field("mean", vector, nullable=False),
+            pa.field("max", vector, nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    )
+
+
+def table_uri(tables: TableSet, encoder: str) -> str:
+    return tables.location.join(DIR, f"{validate_encoder(encoder)}.lance")
+
+
+def _pool(view: StoreView, encoder: str, gate: pa.Table) -> pa.Table | None:
+    """Pool the bags of the gate rows given (one bag in memory at a time)."""
+    gate = gate.filter(pc.greater(gate.column("tile_count"), 0))
+    if gate.num_rows == 0:
+        return None
+    by_slide = {r["slide_id"]: r for r in gate.to_pylist()}
+    areas = _tissue_areas(view, encoder, gate)
+    rows = []
+    for bag in iter_bags(view, encoder, list(by_slide)):
+        if len(bag) == 0:
+            continue
+        emb = np.asarray(bag.embeddings, dtype=np.float32)
+        gate_row = by_slide[bag.slide_id]
+        rows.append(
+            {
+                "slide_id": bag.slide_id,
+                "encoder": encoder,
+                "config_hash": gate_row["config_hash"],
+                "write_id": gate_row["write_id"],
+                "tile_count": len(bag),
+                "tissue_area_mm2": areas.get(gate_row["write_id"]),
+                # float64 accumulation: a float16 mean over 100k tiles would drift.
+                "mean": emb.mean(axis=0, dtype=np.float64).astype(np.float32),
+                "max": emb.max(axis=0),
+                "created_at": datetime.now(UTC),
+            }
+        )
+    if not rows:
+        return None
+    dim = int(rows[0]["mean"].shape[0])
+    return pa.Table.from_pylist(rows, schema=slide_embeddings_schema(dim))
+
+
+def _tissue_areas(view: StoreView, encoder: str, gate: pa.Table) -> dict[str, float | None]:
+    ids = gate.column("write_id").to_pylist()
+    rows = view.slides().to_table(
+        columns=["write_id", "tissue_area_mm2"],
+        filter=f"encoder = '{validate_encoder(encoder)}' AND {in_list('write_id', ids)}",
+    )
+    return dict(zip(rows.column("write_id").to_pylist(),
+                    rows.column("tissue_area_mm2").to_pylist(), strict=True))
+
+
+def _open(tables: TableSet, encoder: str):  # noqa: ANN202 - lance type is lazy
+    from features.store._errors import StoreNotFoundError
+
+    try:
+        return tables.open(table_uri(tables, encoder))
+    except StoreNotFoundError:
+        return None
+
+
+def _upsert(tables: TableSet, encoder: str, rows: pa.Table) -> None:
+    import lance
+
+    dataset = _open(tables, encoder)
+    if dataset is None:
+        lance.write_dataset(rows, table_uri(tables, encoder), mode="create",
+                            storage_options=tables.storage_options)
+        return
+    (
+        dataset.merge_insert(["slide_id", "config_hash"])
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute(rows)
+    )
+
+
+def refresh(tables: TableSet, encoder: str, slide_ids: Iterable[str]) -> int:
+    """Pool the named slides' current tiles and upsert their rows; returns rows written.
+
+    Called by the ingestion driver after each commit, for the slides it committed.
+    """
+    view = StoreView(tables)
+    gate = visible_writes(view, encoder, slide_ids=list(slide_ids))
+    rows = _pool(view, encoder, gate)
+    if rows is None:
+        return 0
+    _upsert(tables, encoder, rows)
+    return rows.num_rows
+
+
+def rebuild(tables: TableSet, encoder: str) -> int:
+    """Recompute every visible slide's row from its tiles (and drop stale rows)."""
+    import lance
+
+    view = StoreView(tables)
+    rows = _pool(view, encoder, visible_writes(view, encoder))
+    if rows is None:
+        return 0
+    lance.write_dataset(rows, table_uri(tables, encoder), mode="overwrite",
+                        storage_options=tables.storage_options)
+    return rows.num_rows
+
+
+def read(
+    view: StoreView,
+    encoder: str,
+    *,
+    slide_ids: Sequence[str] | None = None,
+    config_hash: str | None = None,
+) -> pa.Table:
+    """Current slide embeddings with ``patient_id``, one row per visible slide.
+
+    Slides with no tiles have no row. Unknown ``slide_ids`` raise
+    :class:`~features.store.SlideNotInStoreError`; a slide with features under several
+    configs raises :class:`~infra.errors.ConfigError` unless ``config_hash`` picks one.
+    """
+    if slide_ids is not None:
+        require_known_slides(view, encoder, slide_ids)
+    gate = visible_writes(view, encoder, slide_ids=slide_ids, config_hash=config_hash)
+    ids = gate.column("slide_id").to_pylist()
+    if len(ids) != len(set(ids)):
+        dup = sorted({s for s in ids if ids.count(s) > 1})
+        hashes = sorted(set(gate.column("config_hash").to_pylist()))
+        raise ConfigError(f"slides {dup[:5]} have features under several configs {hashes}; "
+                          "pass config_hash=")
+    stored = _stored_rows(view, encoder, gate)
+    have = set(stored.column("write_id").to_pylist()) if stored is not None else set()
+    missing = gate.filter(pc.invert(pc.is_in(gate.column("write_id"), pa.array(sorted(have),
+                                                                             pa.string()))))
+    pooled = _pool(view, encoder, missing) if missing.num_rows else None
+    if pooled is not None:
+        log.info("%s: pooled %d slide(s) missing from the slide-embeddings table "
+                 "(store.rebuild_slide_embeddings() stores them)", encoder, pooled.num_rows)
+    parts = [t for t in (stored, pooled) if t is not None and t.num_rows]
+    if not parts:
+        return _with_patients(view, encoder, slide_embeddings_schema(_dim(view, encoder)).empty_table())
+    table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
+    return _with_patients(view, encoder, table.sort_by("slide_id"))
+
+
+def _dim(view: StoreView, encoder: str) -> int:
+    tiles = view.tiles(encoder)
+    return int(tiles.schema.field("embedding").type.list_size) if tiles is not None else 1
+
+
+def _stored_rows(view: StoreView, encoder: str, gate: pa.Table) -> pa.Table | None:
+    dataset = _open(view.tables, encoder)
+    if dataset is None or gate.num_rows == 0:
+        return None
+    return dataset.to_table(filter=in_list("write_id", gate.column("write_id").to_pylist()))
+
+
+def _with_patients(view: StoreView, encoder: str, table: pa.Table) -> pa.Table:
+    ids = table.column("write_id").to_pylist()
+    rows = view.slides().to_table(
+        columns=["write_id", "patient_id"],
+        filter=f"encoder = '{validate_encoder(encoder)}' AND {in_list('write_id', ids)}",
+    )
+    lookup = dict(zip(rows.column("write_id").to_pylist(), rows.column("patient_id").to_pylist(),
+                      strict=True))
+    patients = pa.array([lookup.get(w) for w in ids], pa.string())
+    return table.add_column(1, "patient_id", patients)
+
+
+def to_numpy(table: pa.Table, pooling: str = "mean") -> np.ndarray:
+    """The (N, D) float32 matrix of one pooling column."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    column = table.column(pooling).combine_chunks()
+    dim = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
