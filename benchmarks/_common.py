@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,24 +55,12 @@ def _fmt(value: Any) -> str:
 
 @contextmanager
 def moto_s3() -> Iterator[dict[str, Any]]:
-    """A local S3 endpoint (moto) and fsspec storage options for it (fake credentials)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield {"key": "bench", "secret": "bench", "endpoint_url": endpoint,
-               "skip_instance_cache": True}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """A local S3 endpoint (moto) and fsspec storage options for it (fake credentials).
+
+    The same launcher the tests use (tests/_support/moto.py), so there is one copy."""
+    from tests._support.moto import moto_server, storage_options
+
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+    with moto_server({**os.environ, **credentials}) as endpoint:
+        yield storage_options(endpoint, credentials)
