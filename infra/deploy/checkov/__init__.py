@@ -1,0 +1,1 @@
+"""checkov loads external Python checks only from a folder with this file."""

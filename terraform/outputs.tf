@@ -1,0 +1,44 @@
+output "cluster_name" {
+  description = "EKS cluster name (aws eks update-kubeconfig --name ...)."
+  value       = module.eks.cluster_name
+}
+
+output "slides_bucket" {
+  description = "Bucket of the source slides."
+  value       = aws_s3_bucket.data["slides"].id
+}
+
+output "store_bucket" {
+  description = "Bucket of the feature store and checkpoints."
+  value       = aws_s3_bucket.data["store"].id
+}
+
+output "pod_role_arn" {
+  description = "IAM role the slidebank service account assumes through Pod Identity."
+  value       = aws_iam_role.pods.arn
+}
+
+output "image_repository" {
+  description = "ECR repository for the slidebank image."
+  value       = aws_ecr_repository.slidebank.repository_url
+}
+
+output "karpenter_node_role" {
+  description = "IAM role name of Karpenter-launched nodes (EC2NodeClass spec.role)."
+  value       = module.karpenter.node_iam_role_name
+}
+
+# What infra/deploy/kustomization.yaml reads (cluster.env): write it with
+#   terraform output -raw kustomize_env > ../infra/deploy/cluster.env
+output "kustomize_env" {
+  description = "KEY=VALUE lines for infra/deploy/cluster.env, consumed by the manifests."
+  value       = <<-EOT
+    CLUSTER_NAME=${module.eks.cluster_name}
+    AWS_REGION=${var.region}
+    AVAILABILITY_ZONE=${var.gpu_availability_zone}
+    KARPENTER_NODE_ROLE=${module.karpenter.node_iam_role_name}
+    IMAGE=${aws_ecr_repository.slidebank.repository_url}:0.1.0
+    SLIDEBANK_SLIDES_URI=s3://${aws_s3_bucket.data["slides"].id}/${var.slides_prefix}
+    SLIDEBANK_STORE_URI=s3://${aws_s3_bucket.data["store"].id}/${var.store_prefix}
+  EOT
+}

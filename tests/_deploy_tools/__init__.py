@@ -1,0 +1,1 @@
+"""Helpers for the offline deployment checks (tests/test_deploy_*.py)."""

@@ -1,0 +1,133 @@
+"""Ingestion on a real multi-node Ray cluster (separate raylets on this machine), slides and
+store on S3 (moto): the work spreads over the nodes, each node stages its own slides, the
+result equals a single-node run, and losing a whole worker node mid-run loses and
+duplicates no tile.
+
+Slow (two Ray start-ups and three ingests); run with ``pytest -m slow tests/test_multinode_ingest.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from features.store import FeatureStore
+from ingest.pipeline.config import RunOptions
+from ingest.pipeline.runner import run_ingest
+from ingest.pipeline.sources import SlideSource
+from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from tests._multinode import auth_env, multinode_cluster, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
+
+# Small batches so a slide is several tasks' worth of rows, committed every two slides.
+OPTIONS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)
+N_SLIDES = 8
+
+
+@pytest.fixture(scope="module")
+def s3_cohort(tmp_path_factory, s3_options) -> list[SlideSource]:
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    bucket = f"multinode-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    folder = tmp_path_factory.mktemp("mn-cohort")
+    sources = []
+    for i in range(N_SLIDES):
+        path = folder / f"mn-{i}.svs"
+        write_synthetic_slide(path, SyntheticSlideSpec(width=1792, height=1536, seed=70 + i,
+                                                       downsamples=(1, 4), n_blobs=2))
+        fs.put(str(path), f"{bucket}/slides/{path.name}")
+        sources.append(SlideSource(f"s3://{bucket}/slides/{path.name}", path.stem,
+                                   patient_id=f"P{i // 2}"))
+    return sources
+
+
+def _store(sources: list[SlideSource], name: str, s3_options: dict) -> FeatureStore:
+    bucket = sources[0].uri.split("/")[2]
+    return FeatureStore.open(f"s3://{bucket}/{name}", s3_options, create=True)
+
+
+def _tiles(store: FeatureStore):
+    return store.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
+        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def reference(s3_cohort, s3_options):
+    """The same cohort ingested by one embedded single-node Ray (2 CPUs)."""
+    import ray
+
+    store = _store(s3_cohort, "reference", s3_options)
+    with auth_env("token"):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            result = run_ingest(s3_cohort, store, options=OPTIONS, storage_options=s3_options,
+                                dashboard=False)
+        finally:
+            ray.shutdown()
+    assert all(o.status == "done" for o in result.outcomes)
+    return _tiles(store)
+
+
+@pytest.fixture(scope="module")
+def cluster(reference, tmp_path_factory, moto_server):
+    # After the reference run (one Ray per process at a time) and after moto's fake
+    # credentials are in the environment, which the node processes inherit.
+    with auth_env("token"), multinode_cluster(tmp_path_factory.mktemp("nodes"), n_workers=3) as c:
+        yield c
+
+
+def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, reference, s3_cohort,
+                                                                s3_options) -> None:
+    store = _store(s3_cohort, "multinode", s3_options)
+
+    result = run_ingest(s3_cohort, store, options=OPTIONS, storage_options=s3_options,
+                        dashboard=False)
+
+    assert [o.status for o in result.outcomes] == ["done"] * N_SLIDES
+    reading_nodes = [n for n in cluster.workers if cluster.staging_processes(n)]
+    assert len(reading_nodes) >= 2, f"slides were staged on {len(reading_nodes)} node(s) only"
+    ours = _tiles(store)
+    assert ours.num_rows == reference.num_rows > 0
+    assert ours.equals(reference), "same tiles and the same embeddings as one node"
+    # The custom metrics leave through the worker nodes' own Prometheus endpoints, where
+    # the PodMonitor in infra/deploy scrapes them.
+    assert wait_for(lambda: any("ray_slidebank_tiles_total" in cluster.scrape(n)
+                                for n in reading_nodes), timeout=30)
+
+
+def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, reference, s3_cohort,
+                                                                  s3_options) -> None:
+    store = _store(s3_cohort, "node-loss", s3_options)
+    killed: list[str] = []
+
+    def kill_the_first_node_that_reads() -> None:
+        # A staged slide in a node's scratch means a reader there is mid-slide.
+        def reading() -> list[str]:
+            return [n for n in list(cluster.workers) if cluster.staged_files(n)]
+
+        if wait_for(lambda: bool(reading()), timeout=300, step=0.05):
+            victim = reading()[0]
+            cluster.kill_worker(victim)
+            killed.append(victim)
+
+    killer = threading.Thread(target=kill_the_first_node_that_reads, daemon=True)
+    killer.start()
+    result = run_ingest(s3_cohort, store, options=OPTIONS, storage_options=s3_options,
+                        dashboard=False)
+    killer.join(timeout=60)
+
+    assert killed, "no node was killed: the fault was not injected"
+    assert [o.status for o in result.outcomes] == ["done"] * N_SLIDES
+    ours = _tiles(store)
+    keys = list(zip(*(ours.column(c).to_pylist() for c in ("slide_id", "x", "y")), strict=True))
+    assert len(keys) == len(set(keys)), "no duplicated tile"
+    assert ours.num_rows == reference.num_rows, "no lost tile"
+    assert ours.equals(reference)
+    done = store.latest().slides(status="done", columns=["slide_id"]).column("slide_id").to_pylist()
+    assert sorted(done) == sorted(s.slide_id for s in s3_cohort)
