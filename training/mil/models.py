@@ -8,8 +8,11 @@ by accumulating gradients over bags (see :mod:`training.mil.train`).
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +20,37 @@ from torch.nn import functional as F
 
 from infra.errors import ConfigError
 
-__all__ = ["ABMIL", "CLAM", "MILConfig", "MILOutput", "TransMIL", "build_model"]
+__all__ = ["ABMIL", "CLAM", "MILConfig", "MILOutput", "TransMIL", "build_model", "model_names", "register_model"]
 
 MODELS = ("abmil", "clam_sb", "clam_mb", "transmil")
+
+# --- model registry -------------------------------------------------------------------
+# Other model families (training.spatial: graphs, modules, regions) register their
+# builders with @register_model. Their names are listed here so a config naming them is
+# validated, and their module is imported only when such a model is built (torch_geometric
+# and the rest stay unloaded for plain MIL runs).
+_FAMILIES: dict[str, str] = {
+    "mean_pool": "training.spatial.models",
+    "tile_gnn": "training.spatial.models",
+    "module_graph": "training.spatial.models",
+    "region_transformer": "training.spatial.models",
+}
+_REGISTRY: dict[str, Callable[[MILConfig], nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[MILConfig], nn.Module]], Callable[[MILConfig], nn.Module]]:
+    """Register ``builder(cfg) -> nn.Module`` under ``name`` (a decorator)."""
+
+    def wrap(builder: Callable[[MILConfig], nn.Module]) -> Callable[[MILConfig], nn.Module]:
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def model_names() -> tuple[str, ...]:
+    return (*MODELS, *sorted(_FAMILIES))
+# ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -39,10 +70,15 @@ class MILConfig:
     # TransMIL
     n_layers: int = 2
     n_heads: int = 4
+    # Family-specific settings of registered models (e.g. training.spatial: graph kind,
+    # number of tissue modules, region size); plain MIL models take none.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.model not in model_names():
+            raise ConfigError(f"model must be one of {model_names()}, got {self.model!r}")
+        if self.options and self.model in MODELS:
+            raise ConfigError(f"model {self.model!r} takes no options, got {sorted(self.options)}")
         for name in ("in_dim", "n_outputs", "hidden", "attn_dim", "k_sample", "n_heads"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -237,6 +273,9 @@ class TransMIL(nn.Module):
 
 
 def build_model(cfg: MILConfig) -> nn.Module:
+    if cfg.model in _FAMILIES:
+        importlib.import_module(_FAMILIES[cfg.model])  # registers the family's builders
+        return _REGISTRY[cfg.model](cfg)
     if cfg.model == "abmil":
         return ABMIL(cfg)
     if cfg.model in ("clam_sb", "clam_mb"):

@@ -78,8 +78,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
-def _forward_loss(model: nn.Module, head: Head, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    out = model(x, head.instance_label(y))
+def _call(model: nn.Module, x: torch.Tensor, coords: torch.Tensor, label: int | None = None) -> Any:
+    """Forward one bag; models declaring ``uses_coords = True`` (training.spatial) also
+    get the tiles' level-0 (x, y) coordinates."""
+    if getattr(_unwrap(model), "uses_coords", False):
+        return model(x, label, coords=coords)
+    return model(x, label)
+
+
+def _forward_loss(model: nn.Module, head: Head, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+                  coords: torch.Tensor) -> torch.Tensor:
+    out = _call(model, x, coords, head.instance_label(y))
     loss = head.loss(out.logits, y)
     if out.instance_loss is not None and cfg.bag_weight < 1.0:
         loss = cfg.bag_weight * loss + (1.0 - cfg.bag_weight) * out.instance_loss
@@ -117,11 +126,11 @@ def train_epoch(
         mine = order[start : start + group][rank::world]
         optimizer.zero_grad(set_to_none=True)
         for i, index in enumerate(mine):
-            x, _, y, _ = data[int(index)]
+            x, coords, y, _ = data[int(index)]
             # Skip DDP's all-reduce until the last bag of this worker's share.
             sync = i == len(mine) - 1 or not hasattr(model, "no_sync")
             with nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-                loss = _forward_loss(model, head, cfg, x.to(device), y.to(device))
+                loss = _forward_loss(model, head, cfg, x.to(device), y.to(device), coords.to(device))
                 (loss / local).backward()
             losses.append(float(loss.detach()))
         optimizer.step()
@@ -145,7 +154,7 @@ def predict(
     rows = []
     for index in range(len(data)) if indices is None else indices:
         x, coords, y, slide_id = data[index]
-        out = module(x.to(device))
+        out = _call(module, x.to(device), coords.to(device))
         row = {
             "slide_id": slide_id,
             "patient_id": data.items[index].patient_id,
@@ -215,6 +224,12 @@ def fit(
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     model = build_model(cfg.model)
+    prepare = getattr(model, "prepare", None)
+    if callable(prepare):
+        # Models with fitted non-learned parts (training.spatial's tissue-module codebook)
+        # fit them here, from the training bags only; the result lives in buffers, so it
+        # travels in the checkpoint. Deterministic, so every DDP worker fits the same.
+        prepare(train_data)
     if wrap is not None:
         model = wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

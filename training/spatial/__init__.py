@@ -1,0 +1,41 @@
+"""Spatial context for slide-level models: tile graphs, tissue modules, module
+interaction graphs, spatial models (registered into ``training.mil.models``), masking
+diagnostics and synthetic spatial cohorts.
+
+>>> from training.mil.models import MILConfig, build_model
+>>> model = build_model(MILConfig(model="tile_gnn", in_dim=64, options={"conv": "gin"}))
+
+Submodules load torch, torch_geometric and scikit-learn when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GraphSpec": "training.spatial.graphs",
+    "tile_graph": "training.spatial.graphs",
+    "grid_edges": "training.spatial.graphs",
+    "knn_edges": "training.spatial.graphs",
+    "ModuleCodebook": "training.spatial.modules",
+    "ModuleSpec": "training.spatial.modules",
+    "fit_modules": "training.spatial.modules",
+    "assign_modules": "training.spatial.modules",
+    "module_graph": "training.spatial.interactions",
+    "save_codebook": "training.spatial.store_io",
+    "load_codebook": "training.spatial.store_io",
+    "cached_graph": "training.spatial.store_io",
+    "module_masking": "training.spatial.masking",
+    "edge_masking": "training.spatial.masking",
+    "coordinate_shuffle": "training.spatial.masking",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'training.spatial' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,56 @@
+"""Shared pieces of the spatial models: option parsing, coordinate checks, pooling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from infra.errors import ConfigError
+from training.mil.models import GatedAttention, MILConfig
+from training.spatial.graphs import GraphSpec, tile_graph
+
+__all__ = ["InvariantBranch", "edges_for", "options", "require_coords"]
+
+
+def options(cfg: MILConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``cfg.options`` over ``defaults``; unknown keys are a ConfigError naming the model."""
+    unknown = set(cfg.options) - set(defaults)
+    if unknown:
+        raise ConfigError(f"model {cfg.model!r}: unknown option(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **cfg.options}
+
+
+def require_coords(model: str, x: Tensor, coords: Tensor | None) -> Tensor:
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ConfigError(f"a bag must be a non-empty (N, D) tensor, got shape {tuple(x.shape)}")
+    if coords is None:
+        raise ConfigError(f"model {model!r} needs the tiles' coordinates (coords=...)")
+    if coords.shape != (x.shape[0], 2):
+        raise ConfigError(f"model {model!r}: coords {tuple(coords.shape)} do not match {x.shape[0]} tiles")
+    return coords
+
+
+def edges_for(coords: Tensor, spec: GraphSpec, edges: tuple[Any, Any] | None, device: torch.device) -> Tensor:
+    """(2, E) long edge index: the given edges, or the tile graph built from ``coords``."""
+    if edges is None:
+        edges = tile_graph(coords.detach().cpu().numpy(), spec)
+    src, dst = (np.asarray(e.cpu() if isinstance(e, Tensor) else e, dtype=np.int64) for e in edges)
+    return torch.from_numpy(np.stack([src, dst])).to(device)
+
+
+class InvariantBranch(nn.Module):
+    """ABMIL on the tiles alone: the composition path, blind to arrangement by design."""
+
+    def __init__(self, cfg: MILConfig) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.attention = GatedAttention(cfg.hidden, cfg.attn_dim, 1, cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, cfg.n_outputs)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.embed(x)
+        a = torch.softmax(self.attention(h), dim=1)
+        return self.head((a @ h).squeeze(0)), a.squeeze(0)
