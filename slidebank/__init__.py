@@ -42,6 +42,11 @@ _EXPORTS = {
     "FeatureStore": "features.store",
     "load_expression": "training.omics",
     "build_cohort": "training.cohorts",
+    "open_store": "slidebank.probe_api",
+    "probe": "slidebank.probe_api",
+    "ProbeConfig": "training.probe",
+    "SlideNotInStoreError": "features.store",
+    "StoreNotFoundError": "features.store",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -52,3 +57,9 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'slidebank' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    # The names are lazy (resolved on first use), so list them for dir(), completion
+    # and help() without importing anything.
+    return sorted({*globals(), *_EXPORTS})

@@ -24,6 +24,8 @@ _COMMAND_MODULES = (
     "slidebank._cli_cohort",
     "slidebank._cli_ingest",
     "slidebank._cli_train",
+    # data-science commands (issue 18)
+    "slidebank._cli_probe",
 )
 
 app = typer.Typer(

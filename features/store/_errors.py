@@ -9,10 +9,10 @@ from __future__ import annotations
 from infra.errors import StoreError
 
 __all__ = [
+    "SlideNotInStoreError",
     "StoreNotFoundError",
     "StoreReadOnlyError",
     "StoreSchemaError",
-    "SlideNotInStoreError",
     "StoreVersionError",
     "TileNotFoundError",
 ]

@@ -104,7 +104,7 @@ def _tissue_areas(view: StoreView, encoder: str, gate: pa.Table) -> dict[str, fl
                     rows.column("tissue_area_mm2").to_pylist(), strict=True))
 
 
-def _open(tables: TableSet, encoder: str):  # noqa: ANN202 - lance type is lazy
+def _open(tables: TableSet, encoder: str):
     from features.store._errors import StoreNotFoundError
 
     try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests._support.store import ENCODER
 
 from features.store import FeatureStore, SlideNotInStoreError, StoreNotFoundError
 from features.store.schema import embeddings_to_numpy
 from features.store.slide_embeddings import to_numpy
 from infra.errors import ConfigError
+from tests._support.store import ENCODER
 
 
 def test_open_missing_store_is_an_error_unless_created(tmp_path):

@@ -1,0 +1,145 @@
+"""Evaluation figures a reader can check: ROC with CI band, calibration, predicted vs true.
+
+Drawn with matplotlib's Agg backend (no display needed, safe on Ray workers) and
+written atomically. Every panel carries axis labels, tick labels, ``n`` (slides and
+positives) and the metric with its 95% CI in the legend, never over the frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infra.files import atomic_write
+
+__all__ = ["roc_band", "save_figure", "write_regression_png", "write_roc_calibration_png"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 120) -> Path:
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def roc_band(
+    y: np.ndarray, p: np.ndarray, *, n_boot: int = 200, seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr grid, tpr, tpr 2.5%, tpr 97.5%): the curve on a common grid and a bootstrap
+    band (resampling ``groups``, e.g. patients, when given, else slides)."""
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0, 1, 101)
+    fpr, tpr, _ = roc_curve(y, p)
+    main = np.interp(grid, fpr, tpr)
+    main[0] = 0.0
+    rng = np.random.default_rng(seed)
+    units = np.unique(groups) if groups is not None else np.arange(len(y))
+    curves = []
+    for _ in range(n_boot):
+        pick = rng.choice(units, len(units), replace=True)
+        idx = (np.concatenate([np.flatnonzero(groups == g) for g in pick])
+               if groups is not None else pick)
+        if len(np.unique(y[idx])) < 2:
+            continue
+        f, t, _ = roc_curve(y[idx], p[idx])
+        curves.append(np.interp(grid, f, t))
+    if not curves:
+        return grid, main, main, main
+    lo, hi = np.quantile(np.stack(curves), [0.025, 0.975], axis=0)
+    return grid, main, lo, hi
+
+
+def _ci_text(metric: Mapping[str, float]) -> str:
+    lo, hi = metric.get("ci_low", np.nan), metric.get("ci_high", np.nan)
+    ci = f" (95% CI {lo:.2f}–{hi:.2f})" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{metric['value']:.3f}{ci}"
+
+
+def write_roc_calibration_png(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    aurocs: Mapping[str, Mapping[str, float]] | None = None,
+    groups: Mapping[str, np.ndarray] | None = None,
+    calibration: bool = True,
+    title: str | None = None,
+) -> Path:
+    """ROC (with bootstrap band) and, when scores are probabilities, a reliability plot.
+
+    ``curves`` maps a name to (y in {0,1}, score); ``aurocs`` optional precomputed
+    {"value", "ci_low", "ci_high"} per name (else computed, without CI).
+    """
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_auc_score
+
+    plt = _pyplot()
+    ncols = 2 if calibration else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 5.0), squeeze=False)
+    roc_ax = axes[0][0]
+    roc_ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, (y, p)) in enumerate(curves.items()):
+        y = np.asarray(y, dtype=int).reshape(-1)
+        p = np.asarray(p, dtype=float).reshape(-1)
+        colour = colours[i % len(colours)]
+        g = None if groups is None else np.asarray(groups[name])
+        grid, tpr, lo, hi = roc_band(y, p, groups=g)
+        auc = (aurocs or {}).get(name) or {"value": float(roc_auc_score(y, p))}
+        n_pos = int(y.sum())
+        label = f"{name}: AUROC {_ci_text(auc)}\nn={len(y)} ({n_pos} pos, {len(y) - n_pos} neg)"
+        roc_ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+        roc_ax.plot(grid, tpr, color=colour, lw=2, label=label)
+        if calibration:
+            cal_ax = axes[0][1]
+            bins = max(3, min(10, len(y) // 10))
+            frac, mean = calibration_curve(y, np.clip(p, 0, 1), n_bins=bins, strategy="quantile")
+            cal_ax.plot(mean, frac, marker="o", color=colour, label=f"{name} ({bins} quantile bins)")
+    roc_ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate (1 − specificity)",
+               ylabel="true positive rate (sensitivity)", title="ROC, 95% bootstrap band")
+    roc_ax.set_aspect("equal")
+    roc_ax.grid(alpha=0.3)
+    roc_ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if calibration:
+        cal_ax = axes[0][1]
+        cal_ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfectly calibrated")
+        cal_ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean predicted probability",
+                   ylabel="observed fraction positive", title="calibration")
+        cal_ax.set_aspect("equal")
+        cal_ax.grid(alpha=0.3)
+        cal_ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def write_regression_png(
+    y: np.ndarray, p: np.ndarray, path: str | Path, *,
+    metrics: Mapping[str, Mapping[str, float]], label: str,
+) -> Path:
+    """Predicted vs observed with the identity line, n and r / R² (CIs) in the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.scatter(y, p, s=18, alpha=0.7)
+    lo, hi = float(np.nanmin([y.min(), p.min()])), float(np.nanmax([y.max(), p.max()]))
+    ax.plot([lo, hi], [lo, hi], ls="--", color="0.6", lw=1, label="identity")
+    ax.set(xlabel=f"observed {label}", ylabel=f"predicted {label} (out of fold)")
+    text = "\n".join(f"{k}: {_ci_text(v)}" for k, v in metrics.items() if "value" in v)
+    ax.set_title(f"n={len(y)} slides", fontsize=10)
+    ax.legend(title=text, loc="upper left", fontsize=8, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -1,0 +1,35 @@
+"""Quick baselines on slide-level embeddings: linear, logistic and kNN probes.
+
+>>> from training.probe import ProbeConfig, run_probe
+>>> result = run_probe(store, "labels.csv", ProbeConfig(label="msi"), out_dir="probe-msi")
+>>> result.metrics["auroc"]          # {"value": 0.81, "ci_low": 0.70, "ci_high": 0.90}
+
+Patient-level cross-validation (a patient's slides are always in one fold), out-of-fold
+predictions for every slide, metrics with patient-level bootstrap 95% CIs, one PNG.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ProbeConfig": "training.probe.run",
+    "ProbeResult": "training.probe.run",
+    "run_probe": "training.probe.run",
+    "probe_frame": "training.probe.run",
+    "patient_bootstrap": "training.probe.metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'training.probe' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,0 +1,232 @@
+"""One probe: slide embeddings ⋈ labels → patient-level CV → metrics, predictions, PNG."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from infra.errors import ConfigError
+from training.cohorts.errors import SplitError
+
+__all__ = ["ProbeConfig", "ProbeResult", "probe_frame", "run_probe"]
+
+log = logging.getLogger(__name__)
+
+Model = Literal["logistic", "linear", "knn"]
+Task = Literal["auto", "classification", "regression"]
+MAX_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What to probe. ``model``: ``logistic`` (classification), ``linear`` (ridge:
+    regression, or a ridge classifier), ``knn`` (cosine kNN, ``k`` neighbours)."""
+
+    label: str
+    model: Model = "logistic"
+    task: Task = "auto"
+    pooling: Literal["mean", "max"] = "mean"
+    folds: int = 5
+    seed: int = 0
+    n_boot: int = 1000
+    k: int = 15
+    c: float = 1.0
+    encoder: str | None = None
+    config_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in ("logistic", "linear", "knn"):
+            raise ConfigError(f"model must be logistic, linear or knn, not {self.model!r}")
+        if self.task not in ("auto", "classification", "regression"):
+            raise ConfigError(f"task must be auto, classification or regression, not {self.task!r}")
+        if self.pooling not in ("mean", "max"):
+            raise ConfigError(f"pooling must be mean or max, not {self.pooling!r}")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be at least 2, not {self.folds}")
+
+
+@dataclass
+class ProbeResult:
+    task: str
+    metrics: dict[str, dict[str, float]]
+    predictions: pd.DataFrame
+    n_slides: int
+    n_patients: int
+    folds: int
+    classes: list[str] = field(default_factory=list)
+    plot: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"task": self.task, "n_slides": self.n_slides, "n_patients": self.n_patients,
+                "folds": self.folds, "classes": self.classes, "metrics": self.metrics,
+                "files": self.files, "config": self.config}
+
+
+def _task(values: pd.Series, task: Task) -> str:
+    if task != "auto":
+        return task
+    numeric = pd.api.types.is_numeric_dtype(values)
+    if not numeric:
+        return "classification"
+    integral = bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0))
+    return "classification" if integral and values.nunique() <= MAX_CLASSES else "regression"
+
+
+def probe_frame(store: Any, labels: Any, config: ProbeConfig,
+                storage_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """(slide_id, patient_id, label) rows and their (N, D) slide embeddings."""
+    from features.store.slide_embeddings import to_numpy
+    from training.cohorts.labels import join_labels, read_labels
+
+    source = str(labels) if not isinstance(labels, pd.DataFrame) else "the labels table"
+    table = labels if isinstance(labels, pd.DataFrame) else read_labels(str(labels), storage_options)
+    emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)
+    slides = emb.select(["slide_id", "patient_id"]).to_pandas()
+    joined = join_labels(table, slides, label_columns=[config.label], source=source)
+    frame = joined.table.dropna(subset=[config.label]).reset_index(drop=True)
+    if frame.empty:
+        raise ConfigError(f"label {config.label!r} is empty for every slide in the store")
+    order = {s: i for i, s in enumerate(emb.column("slide_id").to_pylist())}
+    matrix = to_numpy(emb, config.pooling)[[order[s] for s in frame["slide_id"]]]
+    return frame, matrix
+
+
+def _estimator(config: ProbeConfig, task: str, n_train: int) -> Any:
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if config.model == "knn":
+        k = max(1, min(config.k, n_train - 1))
+        cls = KNeighborsClassifier if task == "classification" else KNeighborsRegressor
+        return make_pipeline(StandardScaler(), cls(n_neighbors=k, metric="cosine"))
+    if task == "regression":
+        if config.model == "logistic":
+            raise ConfigError("a logistic probe needs class labels; use --model linear or knn "
+                              "for a continuous label")
+        return make_pipeline(StandardScaler(), Ridge(alpha=1.0 / config.c))
+    if config.model == "linear":
+        return make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0 / config.c))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=config.c, max_iter=2000))
+
+
+def _scores(model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(x)
+    decision = np.asarray(model.decision_function(x))
+    return np.stack([-decision, decision], axis=1) if decision.ndim == 1 else decision
+
+
+def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
+           classes: list[str] | None = None) -> list[tuple[Any, Any]]:
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if y is None:
+        n = min(config.folds, n_groups)
+        if n < 2:
+            raise SplitError(f"cross-validation needs at least 2 patients, found {n_groups}")
+        return list(GroupKFold(n_splits=n).split(groups, groups=groups))
+    names = np.asarray(classes)[y] if classes else y
+    per_class = pd.Series(groups).groupby(names).nunique()
+    if len(per_class) < 2:
+        raise SplitError(f"the label has one class only ({per_class.index[0]!r})")
+    smallest = int(per_class.min())
+    if smallest < 2:
+        raise SplitError(f"class {per_class.idxmin()!r} has {smallest} patient(s); patient-level "
+                         "cross-validation needs at least 2 per class")
+    n = min(config.folds, smallest)
+    if n < config.folds:
+        log.warning("%d folds instead of %d: class %r has %d patients", n, config.folds,
+                    per_class.idxmin(), smallest)
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=config.seed)
+    return list(splitter.split(groups, y, groups=groups))
+
+
+def run_probe(store: Any, labels: Any, config: ProbeConfig, *, out_dir: str | Path | None = None,
+              storage_options: Mapping[str, Any] | None = None) -> ProbeResult:
+    """Fit the probe with patient-level CV; write predictions, metrics and a PNG to ``out_dir``."""
+    from training.probe.metrics import classification_metrics, regression_metrics
+
+    frame, x = probe_frame(store, labels, config, storage_options)
+    task = _task(frame[config.label], config.task)
+    groups = frame["patient_id"].astype(str).to_numpy()
+    classes: list[str] = []
+    if task == "classification":
+        codes, uniques = pd.factorize(frame[config.label], sort=True)
+        classes = [str(u) for u in uniques]
+        y = codes.astype(int)
+        splits = _folds(y, groups, config, classes)
+        scores = np.zeros((len(y), len(classes)))
+    else:
+        y = pd.to_numeric(frame[config.label], errors="raise").to_numpy(dtype=float)
+        splits = _folds(None, groups, config)
+        scores = np.zeros((len(y), 1))
+    fold = np.full(len(y), -1)
+    for i, (train, test) in enumerate(splits):
+        model = _estimator(config, task, len(train))
+        model.fit(x[train], y[train])
+        fold[test] = i
+        if task == "classification":
+            if len(np.unique(y[train])) < len(classes):
+                raise SplitError(f"fold {i}: a class has no training patients")
+            scores[test] = _scores(model, x[test], len(classes))
+        else:
+            scores[test, 0] = model.predict(x[test])
+    if task == "classification":
+        metrics = classification_metrics(y, scores, groups, n_boot=config.n_boot, seed=config.seed)
+    else:
+        metrics = regression_metrics(y, scores[:, 0], groups, n_boot=config.n_boot, seed=config.seed)
+    predictions = frame[["slide_id", "patient_id", config.label]].copy()
+    predictions["fold"] = fold
+    if task == "classification":
+        for j, name in enumerate(classes):
+            predictions[f"score_{name}"] = scores[:, j]
+        predictions["predicted"] = [classes[j] for j in np.argmax(scores, axis=1)]
+    else:
+        predictions["predicted"] = scores[:, 0]
+    result = ProbeResult(task=task, metrics=metrics, predictions=predictions,
+                         n_slides=len(frame), n_patients=len(np.unique(groups)),
+                         folds=len(splits), classes=classes, config=asdict(config))
+    if out_dir is not None:
+        _write(result, Path(out_dir), y, scores, groups, config)
+    return result
+
+
+def _write(result: ProbeResult, out: Path, y: np.ndarray, scores: np.ndarray,
+           groups: np.ndarray, config: ProbeConfig) -> None:
+    from infra.files import atomic_write, atomic_write_json
+    from training.figures import write_regression_png, write_roc_calibration_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "predictions.parquet", "wb") as handle:
+        result.predictions.to_parquet(handle, index=False)
+    plot = out / "probe.png"
+    title = f"{config.model} probe on {config.pooling}-pooled slide embeddings: {config.label}"
+    if result.task == "regression":
+        write_regression_png(y, scores[:, 0], plot, metrics=result.metrics, label=config.label)
+    elif len(result.classes) == 2:
+        probabilistic = config.model != "linear"
+        write_roc_calibration_png(
+            {f"{config.label}={result.classes[1]}": (y, scores[:, 1])}, plot,
+            aurocs={f"{config.label}={result.classes[1]}": result.metrics["auroc"]},
+            groups={f"{config.label}={result.classes[1]}": groups},
+            calibration=probabilistic, title=title,
+        )
+    else:
+        curves = {f"{c} vs rest": ((y == j).astype(int), scores[:, j])
+                  for j, c in enumerate(result.classes)}
+        write_roc_calibration_png(curves, plot, calibration=False, title=title)
+    result.plot = plot
+    result.files = {"predictions": str(out / "predictions.parquet"), "plot": str(plot),
+                    "metrics": str(out / "metrics.json")}
+    atomic_write_json(out / "metrics.json", result.summary())
