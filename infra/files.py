@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "temp_path", "write_bytes_uri"]
+           "temp_path", "to_json_data", "write_bytes_uri"]
 
 
 def temp_path(path: str | os.PathLike[str]) -> Path:
@@ -64,9 +65,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
-    """JSON with sorted keys and no NaN (NaN is not JSON; write null explicitly)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True,
-                                              allow_nan=False, default=_json_default) + "\n")
+    """JSON with sorted keys; NaN and infinities (not JSON) are written as null, numpy
+    scalars as numbers, paths as strings."""
+    return atomic_write_text(path, json.dumps(to_json_data(obj), indent=indent, sort_keys=True,
+                                              allow_nan=False) + "\n")
+
+
+def to_json_data(value: Any) -> Any:
+    """``value`` as plain JSON data (see :func:`atomic_write_json`)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_data(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return to_json_data(_json_default(value))
 
 
 def _json_default(value: Any) -> Any:

@@ -1,10 +1,24 @@
 """Ray start/connect for every slidebank entry point (ingest, training, tests).
 
-Embedded by default: a local Ray whose dashboard (when wanted) listens on 127.0.0.1 only,
-with token authentication set explicitly (``RAY_AUTH_MODE=token`` unless the user chose
-otherwise) so that behaviour never depends on the Ray release's default, and without
-Ray's notice about that default on the terminal. A cluster when ``address`` or
-``RAY_ADDRESS`` names one (``auto``, ``host:port`` or ``ray://host:10001``).
+Embedded by default: a local Ray that nothing outside this machine can reach —
+
+* every server (GCS, raylet, object manager, workers, dashboard and runtime-env agents,
+  the Prometheus metrics export) binds to 127.0.0.1. ``ray.init(_node_ip_address=
+  "127.0.0.1")`` alone is not enough: Ray rewrites a loopback address to the machine's
+  routable IP (``services.resolve_ip_for_localhost``) unless its cluster mode is off, so
+  that switch (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read as ``ray_constants.
+  ENABLE_RAY_CLUSTER``) is turned off while Ray starts. ``tests/test_hostile_ray.py``
+  checks the listening sockets of the whole process tree;
+* token authentication is set explicitly (``RAY_AUTH_MODE=token`` unless the user chose
+  otherwise), so behaviour never depends on the Ray release's default; the token is a
+  fresh random one held in this process's environment (``RAY_AUTH_TOKEN``) unless the user
+  has one, never a file written to the home folder;
+* agents check their raylet through a pipe, so they exit as soon as the driver's Ray dies
+  (including ``kill -9`` of the driver), instead of serving ``/metrics`` on for a while.
+
+A cluster when ``address`` or ``RAY_ADDRESS`` names one (``auto``, ``host:port`` or
+``ray://host:10001``): binding and firewalling are then the cluster's (see README,
+"Cluster security").
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,9 +38,23 @@ _AUTH_ENV = "RAY_AUTH_MODE"
 
 
 def embedded_auth_mode() -> str:
-    """The token-auth mode an embedded Ray runs with: the user's ``RAY_AUTH_MODE`` or ``token``."""
-    mode = os.environ.setdefault(_AUTH_ENV, "token")
-    return mode
+    """The token-auth mode an embedded Ray runs with: the user's ``RAY_AUTH_MODE`` or ``token``.
+
+    Ray reads the mode into its native config when ``ray`` is first imported; setting the
+    variable later reaches the child processes (GCS, raylet) but not this one, so this
+    process would neither create a token nor send one and the GCS would abort. The native
+    config is therefore re-read after setting it, as Ray itself does when it turns token
+    auth on by default (``authentication_token_setup._enable_token_auth``).
+    """
+    if _AUTH_ENV in os.environ:
+        return os.environ[_AUTH_ENV]
+    os.environ[_AUTH_ENV] = "token"
+    try:
+        from ray._raylet import Config
+    except ImportError:  # a Ray without this hook reads the variable at init time
+        return "token"
+    Config.initialize("")
+    return "token"
 
 
 def connect(address: str | None = None, *, dashboard: bool = False,
@@ -44,11 +73,57 @@ def connect(address: str | None = None, *, dashboard: bool = False,
         ray.init(address=address, log_to_driver=False, **init_kwargs)
         log.info("connected to Ray cluster at %s", address)
         return True
-    embedded_auth_mode()
+    if embedded_auth_mode().lower() == "token":
+        _ensure_token()
     _quiet_ray_loggers()
-    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-             configure_logging=False, num_cpus=num_cpus, **init_kwargs)
+    init_kwargs.setdefault("_node_ip_address", LOOPBACK)
+    with _loopback_only():
+        ray.init(include_dashboard=dashboard, dashboard_host=LOOPBACK, log_to_driver=False,
+                 configure_logging=False, num_cpus=num_cpus, **init_kwargs)
     return True
+
+
+LOOPBACK = "127.0.0.1"
+#: Environment the Ray processes started by an embedded ``ray.init`` inherit: cluster mode
+#: off (loopback node IP) and pipe-based agent → raylet health checks (agents die with it).
+_EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "RAY_enable_pipe_based_agent_to_parent_health_check": "1"}
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Ray's cluster mode off while it starts (children inherit the environment then);
+    this process's environment and Ray's constant restored afterwards."""
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in _EMBEDDED_ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(_EMBEDDED_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _ensure_token() -> None:
+    """A token for an embedded Ray in token mode: the user's (``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH``) or a fresh random one in this process's environment, which the
+    GCS, raylet and workers inherit. Never ``~/.ray/auth_token``: a token file in a shared
+    home folder is readable by every job there, and one deleted by another process between
+    ``ray.init`` writing it and the GCS reading it aborts the GCS (seen on this machine)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def shutdown(started: bool) -> None:

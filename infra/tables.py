@@ -106,18 +106,21 @@ def read_arrow_table(uri: str, storage_options: Mapping[str, Any] | None = None,
 
 
 def read_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
-               columns: Sequence[str] | None = None, dtype: str | None = None,
+               columns: Sequence[str] | None = None, dtype: str | Mapping[str, str] | None = None,
                keep_default_na: bool = True) -> pd.DataFrame:
-    """The table as pandas. ``dtype="string"`` reads every column as text."""
+    """The table as pandas. ``dtype="string"`` reads every column as text; a mapping
+    (e.g. ``{"slide_id": "string"}``) only the columns it names that the table has."""
     import pandas as pd
 
     with open_table(uri, storage_options) as (handle, fmt):
         try:
             if fmt.kind == "parquet":
                 frame = pd.read_parquet(handle, columns=list(columns) if columns else None)
+                if isinstance(dtype, Mapping):
+                    return frame.astype({k: v for k, v in dtype.items() if k in frame.columns})
                 return frame.astype(dtype) if dtype else frame
-            return pd.read_csv(handle, sep=fmt.delimiter, dtype=dtype, usecols=columns,
-                               keep_default_na=keep_default_na)
+            return pd.read_csv(handle, sep=fmt.delimiter, dtype=dtype,
+                               usecols=columns, keep_default_na=keep_default_na)
         except (ValueError, UnicodeDecodeError, OSError, EOFError,
                 pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise TableReadError(uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}") from exc

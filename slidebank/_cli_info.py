@@ -8,7 +8,12 @@ from typing import Annotated, Literal
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import (
+    JsonOpt,
+    StorageOpt,
+    fail_on_slidebank_error,
+    parse_storage_options,
+)
 
 __all__ = ["register"]
 
@@ -18,11 +23,11 @@ def info(
     out: Annotated[Path, typer.Option(help="Directory for the thumbnail PNG.")] = Path("slidebank-out"),
     mpp: Annotated[float | None, typer.Option(help="MPP override in µm/px (manifest value).")] = None,
     reader: Annotated[str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")] = None,
-    strategy: Annotated[str, typer.Option(help="Remote access: auto, stream or stage.")] = "auto",
+    strategy: Annotated[Literal["auto", "stream", "stage"], typer.Option(
+        help="Remote access: stream byte ranges, stage to local scratch, or auto.")] = "auto",
     thumbnail_mpp: Annotated[float, typer.Option(help="Thumbnail resolution in µm/px.")] = 8.0,
-    storage_option: Annotated[list[str] | None, typer.Option(
-        "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    storage_option: StorageOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show a slide's levels, dimensions, MPP (and its source), vendor and objective power,
     and write a thumbnail PNG.
@@ -33,7 +38,7 @@ def info(
 
     with fail_on_slidebank_error():
         report = describe_slide(
-            slide_uri, out_dir=out, mpp=mpp, reader=reader, strategy=strategy,  # type: ignore[arg-type]
+            slide_uri, out_dir=out, mpp=mpp, reader=reader, strategy=strategy,
             thumbnail_mpp=thumbnail_mpp, storage_options=parse_storage_options(storage_option),
         )
     if as_json:

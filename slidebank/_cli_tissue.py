@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import StorageOpt, fail_on_slidebank_error, parse_storage_options
 
 __all__ = ["register"]
 
@@ -26,8 +26,7 @@ def tissue(
     overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Fraction shared by neighbouring tiles.")] = 0.0,
     min_tissue: Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep tiles at least this much tissue.")] = 0.5,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Array device for the mask.")] = "auto",
-    storage_option: Annotated[list[str] | None, typer.Option(
-        "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")] = None,
+    storage_option: StorageOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Detect tissue (pen marks and scanner artifacts removed), plan tiles, and write

@@ -12,19 +12,19 @@ from typer.testing import CliRunner
 
 from infra.errors import ConfigError
 from slidebank.cli import app
-from training.mil.runner import apply_overrides, load_config
+from training.mil.run_config import apply_overrides, load_run_config
 
 
 def test_overrides_and_validation(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("store: s\ncohort: c.parquet\nlabels: [sig_label]\nout: o\ntrain: {epochs: 3}\n")
-    config = load_config(path, ["train.epochs=7", "model.model=clam_mb", "workers=2"])
-    assert config["train"]["epochs"] == 7 and config["model"]["model"] == "clam_mb" and config["workers"] == 2
+    config = load_run_config(path, ["train.epochs=7", "model.model=clam_mb", "workers=2"])
+    assert config.train["epochs"] == 7 and config.model["model"] == "clam_mb" and config.job["workers"] == 2
     with pytest.raises(ConfigError):
-        apply_overrides(config, ["no-equals"])
+        apply_overrides({}, ["no-equals"])
     path.write_text("store: s\n")
     with pytest.raises(ConfigError, match="cohort"):
-        load_config(path)
+        load_run_config(path)
 
 
 def test_cli_lists_commands() -> None:
@@ -48,12 +48,63 @@ def test_evaluate_command(tmp_path: Path) -> None:
     assert (tmp_path / "eval" / "test_roc.png").exists()
 
 
+@pytest.mark.timeout(600)
+def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_local) -> None:
+    """``slidebank train``: 3-fold CV in one Ray trainer, its own run folder, checkpoints
+    that exist, attention heatmaps written; a second run does not touch the first."""
+    from training.mil.synthetic import write_planted_cohort
+
+    cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3,
+                                  with_thumbnails=True)
+    cohort.table.to_csv(tmp_path / "cohort.tsv", sep="\t", index=False)
+    (tmp_path / "c.yaml").write_text(
+        "store: store\ncohort: cohort.tsv\nlabels: [label]\nout: runs\nattention: true\n"
+        f"encoder: {cohort.encoder}\nmodel: {{hidden: 8, attn_dim: 4}}\n"
+        "train: {epochs: 2, patience: 2, torch_threads: 1}\n")
+    runs = []
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
+        assert result.exit_code == 0, result.output
+        runs.append(sorted((tmp_path / "runs").iterdir()))
+    first, second = runs[1]
+    assert runs[0] == [first]
+    for run in (first, second):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["run_id"] == run.name and len(summary["checkpoints"]) == 3
+        for uri in summary["checkpoints"]:
+            assert Path(uri, "model.pt").exists(), uri  # a later run never deletes them
+        assert len(summary["attention"]["slides"]) == 12
+        assert all(Path(s["png"]).exists() for s in summary["attention"]["slides"])
+    predictions = pd.read_parquet(first / "predictions.parquet")
+    assert sorted(predictions["slide_id"]) == sorted(cohort.table["slide_id"])
+
+
+def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:
+    """No Ray fixture: these must fail in the preflight, with the reason, no traceback."""
+    from training.mil.synthetic import write_planted_cohort
+
+    cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=6, n_tiles=4, dim=4, n_folds=3)
+    cohort.table.to_csv(tmp_path / "cohort.csv", index=False)
+    base = f"store: store\ncohort: cohort.csv\nout: runs\nencoder: {cohort.encoder}\n"
+    cases = {
+        "labels: [lable]\n": "no column 'lable'",
+        "labels: [label]\nworker: 2\n": "unknown config key(s) ['worker']",
+        "labels: [label]\ncv: false\n": "needs a `split` column",
+    }
+    for extra, message in cases.items():
+        (tmp_path / "c.yaml").write_text(base + extra)
+        result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "cohort.csv"), "--label", "x"])
+    assert result.exit_code != 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_train_command_end_to_end(tmp_path: Path) -> None:
+def test_train_command_end_to_end(tmp_path: Path, ray_local) -> None:
     """``slidebank train`` on a store-backed cohort with one train/val/test split on Ray."""
-    import ray
-
     from training.mil.synthetic import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=40, n_tiles=64, dim=16)
@@ -64,12 +115,9 @@ def test_train_command_end_to_end(tmp_path: Path) -> None:
         f"labels: [label]\nout: {tmp_path / 'run'}\ncv: false\nmodel: {{hidden: 16, attn_dim: 8}}\n"
         "train: {epochs: 30, lr: 0.002, patience: 8, torch_threads: 1}\n"
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "workers=1"])
-    finally:
-        ray.shutdown()
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "workers=1"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (run,) = (tmp_path / "run").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["pooled"]["auroc"]["value"] >= 0.9
-    assert (tmp_path / "run" / "test_roc.png").exists()
+    assert (run / "test_roc.png").exists()

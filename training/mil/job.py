@@ -26,7 +26,7 @@ from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.heads import Head, make_head
 from training.mil.train import TrainConfig, load_checkpoint_state, predict
 
-__all__ = ["CVResult", "JobConfig", "RunResult", "run_cross_validation", "run_training"]
+__all__ = ["CVResult", "JobConfig", "RunResult", "cv_splits", "run_cross_validation", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,14 @@ class JobConfig:
     max_failures: int = 0
     cache_bags: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
-    # Seconds between reports to Ray Train (metrics history and newest best weights);
-    # see training.mil.train.RayReporter for why not every epoch.
-    report_interval_s: float = 10.0
+    #: a running Ray cluster (``auto``, ``host:port``, ``ray://...``); else RAY_ADDRESS, else embedded
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
         if not self.label_columns:
             raise ConfigError("label_columns is empty")
-        if self.report_interval_s < 0:
-            raise ConfigError(f"report_interval_s must be >= 0, got {self.report_interval_s}")
 
     def checkpoint_root(self) -> str:
         return self.storage_path or self.store_uri.rstrip("/") + "/mil_runs"
@@ -115,6 +112,84 @@ def _in_dim(job: JobConfig, data: BagDataset) -> int:
     return int(data[0][0].shape[1])
 
 
+@dataclass
+class _Fold:
+    key: str
+    head: Head
+    names: list[str]
+    model_cfg: Any
+    spec: dict[str, Any]
+
+
+def _prepare_fold(job: JobConfig, key: str, train_table: pd.DataFrame, val_table: pd.DataFrame) -> _Fold:
+    train_data, names = _dataset(job, train_table, train=True)
+    val_data, _ = _dataset(job, val_table, train=False)
+    targets = np.array([item.target for item in train_data.items])
+    n_classes = len(names) if job.train.task == "multiclass" else None
+    head = make_head(job.train.task, targets[:, 0] if job.train.task in ("binary", "multiclass") else targets,
+                     n_classes=n_classes, weighted=job.train.weighted_loss)
+    model_cfg = replace(job.train.model, in_dim=_in_dim(job, train_data), n_outputs=head.n_outputs)
+    spec = {"fold": key, "train": replace(job.train, model=model_cfg), "head": head,
+            "train_data": train_data, "val_data": val_data}
+    return _Fold(key, head, names, model_cfg, spec)
+
+
+def _fit_folds(job: JobConfig, folds: list[_Fold]) -> dict[str, tuple[list[dict[str, Any]], Any]]:
+    """Train every fold in ONE TorchTrainer (see training.mil.fold_loop for why); returns
+    fold key -> (history, checkpoint)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from infra.ray_runtime import connect
+
+    connect(job.address)  # no-op when Ray is up; else RAY_ADDRESS / address / embedded
+    storage_path, storage_filesystem = job.run_storage()
+    trainer = TorchTrainer(
+        _folds_entry,
+        train_loop_config={"folds": [f.spec for f in folds]},
+        scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=job.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),  # one per fold
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    found: dict[str, tuple[list[dict[str, Any]], Any]] = {}
+    for checkpoint, metrics in result.best_checkpoints or []:
+        found[str(metrics["fold"])] = (list(metrics.get("history", [])), checkpoint)
+    missing = [f.key for f in folds if f.key not in found]
+    if missing:
+        raise ConfigError(f"run {job.name!r} reported no checkpoint for fold(s) {missing}")
+    return found
+
+
+def _folds_entry(config: dict[str, Any]) -> None:
+    # Imported in the worker so the driver does not need Ray's torch backend loaded.
+    from training.mil.fold_loop import folds_loop_per_worker
+
+    folds_loop_per_worker(config)
+
+
+def _result(job: JobConfig, fold: _Fold, fitted: tuple[list[dict[str, Any]], Any],
+            eval_tables: dict[str, pd.DataFrame] | None, attention: bool, name: str) -> RunResult:
+    from training.mil.models import build_model
+
+    history, checkpoint = fitted
+    model = build_model(fold.model_cfg)
+    with checkpoint.as_directory() as path:
+        model.load_state_dict(load_checkpoint_state(path))
+    predictions = {}
+    for set_name, table in (eval_tables or {}).items():
+        data, _ = _dataset(job, table, train=False)
+        predictions[set_name] = predict(model, data, fold.head, attention=attention)
+    return RunResult(name, fold.head, history, job.checkpoint_uri(checkpoint.path), predictions, fold.names)
+
+
 def run_training(
     job: JobConfig,
     train_table: pd.DataFrame,
@@ -125,60 +200,27 @@ def run_training(
 ) -> RunResult:
     """Train on ``train_table`` with early stopping on ``val_table`` (Ray TorchTrainer),
     then predict ``eval_tables`` (e.g. ``{"test": ..., "external": ...}``)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    train_data, names = _dataset(job, train_table, train=True)
-    val_data, _ = _dataset(job, val_table, train=False)
-    targets = np.array([item.target for item in train_data.items])
-    n_classes = len(names) if job.train.task == "multiclass" else None
-    head = make_head(job.train.task, targets[:, 0] if job.train.task in ("binary", "multiclass") else targets,
-                     n_classes=n_classes, weighted=job.train.weighted_loss)
-    model_cfg = replace(job.train.model, in_dim=_in_dim(job, train_data), n_outputs=head.n_outputs)
-    cfg = replace(job.train, model=model_cfg)
-    storage_path, storage_filesystem = job.run_storage()
-    trainer = TorchTrainer(
-        _worker_entry,
-        train_loop_config={"train": cfg, "head": head, "train_data": train_data, "val_data": val_data,
-                           "report_interval_s": job.report_interval_s},
-        scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu),
-        run_config=ray.train.RunConfig(
-            name=job.name,
-            storage_path=storage_path,
-            storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
-            # Checkpoints are only reported on improvement, so the latest is the best.
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise ConfigError(f"run {job.name!r} reported no checkpoint")
-    from training.mil.models import build_model
-
-    model = build_model(model_cfg)
-    with result.checkpoint.as_directory() as path:
-        model.load_state_dict(load_checkpoint_state(path))
-    history = _history(result)
-    predictions = {}
-    for set_name, table in (eval_tables or {}).items():
-        data, _ = _dataset(job, table, train=False)
-        predictions[set_name] = predict(model, data, head, attention=attention)
-    return RunResult(job.name, head, history, job.checkpoint_uri(result.checkpoint.path), predictions, names)
+    fold = _prepare_fold(job, "0", train_table, val_table)
+    fitted = _fit_folds(job, [fold])
+    return _result(job, fold, fitted["0"], eval_tables, attention, job.name)
 
 
-def _worker_entry(config: dict[str, Any]) -> None:
-    # Imported in the worker so the driver does not need Ray's torch backend loaded.
-    from training.mil.train import train_loop_per_worker
-
-    train_loop_per_worker(config)
-
-
-def _history(result: Any) -> list[dict[str, Any]]:
-    metrics = dict(result.metrics or {})
-    return list(metrics.get("history", [])) or ([metrics] if metrics else [])
+def cv_splits(table: pd.DataFrame, fold_column: str = "fold"
+              ) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """(fold, train, val, test) per fold: fold k is the test set, fold k+1 validation."""
+    if fold_column not in table.columns:
+        raise ConfigError(f"cohort has no {fold_column!r} column (use training.cohorts.assign_folds)")
+    folds = sorted(table[fold_column].unique())
+    if len(folds) < 3:
+        raise ConfigError(f"cross-validation needs >= 3 folds (test, val, train), got {len(folds)}")
+    out = []
+    for i, fold in enumerate(folds):
+        val_fold = folds[(i + 1) % len(folds)]
+        test = table[table[fold_column] == fold]
+        val = table[table[fold_column] == val_fold]
+        train = table[~table[fold_column].isin([fold, val_fold])]
+        out.append((str(fold), train, val, test))
+    return out
 
 
 def run_cross_validation(
@@ -189,25 +231,20 @@ def run_cross_validation(
     external: pd.DataFrame | None = None,
     attention: bool = False,
 ) -> CVResult:
-    """k-fold CV as k runs: fold k is the test set, fold k+1 validation, the rest train.
+    """k-fold CV: fold k is the test set, fold k+1 validation, the rest train; all folds
+    train in one Ray TorchTrainer (start-up paid once).
 
     Folds come from :func:`training.cohorts.assign_folds`, so a patient's slides are in
     one fold only; every fold's model also predicts the external cohort when given.
     """
-    if fold_column not in table.columns:
-        raise ConfigError(f"cohort has no {fold_column!r} column (use training.cohorts.assign_folds)")
-    folds = sorted(table[fold_column].unique())
-    if len(folds) < 3:
-        raise ConfigError(f"cross-validation needs >= 3 folds (test, val, train), got {len(folds)}")
+    splits = cv_splits(table, fold_column)
+    folds = [_prepare_fold(job, key, train, val) for key, train, val, _ in splits]
+    fitted = _fit_folds(job, folds)
     results = []
-    for i, fold in enumerate(folds):
-        val_fold = folds[(i + 1) % len(folds)]
-        test = table[table[fold_column] == fold]
-        val = table[table[fold_column] == val_fold]
-        train = table[~table[fold_column].isin([fold, val_fold])]
+    for fold, (key, _, _, test) in zip(folds, splits, strict=True):
         evals = {"test": test} if external is None else {"test": test, "external": external}
-        run = run_training(replace(job, name=f"{job.name}-fold{fold}"), train, val, evals, attention=attention)
-        log.info("fold %s: best val score %s", fold, _best(run.history))
+        run = _result(job, fold, fitted[key], evals, attention, f"{job.name}-fold{key}")
+        log.info("fold %s: best val score %s", key, _best(run.history))
         results.append(run)
     return CVResult(results)
 

@@ -1,29 +1,19 @@
 """Config-file driven runs (``slidebank train CONFIG.yaml key=value ...``) and evaluation
 of saved predictions (``slidebank evaluate``). The CLI only parses; the logic lives here.
 
-A config names the store, the cohort table (from ``slidebank cohort build``), the label
-columns and the task, the model and training settings, and the Ray scaling:
-
-    store: ./store
-    cohort: cohort.parquet
-    encoder: handcrafted-he-v1
-    task: binary
-    labels: [ayers_ifng6_label]
-    model: {model: clam_sb, hidden: 128}
-    train: {epochs: 20, lr: 0.0002, patience: 5}
-    workers: 2
-    cv: true            # k-fold on the cohort's `fold` column; else its `split` column
-    external: ext.parquet
-    out: runs/clam
-    # optional: checkpoints (default <store>/mil_runs), storage_options (fsspec, for
-    # s3:// stores and checkpoints), cache_bags (true), report_interval_s (10), attention
+The YAML is parsed into a :class:`~training.mil.run_config.TrainRunConfig` (unknown keys
+are errors); the cohort is checked against the store before any Ray worker starts
+(:mod:`training.mil.preflight`); every run gets its own id, its own output folder
+``<out>/<run_id>/`` and its own checkpoint folder ``<checkpoints>/<run_id>/``, so a
+second run never deletes what the first one's ``summary.json`` points at.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import fields
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,93 +21,71 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.files import atomic_write, atomic_write_json
+from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
 
-__all__ = ["apply_overrides", "evaluate_predictions", "load_config", "run_from_config"]
+__all__ = ["apply_overrides", "evaluate_predictions", "load_run_config", "new_run_id",
+           "run_from_config"]
 
 log = logging.getLogger(__name__)
 
-
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``a.b=value`` sets config['a']['b'] (value parsed as YAML: numbers, lists, bools)."""
-    import yaml
-
-    out = json.loads(json.dumps(config))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE")
-        key, raw = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
+_ID_DTYPES = {"slide_id": "string", "patient_id": "string"}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"config {path} must be a mapping")
-    config = apply_overrides(config, overrides or [])
-    for key in ("store", "cohort", "labels", "out"):
-        if key not in config:
-            raise ConfigError(f"config is missing {key!r}")
-    return config
+def new_run_id(name: str) -> str:
+    """``<name>-<UTC time>-<random>``: sortable, unique, safe in paths and Ray run names."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def _dataclass(cls: type, values: dict[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown {what} setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**values)
+def _read_cohort(uri: str, storage_options: dict[str, Any]) -> pd.DataFrame:
+    from infra.tables import read_table
+
+    return read_table(uri, storage_options, dtype=_ID_DTYPES)
 
 
-def _read_table(path: str) -> pd.DataFrame:
-    return pd.read_csv(path) if str(path).endswith((".csv", ".tsv")) else pd.read_parquet(path)
+def _splits(config: TrainRunConfig, table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    from training.mil.job import cv_splits
+
+    if config.cv:
+        return cv_splits(table)
+    if "split" not in table.columns:
+        raise ConfigError(f"{config.cohort}: cv: false needs a `split` column "
+                          "(slidebank cohort build adds one; values train/val/test)")
+    parts = {name: table[table["split"] == name] for name in ("train", "val", "test")}
+    return [("0", parts["train"], parts["val"], parts["test"])]
 
 
-def run_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Train (CV or one split), write predictions, metrics and plots under ``out``."""
-    from training.mil.job import JobConfig, run_cross_validation, run_training
-    from training.mil.models import MILConfig
-    from training.mil.train import TrainConfig
+def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
+    """Check, train (CV or one split), then write predictions, metrics and plots under
+    ``<out>/<run_id>/``; returns the summary (also written as ``summary.json``)."""
+    from features.store import FeatureStore
+    from training.mil import preflight
+    from training.mil.job import run_cross_validation, run_training
 
-    model = _dataclass(MILConfig, dict(config.get("model", {})), "model")
-    train = _dataclass(TrainConfig, {**config.get("train", {}), "model": model,
-                                     "task": config.get("task", "binary")}, "train")
-    labels = config["labels"]
-    job = JobConfig(
-        store_uri=str(config["store"]), train=train,
-        label_columns=tuple([labels] if isinstance(labels, str) else labels),
-        encoder=config.get("encoder"), num_workers=int(config.get("workers", 1)),
-        use_gpu=bool(config.get("use_gpu", False)), storage_path=config.get("checkpoints"),
-        name=str(config.get("name", "mil")), max_failures=int(config.get("max_failures", 0)),
-        cache_bags=bool(config.get("cache_bags", True)),
-        storage_options=dict(config.get("storage_options") or {}),
-        report_interval_s=float(config.get("report_interval_s", 10.0)),
-    )
-    table = _read_table(str(config["cohort"]))
-    external = _read_table(str(config["external"])) if config.get("external") else None
-    attention = bool(config.get("attention", False))
-    if config.get("cv", True):
-        runs = run_cross_validation(job, table, external=external, attention=attention).folds
+    job, train = config.build()
+    run_id = new_run_id(job.name)
+    job = replace(job, name=run_id)
+    options = dict(config.storage_options)
+    table = _read_cohort(config.cohort, options)
+    external = _read_cohort(config.external, options) if config.external else None
+    labels = list(job.label_columns)
+    store = FeatureStore.open(config.store, options)
+    preflight.check_cohort(table, labels, train.task, source=config.cohort)
+    preflight.check_store_slides(table, store, job.encoder, source=config.cohort)
+    if external is not None:
+        preflight.check_cohort(external, labels, train.task, source=str(config.external))
+        preflight.check_store_slides(external, store, job.encoder, source=str(config.external))
+    splits = _splits(config, table)
+    preflight.check_splits(splits, labels, train.task)
+    out = Path(config.out) / run_id
+    log.info("run %s: %d slides, %d fold(s); output in %s", run_id, len(table), len(splits), out)
+    if config.cv:
+        runs = run_cross_validation(job, table, external=external, attention=config.attention).folds
     else:
-        if "split" not in table.columns:
-            raise ConfigError("cv: false needs a `split` column (training.cohorts.assign_train_val_test)")
-        evals = {"test": table[table["split"] == "test"]}
-        if external is not None:
-            evals["external"] = external
-        runs = [run_training(job, table[table["split"] == "train"], table[table["split"] == "val"], evals,
-                             attention=attention)]
-    out = Path(config["out"])
+        _, tr, val, test = splits[0]
+        evals = {"test": test, **({"external": external} if external is not None else {})}
+        runs = [run_training(job, tr, val, evals, attention=config.attention)]
     out.mkdir(parents=True, exist_ok=True)
     frames = []
     for i, run in enumerate(runs):
@@ -127,12 +95,33 @@ def run_from_config(config: dict[str, Any]) -> dict[str, Any]:
             frame.insert(1, "set", split)
             frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(out / "predictions.parquet", index=False)
-    summary = evaluate_predictions(predictions, train.task, list(job.label_columns), out)
-    summary["checkpoints"] = [run.checkpoint_path for run in runs]
-    summary["history"] = [run.history for run in runs]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    with atomic_write(out / "predictions.parquet") as handle:
+        predictions.to_parquet(handle, index=False)
+    summary = evaluate_predictions(predictions, train.task, labels, out)
+    summary.update(run_id=run_id, out=str(out), config=config.to_dict(),
+                   checkpoints=[run.checkpoint_path for run in runs],
+                   history=[run.history for run in runs])
+    if config.attention:
+        summary["attention"] = _write_attention(store, runs, run_id, out)
+    atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dict[str, Any]:
+    """Each test slide's attention (from the fold that held it out): a Zarr heatmap
+    ``heatmaps/<run_id>`` in the slide's group, rows in ``mil_attention/<run_id>.lance``,
+    and a PNG overlay under ``<out>/attention/``."""
+    from training.mil.attention import render_overlay, write_attention
+
+    written = []
+    for run in runs:
+        for row in run.predictions.get("test", []):
+            sid = row["slide_id"]
+            info = write_attention(store, sid, row["coords"], row["attention"], name=run_id)
+            png = render_overlay(store, sid, run_id, out / "attention" / f"{sid}.png",
+                                 origin=info["origin"], stride=info["stride"])
+            written.append({"slide_id": sid, "png": str(png), "heatmap": info["heatmap"]})
+    return {"table": store.location.join("mil_attention", f"{run_id}.lance"), "slides": written}
 
 
 def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str) -> pd.DataFrame:
@@ -159,6 +148,7 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
     )
 
     out = Path(out)
+    _check_prediction_columns(predictions, task, labels)
     summary: dict[str, Any] = {"task": task}
     for split, part in predictions.groupby("set"):
         if task == "regression":
@@ -182,3 +172,13 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
         write_roc_png({str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
                       out / f"{split}_roc.png")
     return summary
+
+
+def _check_prediction_columns(predictions: pd.DataFrame, task: str, labels: list[str]) -> None:
+    have = sorted(c.split(":", 1)[1] for c in predictions.columns if c.startswith("target:"))
+    missing = [label for label in labels if f"target:{label}" not in predictions.columns]
+    if missing:
+        raise ConfigError(f"predictions have no label(s) {missing}; they have: {have}")
+    for column in ("fold", "set"):
+        if column not in predictions.columns:
+            raise ConfigError(f"predictions lack the {column!r} column (not written by slidebank train?)")

@@ -189,20 +189,15 @@ _MAPPING_COLUMNS = ("sample_id", "patient_id", "slide_id")
 
 
 def _read_text_table(source: str, storage_options: Mapping[str, Any] | None) -> pd.DataFrame:
-    from infra.storage import open_filesystem
+    from infra.errors import TableNotFoundError, TableReadError
+    from infra.tables import read_table
 
-    fs, path = open_filesystem(source, storage_options)
-    lower = path.lower()
     try:
-        with fs.open(path, "rb", compression="infer") as handle:
-            if lower.endswith((".parquet", ".pq")):
-                return pd.read_parquet(handle).astype("string")
-            sep = "," if lower.endswith((".csv", ".csv.gz")) else "\t"
-            return pd.read_csv(handle, sep=sep, dtype="string", keep_default_na=False)
-    except FileNotFoundError:
+        return read_table(source, storage_options, dtype="string", keep_default_na=False)
+    except TableNotFoundError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise MappingError(f"cannot read mapping table: {exc}", file=source) from exc
+    except TableReadError as exc:
+        raise MappingError(f"cannot read mapping table: {exc.reason}", file=source) from exc
 
 
 def load_mapping(

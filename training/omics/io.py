@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from infra.storage import open_filesystem
+from infra.errors import TableNotFoundError, TableReadError
+from infra.tables import open_table, read_table
 from training.omics.config import ExpressionConfig
 from training.omics.errors import OmicsTableError
 
@@ -187,18 +188,17 @@ class _Raw:
 
 
 def _read_raw(source: str, storage_options: Mapping[str, Any] | None) -> _Raw:
-    fs, path = open_filesystem(source, storage_options)
-    lower = path.lower().removesuffix(".gz")
     try:
-        with fs.open(path, "rb", compression="infer") as handle:
-            if lower.endswith((".parquet", ".pq")):
+        with open_table(source, storage_options) as (handle, fmt):
+            if fmt.kind == "parquet":
                 return _read_parquet(handle, source)
-            sep = "," if lower.endswith(".csv") else "\t"
-            return _read_delimited(handle, sep, source)
+            return _read_delimited(handle, fmt.delimiter or "\t", source)
     except FileNotFoundError:
         raise
     except OmicsTableError:
         raise
+    except TableReadError as exc:
+        raise OmicsTableError(exc.reason, file=source) from exc
     except (UnicodeDecodeError, pd.errors.ParserError, pa.ArrowInvalid, OSError) as exc:
         raise OmicsTableError(f"cannot read table: {exc}", file=source) from exc
 
@@ -559,14 +559,12 @@ def load_gene_map(
 ) -> dict[str, str]:
     """Ensembl id -> symbol from a two-column table (TSV/CSV/Parquet; the first column
     is the id, the second the symbol, whatever their names). Versions are stripped."""
-    fs, path = open_filesystem(source, storage_options)
-    lower = path.lower().removesuffix(".gz")
-    with fs.open(path, "rb", compression="infer") as handle:
-        if lower.endswith((".parquet", ".pq")):
-            frame = pd.read_parquet(handle)
-        else:
-            sep = "," if lower.endswith(".csv") else "\t"
-            frame = pd.read_csv(handle, sep=sep, dtype="string", keep_default_na=False)
+    try:
+        frame = read_table(source, storage_options, dtype="string", keep_default_na=False)
+    except TableNotFoundError:
+        raise
+    except TableReadError as exc:
+        raise OmicsTableError(exc.reason, file=source) from exc
     if frame.shape[1] < 2:
         raise OmicsTableError("a gene map needs two columns: gene id, symbol", file=source)
     out: dict[str, str] = {}
