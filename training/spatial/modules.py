@@ -34,8 +34,11 @@ class ModuleSpec:
     smooth: float = 0.0  # weight of the neighbour mean in UTAG smoothing (0: off)
     max_tiles: int = 200_000  # tiles sampled for fitting (evenly over slides)
     batch_size: int = 2048
+    method: str = "kmeans"  # "kmeans" (Lloyd on the sample) or "minibatch"
 
     def __post_init__(self) -> None:
+        if self.method not in ("kmeans", "minibatch"):
+            raise ConfigError(f"module method must be kmeans or minibatch, got {self.method!r}")
         if self.k < 2:
             raise ConfigError(f"module count k must be >= 2, got {self.k}")
         if not 0.0 <= self.smooth < 1.0:
@@ -121,7 +124,7 @@ def fit_modules(
     The caller passes training slides only; the codebook records them so a test or an
     auditor can check they never include validation, test or external patients.
     """
-    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     from training.spatial.graphs import grid_edges
 
@@ -140,8 +143,13 @@ def fit_modules(
     x = _sample(feats, spec.max_tiles, spec.seed)
     if len(x) < spec.k:
         raise ConfigError(f"{len(x)} tiles cannot make {spec.k} modules")
-    km = MiniBatchKMeans(n_clusters=spec.k, random_state=spec.seed, batch_size=spec.batch_size,
-                         n_init=3, max_iter=100)
+    if spec.method == "minibatch":
+        km = MiniBatchKMeans(n_clusters=spec.k, random_state=spec.seed, batch_size=spec.batch_size,
+                             n_init=10, max_iter=100)
+    else:
+        # Full Lloyd iterations on the (bounded) sample: mini-batch k-means fell into a
+        # merged-cluster local minimum on imbalanced tile types (ARI 0.67 vs 1.0).
+        km = KMeans(n_clusters=spec.k, random_state=spec.seed, n_init=3, max_iter=300)
     km.fit(x)
     # A canonical order (by the centroids' first principal direction) so two fits that
     # find the same clusters number them the same way.

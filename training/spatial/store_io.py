@@ -69,7 +69,8 @@ def save_codebook(store: Any, codebook: ModuleCodebook) -> str:
     meta = {"version": codebook.version, "hash": digest, "k": codebook.k, "dim": codebook.dim,
             "encoder": codebook.encoder, "slide_ids": list(codebook.slide_ids),
             "spec": {"k": codebook.spec.k, "seed": codebook.spec.seed, "smooth": codebook.spec.smooth,
-                     "max_tiles": codebook.spec.max_tiles, "batch_size": codebook.spec.batch_size},
+                     "max_tiles": codebook.spec.max_tiles, "batch_size": codebook.spec.batch_size,
+                     "method": codebook.spec.method},
             "meta": dict(codebook.meta)}
     _write(store, _join(store, *folder, "codebook.json"), json.dumps(meta, indent=2, sort_keys=True).encode())
     log.info("saved tissue-module codebook %s (k=%d, %d training slides)", digest, codebook.k, len(codebook.slide_ids))
@@ -165,7 +166,8 @@ def cached_graph(store: Any, slide_id: str, coords: np.ndarray, spec: GraphSpec 
 
     validate_slide_id(slide_id)  # it goes into a filter expression
     spec = spec or GraphSpec()
-    key = stable_hash("tile-graph", 1, spec)
+    key = stable_hash("tile-graph", 1, {"graph": spec.kind, "k": spec.k, "radius": spec.radius,
+                                        "stride": spec.stride})
     uri = _join(store, "spatial", "graphs", f"{key}.lance")
     sha = coords_sha(coords)
     options = store.location.lance_options() or None
