@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Annotated, Any
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_table import print_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,7 +33,13 @@ VersionOpt = Annotated[
 EncoderOpt = Annotated[
     str | None, typer.Option(help="Encoder id (needed when the store holds several).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (every column) instead of a table.")]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option("--columns", help="Comma-separated columns to show (default: those that fit)."),
+]
+METRIC_WORDS = {"L2": "squared L2 distance", "cosine": "cosine distance (1 - cos)",
+                "dot": "negative dot product"}
 
 
 def _open(uri: str, options: list[str] | None, at: str | None) -> FeatureStore:
@@ -40,33 +49,39 @@ def _open(uri: str, options: list[str] | None, at: str | None) -> FeatureStore:
     return FeatureStore.open(uri, parse_storage_options(options), create=False, version=version)
 
 
-def _print(table: pa.Table, as_json: bool, title: str) -> None:
-    import pyarrow as pa
-
-    rows = table.to_pylist()
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=f"{title} ({len(rows)} rows)")
-    # Embedding vectors are long; a table shows their width, --json shows values.
-    wide = {f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)}
-    for name in table.column_names:
-        view.add_column(name)
-    for row in rows:
-        view.add_row(*(_cell(row[c], c in wide) for c in table.column_names))
-    Console().print(view)
+def _print(table: pa.Table, as_json: bool, title: str, columns: str | None = None) -> None:
+    chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    print_table(table, as_json, title, columns=chosen)
 
 
-def _cell(value: Any, wide: bool) -> str:
-    if wide and value is not None:
-        return f"[{len(value)} values]"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+@contextlib.contextmanager
+def query_errors(what: str, columns: Sequence[str] = ()) -> Iterator[None]:
+    """A mistake in the user's SQL or predicate: one line naming it and what exists.
+
+    DuckDB and Lance raise their own exception types (with Rust or C++ locations in
+    the text); the first sentence is what the user needs, plus the columns they can use.
+    """
+    import duckdb
+
+    try:
+        yield
+    except (duckdb.Error, ValueError) as exc:
+        from infra.errors import SlidebankError
+
+        if isinstance(exc, SlidebankError):
+            raise
+        text = str(exc).strip().splitlines()
+        message = " ".join(line.strip() for line in text[:2])
+        message = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", message)  # Lance's Rust source location
+        hint = f"; columns: {', '.join(columns)}" if columns else ""
+        typer.secho(f"error: {what}: {message}{hint}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _tile_columns(fs: FeatureStore, encoder: str | None) -> list[str]:
+    view = fs._view()
+    tiles = view.tiles(view.resolve_encoder(encoder))
+    return [n for n in tiles.schema.names if n != "embedding"] if tiles is not None else []
 
 
 def similar(
@@ -85,15 +100,33 @@ def similar(
     same_slide: Annotated[
         bool, typer.Option(help="Also return tiles from the query tile's own slide.")
     ] = False,
+    where: Annotated[
+        str | None,
+        typer.Option(help='Filter on tile columns before ranking, e.g. "tissue_fraction > 0.8".'),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option(help="Distance: L2 (squared Euclidean), cosine (1 - cos) or dot.")
+    ] = "L2",
+    gallery: Annotated[
+        str | None,
+        typer.Option(help="Also draw the query tile beside its neighbours into this PNG."),
+    ] = None,
     storage_option: OptionsOpt = None,
     at: VersionOpt = None,
     as_json: JsonOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Tiles most similar to a tile (--slide --x --y) or to a vector (--vector-file).
 
+    Results are nearest first; ``distance`` is in the metric chosen (stated in the
+    title). --where filters before ranking, so k hits come back when k tiles match.
+
     Example: slidebank query similar --store s3://lab/cohort --slide TCGA-A1 --x 4096 --y 2048 -k 20
+    --metric cosine --where "tissue_fraction > 0.8" --gallery similar.png
     """
     import numpy as np
+
+    from features.store.vectors import check_metric
 
     tile_given = [v is not None for v in (slide, x, y)]
     if not (all(tile_given) and vector_file is None) and not (
@@ -101,21 +134,26 @@ def similar(
     ):
         raise typer.BadParameter("give either --slide, --x and --y, or --vector-file")
     with fail_on_slidebank_error():
+        metric = check_metric(metric)
         fs = _open(store, storage_option, at)
-        if slide is not None and x is not None and y is not None:
-            result = fs.search_by_tile(
-                slide,
-                x,
-                y,
-                k=k,
-                encoder=encoder,
-                exclude_same_slide=not same_slide,
-                slide_ids=cohort,
-            )
-        else:
-            vector = np.load(str(vector_file), allow_pickle=False)
-            result = fs.search(vector, k=k, encoder=encoder, slide_ids=cohort)
-    _print(result, as_json, "similar tiles")
+        with query_errors("--where", _tile_columns(fs, encoder) if where else ()):
+            if slide is not None and x is not None and y is not None:
+                result = fs.search_by_tile(slide, x, y, k=k, encoder=encoder,
+                                           exclude_same_slide=not same_slide, slide_ids=cohort,
+                                           where=where, metric=metric)
+            else:
+                vector = np.load(str(vector_file), allow_pickle=False)
+                result = fs.search(vector, k=k, encoder=encoder, slide_ids=cohort, where=where,
+                                   metric=metric)
+        if gallery:
+            from slidebank.pictures_api import similarity_gallery
+
+            query = (slide, x, y) if slide is not None else None
+            path = similarity_gallery(fs, result, gallery, query=query, metric=metric)
+            typer.echo(f"gallery: {path}", err=True)
+    order = ["slide_id", "x", "y", "distance", "tile_size", "read_mpp", "level", "config_hash"]
+    result = result.select([c for c in order if c in result.column_names])
+    _print(result, as_json, f"similar tiles, distance = {METRIC_WORDS[metric]}", columns)
 
 
 def sql(
@@ -131,6 +169,7 @@ def sql(
     storage_option: OptionsOpt = None,
     at: VersionOpt = None,
     as_json: JsonOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Run SQL over the store; join your own tables (omics, labels) by slide_id.
 
@@ -149,8 +188,27 @@ def sql(
     with fail_on_slidebank_error():
         fs = _open(store, storage_option, at)
         loaded = {name: read_table_file(path, options) for name, path in extra.items()}
-        result = fs.sql(query, encoder=encoder, tables=loaded)
-    _print(result, as_json, "query")
+        with query_errors("SQL", _sql_tables(fs, encoder, loaded, at)):
+            result = fs.sql(query, encoder=encoder, tables=loaded)
+    _print(result, as_json, "query", columns)
+
+
+def _sql_tables(fs: FeatureStore, encoder: str | None, extra: dict, at: str | None) -> list[str]:
+    """What a query can name, as ``table(col, ...)``, so a misspelling can be fixed."""
+    view = fs._view()
+    out = [f"slides({', '.join(view.slides().schema.names)})"]
+    try:
+        name = view.resolve_encoder(encoder)
+    except Exception:
+        name = None
+    tiles = view.tiles(name) if name else None
+    if tiles is not None:
+        out.append(f"tiles({', '.join(_tile_columns(fs, name))}, embedding)")
+    elif at is not None:
+        out.append(f"no tiles table at version {at} (no tiles were committed yet then)")
+    out += [f"{n}({', '.join(map(str, t.schema.names if hasattr(t, 'schema') else t.columns))})"
+            for n, t in extra.items()]
+    return out
 
 
 def slides(
@@ -163,27 +221,33 @@ def slides(
     storage_option: OptionsOpt = None,
     at: VersionOpt = None,
     as_json: JsonOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """List slides with their status, tile count, MPP and source.
 
     Example: slidebank query slides --store ./store --status failed --json
     """
-    columns = [
+    # Most useful first: the table shows the leading columns that fit the terminal.
+    shown = [
         "slide_id",
-        "encoder",
-        "config_hash",
         "status",
         "tile_count",
         "mpp",
+        "patient_id",
+        "error_type",
+        "encoder",
+        "config_hash",
         "mpp_source",
         "vendor",
-        "error_type",
         "created_at",
+        "source_uri",
     ]
     with fail_on_slidebank_error():
         fs = _open(store, storage_option, at)
-        result = fs.slides(status=status, encoder=encoder, where=where, columns=columns)
-    _print(result, as_json, "slides")
+        with query_errors("--where", fs._view().slides().schema.names):
+            result = fs.slides(status=status, encoder=encoder, where=where,
+                               columns=None if as_json else shown)
+    _print(result, as_json, "slides", columns)
 
 
 def versions(
@@ -217,6 +281,26 @@ def versions(
     _print(result, as_json, "runs" if runs else "versions")
 
 
+def tag(
+    name: Annotated[str, typer.Argument(help="Tag name (letters, digits, '.', '-', '_').")],
+    store: StoreOpt,
+    version: Annotated[
+        int | None, typer.Option(help="Store version to tag (default: the latest).")
+    ] = None,
+    storage_option: OptionsOpt = None,
+) -> None:
+    """Tag a store version so it survives cleanup and can be read with --at NAME.
+
+    Example: slidebank tag paper-v1 --store ./store && slidebank query slides --store ./store --at paper-v1
+    """
+    with fail_on_slidebank_error():
+        fs = _open(store, storage_option, None)
+        tagged = fs.tag(name, version)
+    tables = ", ".join(f"{t} v{v}" for t, v in tagged.items() if t != "slides")
+    typer.echo(f"tagged store version {tagged['slides']} as {name!r}"
+               + (f" (tiles tables: {tables})" if tables else ""))
+
+
 def register(app: typer.Typer) -> None:
     query = typer.Typer(
         name="query",
@@ -228,3 +312,4 @@ def register(app: typer.Typer) -> None:
     query.command("slides")(slides)
     query.command("versions")(versions)
     app.add_typer(query, name="query")
+    app.command("tag")(tag)

@@ -334,9 +334,11 @@ class FeatureStore:
         """
         from features.store.vectors import search_vector
 
+        view, encoder = self._view(), self._encoder(encoder)
+        slide_ids = _known_cohort(view, encoder, slide_ids)
         return search_vector(
-            self._view(),
-            self._encoder(encoder),
+            view,
+            encoder,
             vector,
             params=_params(k, params, metric),
             slide_ids=slide_ids,
@@ -362,9 +364,11 @@ class FeatureStore:
         (``metric`` as in :meth:`search`)."""
         from features.store.vectors import search_by_tile
 
+        view, encoder = self._view(), self._encoder(encoder)
+        slide_ids = _known_cohort(view, encoder, slide_ids)
         return search_by_tile(
-            self._view(),
-            self._encoder(encoder),
+            view,
+            encoder,
             slide_id,
             x,
             y,
@@ -455,6 +459,17 @@ class FeatureStore:
             chunk_tiles=chunk_tiles,
         )
         return shape
+
+
+def _known_cohort(
+    view: StoreView, encoder: str, slide_ids: Iterable[str] | None
+) -> list[str] | None:
+    # A cohort naming a slide the store has never seen is a typo, not "no results".
+    if slide_ids is None:
+        return None
+    ids = list(slide_ids)
+    reader.require_known_slides(view, encoder, ids)
+    return ids
 
 
 def _params(k: int, params: SearchParams | None, metric: str | None) -> SearchParams:
