@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Device", "asnumpy", "get_xp", "gpu_available", "ndimage_module", "skimage_module"]
+__all__ = ["Device", "array_module", "asnumpy", "get_xp", "gpu_available", "ndimage_module",
+           "resolve_xp", "skimage_module"]
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -81,3 +82,18 @@ def asnumpy(array: Any) -> np.ndarray:
         return array
     get = getattr(array, "get", None)
     return get() if callable(get) else np.asarray(array)
+
+
+def array_module(array: Any) -> ModuleType:
+    """The module an array belongs to: ``cupy`` for CuPy arrays, ``numpy`` for anything
+    else (arrays, lists, scalars), without importing CuPy for NumPy input."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def resolve_xp(device: Device | None, array: Any) -> ModuleType:
+    """The module to compute in: the array's own when ``device`` is None, else the device's."""
+    return array_module(array) if device is None else get_xp(device)

@@ -1,2 +1,2 @@
-"""Ingestion: slide access (readers, URIs, staging), synthetic slides, and (later) tissue
-detection, tile planning, stain normalization and the distributed pipeline."""
+"""Ingestion: slide access (readers, URIs, staging), synthetic slides, tissue detection
+and QC, tile planning, stain normalization, and the distributed Ray pipeline."""

@@ -11,9 +11,7 @@ Names are resolved lazily so ``import slidebank`` stays fast and has no side eff
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from infra.lazy import lazy_exports
 from infra.version import CODE_VERSION as __version__
 
 _EXPORTS = {
@@ -49,17 +47,4 @@ _EXPORTS = {
     "StoreNotFoundError": "features.store",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slidebank' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    # The names are lazy (resolved on first use), so list them for dir(), completion
-    # and help() without importing anything.
-    return sorted({*globals(), *_EXPORTS})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {"__version__": __version__})

@@ -1,4 +1,6 @@
 """Training: omics tables and signatures (`training.omics`), cohorts and leakage-safe
-splits (`training.cohorts`), and (later) bag datasets and MIL models on Ray Train."""
+splits (`training.cohorts`), MIL models on Ray Train (`training.mil`), spatial models
+over tile and tissue-module graphs (`training.spatial`), and quick linear / kNN probes
+on slide embeddings (`training.probe`)."""
 
-__all__ = ["cohorts", "omics"]
+__all__ = ["cohorts", "mil", "omics", "probe", "spatial"]

@@ -1,4 +1,4 @@
-"""Errors of stain fitting (kept here until they move into :mod:`infra.errors`)."""
+"""Errors of stain fitting: stain-specific, so they live with the stain code and derive from infra.errors."""
 
 from __future__ import annotations
 

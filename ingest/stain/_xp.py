@@ -1,27 +1,14 @@
-"""Which array module (NumPy or CuPy) an array belongs to, without importing CuPy eagerly."""
+"""Stain kernels written once for NumPy and CuPy (the module choice itself: infra.arrays)."""
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from infra.arrays import Device, get_xp
+from infra.arrays import array_module
 
-
-def array_module(array: Any) -> ModuleType:
-    """``cupy`` for CuPy arrays, ``numpy`` for anything else (arrays, lists, scalars)."""
-    if type(array).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def resolve_xp(device: Device | None, array: Any) -> ModuleType:
-    """The module to compute in: the array's own when ``device`` is None, else the device's."""
-    return array_module(array) if device is None else get_xp(device)
+__all__ = ["count_per_tile", "mix"]
 
 
 def mix(rows: Any, matrix: Any) -> Any:

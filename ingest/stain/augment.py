@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import Device
+from infra.arrays import Device, resolve_xp
 from infra.errors import ConfigError
-from ingest.stain._xp import resolve_xp
 from ingest.stain.od import od_lut, od_to_rgb
 from ingest.stain.params import StainParams
 

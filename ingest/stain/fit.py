@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infra.arrays import array_module
 from infra.errors import ConfigError
 from infra.ids import validate_slide_id
 from ingest.stain._errors import StainFitError
-from ingest.stain._xp import array_module
 from ingest.stain.macenko import MIN_STAIN_ANGLE_DEG, fit_macenko
 from ingest.stain.params import Method, StainParams
 from ingest.stain.reference import STANDARD_REFERENCE_ID

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import asnumpy
+from infra.arrays import array_module, asnumpy
 from infra.errors import ConfigError
 from ingest.stain._errors import StainFitError
-from ingest.stain._xp import array_module, count_per_tile, mix
+from ingest.stain._xp import count_per_tile, mix
 from ingest.stain.od import od_lut, rgb_to_od, tissue_mask
 from ingest.stain.params import StainParams
 

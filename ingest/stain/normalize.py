@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import Device
+from infra.arrays import Device, resolve_xp
 from infra.errors import ConfigError
-from ingest.stain._xp import count_per_tile, resolve_xp
+from ingest.stain._xp import count_per_tile
 from ingest.stain.macenko import macenko_apply, macenko_od_transform
 from ingest.stain.od import tissue_mask
 from ingest.stain.params import StainParams

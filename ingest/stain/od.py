@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.stain._xp import array_module
+from infra.arrays import array_module
 
 __all__ = [
     "od_lut",

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import asnumpy, skimage_module
+from infra.arrays import array_module, asnumpy, skimage_module
 from ingest.stain._errors import StainFitError
-from ingest.stain._xp import array_module, count_per_tile
+from ingest.stain._xp import count_per_tile
 from ingest.stain.od import tissue_mask
 from ingest.stain.params import StainParams
 

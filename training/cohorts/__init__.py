@@ -9,8 +9,7 @@ Names are resolved on first use, so importing the package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from infra.lazy import lazy_exports
 
 _EXPORTS = {
     "CohortConfig": "training.cohorts.config",
@@ -31,15 +30,11 @@ _EXPORTS = {
     "build_cohort": "training.cohorts.pipeline",
     "build_external": "training.cohorts.pipeline",
     "label_patients": "training.cohorts.pipeline",
+    "build_label_cohort": "training.cohorts.labels",
+    "join_labels": "training.cohorts.labels",
+    "read_labels": "training.cohorts.labels",
     "cohort_tables": "training.cohorts.sql",
     "connect": "training.cohorts.sql",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training.cohorts' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, None)

@@ -8,8 +8,7 @@ Submodules load torch and Ray when first used, so importing the package is cheap
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from infra.lazy import lazy_exports
 
 _EXPORTS = {
     "MILConfig": "training.mil.models",
@@ -31,6 +30,10 @@ _EXPORTS = {
     "JobConfig": "training.mil.job",
     "run_training": "training.mil.job",
     "run_cross_validation": "training.mil.job",
+    "cv_splits": "training.mil.job",
+    "TrainRunConfig": "training.mil.run_config",
+    "load_run_config": "training.mil.run_config",
+    "run_from_config": "training.mil.runner",
     "classification_report": "training.mil.evaluate",
     "regression_report": "training.mil.evaluate",
     "fold_table": "training.mil.evaluate",
@@ -40,11 +43,4 @@ _EXPORTS = {
     "top_bottom_tiles": "training.mil.attention",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training.mil' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, None)

@@ -13,6 +13,7 @@ them to folds by the ``fold`` key in the metrics.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def folds_loop_per_worker(config: dict[str, Any]) -> None:
 
     cache: dict[str, Any] = {}
     for spec in config["folds"]:
+        started = time.perf_counter()
         train_data, val_data = spec["train_data"], spec["val_data"]
         if train_data.cache:
             train_data.share_cache(cache)
@@ -56,7 +58,8 @@ def folds_loop_per_worker(config: dict[str, Any]) -> None:
         result = fit(spec["train"], train_data, val_data, spec["head"], reporter=reporter,
                      rank=rank, world=world, wrap=wrap, device=device)
         metrics = {"fold": str(spec["fold"]), "best_score": float(result.best_score),
-                   "best_epoch": int(result.best_epoch), "history": reporter.history}
+                   "best_epoch": int(result.best_epoch), "history": reporter.history,
+                   "fit_s": round(time.perf_counter() - started, 3)}
         if rank != 0:
             ray.train.report(metrics)  # a collective: every rank reports, rank 0 checkpoints
             continue

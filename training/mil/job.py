@@ -162,6 +162,7 @@ def _fit_folds(job: JobConfig, folds: list[_Fold]) -> dict[str, tuple[list[dict[
     found: dict[str, tuple[list[dict[str, Any]], Any]] = {}
     for checkpoint, metrics in result.best_checkpoints or []:
         found[str(metrics["fold"])] = (list(metrics.get("history", [])), checkpoint)
+        log.info("fold %s: trained in %.1f s", metrics["fold"], metrics.get("fit_s", float("nan")))
     missing = [f.key for f in folds if f.key not in found]
     if missing:
         raise ConfigError(f"run {job.name!r} reported no checkpoint for fold(s) {missing}")

@@ -11,8 +11,7 @@ Names are resolved on first use, so importing the package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from infra.lazy import lazy_exports
 
 _EXPORTS = {
     # config
@@ -68,11 +67,4 @@ _EXPORTS = {
     "regression_targets": "training.omics.labels",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training.omics' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, None)
