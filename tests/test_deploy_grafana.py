@@ -98,3 +98,20 @@ def test_the_configmap_ships_the_same_board(rendered) -> None:  # noqa: F811
              and d["metadata"]["name"] == "slidebank-grafana-dashboard"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["slidebank.json"]) == json.loads(BOARD.read_text())
+
+
+def test_the_cost_table_uses_the_recorded_benchmark() -> None:
+    """docs/cloud.md's measured rows are the figures in benchmarks/results/ingest.json,
+    and its arithmetic (tiles ÷ tiles/s ÷ 3600 × $/h) holds."""
+    doc = (ROOT / "docs" / "cloud.md").read_text()
+    rows = json.loads((ROOT / "benchmarks" / "results" / "ingest.json").read_text())["rows"]
+    rate = 2 * 0.403 / 8
+    for encoder in ("handcrafted-he-v1", "timm:vit_small_patch16_224"):
+        (row,) = [r for r in rows if r["encoder"] == encoder and r["case"] == "slidebank (Ray)"
+                  and r["cores"] == 2]
+        tps = row["tiles_per_s"]
+        assert f"| {tps:.3g} |" in doc, (encoder, tps)
+        per_slide = row["tiles"] / row["slides"]
+        for tiles in (per_slide, 10_000):
+            dollars = tiles * 1000 / tps / 3600 * rate
+            assert f"**${dollars:.2f}**" in doc, (encoder, tiles, dollars)

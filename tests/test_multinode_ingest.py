@@ -17,6 +17,7 @@ from ingest.pipeline.config import RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from tests._deploy_tools.metric_names import code_metrics, exported_names
 from tests._multinode import auth_env, multinode_cluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
@@ -96,9 +97,48 @@ def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, referen
     assert ours.num_rows == reference.num_rows > 0
     assert ours.equals(reference), "same tiles and the same embeddings as one node"
     # The custom metrics leave through the worker nodes' own Prometheus endpoints, where
-    # the PodMonitor in infra/deploy scrapes them.
-    assert wait_for(lambda: any("ray_slidebank_tiles_total" in cluster.scrape(n)
-                                for n in reading_nodes), timeout=30)
+    # the PodMonitor in infra/deploy scrapes them, under the names the Grafana board's
+    # test derives from the code (tests/_deploy_tools/metric_names.py).
+    def scraped() -> set[str]:
+        return {line.split("{")[0].split(" ")[0] for n in reading_nodes
+                for line in cluster.scrape(n).splitlines()
+                if line.startswith("ray_slidebank_")}
+
+    derived = {s for name, (kind, _) in code_metrics().items() for s in exported_names(name, kind)}
+    expected = {"ray_slidebank_slides_total", "ray_slidebank_tiles_total",
+                "ray_slidebank_bytes_read_total", "ray_slidebank_stage_seconds_bucket"}
+    assert wait_for(lambda: expected <= scraped(), timeout=30), scraped()
+    assert scraped() <= derived, scraped() - derived
+
+
+def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_cohort,
+                                                                    s3_options) -> None:
+    import s3fs
+    from ray.util.state import list_actors
+
+    from training.mil.job import JobConfig, run_training
+    from training.mil.models import MILConfig
+    from training.mil.synthetic import write_planted_cohort
+    from training.mil.train import TrainConfig
+
+    bucket = s3_cohort[0].uri.split("/")[2]
+    store_uri = f"s3://{bucket}/mil-store"
+    cohort = write_planted_cohort(store_uri, n_slides=12, n_tiles=16, dim=8, n_folds=3,
+                                  storage_options=s3_options)
+    table = cohort.table
+    train, val, test = (table[table["fold"] == k] for k in (0, 1, 2))
+    job = JobConfig(store_uri=store_uri, encoder=cohort.encoder, storage_options=s3_options,
+                    name="two-nodes", num_workers=2,
+                    train=TrainConfig(model=MILConfig(hidden=8, attn_dim=4), epochs=2, patience=2,
+                                      lr=2e-3, torch_threads=1))
+
+    result = run_training(job, train, val, {"test": test})
+
+    workers = [a for a in list_actors(limit=10_000) if "TrainWorker" in a.class_name]
+    assert len({a.node_id for a in workers}) == 2, "one Ray Train worker on each of two nodes"
+    assert result.checkpoint_path.startswith(f"{store_uri}/mil_runs/two-nodes/")
+    assert s3fs.S3FileSystem(**s3_options).exists(f"{result.checkpoint_path}/model.pt")
+    assert len(result.predictions["test"]) == len(test)
 
 
 def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, reference, s3_cohort,
