@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:
-        with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
+        with open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as handle:
             yield handle
             handle.flush()
             if fsync:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import (
+    AddressOpt,
+    JsonOpt,
+    StorageOpt,
+    fail_on_slidebank_error,
+    parse_storage_options,
+)
+
+if TYPE_CHECKING:
+    from ingest.pipeline.runner import IngestResult
 
 __all__ = ["register"]
 
@@ -26,22 +35,20 @@ def ingest(
     tile: Annotated[int, typer.Option(help="Tile size in pixels at the target resolution.")] = 256,
     overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.0,
     min_tissue: Annotated[float, typer.Option(help="Keep tiles with at least this tissue fraction.")] = 0.5,
-    stain: Annotated[str, typer.Option(help="Stain normalization: macenko or none.")] = "macenko",
-    dtype: Annotated[str, typer.Option(help="Embedding storage dtype: float32 or float16.")] = "float32",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                     "else an embedded local Ray).")] = None,
+    stain: Annotated[Literal["macenko", "none"], typer.Option(help="Stain normalization.")] = "macenko",
+    dtype: Annotated[Literal["float32", "float16"], typer.Option(help="Embedding storage dtype.")] = "float32",
+    address: AddressOpt = None,
     force: Annotated[bool, typer.Option(help="Redo slides already done with this config.")] = False,
     tiles_per_batch: Annotated[int, typer.Option(help="Tiles per read/encode batch.")] = 64,
     read_concurrency: Annotated[int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")] = None,
     encoder_actors: Annotated[int | None, typer.Option(help="Encoder actors (default: one per GPU, "
                                                             "else half the CPUs).")] = None,
     commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")] = "auto",
     tag: Annotated[str | None, typer.Option(help="Tag the store version after this run.")] = None,
-    storage_option: Annotated[list[str] | None, typer.Option(
-        "--storage-option", "-s", help="fsspec storage option KEY=VALUE for slides and store (repeatable).")] = None,
+    storage_option: StorageOpt = None,
     no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
 
@@ -56,13 +63,12 @@ def ingest(
 
     options = parse_storage_options(storage_option)
     with fail_on_slidebank_error():
-        config = IngestConfig(encoder=encoder, weights=weights, stain=_literal(stain),
-                              embedding_dtype=_literal(dtype),
+        config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
                               tiling=TilingConfig(tile_size=tile, target_mpp=mpp, overlap=overlap,
                                                   min_tissue_fraction=min_tissue))
         run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
                                  read_concurrency=read_concurrency, encoder_actors=encoder_actors,
-                                 commit_every=commit_every, device=_literal(device), run_tag=tag,
+                                 commit_every=commit_every, device=device, run_tag=tag,
                                  progress=not as_json)
         result = run(source, store, config=config, options=run_options,
                      storage_options=options or None, dashboard=not no_dashboard)
@@ -71,11 +77,7 @@ def ingest(
         raise typer.Exit(code=EXIT_SOME_FAILED)
 
 
-def _literal(value: str) -> Any:
-    return value  # the typed configs validate it and name the field when it is wrong
-
-
-def _report(result: object, as_json: bool) -> None:
+def _report(result: IngestResult, as_json: bool) -> None:
     from dataclasses import asdict
 
     from rich.console import Console
@@ -83,16 +85,16 @@ def _report(result: object, as_json: bool) -> None:
     from ingest.pipeline.progress import summary_table
 
     if as_json:
-        payload = {k: v for k, v in asdict(result).items()}  # type: ignore[call-overload]
+        payload = asdict(result)
         typer.echo(json.dumps(payload, indent=2, default=str))
         return
     console = Console()
     console.print(summary_table(result))
-    done = sum(o.status == "done" for o in result.outcomes)  # type: ignore[attr-defined]
-    console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "  # type: ignore[attr-defined]
-                  f"{result.tiles:,} tiles in {result.seconds:.1f} s")  # type: ignore[attr-defined]
-    if result.compacted:  # type: ignore[attr-defined]
-        console.print(f"store compacted: {result.compacted} small fragments merged")  # type: ignore[attr-defined]
+    done = sum(o.status == "done" for o in result.outcomes)
+    console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "
+                  f"{result.tiles:,} tiles in {result.seconds:.1f} s")
+    if result.compacted:
+        console.print(f"store compacted: {result.compacted} small fragments merged")
 
 
 def demo(
