@@ -4,4 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/slidebank demo --out slidebank-demo
+# The real Aperio sample slide joins the synthetic cohort when the shared data folder has it.
+SAMPLE=../shared/data/cmu_small_region.svs
+if [ -f "$SAMPLE" ]; then
+  .venv/bin/slidebank demo --out slidebank-demo --slide "$SAMPLE"
+else
+  .venv/bin/slidebank demo --out slidebank-demo
+fi

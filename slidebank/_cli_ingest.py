@@ -100,12 +100,15 @@ def _report(result: IngestResult, as_json: bool) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the cohort, the store and the pictures.")] = Path("slidebank-demo"),
     slides: Annotated[int, typer.Option(help="Synthetic slides to write.")] = 4,
+    real_slide: Annotated[list[Path] | None, typer.Option(
+        "--slide", exists=True, dir_okay=False,
+        help="A real slide file to ingest beside the synthetic ones (repeatable).")] = None,
 ) -> None:
-    """Write a small synthetic cohort (plus the real sample slide when ../shared/data has it),
+    """Write a small synthetic cohort (plus any --slide you give, such as a real scan),
     ingest it with the default encoder into a local store, run a similarity query, and
     write a QC overlay PNG.
 
-    Example: slidebank demo --out slidebank-demo
+    Example: slidebank demo --out slidebank-demo --slide ../shared/data/cmu_small_region.svs
     """
     from rich.console import Console
 
@@ -113,7 +116,7 @@ def demo(
     from slidebank.ingest_api import run_demo
 
     with fail_on_slidebank_error():
-        report = run_demo(out, n_slides=slides)
+        report = run_demo(out, n_slides=slides, extra_slides=real_slide or ())
     console = Console()
     console.print(summary_table(report.result))
     if report.similar is not None and report.query is not None:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from infra.errors import SlideNotFoundError
+from infra.ids import slide_id_from_uri
+
+if TYPE_CHECKING:  # imported lazily at run time: ingest pulls in Ray, Lance and torch
+    from ingest.pipeline.config import IngestConfig, RunOptions
+    from ingest.pipeline.runner import IngestResult
 
 __all__ = ["DemoReport", "ingest", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 
-def ingest(source: str, store: str, *, config: Any = None, options: Any = None,
-           storage_options: Mapping[str, Any] | None = None,
-           store_options: Mapping[str, Any] | None = None, dashboard: bool = True) -> Any:
+def ingest(source: str, store: str, *, config: IngestConfig | None = None,
+           options: RunOptions | None = None, storage_options: Mapping[str, Any] | None = None,
+           store_options: Mapping[str, Any] | None = None, dashboard: bool = True) -> IngestResult:
     """Ingest every slide named by ``source`` (manifest, glob or prefix) into ``store``."""
     from features.store import FeatureStore
     from ingest.pipeline.runner import run_ingest
@@ -31,15 +38,17 @@ def ingest(source: str, store: str, *, config: Any = None, options: Any = None,
 class DemoReport:
     cohort: Path
     store: str
-    result: Any
+    result: IngestResult
     similar: Any
     overlay: Path
     query: tuple[str, int, int] | None
 
 
 def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
-             use_real_slide: bool = True, dashboard: bool = False, progress: bool = True) -> DemoReport:
-    """Write a small synthetic cohort, ingest it locally, query it, draw a QC overlay."""
+             extra_slides: Sequence[str | Path] = (), dashboard: bool = False,
+             progress: bool = True) -> DemoReport:
+    """Write a small synthetic cohort, ingest it (plus ``extra_slides``, e.g. a real
+    scan) locally, query it, draw a QC overlay."""
     import numpy as np
 
     from features.store import FeatureStore
@@ -50,9 +59,11 @@ def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
     out = Path(out)
     cohort = out / "cohort"
     sources = _write_cohort(cohort, n_slides)
-    real = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmu_small_region.svs"
-    if use_real_slide and real.exists():
-        sources.append(SlideSource(str(real), "cmu_small_region"))
+    for extra in extra_slides:
+        path = Path(extra).resolve()
+        if not path.is_file():
+            raise SlideNotFoundError(str(extra), "no such slide file")
+        sources.append(SlideSource(str(path), slide_id_from_uri(str(path))))
     store = FeatureStore.open(str(out / "store"), create=True)
     result = run_ingest(sources, store, options=RunOptions(progress=progress), dashboard=dashboard)
     store = store.latest()
