@@ -41,6 +41,8 @@ _EXPORTS = {
     "load_expression": "training.omics",
     "build_cohort": "training.cohorts",
     "open_store": "slidebank.probe_api",
+    "cohort_from_labels": "slidebank.cohort_api",
+    "cohort_from_omics": "slidebank.cohort_api",
     "probe": "slidebank.probe_api",
     "ProbeConfig": "training.probe",
     "SlideNotInStoreError": "features.store",

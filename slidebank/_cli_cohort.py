@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
-
-if TYPE_CHECKING:
-    from training.cohorts.pipeline import CohortBuild
 
 __all__ = ["register"]
 
@@ -22,9 +19,6 @@ OptionsOpt = Annotated[
 
 
 def build(
-    expression: Annotated[
-        str, typer.Argument(help="Expression matrix: .tsv, .csv (optionally .gz) or .parquet.")
-    ],
     slides: Annotated[
         str,
         typer.Option(
@@ -35,7 +29,20 @@ def build(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Cohort table to write (.parquet).")],
-    signature: Annotated[
+    expression: Annotated[
+        str | None,
+        typer.Argument(help="Expression matrix: .tsv, .csv (optionally .gz) or .parquet "
+                            "(omit with --labels)."),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="A plain labels table instead of omics: slide_id and/or patient_id "
+                          "plus label columns (.csv/.tsv/.parquet)."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="Label column(s) of --labels to keep (repeatable; default: all)."),
+    ] = None,    signature: Annotated[
         list[str] | None,
         typer.Option(help="Signature name (repeatable); see `slidebank cohort signatures`."),
     ] = None,
@@ -78,7 +85,9 @@ def build(
     val_fraction: Annotated[float, typer.Option(help="Validation share of patients.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="Test share of patients.")] = 0.15,
     stratify: Annotated[
-        str | None, typer.Option(help="Signature whose label stratifies splits (default: first).")
+        str | None,
+        typer.Option(help="Signature (omics) or label column (--labels; 'none' to not "
+                          "stratify) that stratifies the splits (default: the first)."),
     ] = None,
     no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not split.")] = False,
     name: Annotated[str, typer.Option(help="Cohort name recorded in the table.")] = "discovery",
@@ -100,103 +109,44 @@ def build(
     storage_option: OptionsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Label patients by immune signatures, join them with the store's slides, and write
-    the cohort table with patient-level folds and train/val/test splits.
+    """Label patients by immune signatures (or take labels from a plain table), join them
+    with the store's slides, and write the cohort table with patient-level folds and
+    train/val/test splits.
 
     Example: slidebank cohort build tcga_lihc_tpm.tsv --store ./store --signature ayers_ifng6
     --signature ayers_expanded_immune18 --units tpm --out cohorts/lihc.parquet
-    """
-    from dataclasses import replace
 
-    from training.cohorts.config import CohortConfig, SplitConfig
-    from training.cohorts.pipeline import build_cohort, build_external
-    from training.omics.config import ExpressionConfig, LabelConfig, ScoreConfig
-    from training.omics.io import load_gene_map
-    from training.omics.signatures import load_signatures
+    Example (no omics): slidebank cohort build --labels labels.csv --store ./store
+    --out cohorts/msi.parquet
+    """
+    from slidebank import cohort_api
 
     options = parse_storage_options(storage_option)
+    if (expression is None) == (labels is None):
+        raise typer.BadParameter("give either an EXPRESSION matrix or --labels TABLE")
     with fail_on_slidebank_error():
-        user = load_signatures(signatures_file, storage_options=options) if signatures_file else {}
-        names = tuple(signature or ()) or (tuple(user) if user else ("ayers_ifng6",))
-        config = CohortConfig(
-            signatures=names,
-            expression=ExpressionConfig(
-                units=units,  # type: ignore[arg-type]  # validated by the config
-                orientation=orientation,  # type: ignore[arg-type]
-                gene_ids=gene_ids,  # type: ignore[arg-type]
-                duplicate_genes=duplicate_genes,  # type: ignore[arg-type]
-            ),
-            scores=ScoreConfig(method=score_method),  # type: ignore[arg-type]
-            labels=LabelConfig(
-                method=label_method,  # type: ignore[arg-type]
-                n_clusters=clusters,
-                high_quantile=high_quantile,
-            ),
-            splits=SplitConfig(
-                n_splits=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
-            ),
-            tcga_sample_types=None if all_sample_types else tuple(sample_type or ("01",)),
-            stratify=stratify,
-            name=name,
-        )
-        genes = load_gene_map(gene_map, storage_options=options) if gene_map else None
-        common: dict[str, Any] = {
-            "user_signatures": user,
-            "gene_map": genes,
-            "storage_options": options,
-        }
-        built = build_cohort(
-            config, expression, slides, mapping=mapping, splits=not no_splits, **common
-        )
-        written = [built.cohort.write_parquet(str(out), options)]
-        if lance_out:
-            written.append(built.cohort.write_lance(lance_out, options))
-        external = None
-        if external_expression:
-            ext_config = config
-            if external_units:
-                units_ = replace(config.expression, units=external_units)  # type: ignore[arg-type]
-                ext_config = replace(config, expression=units_)
-            external = build_external(
-                ext_config,
-                external_expression,
-                external_slides or slides,
-                discovery=built.cohort,
-                mapping=external_mapping,
-                **common,
-            )
-            written.append(
-                external.cohort.write_parquet(_sibling(out, ".external.parquet"), options)
-            )
-        report = _report(built, external, written)
-        _sibling_path(out, ".report.json").write_text(json.dumps(report, indent=2))
+        if labels is not None:
+            report = cohort_api.cohort_from_labels(
+                labels, slides, out=out, label_columns=label, stratify=stratify or "auto",
+                folds=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                splits=not no_splits, name=name, lance_out=lance_out, storage_options=options)
+        else:
+            report = cohort_api.cohort_from_omics(
+                str(expression), slides, out=out, signatures=tuple(signature or ()),
+                signatures_file=signatures_file, units=units, orientation=orientation,
+                gene_ids=gene_ids, duplicate_genes=duplicate_genes, mapping=mapping,
+                gene_map=gene_map, score_method=score_method, label_method=label_method,
+                clusters=clusters, high_quantile=high_quantile,
+                sample_types=None if all_sample_types else tuple(sample_type or ("01",)),
+                folds=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                stratify=stratify, splits=not no_splits, name=name,
+                external_expression=external_expression, external_mapping=external_mapping,
+                external_slides=external_slides, external_units=external_units,
+                lance_out=lance_out, storage_options=options)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_summary(report)
-
-
-def _sibling_path(out: Path, suffix: str) -> Path:
-    return out.with_name(out.name.removesuffix(".parquet") + suffix)
-
-
-def _sibling(out: Path, suffix: str) -> str:
-    return str(_sibling_path(out, suffix))
-
-
-def _report(built: CohortBuild, external: CohortBuild | None, written: list[str]) -> dict:
-    report: dict[str, Any] = {"written": written, "discovery": built.cohort.report.to_dict()}
-    table = built.cohort.table
-    if "fold" in table.columns:
-        report["discovery"]["folds"] = {
-            str(k): int(v) for k, v in table.groupby("fold")["patient_id"].nunique().items()
-        }
-        report["discovery"]["splits"] = {
-            str(k): int(v) for k, v in table.groupby("split")["patient_id"].nunique().items()
-        }
-    if external is not None:
-        report["external"] = external.cohort.report.to_dict()
-    return report
 
 
 def _print_summary(report: dict) -> None:
@@ -214,12 +164,19 @@ def _print_summary(report: dict) -> None:
         summary.add_row(
             "patients with several slides", str(len(part["patients_with_several_slides"]))
         )
-        summary.add_row("slides without omics", _few(part["slides_without_omics"]))
-        summary.add_row("omics without slides", _few(part["omics_without_slides"]))
+        if report.get("source") == "labels":
+            summary.add_row("label columns", ", ".join(part["label_columns"]))
+            for column, counts in part["label_counts"].items():
+                summary.add_row(f"slides per {column}", json.dumps(counts))
+        else:
+            summary.add_row("slides without omics", _few(part["slides_without_omics"]))
+            summary.add_row("omics without slides", _few(part["omics_without_slides"]))
         for split in ("folds", "splits"):
             if split in part:
                 summary.add_row(f"patients per {split[:-1]}", json.dumps(part[split]))
         console.print(summary)
+        if not part["signatures"]:
+            continue
         sigs = Table(title="signatures")
         for column in ("signature", "method", "genes", "missing", "High", "Median/Low"):
             sigs.add_column(column)

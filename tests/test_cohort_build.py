@@ -54,9 +54,9 @@ def test_join_reports_what_did_not_join() -> None:
     assert (report.n_slides, report.n_patients, report.n_store_slides) == (3, 2, 5)
 
 
-def test_mapping_beats_the_store_and_barcodes_fill_in() -> None:
+def test_mapping_fills_in_and_barcodes_fill_in() -> None:
     slides = slides_frame(
-        pd.DataFrame({"slide_id": ["A1", "TCGA-ZZ-0001-01Z-00-DX1"], "patient_id": ["WRONG", None]})
+        pd.DataFrame({"slide_id": ["A1", "TCGA-ZZ-0001-01Z-00-DX1"], "patient_id": [None, None]})
     )
     mapping = pd.DataFrame({"slide_id": ["A1"], "patient_id": ["P1"]})
     patients = pd.concat(
@@ -70,6 +70,15 @@ def test_mapping_beats_the_store_and_barcodes_fill_in() -> None:
         "A1": "P1",
         "TCGA-ZZ-0001-01Z-00-DX1": "TCGA-ZZ-0001",
     }
+
+
+def test_mapping_that_contradicts_the_store_is_an_error() -> None:
+    # Silently taking the mapping's patient could turn one patient's two slides into two
+    # patients, which then straddle a split (leakage).
+    slides = slides_frame(pd.DataFrame({"slide_id": ["A1", "A2"], "patient_id": ["P1", "P1"]}))
+    mapping = pd.DataFrame({"slide_id": ["A1", "A2"], "patient_id": ["P1", "P2"]})
+    with pytest.raises(CohortError, match="A2: the mapping says 'P2', the store 'P1'"):
+        join_slides(_patients(), slides, slide_mapping=mapping)
 
 
 def test_nothing_in_common_is_an_error() -> None:

@@ -233,6 +233,11 @@ def join_slides(
     ``patient_id``, then its TCGA barcode.
     """
     store_patients = dict(zip(slides["slide_id"], slides["patient_id"], strict=True))
+    if slide_mapping is not None and {"slide_id", "patient_id"} <= set(slide_mapping.columns):
+        from training.cohorts.labels import check_patient_conflicts
+
+        # The mapping wins over the store below; a disagreement is an error, not an override.
+        check_patient_conflicts(slide_mapping, store_patients, source="the mapping")
     slide_patients = patients_for_slides(slides["slide_id"], slide_mapping, store_patients)
     frame = pd.DataFrame(
         {"slide_id": slide_patients.index.astype("string"), "patient_id": slide_patients.array}

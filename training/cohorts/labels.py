@@ -25,7 +25,13 @@ import pandas as pd
 
 from training.cohorts.errors import CohortError
 
-__all__ = ["LabelJoin", "check_patient_conflicts", "join_labels", "read_labels"]
+__all__ = [
+    "LabelJoin",
+    "build_label_cohort",
+    "check_patient_conflicts",
+    "join_labels",
+    "read_labels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +168,71 @@ def join_labels(
         unlabelled_slides=len(store) - len(joined),
         own_patient_slides=own_ids,
     )
+
+
+def build_label_cohort(
+    labels: str | pd.DataFrame,
+    slides: Any,
+    *,
+    label_columns: Sequence[str] | None = None,
+    stratify: str | None = "auto",
+    splits: Any = None,
+    make_splits: bool = True,
+    name: str = "discovery",
+    status: str | None = "done",
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """A cohort from a plain labels table: the store's slides ⋈ labels, plus patient-level
+    ``fold`` and ``split`` columns (stratified on ``stratify``; ``"auto"``: the first label
+    column when each patient has one value of it, else unstratified)."""
+    import dataclasses
+
+    from infra.provenance import stable_hash
+    from training.cohorts.build import Cohort, CohortReport, slides_frame
+    from training.cohorts.config import SplitConfig
+    from training.cohorts.splits import assign_folds, assign_train_val_test
+
+    source = labels if isinstance(labels, str) else "the labels table"
+    table = read_labels(labels, storage_options) if isinstance(labels, str) else labels
+    store_slides = slides_frame(slides, status=status, storage_options=storage_options)
+    joined = join_labels(table, store_slides, label_columns=label_columns, source=source)
+    frame = joined.table
+    frame.insert(2, "cohort", name)
+    split_config = splits or SplitConfig()
+    strat = _stratify_column(frame, joined.label_columns, stratify)
+    if make_splits:
+        frame = assign_folds(frame, split_config, stratify=strat)
+        frame = assign_train_val_test(frame, split_config, stratify=strat)
+    config = {"labels": source, "label_columns": list(joined.label_columns), "stratify": strat,
+              "splits": dataclasses.asdict(split_config) if make_splits else None, "name": name}
+    per_patient = frame.groupby("patient_id")["slide_id"].count()
+    report = CohortReport(
+        name=name,
+        n_slides=len(frame),
+        n_patients=int(frame["patient_id"].nunique()),
+        n_store_slides=len(store_slides),
+        n_omics_patients=0,
+        patients_with_several_slides={str(p): int(n) for p, n in per_patient[per_patient > 1].items()},
+        slides_without_patient=joined.own_patient_slides,
+        label_counts={c: {str(k): int(v) for k, v in frame[c].value_counts().items()}
+                      for c in joined.label_columns if frame[c].nunique() <= 20},
+        config_hash=stable_hash("label-cohort", 1, config),
+    )
+    import json
+
+    return Cohort(table=frame, report=report, config_json=json.dumps(config, sort_keys=True))
+
+
+def _stratify_column(frame: pd.DataFrame, columns: Sequence[str], stratify: str | None) -> str | None:
+    if stratify is None or stratify == "none":
+        return None
+    if stratify != "auto":
+        if stratify not in frame.columns:
+            raise CohortError(f"stratify column {stratify!r} is not a label column "
+                              f"({', '.join(columns)})")
+        return stratify
+    first = columns[0]
+    if frame.groupby("patient_id")[first].nunique(dropna=False).max() > 1:
+        log.warning("patients have slides with different %r values: splits not stratified", first)
+        return None
+    return first
