@@ -42,3 +42,13 @@ output "kustomize_env" {
     SLIDEBANK_STORE_URI=s3://${aws_s3_bucket.data["store"].id}/${var.store_prefix}
   EOT
 }
+
+output "ray_launcher" {
+  description = "Values for infra/deploy/ray-launcher/aws-gpu.yaml (null unless enable_ray_launcher)."
+  value = var.enable_ray_launcher ? {
+    security_group   = aws_security_group.ray_nodes[0].name
+    head_profile     = aws_iam_instance_profile.ray_head[0].name
+    worker_profile   = aws_iam_instance_profile.ray_worker[0].name
+    private_subnets  = module.vpc.private_subnets
+  } : null
+}

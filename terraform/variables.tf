@@ -158,3 +158,14 @@ variable "kms_deletion_window_days" {
     error_message = "kms_deletion_window_days must be between 7 and 30."
   }
 }
+
+variable "enable_ray_launcher" {
+  type        = bool
+  description = "Also create the instance profiles and security group that infra/deploy/ray-launcher/aws-gpu.yaml (`ray up`, no Kubernetes) names."
+  default     = false
+
+  validation {
+    condition     = var.enable_ray_launcher == true || var.enable_ray_launcher == false
+    error_message = "enable_ray_launcher must be true or false."
+  }
+}

@@ -80,9 +80,20 @@ def problems(files: dict[str, Any]) -> list[str]:
                 out.append(f"{fname}: a backend block (CI must never initialise state; use backend.tf.example)")
     out += _bucket_problems(resources, data)
     out += _iam_problems(resources, data)
-    text = json.dumps({"resource": resources, "data": data, "module": _blocks(files, "module")})
-    if "0.0.0.0/0" in text:
-        out.append("0.0.0.0/0 appears outside variable validations")
+    out += _open_ingress(resources)
+    return out
+
+
+def _open_ingress(resources: dict[str, Any]) -> list[str]:
+    """Inbound rules open to the internet (outbound HTTPS through the NAT is fine)."""
+    out = []
+    for key, body in resources.items():
+        rules = body.get("ingress", []) if key.startswith("aws_security_group.") else (
+            [body] if key.startswith(("aws_vpc_security_group_ingress_rule.", "aws_security_group_rule."))
+            and body.get("type", "ingress") == "ingress" else [])
+        for rule in rules:
+            if "0.0.0.0/0" in json.dumps(rule) or "::/0" in json.dumps(rule):
+                out.append(f"{key}: inbound from 0.0.0.0/0")
     return out
 
 
@@ -141,7 +152,10 @@ def _iam_problems(resources: dict[str, Any], data: dict[str, Any]) -> list[str]:
             actions = st.get("actions", [])
             if any(a == "*" or a.endswith(":*") for a in actions):
                 out.append(f"{name}: wildcard action {actions}")
-            if "*" in st.get("resources", []):
+            # EC2 Describe* calls cannot be scoped to resources: the one allowed '*'.
+            resources = st.get("resources", [])
+            resources = [resources] if isinstance(resources, str) else resources  # an expression
+            if "*" in resources and not all(a.startswith("ec2:Describe") for a in actions):
                 out.append(f"{name}: Resource '*'")
     return out
 
@@ -163,7 +177,8 @@ def test_broken_terraform_is_caught() -> None:
                      "aws_s3_bucket.slides: public access not fully blocked",
                      "aws_s3_bucket.slides: versioning not enabled",
                      "aws_s3_bucket.slides: no policy denying non-TLS",
-                     "aws_iam_policy_document.all: wildcard action", "Resource '*'", "0.0.0.0/0"):
+                     "aws_iam_policy_document.all: wildcard action", "Resource '*'",
+                     "aws_security_group.ssh: inbound from 0.0.0.0/0"):
         assert any(expected in p for p in found), (expected, found)
 
 
@@ -222,3 +237,17 @@ def test_remote_state_is_an_example_only() -> None:
     example = (TERRAFORM / "backend.tf.example").read_text()
     assert 'backend "s3"' in example and "use_lockfile" in example
     assert not list(TERRAFORM.glob("backend*.tf"))
+
+
+def test_ray_up_config_names_what_terraform_creates(terraform) -> None:
+    import yaml
+
+    config = yaml.safe_load((DEPLOY / "ray-launcher" / "aws-gpu.yaml").read_text())
+    files = terraform["launcher.tf"]
+    local = {k: v for block in files["locals"] for k, v in block.items()}
+    assert local["ray_cluster_name"] == config["cluster_name"]
+    prefix = _blocks(terraform, "variable")["name"]["default"] + "-ray"
+    nodes = config["available_node_types"]
+    assert nodes["head"]["node_config"]["IamInstanceProfile"]["Name"] == f"REPLACE-{prefix}-head"
+    assert nodes["gpu"]["node_config"]["IamInstanceProfile"]["Name"] == f"REPLACE-{prefix}-worker"
+    assert config["provider"]["security_group"]["GroupName"] == f"REPLACE-{prefix}-nodes"
