@@ -132,7 +132,7 @@ def masking_table(model: nn.Module, head: Any, bags: Iterable[tuple[str, Any, An
 
 
 def write_masking_png(summary: pd.DataFrame, path: str | Path, *, labels: dict[int, str] | None = None,
-                      title: str = "module masking: mean |Δ prediction|") -> Path:
+                      title: str = "module masking: mean |delta prediction|") -> Path:
     """A horizontal bar chart of mean |Δ| per module (first target), atomically written."""
     from PIL import Image, ImageDraw
 

@@ -1,0 +1,315 @@
+"""Spatial-context benchmark: order-blind MIL vs spatial models on cohorts where only
+arrangement carries the label, side by side on the same folds; plus graph/module speed.
+
+    python benchmarks/spatial.py --out spatial.json [--quick]
+
+Cohorts (``training.spatial.synthetic``, written into a real feature store): S0
+composition control, S1 inflamed vs excluded, S2 module contact, S3 long range, S4
+regression (a gene driven by tumour-immune contacts and a composition control gene).
+``--quick`` runs S0 and S1 with fewer slides and one seed. Every model is trained by
+``training.mil.train.fit`` — the loop each Ray Train worker runs — in this process, with
+patient-level k-fold CV (fold k test, k+1 validation, the rest train). Reported per
+cohort and model: pooled AUROC per seed and their mean, a bootstrap 95% CI (slides
+resampled, predictions averaged over seeds), per-fold mean ± sd, and for spatial models
+the AUROC after shuffling test coordinates (the spatial-blindness test). Also: module
+discovery ARI against the planted tile types, a module-masking table and PNG, and
+timings of grid/kNN edges, module assignment and one tile-GNN training step (CPU, and
+the GPU when one is present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import best_of, machine, write_json  # noqa: E402
+
+log = logging.getLogger("benchmarks.spatial")
+
+ORDER_BLIND = ["abmil", "clam_sb", "mean_pool"]
+SPATIAL = ["tile_gnn", "module_graph", "region_transformer"]
+FULL = {"cohorts": ["S0", "S1", "S2", "S3", "S4"], "slides": 200, "seeds": [0, 1, 2], "epochs": 20, "patience": 6}
+QUICK = {"cohorts": ["S0", "S1"], "slides": 80, "seeds": [0], "epochs": 12, "patience": 4}
+SIDE = {"S3": 32}
+
+
+def train_config(model: str, task: str, seed: int, params: dict[str, Any]) -> Any:
+    from training.mil.models import MILConfig
+    from training.mil.train import TrainConfig
+
+    options = {"modules": 6} if model == "module_graph" else {}
+    return TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
+                       task=task, epochs=params["epochs"], patience=params["patience"], lr=1e-3,
+                       max_patches=None, seed=seed, torch_threads=1)
+
+
+def _auroc(rows: list[dict[str, Any]]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([r["target"][0] for r in rows], [r["prediction"][0] for r in rows]))
+
+
+def shuffled_predictions(runs: list[Any], bags: dict, seed: int) -> list[dict[str, Any]]:
+    """Each fold model on its test slides with coordinates permuted within the slide."""
+    from training.spatial.masking import coordinate_shuffle, predict_bag
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for run in runs:
+        for row in run.predictions:
+            emb, coords = bags[row["slide_id"]]
+            pred = predict_bag(run.model, run.head, emb, coordinate_shuffle(coords, rng))
+            rows.append({**row, "prediction": pred})
+    return rows
+
+
+def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    from scipy import stats
+
+    from training.mil.evaluate import bootstrap_ci
+    from training.spatial.cv import cross_validate
+
+    bags: dict = {}
+    out: dict[str, Any] = {"auroc": {}, "auroc_ci": {}, "auroc_per_seed": {}, "auroc_folds": {},
+                           "shuffle_auroc": {}, "pearson": {}, "seconds": {}, "runs": {}}
+    for model in models:
+        started = time.perf_counter()
+        per_seed, shuffled, fold_scores, pooled = [], [], [], {}
+        for seed in params["seeds"]:
+            runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table,
+                                  train_config(model, cohort.task, seed, params), cohort.targets, bags=bags)
+            rows = [r for run in runs for r in run.predictions]
+            for r in rows:
+                pooled.setdefault(r["slide_id"], []).append((r["target"], r["prediction"]))
+            if cohort.task == "binary":
+                per_seed.append(_auroc(rows))
+                fold_scores += [_auroc(run.predictions) for run in runs if len({r["target"][0] for r in run.predictions}) == 2]
+                if model in SPATIAL:
+                    shuffled.append(_auroc(shuffled_predictions(runs, bags, seed)))
+            else:
+                y = np.stack([r["target"] for r in rows])
+                p = np.stack([r["prediction"] for r in rows])
+                per_seed.append([float(stats.pearsonr(p[:, j], y[:, j])[0]) for j in range(y.shape[1])])
+            out["runs"].setdefault(model, []).append(runs)
+        out["seconds"][model] = time.perf_counter() - started
+        if cohort.task == "binary":
+            y = np.array([v[0][0][0] for v in pooled.values()])
+            p = np.array([np.mean([pred[0] for _, pred in v]) for v in pooled.values()])
+            from sklearn.metrics import roc_auc_score
+
+            out["auroc"][model] = float(np.mean(per_seed))
+            out["auroc_per_seed"][model] = per_seed
+            lo, hi = bootstrap_ci(y, p, roc_auc_score, n_boot=1000)
+            out["auroc_ci"][model] = [lo, hi]
+            out["auroc_folds"][model] = {"mean": float(np.mean(fold_scores)), "sd": float(np.std(fold_scores, ddof=1))}
+            if shuffled:
+                out["shuffle_auroc"][model] = float(np.mean(shuffled))
+        else:
+            out["pearson"][model] = dict(zip(cohort.targets, np.mean(per_seed, axis=0).tolist(), strict=True))
+        log.info("%s %s: %s (%.0f s)", cohort.name, model,
+                 out["auroc"].get(model, out["pearson"].get(model)), out["seconds"][model])
+        print(f"{cohort.name:3s} {model:20s} auroc={out['auroc'].get(model, out['pearson'].get(model))} "
+              f"ci={out['auroc_ci'].get(model)} shuffle={out['shuffle_auroc'].get(model)} "
+              f"{out['seconds'][model]:.0f}s", flush=True)
+    out["bags"] = bags
+    return out
+
+
+def module_discovery(cohort: Any, runs: list[Any], bags: dict) -> dict[str, Any]:
+    """ARI of a K=number-of-types codebook (fold 0's training slides) on its test slides."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from training.spatial.modules import ModuleSpec, fit_modules
+
+    run = runs[0]
+    k = len(np.unique(np.concatenate([cohort.types[s] for s in run.train_slides])))
+    book = fit_modules([(s, *bags[s]) for s in run.train_slides], ModuleSpec(k=k, seed=0))
+    truth, pred = [], []
+    for sid in run.test_slides:
+        emb, coords = bags[sid]
+        lookup = {tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)}
+        truth.append([lookup[tuple(c)] for c in np.asarray(coords).tolist()])
+        pred.append(book.assign(emb))
+    return {"k": k, "ari": float(adjusted_rand_score(np.concatenate(truth), np.concatenate(pred))),
+            "train_slides": len(run.train_slides), "test_slides": len(run.test_slides)}
+
+
+def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[str, Any]:
+    """Module masking of the module-graph models on their test folds, modules named by
+    the planted type most of their tiles carry."""
+    from training.spatial.masking import masking_table, write_masking_png
+    from training.spatial.synthetic import TYPES
+
+    frames = []
+    for run in runs:
+        model = run.model
+        label_of = dict(zip(cohort.table["slide_id"], cohort.table["label"], strict=True))
+
+        def bag_iter(run: Any = run, model: Any = model) -> Any:
+            import torch
+
+            for sid in run.test_slides:
+                emb, coords = bags[sid]
+                with torch.no_grad():
+                    modules = model.assign(torch.as_tensor(emb)).numpy()
+                yield sid, emb, coords, modules, label_of[sid]
+
+        rows, _ = masking_table(model, run.head, bag_iter(), list(range(model.k)))
+        # name each module by its majority planted type in this fold's test slides
+        names = {}
+        for m in range(model.k):
+            hits = []
+            for sid in run.test_slides:
+                emb, coords = bags[sid]
+                lookup = {tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)}
+                types = np.array([lookup[tuple(c)] for c in np.asarray(coords).tolist()])
+                import torch
+
+                with torch.no_grad():
+                    mods = model.assign(torch.as_tensor(emb)).numpy()
+                hits.append(types[mods == m])
+            all_hits = np.concatenate(hits)
+            names[m] = TYPES[int(np.bincount(all_hits).argmax())] if len(all_hits) else "absent"
+        rows["module_type"] = rows["module"].map(names)
+        rows["fold"] = run.fold
+        frames.append(rows)
+    import pandas as pd
+
+    frame = pd.concat(frames, ignore_index=True).dropna(subset=["delta"])
+    by_type = []
+    for name, part in frame.groupby("module_type"):
+        entry = {"module_type": name, "mean_abs_delta": float(part["delta"].abs().mean())}
+        for cls, sub in part.groupby("label"):
+            entry[f"mean_delta_label{cls}"] = float(sub["delta"].mean())
+        by_type.append(entry)
+    table = pd.DataFrame(by_type).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
+    plot = table.rename(columns={"module_type": "module"}).assign(target="prediction")
+    labels = {i: n for i, n in enumerate(plot["module"])}
+    plot["module"] = range(len(plot))
+    write_masking_png(plot, png, labels=labels, title=f"{cohort.name}: module masking, mean |delta P(class 1)| when a module is dropped")
+    return {"ranking": table.to_dict("records"), "png": str(png)}
+
+
+def speed(gpu: bool) -> dict[str, Any]:
+    import torch
+
+    from training.mil.models import MILConfig, build_model
+    from training.spatial.graphs import grid_edges, knn_edges
+    from training.spatial.modules import assign_modules
+
+    rng = np.random.default_rng(0)
+    side = 400
+    cells = rng.choice(side * side, 100_000, replace=False)
+    coords = np.stack([cells % side * 256, cells // side * 256], 1)
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    out["grid8_edges_100k_s"], _ = best_of(lambda: len(grid_edges(coords)[0]), 3)
+    out["knn8_edges_100k_s"], _ = best_of(lambda: len(knn_edges(coords, 8)[0]), 2)
+    x = rng.normal(size=(100_000, 1024)).astype(np.float32)
+    c = rng.normal(size=(16, 1024)).astype(np.float32)
+    out["module_assign_100k_x1024_k16_s"], _ = best_of(lambda: len(assign_modules(x, c)), 3)
+    src, dst = grid_edges(coords)
+    out["tile_graph_edges_100k"] = len(src)
+    cfg = MILConfig(model="tile_gnn", in_dim=1024, hidden=128, attn_dim=64,
+                    options={"layers": 4, "invariant_branch": True})
+
+    def step(device: str) -> tuple[float, float | None]:
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        xt = torch.from_numpy(x).to(device)
+        ct = torch.from_numpy(coords).to(device)
+        edges = (torch.from_numpy(src).to(device), torch.from_numpy(dst).to(device))
+        times = []
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            opt.zero_grad()
+            model(xt, 1, coords=ct, edges=edges).logits.sum().backward()
+            opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        return min(times[1:]), peak
+
+    out["tile_gnn_step_100k_cpu_1thread_s"], _ = step("cpu")
+    if gpu and torch.cuda.is_available():
+        seconds, peak = step("cuda")
+        out["tile_gnn_step_100k_gpu_s"] = seconds
+        out["tile_gnn_step_100k_gpu_peak_gib"] = peak
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cohorts", nargs="*", help="override the cohort list")
+    parser.add_argument("--slides", type=int, help="override the number of slides per cohort")
+    parser.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+    parser.add_argument("--models", nargs="*", default=ORDER_BLIND + SPATIAL)
+    parser.add_argument("--png", default=str(ROOT / "docs" / "spatial_masking.png"))
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = dict(QUICK if args.quick else FULL)
+    for key in ("cohorts", "slides", "seeds"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+
+    from training.spatial.synthetic import write_spatial_cohort
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-"))
+    result: dict[str, Any] = {"params": params, "machine": machine(), "models": args.models,
+                              "auroc": {}, "auroc_ci": {}, "auroc_per_seed": {}, "auroc_folds": {},
+                              "shuffle_auroc": {}, "pearson": {}, "seconds": {}}
+    try:
+        for name in params["cohorts"]:
+            cohort = write_spatial_cohort(str(tmp / "store"), name, n_slides=params["slides"],
+                                          side=SIDE.get(name, 16))
+            res = evaluate_cohort(cohort, args.models, params)
+            for key in ("auroc", "auroc_ci", "auroc_per_seed", "auroc_folds", "shuffle_auroc", "pearson", "seconds"):
+                if res[key]:
+                    result[key][name] = res[key]
+            if name == "S1" and "module_graph" in res["runs"]:
+                result["module_discovery_S1"] = module_discovery(cohort, res["runs"]["module_graph"][0], res["bags"])
+            masking_cohort = "S2" if "S2" in params["cohorts"] else "S1"
+            if name == masking_cohort and "module_graph" in res["runs"]:
+                result[f"masking_{name}"] = masking_report(cohort, res["runs"]["module_graph"][0], res["bags"],
+                                                           Path(args.png))
+            write_json(args.out, {**result, "partial": True})
+        if not args.skip_speed:
+            result["speed"] = speed(gpu=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.update({"wall_s": time.perf_counter() - started, "load_average_before": load_before,
+                   "load_average_after": os.getloadavg(),
+                   "note": "auroc: mean over seeds of the pooled out-of-fold AUROC; auroc_ci: bootstrap 95% CI "
+                           "of the pooled AUROC with predictions averaged over seeds; shuffle_auroc: the same "
+                           "fold models on test slides with coordinates permuted within each slide; "
+                           "torch 1 thread per process; 2-core machine shared with other jobs."})
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
