@@ -141,3 +141,26 @@ def test_module_fitting_never_sees_held_out_patients(s1: SpatialCohort) -> None:
         # the model that predicted the test fold carries that codebook's centroids
         assert np.allclose(run.model.centroids.numpy(), matching[0].centroids)
     assert replace(cfg, epochs=2).epochs == 2
+
+
+def test_modules_applied_into_the_store_and_drawn(s1: SpatialCohort, tmp_path: Path) -> None:
+    import lance
+
+    from features.store import FeatureStore
+    from training.spatial.plots import apply_modules, render_module_map
+    from training.spatial.store_io import save_codebook
+
+    store = FeatureStore.open(s1.store_uri)
+    slides = list(s1.table["slide_id"])
+    book = fit_modules(_bags(s1, slides[:10]), ModuleSpec(k=4), encoder=s1.encoder)
+    digest = save_codebook(store, book)
+    counts = apply_modules(store, book, digest, slides[10:12], encoder=s1.encoder)
+    assert set(counts) == set(slides[10:12]) and all(c.sum() == 256 for c in counts.values())
+    rows = lance.dataset(str(Path(s1.store_uri) / "spatial" / "module_assignments" / f"{digest}.lance")).to_table().to_pandas()
+    assert len(rows) == 512 and set(rows["module"]) <= set(range(4))
+    sid = slides[10]
+    grid = store.arrays(sid).read_image(f"heatmaps/modules-{digest}")
+    first = rows[rows["slide_id"] == sid].iloc[0]
+    assert grid[first["y"] // 256, first["x"] // 256] == first["module"]
+    png = render_module_map(store, sid, digest, tmp_path / "map.png", names={0: "a"})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
