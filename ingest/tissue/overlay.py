@@ -1,9 +1,12 @@
 """A PNG a person can check a mask with: thumbnail, tissue outline, ink, artifacts, tiles.
 
-Colours: tissue outline green, ink tinted magenta, rejected artifacts tinted orange,
-planned tiles as thin cyan squares (flagged ones yellow). The image is scaled so its
-long side is between ``min_side`` and ``max_side`` pixels, large enough to see a 256 px
-tile of a small slide and small enough to open a 100k² slide's overlay.
+Colours: tissue outline green, pen ink tinted magenta, margin dye (ink lying along the
+tissue edge, as inked resection margins are) tinted blue, rejected artifacts tinted
+orange, planned tiles as thin cyan squares (flagged ones yellow). A legend strip under
+the image says what each colour is, what was removed and why, with areas, and a scale
+bar sits in the image's lower-left corner. The image is scaled so its long side is
+between ``min_side`` and ``max_side`` pixels, large enough to see a 256 px tile of a
+small slide and small enough to open a 100k² slide's overlay.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ if TYPE_CHECKING:
     from ingest.tiling.plan import TilePlan
     from ingest.tissue.mask import TissueMask
 
-__all__ = ["render_overlay", "write_png"]
+__all__ = ["margin_dye", "render_overlay", "write_png"]
 
 _OUTLINE = (0, 200, 70)
 _INK = (230, 0, 200)
+_DYE = (30, 60, 255)
 _ARTIFACT = (255, 140, 0)
 _TILE = (0, 170, 255)
 _TILE_FLAGGED = (255, 215, 0)
@@ -41,10 +45,42 @@ def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int], al
     image[where] = (image[where] * (1 - alpha) + np.asarray(colour) * alpha).astype(np.uint8)
 
 
+def margin_dye(tissue: TissueMask, *, band_um: float = 60.0, share: float = 0.8) -> np.ndarray:
+    """The ink components that lie along the tissue edge: margin dye, not a pen stroke.
+
+    A surgeon's margin ink coats the outer edge of the specimen, so most of a dye
+    component sits within ``band_um`` of the tissue edge and outside the tissue's
+    envelope; a pen stroke crosses glass or tissue freely.
+    """
+    from scipy import ndimage
+
+    if not tissue.pen.any() or not tissue.mask.any():
+        return np.zeros_like(tissue.pen)
+    radius = max(1, int(round(band_um / tissue.mpp)))
+    near = ndimage.binary_dilation(tissue.mask, iterations=radius) & ~ndimage.binary_erosion(
+        tissue.mask, iterations=radius)
+    labels, n = ndimage.label(tissue.pen)
+    if n == 0:
+        return np.zeros_like(tissue.pen)
+    index = np.arange(1, n + 1)
+    sizes = np.maximum(ndimage.sum(np.ones_like(labels), labels, index=index), 1)
+    along = ndimage.sum(near, labels, index=index)
+    # A stroke drawn across the section has tissue on both sides: it lies inside the
+    # tissue's closing. Dye coats the outer surface, outside it.
+    envelope = ndimage.binary_closing(tissue.mask, iterations=3 * radius)
+    enclosed = ndimage.sum(envelope, labels, index=index)
+    dye_ids = np.flatnonzero((along >= share * sizes) & (enclosed <= 0.5 * sizes)) + 1
+    return np.isin(labels, dye_ids)
+
+
 def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
                    slide_size: tuple[int, int] | None = None, *, min_side: int = 1024,
-                   max_side: int = 2048) -> np.ndarray:
-    """(H, W, 3) uint8 overlay; ``slide_size`` (level-0 width, height) places the tiles."""
+                   max_side: int = 2048, legend: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 overlay; ``slide_size`` (level-0 width, height) places the tiles.
+
+    With ``legend`` (the default) a strip under the image explains the colours and a
+    scale bar is drawn; ``legend=False`` returns the bare annotated thumbnail.
+    """
     from scipy import ndimage
 
     scale = _scale_for(tissue.mask.shape, min_side, max_side)
@@ -57,7 +93,10 @@ def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
         return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
             (w, h), Image.Resampling.NEAREST)) > 127
 
-    _tint(image, up(tissue.pen), _INK, 0.45)
+    dye = margin_dye(tissue)
+    pen = tissue.pen & ~dye
+    _tint(image, up(pen), _INK, 0.45)
+    _tint(image, up(dye), _DYE, 0.45)
     _tint(image, up(tissue.artifacts), _ARTIFACT, 0.45)
     mask = up(tissue.mask)
     edge = mask & ~ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=0)
@@ -67,7 +106,13 @@ def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
     size = slide_size or tissue.slide_size
     if plan is not None and plan.tile_count and size is not None:
         _draw_tiles(image, plan, (w / size[0], h / size[1]))
-    return image
+    if not legend:
+        return image
+    from ingest.tissue._legend import add_legend
+
+    return add_legend(image, tissue, plan, pen=pen, dye=dye, image_mpp=tissue.mpp / scale,
+                      colours={"outline": _OUTLINE, "pen": _INK, "dye": _DYE,
+                               "artifact": _ARTIFACT, "tile": _TILE, "flagged": _TILE_FLAGGED})
 
 
 def _draw_tiles(image: np.ndarray, plan: TilePlan, scale: tuple[float, float]) -> None:

@@ -1,0 +1,57 @@
+"""The QC overlay explains itself: a legend strip, a scale bar, dye told apart from pen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.tissue._legend import nice_scale_um
+from ingest.tissue.overlay import margin_dye, render_overlay
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
+
+
+def _plan(path: str):
+    from ingest.slides import open_slide
+    from ingest.tiling.plan import plan_slide
+
+    with open_slide(path) as slide:
+        tissue, plan = plan_slide(slide, device="cpu")
+        return tissue, plan, slide.dimensions
+
+
+def test_legend_strip_and_scale_bar_are_drawn(tmp_path):
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    path = tmp_path / "pen.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2304, mpp=0.5, seed=100,
+                                                   pen_marks=True, downsamples=(1, 4)))
+    tissue, plan, size = _plan(str(path))
+    bare = render_overlay(tissue, plan, size, legend=False)
+    full = render_overlay(tissue, plan, size)
+    assert full.shape[1] == bare.shape[1] and full.shape[0] > bare.shape[0] + 100
+    strip = full[bare.shape[0]:]
+    colours = {tuple(c) for c in strip.reshape(-1, 3)}
+    for swatch in [(230, 0, 200), (30, 60, 255), (255, 140, 0), (0, 200, 70)]:
+        assert swatch in colours, f"legend swatch {swatch} missing"
+    # The scale bar: a solid black run in the image's lower-left corner.
+    corner = full[bare.shape[0] - 40 : bare.shape[0] - 10, 10:200]
+    assert (corner.sum(axis=2) == 0).sum() > 100
+    # Pen strokes crossing the section are pen, not margin dye.
+    assert tissue.pen.any() and not margin_dye(tissue).any()
+
+
+def test_nice_scale_lengths():
+    assert nice_scale_um(8.0, 1000) == 1000  # 125 px of 200 allowed
+    assert nice_scale_um(0.5, 1000) == 100
+    assert nice_scale_um(0.001, 100) == 10  # never zero, even when nothing fits
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="the real sample slide is not in ../shared/data")
+def test_real_slide_margin_dye_is_shown_apart_from_pen():
+    tissue, _, _ = _plan(str(REAL))
+    dye = margin_dye(tissue)
+    assert dye.any(), "the sample slide's teal margin dye is recognised"
+    assert dye.sum() <= tissue.pen.sum()
+    assert not (dye & tissue.mask).any()
