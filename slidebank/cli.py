@@ -24,8 +24,11 @@ _COMMAND_MODULES = (
     "slidebank._cli_cohort",
     "slidebank._cli_ingest",
     "slidebank._cli_train",
+    "slidebank._cli_cluster",
     # data-science commands (issue 18)
     "slidebank._cli_probe",
+    # spatial context: tissue modules (issue 15)
+    "slidebank._cli_spatial",
 )
 
 app = typer.Typer(

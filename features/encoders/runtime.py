@@ -22,7 +22,7 @@ from features.encoders.spec import EncoderSpec
 from features.encoders.weights import WeightsSource, resolve_weights, sha256_file
 from infra.errors import ConfigError, WeightsError
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "describe_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ def _check_tiles(tiles: Any) -> np.ndarray:
             f"tiles must be uint8 RGB (B, H, W, 3), got {array.dtype} {tuple(array.shape)}"
         )
     return array
+
+
+def describe_encoder(encoder: str | EncoderSpec | None,
+                     weights: str | os.PathLike[str] | None = None) -> tuple[EncoderSpec, str | None]:
+    """The spec and the weight file's sha256 (None for built-in or random weights) without
+    building the model: what a run's configuration hash needs, in milliseconds rather
+    than the seconds a model build takes, so planning can start while the model loads."""
+    spec = encoder if isinstance(encoder, EncoderSpec) else get_encoder_spec(encoder)
+    if spec.is_builtin:
+        if weights is not None and weights != "random":
+            raise WeightsError(f"encoder {spec.name!r} is built in and takes no weights")
+        return spec, None
+    if weights == "random":
+        return spec, None
+    return spec, sha256_file(resolve_weights(spec, weights).path)
 
 
 class Encoder:

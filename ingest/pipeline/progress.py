@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Progress", "summary_table"]
+__all__ = ["Progress", "quiet_ray", "summary_table"]
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -25,6 +30,7 @@ class Progress:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
+                SpinnerColumn,
                 TextColumn,
                 TimeElapsedColumn,
                 TimeRemainingColumn,
@@ -32,13 +38,26 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
-                TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
+                SpinnerColumn(), TextColumn("[bold]{task.fields[phase]}"), BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("slides · {task.fields[tiles]:,} tiles · {task.fields[rate]:.0f} tiles/s"
                            " · {task.fields[failed]} failed"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-            self._progress.start()
-            self._task = self._progress.add_task("ingest", total=self.total, tiles=0, rate=0.0, failed=0)
+                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                refresh_per_second=4)
+            self._progress.start()  # from the first second: start-up is shown, not silent
+            self._task = self._progress.add_task("ingest", total=self.total, tiles=0, rate=0.0,
+                                                 failed=0, phase="starting")
         return self
+
+    def phase(self, text: str) -> None:
+        """Name what the run is doing now (start-up steps, then ``ingest``)."""
+        if self._progress is not None:
+            self._progress.update(self._task, phase=text)
+        log.debug("ingest phase: %s", text)
+
+    def tick(self) -> None:
+        """Refresh the rate while no batch arrives (the display thread redraws it)."""
+        self._update(advance=0)
 
     def batch(self, tiles: int) -> None:
         self.tiles += tiles
@@ -59,6 +78,25 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+@contextlib.contextmanager
+def quiet_ray() -> Iterator[None]:
+    """Keep Ray's notices (connecting to a cluster, Ray Data's execution plan and its
+    "progress bars disabled" warning) off the terminal while our own display runs; they
+    still reach Ray's log files. ``-v`` (DEBUG on the root logger) leaves them on."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved, strict=True):
+            logger.setLevel(level)
 
 
 def summary_table(result: Any) -> Any:

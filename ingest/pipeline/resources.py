@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ingest.pipeline.config import RunOptions
 
-__all__ = ["Plan", "plan_resources"]
+__all__ = ["FusedPlan", "Plan", "plan_fused", "plan_resources", "use_fused"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +66,32 @@ def plan_resources(options: RunOptions) -> Plan:
 def _writers(encoder_actors: int) -> int:
     """One writer per four encoders: a fragment write is a few ms of CPU and one PUT."""
     return max(1, -(-encoder_actors // 4))
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    actors: int
+    cpus_per_actor: float
+    threads_per_actor: int
+
+
+def use_fused(options: RunOptions) -> bool:
+    """The fused engine unless asked otherwise or a GPU is there to feed (the Ray Data
+    pools keep a GPU busy with decoding on other cores; see ARCHITECTURE.md)."""
+    if options.engine != "auto":
+        return options.engine == "fused"
+    import ray
+
+    return options.device == "cpu" or not ray.cluster_resources().get("GPU", 0)
+
+
+def plan_fused(options: RunOptions, n_slides: int) -> FusedPlan:
+    """One single-threaded actor per core, never more actors than slides; with fewer
+    slides than cores each actor's encoder gets the spare cores as threads (one slide
+    on 2 cores: one actor, 2 torch threads, 8.4 vs 5 tiles/s for ViT-S here)."""
+    import ray
+
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    actors = max(1, min(options.encoder_actors or cpus, n_slides))
+    threads = max(1, cpus // actors)
+    return FusedPlan(actors, min(float(threads), cpus / actors), threads)

@@ -1,4 +1,9 @@
-"""Run the ingestion: sources → Ray Data (read → encode → write) → driver commits.
+"""Run the ingestion: sources → fused actors or Ray Data (read → encode → write) → driver commits.
+
+Two engines run the same stage functions: on CPU-only clusters one fused actor per core
+reads, encodes and writes a slide (fewest processes, no pixels through the object store;
+:mod:`ingest.pipeline.fused_runner`); with GPUs, Ray Data actor pools keep the encoders
+fed from readers on the other cores.
 
 Idempotent and resumable: slides already ``done`` for this encoder and config hash are
 skipped (``force`` redoes them); every slide gets a fresh ``write_id`` per run, and the
@@ -11,9 +16,12 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.encoders.runtime import describe_encoder
+from infra.local_cluster import resolve_address
 from infra.ray_runtime import connect, shutdown
 from infra.version import CODE_VERSION
 from ingest.pipeline import _faults
@@ -21,9 +29,10 @@ from ingest.pipeline.attempts import new_ledger
 from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
-from ingest.pipeline.progress import Progress
+from ingest.pipeline.fused_runner import FusedPool
+from ingest.pipeline.progress import Progress, quiet_ray
 from ingest.pipeline.read_stage import ReadStage
-from ingest.pipeline.resources import plan_resources
+from ingest.pipeline.resources import plan_fused, plan_resources, use_fused
 from ingest.pipeline.sources import SlideSource
 from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
@@ -62,32 +71,49 @@ def run_ingest(
     storage_options: Mapping[str, Any] | None = None,
     dashboard: bool = True,
 ) -> IngestResult:
-    """Ingest ``sources`` into ``store`` (a :class:`features.store.FeatureStore`)."""
-    from features.encoders import Encoder
+    """Ingest ``sources`` into ``store`` (a :class:`features.store.FeatureStore`).
 
+    Start-up is ordered so its slow parts overlap: the store check needs only the weights'
+    checksum, so it runs before Ray starts (a rerun with nothing to do never starts Ray);
+    the driver's check that the model loads runs in a thread while Ray starts.
+    """
     config, options = config or IngestConfig(), options or RunOptions()
     started = time.perf_counter()
-    warm_up()  # the driver opens slides too (demo overlay); load cuCIM before PyTorch
-    probe = Encoder(config.encoder, weights=config.weights, device="cpu")  # fails fast on bad weights
-    weights_sha = (probe.provenance.get("weights") or {}).get("sha256")
-    config_hash = config.config_hash(weights_sha)
-    result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder_id)
-    todo = _pending(sources, store, config.encoder_id, config_hash, options.force, result)
-    if not todo:
-        result.seconds = time.perf_counter() - started
-        return result
-    # Create the encoder's table once here rather than racing to create it in every worker.
-    store.ensure_tiles_table(config.encoder_id, int(probe.spec.embed_dim), config.embedding_dtype)
-    started_ray = connect(options.address, dashboard=dashboard)
-    try:
-        _execute(todo, store, config, options, storage_options, config_hash, result)
-    finally:
-        shutdown(started_ray)
-    result.compacted = _maybe_compact(store, config.encoder_id, options.compact_fragments)
+    with Progress(len(sources), enabled=options.progress) as progress:
+        progress.phase("checking the store")
+        spec, weights_sha = describe_encoder(config.encoder, config.weights)
+        config_hash = config.config_hash(weights_sha)
+        result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder_id)
+        todo = _pending(sources, store, config.encoder_id, config_hash, options.force, result)
+        if not todo:
+            result.seconds = time.perf_counter() - started
+            return result
+        # Create the encoder's table once here rather than racing to create it in every worker.
+        store.ensure_tiles_table(config.encoder_id, int(spec.embed_dim), config.embedding_dtype)
+        progress.phase("starting Ray")
+        with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
+            probe = pool.submit(_probe, config)  # fails fast on weights that do not load
+            started_ray = connect(resolve_address(options.address), dashboard=dashboard)
+            try:
+                progress.phase("loading the encoder")
+                probe.result()
+                progress.phase("ingest")
+                _execute(todo, store, config, options, storage_options, config_hash, result, progress)
+            finally:
+                shutdown(started_ray)
+        progress.phase("committing")
+        result.compacted = _maybe_compact(store, config.encoder_id, options.compact_fragments)
     result.store_version = store.latest().version
     result.seconds = time.perf_counter() - started
     _record_run(store, config, options, result, weights_sha, len(sources))
     return result
+
+
+def _probe(config: IngestConfig) -> None:
+    from features.encoders import Encoder
+
+    warm_up()  # the driver opens slides too (demo overlay); load cuCIM before PyTorch
+    Encoder(config.encoder, weights=config.weights, device="cpu")
 
 
 def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_hash: str,
@@ -95,17 +121,38 @@ def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_ha
     if force:
         return list(sources)
     table = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
-                                  columns=["slide_id"]) if encoder in store.encoders() else None
-    done = set(table.column("slide_id").to_pylist()) if table is not None else set()
-    result.skipped = [s.slide_id for s in sources if s.slide_id in done]
-    return [s for s in sources if s.slide_id not in done]
+                                  columns=["slide_id", "mpp", "mpp_source"]
+                                  ) if encoder in store.encoders() else None
+    done = {r["slide_id"]: r for r in table.to_pylist()} if table is not None else {}
+    # A manifest MPP override is part of what a slide was ingested with (issue 17): a
+    # changed, added or removed override redoes the slide instead of skipping it.
+    kept = [s for s in sources if s.slide_id in done and _same_override(s, done[s.slide_id])]
+    result.skipped = [s.slide_id for s in kept]
+    skip = set(result.skipped)
+    return [s for s in sources if s.slide_id not in skip]
+
+
+def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
+    stored = row.get("mpp") if row.get("mpp_source") == "override" else None
+    if source.mpp is None or stored is None:
+        return source.mpp is None and stored is None
+    return abs(float(stored) - float(source.mpp)) <= 1e-9 * float(source.mpp)
 
 
 def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
              storage_options: Mapping[str, Any] | None, config_hash: str,
-             result: IngestResult) -> None:
+             result: IngestResult, progress: Progress) -> None:
+    if use_fused(options):
+        _stream_fused(todo, store, config, options, storage_options, config_hash, result, progress)
+        return
     import ray
 
+    _execute_dataset(ray, todo, store, config, options, storage_options, config_hash, result, progress)
+
+
+def _execute_dataset(ray: Any, todo: list[SlideSource], store: Any, config: IngestConfig,
+                     options: RunOptions, storage_options: Mapping[str, Any] | None,
+                     config_hash: str, result: IngestResult, progress: Progress) -> None:
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.target_max_block_size
     ctx.enable_progress_bars = False  # our own progress display is on the driver
@@ -114,13 +161,65 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
     # slide overlaps with reading it, and memory per reader stays small.
     ctx.target_max_block_size = 16 << 20
     try:
-        _stream(todo, store, config, options, storage_options, config_hash, result)
+        _stream(todo, store, config, options, storage_options, config_hash, result, progress)
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
 
 
+def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+                  storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
+                  progress: Progress) -> None:
+    """The fused engine (see :mod:`ingest.pipeline.fused_runner`)."""
+    from features.store._keys import new_write_id
+
+    plan = plan_fused(options, len(todo))
+    write_ids = {s.slide_id: new_write_id() for s in todo}
+    faults = _faults.active()
+    constructor = {
+        "read_kwargs": {"config": config, "options": options, "store": store.location,
+                        "storage_options": storage_options, "ledger": None, "faults": faults},
+        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
+                           "batch_size": options.tiles_per_batch,
+                           "num_threads": plan.threads_per_actor},
+        "write_kwargs": _write_kwargs(store.location, config, config_hash),
+    }
+    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
+                               write_ids, options.commit_every, result.run_id, faults)
+
+    def on_row(row: Mapping[str, Any]) -> None:
+        outcome = collector.add(row)
+        progress.batch(int(row.get("n_tiles") or 0))
+        if outcome is not None:
+            progress.slide(outcome)
+
+    pool = FusedPool(plan.actors, plan.cpus_per_actor, constructor)
+    pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
+    collector.flush()
+    _gather(todo, collector, result)
+
+
+def _items(todo: list[SlideSource], write_ids: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
+             "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
+            for s in todo]
+
+
+def _write_kwargs(location: Any, config: IngestConfig, config_hash: str) -> dict[str, Any]:
+    return {"store": location, "encoder": config.encoder_id, "config_hash": config_hash,
+            "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
+            "read_mpp": config.tiling.target_mpp}
+
+
+def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestResult) -> None:
+    result.outcomes = [collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes]
+    missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
+    if missing:  # cannot happen unless Ray lost rows; never report them as done
+        raise RuntimeError(f"pipeline ended without a result for slides {missing}")
+
+
 def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult) -> None:
+            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
+            progress: Progress) -> None:
     import ray
 
     from features.store._keys import new_write_id
@@ -128,9 +227,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
     plan = plan_resources(options)
     faults = _faults.active()
     write_ids = {s.slide_id: new_write_id() for s in todo}
-    items = [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
-              "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
-             for s in todo]
+    items = _items(todo, write_ids)
     location = store.location
     # Every stage is a pool of long-lived actors (see ReadStage for why). Ray restarts a
     # dead actor and retries its task; the ledger stops that for a slide that kills its
@@ -157,26 +254,19 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
     ds = ds.map_batches(
         WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
         compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
-        fn_constructor_kwargs={
-            "store": location, "encoder": config.encoder_id, "config_hash": config_hash,
-            "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
-            "read_mpp": config.tiling.target_mpp})
+        fn_constructor_kwargs=_write_kwargs(location, config, config_hash))
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, faults)
     try:
-        with Progress(len(todo), enabled=options.progress) as progress:
-            for row in ds.iter_rows():
-                outcome = collector.add(row)
-                progress.batch(int(row["n_tiles"]))
-                if outcome is not None:
-                    progress.slide(outcome)
-            collector.flush()
+        for row in ds.iter_rows():
+            outcome = collector.add(row)
+            progress.batch(int(row["n_tiles"]))
+            if outcome is not None:
+                progress.slide(outcome)
+        collector.flush()
     finally:
         ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
-    result.outcomes = [collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes]
-    missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
-    if missing:  # cannot happen unless Ray lost rows; never report them as done
-        raise RuntimeError(f"pipeline ended without a result for slides {missing}")
+    _gather(todo, collector, result)
 
 
 def _maybe_compact(store: Any, encoder: str, threshold: int) -> int:

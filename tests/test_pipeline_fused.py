@@ -1,0 +1,94 @@
+"""The fused engine (one read→encode→write actor per slide slot) and the local cluster."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.store import FeatureStore
+from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.fused_stage import FusedStage
+from ingest.pipeline.runner import run_ingest
+from ingest.pipeline.sources import SlideSource
+from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+pytestmark = pytest.mark.timeout(600)
+OPTS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> list[SlideSource]:
+    folder = tmp_path_factory.mktemp("fused")
+    out = []
+    for i in range(2):
+        path = folder / f"f-{i}.svs"
+        write_synthetic_slide(path, SyntheticSlideSpec(width=1536, height=1280, seed=70 + i,
+                                                       downsamples=(1, 4), n_blobs=2))
+        out.append(SlideSource(str(path), path.stem))
+    return out
+
+
+def _tiles(store: FeatureStore):
+    return store.latest().tiles(columns=["slide_id", "x", "y", "qc_flags", "embedding"]).sort_by(
+        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+
+
+def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path) -> None:
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    config = IngestConfig(stain="none")
+    store.ensure_tiles_table(config.encoder_id, 64, "float32")
+    stage = FusedStage(
+        read_kwargs={"config": config, "options": OPTS, "store": store.location,
+                     "storage_options": None},
+        encoder_kwargs={"encoder": config.encoder, "weights": None, "device": "cpu",
+                        "batch_size": 16, "num_threads": 1},
+        write_kwargs={"store": store.location, "encoder": config.encoder_id, "config_hash": "c" * 16,
+                      "dtype": "float32", "tile_size": 256, "read_mpp": 0.5})
+    rows = list(stage.run({"uri": slides[0].uri, "slide_id": "a", "patient_id": "", "mpp": float("nan"),
+                           "write_id": "w1"}))
+    assert rows and all(r["status"] == "tiles" for r in rows)
+    assert [r["batch_index"] for r in rows] == list(range(rows[0]["n_batches"]))
+    assert all(r["dim"] == 64 and len(json.loads(r["fragments"])) >= 1 for r in rows)
+    assert "image" not in rows[0] and "embedding" not in rows[0], "no pixels or vectors go back"
+    missing = list(stage.run({"uri": str(tmp_path / "nope.svs"), "slide_id": "b", "patient_id": "",
+                              "mpp": float("nan"), "write_id": "w2"}))
+    assert [r["status"] for r in missing] == ["failed"] and missing[0]["error_type"]
+
+
+def test_fused_and_dataset_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> None:
+    config = IngestConfig(stain="macenko")
+    stores = {}
+    for engine in ("fused", "dataset"):
+        stores[engine] = FeatureStore.open(str(tmp_path / engine), create=True)
+        result = run_ingest(slides, stores[engine], config, OPTS.replace(engine=engine))
+        assert [o.status for o in result.outcomes] == ["done", "done"]
+    fused, dataset = _tiles(stores["fused"]), _tiles(stores["dataset"])
+    assert fused.num_rows > 0
+    for column in ("slide_id", "x", "y", "qc_flags"):
+        assert fused.column(column).equals(dataset.column(column)), column
+    a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
+    b = np.stack(dataset.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_local_cluster_address_only_while_it_answers(tmp_path, monkeypatch) -> None:
+    from infra import local_cluster
+
+    monkeypatch.setenv("SLIDEBANK_CLUSTER_STATE", str(tmp_path / "cluster.json"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert local_cluster.address() is None and local_cluster.resolve_address(None) is None
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        addr = f"127.0.0.1:{listener.getsockname()[1]}"
+        Path(tmp_path / "cluster.json").write_text(json.dumps({"address": addr, "temp_dir": "/nonexistent-x"}))
+        assert local_cluster.resolve_address(None) == addr
+        assert local_cluster.resolve_address("auto") == addr
+        assert local_cluster.resolve_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    assert local_cluster.address() is None, "a cluster that no longer answers is not joined"
+    assert local_cluster.resolve_address("auto") == "auto"
+    assert local_cluster.down() == 0 and not (tmp_path / "cluster.json").exists()
