@@ -103,6 +103,8 @@ class MultiNodeCluster:
         return [p for p in self.scratch[node_id].glob("p*/*") if p.is_file()]
 
     def scrape(self, node_id: str) -> str:
+        """The node's Prometheus text (``"head"`` for the head node, where the driver's
+        own metrics, e.g. finished slides, are exported)."""
         url = f"http://127.0.0.1:{self.metrics_ports[node_id]}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
@@ -119,9 +121,12 @@ def multinode_cluster(scratch_root: Path, n_workers: int = 2) -> Iterator[MultiN
 
     if "RAY_AUTH_MODE" not in os.environ:
         raise RuntimeError("set RAY_AUTH_MODE explicitly before starting a test cluster")
+    head_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "_system_config": _SYSTEM_CONFIG})
+        "num_cpus": 0, "include_dashboard": False, "_system_config": _SYSTEM_CONFIG,
+        "metrics_export_port": head_port})
     handle = MultiNodeCluster(cluster, scratch_root)
+    handle.metrics_ports["head"] = head_port
     try:
         for i in range(n_workers):
             handle.add_worker(f"worker-{i}")

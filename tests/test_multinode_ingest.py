@@ -96,11 +96,12 @@ def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, referen
     ours = _tiles(store)
     assert ours.num_rows == reference.num_rows > 0
     assert ours.equals(reference), "same tiles and the same embeddings as one node"
-    # The custom metrics leave through the worker nodes' own Prometheus endpoints, where
-    # the PodMonitor in infra/deploy scrapes them, under the names the Grafana board's
-    # test derives from the code (tests/_deploy_tools/metric_names.py).
+    # The custom metrics leave through each node's own Prometheus endpoint (workers: tiles,
+    # bytes, stage latencies; the head, where the driver runs: finished slides), where the
+    # PodMonitor in infra/deploy scrapes them, under the names the Grafana board's test
+    # derives from the code (tests/_deploy_tools/metric_names.py).
     def scraped() -> set[str]:
-        return {line.split("{")[0].split(" ")[0] for n in reading_nodes
+        return {line.split("{")[0].split(" ")[0] for n in [*reading_nodes, "head"]
                 for line in cluster.scrape(n).splitlines()
                 if line.startswith("ray_slidebank_")}
 
