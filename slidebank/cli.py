@@ -27,6 +27,8 @@ _COMMAND_MODULES = (
     "slidebank._cli_cluster",
     # data-science commands (issue 18)
     "slidebank._cli_probe",
+    # spatial context: tissue modules (issue 15)
+    "slidebank._cli_spatial",
 )
 
 app = typer.Typer(
