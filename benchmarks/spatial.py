@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +153,9 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
     from training.spatial.synthetic import TYPES
 
     frames = []
+    label_of = dict(zip(cohort.table["slide_id"], cohort.table["label"], strict=True))
     for run in runs:
         model = run.model
-        label_of = dict(zip(cohort.table["slide_id"], cohort.table["label"], strict=True))
 
         def bag_iter(run: Any = run, model: Any = model) -> Any:
             import torch

@@ -14,7 +14,7 @@ import torch
 from infra.errors import ConfigError
 from training.spatial.interactions import contact_counts, module_graph
 from training.spatial.modules import ModuleSpec, assign_modules, fit_modules
-from training.spatial.synthetic import I, T, SpatialCohort, write_spatial_cohort
+from training.spatial.synthetic import I, SpatialCohort, T, write_spatial_cohort
 
 
 @pytest.fixture(scope="module")

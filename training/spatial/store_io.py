@@ -160,9 +160,8 @@ def cached_graph(store: Any, slide_id: str, coords: np.ndarray, spec: GraphSpec 
     import lance
     import pyarrow as pa
 
-    from infra.provenance import stable_hash
-
     from infra.ids import validate_slide_id
+    from infra.provenance import stable_hash
 
     validate_slide_id(slide_id)  # it goes into a filter expression
     spec = spec or GraphSpec()

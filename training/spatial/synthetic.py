@@ -31,7 +31,7 @@ from infra.errors import ConfigError
 __all__ = ["COHORTS", "TYPES", "SpatialCohort", "layout", "write_spatial_cohort"]
 
 TYPES = ("T", "I", "S", "N", "B", "C")
-T, I, S, N, B, C = range(6)
+T, I, S, N, B, C = range(6)  # noqa: E741 - the tile types are named by letter
 ENCODER = "spatial-synth"
 CONFIG = "spatial001"
 TILE = 256
@@ -149,7 +149,7 @@ def _s3(rng: np.random.Generator, side: int, label: int) -> np.ndarray:
             angle = rng.uniform(0, 2 * np.pi)
         c = np.round(b + gap * np.array([np.sin(angle), np.cos(angle)])).astype(int)
         dist = np.abs(b - c).max()
-        ok = (0 <= c).all() and (c < side - 1).all()
+        ok = (c >= 0).all() and (c < side - 1).all()
         if ok and ((label and 4 <= dist - 1 <= 8) or (not label and dist - 1 >= 24)):
             break
     for kind, (r, col) in ((B, b), (C, c)):
