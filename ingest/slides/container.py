@@ -36,6 +36,7 @@ def is_tiff(head: bytes) -> bool:
 
 def inspect_tiff(fileobj: IO[bytes], size: int, slide: str) -> VendorMetadata:
     """Validate a TIFF container's structure and collect its vendor metadata."""
+    _check_first_directory(fileobj, size, slide)
     try:
         with tifffile.TiffFile(fileobj, _multifile=False) as tif:
             meta = _collect(tif)
@@ -43,8 +44,27 @@ def inspect_tiff(fileobj: IO[bytes], size: int, slide: str) -> VendorMetadata:
     except (SlideCorruptError, SlideLimitError):
         raise
     except Exception as exc:  # tifffile raises many types on malformed structure
-        raise SlideCorruptError(slide, f"malformed TIFF structure: {exc}") from exc
+        raise SlideCorruptError(
+            slide, f"malformed TIFF structure ({type(exc).__name__}: {_one_line(exc)})") from exc
     return meta
+
+
+def _check_first_directory(fileobj: IO[bytes], size: int, slide: str) -> None:
+    """A truncated upload usually loses the directories (SVS writes them last): say so."""
+    head = sniff(fileobj)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    if len(head) < (16 if big else 8):
+        raise SlideCorruptError(slide, f"truncated: {size} bytes, shorter than a TIFF header")
+    offset = int.from_bytes(head[8:16] if big else head[4:8], "little" if order == "<" else "big")
+    if offset >= size:
+        raise SlideCorruptError(slide, f"truncated: the first image directory is at byte "
+                                       f"{offset} but the file has {size} bytes")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else repr(exc))[:200]
 
 
 def _collect(tif: tifffile.TiffFile) -> VendorMetadata:

@@ -12,6 +12,9 @@ streams otherwise. Local files are always opened in place.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import stat
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -99,17 +102,51 @@ def open_handle(handle: SlideHandle, scratch: ScratchSpace | None = None) -> Sli
 
 
 def _locate(fs: Any, path: str, label: str) -> ObjectInfo:
+    protocol = getattr(fs, "protocol", "file")
+    if {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
+        _check_regular_file(path, label)
     try:
         info = object_info(fs, path)
     except FileNotFoundError as exc:
         raise SlideNotFoundError(label, "no such file or object") from exc
     except IsADirectoryError as exc:
         raise SlideOpenError(label, "is a directory, not a slide") from exc
-    except OSError as exc:
-        raise SlideOpenError(label, f"cannot stat: {exc}") from exc
+    except Exception as exc:
+        if _unreachable(exc):
+            raise SlideOpenError(label, "cannot reach the storage endpoint "
+                                        f"({type(exc).__name__}: {_short(exc)})") from exc
+        if isinstance(exc, OSError):
+            raise SlideOpenError(label, f"cannot stat: {_short(exc)}") from exc
+        raise
     if info.size == 0:
         raise SlideCorruptError(label, "empty file (0 bytes)")
     return info
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(path: str, label: str) -> None:
+    """Slides are read with random access: a FIFO or a device (``/dev/zero``) is refused by
+    name before any read (a FIFO read would block; a device never ends)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing / unreadable: object_info names it precisely
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise SlideOpenError(label, f"is {kind}, not a regular file; slides must be files "
+                                        "or objects that allow random access")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Network failures (refused, DNS, timeouts) from botocore, aiohttp, gcsfs or the stdlib."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                         "ClientConnectorError", "ServerDisconnectedError", "ConnectionError",
+                         "ConnectionRefusedError", "TimeoutError", "gaierror"}) or isinstance(
+        exc, ConnectionError | TimeoutError)
 
 
 def _vet(fs: Any, path: str, info: ObjectInfo, label: str) -> tuple[VendorMetadata, bool]:
@@ -188,11 +225,16 @@ def _backend_of(exc: Exception) -> str:
     return notes[-1].removeprefix("backend: ") if notes else "?"
 
 
-def _short(exc: Exception) -> str:
+_BYTES_REPR = re.compile(r"""b(['"]).*?(?<!\\)\1""")
+
+
+def _short(exc: BaseException) -> str:
+    """A backend's message, one line, without any bytes of the file (decoders quote the
+    header they did not recognise: ``header=b'root'`` for /etc/passwd)."""
     if isinstance(exc, SlideError):
         return exc.reason[:200]
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-    return text[:200]
+    return _BYTES_REPR.sub("<file bytes omitted>", text)[:200]
 
 
 def _open_with(
