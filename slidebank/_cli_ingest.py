@@ -49,11 +49,14 @@ def ingest(
     storage_option: StorageOpt = None,
     no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
     as_json: JsonOpt = False,
+    force_mpp: Annotated[bool, typer.Option(help="Accept MPP values outside 0.05-50 µm/px "
+                                                 "(--mpp and the manifest's mpp column).")] = False,
 ) -> None:
     """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
 
     Resumable: slides already done with the same configuration are skipped. Exit code 0
-    when every slide is done, 3 when some failed (listed in the summary), 2 on bad input.
+    when every slide is done, 3 when some failed or manifest rows were refused (each listed
+    in the summary with its row and reason), 2 when the input is unusable as a whole.
 
     Example: slidebank ingest 's3://bucket/cohort/*.svs' --store s3://bucket/store -s endpoint_url=http://...
     """
@@ -71,7 +74,8 @@ def ingest(
                                  commit_every=commit_every, device=device, run_tag=tag,
                                  progress=not as_json)
         result = run(source, store, config=config, options=run_options,
-                     storage_options=options or None, dashboard=not no_dashboard)
+                     storage_options=options or None, dashboard=not no_dashboard,
+                     force_mpp=force_mpp)
     _report(result, as_json)
     if result.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)

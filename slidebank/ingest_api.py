@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.errors import SlideNotFoundError
+from infra.errors import ConfigError, SlideNotFoundError
 from infra.ids import slide_id_from_uri
 
 if TYPE_CHECKING:  # imported lazily at run time: ingest pulls in Ray, Lance and torch
@@ -22,16 +22,35 @@ log = logging.getLogger(__name__)
 
 def ingest(source: str, store: str, *, config: IngestConfig | None = None,
            options: RunOptions | None = None, storage_options: Mapping[str, Any] | None = None,
-           store_options: Mapping[str, Any] | None = None, dashboard: bool = True) -> IngestResult:
-    """Ingest every slide named by ``source`` (manifest, glob or prefix) into ``store``."""
-    from features.store import FeatureStore
-    from ingest.pipeline.runner import run_ingest
-    from ingest.pipeline.sources import load_sources
+           store_options: Mapping[str, Any] | None = None, dashboard: bool = True,
+           force_mpp: bool = False) -> IngestResult:
+    """Ingest every slide named by ``source`` (manifest, glob or prefix) into ``store``.
 
-    sources = load_sources(source, storage_options)
+    Bad manifest rows are reported as failed outcomes (``ManifestError``) and the good
+    rows ingested; parameters are checked before anything starts (MPP within
+    0.05-50 µm/px unless ``force_mpp``)."""
+    from features.store import FeatureStore
+    from ingest.pipeline.collector import SlideOutcome
+    from ingest.pipeline.runner import run_ingest
+    from ingest.pipeline.sources import ManifestError, check_mpp, load_listing
+
+    if config is not None:
+        try:
+            check_mpp(config.tiling.target_mpp, "target --mpp", force=force_mpp)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    listing = load_listing(source, storage_options, force_mpp=force_mpp)
+    for row in listing.rejected:
+        log.warning("%s: %s (not ingested)", source, row)
+    if not listing.sources:
+        raise ManifestError(f"{source}: no usable rows; " + "; ".join(map(str, listing.rejected)))
     feature_store = FeatureStore.open(store, store_options or storage_options, create=True)
-    return run_ingest(sources, feature_store, config, options, storage_options=storage_options,
-                      dashboard=dashboard)
+    result = run_ingest(listing.sources, feature_store, config, options,
+                        storage_options=storage_options, dashboard=dashboard)
+    result.outcomes.extend(
+        SlideOutcome(row.slide_id or row.where, "failed", 0, "ManifestError", f"{source}: {row}")
+        for row in listing.rejected)
+    return result
 
 
 @dataclass
