@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ with contextlib.suppress(Exception):  # cuCIM missing or broken: its own tests s
     from ingest.slides.backends.cucim_reader import warm_up
 
     warm_up()
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from infra.arrays import gpu_available
@@ -100,19 +102,53 @@ def synthetic_tiff(synthetic_dir: Path):
 
 
 # ---- one local Ray for the whole session ---------------------------------------------------
+_RAY_LOCAL: dict[str, bool] = {"active": False}
+
+
+def _start_ray() -> bool:
+    """``infra.ray_runtime.connect(num_cpus=2)``, tried twice: Ray gives its raylet a fixed
+    30 s to register, which a heavily shared CI machine can miss once."""
+    import ray
+
+    from infra.ray_runtime import connect
+
+    try:
+        return connect(num_cpus=2)
+    except Exception:  # Ray raises a bare Exception for a raylet start-up timeout
+        logging.getLogger(__name__).warning("Ray did not start; trying once more", exc_info=True)
+        ray.shutdown()
+        return connect(num_cpus=2)
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """A running local Ray (2 CPUs) shared by every test that needs one: starting Ray costs
     15-40 s on a small machine, so each module starting its own would dominate the suite.
     Started through the same ``infra.ray_runtime.connect`` the CLI uses (token auth set
-    explicitly, dashboard off)."""
+    explicitly, dashboard off), so code under test that calls ``connect`` joins it and
+    leaves it up."""
     import ray
 
-    from infra.ray_runtime import connect, shutdown
+    from infra.ray_runtime import shutdown
 
-    started = connect(num_cpus=2)
+    started = _start_ray()
+    _RAY_LOCAL["active"] = True
     try:
         yield None
     finally:
+        _RAY_LOCAL["active"] = False
         if ray.is_initialized():
             shutdown(started)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_local_outlives_each_module() -> Iterator[None]:
+    """A module that shuts Ray down (to run its own cluster, or through the code it tests)
+    must not leave later modules with a dead ``ray_local``: bring it back up after that
+    module. Costs nothing when Ray was never started or is still up."""
+    yield
+    if _RAY_LOCAL["active"]:
+        import ray
+
+        if not ray.is_initialized():
+            _start_ray()

@@ -1,4 +1,8 @@
-"""``slidebank ingest`` and ``slidebank demo`` as a user runs them (embedded Ray)."""
+"""``slidebank ingest`` and ``slidebank demo`` as a user runs them.
+
+The commands join the session's Ray (``ray_local``) through the same ``connect`` that
+starts an embedded one for a user, and leave it up; starting Ray anew for every command
+would cost 15-40 s each on a small machine."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
 
 
-def test_ingest_glob_reports_failures_with_exit_code_3(tmp_path: Path) -> None:
+def test_ingest_glob_reports_failures_with_exit_code_3(ray_local, tmp_path: Path) -> None:
     for i in range(2):
         write_synthetic_slide(tmp_path / f"s{i}.svs", SyntheticSlideSpec(
             width=1536, height=1024, seed=i, downsamples=(1, 2)))
@@ -32,7 +36,7 @@ def test_ingest_glob_reports_failures_with_exit_code_3(tmp_path: Path) -> None:
     assert json.loads(again.stdout)["skipped"] == ["s0", "s1"]
 
 
-def test_demo_writes_everything_it_promises(tmp_path: Path) -> None:
+def test_demo_writes_everything_it_promises(ray_local, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--slides", "2"])
     assert result.exit_code == 0, result.output

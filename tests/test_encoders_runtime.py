@@ -135,20 +135,17 @@ def test_torch_compile_gives_the_same_embeddings() -> None:
 
 
 @pytest.mark.slow
-def test_encoder_runs_as_a_ray_data_actor() -> None:
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        tiles = _tiles(12, 64)
-        ds = ray.data.from_items([{"image": t, "i": i} for i, t in enumerate(tiles)])
-        out = ds.map_batches(
-            Encoder,
-            fn_constructor_kwargs={"encoder": "handcrafted-he-v1", "num_threads": 1},
-            batch_size=4,
-            concurrency=1,
-            batch_format="numpy",
-        ).take_all()
-    finally:
-        ray.shutdown()
+def test_encoder_runs_as_a_ray_data_actor(ray_local) -> None:
+    import ray
+
+    tiles = _tiles(12, 64)
+    ds = ray.data.from_items([{"image": t, "i": i} for i, t in enumerate(tiles)])
+    out = ds.map_batches(
+        Encoder,
+        fn_constructor_kwargs={"encoder": "handcrafted-he-v1", "num_threads": 1},
+        batch_size=4,
+        concurrency=1,
+        batch_format="numpy",
+    ).take_all()
     got = np.stack([row["embedding"] for row in sorted(out, key=lambda r: r["i"])])
     np.testing.assert_array_equal(got, Encoder()(tiles))

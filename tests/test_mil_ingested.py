@@ -21,16 +21,7 @@ TINY = {"width": 1024, "height": 1024, "val_fraction": 0.25, "test_fraction": 0.
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cohorts(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestedCohort, IngestedCohort]:
+def cohorts(ray_local, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestedCohort, IngestedCohort]:
     root = tmp_path_factory.mktemp("ingested")
     cohort, external = make_ingested_cohort(
         root, CohortSpec(n_patients=6, second_slide_every=3, n_folds=3, **TINY),

@@ -20,14 +20,6 @@ DIM = 16
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> PlantedCohort:
     root = tmp_path_factory.mktemp("mil-ray")
     return write_planted_cohort(str(root / "store"), n_slides=24, n_tiles=32, dim=DIM)
@@ -44,7 +36,7 @@ def _splits(cohort: PlantedCohort):
     return table[table["fold"].isin([0, 1])], table[table["fold"] == 2], table[table["fold"] == 3]
 
 
-def test_ddp_two_workers_match_single_process(ray_cluster, cohort: PlantedCohort, tmp_path: Path) -> None:
+def test_ddp_two_workers_match_single_process(ray_local, cohort: PlantedCohort, tmp_path: Path) -> None:
     train, val, test = _splits(cohort)
     job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=2, name="ddp2",
                     train=_train_cfg(), max_failures=1)
@@ -68,7 +60,7 @@ def test_ddp_two_workers_match_single_process(ray_cluster, cohort: PlantedCohort
 
 
 @pytest.mark.slow
-def test_one_and_two_workers_agree(ray_cluster, cohort: PlantedCohort) -> None:
+def test_one_and_two_workers_agree(ray_local, cohort: PlantedCohort) -> None:
     train, val, test = _splits(cohort)
     runs = {}
     for n in (1, 2):
@@ -85,7 +77,7 @@ def test_one_and_two_workers_agree(ray_cluster, cohort: PlantedCohort) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # four Ray Train runs; each pays worker start-up
 @pytest.mark.parametrize("model", ["abmil", "clam_sb"])
-def test_ray_cross_validation_learns(ray_cluster, tmp_path: Path, model: str) -> None:
+def test_ray_cross_validation_learns(ray_local, tmp_path: Path, model: str) -> None:
     # 12 training slides (the DDP fixture) are too few to learn from; this is the
     # cohort size the in-process CV tests use.
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=40, n_tiles=64, dim=DIM)

@@ -18,15 +18,7 @@ from training.mil.train import TrainConfig, load_checkpoint_state, predict
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_checkpoints_land_on_s3_and_load_back(ray_cluster, s3_bucket: str, s3_options: dict) -> None:
+def test_checkpoints_land_on_s3_and_load_back(ray_local, s3_bucket: str, s3_options: dict) -> None:
     import s3fs
 
     store_uri = f"{s3_bucket}/store"

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from ingest.slides import SlideHandle, open_slide
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
-
-
 def test_slide_and_handle_travel_to_ray_workers(ray_local, synthetic_svs) -> None:
-    ray = ray_local
+    import ray
 
     @ray.remote
     def read(obj, loc):

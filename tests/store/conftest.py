@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 from features.store import FeatureStore, PendingSlide, SlideKey
+from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

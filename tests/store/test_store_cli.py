@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import typer
-from tests._support.store import ENCODER
 from typer.testing import CliRunner
 
 from features.store import RunRecord
 from slidebank import _cli_query
+from tests._support.store import ENCODER
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+
 from tests._support.store import DIM, ENCODER, crash_between_append_and_gate, writer_process
 
 N_SLIDES, N_TILES = 6, 25

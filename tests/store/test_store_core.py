@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 import features.store.writer as writer_module
 from features.store import (
@@ -25,6 +24,7 @@ from features.store import (
     failed_slide,
 )
 from infra.errors import ConfigError, InvalidSlideIdError
+from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 
 def _raw_rows(fs: FeatureStore, slide_id: str, encoder: str = ENCODER) -> int:

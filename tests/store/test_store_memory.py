@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from tests._support.store import memory_probe
 
 from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
+from tests._support.store import memory_probe
 
 N_TILES, DIM = 50_000, 1024  # float32: a 205 MB bag
 BAG_MB = N_TILES * DIM * 4 / 2**20
