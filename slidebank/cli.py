@@ -27,6 +27,8 @@ _COMMAND_MODULES = (
     "slidebank._cli_cluster",
     # data-science commands (issue 18)
     "slidebank._cli_probe",
+    "slidebank._cli_export",
+    "slidebank._cli_pictures",
     # spatial context: tissue modules (issue 15)
     "slidebank._cli_spatial",
 )

@@ -1,0 +1,150 @@
+"""The store's committed contents in the formats other tools read.
+
+* :func:`to_anndata`: tiles as observations (``obs``: slide_id, x, y, tile_size,
+  read_mpp, tissue_fraction, qc_flags, patient_id; ``obsm["spatial"]``: level-0 (x, y)
+  as squidpy/scanpy expect), embeddings as ``X``; slide-level rows with ``level="slide"``.
+* :func:`to_h5_per_slide`: one ``<slide_id>.h5`` per slide in the CLAM / TRIDENT layout:
+  ``features`` (N, D) float32 and ``coords`` (N, 2) int64 level-0 (x, y), with
+  ``patch_size``/``patch_mpp``/``encoder`` attributes, so their MIL code reads it.
+* :func:`to_parquet`: ``slides``, ``tiles`` and ``slide_embeddings`` of the committed
+  rows only, for the DuckDB CLI or any Parquet reader, offline and without Lance.
+
+Only committed (visible) rows are exported, through the same gate as every read.
+Files are written atomically (temp file then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.store.schema import embeddings_to_numpy
+from infra.files import atomic_write, temp_path
+
+__all__ = ["to_anndata", "to_h5_per_slide", "to_parquet"]
+
+log = logging.getLogger(__name__)
+
+_OBS = ["slide_id", "x", "y", "level", "tile_size", "read_mpp", "tissue_fraction", "qc_flags"]
+
+
+@contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A temp path for writers that only take a path (h5py, anndata), renamed on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _patients(store: Any, encoder: str | None) -> dict[str, str | None]:
+    rows = store.slides(encoder=encoder, status="done", columns=["slide_id", "patient_id"])
+    return dict(zip(rows.column("slide_id").to_pylist(), rows.column("patient_id").to_pylist(),
+                    strict=True))
+
+
+def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
+               slide_ids: Sequence[str] | None = None, level: str = "tile") -> Path:
+    """Write an ``.h5ad`` of tile (or slide, ``level="slide"``) embeddings."""
+    import anndata
+    import pandas as pd
+
+    from infra.errors import ConfigError
+
+    if level == "slide":
+        from features.store.slide_embeddings import to_numpy
+
+        table = store.slide_embeddings(encoder=encoder, slide_ids=slide_ids)
+        obs = table.select(["slide_id", "patient_id", "tile_count", "tissue_area_mm2"]).to_pandas()
+        adata = anndata.AnnData(X=to_numpy(table, "mean"), obs=obs.set_index("slide_id", drop=False))
+        adata.obsm["max"] = to_numpy(table, "max")
+    elif level == "tile":
+        table = store.tiles(encoder=encoder, slide_ids=slide_ids, columns=[*_OBS, "embedding"])
+        obs = table.select(_OBS).to_pandas()
+        patients = _patients(store, encoder)
+        obs["patient_id"] = obs["slide_id"].map(patients).astype("string")
+        obs.index = [f"{s}:{x}:{y}" for s, x, y in zip(obs["slide_id"], obs["x"], obs["y"],
+                                                       strict=True)]
+        for column in ("slide_id", "patient_id"):
+            obs[column] = pd.Categorical(obs[column].astype(str))
+        x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
+        adata = anndata.AnnData(X=x, obs=obs)
+        adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(dtype=np.float64)
+    else:
+        raise ConfigError(f"level must be 'tile' or 'slide', not {level!r}")
+    adata.uns["slidebank"] = {"store": store.uri, "store_version": int(store.version),
+                              "encoder": store._encoder(encoder), "level": level}
+    path = Path(path)
+    with _replacing(path) as tmp:
+        adata.write_h5ad(tmp)
+    return path
+
+
+def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = None,
+                    slide_ids: Sequence[str] | None = None) -> list[Path]:
+    """One CLAM/TRIDENT-style ``<slide_id>.h5`` per slide (one bag in memory at a time)."""
+    import h5py
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = store._encoder(encoder)
+    meta = store.tiles(encoder=enc, slide_ids=slide_ids, columns=["slide_id", "tile_size", "read_mpp"])
+    first = {}
+    for sid, size, mpp in zip(*(meta.column(c).to_pylist() for c in meta.column_names),
+                              strict=True):
+        first.setdefault(sid, (size, mpp))
+    written = []
+    for bag in store.iter_bags(slide_ids, encoder=enc):
+        target = folder / f"{bag.slide_id}.h5"
+        size, mpp = first.get(bag.slide_id, (0, 0.0))
+        with _replacing(target) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=np.asarray(bag.embeddings, dtype=np.float32))
+            coords = f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64))
+            coords.attrs["patch_size"] = int(size or 0)
+            coords.attrs["patch_mpp"] = float(mpp or 0.0)
+            coords.attrs["patch_level"] = 0
+            f.attrs["encoder"] = enc
+            f.attrs["slide_id"] = bag.slide_id
+        written.append(target)
+    return written
+
+
+def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None) -> dict[str, Path]:
+    """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = store._encoder(encoder)
+    out = {}
+    tables = {
+        "slides": store.slides(encoder=enc),
+        "slide_embeddings": store.slide_embeddings(encoder=enc),
+    }
+    for name, table in tables.items():
+        target = folder / f"{name}.parquet"
+        with atomic_write(target, "wb") as handle:
+            pq.write_table(table, handle)
+        out[name] = target
+    target = folder / "tiles.parquet"
+    with atomic_write(target, "wb") as handle:
+        writer = None
+        for batch in store.scan_tiles(encoder=enc):
+            if writer is None:
+                writer = pq.ParquetWriter(handle, batch.schema)
+            writer.write_batch(batch)
+        if writer is not None:
+            writer.close()
+    out["tiles"] = target
+    return out

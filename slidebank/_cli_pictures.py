@@ -1,0 +1,78 @@
+"""``slidebank heatmap`` and ``slidebank umap``: pictures of what a model and an encoder see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+
+__all__ = ["register"]
+
+StoreOpt = Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE",
+                                       help="Feature store URI.")]
+OptionsOpt = Annotated[list[str] | None, typer.Option(
+    "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")]
+
+
+def heatmap(
+    slide: Annotated[str, typer.Argument(help="Slide id.")],
+    store: StoreOpt,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("heatmap.png"),
+    attention: Annotated[str | None, typer.Option(
+        help="Attention run name (as written by `slidebank train` with attention: true).")] = None,
+    values: Annotated[str | None, typer.Option(
+        help="Per-tile values table (.parquet/.csv) with x, y[, slide_id] and --column.")] = None,
+    column: Annotated[str | None, typer.Option(help="Column of --values to draw.")] = None,
+    cmap: Annotated[str, typer.Option(help="matplotlib colour map.")] = "inferno",
+    storage_option: OptionsOpt = None,
+) -> None:
+    """Draw attention or per-tile predictions over the slide thumbnail, with a colour bar.
+
+    Example: slidebank heatmap TCGA-A1 --store ./store --attention mil-20261203-ab12 --out a1.png
+    """
+    from infra.tables import read_table
+    from slidebank.pictures_api import heatmap as draw
+    from slidebank.probe_api import open_store
+
+    options = parse_storage_options(storage_option)
+    with fail_on_slidebank_error():
+        fs = open_store(store, options)
+        table = read_table(values, options) if values else None
+        path = draw(fs, slide, out, attention=attention, values=table, column=column, cmap=cmap)
+    typer.echo(f"wrote {path}")
+
+
+def umap(
+    store: StoreOpt,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("umap.png"),
+    level: Annotated[str, typer.Option(help="slide (mean-pooled) or tile embeddings.")] = "slide",
+    labels: Annotated[str | None, typer.Option(help="Labels table to colour by.")] = None,
+    color: Annotated[str | None, typer.Option(help="Label column to colour by (default: slide).")]
+    = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder id (several in the store).")] = None,
+    max_tiles: Annotated[int, typer.Option(min=100, help="Tiles sampled for --level tile.")]
+    = 20_000,
+    seed: Annotated[int, typer.Option(help="UMAP and sampling seed.")] = 0,
+    storage_option: OptionsOpt = None,
+) -> None:
+    """A UMAP map of slide or tile embeddings, coloured by a label or by slide.
+
+    Example: slidebank umap --store ./store --labels labels.csv --color msi --out umap.png
+    """
+    from slidebank.pictures_api import embedding_map
+    from slidebank.probe_api import open_store
+
+    options = parse_storage_options(storage_option)
+    with fail_on_slidebank_error():
+        path = embedding_map(open_store(store, options), out, level=level, labels=labels,
+                             color=color, encoder=encoder, max_tiles=max_tiles, seed=seed,
+                             storage_options=options)
+    typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("heatmap")(heatmap)
+    app.command("umap")(umap)

@@ -1,0 +1,246 @@
+"""Pictures a pathologist reads: tile galleries, heatmaps over thumbnails, embedding maps.
+
+* :func:`similarity_gallery`: the query tile beside its neighbours, each titled with its
+  slide, position and distance (pixels read from the slides the store recorded);
+* :func:`heatmap`: per-tile values (MIL attention written by
+  :mod:`training.mil.attention`, or any per-tile predictions) over the slide's
+  thumbnail, with a colour bar and axes in millimetres;
+* :func:`embedding_map`: a UMAP of slide (or tile) embeddings coloured by a label or
+  by slide.
+
+All are matplotlib (Agg) figures written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from infra.errors import ConfigError
+
+__all__ = ["attention_names", "embedding_map", "heatmap", "similarity_gallery"]
+
+log = logging.getLogger(__name__)
+
+
+def _slide_rows(store: Any, slide_ids: list[str], columns: list[str]) -> dict[str, dict]:
+    rows = store.slides(slide_ids=slide_ids, status="done", columns=["slide_id", *columns])
+    return {r["slide_id"]: r for r in rows.to_pylist()}
+
+
+def _read_tiles(store: Any, hits: list[dict]) -> list[np.ndarray | str]:
+    """RGB of each hit (or why it could not be read), each slide opened once."""
+    from ingest.slides import open_slide
+
+    uris = _slide_rows(store, sorted({h["slide_id"] for h in hits}), ["source_uri"])
+    out: list[np.ndarray | str] = ["" for _ in hits]
+    for sid in sorted({h["slide_id"] for h in hits}):
+        mine = [i for i, h in enumerate(hits) if h["slide_id"] == sid]
+        uri = (uris.get(sid) or {}).get("source_uri")
+        try:
+            with open_slide(uri) as slide:
+                for i in mine:
+                    h = hits[i]
+                    out[i] = slide.read_regions_at_mpp([(int(h["x"]), int(h["y"]))],
+                                                       int(h["tile_size"]), float(h["read_mpp"]))[0]
+        except (OSError, ValueError) as exc:
+            for i in mine:
+                out[i] = f"slide not readable:\n{type(exc).__name__}"
+            log.warning("%s: cannot read tiles from %s: %s", sid, uri, exc)
+    return out
+
+
+def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
+                       query: tuple[str | None, int | None, int | None] | None = None,
+                       metric: str = "L2", max_tiles: int = 12) -> Path:
+    """The query tile (when given) then the hits, nearest first, with slide, x, y and distance."""
+    from training.figures import _pyplot, save_figure
+
+    rows = hits.to_pylist()[:max_tiles] if hasattr(hits, "to_pylist") else list(hits)[:max_tiles]
+    panels = []
+    if query is not None and query[0] is not None:
+        sid, x, y = query
+        meta = store.tiles(slide_ids=[sid], columns=["x", "y", "tile_size", "read_mpp"],
+                           where=f"x = {int(x)} AND y = {int(y)}").to_pylist()
+        if meta:
+            panels.append(({"slide_id": sid, **meta[0]}, "query"))
+    panels += [(r, f"d = {r['distance']:.3g}") for r in rows]
+    if not panels:
+        raise ConfigError("nothing to draw: the query returned no tiles")
+    images = _read_tiles(store, [p[0] for p in panels])
+    plt = _pyplot()
+    cols = min(len(panels), 6)
+    n_rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.3 * cols, 2.6 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (row, caption), image in zip(axes.ravel(), panels, images, strict=False):
+        if isinstance(image, str):
+            ax.text(0.5, 0.5, image, ha="center", va="center", fontsize=7, wrap=True)
+        else:
+            ax.imshow(image)
+        colour = "tab:red" if caption == "query" else "black"
+        ax.set_title(f"{row['slide_id']}\n({row['x']}, {row['y']})  {caption}", fontsize=7,
+                     color=colour)
+        if caption == "query":
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color("tab:red")
+                spine.set_linewidth(3)
+    words = {"L2": "squared L2", "cosine": "cosine (1 − cos)", "dot": "−dot product"}
+    fig.suptitle(f"query tile and its {len(rows)} nearest tiles, distance: {words.get(metric, metric)}",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
+def attention_names(store: Any) -> list[str]:
+    """Attention runs written into the store (``mil_attention/<name>.lance``)."""
+    fs, root = store._tables.filesystem()
+    folder = f"{root.rstrip('/')}/mil_attention"
+    try:
+        names = fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(str(n).rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance") for n in names
+                  if str(n).rstrip("/").endswith(".lance"))
+
+
+def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
+    import lance
+
+    names = attention_names(store)
+    if name not in names:
+        raise ConfigError(f"no attention run {name!r} in the store; it has "
+                          f"{', '.join(names) or 'none (train with attention: true)'}")
+    uri = store.location.join("mil_attention", f"{name}.lance")
+    data = lance.dataset(uri, storage_options=store.location.lance_options() or None)
+    from features.store._keys import sql_literal
+
+    table = data.to_table(columns=["x", "y", "attention"],
+                          filter=f"slide_id = {sql_literal(slide_id)}").to_pandas()
+    if table.empty:
+        raise ConfigError(f"attention run {name!r} has no values for slide {slide_id!r}")
+    return table.rename(columns={"attention": "value"})
+
+
+def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | None = None,
+            values: pd.DataFrame | None = None, column: str | None = None,
+            cmap: str = "inferno", alpha: float = 0.6) -> Path:
+    """Per-tile values over the slide thumbnail, with a colour bar; axes in mm.
+
+    Give ``attention`` (a run name in ``mil_attention``) or ``values`` (a DataFrame with
+    ``x``, ``y`` and ``column``, optionally ``slide_id`` to filter on).
+    """
+    from training.figures import _pyplot, save_figure
+
+    store.bag(slide_id)  # an unknown slide id is an error naming what exists
+    if values is not None:
+        if column is None or column not in values.columns:
+            raise ConfigError(f"--column must name a values column; they are "
+                              f"{', '.join(map(str, values.columns))}")
+        frame = values[values["slide_id"] == slide_id] if "slide_id" in values.columns else values
+        frame = frame.rename(columns={column: "value"})[["x", "y", "value"]]
+        what = column
+        if frame.empty:
+            raise ConfigError(f"the values table has no rows for slide {slide_id!r}")
+    else:
+        names = attention_names(store)
+        if attention is None:
+            if len(names) != 1:
+                raise ConfigError(f"pass an attention run name ({', '.join(names) or 'none in the store'})"
+                                  " or a per-tile values table")
+            attention = names[0]
+        frame = _attention_values(store, slide_id, attention)
+        what = f"attention ({attention})"
+    info = _slide_rows(store, [slide_id], ["mpp", "level_dimensions"])[slide_id]
+    mpp = float(info["mpp"])
+    width0, height0 = info["level_dimensions"][0]
+    tiles = store.tiles(slide_ids=[slide_id], columns=["tile_size", "read_mpp"]).slice(0, 1).to_pylist()
+    extent0 = tiles[0]["tile_size"] * tiles[0]["read_mpp"] / mpp  # tile side in level-0 px
+    thumb = np.asarray(store.arrays(slide_id).read_image("thumbnail"))
+    mm = mpp / 1000.0
+    from features.store.arrays import grid_from_coords
+
+    coords = frame[["x", "y"]].to_numpy(dtype=np.int64)
+    rows, cols, stride, origin, shape = grid_from_coords(coords, max(1, int(round(extent0))))
+    grid = np.full(shape, np.nan, np.float32)
+    grid[rows, cols] = frame["value"].to_numpy(dtype=np.float32)
+    plt = _pyplot()
+    aspect = height0 / max(width0, 1)
+    fig, ax = plt.subplots(figsize=(8.0, max(3.0, 8.0 * aspect)))
+    ax.imshow(thumb, extent=(0, width0 * mm, height0 * mm, 0))
+    x0, y0 = origin
+    extent = (x0 * mm, (x0 + shape[1] * stride) * mm, (y0 + shape[0] * stride) * mm, y0 * mm)
+    image = ax.imshow(np.ma.masked_invalid(grid), extent=extent, cmap=cmap, alpha=alpha,
+                      interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(what)
+    ax.set(xlabel="x (mm)", ylabel="y (mm)", xlim=(0, width0 * mm), ylim=(height0 * mm, 0))
+    ax.set_title(f"{slide_id}: {what}, {len(frame)} tiles", fontsize=10)
+    return save_figure(fig, path)
+
+
+def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
+                  labels: Any = None, color: str | None = None, encoder: str | None = None,
+                  max_tiles: int = 20_000, seed: int = 0,
+                  storage_options: Mapping[str, Any] | None = None) -> Path:
+    """UMAP of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column of
+    ``labels``, joined on slide_id or patient_id) or else by slide."""
+    import umap
+
+    from features.store.slide_embeddings import to_numpy
+    from features.store.schema import embeddings_to_numpy
+    from training.figures import _pyplot, save_figure
+
+    if level == "slide":
+        table = store.slide_embeddings(encoder=encoder)
+        frame = table.select(["slide_id", "patient_id"]).to_pandas()
+        x = to_numpy(table, "mean")
+    elif level == "tile":
+        table = store.tiles(encoder=encoder, columns=["slide_id", "embedding"])
+        if table.num_rows > max_tiles:  # an even sample keeps every slide represented
+            pick = np.random.default_rng(seed).choice(table.num_rows, max_tiles, replace=False)
+            table = table.take(np.sort(pick))
+        frame = table.select(["slide_id"]).to_pandas()
+        x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
+    else:
+        raise ConfigError(f"level must be 'slide' or 'tile', not {level!r}")
+    if len(frame) < 4:
+        raise ConfigError(f"a UMAP needs at least 4 {level}s, the store has {len(frame)}")
+    colour_by = "slide_id"
+    if labels is not None:
+        from training.cohorts.labels import join_labels, read_labels
+
+        table_l = labels if isinstance(labels, pd.DataFrame) else read_labels(str(labels), storage_options)
+        slides = store.slide_embeddings(encoder=encoder).select(["slide_id", "patient_id"]).to_pandas()
+        joined = join_labels(table_l, slides, label_columns=[color] if color else None).table
+        colour_by = color or joined.columns[-1]
+        frame = frame.merge(joined[["slide_id", colour_by]], on="slide_id", how="left")
+    neighbours = max(2, min(15, len(frame) - 1))
+    xy = umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    values = frame[colour_by]
+    numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 10
+    if numeric:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=14 if level == "slide" else 3, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label=colour_by)
+    else:
+        groups = values.astype("string").fillna("(no label)")
+        for name in sorted(groups.unique()):
+            hit = (groups == name).to_numpy()
+            ax.scatter(xy[hit, 0], xy[hit, 1], s=24 if level == "slide" else 3, label=str(name))
+        ax.legend(title=colour_by, fontsize=7, markerscale=2 if level == "tile" else 1,
+                  loc="best", ncol=1 if groups.nunique() <= 12 else 2)
+    ax.set(xlabel="UMAP 1", ylabel="UMAP 2")
+    ax.set_title(f"UMAP of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
+                 f"coloured by {colour_by}", fontsize=9)
+    return save_figure(fig, path)
