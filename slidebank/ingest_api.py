@@ -39,6 +39,10 @@ def ingest(source: str, store: str, *, config: IngestConfig | None = None,
             check_mpp(config.tiling.target_mpp, "target --mpp", force=force_mpp)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if config.weights and Path(config.weights).expanduser().is_file():
+            from features.encoders.weights import verify_weights_file
+
+            verify_weights_file(Path(config.weights).expanduser())  # before any folder exists
     listing = load_listing(source, storage_options, force_mpp=force_mpp)
     for row in listing.rejected:
         log.warning("%s: %s (not ingested)", source, row)

@@ -126,3 +126,25 @@ def test_error_never_quotes_file_bytes(tmp_path: Path) -> None:
     with pytest.raises(SlideOpenError) as info:
         open_slide(str(fake))
     assert "root" not in str(info.value).replace(str(tmp_path), "")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors_is_a_typed_error_before_the_store_exists(tmp_path: Path,
+                                                                       damage: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from infra.errors import WeightsError
+    from ingest.pipeline.config import IngestConfig
+    from slidebank.ingest_api import ingest
+
+    weights = tmp_path / "model.safetensors"
+    save_file({"head.weight": torch.zeros(64, 8)}, str(weights))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate"
+                        else b"\x10" + b"\x00" * 7 + b"{not json}")
+    manifest = _manifest(tmp_path, ["a.svs,a,"])
+    with pytest.raises(WeightsError, match="model.safetensors: corrupt safetensors file"):
+        ingest(manifest, str(tmp_path / "store"),
+               config=IngestConfig(encoder="timm:resnet18", weights=str(weights)))
+    assert not (tmp_path / "store").exists()

@@ -320,8 +320,10 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"{path.name}: refused to load: the pickle holds more than tensors "
             "(weights_only=True rejected it). Convert it to safetensors from a trusted source."
         ) from exc
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
-        raise WeightsError(f"{path.name}: not a readable checkpoint: {exc}") from exc
+    except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+        if not isinstance(exc, OSError | RuntimeError | ValueError | EOFError | _safetensor_error()):
+            raise
+        raise WeightsError(f"{path.name}: not a readable checkpoint: {_first_line(exc)}") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
@@ -330,6 +332,37 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ):
         raise WeightsError(f"{path.name}: expected a mapping of names to tensors")
     return loaded
+
+
+def verify_weights_file(path: str | os.PathLike[str]) -> None:
+    """Refuse an unreadable weight file with :class:`WeightsError` before any work starts
+    (a corrupt file otherwise fails after the store's folders were created). Safetensors:
+    the header and every tensor's byte range are checked without reading the tensors."""
+    path = Path(path)
+    if not _is_safetensors(path):
+        load_state_dict(path)
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            list(handle.keys())
+    except Exception as exc:
+        if not isinstance(exc, OSError | ValueError | _safetensor_error()):
+            raise
+        raise WeightsError(f"{path.name}: corrupt safetensors file: {_first_line(exc)}") from exc
+
+
+def _safetensor_error() -> type[Exception]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # an old safetensors without the public name
+        return ValueError
+    return SafetensorError
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def register_state_dict_adapter(name: str) -> Callable[[_Adapter], _Adapter]:
