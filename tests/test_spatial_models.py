@@ -140,3 +140,25 @@ def test_masking_diagnostics() -> None:
         edge_masking(_model("region_transformer", region=8), head, x, coords, modules, 0, 1)
     shuffled = coordinate_shuffle(coords.numpy(), np.random.default_rng(0))
     assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, coords.numpy().tolist()))
+
+
+@pytest.mark.parametrize("name", SPATIAL)
+def test_per_tile_prediction_maps_into_the_store(name: str, tmp_path) -> None:
+    from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
+    from training.spatial.masking import tile_prediction_map
+    from training.spatial.store_io import write_tile_values
+
+    model = _model(name, **({"region": 8} if name == "region_transformer" else {}))
+    head = make_head("binary", np.array([0, 1]))
+    x, coords, _ = _slide(6)
+    values = tile_prediction_map(model, head, x, coords)
+    assert values.shape == (len(x), 1) and np.all((values >= 0) & (values <= 1))
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    c = coords.numpy()
+    info = SlideInfo(source_uri="synthetic://m", mpp=0.5, mpp_source="metadata", level_dimensions=((4096, 4096),))
+    store.commit([store.write_slide(SlideKey("m1", "enc", "cfg00001"), info,
+                                    [tile_batch(c[:, 0], c[:, 1], x.numpy(), tile_size=256, read_mpp=0.5)])])
+    out = write_tile_values(store, f"{name}-pred", "m1", c, values[:, 0], heatmap=f"{name}-pred")
+    heat = store.arrays("m1").read_image(out["heatmap"])
+    assert heat.shape == (16, 16)
+    assert np.allclose(heat[c[:, 1] // 256, c[:, 0] // 256], values[:, 0], atol=1e-6)

@@ -28,7 +28,7 @@ from torch import nn
 from infra.errors import ConfigError
 from training.spatial.graphs import GraphSpec, tile_graph
 
-__all__ = ["coordinate_shuffle", "edge_masking", "masking_table", "module_masking", "predict_bag",
+__all__ = ["coordinate_shuffle", "edge_masking", "masking_table", "module_masking", "predict_bag", "tile_prediction_map",
            "write_masking_png"]
 
 
@@ -152,3 +152,16 @@ def write_masking_png(summary: pd.DataFrame, path: str | Path, *, labels: dict[i
         draw.rectangle([left, y + 4, left + length, y + bar_h - 4], fill=(70, 110, 180))
         draw.text((left + length + 6, y + 6), f"{row.mean_abs_delta:.3f}", fill="black")
     return save_png(image, path)
+
+
+@torch.no_grad()
+def tile_prediction_map(model: nn.Module, head: Any, x: Any, coords: Any) -> np.ndarray:
+    """Per-tile predictions (N, n_outputs) on the head's scale — ABRS-P's ``patch_pred``
+    idea: the slide head applied to each tile's (or its module's) state. For heatmaps
+    beside the MIL attention; write them with ``store_io.write_tile_values``."""
+    tile_logits = getattr(model, "tile_logits", None)
+    if tile_logits is None:
+        raise ConfigError(f"{type(model).__name__} has no per-tile read-out (tile_logits)")
+    model.eval()
+    logits = tile_logits(_as_tensor(x, torch.float32), _as_tensor(coords, torch.long))
+    return np.stack([np.asarray(head.predict(row), dtype=float).reshape(-1) for row in logits])

@@ -111,6 +111,22 @@ class ModuleGraphNet(nn.Module):
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: tuple[Any, Any] | None = None) -> MILOutput:
         require_coords("module_graph", x, coords)
+        modules, g, h = self._nodes(x, coords, edges)
+        present = g.present
+        scores = self.attention(h).masked_fill(~present[None, :], float("-inf"))
+        a = torch.softmax(scores, dim=1).squeeze(0)
+        logits = self.head(a @ h)
+        logits = logits + self.direct(torch.cat([g.proportions, g.contact_fraction.reshape(-1)]) * self.k)
+        tile_attention = a[modules] / g.counts[modules]
+        return MILOutput(logits, tile_attention, None,
+                         {"modules": modules, "module_attention": a.detach(), "enrichment": g.enrichment.detach()})
+
+    def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
+        """(N, n_outputs): each tile gets the head applied to its module's node state."""
+        modules, _, h = self._nodes(x, coords, None)
+        return self.head(h)[modules]
+
+    def _nodes(self, x: Tensor, coords: Tensor, edges: tuple[Any, Any] | None) -> tuple[Tensor, Any, Tensor]:
         modules, g = self.graph(x, coords, edges)
         present = g.present
         nodes = torch.cat([g.mean_embedding, g.proportions[:, None], present[:, None].to(x.dtype)], dim=1)
@@ -119,13 +135,7 @@ class ModuleGraphNet(nn.Module):
         enr = torch.tanh(g.enrichment) * (present[:, None] & present[None, :])
         for self_w, frac_w, enr_w in zip(self.self_w, self.frac_w, self.enr_w, strict=True):
             h = torch.relu(self_w(h) + frac @ frac_w(h) + enr @ enr_w(h) / self.k)
-        scores = self.attention(h).masked_fill(~present[None, :], float("-inf"))
-        a = torch.softmax(scores, dim=1).squeeze(0)
-        logits = self.head(a @ h)
-        logits = logits + self.direct(torch.cat([g.proportions, g.contact_fraction.reshape(-1)]) * self.k)
-        tile_attention = a[modules] / g.counts[modules]
-        return MILOutput(logits, tile_attention, None,
-                         {"modules": modules, "module_attention": a.detach(), "enrichment": g.enrichment.detach()})
+        return modules, g, h
 
 
 @register_model("module_graph")

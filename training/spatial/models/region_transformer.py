@@ -142,12 +142,18 @@ class RegionTransformer(nn.Module):
         outer = torch.softmax(self.region_pool(top), dim=1).squeeze(0)  # (R,)
         logits = self.head(outer @ top)
         attention = outer[region] * inner[region, slot]
-        extras: dict[str, Tensor] = {"region": region, "region_attention": outer.detach()}
+        extras: dict[str, Tensor] = {"region": region, "region_attention": outer.detach(),
+                                     "tile_states": tokens[region, slot].detach()}
         if self.invariant is not None:
             inv_logits, inv_a = self.invariant(x)
             logits = logits + inv_logits
             extras["invariant_attention"] = inv_a.detach()
         return MILOutput(logits, attention, None, extras)
+
+
+    def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
+        """(N, n_outputs): the slide head on each tile's state after the region transformer."""
+        return self.head(self.norm(self.forward(x, coords=coords).extras["tile_states"]))
 
 
 @register_model("region_transformer")

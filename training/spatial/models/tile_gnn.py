@@ -69,6 +69,11 @@ class TileGNN(nn.Module):
             states.append(h)
         return self.mix(torch.cat(states, dim=1))
 
+    def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
+        """(N, n_outputs): the graph head on each tile's node state (per-tile prediction map)."""
+        require_coords("tile_gnn", x, coords)
+        return self.head(self.node_states(x, edges_for(coords, self.spec, None, x.device)))
+
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: tuple[Any, Any] | None = None) -> MILOutput:
         require_coords("tile_gnn", x, coords)
