@@ -14,6 +14,7 @@ per-node disk, as on separate machines, and a way to see which node is reading.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MultiNodeCluster", "auth_env", "multinode_cluster"]
+__all__ = ["MultiNodeCluster", "auth_env", "multinode_cluster", "with_startup_retries"]
+
+log = logging.getLogger(__name__)
 
 # Metrics reach each node's Prometheus endpoint every second instead of every 10 s.
 _SYSTEM_CONFIG = {"metrics_report_interval_ms": 1000}
@@ -122,19 +125,38 @@ def multinode_cluster(scratch_root: Path, n_workers: int = 2) -> Iterator[MultiN
     if "RAY_AUTH_MODE" not in os.environ:
         raise RuntimeError("set RAY_AUTH_MODE explicitly before starting a test cluster")
     head_port = _free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "_system_config": _SYSTEM_CONFIG,
-        "metrics_export_port": head_port})
+    cluster = Cluster()
     handle = MultiNodeCluster(cluster, scratch_root)
     handle.metrics_ports["head"] = head_port
     try:
+        with_startup_retries(lambda: cluster.add_node(
+            num_cpus=0, include_dashboard=False, _system_config=_SYSTEM_CONFIG,
+            metrics_export_port=head_port))
         for i in range(n_workers):
-            handle.add_worker(f"worker-{i}")
+            with_startup_retries(lambda i=i: handle.add_worker(f"worker-{i}"))
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         yield handle
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def with_startup_retries(start: Any, attempts: int = 3) -> Any:
+    """Run ``start`` (a Ray node start) again when Ray gives up waiting for the raylet.
+
+    Ray waits a fixed 30 s for a new raylet to register; on a loaded shared machine that
+    is sometimes too short, and the node start fails although nothing is wrong. Any other
+    error is raised at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("Ray node start timed out (attempt %d of %d); retrying", attempt, attempts)
+            time.sleep(5)
+    return None
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from tests._deploy_tools.metric_names import code_metrics, exported_names
-from tests._multinode import auth_env, multinode_cluster, wait_for
+from tests._multinode import auth_env, multinode_cluster, wait_for, with_startup_retries
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
 
@@ -65,7 +65,8 @@ def reference(s3_cohort, s3_options):
 
     store = _store(s3_cohort, "reference", s3_options)
     with auth_env("token"):
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        with_startup_retries(lambda: ray.init(num_cpus=2, include_dashboard=False,
+                                              log_to_driver=False, configure_logging=False))
         try:
             result = run_ingest(s3_cohort, store, options=OPTIONS, storage_options=s3_options,
                                 dashboard=False)
