@@ -27,6 +27,8 @@ import contextlib
 import logging
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +52,7 @@ def embedded_auth_mode() -> str:
         return os.environ[_AUTH_ENV]
     os.environ[_AUTH_ENV] = "token"
     try:
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]  # compiled module, no stubs
     except ImportError:  # a Ray without this hook reads the variable at init time
         return "token"
     Config.initialize("")
@@ -78,8 +80,11 @@ def connect(address: str | None = None, *, dashboard: bool = False,
     _quiet_ray_loggers()
     init_kwargs.setdefault("_node_ip_address", LOOPBACK)
     with _loopback_only():
-        ray.init(include_dashboard=dashboard, dashboard_host=LOOPBACK, log_to_driver=False,
+        # address="local": always a new Ray of our own. Without it, ray.init() joins any
+        # cluster a `ray start` left on this machine (another user's, with its own exposure).
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host=LOOPBACK, log_to_driver=False,
                  configure_logging=False, num_cpus=num_cpus, **init_kwargs)
+    _start_reaper()
     return True
 
 
@@ -132,6 +137,33 @@ def shutdown(started: bool) -> None:
         import ray
 
         ray.shutdown()
+        _stop_reaper()
+
+
+_REAPER: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def _start_reaper() -> None:
+    """Watchdog that ends this Ray's agents if the driver dies (see ``infra/_ray_reaper.py``)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    raylets = (node.all_processes.get("raylet") if node is not None else None) or []
+    if not raylets:
+        return
+    _stop_reaper()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_reaper.py")
+    _REAPER["proc"] = subprocess.Popen(
+        [sys.executable, script, str(raylets[0].process.pid)], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop_reaper() -> None:
+    proc = _REAPER.pop("proc", None)
+    if proc is not None and proc.stdin is not None:
+        proc.stdin.close()  # end-of-file: it ends any leftovers, then exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
 
 
 @contextlib.contextmanager
