@@ -144,7 +144,62 @@ def test_corrupt_safetensors_is_a_typed_error_before_the_store_exists(tmp_path: 
     weights.write_bytes(data[: len(data) // 2] if damage == "truncate"
                         else b"\x10" + b"\x00" * 7 + b"{not json}")
     manifest = _manifest(tmp_path, ["a.svs,a,"])
-    with pytest.raises(WeightsError, match="model.safetensors: corrupt safetensors file"):
+    with pytest.raises(WeightsError, match=r"model\.safetensors: corrupt safetensors file"):
         ingest(manifest, str(tmp_path / "store"),
                config=IngestConfig(encoder="timm:resnet18", weights=str(weights)))
     assert not (tmp_path / "store").exists()
+
+
+# ---- scratch: private, cleaned ----------------------------------------------------------------
+def _stage_one(space, tmp_path: Path):
+    import fsspec
+
+    from infra.storage import object_info
+
+    source = tmp_path / "remote.svs"
+    source.write_bytes(b"slide bytes" * 100)
+    fs = fsspec.filesystem("file")
+    return space.stage(fs, str(source), object_info(fs, str(source)), "remote.svs", ".svs")
+
+
+def test_scratch_folders_are_private_and_removed_when_empty(tmp_path: Path) -> None:
+    import stat
+
+    from ingest.slides.staging import ScratchSpace
+
+    base = tmp_path / "scratch"
+    space = ScratchSpace(base)
+    staged = _stage_one(space, tmp_path)
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    assert stat.S_IMODE(space.root.stat().st_mode) == 0o700
+    space.release(staged)
+    space.clear()
+    assert not space.root.exists(), "an empty per-process folder must not pile up"
+
+
+def test_stale_scratch_of_dead_processes_is_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ingest.slides.staging import ScratchSpace
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    base = tmp_path / "scratch"
+    stale = base / f"p{dead.stdout.strip()}"
+    stale.mkdir(parents=True)
+    (stale / "left-behind.svs").write_bytes(b"x")
+    space = ScratchSpace(base)
+    _stage_one(space, tmp_path)
+    assert not stale.exists()
+
+
+def test_scratch_base_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    from infra.errors import ScratchSpaceError
+    from ingest.slides.staging import ScratchSpace
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "scratch").symlink_to(elsewhere)
+    with pytest.raises(ScratchSpaceError, match="symlink"):
+        _stage_one(ScratchSpace(tmp_path / "scratch"), tmp_path)

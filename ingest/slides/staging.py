@@ -11,10 +11,13 @@ than ``max_bytes``: unused staged files are evicted least-recently-used first.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -108,11 +111,28 @@ class ScratchSpace:
                 staged.path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Remove every unpinned staged file of this process."""
+        """Remove every unpinned staged file of this process, and its folder once empty."""
         with self._lock:
             for entry in self._entries():
                 if self._pins.get(entry.name, 0) == 0:
                     entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty (pinned or temp files) or gone
+                self.root.rmdir()
+
+    def _make_root(self) -> None:
+        """Create the scratch folders private to this user (0700; the base only when we
+        create it, a user's own SLIDEBANK_SCRATCH keeps its mode). The default base has a
+        predictable name in /tmp, so one that is a symlink or someone else's is refused
+        rather than written into; folders of processes that are gone are removed."""
+        base = self.root.parent
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = base.lstat()
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+            raise ScratchSpaceError(f"scratch folder {base} is a symlink or belongs to another "
+                                    "user; set SLIDEBANK_SCRATCH to a private folder")
+        if not self.root.exists():
+            _remove_stale(base)
+        self.root.mkdir(mode=0o700, exist_ok=True)
 
     # ---- staging -----------------------------------------------------------------------
     def stage(
@@ -122,7 +142,7 @@ class ScratchSpace:
         name = key.hexdigest()[:32] + suffix
         target = self.root / name
         with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._make_root()
             if target.exists() and target.stat().st_size == info.size:
                 self._pins[name] = self._pins.get(name, 0) + 1
                 os.utime(target)
@@ -190,6 +210,25 @@ class ScratchSpace:
 
 _default: ScratchSpace | None = None
 _default_lock = threading.Lock()
+
+
+def _remove_stale(base: Path) -> None:
+    """``p<pid>`` folders whose process has exited (killed before its atexit clean-up)."""
+    for entry in base.glob("p[0-9]*"):
+        pid = entry.name[1:]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_scratch() -> ScratchSpace:
