@@ -20,7 +20,7 @@ OptionsOpt = Annotated[list[str] | None, typer.Option(
     "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")]
 
 
-def _store(uri: str, options: list[str] | None):  # noqa: ANN202 - FeatureStore, lazily imported
+def _store(uri: str, options: list[str] | None):
     from slidebank.probe_api import open_store
 
     return open_store(uri, parse_storage_options(options))

@@ -194,10 +194,15 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
                   storage_options: Mapping[str, Any] | None = None) -> Path:
     """UMAP of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column of
     ``labels``, joined on slide_id or patient_id) or else by slide."""
-    import umap
+    import warnings
 
-    from features.store.slide_embeddings import to_numpy
+    with warnings.catch_warnings():
+        # umap-learn warns at import that TensorFlow (for ParametricUMAP, unused) is absent.
+        warnings.simplefilter("ignore", ImportWarning)
+        import umap
+
     from features.store.schema import embeddings_to_numpy
+    from features.store.slide_embeddings import to_numpy
     from training.figures import _pyplot, save_figure
 
     if level == "slide":
