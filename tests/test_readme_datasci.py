@@ -22,12 +22,18 @@ def _block(marker: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readme")
+    build_store(root / "slidebank-demo" / "store")
+    write_labels(root / "labels.csv")
+    return root
+
+
 @pytest.fixture
-def demo(tmp_path, monkeypatch):
-    build_store(tmp_path / "slidebank-demo" / "store")
-    write_labels(tmp_path / "labels.csv")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def demo(demo_root, monkeypatch):
+    monkeypatch.chdir(demo_root)
+    return demo_root
 
 
 def test_python_example_is_short_and_runs(demo):

@@ -41,8 +41,6 @@ def roc_band(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(fpr grid, tpr, tpr 2.5%, tpr 97.5%): the curve on a common grid and a bootstrap
     band (resampling ``groups``, e.g. patients, when given, else slides)."""
-    from sklearn.metrics import roc_curve
-
     grid = np.linspace(0, 1, 101)
     fpr, tpr, _ = roc_curve(y, p)
     main = np.interp(grid, fpr, tpr)
@@ -62,6 +60,19 @@ def roc_band(
         return grid, main, main, main
     lo, hi = np.quantile(np.stack(curves), [0.025, 0.975], axis=0)
     return grid, main, lo, hi
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at distinct scores, like scikit-learn's (NumPy only: the
+    bootstrap band draws hundreds)."""
+    order = np.argsort(-p, kind="mergesort")
+    p_sorted, y_sorted = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = last + 1 - tps
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    return fpr, tpr, np.r_[np.inf, p_sorted[last]]
 
 
 def _ci_text(metric: Mapping[str, float]) -> str:

@@ -11,7 +11,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["classification_metrics", "patient_bootstrap", "regression_metrics"]
+__all__ = [
+    "auroc",
+    "average_precision",
+    "balanced_accuracy",
+    "classification_metrics",
+    "patient_bootstrap",
+    "regression_metrics",
+]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -42,18 +49,46 @@ def _with_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, n
     return {"value": float(metric(y, s)), "ci_low": lo, "ci_high": hi}
 
 
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney U statistic (ties count half), as scikit-learn's.
+
+    NumPy only: the bootstrap calls it thousands of times, where scikit-learn's input
+    validation would cost more than the metric.
+    """
+    from scipy.stats import rankdata
+
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision over distinct score thresholds (scikit-learn's definition)."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = last + 1 - tps
+    if tps[-1] == 0:
+        return float("nan")
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
+    classes = np.unique(y)
+    return float(np.mean([np.mean(predicted[y == c] == c) for c in classes]))
+
+
 def classification_metrics(
     y: np.ndarray, scores: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Binary: AUROC, AUPRC, balanced accuracy (argmax). Multiclass: macro one-vs-rest
     AUROC, balanced accuracy, accuracy. ``scores`` is (N, C), one column per class."""
-    from sklearn.metrics import (
-        accuracy_score,
-        average_precision_score,
-        balanced_accuracy_score,
-        roc_auc_score,
-    )
-
     n_classes = scores.shape[1]
 
     def pred(s: np.ndarray) -> np.ndarray:
@@ -61,20 +96,18 @@ def classification_metrics(
 
     if n_classes == 2:
         metrics: dict[str, Metric] = {
-            "auroc": lambda t, s: roc_auc_score(t, s[:, 1]),
-            "auprc": lambda t, s: average_precision_score(t, s[:, 1]),
+            "auroc": lambda t, s: auroc(t, s[:, 1]),
+            "auprc": lambda t, s: average_precision(t, s[:, 1]),
         }
     else:
         def macro_auc(t: np.ndarray, s: np.ndarray) -> float:
-            present = np.unique(t)
-            if len(present) < n_classes:  # a resample without some class: undefined
+            if len(np.unique(t)) < n_classes:  # a resample without some class: undefined
                 return float("nan")
-            probs = np.exp(s - s.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            return roc_auc_score(t, probs, multi_class="ovr", average="macro")
+            return float(np.mean([auroc((t == c).astype(int), s[:, c]) for c in range(n_classes)]))
 
-        metrics = {"macro_auroc": macro_auc, "accuracy": lambda t, s: accuracy_score(t, pred(s))}
-    metrics["balanced_accuracy"] = lambda t, s: balanced_accuracy_score(t, pred(s))
+        metrics = {"macro_auroc": macro_auc,
+                   "accuracy": lambda t, s: float(np.mean(pred(s) == t))}
+    metrics["balanced_accuracy"] = lambda t, s: balanced_accuracy(t, pred(s))
     return {name: _with_ci(y, scores, groups, m, n_boot, seed) for name, m in metrics.items()}
 
 
@@ -82,7 +115,12 @@ def regression_metrics(
     y: np.ndarray, p: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """R², Pearson r and mean absolute error, each with a patient bootstrap CI."""
-    from sklearn.metrics import mean_absolute_error, r2_score
+    def r2_score(t: np.ndarray, p: np.ndarray) -> float:
+        total = float(np.sum((t - t.mean()) ** 2))
+        return float("nan") if total == 0 else 1.0 - float(np.sum((t - p) ** 2)) / total
+
+    def mean_absolute_error(t: np.ndarray, p: np.ndarray) -> float:
+        return float(np.mean(np.abs(t - p)))
 
     def pearson(t: np.ndarray, s: np.ndarray) -> float:
         if np.std(t) == 0 or np.std(s) == 0:
