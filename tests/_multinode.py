@@ -148,6 +148,8 @@ def with_startup_retries(start: Any, attempts: int = 3) -> Any:
     is sometimes too short, and the node start fails although nothing is wrong. Any other
     error is raised at once.
     """
+    # The raylet's own wait for its metrics agent (default 30 s) is as tight.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     for attempt in range(1, attempts + 1):
         try:
             return start()
