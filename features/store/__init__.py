@@ -5,6 +5,11 @@ Open one with :meth:`FeatureStore.open`; workers write with
 slides visible atomically with :meth:`FeatureStore.commit`. The commit protocol is
 documented in :mod:`features.store.writer`.
 
+Slide-level embeddings (mean/max pooled tiles per slide and encoder) are read with
+:meth:`FeatureStore.slide_embeddings` (see :mod:`features.store.slide_embeddings`);
+outside readers of the Lance tables filter with :meth:`FeatureStore.committed_filter`;
+:mod:`features.store.export` writes AnnData, CLAM/TRIDENT h5 and Parquet.
+
 Heavy libraries (Lance, DuckDB, Zarr, torch) load when first used, not on import.
 """
 
