@@ -22,8 +22,8 @@ def test_info_json_and_thumbnail(cmu_slide: Path, tmp_path: Path) -> None:
     assert report["objective_power"] == 20.0 and report["vendor"] == "aperio"
     assert report["levels"][0] == {"level": 0, "width": 2220, "height": 2967,
                                    "downsample": 1.0, "mpp": 0.499}
-    thumb = Image.open(report["thumbnail"])
-    assert thumb.size == (round(2220 * 0.499 / 8), round(2967 * 0.499 / 8))
+    with Image.open(report["thumbnail"]) as thumb:
+        assert thumb.size == (round(2220 * 0.499 / 8), round(2967 * 0.499 / 8))
     assert "CMU-1" not in result.stdout and "label" not in result.stdout
 
 
