@@ -126,7 +126,7 @@ def _ensure_token() -> None:
         return
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     with contextlib.suppress(ImportError, AttributeError):
-        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
         AuthenticationTokenLoader.instance().reset_cache()
 
@@ -148,7 +148,7 @@ def _start_reaper() -> None:
     import ray
 
     node = ray._private.worker._global_node
-    raylets = (node.all_processes.get("raylet") if node is not None else None) or []
+    raylets: list[Any] = (node.all_processes.get("raylet") if node is not None else None) or []
     if not raylets:
         return
     _stop_reaper()

@@ -39,6 +39,6 @@ def probe(store: Any, labels: Any, *, label: str, model: str = "logistic", task:
 
     if isinstance(store, str | Path):
         store = open_store(str(store), storage_options)
-    config = ProbeConfig(label=label, model=model, task=task, pooling=pooling,  # type: ignore[arg-type]
+    config = ProbeConfig(label=label, model=model, task=task, pooling=pooling,
                          folds=folds, seed=seed, n_boot=n_boot, k=k, encoder=encoder)
     return run_probe(store, labels, config, out_dir=out_dir, storage_options=storage_options)

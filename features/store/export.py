@@ -100,7 +100,7 @@ def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     enc = store._encoder(encoder)
     meta = store.tiles(encoder=enc, slide_ids=slide_ids, columns=["slide_id", "tile_size", "read_mpp"])
-    first = {}
+    first: dict[str, tuple[int, float]] = {}
     for sid, size, mpp in zip(*(meta.column(c).to_pylist() for c in meta.column_names),
                               strict=True):
         first.setdefault(sid, (size, mpp))

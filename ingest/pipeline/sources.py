@@ -177,7 +177,7 @@ def _row_source(number: int, row: dict, column: str, base: str, force_mpp: bool)
     return SlideSource(uri, sid, str(patient) if patient else None, mpp)
 
 
-def _from_listing(source: str, storage_options: Mapping[str, Any] | None) -> list[SlideSource]:
+def _from_listing(source: str, storage_options: Mapping[str, Any] | None) -> SourceListing:
     fs, path = open_filesystem(source, storage_options)
     protocol = None if is_local(source) else source.split("://", 1)[0]
     if any(ch in path for ch in "*?["):

@@ -48,7 +48,8 @@ def _area_mm2(mask: np.ndarray, mpp: float) -> float:
     return float(mask.sum()) * mpp * mpp / 1e6
 
 
-def _scale_bar(image: Image.Image, image_mpp: float, font: ImageFont.ImageFont) -> None:
+def _scale_bar(image: Image.Image, image_mpp: float,
+               font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
     draw = ImageDraw.Draw(image)
     um = nice_scale_um(image_mpp, image.width)
     length = max(1, int(round(um / image_mpp)))
