@@ -87,6 +87,35 @@ def test_a_slide_over_budget_stops_between_chunks(synthetic_svs, budget, reason)
             slide.read_regions_at_mpp([(0, 0)], 64, 0.5)
 
 
+def test_read_stage_fails_the_bomb_and_reads_the_good_slide(bomb: Path, tmp_path: Path) -> None:
+    """The reader actor's own code, without Ray: the bomb is one ``failed`` row with its
+    reason, and the good slide after it in the same task is read in full."""
+    from features.store import FeatureStore
+    from ingest.pipeline.config import IngestConfig, RunOptions
+    from ingest.pipeline.read_stage import read_slides
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    good = write_synthetic_slide(tmp_path / "good.svs", SyntheticSlideSpec(
+        width=1792, height=1536, seed=3, downsamples=(1, 4), n_blobs=2))
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    batch = {"uri": np.array([str(bomb), good.path]), "slide_id": np.array(["bomb", "good"]),
+             "patient_id": np.array(["", ""]), "mpp": np.array([np.nan, np.nan]),
+             "write_id": np.array(["w-bomb", "w-good"])}
+    rows = list(read_slides(batch, config=IngestConfig(stain="none"),
+                            options=RunOptions(progress=False, tiles_per_batch=16),
+                            store=store.location, storage_options=None))
+    by_slide: dict[str, list[dict]] = {}
+    for row in rows:
+        by_slide.setdefault(str(row["slide_id"][0]), []).append(row)
+    (failed,) = by_slide["bomb"]
+    assert str(failed["status"][0]) == "failed"
+    assert str(failed["error_type"][0]) == "SlideLimitError"
+    assert "decompression bomb" in str(failed["error_message"][0])
+    statuses = {str(r["status"][0]) for r in by_slide["good"]}
+    assert statuses == {"tiles"}
+    assert sum(r["x"][0].size for r in by_slide["good"]) > 0
+
+
 @pytest.mark.timeout(600)
 def test_bomb_beside_a_good_slide_fails_alone(ray_local, bomb: Path, tmp_path: Path) -> None:
     from features.store import FeatureStore
