@@ -28,29 +28,29 @@ def test_unknown_slide_id_in_bag_names_what_exists(local_store, write):
         local_store.slide_embeddings(slide_ids=["s1", "nope"])
 
 
-def test_slide_embeddings_pool_current_tiles_and_follow_replacement(local_store, write):
-    local_store.commit([write(local_store, "s1", 6, seed=1), write(local_store, "s2", 3, seed=2)])
+def test_slide_embeddings_pool_current_tiles_and_follow_replacement(store, write):
+    store.commit([write(store, "s1", 6, seed=1), write(store, "s2", 3, seed=2)])
     # Before any refresh the table is empty: rows are pooled from the tiles on read.
-    table = local_store.slide_embeddings()
+    table = store.slide_embeddings()
     assert table.column("slide_id").to_pylist() == ["s1", "s2"]
-    bag = local_store.bag("s1")
+    bag = store.bag("s1")
     np.testing.assert_allclose(to_numpy(table, "mean")[0], bag.embeddings.mean(0), rtol=1e-5)
     np.testing.assert_allclose(to_numpy(table, "max")[0], bag.embeddings.max(0))
     assert table.column("tile_count").to_pylist() == [6, 3]
     assert table.column("tissue_area_mm2").null_count == 0
 
-    assert local_store.refresh_slide_embeddings(["s1", "s2"]) == 2
-    stored = local_store.slide_embeddings()
+    assert store.refresh_slide_embeddings(["s1", "s2"]) == 2
+    stored = store.slide_embeddings()
     np.testing.assert_allclose(to_numpy(stored), to_numpy(table))
 
     # A new write of s1 makes the stored row stale: reads must follow the new tiles.
-    local_store.commit([write(local_store, "s1", 2, seed=9)])
-    fresh = local_store.slide_embeddings(slide_ids=["s1"])
+    store.commit([write(store, "s1", 2, seed=9)])
+    fresh = store.slide_embeddings(slide_ids=["s1"])
     np.testing.assert_allclose(
-        to_numpy(fresh)[0], local_store.bag("s1").embeddings.mean(0), rtol=1e-5
+        to_numpy(fresh)[0], store.bag("s1").embeddings.mean(0), rtol=1e-5
     )
     assert fresh.column("tile_count").to_pylist() == [2]
-    assert local_store.rebuild_slide_embeddings() == 2
+    assert store.rebuild_slide_embeddings() == 2
     with pytest.raises(ConfigError, match="pooling must be"):
         to_numpy(fresh, "attention")
 
