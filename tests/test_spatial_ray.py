@@ -28,7 +28,7 @@ def test_module_graph_through_ray_train(ray_local, tmp_path: Path) -> None:
     cfg = TrainConfig(model=MILConfig(model="module_graph", hidden=32, attn_dim=16, options={"modules": 4}),
                       epochs=10, patience=4, lr=1e-3, max_patches=None, torch_threads=1)
     job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, train=cfg, num_workers=2,
-                    name="spatial-ray", report_interval_s=0.0)
+                    name="spatial-ray")
     result = run_training(job, train, val, {"test": test})
     rows = result.predictions["test"]
     assert roc_auc_score([r["target"][0] for r in rows], [r["prediction"][0] for r in rows]) >= 0.9
