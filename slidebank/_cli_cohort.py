@@ -229,7 +229,7 @@ def signatures(
 def register(app: typer.Typer) -> None:
     cohort = typer.Typer(
         name="cohort",
-        help="Omics labels joined with slides, and leakage-safe splits.",
+        help="Labels (omics signatures or a plain labels table) joined with slides, and leakage-safe splits.",
         no_args_is_help=True,
     )
     cohort.command("build")(build)
