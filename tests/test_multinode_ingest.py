@@ -102,17 +102,26 @@ def _statuses(result) -> list[str]:
 @pytest.mark.parametrize("engine", ["fused", "dataset"])
 def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, reference, s3_cohort,
                                                                 s3_options, engine) -> None:
+    import ray._private.state as ray_state
+
     store = _store(s3_cohort, f"multinode-{engine}", s3_options)
     staged_before = {n: set(cluster.staging_processes(n)) for n in cluster.workers}
+    actors_before = set(ray_state.actors())
 
     result = run_ingest(s3_cohort, store, options=ENGINES[engine], storage_options=s3_options,
                         dashboard=False)
 
     assert all(o.status == "done" for o in result.outcomes), _statuses(result)
     assert len(result.outcomes) == N_SLIDES
-    reading_nodes = [n for n in cluster.workers
-                     if set(cluster.staging_processes(n)) - staged_before.get(n, set())]
-    assert len(reading_nodes) >= 2, f"slides were staged on {len(reading_nodes)} node(s) only"
+    # The run's actors (GCS actor table; the state API needs a dashboard) sit on >= 2 nodes.
+    new = [a for i, a in ray_state.actors().items() if i not in actors_before]
+    work_nodes = {a["Address"]["NodeID"] for a in new} & set(cluster.workers)
+    assert len(work_nodes) >= 2, f"the run's actors sat on {len(work_nodes)} worker node(s)"
+    if engine == "fused":
+        # Each node staged the slides it read into its own scratch folder.
+        staging = [n for n in cluster.workers
+                   if set(cluster.staging_processes(n)) - staged_before.get(n, set())]
+        assert len(staging) >= 2, f"slides were staged on {len(staging)} node(s) only"
     ours = _tiles(store)
     assert ours.num_rows == reference.num_rows > 0
     assert ours.equals(reference), "same tiles and the same embeddings as one node"
@@ -121,7 +130,7 @@ def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, referen
     # PodMonitor in infra/deploy scrapes them, under the names the Grafana board's test
     # derives from the code (tests/_deploy_tools/metric_names.py).
     def scraped() -> set[str]:
-        return {line.split("{")[0].split(" ")[0] for n in [*reading_nodes, "head"]
+        return {line.split("{")[0].split(" ")[0] for n in [*cluster.workers, "head"]
                 for line in cluster.scrape(n).splitlines()
                 if line.startswith("ray_slidebank_")}
 
