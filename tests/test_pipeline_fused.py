@@ -92,3 +92,63 @@ def test_local_cluster_address_only_while_it_answers(tmp_path, monkeypatch) -> N
     assert local_cluster.address() is None, "a cluster that no longer answers is not joined"
     assert local_cluster.resolve_address("auto") == "auto"
     assert local_cluster.down() == 0 and not (tmp_path / "cluster.json").exists()
+
+
+def _device_rows(slide: SlideSource, store: FeatureStore, config: IngestConfig, device: str,
+                 encoder: str = "handcrafted-he-v1") -> list[dict]:
+    from ingest.pipeline.device_stage import DeviceStage, plan_for_device
+
+    source = {"uri": slide.uri, "slide_id": slide.slide_id, "patient_id": "", "mpp": float("nan"),
+              "write_id": f"w-{device}"}
+    planned = plan_for_device(source, config=config, options=OPTS, store=store.location,
+                              storage_options=None)
+    assert "image" not in planned and planned["x"].dtype.kind == "i", "coordinates, never pixels"
+    stage = DeviceStage(config=config, options=OPTS, storage_options=None,
+                        encoder_kwargs={"encoder": encoder, "weights": "random" if ":" in encoder else None,
+                                        "batch_size": 16},
+                        write_kwargs={"store": store.location, "encoder": config.encoder_id,
+                                      "config_hash": "d" * 16, "dtype": "float32", "tile_size": 256,
+                                      "read_mpp": 0.5}, device=device)
+    return list(stage.run(planned))
+
+
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> None:
+    """The GPU-resident stage (NumPy stand-in on CPU) stores what the fused CPU stage stores."""
+    from features.store import PendingSlide, SlideInfo, SlideKey
+
+    config = IngestConfig(stain="macenko")
+    results = {}
+    for name in ("fused", device):
+        store = FeatureStore.open(str(tmp_path / name), create=True)
+        store.ensure_tiles_table(config.encoder_id, 64, "float32")
+        if name == "fused":
+            stage = FusedStage(
+                read_kwargs={"config": config, "options": OPTS, "store": store.location,
+                             "storage_options": None},
+                encoder_kwargs={"encoder": config.encoder, "weights": None, "device": "cpu",
+                                "batch_size": 16, "num_threads": 1},
+                write_kwargs={"store": store.location, "encoder": config.encoder_id,
+                              "config_hash": "d" * 16, "dtype": "float32", "tile_size": 256,
+                              "read_mpp": 0.5})
+            rows = list(stage.run({"uri": slides[1].uri, "slide_id": slides[1].slide_id, "patient_id": "",
+                                   "mpp": float("nan"), "write_id": "w-fused"}))
+        else:
+            rows = _device_rows(slides[1], store, config, device)
+        assert rows and all(r["status"] == "tiles" for r in rows)
+        fragments = tuple(f for r in rows for f in json.loads(r["fragments"]))
+        store.commit([PendingSlide(key=SlideKey(slides[1].slide_id, config.encoder_id, "d" * 16),
+                                   info=SlideInfo(source_uri=slides[1].uri), write_id=rows[0]["write_id"],
+                                   status="done", n_tiles=sum(r["n_tiles"] for r in rows),
+                                   fragments=fragments, dim=64, dtype="float32")], run_id=f"r-{name}")
+        results[name] = _tiles(store)
+    fused, other = results["fused"], results[device]
+    assert fused.num_rows > 0
+    for column in ("slide_id", "x", "y", "qc_flags"):
+        assert fused.column(column).equals(other.column(column)), column
+    a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
+    b = np.stack(other.column("embedding").to_numpy(zero_copy_only=False))
+    # Stated tolerance: identical on NumPy; CuPy's float reductions may differ in the last bits.
+    np.testing.assert_allclose(a, b, rtol=1e-3 if device == "cuda" else 1e-6, atol=1e-4)

@@ -189,7 +189,14 @@ class TorchBackend:
     def run(self, tiles: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             batch = self._stage(tiles) if self._stage is not None else _host_tensor(tiles)
-            x = preprocess(batch, self.spec, self._scale, self._shift)
+            return self.run_tensor(batch)
+
+    def run_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """uint8 (B, H, W, 3) already on this backend's device (e.g. CuPy tiles through
+        DLPack): no host round trip for the pixels."""
+        with torch.inference_mode():
+            x = preprocess(batch.to(self._device, non_blocking=True), self.spec, self._scale,
+                           self._shift)
             autocast = (
                 torch.autocast(device_type="cuda", dtype=self._autocast_dtype)
                 if self._autocast_dtype is not None

@@ -185,6 +185,27 @@ class Encoder:
             )
         return out
 
+    def encode_device(self, tiles: Any) -> np.ndarray:
+        """Embeddings (B, D) float32 for uint8 tiles (B, H, W, 3) that live on a device:
+        a CuPy array (or any DLPack producer, NumPy included) becomes a torch tensor
+        without a copy and goes straight to the model (bf16, channels-last on CUDA)."""
+        run_tensor = getattr(self._backend, "run_tensor", None)
+        if run_tensor is None:  # the weight-free encoder computes on host arrays
+            from infra.arrays import asnumpy
+
+            return self.encode(asnumpy(tiles))
+        import torch
+
+        tensor = tiles if isinstance(tiles, torch.Tensor) else torch.from_dlpack(tiles)
+        if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
+            raise ConfigError(f"tiles must be uint8 RGB (B, H, W, 3), got {tensor.dtype} "
+                              f"{tuple(tensor.shape)}")
+        if len(tensor) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        parts = [run_tensor(tensor[start:start + self.batch_size])
+                 for start in range(0, len(tensor), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
     @overload
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
     @overload
