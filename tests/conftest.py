@@ -105,19 +105,24 @@ def synthetic_tiff(synthetic_dir: Path):
 _RAY_LOCAL: dict[str, bool] = {"active": False}
 
 
-def _start_ray() -> bool:
-    """``infra.ray_runtime.connect(num_cpus=2)``, tried twice: Ray gives its raylet a fixed
-    30 s to register, which a heavily shared CI machine can miss once."""
+def _start_ray(attempts: int = 3) -> bool:
+    """``infra.ray_runtime.connect(num_cpus=2)``, tried up to three times: Ray gives its
+    raylet and agents fixed start-up deadlines (30 s; the metrics agent's port file), which
+    a heavily shared 2-core machine misses now and then."""
     import ray
 
     from infra.ray_runtime import connect
 
-    try:
-        return connect(num_cpus=2)
-    except Exception:  # Ray raises a bare Exception for a raylet start-up timeout
-        logging.getLogger(__name__).warning("Ray did not start; trying once more", exc_info=True)
-        ray.shutdown()
-        return connect(num_cpus=2)
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect(num_cpus=2)
+        except Exception:  # Ray raises a bare Exception for a start-up timeout
+            if attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning("Ray did not start (attempt %d of %d)",
+                                                attempt, attempts, exc_info=True)
+            ray.shutdown()
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,55 @@ def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_local, co
         assert set(tiles) == _planned(source)
 
 
-def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_local, cohort, tmp_path) -> None:
-    # Four slides, two per commit: the driver dies after the first commit, half done.
-    cohort = cohort[:4]
+class _DriverStopped(Exception):
+    """Raised in place of the driver dying: the in-process twin of ``os._exit``."""
+
+
+@dataclass(frozen=True)
+class _StopAfterCommits(FaultPlan):
+    def after_commit(self, commits: int) -> None:
+        if self.driver_exit_after_commits == commits:
+            raise _DriverStopped(commits)
+
+
+def _assert_same_store(store: FeatureStore, reference: FeatureStore) -> None:
+    assert _stored(store).keys() == _stored(reference).keys()
+    for sid, tiles in _stored(reference).items():
+        assert sorted(_stored(store)[sid]) == sorted(tiles)
+    order = [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")]
+    columns = ["slide_id", "x", "y", "embedding"]
+    ours = store.latest().tiles(columns=columns).sort_by(order)
+    theirs = reference.latest().tiles(columns=columns).sort_by(order)
+    assert ours.equals(theirs), "same tiles and the same embeddings"
+
+
+def test_rerun_after_an_interrupted_run_equals_an_uninterrupted_run(ray_local, cohort, tmp_path) -> None:
+    """The fast twin of the driver-death test below: the run stops (raises) right after its
+    first commit, in this process; the rerun skips exactly the committed slides."""
+    cohort = cohort[:4]  # two per commit: the run stops half done
     reference = FeatureStore.open(str(tmp_path / "reference"), create=True)
     run_ingest(cohort, reference, options=FAST.replace(commit_every=2))
+    store = FeatureStore.open(str(tmp_path / "stopped"), create=True)
+    with injected(_StopAfterCommits(driver_exit_after_commits=1)), pytest.raises(_DriverStopped):
+        run_ingest(cohort, store, options=FAST.replace(commit_every=2))
+    partial = store.slides(status="done", columns=["slide_id"]).column("slide_id").to_pylist()
+    assert 0 < len(partial) < len(cohort)
+
+    result = run_ingest(cohort, store.latest(), options=FAST)
+
+    assert sorted(result.skipped) == sorted(partial)
+    _assert_same_store(store, reference)
+
+
+@pytest.mark.slow
+def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(cohort, tmp_path) -> None:
+    """The driver process really dies (``os._exit`` after its first commit, no cleanup).
+    It is a subprocess with its own embedded Ray: a driver in another process joining the
+    session's loopback-only Ray did not connect here. The reference and the rerun run in
+    this process (on the session's Ray when one is up, else on their own)."""
+    cohort = cohort[:4]
+    reference = FeatureStore.open(str(tmp_path / "reference"), create=True)
+    run_ingest(cohort, reference, options=FAST.replace(commit_every=2), dashboard=False)
     crashed = tmp_path / "crashed"
     script = (
         "import json, sys\n"
@@ -138,15 +183,10 @@ def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_local, coho
         f"    run_ingest(sources, FeatureStore.open({str(crashed)!r}, create=True), options=opts, dashboard=False)\n"
     )
     payload = json.dumps([s.__dict__ for s in cohort])
-    # The dying driver joins the session's Ray rather than starting its own (15-40 s here):
-    # the cluster outlives a driver, as a real one does, and reaps the dead job's actors.
-    import ray
-
-    address = ray.get_runtime_context().gcs_address
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         proc = subprocess.run([sys.executable, "-c", script, payload], env=env, cwd=ROOT,
-                              capture_output=True, timeout=300)
+                              capture_output=True, timeout=400)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the driver neither finished nor died: {(exc.stderr or b'').decode()[-2000:]}")
     assert proc.returncode == 17, proc.stderr.decode()[-2000:]
@@ -154,17 +194,10 @@ def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(ray_local, coho
     partial = store.slides(status="done", columns=["slide_id"]).column("slide_id").to_pylist()
     assert 0 < len(partial) < len(cohort)
 
-    result = run_ingest(cohort, store.latest(), options=FAST)
+    result = run_ingest(cohort, store.latest(), options=FAST, dashboard=False)
 
     assert sorted(result.skipped) == sorted(partial)
-    assert _stored(store).keys() == _stored(reference).keys()
-    for sid, tiles in _stored(reference).items():
-        assert sorted(_stored(store)[sid]) == sorted(tiles)
-    ours = store.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
-        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
-    theirs = reference.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
-        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
-    assert ours.equals(theirs), "same tiles and the same embeddings"
+    _assert_same_store(store, reference)
 
 
 def test_all_background_slide_is_done_with_zero_tiles(ray_local, tmp_path) -> None:
