@@ -1,0 +1,48 @@
+"""Runs inside slide2vec's own venv: embed the given slides with a random-init ViT-S.
+
+Usage (by benchmarks/peers/run.py): python _slide2vec_run.py OUT_JSON TILE MPP SLIDE...
+Prints nothing on success; writes {"tiles": N, "seconds": S} (model build included, like
+slidebank's run; interpreter start excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    out, tile, mpp, slides = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    start = time.perf_counter()
+    from hs2p import PreviewConfig, TilingConfig
+    from slide2vec import (
+        ExecutionOptions,
+        Model,
+        PreprocessingConfig,
+        TimmTileEncoder,
+        register_encoder,
+    )
+
+    @register_encoder("bench-vit-s-random", encode_dim=384, input_size=224, patch_size=16,
+                      supported_spacing_um=mpp, precision="fp32", source="random init (benchmark)")
+    class BenchViTS(TimmTileEncoder):
+        def __init__(self, *, output_variant: str | None = None) -> None:
+            super().__init__("vit_small_patch16_224", output_variant=output_variant, pretrained=False)
+
+    model = Model(name="bench-vit-s-random", device="cpu", allow_non_recommended_settings=True)
+    prep = PreprocessingConfig(
+        tiling=TilingConfig(requested_spacing_um=mpp, requested_tile_size_px=tile, tolerance=0.05,
+                            overlap=0.0),
+        preview=PreviewConfig(save_mask_preview=False, save_tiling_preview=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        execution = ExecutionOptions(output_dir=Path(tmp), batch_size=32, precision="fp32")
+        result = model.embed_slides(slides, preprocessing=prep, execution=execution)
+    tiles = sum(int(len(s.x)) for by_class in result.values() for s in by_class.values())
+    Path(out).write_text(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - start}))
+
+
+if __name__ == "__main__":
+    main()
