@@ -16,6 +16,9 @@ from pathlib import Path
 
 def main() -> None:
     out, tile, mpp, slides = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    # slidebank reads TILE px at MPP and resizes to the ViT's 224 px; slide2vec encodes
+    # what it reads, so it reads the same field of view (TILE x MPP µm) as 224 px.
+    mpp, tile = mpp * tile / 224, 224
     start = time.perf_counter()
     from hs2p import PreviewConfig, TilingConfig
     from slide2vec import (
@@ -27,6 +30,7 @@ def main() -> None:
     )
 
     @register_encoder("bench-vit-s-random", encode_dim=384, input_size=224, patch_size=16,
+                      supports_variable_input_size=False,
                       supported_spacing_um=mpp, precision="fp32", source="random init (benchmark)")
     class BenchViTS(TimmTileEncoder):
         def __init__(self, *, output_variant: str | None = None) -> None:
