@@ -3,25 +3,53 @@
 A run records what produced the data (pipeline config and its hash, code version,
 encoder and weight checksum), what it did (counts, timings) and which store version
 it left, tagged ``run-<run_id>`` so that exact state can be read back later.
+
+Lifecycle: :func:`begin_run` records a run ``running`` (with its host and pid) before
+it writes anything; :func:`record_run` closes it ``done`` or ``failed``. A driver killed
+in between leaves its row ``running``: :mod:`features.store.recovery` finds such rows
+whose driver is gone, records them ``aborted`` and removes the data files they wrote.
+Rows written before the ``status`` column existed read as ``done`` (runs were then only
+recorded when they finished).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
 
-from features.store._keys import validate_config_hash, validate_encoder, validate_run_id
+from features.store._keys import (
+    sql_literal,
+    validate_config_hash,
+    validate_encoder,
+    validate_run_id,
+)
 from features.store._tables import TableSet
-from features.store.schema import runs_schema
+from features.store.schema import RUN_LIFECYCLE_FIELDS, RUN_STATUSES, runs_schema
 from features.store.versions import create_tag
+from infra.errors import ConfigError
 from infra.provenance import canonical_json, stable_hash
 
-__all__ = ["RunRecord", "hash_config", "list_runs", "record_run", "run_tag"]
+__all__ = [
+    "FailureRecorder",
+    "RunRecord",
+    "begin_run",
+    "ensure_runs_columns",
+    "hash_config",
+    "list_runs",
+    "record_run",
+    "run_tag",
+]
+
+log = logging.getLogger(__name__)
 
 
 def config_json(config: Any) -> str:
@@ -40,7 +68,7 @@ def run_tag(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One ingestion run's provenance."""
+    """One ingestion run's provenance. ``host``/``pid`` default to this process."""
 
     run_id: str
     config: Mapping[str, Any]
@@ -54,19 +82,42 @@ class RunRecord:
     n_tiles: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
     config_hash: str | None = None
+    status: str = "done"
+    host: str | None = None
+    pid: int | None = None
 
     def __post_init__(self) -> None:
         validate_run_id(self.run_id)
         validate_encoder(self.encoder)
         if self.config_hash is not None:
             validate_config_hash(self.config_hash)
+        if self.status not in RUN_STATUSES:
+            raise ConfigError(f"run status must be one of {RUN_STATUSES}, not {self.status!r}")
 
 
-def record_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
-    """Tag the current store version ``run-<run_id>`` and append the run's row."""
-    tag = run_tag(run.run_id)
-    tagged = create_tag(tables, tag)
-    row = {
+def ensure_runs_columns(tables: TableSet) -> None:
+    """Add the lifecycle columns (all null) to a runs table written before they existed."""
+    runs = tables.runs()
+    missing = [f for f in RUN_LIFECYCLE_FIELDS if f.name not in runs.schema.names]
+    if not missing:
+        return
+    try:
+        runs.add_columns(missing)
+        log.info("runs table: added columns %s", [f.name for f in missing])
+    except (OSError, ValueError) as exc:
+        # Another process migrating at the same moment wins; anything else is real.
+        if any(f.name not in tables.runs().schema.names for f in missing):
+            raise
+        log.debug("runs table migrated concurrently: %s", exc)
+
+
+def _existing(tables: TableSet, run_id: str) -> dict[str, Any] | None:
+    rows = tables.runs().to_table(filter=f"run_id = {sql_literal(run_id)}").to_pylist()
+    return rows[0] if rows else None
+
+
+def _row(run: RunRecord, tagged: Mapping[str, int] | None, tag: str | None) -> dict[str, Any]:
+    return {
         "run_id": run.run_id,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
@@ -79,21 +130,95 @@ def record_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
         "n_slides_failed": run.n_slides_failed,
         "n_tiles": run.n_tiles,
         "timings_json": json.dumps(dict(run.timings), sort_keys=True),
-        "slides_version": tagged["slides"],
-        "tiles_versions_json": json.dumps({k: v for k, v in tagged.items() if k != "slides"}),
+        "slides_version": None if tagged is None else tagged["slides"],
+        "tiles_versions_json": None
+        if tagged is None
+        else json.dumps({k: v for k, v in tagged.items() if k != "slides"}),
         "tag": tag,
         "recorded_at": datetime.now(UTC),
+        "status": run.status,
+        "host": run.host if run.host is not None else socket.gethostname(),
+        "pid": run.pid if run.pid is not None else os.getpid(),
     }
-    runs = tables.runs()
-    (
-        runs.merge_insert("run_id")
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .conflict_retries(20)
-        .execute(pa.Table.from_pylist([row], schema=runs_schema()))
+
+
+def _merge(tables: TableSet, row: Mapping[str, Any], *, update: bool) -> None:
+    builder = tables.runs().merge_insert("run_id")
+    if update:
+        builder = builder.when_matched_update_all()
+    builder.when_not_matched_insert_all().conflict_retries(20).execute(
+        pa.Table.from_pylist([dict(row)], schema=runs_schema())
     )
+
+
+def begin_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
+    """Record a run ``running`` (started now unless given) before it writes anything."""
+    ensure_runs_columns(tables)
+    run = replace(run, status="running", started_at=run.started_at or datetime.now(UTC))
+    row = _row(run, None, None)
+    _merge(tables, row, update=False)  # never overwrite a row already there
+    return row
+
+
+def record_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
+    """Tag the current store version ``run-<run_id>`` and record the run's row.
+
+    Closing a run begun with :func:`begin_run` keeps its start time, host and pid when
+    ``run`` leaves them unset.
+    """
+    ensure_runs_columns(tables)
+    begun = _existing(tables, run.run_id)
+    if begun is not None:
+        run = replace(
+            run,
+            started_at=run.started_at or begun.get("started_at"),
+            host=run.host or begun.get("host"),
+            pid=run.pid if run.pid is not None else begun.get("pid"),
+        )
+    if run.finished_at is None and run.status != "running":
+        run = replace(run, finished_at=datetime.now(UTC))
+    tag = run_tag(run.run_id)
+    row = _row(run, create_tag(tables, tag), tag)
+    _merge(tables, row, update=True)
     return row
 
 
 def list_runs(tables: TableSet) -> pa.Table:
-    return tables.runs().to_table().sort_by([("recorded_at", "ascending")])
+    """Every run, oldest record first, with the lifecycle columns even on old stores."""
+    table = tables.runs().to_table()
+    for fld in RUN_LIFECYCLE_FIELDS:
+        if fld.name not in table.schema.names:
+            table = table.append_column(fld, pa.nulls(table.num_rows, fld.type))
+    status = table.column("status").fill_null("done")
+    table = table.set_column(table.schema.get_field_index("status"), "status", status)
+    return table.sort_by([("recorded_at", "ascending")])
+
+
+class FailureRecorder:
+    """Context manager: once armed, calls ``on_failure`` if its block raises.
+
+    The ingest driver arms it after recording its run ``running``, so a run that raises
+    is closed ``failed``. A failure to record is logged, never raised over the original.
+    """
+
+    def __init__(self) -> None:
+        self._on_failure: Callable[[], Any] | None = None
+
+    def arm(self, on_failure: Callable[[], Any]) -> None:
+        self._on_failure = on_failure
+
+    def __enter__(self) -> FailureRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None or self._on_failure is None:
+            return
+        try:
+            self._on_failure()
+        except Exception:  # the run's own error is the one to surface
+            log.exception("could not record the failed run")

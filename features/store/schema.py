@@ -28,6 +28,7 @@ from infra.logs import redact_text
 
 __all__ = [
     "EMBEDDING_DTYPES",
+    "RUN_STATUSES",
     "TILE_PAYLOAD_COLUMNS",
     "SlideInfo",
     "SlideKey",
@@ -142,8 +143,20 @@ def runs_schema() -> pa.Schema:
             pa.field("tiles_versions_json", pa.string()),
             pa.field("tag", pa.string()),
             pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            # Added later (stores written before them gain null columns on first write,
+            # see features.store.runs.ensure_runs_columns): the run's lifecycle and driver.
+            *RUN_LIFECYCLE_FIELDS,
         ]
     )
+
+
+# running -> done | failed, or aborted when recovery finds the driver gone.
+RUN_STATUSES = ("running", "done", "failed", "aborted")
+RUN_LIFECYCLE_FIELDS = (
+    pa.field("status", pa.string()),
+    pa.field("host", pa.string()),
+    pa.field("pid", pa.int64()),
+)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.store.arrays import SlideArrays
+    from features.store.recovery import RecoveryReport
     from features.store.runs import RunRecord
     from features.store.vectors import IndexPlan, SearchParams, VectorIndexConfig
 
@@ -392,6 +393,37 @@ class FeatureStore:
 
         self._writable()
         return record_run(self._tables, run)
+
+    def begin_run(self, run: RunRecord, *, recover: bool = True) -> dict[str, Any]:
+        """Record a run ``running`` before it writes; first :meth:`recover` from killed runs.
+
+        Recovery is housekeeping: when it fails the run is still recorded (logged).
+        """
+        from features.store.runs import begin_run
+
+        self._writable()
+        if recover:
+            try:
+                self.recover()
+            except Exception as exc:  # never let cleanup of old runs block a new one
+                log.warning("recovery of killed runs failed (%s: %s)", type(exc).__name__, exc)
+        return begin_run(self._tables, run)
+
+    def recover(
+        self,
+        *,
+        max_age: timedelta = timedelta(hours=24),
+        min_file_age: timedelta = timedelta(minutes=10),
+        clock_skew: timedelta = timedelta(seconds=60),
+    ) -> RecoveryReport:
+        """Record killed runs ``aborted`` and remove the data files no version references
+        (see :mod:`features.store.recovery`)."""
+        from features.store.recovery import recover
+
+        self._writable()
+        return recover(
+            self._tables, max_age=max_age, min_file_age=min_file_age, clock_skew=clock_skew
+        )
 
     def runs(self) -> pa.Table:
         from features.store.runs import list_runs
