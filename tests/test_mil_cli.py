@@ -50,15 +50,17 @@ def test_evaluate_command(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_local) -> None:
-    """``slidebank train``: 3-fold CV in one Ray trainer, its own run folder, checkpoints
-    that exist, attention heatmaps written; a second run does not touch the first."""
+    """``slidebank train`` from a plain labels table: patient-level folds assigned, 3-fold CV
+    in one Ray trainer, its own run folder, checkpoints that exist, attention heatmaps
+    written; a second run does not touch the first."""
     from training.mil.synthetic import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3,
                                   with_thumbnails=True)
-    cohort.table.to_csv(tmp_path / "cohort.tsv", sep="\t", index=False)
+    # A plain labels table (no folds): the run assigns patient-level folds itself.
+    cohort.table[["slide_id", "label"]].to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
     (tmp_path / "c.yaml").write_text(
-        "store: store\ncohort: cohort.tsv\nlabels: [label]\nout: runs\nattention: true\n"
+        "store: store\ncohort: labels.tsv\nlabels: [label]\nout: runs\nattention: true\nfolds: 3\n"
         f"encoder: {cohort.encoder}\nmodel: {{hidden: 8, attn_dim: 4}}\n"
         "train: {epochs: 2, patience: 2, torch_threads: 1}\n")
     runs = []
@@ -77,6 +79,7 @@ def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_loca
         assert all(Path(s["png"]).exists() for s in summary["attention"]["slides"])
     predictions = pd.read_parquet(first / "predictions.parquet")
     assert sorted(predictions["slide_id"]) == sorted(cohort.table["slide_id"])
+    assert set(pd.read_parquet(first / "cohort.parquet")["fold"]) == {0, 1, 2}
 
 
 def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:
     cases = {
         "labels: [lable]\n": "no column 'lable'",
         "labels: [label]\nworker: 2\n": "unknown config key(s) ['worker']",
-        "labels: [label]\ncv: false\n": "needs a `split` column",
+        "labels: [label]\nfolds: 2\n": "folds must be an integer >= 3",
     }
     for extra, message in cases.items():
         (tmp_path / "c.yaml").write_text(base + extra)

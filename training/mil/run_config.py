@@ -17,6 +17,7 @@ started from (Ray workers run in their own session folder).
     train: {epochs: 20, lr: 0.0002, patience: 5}
     workers: 2
     cv: true                     # k-fold on the cohort's `fold` column; false: its `split` column
+    folds: 4                     # a labels table without fold/split columns gets patient-level ones
     external: ext.parquet
     out: runs/clam               # each run writes to out/<run_id>/
     address: auto                # optional: a running Ray cluster (else RAY_ADDRESS, else embedded)
@@ -58,6 +59,9 @@ class TrainRunConfig:
     cv: bool = True
     external: str | None = None
     attention: bool = False
+    #: folds to assign when the cohort is a plain labels table without ``fold``/``split``
+    #: (None: training.cohorts' default)
+    folds: int | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     #: MILConfig fields (model.*), TrainConfig fields (train.*), JobConfig fields (top level)
     model: Mapping[str, Any] = field(default_factory=dict)
@@ -69,6 +73,8 @@ class TrainRunConfig:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if not self.labels:
             raise ConfigError("labels is empty: name at least one label (or gene) column")
+        if self.folds is not None and (not isinstance(self.folds, int) or self.folds < 3):
+            raise ConfigError(f"folds must be an integer >= 3 (test, validation, training), got {self.folds!r}")
 
     def build(self) -> tuple[Any, Any]:
         """(JobConfig, TrainConfig) with every nested setting validated by its dataclass."""

@@ -56,6 +56,28 @@ def _splits(config: TrainRunConfig, table: pd.DataFrame) -> list[tuple[str, pd.D
     return [("0", parts["train"], parts["val"], parts["test"])]
 
 
+def _needs_folds(config: TrainRunConfig, table: pd.DataFrame) -> bool:
+    return ("fold" if config.cv else "split") not in table.columns
+
+
+def _assign_folds(config: TrainRunConfig, table: pd.DataFrame, labels: list[str],
+                  options: dict[str, Any]) -> pd.DataFrame:
+    """A plain labels table (no ``fold``/``split``): patient-level folds and splits from
+    :mod:`training.cohorts` (stratified on the first label), so a labels CSV trains in
+    one command. Patient ids are checked against the store there, as everywhere."""
+    from training.cohorts.config import SplitConfig
+    from training.cohorts.labels import build_label_cohort
+
+    keep = [c for c in ("slide_id", "patient_id", *labels) if c in table.columns]
+    splits = SplitConfig(n_splits=config.folds) if config.folds else None
+    cohort = build_label_cohort(table[keep], config.store, label_columns=labels, splits=splits,
+                                storage_options=options)
+    log.info("%s has no %s column: assigned patient-level folds and splits to %d slides of %d "
+             "patients", config.cohort, "fold" if config.cv else "split", len(cohort.table),
+             cohort.table["patient_id"].nunique())
+    return cohort.table
+
+
 def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
     """Check, train (CV or one split), then write predictions, metrics and plots under
     ``<out>/<run_id>/``; returns the summary (also written as ``summary.json``)."""
@@ -71,6 +93,9 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
     external = _read_cohort(config.external, options) if config.external else None
     labels = list(job.label_columns)
     store = FeatureStore.open(config.store, options)
+    assigned = _needs_folds(config, table)
+    if assigned:
+        table = _assign_folds(config, table, labels, options)
     preflight.check_cohort(table, labels, train.task, source=config.cohort)
     preflight.check_store_slides(table, store, job.encoder, source=config.cohort)
     if external is not None:
@@ -87,6 +112,9 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
         evals = {"test": test, **({"external": external} if external is not None else {})}
         runs = [run_training(job, tr, val, evals, attention=config.attention)]
     out.mkdir(parents=True, exist_ok=True)
+    if assigned:  # the folds this run made up are part of its record
+        with atomic_write(out / "cohort.parquet") as handle:
+            table.to_parquet(handle, index=False)
     frames = []
     for i, run in enumerate(runs):
         for split, rows in run.predictions.items():
