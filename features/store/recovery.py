@@ -134,41 +134,46 @@ def _mtime(info: dict[str, Any]) -> datetime | None:
     return None
 
 
-def _referenced_files(tables: TableSet, encoder: str) -> set[str]:
-    """Names of data files any retained version (tagged ones included) references."""
+def _unreferenced(tables: TableSet, encoder: str, candidates: set[str]) -> set[str]:
+    """The candidate file names no retained version (tagged ones included) references.
+
+    Versions are read newest first and the walk stops once every candidate is found, so
+    a store without orphans usually costs one manifest read, not one per version.
+    """
     dataset = tables.tiles(encoder)
-    names: set[str] = set()
-    for entry in dataset.versions():
+    left = set(candidates)
+    for entry in sorted(dataset.versions(), key=lambda e: -int(e["version"])):
+        if not left:
+            break
         for fragment in dataset.checkout_version(int(entry["version"])).get_fragments():
-            names.update(f.path.rsplit("/", 1)[-1] for f in fragment.data_files())
-    return names
+            left.difference_update(f.path.rsplit("/", 1)[-1] for f in fragment.data_files())
+    return left
 
 
 def remove_orphan_files(tables: TableSet, encoder: str, cutoff: datetime) -> tuple[int, int]:
     """Remove unreferenced data files of a tiles table modified before ``cutoff``."""
     fs, root = tables.filesystem()
     data_dir = f"{root.rstrip('/')}/{TILES_DIR}/{encoder}.lance/data"
-    referenced = _referenced_files(tables, encoder)
     fs.invalidate_cache(data_dir)
     try:
         listing = fs.ls(data_dir, detail=True)
     except FileNotFoundError:
         return 0, 0
-    files = n_bytes = 0
+    old: dict[str, dict[str, Any]] = {}
     for info in listing:
-        path = str(info["name"])
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if info.get("type") != "file" or not name.endswith(".lance") or name in referenced:
-            continue
+        name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
         stamp = _mtime(info)
-        if stamp is None or stamp >= cutoff:
-            continue  # unknown age or possibly a live writer's fragment: keep
+        # Unknown age, or possibly a live writer's fragment: never a candidate.
+        if info.get("type") == "file" and name.endswith(".lance") and stamp and stamp < cutoff:
+            old[name] = info
+    files = n_bytes = 0
+    for name in sorted(_unreferenced(tables, encoder, set(old))):
         try:
-            fs.rm_file(path)
+            fs.rm_file(str(old[name]["name"]))
         except FileNotFoundError:
             continue  # removed by a concurrent cleanup
         files += 1
-        n_bytes += int(info.get("size") or 0)
+        n_bytes += int(old[name].get("size") or 0)
     return files, n_bytes
 
 

@@ -77,9 +77,11 @@ def run_ingest(
     checksum, so it runs before Ray starts (a rerun with nothing to do never starts Ray);
     the driver's check that the model loads runs in a thread while Ray starts.
     """
+    from features.store.runs import FailureRecorder
+
     config, options = config or IngestConfig(), options or RunOptions()
     started = time.perf_counter()
-    with Progress(len(sources), enabled=options.progress) as progress:
+    with Progress(len(sources), enabled=options.progress) as progress, FailureRecorder() as guard:
         progress.phase("checking the store")
         spec, weights_sha = describe_encoder(config.encoder, config.weights)
         config_hash = config.config_hash(weights_sha)
@@ -88,6 +90,11 @@ def run_ingest(
         if not todo:
             result.seconds = time.perf_counter() - started
             return result
+        # Recorded `running` before anything is written (killed runs are recovered first),
+        # closed `failed` if the run raises, `done` at the end.
+        run_row = (store, config, options, result, weights_sha, len(sources))
+        _record_run(*run_row, status="running")
+        guard.arm(lambda: _record_run(*run_row, status="failed"))
         # Create the encoder's table once here rather than racing to create it in every worker.
         store.ensure_tiles_table(config.encoder_id, int(spec.embed_dim), config.embedding_dtype)
         progress.phase("starting Ray")
@@ -300,7 +307,7 @@ def _slides_per_task(n_slides: int, readers: int) -> int:
 
 
 def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,
-                weights_sha: str | None, n_sources: int) -> None:
+                weights_sha: str | None, n_sources: int, status: str = "done") -> None:
     from features.store import RunRecord
 
     record = RunRecord(
@@ -309,7 +316,10 @@ def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: I
         config_hash=result.config_hash, encoder=config.encoder_id, code_version=CODE_VERSION,
         weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
         n_slides_failed=len(result.failed), n_tiles=result.tiles,
-        timings={"total_s": round(result.seconds, 3)})
+        timings={"total_s": round(result.seconds, 3)}, status=status)
+    if status == "running":
+        store.begin_run(record)
+        return
     store.record_run(record)
-    if options.run_tag:
+    if options.run_tag and status == "done":
         store.tag(options.run_tag)
