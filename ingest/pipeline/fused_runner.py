@@ -6,23 +6,23 @@ which balances slides of different sizes. Rows stream back as Ray generator item
 
 Crashes: an actor that dies mid-slide (a segfault in native decoding, an OOM kill) is
 restarted by Ray, and its unfinished slides are resubmitted with the same ``write_id``
-(the collector keeps one copy of each batch, so a slide half-delivered before the crash
-is never duplicated). The driver counts, per slide, how often the actor died while that
-slide was the one running; after :data:`MAX_CRASHES` the slide is recorded as failed
-(``SlideCrashError``) instead of retried forever: the role the attempt ledger actor
-plays for the Ray Data engine, without a process of its own.
+once it answers again (the collector keeps one copy of each batch, so a slide
+half-delivered before the crash is never duplicated). Which slide killed the worker is
+counted by the same attempt ledger the Ray Data engine uses (a read registered as
+begun but never finished); after :data:`MAX_CRASHES` the read stage records the slide as
+failed (``SlideCrashError``) instead of reading it again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.pipeline.attempts import MAX_CRASHES
-from ingest.pipeline.fused_stage import FusedStage, scalar_row
+from ingest.pipeline.fused_stage import FusedStage
 
 __all__ = ["FusedPool"]
 
@@ -32,6 +32,7 @@ _IN_FLIGHT = 2
 #: resubmissions of one slide after actor deaths it was not running for (e.g. a neighbour's
 #: crash, a node loss) before the run gives up: a guard against a pool that cannot start
 _MAX_REQUEUES = 8
+_RESTART_WAIT_S = 300.0
 
 
 @dataclass
@@ -48,7 +49,6 @@ class FusedPool:
 
         remote = ray.remote(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=0)(FusedStage)
         self._actors = [_Actor(remote.remote(**constructor)) for _ in range(n_actors)]
-        self._crashes: dict[str, int] = {}
         self._requeues: dict[str, int] = {}
 
     def run(self, items: list[dict[str, Any]], on_row: Callable[[Mapping[str, Any]], None],
@@ -92,35 +92,32 @@ class FusedPool:
             actor.calls.remove(call)
             return
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            self._actor_died(actor, queue, on_row, exc)
+            self._actor_died(actor, queue, exc)
             return
         on_row(row)
 
-    def _actor_died(self, actor: _Actor, queue: deque, on_row: Callable[[Mapping[str, Any]], None],
-                    exc: BaseException) -> None:
-        """Requeue the actor's unfinished slides; the first of them was the one running."""
+    def _actor_died(self, actor: _Actor, queue: deque, exc: BaseException) -> None:
+        """Requeue the actor's unfinished slides and wait until Ray has restarted it."""
+        import ray
+        from ray.exceptions import RayActorError
+
         calls, actor.calls = list(actor.calls), deque()
-        for position, (_, item) in enumerate(calls):
+        for _, item in calls:
             sid = item["slide_id"]
-            if position == 0:
-                self._crashes[sid] = self._crashes.get(sid, 0) + 1
-                log.warning("worker died while reading slide %s (%d time(s)): %s",
-                            sid, self._crashes[sid], type(exc).__name__)
-                if self._crashes[sid] >= MAX_CRASHES:
-                    on_row(_crashed_row(item, self._crashes[sid]))
-                    continue
-            else:
-                self._requeues[sid] = self._requeues.get(sid, 0) + 1
-                if self._requeues[sid] > _MAX_REQUEUES:
-                    raise RuntimeError(f"slide {sid} was requeued {_MAX_REQUEUES} times after "
-                                       "worker deaths; the worker pool cannot run") from exc
-        queue.extendleft(reversed([item for position, (_, item) in enumerate(calls)
-                                   if not (position == 0 and self._crashes[item["slide_id"]] >= MAX_CRASHES)]))
-
-
-def _crashed_row(item: Mapping[str, Any], crashes: int) -> dict[str, Any]:
-    from ingest.pipeline.read_stage import _crashed
-
-    source = {"uri": item["uri"], "slide_id": item["slide_id"],
-              "patient_id": item.get("patient_id") or None, "write_id": item["write_id"]}
-    return scalar_row(_crashed(source, crashes))
+            self._requeues[sid] = self._requeues.get(sid, 0) + 1
+            if self._requeues[sid] > _MAX_REQUEUES:
+                raise RuntimeError(f"slide {sid} was requeued {_MAX_REQUEUES} times after worker "
+                                   "deaths; the worker pool cannot run") from exc
+        log.warning("a fused worker died (%s); %d slide(s) requeued", type(exc).__name__, len(calls))
+        queue.extendleft(reversed([item for _, item in calls]))
+        # Calls sent while Ray restarts the actor fail at once; wait until it answers, so
+        # the requeued slides are not bounced straight back.
+        deadline = time.monotonic() + _RESTART_WAIT_S
+        while True:
+            try:
+                ray.get(actor.handle.ready.remote(), timeout=_RESTART_WAIT_S)
+                return
+            except (RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

@@ -177,14 +177,17 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
                   storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
                   progress: Progress) -> None:
     """The fused engine (see :mod:`ingest.pipeline.fused_runner`)."""
+    import ray
+
     from features.store._keys import new_write_id
 
     plan = plan_fused(options, len(todo))
+    ledger = new_ledger()  # counts which slide killed its worker (see attempts.py)
     write_ids = {s.slide_id: new_write_id() for s in todo}
     faults = _faults.active()
     constructor = {
         "read_kwargs": {"config": config, "options": options, "store": store.location,
-                        "storage_options": storage_options, "ledger": None, "faults": faults},
+                        "storage_options": storage_options, "ledger": ledger, "faults": faults},
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
                            "batch_size": options.tiles_per_batch,
                            "num_threads": plan.threads_per_actor},
@@ -200,7 +203,10 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
             progress.slide(outcome)
 
     pool = FusedPool(plan.actors, plan.cpus_per_actor, constructor)
-    pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
+    try:
+        pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
+    finally:
+        ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
     collector.flush()
     _gather(todo, collector, result)
 
