@@ -85,6 +85,8 @@ def read_slides(
         if crashes >= MAX_CRASHES:
             yield _crashed(source, crashes)
         else:
+            if crashes:  # a read started before and never finished: its worker died
+                metrics.record_retry()
             yield from _one_slide(source, config, options, store, storage_options, faults)
         ledger.finish.remote(source["write_id"])
 
