@@ -27,6 +27,10 @@ def test_unknown_keys_are_errors_that_name_the_key() -> None:
         parse_run_config({"store": "s", "labels": ["y"], "out": "o"})
     with pytest.raises(ConfigError, match="task must be one of"):
         parse_run_config({**BASE, "task": "classification"})
+    with pytest.raises(ConfigError, match=r"needs whole bags.*max_patches: null"):
+        parse_run_config({**BASE, "model": {"model": "tile_gnn"}}).build()
+    job, _ = parse_run_config({**BASE, "model": {"model": "tile_gnn"}, "train": {"max_patches": None}}).build()
+    assert job.train.model.model == "tile_gnn"
 
 
 def test_defaults_come_from_the_job_dataclasses_and_overrides_apply(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ _FAMILIES: dict[str, str] = {
     "region_transformer": "training.spatial.models",
 }
 _REGISTRY: dict[str, Callable[[MILConfig], nn.Module]] = {}
+#: models that read the tiles' layout (edges, contacts, regions): a random subsample of a
+#: bag (``TrainConfig.max_patches``) would cut their graphs, so they need whole bags
+SPATIAL_MODELS = ("tile_gnn", "module_graph", "region_transformer")
 
 
 def register_model(name: str) -> Callable[[Callable[[MILConfig], nn.Module]], Callable[[MILConfig], nn.Module]]:

@@ -79,11 +79,16 @@ class TrainRunConfig:
     def build(self) -> tuple[Any, Any]:
         """(JobConfig, TrainConfig) with every nested setting validated by its dataclass."""
         from training.mil.job import JobConfig
-        from training.mil.models import MILConfig
+        from training.mil.models import SPATIAL_MODELS, MILConfig
         from training.mil.train import TrainConfig
 
         model = MILConfig(**dict(self.model))
         train = TrainConfig(**{**dict(self.train), "model": model, "task": self.task})
+        if model.model in SPATIAL_MODELS and train.max_patches is not None:
+            raise ConfigError(
+                f"model {model.model!r} reads the tiles' layout and needs whole bags, but "
+                f"train.max_patches is {train.max_patches} (a random subsample cuts the tile graph); "
+                "set `train: {max_patches: null}`")
         job = JobConfig(store_uri=self.store, train=train, label_columns=self.labels,
                         encoder=self.encoder, storage_options=dict(self.storage_options),
                         **{_JOB_KEYS[k]: v for k, v in self.job.items()})
