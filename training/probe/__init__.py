@@ -10,8 +10,7 @@ predictions for every slide, metrics with patient-level bootstrap 95% CIs, one P
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from infra.lazy import lazy_exports
 
 _EXPORTS = {
     "ProbeConfig": "training.probe.run",
@@ -21,15 +20,4 @@ _EXPORTS = {
     "patient_bootstrap": "training.probe.metrics",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training.probe' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

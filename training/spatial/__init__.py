@@ -10,8 +10,7 @@ Submodules load torch, torch_geometric and scikit-learn when first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from infra.lazy import lazy_exports
 
 _EXPORTS = {
     "GraphSpec": "training.spatial.graphs",
@@ -31,11 +30,4 @@ _EXPORTS = {
     "coordinate_shuffle": "training.spatial.masking",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training.spatial' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
