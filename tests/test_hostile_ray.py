@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,11 +29,13 @@ def _tree(pid: int) -> set[int]:
     return {pid} | {p.pid for p in psutil.Process(pid).children(recursive=True)}
 
 
-def _ss_listening(ports: set[int]) -> list[str]:
-    """``ss -ltn`` lines for ``ports``: the same view from outside the process tree."""
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+def _ss_listening(pids: set[int]) -> list[str]:
+    """``ss -ltnp`` lines of sockets owned by ``pids``: the same view from outside the
+    process tree. Matched by process, not port: another Ray on the same machine (another
+    user's, bound elsewhere) may listen on the same port number at another address."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines()
-            if line.split() and int(line.split()[3].rsplit(":", 1)[1]) in ports]
+            if any(int(pid) in pids for pid in re.findall(r"pid=(\d+)", line))]
 
 
 def test_ray_local_listens_on_loopback_only(ray_local) -> None:
@@ -49,7 +52,9 @@ def test_ray_local_listens_on_loopback_only(ray_local) -> None:
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     if shutil.which("ss"):
-        for line in _ss_listening({port for _, _, port in sockets}):
+        lines = _ss_listening(_tree(os.getpid()))
+        assert lines, "ss shows the tree's listening sockets"
+        for line in lines:
             local = line.split()[3]
             assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), line
 
