@@ -189,11 +189,14 @@ def recover(
     now = now or datetime.now(UTC)
     aborted, live = abort_dead_runs(tables, max_age=max_age, now=now)
     live_ids = tuple(row["run_id"] for row in live)
-    starts = [row.get("started_at") for row in live]
-    if any(start is None for start in starts):
-        log.warning("a live run has no start time: orphan files are kept")
-        return RecoveryReport(tuple(aborted), live_ids)
-    cutoff = min([now - min_file_age, *starts]) - clock_skew
+    starts: list[datetime] = []
+    for row in live:
+        start = row.get("started_at")
+        if start is None:
+            log.warning("a live run has no start time: orphan files are kept")
+            return RecoveryReport(tuple(aborted), live_ids)
+        starts.append(start)
+    cutoff: datetime = min([now - min_file_age, *starts]) - clock_skew
     per_table = {}
     for encoder in tables.encoders():
         per_table[encoder] = remove_orphan_files(tables, encoder, cutoff)
