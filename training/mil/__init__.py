@@ -26,7 +26,6 @@ _EXPORTS = {
     "TrainConfig": "training.mil.train",
     "fit": "training.mil.train",
     "predict": "training.mil.train",
-    "train_loop_per_worker": "training.mil.train",
     "JobConfig": "training.mil.job",
     "run_training": "training.mil.job",
     "run_cross_validation": "training.mil.job",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +31,7 @@ from training.mil.data import BagDataset
 from training.mil.heads import Head
 from training.mil.models import MILConfig, build_model
 
-__all__ = ["FitResult", "RayReporter", "TrainConfig", "fit", "predict", "score_predictions", "train_loop_per_worker"]
+__all__ = ["FitResult", "TrainConfig", "fit", "load_checkpoint_state", "predict", "score_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -267,95 +266,8 @@ def fit(
     return best
 
 
-class RayReporter:
-    """Epoch metrics and best weights to Ray Train, batched in time.
-
-    Ray Train v2 hands each ``ray.train.report`` to its controller through a queue of
-    one, which the controller drains when it polls the workers (every 2 s by default):
-    reporting every epoch therefore stalls training ~2 s per epoch, which for MIL on
-    small embeddings is 10-100x the epoch itself. So reports go out at most every
-    ``interval_s`` seconds, carrying the history so far and the newest best weights
-    since the last report, plus one final report. Every rank must call
-    ``ray.train.report`` equally often (it is a collective), so rank 0's clock decides
-    and the decision is broadcast.
-    """
-
-    def __init__(self, rank: int, world: int, interval_s: float) -> None:
-        self.rank, self.world, self.interval_s = rank, world, interval_s
-        self.history: list[dict[str, float]] = []
-        self.pending: dict[str, Any] | None = None
-        self.last = time.monotonic()
-        self.sent = 0  # epochs covered by the last report
-
-    def __call__(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        self.history.append(dict(metrics))
-        if state is not None:
-            self.pending = state
-        if self._due():
-            self._report()
-
-    def _due(self) -> bool:
-        due = time.monotonic() - self.last >= self.interval_s
-        if self.world == 1:
-            return due
-        import torch.distributed as dist
-
-        flag = [due]
-        dist.broadcast_object_list(flag, src=0)
-        return bool(flag[0])
-
-    def flush(self) -> None:
-        """The final report: whole history and the last best weights not yet sent."""
-        if self.history and (self.sent < len(self.history) or self.pending is not None):
-            self._report()
-
-    def _report(self) -> None:
-        import ray.train
-
-        # Ray Train v2 keeps only the latest metrics in its Result, so each report
-        # carries the history so far; the driver reads the per-epoch table from it.
-        metrics = {**self.history[-1], "history": list(self.history)}
-        state, self.pending = self.pending, None
-        self.last, self.sent = time.monotonic(), len(self.history)
-        if state is None or self.rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"state_dict": state, "metrics": metrics}, Path(tmp) / "model.pt")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config`` holds ``train`` (TrainConfig), ``head``,
-    ``train_data`` and ``val_data`` (BagDatasets, picklable) and optionally
-    ``report_interval_s`` (see :class:`RayReporter`)."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-
-    def wrap(model: nn.Module) -> nn.Module:
-        # CLAM's instance classifiers for other classes get no gradient on a bag.
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-
-    reporter = RayReporter(rank, world, float(config.get("report_interval_s", 10.0)))
-    fit(
-        config["train"],
-        config["train_data"],
-        config["val_data"],
-        config["head"],
-        reporter=reporter,
-        rank=rank,
-        world=world,
-        wrap=wrap,
-        device=ray.train.torch.get_device(),
-    )
-    reporter.flush()
-
-
 def load_checkpoint_state(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Weights from a checkpoint directory written by the Ray reporter: a local folder
+    """Weights from a checkpoint directory written by the Ray Train fold loop (training.mil.fold_loop): a local folder
     or a URI (``s3://...``, read through fsspec with ``storage_options``)."""
     import io
 
