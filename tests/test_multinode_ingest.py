@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
 # Small batches so a slide is several tasks' worth of rows, committed every two slides.
 OPTIONS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)
 # Both engines: "fused" is what one CPU-only node runs by default; "dataset" (Ray Data
-# actor pools) is what a multi-node or GPU cluster runs by default (resources.use_fused). On 1-CPU nodes the dataset engine gets one
+# actor pools) is what a CPU-only cluster of several nodes runs by default
+# (resources.choose_engine). On 1-CPU nodes the dataset engine gets one
 # encoder (a whole node) and two readers: the default plan assumes one large node and its
 # fractional shares (0.6-CPU encoders, 0.5-CPU readers) would not pack onto 1-CPU nodes.
 ENGINES = {"fused": OPTIONS.replace(engine="fused"),

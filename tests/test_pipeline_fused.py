@@ -59,20 +59,38 @@ def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path) -> N
     assert [r["status"] for r in missing] == ["failed"] and missing[0]["error_type"]
 
 
-def test_fused_and_dataset_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> None:
+def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> None:
+    """fused, Ray Data pools, and the GPU-resident engine (its NumPy stand-in here: planning
+    tasks on CPUs, a device actor reading from coordinates) store the same rows."""
     config = IngestConfig(stain="macenko")
     stores = {}
-    for engine in ("fused", "dataset"):
+    for engine in ("fused", "dataset", "device"):
         stores[engine] = FeatureStore.open(str(tmp_path / engine), create=True)
         result = run_ingest(slides, stores[engine], config, OPTS.replace(engine=engine))
-        assert [o.status for o in result.outcomes] == ["done", "done"]
-    fused, dataset = _tiles(stores["fused"]), _tiles(stores["dataset"])
+        assert [o.status for o in result.outcomes] == ["done", "done"], engine
+    fused = _tiles(stores["fused"])
     assert fused.num_rows > 0
-    for column in ("slide_id", "x", "y", "qc_flags"):
-        assert fused.column(column).equals(dataset.column(column)), column
     a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
-    b = np.stack(dataset.column("embedding").to_numpy(zero_copy_only=False))
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for engine in ("dataset", "device"):
+        other = _tiles(stores[engine])
+        for column in ("slide_id", "x", "y", "qc_flags"):
+            assert fused.column(column).equals(other.column(column)), (engine, column)
+        b = np.stack(other.column("embedding").to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=engine)
+    # The slide rows agree too (the device engine's planning tasks measured the tissue).
+    columns = ["slide_id", "status", "tile_count", "tissue_area_mm2", "mpp", "mpp_source"]
+    rows = {e: sorted(stores[e].latest().slides(encoder=config.encoder_id, columns=columns).to_pylist(),
+                      key=lambda r: r["slide_id"]) for e in ("fused", "device")}
+    assert rows["fused"] == rows["device"] and all(r["status"] == "done" for r in rows["device"])
+
+
+def test_device_engine_records_a_missing_slide_and_goes_on(ray_local, slides, tmp_path) -> None:
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    sources = [SlideSource(str(tmp_path / "nope.svs"), "nope"), slides[0]]
+    result = run_ingest(sources, store, IngestConfig(stain="none"), OPTS.replace(engine="device"))
+    outcomes = {o.slide_id: o for o in result.outcomes}
+    assert outcomes["nope"].status == "failed" and outcomes["nope"].error_type == "SlideNotFoundError"
+    assert outcomes[slides[0].slide_id].status == "done" and outcomes[slides[0].slide_id].tiles > 0
 
 
 def test_local_cluster_address_only_while_it_answers(tmp_path, monkeypatch) -> None:

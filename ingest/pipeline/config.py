@@ -86,8 +86,11 @@ class RunOptions:
     #: make every later scan and bag read slower; compaction merges them.
     compact_fragments: int = 256
     #: ``fused``: one read→encode→write actor per slide slot (fewest processes; the default
-    #: on CPU-only clusters); ``dataset``: Ray Data actor pools (the default with GPUs).
-    engine: Literal["auto", "fused", "dataset"] = "auto"
+    #: on one CPU-only node); ``device``: CPU tasks plan, one actor per GPU reads, QCs,
+    #: normalizes and encodes on the device (the default with GPUs; without one it runs
+    #: the same code on NumPy); ``dataset``: Ray Data actor pools (the default on a
+    #: CPU-only cluster of several nodes).
+    engine: Literal["auto", "fused", "device", "dataset"] = "auto"
     #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
     #: reader process holds more than this much resident memory, becomes a ``failed`` row.
     #: ``None`` memory: half the machine's memory divided among the readers of one node.
@@ -103,8 +106,8 @@ class RunOptions:
                 raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
         if self.slides_per_task is not None and self.slides_per_task < 1:
             raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
-        if self.engine not in ("auto", "fused", "dataset"):
-            raise ConfigError(f"engine must be auto, fused or dataset, got {self.engine!r}")
+        if self.engine not in ("auto", "fused", "device", "dataset"):
+            raise ConfigError(f"engine must be auto, fused, device or dataset, got {self.engine!r}")
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)

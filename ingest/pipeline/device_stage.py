@@ -90,7 +90,9 @@ class DeviceStage:
                  write_kwargs: Mapping[str, Any], device: str = "auto") -> None:
         from features.encoders import Encoder
         from infra.arrays import get_xp
+        from ingest.slides.backends.cucim_reader import warm_up
 
+        warm_up()  # load cuCIM before PyTorch in this process (see cucim_reader)
         self.xp = get_xp(device)  # type: ignore[arg-type]
         self.device = "cpu" if self.xp is np else "cuda"
         self._config, self._options, self._storage_options = config, options, storage_options
@@ -98,8 +100,15 @@ class DeviceStage:
         self._write_kwargs = dict(write_kwargs)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="device-read")
 
+    def ready(self) -> bool:
+        """Returns once the actor exists (the runner's restart probe)."""
+        return True
+
     def run(self, planned: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        """Yield the post-write rows of one planned slide."""
+        """Yield the post-write rows of one planned slide: a :func:`plan_for_device` result,
+        or a runner item whose ``plan`` is ``[ObjectRef]`` of one."""
+        if "plan" in planned:
+            planned = _resolve(planned)
         for row in self._rows(planned):
             yield scalar_row(write_batches(row, **self._write_kwargs))
 
@@ -165,6 +174,20 @@ class DeviceStage:
                 row["embedding"] = embedding[None]
                 metrics.record_tiles(len(embedding))
                 yield row
+
+
+def _resolve(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The plan behind a runner item; a planning task that died (its worker crashed, its
+    node was lost after Ray's retries) becomes this slide's failed plan."""
+    import ray
+
+    try:
+        return ray.get(item["plan"][0])
+    except Exception as exc:  # any failure is this slide's; the run goes on
+        log.warning("slide %s: planning failed: %s: %s", item["slide_id"], type(exc).__name__, exc)
+        source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
+        info = {"source_uri": item["uri"], "patient_id": item.get("patient_id") or None, "timings": {}}
+        return {"source": source, "info": info, "status": "failed", "error": exc}
 
 
 def _host(array: Any) -> np.ndarray:

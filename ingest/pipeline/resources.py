@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ingest.pipeline.config import RunOptions
 
-__all__ = ["FusedPlan", "Plan", "plan_fused", "plan_resources", "use_fused"]
+__all__ = ["DevicePlan", "FusedPlan", "Plan", "choose_engine", "plan_device", "plan_fused",
+           "plan_resources"]
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,46 @@ class FusedPlan:
     threads_per_actor: int
 
 
-def use_fused(options: RunOptions) -> bool:
-    """The fused engine on a single CPU-only node (a laptop, one VM), unless asked otherwise.
-
-    Ray Data's pools otherwise: with a GPU they keep it busy with decoding on other cores
-    (see ARCHITECTURE.md); on several nodes they survive the loss of a node exactly (0
-    lost, 0 duplicated tiles, tests/test_multinode_ingest.py), which the fused engine does
-    not yet (a node loss can record its running slides as SlideCrashError; that test
-    keeps the case as a strict expected failure).
+def choose_engine(options: RunOptions) -> str:
+    """``options.engine`` unless ``auto``: the GPU-resident engine when the cluster has GPUs
+    (decoding, QC and stain on the device; pixels never cross the object store); the fused
+    engine on a single CPU-only node (a laptop, one VM: fewest processes); Ray Data's
+    pools on a CPU-only cluster of several nodes, where a node loss is survived exactly
+    (0 lost, 0 duplicated tiles, tests/test_multinode_ingest.py).
     """
     if options.engine != "auto":
-        return options.engine == "fused"
+        return options.engine
     import ray
 
     if options.device != "cpu" and ray.cluster_resources().get("GPU", 0):
-        return False
-    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+        return "device"
+    return "fused" if sum(1 for node in ray.nodes() if node.get("Alive")) == 1 else "dataset"
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    device: str  # what DeviceStage gets: "cpu" (NumPy) without GPUs
+    planners_ahead: int  # planning tasks started ahead of the device actors
+
+
+def plan_device(options: RunOptions, n_slides: int) -> DevicePlan:
+    """One device actor per GPU (never more than slides); planning tasks run ahead on the
+    CPUs, about one per core plus two per actor, so plans are ready when a device asks
+    and finished plans (coordinates, a few MB for a large slide) do not pile up."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if options.device != "cpu" else 0
+    cpus = max(int(resources.get("CPU", 1)), 1)
+    actors = max(1, min(options.encoder_actors or gpus or 1, n_slides))
+    if gpus:
+        return DevicePlan(actors, 1.0, options.gpus_per_encoder or 1.0, options.device, cpus + 2 * actors)
+    # No GPU (tests, or engine="device" asked for on a CPU machine): the NumPy stand-in,
+    # one actor holding one core; planning tasks get the rest.
+    return DevicePlan(actors, 1.0 if cpus > actors else 0.5, 0.0, "cpu", max(cpus - actors, 1) + 2 * actors)
 
 
 def plan_fused(options: RunOptions, n_slides: int) -> FusedPlan:

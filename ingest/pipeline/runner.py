@@ -1,9 +1,11 @@
-"""Run the ingestion: sources → fused actors or Ray Data (read → encode → write) → driver commits.
+"""Run the ingestion: sources → stage actors or Ray Data (read → encode → write) → driver commits.
 
-Two engines run the same stage functions: on CPU-only clusters one fused actor per core
-reads, encodes and writes a slide (fewest processes, no pixels through the object store;
-:mod:`ingest.pipeline.fused_runner`); with GPUs, Ray Data actor pools keep the encoders
-fed from readers on the other cores.
+Three engines run the same stage functions (chosen by :func:`resources.choose_engine`):
+on one CPU-only node one fused actor per core reads, encodes and writes a slide (fewest
+processes, no pixels through the object store; :mod:`ingest.pipeline.fused_runner`);
+with GPUs, CPU tasks plan each slide and one actor per GPU reads, normalizes and encodes
+its tiles on the device (:mod:`ingest.pipeline.device_stage`); on a CPU-only cluster of
+several nodes, Ray Data actor pools (read → encode → write), which survive a node loss.
 
 Idempotent and resumable: slides already ``done`` for this encoder and config hash are
 skipped (``force`` redoes them); every slide gets a fresh ``write_id`` per run, and the
@@ -30,9 +32,10 @@ from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.fused_runner import FusedPool
+from ingest.pipeline.fused_stage import FusedStage
 from ingest.pipeline.progress import Progress, quiet_ray
 from ingest.pipeline.read_stage import ReadStage
-from ingest.pipeline.resources import plan_fused, plan_resources, use_fused
+from ingest.pipeline.resources import choose_engine, plan_device, plan_fused, plan_resources
 from ingest.pipeline.sources import SlideSource
 from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
@@ -149,8 +152,13 @@ def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
 def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
              storage_options: Mapping[str, Any] | None, config_hash: str,
              result: IngestResult, progress: Progress) -> None:
-    if use_fused(options):
+    engine = choose_engine(options)
+    log.info("ingest engine: %s", engine)
+    if engine == "fused":
         _stream_fused(todo, store, config, options, storage_options, config_hash, result, progress)
+        return
+    if engine == "device":
+        _stream_device(todo, store, config, options, storage_options, config_hash, result, progress)
         return
     import ray
 
@@ -202,11 +210,58 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
         if outcome is not None:
             progress.slide(outcome)
 
-    pool = FusedPool(plan.actors, plan.cpus_per_actor, constructor)
+    pool = FusedPool(FusedStage, plan.actors, {"num_cpus": plan.cpus_per_actor}, constructor)
     try:
         pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
     finally:
         ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
+    collector.flush()
+    _gather(todo, collector, result)
+
+
+def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+                   storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
+                   progress: Progress) -> None:
+    """The GPU-resident engine: planning tasks on the CPUs, one device actor per GPU."""
+    import ray
+
+    from features.store._keys import new_write_id
+    from ingest.pipeline.device_stage import DeviceStage, plan_for_device
+
+    plan = plan_device(options, len(todo))
+    write_ids = {s.slide_id: new_write_id() for s in todo}
+    planner = ray.remote(num_cpus=1)(plan_for_device)
+    shared = {"config": ray.put(config), "options": ray.put(options), "store": ray.put(store.location),
+              "storage_options": ray.put(storage_options)}
+
+    def plan_ahead(queue: Any) -> None:
+        # The first `planners_ahead` queued slides have a planning task; a requeued slide
+        # keeps its plan. The ref sits in a list so the actor, not Ray, resolves it: a
+        # planning task that died then becomes that slide's failed row.
+        for item in list(queue)[: plan.planners_ahead]:
+            if "plan" not in item:
+                source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
+                item["plan"] = [planner.remote(source, **shared)]
+
+    constructor = {
+        "config": config, "options": options, "storage_options": storage_options,
+        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
+                           "batch_size": options.tiles_per_batch},
+        "write_kwargs": _write_kwargs(store.location, config, config_hash), "device": plan.device,
+    }
+    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
+                               write_ids, options.commit_every, result.run_id, _faults.active())
+
+    def on_row(row: Mapping[str, Any]) -> None:
+        outcome = collector.add(row)
+        progress.batch(int(row.get("n_tiles") or 0))
+        if outcome is not None:
+            progress.slide(outcome)
+
+    pool = FusedPool(DeviceStage, plan.actors,
+                     {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
+                     constructor, before_fill=plan_ahead)
+    pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
     collector.flush()
     _gather(todo, collector, result)
 
