@@ -43,13 +43,19 @@ SPATIAL = ["tile_gnn", "module_graph", "region_transformer"]
 FULL = {"cohorts": ["S0", "S1", "S2", "S3", "S4"], "slides": 200, "seeds": [0, 1, 2], "epochs": 20, "patience": 6}
 QUICK = {"cohorts": ["S0", "S1"], "slides": 80, "seeds": [0], "epochs": 12, "patience": 4}
 SIDE = {"S3": 32}
+# S3's slides are 32 × 32 tiles (the others 16 × 16), so the region transformer's regions
+# scale with them: 8 × 8 tiles gives a 4 × 4 grid of regions whose centre distances
+# separate "nests 4-8 tiles apart" from ">= 24 apart"; 16 × 16 regions would leave 2 × 2,
+# where a pair of nests in neighbouring regions looks the same at either distance.
+COHORT_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {("S3", "region_transformer"): {"region": 8}}
 
 
-def train_config(model: str, task: str, seed: int, params: dict[str, Any]) -> Any:
+def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohort: str = "") -> Any:
     from training.mil.models import MILConfig
     from training.mil.train import TrainConfig
 
     options = {"modules": 6} if model == "module_graph" else {}
+    options.update(COHORT_OPTIONS.get((cohort, model), {}))
     # Regression from ~50 training slides needs more steps than classification: with the
     # classification schedule (12 epochs, lr 1e-3) module_graph reached r = 0.20 on S4's
     # contact gene, with 40 epochs at lr 3e-3 r = 0.97 (same folds).
@@ -94,7 +100,8 @@ def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> d
         per_seed, shuffled, fold_scores, pooled = [], [], [], {}
         for seed in params["seeds"]:
             runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table,
-                                  train_config(model, cohort.task, seed, params), cohort.targets, bags=bags)
+                                  train_config(model, cohort.task, seed, params, cohort.name), cohort.targets,
+                                  bags=bags, train_slides=params.get("train_slides"))
             rows = [r for run in runs for r in run.predictions]
             for r in rows:
                 pooled.setdefault(r["slide_id"], []).append((r["target"], r["prediction"]))
@@ -269,13 +276,17 @@ def main() -> None:
     parser.add_argument("--cohorts", nargs="*", help="override the cohort list")
     parser.add_argument("--slides", type=int, help="override the number of slides per cohort")
     parser.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+    parser.add_argument("--epochs", type=int, help="override the epoch budget (early stopping still applies)")
+    parser.add_argument("--train-slides", type=int,
+                        help="cap each fold's training set at this many slides (balanced patients; "
+                             "validation and test folds unchanged): sample efficiency")
     parser.add_argument("--models", nargs="*", default=ORDER_BLIND + SPATIAL)
     parser.add_argument("--png", default=str(ROOT / "docs" / "spatial_masking.png"))
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = dict(QUICK if args.quick else FULL)
-    for key in ("cohorts", "slides", "seeds"):
+    for key in ("cohorts", "slides", "seeds", "epochs", "train_slides"):
         if getattr(args, key):
             params[key] = getattr(args, key)
 
@@ -285,6 +296,8 @@ def main() -> None:
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-"))
     result: dict[str, Any] = {"params": params, "machine": machine(), "models": args.models,
+                              "cohort_model_options": {f"{c}/{m}": o for (c, m), o in COHORT_OPTIONS.items()
+                                                       if c in params["cohorts"]},
                               "auroc": {}, "auroc_ci": {}, "auroc_per_seed": {}, "auroc_folds": {},
                               "shuffle_auroc": {}, "pearson": {}, "seconds": {}}
     try:

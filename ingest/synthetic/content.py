@@ -317,6 +317,11 @@ class TissueContent:
                             np.round(y / pixel_um).astype(np.int64), self.design.seed, 99)
         return od + (rng_noise[..., None] - 0.5) * 0.012  # sensor noise, also on glass
 
+    def crowd(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Tumour-likeness in [0, 1] (denser, larger nuclei) at µm points: fine-grained
+        noise here; a subclass plants tumour nests (``ingest.synthetic.nests``)."""
+        return np.clip(0.5 + 0.8 * self._lattice_noise(x * 3.1 + 500, y * 3.1 + 500), 0, 1)
+
     def _nuclei(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:
         """Hematoxylin concentration of nuclei: drawn when resolvable, averaged when not."""
         x1, y1 = x0 + w * pixel_um, y0 + h * pixel_um
@@ -327,14 +332,14 @@ class TissueContent:
         cx = (ii + 0.15 + 0.7 * _hash01(ii, jj, seed, 1)) * _CELL_UM
         cy = (jj + 0.15 + 0.7 * _hash01(ii, jj, seed, 2)) * _CELL_UM
         # "Tumour-like" regions: denser, larger nuclei, steered by the coarse noise.
-        crowd = np.clip(0.5 + 0.8 * self._lattice_noise(cx * 3.1 + 500, cy * 3.1 + 500), 0, 1)
+        crowd = self.crowd(cx, cy)
         present = _hash01(ii, jj, seed, 3) < 0.35 + 0.5 * crowd
         radius = 2.2 + 1.6 * crowd + 0.8 * _hash01(ii, jj, seed, 4)
         conc = 0.85 + 0.5 * _hash01(ii, jj, seed, 5)
         out = np.zeros((h, w))
         if pixel_um > 1.6:  # nuclei smaller than ~2 px: use their expected coverage
             x, y = self._grid(x0, y0, w, h, pixel_um)
-            local = np.clip(0.5 + 0.8 * self._lattice_noise(x * 3.1 + 500, y * 3.1 + 500), 0, 1)
+            local = self.crowd(x, y)
             mean_r = 2.2 + 1.6 * local + 0.4
             coverage = (0.35 + 0.5 * local) * math.pi * mean_r**2 / _CELL_UM**2
             return coverage * 1.1

@@ -1,0 +1,186 @@
+"""Synthetic slides with tumour nests and lymphocyte aggregates placed *inside* the nests
+("inflamed") or in the stroma *around* them ("excluded"), in the same amounts.
+
+The pixel-level counterpart of the S1 embedding cohort (``training.spatial.synthetic``):
+one large tissue section, a few round tumour nests (crowded, large nuclei) in stroma
+(sparse small nuclei), and lymphocyte aggregates of fixed size and number. Inflamed
+nests are drawn slightly larger, by exactly the aggregates' area, so the tumour area
+outside the aggregates is the same in both classes: only where the lymphocytes sit
+differs. Slides are written as generic pyramidal TIFFs by the same tile renderer as
+:func:`ingest.synthetic.write_synthetic_slide`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from infra.errors import ConfigError
+from infra.files import atomic_write
+from ingest.synthetic.content import TissueContent
+from ingest.synthetic.design import make_design
+from ingest.synthetic.writer import _level_kwargs, _level_shape, _tiles
+
+__all__ = ["NestLayout", "NestedContent", "NestedSlideSpec", "nest_layout", "tile_types", "write_nested_slide"]
+
+TUMOUR, IMMUNE, STROMA, BACKGROUND = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class NestedSlideSpec:
+    side: int = 3584  # level-0 px (square slide): 14 × 14 tiles of 128 µm at 0.5 µm/px
+    mpp: float = 0.5
+    n_nests: int = 1
+    nest_radius_um: float = 300.0
+    aggregates_per_nest: int = 3
+    aggregate_radius_um: float = 85.0
+    # Excluded aggregates: centre this far (µm) beyond the nest edge + aggregate radius,
+    # i.e. at least about one tile of stroma between nest and aggregate.
+    gap_um: tuple[float, float] = (110.0, 230.0)
+    lymphocyte_background: float = 0.04
+    jpeg_quality: int = 90
+    tile_size: int = 256
+
+    def validate(self) -> None:
+        if self.side < 1024 or self.n_nests < 1 or self.aggregates_per_nest < 1:
+            raise ConfigError(f"nested slide spec out of range: {self}")
+        if self.aggregate_radius_um * 2.2 > self.nest_radius_um:
+            raise ConfigError("aggregates must fit inside a nest (radius < nest radius / 2.2)")
+
+
+@dataclass(frozen=True)
+class NestLayout:
+    """Discs in µm: nests (cx, cy, r) and aggregates (cx, cy, r)."""
+
+    nests: tuple[tuple[float, float, float], ...]
+    aggregates: tuple[tuple[float, float, float], ...]
+    inflamed: bool
+
+
+def _far_from(p: np.ndarray, discs: list[tuple[float, float, float]], margin: float) -> bool:
+    return all(math.hypot(p[0] - x, p[1] - y) >= r + margin for x, y, r in discs)
+
+
+def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator) -> NestLayout | None:
+    side_um = spec.side * spec.mpp
+    centre = np.array([side_um / 2, side_um / 2])
+    # The section's border wobbles by up to ~22% of its radius (TissueContent.blob_field):
+    # everything planted stays inside the part that is tissue whatever the wobble.
+    safe = side_um * 0.47 * 0.75
+    r_a = spec.aggregate_radius_um
+    # Inflamed nests grow by the aggregates' area: equal tumour area outside aggregates.
+    r_n = math.sqrt(spec.nest_radius_um**2 + (spec.aggregates_per_nest * r_a**2 if inflamed else 0.0))
+    nests: list[tuple[float, float, float]] = []
+    for _ in range(spec.n_nests):
+        for _ in range(200):
+            rad, ang = (safe - r_n) * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+            p = centre + rad * np.array([math.cos(ang), math.sin(ang)])
+            if _far_from(p, nests, r_n + 2 * (2 * r_a + spec.gap_um[1])):
+                nests.append((float(p[0]), float(p[1]), r_n))
+                break
+        else:
+            return None
+    aggregates: list[tuple[float, float, float]] = []
+    for cx, cy, r in nests:
+        placed = 0
+        for _ in range(500):
+            ang = rng.uniform(0, 2 * math.pi)
+            d = (r - r_a - 10.0) * math.sqrt(rng.uniform()) if inflamed else r + r_a + rng.uniform(*spec.gap_um)
+            p = np.array([cx + d * math.cos(ang), cy + d * math.sin(ang)])
+            others = [n for n in nests if n[:2] != (cx, cy)] if inflamed else nests
+            if (math.hypot(*(p - centre)) <= safe - r_a and _far_from(p, aggregates, r_a + 20.0)
+                    and _far_from(p, others, r_a + spec.gap_um[0])):
+                aggregates.append((float(p[0]), float(p[1]), r_a))
+                placed += 1
+                if placed == spec.aggregates_per_nest:
+                    break
+        if placed < spec.aggregates_per_nest:
+            return None
+    return NestLayout(tuple(nests), tuple(aggregates), inflamed)
+
+
+def nest_layout(spec: NestedSlideSpec, inflamed: bool, seed: int) -> NestLayout:
+    """Random nests in the section and aggregates inside them or in the stroma around them."""
+    spec.validate()
+    rng = np.random.default_rng([seed, 0x4E57])
+    for _ in range(200):
+        layout = _try_layout(spec, inflamed, rng)
+        if layout is not None:
+            return layout
+    raise ConfigError(f"nested slide: no room for {spec.n_nests} nest(s) and their aggregates "
+                      f"on a {spec.side} px slide")
+
+
+class NestedContent(TissueContent):
+    """Tissue whose tumour-likeness is 1 inside the planted nests and 0 in the stroma."""
+
+    def __init__(self, design, nests: tuple[tuple[float, float, float], ...]) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(design)
+        self.nests = nests
+
+    def nest_field(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        best = np.full(np.shape(x), -1.0)
+        for cx, cy, r in self.nests:
+            best = np.maximum(best, 1.0 - np.hypot(x - cx, y - cy) / r)
+        # Rough borders, as nests have; an offset of the tissue's own noise.
+        return best + 0.08 * self._lattice_noise(x * 1.7 + 700, y * 1.7 + 700)
+
+    def crowd(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.clip(self.nest_field(x, y) / 0.03, 0.0, 1.0)
+
+
+def _content(spec: NestedSlideSpec, layout: NestLayout, seed: int) -> NestedContent:
+    side_um = spec.side * spec.mpp
+    design = make_design(side_um, side_um, seed=seed, n_blobs=1)
+    # One large round section: the nests and their stroma ring need the room.
+    blob = np.array([[side_um / 2, side_um / 2, side_um * 0.47, side_um * 0.47, 0.0, 1.0]])
+    design = dataclasses.replace(design, blobs=blob, lymphocytes=layout.aggregates,
+                                 lymphocyte_background=spec.lymphocyte_background)
+    return NestedContent(design, layout.nests)
+
+
+def write_nested_slide(path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool,
+                       seed: int) -> NestLayout:
+    """Write a pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the resolution tags)."""
+    from ingest.synthetic.writer import SyntheticSlideSpec
+
+    layout = nest_layout(spec, inflamed, seed)
+    content = _content(spec, layout, seed)
+    writer_spec = SyntheticSlideSpec(width=spec.side, height=spec.side, mpp=spec.mpp, style="tiff",
+                                     tile_size=spec.tile_size, downsamples=(1, 4), seed=seed,
+                                     jpeg_quality=spec.jpeg_quality)
+    writer_spec.validate()
+    with atomic_write(Path(path), "wb", fsync=False) as handle, tifffile.TiffWriter(handle) as tw:
+        for index, ds in enumerate(writer_spec.resolved_downsamples()):
+            shape = _level_shape(writer_spec, ds)
+            tw.write(_tiles(content, writer_spec, ds), shape=(*shape, 3), dtype=np.uint8,
+                     tile=(spec.tile_size, spec.tile_size), compression="jpeg",
+                     compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
+                     **_level_kwargs(writer_spec, shape, ds, index, None))
+    return layout
+
+
+def tile_types(spec: NestedSlideSpec, layout: NestLayout, seed: int, coords: np.ndarray,
+               size_px: int) -> np.ndarray:
+    """Planted type per tile (level-0 px origin, ``size_px`` square): IMMUNE where the
+    aggregates cover most of it, else TUMOUR where nests do, STROMA on tissue, else BACKGROUND."""
+    content = _content(spec, layout, seed)
+    step = np.linspace(0.05, 0.95, 8) * size_px * spec.mpp
+    gx, gy = np.meshgrid(step, step)
+    out = np.empty(len(coords), np.int64)
+    for i, (x, y) in enumerate(np.asarray(coords, dtype=float) * spec.mpp):
+        px, py = gx + x, gy + y
+        tissue = content.tissue_mask(px, py)
+        if content.lymphocyte_mask(px, py).mean() > 0.5:
+            out[i] = IMMUNE
+        elif (content.nest_field(px, py) > 0).mean() > 0.5:
+            out[i] = TUMOUR
+        else:
+            out[i] = STROMA if tissue.mean() > 0.5 else BACKGROUND
+    return out
