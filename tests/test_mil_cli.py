@@ -48,11 +48,8 @@ def test_evaluate_command(tmp_path: Path) -> None:
     assert (tmp_path / "eval" / "test_roc.png").exists()
 
 
-@pytest.mark.timeout(600)
-def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_local) -> None:
-    """``slidebank train`` from a plain labels table: patient-level folds assigned, 3-fold CV
-    in one Ray trainer, its own run folder, checkpoints that exist, attention heatmaps
-    written; a second run does not touch the first."""
+def _train_from_labels(tmp_path: Path, n_runs: int) -> tuple[list[list[Path]], object]:
+    """``slidebank train`` ``n_runs`` times on a plain labels table (no folds)."""
     from training.mil.synthetic import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3,
@@ -64,22 +61,44 @@ def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_loca
         f"encoder: {cohort.encoder}\nmodel: {{hidden: 8, attn_dim: 4}}\n"
         "train: {epochs: 2, patience: 2, torch_threads: 1}\n")
     runs = []
-    for _ in range(2):
+    for _ in range(n_runs):
         result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
         assert result.exit_code == 0, result.output
         runs.append(sorted((tmp_path / "runs").iterdir()))
+    return runs, cohort
+
+
+def _check_run(run: Path, n_slides: int) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run_id"] == run.name and len(summary["checkpoints"]) == 3
+    for uri in summary["checkpoints"]:
+        assert Path(uri, "model.pt").exists(), uri
+        assert run.name in Path(uri).parts, "checkpoints live under the run's own id"
+    assert len(summary["attention"]["slides"]) == n_slides
+    assert all(Path(s["png"]).exists() for s in summary["attention"]["slides"])
+    return summary
+
+
+@pytest.mark.timeout(600)
+def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_local) -> None:
+    """``slidebank train`` from a plain labels table: patient-level folds assigned, 3-fold CV
+    in one Ray trainer, its own run folder, checkpoints that exist, attention heatmaps."""
+    runs, cohort = _train_from_labels(tmp_path, 1)
+    (run,) = runs[0]
+    _check_run(run, 12)
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    assert sorted(predictions["slide_id"]) == sorted(cohort.table["slide_id"])
+    assert set(pd.read_parquet(run / "cohort.parquet")["fold"]) == {0, 1, 2}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_second_train_run_leaves_the_first_intact(tmp_path: Path, ray_local) -> None:
+    runs, _ = _train_from_labels(tmp_path, 2)
     first, second = runs[1]
     assert runs[0] == [first]
     for run in (first, second):
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["run_id"] == run.name and len(summary["checkpoints"]) == 3
-        for uri in summary["checkpoints"]:
-            assert Path(uri, "model.pt").exists(), uri  # a later run never deletes them
-        assert len(summary["attention"]["slides"]) == 12
-        assert all(Path(s["png"]).exists() for s in summary["attention"]["slides"])
-    predictions = pd.read_parquet(first / "predictions.parquet")
-    assert sorted(predictions["slide_id"]) == sorted(cohort.table["slide_id"])
-    assert set(pd.read_parquet(first / "cohort.parquet")["fold"]) == {0, 1, 2}
+        _check_run(run, 12)  # a later run never deletes the first run's checkpoints
 
 
 def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ def _cfg(model: str, **kwargs) -> TrainConfig:
     return TrainConfig(model=MILConfig(model=model, in_dim=DIM, hidden=32, attn_dim=16), **base)
 
 
-@pytest.mark.parametrize("model", ["abmil", "clam_sb"])
+# CLAM-SB runs in the slow suite: the default suite keeps one full CV (about 15 s each).
+@pytest.mark.parametrize("model", ["abmil", pytest.param("clam_sb", marks=pytest.mark.slow)])
 def test_cross_validated_auroc_and_attention(cohort: PlantedCohort, model: str, tmp_path: Path) -> None:
     folds = cross_validate(cohort, _cfg(model), cohort.table, ["label"], attention=True)
     per_fold = []

@@ -6,13 +6,20 @@ crashes the process (a segfault in native code on malformed bytes) would then be
 retried forever. Each read registers its start here and its end; a start without an
 end is a crash. After ``MAX_CRASHES`` crashes the next attempt records the slide as
 failed instead of reading it, and the run goes on.
+
+Stages get the ledger by name, not by handle: an actor handle among an actor's
+constructor arguments makes Ray print a C++ warning to the terminal for every restartable
+actor (the handle counts as an argument "in the object store"). The ledger is pinned to
+the driver's node, so losing a worker node never takes the crash counts with it.
 """
 
 from __future__ import annotations
 
+import functools
+import uuid
 from typing import Any
 
-__all__ = ["MAX_CRASHES", "AttemptLedger", "new_ledger"]
+__all__ = ["MAX_CRASHES", "AttemptLedger", "ledger_by_name", "new_ledger"]
 
 MAX_CRASHES = 2
 
@@ -34,8 +41,22 @@ class AttemptLedger:
         self._finished[write_id] = self._finished.get(write_id, 0) + 1
 
 
-def new_ledger() -> Any:
-    """Start the ledger actor (no CPU reserved: it only counts)."""
+def new_ledger() -> tuple[Any, str]:
+    """Start the ledger actor on this (the driver's) node, no CPU reserved: it only counts.
+    Returns its handle (for the driver to kill it) and its name (for the stages)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = f"slidebank-attempts-{uuid.uuid4().hex}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    handle = ray.remote(num_cpus=0, max_restarts=0)(AttemptLedger).options(
+        name=name, scheduling_strategy=here).remote()
+    return handle, name
+
+
+@functools.lru_cache(maxsize=8)
+def ledger_by_name(name: str) -> Any:
+    """The ledger's handle in a stage process (names are unique per run)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=0)(AttemptLedger).remote()
+    return ray.get_actor(name)

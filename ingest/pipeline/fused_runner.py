@@ -66,7 +66,9 @@ class FusedPool:
                  before_fill: Callable[[deque], None] = lambda queue: None) -> None:
         import ray
 
-        remote = ray.remote(**resources, max_restarts=-1, max_task_retries=0)(stage)
+        remote: Any = ray.remote(stage).options(num_cpus=resources.get("num_cpus", 1.0),
+                                           num_gpus=resources.get("num_gpus", 0.0),
+                                           max_restarts=-1, max_task_retries=0)
         self._actors = [_Actor(remote.remote(**constructor)) for _ in range(n_actors)]
         self._requeues: dict[str, int] = {}
         self._before_fill = before_fill

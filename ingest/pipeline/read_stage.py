@@ -24,7 +24,7 @@ import numpy as np
 from infra import metrics
 from infra.errors import SlideCorruptError, SlideCrashError, SlideNotFoundError, SlideReadError
 from ingest.pipeline._faults import FaultPlan
-from ingest.pipeline.attempts import MAX_CRASHES
+from ingest.pipeline.attempts import MAX_CRASHES, ledger_by_name
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
 from ingest.slides import Slide, open_slide
@@ -70,8 +70,8 @@ def read_slides(
 ) -> Iterator[dict[str, np.ndarray]]:
     """For each source row, yield that slide's tile-batch rows.
 
-    ``ledger`` (an :class:`ingest.pipeline.attempts.AttemptLedger` actor) turns a slide
-    that keeps crashing its worker into a failed row instead of an endless retry.
+    ``ledger`` (the name of an :class:`ingest.pipeline.attempts.AttemptLedger` actor) turns
+    a slide that keeps crashing its worker into a failed row instead of an endless retry.
     """
     warm_up()  # load cuCIM before anything in this worker can import PyTorch
     for i in range(len(batch["slide_id"])):
@@ -81,14 +81,15 @@ def read_slides(
             continue
         import ray
 
-        crashes = ray.get(ledger.begin.remote(source["write_id"]))
+        counts = ledger_by_name(ledger) if isinstance(ledger, str) else ledger
+        crashes = ray.get(counts.begin.remote(source["write_id"]))
         if crashes >= MAX_CRASHES:
             yield _crashed(source, crashes)
         else:
             if crashes:  # a read started before and never finished: its worker died
                 metrics.record_retry()
             yield from _one_slide(source, config, options, store, storage_options, faults)
-        ledger.finish.remote(source["write_id"])
+        counts.finish.remote(source["write_id"])
 
 
 def _crashed(source: Mapping[str, Any], crashes: int) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from features.encoders.runtime import describe_encoder
 from infra.local_cluster import resolve_address
@@ -190,12 +190,12 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
     from features.store._keys import new_write_id
 
     plan = plan_fused(options, len(todo))
-    ledger = new_ledger()  # counts which slide killed its worker (see attempts.py)
+    ledger, ledger_name = new_ledger()  # counts which slide killed its worker (see attempts.py)
     write_ids = {s.slide_id: new_write_id() for s in todo}
     faults = _faults.active()
     constructor = {
         "read_kwargs": {"config": config, "options": options, "store": store.location,
-                        "storage_options": storage_options, "ledger": ledger, "faults": faults},
+                        "storage_options": storage_options, "ledger": ledger_name, "faults": faults},
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
                            "batch_size": options.tiles_per_batch,
                            "num_threads": plan.threads_per_actor},
@@ -230,7 +230,8 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
 
     plan = plan_device(options, len(todo))
     write_ids = {s.slide_id: new_write_id() for s in todo}
-    planner = ray.remote(num_cpus=1)(plan_for_device)
+    # Any: Ray's stubs type remote functions by arity and reject keyword-only arguments.
+    planner: Any = ray.remote(num_cpus=1)(cast(Any, plan_for_device))
     shared = {"config": ray.put(config), "options": ray.put(options), "store": ray.put(store.location),
               "storage_options": ray.put(storage_options)}
 
@@ -301,7 +302,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
     # dead actor and retries its task; the ledger stops that for a slide that kills its
     # reader every time. Application errors never reach Ray: the read stage turns them
     # into failed rows.
-    ledger = new_ledger()
+    ledger, ledger_name = new_ledger()
     per_task = options.slides_per_task or _slides_per_task(len(items), plan.readers)
     blocks = -(-len(items) // per_task)
     # No pool larger than its inputs: every read task yields at least one block, so no
@@ -311,7 +312,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
         ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
         compute=ray.data.ActorPoolStrategy(size=min(plan.readers, blocks)),
         fn_constructor_kwargs={"config": config, "options": options, "store": location,
-                               "storage_options": storage_options, "ledger": ledger,
+                               "storage_options": storage_options, "ledger": ledger_name,
                                "faults": faults})
     ds = ds.map_batches(
         EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
