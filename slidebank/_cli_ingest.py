@@ -45,6 +45,9 @@ def ingest(
                                                             "else half the CPUs).")] = None,
     commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")] = "auto",
+    engine: Annotated[Literal["auto", "fused", "device", "dataset"], typer.Option(
+        help="auto: 'device' with GPUs (decode, QC, stain and encode on the GPU), 'fused' on "
+             "one CPU-only node, 'dataset' (Ray Data pools) on a CPU cluster of several nodes.")] = "auto",
     tag: Annotated[str | None, typer.Option(help="Tag the store version after this run.")] = None,
     storage_option: StorageOpt = None,
     no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
@@ -72,7 +75,7 @@ def ingest(
         run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
                                  read_concurrency=read_concurrency, encoder_actors=encoder_actors,
                                  commit_every=commit_every, device=device, run_tag=tag,
-                                 progress=not as_json)
+                                 engine=engine, progress=not as_json)
         result = run(source, store, config=config, options=run_options,
                      storage_options=options or None, dashboard=not no_dashboard,
                      force_mpp=force_mpp)
