@@ -42,6 +42,10 @@ def _read_tiles(store: Any, hits: list[dict]) -> list[np.ndarray | str]:
     for sid in sorted({h["slide_id"] for h in hits}):
         mine = [i for i, h in enumerate(hits) if h["slide_id"] == sid]
         uri = (uris.get(sid) or {}).get("source_uri")
+        if not uri:  # an old or partial slide row: say so in the panel instead of failing
+            for i in mine:
+                out[i] = "slide path not recorded"
+            continue
         try:
             with open_slide(uri) as slide:
                 for i in mine:
@@ -63,8 +67,8 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
 
     rows = hits.to_pylist()[:max_tiles] if hasattr(hits, "to_pylist") else list(hits)[:max_tiles]
     panels = []
-    if query is not None and query[0] is not None:
-        sid, x, y = query
+    sid, x, y = query or (None, None, None)
+    if sid is not None and x is not None and y is not None:
         meta = store.tiles(slide_ids=[sid], columns=["x", "y", "tile_size", "read_mpp"],
                            where=f"x = {int(x)} AND y = {int(y)}").to_pylist()
         if meta:

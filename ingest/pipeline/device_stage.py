@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class DeviceStage:
 
         warm_up()  # load cuCIM before PyTorch in this process (see cucim_reader)
         self.xp = get_xp(device)  # type: ignore[arg-type]
-        self.device = "cpu" if self.xp is np else "cuda"
+        self.device: Literal["cpu", "cuda"] = "cpu" if self.xp is np else "cuda"
         self._config, self._options, self._storage_options = config, options, storage_options
         self._encoder = Encoder(**{**encoder_kwargs, "device": self.device})
         self._write_kwargs = dict(write_kwargs)
