@@ -9,6 +9,11 @@ Cases:
              thumbnail read).
   real       the real Aperio sample (../shared/data/cmu_small_region.svs) when present:
              tissue fraction of both methods and slidebank's tile count (no ground truth).
+  pasted     real H&E (a piece of the sample slide cut along a known irregular outline)
+             pasted on glass beside a pen stroke, at 0.25 µm/px (×4 pyramid) and 0.5 µm/px:
+             IoU against the exact outline on a 1 µm grid for slidebank's coarse 8 µm/px
+             mask, its edge-refined mask (2 µm/px band) and LazySlide 0.13.0's
+             find_tissues (defaults; run in its own venv benchmarks/.peers/lazyslide).
   plan_100k  planning a 100,000² px slide (0.25 µm/px, ×4 pyramid) from scratch: wall and
              CPU seconds, tiles planned, pyramid levels read.
 
@@ -29,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import DATA, ROOT, machine, print_table, write_json
+from benchmarks._tissue_pasted import run_pasted
 from ingest.slides import open_slide
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import plan_slide
@@ -122,20 +128,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="20 small slides (about a minute)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--workers", type=int, default=2, help="processes writing slides")
+    parser.add_argument("--only-pasted", action="store_true",
+                        help="run only the pasted-H&E case (slidebank vs LazySlide)")
     args = parser.parse_args(argv)
     count, side = (20, 2048) if args.quick else (40, 4096)
     DATA.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="tissue_", dir=DATA))
+    accuracy = real = plan = None
     try:
-        accuracy = run_accuracy(count, side, workdir, args.workers, args.device)
-        real = run_real(args.device)
-        plan = run_plan_100k(workdir, args.device)
+        pasted = _pasted(workdir)
+        if not args.only_pasted:
+            accuracy = run_accuracy(count, side, workdir, args.workers, args.device)
+            real = run_real(args.device)
+            plan = run_plan_100k(workdir, args.device)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result = {"benchmark": "tissue", "quick": args.quick, "device": args.device,
               "machine": machine(), "tissue_config_hash": TissueConfig().config_hash(),
-              "accuracy": accuracy, "real": real, "plan_100k": plan}
+              "pasted": pasted, "accuracy": accuracy, "real": real, "plan_100k": plan}
     write_json(args.out, result)
+    _print_pasted(pasted)
+    if accuracy is None or plan is None:
+        print(f"wrote {args.out}")
+        return
     rows = [{"case": r["slide"], "iou": r["iou"], "baseline_iou": r["baseline_iou"],
              "ms": 1000 * r["seconds"], "baseline_ms": 1000 * r["baseline_seconds"]}
             for r in accuracy["rows"]]
@@ -150,6 +165,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"100k² plan: {plan['wall_s_best']:.2f} s wall (first {plan['wall_s_first']:.2f} s), "
           f"{plan['cpu_s_best']:.2f} s CPU, {plan['tile_count']} tiles, levels read {plan['levels_read']}")
     print(f"wrote {args.out}")
+
+
+def _pasted(workdir: Path) -> dict[str, Any] | None:
+    if not REAL_SLIDE.exists():
+        return None
+    return {"0.25": run_pasted(REAL_SLIDE, workdir, mpp=0.25, downsamples=(1, 4, 16)),
+            "0.5": run_pasted(REAL_SLIDE, workdir, mpp=0.5, downsamples=(1, 4))}
+
+
+def _print_pasted(pasted: dict[str, Any] | None) -> None:
+    if pasted is None:
+        print("pasted: the real sample slide is not in ../shared/data")
+        return
+    rows = []
+    for mpp, case in pasted.items():
+        for side in ("lazyslide", "slidebank_coarse", "slidebank_refined"):
+            r = case[side]
+            rows.append({"slide_mpp": mpp, "tool": side, "iou": r.get("iou"),
+                         "pen_outside": r.get("pen_outside"), "s": r.get("seconds"),
+                         "error": (r.get("error") or "")[-60:]})
+    print_table(rows, ["slide_mpp", "tool", "iou", "pen_outside", "s", "error"])
 
 
 if __name__ == "__main__":

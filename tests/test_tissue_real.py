@@ -10,11 +10,19 @@ margin-marking dye on the right edge is recognised as ink, and 30-40 tiles of 25
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from ingest.slides import open_slide
 from ingest.tiling import plan_slide
-from ingest.tissue import iou, mask_to_geojson, render_overlay, saturation_otsu_mask, write_png
+from ingest.tissue import (
+    iou,
+    mask_to_geojson,
+    render_overlay,
+    resample_nearest,
+    saturation_otsu_mask,
+    write_png,
+)
 
 
 def _rasterize(collection: dict, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -36,12 +44,16 @@ def test_real_slide_mask_covers_tissue_and_excludes_glass(cmu_slide, tmp_path) -
     assert tissue.status == "ok" and plan.status == "ok"
     assert 0.30 <= tissue.tissue_fraction <= 0.45
     assert 25 <= plan.tile_count <= 45
+    # The edges were refined at 2 µm/px: the mask's grid is 4× the 8 µm thumbnail's.
+    assert tissue.edge is not None and tissue.edge.factor == 4 and tissue.edge.blocks > 0
+    assert tissue.mpp == pytest.approx(tissue.thumbnail_grid_mpp / 4)
     grey = tissue.thumbnail.astype(float).mean(axis=2)
-    assert grey[~tissue.mask].mean() > 225, "outside the mask is mostly glass"
-    assert grey[tissue.mask].mean() < 190, "inside the mask is stained"
+    mask = resample_nearest(tissue.mask, grey.shape)
+    assert grey[~mask].mean() > 225, "outside the mask is mostly glass"
+    assert grey[mask].mean() < 190, "inside the mask is stained"
     glass = grey > 235  # bright pixels: the background, and clefts within the section
-    assert (glass & ~tissue.mask).sum() > 0.9 * glass.sum()
-    assert (tissue.mask & glass).sum() < 0.08 * tissue.mask.sum()
+    assert (glass & ~mask).sum() > 0.9 * glass.sum()
+    assert (mask & glass).sum() < 0.08 * mask.sum()
     assert tissue.pen.mean() < 0.03
     collection = mask_to_geojson(tissue.mask, tissue.mpp, size)
     assert collection["features"], "contours present"
@@ -52,5 +64,5 @@ def test_real_slide_mask_covers_tissue_and_excludes_glass(cmu_slide, tmp_path) -
     path = write_png(tmp_path / "overlay.png", render_overlay(tissue, plan, size))
     with Image.open(path) as image:
         assert image.size[1] >= 1024
-    baseline = saturation_otsu_mask(tissue.thumbnail, tissue.mpp, device="cpu")
+    baseline = saturation_otsu_mask(tissue.thumbnail, tissue.thumbnail_grid_mpp, device="cpu")
     assert 0.2 < baseline.mean() < 0.5  # the classic method also works on clean H&E

@@ -232,5 +232,5 @@ def _write_arrays(store: Any, sid: str, tissue: Any) -> None:
     from features.store import SlideArrays
 
     arrays = SlideArrays(store, sid)
-    arrays.write_thumbnail(np.ascontiguousarray(tissue.thumbnail), mpp=tissue.mpp)
+    arrays.write_thumbnail(np.ascontiguousarray(tissue.thumbnail), mpp=tissue.thumbnail_grid_mpp)
     arrays.write_mask(tissue.mask.astype(np.uint8), mpp=tissue.mpp)

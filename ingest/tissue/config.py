@@ -27,7 +27,8 @@ INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
 
 # Bump when the algorithm changes in a way that changes masks for the same parameters,
 # so old and new results never share a hash.
-_ALGORITHM_VERSION = 1
+# 2: edges refined at a finer level (``refine_*``), the mask on the finer grid.
+_ALGORITHM_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,27 @@ class TissueConfig:
     #: ring-shaped structures (bubble rims) enclosing ≥ this × their own area
     ring_min_hollowness: float = 3.0
 
+    # -- edge refinement (slide masks; ``detect_tissue`` on a bare thumbnail has no finer level)
+    #: re-decide the edge band at ``refine_mpp`` from a finer pyramid level
+    refine_edges: bool = True
+    refine_mpp: float = 2.0
+    #: coarse pixels this close to the coarse edge are re-decided (the coarse closing and
+    #: edge placement move an edge by up to ~2 thumbnail pixels)
+    refine_band_um: float = 24.0
+    #: closing at the fine level (the coarse 16 µm one would bridge the bays of the edge)
+    refine_closing_um: float = 2.0
+    #: hard cap on level pixels read for refinement (busiest edge blocks first)
+    refine_max_read_px: int = 64_000_000
+    #: largest refined mask grid; a slide whose finer grid would exceed it refines less
+    refine_max_mask_px: int = 16_000_000
+
     def __post_init__(self) -> None:
         positive = ("thumbnail_mpp", "min_od", "pen_min_od", "pen_strong_od", "black_min_od",
                     "border_min_od", "border_min_width_um", "line_max_width_um", "line_min_length_um",
-                    "ring_min_hollowness", "edge_window_um")
+                    "ring_min_hollowness", "edge_window_um", "refine_mpp", "refine_band_um",
+                    "refine_max_read_px", "refine_max_mask_px")
         non_negative = ("noise_k", "closing_radius_um", "opening_radius_um", "min_object_area_um2",
-                        "min_hole_area_um2", "pen_margin_um", "pen_hue_margin")
+                        "min_hole_area_um2", "pen_margin_um", "pen_hue_margin", "refine_closing_um")
         for name in positive + non_negative:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from ingest.slides import Slide
+    from ingest.tissue.refine import EdgeRefinement
 
 __all__ = ["TissueMask", "detect_tissue", "slide_tissue_mask"]
 
@@ -49,7 +50,9 @@ class TissueMask:
     """A slide's tissue mask and what was excluded, all host NumPy arrays on one grid.
 
     ``mpp`` is the grid's µm/px; the grid spans the whole slide (pixel (0, 0) starts at
-    level-0 (0, 0)), so level-0 coordinates map to it by ``level0_mpp / mpp``.
+    level-0 (0, 0)), so level-0 coordinates map to it by ``level0_mpp / mpp``. The
+    ``thumbnail`` is the image the coarse mask was made from, at ``thumbnail_mpp``: the
+    same grid unless the edges were refined (``edge``), which makes the grid finer.
     """
 
     mask: np.ndarray  # (H, W) bool: tissue
@@ -64,6 +67,8 @@ class TissueMask:
     config: TissueConfig
     slide_size: tuple[int, int] | None = None  # level-0 (width, height), when known
     device: str = "cpu"
+    thumbnail_mpp: float | None = None  # None: ``mpp``
+    edge: EdgeRefinement | None = None  # None: a bare thumbnail's mask, never refined
 
     @property
     def tissue_fraction(self) -> float:
@@ -81,7 +86,11 @@ class TissueMask:
     def store_arrays(self) -> dict[str, tuple[np.ndarray, float]]:
         """Arrays for the feature store's Zarr group: name → (array, µm/px)."""
         return {"mask": (self.mask.astype(np.uint8), self.mpp),
-                "thumbnail": (np.ascontiguousarray(self.thumbnail), self.mpp)}
+                "thumbnail": (np.ascontiguousarray(self.thumbnail), self.thumbnail_grid_mpp)}
+
+    @property
+    def thumbnail_grid_mpp(self) -> float:
+        return self.thumbnail_mpp if self.thumbnail_mpp is not None else self.mpp
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -97,6 +106,7 @@ class TissueMask:
             "glass_rgb": list(self.glass_rgb),
             "tissue_config_hash": self.config.config_hash(),
             "device": self.device,
+            "edge_refinement": self.edge.to_dict() if self.edge is not None else None,
         }
 
 
@@ -148,18 +158,25 @@ def detect_tissue(thumbnail: Any, mpp: float, config: TissueConfig | None = None
 
 def slide_tissue_mask(slide: Slide, config: TissueConfig | None = None,
                       device: Device = "auto") -> TissueMask:
-    """Read the slide's thumbnail at ``config.thumbnail_mpp`` and detect tissue on it.
+    """Read the slide's thumbnail at ``config.thumbnail_mpp`` and detect tissue on it,
+    then (``config.refine_edges``) re-decide the edge band at ``config.refine_mpp``.
 
-    Reads only the pyramid level that best matches the thumbnail resolution (never
-    level 0 of a pyramid); raises MissingMPPError for a slide without MPP.
+    The thumbnail comes from the pyramid level that best matches its resolution (never
+    level 0 of a pyramid); refinement reads only edge blocks, up to a hard cap
+    (:mod:`.refine`). Raises MissingMPPError for a slide without MPP.
     """
     config = config or TissueConfig()
     thumbnail, actual_mpp = slide.thumbnail(config.thumbnail_mpp)
     result = detect_tissue(thumbnail, actual_mpp, config, device)
-    log.debug("%s: tissue %.1f%% at %.2f µm/px", slide.name, 100 * result.tissue_fraction,
-              actual_mpp)
     width, height = slide.dimensions
-    return replace(result, slide_size=(int(width), int(height)))
+    result = replace(result, slide_size=(int(width), int(height)))
+    if config.refine_edges:
+        from ingest.tissue.refine import refine_edges
+
+        result = refine_edges(slide, result, device)
+    log.debug("%s: tissue %.1f%% at %.2f µm/px", slide.name, 100 * result.tissue_fraction,
+              result.mpp)
+    return result
 
 
 def _union(masks: list[Array], shape: tuple[int, ...], xp: ModuleType) -> Array:
