@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest.tissue._legend import nice_scale_um
+from ingest.tissue._legend import _rows, nice_scale_um
 from ingest.tissue.overlay import margin_dye, render_overlay
 
+_COLOURS = {"outline": (0, 200, 70), "pen": (230, 0, 200), "dye": (30, 60, 255),
+            "artifact": (255, 140, 0), "tile": (0, 170, 255), "flagged": (255, 215, 0)}
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
 
 
@@ -24,9 +26,10 @@ def _plan(path: str):
 def test_legend_strip_and_scale_bar_are_drawn(tmp_path):
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    path = tmp_path / "pen.svs"
+    path = tmp_path / "pen.tif"
     write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2304, mpp=0.5, seed=100,
-                                                   pen_marks=True, downsamples=(1, 4)))
+                                                   pen_marks=True, downsamples=(1, 4),
+                                                   style="tiff", empty_levels=1))  # masks never read level 0
     tissue, plan, size = _plan(str(path))
     bare = render_overlay(tissue, plan, size, legend=False)
     full = render_overlay(tissue, plan, size)
@@ -50,8 +53,29 @@ def test_nice_scale_lengths():
 
 @pytest.mark.skipif(not REAL.exists(), reason="the real sample slide is not in ../shared/data")
 def test_real_slide_margin_dye_is_shown_apart_from_pen():
-    tissue, _, _ = _plan(str(REAL))
+    """The sample's only ink is teal margin dye (granules along its right edge, in its
+    bays and on loose fragments): all of it is dye, none of it is drawn as pen."""
+    tissue, plan, _ = _plan(str(REAL))
     dye = margin_dye(tissue)
     assert dye.any(), "the sample slide's teal margin dye is recognised"
-    assert dye.sum() <= tissue.pen.sum()
+    assert not (tissue.pen & ~dye).any(), "no part of the margin dye is drawn as pen"
     assert not (dye & tissue.mask).any()
+    rows = {text.split(":")[0]: text for _, _, text in _rows(
+        tissue, plan, tissue.pen & ~dye, dye, _COLOURS)}
+    assert rows["pen ink"].startswith("pen ink: none found")
+    assert rows["margin dye"].startswith("margin dye: removed") and "resection margin" in rows["margin dye"]
+
+
+def test_pen_strokes_beside_and_across_sections_stay_pen(tmp_path):
+    """Strokes hugging a section's edge or crossing it, and a dot on bare glass, are pen."""
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    for seed in (1001, 1002):
+        path = tmp_path / f"pen{seed}.tif"
+        write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2304, mpp=0.5, seed=seed,
+                                                       pen_marks=True, downsamples=(1, 4),
+                                                       style="tiff", empty_levels=1))
+        tissue, plan, _ = _plan(str(path))
+        assert tissue.pen.any() and not margin_dye(tissue).any(), f"seed {seed}"
+        pen_row = _rows(tissue, plan, tissue.pen, margin_dye(tissue), _COLOURS)[1][2]
+        assert pen_row.startswith("pen ink: removed") and "marker strokes (" in pen_row

@@ -69,7 +69,8 @@ def _rows(tissue: TissueMask, plan: TilePlan | None, pen: np.ndarray, dye: np.nd
         area = _area_mm2(mask, mpp)
         return f"removed {area:.3g} mm² — {why}" if mask.any() else f"none found ({why})"
 
-    inks = sorted(k for k, v in (tissue.pen_by_ink or {}).items() if np.asarray(v).any())
+    # Hues of the pen strokes only: dye shares the ink masks but is not a marker stroke.
+    inks = sorted(k for k, v in (tissue.pen_by_ink or {}).items() if (np.asarray(v) & pen).any())
     rows = [
         ("line", colours["outline"],
          f"tissue outline — kept {tissue.tissue_area_mm2:.3g} mm² "
@@ -78,8 +79,8 @@ def _rows(tissue: TissueMask, plan: TilePlan | None, pen: np.ndarray, dye: np.nd
          "pen ink: " + removed(pen, f"marker strokes{' (' + ', '.join(inks) + ')' if inks else ''}"
                                     " hide or stain the tissue under them")),
         ("fill", colours["dye"],
-         "margin dye: " + removed(dye, "ink coating the tissue edge (resection margin), "
-                                       "not tissue colour")),
+         "margin dye: " + removed(dye, "surgeon's ink on the tissue edge or flaked onto it "
+                                       "(resection margin), not tissue colour")),
         ("fill", colours["artifact"],
          "artifacts: " + removed(tissue.artifacts, "scanner borders, coverslip edges, "
                                                    "bubbles, colourless debris")),
@@ -93,6 +94,18 @@ def _rows(tissue: TissueMask, plan: TilePlan | None, pen: np.ndarray, dye: np.nd
     return rows
 
 
+def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw,
+          font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (a word longer than that stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, pen: np.ndarray,
                dye: np.ndarray, image_mpp: float, colours: dict[str, Colour]) -> np.ndarray:
     """The overlay with a scale bar drawn in and a legend strip appended below it."""
@@ -102,12 +115,21 @@ def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, 
     _scale_bar(canvas, image_mpp, font)
     rows = _rows(tissue, plan, pen, dye, colours)
     line = size + 10
-    strip = Image.new("RGB", (canvas.width, 16 + line * (len(rows) + 1)), (255, 255, 255))
+    measure = ImageDraw.Draw(canvas)
+    # Rows wrap at the image width: a small slide's overlay is narrow, and a cut-off
+    # reason would hide what was removed and why.
+    wrapped = [(kind, colour, _wrap(text, canvas.width - 32 - size, measure, font))
+               for kind, colour, text in rows]
+    lines = 1 + sum(len(text) for _, _, text in wrapped)
+    strip = Image.new("RGB", (canvas.width, 16 + line * lines), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
-    draw.text((12, 8), f"what the colours show (thumbnail at {image_mpp:.1f} µm/px)",
+    grid = (f"; thumbnail {tissue.thumbnail_grid_mpp:.1f}, mask {tissue.mpp:.1f} µm/px"
+            if tissue.thumbnail_grid_mpp != tissue.mpp else "")
+    draw.text((12, 8), f"what the colours show (image at {image_mpp:.1f} µm/px{grid})",
               fill=(0, 0, 0), font=font)
-    for i, (kind, colour, text) in enumerate(rows, start=1):
-        y = 8 + i * line
+    y = 8
+    for kind, colour, text in wrapped:
+        y += line
         box = (12, y + 2, 12 + size, y + 2 + size)
         if kind == "line":
             draw.rectangle(box, outline=colour, width=3)
@@ -115,7 +137,9 @@ def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, 
             draw.rectangle(box, outline=colour, width=2)
         else:
             draw.rectangle(box, fill=colour)
-        draw.text((20 + size, y), text, fill=(0, 0, 0), font=font)
+        for k, part in enumerate(text):
+            draw.text((20 + size, y + k * line), part, fill=(0, 0, 0), font=font)
+        y += (len(text) - 1) * line
     out = Image.new("RGB", (canvas.width, canvas.height + strip.height), (255, 255, 255))
     out.paste(canvas, (0, 0))
     out.paste(strip, (0, canvas.height))

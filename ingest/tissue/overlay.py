@@ -1,7 +1,7 @@
 """A PNG a person can check a mask with: thumbnail, tissue outline, ink, artifacts, tiles.
 
-Colours: tissue outline green, pen ink tinted magenta, margin dye (ink lying along the
-tissue edge, as inked resection margins are) tinted blue, rejected artifacts tinted
+Colours: tissue outline green, pen ink tinted magenta, margin dye (ink coating the
+tissue edge or flaked onto it, as inked resection margins are; see :mod:`.dye`) tinted blue, rejected artifacts tinted
 orange, planned tiles as thin cyan squares (flagged ones yellow). A legend strip under
 the image says what each colour is, what was removed and why, with areas, and a scale
 bar sits in the image's lower-left corner. The image is scaled so its long side is
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from infra.files import atomic_write
+from ingest.tissue.dye import margin_dye
 
 if TYPE_CHECKING:
     from ingest.tiling.plan import TilePlan
@@ -43,34 +44,6 @@ def _scale_for(shape: tuple[int, ...], min_side: int, max_side: int) -> float:
 
 def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
     image[where] = (image[where] * (1 - alpha) + np.asarray(colour) * alpha).astype(np.uint8)
-
-
-def margin_dye(tissue: TissueMask, *, band_um: float = 60.0, share: float = 0.8) -> np.ndarray:
-    """The ink components that lie along the tissue edge: margin dye, not a pen stroke.
-
-    A surgeon's margin ink coats the outer edge of the specimen, so most of a dye
-    component sits within ``band_um`` of the tissue edge and outside the tissue's
-    envelope; a pen stroke crosses glass or tissue freely.
-    """
-    from scipy import ndimage
-
-    if not tissue.pen.any() or not tissue.mask.any():
-        return np.zeros_like(tissue.pen)
-    radius = max(1, int(round(band_um / tissue.mpp)))
-    near = ndimage.binary_dilation(tissue.mask, iterations=radius) & ~ndimage.binary_erosion(
-        tissue.mask, iterations=radius)
-    labels, n = ndimage.label(tissue.pen)
-    if n == 0:
-        return np.zeros_like(tissue.pen)
-    index = np.arange(1, n + 1)
-    sizes = np.maximum(ndimage.sum(np.ones_like(labels), labels, index=index), 1)
-    along = ndimage.sum(near, labels, index=index)
-    # A stroke drawn across the section has tissue on both sides: it lies inside the
-    # tissue's closing. Dye coats the outer surface, outside it.
-    envelope = ndimage.binary_closing(tissue.mask, iterations=3 * radius)
-    enclosed = ndimage.sum(envelope, labels, index=index)
-    dye_ids = np.flatnonzero((along >= share * sizes) & (enclosed <= 0.5 * sizes)) + 1
-    return np.isin(labels, dye_ids)
 
 
 def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
