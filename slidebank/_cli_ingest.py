@@ -46,8 +46,8 @@ def ingest(
     commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")] = "auto",
     engine: Annotated[Literal["auto", "fused", "device", "dataset"], typer.Option(
-        help="auto: 'device' with GPUs (decode, QC, stain and encode on the GPU), 'fused' on "
-             "one CPU-only node, 'dataset' (Ray Data pools) on a CPU cluster of several nodes.")] = "auto",
+        help="auto: 'device' with GPUs (decode, QC, stain and encode on the GPU), else 'fused' "
+             "(one read-encode-write actor per core); 'dataset': Ray Data actor pools.")] = "auto",
     tag: Annotated[str | None, typer.Option(help="Tag the store version after this run.")] = None,
     storage_option: StorageOpt = None,
     no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
@@ -98,8 +98,9 @@ def _report(result: IngestResult, as_json: bool) -> None:
     console = Console()
     console.print(summary_table(result))
     done = sum(o.status == "done" for o in result.outcomes)
+    first = f" (first tile after {result.first_tile_s:.1f} s)" if result.first_tile_s is not None else ""
     console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "
-                  f"{result.tiles:,} tiles in {result.seconds:.1f} s")
+                  f"{result.tiles:,} tiles in {result.seconds:.1f} s{first}")
     if result.compacted:
         console.print(f"store compacted: {result.compacted} small fragments merged")
 

@@ -24,18 +24,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
 
 # Small batches so a slide is several tasks' worth of rows, committed every two slides.
 OPTIONS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)
-# Both engines: "fused" is what one CPU-only node runs by default; "dataset" (Ray Data
-# actor pools) is what a CPU-only cluster of several nodes runs by default
-# (resources.choose_engine). On 1-CPU nodes the dataset engine gets one
+# Both CPU engines: "fused" is what CPU-only clusters run by default
+# (resources.choose_engine); "dataset" (Ray Data actor pools) on request. On 1-CPU nodes the dataset engine gets one
 # encoder (a whole node) and two readers: the default plan assumes one large node and its
 # fractional shares (0.6-CPU encoders, 0.5-CPU readers) would not pack onto 1-CPU nodes.
 ENGINES = {"fused": OPTIONS.replace(engine="fused"),
            "dataset": OPTIONS.replace(engine="dataset", encoder_actors=1, read_concurrency=2)}
-FUSED_NODE_LOSS = (
-    "known bug (ingest/pipeline/fused_runner.py): a node loss is counted as a crash of the "
-    "slides running there, and the restarted actor, pending while the survivors are full, "
-    "fails their resubmission again, so after one node loss they are recorded as "
-    "SlideCrashError ('killed the worker process 2 times') instead of being redone")
 N_SLIDES = 8
 
 
@@ -173,8 +167,10 @@ def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_c
     assert len(result.predictions["test"]) == len(test)
 
 
-@pytest.mark.parametrize("engine", [
-    "dataset", pytest.param("fused", marks=pytest.mark.xfail(strict=True, reason=FUSED_NODE_LOSS))])
+# The fused engine failed this until its pool stopped waiting for the dead actor's
+# replacement (pending while the surviving nodes were full) and requeued the slides to the
+# survivors; see ingest/pipeline/fused_runner.py.
+@pytest.mark.parametrize("engine", ["dataset", "fused"])
 def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, reference, s3_cohort,
                                                                   s3_options, engine) -> None:
     store = _store(s3_cohort, f"node-loss-{engine}", s3_options)

@@ -68,6 +68,8 @@ def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> 
         stores[engine] = FeatureStore.open(str(tmp_path / engine), create=True)
         result = run_ingest(slides, stores[engine], config, OPTS.replace(engine=engine))
         assert [o.status for o in result.outcomes] == ["done", "done"], engine
+        assert result.first_tile_s is not None and 0 < result.first_tile_s <= result.seconds
+        assert result.steady_tiles_per_s is not None and result.steady_tiles_per_s > 0
     fused = _tiles(stores["fused"])
     assert fused.num_rows > 0
     a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))

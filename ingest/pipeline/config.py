@@ -85,11 +85,10 @@ class RunOptions:
     #: fragments than this (each written batch is one; 0 disables). Many small fragments
     #: make every later scan and bag read slower; compaction merges them.
     compact_fragments: int = 256
-    #: ``fused``: one read→encode→write actor per slide slot (fewest processes; the default
-    #: on one CPU-only node); ``device``: CPU tasks plan, one actor per GPU reads, QCs,
+    #: ``fused``: one read→encode→write actor per core (fewest processes; the default on
+    #: CPU-only clusters); ``device``: CPU tasks plan, one actor per GPU reads, QCs,
     #: normalizes and encodes on the device (the default with GPUs; without one it runs
-    #: the same code on NumPy); ``dataset``: Ray Data actor pools (the default on a
-    #: CPU-only cluster of several nodes).
+    #: the same code on NumPy); ``dataset``: Ray Data actor pools, on request.
     engine: Literal["auto", "fused", "device", "dataset"] = "auto"
     #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
     #: reader process holds more than this much resident memory, becomes a ``failed`` row.

@@ -21,6 +21,8 @@ class Progress:
         self.total, self.enabled = total_slides, enabled and sys.stderr.isatty()
         self.tiles = self.done = self.failed = 0
         self.started = time.perf_counter()
+        #: when the first encoded tiles reached the driver (start-up over; steady state on)
+        self.first_tile_at: float | None = None
         self._progress: Any = None
         self._task: Any = None
 
@@ -60,6 +62,8 @@ class Progress:
         self._update(advance=0)
 
     def batch(self, tiles: int) -> None:
+        if tiles and self.first_tile_at is None:
+            self.first_tile_at = time.perf_counter()
         self.tiles += tiles
         self._update(advance=0)
 

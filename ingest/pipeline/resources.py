@@ -78,10 +78,11 @@ class FusedPlan:
 
 def choose_engine(options: RunOptions) -> str:
     """``options.engine`` unless ``auto``: the GPU-resident engine when the cluster has GPUs
-    (decoding, QC and stain on the device; pixels never cross the object store); the fused
-    engine on a single CPU-only node (a laptop, one VM: fewest processes); Ray Data's
-    pools on a CPU-only cluster of several nodes, where a node loss is survived exactly
-    (0 lost, 0 duplicated tiles, tests/test_multinode_ingest.py).
+    (decoding, QC and stain on the device; pixels never cross the object store), the
+    fused engine on CPU-only clusters, one node or many (fewest processes, and no tile
+    crosses the network between a reader and an encoder). Both survive the loss of a node
+    exactly (0 lost, 0 duplicated tiles: tests/test_multinode_ingest.py); Ray Data's pools
+    (``dataset``) stay available on request.
     """
     if options.engine != "auto":
         return options.engine
@@ -89,7 +90,7 @@ def choose_engine(options: RunOptions) -> str:
 
     if options.device != "cpu" and ray.cluster_resources().get("GPU", 0):
         return "device"
-    return "fused" if sum(1 for node in ray.nodes() if node.get("Alive")) == 1 else "dataset"
+    return "fused"
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Run the ingestion: sources → stage actors or Ray Data (read → encode → write) → driver commits.
 
 Three engines run the same stage functions (chosen by :func:`resources.choose_engine`):
-on one CPU-only node one fused actor per core reads, encodes and writes a slide (fewest
+on CPU-only clusters one fused actor per core reads, encodes and writes a slide (fewest
 processes, no pixels through the object store; :mod:`ingest.pipeline.fused_runner`);
 with GPUs, CPU tasks plan each slide and one actor per GPU reads, normalizes and encodes
-its tiles on the device (:mod:`ingest.pipeline.device_stage`); on a CPU-only cluster of
-several nodes, Ray Data actor pools (read → encode → write), which survive a node loss.
+its tiles on the device (:mod:`ingest.pipeline.device_stage`); on request, Ray Data
+actor pools (read → encode → write).
 
 Idempotent and resumable: slides already ``done`` for this encoder and config hash are
 skipped (``force`` redoes them); every slide gets a fresh ``write_id`` per run, and the
@@ -55,6 +55,16 @@ class IngestResult:
     seconds: float = 0.0
     store_version: int | None = None
     compacted: int = 0  # fragments merged away after the run
+    #: seconds from the call to the first encoded tiles reaching the driver (start-up:
+    #: store check, Ray, actors, model, the first slide's planning); None without tiles
+    first_tile_s: float | None = None
+
+    @property
+    def steady_tiles_per_s(self) -> float | None:
+        """Tiles per second after the first tile (what the pipeline sustains)."""
+        if self.first_tile_s is None or self.seconds <= self.first_tile_s:
+            return None
+        return self.tiles / (self.seconds - self.first_tile_s)
 
     @property
     def failed(self) -> list[SlideOutcome]:
@@ -111,6 +121,8 @@ def run_ingest(
                 _execute(todo, store, config, options, storage_options, config_hash, result, progress)
             finally:
                 shutdown(started_ray)
+        if progress.first_tile_at is not None:
+            result.first_tile_s = progress.first_tile_at - started
         progress.phase("committing")
         result.compacted = _maybe_compact(store, config.encoder_id, options.compact_fragments)
     result.store_version = store.latest().version
