@@ -2,8 +2,15 @@
 
   vit      6 synthetic 8192² slides at 0.5 µm/px, 256 px tiles, ``vit_small_patch16_224``
            with random weights (timm, no hub), no stain normalization, tiles kept at ≥ 1%
-           tissue; slidebank vs slide2vec 7.1.4 (hs2p tiling; the same ViT registered
-           through ``register_encoder``; its default keep rule is tissue ≥ 1%).
+           tissue; slidebank vs slide2vec 7.1.4 (hs2p tiling; the ViT registered through
+           ``register_encoder``; its default keep rule is tissue ≥ 1%), LazySlide 0.13.0
+           (its own tissue contours and per-contour grid) and TIAToolbox 2.1.3 (its
+           ``DeepFeatureExtractor`` engine; keeps any tile with tissue > 0, the engine does
+           not expose the threshold). One random ViT-S is written to a safetensors file once
+           per run and every side loads it, so the weights are the same everywhere; every
+           side outputs the class-token embedding (timm's default pooling). How each peer
+           matches the job, and where it cannot, is in the docstring of its
+           ``_<peer>_run.py``. Threads: every side keeps torch's default (all cores).
   weight-free  N small synthetic slides, slidebank's weight-free encoder vs a plain
            sequential OpenSlide + NumPy script (benchmarks/_clam_baseline.py: one process,
            one slide at a time).
@@ -14,6 +21,7 @@ to back. Peers live in their own virtual environments under ``benchmarks/.peers/
 (git-ignored), installed on demand with ``--install``, never in the default install.
 
 Usage: python benchmarks/peers/run.py vit --install --out benchmarks/results/peers_vit.json
+       python benchmarks/peers/run.py vit --quick --peers lazyslide --out /tmp/peers.json
        python benchmarks/peers/run.py weight-free --slides 1000 --out benchmarks/results/peers_weightfree.json
 """
 
@@ -32,27 +40,53 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import DATA, machine, write_json  # noqa: E402
+from infra.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 PEERS = ROOT / "benchmarks" / ".peers"
 #: pinned peer installs: the torch and timm of slidebank's own venv, so the encoder
-#: kernels are the same on both sides
-PINS = {"slide2vec": ["slide2vec==7.1.4", "torch==2.15.0", "timm==1.0.31"]}
+#: kernels are the same on both sides, except where the peer forbids them: tiatoolbox
+#: 2.1.3 requires torch<2.13 and timm<1.0.28, so it gets the newest allowed of each (the
+#: weights still come from the shared safetensors file, not timm's initialisation)
+PINS = {"slide2vec": ["slide2vec==7.1.4", "torch==2.15.0", "timm==1.0.31"],
+        "lazyslide": ["lazyslide==0.13.0", "torch==2.15.0", "timm==1.0.31"],
+        "tiatoolbox": ["tiatoolbox==2.1.3", "torch==2.12.1", "timm==1.0.27"]}
 TILE, MPP, KEEP = 256, 0.5, 0.01
+VIT = "vit_small_patch16_224"
 
 
 def install(peer: str) -> Path:
-    """The peer's interpreter, creating its venv first when missing."""
-    python = PEERS / peer / "bin" / "python"
-    if python.exists():
+    """The peer's interpreter, creating its venv and installing its pins first when the
+    venv lacks a record of a finished install of exactly these pins (a failed or older
+    install is completed, not trusted)."""
+    python, stamp = PEERS / peer / "bin" / "python", PEERS / peer / "pins.txt"
+    pins = "\n".join(PINS[peer])
+    if python.exists() and stamp.is_file() and stamp.read_text() == pins:
         return python
     uv = Path(sys.executable).parent / "uv"
-    subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(PEERS / peer)], check=True)
+    if not python.exists():
+        subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(PEERS / peer)], check=True)
     subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *PINS[peer]], check=True,
                    env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    atomic_write_text(stamp, pins)
     return python
 
 
-def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def write_random_vit(path: Path, seed: int = 0) -> Path:
+    """One random-init ViT-S (timm, classifier removed) as safetensors: every side loads
+    this file, so no side depends on its own timm version's initialisation."""
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(VIT, pretrained=False, num_classes=0)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    return path
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess, float]:
+    """(wall seconds, the finished process, 1-min load at start: the machine is shared)."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -60,7 +94,7 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, su
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
     print(f"  {Path(cmd[1]).name}: {wall:.1f} s (load {load:.1f})", flush=True)
-    return wall, proc
+    return wall, proc, load
 
 
 SLIDEBANK = """
@@ -85,21 +119,24 @@ def run_slidebank(paths: list[str], encoder: str, weights: str | None, stain: st
                   scratch: Path) -> dict:
     store = scratch / f"store-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}  # cold: its own Ray
-    wall, proc = _timed([sys.executable, "-c", SLIDEBANK, encoder, weights or "-", stain, str(keep),
+    wall, proc, load = _timed([sys.executable, "-c", SLIDEBANK, encoder, weights or "-", stain, str(keep),
                          str(TILE), str(MPP), str(store), *paths], env)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"tool": "slidebank", "tiles": out["tiles"], "failed": out["failed"], "wall_s": wall,
-            "tiles_per_s": out["tiles"] / wall}
+            "tiles_per_s": out["tiles"] / wall, "load_1min_at_start": load}
 
 
-def run_slide2vec(paths: list[str], scratch: Path) -> dict:
-    python = install("slide2vec")
-    result = scratch / "slide2vec.json"
-    wall, _ = _timed([str(python), str(ROOT / "benchmarks" / "peers" / "_slide2vec_run.py"), str(result),
-                      str(TILE), str(MPP), *paths])
+def run_peer(peer: str, paths: list[str], weights: Path, scratch: Path) -> dict:
+    """``benchmarks/peers/_<peer>_run.py`` in the peer's venv; it writes tiles and its own
+    inner seconds (imports and model build included, interpreter start not)."""
+    python = install(peer)
+    result = scratch / f"{peer}.json"
+    wall, _, load = _timed([str(python), str(ROOT / "benchmarks" / "peers" / f"_{peer}_run.py"), str(result),
+                      str(TILE), str(MPP), str(KEEP), str(weights), *paths])
     out = json.loads(result.read_text())
-    return {"tool": "slide2vec 7.1.4", "tiles": out["tiles"], "wall_s": wall,
-            "inner_s": out["seconds"], "tiles_per_s": out["tiles"] / wall}
+    return {"tool": PINS[peer][0].replace("==", " "), "pins": PINS[peer], "tiles": out["tiles"],
+            "wall_s": wall, "inner_s": out["seconds"], "tiles_per_s": out["tiles"] / wall,
+            "load_1min_at_start": load}
 
 
 def run_sequential(paths: list[str], scratch: Path) -> dict:
@@ -107,22 +144,38 @@ def run_sequential(paths: list[str], scratch: Path) -> dict:
             "from benchmarks._clam_baseline import run_clam_style; "
             "s, n = run_clam_style(sys.argv[2:], 'handcrafted-he-v1', None, Path(sys.argv[1])); "
             "print(json.dumps({'tiles': n}))")
-    wall, proc = _timed([sys.executable, "-c", code, str(scratch / "h5"), *paths],
+    wall, proc, load = _timed([sys.executable, "-c", code, str(scratch / "h5"), *paths],
                         {**os.environ, "PYTHONPATH": str(ROOT)})
     tiles = json.loads(proc.stdout.strip().splitlines()[-1])["tiles"]
-    return {"tool": "sequential OpenSlide+NumPy", "tiles": tiles, "wall_s": wall, "tiles_per_s": tiles / wall}
+    return {"tool": "sequential OpenSlide+NumPy", "tiles": tiles, "wall_s": wall, "tiles_per_s": tiles / wall,
+            "load_1min_at_start": load}
 
 
 def vit_case(args: argparse.Namespace, scratch: Path) -> dict:
     from benchmarks.ingest import cohort
 
+    peers = _peer_list(args.peers)
     paths = [s.uri for s in cohort(quick=args.quick)]
     if args.install:
-        install("slide2vec")
-    rows = [run_slidebank(paths, "timm:vit_small_patch16_224", "random", "none", KEEP, scratch),
-            run_slide2vec(paths, scratch)]
-    return {"slides": len(paths), "rows": rows,
-            "ratio_tiles_per_s_slidebank_over_slide2vec": rows[0]["tiles_per_s"] / rows[1]["tiles_per_s"]}
+        for peer in peers:
+            install(peer)
+    weights = write_random_vit(scratch / "vit_small_random.safetensors")
+    rows = [run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch)]
+    rows += [run_peer(peer, paths, weights, scratch) for peer in peers]
+    return {"slides": len(paths), "tile_px": TILE, "mpp": MPP, "keep_min_tissue": KEEP,
+            "encoder": f"{VIT}, random init (seed 0), one safetensors file loaded by every side",
+            "threads": f"torch default on every side (all {os.cpu_count()} cores)",
+            "rows": rows,
+            **{f"ratio_tiles_per_s_slidebank_over_{peer}": rows[0]["tiles_per_s"] / row["tiles_per_s"]
+               for peer, row in zip(peers, rows[1:], strict=True)}}
+
+
+def _peer_list(text: str) -> list[str]:
+    peers = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(peers) - set(PINS))
+    if unknown or not peers:
+        raise SystemExit(f"--peers {text!r}: unknown {unknown or 'empty list'}; known: {', '.join(PINS)}")
+    return peers
 
 
 def weight_free_case(args: argparse.Namespace, scratch: Path) -> dict:
@@ -139,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case", choices=["vit", "weight-free"])
     parser.add_argument("--install", action="store_true", help="create missing peer venvs first")
+    parser.add_argument("--peers", default=",".join(PINS),
+                        help=f"vit: comma-separated peers to run (default: {','.join(PINS)})")
     parser.add_argument("--quick", action="store_true", help="vit: 2 slides of 4096² instead of 6 of 8192²")
     parser.add_argument("--slides", type=int, default=1000, help="weight-free: how many small slides")
     parser.add_argument("--out", required=True)
