@@ -98,3 +98,30 @@ def test_gpu_and_cpu_qc_agree(tiles) -> None:
     assert np.array_equal(cpu.flags, gpu.flags)
     assert np.allclose(cpu.blur_score, gpu.blur_score, rtol=1e-3)
     assert np.allclose(cpu.background_fraction, gpu.background_fraction, atol=1e-6)
+
+
+def test_fast_qc_kernels_equal_the_reference_filters() -> None:
+    """The shifted-view Laplacian and the reduceat block means (NumPy fast paths) compute
+    what scipy's 3×3 convolution and a float box filter compute."""
+    from ingest.tissue.color import color_features
+    from ingest.tissue.config import TissueConfig
+    from ingest.tissue.pen import ink_pixels
+    from ingest.tissue.qc import _pen_fraction, blur_scores
+
+    rng = np.random.default_rng(3)
+    # Blocks of random colours (some ink-like) with pixel noise, cut off-grid (64×48 tiles
+    # hold 16×12 blocks of 4 px shifted by 2), so wrong block bounds change the answer.
+    colours = rng.integers(0, 256, (5, 18, 14, 3)).repeat(4, 1).repeat(4, 2)[:, 2:66, 2:50]
+    tiles = np.clip(colours + rng.integers(-40, 41, colours.shape), 0, 255).astype(np.uint8)
+    grey = tiles.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    lap = ndimage.convolve(grey, np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], np.float32))
+    np.testing.assert_allclose(blur_scores(tiles, np), lap[:, 1:-1, 1:-1].reshape(5, -1).var(axis=1),
+                               rtol=1e-4)
+    config = TissueConfig()
+    k = 4  # thumbnail_mpp / mpp
+    pen = _pen_fraction(tiles, config.thumbnail_mpp / k, config, (240.0, 240.0, 240.0), np)
+    means = np.rint(tiles[:, :64, :48].reshape(5, 16, k, 12, k, 3).astype(np.float32).mean(axis=(2, 4)))
+    features = color_features(means.astype(np.uint8).reshape(5 * 16, 12, 3), np, glass=(240.0, 240.0, 240.0))
+    expected = ink_pixels(features, config, np).reshape(5, -1).mean(axis=1)
+    assert 0 < expected.min() and expected.max() < 1, "the tiles must hold some ink and some not"
+    np.testing.assert_array_equal(pen, expected.astype(np.float32))

@@ -27,7 +27,7 @@ import numpy as np
 
 from infra.arrays import Device, asnumpy, get_xp, ndimage_module
 from infra.errors import ConfigError
-from ingest.tissue.color import color_features
+from ingest.tissue.color import color_features, optical_density
 from ingest.tissue.config import TissueConfig
 from ingest.tissue.pen import ink_pixels
 
@@ -140,8 +140,13 @@ def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
     ref = glass or (config.default_glass,) * 3
     ref = (float(ref[0]), float(ref[1]), float(ref[2]))
     # All tiles side by side form one image: colour rules are per pixel anyway.
-    features = color_features(batch.reshape(n * h, w, 3), xp, glass=ref)
-    background = (features.signal < np.float32(config.background_max_od)).reshape(n, h * w)
+    # Only the mean OD decides background: the full colour features (chroma) are not needed
+    # at read resolution, and skipping them saves a third of QC's time.
+    r, g, b = optical_density(batch.reshape(n * h, w, 3), ref, xp)
+    r += g
+    r += b
+    r /= np.float32(3)  # the same mean OD as ColorFeatures.signal, bit for bit
+    background = (r < np.float32(config.background_max_od)).reshape(n, h * w)
     bg_frac = background.mean(axis=1, dtype=xp.float32)
     pen_frac = _pen_fraction(batch, mpp, tissue_config, ref, xp)
     blur = blur_scores(batch, xp)
@@ -155,8 +160,17 @@ def _pen_fraction(batch: Array, mpp: float, tissue_config: TissueConfig,
     n, h, w = batch.shape[:3]
     k = max(1, min(int(round(tissue_config.thumbnail_mpp / mpp)), h, w))
     bh, bw = h // k, w // k
-    blocks = batch[:, :bh * k, :bw * k].reshape(n, bh, k, bw, k, 3).astype(xp.float32)
-    means = xp.rint(blocks.mean(axis=(2, 4))).astype(xp.uint8)  # like the thumbnail's box filter
+    cropped = batch[:, :bh * k, :bw * k]
+    # Integer block sums (exact), then the mean: like the thumbnail's box filter. On NumPy
+    # with reduceat, 5x faster than a float copy of the batch averaged over a 6-D view
+    # (that was half of QC's time).
+    if xp is np:
+        starts = np.arange(0, bh * k, k)
+        sums = np.add.reduceat(np.add.reduceat(cropped, np.arange(0, bw * k, k), axis=2,
+                                               dtype=np.uint32), starts, axis=1)
+    else:
+        sums = cropped.reshape(n, bh, k, bw, k, 3).sum(axis=(2, 4), dtype=xp.uint32)
+    means = xp.rint(sums * np.float32(1.0 / (k * k))).astype(xp.uint8)
     features = color_features(means.reshape(n * bh, bw, 3), xp, glass=glass)
     return ink_pixels(features, tissue_config, xp).reshape(n, bh * bw).mean(axis=1, dtype=xp.float32)
 
@@ -170,7 +184,12 @@ def blur_scores(tiles: Array, xp: ModuleType) -> Array:
     grey = (tiles[..., 0].astype(xp.float32) * np.float32(_GREY[0])
             + tiles[..., 1].astype(xp.float32) * np.float32(_GREY[1])
             + tiles[..., 2].astype(xp.float32) * np.float32(_GREY[2]))
-    kernel = xp.asarray(np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], dtype=np.float32))
-    lap = ndimage_module(xp).convolve(grey, kernel, mode="reflect")
-    inner = lap[:, 1:-1, 1:-1] if lap.shape[1] > 2 and lap.shape[2] > 2 else lap
+    if grey.shape[1] <= 2 or grey.shape[2] <= 2:  # no inside: the filter at the rim
+        kernel = xp.asarray(np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], dtype=np.float32))
+        lap = ndimage_module(xp).convolve(grey, kernel, mode="reflect")
+        return lap.reshape(lap.shape[0], -1).var(axis=1)
+    # The inside directly from shifted views: the same sums as the 3×3 filter, several
+    # times faster than a generic convolution.
+    inner = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+             - np.float32(4) * grey[:, 1:-1, 1:-1])
     return inner.reshape(inner.shape[0], -1).var(axis=1)
