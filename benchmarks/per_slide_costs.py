@@ -1,0 +1,116 @@
+"""Per-tile and per-slide fixed costs of the read path, on the sample slide, one thread.
+
+  tile_qc      ms per 256² tile of read-time QC (background, blur, pen) on a batch of 64
+               real tiles at 0.5 µm/px; ``--base`` also times an earlier tree's ``tile_qc``
+               on the same tiles, back to back (a ratio, so load hits both alike)
+  mask         tissue mask + tile plan of the slide (ms per slide)
+  arrays       Zarr thumbnail and mask written to a local store (ms per slide)
+  stain_fit    Macenko fit from the thumbnail and 32 sampled tiles (ms per slide)
+
+Usage: python benchmarks/per_slide_costs.py --base /tmp/base --out benchmarks/results/per_slide_costs.json
+(``--base``: a source tree of an earlier slidebank, e.g. ``git archive <commit> | tar -x -C DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import machine, write_json
+
+HERE = Path(__file__).resolve().parents[1]
+SLIDE = HERE.parent / "shared" / "data" / "cmu_small_region.svs"
+REPS = 7
+
+_QC = """
+import json, sys, time, numpy as np
+from ingest.slides import open_slide
+from ingest.tissue.qc import tile_qc
+from ingest.tissue.config import TissueConfig
+from ingest.tiling.config import TilingConfig
+with open_slide(sys.argv[1]) as s:
+    xy = [(x, y) for x in range(0, 2000, 256) for y in range(0, 2700, 256)]
+    tiles = np.stack(s.read_regions_at_mpp(xy, 256, 0.5))[:64]
+qc, tissue = TilingConfig().qc, TissueConfig()
+tile_qc(tiles, 0.5, qc, tissue)
+times = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    tile_qc(tiles, 0.5, qc, tissue)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"ms_per_tile": sorted(times)[len(times) // 2] / len(tiles) * 1e3}))
+"""
+
+
+def _qc_ms(tree: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _QC, str(SLIDE), str(REPS)], env=env, cwd=tree,
+                         capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_tile"])
+
+
+def _median_ms(fn: Callable[[], object]) -> float:
+    fn()
+    times = []
+    for _ in range(REPS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def per_slide() -> dict[str, float]:
+    from features.store import FeatureStore, SlideArrays
+    from ingest.slides import open_slide
+    from ingest.stain import FitConfig, fit_slide
+    from ingest.tiling.config import TilingConfig
+    from ingest.tiling.plan import plan_slide
+    from ingest.tissue.config import TissueConfig
+
+    tiling = TilingConfig()
+    with open_slide(str(SLIDE)) as slide, tempfile.TemporaryDirectory() as tmp:
+        store = FeatureStore.open(str(Path(tmp) / "store"), create=True)
+        tissue, _ = plan_slide(slide, TissueConfig(), tiling, device="cpu")
+
+        def arrays() -> None:
+            out = SlideArrays(store.location, "s")
+            out.write_thumbnail(tissue.thumbnail, mpp=tissue.thumbnail_grid_mpp)
+            out.write_mask(tissue.mask.astype("uint8"), mpp=tissue.mpp)
+
+        return {
+            "mask_and_plan_ms": _median_ms(lambda: plan_slide(slide, TissueConfig(), tiling, device="cpu")),
+            "arrays_ms": _median_ms(arrays),
+            "stain_fit_ms": _median_ms(lambda: fit_slide(
+                slide, tissue.mask, tissue.mpp, mpp=tiling.target_mpp, tile_size=tiling.tile_size,
+                n_tiles=32, config=FitConfig(method="macenko"), slide_id="s")),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, help="an earlier slidebank source tree for tile_qc")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    qc = {"this": _qc_ms(HERE)}
+    if args.base:
+        qc["base"] = _qc_ms(args.base)
+        qc["speedup"] = qc["base"] / qc["this"]
+    body = {"tile_qc_ms_per_tile": qc, **per_slide(), "slide": SLIDE.name, "threads": 1,
+            "load_1min_at_start": load}
+    write_json(args.out, {"benchmark": "per-slide-costs", "machine": machine(), **body})
+    print(json.dumps(body, indent=2))
+
+
+if __name__ == "__main__":
+    main()
