@@ -50,12 +50,12 @@ def test_nested_layout_places_aggregates_inside_or_around(inflamed: bool) -> Non
         for ax, ay, r_a in lay.aggregates:
             d = min(math.hypot(ax - cx, ay - cy) - r for cx, cy, r in lay.nests)  # to the nearest nest edge
             if inflamed:
-                assert d + r_a <= 0  # wholly inside a nest
+                assert d + r_a + spec.cuff_um <= 0  # wholly inside a nest, with its stromal cuff
             else:
                 assert d - r_a >= spec.gap_um[0]  # stroma between nest and aggregate
         # Tumour area outside the aggregates is the same in both classes.
         nest_area = sum(math.pi * r * r for *_, r in lay.nests)
-        inside = sum(math.pi * r * r for *_, r in lay.aggregates) if inflamed else 0.0
+        inside = sum(math.pi * (r + spec.cuff_um) ** 2 for *_, r in lay.aggregates) if inflamed else 0.0
         assert nest_area - inside == pytest.approx(spec.n_nests * math.pi * spec.nest_radius_um**2)
 
 

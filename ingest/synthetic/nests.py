@@ -23,7 +23,7 @@ import tifffile
 
 from infra.errors import ConfigError
 from infra.files import atomic_write
-from ingest.synthetic.content import TissueContent
+from ingest.synthetic.content import TissueContent, TissueDesign
 from ingest.synthetic.design import make_design
 from ingest.synthetic.writer import _level_kwargs, _level_shape, _tiles
 
@@ -37,12 +37,17 @@ class NestedSlideSpec:
     side: int = 3584  # level-0 px (square slide): 14 × 14 tiles of 128 µm at 0.5 µm/px
     mpp: float = 0.5
     n_nests: int = 1
-    nest_radius_um: float = 300.0
-    aggregates_per_nest: int = 3
-    aggregate_radius_um: float = 85.0
+    nest_radius_um: float = 340.0
+    aggregates_per_nest: int = 2
+    aggregate_radius_um: float = 100.0
+    # Every aggregate sits in a stromal cuff this wide (µm), inside a nest or not: so a
+    # tile never shows lymphocytes and tumour together, and "inside vs around the nest"
+    # is visible only across tiles, as in the S1 embedding cohort (without the cuff the
+    # weight-free encoder's mixed lymphocyte-tumour tiles gave ABMIL 0.88 AUROC).
+    cuff_um: float = 100.0
     # Excluded aggregates: centre this far (µm) beyond the nest edge + aggregate radius,
     # i.e. at least about one tile of stroma between nest and aggregate.
-    gap_um: tuple[float, float] = (110.0, 230.0)
+    gap_um: tuple[float, float] = (120.0, 240.0)
     lymphocyte_background: float = 0.04
     jpeg_quality: int = 90
     tile_size: int = 256
@@ -50,8 +55,10 @@ class NestedSlideSpec:
     def validate(self) -> None:
         if self.side < 1024 or self.n_nests < 1 or self.aggregates_per_nest < 1:
             raise ConfigError(f"nested slide spec out of range: {self}")
-        if self.aggregate_radius_um * 2.2 > self.nest_radius_um:
-            raise ConfigError("aggregates must fit inside a nest (radius < nest radius / 2.2)")
+        if (self.aggregate_radius_um + self.cuff_um) * 1.5 > self.nest_radius_um:
+            raise ConfigError("aggregates and their cuffs must fit inside a nest")
+        if self.gap_um[0] < self.cuff_um:
+            raise ConfigError("excluded aggregates must lie beyond their cuff from the nest (gap >= cuff)")
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,9 @@ def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator)
     # everything planted stays inside the part that is tissue whatever the wobble.
     safe = side_um * 0.47 * 0.75
     r_a = spec.aggregate_radius_um
-    # Inflamed nests grow by the aggregates' area: equal tumour area outside aggregates.
-    r_n = math.sqrt(spec.nest_radius_um**2 + (spec.aggregates_per_nest * r_a**2 if inflamed else 0.0))
+    hole = r_a + spec.cuff_um
+    # Inflamed nests grow by the cuffed aggregates' area: equal tumour area in both classes.
+    r_n = math.sqrt(spec.nest_radius_um**2 + (spec.aggregates_per_nest * hole**2 if inflamed else 0.0))
     nests: list[tuple[float, float, float]] = []
     for _ in range(spec.n_nests):
         for _ in range(200):
@@ -91,10 +99,11 @@ def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator)
         placed = 0
         for _ in range(500):
             ang = rng.uniform(0, 2 * math.pi)
-            d = (r - r_a - 10.0) * math.sqrt(rng.uniform()) if inflamed else r + r_a + rng.uniform(*spec.gap_um)
+            d = (r - hole - 10.0) * math.sqrt(rng.uniform()) if inflamed else r + r_a + rng.uniform(*spec.gap_um)
             p = np.array([cx + d * math.cos(ang), cy + d * math.sin(ang)])
             others = [n for n in nests if n[:2] != (cx, cy)] if inflamed else nests
-            if (math.hypot(*(p - centre)) <= safe - r_a and _far_from(p, aggregates, r_a + 20.0)
+            # cuffs never overlap, so the tumour area they take is exactly their discs'
+            if (math.hypot(*(p - centre)) <= safe - r_a and _far_from(p, aggregates, r_a + 2 * spec.cuff_um + 10.0)
                     and _far_from(p, others, r_a + spec.gap_um[0])):
                 aggregates.append((float(p[0]), float(p[1]), r_a))
                 placed += 1
@@ -120,16 +129,22 @@ def nest_layout(spec: NestedSlideSpec, inflamed: bool, seed: int) -> NestLayout:
 class NestedContent(TissueContent):
     """Tissue whose tumour-likeness is 1 inside the planted nests and 0 in the stroma."""
 
-    def __init__(self, design, nests: tuple[tuple[float, float, float], ...]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, design: TissueDesign, nests: tuple[tuple[float, float, float], ...],
+                 cuff_um: float = 0.0) -> None:
         super().__init__(design)
         self.nests = nests
+        self.cuffs = tuple((cx, cy, r + cuff_um) for cx, cy, r in design.lymphocytes)
 
     def nest_field(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """> 0 on tumour: inside a nest and outside every aggregate's cuff."""
         best = np.full(np.shape(x), -1.0)
         for cx, cy, r in self.nests:
             best = np.maximum(best, 1.0 - np.hypot(x - cx, y - cy) / r)
         # Rough borders, as nests have; an offset of the tissue's own noise.
-        return best + 0.08 * self._lattice_noise(x * 1.7 + 700, y * 1.7 + 700)
+        best = best + 0.08 * self._lattice_noise(x * 1.7 + 700, y * 1.7 + 700)
+        for cx, cy, r in self.cuffs:
+            best = np.minimum(best, np.hypot(x - cx, y - cy) / r - 1.0)
+        return best
 
     def crowd(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.clip(self.nest_field(x, y) / 0.03, 0.0, 1.0)
@@ -142,7 +157,7 @@ def _content(spec: NestedSlideSpec, layout: NestLayout, seed: int) -> NestedCont
     blob = np.array([[side_um / 2, side_um / 2, side_um * 0.47, side_um * 0.47, 0.0, 1.0]])
     design = dataclasses.replace(design, blobs=blob, lymphocytes=layout.aggregates,
                                  lymphocyte_background=spec.lymphocyte_background)
-    return NestedContent(design, layout.nests)
+    return NestedContent(design, layout.nests, spec.cuff_um)
 
 
 def write_nested_slide(path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool,

@@ -9,6 +9,14 @@ region centres at the top level), bucketed (exact up to 8 tiles, then log-spaced
 real 2-D geometry, never bag order, and unchanged by rotating or flipping the slide.
 An order-blind ABMIL branch is summed at the logits, as in ``tile_gnn``.
 
+Long range (``geometry_pools``): a needle-like relation — two small nests 5 tiles apart
+vs 25 — is hard to learn through softmax attention alone (HIPT is weak on such tasks,
+HIPT issue #41). So G attention pools over the final tile states each give an
+attention-weighted centroid and spread in tile units; the log of the G·(G−1)/2
+centroid distances and the G spreads feed a linear read-out summed at the logits.
+Distances move with the attention, so the pools learn *where* to look by gradient, and
+being distances they are unchanged by rotations, flips and translations.
+
 Tile attention for heatmaps is region attention × within-region attention.
 """
 
@@ -27,7 +35,8 @@ from training.spatial.models._common import InvariantBranch, options, require_co
 
 __all__ = ["RegionTransformer", "distance_bucket"]
 
-DEFAULTS: dict[str, Any] = {"region": 16, "tile_layers": 1, "region_layers": 1, "invariant_branch": True}
+DEFAULTS: dict[str, Any] = {"region": 16, "tile_layers": 1, "region_layers": 1, "invariant_branch": True,
+                            "geometry_pools": 4}
 N_BUCKETS = 16
 
 
@@ -96,6 +105,21 @@ class RegionTransformer(nn.Module):
         self.norm = nn.LayerNorm(h)
         self.head = nn.Linear(h, cfg.n_outputs)
         self.invariant = InvariantBranch(cfg) if opts["invariant_branch"] else None
+        g = int(opts["geometry_pools"])
+        if g == 1 or g < 0:
+            raise ConfigError(f"region_transformer: geometry_pools must be 0 or >= 2, got {g}")
+        self.geo_pools = GatedAttention(h, cfg.attn_dim, g, cfg.dropout) if g else None
+        self.geo_head = nn.Linear(g * (g - 1) // 2 + g, cfg.n_outputs) if g else None
+
+    @staticmethod
+    def _geometry(pools: nn.Module, states: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """(features, attention (G, N)): log1p of pool-centroid distances and spreads."""
+        a = torch.softmax(pools(states), dim=1)  # (G, N)
+        centre = a @ pos  # (G, 2)
+        spread = torch.sqrt((a * ((pos[None] - centre[:, None]) ** 2).sum(-1)).sum(1) + 1e-6)
+        i, j = torch.triu_indices(len(centre), len(centre), 1, device=pos.device)
+        dist = torch.sqrt(((centre[i] - centre[j]) ** 2).sum(-1) + 1e-6)  # eps: finite gradient at 0
+        return torch.log1p(torch.cat([dist, spread])), a
 
     def _regions(self, coords: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         rows, cols, _ = grid_index(coords.detach().cpu().numpy())
@@ -142,8 +166,13 @@ class RegionTransformer(nn.Module):
         outer = torch.softmax(self.region_pool(top), dim=1).squeeze(0)  # (R,)
         logits = self.head(outer @ top)
         attention = outer[region] * inner[region, slot]
+        states = tokens[region, slot]
         extras: dict[str, Tensor] = {"region": region, "region_attention": outer.detach(),
-                                     "tile_states": tokens[region, slot].detach()}
+                                     "tile_states": states.detach()}
+        if self.geo_pools is not None and self.geo_head is not None:
+            geo, geo_a = self._geometry(self.geo_pools, states, torch.stack([rows, cols], 1))
+            logits = logits + self.geo_head(geo)
+            extras["geometry_attention"] = geo_a.detach()
         if self.invariant is not None:
             inv_logits, inv_a = self.invariant(x)
             logits = logits + inv_logits
