@@ -51,8 +51,10 @@ def write_batches(batch: Mapping[str, Any], *, store: Any, encoder: str, config_
                            tile_size=tile_size, level=int(column_value(batch, "level", i)),
                            read_mpp=read_mpp, tissue_fraction=column_value(batch, "tissue_fraction", i),
                            qc_flags=column_value(batch, "qc_flags", i), dtype=dtype)
+        # table_ready: the driver created the encoder's table (run_ingest) before any worker ran
         pending = write_slide(store, SlideKey(sid, encoder, config_hash),
-                              SlideInfo(source_uri=""), tiles, dtype=dtype, write_id=write_id)
+                              SlideInfo(source_uri=""), tiles, dtype=dtype, write_id=write_id,
+                              table_ready=True)
         fragments.append(json.dumps(list(pending.fragments)))
         counts.append(pending.n_tiles)
         dims.append(int(embedding.shape[1]))
