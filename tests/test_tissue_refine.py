@@ -78,3 +78,29 @@ def test_refinement_read_cap_and_grid_budget(pasted):
     assert grid_factor((1000, 1000), 8.0, 0.25, 2.0, 16_000_000) == 4
     assert grid_factor((1500, 1500), 8.0, 0.25, 2.0, 16_000_000) == 2
     assert grid_factor((100, 100), 8.0, 4.0, 2.0, 16_000_000) == 2  # never finer than the slide
+
+
+def test_small_slide_read_whole_refines_exactly_as_block_reads(tmp_path, monkeypatch):
+    """A small slide's edge blocks are cut from one whole-slide read (fewer pixels decoded
+    than the overlapping blocks: here a 1024² slide without a pyramid, as in the
+    1,000-slide benchmark); the refined mask is the one block reads give."""
+    from ingest.synthetic.cohort import write_small_cohort
+    from ingest.tissue import refine
+
+    (path,) = write_small_cohort(tmp_path, 1, processes=1)
+
+    calls = []
+    whole_slide = refine._whole_slide
+
+    def spy(*args, **kwargs):
+        calls.append(whole_slide(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(refine, "_whole_slide", spy)
+    whole, _, _ = _plan(path, TissueConfig())
+    assert calls and calls[0] is not None, "the small slide took the whole-slide read"
+    monkeypatch.setattr(refine, "_whole_slide", lambda *a, **k: None)
+    blocks, _, _ = _plan(path, TissueConfig())
+    assert whole.edge.blocks == blocks.edge.blocks > 0
+    np.testing.assert_array_equal(whole.mask, blocks.mask)
+    np.testing.assert_array_equal(whole.background, blocks.background)
