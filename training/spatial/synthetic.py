@@ -193,9 +193,17 @@ def contacts(types: np.ndarray, side: int, a: int, b: int) -> int:
     return total
 
 
-def layout(name: str, rng: np.random.Generator, side: int, label: int) -> np.ndarray:
+def layout(name: str, rng: np.random.Generator, side: int, label: int, attempts: int = 20) -> np.ndarray:
     if name not in COHORTS:
         raise ConfigError(f"unknown spatial cohort {name!r}; known: {sorted(COHORTS)} and S4")
+    # A blob grown from an unlucky seed cell can wall itself into a corner (S2's excluded
+    # aggregate, about 1 slide in 100); draw again from the same stream. Slides that
+    # succeed first time are unchanged, so smaller cohorts stay byte-identical.
+    for _ in range(attempts - 1):
+        try:
+            return COHORTS[name](rng, side, label)
+        except ConfigError:
+            continue
     return COHORTS[name](rng, side, label)
 
 
