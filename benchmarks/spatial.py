@@ -295,6 +295,8 @@ def main() -> None:
                         help="cap each fold's training set at this many slides (balanced patients; "
                              "validation and test folds unchanged): sample efficiency")
     parser.add_argument("--real-slides", type=int, help="override the number of real_S1 slides")
+    parser.add_argument("--real-islands", action="store_true",
+                        help="real_S1 slides with stroma islands in every nest (4096 px; NestedSlideSpec.islands)")
     parser.add_argument("--real-root", help="folder for real_S1's slides and store, reused when it exists "
                                             "(default: a temporary folder)")
     parser.add_argument("--models", nargs="*", default=ORDER_BLIND + SPATIAL)
@@ -326,8 +328,12 @@ def main() -> None:
                 from slidebank.spatial_cohort import make_real_s1_cohort
 
                 built = time.perf_counter()
+                from ingest.synthetic.nests import NestedSlideSpec
+
+                spec = NestedSlideSpec(side=4096, islands=True) if args.real_islands else NestedSlideSpec()
+                result["real_S1_slide_spec"] = {"side": spec.side, "islands": spec.islands}
                 cohort = make_real_s1_cohort(Path(args.real_root) if args.real_root else tmp / "real_S1",
-                                             n_slides=params["real_slides"])
+                                             n_slides=params["real_slides"], spec=spec)
                 result["real_S1_build_s"] = time.perf_counter() - built
                 result["real_S1_tiles"] = int(sum(len(c) for c in cohort.coords.values()))
             else:

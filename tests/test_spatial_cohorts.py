@@ -91,3 +91,18 @@ def test_assign_modules_chunked_equals_brute_force() -> None:
     np.testing.assert_array_equal(assign_modules(x, c, chunk=333), truth)
     with pytest.raises(ConfigError):
         assign_modules(x, c[:, :5])
+
+
+def test_nested_islands_make_both_classes_the_same_nest() -> None:
+    spec = NestedSlideSpec(side=4096, islands=True)
+    for seed in range(10):
+        inflamed, excluded = nest_layout(spec, True, seed), nest_layout(spec, False, seed)
+        assert [r for *_, r in inflamed.nests] == pytest.approx([r for *_, r in excluded.nests])
+        for lay in (inflamed, excluded):
+            assert len(lay.islands) == len(lay.aggregates)
+            for ix, iy, hole in lay.islands:
+                assert hole == spec.aggregate_radius_um + spec.cuff_um
+                assert any(math.hypot(ix - cx, iy - cy) + hole <= r for cx, cy, r in lay.nests)
+        # the lymphocytes fill the islands only in inflamed slides
+        assert {(x, y) for x, y, _ in inflamed.islands} == {(x, y) for x, y, _ in inflamed.aggregates}
+        assert not {(x, y) for x, y, _ in excluded.islands} & {(x, y) for x, y, _ in excluded.aggregates}

@@ -48,6 +48,10 @@ class NestedSlideSpec:
     # Excluded aggregates: centre this far (µm) beyond the nest edge + aggregate radius,
     # i.e. at least about one tile of stroma between nest and aggregate.
     gap_um: tuple[float, float] = (120.0, 240.0)
+    # Stroma islands of the cuffed aggregates' size inside *every* nest (empty in excluded
+    # slides): the nest's shape, size and tumour-stroma border are then the same in both
+    # classes, and only whether the islands hold the lymphocytes differs.
+    islands: bool = False
     lymphocyte_background: float = 0.04
     jpeg_quality: int = 90
     tile_size: int = 256
@@ -68,6 +72,7 @@ class NestLayout:
     nests: tuple[tuple[float, float, float], ...]
     aggregates: tuple[tuple[float, float, float], ...]
     inflamed: bool
+    islands: tuple[tuple[float, float, float], ...] = ()  # stroma discs inside the nests
 
 
 def _far_from(p: np.ndarray, discs: list[tuple[float, float, float]], margin: float) -> bool:
@@ -83,7 +88,8 @@ def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator)
     r_a = spec.aggregate_radius_um
     hole = r_a + spec.cuff_um
     # Inflamed nests grow by the cuffed aggregates' area: equal tumour area in both classes.
-    r_n = math.sqrt(spec.nest_radius_um**2 + (spec.aggregates_per_nest * hole**2 if inflamed else 0.0))
+    grow = inflamed or spec.islands
+    r_n = math.sqrt(spec.nest_radius_um**2 + (spec.aggregates_per_nest * hole**2 if grow else 0.0))
     nests: list[tuple[float, float, float]] = []
     for _ in range(spec.n_nests):
         for _ in range(200):
@@ -111,7 +117,21 @@ def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator)
                     break
         if placed < spec.aggregates_per_nest:
             return None
-    return NestLayout(tuple(nests), tuple(aggregates), inflamed)
+    islands: list[tuple[float, float, float]] = []
+    if spec.islands and inflamed:
+        islands = [(x, y, hole) for x, y, _ in aggregates]
+    elif spec.islands:
+        for cx, cy, r in nests:
+            for _ in range(500):
+                ang, d = rng.uniform(0, 2 * math.pi), (r - hole - 10.0) * math.sqrt(rng.uniform())
+                p = np.array([cx + d * math.cos(ang), cy + d * math.sin(ang)])
+                if _far_from(p, islands, hole + 10.0):
+                    islands.append((float(p[0]), float(p[1]), hole))
+                    if len(islands) == spec.aggregates_per_nest * (nests.index((cx, cy, r)) + 1):
+                        break
+            if len(islands) < spec.aggregates_per_nest * (nests.index((cx, cy, r)) + 1):
+                return None
+    return NestLayout(tuple(nests), tuple(aggregates), inflamed, tuple(islands))
 
 
 def nest_layout(spec: NestedSlideSpec, inflamed: bool, seed: int) -> NestLayout:
@@ -130,10 +150,10 @@ class NestedContent(TissueContent):
     """Tissue whose tumour-likeness is 1 inside the planted nests and 0 in the stroma."""
 
     def __init__(self, design: TissueDesign, nests: tuple[tuple[float, float, float], ...],
-                 cuff_um: float = 0.0) -> None:
+                 cuff_um: float = 0.0, islands: tuple[tuple[float, float, float], ...] = ()) -> None:
         super().__init__(design)
         self.nests = nests
-        self.cuffs = tuple((cx, cy, r + cuff_um) for cx, cy, r in design.lymphocytes)
+        self.cuffs = islands or tuple((cx, cy, r + cuff_um) for cx, cy, r in design.lymphocytes)
 
     def nest_field(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """> 0 on tumour: inside a nest and outside every aggregate's cuff."""
@@ -157,7 +177,7 @@ def _content(spec: NestedSlideSpec, layout: NestLayout, seed: int) -> NestedCont
     blob = np.array([[side_um / 2, side_um / 2, side_um * 0.47, side_um * 0.47, 0.0, 1.0]])
     design = dataclasses.replace(design, blobs=blob, lymphocytes=layout.aggregates,
                                  lymphocyte_background=spec.lymphocyte_background)
-    return NestedContent(design, layout.nests, spec.cuff_um)
+    return NestedContent(design, layout.nests, spec.cuff_um, layout.islands)
 
 
 def write_nested_slide(path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool,
