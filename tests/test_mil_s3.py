@@ -15,7 +15,10 @@ from training.mil.models import MILConfig, build_model
 from training.mil.synthetic import write_planted_cohort
 from training.mil.train import TrainConfig, load_checkpoint_state, predict
 
-pytestmark = [pytest.mark.s3, pytest.mark.timeout(600)]
+# slow: a Ray Train run (~25 s on 2 cores) whose S3 checkpoint path the default suite
+# already reaches through the store's S3 tests; tests/test_multinode_ingest.py trains
+# across two nodes with checkpoints on S3 in the slow suite too.
+pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_checkpoints_land_on_s3_and_load_back(ray_local, s3_bucket: str, s3_options: dict) -> None:
