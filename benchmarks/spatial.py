@@ -65,12 +65,15 @@ def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohor
     # contact gene, with 40 epochs at lr 3e-3 r = 0.97 (same folds).
     # S3's needles (4 + 4 of 1024 tiles) take the geometry pools longer to find: with the
     # classification schedule the region transformer stopped at 0.72 AUROC (80 slides),
-    # with 40 epochs and patience 10 at 0.80.
-    long = task == "regression" or cohort == "S3"
+    # with 40 epochs and patience 10 at 0.80, with lr 3e-3 as well at 0.93. real_S1 has
+    # 24 training slides per fold and noisier (real-encoder) tiles: 40 epochs, patience 10.
+    epochs, patience, lr = params["epochs"], params["patience"], 1e-3
+    if task == "regression" or cohort in ("S3", "real_S1"):
+        epochs, patience = max(epochs, 40), max(patience, 10)
+        lr = 1e-3 if cohort == "real_S1" else 3e-3
     return TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
-                       task=task, epochs=max(params["epochs"], 40) if long else params["epochs"],
-                       patience=max(params["patience"], 10) if long else params["patience"],
-                       lr=3e-3 if long else 1e-3, max_patches=None, seed=seed, torch_threads=1)
+                       task=task, epochs=epochs, patience=patience, lr=lr, max_patches=None, seed=seed,
+                       torch_threads=1)
 
 
 def _auroc(rows: list[dict[str, Any]]) -> float:
@@ -295,8 +298,6 @@ def main() -> None:
                         help="cap each fold's training set at this many slides (balanced patients; "
                              "validation and test folds unchanged): sample efficiency")
     parser.add_argument("--real-slides", type=int, help="override the number of real_S1 slides")
-    parser.add_argument("--real-islands", action="store_true",
-                        help="real_S1 slides with stroma islands in every nest (4096 px; NestedSlideSpec.islands)")
     parser.add_argument("--real-root", help="folder for real_S1's slides and store, reused when it exists "
                                             "(default: a temporary folder)")
     parser.add_argument("--models", nargs="*", default=ORDER_BLIND + SPATIAL)
@@ -328,12 +329,8 @@ def main() -> None:
                 from slidebank.spatial_cohort import make_real_s1_cohort
 
                 built = time.perf_counter()
-                from ingest.synthetic.nests import NestedSlideSpec
-
-                spec = NestedSlideSpec(side=4096, islands=True) if args.real_islands else NestedSlideSpec()
-                result["real_S1_slide_spec"] = {"side": spec.side, "islands": spec.islands}
                 cohort = make_real_s1_cohort(Path(args.real_root) if args.real_root else tmp / "real_S1",
-                                             n_slides=params["real_slides"], spec=spec)
+                                             n_slides=params["real_slides"])
                 result["real_S1_build_s"] = time.perf_counter() - built
                 result["real_S1_tiles"] = int(sum(len(c) for c in cohort.coords.values()))
             else:

@@ -41,9 +41,10 @@ def test_s3_refuses_a_grid_too_small_for_the_far_class() -> None:
         layout("S3", np.random.default_rng(0), 16, 0)
 
 
+@pytest.mark.parametrize("islands", [True, False])
 @pytest.mark.parametrize("inflamed", [True, False])
-def test_nested_layout_places_aggregates_inside_or_around(inflamed: bool) -> None:
-    spec = NestedSlideSpec()
+def test_nested_layout_places_aggregates_inside_or_around(inflamed: bool, islands: bool) -> None:
+    spec = NestedSlideSpec(islands=islands)
     for seed in range(30):
         lay = nest_layout(spec, inflamed, seed)
         assert len(lay.aggregates) == spec.n_nests * spec.aggregates_per_nest
@@ -53,9 +54,10 @@ def test_nested_layout_places_aggregates_inside_or_around(inflamed: bool) -> Non
                 assert d + r_a + spec.cuff_um <= 0  # wholly inside a nest, with its stromal cuff
             else:
                 assert d - r_a >= spec.gap_um[0]  # stroma between nest and aggregate
-        # Tumour area outside the aggregates is the same in both classes.
+        # Tumour area outside the aggregates (and islands) is the same in both classes.
         nest_area = sum(math.pi * r * r for *_, r in lay.nests)
-        inside = sum(math.pi * (r + spec.cuff_um) ** 2 for *_, r in lay.aggregates) if inflamed else 0.0
+        holes = lay.islands if islands else (lay.aggregates if inflamed else ())
+        inside = sum(math.pi * (r + (0.0 if islands else spec.cuff_um)) ** 2 for *_, r in holes)
         assert nest_area - inside == pytest.approx(spec.n_nests * math.pi * spec.nest_radius_um**2)
 
 
@@ -94,7 +96,8 @@ def test_assign_modules_chunked_equals_brute_force() -> None:
 
 
 def test_nested_islands_make_both_classes_the_same_nest() -> None:
-    spec = NestedSlideSpec(side=4096, islands=True)
+    spec = NestedSlideSpec()
+    assert spec.islands
     for seed in range(10):
         inflamed, excluded = nest_layout(spec, True, seed), nest_layout(spec, False, seed)
         assert [r for *_, r in inflamed.nests] == pytest.approx([r for *_, r in excluded.nests])
