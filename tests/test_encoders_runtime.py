@@ -113,6 +113,22 @@ def test_provenance_describes_the_run() -> None:
     assert repr(encoder) == "Encoder('virchow2-tiny', dim=192, device='cpu')"
 
 
+def test_cpu_bf16_autocast_matches_float32() -> None:
+    """``cpu_dtype="bfloat16"`` (an opt-in execution choice, as bf16 is on CUDA): the same
+    embeddings within a cosine of 0.99, and the provenance says which precision ran."""
+    spec = _tiny("uni")
+    tiles = _tiles(6)
+    fp32 = Encoder(spec, weights="random", device="cpu")(tiles)
+    bf16_encoder = Encoder(spec, weights="random", device="cpu", cpu_dtype="bfloat16")
+    bf16 = bf16_encoder(tiles)
+    assert bf16_encoder.provenance["dtype"] == "bfloat16" and bf16.dtype == np.float32
+    assert not np.array_equal(fp32, bf16), "bf16 really ran"
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.99
+    with pytest.raises(ConfigError, match="cpu_dtype"):
+        Encoder(spec, weights="random", device="cpu", cpu_dtype="float16")
+
+
 @pytest.mark.gpu
 def test_gpu_bf16_matches_cpu_float32() -> None:
     spec = _tiny("uni")

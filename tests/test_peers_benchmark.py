@@ -38,6 +38,7 @@ def test_shared_random_vit_is_what_slidebank_runs(tmp_path):
 
 def test_peer_list_parses_and_refuses_unknown_peers():
     assert peers._peer_list("lazyslide, tiatoolbox") == ["lazyslide", "tiatoolbox"]
+    assert peers._peer_list("none") == []  # slidebank rows only
     with pytest.raises(SystemExit, match="unknown"):
         peers._peer_list("slide2vec,qupath")
     with pytest.raises(SystemExit, match="empty"):

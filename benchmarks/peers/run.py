@@ -104,12 +104,13 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.tiling.config import TilingConfig
-enc, weights, stain, keep, tile, mpp, store, *paths = sys.argv[1:]
+enc, weights, stain, keep, tile, mpp, cpu_dtype, store, *paths = sys.argv[1:]
 config = IngestConfig(encoder=enc, weights=None if weights == "-" else weights, stain=stain,
                       tiling=TilingConfig(tile_size=int(tile), target_mpp=float(mpp),
                                           min_tissue_fraction=float(keep)))
 result = run_ingest([SlideSource(p, p.rsplit("/", 1)[-1].rsplit(".", 1)[0]) for p in paths],
-                    FeatureStore.open(store, create=True), config, RunOptions(progress=False),
+                    FeatureStore.open(store, create=True), config,
+                    RunOptions(progress=False, cpu_dtype=cpu_dtype),
                     dashboard=False)
 print(json.dumps({"tiles": result.tiles, "failed": len(result.failed), "inner_s": result.seconds,
                   "first_tile_s": result.first_tile_s, "steady_tiles_per_s": result.steady_tiles_per_s}))
@@ -135,13 +136,14 @@ VIT_S_GFLOP = 9.2
 
 
 def run_slidebank(paths: list[str], encoder: str, weights: str | None, stain: str, keep: float,
-                  scratch: Path) -> dict:
+                  scratch: Path, cpu_dtype: str = "float32") -> dict:
     store = scratch / f"store-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}  # cold: its own Ray
     wall, proc, load = _timed([sys.executable, "-c", SLIDEBANK, encoder, weights or "-", stain, str(keep),
-                         str(TILE), str(MPP), str(store), *paths], env)
+                               str(TILE), str(MPP), cpu_dtype, str(store), *paths], env)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"tool": "slidebank", "tiles": out["tiles"], "failed": out["failed"], "wall_s": wall,
+    tool = "slidebank" if cpu_dtype == "float32" else f"slidebank (cpu {cpu_dtype})"
+    return {"tool": tool, "tiles": out["tiles"], "failed": out["failed"], "wall_s": wall,
             "tiles_per_s": out["tiles"] / wall, "inner_s": out["inner_s"],
             "first_tile_s": out["first_tile_s"], "steady_tiles_per_s": out["steady_tiles_per_s"],
             "load_1min_at_start": load}
@@ -192,8 +194,11 @@ def vit_case(args: argparse.Namespace, scratch: Path) -> dict:
     weights = write_random_vit(scratch / "vit_small_random.safetensors")
     ceiling = encoder_ceiling(weights)
     rows = [run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch)]
-    rows += [run_peer(peer, paths, weights, scratch) for peer in peers]
+    if args.bf16:  # the opt-in CPU bf16 autocast, same weights (different numerics)
+        rows.append(run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch, "bfloat16"))
     ours = rows[0]
+    extra = rows[1:]
+    rows += [run_peer(peer, paths, weights, scratch) for peer in peers]
     return {"slides": len(paths), "tile_px": TILE, "mpp": MPP, "keep_min_tissue": KEEP,
             "encoder_ceiling": ceiling,
             # The steady state (after the first tile) and the whole run (start-up included)
@@ -204,10 +209,14 @@ def vit_case(args: argparse.Namespace, scratch: Path) -> dict:
             "threads": f"torch default on every side (all {os.cpu_count()} cores)",
             "rows": rows,
             **{f"ratio_tiles_per_s_slidebank_over_{peer}": rows[0]["tiles_per_s"] / row["tiles_per_s"]
-               for peer, row in zip(peers, rows[1:], strict=True)}}
+               for peer, row in zip(peers, rows[1 + len(extra):], strict=True)},
+            **{f"ratio_tiles_per_s_slidebank_bf16_over_{peer}": extra[0]["tiles_per_s"] / row["tiles_per_s"]
+               for peer, row in zip(peers, rows[1 + len(extra):], strict=True) if extra}}
 
 
 def _peer_list(text: str) -> list[str]:
+    if text.strip() == "none":
+        return []  # slidebank rows only (e.g. with --bf16)
     peers = [p.strip() for p in text.split(",") if p.strip()]
     unknown = sorted(set(peers) - set(PINS))
     if unknown or not peers:
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", default=",".join(PINS),
                         help=f"vit: comma-separated peers to run (default: {','.join(PINS)})")
     parser.add_argument("--quick", action="store_true", help="vit: 2 slides of 4096² instead of 6 of 8192²")
+    parser.add_argument("--bf16", action="store_true",
+                        help="vit: also run slidebank with cpu_dtype=bfloat16 (RunOptions.cpu_dtype)")
     parser.add_argument("--slides", type=int, default=1000, help="weight-free: how many small slides")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -3,7 +3,9 @@
 Tiles travel as uint8 (a quarter of float32's bytes) through a reusable pinned host buffer,
 so the host-to-device copy is asynchronous; resizing and normalization happen on the device.
 On CUDA the model runs under ``torch.autocast`` in the spec's dtype (bf16 by default) with
-channels_last memory; on CPU it runs in float32. Everything is under ``torch.inference_mode``.
+channels_last memory; on CPU it runs in float32, or under bf16 autocast when asked
+(``cpu_dtype="bfloat16"``: worth it on CPUs with native bf16 matrix units, AVX512-BF16 or
+AMX). Everything is under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from features.encoders.spec import EncoderSpec
 from features.encoders.weights import load_state_dict
 from infra.errors import ConfigError
 
-__all__ = ["TorchBackend", "preprocess", "resolve_device"]
+__all__ = ["TorchBackend", "cpu_has_native_bf16", "preprocess", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,16 @@ class _PinnedStager:
         return out
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Linux: the cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class TorchBackend:
     """One timm model on one device (see module docstring)."""
 
@@ -138,9 +150,12 @@ class TorchBackend:
         compile: bool = False,
         seed: int = 0,
         num_threads: int | None = None,
+        cpu_dtype: str = "float32",
     ) -> None:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        if cpu_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"cpu_dtype must be float32 or bfloat16, got {cpu_dtype!r}")
         self.spec = spec
         self._device = resolve_device(device)
         cuda = self._device.type == "cuda"
@@ -163,9 +178,13 @@ class TorchBackend:
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
-        self._autocast_dtype = (
-            getattr(torch, spec.dtype) if cuda and spec.dtype != "float32" else None
-        )
+        if cuda:
+            self._autocast_dtype = getattr(torch, spec.dtype) if spec.dtype != "float32" else None
+        else:
+            self._autocast_dtype = torch.bfloat16 if cpu_dtype == "bfloat16" else None
+            if self._autocast_dtype is not None and not cpu_has_native_bf16():
+                logger.warning("cpu_dtype=bfloat16 on a CPU without AVX512-BF16/AMX: bf16 is "
+                               "emulated there and usually slower than float32")
         self._stage = _PinnedStager(self._device) if cuda else None
 
     @property
@@ -198,7 +217,7 @@ class TorchBackend:
             x = preprocess(batch.to(self._device, non_blocking=True), self.spec, self._scale,
                            self._shift)
             autocast = (
-                torch.autocast(device_type="cuda", dtype=self._autocast_dtype)
+                torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
                 if self._autocast_dtype is not None
                 else contextlib.nullcontext()
             )

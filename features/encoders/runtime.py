@@ -72,6 +72,8 @@ class Encoder:
             runs several CPU actors).
         image_key / output_key: column names when called with a Ray Data batch.
         seed: initialisation seed for ``weights="random"``.
+        cpu_dtype: ``bfloat16`` runs a timm model on CPU under bf16 autocast (as CUDA runs
+            by default); embeddings then agree with float32 to a cosine of about 0.999.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Encoder:
         image_key: str = "image",
         output_key: str = "embedding",
         seed: int = 0,
+        cpu_dtype: str = "float32",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -108,6 +111,7 @@ class Encoder:
                 compile=compile,
                 seed=seed,
                 num_threads=num_threads,
+                cpu_dtype=cpu_dtype,
             )
         self.provenance = self._provenance(source)
         logger.info("encoder %s ready on %s", self.spec.name, self.device)

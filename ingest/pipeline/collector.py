@@ -41,6 +41,10 @@ class _Partial:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+#: committed slides between two refreshes of the slide-level embeddings table
+_REFRESH_EVERY = 256
+
+
 class SlideCollector:
     """Feeds finished slides to ``store.commit`` in groups of ``commit_every``."""
 
@@ -56,6 +60,7 @@ class SlideCollector:
         self.committed_slides = 0
         self.commits = 0
         self.faults = faults
+        self._to_refresh: list[str] = []
 
     def add(self, row: Mapping[str, Any]) -> SlideOutcome | None:
         """Take one pipeline output row; returns the slide's outcome when it completes."""
@@ -104,23 +109,30 @@ class SlideCollector:
             self.flush()
         return outcome
 
-    def flush(self) -> None:
-        """Commit every finished slide not yet committed (one atomic group)."""
-        if not self.ready:
-            return
+    def flush(self, final: bool = False) -> None:
+        """Commit every finished slide not yet committed (one atomic group); ``final``: the
+        run's last flush, which also brings the slide-level table up to date."""
+        if self.ready:
+            self._commit()
+        if final or len(self._to_refresh) >= _REFRESH_EVERY:
+            self._refresh_slide_embeddings()
+
+    def _commit(self) -> None:
         group, self.ready = self.ready, []
         self.store.commit(group, run_id=self.run_id)
-        self._refresh_slide_embeddings(group)
+        self._to_refresh += [p.key.slide_id for p in group if p.status == "done" and p.n_tiles]
         self.committed_slides += len(group)
         self.commits += 1
         log.info("committed %d slides (%d so far)", len(group), self.committed_slides)
         if self.faults is not None:
             self.faults.after_commit(self.commits)
 
-    def _refresh_slide_embeddings(self, group: list[Any]) -> None:
+    def _refresh_slide_embeddings(self) -> None:
         # The slide-level table is a derived cache (readers pool any slide it lacks), so
-        # a failure to refresh it is logged, never allowed to fail the ingest run.
-        done = [p.key.slide_id for p in group if p.status == "done" and p.n_tiles]
+        # a failure to refresh it is logged, never allowed to fail the ingest run. It is
+        # refreshed every _REFRESH_EVERY committed slides and at the end, not per commit:
+        # each refresh scans the tiles table's write ids once.
+        done, self._to_refresh = self._to_refresh, []
         if not done:
             return
         try:

@@ -93,6 +93,10 @@ class RunOptions:
     #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
     #: reader process holds more than this much resident memory, becomes a ``failed`` row.
     #: ``None`` memory: half the machine's memory divided among the readers of one node.
+    #: ``bfloat16``: timm encoders on CPU run under bf16 autocast, as on CUDA (an execution
+    #: choice like ``device``, not hashed: embeddings agree with float32 within the stated
+    #: tolerance, see docs). Worth it on CPUs with AVX512-BF16 or AMX.
+    cpu_dtype: Literal["float32", "bfloat16"] = "float32"
     slide_time_budget_s: float | None = 1800.0
     reader_memory_gb: float | None = None
 
@@ -105,6 +109,8 @@ class RunOptions:
                 raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
         if self.slides_per_task is not None and self.slides_per_task < 1:
             raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
+        if self.cpu_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"cpu_dtype must be float32 or bfloat16, got {self.cpu_dtype!r}")
         if self.engine not in ("auto", "fused", "device", "dataset"):
             raise ConfigError(f"engine must be auto, fused, device or dataset, got {self.engine!r}")
 

@@ -18,11 +18,11 @@ class EncodeStage:
     """Replaces each row's ``image`` (B, H, W, 3) with ``embedding`` (B, D) float32."""
 
     def __init__(self, encoder: str, weights: str | None, device: str, batch_size: int,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, cpu_dtype: str = "float32") -> None:
         from features.encoders import Encoder
 
         self._encoder = Encoder(encoder, weights=weights, device=device,  # type: ignore[arg-type]
-                                batch_size=batch_size, num_threads=num_threads)
+                                batch_size=batch_size, num_threads=num_threads, cpu_dtype=cpu_dtype)
         self.dim = int(self._encoder.spec.embed_dim)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
                         "storage_options": storage_options, "ledger": ledger_name, "faults": faults},
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
                            "batch_size": options.tiles_per_batch,
-                           "num_threads": plan.threads_per_actor},
+                           "num_threads": plan.threads_per_actor, "cpu_dtype": options.cpu_dtype},
         "write_kwargs": _write_kwargs(store.location, config, config_hash),
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
@@ -227,7 +227,7 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
         pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
     finally:
         ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
-    collector.flush()
+    collector.flush(final=True)
     _gather(todo, collector, result)
 
 
@@ -259,7 +259,7 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
     constructor = {
         "config": config, "options": options, "storage_options": storage_options,
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
-                           "batch_size": options.tiles_per_batch},
+                           "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype},
         "write_kwargs": _write_kwargs(store.location, config, config_hash), "device": plan.device,
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
@@ -275,7 +275,7 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
                      {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
                      constructor, before_fill=plan_ahead)
     pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
-    collector.flush()
+    collector.flush(final=True)
     _gather(todo, collector, result)
 
 
@@ -331,7 +331,8 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
         compute=ray.data.ActorPoolStrategy(size=min(plan.encoder_actors, blocks)),
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,
-                               "num_threads": None if plan.gpus_per_encoder else 1})
+                               "num_threads": None if plan.gpus_per_encoder else 1,
+                               "cpu_dtype": options.cpu_dtype})
     ds = ds.map_batches(
         WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
         compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
@@ -344,7 +345,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
             progress.batch(int(row["n_tiles"]))
             if outcome is not None:
                 progress.slide(outcome)
-        collector.flush()
+        collector.flush(final=True)
     finally:
         ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
     _gather(todo, collector, result)
