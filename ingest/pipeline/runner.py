@@ -14,10 +14,11 @@ store's commit protocol guarantees that a slide's rows are replaced, never dupli
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -215,13 +216,7 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, faults)
-
-    def on_row(row: Mapping[str, Any]) -> None:
-        outcome = collector.add(row)
-        progress.batch(int(row.get("n_tiles") or 0))
-        if outcome is not None:
-            progress.slide(outcome)
-
+    on_row = _row_sink(collector, progress)
     pool = FusedPool(FusedStage, plan.actors, {"num_cpus": plan.cpus_per_actor}, constructor)
     try:
         pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
@@ -251,7 +246,7 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
         # The first `planners_ahead` queued slides have a planning task; a requeued slide
         # keeps its plan. The ref sits in a list so the actor, not Ray, resolves it: a
         # planning task that died then becomes that slide's failed row.
-        for item in list(queue)[: plan.planners_ahead]:
+        for item in itertools.islice(queue, plan.planners_ahead):
             if "plan" not in item:
                 source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
                 item["plan"] = [planner.remote(source, **shared)]
@@ -264,19 +259,24 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, _faults.active())
-
-    def on_row(row: Mapping[str, Any]) -> None:
-        outcome = collector.add(row)
-        progress.batch(int(row.get("n_tiles") or 0))
-        if outcome is not None:
-            progress.slide(outcome)
-
+    on_row = _row_sink(collector, progress)
     pool = FusedPool(DeviceStage, plan.actors,
                      {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
                      constructor, before_fill=plan_ahead)
     pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
     collector.flush(final=True)
     _gather(todo, collector, result)
+
+
+def _row_sink(collector: SlideCollector, progress: Progress) -> Callable[[Mapping[str, Any]], None]:
+    """What a stage pool does with each post-write row: collect it, show progress."""
+    def on_row(row: Mapping[str, Any]) -> None:
+        outcome = collector.add(row)
+        progress.batch(int(row.get("n_tiles") or 0))
+        if outcome is not None:
+            progress.slide(outcome)
+
+    return on_row
 
 
 def _items(todo: list[SlideSource], write_ids: Mapping[str, str]) -> list[dict[str, Any]]:
