@@ -70,6 +70,10 @@ def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> 
         assert [o.status for o in result.outcomes] == ["done", "done"], engine
         assert result.first_tile_s is not None and 0 < result.first_tile_s <= result.seconds
         assert result.steady_tiles_per_s is not None and result.steady_tiles_per_s > 0
+        # The run's last flush brought the slide-level table up to date (no pooling on read).
+        slide_level = stores[engine]._tables.open(stores[engine].location.join(
+            "slide_embeddings", f"{config.encoder_id}.lance"))
+        assert slide_level.count_rows() == len(slides), engine
     fused = _tiles(stores["fused"])
     assert fused.num_rows > 0
     a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
