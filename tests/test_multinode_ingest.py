@@ -64,6 +64,20 @@ def _tiles(store: FeatureStore):
         [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_other_ray_running() -> None:
+    """This module starts its own Ray instances (one process holds one Ray at a time): the
+    session ``ray_local`` an earlier module left up is shut down first, and conftest
+    brings it back after this module. Without this, ``pytest -m slow`` over the whole
+    suite failed here with "ray.init twice"."""
+    import ray
+
+    from infra.ray_runtime import shutdown
+
+    if ray.is_initialized():
+        shutdown(True)
+
+
 @pytest.fixture(scope="module")
 def reference(s3_cohort, s3_options):
     """The same cohort ingested by one embedded single-node Ray (2 CPUs)."""
