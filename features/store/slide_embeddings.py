@@ -8,8 +8,9 @@ embeddings (float32), the usual inputs of a linear probe or kNN baseline.
 The table is a *derived cache* keyed by the tile write it was pooled from
 (``write_id``), never a source of truth:
 
-* ingestion refreshes it right after each commit (:func:`refresh`), so it is current
-  without a second pass over the tiles;
+* ingestion refreshes it (:func:`refresh`) every 256 committed slides and at the end
+  of a run, one scan of the tiles table per refresh, so it is current when the run
+  ends (a slide committed since the last refresh is pooled on read meanwhile);
 * readers (:func:`read`) keep only rows whose ``write_id`` is the slide's current
   visible write (the store's gate), and pool any visible slide the table lacks or
   holds stale (an ingest from before this table existed, a failed refresh, a past
@@ -163,7 +164,7 @@ def _upsert(tables: TableSet, encoder: str, rows: pa.Table) -> None:
 def refresh(tables: TableSet, encoder: str, slide_ids: Iterable[str]) -> int:
     """Pool the named slides' current tiles and upsert their rows; returns rows written.
 
-    Called by the ingestion driver after each commit, for the slides it committed.
+    Called by the ingestion driver every 256 committed slides and at the end of a run.
     """
     view = StoreView(tables)
     gate = visible_writes(view, encoder, slide_ids=list(slide_ids))
