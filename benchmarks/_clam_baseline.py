@@ -4,7 +4,8 @@ One process, one slide at a time, as CLAM's create_patches + extract_features do
 open the slide with OpenSlide, segment tissue on a thumbnail (saturation, median
 filter, Otsu: the classic recipe, here ``ingest.tissue.saturation_otsu_mask``), keep
 grid tiles at the target resolution that are at least half tissue, read each tile with
-``read_region``, encode in batches, save one h5 file (features, coords) per slide.
+``read_region`` (brought to the target resolution with the same area downsampling as
+slidebank's default), encode in batches, save one h5 file (features, coords) per slide.
 Its tissue detection, reads and writes are all inside the timing, like slidebank's.
 """
 
@@ -47,9 +48,9 @@ def run_clam_style(paths: Sequence[str | Path], encoder: str, weights: str | Non
     """Seconds and tiles for the whole cohort; the model is built inside the timing."""
     import h5py
     import openslide
-    from PIL import Image
 
     from features.encoders import Encoder
+    from ingest.slides.slide import downsample
 
     out.mkdir(parents=True, exist_ok=True)
     start, total = time.perf_counter(), 0
@@ -64,10 +65,9 @@ def run_clam_style(paths: Sequence[str | Path], encoder: str, weights: str | Non
             for b in range(0, len(coords), batch):
                 tiles = []
                 for x, y in coords[b:b + batch]:
-                    img = handle.read_region((x, y), level, (read, read)).convert("RGB")
-                    if read != tile:
-                        img = img.resize((tile, tile), Image.Resampling.LANCZOS)
-                    tiles.append(np.asarray(img))
+                    img = np.asarray(handle.read_region((x, y), level, (read, read)).convert("RGB"))
+                    # the same area downsampling as slidebank's default: same pixels, same work
+                    tiles.append(downsample(img, tile, "area") if read != tile else img)
                 feats.append(model(np.stack(tiles)))
         with h5py.File(out / f"{Path(path).stem}.h5", "w") as h5:
             h5["features"] = np.concatenate(feats) if feats else np.zeros((0, model.spec.embed_dim))

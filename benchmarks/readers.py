@@ -3,7 +3,8 @@
 Cases:
   level0     random 256² tiles at level 0 (1 and 2 threads)
   at_0.5mpp  256² tiles at 0.5 µm/px from a 0.25 µm/px slide with no 2× level:
-             slidebank's read_regions_at_mpp vs the peers reading 512² and resizing (PIL Lanczos)
+             slidebank's read_regions_at_mpp vs the peers reading 512² and area-downsampling
+             them as slidebank does by default (the same pixels out)
   s3         the same random tiles from a local S3 server (moto): stream (byte ranges)
              vs stage (parallel download, then local decode), open time included
 
@@ -18,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import DATA, best_of, machine, moto_s3, print_table, write_json
 from ingest.slides import ScratchSpace, open_slide
+from ingest.slides.slide import downsample
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
 TILE = 256
@@ -61,7 +62,7 @@ def raw_openslide(path: Path, locs: np.ndarray, size: int, threads: int, out: in
         def one(loc) -> None:
             img = handle.read_region((int(loc[0]), int(loc[1])), 0, (size, size)).convert("RGB")
             if out:
-                img.resize((out, out), Image.Resampling.LANCZOS)
+                downsample(np.asarray(img), out, "area")
         _pool_map(one, locs, threads)
     return len(locs)
 
@@ -73,7 +74,7 @@ def raw_tiffslide(path: Path, locs: np.ndarray, size: int, threads: int, out: in
         def one(loc) -> None:
             arr = handle.read_region((int(loc[0]), int(loc[1])), 0, (size, size), as_array=True)
             if out:
-                Image.fromarray(arr).resize((out, out), Image.Resampling.LANCZOS)
+                downsample(arr, out, "area")
         _pool_map(one, locs, threads)
     return len(locs)
 

@@ -146,7 +146,8 @@ class DeviceStage:
                         mpp=_mpp(planned["source"]), device=self.device) as slide:
             def read(b: int) -> Any:
                 part = slice(b * step, (b + 1) * step)
-                return xp.asarray(_read(slide, np.stack([xs[part], ys[part]], 1), size, mpp))
+                return xp.asarray(_read(slide, np.stack([xs[part], ys[part]], 1), size, mpp,
+                                        config.tiling.resample))
 
             upcoming: Future[Any] = self._reader.submit(read, 0)
             for b in range(n_batches):

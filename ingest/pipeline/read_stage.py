@@ -30,6 +30,7 @@ from ingest.pipeline.rows import make_row
 from ingest.slides import Slide, open_slide
 from ingest.slides.backends.cucim_reader import warm_up
 from ingest.slides.limits import SlideBudget
+from ingest.slides.slide import Resample
 from ingest.tiling.plan import plan_slide
 from ingest.tissue.qc import tile_qc
 
@@ -174,7 +175,7 @@ def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
     for b in range(n_batches):
         part = slice(b * step, (b + 1) * step)
         t0 = time.perf_counter()
-        tiles = _read(slide, np.stack([xs[part], ys[part]], 1), size, mpp)
+        tiles = _read(slide, np.stack([xs[part], ys[part]], 1), size, mpp, config.tiling.resample)
         flags = planned_flags[part] | tile_qc(tiles, mpp, config.tiling.qc, config.tissue,
                                               glass=tissue.glass_rgb, device="cpu").flags
         if normalizer is not None:
@@ -192,11 +193,11 @@ def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
                        tissue_fraction=fractions[part], qc_flags=flags, info=info)
 
 
-def _read(slide: Slide, locations: np.ndarray, size: int, mpp: float) -> np.ndarray:
+def _read(slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample) -> np.ndarray:
     """Read with retries: object stores throttle and connections drop; corrupt bytes do not heal."""
     for attempt in range(1, _READ_ATTEMPTS + 1):
         try:
-            return slide.read_regions_at_mpp(locations, size, mpp, threads=1)
+            return slide.read_regions_at_mpp(locations, size, mpp, threads=1, resample=resample)
         except SlideReadError as exc:
             if attempt == _READ_ATTEMPTS or isinstance(exc.__cause__, SlideCorruptError | SlideNotFoundError):
                 raise
@@ -218,7 +219,7 @@ def _normalizer(slide: Slide, sid: str, tissue: Any, config: IngestConfig, info:
 
     try:
         params = fit_slide(slide, tissue.mask, tissue.mpp, mpp=config.tiling.target_mpp,
-                           tile_size=config.tiling.tile_size, n_tiles=32,
+                           tile_size=config.tiling.tile_size, n_tiles=32, resample=config.tiling.resample,
                            config=FitConfig(method=config.stain), slide_id=sid)
     except StainFitError as exc:
         # Too little or single-stain tissue: keep the tiles as scanned, flag them, say why.

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -28,10 +28,22 @@ if TYPE_CHECKING:
     from ingest.slides.base import BackendSlide
     from ingest.slides.staging import ScratchSpace, StagedFile
 
-__all__ = ["Slide"]
+__all__ = ["RESAMPLING", "Resample", "Slide", "downsample"]
+
+#: How a tile read from a finer level is brought to the target resolution.
+#: ``area``: the mean of the source pixels each output pixel covers (an exact k×k box
+#: for a whole factor k, as pyramid levels are built; hs2p's default too), about 13×
+#: cheaper than ``lanczos`` on a 512² → 256² tile. ``lanczos``: a sharper
+#: windowed-sinc filter (slidebank's only choice before tiling config v2).
+Resample = Literal["area", "lanczos"]
+RESAMPLING: tuple[Resample, ...] = ("area", "lanczos")
 
 _THUMB_CHUNK = 1024  # output pixels per side read at once: bounds memory for huge slides
 _THUMB_SOURCE_CHUNK = 4096  # level pixels per side read at once, whatever the downsampling
+#: A level this small (12 MB of RGB) is decoded whole at its first read and every later
+#: read of it is cut from memory. A small slide is read three times (thumbnail, edge
+#: refinement, tiles), and on a 1024² slide each decode costs more than the cut.
+_WHOLE_LEVEL_PX = 2048 * 2048
 
 
 def _default_threads() -> int:
@@ -59,6 +71,7 @@ class Slide:
         self._closed = False
         #: set by a pipeline to bound this slide's time and memory (checked between chunks)
         self.budget: SlideBudget | None = None
+        self._levels: dict[int, np.ndarray] = {}  # small levels decoded whole (see above)
 
     # ---- geometry ------------------------------------------------------------------------
     @property
@@ -101,6 +114,9 @@ class Slide:
         self._check_level(level)
         width, height = _check_size(size)
         x, y = int(location[0]), int(location[1])
+        whole = self._whole_level(level)
+        if whole is not None:
+            return _cut(whole, *self._level_px(x, y, level), width, height)
         if self._inside(x, y, level, width, height):
             bx, by = self._to_backend(x, y, level)
             return self._backend_read(bx, by, level, width, height)
@@ -118,6 +134,12 @@ class Slide:
         self._check_level(level)
         width, height = _check_size(size)
         locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        whole = self._whole_level(level)
+        if whole is not None:
+            out = np.empty((len(locs), height, width, 3), np.uint8)
+            for n, (x, y) in enumerate(locs):
+                out[n] = _cut(whole, *self._level_px(int(x), int(y), level), width, height)
+            return out
         inside = np.array([self._inside(int(x), int(y), level, width, height) for x, y in locs],
                           dtype=bool)
         idx = np.flatnonzero(inside)
@@ -146,12 +168,15 @@ class Slide:
         tile_size: int,
         target_mpp: float,
         threads: int | None = None,
+        resample: Resample = "area",
     ) -> np.ndarray:
         """(N, tile, tile, 3) tiles at ``target_mpp`` whose top-left is at level-0 ``locations``.
 
         Reads the best level; when it does not match exactly, reads the larger footprint
-        and downsamples with an antialiasing (Lanczos) filter.
+        and downsamples it with ``resample`` (see :data:`RESAMPLING`).
         """
+        if resample not in RESAMPLING:
+            raise ConfigError(f"{self.name}: resample must be one of {RESAMPLING}, got {resample!r}")
         self._check_budget("tile reading")
         choice = self.best_level(target_mpp)
         read = tile_size if choice.exact else int(round(tile_size * choice.scale))
@@ -161,8 +186,7 @@ class Slide:
         out = np.empty((len(raw), tile_size, tile_size, 3), np.uint8)
 
         def resize(i: int) -> None:
-            image = Image.fromarray(raw[i])
-            out[i] = np.asarray(image.resize((tile_size, tile_size), Image.Resampling.LANCZOS))
+            out[i] = downsample(raw[i], tile_size, resample)
 
         workers = threads or _default_threads()
         if workers > 1 and len(raw) > 1:
@@ -213,6 +237,16 @@ class Slide:
         return np.asarray(image)
 
     # ---- internals -------------------------------------------------------------------------
+    def _whole_level(self, level: int) -> np.ndarray | None:
+        """``level`` decoded whole when it is small (see ``_WHOLE_LEVEL_PX``), else None."""
+        whole = self._levels.get(level)
+        if whole is None:
+            lw, lh = self.level_dimensions[level]
+            if lw * lh > _WHOLE_LEVEL_PX:
+                return None
+            whole = self._levels[level] = self._backend_read(0, 0, level, lw, lh)
+        return whole
+
     def _check_budget(self, stage: str) -> None:
         if self.budget is not None:
             self.budget.check(stage)
@@ -266,6 +300,7 @@ class Slide:
         if self._closed:
             return
         self._closed = True
+        self._levels.clear()
         try:
             self._backend.close()
         finally:
@@ -305,3 +340,29 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     if width <= 0 or height <= 0 or width * height > 2**28:
         raise ConfigError(f"region size must be positive and below 2^28 pixels, got {size}")
     return width, height
+
+
+def _cut(level: np.ndarray, lx: int, ly: int, width: int, height: int) -> np.ndarray:
+    """The region at level pixel (lx, ly) of a whole decoded level; white outside it."""
+    lh, lw = level.shape[:2]
+    if lx >= 0 and ly >= 0 and lx + width <= lw and ly + height <= lh:
+        return level[ly:ly + height, lx:lx + width].copy()  # a copy: callers may write to it
+    out = np.full((height, width, 3), 255, np.uint8)
+    box = clamp_region(lx, ly, width, height, (lw, lh))
+    if box is not None:
+        bx, by, bw, bh = box
+        out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = level[by:by + bh, bx:bx + bw]
+    return out
+
+
+def downsample(image: np.ndarray, size: int, resample: Resample) -> np.ndarray:
+    """A square RGB ``image`` brought down to ``size`` × ``size`` px with ``resample``."""
+    pil = Image.fromarray(image)
+    if resample == "lanczos":
+        return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))
+    side = image.shape[0]
+    if side % size == 0 and image.shape[1] == side:
+        # A whole factor: PIL's reduce is the exact k×k mean, rounded (BOX resampling
+        # comes within one grey level of it, at four times the cost).
+        return np.asarray(pil.reduce(side // size))
+    return np.asarray(pil.resize((size, size), Image.Resampling.BOX))

@@ -26,6 +26,7 @@ from ingest.stain.reinhard import fit_reinhard
 
 if TYPE_CHECKING:  # reading slides pulls in the reader backends; fitting from arrays does not
     from ingest.slides import Slide
+    from ingest.slides.slide import Resample
 
 __all__ = ["FitConfig", "fit_slide", "fit_tiles", "sample_tissue_locations"]
 
@@ -127,18 +128,20 @@ def fit_slide(
     min_tissue: float = 0.5,
     config: FitConfig | None = None,
     slide_id: str | None = None,
+    resample: Resample = "area",
 ) -> StainParams:
     """Fit ``slide``'s stain params from up to ``n_tiles`` tissue tiles read at ``mpp``.
 
     ``mpp`` should be the resolution tiles will be normalized at (default: level 0), since
-    maximum concentrations depend on it (nuclei blur out at coarse resolutions).
+    maximum concentrations depend on it (nuclei blur out at coarse resolutions), and
+    ``resample`` the way those tiles are brought to ``mpp`` (the same reason).
     """
     config = config or FitConfig()
     mpp = slide.mpp if mpp is None else mpp
     locations = sample_tissue_locations(
         tissue_mask, mask_mpp, slide_dimensions=slide.dimensions, slide_mpp=slide.mpp,
         tile_size=tile_size, mpp=mpp, n_tiles=n_tiles, min_tissue=min_tissue, seed=config.seed)
-    tiles = slide.read_regions_at_mpp(locations, tile_size, mpp)
+    tiles = slide.read_regions_at_mpp(locations, tile_size, mpp, resample=resample)
     source = f"slide:{validate_slide_id(slide_id)}" if slide_id else "slide"
     params = fit_tiles(tiles, config, fitted_from=source)
     log.info("fitted %s stain params on %d tiles of %s", config.method, len(tiles), slide.name)

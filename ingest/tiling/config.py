@@ -9,6 +9,7 @@ from typing import Any
 
 from infra.errors import ConfigError
 from infra.provenance import stable_hash
+from ingest.slides.slide import RESAMPLING, Resample
 from ingest.tissue.qc import TileQCConfig
 
 __all__ = ["TilingConfig"]
@@ -22,7 +23,9 @@ class TilingConfig:
 
     ``overlap`` is the fraction of a tile shared with its neighbour (stride =
     tile × (1 − overlap)); tiles are kept when at least ``min_tissue_fraction`` of their
-    footprint is tissue.
+    footprint is tissue. ``resample`` brings a tile read from a finer pyramid level to
+    ``target_mpp`` (see :data:`ingest.slides.slide.RESAMPLING`): part of the hash, since
+    it changes the pixels the encoder sees.
     """
 
     tile_size: int = 256
@@ -30,6 +33,7 @@ class TilingConfig:
     overlap: float = 0.0
     min_tissue_fraction: float = 0.5
     qc: TileQCConfig = field(default_factory=TileQCConfig)
+    resample: Resample = "area"
 
     def __post_init__(self) -> None:
         if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int) \
@@ -43,6 +47,8 @@ class TilingConfig:
         if not 0 <= self.min_tissue_fraction <= 1:
             raise ConfigError("TilingConfig.min_tissue_fraction must be in [0, 1], "
                               f"got {self.min_tissue_fraction!r}")
+        if self.resample not in RESAMPLING:
+            raise ConfigError(f"TilingConfig.resample must be one of {RESAMPLING}, got {self.resample!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,7 +28,8 @@ INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
 # Bump when the algorithm changes in a way that changes masks for the same parameters,
 # so old and new results never share a hash.
 # 2: edges refined at a finer level (``refine_*``), the mask on the finer grid.
-_ALGORITHM_VERSION = 2
+# 3: the refinement's reads are area-downsampled (was Lanczos), as the thumbnail is.
+_ALGORITHM_VERSION = 3
 
 
 @dataclass(frozen=True)
