@@ -119,7 +119,7 @@ def test_local_cluster_address_only_while_it_answers(tmp_path, monkeypatch) -> N
 
 
 def _device_rows(slide: SlideSource, store: FeatureStore, config: IngestConfig, device: str,
-                 encoder: str = "handcrafted-he-v1") -> list[dict]:
+                 encoder: str = "handcrafted-he-v1", options: RunOptions = OPTS) -> list[dict]:
     from ingest.pipeline.device_stage import DeviceStage, plan_for_device
 
     source = {"uri": slide.uri, "slide_id": slide.slide_id, "patient_id": "", "mpp": float("nan"),
@@ -127,7 +127,7 @@ def _device_rows(slide: SlideSource, store: FeatureStore, config: IngestConfig, 
     planned = plan_for_device(source, config=config, options=OPTS, store=store.location,
                               storage_options=None)
     assert "image" not in planned and planned["x"].dtype.kind == "i", "coordinates, never pixels"
-    stage = DeviceStage(config=config, options=OPTS, storage_options=None,
+    stage = DeviceStage(config=config, options=options, storage_options=None,
                         encoder_kwargs={"encoder": encoder, "weights": "random" if ":" in encoder else None,
                                         "batch_size": 16},
                         write_kwargs={"store": store.location, "encoder": config.encoder_id,
@@ -136,6 +136,23 @@ def _device_rows(slide: SlideSource, store: FeatureStore, config: IngestConfig, 
     return list(stage.run(planned))
 
 
+
+
+def test_device_stage_bounds_each_slide_and_counts_only_what_it_adds(slides, tmp_path) -> None:
+    """The device actor's per-slide budget: over time, the slide fails with the reason; its
+    memory ceiling is what the slide adds to a process that holds the model (an absolute
+    ceiling below the actor's own resident memory would fail every slide)."""
+    from ingest.slides.limits import current_rss
+
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    config = IngestConfig(stain="none")
+    store.ensure_tiles_table(config.encoder_id, 64, "float32")
+    below_rss = current_rss() / 2**30 / 2  # half of what this process already holds
+    rows = _device_rows(slides[0], store, config, "cpu", options=OPTS.replace(reader_memory_gb=below_rss))
+    assert rows and all(r["status"] == "tiles" for r in rows)
+    late = _device_rows(slides[0], store, config, "cpu", options=OPTS.replace(slide_time_budget_s=1e-9))
+    assert [r["status"] for r in late] == ["failed"]
+    assert late[0]["error_type"] == "SlideLimitError" and "time budget" in late[0]["error_message"]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -90,13 +90,16 @@ class RunOptions:
     #: normalizes and encodes on the device (the default with GPUs; without one it runs
     #: the same code on NumPy); ``dataset``: Ray Data actor pools, on request.
     engine: Literal["auto", "fused", "device", "dataset"] = "auto"
-    #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
-    #: reader process holds more than this much resident memory, becomes a ``failed`` row.
-    #: ``None`` memory: half the machine's memory divided among the readers of one node.
     #: ``bfloat16``: timm encoders on CPU run under bf16 autocast, as on CUDA (an execution
     #: choice like ``device``, not hashed: embeddings agree with float32 within the stated
     #: tolerance, see docs). Worth it on CPUs with AVX512-BF16 or AMX.
     cpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
+    #: reader process holds more than this much resident memory, becomes a ``failed`` row.
+    #: ``None`` memory: half the machine's memory divided among the readers of one node.
+    #: The device engine applies both to its planning tasks and, again, to its device
+    #: actor, where the ceiling is what the slide adds to the actor's memory at its start
+    #: (the actor holds the model and the CUDA context).
     slide_time_budget_s: float | None = 1800.0
     reader_memory_gb: float | None = None
 

@@ -18,21 +18,25 @@ tested on CPU machines, and it computes what the fused CPU engine computes (test
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from infra import metrics
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import scalar_row
-from ingest.pipeline.read_stage import QC_STAIN, _describe, _normalizer, _read, _write_arrays
+from ingest.pipeline.read_stage import QC_STAIN, _budget, _describe, _normalizer, _read, _write_arrays
 from ingest.pipeline.rows import make_row
 from ingest.pipeline.write_stage import write_batches
+
+if TYPE_CHECKING:
+    from ingest.slides.limits import SlideBudget
 
 __all__ = ["DeviceStage", "plan_for_device"]
 
@@ -49,10 +53,11 @@ def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options:
     info: dict[str, Any] = {"source_uri": source["uri"], "patient_id": source.get("patient_id") or None,
                             "timings": {}}
     planned: dict[str, Any] = {"source": dict(source), "info": info, "status": "failed"}
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), time.monotonic()
     try:
         with open_slide(source["uri"], storage_options=storage_options, mpp=_mpp(source),
                         device="cpu") as slide:
+            slide.budget = _budget(sid, options, clock)  # a plain CPU reader, as in the fused engine
             _describe(slide, info)
             tissue, plan = plan_slide(slide, config.tissue, config.tiling, device="cpu")
             info["tissue_area_mm2"] = tissue.tissue_area_mm2
@@ -144,6 +149,7 @@ class DeviceStage:
         started = time.perf_counter()
         with open_slide(planned["source"]["uri"], storage_options=self._storage_options,
                         mpp=_mpp(planned["source"]), device=self.device) as slide:
+            slide.budget = _device_budget(sid, self._options, time.monotonic())
             def read(b: int) -> Any:
                 part = slice(b * step, (b + 1) * step)
                 return xp.asarray(_read(slide, np.stack([xs[part], ys[part]], 1), size, mpp,
@@ -175,6 +181,19 @@ class DeviceStage:
                 row["embedding"] = embedding[None]
                 metrics.record_tiles(len(embedding))
                 yield row
+
+
+def _device_budget(sid: str, options: RunOptions, started: float) -> SlideBudget:
+    """The slide's time budget, and as memory ceiling what reading it may add to this
+    process: a device actor holds the model and the CUDA context (gigabytes of host memory
+    before its first slide), which an absolute reader ceiling would count against every
+    slide. The budget is checked before each tile batch is read."""
+    from ingest.slides.limits import current_rss
+
+    budget = _budget(sid, options, started)
+    if budget.memory_bytes is not None:
+        budget = dataclasses.replace(budget, memory_bytes=budget.memory_bytes + current_rss())
+    return budget
 
 
 def _resolve(item: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -118,14 +118,15 @@ class SlideBudget:
                     self.slide, f"over its time budget: {elapsed:.0f} s > {self.seconds:g} s "
                                 f"(during {stage})")
         if self.memory_bytes is not None:
-            rss = _rss()
+            rss = current_rss()
             if rss > self.memory_bytes:
                 raise SlideLimitError(
                     self.slide, f"over the reader's memory ceiling: resident {format_bytes(rss)} "
                                 f"> {format_bytes(self.memory_bytes)} (during {stage})")
 
 
-def _rss() -> int:
+def current_rss() -> int:
+    """Resident memory of this process, bytes."""
     import psutil
 
     return int(psutil.Process().memory_info().rss)
