@@ -31,7 +31,14 @@ import numpy as np
 from infra import metrics
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import scalar_row
-from ingest.pipeline.read_stage import QC_STAIN, _budget, _describe, _normalizer, _read, _write_arrays
+from ingest.pipeline.read_stage import (
+    QC_STAIN,
+    _budget,
+    _describe,
+    _normalizer,
+    _read,
+    _write_arrays,
+)
 from ingest.pipeline.rows import make_row
 from ingest.pipeline.write_stage import write_batches
 
