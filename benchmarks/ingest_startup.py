@@ -12,6 +12,11 @@ Side by side: ``--base`` names a source tree of an earlier slidebank (e.g. from
 tree back to back, so load on a shared machine hits both alike. Medians are reported,
 with the load average seen at each run (the machine may be shared: say so).
 
+``--env-variant KEY=VALUE`` adds this tree run once more per repetition with that
+environment variable set (an A/B of a Ray setting, e.g. ``RAY_prestart_worker_first_driver=0``:
+Ray starts one idle worker per CPU for the first driver, which the fused engine's actors
+may or may not reuse), reported as ``this[KEY=VALUE]``.
+
 Usage: python benchmarks/ingest_startup.py --base /tmp/base --reps 3 --out results/ingest_startup.json
 """
 
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cases", default="one-slide,demo,cluster")
     parser.add_argument("--out", default="ingest_startup.json")
+    parser.add_argument("--env-variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="also run this tree with KEY=VALUE in its environment")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
     scratch = Path(tempfile.mkdtemp(prefix="slidebank-startup-"))
@@ -101,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     # (Ray's default joins one); the cluster case below unsets it to join ours.
     env["RAY_ADDRESS"] = "local"
     trees = {"this": HERE, **({"base": args.base.resolve()} if args.base else {})}
+    extra_env: dict[str, dict[str, str]] = {}
+    for variant in args.env_variant:
+        key, sep, value = variant.partition("=")
+        if not sep or not key:
+            parser.error(f"--env-variant {variant!r}: expected KEY=VALUE")
+        trees[f"this[{variant}]"] = HERE
+        extra_env[f"this[{variant}]"] = {key: value}
     results: dict[str, dict[str, list[dict]]] = {}
     try:
         for rep in range(args.reps):
@@ -108,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
                 if case not in cases:
                     continue
                 for name in sorted(trees):  # base first, then this tree, back to back
-                    run = fn(trees[name], scratch, env, f"{name}{rep}")
+                    tag = "".join(c if c.isalnum() else "_" for c in name)  # a path component
+                    run = fn(trees[name], scratch, {**env, **extra_env.get(name, {})}, f"{tag}{rep}")
                     results.setdefault(case, {}).setdefault(name, []).append(run)
-                    print(f"{case:10s} {name:5s} rep {rep}: {run}", flush=True)
+                    print(f"{case:10s} {name} rep {rep}: {run}", flush=True)
         if "cluster" in cases:
             subprocess.run([sys.executable, "-c", CLI, "cluster", "up", "--num-cpus",
                             str(os.cpu_count() or 1)], cwd=HERE, env={**env, "PYTHONPATH": str(HERE)},
@@ -128,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     summary = {case: {name: _summary(runs) for name, runs in by_tree.items()}
                for case, by_tree in results.items()}
-    ratios = {f"{case}: base / this wall": by_tree["base"]["median_wall_s"] / by_tree["this"]["median_wall_s"]
-              for case, by_tree in summary.items() if "base" in by_tree and "this" in by_tree}
+    ratios = {f"{case}: {name} / this wall": by_tree[name]["median_wall_s"] / by_tree["this"]["median_wall_s"]
+              for case, by_tree in summary.items() for name in by_tree if name != "this" and "this" in by_tree}
     write_json(args.out, {"benchmark": "ingest_startup", "machine": machine(),
                           "shared_machine": True, "base": str(args.base) if args.base else None,
                           "cases": summary, "ratios": ratios})

@@ -12,6 +12,7 @@ import pytest
 from features.store import FeatureStore
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import FusedStage
+from ingest.pipeline.read_stage import batch_slices
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
@@ -37,7 +38,10 @@ def _tiles(store: FeatureStore):
         [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
 
 
-def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path) -> None:
+def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path, monkeypatch) -> None:
+    import ingest.pipeline.fused_stage as fused_stage
+
+    monkeypatch.setattr(fused_stage, "FIRST_BATCH", 3)  # below this small slide's tile count
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     config = IngestConfig(stain="none")
     store.ensure_tiles_table(config.encoder_id, 64, "float32")
@@ -54,6 +58,12 @@ def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path) -> N
     assert [r["batch_index"] for r in rows] == list(range(rows[0]["n_batches"]))
     assert all(r["dim"] == 64 and len(json.loads(r["fragments"])) >= 1 for r in rows)
     assert "image" not in rows[0] and "embedding" not in rows[0], "no pixels or vectors go back"
+    # the actor's first batch is small (the first tiles are stored within seconds), the rest full
+    total = sum(r["n_tiles"] for r in rows)
+    assert total > 3 and [r["n_tiles"] for r in rows] == [3, total - 3]
+    again = list(stage.run({"uri": slides[0].uri, "slide_id": "a2", "patient_id": "", "mpp": float("nan"),
+                            "write_id": "w3"}))
+    assert [r["n_tiles"] for r in again] == [total]
     missing = list(stage.run({"uri": str(tmp_path / "nope.svs"), "slide_id": "b", "patient_id": "",
                               "mpp": float("nan"), "write_id": "w2"}))
     assert [r["status"] for r in missing] == ["failed"] and missing[0]["error_type"]
@@ -116,6 +126,18 @@ def test_local_cluster_address_only_while_it_answers(tmp_path, monkeypatch) -> N
     assert local_cluster.address() is None, "a cluster that no longer answers is not joined"
     assert local_cluster.resolve_address("auto") == "auto"
     assert local_cluster.down() == 0 and not (tmp_path / "cluster.json").exists()
+
+
+def test_batch_slices_cover_every_tile_once() -> None:
+    for n in (1, 7, 8, 9, 64, 65, 200):
+        for first in (None, 8, 64, 100):
+            parts = batch_slices(n, 64, first)
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            assert all(p.stop - p.start <= 64 for p in parts)
+            if first is not None and first < 64:
+                assert parts[0] == slice(0, min(first, n))
+            else:
+                assert parts[0] == slice(0, min(64, n))
 
 
 def _device_rows(slide: SlideSource, store: FeatureStore, config: IngestConfig, device: str,

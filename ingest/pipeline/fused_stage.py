@@ -10,7 +10,9 @@ never leave the process that decoded them.
 
 The model loads in a background thread while the first slide is opened, its tissue
 mask computed, its tiles planned and its stain fitted, so model load and planning
-overlap.
+overlap. The actor's first batch is small (``FIRST_BATCH`` tiles): with a foundation
+model on CPU a full batch of 64 takes ten seconds or more, and the first stored tiles
+are what tells a user the run works.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.read_stage import read_slides
 from ingest.pipeline.write_stage import write_batches
 
-__all__ = ["FusedStage", "scalar_row"]
+__all__ = ["FIRST_BATCH", "FusedStage", "scalar_row"]
 
 log = logging.getLogger(__name__)
+
+FIRST_BATCH = 8
 
 
 class FusedStage:
@@ -43,6 +47,7 @@ class FusedStage:
         self._write_kwargs = dict(write_kwargs)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="model-load")
         self._encoder: Future[EncodeStage] = self._pool.submit(EncodeStage, **encoder_kwargs)
+        self._first = True
 
     def ready(self) -> bool:
         """Returns once the actor exists (the model may still be loading)."""
@@ -52,7 +57,8 @@ class FusedStage:
         """Yield the post-write rows of one slide (``source``: uri, slide_id, patient_id,
         mpp, write_id), one per tile batch, as plain scalars for the collector."""
         batch = {k: [source[k]] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
-        for row in read_slides(batch, **self._read_kwargs):
+        first, self._first = self._first, False
+        for row in read_slides(batch, **self._read_kwargs, first_batch=FIRST_BATCH if first else None):
             encoded = self._encode(row)
             yield scalar_row(write_batches(encoded, **self._write_kwargs))
 

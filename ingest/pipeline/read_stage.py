@@ -12,6 +12,7 @@ and the run goes on with the next slide.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -67,9 +68,12 @@ class ReadStage:
 def read_slides(
     batch: Mapping[str, Any], *, config: IngestConfig, options: RunOptions, store: Any,
     storage_options: Mapping[str, Any] | None, ledger: Any = None,
-    faults: FaultPlan | None = None,
+    faults: FaultPlan | None = None, first_batch: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """For each source row, yield that slide's tile-batch rows.
+
+    ``first_batch``: the first slide's first batch holds this many tiles (the rest
+    ``options.tiles_per_batch``), so a fresh actor's first tiles are stored within seconds.
 
     ``ledger`` (the name of an :class:`ingest.pipeline.attempts.AttemptLedger` actor) turns
     a slide that keeps crashing its worker into a failed row instead of an endless retry.
@@ -77,8 +81,9 @@ def read_slides(
     warm_up()  # load cuCIM before anything in this worker can import PyTorch
     for i in range(len(batch["slide_id"])):
         source = {k: _scalar(batch[k][i]) for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
+        first, first_batch = first_batch, None  # only the first slide's first batch
         if ledger is None:
-            yield from _one_slide(source, config, options, store, storage_options, faults)
+            yield from _one_slide(source, config, options, store, storage_options, faults, first)
             continue
         import ray
 
@@ -89,7 +94,7 @@ def read_slides(
         else:
             if crashes:  # a read started before and never finished: its worker died
                 metrics.record_retry()
-            yield from _one_slide(source, config, options, store, storage_options, faults)
+            yield from _one_slide(source, config, options, store, storage_options, faults, first)
         counts.finish.remote(source["write_id"])
 
 
@@ -112,8 +117,8 @@ def _scalar(value: Any) -> Any:
 
 
 def _one_slide(source: dict[str, Any], config: IngestConfig, options: RunOptions, store: Any,
-               storage_options: Mapping[str, Any] | None,
-               faults: FaultPlan | None = None) -> Iterator[dict[str, np.ndarray]]:
+               storage_options: Mapping[str, Any] | None, faults: FaultPlan | None = None,
+               first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     sid, write_id = source["slide_id"], source["write_id"]
     info: dict[str, Any] = {"source_uri": source["uri"], "patient_id": source["patient_id"],
                             "timings": {}}
@@ -125,7 +130,8 @@ def _one_slide(source: dict[str, Any], config: IngestConfig, options: RunOptions
                         device=options.device) as slide:
             slide.budget = _budget(sid, options, clock)
             _describe(slide, info)
-            yield from _tile_rows(slide, sid, write_id, info, config, options, store, started)
+            yield from _tile_rows(slide, sid, write_id, info, config, options, store, started,
+                                  first_batch)
     except Exception as exc:  # isolate the slide: record type and message, go on
         log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
         metrics.record_failure(type(exc).__name__)
@@ -152,7 +158,7 @@ def _describe(slide: Slide, info: dict[str, Any]) -> None:
 
 def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
                config: IngestConfig, options: RunOptions, store: Any,
-               started: float) -> Iterator[dict[str, np.ndarray]]:
+               started: float, first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     tissue, plan = plan_slide(slide, config.tissue, config.tiling, device=options.device)
     info["tissue_area_mm2"] = tissue.tissue_area_mm2
     _write_arrays(store, sid, tissue)
@@ -168,12 +174,11 @@ def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
     fractions = table.column("tissue_fraction").to_numpy()
     planned_flags = table.column("qc_flags").to_numpy()
     size, mpp = config.tiling.tile_size, config.tiling.target_mpp
-    step = options.tiles_per_batch
-    n_batches = math.ceil(len(xs) / step)
+    parts = batch_slices(len(xs), options.tiles_per_batch, first_batch)
+    n_batches = len(parts)
     info["planned_tiles"] = len(xs)
     read_s = 0.0
-    for b in range(n_batches):
-        part = slice(b * step, (b + 1) * step)
+    for b, part in enumerate(parts):
         t0 = time.perf_counter()
         tiles = _read(slide, np.stack([xs[part], ys[part]], 1), size, mpp, config.tiling.resample)
         flags = planned_flags[part] | tile_qc(tiles, mpp, config.tiling.qc, config.tissue,
@@ -191,6 +196,16 @@ def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
         yield make_row(slide_id=sid, write_id=write_id, status="tiles", batch_index=b,
                        n_batches=n_batches, image=tiles, x=xs[part], y=ys[part], level=plan.level,
                        tissue_fraction=fractions[part], qc_flags=flags, info=info)
+
+
+def batch_slices(n: int, step: int, first: int | None = None) -> list[slice]:
+    """``n`` tiles in batches of ``step``, the first one of ``first`` tiles when smaller."""
+    cuts = [0]
+    if first is not None and 0 < first < step:
+        cuts.append(min(first, n))
+    while cuts[-1] < n:
+        cuts.append(min(cuts[-1] + step, n))
+    return [slice(a, b) for a, b in itertools.pairwise(cuts)]
 
 
 def _read(slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample) -> np.ndarray:
