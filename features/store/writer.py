@@ -20,9 +20,10 @@ the *visibility gate* and the ``tiles`` tables are append-mostly storage behind 
    existing one only if its ``write_id`` is newer, and a ``failed`` row never
    replaces a ``done`` one, so committing a slide again for the same encoder and
    config replaces it and a stale retry cannot roll it back.
-4. **Driver, tidy**: delete tile rows of the group's keys whose ``write_id`` is
-   older than the current one (the replaced copy, or orphans of an attempt that
-   died between steps 2 and 3), and slides rows the current one shadows. Only
+4. **Driver, tidy**: delete tile rows whose ``write_id`` is older than the current
+   one of keys that had a slides row before this commit (the replaced copy, or orphans
+   of an attempt that died between steps 2 and 3), and slides rows the current one
+   shadows. A first commit of a key skips the tiles scan: it has no copy to replace. Only
    *older* rows are deleted, so a newer write landing concurrently is never touched.
    The same slides tidy also runs before step 3, so a shadowed row left by a race or
    a failed tidy can never be updated into a duplicate by the merge.
@@ -36,7 +37,8 @@ either the complete old copy or the complete new one, never both and never a par
 
 * a crash before step 2 leaves only unreferenced data files (removed by cleanup);
 * a crash between 2 and 3 leaves invisible rows, deleted by the next commit of that
-  slide (step 4) or by :func:`features.store.versions.compact`'s orphan collection;
+  slide when it already had a visible copy (step 4), else by
+  :func:`features.store.versions.compact`'s orphan collection;
 * a crash between 3 and 4 leaves shadowed rows that readers already skip.
 
 Concurrency: appends never conflict; ``merge_insert`` and ``delete`` retry on commit
@@ -340,20 +342,22 @@ def _append_tiles(tables: TableSet, encoder: str, items: Sequence[PendingSlide])
     return int(committed.version)
 
 
-def _merge_slides(tables: TableSet, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Step 3: the gate. One merge_insert makes the whole group visible at once."""
+def _merge_slides(tables: TableSet, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Step 3: the gate. One merge_insert makes the whole group visible at once; returns
+    how many existing rows it replaced."""
     dataset = tables.slides()
     condition = (
         "source.write_id > target.write_id AND (source.status = 'done' OR target.status <> 'done')"
     )
     try:
-        (
+        stats = (
             dataset.merge_insert(list(_KEY))
             .when_matched_update_all(condition=condition)
             .when_not_matched_insert_all()
             .conflict_retries(_CONFLICT_RETRIES)
             .execute(slides_table(rows))
         )
+        return int(stats.get("num_updated_rows", 0))
     except (OSError, RuntimeError, ValueError) as exc:
         if _conflict(exc):
             raise StoreConflictError(f"committing {len(rows)} slide rows: {exc}") from exc
@@ -373,16 +377,19 @@ def _key_predicate(key: SlideKey, *, with_encoder: bool) -> str:
 Current = Mapping[tuple[str, str, str], tuple[str, str]]
 
 
-def _delete_where(dataset: lance.LanceDataset, clauses: Sequence[str]) -> None:
+def _delete_where(dataset: lance.LanceDataset, clauses: Sequence[str]) -> int:
+    """Delete the rows matching any clause; returns how many matched."""
     if not clauses:
-        return
+        return 0
     predicate = " OR ".join(clauses)
     # Deleting nothing would still add an empty version; count first.
-    if dataset.count_rows(filter=predicate):
+    count = int(dataset.count_rows(filter=predicate))
+    if count:
         dataset.delete(predicate, conflict_retries=_CONFLICT_RETRIES)
+    return count
 
 
-def _tidy_slides(tables: TableSet, keys: Sequence[SlideKey], current: Current) -> None:
+def _tidy_slides(tables: TableSet, keys: Sequence[SlideKey], current: Current) -> int:
     """Drop slides rows shadowed by the current row of their key.
 
     Only rows *older* than the current one go: a concurrent commit of the same key
@@ -400,7 +407,7 @@ def _tidy_slides(tables: TableSet, keys: Sequence[SlideKey], current: Current) -
         if status == "done":
             shadowed = f"({shadowed} OR (status = 'failed' AND write_id > {write_id}))"
         clauses.append(f"({_key_predicate(key, with_encoder=True)} AND {shadowed})")
-    _delete_where(tables.slides(), clauses)
+    return _delete_where(tables.slides(), clauses)
 
 
 def _tidy_tiles(tables: TableSet, keys: Sequence[SlideKey], current: Current) -> None:
@@ -435,7 +442,8 @@ def commit_slides(
     keys = [p.key for p in pending]
     # Shadowed rows left by an earlier race or a failed tidy would each match the
     # merge below and be updated into duplicates: clear them first (normally a no-op).
-    _tidy_slides(tables, keys, current_writes(tables.slides(), keys))
+    prior = current_writes(tables.slides(), keys)
+    _tidy_slides(tables, keys, prior)
     tiles_versions = {enc: _append_tiles(tables, enc, items) for enc, items in groups.items()}
     rows = []
     for item in pending:
@@ -459,11 +467,19 @@ def commit_slides(
                 tiles_version=tiles_version if item.status == "done" else None,
             )
         )
-    _merge_slides(tables, rows)
+    updated = _merge_slides(tables, rows)
     current = current_writes(tables.slides(), keys)
     try:
-        _tidy_tiles(tables, keys, current)
-        _tidy_slides(tables, keys, current)
+        shadowed = _tidy_slides(tables, keys, current)
+        # A replaced tile copy exists only where a slides row was there before this commit:
+        # seen before the merge, replaced by it (a concurrent writer's row landed in
+        # between), or shadowed after it (two first inserts raced). When none was, the
+        # tiles scan is skipped: run per commit it would make a run O(N²) in its tiles.
+        # Orphans of a key never committed are left to compact's orphan collection.
+        if updated or shadowed:
+            _tidy_tiles(tables, keys, current)
+        else:
+            _tidy_tiles(tables, [k for k in keys if (k.slide_id, k.encoder, k.config_hash) in prior], current)
     except (OSError, RuntimeError, ValueError) as exc:
         # The commit already happened; stale rows are invisible and compaction or the
         # next commit of these slides removes them.

@@ -112,6 +112,25 @@ def test_recommit_replaces_and_retry_never_duplicates(store, write):
     assert _raw_rows(store, "s1") == 12
 
 
+def test_a_first_commit_skips_the_tiles_scan_and_a_recommit_tidies(store, write, monkeypatch):
+    """Scanning the tiles table for replaced copies on every commit makes a run O(N²) in
+    its tiles; only a group that replaced a slides row has copies to remove."""
+    import features.store.writer as writer_module
+
+    scanned: list[list[str]] = []
+    real = writer_module._tidy_tiles
+
+    def spy(tables, keys, current):
+        scanned.append(sorted(k.slide_id for k in keys))
+        return real(tables, keys, current)
+
+    monkeypatch.setattr(writer_module, "_tidy_tiles", spy)
+    store.commit([write(store, "s1", 5, seed=1), write(store, "s2", 5, seed=2)])
+    store.commit([write(store, "s3", 6, seed=3), write(store, "s1", 7, seed=4)])
+    assert scanned == [[], ["s1", "s3"]]
+    assert _raw_rows(store, "s1") == 7 and store.tiles().num_rows == 5 + 6 + 7
+
+
 def test_read_past_version_and_run_tag(store, write):
     store.commit([write(store, "s1", 30, seed=1), write(store, "s2", 10)])
     store.record_run(
