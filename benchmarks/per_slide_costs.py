@@ -6,6 +6,10 @@
   mask         tissue mask + tile plan of the slide (ms per slide)
   arrays       Zarr thumbnail and mask written to a local store (ms per slide)
   stain_fit    Macenko fit from the thumbnail and 32 sampled tiles (ms per slide)
+  small_slide  the whole fused stage (open, tissue, plan, Zarr arrays, read, QC, encode
+               with the weight-free encoder, Lance fragment write) in one process, ms per
+               slide over 100 of the 1,000 small slides of ``peers/run.py weight-free``;
+               ``--base`` times the earlier tree on the same slides, back to back
 
 Usage: python benchmarks/per_slide_costs.py --base /tmp/base --out benchmarks/results/per_slide_costs.json
 (``--base``: a source tree of an earlier slidebank, e.g. ``git archive <commit> | tar -x -C DIR``).
@@ -59,6 +63,50 @@ def _qc_ms(tree: Path) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_tile"])
 
 
+_SMALL = """
+import glob, json, sys, tempfile, time
+from features.store import FeatureStore
+from features.store._keys import new_write_id
+from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.fused_stage import FusedStage
+from ingest.pipeline.runner import _write_kwargs
+from ingest.tiling.config import TilingConfig
+paths = sorted(glob.glob(sys.argv[1] + "/*.svs"))[:int(sys.argv[2]) + 1]
+store = FeatureStore.open(tempfile.mkdtemp() + "/store", create=True)
+config = IngestConfig(encoder="handcrafted-he-v1", stain="none",
+                      tiling=TilingConfig(tile_size=256, target_mpp=0.5, min_tissue_fraction=0.5))
+store.ensure_tiles_table(config.encoder_id, 64, "float32")
+options = RunOptions(progress=False)
+stage = FusedStage(read_kwargs={"config": config, "options": options, "store": store.location,
+                                "storage_options": None},
+                   encoder_kwargs={"encoder": config.encoder, "weights": None, "device": "cpu",
+                                   "batch_size": 64, "num_threads": 1},
+                   write_kwargs=_write_kwargs(store.location, config, "c" * 16))
+def one(path):
+    sid = path.rsplit("/", 1)[-1].split(".")[0]
+    return list(stage.run({"uri": path, "slide_id": sid, "patient_id": "", "mpp": float("nan"),
+                           "write_id": new_write_id()}))
+one(paths[0])  # model load and first-call costs out of the timing
+start = time.perf_counter()
+for path in paths[1:]:
+    one(path)
+print(json.dumps({"ms_per_slide": (time.perf_counter() - start) / (len(paths) - 1) * 1e3}))
+"""
+
+
+def _small_slide_ms(tree: Path, n: int = 100) -> float:
+    from benchmarks._common import DATA
+    from ingest.synthetic.cohort import write_small_cohort
+
+    folder = DATA / "scale_1000x1024"
+    write_small_cohort(folder, 1000)  # the weight-free peer benchmark's slides (cached)
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "RUST_LOG": "error", "LANCE_LOG": "error"}
+    out = subprocess.run([sys.executable, "-c", _SMALL, str(folder), str(n)], env=env, cwd=tree,
+                         capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_slide"])
+
+
 def _median_ms(fn: Callable[[], object]) -> float:
     fn()
     times = []
@@ -106,8 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.base:
         qc["base"] = _qc_ms(args.base)
         qc["speedup"] = qc["base"] / qc["this"]
-    body = {"tile_qc_ms_per_tile": qc, **per_slide(), "slide": SLIDE.name, "threads": 1,
-            "load_1min_at_start": load}
+    small = {"this": _small_slide_ms(HERE)}
+    if args.base:
+        small["base"] = _small_slide_ms(args.base)
+        small["speedup"] = small["base"] / small["this"]
+    body = {"tile_qc_ms_per_tile": qc, "small_slide_fused_stage_ms": small, **per_slide(),
+            "slide": SLIDE.name, "threads": 1, "load_1min_at_start": load}
     write_json(args.out, {"benchmark": "per-slide-costs", "machine": machine(), **body})
     print(json.dumps(body, indent=2))
 
