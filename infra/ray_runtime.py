@@ -17,7 +17,7 @@ Embedded by default: a local Ray that nothing outside this machine can reach —
   (including ``kill -9`` of the driver), instead of serving ``/metrics`` on for a while.
 
 A cluster when ``address`` or ``RAY_ADDRESS`` names one (``auto``, ``host:port`` or
-``ray://host:10001``): binding and firewalling are then the cluster's (see README,
+``ray://host:10001``; ``local`` means the embedded Ray): binding and firewalling are then the cluster's (see README,
 "Cluster security").
 """
 
@@ -71,7 +71,10 @@ def connect(address: str | None = None, *, dashboard: bool = False,
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    # "local" asks for a new Ray of our own: the embedded one below, with its loopback
+    # binding, token, quiet loggers and reaper (passed to ray.init as an address it would
+    # start a Ray on every interface and print its notices).
+    if address and address != "local":
         ray.init(address=address, log_to_driver=False, **init_kwargs)
         log.info("connected to Ray cluster at %s", address)
         return True

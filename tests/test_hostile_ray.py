@@ -78,12 +78,36 @@ time.sleep(600)
 """
 
 
+def test_ray_address_local_is_the_embedded_ray(monkeypatch) -> None:
+    """RAY_ADDRESS=local asks for a new Ray: it must get the embedded one's loopback
+    binding, token and quiet start-up, not a bare ray.init on every interface."""
+    import ray
+
+    from infra import ray_runtime
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray_runtime, "_start_reaper", lambda: None)
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert ray_runtime.connect() is True
+    (kwargs,) = calls
+    assert kwargs["address"] == "local" and kwargs["_node_ip_address"] == "127.0.0.1"
+    assert kwargs["include_dashboard"] is False and kwargs["configure_logging"] is False
+    assert os.environ.get("RAY_AUTH_TOKEN")  # the embedded Ray's token was set up
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_embedded_ray_with_dashboard_exposes_nothing_and_dies_with_its_driver(tmp_path) -> None:
+@pytest.mark.parametrize("ray_address", [None, "local"])
+def test_embedded_ray_with_dashboard_exposes_nothing_and_dies_with_its_driver(tmp_path, ray_address) -> None:
     # A fresh home folder: the token must not be written there (nor read from there).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True)
     try:
