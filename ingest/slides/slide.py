@@ -34,7 +34,7 @@ __all__ = ["RESAMPLING", "Resample", "Slide", "downsample"]
 #: ``area``: the mean of the source pixels each output pixel covers (an exact k×k box
 #: for a whole factor k, as pyramid levels are built; hs2p's default too), about 13×
 #: cheaper than ``lanczos`` on a 512² → 256² tile. ``lanczos``: a sharper
-#: windowed-sinc filter (slidebank's only choice before tiling config v2).
+#: windowed-sinc filter (the only filter before ``TilingConfig.resample`` existed).
 Resample = Literal["area", "lanczos"]
 RESAMPLING: tuple[Resample, ...] = ("area", "lanczos")
 
