@@ -7,7 +7,7 @@ Usage::
     encoder = Encoder()  # "handcrafted-he-v1": no weights, no GPU, no network
     vectors = encoder(tiles)  # tiles: uint8 (B, H, W, 3) -> float32 (B, 64)
     uni = Encoder("uni", weights="/models/uni.safetensors")  # or $SLIDEBANK_WEIGHTS_UNI
-    print(uni.provenance["weights"]["sha256"])
+    digest = uni.provenance["weights"]["sha256"]  # what the store records
 
 Importing this package does not import torch or timm; they load when a neural encoder is built.
 """
