@@ -177,10 +177,12 @@ def module_discovery(cohort: Any, runs: list[Any], bags: dict, min_share: float 
 def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[str, Any]:
     """Module masking of the module-graph models on their test folds, modules named by
     the planted type most of their tiles carry."""
-    from training.spatial.masking import masking_table, write_masking_png
+    from sklearn.metrics import roc_auc_score
+
+    from training.spatial.masking import edge_masking, masking_table, write_masking_png
     from training.spatial.synthetic import TYPES
 
-    frames = []
+    frames, cuts = [], []
     label_of = dict(zip(cohort.table["slide_id"], cohort.table["label"], strict=True))
     for run in runs:
         model = run.model
@@ -213,6 +215,16 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
         rows["module_type"] = rows["module"].map(names)
         rows["fold"] = run.fold
         frames.append(rows)
+        # Edge masking: cut every grid edge between the tumour and immune modules of the
+        # class-1 slides (the contact that defines the class) and count flipped calls.
+        by_type = {t: m for m, t in names.items()}
+        if {"T", "I"} <= set(by_type):
+            for sid, emb, coords, modules, label in bag_iter():
+                if int(label) != 1:
+                    continue
+                full = float(rows.loc[rows["slide_id"] == sid, "full"].iloc[0])
+                delta = float(edge_masking(model, run.head, emb, coords, modules, by_type["T"], by_type["I"])[0])
+                cuts.append({"full": full, "cut": full + delta})
     import pandas as pd
 
     frame = pd.concat(frames, ignore_index=True).dropna(subset=["delta"])
@@ -221,13 +233,23 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
         entry = {"module_type": name, "mean_abs_delta": float(part["delta"].abs().mean())}
         for cls, sub in part.groupby("label"):
             entry[f"mean_delta_label{cls}"] = float(sub["delta"].mean())
+        if part["label"].nunique() == 2:  # gene masking's measure: the AUROC left without it
+            entry["auroc_masked"] = float(roc_auc_score(part["label"].astype(int), part["full"] + part["delta"]))
+            entry["auroc_full"] = float(roc_auc_score(part["label"].astype(int), part["full"]))
         by_type.append(entry)
     table = pd.DataFrame(by_type).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
     plot = table.rename(columns={"module_type": "module"}).assign(target="prediction")
     labels = {i: n for i, n in enumerate(plot["module"])}
     plot["module"] = range(len(plot))
     write_masking_png(plot, png, labels=labels, title=f"{cohort.name}: module masking, mean |delta P(class 1)| when a module is dropped")
-    return {"ranking": table.to_dict("records"), "png": str(png)}
+    out: dict[str, Any] = {"ranking": table.to_dict("records"), "png": str(png)}
+    if cuts:
+        called = [c for c in cuts if c["full"] >= 0.5]
+        out["edge_masking_T_I_class1"] = {
+            "slides": len(cuts), "called_class1": len(called),
+            "flipped_fraction": float(np.mean([c["cut"] < 0.5 for c in called])) if called else None,
+            "mean_delta": float(np.mean([c["cut"] - c["full"] for c in cuts]))}
+    return out
 
 
 def speed(gpu: bool) -> dict[str, Any]:

@@ -143,6 +143,15 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
     masking = table.get("diagnostics", {}).get("masking_S2")
     first = None if masking is None else masking["ranking"][0]["module_type"]
     check("S2 masking: the immune module ranks first", first, None if first is None else first == "I", None)
+    by_type = {r["module_type"]: r for r in (masking or {}).get("ranking", [])}
+    immune = by_type.get("I", {})
+    v = immune.get("auroc_masked")
+    check("S2 masking: AUROC with I masked <= 0.60", v, None if v is None else v <= 0.60, None)
+    if "N" in by_type and immune:
+        v = by_type["N"]["mean_abs_delta"] / immune["mean_abs_delta"]
+        check("S2 masking: N moves predictions < 10% of I", v, v < 0.10, None)
+    cut = (masking or {}).get("edge_masking_T_I_class1", {}).get("flipped_fraction")
+    check("S2 edge masking T-I flips >= 90% of class-1 calls", cut, None if cut is None else cut >= 0.90, None)
     cap = table.get("capped_training", {}).get("S2", {}).get("module_graph")
     check("S2 module_graph >= 0.90 with 40 training slides", None if cap is None else cap["auroc"],
           None if cap is None or cap["train_slides"] != 40 else cap["auroc"] >= 0.90,
