@@ -196,7 +196,7 @@ def markdown(table: dict[str, Any]) -> str:
         cells = []
         for model in MODELS:
             seeds = _get(table, "seeds", cohort, model) or []
-            tag = "" if len(seeds) >= SEEDS else f" ({len(seeds)} seed)"
+            tag = "" if len(seeds) >= SEEDS else f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
             r = _get(table, "pearson", cohort, model)
             v = _get(table, "auroc", cohort, model)
             if r is not None:
