@@ -52,8 +52,8 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
         params = part.get("params", {})
         seeds = list(params.get("seeds", []))
         for key, value in part.items():
-            cohort = key.rsplit("_", 1)[-1]
-            if key.startswith(("module_discovery_", "masking_")) and _size(params, cohort) == SIZE.get(cohort):
+            cohort = key.removeprefix("module_discovery_").removeprefix("masking_")
+            if cohort != key and _size(params, cohort) == SIZE.get(cohort):
                 diagnostics[key] = {**value, "source": _name(path)}
         if params.get("train_slides"):  # sample efficiency: training sets capped
             for cohort, by_model in part.get("auroc", {}).items():
@@ -138,8 +138,11 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
     v, s = auroc("S2", "module_graph")
     check("S2 module_graph >= 0.95", v, None if v is None else v >= 0.95, s)
     for key, found in sorted(table.get("diagnostics", {}).items()):
-        if key.startswith("module_discovery_"):
-            check(f"{key.rsplit('_', 1)[-1]} module discovery ARI >= 0.90", found["ari"], found["ari"] >= 0.90, None)
+        cohort = key.removeprefix("module_discovery_")
+        # On the embedding cohorts every tile has one planted type; real_S1's tiles are
+        # cut from pixels and many mix types, so its ARI is reported, not held to 0.90.
+        if cohort != key and cohort != "real_S1":
+            check(f"{cohort} module discovery ARI >= 0.90", found["ari"], found["ari"] >= 0.90, None)
     masking = table.get("diagnostics", {}).get("masking_S2")
     first = None if masking is None else masking["ranking"][0]["module_type"]
     check("S2 masking: the immune module ranks first", first, None if first is None else first == "I", None)
