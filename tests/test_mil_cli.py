@@ -79,6 +79,10 @@ def _check_run(run: Path, n_slides: int) -> dict:
     return summary
 
 
+# Slow (about 45 s of Ray Train start-up on 2 cores): the default suite keeps Ray Train in
+# test_mil_ray's DDP test, CV with attention in test_mil_learning, and this command's
+# preflight in test_train_errors_before_any_worker_starts.
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_train_command_cv_in_one_trainer_with_attention(tmp_path: Path, ray_local) -> None:
     """``slidebank train`` from a plain labels table: patient-level folds assigned, 3-fold CV
