@@ -217,13 +217,13 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
         frames.append(rows)
         # Edge masking: cut every grid edge between the tumour and immune modules of the
         # class-1 slides (the contact that defines the class) and count flipped calls.
-        by_type = {t: m for m, t in names.items()}
-        if {"T", "I"} <= set(by_type):
+        module_of = {t: m for m, t in names.items()}
+        if {"T", "I"} <= set(module_of):
             for sid, emb, coords, modules, label in bag_iter():
                 if int(label) != 1:
                     continue
                 full = float(rows.loc[rows["slide_id"] == sid, "full"].iloc[0])
-                delta = float(edge_masking(model, run.head, emb, coords, modules, by_type["T"], by_type["I"])[0])
+                delta = float(edge_masking(model, run.head, emb, coords, modules, module_of["T"], module_of["I"])[0])
                 cuts.append({"full": full, "cut": full + delta})
     import pandas as pd
 
