@@ -3,10 +3,11 @@
 The full protocol (S0-S4 at n=200 with 3 seeds, real_S1 with 100 slides) takes hours on a
 small machine, so it is run in parts (``benchmarks/spatial.py --cohorts ... --seeds ...``),
 each writing its own results file. This script reads those files, keeps for each cohort
-and model the part with the most seeds at the protocol's size (ties: the later file on
-the command line), writes one JSON in ``benchmark/spatial.py``'s shape (``"auroc":
+and model the part with the most seeds at the protocol's size (parts with disjoint
+seeds are combined; ties: the later file on the command line), writes one JSON in ``benchmarks/spatial.py``'s shape (``"auroc":
 {cohort: {model: value}}``, plus ``pearson``, CIs, per-seed values, shuffled AUROCs and
-which file each cell came from) and prints the table and every acceptance criterion of
+which file each cell came from; module discovery and masking come from the last file on
+the command line that has them) and prints the table and every acceptance criterion of
 the protocol with the measured value and whether it holds. Nothing is recomputed.
 
 Usage: python benchmarks/spatial_protocol.py --out benchmarks/results/spatial_protocol.json \\
