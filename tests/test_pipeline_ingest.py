@@ -141,6 +141,9 @@ def _assert_same_store(store: FeatureStore, reference: FeatureStore) -> None:
     assert ours.equals(theirs), "same tiles and the same embeddings"
 
 
+# Slow (three runs, about 20 s): the default suite keeps a rerun that skips done slides
+# (test_cli_ingest) and a worker killed mid-run leaving exactly the planned tiles (above).
+@pytest.mark.slow
 def test_rerun_after_an_interrupted_run_equals_an_uninterrupted_run(ray_local, cohort, tmp_path) -> None:
     """The fast twin of the driver-death test below: the run stops (raises) right after its
     first commit, in this process; the rerun skips exactly the committed slides."""
