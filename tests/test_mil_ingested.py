@@ -16,7 +16,7 @@ from slidebank.synthetic_cohort import CohortSpec, IngestedCohort, make_ingested
 from training.cohorts import check_no_leakage
 
 # Slow (two ingests and a run, about 30 s): the default suite keeps the cohort joins in
-# test_cohorts and the MIL learning claims in test_mil_learning.
+# tests/test_cohort_*.py and the MIL learning claims in test_mil_learning.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TINY = {"width": 1024, "height": 1024, "val_fraction": 0.25, "test_fraction": 0.25}
