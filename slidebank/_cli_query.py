@@ -170,12 +170,24 @@ def sql(
     at: VersionOpt = None,
     as_json: JsonOpt = False,
     columns: ColumnsOpt = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Stop the query after this many seconds.")
+    ] = 60.0,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Return at most this many rows (says so when cut).")
+    ] = 100_000,
+    memory_limit: Annotated[
+        str, typer.Option(help="DuckDB memory budget; spill to a private temp dir is capped too.")
+    ] = "2GB",
 ) -> None:
-    """Run SQL over the store; join your own tables (omics, labels) by slide_id.
+    """Run one sandboxed SELECT over the store; join your own tables (omics, labels) by
+    slide_id. Only slides, runs, tiles* and --table tables are visible; time, memory and
+    rows are bounded.
 
     Example: slidebank query sql --store ./store --table omics=expr.parquet
     "SELECT o.gene_x, count(*) FROM tiles t JOIN omics o USING (slide_id) GROUP BY 1"
     """
+    from features.store.sandbox import SqlLimits, truncated_at
     from features.store.sql import read_table_file
 
     options = parse_storage_options(storage_option)
@@ -186,11 +198,14 @@ def sql(
             raise typer.BadParameter(f"--table must be NAME=PATH, got {pair!r}")
         extra[name] = path
     with fail_on_slidebank_error():
+        limits = SqlLimits(timeout_s=timeout, max_rows=limit, memory_limit=memory_limit)
         fs = _open(store, storage_option, at)
         loaded = {name: read_table_file(path, options) for name, path in extra.items()}
         with query_errors("SQL", _sql_tables(fs, encoder, loaded, at)):
-            result = fs.sql(query, encoder=encoder, tables=loaded)
+            result = fs.sql(query, encoder=encoder, tables=loaded, limits=limits)
     _print(result, as_json, "query", columns)
+    if truncated_at(result) is not None:
+        typer.secho(f"note: the result was cut at --limit {limit} rows", err=True)
 
 
 def _sql_tables(fs: FeatureStore, encoder: str | None, extra: dict, at: str | None) -> list[str]:

@@ -8,7 +8,7 @@ returned, so partially committed or replaced data is never seen.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from features.store._keys import in_list, sql_literal, validate_config_hash, validate_slide_id
 from features.store._tables import StoreView
+from features.store.sandbox import Sandbox, check_duckdb_predicate, check_predicate
 from features.store.schema import SlideKey, embeddings_to_numpy
 from infra.errors import ConfigError, StoreError
 
@@ -30,6 +31,7 @@ __all__ = [
     "Bag",
     "bag_from_table",
     "current_writes",
+    "gate_rows",
     "iter_bag_batches",
     "iter_bags",
     "list_slides",
@@ -144,8 +146,9 @@ def list_slides(
 ) -> pa.Table:
     """Slides rows, one per (slide, encoder, config), with optional filters.
 
-    ``where`` is a Lance SQL predicate over slides columns written by the caller
-    (for example ``"mpp < 0.3 AND vendor = 'aperio'"``).
+    ``where`` is one SQL boolean expression over slides columns written by the caller
+    (for example ``"mpp < 0.3 AND vendor = 'aperio'"``), run in the SQL sandbox
+    (:mod:`features.store.sandbox`): no subquery, table function or second statement.
     """
     if status not in (None, "done", "failed"):
         raise ConfigError(f"status must be 'done' or 'failed', not {status!r}")
@@ -156,17 +159,18 @@ def list_slides(
         table = table.filter(pc.equal(table.column("status"), status))
     if where:
         # The gate dedup must run before a user predicate, or a predicate matching only
-        # an older shadowed row would resurrect it: filter the deduplicated rows.
-        import duckdb
-
-        con = duckdb.connect()
-        try:
-            con.register("slides", table)
-            table = con.sql(f"SELECT * FROM slides WHERE {where}").to_arrow_table()
-        finally:
-            con.close()
+        # an older shadowed row would resurrect it: filter the deduplicated rows, in the
+        # same sandbox as ``query sql``.
+        table = _filter_slides(table, where)
     table = table.sort_by([("slide_id", "ascending"), ("encoder", "ascending")])
     return table.select(list(columns)) if columns else table
+
+
+def _filter_slides(table: pa.Table, where: str) -> pa.Table:
+    with Sandbox() as box:
+        box.add("slides", table)
+        box.lock()
+        return box.fetch(check_duckdb_predicate(box.con, "slides", where))
 
 
 def tiles_predicate(
@@ -181,6 +185,10 @@ def tiles_predicate(
 ) -> str | None:
     """A Lance predicate selecting exactly the visible tiles asked for (and ``where``).
 
+    ``where`` must be one boolean expression (:func:`~features.store.sandbox.check_predicate`),
+    so it cannot close the parenthesis around it and escape the gate; readers that pass
+    user text also apply the gate to the rows Lance returns (:func:`gate_rows`).
+
     The exact form lists the visible write ids. When every row of the table is
     visible (nothing replaced or orphaned awaits tidying: the row count equals the
     sum of the gate rows' tile counts) and no cohort is asked for, the gate needs no
@@ -188,8 +196,32 @@ def tiles_predicate(
     """
     gate = _visibility_predicate(view, encoder, dataset, slide_ids, exclude_slide_ids, config_hash)
     if where:
+        where = check_predicate(where)
         return f"({gate}) AND ({where})" if gate else where
     return gate
+
+
+def gate_rows(
+    view: StoreView,
+    encoder: str,
+    *,
+    slide_ids: Iterable[str] | None = None,
+    exclude_slide_ids: Iterable[str] = (),
+    config_hash: str | None = None,
+) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """A filter keeping only rows of the visible writes asked for (needs ``write_id``).
+
+    Applied after Lance whenever the caller's own text is in the predicate: the gate then
+    holds whatever Lance made of that text.
+    """
+    writes = visible_writes(view, encoder, slide_ids=slide_ids,
+                            exclude_slide_ids=exclude_slide_ids, config_hash=config_hash)
+    allowed = writes.column("write_id").combine_chunks()
+
+    def keep(batch: pa.RecordBatch) -> pa.RecordBatch:
+        return batch.filter(pc.is_in(batch.column("write_id"), value_set=allowed))
+
+    return keep
 
 
 def _visibility_predicate(
@@ -236,23 +268,30 @@ def scan_tiles(
     dataset = view.tiles(encoder)
     if dataset is None:
         return
-    predicate = tiles_predicate(
-        view,
-        encoder,
-        dataset,
-        slide_ids=None if slide_ids is None else list(slide_ids),
-        exclude_slide_ids=exclude_slide_ids,
-        config_hash=config_hash,
-        where=where,
-    )
+    cohort = None if slide_ids is None else list(slide_ids)
+    predicate = tiles_predicate(view, encoder, dataset, slide_ids=cohort,
+                                exclude_slide_ids=exclude_slide_ids, config_hash=config_hash,
+                                where=where)
+    wanted = list(columns) if columns else None
+    keep = None
+    if where:
+        keep = gate_rows(view, encoder, slide_ids=cohort, exclude_slide_ids=exclude_slide_ids,
+                         config_hash=config_hash)
+    scanned = wanted if keep is None or wanted is None or "write_id" in wanted else [
+        *wanted, "write_id"]
     scanner = dataset.scanner(
-        columns=list(columns) if columns else None,
+        columns=scanned,
         filter=predicate,
         batch_size=batch_size,
         # One fragment at a time keeps memory to a few batches.
         fragment_readahead=1,
     )
-    yield from scanner.to_batches()
+    for batch in scanner.to_batches():
+        if keep is not None:
+            batch = keep(batch)
+            if scanned is not wanted and wanted is not None:
+                batch = batch.select(wanted)
+        yield batch
 
 
 def read_tiles(view: StoreView, encoder: str, **kwargs: Any) -> pa.Table:

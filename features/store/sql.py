@@ -30,17 +30,22 @@ import pyarrow as pa
 
 from features.store._tables import StoreView
 from features.store.reader import list_slides, tiles_predicate
-from infra.errors import ConfigError, SlidebankError
+from features.store.sandbox import (
+    QueryLimitError,
+    QueryNotAllowedError,
+    QueryTimeoutError,
+    Sandbox,
+    SqlLimits,
+    add_view,
+    new_connection,
+)
+from infra.errors import ConfigError
 
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["QueryNotAllowedError", "connect", "read_table_file", "run_sql", "sandbox",
-           "tiles_view_name"]
-
-
-class QueryNotAllowedError(SlidebankError, PermissionError):
-    """A SQL query tried to reach beyond the store's tables and the tables named for it."""
+__all__ = ["QueryLimitError", "QueryNotAllowedError", "QueryTimeoutError", "SqlLimits",
+           "connect", "read_table_file", "run_sql", "tiles_view_name"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _RESERVED = {"slides", "runs", "tiles"}
@@ -50,18 +55,34 @@ def tiles_view_name(encoder: str) -> str:
     return "tiles_" + re.sub(r"[^A-Za-z0-9_]", "_", encoder)
 
 
-def _register_tiles(
-    con: duckdb.DuckDBPyConnection, view: StoreView, encoder: str, name: str
-) -> None:
-    dataset = view.tiles(encoder)
-    if dataset is None:
-        return
-    raw = f"_lance_{name}"
-    con.register(raw, dataset)
-    predicate = tiles_predicate(view, encoder, dataset)
-    # The predicate holds only validated ids; DuckDB and Lance share this SQL subset.
-    where = f" WHERE {predicate}" if predicate else ""
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {raw}{where}")
+def _store_views(
+    view: StoreView, encoder: str | None
+) -> list[tuple[str, Any, str | None]]:
+    """(name, data, gate predicate) of every store view a query may name."""
+    out: list[tuple[str, Any, str | None]] = [
+        ("slides", list_slides(view), None), ("runs", view.tables.runs().to_table(), None)]
+    encoders = view.encoders()
+    chosen = [(name, tiles_view_name(name)) for name in encoders]
+    default = encoder if encoder is not None else (encoders[0] if len(encoders) == 1 else None)
+    if default is not None:
+        chosen.append((view.resolve_encoder(default), "tiles"))
+    for name, view_name in chosen:
+        dataset = view.tiles(name)
+        if dataset is not None:
+            # The predicate holds only validated ids; DuckDB and Lance share this SQL subset.
+            out.append((view_name, dataset, tiles_predicate(view, name, dataset)))
+    return out
+
+
+def _check_extra_names(tables: Mapping[str, Any], taken: set[str]) -> None:
+    """A named table may not shadow a store view, present or future (``tiles_*``)."""
+    for name in tables:
+        lowered = name.lower()
+        if (not _IDENTIFIER.fullmatch(name) or name.startswith("_") or lowered in taken
+                or lowered in _RESERVED or lowered.startswith("tiles_")):
+            raise ConfigError(
+                f"extra table name {name!r} must be a plain identifier that does not start "
+                f"with '_' or 'tiles_' and is not one of {sorted(_RESERVED | taken)}")
 
 
 def connect(
@@ -70,26 +91,17 @@ def connect(
     encoder: str | None = None,
     tables: Mapping[str, Any] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the store's views and ``tables`` registered."""
-    import duckdb
+    """An in-memory DuckDB connection with the store's views and ``tables`` registered.
 
-    # Extensions never load behind the user's back (autoload would fetch code from the network).
-    con = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                 "autoload_known_extensions": False})
-    con.register("slides", list_slides(view))
-    con.register("runs", view.tables.runs().to_table())
-    encoders = view.encoders()
-    for name in encoders:
-        _register_tiles(con, view, name, tiles_view_name(name))
-    default = encoder if encoder is not None else (encoders[0] if len(encoders) == 1 else None)
-    if default is not None:
-        _register_tiles(con, view, view.resolve_encoder(default), "tiles")
+    Unrestricted: for Python users, who already hold every right the sandbox withholds.
+    """
+    con = new_connection()
+    views = _store_views(view, encoder)
+    _check_extra_names(tables or {}, {name for name, _, _ in views})
+    for name, data, predicate in views:
+        add_view(con, name, data, predicate)
     for name, table in (tables or {}).items():
-        if not _IDENTIFIER.fullmatch(name) or name in _RESERVED:
-            raise ConfigError(
-                f"extra table name {name!r} must be a plain identifier, not {sorted(_RESERVED)}"
-            )
-        con.register(name, table)
+        add_view(con, name, table)
     return con
 
 
@@ -99,30 +111,23 @@ def run_sql(
     *,
     encoder: str | None = None,
     tables: Mapping[str, Any] | None = None,
+    limits: SqlLimits | None = None,
 ) -> pa.Table:
-    """Run one ``SELECT`` in the sandbox (see the module doc); its result as Arrow."""
-    import duckdb
+    """Run one ``SELECT`` in the sandbox (see the module doc); its result as Arrow.
 
-    con = connect(view, encoder=encoder, tables=tables)
-    try:
-        sandbox(con)
-        statement = _one_select(con, query)
-        try:
-            return con.sql(statement).to_arrow_table()
-        except duckdb.PermissionException as exc:
-            raise QueryNotAllowedError(
-                f"query refused: it reaches outside the store's tables ({_first_line(exc)}); "
-                "only slides, runs, tiles* and tables named with --table are visible") from exc
-    finally:
-        con.close()
-
-
-def sandbox(con: duckdb.DuckDBPyConnection) -> None:
-    """No files, URLs, extensions or Python variables from here on, and no way back."""
-    for setting in ("SET enable_external_access = false",
-                    "SET python_enable_replacements = false",
-                    "SET lock_configuration = true"):
-        con.execute(setting)
+    ``limits`` bounds time, memory, spill and rows (:class:`SqlLimits`; by default 60 s,
+    2 GB, 1 GB, every row). A result cut at ``max_rows`` says so in its schema metadata
+    (:func:`features.store.sandbox.truncated_at`).
+    """
+    views = _store_views(view, encoder)
+    _check_extra_names(tables or {}, {name for name, _, _ in views})
+    with Sandbox(limits) as box:
+        for name, data, predicate in views:
+            box.add(name, data, predicate)
+        for name, table in (tables or {}).items():
+            box.add(name, table)
+        box.lock()
+        return box.fetch(_one_select(box.con, query))
 
 
 def _one_select(con: duckdb.DuckDBPyConnection, query: str) -> str:

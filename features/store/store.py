@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.store.arrays import SlideArrays
+    from features.store.derived import DerivedTable, DerivedWrite
     from features.store.recovery import RecoveryReport
     from features.store.runs import RunRecord
+    from features.store.sandbox import SqlLimits
     from features.store.vectors import IndexPlan, SearchParams, VectorIndexConfig
 
 __all__ = ["FeatureStore"]
@@ -267,6 +269,65 @@ class FeatureStore:
         self._writable()
         return slide_embeddings.rebuild(self._tables, self._encoder(encoder))
 
+    # ------------------------------------------------------------------ derived tables
+    def derived_tables(self, kind: str | None = None) -> list[DerivedTable]:
+        """The derived tables the store holds (attention, modules, predictions, graphs,
+        slide embeddings), or those of one ``kind``; see :mod:`features.store.derived`."""
+        from features.store import derived
+
+        return derived.list_tables(self._tables, kind)
+
+    def write_derived(
+        self, kind: str, name: str, rows_by_slide: Mapping[str, pa.Table]
+    ) -> DerivedWrite:
+        """Replace each given slide's rows in derived table ``kind/name`` (never a second copy)."""
+        from features.store import derived
+
+        self._writable()
+        return derived.write_rows(self._tables, kind, name, rows_by_slide)
+
+    def write_tile_values(
+        self, kind: str, name: str, slide_id: str, coords: Any, values: Any
+    ) -> DerivedWrite:
+        """Replace a slide's per-tile values (``attention``, ``modules``, ``predictions``)."""
+        from features.store import derived
+
+        self._writable()
+        return derived.write_tile_values(self._tables, kind, name, slide_id, coords, values)
+
+    def derived(
+        self,
+        kind: str,
+        name: str,
+        *,
+        slide_ids: Iterable[str] | None = None,
+        columns: Sequence[str] | None = None,
+        where: str | None = None,
+    ) -> pa.Table:
+        """The current rows of derived table ``kind/name`` (always the latest store)."""
+        from features.store import derived
+
+        return derived.read_rows(
+            self._tables, kind, name, slide_ids=slide_ids, columns=columns, where=where
+        )
+
+    def put_blobs(self, kind: str, name: str, files: Mapping[str, bytes]) -> str:
+        """Write a named set of files (a codebook); visible once all are written."""
+        from features.store import derived
+
+        self._writable()
+        return derived.put_blobs(self._tables, kind, name, files)
+
+    def blob_names(self, kind: str) -> list[str]:
+        from features.store import derived
+
+        return derived.blob_names(self._tables, kind)
+
+    def read_blob(self, kind: str, name: str, file: str) -> bytes:
+        from features.store import derived
+
+        return derived.read_blob(self._tables, kind, name, file)
+
     # ------------------------------------------------------------------ outside readers
     def committed_filter(self, encoder: str | None = None) -> str:
         """A Lance SQL predicate selecting exactly the committed (visible) tile rows.
@@ -288,12 +349,18 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ SQL
     def sql(
-        self, query: str, *, encoder: str | None = None, tables: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        encoder: str | None = None,
+        tables: Mapping[str, Any] | None = None,
+        limits: SqlLimits | None = None,
     ) -> pa.Table:
-        """DuckDB SQL over ``slides``, ``runs``, ``tiles`` and extra ``tables``."""
+        """One sandboxed DuckDB ``SELECT`` over ``slides``, ``runs``, ``tiles`` and extra
+        ``tables``, within ``limits`` (by default 60 s and 2 GB of memory)."""
         from features.store.sql import run_sql
 
-        return run_sql(self._view(), query, encoder=encoder, tables=tables)
+        return run_sql(self._view(), query, encoder=encoder, tables=tables, limits=limits)
 
     def duckdb(
         self, *, encoder: str | None = None, tables: Mapping[str, Any] | None = None
@@ -445,14 +512,14 @@ class FeatureStore:
     def cleanup(
         self, *, older_than: timedelta = timedelta(days=7), delete_unverified: bool = False
     ) -> dict[str, int]:
-        """Remove old versions (tagged and still-read ones are kept)."""
+        """Remove old versions (tagged and still-read ones are kept), derived tables' too."""
         self._writable()
         return _versions.cleanup(
             self._tables, older_than=older_than, delete_unverified=delete_unverified
         )
 
     def delete_slide(self, slide_id: str, *, encoder: str | None = None) -> int:
-        """Delete a slide (for one encoder, or entirely with its arrays)."""
+        """Delete a slide (for one encoder, or entirely with its arrays and derived rows)."""
         self._writable()
         return _versions.delete_slide(self._tables, slide_id, encoder)
 
