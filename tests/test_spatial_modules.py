@@ -75,7 +75,7 @@ def test_codebook_round_trip_and_tamper_check(s1: SpatialCohort) -> None:
     loaded = load_codebook(store, digest)
     assert np.array_equal(loaded.centroids, book.centroids) and loaded.slide_ids == book.slide_ids
     assert loaded.spec == book.spec and loaded.encoder == s1.encoder
-    meta_path = Path(s1.store_uri) / "spatial" / "modules" / digest / "codebook.json"
+    meta_path = Path(s1.store_uri) / "derived" / "codebooks" / digest / "codebook.json"
     meta = json.loads(meta_path.read_text())
     meta["slide_ids"] = [*meta["slide_ids"], "S1_9999"]  # someone adds a slide by hand
     meta_path.write_text(json.dumps(meta))
@@ -144,8 +144,6 @@ def test_module_fitting_never_sees_held_out_patients(s1: SpatialCohort) -> None:
 
 
 def test_modules_applied_into_the_store_and_drawn(s1: SpatialCohort, tmp_path: Path) -> None:
-    import lance
-
     from features.store import FeatureStore
     from training.spatial.plots import apply_modules, render_module_map
     from training.spatial.store_io import save_codebook
@@ -156,8 +154,10 @@ def test_modules_applied_into_the_store_and_drawn(s1: SpatialCohort, tmp_path: P
     digest = save_codebook(store, book)
     counts = apply_modules(store, book, digest, slides[10:12], encoder=s1.encoder)
     assert set(counts) == set(slides[10:12]) and all(c.sum() == 256 for c in counts.values())
-    rows = lance.dataset(str(Path(s1.store_uri) / "spatial" / "module_assignments" / f"{digest}.lance")).to_table().to_pandas()
+    rows = store.derived("modules", digest).to_pandas()
     assert len(rows) == 512 and set(rows["module"]) <= set(range(4))
+    apply_modules(store, book, digest, slides[10:12], encoder=s1.encoder)  # re-applied: replaced
+    assert store.derived("modules", digest).num_rows == 512
     sid = slides[10]
     grid = store.arrays(sid).read_image(f"heatmaps/modules-{digest}")
     first = rows[rows["slide_id"] == sid].iloc[0]

@@ -9,6 +9,8 @@ Slide-level embeddings (mean/max pooled tiles per slide and encoder) are read wi
 :meth:`FeatureStore.slide_embeddings` (see :mod:`features.store.slide_embeddings`);
 outside readers of the Lance tables filter with :meth:`FeatureStore.committed_filter`;
 :mod:`features.store.export` writes AnnData, CLAM/TRIDENT h5 and Parquet.
+What training writes back (attention, tissue modules, graphs, codebooks) goes through
+:meth:`FeatureStore.write_derived` and friends (see :mod:`features.store.derived`).
 
 Heavy libraries (Lance, DuckDB, Zarr, torch) load when first used, not on import.
 """
@@ -22,6 +24,7 @@ from features.store._errors import (
     TileNotFoundError,
 )
 from features.store.arrays import SlideArrays
+from features.store.derived import DerivedTable, DerivedWrite
 from features.store.location import StoreLocation
 from features.store.reader import Bag
 from features.store.runs import RunRecord, hash_config
@@ -35,6 +38,8 @@ __all__ = [
     "Bag",
     "CommitResult",
     "CompactionReport",
+    "DerivedTable",
+    "DerivedWrite",
     "FeatureStore",
     "IndexPlan",
     "PendingSlide",

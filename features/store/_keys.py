@@ -20,6 +20,7 @@ __all__ = [
     "sql_literal",
     "validate_config_hash",
     "validate_encoder",
+    "validate_name",
     "validate_run_id",
     "validate_slide_id",
     "validate_write_id",
@@ -38,6 +39,11 @@ def _validate_token(kind: str, value: object) -> str:
 def validate_encoder(encoder: object) -> str:
     """An encoder id names a Lance table directory, so it obeys the slide id rules."""
     return _validate_token("encoder id", encoder)
+
+
+def validate_name(what: str, value: object) -> str:
+    """A name that becomes a path component (a derived table's run or codebook hash)."""
+    return _validate_token(what, value)
 
 
 def validate_config_hash(config_hash: object) -> str:

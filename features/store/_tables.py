@@ -6,6 +6,9 @@ Layout under the store root::
     runs.lance              one row per ingestion run
     tiles/<encoder>.lance   one table per encoder: its embedding width is fixed
     zarr/<slide_id>/        masks, thumbnails, embedding grids, heatmaps
+    slide_embeddings/<encoder>.lance   pooled tiles per slide (a derived cache)
+    derived/<kind>/<name>.lance        per-slide rows written back by training
+    derived/<kind>/<name>/             blobs (codebooks), see features.store.derived
 
 Tiles are split per encoder because a Lance column has one ``fixed_size_list`` width:
 a 1024-wide and a 1536-wide encoder cannot share a column. Each row still carries
@@ -33,6 +36,7 @@ __all__ = ["TableSet"]
 log = logging.getLogger(__name__)
 
 SLIDES, RUNS, TILES_DIR, ZARR_DIR = "slides.lance", "runs.lance", "tiles", "zarr"
+SLIDE_EMBEDDINGS_DIR, DERIVED_DIR = "slide_embeddings", "derived"
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -117,20 +121,23 @@ class TableSet:
 
     def encoders(self) -> list[str]:
         """Encoders with a tiles table, sorted."""
+        return self.lance_names(TILES_DIR)
+
+    def entries(self, *folder: str) -> list[str]:
+        """Base names directly under ``folder`` (relative to the root), sorted."""
         fs, root = self.filesystem()
-        tiles_root = f"{root.rstrip('/')}/{TILES_DIR}"
-        # Another process may have created a table since the last listing.
-        fs.invalidate_cache(tiles_root)
+        path = "/".join([root.rstrip("/"), *folder])
+        # Another process may have created an entry since the last listing.
+        fs.invalidate_cache(path)
         try:
-            names = fs.ls(tiles_root, detail=False)
+            names = fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
-        out = []
-        for name in names:
-            base = str(name).rstrip("/").rsplit("/", 1)[-1]
-            if base.endswith(".lance"):
-                out.append(base[: -len(".lance")])
-        return sorted(out)
+        return sorted(str(name).rstrip("/").rsplit("/", 1)[-1] for name in names)
+
+    def lance_names(self, *folder: str) -> list[str]:
+        """Names of the Lance tables directly under ``folder``, without ``.lance``."""
+        return [n[: -len(".lance")] for n in self.entries(*folder) if n.endswith(".lance")]
 
     def create(self, uri: str, schema: pa.Schema) -> lance.LanceDataset:
         """Create an empty table, or open it if another process created it first.

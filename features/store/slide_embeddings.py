@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.store._keys import in_list, validate_encoder
-from features.store._tables import StoreView, TableSet
+from features.store._tables import SLIDE_EMBEDDINGS_DIR, StoreView, TableSet
 from features.store.reader import require_known_slides, visible_writes
 from infra.errors import ConfigError
 
@@ -38,7 +38,6 @@ __all__ = ["POOLINGS", "read", "rebuild", "refresh", "slide_embeddings_schema"]
 log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "max")
-DIR = "slide_embeddings"
 
 
 def slide_embeddings_schema(dim: int) -> pa.Schema:
@@ -59,7 +58,7 @@ def slide_embeddings_schema(dim: int) -> pa.Schema:
 
 
 def table_uri(tables: TableSet, encoder: str) -> str:
-    return tables.location.join(DIR, f"{validate_encoder(encoder)}.lance")
+    return tables.location.join(SLIDE_EMBEDDINGS_DIR, f"{validate_encoder(encoder)}.lance")
 
 
 def _pool(view: StoreView, encoder: str, gate: pa.Table) -> pa.Table | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
+from features.store import derived
 from features.store._errors import StoreNotFoundError, StoreVersionError
 from features.store._keys import (
     in_list,
@@ -154,14 +155,20 @@ def compact(
     orphan_grace: timedelta = timedelta(hours=6),
     target_rows_per_fragment: int = 1 << 20,
 ) -> CompactionReport:
-    """Remove orphaned tile rows, merge small fragments, and bring indices up to date."""
+    """Remove orphaned tile rows and replaced derived rows, merge small fragments, and
+    bring indices up to date (derived tables are reported as ``kind/name``)."""
     removed: dict[str, int] = {}
     orphans: dict[str, int] = {}
     names: list[tuple[str, Any]] = [("slides", tables.slides), ("runs", tables.runs)]
     names += [(enc, lambda enc=enc: tables.tiles(enc)) for enc in tables.encoders()]
+    refs = {f"{r.kind}/{r.name}": r for r in derived.list_tables(tables)}
+    names += [(key, lambda r=ref: tables.open(r.uri)) for key, ref in refs.items()]
     for name, opener in names:
         dataset = opener()
-        if name not in ("slides", "runs"):
+        if name in refs:
+            orphans[name] = derived.tidy(tables, refs[name])
+            dataset = opener()
+        elif name not in ("slides", "runs"):
             predicate = _orphan_predicate(tables, name, orphan_grace)
             count = dataset.count_rows(filter=predicate) if predicate else 0
             if count:
@@ -206,7 +213,9 @@ def cleanup(
     ``delete_unverified`` also removes data files of commits that never landed
     (a writer that died between writing fragments and committing) when they are
     younger than Lance's 7-day safety window; only use it with no writer running.
-    Returns the number of old versions removed per table.
+    Derived tables (:mod:`features.store.derived`) are not tagged with store versions:
+    their versions older than ``older_than`` go. Returns the number of old versions
+    removed per table (derived ones as ``kind/name``).
     """
     out: dict[str, int] = {}
     slides = tables.slides()
@@ -238,6 +247,7 @@ def cleanup(
                 horizon, delete_unverified=delete_unverified, error_if_tagged_old_versions=False
             ).old_versions
         )
+    out.update(derived.cleanup(tables, older_than, delete_unverified))
     return out
 
 
@@ -245,7 +255,8 @@ def delete_slide(tables: TableSet, slide_id: str, encoder: str | None = None) ->
     """Delete a slide's rows (one encoder, or all with its arrays); returns rows removed.
 
     The slides rows go first: they are the gate, so the slide disappears for readers
-    in one commit; its tiles and Zarr group are then removed behind it.
+    in one commit; its tiles, derived rows (:func:`features.store.derived.delete_slide`:
+    for one encoder only its slide embeddings) and Zarr group are then removed behind it.
     """
     slide_id = validate_slide_id(slide_id)
     predicate = f"slide_id = {sql_literal(slide_id)}"
@@ -262,6 +273,7 @@ def delete_slide(tables: TableSet, slide_id: str, encoder: str | None = None) ->
         tiles_predicate = f"slide_id = {sql_literal(slide_id)}"
         if tiles.count_rows(filter=tiles_predicate):
             removed += int(tiles.delete(tiles_predicate)["num_deleted_rows"])
+    removed += derived.delete_slide(tables, slide_id, encoder)
     if encoder is None:
         fs, root = tables.filesystem()
         path = f"{root.rstrip('/')}/{ZARR_DIR}/{slide_id}"

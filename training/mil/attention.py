@@ -1,9 +1,10 @@
 """Attention back into the store: a Zarr heatmap per slide, a per-tile table, a PNG overlay.
 
 The heatmap has one pixel per tile on the tiling grid (``grid_from_coords``), so its
-mpp is the slide's level-0 mpp times the tile stride. The per-tile values also go to a
-Lance table ``<store>/mil_attention/<name>.lance`` (slide_id, x, y, attention) beside
-the store's own tables, so they join with tiles on (slide_id, x, y) from SQL.
+mpp is the slide's level-0 mpp times the tile stride. The per-tile values also go to the
+store's derived table ``attention/<name>`` (slide_id, x, y, attention; read back with
+``store.derived("attention", name)``), written through the store so a rewrite of a
+slide replaces its rows and ``delete_slide`` and ``cleanup`` cover them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from infra.errors import ConfigError
 
-__all__ = ["attention_grid", "attention_mass", "render_overlay", "top_bottom_tiles", "write_attention"]
+__all__ = ["attention_grid", "attention_mass", "render_overlay", "top_bottom_tiles", "write_attention",
+           "write_tile_heatmap"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def top_bottom_tiles(coords: np.ndarray, attention: np.ndarray, k: int = 8) -> d
     return {"top": rows(order[:k]), "bottom": rows(order[::-1][:k])}
 
 
-def _slide_mpp(store: Any, slide_id: str) -> float:
+def slide_mpp(store: Any, slide_id: str) -> float:
+    """The slide's level-0 microns per pixel as the store recorded it."""
     table = store.slides(slide_ids=[slide_id], columns=["mpp"])
     values = [v for v in table.column("mpp").to_pylist() if v] if table.num_rows else []
     if not values:
@@ -63,37 +66,24 @@ def _slide_mpp(store: Any, slide_id: str) -> float:
     return float(values[0])
 
 
+def write_tile_heatmap(
+    store: Any, slide_id: str, name: str, coords: np.ndarray, values: np.ndarray, *, tile_size: int = 256
+) -> dict[str, Any]:
+    """Per-tile values as the Zarr map ``heatmaps/<name>`` (one pixel per tile; NaN: no tile)."""
+    grid, stride, origin = attention_grid(coords, values, tile_size)
+    mpp = slide_mpp(store, slide_id) * stride
+    store.arrays(slide_id).write_heatmap(name, grid, mpp=mpp)
+    return {"heatmap": f"heatmaps/{name}", "stride": stride, "origin": origin, "mpp": mpp}
+
+
 def write_attention(
     store: Any, slide_id: str, coords: np.ndarray, attention: np.ndarray, *, name: str, tile_size: int = 256
 ) -> dict[str, Any]:
-    """Write the heatmap ``heatmaps/<name>`` and append rows to the attention table."""
-    import lance
-    import pyarrow as pa
-
-    grid, stride, origin = attention_grid(coords, attention, tile_size)
-    mpp = _slide_mpp(store, slide_id)
-    store.arrays(slide_id).write_heatmap(name, grid, mpp=mpp * stride)
-    coords = np.asarray(coords).reshape(-1, 2)
-    table = pa.table({
-        "slide_id": pa.array([slide_id] * len(coords)),
-        "x": pa.array(coords[:, 0].astype(np.int64)),
-        "y": pa.array(coords[:, 1].astype(np.int64)),
-        "attention": pa.array(np.asarray(attention, dtype=np.float32).reshape(-1)),
-    })
-    uri = store.location.join("mil_attention", f"{name}.lance")
-    mode = "append" if _exists(uri, store) else "create"
-    lance.write_dataset(table, uri, mode=mode, storage_options=store.location.lance_options() or None)
-    return {"heatmap": f"heatmaps/{name}", "table": uri, "stride": stride, "origin": origin, "mpp": mpp * stride}
-
-
-def _exists(uri: str, store: Any) -> bool:
-    import lance
-
-    try:
-        lance.dataset(uri, storage_options=store.location.lance_options() or None)
-    except (ValueError, OSError, FileNotFoundError):
-        return False
-    return True
+    """Write the heatmap ``heatmaps/<name>`` and replace the slide's rows in the store's
+    ``attention/<name>`` table."""
+    out = write_tile_heatmap(store, slide_id, name, coords, attention, tile_size=tile_size)
+    written = store.write_tile_values("attention", name, slide_id, coords, attention)
+    return {**out, "table": written.table.uri}
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:

@@ -137,11 +137,11 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
 
 def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dict[str, Any]:
     """Each test slide's attention (from the fold that held it out): a Zarr heatmap
-    ``heatmaps/<run_id>`` in the slide's group, rows in ``mil_attention/<run_id>.lance``,
-    and a PNG overlay under ``<out>/attention/``."""
+    ``heatmaps/<run_id>`` in the slide's group, rows in the store's derived table
+    ``attention/<run_id>``, and a PNG overlay under ``<out>/attention/``."""
     from training.mil.attention import render_overlay, write_attention
 
-    written = []
+    written, table = [], None
     for run in runs:
         for row in run.predictions.get("test", []):
             sid = row["slide_id"]
@@ -149,7 +149,8 @@ def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dic
             png = render_overlay(store, sid, run_id, out / "attention" / f"{sid}.png",
                                  origin=info["origin"], stride=info["stride"])
             written.append({"slide_id": sid, "png": str(png), "heatmap": info["heatmap"]})
-    return {"table": store.location.join("mil_attention", f"{run_id}.lance"), "slides": written}
+            table = info["table"]
+    return {"table": table, "slides": written}
 
 
 def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str) -> pd.DataFrame:
