@@ -106,30 +106,17 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
 
 
 def attention_names(store: Any) -> list[str]:
-    """Attention runs written into the store (``mil_attention/<name>.lance``)."""
-    fs, root = store._tables.filesystem()
-    folder = f"{root.rstrip('/')}/mil_attention"
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return []
-    return sorted(str(n).rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance") for n in names
-                  if str(n).rstrip("/").endswith(".lance"))
+    """Attention runs written into the store (its derived ``attention`` tables)."""
+    return [table.name for table in store.derived_tables("attention")]
 
 
 def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
-    import lance
-
     names = attention_names(store)
     if name not in names:
         raise ConfigError(f"no attention run {name!r} in the store; it has "
                           f"{', '.join(names) or 'none (train with attention: true)'}")
-    uri = store.location.join("mil_attention", f"{name}.lance")
-    data = lance.dataset(uri, storage_options=store.location.lance_options() or None)
-    from features.store._keys import sql_literal
-
-    table = data.to_table(columns=["x", "y", "attention"],
-                          filter=f"slide_id = {sql_literal(slide_id)}").to_pandas()
+    table = store.derived("attention", name, slide_ids=[slide_id],
+                          columns=["x", "y", "attention"]).to_pandas()
     if table.empty:
         raise ConfigError(f"attention run {name!r} has no values for slide {slide_id!r}")
     return table.rename(columns={"attention": "value"})
@@ -140,7 +127,7 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
             cmap: str = "inferno", alpha: float = 0.6) -> Path:
     """Per-tile values over the slide thumbnail, with a colour bar; axes in mm.
 
-    Give ``attention`` (a run name in ``mil_attention``) or ``values`` (a DataFrame with
+    Give ``attention`` (a run name among :func:`attention_names`) or ``values`` (a DataFrame with
     ``x``, ``y`` and ``column``, optionally ``slide_id`` to filter on).
     """
     from training.figures import _pyplot, save_figure
