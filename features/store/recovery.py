@@ -5,16 +5,21 @@ and its commit leaves Lance data files under ``tiles/<encoder>.lance/data/`` tha
 table version references, and its ``runs`` row stuck at ``running``. :func:`recover`
 (run by the next ingest, or :meth:`FeatureStore.recover`) repairs both:
 
-1. A ``running`` run whose driver is provably gone is recorded ``aborted``: it ran on
-   this host and its pid is not alive, or it started more than ``max_age`` ago (a
-   driver on another host cannot be probed; ``max_age`` must exceed the longest run).
+1. A ``running`` run whose driver is provably gone is recorded ``aborted`` and its
+   heartbeat removed: it ran on this machine (same boot and pid namespace, not merely
+   the same hostname) and its pid is not alive, or it ran elsewhere and its heartbeat
+   is older than ``stale_after``; a run without a heartbeat (begun by an older version)
+   once it started more than ``max_age`` ago. A run's age alone never makes it dead
+   (:mod:`features.store.liveness`).
 2. A data file of a tiles table is removed when no retained version of that table
    references it *and* it was last modified before the cutoff: the start of the oldest
    run still ``running`` (its uncommitted fragments are newer than its start), and at
    least ``min_file_age`` ago (a writer outside any recorded run, e.g. a compaction or
    a notebook calling ``write_slide``, commits within that window), less ``clock_skew``:
    start times come from the driver's clock, file times from the storage (S3 rounds
-   them down to the second), so the cutoff is moved back by that margin.
+   them down to the second), so the cutoff is moved back by that margin. The cutoff
+   precedes every live run's start, so nothing a live run wrote (nothing younger than
+   its first heartbeat, let alone its newest) is ever removed.
 
 Why not ``LanceDataset.cleanup_old_versions(delete_unverified=True)``: it only removes
 files older than its ``older_than`` cutoff and removes every untagged version older
@@ -27,8 +32,6 @@ the cutoff and kept.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +39,13 @@ from typing import Any
 import pyarrow as pa
 
 from features.store._tables import TILES_DIR, TableSet
+from features.store.liveness import (
+    DEFAULT_STALE_AFTER,
+    driver_gone,
+    pid_alive,
+    read_heartbeat,
+    remove_heartbeat,
+)
 from features.store.runs import ensure_runs_columns
 from features.store.schema import runs_schema
 
@@ -43,6 +53,7 @@ __all__ = ["RecoveryReport", "abort_dead_runs", "pid_alive", "recover", "remove_
 
 log = logging.getLogger(__name__)
 
+# Only for runs without a heartbeat (begun by a version before heartbeats existed).
 DEFAULT_MAX_AGE = timedelta(hours=24)
 DEFAULT_MIN_FILE_AGE = timedelta(minutes=10)
 DEFAULT_CLOCK_SKEW = timedelta(seconds=60)
@@ -60,29 +71,12 @@ class RecoveryReport:
     cutoff: datetime | None = None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` exists on this host (a reused pid counts as alive)."""
-    if pid <= 0:
-        return True  # not a real pid: cannot prove the driver gone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _driver_gone(row: dict[str, Any], now: datetime, max_age: timedelta) -> bool:
-    started = row.get("started_at")
-    if started is not None and now - started > max_age:
-        return True
-    pid = row.get("pid")
-    return row.get("host") == socket.gethostname() and pid is not None and not pid_alive(pid)
-
-
 def abort_dead_runs(
-    tables: TableSet, *, max_age: timedelta = DEFAULT_MAX_AGE, now: datetime | None = None
+    tables: TableSet,
+    *,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+    now: datetime | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Record ``aborted`` every ``running`` run whose driver is gone.
 
@@ -93,7 +87,8 @@ def abort_dead_runs(
     running = tables.runs().to_table(filter="status = 'running'").to_pylist()
     aborted, live = [], []
     for row in running:
-        if not _driver_gone(row, now, max_age):
+        beat = read_heartbeat(tables.location, row["run_id"])
+        if not driver_gone(row, beat, now, stale_after=stale_after, max_age=max_age):
             live.append(row)
             continue
         closed = {**row, "status": "aborted", "finished_at": now, "recorded_at": now}
@@ -107,12 +102,15 @@ def abort_dead_runs(
         )
         if result["num_updated_rows"]:
             aborted.append(row["run_id"])
+            remove_heartbeat(tables.location, row["run_id"])
             log.warning(
-                "run %s (host %s, pid %s, started %s) was killed: recorded aborted",
+                "run %s (host %s, pid %s, started %s, last heartbeat %s) was killed: "
+                "recorded aborted",
                 row["run_id"],
                 row.get("host"),
                 row.get("pid"),
                 row.get("started_at"),
+                beat.beat_at if beat else None,
             )
     return aborted, live
 
@@ -183,11 +181,12 @@ def recover(
     max_age: timedelta = DEFAULT_MAX_AGE,
     min_file_age: timedelta = DEFAULT_MIN_FILE_AGE,
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
     now: datetime | None = None,
 ) -> RecoveryReport:
     """Abort runs whose driver is gone, then remove the orphan data files (see module)."""
     now = now or datetime.now(UTC)
-    aborted, live = abort_dead_runs(tables, max_age=max_age, now=now)
+    aborted, live = abort_dead_runs(tables, max_age=max_age, stale_after=stale_after, now=now)
     live_ids = tuple(row["run_id"] for row in live)
     starts: list[datetime] = []
     for row in live:

@@ -4,10 +4,13 @@ A run records what produced the data (pipeline config and its hash, code version
 encoder and weight checksum), what it did (counts, timings) and which store version
 it left, tagged ``run-<run_id>`` so that exact state can be read back later.
 
-Lifecycle: :func:`begin_run` records a run ``running`` (with its host and pid) before
-it writes anything; :func:`record_run` closes it ``done`` or ``failed``. A driver killed
-in between leaves its row ``running``: :mod:`features.store.recovery` finds such rows
-whose driver is gone, records them ``aborted`` and removes the data files they wrote.
+Lifecycle: :func:`begin_run` writes the run's heartbeat, then records it ``running``
+(with its host and pid) before it writes anything; its driver keeps the heartbeat fresh
+(:class:`features.store.liveness.RunHeartbeat`); :func:`record_run` closes it ``done`` or
+``failed`` and removes the heartbeat. A driver killed in between leaves its row
+``running``: :mod:`features.store.recovery` finds such rows whose driver is gone (see
+:mod:`features.store.liveness`), records them ``aborted`` and removes the data files
+they wrote.
 Rows written before the ``status`` column existed read as ``done`` (runs were then only
 recorded when they finished).
 """
@@ -33,6 +36,7 @@ from features.store._keys import (
     validate_run_id,
 )
 from features.store._tables import TableSet
+from features.store.liveness import Heartbeat, remove_heartbeat, write_heartbeat
 from features.store.schema import RUN_LIFECYCLE_FIELDS, RUN_STATUSES, runs_schema
 from features.store.versions import create_tag
 from infra.errors import ConfigError
@@ -156,8 +160,19 @@ def begin_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
     ensure_runs_columns(tables)
     run = replace(run, status="running", started_at=run.started_at or datetime.now(UTC))
     row = _row(run, None, None)
+    # The heartbeat goes first: a recovery must never see this row without it.
+    write_heartbeat(tables.location, _first_beat(row))
     _merge(tables, row, update=False)  # never overwrite a row already there
     return row
+
+
+def _first_beat(row: Mapping[str, Any]) -> Heartbeat:
+    beat = Heartbeat.here(row["run_id"], pid=row["pid"])
+    if row["host"] != beat.host:
+        # Recorded on behalf of another host: this machine's identity would let a
+        # recovery here probe a pid that is not ours.
+        beat = replace(beat, host=row["host"], machine=None)
+    return beat
 
 
 def record_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
@@ -180,6 +195,8 @@ def record_run(tables: TableSet, run: RunRecord) -> dict[str, Any]:
     tag = run_tag(run.run_id)
     row = _row(run, create_tag(tables, tag), tag)
     _merge(tables, row, update=True)
+    if run.status != "running":
+        remove_heartbeat(tables.location, run.run_id)
     return row
 
 

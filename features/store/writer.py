@@ -10,7 +10,8 @@ the *visibility gate* and the ``tiles`` tables are append-mostly storage behind 
    data files with ``lance.fragment.write_fragments``. Nothing is committed; the
    result is a picklable :class:`PendingSlide` holding the fragment metadata.
 2. **Driver, tiles** (:func:`commit_slides`): one ``Append`` commit per encoder table
-   with every fragment of the group. The rows are now in the table but invisible,
+   with every fragment of the group, once every fragment's data files are found to
+   exist (else :class:`FragmentMissingError` and nothing is appended). The rows are now in the table but invisible,
    because no ``slides`` row names their ``write_id`` yet. Fragments whose
    ``write_id`` is already in the table (a retried commit of the same pending
    slides) are not appended twice.
@@ -63,7 +64,7 @@ import pyarrow as pa
 
 from features.store._errors import StoreSchemaError
 from features.store._keys import in_list, new_write_id, sql_literal, validate_write_id
-from features.store._tables import TableSet
+from features.store._tables import TILES_DIR, TableSet
 from features.store.location import StoreLocation
 from features.store.schema import (
     TILE_PAYLOAD_COLUMNS,
@@ -74,17 +75,30 @@ from features.store.schema import (
     slides_table,
     tiles_schema,
 )
-from infra.errors import ConfigError, StoreConflictError
+from features.store.upkeep import ensure_scalar_indexes, fold_new_fragments
+from infra.errors import ConfigError, StoreConflictError, StoreError
 
 if TYPE_CHECKING:
     import lance
 
-__all__ = ["CommitResult", "PendingSlide", "commit_slides", "failed_slide", "write_slide"]
+__all__ = [
+    "CommitResult",
+    "FragmentMissingError",
+    "PendingSlide",
+    "commit_slides",
+    "failed_slide",
+    "write_slide",
+]
 
 log = logging.getLogger(__name__)
 
 _KEY = ("slide_id", "encoder", "config_hash")
 _CONFLICT_RETRIES = 20
+
+
+class FragmentMissingError(StoreError, FileNotFoundError):
+    """A commit names fragment files that are gone (removed by a recovery or cleanup that
+    took their run for dead): committing them would make every read of the table fail."""
 
 
 @dataclass(frozen=True)
@@ -278,13 +292,10 @@ def ensure_tiles_table(tables: TableSet, encoder: str, dim: int, dtype: str) -> 
     schema = tiles_schema(dim, dtype)
     uri = tables.tiles_uri(encoder)
     dataset = tables.create(uri, schema)
-    if not any(idx.name == "write_id_idx" for idx in dataset.describe_indices()):
-        # The gate filters every read by write_id; a B-tree keeps that a lookup, not a
-        # scan. Created once on the empty table, folded forward by compaction.
-        try:
-            dataset.create_scalar_index("write_id", "BTREE", name="write_id_idx", replace=False)
-        except (OSError, ValueError, RuntimeError) as exc:  # a concurrent creator won
-            log.debug("write_id index on %s not created here: %s", uri, exc)
+    # The gate filters every read by write_id (and deletes by slide_id); B-trees keep
+    # those lookups, not scans. Created once on the empty table; each commit folds its
+    # fragments in (features.store.upkeep).
+    ensure_scalar_indexes(dataset)
     return dataset
 
 
@@ -307,6 +318,33 @@ def _conflict(exc: BaseException) -> bool:
     return isinstance(exc, CommitConflictError) or "conflict" in str(exc).lower()
 
 
+def _check_files_exist(
+    tables: TableSet, encoder: str, owned: Sequence[tuple[str, lance.FragmentMetadata]]
+) -> None:
+    """Refuse to append fragments whose data files are gone: Lance would commit them
+    unchecked, and from then on every scan of the table fails with "Not found"."""
+    if not owned:
+        return
+    fs, root = tables.filesystem()
+    data_dir = f"{root.rstrip('/')}/{TILES_DIR}/{encoder}.lance/data"
+    fs.invalidate_cache(data_dir)  # a cached listing predates the workers' writes
+    missing = sorted(
+        {
+            (slide_id, data_file.path)
+            for slide_id, fragment in owned
+            for data_file in fragment.data_files()
+            if not fs.exists(f"{data_dir}/{data_file.path}")
+        }
+    )
+    if missing:
+        slides = sorted({slide_id for slide_id, _ in missing})
+        raise FragmentMissingError(
+            f"not committing {len(owned)} fragment(s) to {encoder}: {len(missing)} data "
+            f"file(s) of slide(s) {slides} are gone (e.g. data/{missing[0][1]}); none of "
+            "this group was made visible: ingest those slides again"
+        )
+
+
 def _append_tiles(tables: TableSet, encoder: str, items: Sequence[PendingSlide]) -> int:
     """Step 2: one Append of every fragment of the group; returns the new version."""
     import lance
@@ -315,12 +353,14 @@ def _append_tiles(tables: TableSet, encoder: str, items: Sequence[PendingSlide])
     ids = [p.write_id for p in items]
     landed = dataset.to_table(columns=["write_id"], filter=in_list("write_id", ids))
     already = set(landed.column("write_id").unique().to_pylist())
-    fragments = [
-        lance.FragmentMetadata.from_json(text)
+    owned = [
+        (p.key.slide_id, lance.FragmentMetadata.from_json(text))
         for p in items
         if p.write_id not in already
         for text in p.fragments
     ]
+    _check_files_exist(tables, encoder, owned)
+    fragments = [fragment for _, fragment in owned]
     if already:
         log.info(
             "%d slide write(s) already appended to %s; not appending again", len(already), encoder
@@ -484,6 +524,9 @@ def commit_slides(
         # The commit already happened; stale rows are invisible and compaction or the
         # next commit of these slides removes them.
         log.warning("commit landed but tidying replaced rows failed: %s", exc)
+    for encoder in tiles_versions:
+        # Keeps a bag read a lookup however many commits the table has had.
+        fold_new_fragments(tables.tiles(encoder))
     committed = tuple(
         p.key
         for p in pending

@@ -91,11 +91,15 @@ def run_ingest(
     checksum, so it runs before Ray starts (a rerun with nothing to do never starts Ray);
     the driver's check that the model loads runs in a thread while Ray starts.
     """
+    from features.store.liveness import RunHeartbeat
     from features.store.runs import FailureRecorder
 
     config, options = config or IngestConfig(), options or RunOptions()
     started = time.perf_counter()
-    with Progress(len(sources), enabled=options.progress) as progress, FailureRecorder() as guard:
+    # The heartbeat is left first (contexts exit in reverse), so it stops before the run
+    # is closed and its heartbeat removed.
+    with Progress(len(sources), enabled=options.progress) as progress, FailureRecorder() as guard, \
+            RunHeartbeat() as heartbeat:
         progress.phase("checking the store")
         spec, weights_sha = describe_encoder(config.encoder, config.weights)
         config_hash = config.config_hash(weights_sha)
@@ -108,6 +112,8 @@ def run_ingest(
         # closed `failed` if the run raises, `done` at the end.
         run_row = (store, config, options, result, weights_sha, len(sources))
         _record_run(*run_row, status="running")
+        # Other ingests on this store judge this run alive by its heartbeat, however long it runs.
+        heartbeat.start(store.location, result.run_id)
         guard.arm(lambda: _record_run(*run_row, status="failed"))
         # Create the encoder's table once here rather than racing to create it in every worker.
         store.ensure_tiles_table(config.encoder_id, int(spec.embed_dim), config.embedding_dtype)

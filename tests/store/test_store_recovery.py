@@ -111,15 +111,21 @@ def test_killed_run_is_aborted_and_its_orphans_removed_but_live_fragments_kept(s
     assert (again.aborted_runs, again.files_removed) == ((), 0)
 
 
-def test_run_from_another_host_is_aborted_only_after_max_age(local_store):
+def test_run_from_another_host_is_aborted_by_its_heartbeat_not_its_age(local_store):
+    from features.store.liveness import remove_heartbeat
+    from features.store.recovery import recover
+
     old = datetime.now(UTC) - timedelta(hours=30)
     local_store.begin_run(_run("far-old", host="elsewhere", pid=1, started_at=old), recover=False)
-    local_store.begin_run(_run("far-new", host="elsewhere", pid=1), recover=False)
+    local_store.begin_run(_run("legacy", host="elsewhere", pid=1, started_at=old), recover=False)
+    remove_heartbeat(local_store.location, "legacy")  # begun by a version without heartbeats
     report = local_store.recover()
-    assert report.aborted_runs == ("far-old",)
-    assert report.live_runs == ("far-new",)
+    assert report.aborted_runs == ("legacy",)  # no heartbeat: its start is all there is
+    assert report.live_runs == ("far-old",)  # a 30-hour run that still beats is alive
+    later = recover(local_store._tables, stale_after=timedelta(0))
+    assert later.aborted_runs == ("far-old",)
     runs = _runs(local_store)
-    assert (runs["far-old"]["status"], runs["far-new"]["status"]) == ("aborted", "running")
+    assert (runs["far-old"]["status"], runs["legacy"]["status"]) == ("aborted", "aborted")
 
 
 def test_begin_run_recovers_and_failure_recorder_closes_failed(local_store, write):
