@@ -374,13 +374,26 @@ def _single_write(writes: pa.Table, slide_id: str) -> str | None:
     return mine.column("write_id")[0].as_py() if mine.num_rows else None
 
 
+def _fragments_of(dataset: lance.LanceDataset, predicate: str) -> list[Any]:
+    """The fragments with rows matching ``predicate``, from the scalar index alone."""
+    addresses = dataset.to_table(columns=[], filter=predicate, with_row_address=True)
+    ids = np.unique(addresses.column("_rowaddr").to_numpy() >> 32)
+    return [dataset.get_fragment(int(i)) for i in ids]
+
+
 def _scan_write(
     dataset: lance.LanceDataset, slide_id: str, write_id: str, batch_size: int
 ) -> Iterator[Bag]:
+    predicate = f"write_id = {sql_literal(write_id)}"
     scanner = dataset.scanner(
         columns=["x", "y", "embedding"],
-        filter=f"write_id = {sql_literal(write_id)}",
+        filter=predicate,
         batch_size=batch_size,
+        # Only the fragments holding this write: found in the write_id index, so a bag
+        # read costs the same however many fragments the table has. They are then
+        # scanned, not taken by row address: a take decodes the whole bag at once.
+        fragments=_fragments_of(dataset, predicate),
+        use_scalar_index=False,
         # Bounded memory: one fragment, two batches decoded ahead, a small I/O buffer
         # (Lance's default buffers up to 2 GiB ahead of a slow consumer).
         fragment_readahead=1,

@@ -179,7 +179,7 @@ def check_duckdb_predicate(con: duckdb.DuckDBPyConnection, table: str, where: st
     that it is exactly that: one SELECT of one table with one filter and no subquery."""
     statement = f"SELECT * FROM {table} WHERE {check_predicate(where)}"
     rows = con.execute("SELECT json_serialize_sql(?)", [statement]).fetchall()
-    tree = json.loads(rows[0][0]) if rows else {"error": True}
+    tree: dict[str, Any] = json.loads(rows[0][0]) if rows else {"error": True}
     if tree.get("error"):
         raise ConfigError(f"--where does not parse: {tree.get('error_message', '')}".rstrip())
     statements = tree.get("statements", [])
