@@ -11,8 +11,12 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "ConfigError",
+    "DiskFullError",
     "InvalidSlideIdError",
     "MissingMPPError",
+    "NotAFolderError",
+    "NotWritableError",
+    "OutputExistsError",
     "ScratchSpaceError",
     "SlideCorruptError",
     "SlideCrashError",
@@ -25,6 +29,7 @@ __all__ = [
     "StagingError",
     "StoreConflictError",
     "StoreError",
+    "StoreWriteError",
     "TableNotFoundError",
     "TableReadError",
     "WeightsError",
@@ -102,6 +107,47 @@ class StoreError(SlidebankError):
 
 class StoreConflictError(StoreError, RuntimeError):
     """A concurrent writer committed first and retries were exhausted."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """The file system refused a write to the store or to an output file; names the path.
+
+    ``errno`` is the operating system's code (also when Lance reported it as text), so
+    callers that check ``exc.errno`` keep working.
+    """
+
+    def __init__(self, path: str, message: str, errno: int | None = None) -> None:
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}")
+        self.errno = errno
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.errno))
+
+
+class DiskFullError(StoreWriteError):
+    """No space left (ENOSPC), over a quota (EDQUOT) or over a file-size limit (EFBIG)."""
+
+
+class NotWritableError(StoreWriteError, PermissionError):
+    """A read-only file system (EROFS) or no permission to write there (EACCES, EPERM)."""
+
+
+class NotAFolderError(StoreWriteError, NotADirectoryError):
+    """A file stands where the store (or an output folder) or one of its parents must be."""
+
+
+class OutputExistsError(SlidebankError, FileExistsError):
+    """An output file exists already and overwriting it was not asked for."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} exists already; pass --overwrite (overwrite=True in Python) "
+                         "to replace it")
+
+    def __reduce__(self):
+        return (type(self), (self.path,))
 
 
 class WeightsError(SlidebankError, OSError):

@@ -9,6 +9,7 @@ already; :func:`write_bytes_uri` uses this helper only for local paths.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -17,8 +18,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "temp_path", "to_json_data", "write_bytes_uri"]
+from infra.errors import ConfigError, OutputExistsError
+from infra.fs_errors import check_writable_folder
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "check_output", "refuse_existing", "temp_path", "to_json_data", "write_bytes_uri"]
 
 
 def temp_path(path: str | os.PathLike[str]) -> Path:
@@ -29,27 +33,84 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
-                 fsync: bool = True) -> Iterator[IO[Any]]:
+                 fsync: bool = True, overwrite: bool = True) -> Iterator[IO[Any]]:
     """Open a temp file for writing; on success it replaces ``path``, on error it is removed.
 
     ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8). Parent folders are created.
+    ``overwrite=False`` refuses an existing ``path`` (see :func:`atomic_path`).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    with atomic_path(path, overwrite=overwrite) as tmp, \
+            open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as handle:
+        yield handle
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """A temp path beside ``path`` for writers that only take a path (h5py, anndata): it
+    becomes ``path`` when the block succeeds and is removed when it fails.
+
+    ``overwrite=False`` raises :class:`~infra.errors.OutputExistsError` for an existing
+    ``path``: before the block runs (no work wasted) and again when the file is put in
+    place, atomically (a hard link fails if ``path`` appeared meanwhile).
+    """
     target = Path(path)
+    if not overwrite:
+        refuse_existing(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:
-        with open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        yield tmp
+        _publish(tmp, target, overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """``path`` as a Path, once what would fail at the end of the work producing it has been
+    ruled out: an existing file (unless ``overwrite``), a folder by that name, a folder
+    that cannot take writes (:func:`infra.fs_errors.check_writable_folder`)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{target} is a folder; name a file to write")
+    if not overwrite:
+        refuse_existing(target)
+    check_writable_folder(target.parent)
+    return target
+
+
+def refuse_existing(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`~infra.errors.OutputExistsError` when ``path`` exists (or is a link)."""
+    if os.path.lexists(path):
+        raise OutputExistsError(str(path))
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise OutputExistsError(str(target)) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links (some FUSE and SMB mounts): the check before
+        # the write is the guard, with a small window for a file appearing meanwhile.
+        refuse_existing(target)
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

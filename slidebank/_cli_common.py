@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from infra.errors import SlidebankError
+from infra.fs_errors import write_error
 
-__all__ = ["AddressOpt", "JsonOpt", "StorageOpt", "fail_on_slidebank_error", "parse_storage_options"]
+__all__ = ["AddressOpt", "JsonOpt", "OverwriteOpt", "StorageOpt", "fail_on_slidebank_error",
+           "parse_storage_options"]
 
 # Option aliases shared by every command, so one flag means one thing everywhere.
 StorageOpt = Annotated[list[str] | None, typer.Option(
@@ -21,16 +24,32 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 AddressOpt = Annotated[str | None, typer.Option(
     "--address", envvar="RAY_ADDRESS",
     help="A running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded local Ray).")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace output files that exist already (default: refuse, exit 2).")]
 
 
 @contextlib.contextmanager
-def fail_on_slidebank_error() -> Iterator[None]:
-    """Turn slidebank's typed errors into one red line and exit code 2 (no traceback)."""
+def fail_on_slidebank_error(target: str | os.PathLike[str] | None = None) -> Iterator[None]:
+    """Turn slidebank's typed errors into one red line and exit code 2 (no traceback).
+
+    So are a full disk, a read-only file system and a file where a folder must be, from
+    any layer (Lance, h5py, a Ray worker): ``target`` (the store or output being written)
+    names the place when the error itself does not.
+    """
     try:
         yield
     except SlidebankError as exc:
-        typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+        _fail(exc)
+    except Exception as exc:
+        typed = write_error(exc, target)
+        if typed is None:
+            raise
+        _fail(typed, exc)
+
+
+def _fail(exc: SlidebankError, cause: BaseException | None = None) -> NoReturn:
+    typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2) from (cause or exc)
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict:

@@ -1,4 +1,7 @@
-"""``slidebank export``: the store's committed rows as AnnData, CLAM/TRIDENT h5 or Parquet."""
+"""``slidebank export``: the store's committed rows as AnnData, CLAM/TRIDENT h5 or Parquet.
+
+Existing files are refused (exit 2, naming the file) unless ``--overwrite``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_storage_options
 
 __all__ = ["register"]
 
@@ -34,6 +37,7 @@ def anndata(
     encoder: EncoderOpt = None,
     slide: SlidesOpt = None,
     storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Tile (or slide) embeddings as AnnData for scanpy/squidpy.
 
@@ -41,9 +45,9 @@ def anndata(
     """
     from features.store.export import to_anndata
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         path = to_anndata(_store(store, storage_option), out, encoder=encoder, slide_ids=slide,
-                          level=level)
+                          level=level, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 
@@ -53,6 +57,7 @@ def h5(
     encoder: EncoderOpt = None,
     slide: SlidesOpt = None,
     storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """One CLAM/TRIDENT-style h5 per slide (datasets ``features`` and ``coords``).
 
@@ -60,9 +65,9 @@ def h5(
     """
     from features.store.export import to_h5_per_slide
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         paths = to_h5_per_slide(_store(store, storage_option), out, encoder=encoder,
-                                slide_ids=slide)
+                                slide_ids=slide, overwrite=overwrite)
     typer.echo(f"wrote {len(paths)} files to {out}")
 
 
@@ -71,6 +76,7 @@ def parquet(
     store: StoreOpt,
     encoder: EncoderOpt = None,
     storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Committed rows as Parquet, e.g. for the DuckDB CLI offline:
     duckdb -c "SELECT slide_id, count(*) FROM 'out/tiles.parquet' GROUP BY 1".
@@ -79,8 +85,9 @@ def parquet(
     """
     from features.store.export import to_parquet
 
-    with fail_on_slidebank_error():
-        paths = to_parquet(_store(store, storage_option), out, encoder=encoder)
+    with fail_on_slidebank_error(out):
+        paths = to_parquet(_store(store, storage_option), out, encoder=encoder,
+                           overwrite=overwrite)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -65,16 +65,20 @@ def ingest(
 
     Resumable: slides already done with the same configuration are skipped. Exit code 0
     when every slide is done, 3 when some failed or manifest rows were refused (each listed
-    in the summary with its row and reason), 2 when the input is unusable as a whole.
+    in the summary with its row and reason), 2 when the input is unusable as a whole or the
+    store cannot be written (a file in its place, read-only, disk full: one line, no traceback).
 
     Example: slidebank ingest 's3://bucket/cohort/*.svs' --store s3://bucket/store -s endpoint_url=http://...
     """
+    from features.store.location import StoreLocation
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.tiling.config import TilingConfig
     from slidebank.ingest_api import ingest as run
 
     options = parse_storage_options(storage_option)
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(store):
+        # A file in the way, a read-only folder or a full disk: said now, not after Ray starts.
+        StoreLocation(store, options).check_writable()
         config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
                               tiling=TilingConfig(tile_size=tile, target_mpp=mpp, overlap=overlap,
                                                   min_tissue_fraction=min_tissue, resample=resample))
@@ -126,10 +130,12 @@ def demo(
     """
     from rich.console import Console
 
+    from infra.fs_errors import check_writable_folder
     from ingest.pipeline.progress import summary_table
     from slidebank.ingest_api import run_demo
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
+        check_writable_folder(out)
         report = run_demo(out, n_slides=slides, extra_slides=real_slide or ())
     console = Console()
     console.print(summary_table(report.result))

@@ -1,4 +1,7 @@
-"""``slidebank heatmap`` and ``slidebank umap``: pictures of what a model and an encoder see."""
+"""``slidebank heatmap`` and ``slidebank umap``: pictures of what a model and an encoder see.
+
+An existing ``--out`` is refused (exit 2, naming the file) unless ``--overwrite``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_storage_options
 
 __all__ = ["register"]
 
@@ -28,6 +31,7 @@ def heatmap(
     column: Annotated[str | None, typer.Option(help="Column of --values to draw.")] = None,
     cmap: Annotated[str, typer.Option(help="matplotlib colour map.")] = "inferno",
     storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw attention or per-tile predictions over the slide thumbnail, with a colour bar.
 
@@ -38,10 +42,11 @@ def heatmap(
     from slidebank.probe_api import open_store
 
     options = parse_storage_options(storage_option)
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         fs = open_store(store, options)
         table = read_table(values, options) if values else None
-        path = draw(fs, slide, out, attention=attention, values=table, column=column, cmap=cmap)
+        path = draw(fs, slide, out, attention=attention, values=table, column=column, cmap=cmap,
+                    overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 
@@ -57,6 +62,7 @@ def umap(
     = 20_000,
     seed: Annotated[int, typer.Option(help="UMAP and sampling seed.")] = 0,
     storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """A UMAP map of slide or tile embeddings, coloured by a label or by slide.
 
@@ -66,10 +72,10 @@ def umap(
     from slidebank.probe_api import open_store
 
     options = parse_storage_options(storage_option)
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         path = embedding_map(open_store(store, options), out, level=level, labels=labels,
                              color=color, encoder=encoder, max_tiles=max_tiles, seed=seed,
-                             storage_options=options)
+                             storage_options=options, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """The facade's exports: committed rows as AnnData, CLAM/TRIDENT h5 per slide, Parquet.
 
-Thin names over :mod:`features.store.export` (see there for the layouts).
+Thin names over :mod:`features.store.export` (see there for the layouts). None replaces
+an existing file unless ``overwrite=True``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@
 * :func:`embedding_map`: a UMAP of slide (or tile) embeddings coloured by a label or
   by slide.
 
-All are matplotlib (Agg) figures written atomically.
+All are matplotlib (Agg) figures written atomically. An existing file is refused
+(:class:`~infra.errors.OutputExistsError`) before anything is drawn unless
+``overwrite=True``; a full disk or read-only folder raises a typed
+:class:`~infra.errors.StoreWriteError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,10 +25,19 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.files import check_output
+from infra.fs_errors import translate_write_errors
 
 __all__ = ["attention_names", "embedding_map", "heatmap", "similarity_gallery"]
 
 log = logging.getLogger(__name__)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from training.figures import save_figure
+
+    with translate_write_errors(path):
+        return save_figure(fig, path)
 
 
 def _slide_rows(store: Any, slide_ids: list[str], columns: list[str]) -> dict[str, dict]:
@@ -61,10 +73,11 @@ def _read_tiles(store: Any, hits: list[dict]) -> list[np.ndarray | str]:
 
 def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
                        query: tuple[str | None, int | None, int | None] | None = None,
-                       metric: str = "L2", max_tiles: int = 12) -> Path:
+                       metric: str = "L2", max_tiles: int = 12, overwrite: bool = False) -> Path:
     """The query tile (when given) then the hits, nearest first, with slide, x, y and distance."""
-    from training.figures import _pyplot, save_figure
+    from training.figures import _pyplot
 
+    path = check_output(path, overwrite=overwrite)
     rows = hits.to_pylist()[:max_tiles] if hasattr(hits, "to_pylist") else list(hits)[:max_tiles]
     panels = []
     sid, x, y = query or (None, None, None)
@@ -102,7 +115,7 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
     words = {"L2": "squared L2", "cosine": "cosine (1 − cos)", "dot": "−dot product"}
     fig.suptitle(f"query tile and its {len(rows)} nearest tiles, distance: {words.get(metric, metric)}",
                  fontsize=9)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def attention_names(store: Any) -> list[str]:
@@ -124,13 +137,13 @@ def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
 
 def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | None = None,
             values: pd.DataFrame | None = None, column: str | None = None,
-            cmap: str = "inferno", alpha: float = 0.6) -> Path:
+            cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = False) -> Path:
     """Per-tile values over the slide thumbnail, with a colour bar; axes in mm.
 
     Give ``attention`` (a run name among :func:`attention_names`) or ``values`` (a DataFrame with
     ``x``, ``y`` and ``column``, optionally ``slide_id`` to filter on).
     """
-    from training.figures import _pyplot, save_figure
+    from training.figures import _pyplot
 
     store.bag(slide_id)  # an unknown slide id is an error naming what exists
     if values is not None:
@@ -151,6 +164,7 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
             attention = names[0]
         frame = _attention_values(store, slide_id, attention)
         what = f"attention ({attention})"
+    path = check_output(path, overwrite=overwrite)  # the inputs first: their errors say more
     info = _slide_rows(store, [slide_id], ["mpp", "level_dimensions"])[slide_id]
     mpp = float(info["mpp"])
     width0, height0 = info["level_dimensions"][0]
@@ -176,16 +190,19 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
     bar.set_label(what)
     ax.set(xlabel="x (mm)", ylabel="y (mm)", xlim=(0, width0 * mm), ylim=(height0 * mm, 0))
     ax.set_title(f"{slide_id}: {what}, {len(frame)} tiles", fontsize=10)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
                   labels: Any = None, color: str | None = None, encoder: str | None = None,
                   max_tiles: int = 20_000, seed: int = 0,
-                  storage_options: Mapping[str, Any] | None = None) -> Path:
+                  storage_options: Mapping[str, Any] | None = None,
+                  overwrite: bool = False) -> Path:
     """UMAP of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column of
     ``labels``, joined on slide_id or patient_id) or else by slide."""
     import warnings
+
+    path = check_output(path, overwrite=overwrite)  # before umap's slow first import
 
     with warnings.catch_warnings():
         # umap-learn warns at import that TensorFlow (for ParametricUMAP, unused) is absent.
@@ -194,7 +211,7 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
 
     from features.store.schema import embeddings_to_numpy
     from features.store.slide_embeddings import to_numpy
-    from training.figures import _pyplot, save_figure
+    from training.figures import _pyplot
 
     if level == "slide":
         table = store.slide_embeddings(encoder=encoder)
@@ -239,4 +256,4 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
     ax.set(xlabel="UMAP 1", ylabel="UMAP 2")
     ax.set_title(f"UMAP of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
                  f"coloured by {colour_by}", fontsize=9)
-    return save_figure(fig, path)
+    return _save(fig, path)

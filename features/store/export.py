@@ -10,42 +10,31 @@
   rows only, for the DuckDB CLI or any Parquet reader, offline and without Lance.
 
 Only committed (visible) rows are exported, through the same gate as every read.
-Files are written atomically (temp file then rename).
+Files are written atomically (temp file then rename). An existing file is never replaced
+unless ``overwrite=True``; that, a file where the folder should be, a read-only folder and
+a full disk are refused before any row is read (:class:`~infra.errors.OutputExistsError`,
+:class:`~infra.errors.StoreWriteError`), and a disk that fills during the write raises
+:class:`~infra.errors.DiskFullError` naming the output.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from features.store.schema import embeddings_to_numpy
-from infra.files import atomic_write, temp_path
+from infra.files import atomic_path, atomic_write, check_output
+from infra.fs_errors import check_writable_folder, translate_write_errors
 
 __all__ = ["to_anndata", "to_h5_per_slide", "to_parquet"]
 
 log = logging.getLogger(__name__)
 
 _OBS = ["slide_id", "x", "y", "level", "tile_size", "read_mpp", "tissue_fraction", "qc_flags"]
-
-
-@contextlib.contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temp path for writers that only take a path (h5py, anndata), renamed on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(target)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _patients(store: Any, encoder: str | None) -> dict[str, str | None]:
@@ -55,13 +44,15 @@ def _patients(store: Any, encoder: str | None) -> dict[str, str | None]:
 
 
 def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
-               slide_ids: Sequence[str] | None = None, level: str = "tile") -> Path:
+               slide_ids: Sequence[str] | None = None, level: str = "tile",
+               overwrite: bool = False) -> Path:
     """Write an ``.h5ad`` of tile (or slide, ``level="slide"``) embeddings."""
     import anndata
     import pandas as pd
 
     from infra.errors import ConfigError
 
+    path = check_output(path, overwrite=overwrite)
     if level == "slide":
         from features.store.slide_embeddings import to_numpy
 
@@ -85,30 +76,33 @@ def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
         raise ConfigError(f"level must be 'tile' or 'slide', not {level!r}")
     adata.uns["slidebank"] = {"store": store.uri, "store_version": int(store.version),
                               "encoder": store._encoder(encoder), "level": level}
-    path = Path(path)
-    with _replacing(path) as tmp:
+    with translate_write_errors(path), atomic_path(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp)
     return path
 
 
 def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = None,
-                    slide_ids: Sequence[str] | None = None) -> list[Path]:
+                    slide_ids: Sequence[str] | None = None, overwrite: bool = False
+                    ) -> list[Path]:
     """One CLAM/TRIDENT-style ``<slide_id>.h5`` per slide (one bag in memory at a time)."""
     import h5py
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(folder)
     enc = store._encoder(encoder)
     meta = store.tiles(encoder=enc, slide_ids=slide_ids, columns=["slide_id", "tile_size", "read_mpp"])
     first: dict[str, tuple[int, float]] = {}
     for sid, size, mpp in zip(*(meta.column(c).to_pylist() for c in meta.column_names),
                               strict=True):
         first.setdefault(sid, (size, mpp))
+    for sid in sorted({*first, *(slide_ids or ())}):  # all refused before any is written
+        check_output(folder / f"{sid}.h5", overwrite=overwrite)
     written = []
     for bag in store.iter_bags(slide_ids, encoder=enc):
         target = folder / f"{bag.slide_id}.h5"
         size, mpp = first.get(bag.slide_id, (0, 0.0))
-        with _replacing(target) as tmp, h5py.File(tmp, "w") as f:
+        with translate_write_errors(target), atomic_path(target, overwrite=overwrite) as tmp, \
+                h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=np.asarray(bag.embeddings, dtype=np.float32))
             coords = f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64))
             coords.attrs["patch_size"] = int(size or 0)
@@ -120,25 +114,26 @@ def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = Non
     return written
 
 
-def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None) -> dict[str, Path]:
+def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None,
+               overwrite: bool = False) -> dict[str, Path]:
     """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(folder)
+    targets = {name: check_output(folder / f"{name}.parquet", overwrite=overwrite)
+               for name in ("slides", "slide_embeddings", "tiles")}
     enc = store._encoder(encoder)
-    out = {}
     tables = {
         "slides": store.slides(encoder=enc),
         "slide_embeddings": store.slide_embeddings(encoder=enc),
     }
     for name, table in tables.items():
-        target = folder / f"{name}.parquet"
-        with atomic_write(target, "wb") as handle:
+        with translate_write_errors(targets[name]), \
+                atomic_write(targets[name], "wb", overwrite=overwrite) as handle:
             pq.write_table(table, handle)
-        out[name] = target
-    target = folder / "tiles.parquet"
-    with atomic_write(target, "wb") as handle:
+    with translate_write_errors(targets["tiles"]), \
+            atomic_write(targets["tiles"], "wb", overwrite=overwrite) as handle:
         writer = None
         for batch in store.scan_tiles(encoder=enc):
             if writer is None:
@@ -146,5 +141,4 @@ def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None) ->
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
-    out["tiles"] = target
-    return out
+    return targets

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.fs_errors import check_writable_folder
 from infra.logs import redact_options
 from infra.storage import is_local, open_filesystem, strip_protocol
 
@@ -99,6 +100,14 @@ class StoreLocation:
 
     def lance_options(self) -> dict[str, str]:
         return lance_storage_options(self.uri, self.storage_options)
+
+    def check_writable(self) -> None:
+        """Raise :class:`~infra.errors.NotAFolderError`, :class:`~infra.errors.NotWritableError`
+        or :class:`~infra.errors.DiskFullError` now, before a run starts, if a local store
+        root cannot take writes. Object stores are not probed: a test write would be a
+        side effect, and their refusals are translated when they happen."""
+        if self.local:
+            check_writable_folder(self.uri)
 
     def filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and root path (for Zarr groups and deletes)."""
