@@ -16,6 +16,7 @@ Heavy libraries (Lance, DuckDB, Zarr, torch) load when first used, not on import
 """
 
 from features.store._errors import (
+    FragmentMissingError,
     SlideNotInStoreError,
     StoreNotFoundError,
     StoreReadOnlyError,
@@ -41,6 +42,7 @@ __all__ = [
     "DerivedTable",
     "DerivedWrite",
     "FeatureStore",
+    "FragmentMissingError",
     "IndexPlan",
     "PendingSlide",
     "RunRecord",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from infra.errors import StoreError
 
 __all__ = [
+    "FragmentMissingError",
     "SlideNotInStoreError",
     "StoreNotFoundError",
     "StoreReadOnlyError",
@@ -40,3 +41,8 @@ class TileNotFoundError(StoreError, LookupError):
 
 class SlideNotInStoreError(StoreError, LookupError):
     """A slide id the store has never seen (for the encoder asked about)."""
+
+
+class FragmentMissingError(StoreError, FileNotFoundError):
+    """A commit names fragment files that are gone (removed by a recovery or cleanup that
+    took their run for dead): committing them would make every read of the table fail."""

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from features.store._errors import StoreSchemaError
+from features.store._errors import FragmentMissingError, StoreSchemaError
 from features.store._keys import in_list, new_write_id, sql_literal, validate_write_id
 from features.store._tables import TILES_DIR, TableSet
 from features.store.location import StoreLocation
@@ -76,7 +76,7 @@ from features.store.schema import (
     tiles_schema,
 )
 from features.store.upkeep import ensure_scalar_indexes, fold_new_fragments
-from infra.errors import ConfigError, StoreConflictError, StoreError
+from infra.errors import ConfigError, StoreConflictError
 
 if TYPE_CHECKING:
     import lance
@@ -94,11 +94,6 @@ log = logging.getLogger(__name__)
 
 _KEY = ("slide_id", "encoder", "config_hash")
 _CONFLICT_RETRIES = 20
-
-
-class FragmentMissingError(StoreError, FileNotFoundError):
-    """A commit names fragment files that are gone (removed by a recovery or cleanup that
-    took their run for dead): committing them would make every read of the table fail."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from features.store import FeatureStore, PendingSlide, RunRecord
+from features.store import FeatureStore, FragmentMissingError, PendingSlide, RunRecord
 from features.store.liveness import (
     Heartbeat,
     RunHeartbeat,
@@ -26,7 +26,6 @@ from features.store.liveness import (
     read_heartbeat,
     write_heartbeat,
 )
-from features.store.writer import FragmentMissingError
 from infra.errors import StoreError
 from tests._support.store import ENCODER
 
