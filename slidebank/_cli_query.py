@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_storage_options
 from slidebank._cli_table import print_table
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ def similar(
         str | None,
         typer.Option(help="Also draw the query tile beside its neighbours into this PNG."),
     ] = None,
+    overwrite: OverwriteOpt = False,
     storage_option: OptionsOpt = None,
     at: VersionOpt = None,
     as_json: JsonOpt = False,
@@ -135,6 +136,10 @@ def similar(
         raise typer.BadParameter("give either --slide, --x and --y, or --vector-file")
     with fail_on_slidebank_error():
         metric = check_metric(metric)
+        if gallery:  # refused before the search, not after it
+            from infra.files import check_output
+
+            check_output(gallery, overwrite=overwrite)
         fs = _open(store, storage_option, at)
         with query_errors("--where", _tile_columns(fs, encoder) if where else ()):
             if slide is not None and x is not None and y is not None:
@@ -149,7 +154,8 @@ def similar(
             from slidebank.pictures_api import similarity_gallery
 
             query = (slide, x, y) if slide is not None else None
-            path = similarity_gallery(fs, result, gallery, query=query, metric=metric)
+            path = similarity_gallery(fs, result, gallery, query=query, metric=metric,
+                                      overwrite=overwrite)
             typer.echo(f"gallery: {path}", err=True)
     order = ["slide_id", "x", "y", "distance", "tile_size", "read_mpp", "level", "config_hash"]
     result = result.select([c for c in order if c in result.column_names])

@@ -237,5 +237,6 @@ class FailureRecorder:
             return
         try:
             self._on_failure()
-        except Exception:  # the run's own error is the one to surface
-            log.exception("could not record the failed run")
+        except Exception as exc:  # the run's own error is the one to surface
+            # One line: a traceback here would bury the run's own one-line error.
+            log.warning("could not record the failed run: %s: %s", type(exc).__name__, exc)
