@@ -75,7 +75,7 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
                        query: tuple[str | None, int | None, int | None] | None = None,
                        metric: str = "L2", max_tiles: int = 12, overwrite: bool = False) -> Path:
     """The query tile (when given) then the hits, nearest first, with slide, x, y and distance."""
-    from training.figures import _pyplot
+    from training.figures import pyplot
 
     path = check_output(path, overwrite=overwrite)
     rows = hits.to_pylist()[:max_tiles] if hasattr(hits, "to_pylist") else list(hits)[:max_tiles]
@@ -90,7 +90,7 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
     if not panels:
         raise ConfigError("nothing to draw: the query returned no tiles")
     images = _read_tiles(store, [p[0] for p in panels])
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(len(panels), 6)
     n_rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(n_rows, cols, figsize=(2.3 * cols, 2.6 * n_rows), squeeze=False)
@@ -143,7 +143,7 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
     Give ``attention`` (a run name among :func:`attention_names`) or ``values`` (a DataFrame with
     ``x``, ``y`` and ``column``, optionally ``slide_id`` to filter on).
     """
-    from training.figures import _pyplot
+    from training.figures import pyplot
 
     store.bag(slide_id)  # an unknown slide id is an error naming what exists
     if values is not None:
@@ -178,7 +178,7 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
     rows, cols, stride, origin, shape = grid_from_coords(coords, max(1, int(round(extent0))))
     grid = np.full(shape, np.nan, np.float32)
     grid[rows, cols] = frame["value"].to_numpy(dtype=np.float32)
-    plt = _pyplot()
+    plt = pyplot()
     aspect = height0 / max(width0, 1)
     fig, ax = plt.subplots(figsize=(8.0, max(3.0, 8.0 * aspect)))
     ax.imshow(thumb, extent=(0, width0 * mm, height0 * mm, 0))
@@ -211,7 +211,7 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
 
     from features.store.schema import embeddings_to_numpy
     from features.store.slide_embeddings import to_numpy
-    from training.figures import _pyplot
+    from training.figures import pyplot
 
     if level == "slide":
         table = store.slide_embeddings(encoder=encoder)
@@ -239,7 +239,7 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
         frame = frame.merge(joined[["slide_id", colour_by]], on="slide_id", how="left")
     neighbours = max(2, min(15, len(frame) - 1))
     xy = umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     values = frame[colour_by]
     numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 10

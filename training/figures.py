@@ -15,10 +15,12 @@ import numpy as np
 
 from infra.files import atomic_write
 
-__all__ = ["roc_band", "save_figure", "write_regression_png", "write_roc_calibration_png"]
+__all__ = ["pyplot", "roc_band", "save_figure", "save_png", "write_regression_png",
+           "write_roc_calibration_png"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display; safe on Ray workers)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -31,8 +33,15 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 120) -> Path:
     path = Path(path)
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
+
+
+def save_png(image: Any, path: str | Path) -> Path:
+    """Write a PIL image atomically (temp file then rename): no reader sees half an image."""
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG")
+    return Path(path)
 
 
 def roc_band(
@@ -98,7 +107,7 @@ def write_roc_calibration_png(
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_auc_score
 
-    plt = _pyplot()
+    plt = pyplot()
     ncols = 2 if calibration else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 5.0), squeeze=False)
     roc_ax = axes[0][0]
@@ -143,7 +152,7 @@ def write_regression_png(
     metrics: Mapping[str, Mapping[str, float]], label: str,
 ) -> Path:
     """Predicted vs observed with the identity line, n and r / R² (CIs) in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.scatter(y, p, s=18, alpha=0.7)
     lo, hi = float(np.nanmin([y.min(), p.min()])), float(np.nanmax([y.max(), p.max()]))

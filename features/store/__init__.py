@@ -24,6 +24,7 @@ from features.store._errors import (
     StoreVersionError,
     TileNotFoundError,
 )
+from features.store._keys import new_write_id
 from features.store.arrays import SlideArrays
 from features.store.derived import DerivedTable, DerivedWrite
 from features.store.location import StoreLocation
@@ -61,6 +62,7 @@ __all__ = [
     "VectorIndexConfig",
     "failed_slide",
     "hash_config",
+    "new_write_id",
     "plan_index",
     "tile_batch",
     "write_slide",

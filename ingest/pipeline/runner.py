@@ -53,6 +53,8 @@ class IngestResult:
     encoder: str
     outcomes: list[SlideOutcome] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: skipped slides whose manifest patient_id replaced the stored one (no re-encoding)
+    metadata_updated: list[str] = field(default_factory=list)
     seconds: float = 0.0
     store_version: int | None = None
     compacted: int = 0  # fragments merged away after the run
@@ -150,15 +152,30 @@ def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_ha
     if force:
         return list(sources)
     table = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
-                                  columns=["slide_id", "mpp", "mpp_source"]
+                                  columns=["slide_id", "mpp", "mpp_source", "patient_id"]
                                   ) if encoder in store.encoders() else None
     done = {r["slide_id"]: r for r in table.to_pylist()} if table is not None else {}
     # A manifest MPP override is part of what a slide was ingested with (issue 17): a
     # changed, added or removed override redoes the slide instead of skipping it.
     kept = [s for s in sources if s.slide_id in done and _same_override(s, done[s.slide_id])]
     result.skipped = [s.slide_id for s in kept]
+    result.metadata_updated = _update_patients(store, kept, done)
     skip = set(result.skipped)
     return [s for s in sources if s.slide_id not in skip]
+
+
+def _update_patients(store: Any, kept: Sequence[SlideSource],
+                     done: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A manifest that now names a slide's patient (or another one) updates the stored
+    patient_id instead of skipping in silence: the tiles do not depend on it. A manifest
+    without one never clears it."""
+    new = {s.slide_id: {"patient_id": s.patient_id} for s in kept
+           if s.patient_id and s.patient_id != done[s.slide_id].get("patient_id")}
+    if not new:
+        return []
+    update = store.set_slide_metadata(new)
+    log.info("%d done slides: patient_id updated from the manifest, not re-encoded", len(update.changed))
+    return list(update.changed)
 
 
 def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
@@ -206,7 +223,7 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
     """The fused engine (see :mod:`ingest.pipeline.fused_runner`)."""
     import ray
 
-    from features.store._keys import new_write_id
+    from features.store import new_write_id
 
     plan = plan_fused(options, len(todo))
     ledger, ledger_name = new_ledger()  # counts which slide killed its worker (see attempts.py)
@@ -238,7 +255,7 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
     """The GPU-resident engine: planning tasks on the CPUs, one device actor per GPU."""
     import ray
 
-    from features.store._keys import new_write_id
+    from features.store import new_write_id
     from ingest.pipeline.device_stage import DeviceStage, plan_for_device
 
     plan = plan_device(options, len(todo))
@@ -309,7 +326,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
             progress: Progress) -> None:
     import ray
 
-    from features.store._keys import new_write_id
+    from features.store import new_write_id
 
     plan = plan_resources(options)
     faults = _faults.active()

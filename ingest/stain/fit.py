@@ -20,8 +20,7 @@ from infra.errors import ConfigError
 from infra.ids import validate_slide_id
 from ingest.stain._errors import StainFitError
 from ingest.stain.macenko import MIN_STAIN_ANGLE_DEG, fit_macenko
-from ingest.stain.params import Method, StainParams
-from ingest.stain.reference import STANDARD_REFERENCE_ID
+from ingest.stain.params import STANDARD_REFERENCE_ID, Method, StainParams
 from ingest.stain.reinhard import fit_reinhard
 
 if TYPE_CHECKING:  # reading slides pulls in the reader backends; fitting from arrays does not

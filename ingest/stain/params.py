@@ -20,7 +20,7 @@ import numpy as np
 from infra.errors import ConfigError
 from infra.provenance import canonical_json, stable_hash
 
-__all__ = ["STAIN_ALGORITHM_VERSION", "Method", "StainParams"]
+__all__ = ["STAIN_ALGORITHM_VERSION", "STANDARD_REFERENCE_ID", "Method", "StainParams"]
 
 Method = Literal["macenko", "reinhard"]
 _METHODS = ("macenko", "reinhard")
@@ -28,6 +28,8 @@ _METHODS = ("macenko", "reinhard")
 # Bump when the fitting or application math changes in a way that changes pixels, so
 # stored params fitted by an older version are recognised as such.
 STAIN_ALGORITHM_VERSION = 1
+# The id of the published H&E reference (ingest.stain.reference); fits default to it.
+STANDARD_REFERENCE_ID = "macenko2009-he-standard"
 
 Vec3 = tuple[float, float, float]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from infra.arrays import asnumpy
-from ingest.stain.params import Method, StainParams
+from ingest.stain.params import STANDARD_REFERENCE_ID, Method, StainParams
 
 __all__ = [
     "STANDARD_HE_MATRIX",
@@ -24,7 +24,6 @@ __all__ = [
     "standard_reference",
 ]
 
-STANDARD_REFERENCE_ID = "macenko2009-he-standard"
 # Rows: hematoxylin, eosin optical-density directions (R, G, B).
 STANDARD_HE_MATRIX = ((0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581))
 STANDARD_HE_MAX_CONCENTRATIONS = (1.9705, 1.0308)

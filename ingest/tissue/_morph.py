@@ -16,6 +16,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from infra.arrays import ndimage_module
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "keep_seeded",
     "label",
     "open_by_reconstruction",
+    "place_edges",
     "radius_px",
     "remove_small_objects",
     "touching_edge",
@@ -189,3 +192,22 @@ def remove_small_objects(mask: Array, min_pixels: float, xp: ModuleType) -> Arra
     keep = component_sizes(labels, count, xp) >= min_pixels
     keep[0] = False
     return keep[labels]
+
+
+def place_edges(mask: Array, signal: Array, mpp: float, edge_fraction: float,
+                edge_window_um: float, xp: ModuleType) -> Array:
+    """Drop edge pixels lighter than ``edge_fraction`` of the nearby tissue's stain."""
+    if edge_fraction <= 0 or not bool(mask.any()):
+        return mask
+    nd = ndimage_module(xp)
+    interior = binary_erode(mask, 1, xp)
+    edge = mask & ~interior
+    reference = interior if bool(interior.any()) else mask
+    size = max(3, 2 * radius_px(edge_window_um, mpp) + 1)
+    weight = nd.uniform_filter(reference.astype(xp.float32), size=size, mode="constant")
+    stain = nd.uniform_filter(xp.where(reference, signal, 0).astype(xp.float32), size=size,
+                              mode="constant")
+    local = stain / xp.maximum(weight, np.float32(1e-6))
+    # Where no interior pixel is in reach (slivers), keep the pixel: nothing to compare.
+    faint = edge & (weight > 0) & (signal < np.float32(edge_fraction) * local)
+    return mask & ~faint

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infra.arrays import Device, asnumpy, get_xp, ndimage_module
+from infra.arrays import Device, asnumpy, get_xp
 from infra.errors import ConfigError
 from ingest.tissue import _morph
 from ingest.tissue.artifacts import colourless_debris, scanner_borders, thin_structures
@@ -136,7 +136,8 @@ def detect_tissue(thumbnail: Any, mpp: float, config: TissueConfig | None = None
         part = candidates[box]
         thin = thin_structures(part, mpp, config, xp)
         artifacts[box] |= thin
-        part = _place_edges(part & ~thin, features.signal[box], mpp, config, xp)
+        part = _morph.place_edges(part & ~thin, features.signal[box], mpp, config.edge_fraction,
+                                  config.edge_window_um, xp)
         # Ink and scanner borders are cut out last, after hole filling, so filling can
         # never paint them back. Debris is not: a bubble rim or coverslip edge crossing a
         # section lies on tissue that is still there, and closing bridges it again.
@@ -189,25 +190,6 @@ def _union(masks: list[Array], shape: tuple[int, ...], xp: ModuleType) -> Array:
 def _margin_px(config: TissueConfig, mpp: float) -> int:
     radii = (config.closing_radius_um, config.opening_radius_um, config.edge_window_um)
     return max(_morph.radius_px(r, mpp) for r in radii) + 2
-
-
-def _place_edges(mask: Array, signal: Array, mpp: float, config: TissueConfig,
-                 xp: ModuleType) -> Array:
-    """Drop edge pixels lighter than ``edge_fraction`` of the nearby tissue's stain."""
-    if config.edge_fraction <= 0 or not bool(mask.any()):
-        return mask
-    nd = ndimage_module(xp)
-    interior = _morph.binary_erode(mask, 1, xp)
-    edge = mask & ~interior
-    reference = interior if bool(interior.any()) else mask
-    size = max(3, 2 * _morph.radius_px(config.edge_window_um, mpp) + 1)
-    weight = nd.uniform_filter(reference.astype(xp.float32), size=size, mode="constant")
-    stain = nd.uniform_filter(xp.where(reference, signal, 0).astype(xp.float32), size=size,
-                              mode="constant")
-    local = stain / xp.maximum(weight, np.float32(1e-6))
-    # Where no interior pixel is in reach (slivers), keep the pixel: nothing to compare.
-    faint = edge & (weight > 0) & (signal < np.float32(config.edge_fraction) * local)
-    return mask & ~faint
 
 
 def _clean(mask: Array, mpp: float, config: TissueConfig, xp: ModuleType) -> Array:

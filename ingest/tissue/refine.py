@@ -34,7 +34,6 @@ import numpy as np
 from infra.arrays import asnumpy, get_xp
 from ingest.tissue import _morph
 from ingest.tissue.color import color_features
-from ingest.tissue.mask import _place_edges
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -207,7 +206,8 @@ def _refine_block(rgb: Array, corner: tuple[int, int], factor: int, fine: Array,
     candidates = _clean(candidates, fine_mpp, config, xp)
     # The edge where a pixel is about half covered, as the coarse mask places it: the
     # detection threshold alone puts it where the section's blur fades into glass.
-    candidates = _place_edges(candidates, signal, fine_mpp, config, xp) | inner
+    candidates = _morph.place_edges(candidates, signal, fine_mpp, config.edge_fraction,
+                                    config.edge_window_um, xp) | inner
     # Only the block's core band pixels take the fine answer; the halo is context.
     core = xp.zeros(candidates.shape, dtype=bool)
     core[(r0 - gr0) * factor:(min(r0 + _BLOCK, h) - gr0) * factor,

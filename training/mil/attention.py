@@ -101,7 +101,7 @@ def render_overlay(
     """The heatmap over the slide thumbnail as a PNG (tiles without attention stay clear)."""
     from PIL import Image
 
-    from training.mil._png import save_png
+    from training.figures import save_png
 
     arrays = store.arrays(slide_id)
     thumb = np.asarray(arrays.read_image("thumbnail"))

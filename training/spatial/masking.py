@@ -136,7 +136,7 @@ def write_masking_png(summary: pd.DataFrame, path: str | Path, *, labels: dict[i
     """A horizontal bar chart of mean |Δ| per module (first target), atomically written."""
     from PIL import Image, ImageDraw
 
-    from training.mil._png import save_png
+    from training.figures import save_png
 
     part = summary[summary["target"] == summary["target"].iloc[0]].sort_values("mean_abs_delta", ascending=False)
     width, bar_h, left = 560, 26, 150

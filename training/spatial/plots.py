@@ -56,7 +56,7 @@ def render_module_map(store: Any, slide_id: str, codebook_hash: str, path: str |
     """PNG of the slide's module map with a legend and a scale bar (atomic write)."""
     from PIL import Image, ImageDraw
 
-    from training.mil._png import save_png
+    from training.figures import save_png
 
     arrays = store.arrays(slide_id)
     try:
