@@ -27,6 +27,7 @@ _EXPORTS = {
     "validate_slide_id": "infra.ids",
     "ingest": "slidebank.ingest_api",
     "run_demo": "slidebank.ingest_api",
+    "annotate_slides": "slidebank.annotate_api",
     "IngestConfig": "ingest.pipeline.config",
     "RunOptions": "ingest.pipeline.config",
     "load_sources": "ingest.pipeline.sources",

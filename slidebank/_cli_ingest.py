@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -17,6 +19,7 @@ from slidebank._cli_common import (
 )
 
 if TYPE_CHECKING:
+    from infra.errors import IngestAborted
     from ingest.pipeline.runner import IngestResult
 
 __all__ = ["register"]
@@ -76,7 +79,7 @@ def ingest(
     from slidebank.ingest_api import ingest as run
 
     options = parse_storage_options(storage_option)
-    with fail_on_slidebank_error(store):
+    with fail_on_slidebank_error(store), _report_partial(as_json):
         # A file in the way, a read-only folder or a full disk: said now, not after Ray starts.
         StoreLocation(store, options).check_writable()
         config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
@@ -92,6 +95,36 @@ def ingest(
     _report(result, as_json)
     if result.failed:
         raise typer.Exit(code=EXIT_SOME_FAILED)
+
+
+@contextlib.contextmanager
+def _report_partial(as_json: bool) -> Iterator[None]:
+    """A run the store stopped part-way (disk full, read-only): its summary first, then
+    the refusal itself goes on as the one-line error."""
+    from infra.errors import IngestAborted
+
+    try:
+        yield
+    except IngestAborted as exc:
+        _report_aborted(exc, as_json)
+        raise exc.cause from exc
+
+
+def _report_aborted(exc: IngestAborted, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    result = exc.partial
+    if as_json:
+        payload = {**asdict(result), "aborted": f"{type(exc.cause).__name__}: {exc.cause}",
+                   "run_recorded": exc.record_written, "record_error": exc.record_error}
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    _report(result, as_json)
+    stopped = sum(o.status == "aborted" for o in result.outcomes)
+    typer.echo(f"{stopped} slides not ingested: the run stopped (a rerun resumes; committed "
+               "slides are kept and skipped)")
+    typer.echo(f"run {result.run_id} recorded as failed in the store" if exc.record_written
+               else f"run {result.run_id} not recorded in the store: {exc.record_error}")
 
 
 def _report(result: IngestResult, as_json: bool) -> None:
@@ -111,6 +144,9 @@ def _report(result: IngestResult, as_json: bool) -> None:
     first = f" (first tile after {result.first_tile_s:.1f} s)" if result.first_tile_s is not None else ""
     console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "
                   f"{result.tiles:,} tiles in {result.seconds:.1f} s{first}")
+    if result.metadata_updated:
+        console.print(f"{len(result.metadata_updated)} slides: metadata updated, not re-encoded "
+                      "(patient_id from the manifest)")
     if result.compacted:
         console.print(f"store compacted: {result.compacted} small fragments merged")
 

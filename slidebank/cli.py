@@ -31,6 +31,10 @@ _COMMAND_MODULES = (
     "slidebank._cli_pictures",
     # spatial context: tissue modules (issue 15)
     "slidebank._cli_spatial",
+    # patient ids after ingestion (issue 30)
+    "slidebank._cli_annotate",
+    # tile-level truth: annotations, coverage, tile classifiers (issue 31)
+    "slidebank._cli_annotations",
 )
 
 app = typer.Typer(

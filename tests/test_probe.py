@@ -63,8 +63,11 @@ def test_probe_by_patient_labels_knn_and_regression(demo_store, tmp_path):
     [
         ("slide_id,immune\nsynthetic-00,high\n", ["--label", "immun"],
          "label column(s) 'immun' not in the labels table; it has 'immune'"),
-        ("slide,immune\nsynthetic-00,high\n", ["--label", "immune"],
-         "needs a slide_id or patient_id column; it has slide, immune"),
+        ("sample,immune\nsynthetic-00,high\n", ["--label", "immune"],
+         "needs a slide_id or patient_id column; it has sample, immune"),
+        # A key column spelt another way is named, never read as a label (issue 30 item 7).
+        ("Slide ID,patient_id,immune\nsynthetic-00,P000,high\nsynthetic-01,P000,high\n",
+         ["--label", "immune"], "no slide_id column (found 'Slide ID')"),
         ("slide_id,immune\nnope-1,high\nnope-2,low\n", ["--label", "immune"],
          "no slide_id of"),
         ("slide_id,patient_id,immune\nsynthetic-00,PX,high\nsynthetic-01,P000,low\n",

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from features.store.arrays import SlideArrays
     from features.store.derived import DerivedTable, DerivedWrite
+    from features.store.metadata import MetadataUpdate
     from features.store.recovery import RecoveryReport
     from features.store.runs import RunRecord
     from features.store.sandbox import SqlLimits
@@ -158,6 +159,15 @@ class FeatureStore:
         """Driver side: make a group of written slides visible atomically."""
         self._writable()
         return writer.commit_slides(self._tables, pending, run_id=run_id)
+
+    def set_slide_metadata(self, values: Mapping[str, Mapping[str, Any]]) -> MetadataUpdate:
+        """Set metadata (``patient_id``) of done or failed slides without re-encoding:
+        ``{slide_id: {"patient_id": "P01"}}``; one new store version, tiles untouched
+        (see :mod:`features.store.metadata`)."""
+        from features.store.metadata import set_slide_metadata
+
+        self._writable()
+        return set_slide_metadata(self._tables, values)
 
     # ------------------------------------------------------------------ reading
     def slides(

@@ -116,6 +116,8 @@ def summary_table(result: Any) -> Any:
         style = "red" if o.status == "failed" else None
         table.add_row(o.slide_id, o.status, f"{o.tiles:,}",
                       f"{o.seconds:.2f}" if o.seconds is not None else "", error, style=style)
+    updated = set(getattr(result, "metadata_updated", ()))
     for sid in result.skipped:
-        table.add_row(sid, "skipped (done)", "", "", "", style="dim")
+        status = "done, metadata updated" if sid in updated else "skipped (done)"
+        table.add_row(sid, status, "", "", "", style="dim")
     return table

@@ -17,6 +17,7 @@ which keeps splits well defined and is logged.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +31,30 @@ __all__ = [
     "build_label_cohort",
     "check_patient_conflicts",
     "join_labels",
+    "misspelt_column",
     "read_labels",
 ]
 
 log = logging.getLogger(__name__)
 
 KEYS = ("slide_id", "patient_id")
+#: How to add patient ids to a store that has none (a folder ingest), said wherever
+#: their absence stops a patient-level table.
+ANNOTATE_HINT = ("add them without re-encoding: slidebank annotate MAPPING.csv --store STORE "
+                 "(a table with slide_id and patient_id columns)")
+
+
+def _squash(name: object) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def misspelt_column(columns: Sequence[Any], key: str) -> str | None:
+    """A column that is ``key`` written another way ('Slide ID', 'SlideID', 'Patient'),
+    when ``key`` itself is absent: matching it silently could join on the wrong thing."""
+    if key in columns:
+        return None
+    forms = {_squash(key), _squash(key.removesuffix("_id"))}
+    return next((str(c) for c in columns if _squash(c) in forms), None)
 
 
 def read_labels(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -43,6 +62,10 @@ def read_labels(uri: str, storage_options: Mapping[str, Any] | None = None) -> p
     from infra.tables import read_table
 
     table = read_table(uri, storage_options)
+    for key in KEYS:
+        found = misspelt_column(list(table.columns), key)
+        if found is not None:
+            raise CohortError(f"{uri}: no {key} column (found {found!r}); rename it to {key}")
     if not any(k in table.columns for k in KEYS):
         raise CohortError(
             f"{uri}: a labels table needs a slide_id or patient_id column; "
@@ -109,6 +132,18 @@ def _label_columns(labels: pd.DataFrame, wanted: Sequence[str] | None) -> tuple[
     return tuple(wanted)
 
 
+def _check_store_patients(store: pd.DataFrame, source: str) -> None:
+    """A table keyed by patient needs the store's slides to know their patients."""
+    missing = store.loc[store["patient_id"].isna(), "slide_id"]
+    if len(store) and len(missing) == len(store):
+        raise CohortError(
+            f"{source} is keyed by patient_id, but none of the store's {len(store)} slides has "
+            f"a patient_id (an ingest from a folder records none); {ANNOTATE_HINT}")
+    if len(missing):
+        log.warning("%d slides have no patient_id and get no patient-level label (e.g. %s); %s",
+                    len(missing), missing.iloc[0], ANNOTATE_HINT)
+
+
 def join_labels(
     labels: pd.DataFrame,
     slides: pd.DataFrame,
@@ -135,6 +170,7 @@ def join_labels(
         unknown = tuple(sorted(set(labels["slide_id"].dropna()) - set(store["slide_id"])))
         unknown_patients: tuple[str, ...] = ()
     else:
+        _check_store_patients(store, source)
         per_patient = labels[["patient_id", *columns]]
         if per_patient["patient_id"].duplicated().any():
             dup = per_patient.loc[per_patient["patient_id"].duplicated(), "patient_id"].iloc[0]
