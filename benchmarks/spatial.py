@@ -2,6 +2,7 @@
 arrangement carries the label, side by side on the same folds; plus graph/module speed.
 
     python benchmarks/spatial.py --out spatial.json [--quick]
+    python benchmarks/spatial.py --sweep --quick   # -> benchmarks/results/spatial_sweep_quick.json
 
 Cohorts (``training.spatial.synthetic``, written into a real feature store): S0
 composition control, S1 inflamed vs excluded, S2 module contact, S3 long range, S4
@@ -17,7 +18,10 @@ resampled, predictions averaged over seeds), per-fold mean ± sd, and for spatia
 the AUROC after shuffling test coordinates (the spatial-blindness test). Also: module
 discovery ARI against the planted tile types, a module-masking table and PNG, and
 timings of grid/kNN edges, module assignment and one tile-GNN training step (CPU, and
-the GPU when one is present).
+the GPU when one is present). Every cohort also gets ``module_stats`` (module shares,
+contacts and distances → logistic head: the honest baseline) and an ``oracle`` row
+(the same statistics from the planted types; reported, never counted as a model).
+``--sweep`` runs the noise sweep instead (``benchmarks/_spatial_sweep.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +42,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import best_of, machine, write_json  # noqa: E402
+from benchmarks._spatial_sweep import FULL_SWEEP, QUICK_SWEEP, SWEEP_MODELS, oracle, run_sweep  # noqa: E402
 
 log = logging.getLogger("benchmarks.spatial")
 
 ORDER_BLIND = ["abmil", "clam_sb", "mean_pool"]
 SPATIAL = ["tile_gnn", "module_graph", "region_transformer"]
+BASELINES = ["module_stats"]
+# Named variants: a registered model with options (and training overrides) that make it
+# survive realistic embeddings; "_cw": per-slide centring and PCA whitening of the tiles.
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "module_stats_cw": ("module_stats", {"centre": True, "whiten": True}, {}),
+    "module_graph_cw": ("module_graph", {"modules": 6, "centre": True, "whiten": True}, {}),
+    "tile_gnn_cw": ("tile_gnn", {"centre": True, "whiten": True}, {}),
+}
+
+
+def base_model(name: str) -> str:
+    return VARIANTS[name][0] if name in VARIANTS else name
+
+
+def uses_layout(name: str) -> bool:
+    return base_model(name) in SPATIAL or base_model(name) in BASELINES
 FULL = {"cohorts": ["S0", "S1", "S2", "S3", "S4", "real_S1"], "slides": 200, "real_slides": 100, "seeds": [0, 1, 2],
         "epochs": 20, "patience": 6}
 QUICK = {"cohorts": ["S0", "S1"], "slides": 80, "real_slides": 40, "seeds": [0], "epochs": 12, "patience": 4}
@@ -55,11 +76,17 @@ COHORT_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {("S3", "region_transfor
 
 
 def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohort: str = "") -> Any:
+    from dataclasses import replace
+
     from training.mil.models import MILConfig
     from training.mil.train import TrainConfig
 
+    variant, overrides = VARIANTS.get(model, (model, {}, {}))[1:], {}
+    model = base_model(model)
     options = {"modules": 6} if model == "module_graph" else {}
     options.update(COHORT_OPTIONS.get((cohort, model), {}))
+    options.update(variant[0])
+    overrides = variant[1]
     # Regression from ~50 training slides needs more steps than classification: with the
     # classification schedule (12 epochs, lr 1e-3) module_graph reached r = 0.20 on S4's
     # contact gene, with 40 epochs at lr 3e-3 r = 0.97 (same folds).
@@ -71,9 +98,10 @@ def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohor
     if task == "regression" or cohort in ("S3", "real_S1"):
         epochs, patience = max(epochs, 40), max(patience, 10)
         lr = 1e-3 if cohort == "real_S1" else 3e-3
-    return TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
-                       task=task, epochs=epochs, patience=patience, lr=lr, max_patches=None, seed=seed,
-                       torch_threads=1)
+    cfg = TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
+                      task=task, epochs=epochs, patience=patience, lr=lr, max_patches=None, seed=seed,
+                      torch_threads=1)
+    return replace(cfg, **overrides)
 
 
 def _auroc(rows: list[dict[str, Any]]) -> float:
@@ -118,7 +146,7 @@ def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> d
             if cohort.task == "binary":
                 per_seed.append(_auroc(rows))
                 fold_scores += [_auroc(run.predictions) for run in runs if len({r["target"][0] for r in run.predictions}) == 2]
-                if model in SPATIAL:
+                if uses_layout(model):
                     shuffled.append(_auroc(shuffled_predictions(runs, bags, seed)))
             else:
                 y = np.stack([r["target"] for r in rows])
@@ -309,7 +337,7 @@ def speed(gpu: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="result JSON (default with --sweep: benchmarks/results/spatial_sweep[_quick].json)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cohorts", nargs="*", help="override the cohort list")
     parser.add_argument("--slides", type=int, help="override the number of slides per cohort")
@@ -322,12 +350,21 @@ def main() -> None:
     parser.add_argument("--real-slides", type=int, help="override the number of real_S1 slides")
     parser.add_argument("--real-root", help="folder for real_S1's slides and store, reused when it exists "
                                             "(default: a temporary folder)")
-    parser.add_argument("--models", nargs="*", default=ORDER_BLIND + SPATIAL)
+    parser.add_argument("--models", nargs="*", help="models (registered names or VARIANTS); default: "
+                        "order-blind, module_stats and spatial, or the sweep's list with --sweep")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the noise sweep (separability x noise model x cohort); with --quick the small one")
     parser.add_argument("--png", default=str(ROOT / "docs" / "spatial_masking.png"))
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--speed-only", action="store_true", help="only the speed figures, no cohorts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.sweep:
+        sweep(args)
+        return
+    if not args.out:
+        parser.error("--out is required (except with --sweep)")
+    args.models = args.models or ORDER_BLIND + BASELINES + SPATIAL
     params = dict(QUICK if args.quick else FULL)
     for key in ("cohorts", "slides", "seeds", "epochs", "patience", "train_slides", "real_slides"):
         if getattr(args, key):
@@ -359,6 +396,7 @@ def main() -> None:
                 cohort = write_spatial_cohort(str(tmp / "store"), name, n_slides=params["slides"],
                                               side=SIDE.get(name, 16))
             res = evaluate_cohort(cohort, args.models, params)
+            result.setdefault("oracle", {})[name] = oracle(cohort)
             for key in ("auroc", "auroc_ci", "auroc_per_seed", "auroc_folds", "shuffle_auroc", "pearson", "seconds"):
                 if res[key]:
                     result[key][name] = res[key]
@@ -381,6 +419,33 @@ def main() -> None:
                            "fold models on test slides with coordinates permuted within each slide; "
                            "torch 1 thread per process; 2-core machine shared with other jobs."})
     write_json(args.out, result)
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """``--sweep``: every cohort × noise model × separability (``benchmarks/_spatial_sweep.py``)."""
+    params = dict(QUICK_SWEEP if args.quick else FULL_SWEEP)
+    for key in ("cohorts", "slides", "seeds", "epochs", "patience"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.train_slides:
+        params["train_slides_list"] = [args.train_slides]
+    models = args.models or SWEEP_MODELS
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"spatial_sweep{'_quick' if args.quick else ''}.json")
+    started, load_before = time.perf_counter(), os.getloadavg()
+    result: dict[str, Any] = {"params": params, "machine": machine(), "models": models,
+                              "variants": {k: {"model": m, "options": o, "train": t} for k, (m, o, t) in VARIANTS.items()
+                                           if k in models}}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-sweep-"))
+    try:
+        run_sweep(params, models, tmp, out, result, evaluate_cohort, SIDE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.update({"wall_s": time.perf_counter() - started, "load_average_before": load_before,
+                   "load_average_after": os.getloadavg(),
+                   "note": "per cell: auroc = mean over seeds of the pooled out-of-fold AUROC; oracle = logistic "
+                           "regression on planted-type statistics (not a model); gap = train/validation gap "
+                           "per model over folds; torch 1 thread; 2-core machine shared with other jobs."})
+    write_json(out, result)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,13 @@ _FAMILIES: dict[str, str] = {
     "mean_pool": "training.spatial.models",
     "tile_gnn": "training.spatial.models",
     "module_graph": "training.spatial.models",
+    "module_stats": "training.spatial.models",
     "region_transformer": "training.spatial.models",
 }
 _REGISTRY: dict[str, Callable[[MILConfig], nn.Module]] = {}
 #: models that read the tiles' layout (edges, contacts, regions): a random subsample of a
 #: bag (``TrainConfig.max_patches``) would cut their graphs, so they need whole bags
-SPATIAL_MODELS = ("tile_gnn", "module_graph", "region_transformer")
+SPATIAL_MODELS = ("tile_gnn", "module_graph", "module_stats", "region_transformer")
 
 
 def register_model(name: str) -> Callable[[Callable[[MILConfig], nn.Module]], Callable[[MILConfig], nn.Module]]:

@@ -10,7 +10,7 @@ measure sample efficiency on unchanged validation and test folds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ class FoldRun:
     test_slides: list[str]
     predictions: list[dict[str, Any]]
     best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: train_loss, val_score, ...
 
 
 def subsample_patients(train: pd.DataFrame, n_slides: int, seed: int, label: str | None = "label") -> pd.DataFrame:
@@ -97,5 +98,6 @@ def cross_validate(store_uri: str, encoder: str, table: pd.DataFrame, cfg: Train
         test_data = data(test, False)
         test_data.max_patches = None
         runs.append(FoldRun(int(fold), model, head, list(train["slide_id"]), list(val["slide_id"]),
-                            list(test["slide_id"]), predict(model, test_data, head), result.best_epoch))
+                            list(test["slide_id"]), predict(model, test_data, head), result.best_epoch,
+                            result.history))
     return runs

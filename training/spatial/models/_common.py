@@ -12,15 +12,21 @@ from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig
 from training.spatial.graphs import GraphSpec, tile_graph
 
-__all__ = ["InvariantBranch", "edges_for", "options", "require_coords"]
+__all__ = ["InvariantBranch", "drop_tiles", "edges_for", "fit_transform", "options", "require_coords"]
 
 
-def options(cfg: MILConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``cfg.options`` over ``defaults``; unknown keys are a ConfigError naming the model."""
+def options(cfg: MILConfig, defaults: dict[str, Any],
+            choices: dict[str, tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    """``cfg.options`` over ``defaults``; unknown keys, and values outside ``choices``, are a
+    one-line ConfigError naming the model, the option and what is allowed."""
     unknown = set(cfg.options) - set(defaults)
     if unknown:
         raise ConfigError(f"model {cfg.model!r}: unknown option(s) {sorted(unknown)}; known: {sorted(defaults)}")
-    return {**defaults, **cfg.options}
+    out = {**defaults, **cfg.options}
+    for key, allowed in (choices or {}).items():
+        if out[key] not in allowed:
+            raise ConfigError(f"model {cfg.model!r}: option {key}={out[key]!r} is not one of {list(allowed)}")
+    return out
 
 
 def require_coords(model: str, x: Tensor, coords: Tensor | None) -> Tensor:
@@ -54,3 +60,22 @@ class InvariantBranch(nn.Module):
         h = self.embed(x)
         a = torch.softmax(self.attention(h), dim=1)
         return self.head((a @ h).squeeze(0)), a.squeeze(0)
+
+
+def fit_transform(model: nn.Module, train_data: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Fit ``model.transform`` (a TileTransform) on the training bags; returns the bags
+    (slide, transformed embeddings, coords) for whatever the model fits next."""
+    bags = [(item.slide_id, *train_data.read(item.slide_id)) for item in train_data.items]
+    model.transform.fit([emb for _, emb, _ in bags])
+    return [(sid, model.transform.transform(emb), coords) for sid, emb, coords in bags]
+
+
+def drop_tiles(x: Tensor, coords: Tensor, p: float, training: bool) -> tuple[Tensor, Tensor]:
+    """Training-time augmentation that keeps the label: drop a random share ``p`` of the
+    tiles (at least one is kept); the graph is then rebuilt from the remaining tiles."""
+    if not training or p <= 0 or len(x) < 2:
+        return x, coords
+    keep = torch.rand(len(x), device=x.device) >= p
+    if not bool(keep.any()):
+        keep[torch.randint(len(x), (1,), device=x.device)] = True
+    return x[keep], coords[keep]

@@ -27,15 +27,17 @@ from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig, MILOutput, register_model
 from training.spatial.graphs import GraphSpec
 from training.spatial.interactions import module_graph
-from training.spatial.models._common import edges_for, options, require_coords
+from training.spatial.models._common import edges_for, fit_transform, options, require_coords
 from training.spatial.modules import ModuleCodebook, ModuleSpec, fit_modules
+from training.spatial.preprocess import TileTransform
 
 __all__ = ["ModuleGraphNet"]
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "smooth": 0.0, "codebook": None,
-                            "save_codebook": True, "graph": "grid8", "max_fit_tiles": 200_000}
+                            "save_codebook": True, "graph": "grid8", "max_fit_tiles": 200_000,
+                            "centre": False, "whiten": False}
 
 
 class ModuleGraphNet(nn.Module):
@@ -44,8 +46,14 @@ class ModuleGraphNet(nn.Module):
     def __init__(self, cfg: MILConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.opts = options(cfg, DEFAULTS)
+        self.opts = options(cfg, DEFAULTS, {"graph": ("grid8", "grid4", "knn", "radius")})
         k = int(self.opts["modules"])
+        # Per-slide centring / PCA whitening before modules and node features: under
+        # nuisance-dominated noise k-means on raw embeddings clusters the nuisance.
+        self.transform = TileTransform(cfg.in_dim, centre=bool(self.opts["centre"]), whiten=bool(self.opts["whiten"]))
+        if self.opts["codebook"] and (self.transform.centre or self.transform.whiten):
+            raise ConfigError("module_graph: a stored codebook (option codebook) lives in the raw embedding "
+                              "space; it cannot be combined with centre or whiten")
         self.module_spec = ModuleSpec(k=k, seed=int(self.opts["module_seed"]), smooth=float(self.opts["smooth"]),
                                       max_tiles=int(self.opts["max_fit_tiles"]))
         self.k = k
@@ -85,10 +93,13 @@ class ModuleGraphNet(nn.Module):
             log.info("loaded codebook %s (%d of its %d slides are in this training set)",
                      self.opts["codebook"], len(overlap), len(book.slide_ids))
         else:
-            bags = ((item.slide_id, *train_data.read(item.slide_id)) for item in train_data.items)
+            bags = fit_transform(self, train_data)
             book = fit_modules(bags, self.module_spec, encoder=getattr(train_data, "encoder", None))
         self.set_codebook(book)
-        if store is not None and self.opts["save_codebook"] and not self.opts["codebook"]:
+        # A codebook fitted on centred/whitened tiles is only meaningful with this model's
+        # transform, so it stays in the checkpoint and is not saved as a store codebook.
+        plain = not (self.transform.centre or self.transform.whiten)
+        if store is not None and self.opts["save_codebook"] and not self.opts["codebook"] and plain:
             from training.spatial.store_io import save_codebook
 
             try:
@@ -100,12 +111,14 @@ class ModuleGraphNet(nn.Module):
         if not bool(self.fitted):
             raise ConfigError("module_graph has no fitted modules: call prepare(train_data) or load a checkpoint")
         c = self.centroids
+        x = self.transform(x)
         return ((c * c).sum(1)[None, :] - 2 * x @ c.T).argmin(1)
 
     # -- model ---------------------------------------------------------------------
     def graph(self, x: Tensor, coords: Tensor, edges: tuple[Any, Any] | None = None) -> Any:
         edge_index = edges_for(coords, self.spec, edges, x.device)
         modules = self.assign(x.detach())
+        x = self.transform(x)
         return modules, module_graph(x, modules, edge_index[0], edge_index[1], self.k)
 
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,

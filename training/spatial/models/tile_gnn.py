@@ -22,11 +22,21 @@ from torch import Tensor, nn
 from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig, MILOutput, register_model
 from training.spatial.graphs import GraphSpec
-from training.spatial.models._common import InvariantBranch, edges_for, options, require_coords
+from training.spatial.models._common import (
+    InvariantBranch,
+    drop_tiles,
+    edges_for,
+    fit_transform,
+    options,
+    require_coords,
+)
+from training.spatial.preprocess import TileTransform
 
 __all__ = ["TileGNN"]
 
-DEFAULTS: dict[str, Any] = {"conv": "gin", "layers": 2, "graph": "grid8", "k": 8, "invariant_branch": True}
+DEFAULTS: dict[str, Any] = {"conv": "gin", "layers": 2, "graph": "grid8", "k": 8, "invariant_branch": True,
+                            "centre": False, "whiten": False, "project": 0, "tile_dropout": 0.0}
+CHOICES: dict[str, tuple[Any, ...]] = {"conv": ("gin", "gcn", "gat"), "graph": ("grid8", "grid4", "knn", "radius")}
 
 
 def _conv(kind: str, dim: int, heads: int) -> nn.Module:
@@ -47,22 +57,34 @@ class TileGNN(nn.Module):
     def __init__(self, cfg: MILConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        opts = options(cfg, DEFAULTS)
+        opts = options(cfg, DEFAULTS, CHOICES)
         if int(opts["layers"]) < 1:
-            raise ConfigError(f"tile_gnn layers must be >= 1, got {opts['layers']}")
-        if opts["conv"] == "gat" and cfg.hidden % cfg.n_heads:
-            raise ConfigError(f"tile_gnn gat: hidden ({cfg.hidden}) must be divisible by n_heads ({cfg.n_heads})")
+            raise ConfigError(f"model 'tile_gnn': option layers must be >= 1, got {opts['layers']!r}")
+        if int(opts["project"]) < 0 or not 0.0 <= float(opts["tile_dropout"]) < 1.0:
+            raise ConfigError(f"model 'tile_gnn': project must be >= 0 and tile_dropout in [0, 1), got {opts}")
+        # ``project``: a narrow tile projection, so message passing has fewer weights to
+        # memorise the training slides with (the nodes' width is ``project``, not ``hidden``).
+        width = int(opts["project"]) or cfg.hidden
+        if opts["conv"] == "gat" and width % cfg.n_heads:
+            raise ConfigError(f"tile_gnn gat: width ({width}) must be divisible by n_heads ({cfg.n_heads})")
         self.spec = GraphSpec(kind=str(opts["graph"]), k=int(opts["k"]))
-        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.convs = nn.ModuleList(_conv(str(opts["conv"]), cfg.hidden, cfg.n_heads) for _ in range(int(opts["layers"])))
-        self.norms = nn.ModuleList(nn.LayerNorm(cfg.hidden) for _ in self.convs)
-        self.mix = nn.Sequential(nn.Linear(cfg.hidden * (len(self.convs) + 1), cfg.hidden), nn.ReLU())
-        self.attention = GatedAttention(cfg.hidden, cfg.attn_dim, 1, cfg.dropout)
-        self.head = nn.Linear(cfg.hidden, cfg.n_outputs)
+        self.tile_dropout = float(opts["tile_dropout"])
+        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
+        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.convs = nn.ModuleList(_conv(str(opts["conv"]), width, cfg.n_heads) for _ in range(int(opts["layers"])))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in self.convs)
+        self.mix = nn.Sequential(nn.Linear(width * (len(self.convs) + 1), width), nn.ReLU())
+        self.attention = GatedAttention(width, min(cfg.attn_dim, width), 1, cfg.dropout)
+        self.head = nn.Linear(width, cfg.n_outputs)
         self.invariant = InvariantBranch(cfg) if opts["invariant_branch"] else None
 
+    def prepare(self, train_data: Any) -> None:
+        """Fit the whitening (option ``whiten``) on the training bags only."""
+        if self.transform.whiten:
+            fit_transform(self, train_data)
+
     def node_states(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        h = self.embed(x)
+        h = self.embed(self.transform(x))
         states = [h]
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = h + torch.relu(norm(conv(h, edge_index)))
@@ -77,13 +99,16 @@ class TileGNN(nn.Module):
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: tuple[Any, Any] | None = None) -> MILOutput:
         require_coords("tile_gnn", x, coords)
+        if self.training and self.tile_dropout > 0:
+            x, coords = drop_tiles(x, coords, self.tile_dropout, True)
+            edges = None
         edge_index = edges_for(coords, self.spec, edges, x.device)
         h = self.node_states(x, edge_index)
         a = torch.softmax(self.attention(h), dim=1)
         logits = self.head((a @ h).squeeze(0))
         extras = {"graph_logits": logits.detach()}
         if self.invariant is not None:
-            inv_logits, inv_a = self.invariant(x)
+            inv_logits, inv_a = self.invariant(self.transform(x))
             logits = logits + inv_logits
             extras["invariant_attention"] = inv_a.detach()
         return MILOutput(logits, a.squeeze(0), None, extras)

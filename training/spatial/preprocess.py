@@ -1,0 +1,78 @@
+"""Tile-embedding preprocessing fitted on training tiles: per-slide centring and PCA whitening.
+
+Real embeddings carry stain, scanner and patient directions that dominate the variance,
+and offset each slide as a whole. Both fool k-means (its modules follow the nuisance,
+not the tissue) and give a slide model something to memorise. Two cheap answers, used by
+the spatial models before module fitting or message passing:
+
+* ``centre``: subtract each slide's mean embedding (no fitting; removes slide offsets);
+* ``whiten``: PCA on the (centred) training tiles, every kept direction scaled to unit
+  variance, so a few high-variance nuisance directions no longer outweigh the rest.
+
+:class:`TileTransform` keeps the fitted mean and projection in buffers, so a checkpoint
+carries them and held-out slides are transformed exactly as the training tiles were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from infra.errors import ConfigError
+
+__all__ = ["TileTransform"]
+
+
+class TileTransform(nn.Module):
+    """x → (centre per slide) → (x − mean) @ projection (whitening); identity when both off."""
+
+    def __init__(self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.centre, self.whiten, self.eps = bool(centre), bool(whiten), float(eps)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("projection", torch.eye(in_dim))
+        self.register_buffer("fitted", torch.tensor(not self.whiten))
+
+    def _centred(self, x: np.ndarray) -> np.ndarray:
+        return x - x.mean(0, keepdims=True) if self.centre else x
+
+    def fit(self, bags: Sequence[np.ndarray], max_tiles: int = 100_000, seed: int = 0) -> TileTransform:
+        """Fit the whitening on the training slides' tiles (a no-op without ``whiten``)."""
+        if not self.whiten:
+            return self
+        if not bags:
+            raise ConfigError("TileTransform.fit got no training slides")
+        x = np.concatenate([self._centred(np.asarray(b, np.float64)) for b in bags])
+        if len(x) > max_tiles:
+            x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_tiles, replace=False))]
+        mean = x.mean(0)
+        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+        # Every direction is kept (the output keeps the input's width, so checkpoints load
+        # into a freshly built model); near-empty ones are floored rather than blown up.
+        var = sv**2 / max(len(x) - 1, 1)
+        var = np.maximum(var, self.eps * max(float(var.max()), 1e-12))
+        if len(var) < x.shape[1]:
+            raise ConfigError(f"whitening needs at least {x.shape[1]} training tiles, got {len(x)}")
+        # Sign-fixed components so two fits on the same tiles give the same buffers.
+        vt = vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]
+        projection = (vt.T / np.sqrt(var)).astype(np.float32)
+        self.mean = torch.from_numpy(mean.astype(np.float32))
+        self.projection = torch.from_numpy(projection)
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not bool(self.fitted):
+            raise ConfigError("whitening is not fitted: call prepare(train_data) or load a checkpoint")
+        if self.centre:
+            x = x - x.mean(0, keepdim=True)
+        if self.whiten:
+            x = (x - self.mean) @ self.projection
+        return x
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self(torch.as_tensor(np.asarray(x, np.float32))).numpy()
