@@ -10,8 +10,11 @@ of :mod:`features.store.versions` cover them. Layout under the store root::
 
 Row kinds are ``attention`` (per tile, ``attention`` float32, one table per training
 run), ``modules`` (per tile, ``module`` int32, one table per codebook), ``predictions``
-(per tile, ``value`` float32) and ``graphs`` (per slide: a tile graph, one table per
-graph spec). The blob kind is ``codebooks``.
+(per tile, ``value`` float32), ``graphs`` (per slide: a tile graph, one table per
+graph spec), ``annotations`` (per slide: imported polygons as WKB, one table per
+annotation set) and ``coverage`` (per tile and class: the area fraction an annotation
+set covers, one table per set; see :mod:`features.annotations`). The blob kind is
+``codebooks``.
 
 Write rule (the tiles' ``write_id`` rule, with the table itself as the gate): each
 write stamps every row of a slide with a fresh time-ordered ``write_id``, appends the
@@ -81,7 +84,7 @@ TILE_KINDS: Mapping[str, tuple[str, pa.DataType]] = {
     "modules": ("module", pa.int32()),
     "predictions": ("value", pa.float32()),
 }
-ROW_KINDS = (*TILE_KINDS, "graphs")
+ROW_KINDS = (*TILE_KINDS, "graphs", "annotations", "coverage")
 BLOB_KINDS = ("codebooks",)
 SLIDE_EMBEDDINGS = "slide_embeddings"
 MANIFEST = "manifest.json"
