@@ -16,6 +16,7 @@ import typer
 
 from slidebank._cli_common import (
     JsonOpt,
+    OverwriteOpt,
     StorageOpt,
     fail_on_slidebank_error,
     parse_storage_options,
@@ -118,10 +119,86 @@ def coverage(
         typer.echo(summary.to_string(index=False) if len(summary) else "no coverage rows")
 
 
+def export(
+    out: Annotated[Path, typer.Argument(help="The .geojson file to write.")],
+    store: StoreOpt,
+    slide: Annotated[str, typer.Option("--slide", help="The slide whose map to export.")],
+    predictions: Annotated[str, typer.Option(help="Name of the predictions table "
+                                                  "(printed by classify).")],
+    threshold: Annotated[float, typer.Option(help="Probability at or above which a tile "
+                                                  "is inside.")] = 0.5,
+    klass: Annotated[str, typer.Option("--class", help="Class of the exported contours.")]
+    = "tumour",
+    storage_option: StorageOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """A prediction map's contours as QuPath GeoJSON (class and probability measurements).
+
+    Example: slidebank annotations export S01-map.geojson --store ./store --slide S01 --predictions tiles-tumour-linear-1a2b3c4d5e
+    """
+    from features.annotations.export import export_prediction_geojson
+
+    with fail_on_slidebank_error(out):
+        path = export_prediction_geojson(_store(store, storage_option), slide, predictions, out,
+                                         threshold=threshold, class_name=klass,
+                                         overwrite=overwrite)
+    typer.echo(f"wrote {path}")
+
+
+def classify(
+    store: StoreOpt,
+    positive: Annotated[str, typer.Option("--class", help="The positive class (tile label: "
+                                                          "its coverage >= --min-coverage).")],
+    name: NameOpt = "default",
+    min_coverage: Annotated[float, typer.Option(help="Coverage making a tile positive.")] = 0.5,
+    region: Annotated[str | None, typer.Option(help="Only tiles of this class "
+                                                    "(coverage >= --region-coverage).")] = None,
+    region_coverage: Annotated[float, typer.Option(help="Threshold for --region.")] = 0.5,
+    head: Annotated[str, typer.Option(help="linear or mlp.")] = "linear",
+    context_hops: Annotated[int, typer.Option(help="Add the mean embedding of neighbours "
+                                                   "within this many tiles (0: none).")] = 0,
+    folds: Annotated[int, typer.Option(help="Patient-level folds.")] = 5,
+    seed: int = 0,
+    encoder: Annotated[str | None, typer.Option(help="Encoder id (several in the store).")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and PNG maps.")]
+    = None,
+    storage_option: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tile classifier from annotation coverage: patient-level CV, tile AUROC with CI,
+    Dice/IoU of the map; probabilities go into the store's predictions table.
+
+    Example: slidebank annotations classify --store ./store --class tumour --head mlp --out tiles_run/
+    """
+    from features.annotations import RegionFilter
+    from training.tiles import TileClassifierConfig, TileTask, run_tile_classifier
+
+    with fail_on_slidebank_error(out):
+        keep = RegionFilter(region, region_coverage, name) if region else None
+        task = TileTask(positive, min_coverage, name, encoder, keep)
+        config = TileClassifierConfig(task, head=head, folds=folds, seed=seed,
+                                      context_hops=context_hops)
+        result = run_tile_classifier(_store(store, storage_option), config, out_dir=out)
+    summary = result.summary()
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "per_slide"},
+                              indent=2, default=str))
+        return
+    auc = result.metrics["auroc"]
+    typer.echo(f"{result.name}: {summary['n_tiles']} tiles ({summary['n_positive']} {positive}) "
+               f"on {summary['n_slides']} slides")
+    typer.echo(f"  tile AUROC {auc['value']:.3f} (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
+               f", map Dice {summary['dice_mean']:.3f}, IoU {summary['iou_mean']:.3f}")
+    typer.echo(f"  predictions: {result.outputs.get('predictions')}")
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(name="annotations", no_args_is_help=True,
                         help="Annotations in (GeoJSON, ASAP XML, masks), tile coverage, "
                              "tile classifiers and prediction maps out.")
     group.command("import")(import_)
     group.command("coverage")(coverage)
+    group.command("classify")(classify)
+    group.command("export")(export)
     app.add_typer(group, name="annotations")

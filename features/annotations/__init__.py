@@ -29,6 +29,7 @@ from features.annotations.stored import (
     import_annotations,
     load_annotations,
     recompute_coverage,
+    store_annotations,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "import_annotations",
     "load_annotations",
     "recompute_coverage",
+    "store_annotations",
 ]

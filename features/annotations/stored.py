@@ -50,6 +50,7 @@ __all__ = [
     "recompute_coverage",
     "slide_frame",
     "sql_string",
+    "store_annotations",
     "tile_extent",
     "tile_footprints",
 ]
@@ -259,6 +260,16 @@ def import_annotations(store: Any, slide_id: str, path: str | Path,
     rows = _store_set(store, frame, annotations, options.name)
     n_tiles = rows.num_rows // max(1, len(annotations.classes()))
     return _report(frame, options.name, annotations, rows, n_tiles)
+
+
+def store_annotations(store: Any, slide_id: str, annotations: AnnotationSet, *,
+                      name: str = DEFAULT_SET, classes: Sequence[str] | None = None,
+                      clip: bool = False) -> ImportReport:
+    """Check and store an in-memory set (a synthetic cohort, an exported map) like a file."""
+    frame = slide_frame(store, slide_id)
+    checked = check_set(annotations, slide_size=frame.size, classes=classes, clip=clip)
+    rows = _store_set(store, frame, checked, name)
+    return _report(frame, name, checked, rows, rows.num_rows // max(1, len(checked.classes())))
 
 
 def load_annotations(store: Any, slide_id: str, name: str = DEFAULT_SET) -> AnnotationSet:
