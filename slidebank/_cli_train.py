@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -20,11 +21,14 @@ def train(
         list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.epochs=5 workers=2.")
     ] = None,
     address: AddressOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON "
+                                                         "(it is in OUT/RUN_ID/summary.json too).")] = False,
 ) -> None:
     """Train a MIL model (ABMIL, CLAM, TransMIL) with k-fold CV on Ray Train.
 
     The cohort is checked against the store before anything starts; each run writes to
-    its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json).
+    its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json); the
+    command prints a short summary of the metrics (--json: the summary itself).
 
     Example: slidebank train clam.yaml model.model=clam_mb workers=2 out=runs/clam-mb
     """
@@ -33,9 +37,51 @@ def train(
     with fail_on_slidebank_error():
         extra = [f"address={address}"] if address else []
         summary = run_from_config(load_run_config(config, [*(overrides or []), *extra]))
-    shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
-    typer.echo(json.dumps(shown, indent=2, default=float))
+    if as_json:
+        shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
+        typer.echo(json.dumps(shown, indent=2, default=float))
+    else:
+        typer.echo("\n".join(summary_lines(summary)))
     typer.secho(f"run {summary['run_id']}: results in {summary['out']}", fg=typer.colors.GREEN, err=True)
+
+
+_SETS = ("val", "test", "external")
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """A few lines, as ``probe`` prints: what was trained, pooled metrics with 95% CIs
+    per evaluation set, the positive class, where the files are."""
+    config = summary.get("config") or {}
+    model = (config.get("model") or {}).get("model", "mil")
+    labels = ", ".join(config.get("labels") or [])
+    folds = len(summary.get("checkpoints") or [])
+    how = f"{folds}-fold CV" if config.get("cv", True) and folds > 1 else "one train/val/test split"
+    lines = [f"{model} on {labels} ({summary.get('task')}): {how}"]
+    sets = [k for k, v in summary.items() if isinstance(v, Mapping) and ("pooled" in v or "mean_pearson_r" in v)]
+    for name in sorted(sets, key=lambda k: (_SETS.index(k) if k in _SETS else len(_SETS), k)):
+        lines += _set_lines(name, summary[name])
+    classes = summary.get("classes")
+    if isinstance(classes, Mapping) and classes.get("positive") is not None:
+        score = f" ({classes['score']})" if classes.get("score") else ""
+        lines.append(f"  positive class: {classes['positive']}{score}")
+    out = summary.get("out")
+    if out:
+        lines.append(f"  files: {out}/summary.json, predictions.parquet, *_roc.png")
+    return lines
+
+
+def _set_lines(name: str, result: Mapping[str, Any]) -> list[str]:
+    if "mean_pearson_r" in result:
+        return [f"  {name:<9} mean Pearson r {result['mean_pearson_r']:.3f}, "
+                f"{result['genes_q_below_0.05']} genes with q < 0.05"]
+    pooled = result.get("pooled") or {}
+    n = pooled.get("n", {})
+    head = f"  {name} (pooled, n={int(n.get('value', 0))}, {int(n.get('positives', 0))} positive)"
+    lines = [head]
+    for metric, m in pooled.items():
+        if metric != "n":
+            lines.append(f"    {metric:<18} {m['value']:.3f}  (95% CI {m['ci_low']:.3f} to {m['ci_high']:.3f})")
+    return lines
 
 
 def evaluate(

@@ -35,7 +35,10 @@ def test_probe_cli_one_command_to_a_metric_with_ci_and_plot(demo_store, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["task"] == "classification" and report["n_slides"] == 12
-    assert report["n_patients"] == 6 and report["classes"] == ["high", "low"]
+    # The positive class is coded 1 and listed last (issue 30 item 4: "high", not the
+    # last class alphabetically).
+    assert report["n_patients"] == 6 and report["classes"] == ["low", "high"]
+    assert report["class_mapping"] == {"positive": "high", "negative": "low"}
     auroc = report["metrics"]["auroc"]
     assert auroc["value"] > 0.9 and auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"]
     with Image.open(out / "probe.png") as image:

@@ -123,9 +123,14 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
             frame.insert(1, "set", split)
             frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
+    classes = _class_mapping(table, train.task, labels)
+    if classes:  # the file says which class pred: is about, as summary.json does
+        predictions["positive_class"] = classes["positive"]
     with atomic_write(out / "predictions.parquet") as handle:
         predictions.to_parquet(handle, index=False)
     summary = evaluate_predictions(predictions, train.task, labels, out)
+    if classes:
+        summary["classes"] = classes
     summary.update(run_id=run_id, out=str(out), config=config.to_dict(),
                    checkpoints=[run.checkpoint_path for run in runs],
                    history=[run.history for run in runs])
@@ -151,6 +156,19 @@ def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dic
             written.append({"slide_id": sid, "png": str(png), "heatmap": info["heatmap"]})
             table = info["table"]
     return {"table": table, "slides": written}
+
+
+def _class_mapping(table: pd.DataFrame, task: str, labels: list[str]) -> dict[str, str] | None:
+    """What ``pred:<label>`` of a binary run is the probability of (see mil.data._high)."""
+    from training.mil.data import HIGH
+
+    if task != "binary":
+        return None
+    values = table[labels[0]]
+    text = values.dtype == object or pd.api.types.is_string_dtype(values)
+    positive, negative = (HIGH, f"not {HIGH}") if text else ("1", "0")
+    return {"label": labels[0], "positive": positive, "negative": negative,
+            "score": f"pred:{labels[0]} = P({labels[0]} is {positive})"}
 
 
 def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str) -> pd.DataFrame:

@@ -39,6 +39,8 @@ class ProbeConfig:
     c: float = 1.0
     encoder: str | None = None
     config_hash: str | None = None
+    #: the positive class of a two-class label (None: High/1/True/yes, see classes.py)
+    positive: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in ("logistic", "linear", "knn"):
@@ -60,14 +62,19 @@ class ProbeResult:
     n_patients: int
     folds: int
     classes: list[str] = field(default_factory=list)
+    #: two classes: {"positive": ..., "negative": ...}, what the scores and curves are for
+    class_mapping: dict[str, str] = field(default_factory=dict)
+    #: labelled rows not used, by reason: store slides without a label, unknown slides
+    dropped: dict[str, list[str]] = field(default_factory=dict)
     plot: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "n_slides": self.n_slides, "n_patients": self.n_patients,
-                "folds": self.folds, "classes": self.classes, "metrics": self.metrics,
-                "files": self.files, "config": self.config}
+                "folds": self.folds, "classes": self.classes,
+                "class_mapping": self.class_mapping, "metrics": self.metrics,
+                "dropped": self.dropped, "files": self.files, "config": self.config}
 
 
 def _task(values: pd.Series, task: Task) -> str:
@@ -83,6 +90,13 @@ def _task(values: pd.Series, task: Task) -> str:
 def probe_frame(store: Any, labels: Any, config: ProbeConfig,
                 storage_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """(slide_id, patient_id, label) rows and their (N, D) slide embeddings."""
+    frame, matrix, _ = _probe_rows(store, labels, config, storage_options)
+    return frame, matrix
+
+
+def _probe_rows(store: Any, labels: Any, config: ProbeConfig,
+                storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
+    """:func:`probe_frame` plus what was left out, by id and reason."""
     from features.store.slide_embeddings import to_numpy
     from training.cohorts.labels import join_labels, read_labels
 
@@ -91,12 +105,22 @@ def probe_frame(store: Any, labels: Any, config: ProbeConfig,
     emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)
     slides = emb.select(["slide_id", "patient_id"]).to_pandas()
     joined = join_labels(table, slides, label_columns=[config.label], source=source)
-    frame = joined.table.dropna(subset=[config.label]).reset_index(drop=True)
+    missing = joined.table[config.label].isna()
+    frame = joined.table[~missing].reset_index(drop=True)
+    dropped = {
+        "label_missing": sorted(map(str, joined.table.loc[missing, "slide_id"])),
+        "no_label_row": sorted(set(map(str, slides["slide_id"])) - set(map(str, joined.table["slide_id"]))),
+        "not_in_store": [*joined.unknown_slides, *joined.unknown_patients],
+    }
+    dropped = {k: v for k, v in dropped.items() if v}
+    for reason, ids in dropped.items():
+        log.warning("probe of %r: %d %s left out (%s)", config.label, len(ids),
+                    reason.replace("_", " "), ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
     if frame.empty:
         raise ConfigError(f"label {config.label!r} is empty for every slide in the store")
     order = {s: i for i, s in enumerate(emb.column("slide_id").to_pylist())}
     matrix = to_numpy(emb, config.pooling)[[order[s] for s in frame["slide_id"]]]
-    return frame, matrix
+    return frame, matrix, dropped
 
 
 def _estimator(config: ProbeConfig, task: str, n_train: int) -> Any:
@@ -157,49 +181,81 @@ def run_probe(store: Any, labels: Any, config: ProbeConfig, *, out_dir: str | Pa
     """Fit the probe with patient-level CV; write predictions, metrics and a PNG to ``out_dir``."""
     from training.probe.metrics import classification_metrics, regression_metrics
 
-    frame, x = probe_frame(store, labels, config, storage_options)
+    frame, x, dropped = _probe_rows(store, labels, config, storage_options)
     task = _task(frame[config.label], config.task)
     groups = frame["patient_id"].astype(str).to_numpy()
-    classes: list[str] = []
+    y, classes, splits, positive = _targets(frame, task, groups, config)
+    scores, fold = _cross_validate(x, y, splits, task, len(classes), config)
+    mapping: dict[str, str] = {}
+    if positive is not None:
+        if classes[0] == positive:  # folds were drawn on the sorted coding; only the naming flips
+            classes, y, scores = classes[::-1], 1 - y, scores[:, ::-1]
+        mapping = {"positive": classes[1], "negative": classes[0]}
     if task == "classification":
-        codes, uniques = pd.factorize(frame[config.label], sort=True)
-        classes = [str(u) for u in uniques]
-        y = codes.astype(int)
-        splits = _folds(y, groups, config, classes)
-        scores = np.zeros((len(y), len(classes)))
+        metrics = classification_metrics(y, scores, groups, n_boot=config.n_boot, seed=config.seed)
     else:
+        metrics = regression_metrics(y, scores[:, 0], groups, n_boot=config.n_boot, seed=config.seed)
+    result = ProbeResult(task=task, metrics=metrics,
+                         predictions=_predictions(frame, fold, scores, classes, mapping, config),
+                         n_slides=len(frame), n_patients=len(np.unique(groups)),
+                         folds=len(splits), classes=classes, class_mapping=mapping,
+                         dropped=dropped, config=asdict(config))
+    if out_dir is not None:
+        _write(result, Path(out_dir), y, scores, groups, config)
+    return result
+
+
+def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeConfig
+             ) -> tuple[np.ndarray, list[str], list[tuple[Any, Any]], str | None]:
+    """(y, classes, folds, the positive class of a two-class label), checked before any fit."""
+    from training.probe.classes import positive_class
+
+    if task != "classification":
+        if config.positive is not None:
+            raise ConfigError(f"--positive is for a class label; {config.label!r} is continuous")
         y = pd.to_numeric(frame[config.label], errors="raise").to_numpy(dtype=float)
-        splits = _folds(None, groups, config)
-        scores = np.zeros((len(y), 1))
+        return y, [], _folds(None, groups, config), None
+    codes, uniques = pd.factorize(frame[config.label], sort=True)
+    classes = [str(u) for u in uniques]
+    y = codes.astype(int)
+    splits = _folds(y, groups, config, classes)
+    positive = None
+    if len(classes) == 2 or config.positive is not None:
+        positive = positive_class(classes, config.positive, label=config.label)
+    return y, classes, splits, positive
+
+
+def _cross_validate(x: np.ndarray, y: np.ndarray, splits: list[tuple[Any, Any]], task: str,
+                    n_classes: int, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold scores (N, classes) or (N, 1), and each row's fold."""
+    scores = np.zeros((len(y), n_classes if task == "classification" else 1))
     fold = np.full(len(y), -1)
     for i, (train, test) in enumerate(splits):
         model = _estimator(config, task, len(train))
         model.fit(x[train], y[train])
         fold[test] = i
         if task == "classification":
-            if len(np.unique(y[train])) < len(classes):
+            if len(np.unique(y[train])) < n_classes:
                 raise SplitError(f"fold {i}: a class has no training patients")
-            scores[test] = _scores(model, x[test], len(classes))
+            scores[test] = _scores(model, x[test], n_classes)
         else:
             scores[test, 0] = model.predict(x[test])
-    if task == "classification":
-        metrics = classification_metrics(y, scores, groups, n_boot=config.n_boot, seed=config.seed)
-    else:
-        metrics = regression_metrics(y, scores[:, 0], groups, n_boot=config.n_boot, seed=config.seed)
+    return scores, fold
+
+
+def _predictions(frame: pd.DataFrame, fold: np.ndarray, scores: np.ndarray, classes: list[str],
+                 mapping: Mapping[str, str], config: ProbeConfig) -> pd.DataFrame:
     predictions = frame[["slide_id", "patient_id", config.label]].copy()
     predictions["fold"] = fold
-    if task == "classification":
-        for j, name in enumerate(classes):
-            predictions[f"score_{name}"] = scores[:, j]
-        predictions["predicted"] = [classes[j] for j in np.argmax(scores, axis=1)]
-    else:
+    if not classes:
         predictions["predicted"] = scores[:, 0]
-    result = ProbeResult(task=task, metrics=metrics, predictions=predictions,
-                         n_slides=len(frame), n_patients=len(np.unique(groups)),
-                         folds=len(splits), classes=classes, config=asdict(config))
-    if out_dir is not None:
-        _write(result, Path(out_dir), y, scores, groups, config)
-    return result
+        return predictions
+    for j, name in enumerate(classes):
+        predictions[f"score_{name}"] = scores[:, j]
+    predictions["predicted"] = [classes[j] for j in np.argmax(scores, axis=1)]
+    if mapping:  # the file says which class its curves are about, as metrics.json does
+        predictions["positive_class"] = mapping["positive"]
+    return predictions
 
 
 def _write(result: ProbeResult, out: Path, y: np.ndarray, scores: np.ndarray,
