@@ -18,7 +18,9 @@ Embedded by default: a local Ray that nothing outside this machine can reach —
 
 A cluster when ``address`` or ``RAY_ADDRESS`` names one (``auto``, ``host:port`` or
 ``ray://host:10001``; ``local`` means the embedded Ray): binding and firewalling are then the cluster's (see README,
-"Cluster security").
+"Cluster security"). ``slidebank cluster up`` (:mod:`infra.local_cluster`) starts its Ray
+with the same environment (:func:`ray_process_env`); a driver joining it takes its auth
+mode and token from that cluster's state file.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["connect", "embedded_auth_mode", "ray_session", "shutdown"]
+__all__ = ["LOOPBACK", "connect", "embedded_auth_mode", "fresh_token", "ray_process_env", "ray_session",
+           "shutdown", "use_auth"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,29 @@ def embedded_auth_mode() -> str:
     if _AUTH_ENV in os.environ:
         return os.environ[_AUTH_ENV]
     os.environ[_AUTH_ENV] = "token"
+    _reload_auth_config()
+    return "token"
+
+
+def use_auth(mode: str, token: str | None) -> None:
+    """This process joins a Ray that runs with ``mode`` and ``token`` (the local cluster's,
+    from its state file): set both and make Ray re-read them (see :func:`embedded_auth_mode`)."""
+    os.environ[_AUTH_ENV] = mode
+    if token:
+        os.environ["RAY_AUTH_TOKEN"] = token
+    _reload_auth_config()
+
+
+def _reload_auth_config() -> None:
     try:
         from ray._raylet import Config  # type: ignore[attr-defined]  # compiled module, no stubs
     except ImportError:  # a Ray without this hook reads the variable at init time
-        return "token"
+        return
     Config.initialize("")
-    return "token"
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def connect(address: str | None = None, *, dashboard: bool = False,
@@ -75,8 +95,7 @@ def connect(address: str | None = None, *, dashboard: bool = False,
     # binding, token, quiet loggers and reaper (passed to ray.init as an address it would
     # start a Ray on every interface and print its notices).
     if address and address != "local":
-        ray.init(address=address, log_to_driver=False, **init_kwargs)
-        log.info("connected to Ray cluster at %s", address)
+        _join(address, init_kwargs)
         return True
     if embedded_auth_mode().lower() == "token":
         _ensure_token()
@@ -91,7 +110,26 @@ def connect(address: str | None = None, *, dashboard: bool = False,
     return True
 
 
+def _join(address: str, init_kwargs: dict[str, Any]) -> None:
+    import ray
+
+    from infra.local_cluster import take_cluster_auth
+
+    take_cluster_auth(address)
+    # Ray turns a loopback GCS address into the machine's routable IP (where a loopback-only
+    # cluster such as `slidebank cluster up`'s does not listen) unless cluster mode is off.
+    on_loopback = _host(address) in _LOOPBACK_NAMES
+    with _loopback_only() if on_loopback else contextlib.nullcontext():
+        ray.init(address=address, log_to_driver=False, **init_kwargs)
+    log.info("connected to Ray cluster at %s", address)
+
+
+def _host(address: str) -> str:
+    return address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+
+
 LOOPBACK = "127.0.0.1"
+_LOOPBACK_NAMES = {LOOPBACK, "localhost", "::1"}
 #: Environment the Ray processes started by an embedded ``ray.init`` inherit: cluster mode
 #: off (loopback node IP) and pipe-based agent → raylet health checks (agents die with it).
 _EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -127,11 +165,27 @@ def _ensure_token() -> None:
     ``ray.init`` writing it and the GCS reading it aborts the GCS (seen on this machine)."""
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    with contextlib.suppress(ImportError, AttributeError):
-        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+    os.environ["RAY_AUTH_TOKEN"] = fresh_token()
+    _reload_auth_config()
 
-        AuthenticationTokenLoader.instance().reset_cache()
+
+def fresh_token() -> str:
+    """A new random token for a Ray this machine starts (256 bits, hex)."""
+    return secrets.token_hex(32)
+
+
+def ray_process_env(mode: str, token: str | None) -> dict[str, str]:
+    """The environment for Ray processes started outside ``ray.init`` (``ray start`` for the
+    local cluster): this process's, with the embedded Ray's loopback and agent settings,
+    ``mode`` and ``token``. ``RAY_ADDRESS`` and a token file are left out: the new Ray must
+    neither join another cluster nor read a token other than ``token``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(_EMBEDDED_ENV)
+    env[_AUTH_ENV] = mode
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
 
 
 def shutdown(started: bool) -> None:

@@ -23,13 +23,26 @@ def up(
     `train` and `demo` runs join it instead of starting Ray each time (15-40 s on a
     small machine); `--address auto` does the same explicitly.
 
+    Every server listens on 127.0.0.1 only. Token auth is on (RAY_AUTH_MODE=token
+    unless set) with your RAY_AUTH_TOKEN or a fresh random token, kept for later
+    runs in the cluster's state file (mode 0600). RAY_AUTH_MODE=disabled is
+    refused unless every server is on loopback.
+
     Example: slidebank cluster up --num-cpus 2
     """
+    from infra.local_cluster import auth_mode
     from infra.local_cluster import up as start
 
     with fail_on_slidebank_error():
         address = start(num_cpus, dashboard=dashboard)
-    typer.echo(f"local cluster at {address} (stop it with: slidebank cluster down)")
+    typer.echo(f"local cluster at {address}, {_auth_words(auth_mode())} "
+               "(stop it with: slidebank cluster down)")
+
+
+def _auth_words(mode: str | None) -> str:
+    if mode == "disabled":
+        return "no token auth: any process on this machine can run code on it"
+    return "token auth" if mode == "token" else "auth mode not recorded"
 
 
 @cluster_app.command("down")
@@ -51,10 +64,11 @@ def status() -> None:
 
     Example: slidebank cluster status
     """
-    from infra.local_cluster import address, state_file
+    from infra.local_cluster import address, auth_mode, state_file
 
     running = address()
-    typer.echo(f"local cluster at {running}" if running else f"no local cluster ({state_file()})")
+    typer.echo(f"local cluster at {running}, {_auth_words(auth_mode())}" if running
+               else f"no local cluster ({state_file()})")
 
 
 def register(app: typer.Typer) -> None:
