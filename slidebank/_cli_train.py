@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from slidebank._cli_common import AddressOpt, fail_on_slidebank_error
 
@@ -24,7 +26,10 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON "
                                                          "(it is in OUT/RUN_ID/summary.json too).")] = False,
 ) -> None:
-    """Train a MIL model (ABMIL, CLAM, TransMIL) with k-fold CV on Ray Train.
+    """Train a slide-level model with k-fold CV on Ray Train.
+
+    Models (model.model in the YAML): {models}. Every model option is checked before
+    Ray starts.
 
     The cohort is checked against the store before anything starts; each run writes to
     its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json); the
@@ -107,6 +112,17 @@ def evaluate(
     typer.echo(json.dumps(summary, indent=2, default=float))
 
 
+class _TrainCommand(TyperCommand):
+    """Fills ``{models}`` in the help from the model registry when help is shown, so
+    every registered model is named and torch loads only for ``--help``."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from training.mil.models import model_names
+
+        self.help = (self.help or "").replace("{models}", ", ".join(model_names()))
+        super().format_help(ctx, formatter)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", cls=_TrainCommand)(train)
     app.command("evaluate")(evaluate)

@@ -83,6 +83,7 @@ class TrainRunConfig:
         from training.mil.train import TrainConfig
 
         model = MILConfig(**dict(self.model))
+        _check_model_options(model)
         train = TrainConfig(**{**dict(self.train), "model": model, "task": self.task})
         if model.model in SPATIAL_MODELS and train.max_patches is not None:
             raise ConfigError(
@@ -96,6 +97,14 @@ class TrainRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def _check_model_options(model: Any) -> None:
+    """Build the model once, here on the CPU: a bad option value (``model.options.conv=sage``)
+    is then a one-line ConfigError before Ray starts, not a worker failure after its start-up."""
+    from training.mil.models import build_model
+
+    build_model(model)
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
