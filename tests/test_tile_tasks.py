@@ -122,3 +122,15 @@ def test_cli_classify_and_export(cohort, tmp_path):
     bad = runner.invoke(app, ["annotations", "classify", "--store", cohort.store.uri,
                               "--class", "necrosis"])
     assert bad.exit_code == 2 and "necrosis" in bad.output
+
+
+def test_region_restricts_the_tiles_a_task_loads(cohort):
+    from features.annotations import RegionFilter
+    from training.tiles.data import load_tiles
+
+    near = RegionFilter("tumour", 0.01)
+    data = load_tiles(cohort.store, TileTask("tumour", region=near))
+    cov = coverage_table(cohort.store, classes=["tumour"]).to_pandas()
+    assert len(data) == int((cov["coverage"] >= 0.01).sum()) and data.coverage.min() >= 0.01
+    plain = TileClassifierConfig(TileTask("tumour"))
+    assert TileClassifierConfig(TileTask("tumour", region=near)).config_hash() != plain.config_hash()
