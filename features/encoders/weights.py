@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "WeightsSource",
     "WeightsStatus",
     "adapt_state_dict",
+    "check_torch_archive",
     "load_state_dict",
     "register_state_dict_adapter",
     "resolve_weights",
@@ -297,19 +299,54 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def check_torch_archive(path: str | os.PathLike[str]) -> None:
+    """Refuse a pickle-based checkpoint whose loading would take work out of proportion to
+    its size, before ``torch.load`` touches it (issue 24).
+
+    ``torch.save`` writes a zip of *stored* entries, so the archive's declared sizes add up
+    to less than the file. A deflated entry, or sizes past the file's, is a zip bomb: torch
+    would inflate it whole into memory. A file that is not a zip is a legacy (pre-1.6)
+    pickle or tar checkpoint, which allocates every tensor at the size it declares before
+    reading its bytes, so it is refused too.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except OSError as exc:
+        raise WeightsError(f"{path.name}: cannot read: {exc.strerror or _first_line(exc)}") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise WeightsError(
+            f"{path.name}: refused to load: not a zip archive ({_first_line(exc)}); torch.save "
+            "writes zip files since PyTorch 1.6 and legacy checkpoints are not read. Re-save it "
+            "with a current torch.save or convert it to safetensors."
+        ) from exc
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise WeightsError(f"{path.name}: refused to load: archive entry {entry.filename!r} "
+                               "is compressed, which torch.save never writes (a zip bomb?)")
+        if entry.file_size != entry.compress_size or entry.header_offset + entry.file_size > size:
+            raise WeightsError(f"{path.name}: refused to load: archive entry {entry.filename!r} "
+                               f"declares {entry.file_size:,} bytes in a {size:,}-byte file")
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a checkpoint as ``{name: tensor}`` without executing anything from the file.
 
-    Safetensors is read directly. Other files go through ``torch.load(weights_only=True)``;
-    a pickle that tries to build anything but tensors and containers (code, arbitrary
-    objects) is refused with :class:`~infra.errors.WeightsError`. A ``{"state_dict": ...}``
+    Safetensors is read directly. Other files must pass :func:`check_torch_archive`, then go
+    through ``torch.load(weights_only=True)``; a pickle that tries to build anything but
+    tensors and containers (code, arbitrary objects) is refused with :class:`~infra.errors.WeightsError`. A ``{"state_dict": ...}``
     or ``{"model": ...}`` wrapper is unwrapped.
     """
     import torch
 
     path = Path(path)
+    safetensors = _is_safetensors(path)
+    if not safetensors:
+        check_torch_archive(path)
     try:
-        if _is_safetensors(path):
+        if safetensors:
             from safetensors.torch import load_file
 
             loaded: Any = load_file(str(path), device="cpu")

@@ -109,7 +109,7 @@ def _check_model_options(model: Any) -> None:
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``a.b=value`` sets config['a']['b'] (value parsed as YAML: numbers, lists, bools)."""
-    import yaml
+    from infra.yaml_safe import load_yaml
 
     out = json.loads(json.dumps(config))
     for item in overrides:
@@ -122,7 +122,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw, f"override {key}")
     return out
 
 
@@ -175,13 +175,12 @@ def _resolve(value: str, base: Path | None) -> str:
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> TrainRunConfig:
     """Read the YAML at ``path``, apply ``key=value`` overrides, and parse it."""
-    import yaml
+    from infra.yaml_safe import load_yaml_file
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    # Bounded loader: aliases that expand to gigabytes are refused before the copy below
+    # (json round trip) or any key check walks them.
+    raw = load_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping, got {type(raw).__name__}")
     return parse_run_config(apply_overrides(raw, overrides or []), base=path.resolve().parent)

@@ -250,18 +250,12 @@ def _add(out: dict[str, Signature], sig: Signature, file: str, line: int | None)
 
 
 def _from_yaml(text: str, file: str) -> dict[str, Signature]:
+    from infra.yaml_safe import YamlError, load_yaml
+
     try:
-        import yaml
-    except ImportError as exc:  # PyYAML is optional: GMT and TSV need nothing extra
-        raise OmicsTableError(
-            "reading YAML signatures needs PyYAML (pip install pyyaml)", file=file
-        ) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise OmicsTableError(f"invalid YAML: {exc}", file=file, line=line) from exc
+        data = load_yaml(text, file)  # bounded: an alias bomb is refused, not expanded
+    except YamlError as exc:
+        raise OmicsTableError(f"invalid YAML: {exc.problem}", file=file, line=exc.line) from exc
     if not isinstance(data, dict):
         raise OmicsTableError("YAML must map signature names to gene lists", file=file)
     out: dict[str, Signature] = {}
