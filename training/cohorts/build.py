@@ -206,13 +206,16 @@ def _from_uri(uri: str, storage_options: Mapping[str, Any] | None) -> pd.DataFra
         from features.store import FeatureStore
 
         return FeatureStore.open(uri, storage_options, create=False).slides().to_pandas()
-    with fs.open(path, "rb") as handle:
-        if lower.endswith((".parquet", ".pq")):
-            return pd.read_parquet(handle)
-        if lower.endswith((".csv", ".tsv", ".txt")):
-            sep = "," if lower.endswith(".csv") else "\t"
-            return pd.read_csv(handle, sep=sep, dtype="string")
-    raise CohortError(f"{uri}: expected a feature store, a .lance dataset, .parquet or .csv/.tsv")
+    from infra.errors import TableReadError
+    from infra.tables import read_table, table_format
+
+    try:
+        kind = table_format(uri).kind
+    except TableReadError:
+        raise CohortError(f"{uri}: expected a feature store, a .lance dataset, .parquet or "
+                          ".csv/.tsv (optionally .gz)") from None
+    # Through infra.tables, so a slides table gets the same size and decompression caps.
+    return read_table(uri, storage_options, dtype="string" if kind == "delimited" else None)
 
 
 # --------------------------------------------------------------------------- join
