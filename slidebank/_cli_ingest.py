@@ -63,13 +63,28 @@ def ingest(
     as_json: JsonOpt = False,
     force_mpp: Annotated[bool, typer.Option(help="Accept MPP values outside 0.05-50 µm/px "
                                                  "(--mpp and the manifest's mpp column).")] = False,
+    max_gpus: Annotated[int | None, typer.Option(
+        min=1, help="On an autoscaling cluster (GPU workers from zero): ask the autoscaler for "
+                    "up to this many GPUs, wait for the first (--gpu-wait) and use each as it "
+                    "joins. Default: only the GPUs present at the start.")] = None,
+    gpu_wait: Annotated[float, typer.Option(
+        min=1, help="Seconds to wait for the first GPU with --max-gpus before failing.")] = 900.0,
+    gpu_fallback_cpu: Annotated[bool, typer.Option(
+        help="With --max-gpus: run on CPUs when no GPU joined within --gpu-wait, instead of failing.")] = False,
+    partial_ok: Annotated[bool, typer.Option(
+        help="Exit 0 when some slides failed (they stay listed in the summary and as failed in "
+             "the store): for schedulers that would rerun the whole cohort on a non-zero exit.")] = False,
+    summary: Annotated[str | None, typer.Option(
+        help="Also write the JSON summary (every slide's outcome, failures with their reason) "
+             "to this path or object-store URI.")] = None,
 ) -> None:
     """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
 
     Resumable: slides already done with the same configuration are skipped. Exit code 0
     when every slide is done, 3 when some failed or manifest rows were refused (each listed
-    in the summary with its row and reason), 2 when the input is unusable as a whole or the
-    store cannot be written (a file in its place, read-only, disk full: one line, no traceback).
+    in the summary with its row and reason; 0 with --partial-ok), 2 when the input is
+    unusable as a whole or the store cannot be written (a file in its place, read-only,
+    disk full: one line, no traceback), or when --max-gpus got no GPU in time.
 
     Example: slidebank ingest 's3://bucket/cohort/*.svs' --store s3://bucket/store -s endpoint_url=http://...
     """
@@ -88,13 +103,29 @@ def ingest(
         run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
                                  read_concurrency=read_concurrency, encoder_actors=encoder_actors,
                                  commit_every=commit_every, device=device, run_tag=tag,
-                                 engine=engine, cpu_dtype=cpu_dtype, progress=not as_json)
+                                 engine=engine, cpu_dtype=cpu_dtype, progress=not as_json,
+                                 max_gpus=max_gpus, gpu_wait_s=gpu_wait,
+                                 gpu_fallback_cpu=gpu_fallback_cpu)
         result = run(source, store, config=config, options=run_options,
                      storage_options=options or None, dashboard=not no_dashboard,
                      force_mpp=force_mpp)
+        if summary:
+            _write_summary(result, summary, options or None)
     _report(result, as_json)
-    if result.failed:
+    if result.failed and not partial_ok:
         raise typer.Exit(code=EXIT_SOME_FAILED)
+
+
+def _summary_json(result: IngestResult) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(result), indent=2, default=str)
+
+
+def _write_summary(result: IngestResult, uri: str, storage_options: dict | None) -> None:
+    from infra.files import write_bytes_uri
+
+    write_bytes_uri(uri, _summary_json(result).encode(), storage_options)
 
 
 @contextlib.contextmanager
@@ -123,20 +154,21 @@ def _report_aborted(exc: IngestAborted, as_json: bool) -> None:
     stopped = sum(o.status == "aborted" for o in result.outcomes)
     typer.echo(f"{stopped} slides not ingested: the run stopped (a rerun resumes; committed "
                "slides are kept and skipped)")
-    typer.echo(f"run {result.run_id} recorded as failed in the store" if exc.record_written
-               else f"run {result.run_id} not recorded in the store: {exc.record_error}")
+    if exc.record_written:
+        typer.echo(f"run {result.run_id} recorded as failed in the store")
+        return
+    same = exc.record_error == f"{type(exc.cause).__name__}: {exc.cause}"
+    typer.echo(f"run {result.run_id} could not be recorded in the store "
+               f"({'the same error as below' if same else exc.record_error})")
 
 
 def _report(result: IngestResult, as_json: bool) -> None:
-    from dataclasses import asdict
-
     from rich.console import Console
 
     from ingest.pipeline.progress import summary_table
 
     if as_json:
-        payload = asdict(result)
-        typer.echo(json.dumps(payload, indent=2, default=str))
+        typer.echo(_summary_json(result))
         return
     console = Console()
     console.print(summary_table(result))

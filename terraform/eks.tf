@@ -21,8 +21,11 @@ module "eks" {
       before_compute = true
     }
     kube-proxy = {}
+    # Network policies (infra/deploy/kuberay/networkpolicy.yaml) are enforced only with
+    # the VPC CNI's policy agent, which is off by default.
     vpc-cni = {
-      before_compute = true
+      before_compute       = true
+      configuration_values = jsonencode({ enableNetworkPolicy = "true" })
     }
   }
 
@@ -71,8 +74,10 @@ resource "helm_release" "karpenter" {
   name       = "karpenter"
   repository = "oci://public.ecr.aws/karpenter"
   chart      = "karpenter"
-  version    = "1.6.0"
-  wait       = false
+  # Supported releases move fast (each minor for about a month): raise it with
+  # kubernetes_version, following Karpenter's upgrade guide.
+  version = "1.15.0"
+  wait    = false
 
   values = [yamlencode({
     nodeSelector = { "karpenter.sh/controller" = "true" }
@@ -95,4 +100,53 @@ resource "helm_release" "kuberay_operator" {
   values = [yamlencode({
     nodeSelector = { "karpenter.sh/controller" = "true" }
   })]
+}
+
+# The monitoring stack the PodMonitor and the Grafana dashboard ConfigMap
+# (infra/deploy) need: Prometheus Operator, Prometheus and Grafana, release name and
+# namespace as the manifests and the Ray head's RAY_GRAFANA_HOST / RAY_PROMETHEUS_HOST
+# (cluster.env) expect. Grafana's sidecar loads every ConfigMap labelled
+# grafana_dashboard=1; Prometheus selects every PodMonitor, not only the chart's own.
+resource "helm_release" "kube_prometheus_stack" {
+  namespace        = "monitoring"
+  create_namespace = true
+  name             = "kube-prometheus-stack"
+  repository       = "https://prometheus-community.github.io/helm-charts"
+  chart            = "kube-prometheus-stack"
+  version          = "82.6.0"
+
+  values = [yamlencode({
+    prometheus = {
+      prometheusSpec = {
+        podMonitorSelectorNilUsesHelmValues     = false
+        serviceMonitorSelectorNilUsesHelmValues = false
+        retention                               = "15d"
+        nodeSelector                            = { "karpenter.sh/controller" = "true" }
+      }
+    }
+    grafana = {
+      nodeSelector = { "karpenter.sh/controller" = "true" }
+      sidecar      = { dashboards = { enabled = true, label = "grafana_dashboard", searchNamespace = "ALL" } }
+      # The Ray dashboard embeds Grafana panels (RAY_GRAFANA_IFRAME_HOST).
+      "grafana.ini" = { security = { allow_embedding = true } }
+    }
+  })]
+}
+
+# GPU utilisation and memory per GPU (the Grafana board's "GPU use"), scraped through
+# the stack's ServiceMonitor; only on GPU nodes.
+resource "helm_release" "dcgm_exporter" {
+  namespace  = "monitoring"
+  name       = "dcgm-exporter"
+  repository = "https://nvidia.github.io/dcgm-exporter/helm-charts"
+  chart      = "dcgm-exporter"
+  version    = "4.8.3"
+
+  values = [yamlencode({
+    nodeSelector   = { "slidebank.io/pool" = "gpu" }
+    tolerations    = [{ key = "nvidia.com/gpu", operator = "Exists", effect = "NoSchedule" }]
+    serviceMonitor = { enabled = true }
+  })]
+
+  depends_on = [helm_release.kube_prometheus_stack]
 }

@@ -27,7 +27,7 @@ data "aws_iam_policy_document" "pods" {
   statement {
     sid       = "ListSlidesPrefix"
     actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data["slides"].arn]
+    resources = [local.slides_bucket_arn]
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
@@ -38,7 +38,24 @@ data "aws_iam_policy_document" "pods" {
   statement {
     sid       = "ReadSlides"
     actions   = ["s3:GetObject", "s3:GetObjectVersion"]
-    resources = ["${aws_s3_bucket.data["slides"].arn}/${var.slides_prefix}*"]
+    resources = ["${local.slides_bucket_arn}/${var.slides_prefix}*"]
+  }
+
+  statement {
+    sid       = "ListWeightsPrefix"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data["store"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [var.weights_prefix, "${var.weights_prefix}*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadWeights"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["store"].arn}/${var.weights_prefix}*"]
   }
 
   statement {
@@ -67,7 +84,7 @@ data "aws_iam_policy_document" "pods" {
   statement {
     sid       = "DataKeyThroughS3Only"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.data.arn]
+    resources = compact([aws_kms_key.data.arn, var.slides_kms_key_arn])
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"

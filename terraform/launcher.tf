@@ -91,10 +91,14 @@ data "aws_iam_policy_document" "ray_head_autoscaler" {
     actions   = ["ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeImages", "ec2:DescribeInstanceStatus"]
     resources = ["*"] # EC2 Describe actions support no resource-level scoping
   }
+  # RunInstances authorises every resource the launch creates or uses. Ray tags only the
+  # instance (ray-cluster-name), so only the instance is held to the tag; the volumes,
+  # network interfaces and spot request of that same call cannot be tagged by it, and the
+  # key pair Ray always names must be usable.
   statement {
     sid       = "LaunchTaggedWorkers"
-    actions   = ["ec2:RunInstances", "ec2:CreateTags"]
-    resources = ["arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*", "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:volume/*", "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:network-interface/*"]
+    actions   = ["ec2:RunInstances"]
+    resources = ["arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"]
     condition {
       test     = "StringEquals"
       variable = "aws:RequestTag/ray-cluster-name"
@@ -102,9 +106,46 @@ data "aws_iam_policy_document" "ray_head_autoscaler" {
     }
   }
   statement {
+    sid     = "LaunchWithTheirVolumesAndInterfaces"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:volume/*",
+      "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:network-interface/*",
+      "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:key-pair/*",
+      "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:spot-instances-request/*",
+    ]
+  }
+  statement {
     sid       = "LaunchFromOurNetworkAndImages"
     actions   = ["ec2:RunInstances"]
     resources = concat(["arn:aws:ec2:${var.region}::image/*", "arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:security-group/${aws_security_group.ray_nodes[0].id}"], [for s in module.vpc.private_subnet_arns : s])
+  }
+  statement {
+    sid       = "SpotWorkers"
+    actions   = ["ec2:RequestSpotInstances", "ec2:CancelSpotInstanceRequests"]
+    resources = ["arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:spot-instances-request/*"]
+  }
+  # Tags at launch, and Ray's later status tags on its own instances (which name only the
+  # changed tag, not the cluster).
+  statement {
+    sid       = "TagAtLaunch"
+    actions   = ["ec2:CreateTags"]
+    resources = ["arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["RunInstances"]
+    }
+  }
+  statement {
+    sid       = "TagOwnWorkers"
+    actions   = ["ec2:CreateTags"]
+    resources = ["arn:aws:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/ray-cluster-name"
+      values   = [local.ray_cluster_name]
+    }
   }
   statement {
     sid       = "ManageOwnWorkers"
@@ -128,6 +169,13 @@ resource "aws_iam_role_policy" "ray_head_autoscaler" {
   name   = "ray-autoscaler"
   role   = aws_iam_role.ray_head[0].id
   policy = data.aws_iam_policy_document.ray_head_autoscaler[0].json
+}
+
+# `ray up` reaches nodes through SSM Session Manager (no inbound SSH rule).
+resource "aws_iam_role_policy_attachment" "ray_ssm" {
+  for_each   = var.enable_ray_launcher ? { head = "head", worker = "worker" } : {}
+  role       = each.key == "head" ? aws_iam_role.ray_head[0].name : aws_iam_role.ray_worker[0].name
+  policy_arn = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
 resource "aws_iam_instance_profile" "ray_head" {

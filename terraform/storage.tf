@@ -1,6 +1,6 @@
 # Two buckets as plain resources (so every setting is visible to review and to checkov):
-# slides (the source archive; read-only to the cluster) and store (features, checkpoints;
-# read-write). Both SSE-KMS with an S3 Bucket Key (without it every GET of an encrypted
+# slides (the source archive; read-only to the cluster; or an existing bucket, see
+# create_slides_bucket) and store (features, checkpoints, weights; read-write). Both SSE-KMS with an S3 Bucket Key (without it every GET of an encrypted
 # tile range is a KMS call: cost and throttling), public access blocked, TLS only,
 # versioned, with lifecycle rules. A third bucket receives their access logs.
 
@@ -35,10 +35,13 @@ resource "aws_kms_alias" "data" {
 }
 
 locals {
-  data_buckets = {
-    slides = var.slides_bucket_name
-    store  = var.store_bucket_name
-  }
+  data_buckets = merge(var.create_slides_bucket ? { slides = var.slides_bucket_name } : {}, {
+    store = var.store_bucket_name
+  })
+  # The slides bucket by name, whether created here or existing.
+  slides_bucket_arn = "arn:aws:s3:::${var.slides_bucket_name}"
+  # At most 32 + 6 + 12 = 50 characters whatever the other names are (S3 allows 63).
+  logs_bucket_name = "${var.name}-logs-${data.aws_caller_identity.current.account_id}"
   # Slides are the source archive: old versions kept 90 days. The store is derived data
   # that Lance versions itself: S3's versions are only a short undo.
   noncurrent_days = {
@@ -172,7 +175,7 @@ resource "aws_s3_bucket" "logs" {
   # checkov:skip=CKV_AWS_18: this is the access-log target itself; logging it would log the logs
   # checkov:skip=CKV_AWS_144: access logs are not replicated; they expire after a year
   # checkov:skip=CKV2_AWS_62: nothing consumes object events on the log bucket
-  bucket = "${var.store_bucket_name}-logs"
+  bucket = local.logs_bucket_name
 }
 
 resource "aws_s3_bucket_versioning" "logs" {

@@ -30,16 +30,6 @@ variable "availability_zones" {
   }
 }
 
-variable "gpu_availability_zone" {
-  type        = string
-  description = "The one zone GPU workers run in: Ray moves tiles between workers, and traffic across zones is billed."
-
-  validation {
-    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$", var.gpu_availability_zone))
-    error_message = "gpu_availability_zone must be a zone name such as us-east-1a."
-  }
-}
-
 variable "vpc_cidr" {
   type        = string
   description = "IPv4 range of the VPC (/16 to /20: room for one subnet per zone and pod IPs)."
@@ -53,8 +43,8 @@ variable "vpc_cidr" {
 
 variable "kubernetes_version" {
   type        = string
-  description = "EKS Kubernetes version (major.minor)."
-  default     = "1.34"
+  description = "EKS Kubernetes version (major.minor). Raise it together with the Karpenter chart (eks.tf) and the Bottlerocket AMI (infra/deploy/karpenter)."
+  default     = "1.35"
 
   validation {
     condition     = can(regex("^1\\.[0-9]{2}$", var.kubernetes_version))
@@ -75,7 +65,7 @@ variable "endpoint_public_access_cidrs" {
 
 variable "slides_bucket_name" {
   type        = string
-  description = "Bucket holding the source whole-slide images (read-only to the cluster)."
+  description = "Bucket holding the source whole-slide images (read-only to the cluster); created here unless create_slides_bucket is false."
 
   validation {
     condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.slides_bucket_name))
@@ -90,6 +80,28 @@ variable "store_bucket_name" {
   validation {
     condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.store_bucket_name))
     error_message = "store_bucket_name must be a valid S3 bucket name (3-63 lower-case characters)."
+  }
+}
+
+variable "create_slides_bucket" {
+  type        = bool
+  description = "Create the slides bucket. false: slides_bucket_name is an existing bucket (the scanners' archive); the cluster only gets read access to slides_prefix in it."
+  default     = true
+
+  validation {
+    condition     = var.create_slides_bucket == true || var.create_slides_bucket == false
+    error_message = "create_slides_bucket must be true or false."
+  }
+}
+
+variable "slides_kms_key_arn" {
+  type        = string
+  description = "KMS key of an existing slides bucket encrypted with its own key (empty: SSE-S3, or the bucket created here)."
+  default     = ""
+
+  validation {
+    condition     = var.slides_kms_key_arn == "" || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", var.slides_kms_key_arn))
+    error_message = "slides_kms_key_arn must be empty or a KMS key ARN."
   }
 }
 
@@ -112,6 +124,17 @@ variable "store_prefix" {
   validation {
     condition     = can(regex("^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$", var.store_prefix))
     error_message = "store_prefix must be a non-empty key prefix ending with '/'."
+  }
+}
+
+variable "weights_prefix" {
+  type        = string
+  description = "Key prefix in the store bucket holding encoder weights (<encoder>.safetensors), read-only to the cluster and fetched onto each GPU node."
+  default     = "weights/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$", var.weights_prefix))
+    error_message = "weights_prefix must be a non-empty key prefix ending with '/'."
   }
 }
 

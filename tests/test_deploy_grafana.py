@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests._deploy_tools.fixtures import rendered  # noqa: F401
+from tests._deploy_tools.fixtures import rendered, renders  # noqa: F401
 from tests._deploy_tools.metric_names import code_metrics, exported_names, promql_metric_names
 
 ROOT = Path(__file__).resolve().parents[1]

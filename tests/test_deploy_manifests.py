@@ -21,12 +21,20 @@ import pytest
 import yaml
 
 from tests._deploy_tools.crd_fields import unknown_fields
-from tests._deploy_tools.fixtures import DEPLOY, kustomize, rendered  # noqa: F401
+from tests._deploy_tools.fixtures import (  # noqa: F401
+    CLUSTER_ENV,
+    DEPLOY,
+    OVERLAYS,
+    env_file,
+    kustomize,
+    rendered,
+    renders,
+)
 from tests._deploy_tools.toolenv import tool_bin, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "tests" / "_deploy_tools" / "broken"
-K8S_VERSION = "1.34"  # terraform/variables.tf kubernetes_version default
+K8S_VERSION = "1.35"  # terraform/variables.tf kubernetes_version default
 
 
 def _validate(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -42,15 +50,16 @@ def test_kustomize_renders_every_manifest_with_terraform_values(rendered) -> Non
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in rendered)
     for expected in ("RayJob/slidebank-ingest", "RayJob/slidebank-train", "RayCluster/slidebank-dev",
                      "PodMonitor/slidebank-ray", "NetworkPolicy/slidebank-ray-ingress",
-                     "NodePool/slidebank-gpu", "NodePool/slidebank-system", "EC2NodeClass/slidebank",
+                     "NodePool/slidebank-gpu", "NodePool/slidebank-gpu-ondemand",
+                     "NodePool/slidebank-system", "EC2NodeClass/slidebank",
                      "ServiceAccount/slidebank", "ConfigMap/slidebank-cluster",
-                     "ConfigMap/slidebank-grafana-dashboard"):
+                     "ConfigMap/slidebank-grafana-dashboard", "ConfigMap/slidebank-ingest-params"):
         assert expected in kinds
+    assert len(kinds) == len(set(kinds)), "an object would be applied by two kustomizations"
     text = yaml.safe_dump_all(rendered)
-    env = dict(line.split("=", 1) for line in (DEPLOY / "cluster.env").read_text().splitlines()
-               if line and not line.startswith("#"))
+    env = env_file(CLUSTER_ENV)
     # Every placeholder was replaced by the value Terraform writes to cluster.env.
-    for placeholder in ("KARPENTER_NODE_ROLE", "CLUSTER_NAME", "AVAILABILITY_ZONE"):
+    for placeholder in ("KARPENTER_NODE_ROLE", "CLUSTER_NAME"):
         assert f": {placeholder}" not in text and f"- {placeholder}" not in text
     images = set(re.findall(r"image: (\S+)", text))
     assert images == {env["IMAGE"]}, images
@@ -58,9 +67,30 @@ def test_kustomize_renders_every_manifest_with_terraform_values(rendered) -> Non
 
 def test_kustomize_rejects_a_missing_resource(tmp_path: Path) -> None:
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    (tmp_path / "deploy" / "kuberay" / "rayjob-train.yaml").unlink()
-    proc = kustomize(tmp_path / "deploy")
+    (tmp_path / "deploy" / "jobs" / "train" / "rayjob-train.yaml").unlink()
+    proc = kustomize(tmp_path / "deploy" / "jobs" / "train")
     assert proc.returncode != 0 and "rayjob-train.yaml" in proc.stderr
+
+
+# ---- the platform / job split ----------------------------------------------------------
+RUNS = {"RayJob", "RayCluster"}
+
+
+def test_the_platform_starts_nothing(renders) -> None:  # noqa: F811
+    """`kubectl apply -k infra/deploy` (the docs' first apply) creates no Ray cluster or
+    job, and no local-config helper object reaches the cluster."""
+    assert [f"{d['kind']}/{d['metadata']['name']}" for d in renders[""] if d["kind"] in RUNS] == []
+    for docs in renders.values():
+        assert all(d["metadata"]["name"] != "slidebank-values" for d in docs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_starts_exactly_one_thing(renders, overlay: str) -> None:  # noqa: F811
+    runs = [d for d in renders[overlay] if d["kind"] in RUNS]
+    assert len(runs) == 1, [d["metadata"]["name"] for d in runs]
+    # Nothing of the platform's is re-applied (or, on delete -k, deleted) with a run.
+    platform = {(d["kind"], d["metadata"]["name"]) for d in renders[""]}
+    assert platform.isdisjoint((d["kind"], d["metadata"]["name"]) for d in renders[overlay])
 
 
 # ---- kubernetes-validate and custom-kind fields ---------------------------------------
@@ -69,7 +99,8 @@ def test_manifests_and_ray_pod_templates_are_valid(rendered) -> None:  # noqa: F
     assert report["findings"] == []
     # What kubernetes-validate cannot see is covered by the field check below.
     assert set(report["skipped"]) == {"EC2NodeClass/slidebank", "NodePool/slidebank-gpu",
-                                      "NodePool/slidebank-system", "PodMonitor/slidebank-ray"}
+                                      "NodePool/slidebank-gpu-ondemand", "NodePool/slidebank-system",
+                                      "PodMonitor/slidebank-ray"}
     assert [f for d in rendered for f in unknown_fields(d)] == []
 
 
@@ -97,16 +128,55 @@ def test_jobs_clean_up_and_have_deadlines(rendered) -> None:  # noqa: F811
         assert {p["spec"]["serviceAccountName"] for p in pods} == {"slidebank"}
 
 
-def test_gpu_nodes_are_spot_and_heads_on_demand(rendered) -> None:  # noqa: F811
-    pools = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "NodePool"}
+def _capacity(pool: dict[str, Any]) -> list[str]:
+    reqs = pool["spec"]["template"]["spec"]["requirements"]
+    return next(r["values"] for r in reqs if r["key"] == "karpenter.sh/capacity-type")
 
-    def capacity(pool: dict[str, Any]) -> list[str]:
-        reqs = pool["spec"]["template"]["spec"]["requirements"]
-        return next(r["values"] for r in reqs if r["key"] == "karpenter.sh/capacity-type")
 
-    assert capacity(pools["slidebank-gpu"]) == ["spot"]
-    assert capacity(pools["slidebank-system"]) == ["on-demand"]
-    assert "nvidia.com/gpu" in pools["slidebank-gpu"]["spec"]["limits"]
+def _pools_for(pod: dict[str, Any], pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The NodePools whose nodes a pod template can land on (nodeSelector against the
+    pool's node labels and requirements; taints against tolerations), by weight."""
+    spec = pod["spec"]
+    tolerated = {t["key"] for t in spec.get("tolerations", [])}
+    out = []
+    for pool in pools:
+        template = pool["spec"]["template"]
+        labels = {**template["metadata"].get("labels", {}), "karpenter.sh/nodepool": pool["metadata"]["name"]}
+        reqs = {r["key"]: r["values"] for r in template["spec"]["requirements"] if r["operator"] == "In"}
+        fits = all(labels.get(k) == v or v in reqs.get(k, []) for k, v in spec.get("nodeSelector", {}).items())
+        if fits and {t["key"] for t in template["spec"].get("taints", [])} <= tolerated:
+            out.append(pool)
+    return sorted(out, key=lambda p: -p["spec"].get("weight", 0))
+
+
+def test_gpu_workers_fall_back_to_on_demand_and_heads_stay_on_demand(rendered) -> None:  # noqa: F811
+    pools = [d for d in rendered if d["kind"] == "NodePool"]
+    for job in (d for d in rendered if d["kind"] == "RayJob"):
+        cluster = job["spec"]["rayClusterSpec"]
+        for group in cluster["workerGroupSpecs"]:
+            reachable = _pools_for(group["template"], pools)
+            # Spot first; when spot has no capacity (or hits its limit) the on-demand pool.
+            assert [_capacity(p) for p in reachable] == [["spot"], ["on-demand"]], job["metadata"]["name"]
+            assert all("nvidia.com/gpu" in p["spec"]["limits"] for p in reachable)
+            # No zone pin: a shortage in one zone must not stop a run.
+            assert not any(r["key"] == "topology.kubernetes.io/zone"
+                           for p in reachable for r in p["spec"]["template"]["spec"]["requirements"])
+        for pod in (cluster["headGroupSpec"]["template"], job["spec"]["submitterPodTemplate"]):
+            assert [_capacity(p) for p in _pools_for(pod, pools)] == [["on-demand"]]
+
+
+def test_a_new_ami_never_replaces_a_busy_gpu_node(rendered) -> None:  # noqa: F811
+    nodeclass = next(d for d in rendered if d["kind"] == "EC2NodeClass")
+    aliases = [t["alias"] for t in nodeclass["spec"]["amiSelectorTerms"]]
+    assert aliases and all(re.fullmatch(r"bottlerocket@v\d+\.\d+\.\d+", a) for a in aliases), aliases
+    assert nodeclass["spec"]["tags"]["Project"] == "slidebank"
+    for pool in (d for d in rendered if d["kind"] == "NodePool" and "gpu" in d["metadata"]["name"]):
+        budgets = pool["spec"]["disruption"]["budgets"]
+        assert {"nodes": "0", "reasons": ["Drifted"]} in budgets
+    for job in (d for d in rendered if d["kind"] == "RayJob"):
+        for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+            annotations = group["template"]["metadata"]["annotations"]
+            assert annotations["karpenter.sh/do-not-disrupt"] == "true"
 
 
 # ---- container image ----------------------------------------------------------------------

@@ -211,15 +211,18 @@ def test_outputs_are_what_the_manifests_consume(terraform) -> None:
     assert all(body.get("description") for body in outputs.values())
     heredoc = outputs["kustomize_env"]["value"]
     produced = set(re.findall(r"^\s*([A-Z_]+)=", heredoc, re.M))
-    env_keys = {line.split("=", 1)[0] for line in (DEPLOY / "cluster.env").read_text().splitlines()
+    env_keys = {line.split("=", 1)[0] for line in (DEPLOY / "values" / "cluster.env").read_text().splitlines()
                 if line and not line.startswith("#")}
     assert produced == env_keys
-    # Every key is used: by a replacement or as a container environment variable.
-    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    replaced = {r["source"]["fieldPath"].split(".", 1)[1] for r in kustomization["replacements"]}
-    entrypoints = " ".join((DEPLOY / "kuberay" / f).read_text() for f in ("rayjob-ingest.yaml", "rayjob-train.yaml"))
-    used_in_jobs = {k for k in env_keys if f"${k}" in entrypoints}
-    assert env_keys - replaced - used_in_jobs <= {"AWS_REGION"}, "outputs nobody reads"
+    # Every key is used: by a replacement, in a job's entrypoint, by the weights init
+    # container, or by Ray itself (the dashboard's Grafana and Prometheus settings).
+    component = yaml.safe_load((DEPLOY / "values" / "kustomization.yaml").read_text())
+    replaced = {r["source"]["fieldPath"].split(".", 1)[1] for r in component["replacements"]}
+    entrypoints = " ".join(p.read_text() for p in (DEPLOY / "jobs").glob("*/rayjob-*.yaml"))
+    used_in_jobs = {k for k in env_keys if re.search(rf"\${{?{k}\b", entrypoints)}
+    fetcher = (ROOT / "infra" / "fetch_weights.py").read_text()
+    used = replaced | used_in_jobs | {k for k in env_keys if k in fetcher or k.startswith("RAY_")}
+    assert env_keys - used <= {"AWS_REGION"}, "outputs nobody reads"
     # The namespace and service account Terraform grants are the manifests' own.
     variables = _blocks(terraform, "variable")
     sa = yaml.safe_load((DEPLOY / "kuberay" / "serviceaccount.yaml").read_text())
@@ -251,3 +254,175 @@ def test_ray_up_config_names_what_terraform_creates(terraform) -> None:
     assert nodes["head"]["node_config"]["IamInstanceProfile"]["Name"] == f"REPLACE-{prefix}-head"
     assert nodes["gpu"]["node_config"]["IamInstanceProfile"]["Name"] == f"REPLACE-{prefix}-worker"
     assert config["provider"]["security_group"]["GroupName"] == f"REPLACE-{prefix}-nodes"
+
+
+# ---- behaviour: what AWS would accept -----------------------------------------------------
+def _max_len(variable: dict[str, Any]) -> int:
+    """The longest value a string variable's validation regex accepts."""
+    import re._parser as sre_parse  # the stdlib's regex parser: width bounds of a pattern
+
+    (condition,) = [v["condition"] for v in variable["validation"]]
+    pattern = re.search(r'regex\("((?:[^"\\]|\\.)*)"', condition)
+    assert pattern, condition
+    return int(sre_parse.parse(pattern.group(1).encode().decode("unicode_escape")).getwidth()[1])
+
+
+def _longest(expr: str, variables: dict[str, Any], locals_: dict[str, Any]) -> int:
+    """Length of the longest string ``expr`` (a Terraform template) can produce."""
+    total, rest = 0, expr
+    for ref in re.findall(r"\$\{([^}]*)\}", expr):
+        rest = rest.replace("${" + ref + "}", "", 1)
+        if ref.startswith("var."):
+            total += _max_len(variables[ref[4:]])
+        elif ref.startswith("local."):
+            total += _longest(locals_[ref[6:]], variables, locals_)
+        elif ref == "data.aws_caller_identity.current.account_id":
+            total += 12
+        else:
+            raise AssertionError(f"cannot bound {ref!r} in {expr!r}")
+    return total + len(rest)
+
+
+def test_every_bucket_terraform_creates_has_a_valid_name_length(terraform) -> None:
+    """S3 bucket names are 3-63 characters; the longest names the variables' validations
+    accept must still make valid buckets (the logs bucket was the store's name + '-logs')."""
+    variables = _blocks(terraform, "variable")
+    locals_ = {k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()}
+    lengths = {}
+    for key, body in _blocks(terraform, "resource").items():
+        if not key.startswith("aws_s3_bucket."):
+            continue
+        if body["bucket"] == "${each.value}":  # for_each over local.data_buckets
+            names = re.findall(r"var\.(\w+_bucket_name)", json.dumps(locals_[body["for_each"][8:-1]]))
+            for name in names:
+                lengths[f"{key}[{name}]"] = _max_len(variables[name])
+        else:
+            lengths[key] = _longest(body["bucket"], variables, locals_)
+    assert len(lengths) == 3, lengths
+    assert all(3 <= n <= 63 for n in lengths.values()), lengths
+
+
+def test_the_old_logs_bucket_name_is_caught(terraform) -> None:
+    variables = _blocks(terraform, "variable")
+    assert _longest("${var.store_bucket_name}-logs", variables, {}) == 68
+
+
+def test_an_existing_slides_bucket_is_read_not_created(terraform) -> None:
+    locals_ = {k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()}
+    assert "var.create_slides_bucket ?" in locals_["data_buckets"]
+    # Nothing outside the created buckets refers to the slides bucket resource.
+    text = json.dumps({k: v for k, v in terraform.items()})
+    assert 'aws_s3_bucket.data[\\"slides\\"]' not in text
+    statements = {st["sid"]: st for st in _blocks(terraform, "data")["aws_iam_policy_document.pods"]["statement"]}
+    assert statements["ReadSlides"]["resources"] == ["${local.slides_bucket_arn}/${var.slides_prefix}*"]
+    assert "slides_kms_key_arn" in json.dumps(statements["DataKeyThroughS3Only"])
+
+
+def test_terraform_installs_what_the_manifests_need(terraform) -> None:
+    """The PodMonitor needs the Prometheus Operator (release and namespace as the manifests
+    and cluster.env's RAY_GRAFANA_HOST expect), GPU metrics need the DCGM exporter, and every
+    chart is pinned exactly."""
+    import yaml
+
+    releases = {k.split(".", 1)[1]: v for k, v in _blocks(terraform, "resource").items()
+                if k.startswith("helm_release.")}
+    stack = releases["kube_prometheus_stack"]
+    monitor = yaml.safe_load((DEPLOY / "kuberay" / "podmonitor.yaml").read_text())
+    assert (stack["name"], stack["namespace"]) == (monitor["metadata"]["labels"]["release"], "monitoring")
+    env = (DEPLOY / "values" / "cluster.env").read_text()
+    assert f"http://{stack['name']}-grafana.{stack['namespace']}.svc" in env
+    assert "dcgm_exporter" in releases
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", str(r["version"])) for r in releases.values())
+
+
+def test_terraform_fmt_is_clean() -> None:
+    import shutil
+
+    binary = shutil.which("terraform") or shutil.which("tofu")
+    if binary is None:
+        pytest.skip("no terraform (or tofu) binary on PATH")
+    proc = subprocess.run([binary, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"not formatted: {proc.stdout} {proc.stderr[-500:]}"
+
+
+# A tiny IAM evaluator: does some Allow statement cover (action, resource) under the
+# request's context? Terraform interpolations become the values below.
+_VALUES = {"${var.region}": "us-east-1", "${data.aws_caller_identity.current.account_id}": "123456789012",
+           "${local.ray_cluster_name}": "slidebank", "${aws_security_group.ray_nodes[0].id}": "sg-0abc"}
+_ACCOUNT = "arn:aws:ec2:us-east-1:123456789012"
+
+
+def _resolve(value: str) -> str:
+    for key, real in _VALUES.items():
+        value = value.replace(key, real)
+    return value
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    raw = statement.get("resources", [])
+    if isinstance(raw, str):  # an expression such as concat([...], [for s in subnets : s])
+        found = [_resolve(a) for a in re.findall(r'\\?"(arn:[^"\\]*)', raw)]
+        return found + ([f"{_ACCOUNT}:subnet/*"] if "private_subnet_arns" in raw else [])
+    return [_resolve(r) for r in raw]
+
+
+def _allowed(statements: list[dict[str, Any]], action: str, arn: str, context: dict[str, str]) -> bool:
+    from fnmatch import fnmatchcase
+
+    for st in statements:
+        if st.get("effect", "Allow") != "Allow" or action not in st.get("actions", []):
+            continue
+        if not any(fnmatchcase(arn, pattern) for pattern in _resources(st)):
+            continue
+        if all(context.get(c["variable"]) in [_resolve(v) for v in c["values"]]
+               for c in st.get("condition", [])):
+            return True
+    return False
+
+
+def _ray_launch_requests() -> list[tuple[str, str, dict[str, str]]]:
+    """What Ray 2.60's AWS node provider asks of EC2 for one spot worker, resource by
+    resource: RunInstances (tags only on the instance; a KeyName always), then status tags
+    naming only the changed tag, then termination."""
+    launch = [("instance/i-1", {"aws:RequestTag/ray-cluster-name": "slidebank"}), ("volume/vol-1", {}),
+              ("network-interface/eni-1", {}), ("key-pair/ray-autoscaler_us-east-1", {}),
+              ("spot-instances-request/sir-1", {}), ("security-group/sg-0abc", {}),
+              ("subnet/subnet-1", {})]
+    requests = [("ec2:RunInstances", f"{_ACCOUNT}:{r}", ctx) for r, ctx in launch]
+    requests.append(("ec2:RunInstances", "arn:aws:ec2:us-east-1::image/ami-1", {}))
+    requests.append(("ec2:CreateTags", f"{_ACCOUNT}:instance/i-1", {"ec2:CreateAction": "RunInstances"}))
+    tagged = {"aws:ResourceTag/ray-cluster-name": "slidebank"}
+    requests.append(("ec2:CreateTags", f"{_ACCOUNT}:instance/i-1", tagged))
+    requests.append(("ec2:TerminateInstances", f"{_ACCOUNT}:instance/i-1", tagged))
+    return requests
+
+
+def _head_statements(files: dict[str, Any]) -> list[dict[str, Any]]:
+    return _statements(_blocks(files, "data")["aws_iam_policy_document.ray_head_autoscaler"])
+
+
+def test_the_ray_up_head_can_launch_and_tag_workers(terraform) -> None:
+    statements = _head_statements(terraform)
+    denied = [(a, r) for a, r, ctx in _ray_launch_requests() if not _allowed(statements, a, r, ctx)]
+    assert denied == []
+    # ...but not another cluster's instances, nor an untagged launch.
+    assert not _allowed(statements, "ec2:TerminateInstances", f"{_ACCOUNT}:instance/i-2",
+                        {"aws:ResourceTag/ray-cluster-name": "other"})
+    assert not _allowed(statements, "ec2:RunInstances", f"{_ACCOUNT}:instance/i-2", {})
+
+
+def test_the_ray_up_nodes_are_reachable_through_ssm(terraform) -> None:
+    resources = _blocks(terraform, "resource")
+    attachment = resources["aws_iam_role_policy_attachment.ray_ssm"]
+    assert attachment["policy_arn"].endswith(":policy/AmazonSSMManagedInstanceCore")
+    assert "head" in attachment["for_each"] and "worker" in attachment["for_each"]
+
+
+def test_the_ray_up_token_lands_in_the_containers_home() -> None:
+    import yaml
+
+    config = yaml.safe_load((DEPLOY / "ray-launcher" / "aws-gpu.yaml").read_text())
+    workdir = re.search(r"^WORKDIR (\S+)", (DEPLOY / "docker" / "Dockerfile").read_text(), re.M)
+    assert workdir is not None
+    assert f"{workdir.group(1)}/.ray/auth_token" in config["file_mounts"]

@@ -102,6 +102,15 @@ class RunOptions:
     #: (the actor holds the model and the CUDA context).
     slide_time_budget_s: float | None = 1800.0
     reader_memory_gb: float | None = None
+    #: GPUs to ask the autoscaler for (``device`` or ``auto`` engine, device not ``cpu``):
+    #: on a cluster whose GPU workers start at zero, the run waits up to ``gpu_wait_s``
+    #: for the first GPU instead of choosing the CPU engine, starts one device actor per
+    #: GPU up to this many, and each starts work as its GPU joins. ``None``: only the
+    #: GPUs present when the run starts.
+    max_gpus: int | None = None
+    gpu_wait_s: float = 900.0
+    #: when no GPU joined within ``gpu_wait_s``: run on CPUs (``True``) or fail (default)
+    gpu_fallback_cpu: bool = False
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:
@@ -114,6 +123,10 @@ class RunOptions:
             raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
         if self.cpu_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"cpu_dtype must be float32 or bfloat16, got {self.cpu_dtype!r}")
+        if self.max_gpus is not None and self.max_gpus < 1:
+            raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")
+        if not self.gpu_wait_s > 0:
+            raise ConfigError(f"gpu_wait_s must be a positive number of seconds, got {self.gpu_wait_s!r}")
         if self.engine not in ("auto", "fused", "device", "dataset"):
             raise ConfigError(f"engine must be auto, fused, device or dataset, got {self.engine!r}")
 

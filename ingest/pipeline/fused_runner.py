@@ -59,6 +59,9 @@ class FusedPool:
     ``stage`` is the actor class (it needs ``ready()`` and a generator ``run(item)``),
     ``resources`` its Ray resources (``num_cpus``, ``num_gpus``). ``before_fill`` sees the
     queue before items are handed out (the GPU engine starts planning tasks ahead there).
+    GPU actors get slides only once they answer ``ready()``: a pool sized for GPUs the
+    autoscaler is still bringing (their pending actors are the demand it scales for)
+    grows as they join, and no slide waits on an actor whose node may never come.
     """
 
     def __init__(self, stage: type, n_actors: int, resources: Mapping[str, float],
@@ -70,6 +73,11 @@ class FusedPool:
                                            num_gpus=resources.get("num_gpus", 0.0),
                                            max_restarts=-1, max_task_retries=0)
         self._actors = [_Actor(remote.remote(**constructor)) for _ in range(n_actors)]
+        if resources.get("num_gpus", 0.0) > 0:  # the gate of an actor Ray is restarting
+            now = time.monotonic()
+            for actor in self._actors:
+                actor.restarting, actor.died_at = True, now
+                actor.probe = actor.handle.ready.remote()
         self._requeues: dict[str, int] = {}
         self._before_fill = before_fill
 
@@ -157,7 +165,8 @@ class FusedPool:
             actor.retry_at = time.monotonic() + _PROBE_EVERY_S
             return
         actor.restarting = False
-        log.info("a restarted worker answers again")
+        log.info("a worker answers; %d of %d take slides", sum(not a.restarting for a in self._actors),
+                 len(self._actors))
 
     def _reprobe(self) -> None:
         now = time.monotonic()

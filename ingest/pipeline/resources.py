@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from ingest.pipeline.config import RunOptions
 
-__all__ = ["DevicePlan", "FusedPlan", "Plan", "choose_engine", "plan_device", "plan_fused",
-           "plan_resources"]
+__all__ = ["DevicePlan", "FusedPlan", "Plan", "choose_engine", "gpus_to_request", "plan_device",
+           "plan_fused", "plan_resources"]
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,45 @@ def choose_engine(options: RunOptions) -> str:
     crosses the network between a reader and an encoder). Both survive the loss of a node
     exactly (0 lost, 0 duplicated tiles: tests/test_multinode_ingest.py); Ray Data's pools
     (``dataset``) stay available on request.
-    """
-    if options.engine != "auto":
-        return options.engine
-    import ray
 
-    if options.device != "cpu" and ray.cluster_resources().get("GPU", 0):
+    With ``max_gpus`` the GPUs need not be there yet: the choice waits for the first one
+    the autoscaler brings: they are requested while the choice waits, and the device
+    engine's actors beyond the first GPU are the demand that brings the rest.
+    """
+    if options.engine not in ("auto", "device"):
+        return options.engine
+    gpus = _gpus_for_run(options)
+    if options.engine == "device" or gpus:
         return "device"
     return "fused"
+
+
+def gpus_to_request(options: RunOptions) -> int:
+    """How many GPUs this run asks the autoscaler for (0: it uses what is there)."""
+    if options.max_gpus is None or options.device == "cpu" or options.engine not in ("auto", "device"):
+        return 0
+    return options.max_gpus
+
+
+def _gpus_for_run(options: RunOptions) -> int:
+    """GPUs present now; with ``max_gpus`` and none present, wait for the first to join."""
+    from infra.autoscale import GPUUnavailableError, cluster_gpus, gpu_request, wait_for_gpus
+
+    if options.device == "cpu":
+        return 0
+    gpus = cluster_gpus()
+    wanted = gpus_to_request(options)
+    if gpus or not wanted:
+        return gpus
+    try:
+        with gpu_request(wanted):
+            return wait_for_gpus(options.gpu_wait_s)
+    except GPUUnavailableError:
+        if not options.gpu_fallback_cpu:
+            raise
+        log.warning("no GPU joined within %g s; running on CPUs as asked (--gpu-fallback-cpu)",
+                    options.gpu_wait_s)
+        return 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +142,10 @@ def plan_device(options: RunOptions, n_slides: int) -> DevicePlan:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if options.device != "cpu" else 0
     cpus = max(int(resources.get("CPU", 1)), 1)
-    actors = max(1, min(options.encoder_actors or gpus or 1, n_slides))
+    # With GPUs on request, one actor per GPU asked for: those beyond the GPUs present
+    # wait for theirs (the pool hands them slides once they answer).
+    wanted = max(gpus, gpus_to_request(options)) if gpus else 0
+    actors = max(1, min(options.encoder_actors or wanted or 1, n_slides))
     if gpus:
         return DevicePlan(actors, 1.0, options.gpus_per_encoder or 1.0, options.device, cpus + 2 * actors)
     # No GPU (tests, or engine="device" asked for on a CPU machine): the NumPy stand-in,
