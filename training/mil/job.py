@@ -140,9 +140,11 @@ def _fit_folds(job: JobConfig, folds: list[_Fold]) -> dict[str, tuple[list[dict[
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from infra.local_cluster import resolve_address
     from infra.ray_runtime import connect
 
-    connect(job.address)  # no-op when Ray is up; else RAY_ADDRESS / address / embedded
+    # No-op when Ray is up; else RAY_ADDRESS / address / a `cluster up` cluster / embedded.
+    connect(resolve_address(job.address))
     storage_path, storage_filesystem = job.run_storage()
     trainer = TorchTrainer(
         _folds_entry,
