@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 SLIDES, RUNS, TILES_DIR, ZARR_DIR = "slides.lance", "runs.lance", "tiles", "zarr"
 SLIDE_EMBEDDINGS_DIR, DERIVED_DIR = "slide_embeddings", "derived"
+# Lance caches every version's manifest and file metadata it has opened, and each commit
+# makes new versions: with Lance's default cap a long-running driver's memory grew with
+# its commits (measured: +4 MB per commit at 1,000 fragments). The working set (the
+# latest manifests, the footers of the files read) is far below this.
+METADATA_CACHE_BYTES = 256 << 20
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -77,7 +82,7 @@ class TableSet:
         self._options = location.lance_options()
         # One session per store: index and metadata caches survive reopening a table,
         # which keeps vector-search latency low when each call opens the latest version.
-        self.session = lance.Session()
+        self.session = lance.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES)
         self.gate_cache = _SmallCache(16)
         self._fs: tuple[Any, str] | None = None
 

@@ -13,24 +13,50 @@ merge while each holds at most :data:`TIER_RATIO` times the rows merged so far, 
 segment sizes grow geometrically, a lookup consults O(log n) segments and a row is
 re-indexed O(log n) times over the store's life. No step rebuilds an index over the
 whole table.
+
+``SLIDEBANK_STORE_UPKEEP=0`` turns the per-commit upkeep off (read at each commit, see
+:func:`upkeep_enabled`): reads stay correct, they just scan what the indexes do not cover.
+It exists to measure what the upkeep saves (``python -m benchmarks.scale``) and as an
+escape hatch should the upkeep itself ever misbehave; ``FeatureStore.compact`` still
+brings every index up to date.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import lance
 
-__all__ = ["INDEXED_COLUMNS", "TIER_RATIO", "ensure_scalar_indexes", "fold_new_fragments",
-           "index_coverage", "segments_to_merge"]
+__all__ = ["INDEXED_COLUMNS", "MAX_SMALL_FRAGMENTS", "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO",
+           "UPKEEP_ENV", "compact_small_fragments", "ensure_scalar_indexes",
+           "fold_new_fragments", "index_coverage", "segments_to_merge", "upkeep_enabled"]
 
 log = logging.getLogger(__name__)
 
 #: Columns of a tiles table kept under a B-tree, and the index names they get.
 INDEXED_COLUMNS = {"write_id": "write_id_idx", "slide_id": "slide_id_idx"}
 TIER_RATIO = 1
+#: A small table (``slides``) gets a fragment per commit; once more than
+#: MAX_SMALL_FRAGMENTS of its fragments hold fewer than SMALL_TABLE_TARGET_ROWS rows, those
+#: (and only those) are merged. Fragments that reached the target are never rewritten
+#: again (unless deletions pile up in them), so a merge costs at most about the target's
+#: rows, however large the table, and the table keeps rows / target + 16 fragments.
+SMALL_TABLE_TARGET_ROWS = 4096
+MAX_SMALL_FRAGMENTS = 16
+#: Environment variable that, set to ``0``, turns the per-commit upkeep off.
+UPKEEP_ENV = "SLIDEBANK_STORE_UPKEEP"
+
+
+def upkeep_enabled() -> bool:
+    """Whether commits keep the store's indexes and small tables compact (default yes).
+
+    Read from the environment at each call, not at import, so a benchmark can measure
+    both settings in one process and Ray workers inherit the driver's choice.
+    """
+    return os.environ.get(UPKEEP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def ensure_scalar_indexes(dataset: lance.LanceDataset) -> None:
@@ -67,9 +93,13 @@ def fold_new_fragments(dataset: lance.LanceDataset) -> int:
     """Index the fragments no index covers yet; the number of fragments folded in.
 
     A failure (a concurrent writer's commit won) loses nothing: reads stay correct on
-    unindexed fragments, and the next commit folds them in.
+    unindexed fragments, and the next commit folds them in. Nothing is done (0) while
+    :func:`upkeep_enabled` is false.
     """
+    if not upkeep_enabled():
+        return 0
     ensure_scalar_indexes(dataset)
+    plans: dict[int, list[str]] = {}
     folded = 0
     for name in INDEXED_COLUMNS.values():
         try:
@@ -82,9 +112,42 @@ def fold_new_fragments(dataset: lance.LanceDataset) -> int:
             continue
         sizes = [int(n) for n in stats.get("num_indexed_rows_per_delta", [])]
         merge = segments_to_merge(sizes, int(stats.get("num_unindexed_rows", 0)))
+        plans.setdefault(merge, []).append(name)
+        folded = max(folded, unindexed)
+    # Both indexes cover the same fragments, so they normally share a plan: one call
+    # then folds both in one table version (not one version per index per commit).
+    for merge, names in plans.items():
         try:
-            dataset.optimize.optimize_indices(index_names=[name], num_indices_to_merge=merge)
-            folded = max(folded, unindexed)
+            dataset.optimize.optimize_indices(index_names=names, num_indices_to_merge=merge)
         except (OSError, ValueError, RuntimeError) as exc:
-            log.info("folding %d fragment(s) into %s deferred: %s", unindexed, name, exc)
+            log.info("folding new fragments into %s deferred: %s", names, exc)
+            folded = 0
     return folded
+
+
+def compact_small_fragments(
+    dataset: lance.LanceDataset,
+    *,
+    target_rows: int = SMALL_TABLE_TARGET_ROWS,
+    max_small: int = MAX_SMALL_FRAGMENTS,
+) -> int:
+    """Merge a table's small fragments once there are more than ``max_small``; returns
+    the fragments merged away (0: nothing to do, upkeep off, or a concurrent commit won).
+
+    Meant for the ``slides`` table, which every commit scans (the gate, the merge) and
+    grows by one small fragment: without this a commit and a listing cost grew with the
+    number of commits the store ever had.
+    """
+    if not upkeep_enabled():
+        return 0
+    small = sum(1 for f in dataset.get_fragments() if f.metadata.physical_rows < target_rows)
+    if small <= max_small:
+        return 0
+    try:
+        metrics = dataset.optimize.compact_files(
+            target_rows_per_fragment=target_rows, materialize_deletions=True, num_threads=1
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.info("merging %d small fragments deferred: %s", small, exc)
+        return 0
+    return int(metrics.fragments_removed) - int(metrics.fragments_added)

@@ -235,9 +235,7 @@ def cleanup(
         keep_from = _oldest_referenced_tiles_version(tables, encoder, retained)
         horizon = older_than
         if keep_from is not None:
-            stamp = next(
-                (v["timestamp"] for v in tiles.versions() if int(v["version"]) == keep_from), None
-            )
+            stamp = _version_timestamp(tables, encoder, keep_from)
             if stamp is not None:
                 # Lance's cutoff is now - older_than: keep it just before that version.
                 age = datetime.now(UTC) - _utc(stamp)
@@ -249,6 +247,15 @@ def cleanup(
         )
     out.update(derived.cleanup(tables, older_than, delete_unverified))
     return out
+
+
+def _version_timestamp(tables: TableSet, encoder: str, version: int) -> datetime | int | None:
+    """When a tiles version was committed (None: gone); reads that one manifest only,
+    where listing ``versions()`` reads every retained one."""
+    try:
+        return tables.tiles(encoder, version).get_version()["timestamp"]
+    except (StoreNotFoundError, ValueError, OSError):
+        return None
 
 
 def delete_slide(tables: TableSet, slide_id: str, encoder: str | None = None) -> int:
