@@ -185,14 +185,16 @@ def _report(result: IngestResult, as_json: bool) -> None:
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the cohort, the store and the pictures.")] = Path("slidebank-demo"),
-    slides: Annotated[int, typer.Option(help="Synthetic slides to write.")] = 4,
+    slides: Annotated[int, typer.Option(help="Synthetic slides to write (two per patient; the "
+                                              "first half of the patients immune-High).")] = 12,
     real_slide: Annotated[list[Path] | None, typer.Option(
         "--slide", exists=True, dir_okay=False,
         help="A real slide file to ingest beside the synthetic ones (repeatable).")] = None,
 ) -> None:
-    """Write a small synthetic cohort (plus any --slide you give, such as a real scan),
-    ingest it with the default encoder into a local store, run a similarity query, and
-    write a QC overlay PNG.
+    """Write a small synthetic cohort (plus any --slide you give, such as a real scan) and
+    its labels.csv, ingest it with the default encoder into a local store, run a
+    similarity query, and write a QC overlay PNG: what the README's data-science
+    examples run on.
 
     Example: slidebank demo --out slidebank-demo --slide ../shared/data/cmu_small_region.svs
     """
@@ -213,7 +215,11 @@ def demo(
         for row in report.similar.select(["slide_id", "x", "y", "distance"]).to_pylist():
             console.print(f"  {row['slide_id']:<22} ({row['x']:>6}, {row['y']:>6})  distance {row['distance']:.4f}")
     console.print(f"\ncohort:  {report.cohort}\nstore:   {report.store}\noverlay: {report.overlay}")
-    console.print(f"next:    slidebank query slides --store {report.store}")
+    if report.labels is not None:
+        console.print(f"labels:  {report.labels} (slide_id, patient_id, immune High/Low, infiltrate)")
+        console.print(f"next:    slidebank probe {report.labels} --label immune --store {report.store}")
+    else:
+        console.print(f"next:    slidebank query slides --store {report.store}")
 
 
 def register(app: typer.Typer) -> None:

@@ -65,23 +65,27 @@ class DemoReport:
     similar: Any
     overlay: Path
     query: tuple[str, int, int] | None
+    #: labels.csv for the data-science examples (slide_id, patient_id, immune, infiltrate)
+    labels: Path | None = None
 
 
-def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
+def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 12,
              extra_slides: Sequence[str | Path] = (), dashboard: bool = False,
              progress: bool = True) -> DemoReport:
-    """Write a small synthetic cohort, ingest it (plus ``extra_slides``, e.g. a real
-    scan) locally, query it, draw a QC overlay."""
+    """Write a small synthetic cohort (two slides per patient, the first half of the
+    patients with an immune infiltrate) and its ``labels.csv``, ingest it (plus
+    ``extra_slides``, e.g. a real scan) locally, query it, draw a QC overlay."""
     import numpy as np
 
     from features.store import FeatureStore
     from ingest.pipeline.config import RunOptions
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import SlideSource
+    from slidebank.synthetic_cohort import demo_plan, write_demo_labels
 
     out = Path(out)
     cohort = out / "cohort"
-    sources = _write_cohort(cohort, n_slides)
+    sources = _write_cohort(cohort, n_slides, labelled=True)
     for extra in extra_slides:
         path = Path(extra).resolve()
         if not path.is_file():
@@ -98,21 +102,27 @@ def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 4,
                  int(tiles.column("y")[pick].as_py()))
         similar = store.search_by_tile(*query, k=5, exclude_same_slide=True)
     overlay = _overlay(sources[0], out)
-    return DemoReport(cohort, str(out / "store"), result, similar, overlay, query)
+    labels = write_demo_labels(out / "labels.csv", demo_plan(n_slides)) if n_slides else None
+    return DemoReport(cohort, str(out / "store"), result, similar, overlay, query, labels)
 
 
-def _write_cohort(folder: Path, n: int) -> list[Any]:
+def _write_cohort(folder: Path, n: int, *, labelled: bool = False) -> list[Any]:
+    """The demo's slides; ``labelled``: with the infiltrates :func:`demo_plan` plans
+    (and the scattered lymphocytes of every real slide), which its labels.csv describes."""
     from ingest.pipeline.sources import SlideSource
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from slidebank.synthetic_cohort import demo_plan
 
     folder.mkdir(parents=True, exist_ok=True)
+    plan = demo_plan(n) if labelled else []
     sources = []
     for i in range(n):
         path = folder / f"synthetic-{i:02d}.svs"
+        immune = {"lymphocyte_fraction": plan[i].infiltrate, "lymphocyte_background": 0.04} if plan else {}
         if not path.exists():
             write_synthetic_slide(path, SyntheticSlideSpec(
                 width=3072, height=2304, mpp=0.5, seed=100 + i, pen_marks=i % 2 == 0,
-                faint=i == 1, blur=i == 2, downsamples=(1, 4)))
+                faint=i == 1, blur=i == 2, downsamples=(1, 4), **immune))
         # Absolute URIs: the store records them, and a store copied elsewhere (or read
         # from another working directory) must still be able to reopen its slides.
         sources.append(SlideSource(str(path.resolve()), path.stem, patient_id=f"P{i // 2:03d}"))

@@ -32,13 +32,17 @@ import pandas as pd
 from infra.errors import ConfigError
 
 __all__ = [
+    "DEMO_LABEL",
     "CohortSlide",
     "CohortSpec",
+    "DemoSlide",
     "IngestedCohort",
+    "demo_plan",
     "ingest_cohort_slides",
     "label_cohort",
     "make_ingested_cohort",
     "write_cohort_slides",
+    "write_demo_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,6 +172,48 @@ def ingest_cohort_slides(
         raise ConfigError(f"{len(result.failed)} cohort slides failed to ingest, e.g. "
                           f"{first.slide_id}: {first.error_type} {first.error_message}")
     return result
+
+
+#: The label ``slidebank demo`` writes to ``labels.csv`` (the README's examples use it).
+DEMO_LABEL = "immune"
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    """One slide of ``slidebank demo``: who it belongs to and what was planted in it."""
+
+    slide_id: str
+    patient_id: str
+    immune: str  # "High": lymphocyte aggregates over ``infiltrate`` of the tissue; else "Low"
+    infiltrate: float
+
+
+def demo_plan(n_slides: int) -> list[DemoSlide]:
+    """The demo's slides: two per patient (``P000``...), the first half of the patients
+    immune-High with an infiltrate of 20-35% of the tissue (the same for both of a
+    patient's slides, as bulk RNA would see it), so a probe has real signal to find."""
+    n_patients = -(-n_slides // 2)
+    rng = np.random.default_rng([7, 0xDE])
+    fractions = rng.uniform(0.20, 0.35, n_patients)
+    out = []
+    for i in range(n_slides):
+        p = i // 2
+        high = p < n_patients // 2 or n_patients == 1
+        out.append(DemoSlide(f"synthetic-{i:02d}", f"P{p:03d}", "High" if high else "Low",
+                             round(float(fractions[p]), 3) if high else 0.0))
+    return out
+
+
+def write_demo_labels(path: str | Path, slides: Sequence[DemoSlide]) -> Path:
+    """``labels.csv`` as a new task brings it: slide_id, patient_id, the class label
+    ``immune`` (High / Low) and the continuous ``infiltrate`` share."""
+    from infra.files import atomic_write
+
+    frame = pd.DataFrame([{"slide_id": s.slide_id, "patient_id": s.patient_id, DEMO_LABEL: s.immune,
+                           "infiltrate": s.infiltrate} for s in slides])
+    with atomic_write(path, "w") as handle:
+        frame.to_csv(handle, index=False)
+    return Path(path)
 
 
 def _patient_fractions(slides: Sequence[CohortSlide]) -> dict[str, float]:

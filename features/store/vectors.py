@@ -333,10 +333,22 @@ def tile_embedding(
         filter=f"write_id = {sql_literal(write_id)} AND x = {int(x)} AND y = {int(y)}",
     )
     if row.num_rows == 0:
-        raise TileNotFoundError(f"{slide_id} has no tile at (x={x}, y={y})")
+        raise TileNotFoundError(f"{slide_id} has no tile at (x={x}, y={y}); "
+                                + _nearest_tiles(dataset, write_id, x, y))
     from features.store.schema import embeddings_to_numpy
 
     return embeddings_to_numpy(row.column("embedding"))[0].astype(np.float32)
+
+
+def _nearest_tiles(dataset: Any, write_id: str, x: int, y: int, n: int = 3) -> str:
+    """The slide's stored tiles closest to (x, y), to name in the error: tiles sit on the
+    slide's own grid, where tissue is, so a guessed coordinate rarely hits one."""
+    coords = dataset.to_table(columns=["x", "y"], filter=f"write_id = {sql_literal(write_id)}")
+    xs = np.asarray(coords.column("x"), dtype=np.int64)
+    ys = np.asarray(coords.column("y"), dtype=np.int64)
+    order = np.argsort((xs - int(x)) ** 2 + (ys - int(y)) ** 2, kind="stable")[:n]
+    near = ", ".join(f"({xs[i]}, {ys[i]})" for i in order)
+    return f"the nearest of its {len(xs)} tiles: {near}"
 
 
 def search_by_tile(
