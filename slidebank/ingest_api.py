@@ -118,11 +118,12 @@ def _write_cohort(folder: Path, n: int, *, labelled: bool = False) -> list[Any]:
     sources = []
     for i in range(n):
         path = folder / f"synthetic-{i:02d}.svs"
-        immune = {"lymphocyte_fraction": plan[i].infiltrate, "lymphocyte_background": 0.04} if plan else {}
         if not path.exists():
             write_synthetic_slide(path, SyntheticSlideSpec(
                 width=3072, height=2304, mpp=0.5, seed=100 + i, pen_marks=i % 2 == 0,
-                faint=i == 1, blur=i == 2, downsamples=(1, 4), **immune))
+                faint=i == 1, blur=i == 2, downsamples=(1, 4),
+                lymphocyte_fraction=plan[i].infiltrate if plan else 0.0,
+                lymphocyte_background=0.04 if plan else 0.0))
         # Absolute URIs: the store records them, and a store copied elsewhere (or read
         # from another working directory) must still be able to reopen its slides.
         sources.append(SlideSource(str(path.resolve()), path.stem, patient_id=f"P{i // 2:03d}"))
