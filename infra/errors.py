@@ -8,10 +8,13 @@ batch can report exactly which input failed and why.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "DiskFullError",
+    "IngestAborted",
     "InvalidSlideIdError",
     "MissingMPPError",
     "NotAFolderError",
@@ -136,6 +139,23 @@ class NotWritableError(StoreWriteError, PermissionError):
 
 class NotAFolderError(StoreWriteError, NotADirectoryError):
     """A file stands where the store (or an output folder) or one of its parents must be."""
+
+
+class IngestAborted(StoreWriteError):
+    """An ingest run stopped part-way because the store refused a write (disk full,
+    read-only, a file in the way): ``cause`` is that refusal, ``partial`` the run's result
+    up to then (committed slides as they are, the rest ``aborted``; an
+    ``ingest.pipeline.runner.IngestResult``), ``record_written`` whether the run is
+    recorded ``failed`` in the store (``record_error`` says why not)."""
+
+    def __init__(self, cause: StoreWriteError, partial: Any, record_written: bool = False,
+                 record_error: str | None = None) -> None:
+        super().__init__(cause.path, cause.reason, cause.errno)
+        self.cause, self.partial = cause, partial
+        self.record_written, self.record_error = record_written, record_error
+
+    def __reduce__(self):
+        return (type(self), (self.cause, self.partial, self.record_written, self.record_error))
 
 
 class OutputExistsError(SlidebankError, FileExistsError):

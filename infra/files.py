@@ -113,23 +113,24 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_write(path, "wb") as handle:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+    with atomic_write(path, "wb", overwrite=overwrite) as handle:
         handle.write(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    with atomic_write(path, "w") as handle:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> Path:
+    with atomic_write(path, "w", overwrite=overwrite) as handle:
         handle.write(text)
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
+                      overwrite: bool = True) -> Path:
     """JSON with sorted keys; NaN and infinities (not JSON) are written as null, numpy
-    scalars as numbers, paths as strings."""
+    scalars as numbers, paths as strings. ``overwrite=False`` refuses an existing file."""
     return atomic_write_text(path, json.dumps(to_json_data(obj), indent=indent, sort_keys=True,
-                                              allow_nan=False) + "\n")
+                                              allow_nan=False) + "\n", overwrite=overwrite)
 
 
 def to_json_data(value: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from slidebank._cli_common import fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_storage_options
 
 __all__ = ["register"]
 
@@ -108,10 +108,12 @@ def build(
     ] = None,
     storage_option: OptionsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Label patients by immune signatures (or take labels from a plain table), join them
     with the store's slides, and write the cohort table with patient-level folds and
-    train/val/test splits.
+    train/val/test splits. An existing OUT (or its .report.json) is refused before
+    anything is built, unless --overwrite.
 
     Example: slidebank cohort build tcga_lihc_tpm.tsv --store ./store --signature ayers_ifng6
     --signature ayers_expanded_immune18 --units tpm --out cohorts/lihc.parquet
@@ -124,12 +126,13 @@ def build(
     options = parse_storage_options(storage_option)
     if (expression is None) == (labels is None):
         raise typer.BadParameter("give either an EXPRESSION matrix or --labels TABLE")
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         if labels is not None:
             report = cohort_api.cohort_from_labels(
                 labels, slides, out=out, label_columns=label, stratify=stratify or "auto",
                 folds=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                splits=not no_splits, name=name, lance_out=lance_out, storage_options=options)
+                splits=not no_splits, name=name, lance_out=lance_out, storage_options=options,
+                overwrite=overwrite)
         else:
             report = cohort_api.cohort_from_omics(
                 str(expression), slides, out=out, signatures=tuple(signature or ()),
@@ -142,7 +145,7 @@ def build(
                 stratify=stratify, splits=not no_splits, name=name,
                 external_expression=external_expression, external_mapping=external_mapping,
                 external_slides=external_slides, external_units=external_units,
-                lance_out=lance_out, storage_options=options)
+                lance_out=lance_out, storage_options=options, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

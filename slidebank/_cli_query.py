@@ -314,7 +314,7 @@ def tag(
 
     Example: slidebank tag paper-v1 --store ./store && slidebank query slides --store ./store --at paper-v1
     """
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(store):
         fs = _open(store, storage_option, None)
         tagged = fs.tag(name, version)
     tables = ", ".join(f"{t} v{v}" for t, v in tagged.items() if t != "slides")

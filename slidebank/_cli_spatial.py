@@ -30,7 +30,7 @@ def fit_modules(
     from infra.tables import read_table
     from training.spatial.api import fit_and_apply_modules
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(store):  # the codebook and module maps go into the store
         table = read_table(str(cohort))
         summary = fit_and_apply_modules(store, table, train_folds=train_folds, k=k, encoder=encoder,
                                         smooth=smooth, apply=apply, png_dir=png_dir)

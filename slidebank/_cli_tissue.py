@@ -8,7 +8,12 @@ from typing import Annotated, Literal
 
 import typer
 
-from slidebank._cli_common import StorageOpt, fail_on_slidebank_error, parse_storage_options
+from slidebank._cli_common import (
+    OverwriteOpt,
+    StorageOpt,
+    fail_on_slidebank_error,
+    parse_storage_options,
+)
 
 __all__ = ["register"]
 
@@ -28,9 +33,11 @@ def tissue(
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Array device for the mask.")] = "auto",
     storage_option: StorageOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Detect tissue (pen marks and scanner artifacts removed), plan tiles, and write
     overlay.png, tissue.geojson (QuPath annotations), tiles.parquet and summary.json.
+    Files already in OUT/<slide_id>/ are refused before the slide is read, unless --overwrite.
 
     Example: slidebank tissue ../shared/data/cmu_small_region.svs --out slidebank-out
     """
@@ -38,14 +45,14 @@ def tissue(
     from ingest.tiling.report import tissue_report
     from ingest.tissue import TissueConfig
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
         summary = tissue_report(
             slide_uri, out,
             tissue_config=TissueConfig(thumbnail_mpp=thumbnail_mpp),
             tiling_config=TilingConfig(tile_size=tile_size, target_mpp=target_mpp, overlap=overlap,
                                        min_tissue_fraction=min_tissue),
             mpp=mpp, reader=reader, strategy=strategy, device=device,
-            storage_options=parse_storage_options(storage_option),
+            storage_options=parse_storage_options(storage_option), overwrite=overwrite,
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

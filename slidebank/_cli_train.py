@@ -11,7 +11,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from slidebank._cli_common import AddressOpt, fail_on_slidebank_error
+from slidebank._cli_common import AddressOpt, OverwriteOpt, fail_on_slidebank_error
 
 __all__ = ["register"]
 
@@ -41,7 +41,10 @@ def train(
 
     with fail_on_slidebank_error():
         extra = [f"address={address}"] if address else []
-        summary = run_from_config(load_run_config(config, [*(overrides or []), *extra]))
+        run_config = load_run_config(config, [*(overrides or []), *extra])
+        # The run writes attention into the store: a refusal there names the store.
+        with fail_on_slidebank_error(run_config.store):
+            summary = run_from_config(run_config)
     if as_json:
         shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
         typer.echo(json.dumps(shown, indent=2, default=float))
@@ -95,20 +98,25 @@ def evaluate(
     labels: Annotated[list[str], typer.Option("--label", help="Label or gene column (repeatable).")],
     task: Annotated[Literal["binary", "regression"], typer.Option(help="The task the predictions are for.")] = "binary",
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and ROC PNGs.")] = Path("."),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Metrics with bootstrap 95% CIs (or per-gene r with FDR) and ROC plots from predictions.
 
+    Files already in OUT (metrics.json, <set>_roc.png, <set>_genes.csv) are refused before
+    anything is computed, unless --overwrite.
+
     Example: slidebank evaluate runs/clam/mil-20261203T101500-ab12cd/predictions.parquet --label ayers_ifng6_label --out eval
     """
-    import pandas as pd
-
-    from infra.files import atomic_write_json
+    from infra.files import atomic_write_json, check_output
+    from infra.tables import read_table
     from training.mil.runner import evaluate_predictions
 
-    with fail_on_slidebank_error():
+    with fail_on_slidebank_error(out):
+        metrics = check_output(out / "metrics.json", overwrite=overwrite)
+        table = read_table(str(predictions))
         out.mkdir(parents=True, exist_ok=True)
-        summary = evaluate_predictions(pd.read_parquet(predictions), task, labels, out)
-        atomic_write_json(out / "metrics.json", summary)
+        summary = evaluate_predictions(table, task, labels, out, overwrite=overwrite)
+        atomic_write_json(metrics, summary, overwrite=overwrite)
     typer.echo(json.dumps(summary, indent=2, default=float))
 
 

@@ -6,7 +6,9 @@
 ...                               signatures=["ayers_ifng6"])
 
 Both write ``<out>`` (Parquet, one row per slide with ``fold`` and ``split``) and
-``<out stem>.report.json`` atomically, and return the report.
+``<out stem>.report.json`` atomically, and return the report. Local files that exist
+already are refused before any work (:class:`~infra.errors.OutputExistsError`) and never
+replaced, unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,22 @@ def _split_counts(table: Any) -> dict[str, Any]:
     return out
 
 
-def _finish(report: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def _check_outputs(out: str | Path, overwrite: bool, *, external: bool = False) -> None:
+    """Refuse now, not after the cohort is built, the local files this call would replace."""
+    from infra.files import check_output
+    from infra.storage import is_local
+
+    if not is_local(str(out)):
+        return  # an object store PUT replaces; nothing to check cheaply
+    for path in [out, _sibling(out, ".report.json")] + (
+            [_sibling(out, ".external.parquet")] if external else []):
+        check_output(path, overwrite=overwrite)
+
+
+def _finish(report: dict[str, Any], out: str | Path, overwrite: bool) -> dict[str, Any]:
     from infra.files import atomic_write_json
 
-    atomic_write_json(_sibling(out, ".report.json"), report)
+    atomic_write_json(_sibling(out, ".report.json"), report, overwrite=overwrite)
     return report
 
 
@@ -45,23 +59,26 @@ def cohort_from_labels(
     stratify: str | None = "auto", folds: int = 5, seed: int = 0, val_fraction: float = 0.15,
     test_fraction: float = 0.15, splits: bool = True, name: str = "discovery",
     lance_out: str | None = None, storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """A cohort from a plain labels table (slide_id and/or patient_id + label columns)."""
     from training.cohorts.config import SplitConfig
     from training.cohorts.labels import build_label_cohort
 
+    _check_outputs(out, overwrite)
     cohort = build_label_cohort(
         labels, slides, label_columns=label_columns, stratify=stratify,
         splits=SplitConfig(n_splits=folds, seed=seed, val_fraction=val_fraction,
                            test_fraction=test_fraction),
         make_splits=splits, name=name, storage_options=storage_options)
-    written = [cohort.write_parquet(str(out), storage_options)]
+    written = [cohort.write_parquet(str(out), storage_options, overwrite=overwrite)]
     if lance_out:
         written.append(cohort.write_lance(lance_out, storage_options))
     discovery = {**cohort.report.to_dict(), **_split_counts(cohort.table),
                  "label_columns": [c for c in cohort.table.columns
                                    if c not in ("slide_id", "patient_id", "cohort", "fold", "split")]}
-    return _finish({"written": written, "source": "labels", "discovery": discovery}, out)
+    return _finish({"written": written, "source": "labels", "discovery": discovery}, out,
+                   overwrite)
 
 
 def cohort_from_omics(
@@ -74,7 +91,7 @@ def cohort_from_omics(
     stratify: str | None = None, splits: bool = True, name: str = "discovery",
     external_expression: str | None = None, external_mapping: str | None = None,
     external_slides: Any = None, external_units: str | None = None, lance_out: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Label patients by immune signatures from an expression matrix, join the store's
     slides, split by patient; optionally an external validation cohort beside it."""
@@ -84,6 +101,7 @@ def cohort_from_omics(
     from training.omics.io import load_gene_map
     from training.omics.signatures import load_signatures
 
+    _check_outputs(out, overwrite, external=bool(external_expression))
     options = dict(storage_options or {})
     user = load_signatures(signatures_file, storage_options=options) if signatures_file else {}
     names = tuple(signatures) or (tuple(user) if user else ("ayers_ifng6",))
@@ -103,7 +121,7 @@ def cohort_from_omics(
     genes = load_gene_map(gene_map, storage_options=options) if gene_map else None
     common: dict[str, Any] = {"user_signatures": user, "gene_map": genes, "storage_options": options}
     built = build_cohort(config, expression, slides, mapping=mapping, splits=splits, **common)
-    written = [built.cohort.write_parquet(str(out), options)]
+    written = [built.cohort.write_parquet(str(out), options, overwrite=overwrite)]
     if lance_out:
         written.append(built.cohort.write_lance(lance_out, options))
     report: dict[str, Any] = {"written": written, "source": "omics",
@@ -115,6 +133,7 @@ def cohort_from_omics(
             ext_config = replace(config, expression=replace(config.expression, units=external_units))  # type: ignore[arg-type]
         external = build_external(ext_config, external_expression, external_slides or slides,
                                   discovery=built.cohort, mapping=external_mapping, **common)
-        written.append(external.cohort.write_parquet(str(_sibling(out, ".external.parquet")), options))
+        written.append(external.cohort.write_parquet(str(_sibling(out, ".external.parquet")),
+                                                     options, overwrite=overwrite))
         report["external"] = external.cohort.report.to_dict()
-    return _finish(report, out)
+    return _finish(report, out, overwrite)

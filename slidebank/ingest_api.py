@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.errors import ConfigError, SlideNotFoundError
+from infra.errors import ConfigError, IngestAborted, SlideNotFoundError
 from infra.ids import slide_id_from_uri
 
 if TYPE_CHECKING:  # imported lazily at run time: ingest pulls in Ray, Lance and torch
@@ -28,12 +28,15 @@ def ingest(source: str, store: str, *, config: IngestConfig | None = None,
 
     Bad manifest rows are reported as failed outcomes (``ManifestError``) and the good
     rows ingested; parameters are checked before anything starts (MPP within
-    0.05-50 µm/px unless ``force_mpp``)."""
+    0.05-50 µm/px unless ``force_mpp``), and so is a local store root that cannot take
+    writes (a file in its place, read-only, a full disk). A store that refuses a write
+    part-way raises :class:`~infra.errors.IngestAborted` with the partial result."""
     from features.store import FeatureStore
-    from ingest.pipeline.collector import SlideOutcome
+    from features.store.location import StoreLocation
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import ManifestError, check_mpp, load_listing
 
+    StoreLocation(store, store_options or storage_options or {}).check_writable()
     if config is not None:
         try:
             check_mpp(config.tiling.target_mpp, "target --mpp", force=force_mpp)
@@ -49,11 +52,21 @@ def ingest(source: str, store: str, *, config: IngestConfig | None = None,
     if not listing.sources:
         raise ManifestError(f"{source}: no usable rows; " + "; ".join(map(str, listing.rejected)))
     feature_store = FeatureStore.open(store, store_options or storage_options, create=True)
-    result = run_ingest(listing.sources, feature_store, config, options,
-                        storage_options=storage_options, dashboard=dashboard)
+    try:
+        result = run_ingest(listing.sources, feature_store, config, options,
+                            storage_options=storage_options, dashboard=dashboard)
+    except IngestAborted as exc:
+        _add_rejected(exc.partial, source, listing.rejected)
+        raise
+    return _add_rejected(result, source, listing.rejected)
+
+
+def _add_rejected(result: IngestResult, source: str, rejected: Sequence[Any]) -> IngestResult:
+    from ingest.pipeline.collector import SlideOutcome
+
     result.outcomes.extend(
         SlideOutcome(row.slide_id or row.where, "failed", 0, "ManifestError", f"{source}: {row}")
-        for row in listing.rejected)
+        for row in rejected)
     return result
 
 

@@ -146,9 +146,11 @@ def test_read_only_store_is_refused_by_ingest_and_tag(store_root, tmp_path):
         result = runner.invoke(app, ["ingest", str(tmp_path / "none.svs"), "--store",
                                      str(store_root), *NO_RAY])
         _one_line_exit_2(result, "NotWritableError", store_root)
-        # Mid-write, from Lance (a tag writes a file): the same one line, from any command.
+        # Mid-write, from Lance (a tag writes a file): the same one line, from any command,
+        # naming the store (Lance's error does not).
         result = runner.invoke(app, ["tag", "v1", "--store", str(store_root)])
-        _one_line_exit_2(result, "NotWritableError", "read-only file system (errno 30)")
+        _one_line_exit_2(result, "NotWritableError", store_root)
+        assert result.output.strip().endswith("read-only file system (errno 30)")
     assert FeatureStore.open(str(store_root)).version == before
 
 
@@ -298,3 +300,251 @@ def test_atomic_write_never_clobbers_a_file_that_appears_meanwhile(tmp_path):
     with atomic_write(target, overwrite=True) as handle:
         handle.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+# ------------------------------------------------------------------ a run the disk stops
+def _ingest_rows(store: FeatureStore, sid: str, write_id: str, n_tiles: int) -> dict:
+    """What a worker hands the driver for a one-batch slide: its fragments, written for real."""
+    import json
+
+    import numpy as np
+
+    from features.store import SlideInfo, SlideKey, tile_batch
+    from features.store.writer import write_slide
+    from tests._support.datasci import CONFIG, DIM, ENCODER
+
+    index = np.arange(n_tiles)
+    batch = tile_batch(index * 256, index * 0, np.ones((n_tiles, DIM), np.float32),
+                       tile_size=256, read_mpp=0.5, tissue_fraction=np.full(n_tiles, 0.9))
+    pending = write_slide(store.location, SlideKey(sid, ENCODER, CONFIG), SlideInfo(source_uri=""),
+                          [batch], write_id=write_id, table_ready=True)
+    return {"slide_id": sid, "write_id": write_id, "info_json": "{}", "status": "tiles",
+            "n_batches": 1, "batch_index": 0, "fragments": json.dumps(list(pending.fragments)),
+            "n_tiles": n_tiles, "dim": DIM}
+
+
+def _until_full(collector, store: FeatureStore, sources, write_ids) -> Exception:
+    """Write and commit slide after slide until the disk refuses; that refusal, as raised."""
+    try:
+        for s in sources:
+            collector.add(_ingest_rows(store, s.slide_id, write_ids[s.slide_id], 150))
+    except (OSError, ValueError) as exc:  # Lance's errors come as either
+        return exc
+    raise AssertionError("the disk never filled up")
+
+
+def test_a_run_the_disk_stops_keeps_its_committed_slides_in_the_partial_result(tmp_path):
+    from features.store import new_write_id
+    from infra.errors import IngestAborted
+    from ingest.pipeline.collector import SlideCollector
+    from ingest.pipeline.runner import IngestResult, _Watch
+    from ingest.pipeline.sources import SlideSource
+    from tests._support.datasci import CONFIG, DIM, ENCODER
+
+    sources = [SlideSource(f"/slides/s{i:02d}.svs", f"s{i:02d}") for i in range(40)]
+    with tiny_disk(tmp_path / "disk", "192k") as disk:
+        store = FeatureStore.open(str(disk / "store"), create=True)
+        store.ensure_tiles_table(ENCODER, DIM)
+        result = IngestResult("run-test", CONFIG, ENCODER)
+        watch = _Watch(0.0, result)
+        write_ids = {s.slide_id: new_write_id() for s in sources}
+        # The driver's own collector, committing each slide as it completes, as in a run.
+        collector = SlideCollector(store, ENCODER, CONFIG, "float32", write_ids, 1, result.run_id,
+                                   committed=result.outcomes)
+        aborted = watch.aborted(_until_full(collector, store, sources, write_ids), sources, store)
+        in_store = set(FeatureStore.open(str(disk / "store")).slides(status="done")
+                       .column("slide_id").to_pylist())
+    assert isinstance(aborted, IngestAborted) and isinstance(aborted.cause, DiskFullError)
+    assert aborted.errno == errno.ENOSPC and not aborted.record_written
+    partial = aborted.partial
+    done = [o.slide_id for o in partial.outcomes if o.status == "done"]
+    assert done and set(done) == in_store and partial.tiles == 150 * len(done)
+    stopped = [o.slide_id for o in partial.outcomes if o.status == "aborted"]
+    assert stopped and sorted(done + stopped) == [s.slide_id for s in sources]
+
+
+@contextlib.contextmanager
+def store_with_a_full(tmp_path: Path, part: str) -> Iterator[Path]:
+    """A store whose ``part`` (a folder inside it) lies on a full tmpfs: the up-front check of
+    the store root passes, the write into ``part`` part-way through the run does not."""
+    root = tmp_path / "store"
+    (root / part).mkdir(parents=True)
+    disk = tmp_path / "disk"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tiny_disk(disk, "64k"))
+        _mount("--bind", str(disk), str(root / part))
+        stack.callback(subprocess.run, ["umount", "-l", str(root / part)], check=False)
+        FeatureStore.open(str(root), create=True)
+        _fill(disk)
+        yield root
+
+
+def _slide(tmp_path: Path) -> Path:
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    path = tmp_path / "s1.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec(width=512, height=512))
+    return path
+
+
+def test_ingest_stopped_by_a_full_disk_prints_its_summary_then_one_line(tmp_path):
+    slide = _slide(tmp_path)
+    with store_with_a_full(tmp_path, "tiles") as root:
+        result = runner.invoke(app, ["ingest", str(slide), "--store", str(root), *NO_RAY])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert any("s1" in line and "aborted" in line for line in lines), result.output
+    assert "1 slides not ingested: the run stopped" in result.output
+    run_id = next(w for w in result.output.split() if w.startswith("run-"))
+    assert f"run {run_id} recorded as failed in the store" in result.output
+    assert lines[-1] == f"error: DiskFullError: {root}: no space left on device (errno 28)"
+    runs = FeatureStore.open(str(root)).runs().to_pylist()
+    assert [(r["run_id"], r["status"], r["n_slides_done"]) for r in runs] == [(run_id, "failed", 0)]
+
+
+def test_ingest_that_cannot_record_its_run_says_so_in_one_line(tmp_path):
+    slide = _slide(tmp_path)
+    with store_with_a_full(tmp_path, "runs.lance") as root:
+        result = runner.invoke(app, ["ingest", str(slide), "--store", str(root), "--json",
+                                     *NO_RAY])
+        runs = FeatureStore.open(str(root)).runs().num_rows
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error == f"error: DiskFullError: {root}: no space left on device (errno 28)"
+    import json
+
+    payload = json.loads(result.output[:result.output.rindex(error)])
+    assert [(o["slide_id"], o["status"]) for o in payload["outcomes"]] == [("s1", "aborted")]
+    assert payload["run_recorded"] is False and runs == 0
+    assert payload["record_error"].startswith("DiskFullError: ")
+
+
+@pytest.mark.slow
+def test_ingest_the_disk_fills_under_keeps_its_summary_and_committed_slides(ray_local, tmp_path):
+    """The whole run on Ray: workers write fragments, the driver commits each slide, the
+    disk fills part-way; the summary lists what was committed, the store keeps it."""
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i in range(6):
+        write_synthetic_slide(cohort / f"syn-{i}.svs", SyntheticSlideSpec(
+            width=1792, height=1536, seed=40 + i, downsamples=(1, 4), n_blobs=2))
+    # Six slides take about 800 kB of this tmpfs one commit at a time: it fills part-way.
+    with tiny_disk(tmp_path / "disk", "400k") as disk:
+        root = disk / "store"
+        result = runner.invoke(app, ["ingest", str(cohort / "*.svs"), "--store", str(root),
+                                     "--commit-every", "1", "--no-dashboard"])
+        in_store = set(FeatureStore.open(str(root)).slides(status="done")
+                       .column("slide_id").to_pylist())
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: DiskFullError: {root}"), result.output
+    listed = {line.split()[1] for line in lines if "│ done" in line}
+    assert in_store and listed == in_store, result.output
+    assert "slides not ingested: the run stopped" in result.output
+
+
+# ------------------------------------------------------------------ the Python API
+def test_ingest_api_refuses_an_unwritable_store_before_any_work(tmp_path):
+    import slidebank as sb
+    from ingest.pipeline.config import RunOptions
+
+    not_a_folder = tmp_path / "store"
+    not_a_folder.write_text("a file where the store should be\n")
+    # No such slide either: the store is what is refused, first, as the CLI does.
+    with pytest.raises(NotAFolderError, match=f"{not_a_folder}: is a file"):
+        sb.ingest(str(tmp_path / "none.svs"), str(not_a_folder),
+                  options=RunOptions(address="127.0.0.1:9", progress=False))
+    assert not_a_folder.read_text() == "a file where the store should be\n"
+
+
+# ------------------------------------------------------------------ more outputs (finding 12)
+def test_tissue_refuses_existing_report_files_before_reading_the_slide(tmp_path):
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    slide = tmp_path / "t1.svs"
+    write_synthetic_slide(slide, SyntheticSlideSpec(width=1024, height=768, downsamples=(1,)))
+    args = ["tissue", str(slide), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    report = tmp_path / "out" / "t1"
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    slide.rename(tmp_path / "gone.svs")  # refused before the slide is opened, or this would be the error
+    _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", report / "overlay.png")
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before
+    (tmp_path / "gone.svs").rename(slide)
+    (report / "overlay.png").unlink()  # any one of the four files is refused, not only the first
+    _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", report / "tissue.geojson")
+    assert not (report / "overlay.png").exists()
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (report / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _predictions(path: Path) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    y = np.tile([0, 1], 10)
+    pd.DataFrame({"fold": np.repeat(range(2), 10), "set": "test", "target:sig": y,
+                  "pred:sig": np.clip(y * 0.6 + np.linspace(0, 0.4, 20), 0, 1)}).to_parquet(path)
+    return path
+
+
+def test_evaluate_refuses_existing_metrics_and_figures_before_computing(tmp_path):
+    predictions = _predictions(tmp_path / "predictions.parquet")
+    out = tmp_path / "eval"
+    out.mkdir()
+    args = ["evaluate", str(predictions), "--label", "sig", "--out", str(out)]
+    (out / "metrics.json").write_text("precious")
+    _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", out / "metrics.json")
+    (out / "metrics.json").unlink()
+    (out / "test_roc.png").write_bytes(b"precious")  # the figure of the predictions' set
+    _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", out / "test_roc.png")
+    # Refused before anything was computed: no metrics, the figure untouched.
+    assert sorted(p.name for p in out.iterdir()) == ["test_roc.png"]
+    assert (out / "test_roc.png").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+def test_evaluate_overwrite_replaces_its_files(tmp_path):
+    # ~20 s: evaluate's bootstrap CIs (scikit-learn) dominate.
+    predictions = _predictions(tmp_path / "predictions.parquet")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "test_roc.png").write_bytes(b"precious")
+    result = runner.invoke(app, ["evaluate", str(predictions), "--label", "sig", "--out", str(out),
+                                 "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "test_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "test_roc.png"]
+
+
+def test_a_figure_appearing_meanwhile_is_not_replaced(tmp_path):
+    from training.figures import pyplot, save_figure
+
+    fig = pyplot().figure()
+    target = tmp_path / "fig.png"
+    target.write_bytes(b"theirs")
+    with pytest.raises(OutputExistsError):
+        save_figure(fig, target, overwrite=False)
+    assert target.read_bytes() == b"theirs" and not pyplot().get_fignums()
+
+
+def test_cohort_build_refuses_an_existing_table(store_root, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide_id,immune\n" + "".join(
+        f"synthetic-{i:02d},{'high' if i % 2 else 'low'}\n" for i in range(4)))
+    out = tmp_path / "cohort.parquet"
+    out.write_bytes(b"precious")
+    args = ["cohort", "build", "--labels", str(labels), "--store", str(store_root),
+            "--out", str(out), "--no-splits"]
+    _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", out)
+    assert out.read_bytes() == b"precious" and not (tmp_path / "cohort.report.json").exists()
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == 4

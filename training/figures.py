@@ -29,11 +29,15 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 120) -> Path:
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, overwrite: bool = True) -> Path:
+    """Write ``fig`` as a PNG atomically and close it; ``overwrite=False`` refuses an
+    existing file (:class:`~infra.errors.OutputExistsError`), never replacing it."""
     path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    try:
+        with atomic_write(path, "wb", overwrite=overwrite) as handle:
+            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return path
 
 
@@ -98,6 +102,7 @@ def write_roc_calibration_png(
     groups: Mapping[str, np.ndarray] | None = None,
     calibration: bool = True,
     title: str | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """ROC (with bootstrap band) and, when scores are probabilities, a reliability plot.
 
@@ -144,12 +149,12 @@ def write_roc_calibration_png(
         cal_ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)
 
 
 def write_regression_png(
     y: np.ndarray, p: np.ndarray, path: str | Path, *,
-    metrics: Mapping[str, Mapping[str, float]], label: str,
+    metrics: Mapping[str, Mapping[str, float]], label: str, overwrite: bool = True,
 ) -> Path:
     """Predicted vs observed with the identity line, n and r / R² (CIs) in the title."""
     plt = pyplot()
@@ -162,4 +167,4 @@ def write_regression_png(
     ax.set_title(f"n={len(y)} slides", fontsize=10)
     ax.legend(title=text, loc="upper left", fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)

@@ -215,11 +215,16 @@ class FailureRecorder:
     """Context manager: once armed, calls ``on_failure`` if its block raises.
 
     The ingest driver arms it after recording its run ``running``, so a run that raises
-    is closed ``failed``. A failure to record is logged, never raised over the original.
+    is closed ``failed``. A failure to record is logged (unless ``warn=False``: the caller
+    reports ``error`` itself), never raised over the original. ``recorded``: the failure
+    was recorded.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, warn: bool = True) -> None:
         self._on_failure: Callable[[], Any] | None = None
+        self._warn = warn
+        self.recorded = False
+        self.error: Exception | None = None
 
     def arm(self, on_failure: Callable[[], Any]) -> None:
         self._on_failure = on_failure
@@ -238,5 +243,8 @@ class FailureRecorder:
         try:
             self._on_failure()
         except Exception as exc:  # the run's own error is the one to surface
-            # One line: a traceback here would bury the run's own one-line error.
-            log.warning("could not record the failed run: %s: %s", type(exc).__name__, exc)
+            self.error = exc
+            if self._warn:  # one line: a traceback would bury the run's own one-line error
+                log.warning("could not record the failed run: %s: %s", type(exc).__name__, exc)
+            return
+        self.recorded = True

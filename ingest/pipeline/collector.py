@@ -46,11 +46,16 @@ _REFRESH_EVERY = 256
 
 
 class SlideCollector:
-    """Feeds finished slides to ``store.commit`` in groups of ``commit_every``."""
+    """Feeds finished slides to ``store.commit`` in groups of ``commit_every``.
+
+    ``committed``, when given, gets each slide's outcome once its commit succeeded: what
+    a run that stops part-way has done, in commit order.
+    """
 
     def __init__(self, store: Any, encoder: str, config_hash: str, dtype: str,
                  write_ids: Mapping[str, str], commit_every: int, run_id: str,
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None, *,
+                 committed: list[SlideOutcome] | None = None) -> None:
         self.store, self.encoder, self.config_hash, self.dtype = store, encoder, config_hash, dtype
         self.write_ids = dict(write_ids)
         self.commit_every, self.run_id = commit_every, run_id
@@ -60,6 +65,7 @@ class SlideCollector:
         self.committed_slides = 0
         self.commits = 0
         self.faults = faults
+        self.committed = committed if committed is not None else []
         self._to_refresh: list[str] = []
 
     def add(self, row: Mapping[str, Any]) -> SlideOutcome | None:
@@ -120,6 +126,7 @@ class SlideCollector:
     def _commit(self) -> None:
         group, self.ready = self.ready, []
         self.store.commit(group, run_id=self.run_id)
+        self.committed.extend(self.outcomes[p.key.slide_id] for p in group)
         self._to_refresh += [p.key.slide_id for p in group if p.status == "done" and p.n_tiles]
         self.committed_slides += len(group)
         self.commits += 1

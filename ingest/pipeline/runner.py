@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from features.encoders.runtime import describe_encoder
+from infra.errors import IngestAborted
+from infra.fs_errors import write_error
 from infra.local_cluster import resolve_address
 from infra.ray_runtime import connect, shutdown
 from infra.version import CODE_VERSION
@@ -92,7 +94,61 @@ def run_ingest(
     Start-up is ordered so its slow parts overlap: the store check needs only the weights'
     checksum, so it runs before Ray starts (a rerun with nothing to do never starts Ray);
     the driver's check that the model loads runs in a thread while Ray starts.
+
+    A write the store refuses part-way (disk full, read-only, a file in the way) raises
+    :class:`~infra.errors.IngestAborted`, which carries the run's partial result.
     """
+    watch = _Watch(time.perf_counter())
+    try:
+        return _run_ingest(sources, store, config, options, storage_options, dashboard, watch)
+    except Exception as exc:
+        aborted = watch.aborted(exc, sources, store)
+        if aborted is None:
+            watch.warn_unrecorded()
+            raise
+        raise aborted from exc
+
+
+@dataclass
+class _Watch:
+    """What :func:`run_ingest` needs when its run raises: the result so far (committed
+    slides) and the guard that recorded the run ``failed``, or could not."""
+
+    started: float
+    result: IngestResult | None = None
+    guard: Any = None
+
+    def aborted(self, exc: Exception, sources: Sequence[SlideSource], store: Any
+                ) -> IngestAborted | None:
+        """``exc`` as IngestAborted with the partial result when the store refused a write."""
+        cause = write_error(exc, store.location.uri)
+        if cause is None or self.result is None:
+            return None
+        result = self.result
+        result.seconds = time.perf_counter() - self.started
+        seen = {o.slide_id for o in result.outcomes} | set(result.skipped)
+        result.outcomes.extend(
+            SlideOutcome(s.slide_id, "aborted", 0, type(cause).__name__,
+                         "not ingested: the run stopped before this slide was committed")
+            for s in sources if s.slide_id not in seen)
+        recorded = self.guard is not None and self.guard.recorded
+        why = None if recorded else self._record_error(exc, store)
+        return IngestAborted(cause, result, recorded, why)
+
+    def _record_error(self, exc: Exception, store: Any) -> str:
+        err = self.guard.error if self.guard is not None and self.guard.error else exc
+        typed = write_error(err, store.location.uri) or err
+        return f"{type(typed).__name__}: {typed}"
+
+    def warn_unrecorded(self) -> None:
+        error = self.guard.error if self.guard is not None else None
+        if error is not None:  # one line: a traceback would bury the run's own error
+            log.warning("could not record the failed run: %s: %s", type(error).__name__, error)
+
+
+def _run_ingest(sources: Sequence[SlideSource], store: Any, config: IngestConfig | None,
+                options: RunOptions | None, storage_options: Mapping[str, Any] | None,
+                dashboard: bool, watch: _Watch) -> IngestResult:
     from features.store.liveness import RunHeartbeat
     from features.store.runs import FailureRecorder
 
@@ -100,12 +156,13 @@ def run_ingest(
     started = time.perf_counter()
     # The heartbeat is left first (contexts exit in reverse), so it stops before the run
     # is closed and its heartbeat removed.
-    with Progress(len(sources), enabled=options.progress) as progress, FailureRecorder() as guard, \
-            RunHeartbeat() as heartbeat:
+    with Progress(len(sources), enabled=options.progress) as progress, \
+            FailureRecorder(warn=False) as guard, RunHeartbeat() as heartbeat:
         progress.phase("checking the store")
         spec, weights_sha = describe_encoder(config.encoder, config.weights)
         config_hash = config.config_hash(weights_sha)
         result = IngestResult(f"run-{uuid.uuid4().hex[:12]}", config_hash, config.encoder_id)
+        watch.result, watch.guard = result, guard
         todo = _pending(sources, store, config.encoder_id, config_hash, options.force, result)
         if not todo:
             result.seconds = time.perf_counter() - started
@@ -238,7 +295,8 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
         "write_kwargs": _write_kwargs(store.location, config, config_hash),
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, faults)
+                               write_ids, options.commit_every, result.run_id, faults,
+                               committed=result.outcomes)
     on_row = _row_sink(collector, progress)
     pool = FusedPool(FusedStage, plan.actors, {"num_cpus": plan.cpus_per_actor}, constructor)
     try:
@@ -281,7 +339,8 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
         "write_kwargs": _write_kwargs(store.location, config, config_hash), "device": plan.device,
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, _faults.active())
+                               write_ids, options.commit_every, result.run_id, _faults.active(),
+                               committed=result.outcomes)
     on_row = _row_sink(collector, progress)
     pool = FusedPool(DeviceStage, plan.actors,
                      {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
@@ -361,7 +420,8 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
         compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
         fn_constructor_kwargs=_write_kwargs(location, config, config_hash))
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, faults)
+                               write_ids, options.commit_every, result.run_id, faults,
+                               committed=result.outcomes)
     try:
         for row in ds.iter_rows():
             outcome = collector.add(row)

@@ -113,6 +113,6 @@ def mask_to_geojson(mask: np.ndarray, mask_mpp: float, slide_size: tuple[int, in
             **({"properties": properties} if properties else {})}
 
 
-def write_geojson(path: str | os.PathLike, collection: dict) -> Path:
-    """Write atomically (temp file, then rename)."""
-    return atomic_write_text(path, json.dumps(collection, separators=(",", ":")))
+def write_geojson(path: str | os.PathLike, collection: dict, *, overwrite: bool = True) -> Path:
+    """Write atomically (temp file, then rename); ``overwrite=False`` refuses an existing file."""
+    return atomic_write_text(path, json.dumps(collection, separators=(",", ":")), overwrite=overwrite)

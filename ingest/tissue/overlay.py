@@ -102,8 +102,8 @@ def _draw_tiles(image: np.ndarray, plan: TilePlan, scale: tuple[float, float]) -
     image[...] = np.asarray(canvas)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write atomically (temp file, then rename)."""
-    with atomic_write(path) as handle:
+def write_png(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write atomically (temp file, then rename); ``overwrite=False`` refuses an existing file."""
+    with atomic_write(path, overwrite=overwrite) as handle:
         Image.fromarray(np.ascontiguousarray(image)).save(handle, format="PNG")
     return Path(path)

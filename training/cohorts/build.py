@@ -104,9 +104,11 @@ class Cohort:
         )
         return table.replace_schema_metadata(meta)
 
-    def write_parquet(self, path: str, storage_options: Mapping[str, Any] | None = None) -> str:
-        """Write the table; a local file appears whole or not at all (temp + rename)."""
-        return write_parquet(self.to_arrow(), path, storage_options)
+    def write_parquet(self, path: str, storage_options: Mapping[str, Any] | None = None, *,
+                      overwrite: bool = True) -> str:
+        """Write the table; a local file appears whole or not at all (temp + rename), and
+        with ``overwrite=False`` never replaces one that exists."""
+        return write_parquet(self.to_arrow(), path, storage_options, overwrite=overwrite)
 
     def write_lance(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
         """Write the table as a Lance dataset (a new version each time it is rewritten),
@@ -119,18 +121,18 @@ class Cohort:
 
 
 def write_parquet(
-    table: pa.Table, path: str, storage_options: Mapping[str, Any] | None = None
+    table: pa.Table, path: str, storage_options: Mapping[str, Any] | None = None, *,
+    overwrite: bool = True,
 ) -> str:
     import pyarrow.parquet as pq
 
+    from infra.files import atomic_write
     from infra.storage import is_local, open_filesystem, strip_protocol
 
     if is_local(path):
         target = strip_protocol(path)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        with atomic_write(target, overwrite=overwrite) as handle:
+            pq.write_table(table, handle)
         return target
     fs, fs_path = open_filesystem(path, storage_options)
     with fs.open(fs_path, "wb") as handle:  # object stores publish a PUT atomically

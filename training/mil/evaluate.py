@@ -107,7 +107,8 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
-                  size: int = 400, calibration: bool = True, n_boot: int = 500) -> Path:
+                  size: int = 400, calibration: bool = True, n_boot: int = 500,
+                  overwrite: bool = True) -> Path:
     """ROC curves ({label: (y, p)}) with a bootstrap 95% band, AUROC with its CI and n in
     the legend, and (for probabilities) a calibration panel; matplotlib Agg, atomic write.
 
@@ -131,7 +132,8 @@ def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
         clean[label] = (y_arr, p_arr)
     probabilities = calibration and all(
         float(p.min()) >= 0.0 and float(p.max()) <= 1.0 for _, p in clean.values())
-    return write_roc_calibration_png(clean, path, aurocs=aurocs, calibration=probabilities)
+    return write_roc_calibration_png(clean, path, aurocs=aurocs, calibration=probabilities,
+                                     overwrite=overwrite)
 
 
 def run_summary(y: np.ndarray, p: np.ndarray, **kwargs: Any) -> dict[str, float]:

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
-from infra.files import atomic_write, atomic_write_json
+from infra.files import atomic_write, atomic_write_json, check_output
 from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
 
-__all__ = ["apply_overrides", "evaluate_predictions", "load_run_config", "new_run_id",
+__all__ = ["apply_overrides", "evaluate_predictions", "evaluation_files", "load_run_config", "new_run_id",
            "run_from_config"]
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,11 @@ def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str)
     return frame
 
 
-def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str], out: str | Path) -> dict[str, Any]:
+def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str], out: str | Path,
+                         *, overwrite: bool = True) -> dict[str, Any]:
     """Per-fold and pooled metrics (with bootstrap CIs / FDR) and ROC PNGs from a
-    predictions table as ``run_from_config`` writes it."""
+    predictions table as ``run_from_config`` writes it. ``overwrite=False`` refuses, before
+    computing anything, when one of the files it writes exists (:func:`evaluation_files`)."""
     from training.mil.evaluate import (
         classification_report,
         fold_table,
@@ -196,12 +198,15 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
 
     out = Path(out)
     _check_prediction_columns(predictions, task, labels)
+    for path in evaluation_files(predictions, task, out):
+        check_output(path, overwrite=overwrite)
     summary: dict[str, Any] = {"task": task}
     for split, part in predictions.groupby("set"):
         if task == "regression":
             report = regression_report(part[[f"target:{g}" for g in labels]].to_numpy(),
                                        part[[f"pred:{g}" for g in labels]].to_numpy(), labels)
-            report.to_csv(out / f"{split}_genes.csv", index=False)
+            with atomic_write(out / f"{split}_genes.csv", "w", overwrite=overwrite) as handle:
+                report.to_csv(handle, index=False)
             summary[str(split)] = {"mean_pearson_r": float(report["pearson_r"].mean()),
                                    "genes_q_below_0.05": int((report["pearson_q"] < 0.05).sum())}
             continue
@@ -217,8 +222,16 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
         table = fold_table(per_fold) if per_fold else pd.DataFrame()
         summary[str(split)] = {"pooled": pooled, "folds": table.to_dict("index")}
         write_roc_png({str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
-                      out / f"{split}_roc.png")
+                      out / f"{split}_roc.png", overwrite=overwrite)
     return summary
+
+
+def evaluation_files(predictions: pd.DataFrame, task: str, out: str | Path) -> list[Path]:
+    """The files :func:`evaluate_predictions` writes into ``out``: one per prediction set."""
+    suffix = {"binary": "_roc.png", "regression": "_genes.csv"}.get(task)
+    if suffix is None or "set" not in predictions.columns:
+        return []
+    return [Path(out) / f"{split}{suffix}" for split in sorted(predictions["set"].unique())]
 
 
 def _check_prediction_columns(predictions: pd.DataFrame, task: str, labels: list[str]) -> None:
