@@ -134,6 +134,16 @@ _LOOPBACK_NAMES = {LOOPBACK, "localhost", "::1"}
 #: off (loopback node IP) and pipe-based agent → raylet health checks (agents die with it).
 _EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                  "RAY_enable_pipe_based_agent_to_parent_health_check": "1"}
+#: Ray starts its worker processes this much nicer than the raylet (its default, 15, made
+#: slidebank's actors yield to every other job on a shared workstation). The raylet
+#: inherits the driver's niceness, so 0 runs workers at the user's own priority; a
+#: ``RAY_worker_niceness`` the user set is kept.
+_WORKER_NICENESS = "RAY_worker_niceness"
+
+
+def _embedded_env() -> dict[str, str]:
+    """:data:`_EMBEDDED_ENV` plus the worker niceness (the user's, or 0: the driver's own)."""
+    return {**_EMBEDDED_ENV, _WORKER_NICENESS: os.environ.get(_WORKER_NICENESS, "0")}
 
 
 @contextlib.contextmanager
@@ -142,9 +152,10 @@ def _loopback_only() -> Iterator[None]:
     this process's environment and Ray's constant restored afterwards."""
     from ray._private import ray_constants
 
-    saved_env = {k: os.environ.get(k) for k in _EMBEDDED_ENV}
+    env = _embedded_env()
+    saved_env = {k: os.environ.get(k) for k in env}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(_EMBEDDED_ENV)
+    os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address
     try:
         yield
@@ -176,12 +187,12 @@ def fresh_token() -> str:
 
 def ray_process_env(mode: str, token: str | None) -> dict[str, str]:
     """The environment for Ray processes started outside ``ray.init`` (``ray start`` for the
-    local cluster): this process's, with the embedded Ray's loopback and agent settings,
-    ``mode`` and ``token``. ``RAY_ADDRESS`` and a token file are left out: the new Ray must
+    local cluster): this process's, with the embedded Ray's loopback, agent and worker
+    niceness settings, ``mode`` and ``token``. ``RAY_ADDRESS`` and a token file are left out: the new Ray must
     neither join another cluster nor read a token other than ``token``."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env.update(_EMBEDDED_ENV)
+    env.update(_embedded_env())
     env[_AUTH_ENV] = mode
     if token:
         env["RAY_AUTH_TOKEN"] = token
