@@ -92,3 +92,30 @@ def test_transform_buffers_travel_in_the_checkpoint(easy):
     model.eval()
     runs[0].model.eval()
     assert torch.allclose(model(x, coords=coords).logits, runs[0].model(x, coords=coords).logits)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("tile_gnn", {"nodes": "modules", "modules": 4, "centre": True, "whiten": True, "invariant_branch": False,
+                  "stats_readout": True}),
+    ("module_graph", {"modules": 4, "centre": True, "whiten": True, "stats_readout": True}),
+    ("module_stats", {"modules": 4, "centre": True, "whiten": True}),
+])
+def test_noise_robust_variants_are_invariant_to_rotation(easy, name, options):
+    from training.mil.data import BagDataset, targets_from_cohort
+
+    items, _ = targets_from_cohort(easy.table, "binary", ["label"])
+    data = BagDataset(easy.store_uri, items[:16], encoder=easy.encoder, cache=True)
+    torch.manual_seed(0)
+    model = build_model(MILConfig(model=name, in_dim=32, hidden=16, attn_dim=8, options=options))
+    model.prepare(data)
+    model.eval()
+    emb, coords = data.read(items[0].slide_id)
+    x, c = torch.from_numpy(emb), torch.from_numpy(coords)
+    rotated = torch.stack([c[:, 1], -c[:, 0]], 1) + 100_000
+    with torch.no_grad():
+        assert torch.allclose(model(x, coords=c).logits, model(x, coords=rotated).logits, atol=1e-5)
+
+
+def test_stats_readout_needs_module_nodes():
+    with pytest.raises(ValueError, match="stats_readout needs nodes='modules'"):
+        build_model(MILConfig(model="tile_gnn", in_dim=8, options={"stats_readout": True}))

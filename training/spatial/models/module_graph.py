@@ -28,6 +28,7 @@ from training.mil.models import GatedAttention, MILConfig, MILOutput, register_m
 from training.spatial.graphs import GraphSpec
 from training.spatial.interactions import module_graph
 from training.spatial.models._common import edges_for, fit_transform, options, require_coords
+from training.spatial.models.module_stats import StatsReadout
 from training.spatial.modules import ModuleCodebook, ModuleSpec, fit_modules
 from training.spatial.preprocess import TileTransform
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "smooth": 0.0, "codebook": None,
                             "save_codebook": True, "graph": "grid8", "max_fit_tiles": 200_000,
-                            "centre": False, "whiten": False}
+                            "centre": False, "whiten": False, "stats_readout": False}
 
 
 class ModuleGraphNet(nn.Module):
@@ -71,6 +72,9 @@ class ModuleGraphNet(nn.Module):
         self.head = nn.Linear(h, cfg.n_outputs)
         # Read-out of proportions (K) and contact fractions (K·K): the linear reference.
         self.direct = nn.Linear(k + k * k, cfg.n_outputs)
+        # ``stats_readout``: module_stats' standardised statistics (shares, enrichment,
+        # distances) as a further linear branch, so the graph needs only learn the rest.
+        self.stats = StatsReadout(k, cfg.n_outputs, dropout=cfg.dropout) if self.opts["stats_readout"] else None
 
     # -- tissue modules --------------------------------------------------------------
     def set_codebook(self, codebook: ModuleCodebook) -> None:
@@ -96,6 +100,8 @@ class ModuleGraphNet(nn.Module):
             bags = fit_transform(self, train_data)
             book = fit_modules(bags, self.module_spec, encoder=getattr(train_data, "encoder", None))
         self.set_codebook(book)
+        if self.stats is not None:
+            self.stats.fit(self.assign, [train_data.read(item.slide_id) for item in train_data.items])
         # A codebook fitted on centred/whitened tiles is only meaningful with this model's
         # transform, so it stays in the checkpoint and is not saved as a store codebook.
         plain = not (self.transform.centre or self.transform.whiten)
@@ -130,6 +136,8 @@ class ModuleGraphNet(nn.Module):
         a = torch.softmax(scores, dim=1).squeeze(0)
         logits = self.head(a @ h)
         logits = logits + self.direct(torch.cat([g.proportions, g.contact_fraction.reshape(-1)]) * self.k)
+        if self.stats is not None:
+            logits = logits + self.stats(self.assign, x, coords)[0]
         tile_attention = a[modules] / g.counts[modules]
         return MILOutput(logits, tile_attention, None,
                          {"modules": modules, "module_attention": a.detach(), "enrichment": g.enrichment.detach()})

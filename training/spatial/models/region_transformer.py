@@ -31,12 +31,13 @@ from torch.nn import functional as F
 from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig, MILOutput, register_model
 from training.spatial.graphs import grid_index
-from training.spatial.models._common import InvariantBranch, options, require_coords
+from training.spatial.models._common import InvariantBranch, fit_transform, options, require_coords
+from training.spatial.preprocess import TileTransform
 
 __all__ = ["RegionTransformer", "distance_bucket"]
 
 DEFAULTS: dict[str, Any] = {"region": 16, "tile_layers": 1, "region_layers": 1, "invariant_branch": True,
-                            "geometry_pools": 4}
+                            "geometry_pools": 4, "centre": False, "whiten": False}
 N_BUCKETS = 16
 
 
@@ -96,6 +97,7 @@ class RegionTransformer(nn.Module):
         if cfg.hidden % cfg.n_heads:
             raise ConfigError(f"region_transformer: hidden ({cfg.hidden}) must be divisible by n_heads ({cfg.n_heads})")
         h = cfg.hidden
+        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
         self.embed = nn.Sequential(nn.Linear(cfg.in_dim, h), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.tile_layers = nn.ModuleList(_BiasedLayer(h, cfg.n_heads, cfg.dropout) for _ in range(int(opts["tile_layers"])))
         self.tile_pool = GatedAttention(h, cfg.attn_dim, 1, cfg.dropout)
@@ -110,6 +112,11 @@ class RegionTransformer(nn.Module):
             raise ConfigError(f"region_transformer: geometry_pools must be 0 or >= 2, got {g}")
         self.geo_pools = GatedAttention(h, cfg.attn_dim, g, cfg.dropout) if g else None
         self.geo_head = nn.Linear(g * (g - 1) // 2 + g, cfg.n_outputs) if g else None
+
+    def prepare(self, train_data: Any) -> None:
+        """Fit the whitening (option ``whiten``) on the training bags only."""
+        if self.transform.whiten:
+            fit_transform(self, train_data)
 
     @staticmethod
     def _geometry(pools: nn.Module, states: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,6 +139,7 @@ class RegionTransformer(nn.Module):
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: Any = None) -> MILOutput:
         require_coords("region_transformer", x, coords)
+        x = self.transform(x)
         region, rows, cols = self._regions(coords)
         n_regions = int(region.max()) + 1
         order = torch.argsort(region, stable=True)

@@ -14,6 +14,7 @@ and translations of the coordinates (the grid edges are the same set).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,13 +31,17 @@ from training.spatial.models._common import (
     options,
     require_coords,
 )
+from training.spatial.models.module_stats import StatsReadout
+from training.spatial.modules import ModuleSpec, fit_modules
 from training.spatial.preprocess import TileTransform
 
 __all__ = ["TileGNN"]
 
 DEFAULTS: dict[str, Any] = {"conv": "gin", "layers": 2, "graph": "grid8", "k": 8, "invariant_branch": True,
-                            "centre": False, "whiten": False, "project": 0, "tile_dropout": 0.0}
-CHOICES: dict[str, tuple[Any, ...]] = {"conv": ("gin", "gcn", "gat"), "graph": ("grid8", "grid4", "knn", "radius")}
+                            "centre": False, "whiten": False, "project": 0, "tile_dropout": 0.0,
+                            "nodes": "embedding", "modules": 8, "module_seed": 0, "stats_readout": False}
+CHOICES: dict[str, tuple[Any, ...]] = {"conv": ("gin", "gcn", "gat"), "graph": ("grid8", "grid4", "knn", "radius"),
+                                       "nodes": ("embedding", "modules")}
 
 
 def _conv(kind: str, dim: int, heads: int) -> nn.Module:
@@ -70,21 +75,54 @@ class TileGNN(nn.Module):
         self.spec = GraphSpec(kind=str(opts["graph"]), k=int(opts["k"]))
         self.tile_dropout = float(opts["tile_dropout"])
         self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
-        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout))
+        # ``nodes: modules``: each tile enters as the one-hot of its nearest tissue module
+        # (k-means on the training fold's transformed tiles), so the graph layers cannot
+        # memorise slides through per-tile noise; they can only read who touches whom.
+        self.module_spec = ModuleSpec(k=int(opts["modules"]), seed=int(opts["module_seed"])) \
+            if opts["nodes"] == "modules" else None
+        node_dim = self.module_spec.k if self.module_spec else cfg.in_dim
+        self.register_buffer("centroids", torch.zeros(self.module_spec.k if self.module_spec else 0, cfg.in_dim))
+        self.register_buffer("modules_fitted", torch.tensor(self.module_spec is None))
+        self.embed = nn.Sequential(nn.Linear(node_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.convs = nn.ModuleList(_conv(str(opts["conv"]), width, cfg.n_heads) for _ in range(int(opts["layers"])))
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in self.convs)
         self.mix = nn.Sequential(nn.Linear(width * (len(self.convs) + 1), width), nn.ReLU())
         self.attention = GatedAttention(width, min(cfg.attn_dim, width), 1, cfg.dropout)
         self.head = nn.Linear(width, cfg.n_outputs)
-        self.invariant = InvariantBranch(cfg) if opts["invariant_branch"] else None
+        self.invariant = InvariantBranch(replace(cfg, in_dim=node_dim)) if opts["invariant_branch"] else None
+        if opts["stats_readout"] and self.module_spec is None:
+            raise ConfigError("model 'tile_gnn': option stats_readout needs nodes='modules'")
+        # module_stats' standardised statistics as a linear branch (see module_graph)
+        self.stats = StatsReadout(self.module_spec.k, cfg.n_outputs, dropout=cfg.dropout) \
+            if self.module_spec is not None and opts["stats_readout"] else None
 
     def prepare(self, train_data: Any) -> None:
-        """Fit the whitening (option ``whiten``) on the training bags only."""
-        if self.transform.whiten:
-            fit_transform(self, train_data)
+        """Fit the whitening (option ``whiten``) and the modules (``nodes: modules``) on the
+        training bags only."""
+        if self.transform.whiten or self.module_spec is not None:
+            bags = fit_transform(self, train_data)
+            if self.module_spec is not None:
+                book = fit_modules(bags, self.module_spec, encoder=getattr(train_data, "encoder", None))
+                self.centroids.copy_(torch.from_numpy(book.centroids))
+                self.modules_fitted.fill_(True)
+                if self.stats is not None:
+                    self.stats.fit(self.module_of, [train_data.read(item.slide_id) for item in train_data.items])
+
+    def module_of(self, x: Tensor) -> Tensor:
+        """Each tile's nearest module (``nodes: modules``), from raw embeddings."""
+        if self.module_spec is None or not bool(self.modules_fitted):
+            raise ConfigError("tile_gnn (nodes: modules) has no fitted modules: call prepare(train_data) first")
+        c, z = self.centroids, self.transform(x).detach()
+        return ((c * c).sum(1)[None, :] - 2 * z @ c.T).argmin(1)
+
+    def nodes(self, x: Tensor) -> Tensor:
+        """Node inputs: transformed embeddings, or one-hot module memberships."""
+        if self.module_spec is None:
+            return self.transform(x)
+        return torch.nn.functional.one_hot(self.module_of(x), self.module_spec.k).to(x.dtype)
 
     def node_states(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        h = self.embed(self.transform(x))
+        h = self.embed(self.nodes(x))
         states = [h]
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = h + torch.relu(norm(conv(h, edge_index)))
@@ -107,8 +145,10 @@ class TileGNN(nn.Module):
         a = torch.softmax(self.attention(h), dim=1)
         logits = self.head((a @ h).squeeze(0))
         extras = {"graph_logits": logits.detach()}
+        if self.stats is not None:
+            logits = logits + self.stats(self.module_of, x, coords)[0]
         if self.invariant is not None:
-            inv_logits, inv_a = self.invariant(self.transform(x))
+            inv_logits, inv_a = self.invariant(self.nodes(x))
             logits = logits + inv_logits
             extras["invariant_attention"] = inv_a.detach()
         return MILOutput(logits, a.squeeze(0), None, extras)
