@@ -32,9 +32,12 @@ class TileTransform(nn.Module):
     def __init__(self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
         self.centre, self.whiten, self.eps = bool(centre), bool(whiten), float(eps)
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("projection", torch.eye(in_dim))
-        self.register_buffer("fitted", torch.tensor(not self.whiten))
+        # Buffers only when whitening: a model without it keeps the state-dict keys (and
+        # loads the checkpoints) it had before these options existed.
+        if self.whiten:
+            self.register_buffer("mean", torch.zeros(in_dim))
+            self.register_buffer("projection", torch.eye(in_dim))
+            self.register_buffer("fitted", torch.tensor(False))
 
     def _centred(self, x: np.ndarray) -> np.ndarray:
         return x - x.mean(0, keepdims=True) if self.centre else x
@@ -65,11 +68,11 @@ class TileTransform(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.fitted):
-            raise ConfigError("whitening is not fitted: call prepare(train_data) or load a checkpoint")
         if self.centre:
             x = x - x.mean(0, keepdim=True)
         if self.whiten:
+            if not bool(self.fitted):
+                raise ConfigError("whitening is not fitted: call prepare(train_data) or load a checkpoint")
             x = (x - self.mean) @ self.projection
         return x
 

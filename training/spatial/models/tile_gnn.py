@@ -81,8 +81,9 @@ class TileGNN(nn.Module):
         self.module_spec = ModuleSpec(k=int(opts["modules"]), seed=int(opts["module_seed"])) \
             if opts["nodes"] == "modules" else None
         node_dim = self.module_spec.k if self.module_spec else cfg.in_dim
-        self.register_buffer("centroids", torch.zeros(self.module_spec.k if self.module_spec else 0, cfg.in_dim))
-        self.register_buffer("modules_fitted", torch.tensor(self.module_spec is None))
+        if self.module_spec is not None:  # buffers only then: default checkpoints keep their keys
+            self.register_buffer("centroids", torch.zeros(self.module_spec.k, cfg.in_dim))
+            self.register_buffer("modules_fitted", torch.tensor(False))
         self.embed = nn.Sequential(nn.Linear(node_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.convs = nn.ModuleList(_conv(str(opts["conv"]), width, cfg.n_heads) for _ in range(int(opts["layers"])))
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in self.convs)
