@@ -2,7 +2,8 @@
 
 ``import`` stores a QuPath GeoJSON, ASAP/CAMELYON XML or mask file with its slide and
 computes every stored tile's coverage per class; ``coverage`` summarises it;
-``export`` writes a prediction map as QuPath GeoJSON; ``classify`` trains tile heads.
+``export`` writes a prediction map as QuPath GeoJSON; ``classify`` trains tile heads;
+``burden`` stores each slide's tumour area, fraction and purity from a prediction map.
 """
 
 from __future__ import annotations
@@ -193,6 +194,53 @@ def classify(
     typer.echo(f"  predictions: {result.outputs.get('predictions')}")
 
 
+def burden(
+    store: StoreOpt,
+    predictions: Annotated[str, typer.Option(help="Name of the predictions table "
+                                                  "(printed by classify).")],
+    threshold: Annotated[float, typer.Option(help="Probability at or above which a tile "
+                                                  "is tumour.")] = 0.5,
+    nuclei_encoder: Annotated[str, typer.Option(
+        help="Encoder whose tiles carry nuclei counts ('none': no purity).")]
+    = "handcrafted-he-v1",
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Table slide_features/<name> (default: the predictions' name).")] = None,
+    slide: Annotated[list[str] | None, typer.Option("--slide", help="Only these slides.")]
+    = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also write the table (.csv/.tsv/.parquet) for cohort build --labels, probe "
+             "and query sql --table.")] = None,
+    storage_option: StorageOpt = None,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-slide tumour area (mm²), tumour fraction of the tissue and nuclear purity
+    (tumour nuclei over all nuclei, from the handcrafted encoder's nuclei counts), stored
+    as slide-level features (slide_features/<name>).
+
+    Example: slidebank annotations burden --store ./store --predictions tiles-tumour-linear-1a2b3c4d5e --out burden.csv
+    """
+    from training.tiles.burden import BurdenConfig, tumour_burden, write_table_file
+
+    with fail_on_slidebank_error(out):
+        if out is not None:
+            from infra.files import check_output
+
+            check_output(out, overwrite=overwrite)
+        config = BurdenConfig(predictions, threshold,
+                              None if nuclei_encoder.lower() == "none" else nuclei_encoder)
+        frame = tumour_burden(_store(store, storage_option), config, slide_ids=slide, name=name)
+        if out is not None:
+            write_table_file(frame, out, overwrite=overwrite)
+    if as_json:
+        typer.echo(frame.to_json(orient="records", indent=2))
+        return
+    shown = ["slide_id", "n_tiles", "tumour_area_mm2", "tumour_fraction", "purity"]
+    typer.echo(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"stored as slide_features/{name or predictions}"
+               + (f"; wrote {out}" if out is not None else ""))
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(name="annotations", no_args_is_help=True,
                         help="Annotations in (GeoJSON, ASAP XML, masks), tile coverage, "
@@ -201,4 +249,5 @@ def register(app: typer.Typer) -> None:
     group.command("coverage")(coverage)
     group.command("classify")(classify)
     group.command("export")(export)
+    group.command("burden")(burden)
     app.add_typer(group, name="annotations")

@@ -84,7 +84,7 @@ TILE_KINDS: Mapping[str, tuple[str, pa.DataType]] = {
     "modules": ("module", pa.int32()),
     "predictions": ("value", pa.float32()),
 }
-ROW_KINDS = (*TILE_KINDS, "graphs", "annotations", "coverage")
+ROW_KINDS = (*TILE_KINDS, "graphs", "annotations", "coverage", "slide_features")
 BLOB_KINDS = ("codebooks",)
 SLIDE_EMBEDDINGS = "slide_embeddings"
 MANIFEST = "manifest.json"

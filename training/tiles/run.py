@@ -27,7 +27,7 @@ from training.tiles.data import TileData, TileTask, load_tiles
 from training.tiles.heads import HEADS, context_features, fit_head, predict_proba
 
 __all__ = ["TileClassifierConfig", "TileResult", "cross_validated_probs",
-           "run_tile_classifier", "slide_metrics"]
+           "run_tile_classifier", "slide_metrics", "write_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,32 @@ def _metrics(data: TileData, probs: np.ndarray, config: TileClassifierConfig
     return out
 
 
+def write_predictions(store: Any, result: TileResult) -> str:
+    """Every slide's tile probabilities into ``predictions/<name>``, in one write."""
+    import pyarrow as pa
+
+    data = result.data
+    rows = {}
+    for sid in data.slides():
+        idx = data.slide_id == sid
+        rows[sid] = pa.table({"x": pa.array(data.coords[idx, 0], pa.int64()),
+                              "y": pa.array(data.coords[idx, 1], pa.int64()),
+                              "value": pa.array(result.probs[idx], pa.float32())})
+    store.write_derived("predictions", result.name, rows)
+    result.outputs["predictions"] = f"predictions/{result.name}"
+    return result.outputs["predictions"]
+
+
 def _write_maps(store: Any, result: TileResult, out_dir: Path | None, max_pngs: int) -> None:
     from features.annotations.stored import slide_frame
     from training.tiles.maps import dense_grid, overlay_png
 
     data, name = result.data, result.name
     by_slide = {s["slide_id"]: s for s in result.per_slide}
+    write_predictions(store, result)
     for i, sid in enumerate(data.slides()):
         idx = data.slide_id == sid
         coords, probs = data.coords[idx], result.probs[idx]
-        store.write_tile_values("predictions", name, sid, coords, probs)
         frame = slide_frame(store, sid)
         if frame.mpp is None:
             continue
@@ -176,7 +192,6 @@ def _write_maps(store: Any, result: TileResult, out_dir: Path | None, max_pngs: 
                                truth=_truth(store, sid, result.config.task),
                                label=result.config.task.positive, metrics=by_slide[sid])
             result.outputs[f"png:{sid}"] = str(path)
-    result.outputs["predictions"] = f"predictions/{name}"
 
 
 def run_tile_classifier(store: Any, config: TileClassifierConfig, *,
