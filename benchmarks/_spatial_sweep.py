@@ -46,7 +46,9 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     from training.spatial.synthetic import TYPES
 
     table = cohort.table
-    feats = {sid: module_features(cohort.types[sid], cohort.coords[sid], len(TYPES)) for sid in table["slide_id"]}
+    # real_S1's planted types use their own numbering (ingest.synthetic.nests)
+    k = max(len(TYPES), 1 + max(int(np.max(cohort.types[s])) for s in table["slide_id"]))
+    feats = {sid: module_features(cohort.types[sid], cohort.coords[sid], k) for sid in table["slide_id"]}
     folds = sorted(table[fold_column].unique())
     y_all, p_all = [], []
     for i, fold in enumerate(folds):
