@@ -46,6 +46,7 @@ __all__ = [
     "detect_format",
     "import_annotations",
     "load_annotations",
+    "parse_annotation_bytes",
     "read_annotation_file",
     "recompute_coverage",
     "slide_frame",
@@ -139,6 +140,17 @@ def slide_frame(store: Any, slide_id: str) -> SlideFrame:
     return SlideFrame(slide_id, (int(width), int(height)), row["mpp"])
 
 
+def parse_annotation_bytes(source: str, data: bytes, fmt: str | None = None) -> AnnotationSet:
+    """Polygons (QuPath GeoJSON or ASAP XML, level-0 pixels) from a file's bytes, unchecked."""
+    fmt = fmt or detect_format(source, data)
+    if fmt == "geojson":
+        return read_geojson(source, data)
+    if fmt == "asap":
+        return read_asap(source, data)
+    raise AnnotationFormatError(f"{source}: a {fmt} file holds no polygons in slide pixels; "
+                                "give QuPath GeoJSON or ASAP XML")
+
+
 def read_annotation_file(path: str | Path, frame: SlideFrame, options: ImportOptions
                          ) -> AnnotationSet:
     """Read and check one file against its slide (see :class:`ImportOptions`)."""
@@ -150,13 +162,11 @@ def read_annotation_file(path: str | Path, frame: SlideFrame, options: ImportOpt
     except IsADirectoryError as exc:
         raise AnnotationFormatError(f"{source}: a folder, not an annotation file") from exc
     fmt = options.fmt or detect_format(source, data)
-    if fmt == "geojson":
-        parsed = read_geojson(source, data)
-    elif fmt == "asap":
-        parsed = read_asap(source, data)
-    else:
+    if fmt == "mask":
         parsed = read_mask(source, data, mask_mpp=options.mask_mpp, slide_mpp=frame.mpp,
                            slide_size=frame.size, labels=options.labels)
+    else:
+        parsed = parse_annotation_bytes(source, data, fmt)
     if fmt != "mask" and options.mask_mpp is not None:
         raise ConfigError(f"{source}: mask MPP given for a {fmt} file (polygons are in "
                           "level-0 pixels)")

@@ -9,10 +9,12 @@ from ingest.tiling.plan import (
     plan_slide,
     plan_tiles,
 )
+from ingest.tiling.region import RegionConfig
 
 __all__ = [
     "TILE_PLAN_SCHEMA",
     "PlanStatus",
+    "RegionConfig",
     "SlideGeometry",
     "TilePlan",
     "TilingConfig",

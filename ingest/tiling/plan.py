@@ -11,7 +11,9 @@ thumbnail. Tiles sit on a regular grid *in pixels of the level they are read fro
   ``(x, y)`` is its level pixel times the level's downsample, rounded: exactly the
   coordinate that maps back to that level pixel, so ``read_regions_at_mpp(x, y)`` reads
   the planned footprint to the pixel;
-* only tiles entirely inside the slide are planned.
+* only tiles entirely inside the slide are planned;
+* with ``config.region``, only tiles covered enough by the slide's annotated region
+  (:mod:`ingest.tiling.region`; needs ``slide_id``).
 
 Same inputs, same table: the grid, the order (row-major) and the schema metadata are
 functions of the inputs alone.
@@ -43,7 +45,8 @@ __all__ = ["TILE_PLAN_SCHEMA", "PlanStatus", "SlideGeometry", "TilePlan", "plan_
 
 log = logging.getLogger(__name__)
 
-PlanStatus = Literal["ok", "no_tissue", "smaller_than_tile", "no_tiles_above_threshold"]
+PlanStatus = Literal["ok", "no_tissue", "smaller_than_tile", "no_tiles_above_threshold",
+                     "no_tiles_in_region"]
 
 TILE_PLAN_SCHEMA = pa.schema([
     pa.field("x", pa.int64(), nullable=False),  # level-0 top-left
@@ -128,7 +131,8 @@ def _axis_positions(level_extent: int, read: int, stride: int) -> np.ndarray:
     return np.arange(0, level_extent - read + 1, stride, dtype=np.int64)
 
 
-def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig) -> TilePlan:
+def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig,
+               slide_id: str | None = None) -> TilePlan:
     """Tiles of ``config`` over ``tissue`` (a mask covering the whole slide)."""
     choice = geometry.best_level(config.target_mpp)
     read = config.tile_size if choice.exact else int(round(config.tile_size * choice.scale))
@@ -149,6 +153,8 @@ def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig
 
     tissue_frac = coverage(tissue.mask)
     keep = (tissue_frac >= config.min_tissue_fraction) & (tissue_frac > 0)
+    on_tissue = bool(keep.any())
+    keep = _in_region(keep, geometry, config, slide_id, x0, y0, footprint)
     rows, cols = np.nonzero(keep)  # row-major: deterministic order
     pen_frac = coverage(tissue.pen)[rows, cols] if rows.size else np.zeros(0)
     bg_frac = coverage(tissue.background)[rows, cols] if rows.size else np.zeros(0)
@@ -165,7 +171,7 @@ def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig
         "row": rows.astype(np.int32), "col": cols.astype(np.int32),
         "qc_flags": qc_flags(bg_frac, pen_frac, config.qc),
     }
-    status = _status(lx.size * ly.size, tissue, n)
+    status = _status(lx.size * ly.size, tissue, n, on_tissue and config.region is not None)
     meta = {
         "status": status,
         "tiling_config": config.to_dict(),
@@ -198,20 +204,48 @@ def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(type_, len(data), [None, pa.py_buffer(data)])
 
 
-def _status(grid_tiles: int, tissue: TissueMask, kept: int) -> PlanStatus:
+def _in_region(keep: np.ndarray, geometry: SlideGeometry, config: TilingConfig,
+               slide_id: str | None, x0: np.ndarray, y0: np.ndarray, footprint: float
+               ) -> np.ndarray:
+    """``keep`` narrowed to the region's tiles (only the tissue tiles are tested)."""
+    from ingest.tiling.region import region_keep
+
+    if config.region is None:
+        return keep
+    rows, cols = np.nonzero(keep)
+    inside = region_keep(config.region, slide_id, (geometry.width, geometry.height),
+                         x0[cols], y0[rows], footprint)
+    out = np.zeros_like(keep)
+    out[rows, cols] = inside
+    return out
+
+
+def _status(grid_tiles: int, tissue: TissueMask, kept: int, region_only: bool = False
+            ) -> PlanStatus:
     if grid_tiles == 0:
         return "smaller_than_tile"
     if not tissue.mask.any():
         return "no_tissue"
-    return "ok" if kept else "no_tiles_above_threshold"
+    if kept:
+        return "ok"
+    return "no_tiles_in_region" if region_only else "no_tiles_above_threshold"
 
 
 def plan_slide(slide: Slide, tissue_config: TissueConfig | None = None,
                tiling_config: TilingConfig | None = None,
-               device: Device = "auto") -> tuple[TissueMask, TilePlan]:
-    """Tissue mask and tile plan of an open slide, from its thumbnail alone."""
+               device: Device = "auto", slide_id: str | None = None
+               ) -> tuple[TissueMask, TilePlan]:
+    """Tissue mask and tile plan of an open slide, from its thumbnail alone.
+
+    ``slide_id`` names the slide's annotation file when the tiling is restricted to a
+    region; without it, the id a glob ingest derives from the file name is used.
+    """
+    from infra.ids import slide_id_from_uri
     from ingest.tissue.mask import slide_tissue_mask
 
     geometry = SlideGeometry.from_slide(slide)  # MissingMPPError before any read
+    tiling_config = tiling_config or TilingConfig()
+    if tiling_config.region is not None and slide_id is None:
+        slide_id = slide_id_from_uri(slide.metadata.uri)
     tissue = slide_tissue_mask(slide, tissue_config, device)
-    return tissue, plan_tiles(geometry, tissue, tiling_config or TilingConfig())
+    return tissue, plan_tiles(geometry, tissue, tiling_config, slide_id)
