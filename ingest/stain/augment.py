@@ -18,6 +18,7 @@ import numpy as np
 
 from infra.arrays import Device, resolve_xp
 from infra.errors import ConfigError
+from infra.validate import fraction, in_range
 from ingest.stain.od import od_lut, od_to_rgb
 from ingest.stain.params import StainParams
 
@@ -59,8 +60,8 @@ class HEDJitter:
     stains: StainParams | None = None
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.sigma < 1.0 and 0.0 <= self.bias <= 2.0):
-            raise ConfigError(f"HEDJitter needs 0 ≤ sigma < 1 and 0 ≤ bias ≤ 2, got {self}")
+        fraction("HEDJitter.sigma", self.sigma, open_high=True)
+        in_range("HEDJitter.bias", self.bias, 0.0, 2.0)
 
     def __call__(self, batch: Any, rng: np.random.Generator, device: Device | None = None) -> Any:
         return hed_jitter(batch, rng, sigma=self.sigma, bias=self.bias, stains=self.stains,

@@ -18,6 +18,7 @@ import numpy as np
 from infra.arrays import array_module
 from infra.errors import ConfigError
 from infra.ids import validate_slide_id
+from infra.validate import at_least, choice
 from ingest.stain._errors import StainFitError
 from ingest.stain.macenko import MIN_STAIN_ANGLE_DEG, fit_macenko
 from ingest.stain.params import STANDARD_REFERENCE_ID, Method, StainParams
@@ -48,10 +49,8 @@ class FitConfig:
     tissue_only: bool = True  # Reinhard: statistics of tissue pixels only
 
     def __post_init__(self) -> None:
-        if self.method not in ("macenko", "reinhard"):
-            raise ConfigError(f"unknown stain method {self.method!r}")
-        if self.max_pixels < 1000:
-            raise ConfigError(f"max_pixels must be ≥ 1000, got {self.max_pixels}")
+        choice("FitConfig.method", self.method, Method)
+        at_least("FitConfig.max_pixels", self.max_pixels, 1000)
 
 
 def fit_tiles(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,11 +18,11 @@ import numpy as np
 
 from infra.errors import ConfigError
 from infra.provenance import canonical_json, stable_hash
+from infra.validate import choice, in_range, non_empty, require
 
 __all__ = ["STAIN_ALGORITHM_VERSION", "STANDARD_REFERENCE_ID", "Method", "StainParams"]
 
 Method = Literal["macenko", "reinhard"]
-_METHODS = ("macenko", "reinhard")
 
 # Bump when the fitting or application math changes in a way that changes pixels, so
 # stored params fitted by an older version are recognised as such.
@@ -67,41 +66,41 @@ class StainParams:
     version: int = STAIN_ALGORITHM_VERSION
 
     def __post_init__(self) -> None:
-        if self.method not in _METHODS:
-            raise ConfigError(f"stain method must be one of {_METHODS}, got {self.method!r}")
-        if not self.reference_id:
-            raise ConfigError("reference_id must be a non-empty string")
-        _check_scalar("io", self.io, 1.0, 1024.0)
-        _check_scalar("alpha", self.alpha, 0.0, 50.0)
-        _check_scalar("beta", self.beta, 0.0, 5.0)
+        choice("StainParams.method", self.method, Method)
+        non_empty("StainParams.reference_id", self.reference_id)
+        in_range("StainParams.io", self.io, 1.0, 1024.0)
+        in_range("StainParams.alpha", self.alpha, 0.0, 50.0)
+        in_range("StainParams.beta", self.beta, 0.0, 5.0)
         if self.method == "macenko":
             self._check_macenko()
         else:
             self._check_reinhard()
 
     def _check_macenko(self) -> None:
-        if self.stain_matrix is None or self.max_concentrations is None:
-            raise ConfigError("macenko params need stain_matrix and max_concentrations")
+        name = "StainParams.stain_matrix"
+        require(self.stain_matrix is not None, name, "set for macenko params", None)
         matrix = np.asarray(self.stain_matrix, dtype=np.float64)
-        if matrix.shape != (2, 3) or not np.isfinite(matrix).all():
-            raise ConfigError(f"stain_matrix must be 2 finite RGB vectors, got {self.stain_matrix}")
-        if not np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-6):
-            raise ConfigError("stain_matrix rows must be unit vectors")
-        if np.linalg.matrix_rank(matrix, tol=1e-6) < 2:
-            raise ConfigError("stain_matrix rows are collinear")
+        require(matrix.shape == (2, 3) and np.isfinite(matrix).all(), name,
+                "2 finite RGB vectors", self.stain_matrix)
+        require(np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-6), name,
+                "2 unit vectors", self.stain_matrix)
+        require(np.linalg.matrix_rank(matrix, tol=1e-6) == 2, name, "2 non-collinear vectors",
+                self.stain_matrix)
+        name = "StainParams.max_concentrations"
+        require(self.max_concentrations is not None, name, "set for macenko params", None)
         conc = np.asarray(self.max_concentrations, dtype=np.float64)
-        if conc.shape != (2,) or not (np.isfinite(conc).all() and (conc > 0).all()):
-            raise ConfigError(f"max_concentrations must be 2 positive numbers, got {conc}")
+        require(conc.shape == (2,) and np.isfinite(conc).all() and (conc > 0).all(), name,
+                "2 positive finite numbers", self.max_concentrations)
 
     def _check_reinhard(self) -> None:
-        if self.lab_mean is None or self.lab_std is None:
-            raise ConfigError("reinhard params need lab_mean and lab_std")
-        mean = np.asarray(self.lab_mean, dtype=np.float64)
-        std = np.asarray(self.lab_std, dtype=np.float64)
-        if mean.shape != (3,) or std.shape != (3,) or not np.isfinite([*mean, *std]).all():
-            raise ConfigError("lab_mean and lab_std must be 3 finite numbers each")
-        if not (std > 0).all():
-            raise ConfigError(f"lab_std must be positive, got {self.lab_std}")
+        for name, value in (("StainParams.lab_mean", self.lab_mean),
+                            ("StainParams.lab_std", self.lab_std)):
+            require(value is not None, name, "set for reinhard params", None)
+            array = np.asarray(value, dtype=np.float64)
+            require(array.shape == (3,) and np.isfinite(array).all(), name, "3 finite numbers",
+                    value)
+        require((np.asarray(self.lab_std) > 0).all(), "StainParams.lab_std", "3 positive numbers",
+                self.lab_std)
 
     # ---- arrays for computation ------------------------------------------------------------
     @property
@@ -156,6 +155,3 @@ class StainParams:
         return dataclasses.replace(self, reference_id=reference_id)
 
 
-def _check_scalar(name: str, value: float, low: float, high: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")

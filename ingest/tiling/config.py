@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.errors import ConfigError
 from infra.provenance import stable_hash
-from ingest.slides.slide import RESAMPLING, Resample
+from infra.validate import choice, fraction, in_range, integer, positive
+from ingest.slides.slide import Resample
 from ingest.tiling.region import RegionConfig
 from ingest.tissue.qc import TileQCConfig
 
@@ -40,19 +39,11 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         RegionConfig.check(self.region)
-        if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int) \
-                or not 8 <= self.tile_size <= 8192:
-            raise ConfigError(f"TilingConfig.tile_size must be an int in [8, 8192], got {self.tile_size!r}")
-        if not (isinstance(self.target_mpp, int | float) and math.isfinite(self.target_mpp)
-                and self.target_mpp > 0):
-            raise ConfigError(f"TilingConfig.target_mpp must be a positive number, got {self.target_mpp!r}")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"TilingConfig.overlap must be in [0, 1), got {self.overlap!r}")
-        if not 0 <= self.min_tissue_fraction <= 1:
-            raise ConfigError("TilingConfig.min_tissue_fraction must be in [0, 1], "
-                              f"got {self.min_tissue_fraction!r}")
-        if self.resample not in RESAMPLING:
-            raise ConfigError(f"TilingConfig.resample must be one of {RESAMPLING}, got {self.resample!r}")
+        in_range("TilingConfig.tile_size", integer("TilingConfig.tile_size", self.tile_size), 8, 8192)
+        positive("TilingConfig.target_mpp", self.target_mpp)
+        fraction("TilingConfig.overlap", self.overlap, open_high=True)
+        fraction("TilingConfig.min_tissue_fraction", self.min_tissue_fraction)
+        choice("TilingConfig.resample", self.resample, Resample)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -13,12 +13,11 @@ tissue with exactly the same parameters.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from infra.errors import ConfigError
 from infra.provenance import stable_hash
+from infra.validate import choices, fraction, non_negative, positive
 
 __all__ = ["INKS", "Ink", "TissueConfig"]
 
@@ -30,6 +29,15 @@ INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
 # 2: edges refined at a finer level (``refine_*``), the mask on the finer grid.
 # 3: the refinement's reads are area-downsampled (was Lanczos), as the thumbnail is.
 _ALGORITHM_VERSION = 3
+
+
+_POSITIVE = ("thumbnail_mpp", "min_od", "pen_min_od", "pen_strong_od", "black_min_od",
+             "border_min_od", "border_min_width_um", "line_max_width_um", "line_min_length_um",
+             "ring_min_hollowness", "edge_window_um", "refine_mpp", "refine_band_um",
+             "refine_max_read_px", "refine_max_mask_px")
+_NON_NEGATIVE = ("noise_k", "closing_radius_um", "opening_radius_um", "min_object_area_um2",
+                 "min_hole_area_um2", "pen_margin_um", "pen_hue_margin", "refine_closing_um")
+_SHARES = ("edge_fraction", "neutral_max_chroma", "red_max_red_share", "red_seed_red_share")
 
 
 @dataclass(frozen=True)
@@ -113,27 +121,14 @@ class TissueConfig:
     refine_max_mask_px: int = 16_000_000
 
     def __post_init__(self) -> None:
-        positive = ("thumbnail_mpp", "min_od", "pen_min_od", "pen_strong_od", "black_min_od",
-                    "border_min_od", "border_min_width_um", "line_max_width_um", "line_min_length_um",
-                    "ring_min_hollowness", "edge_window_um", "refine_mpp", "refine_band_um",
-                    "refine_max_read_px", "refine_max_mask_px")
-        non_negative = ("noise_k", "closing_radius_um", "opening_radius_um", "min_object_area_um2",
-                        "min_hole_area_um2", "pen_margin_um", "pen_hue_margin", "refine_closing_um")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ConfigError(f"TissueConfig.{name} must be a finite number, got {value!r}")
-            if value < 0 or (name in positive and value == 0):
-                raise ConfigError(f"TissueConfig.{name} must be {'> 0' if name in positive else '≥ 0'}"
-                                  f", got {value!r}")
-        for name in ("edge_fraction", "neutral_max_chroma", "red_max_red_share",
-                     "red_seed_red_share"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"TissueConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        unknown = set(self.pen_inks) - set(INKS)
-        if unknown:
-            raise ConfigError(f"TissueConfig.pen_inks: unknown inks {sorted(unknown)}; known {INKS}")
-        object.__setattr__(self, "pen_inks", tuple(sorted(set(self.pen_inks), key=INKS.index)))
+        for name in _POSITIVE:
+            positive(f"TissueConfig.{name}", getattr(self, name))
+        for name in _NON_NEGATIVE:
+            non_negative(f"TissueConfig.{name}", getattr(self, name))
+        for name in _SHARES:
+            fraction(f"TissueConfig.{name}", getattr(self, name), open_high=True)
+        inks = choices("TissueConfig.pen_inks", self.pen_inks, Ink)
+        object.__setattr__(self, "pen_inks", tuple(sorted(set(inks), key=INKS.index)))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

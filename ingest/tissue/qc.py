@@ -17,7 +17,6 @@ Both produce the same :data:`QC_*` bits, combined into the ``qc_flags`` column.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -27,6 +26,7 @@ import numpy as np
 
 from infra.arrays import Device, asnumpy, get_xp, ndimage_module
 from infra.errors import ConfigError
+from infra.validate import fraction, in_range, non_negative
 from ingest.tissue.color import color_features, optical_density
 from ingest.tissue.config import TissueConfig
 from ingest.tissue.pen import ink_pixels
@@ -71,16 +71,11 @@ class TileQCConfig:
     default_glass: float = 242.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value < 0:
-                raise ConfigError(f"TileQCConfig.{f.name} must be a finite number ≥ 0, got {value!r}")
-        for name in ("max_background_fraction", "max_pen_fraction"):
-            if getattr(self, name) > 1:
-                raise ConfigError(f"TileQCConfig.{name} must be ≤ 1, got {getattr(self, name)!r}")
-        if not 0 < self.default_glass <= 255:
-            raise ConfigError(f"TileQCConfig.default_glass must be in (0, 255], got {self.default_glass!r}")
+        fraction("TileQCConfig.max_background_fraction", self.max_background_fraction)
+        fraction("TileQCConfig.max_pen_fraction", self.max_pen_fraction)
+        non_negative("TileQCConfig.min_blur_score", self.min_blur_score)
+        non_negative("TileQCConfig.background_max_od", self.background_max_od)
+        in_range("TileQCConfig.default_glass", self.default_glass, 0, 255, open_low=True)
 
 
 def qc_flags(background_fraction: Array, pen_fraction: Array, config: TileQCConfig,
