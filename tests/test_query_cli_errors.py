@@ -35,7 +35,7 @@ def store(tmp_path_factory):
           "--where", "tissue_fractio > 0.5"],
          "No field named tissue_fractio. Did you mean 'tissue_fraction'?"),
         (["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0", "--metric", "manhattan"],
-         "metric must be one of L2, cosine, dot"),
+         "metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'"),
         (["slides", "--columns", "slide_id,nope"], "no column(s) nope; the result has"),
     ],
 )

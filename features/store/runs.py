@@ -39,8 +39,8 @@ from features.store._tables import TableSet
 from features.store.liveness import Heartbeat, remove_heartbeat, write_heartbeat
 from features.store.schema import RUN_LIFECYCLE_FIELDS, RUN_STATUSES, runs_schema
 from features.store.versions import create_tag
-from infra.errors import ConfigError
 from infra.provenance import canonical_json, stable_hash
+from infra.validate import choice
 
 __all__ = [
     "FailureRecorder",
@@ -95,8 +95,7 @@ class RunRecord:
         validate_encoder(self.encoder)
         if self.config_hash is not None:
             validate_config_hash(self.config_hash)
-        if self.status not in RUN_STATUSES:
-            raise ConfigError(f"run status must be one of {RUN_STATUSES}, not {self.status!r}")
+        choice("RunRecord.status", self.status, RUN_STATUSES)
 
 
 def ensure_runs_columns(tables: TableSet) -> None:

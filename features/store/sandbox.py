@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from infra.errors import ConfigError, SlidebankError
+from infra.validate import at_least, optional, positive, require
 
 if TYPE_CHECKING:
     import duckdb
@@ -79,14 +80,12 @@ class SqlLimits:
     max_rows: int | None = None
 
     def __post_init__(self) -> None:
-        if self.timeout_s is not None and not self.timeout_s > 0:
-            raise ConfigError(f"SQL timeout must be > 0 seconds, got {self.timeout_s!r}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"SQL row limit must be >= 1, got {self.max_rows!r}")
+        optional(positive, "SqlLimits.timeout_s", self.timeout_s)
+        optional(at_least, "SqlLimits.max_rows", self.max_rows, 1)
         for name in ("memory_limit", "max_temp_size"):
-            if not _SIZE.fullmatch(getattr(self, name)):
-                raise ConfigError(f"{name} must look like '2GB' or '512MB', "
-                                  f"got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            require(isinstance(value, str) and _SIZE.fullmatch(value) is not None,
+                    f"SqlLimits.{name}", "a size like '2GB' or '512MB'", value)
 
 
 _SIZE = re.compile(r"\d{1,6}(\.\d+)?\s?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")

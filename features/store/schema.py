@@ -13,7 +13,6 @@ The slides table never holds label or macro images or free-text vendor descripti
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import pyarrow as pa
 from features.store._keys import validate_config_hash, validate_encoder, validate_slide_id
 from infra.errors import ConfigError
 from infra.logs import redact_text
+from infra.validate import fail, optional, positive
 
 __all__ = [
     "EMBEDDING_DTYPES",
@@ -193,12 +193,10 @@ class SlideInfo:
 
     def __post_init__(self) -> None:
         if self.vendor is not None and (len(self.vendor) > _MAX_VENDOR or "\n" in self.vendor):
-            raise ConfigError(
-                f"vendor must be a short name (<= {_MAX_VENDOR} chars, one line), "
-                "not a free-text description"
-            )
-        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
-            raise ConfigError(f"mpp must be a positive finite number, not {self.mpp!r}")
+            # Not echoed: a scanner's free-text description can name people and files.
+            raise fail("SlideInfo.vendor", f"a short name (<= {_MAX_VENDOR} chars, one line)",
+                       self.vendor, shown=f"a free-text description of {len(self.vendor)} chars")
+        optional(positive, "SlideInfo.mpp", self.mpp)
         object.__setattr__(
             self, "level_dimensions", tuple((int(w), int(h)) for w, h in self.level_dimensions)
         )

@@ -24,6 +24,7 @@ from features.store._keys import sql_literal, validate_slide_id
 from features.store._tables import StoreView, TableSet
 from features.store.reader import gate_rows, tiles_predicate, visible_writes
 from infra.errors import ConfigError
+from infra.validate import choice, fail, integer, positive
 
 if TYPE_CHECKING:
     import lance
@@ -64,12 +65,8 @@ class VectorIndexConfig:
     hnsw_ef_construction: int | None = None
 
     def __post_init__(self) -> None:
-        if self.index_type not in ("auto", "IVF_HNSW_SQ", "IVF_PQ"):
-            raise ConfigError(
-                f"index_type must be auto, IVF_HNSW_SQ or IVF_PQ, not {self.index_type!r}"
-            )
-        if self.metric not in ("L2", "cosine", "dot"):
-            raise ConfigError(f"metric must be L2, cosine or dot, not {self.metric!r}")
+        choice("VectorIndexConfig.index_type", self.index_type, IndexType)
+        choice("VectorIndexConfig.metric", self.metric, Metric)
 
 
 @dataclass(frozen=True)
@@ -228,8 +225,7 @@ class SearchParams:
     metric: Metric | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ConfigError(f"k must be a positive int, not {self.k!r}")
+        positive("SearchParams.k", integer("SearchParams.k", self.k))
         if self.metric is not None:
             check_metric(self.metric)
 
@@ -242,7 +238,7 @@ def check_metric(metric: str) -> Metric:
     for name in METRICS:
         if str(metric).lower() == name.lower():
             return name  # type: ignore[return-value]
-    raise ConfigError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    raise fail("metric", f"one of {', '.join(map(repr, METRICS))}", metric)
 
 
 def _nearest(

@@ -77,6 +77,7 @@ from features.store.schema import (
 )
 from features.store.upkeep import ensure_scalar_indexes, fold_new_fragments
 from infra.errors import ConfigError, StoreConflictError
+from infra.validate import choice, require
 
 if TYPE_CHECKING:
     import lance
@@ -117,10 +118,9 @@ class PendingSlide:
 
     def __post_init__(self) -> None:
         validate_write_id(self.write_id)
-        if self.status not in ("done", "failed"):
-            raise ConfigError(f"status must be 'done' or 'failed', not {self.status!r}")
-        if self.status == "failed" and self.fragments:
-            raise ConfigError("a failed slide carries no tile fragments")
+        choice("PendingSlide.status", self.status, ("done", "failed"))
+        require(self.status == "done" or not self.fragments, "len(PendingSlide.fragments)",
+                "0 for a failed slide", len(self.fragments))
 
 
 @dataclass(frozen=True)

@@ -87,5 +87,5 @@ def test_search_metric_is_selectable(local_store, write):
     assert max(cos.column("distance").to_pylist()) <= 2.0
     filtered = local_store.search(query, k=3, metric="cosine", where="slide_id = 's2'")
     assert filtered.num_rows == 3 and set(filtered.column("slide_id").to_pylist()) == {"s2"}
-    with pytest.raises(ConfigError, match="metric must be one of L2, cosine, dot"):
+    with pytest.raises(ConfigError, match="metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'"):
         local_store.search(query, metric="manhattan")
