@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.validate import at_least, fraction, require
 
 __all__ = [
     "DEMO_LABEL",
@@ -84,13 +85,11 @@ class CohortSpec:
     name: str = "discovery"
 
     def __post_init__(self) -> None:
-        if self.n_patients < 4:
-            raise ConfigError(f"n_patients must be >= 4, got {self.n_patients}")
-        if not 0.0 < self.inflamed_share < 1.0:
-            raise ConfigError(f"inflamed_share must be in (0, 1), got {self.inflamed_share}")
+        at_least("CohortSpec.n_patients", self.n_patients, 4)
+        fraction("CohortSpec.inflamed_share", self.inflamed_share, open_low=True, open_high=True)
         lo, hi = self.fraction_range
-        if not 0.0 < lo <= hi < 1.0:
-            raise ConfigError(f"fraction_range must satisfy 0 < low <= high < 1, got {self.fraction_range}")
+        require(0.0 < lo <= hi < 1.0, "CohortSpec.fraction_range",
+                "(low, high) with 0 < low <= high < 1", self.fraction_range)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def test_probe_by_patient_labels_knn_and_regression(demo_store, tmp_path):
                                         for i in range(12)),
          ["--label", "immune"], "class 'a' has 1 patient(s)"),
         ("slide_id,immune\nsynthetic-00,high\n", ["--label", "immune", "--model", "svm"],
-         "model must be logistic, linear or knn"),
+         "ProbeConfig.model must be one of 'logistic', 'linear', 'knn', got 'svm'"),
     ],
 )
 def test_probe_errors_name_the_problem_without_traceback(demo_store, tmp_path, csv, args, message):

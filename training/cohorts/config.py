@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from infra.errors import ConfigError
+from infra.validate import at_least, choice, fraction, non_empty, optional, require
 from training.omics.config import (
     ExpressionConfig,
     LabelConfig,
@@ -28,14 +28,13 @@ class SplitConfig:
     regression_bins: int = 5
 
     def __post_init__(self) -> None:
-        if self.n_splits < 2:
-            raise ConfigError(f"n_splits must be >= 2, not {self.n_splits!r}")
-        if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1):
-            raise ConfigError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError("val_fraction + test_fraction must leave patients to train on")
-        if self.regression_bins < 2:
-            raise ConfigError(f"regression_bins must be >= 2, not {self.regression_bins!r}")
+        at_least("SplitConfig.n_splits", self.n_splits, 2)
+        fraction("SplitConfig.val_fraction", self.val_fraction, open_high=True)
+        fraction("SplitConfig.test_fraction", self.test_fraction, open_low=True, open_high=True)
+        held_out = self.val_fraction + self.test_fraction
+        require(held_out < 1, "SplitConfig.val_fraction + test_fraction",
+                "< 1 (to leave patients to train on)", held_out)
+        at_least("SplitConfig.regression_bins", self.regression_bins, 2)
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,8 @@ class CohortConfig:
     name: str = "discovery"
 
     def __post_init__(self) -> None:
-        if not self.signatures:
-            raise ConfigError("a cohort needs at least one signature")
-        object.__setattr__(self, "signatures", tuple(self.signatures))
-        if self.stratify is not None and self.stratify not in self.signatures:
-            raise ConfigError(f"stratify {self.stratify!r} is not one of the signatures")
+        object.__setattr__(self, "signatures", tuple(non_empty("CohortConfig.signatures", self.signatures)))
+        optional(choice, "CohortConfig.stratify", self.stratify, self.signatures)
 
     @property
     def stratify_on(self) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.validate import at_least, non_empty
 from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.heads import Head, make_head
 from training.mil.train import TrainConfig, load_checkpoint_state, predict
@@ -48,10 +49,8 @@ class JobConfig:
     address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
-        if not self.label_columns:
-            raise ConfigError("label_columns is empty")
+        at_least("JobConfig.num_workers", self.num_workers, 1)
+        non_empty("JobConfig.label_columns", self.label_columns)
 
     def checkpoint_root(self) -> str:
         return self.storage_path or self.store_uri.rstrip("/") + "/mil_runs"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from infra.errors import ConfigError
+from infra.validate import at_least, choice, fraction, require
 
 __all__ = ["ABMIL", "CLAM", "MILConfig", "MILOutput", "TransMIL", "build_model", "model_names", "register_model"]
 
@@ -79,17 +80,14 @@ class MILConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model not in model_names():
-            raise ConfigError(f"model must be one of {model_names()}, got {self.model!r}")
-        if self.options and self.model in MODELS:
-            raise ConfigError(f"model {self.model!r} takes no options, got {sorted(self.options)}")
+        choice("MILConfig.model", self.model, model_names())
+        require(not self.options or self.model not in MODELS, "MILConfig.options",
+                f"empty for model {self.model!r}", sorted(self.options))
         for name in ("in_dim", "n_outputs", "hidden", "attn_dim", "k_sample", "n_heads"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.model == "transmil" and self.hidden % self.n_heads:
-            raise ConfigError(f"hidden ({self.hidden}) must be divisible by n_heads")
+            at_least(f"MILConfig.{name}", getattr(self, name), 1)
+        fraction("MILConfig.dropout", self.dropout, open_high=True)
+        require(self.model != "transmil" or self.hidden % self.n_heads == 0, "MILConfig.hidden",
+                f"divisible by n_heads ({self.n_heads}) for transmil", self.hidden)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from infra.errors import ConfigError
 from infra.storage import is_local
+from infra.validate import choice, require
 
 __all__ = ["TASKS", "TrainRunConfig", "apply_overrides", "load_run_config", "parse_run_config"]
 
@@ -69,12 +70,13 @@ class TrainRunConfig:
     job: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
-        if not self.labels:
-            raise ConfigError("labels is empty: name at least one label (or gene) column")
-        if self.folds is not None and (not isinstance(self.folds, int) or self.folds < 3):
-            raise ConfigError(f"folds must be an integer >= 3 (test, validation, training), got {self.folds!r}")
+        choice("TrainRunConfig.task", self.task, Task)
+        require(self.labels, "TrainRunConfig.labels", "at least one label (or gene) column",
+                self.labels)
+        if self.folds is not None:
+            require(isinstance(self.folds, int) and not isinstance(self.folds, bool)
+                    and self.folds >= 3, "TrainRunConfig.folds",
+                    "an integer >= 3 (a test, a validation and a training fold)", self.folds)
 
     def build(self) -> tuple[Any, Any]:
         """(JobConfig, TrainConfig) with every nested setting validated by its dataclass."""

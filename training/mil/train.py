@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from infra.errors import ConfigError
+from infra.validate import at_least, fraction, positive
 from training.mil.data import BagDataset
 from training.mil.heads import Head
 from training.mil.models import MILConfig, build_model
@@ -56,12 +57,10 @@ class TrainConfig:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.bags_per_step < 1 or self.patience < 1:
-            raise ConfigError("epochs, bags_per_step and patience must be >= 1")
-        if not 0.0 < self.bag_weight <= 1.0:
-            raise ConfigError(f"bag_weight must be in (0, 1], got {self.bag_weight}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "bags_per_step", "patience"):
+            at_least(f"TrainConfig.{name}", getattr(self, name), 1)
+        fraction("TrainConfig.bag_weight", self.bag_weight, open_low=True)
+        positive("TrainConfig.lr", self.lr)
 
 
 @dataclass

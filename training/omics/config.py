@@ -7,12 +7,11 @@ that produced it, so two tables can be compared only when they were made the sam
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from infra.errors import ConfigError
 from infra.provenance import canonical_json, stable_hash
+from infra.validate import at_least, choice, fraction, non_negative, positive, require
 
 __all__ = [
     "DuplicatePolicy",
@@ -39,12 +38,6 @@ LabelMethod = Literal["hierarchical", "quantile"]
 Linkage = Literal["ward", "average", "complete", "single"]
 
 
-def _check_choice(field: str, value: object, kind: Any) -> None:
-    allowed = get_args(kind)
-    if value not in allowed:
-        raise ConfigError(f"{field} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
-
-
 @dataclass(frozen=True)
 class ExpressionConfig:
     """How to read an expression matrix and bring it to log2 scale."""
@@ -58,12 +51,11 @@ class ExpressionConfig:
     pseudocount: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_choice("units", self.units, Units)
-        _check_choice("orientation", self.orientation, Orientation)
-        _check_choice("gene_ids", self.gene_ids, GeneIdType)
-        _check_choice("duplicate_genes", self.duplicate_genes, DuplicatePolicy)
-        if not (math.isfinite(self.pseudocount) and self.pseudocount > 0):
-            raise ConfigError(f"pseudocount must be a positive number, not {self.pseudocount!r}")
+        choice("ExpressionConfig.units", self.units, Units)
+        choice("ExpressionConfig.orientation", self.orientation, Orientation)
+        choice("ExpressionConfig.gene_ids", self.gene_ids, GeneIdType)
+        choice("ExpressionConfig.duplicate_genes", self.duplicate_genes, DuplicatePolicy)
+        positive("ExpressionConfig.pseudocount", self.pseudocount)
 
 
 @dataclass(frozen=True)
@@ -79,13 +71,10 @@ class ScoreConfig:
     alpha: float = 0.25
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, ScoreMethod)
-        if not 0.0 < self.min_fraction <= 1.0:
-            raise ConfigError(f"min_fraction must be in (0, 1], not {self.min_fraction!r}")
-        if self.min_genes < 1:
-            raise ConfigError(f"min_genes must be >= 1, not {self.min_genes!r}")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ConfigError(f"alpha must be a non-negative number, not {self.alpha!r}")
+        choice("ScoreConfig.method", self.method, ScoreMethod)
+        fraction("ScoreConfig.min_fraction", self.min_fraction, open_low=True)
+        at_least("ScoreConfig.min_genes", self.min_genes, 1)
+        non_negative("ScoreConfig.alpha", self.alpha)
 
 
 @dataclass(frozen=True)
@@ -106,14 +95,12 @@ class LabelConfig:
     high_quantile: float = 2.0 / 3.0
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, LabelMethod)
-        _check_choice("linkage", self.linkage, Linkage)
-        if self.n_clusters < 2:
-            raise ConfigError(f"n_clusters must be >= 2, not {self.n_clusters!r}")
-        if self.linkage == "ward" and self.metric != "euclidean":
-            raise ConfigError("ward linkage is only defined for the euclidean metric")
-        if not 0.0 < self.high_quantile < 1.0:
-            raise ConfigError(f"high_quantile must be in (0, 1), not {self.high_quantile!r}")
+        choice("LabelConfig.method", self.method, LabelMethod)
+        choice("LabelConfig.linkage", self.linkage, Linkage)
+        at_least("LabelConfig.n_clusters", self.n_clusters, 2)
+        require(self.linkage != "ward" or self.metric == "euclidean", "LabelConfig.metric",
+                "'euclidean' for ward linkage", self.metric)
+        fraction("LabelConfig.high_quantile", self.high_quantile, open_low=True, open_high=True)
 
 
 def config_json(config: Any) -> str:

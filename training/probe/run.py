@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+from infra.validate import at_least, choice
 from training.cohorts.errors import SplitError
 
 __all__ = ["ProbeConfig", "ProbeResult", "probe_frame", "run_probe"]
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Model = Literal["logistic", "linear", "knn"]
 Task = Literal["auto", "classification", "regression"]
+Pooling = Literal["mean", "max"]
 MAX_CLASSES = 20
 
 
@@ -31,7 +33,7 @@ class ProbeConfig:
     label: str
     model: Model = "logistic"
     task: Task = "auto"
-    pooling: Literal["mean", "max"] = "mean"
+    pooling: Pooling = "mean"
     folds: int = 5
     seed: int = 0
     n_boot: int = 1000
@@ -43,14 +45,10 @@ class ProbeConfig:
     positive: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in ("logistic", "linear", "knn"):
-            raise ConfigError(f"model must be logistic, linear or knn, not {self.model!r}")
-        if self.task not in ("auto", "classification", "regression"):
-            raise ConfigError(f"task must be auto, classification or regression, not {self.task!r}")
-        if self.pooling not in ("mean", "max"):
-            raise ConfigError(f"pooling must be mean or max, not {self.pooling!r}")
-        if self.folds < 2:
-            raise ConfigError(f"folds must be at least 2, not {self.folds}")
+        choice("ProbeConfig.model", self.model, Model)
+        choice("ProbeConfig.task", self.task, Task)
+        choice("ProbeConfig.pooling", self.pooling, Pooling)
+        at_least("ProbeConfig.folds", self.folds, 2)
 
 
 @dataclass
