@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 
 def ingest(
@@ -84,7 +85,8 @@ def ingest(
     when every slide is done, 3 when some failed or manifest rows were refused (each listed
     in the summary with its row and reason; 0 with --partial-ok), 2 when the input is
     unusable as a whole or the store cannot be written (a file in its place, read-only,
-    disk full: one line, no traceback), or when --max-gpus got no GPU in time.
+    disk full: one line, no traceback), or when --max-gpus got no GPU in time; 130 after
+    Ctrl-C (one line: the slides committed, which a rerun of the same command skips).
 
     Example: slidebank ingest 's3://bucket/cohort/*.svs' --store s3://bucket/store -s endpoint_url=http://...
     """
@@ -94,7 +96,7 @@ def ingest(
     from slidebank.ingest_api import ingest as run
 
     options = parse_storage_options(storage_option)
-    with fail_on_slidebank_error(store), _report_partial(as_json):
+    with _report_interrupted(), fail_on_slidebank_error(store), _report_partial(as_json):
         # A file in the way, a read-only folder or a full disk: said now, not after Ray starts.
         StoreLocation(store, options).check_writable()
         config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
@@ -126,6 +128,20 @@ def _write_summary(result: IngestResult, uri: str, storage_options: dict | None)
     from infra.files import write_bytes_uri
 
     write_bytes_uri(uri, _summary_json(result).encode(), storage_options)
+
+
+@contextlib.contextmanager
+def _report_interrupted() -> Iterator[None]:
+    """Ctrl-C: one line with what was committed and how to resume, no traceback, exit 130
+    (what shells report for SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        from ingest.pipeline.runner import IngestInterrupted
+
+        known = exc if isinstance(exc, IngestInterrupted) else IngestInterrupted(None, None, 0)
+        typer.secho(f"interrupted: {known}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
 
 
 @contextlib.contextmanager

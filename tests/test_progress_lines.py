@@ -4,9 +4,14 @@ every so often, never nothing until the final table (issue 30 item 2)."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import time
 from types import SimpleNamespace
 
-from ingest.pipeline.progress import Progress
+import pytest
+
+from ingest.pipeline.progress import Progress, deferred_interrupt
 
 
 class _Clock:
@@ -59,3 +64,24 @@ def test_a_terminal_gets_no_lines_and_a_disabled_progress_prints_nothing() -> No
         progress.phase("ingest")
         progress.slide(SimpleNamespace(status="done"))
     assert quiet.getvalue() == ""
+
+
+def _ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs in this (main) thread at the next bytecode
+
+
+def test_ctrl_c_waits_for_the_next_update_and_a_second_one_stops_at_once(capsys) -> None:
+    """Held back, Ctrl-C never lands inside a commit (where Lance turned it into an
+    ArrowInvalid traceback in a real run); the next progress update raises it."""
+    before = signal.getsignal(signal.SIGINT)
+    progress = Progress(3, enabled=False)
+    with deferred_interrupt(progress):
+        _ctrl_c()
+        assert progress.stop_requested
+        with pytest.raises(KeyboardInterrupt):
+            progress.batch(10)
+        with pytest.raises(KeyboardInterrupt):
+            _ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "stopping after the current commit" in capsys.readouterr().err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["Progress", "quiet_ray", "summary_table"]
+__all__ = ["Progress", "deferred_interrupt", "quiet_ray", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class Progress:
         stream = stream if stream is not None else sys.stdout
         self._lines = stream if enabled and not _isatty(stream) else None
         self._every, self._last_line, self._ingest_at = every_s, self.started, self.started
+        #: a Ctrl-C :func:`deferred_interrupt` holds back until the next safe point
+        self.stop_requested = False
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -72,6 +76,10 @@ class Progress:
         """Refresh the rate while no batch arrives (the display thread redraws it)."""
         self._update(advance=0)
 
+    def _stop_if_asked(self) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+
     def batch(self, tiles: int) -> None:
         if tiles and self.first_tile_at is None:
             self.first_tile_at = time.perf_counter()
@@ -84,6 +92,9 @@ class Progress:
         self._update(advance=1)
 
     def _update(self, advance: int) -> None:
+        # Every caller is the driver's loop between rows, never inside a commit: the
+        # place where a held-back Ctrl-C can stop the run cleanly.
+        self._stop_if_asked()
         now = self._clock()
         if self._lines is not None and now - self._last_line >= self._every:
             self._line(self.status_line(now))
@@ -115,6 +126,36 @@ class Progress:
             self._progress.stop()
         if self.done:
             self._line(self.status_line())
+
+
+@contextlib.contextmanager
+def deferred_interrupt(progress: Progress) -> Iterator[None]:
+    """Hold a Ctrl-C back until ``progress`` is next updated (between the driver's commits,
+    not inside one, where Lance and Arrow would turn it into an I/O error with a
+    traceback); a second Ctrl-C stops at once. Only the main thread receives signals, so
+    elsewhere, or where SIGINT is ignored (a background job), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+    restore = previous if previous is not None else signal.default_int_handler
+
+    def hold(signum: int, frame: Any) -> None:
+        if progress.stop_requested:
+            signal.signal(signal.SIGINT, restore)
+            raise KeyboardInterrupt
+        progress.stop_requested = True
+        print("Ctrl-C: stopping after the current commit (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, restore)
 
 
 def _isatty(stream: TextIO) -> bool:

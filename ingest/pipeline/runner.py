@@ -36,14 +36,14 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.fused_runner import FusedPool
 from ingest.pipeline.fused_stage import FusedStage
-from ingest.pipeline.progress import Progress, quiet_ray
+from ingest.pipeline.progress import Progress, deferred_interrupt, quiet_ray
 from ingest.pipeline.read_stage import ReadStage
 from ingest.pipeline.resources import choose_engine, plan_device, plan_fused, plan_resources
 from ingest.pipeline.sources import SlideSource
 from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
 
-__all__ = ["IngestResult", "run_ingest"]
+__all__ = ["IngestInterrupted", "IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ class IngestResult:
     @property
     def tiles(self) -> int:
         return sum(o.tiles for o in self.outcomes)
+
+
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: how many slides it committed (kept; a rerun skips them)
+    and how many of the run's slides the store now holds done. ``None``: not known."""
+
+    def __init__(self, committed: int | None, done: int | None, total: int) -> None:
+        super().__init__(committed, done, total)
+        self.committed, self.done, self.total = committed, done, total
+
+    def __str__(self) -> str:
+        if self.committed is None:
+            return "the slides committed so far are kept, rerun the same command to resume"
+        return (f"{self.committed} slides committed ({self.done} of {self.total} done in the "
+                "store), rerun the same command to resume")
 
 
 def run_ingest(
@@ -245,6 +260,32 @@ def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
 def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
              storage_options: Mapping[str, Any] | None, config_hash: str,
              result: IngestResult, progress: Progress) -> None:
+    try:
+        with deferred_interrupt(progress):
+            _run_engine(todo, store, config, options, storage_options, config_hash, result, progress)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(todo, store, config.encoder_id, config_hash, result) from exc
+
+
+def _interrupted(todo: list[SlideSource], store: Any, encoder: str, config_hash: str,
+                 result: IngestResult) -> IngestInterrupted:
+    """What Ctrl-C leaves: read from the store, not the driver's counters, since the
+    interrupt may have landed inside a commit."""
+    total = len(todo) + len(result.skipped)
+    try:
+        rows = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
+                                     slide_ids=[s.slide_id for s in todo],
+                                     columns=["slide_id", "run_id"]).to_pylist()
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("after the interrupt, the store could not be read: %s", exc)
+        return IngestInterrupted(None, None, total)
+    mine = sum(r["run_id"] == result.run_id for r in rows)
+    return IngestInterrupted(mine, len(rows) + len(result.skipped), total)
+
+
+def _run_engine(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+                storage_options: Mapping[str, Any] | None, config_hash: str,
+                result: IngestResult, progress: Progress) -> None:
     engine = choose_engine(options)
     log.info("ingest engine: %s", engine)
     if engine == "fused":
