@@ -2,26 +2,56 @@
 
 CuPy imports on machines without a GPU and only fails when it allocates, so the
 choice is made by asking the CUDA runtime for a device, once, lazily.
+
+:func:`device_module` replaces CuPy as "the device" for a ``with`` block: tests and
+``benchmarks/gpu.py --dry-run`` install :mod:`infra.strict_device` there, so the device
+paths run on a CPU machine with every host transfer checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Device", "array_module", "asnumpy", "get_xp", "gpu_available", "ndimage_module",
-           "resolve_xp", "skimage_module"]
+__all__ = ["Device", "array_module", "asnumpy", "device_module", "get_xp", "gpu_available",
+           "ndimage_module", "resolve_xp", "skimage_module", "to_device", "torch_device"]
 
 Device = Literal["auto", "cpu", "cuda"]
 
+#: the device module stack (see device_module); empty: CuPy when a GPU is present
+_DEVICE_MODULES: list[Any] = []
+
+
+@contextlib.contextmanager
+def device_module(module: Any) -> Iterator[Any]:
+    """Use ``module`` (an array namespace) as the CUDA device's array module in this
+    process for the ``with`` block: ``get_xp("cuda")`` returns it and ``gpu_available()``
+    is true. Process-wide on purpose: the device engine reads in a thread."""
+    _DEVICE_MODULES.append(module)
+    try:
+        yield module
+    finally:
+        _DEVICE_MODULES.remove(module)
+
+
+def _standin() -> Any | None:
+    return _DEVICE_MODULES[-1] if _DEVICE_MODULES else None
+
+
+def gpu_available() -> bool:
+    """True when CuPy can see and allocate on at least one CUDA device (or a stand-in is
+    installed, see :func:`device_module`)."""
+    return _standin() is not None or _cuda_present()
+
 
 @functools.cache
-def gpu_available() -> bool:
-    """True when CuPy can see and allocate on at least one CUDA device."""
+def _cuda_present() -> bool:
     if os.environ.get("SLIDEBANK_DISABLE_GPU") == "1":
         return False
     try:
@@ -48,6 +78,9 @@ def _resolve(device: Device) -> Literal["cpu", "cuda"]:
 def get_xp(device: Device = "auto") -> ModuleType:
     """``cupy`` on a GPU, ``numpy`` otherwise."""
     if _resolve(device) == "cuda":
+        standin = _standin()
+        if standin is not None:
+            return standin
         import cupy
 
         return cupy
@@ -60,6 +93,8 @@ def skimage_module(xp: ModuleType) -> ModuleType:
         import skimage
 
         return skimage
+    if hasattr(xp, "skimage_module"):
+        return xp.skimage_module()
     import cucim.skimage
 
     return cucim.skimage
@@ -71,27 +106,54 @@ def ndimage_module(xp: ModuleType) -> ModuleType:
         import scipy.ndimage
 
         return scipy.ndimage
+    if hasattr(xp, "ndimage_module"):
+        return xp.ndimage_module()
     import cupyx.scipy.ndimage
 
     return cupyx.scipy.ndimage
 
 
-def asnumpy(array: Any) -> np.ndarray:
-    """A NumPy copy of a NumPy or CuPy array."""
+def asnumpy(array: Any, *, what: str | None = None) -> np.ndarray:
+    """A NumPy copy of a NumPy or CuPy array. ``what`` names what a device → host copy
+    moves, for the stand-in's ledger (CuPy ignores it)."""
     if isinstance(array, np.ndarray):
         return array
     get = getattr(array, "get", None)
-    return get() if callable(get) else np.asarray(array)
+    if not callable(get):
+        return np.asarray(array)
+    if what is not None and type(array).__module__ == "infra.strict_device":
+        return get(what=what)
+    return get()
+
+
+def to_device(xp: Any, array: Any, *, what: str | None = None) -> Any:
+    """``xp.asarray(array)``: a host → device copy when ``xp`` is a device module. ``what``
+    names what it moves, for the stand-in's ledger (CuPy takes no such argument)."""
+    if what is not None and getattr(xp, "is_standin", False):
+        return xp.asarray(array, what=what)
+    return xp.asarray(array)
 
 
 def array_module(array: Any) -> ModuleType:
-    """The module an array belongs to: ``cupy`` for CuPy arrays, ``numpy`` for anything
-    else (arrays, lists, scalars), without importing CuPy for NumPy input."""
-    if type(array).__module__.split(".")[0] == "cupy":
+    """The module an array belongs to: ``cupy`` for CuPy arrays, the stand-in's for its
+    arrays, ``numpy`` for anything else (arrays, lists, scalars), without importing CuPy
+    for NumPy input."""
+    owner = type(array).__module__
+    if owner.split(".")[0] == "cupy":
         import cupy
 
         return cupy
+    if owner == "infra.strict_device":
+        return array._module
     return np
+
+
+def torch_device(xp: Any) -> Literal["cpu", "cuda"]:
+    """Where torch computes next to arrays of ``xp``: CUDA for CuPy; the CPU for NumPy and
+    for a stand-in, whose arrays torch reads through DLPack as CPU tensors."""
+    if xp is np:
+        return "cpu"
+    return getattr(xp, "torch_device", "cuda")
 
 
 def resolve_xp(device: Device | None, array: Any) -> ModuleType:

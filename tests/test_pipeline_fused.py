@@ -177,10 +177,16 @@ def test_device_stage_bounds_each_slide_and_counts_only_what_it_adds(slides, tmp
     assert late[0]["error_type"] == "SlideLimitError" and "time budget" in late[0]["error_message"]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu", "standin", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> None:
-    """The GPU-resident stage (NumPy stand-in on CPU) stores what the fused CPU stage stores."""
+    """The GPU-resident stage stores what the fused stage stores on the CPU: on NumPy, on
+    the strict device stand-in (its device path: GPU-decode stand-in, device reads) and on
+    a GPU. The reference is explicitly the CPU path (decode, tissue, QC, encoder), so on
+    a GPU host it is not a second GPU run."""
+    import contextlib
+
     from features.store import PendingSlide, SlideInfo, SlideKey
+    from ingest.slides.backends import cucim_standin
 
     config = IngestConfig(stain="macenko")
     results = {}
@@ -189,8 +195,8 @@ def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> No
         store.ensure_tiles_table(config.encoder_id, 64, "float32")
         if name == "fused":
             stage = FusedStage(
-                read_kwargs={"config": config, "options": OPTS, "store": store.location,
-                             "storage_options": None},
+                read_kwargs={"config": config, "options": OPTS.replace(device="cpu"),
+                             "store": store.location, "storage_options": None},
                 encoder_kwargs={"encoder": config.encoder, "weights": None, "device": "cpu",
                                 "batch_size": 16, "num_threads": 1},
                 write_kwargs={"store": store.location, "encoder": config.encoder_id,
@@ -199,8 +205,10 @@ def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> No
             rows = list(stage.run({"uri": slides[1].uri, "slide_id": slides[1].slide_id, "patient_id": "",
                                    "mpp": float("nan"), "write_id": "w-fused"}))
         else:
-            rows = _device_rows(slides[1], store, config, device)
-        assert rows and all(r["status"] == "tiles" for r in rows)
+            standin = cucim_standin.installed() if device == "standin" else contextlib.nullcontext()
+            with standin:
+                rows = _device_rows(slides[1], store, config, "cuda" if device == "standin" else device)
+        assert rows and all(r["status"] == "tiles" for r in rows), rows[0].get("error_message")
         fragments = tuple(f for r in rows for f in json.loads(r["fragments"]))
         store.commit([PendingSlide(key=SlideKey(slides[1].slide_id, config.encoder_id, "d" * 16),
                                    info=SlideInfo(source_uri=slides[1].uri), write_id=rows[0]["write_id"],
@@ -213,5 +221,6 @@ def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> No
         assert fused.column(column).equals(other.column(column)), column
     a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
     b = np.stack(other.column("embedding").to_numpy(zero_copy_only=False))
-    # Stated tolerance: identical on NumPy; CuPy's float reductions may differ in the last bits.
-    np.testing.assert_allclose(a, b, rtol=1e-3 if device == "cuda" else 1e-6, atol=1e-4)
+    # Stated tolerance: within 1e-5 on the CPU (NumPy and the stand-in); CuPy's float
+    # reductions may differ in the last bits.
+    np.testing.assert_allclose(a, b, rtol=1e-3 if device == "cuda" else 1e-5, atol=1e-4 if device == "cuda" else 1e-5)

@@ -213,6 +213,11 @@ class TorchBackend:
     def run_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 (B, H, W, 3) already on this backend's device (e.g. CuPy tiles through
         DLPack): no host round trip for the pixels."""
+        return self.forward_tensor(batch).cpu().numpy()
+
+    def forward_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`run_tensor` leaving the float32 (B, D) embeddings on the device, so the
+        caller decides when to copy them (once per batch, with whatever else goes)."""
         with torch.inference_mode():
             x = preprocess(batch.to(self._device, non_blocking=True), self.spec, self._scale,
                            self._shift)
@@ -223,4 +228,4 @@ class TorchBackend:
             )
             with autocast:
                 out = self._module(x)
-            return out.float().cpu().numpy()
+            return out.float()

@@ -22,11 +22,22 @@ from features.encoders.spec import EncoderSpec
 from features.encoders.weights import WeightsSource, resolve_weights, sha256_file
 from infra.errors import ConfigError, WeightsError
 
-__all__ = ["Encoder", "describe_encoder"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "default_batch_size", "describe_encoder"]
 
 logger = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+#: tiles per forward pass where the caller does not choose, by device: a GPU needs large
+#: batches to approach its peak (ViT-L/16 bf16 on an 80 GB card: 256, about 1 GB of
+#: activations), a CPU gains nothing from more than 64. Independent of how many tiles
+#: go into one stored fragment.
+DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+def default_batch_size(device: str) -> int:
+    """The forward batch for ``device`` (``cpu``/``cuda``; anything else: the CPU's)."""
+    return DEFAULT_BATCH_SIZE.get(device, DEFAULT_BATCH_SIZE["cpu"])
 
 
 def _check_tiles(tiles: Any) -> np.ndarray:
@@ -190,14 +201,33 @@ class Encoder:
         return out
 
     def encode_device(self, tiles: Any) -> np.ndarray:
-        """Embeddings (B, D) float32 for uint8 tiles (B, H, W, 3) that live on a device:
-        a CuPy array (or any DLPack producer, NumPy included) becomes a torch tensor
-        without a copy and goes straight to the model (bf16, channels-last on CUDA)."""
-        run_tensor = getattr(self._backend, "run_tensor", None)
-        if run_tensor is None:  # the weight-free encoder computes on host arrays
+        """:meth:`embed_device`, copied to the host."""
+        if not hasattr(self._backend, "forward_tensor"):  # a host encoder
             from infra.arrays import asnumpy
 
             return self.encode(asnumpy(tiles))
+        out = self.embed_device(tiles)
+        if hasattr(out, "detach"):  # torch in, torch out
+            return out.detach().cpu().numpy()
+        from infra.arrays import asnumpy
+
+        return asnumpy(out, what="embeddings")
+
+    def embed_device(self, tiles: Any) -> Any:
+        """Embeddings (B, D) float32 of uint8 tiles (B, H, W, 3) that live on a device, left
+        there: a CuPy array (or any DLPack producer, NumPy and the strict stand-in
+        included) becomes a torch tensor without a copy, goes straight to the model (bf16,
+        channels-last on CUDA) in forwards of ``batch_size`` tiles, and the embeddings come
+        back into the tiles' array module the same way. The caller copies them to the host
+        when it wants, once (the device engine: with the batch's QC flags).
+
+        The weight-free encoder computes on the host, so its tiles are copied there."""
+        from infra.arrays import array_module, asnumpy, to_device
+
+        xp = array_module(tiles)
+        forward = getattr(self._backend, "forward_tensor", None)
+        if forward is None:
+            return to_device(xp, self.encode(asnumpy(tiles, what="pixels")), what="embeddings")
         import torch
 
         tensor = tiles if isinstance(tiles, torch.Tensor) else torch.from_dlpack(tiles)
@@ -205,10 +235,15 @@ class Encoder:
             raise ConfigError(f"tiles must be uint8 RGB (B, H, W, 3), got {tensor.dtype} "
                               f"{tuple(tensor.shape)}")
         if len(tensor) == 0:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        parts = [run_tensor(tensor[start:start + self.batch_size])
-                 for start in range(0, len(tensor), self.batch_size)]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            out = torch.zeros((0, self.embed_dim), dtype=torch.float32, device=tensor.device)
+        else:
+            parts = [forward(tensor[start:start + self.batch_size])
+                     for start in range(0, len(tensor), self.batch_size)]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if tuple(out.shape) != (len(tensor), self.embed_dim):
+            raise ConfigError(f"encoder {self.name} produced {tuple(out.shape)}, spec declares "
+                              f"dim {self.embed_dim}")
+        return out if isinstance(tiles, torch.Tensor) else xp.from_dlpack(out)
 
     @overload
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...

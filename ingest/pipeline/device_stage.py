@@ -7,13 +7,18 @@ between processes. Here pixels exist only on the GPU actor:
   mask, tile plan and stain parameters (from the thumbnail and a sample of tiles), writes
   the thumbnail and mask, and returns coordinates and parameters: a few KB, no pixels.
 * :class:`DeviceStage` (one actor per GPU) reads the planned tiles with cuCIM on the
-  device, runs tile QC and stain normalization on CuPy, and hands the batch to the
-  encoder through DLPack (bf16, channels-last; see ``Encoder.encode_device``). Reading
-  batch ``b + 1`` runs in a thread while batch ``b`` is normalized and encoded, so
-  decode and compute overlap.
+  device (each batch copied there, resampled there when the level is not exact: see
+  ``Slide.read_regions_at_mpp(xp=...)``), computes tile QC flags and stain normalization
+  on CuPy, and hands the tiles to the encoder through DLPack (bf16, channels-last; see
+  ``Encoder.embed_device``); the embeddings come back the same way. Embeddings and QC
+  flags then cross to the host in one copy per step. Reading step ``b + 1`` runs in a
+  thread while step ``b`` is normalized and encoded, so decode and compute overlap;
+  the read in flight is waited for before a slide closes (failure or early stop).
 
-The same code runs on NumPy when there is no GPU (``device="cpu"``): that is how it is
-tested on CPU machines, and it computes what the fused CPU engine computes (tested).
+The same code runs on NumPy when there is no GPU (``device="cpu"``), and it computes what
+the fused CPU engine computes (tested). With the strict device stand-in
+(:mod:`infra.strict_device`, :mod:`ingest.slides.backends.cucim_standin`) it runs its
+device path on a CPU machine, where tests count every host transfer.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from infra import metrics
+from infra.errors import ConfigError
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import scalar_row
 from ingest.pipeline.read_stage import (
@@ -38,6 +44,7 @@ from ingest.pipeline.read_stage import (
     _normalizer,
     _read,
     _write_arrays,
+    batch_slices,
 )
 from ingest.pipeline.rows import make_row
 from ingest.pipeline.write_stage import write_batches
@@ -95,20 +102,34 @@ def _mpp(source: Mapping[str, Any]) -> float | None:
 
 
 class DeviceStage:
-    """Read → QC → stain → encode → write on one device, from a plan (see module docstring)."""
+    """Read → QC → stain → encode → write on one device, from a plan (see module docstring).
+
+    ``encode_batch`` tiles (default: :func:`~features.encoders.runtime.default_batch_size`
+    of the device, 256 on a GPU) are read, checked, normalized and encoded together and
+    copied to the host once; they are stored as fragments of ``options.tiles_per_batch``
+    tiles, so the forward batch and the fragment size are chosen apart.
+    """
 
     def __init__(self, *, config: IngestConfig, options: RunOptions,
                  storage_options: Mapping[str, Any] | None, encoder_kwargs: Mapping[str, Any],
-                 write_kwargs: Mapping[str, Any], device: str = "auto") -> None:
+                 write_kwargs: Mapping[str, Any], device: str = "auto",
+                 encode_batch: int | None = None) -> None:
         from features.encoders import Encoder
-        from infra.arrays import get_xp
+        from features.encoders.runtime import default_batch_size
+        from infra.arrays import get_xp, torch_device
         from ingest.slides.backends.cucim_reader import warm_up
 
         warm_up()  # load cuCIM before PyTorch in this process (see cucim_reader)
         self.xp = get_xp(device)  # type: ignore[arg-type]
         self.device: Literal["cpu", "cuda"] = "cpu" if self.xp is np else "cuda"
+        if encode_batch is not None and encode_batch < 1:
+            raise ConfigError(f"encode_batch must be >= 1, got {encode_batch}")
+        self.encode_batch = encode_batch or default_batch_size(self.device)
+        fragment = options.tiles_per_batch
+        self._step = fragment * math.ceil(self.encode_batch / fragment)  # whole fragments
         self._config, self._options, self._storage_options = config, options, storage_options
-        self._encoder = Encoder(**{**encoder_kwargs, "device": self.device})
+        self._encoder = Encoder(**{**encoder_kwargs, "device": torch_device(self.xp),
+                                   "batch_size": self.encode_batch})
         self._write_kwargs = dict(write_kwargs)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="device-read")
 
@@ -144,12 +165,12 @@ class DeviceStage:
                info: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from ingest.slides import open_slide
         from ingest.stain import StainNormalizer, standard_reference
-        from ingest.tissue.qc import tile_qc
 
         config, xp = self._config, self.xp
         xs, ys = planned["x"], planned["y"]
-        size, mpp, step = config.tiling.tile_size, config.tiling.target_mpp, self._options.tiles_per_batch
-        n_batches = math.ceil(len(xs) / step)
+        fragment = self._options.tiles_per_batch
+        steps = batch_slices(len(xs), self._step)
+        n_batches = math.ceil(len(xs) / fragment)
         info["planned_tiles"] = len(xs)
         normalizer = (None if planned["stain"] is None else
                       StainNormalizer(planned["stain"], standard_reference(), device=None))
@@ -157,37 +178,85 @@ class DeviceStage:
         with open_slide(planned["source"]["uri"], storage_options=self._storage_options,
                         mpp=_mpp(planned["source"]), device=self.device) as slide:
             slide.budget = _device_budget(sid, self._options, time.monotonic())
-            def read(b: int) -> Any:
-                part = slice(b * step, (b + 1) * step)
-                return xp.asarray(_read(slide, np.stack([xs[part], ys[part]], 1), size, mpp,
-                                        config.tiling.resample))
 
-            upcoming: Future[Any] = self._reader.submit(read, 0)
-            for b in range(n_batches):
-                tiles = upcoming.result()
-                if b + 1 < n_batches:
-                    upcoming = self._reader.submit(read, b + 1)  # decode b+1 while b computes
-                part = slice(b * step, (b + 1) * step)
-                flags = planned["qc_flags"][part] | _host(tile_qc(
-                    tiles, mpp, config.tiling.qc, config.tissue, glass=planned["glass"],
-                    device=self.device).flags)
-                if normalizer is not None:
-                    result = normalizer(tiles)
-                    tiles = result.images
-                    flags = flags | np.where(_host(result.flagged), QC_STAIN, 0)
-                elif config.stain != "none":
-                    flags = flags | QC_STAIN
-                embedding = self._encoder.encode_device(xp.ascontiguousarray(tiles))
-                if b == n_batches - 1:
-                    info["timings"]["read_s"] = round(time.perf_counter() - started, 4)
-                row = make_row(slide_id=sid, write_id=write_id, status="tiles", batch_index=b,
-                               n_batches=n_batches, x=xs[part], y=ys[part], level=planned["level"],
-                               tissue_fraction=planned["tissue_fraction"][part], qc_flags=flags,
-                               info=info)
-                row.pop("image")
-                row["embedding"] = embedding[None]
-                metrics.record_tiles(len(embedding))
-                yield row
+            def read(part: slice) -> Any:
+                return _read(slide, np.stack([xs[part], ys[part]], 1), config.tiling.tile_size,
+                             config.tiling.target_mpp, config.tiling.resample, xp=xp)
+
+            reads = _ReadAhead(self._reader, read, steps)
+            try:
+                for part in steps:
+                    embedding, flags = self._compute(reads.take(), planned, normalizer, part)
+                    if part.stop == len(xs):
+                        info["timings"]["read_s"] = round(time.perf_counter() - started, 4)
+                    for piece in batch_slices(len(embedding), fragment):
+                        cut = slice(part.start + piece.start, part.start + piece.stop)
+                        row = make_row(slide_id=sid, write_id=write_id, status="tiles",
+                                       batch_index=cut.start // fragment, n_batches=n_batches,
+                                       x=xs[cut], y=ys[cut], level=planned["level"],
+                                       tissue_fraction=planned["tissue_fraction"][cut],
+                                       qc_flags=flags[piece], info=info)
+                        row.pop("image")
+                        row["embedding"] = np.ascontiguousarray(embedding[piece])[None]
+                        metrics.record_tiles(piece.stop - piece.start)
+                        yield row
+            finally:
+                reads.close()  # before the slide (and its scratch copy) closes under a read
+
+    def _compute(self, tiles: Any, planned: Mapping[str, Any], normalizer: Any,
+                 part: slice) -> tuple[np.ndarray, np.ndarray]:
+        """QC, stain and encode one step's tiles on the device; (embeddings, qc_flags) on
+        the host, from one device → host copy."""
+        from infra.arrays import asnumpy
+        from ingest.tissue.qc import tile_flags
+
+        config, xp = self._config, self.xp
+        flags = tile_flags(tiles, config.tiling.target_mpp, config.tiling.qc, config.tissue,
+                           glass=planned["glass"], device=self.device)
+        if normalizer is not None:
+            result = normalizer(tiles)
+            tiles = result.images
+            flags = flags | xp.where(result.flagged, QC_STAIN, 0).astype(np.int32)
+        embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
+        # float32 holds the flag bits exactly (< 2^24): one copy carries both.
+        packed = xp.concatenate([embedding, flags[:, None].astype(np.float32)], axis=1)
+        host = asnumpy(packed, what="embeddings+flags")
+        host_flags = host[:, -1].astype(np.int32) | planned["qc_flags"][part]
+        if normalizer is None and config.stain != "none":
+            host_flags |= QC_STAIN
+        return host[:, :-1], host_flags
+
+
+class _ReadAhead:
+    """Reads step ``b + 1`` in the reader thread while step ``b`` computes. ``close`` (on
+    failure, on the consumer stopping early, at the end) cancels the read in flight, or
+    waits for it when it has started: the slide must not close under a running read."""
+
+    def __init__(self, pool: ThreadPoolExecutor, read: Callable[[slice], Any],
+                 parts: list[slice]) -> None:
+        self._pool, self._read, self._parts = pool, read, parts
+        self._next = 0
+        self._upcoming: Future[Any] | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        self._upcoming = None
+        if self._next < len(self._parts):
+            self._upcoming = self._pool.submit(self._read, self._parts[self._next])
+            self._next += 1
+
+    def take(self) -> Any:
+        if self._upcoming is None:
+            raise IndexError("no read left")
+        tiles = self._upcoming.result()
+        self._submit()
+        return tiles
+
+    def close(self) -> None:
+        if self._upcoming is not None:
+            self._upcoming.cancel()
+            wait([self._upcoming])
+            self._upcoming = None
 
 
 def _device_budget(sid: str, options: RunOptions, started: float) -> SlideBudget:
@@ -215,12 +284,6 @@ def _resolve(item: Mapping[str, Any]) -> Mapping[str, Any]:
         source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
         info = {"source_uri": item["uri"], "patient_id": item.get("patient_id") or None, "timings": {}}
         return {"source": source, "info": info, "status": "failed", "error": exc}
-
-
-def _host(array: Any) -> np.ndarray:
-    from infra.arrays import asnumpy
-
-    return np.asarray(asnumpy(array))
 
 
 def _no_tiles(row: dict[str, Any]) -> dict[str, Any]:

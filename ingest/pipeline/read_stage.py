@@ -208,11 +208,14 @@ def batch_slices(n: int, step: int, first: int | None = None) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(cuts)]
 
 
-def _read(slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample) -> np.ndarray:
-    """Read with retries: object stores throttle and connections drop; corrupt bytes do not heal."""
+def _read(slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample,
+          xp: Any = None) -> Any:
+    """Read with retries: object stores throttle and connections drop; corrupt bytes do not
+    heal. ``xp``: the array module of the tiles (the device engine's; NumPy by default)."""
     for attempt in range(1, _READ_ATTEMPTS + 1):
         try:
-            return slide.read_regions_at_mpp(locations, size, mpp, threads=1, resample=resample)
+            return slide.read_regions_at_mpp(locations, size, mpp, threads=1, resample=resample,
+                                             xp=xp)
         except SlideReadError as exc:
             if attempt == _READ_ATTEMPTS or isinstance(exc.__cause__, SlideCorruptError | SlideNotFoundError):
                 raise

@@ -64,6 +64,19 @@ class BackendSlide(abc.ABC):
                 list(pool.map(one, range(len(locations))))
         return out
 
+    def read_region_on(self, xp: Any, x: int, y: int, level: int, width: int, height: int) -> Any:
+        """:meth:`read_region` as an ``xp`` array. A backend that decodes on the device
+        overrides this to keep the pixels there; this default decodes on the host and
+        copies once (a pixel transfer the device engine's ledger counts)."""
+        return xp.asarray(self.read_region(x, y, level, width, height))
+
+    def read_regions_on(
+        self, xp: Any, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        threads: int = 1,
+    ) -> Any:
+        """:meth:`read_regions` as an ``xp`` array (see :meth:`read_region_on`)."""
+        return xp.asarray(self.read_regions(locations, level, size, threads))
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
+from infra.arrays import array_module
 from infra.errors import ConfigError, MissingMPPError, SlideReadError
+from infra.strict_device import ImplicitTransferError
 from ingest.slides.geometry import DEFAULT_TOLERANCE, LevelChoice, choose_level, clamp_region
 from ingest.slides.handle import SlideHandle
 from ingest.slides.limits import SlideBudget, check_thumbnail
@@ -72,6 +74,7 @@ class Slide:
         #: set by a pipeline to bound this slide's time and memory (checked between chunks)
         self.budget: SlideBudget | None = None
         self._levels: dict[int, np.ndarray] = {}  # small levels decoded whole (see above)
+        self._device_levels: dict[tuple[int, int], Any] = {}  # the same, on a device
 
     # ---- geometry ------------------------------------------------------------------------
     @property
@@ -169,17 +172,27 @@ class Slide:
         target_mpp: float,
         threads: int | None = None,
         resample: Resample = "area",
-    ) -> np.ndarray:
+        xp: Any = None,
+    ) -> Any:
         """(N, tile, tile, 3) tiles at ``target_mpp`` whose top-left is at level-0 ``locations``.
 
         Reads the best level; when it does not match exactly, reads the larger footprint
         and downsamples it with ``resample`` (see :data:`RESAMPLING`).
+
+        ``xp``: the array module of the result (NumPy by default). With a device module
+        (CuPy) the pixels stay on the device where the backend decodes there (cuCIM) and
+        are resampled there, identically to the PIL path (:mod:`ingest.slides.resample`).
         """
         if resample not in RESAMPLING:
             raise ConfigError(f"{self.name}: resample must be one of {RESAMPLING}, got {resample!r}")
         self._check_budget("tile reading")
         choice = self.best_level(target_mpp)
         read = tile_size if choice.exact else int(round(tile_size * choice.scale))
+        if xp is not None and xp is not np:
+            from ingest.slides.resample import downsample_batch
+
+            raw = self._read_regions_on(xp, locations, choice.level, (read, read), threads)
+            return raw if read == tile_size else downsample_batch(raw, tile_size, resample)
         raw = self.read_regions(locations, choice.level, (read, read), threads)
         if read == tile_size:
             return raw
@@ -196,6 +209,41 @@ class Slide:
             for i in range(len(raw)):
                 resize(i)
         return out
+
+    def _read_regions_on(self, xp: Any, locations: Sequence[tuple[int, int]] | np.ndarray,
+                         level: int, size: tuple[int, int], threads: int | None) -> Any:
+        """:meth:`read_regions` into ``xp`` arrays (see :meth:`read_regions_at_mpp`)."""
+        self._check_open()
+        self._check_level(level)
+        width, height = _check_size(size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        if not len(locs):
+            return xp.empty((0, height, width, 3), dtype=np.uint8)
+        whole = self._whole_level_on(xp, level)
+        if whole is not None:
+            return xp.stack([_cut(whole, *self._level_px(int(x), int(y), level), width, height)
+                             for x, y in locs])
+        inside = [self._inside(int(x), int(y), level, width, height) for x, y in locs]
+        idx = [i for i, ok in enumerate(inside) if ok]
+        tiles: list[Any] = [None] * len(locs)
+        if idx:
+            try:
+                batch = self._backend.read_regions_on(
+                    xp, [self._to_backend(int(locs[i, 0]), int(locs[i, 1]), level) for i in idx],
+                    level, (width, height), threads or _default_threads())
+            except ImplicitTransferError:
+                raise  # a host round trip in slidebank's code, not a decoder failure
+            except Exception as exc:  # any decoder failure becomes a typed, named error
+                raise SlideReadError(self.name, f"batched read at level {level}: {exc}") from exc
+            if len(idx) == len(locs):
+                return batch
+            for j, i in enumerate(idx):
+                tiles[i] = batch[j]
+        for i, ok in enumerate(inside):
+            if not ok:
+                tiles[i] = self._read_clamped(int(locs[i, 0]), int(locs[i, 1]), level, width,
+                                              height, xp)
+        return xp.stack(tiles)
 
     def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
         """The whole slide at about ``mpp`` µm/px, and the exact µm/px of the result.
@@ -247,6 +295,17 @@ class Slide:
             whole = self._levels[level] = self._backend_read(0, 0, level, lw, lh)
         return whole
 
+    def _whole_level_on(self, xp: Any, level: int) -> Any:
+        """:meth:`_whole_level` decoded into ``xp`` (kept apart from the host copy)."""
+        key = (id(xp), level)
+        whole = self._device_levels.get(key)
+        if whole is None:
+            lw, lh = self.level_dimensions[level]
+            if lw * lh > _WHOLE_LEVEL_PX:
+                return None
+            whole = self._device_levels[key] = self._backend_read(0, 0, level, lw, lh, xp)
+        return whole
+
     def _check_budget(self, stage: str) -> None:
         if self.budget is not None:
             self.budget.check(stage)
@@ -266,16 +325,22 @@ class Slide:
         b = self._backend
         return b.level0_coordinate(lx, level), b.level0_coordinate(ly, level)
 
-    def _backend_read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def _backend_read(self, x: int, y: int, level: int, width: int, height: int,
+                      xp: Any = np) -> Any:
         try:
-            return self._backend.read_region(x, y, level, width, height)
+            if xp is np:
+                return self._backend.read_region(x, y, level, width, height)
+            return self._backend.read_region_on(xp, x, y, level, width, height)
+        except ImplicitTransferError:
+            raise
         except Exception as exc:  # decoder errors come in many types; name the slide
             raise SlideReadError(
                 self.name, f"region ({x}, {y}) {width}x{height} at level {level}: {exc}"
             ) from exc
 
-    def _read_clamped(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        out = np.full((height, width, 3), 255, np.uint8)
+    def _read_clamped(self, x: int, y: int, level: int, width: int, height: int,
+                      xp: Any = np) -> Any:
+        out = xp.full((height, width, 3), 255, dtype=np.uint8)
         lx, ly = self._level_px(x, y, level)
         box = clamp_region(lx, ly, width, height, self.level_dimensions[level])
         if box is None:
@@ -283,7 +348,7 @@ class Slide:
         bx, by, bw, bh = box
         backend = self._backend
         part = self._backend_read(backend.level0_coordinate(bx, level),
-                                  backend.level0_coordinate(by, level), level, bw, bh)
+                                  backend.level0_coordinate(by, level), level, bw, bh, xp)
         out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = part
         return out
 
@@ -301,6 +366,7 @@ class Slide:
             return
         self._closed = True
         self._levels.clear()
+        self._device_levels.clear()
         try:
             self._backend.close()
         finally:
@@ -342,12 +408,13 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return width, height
 
 
-def _cut(level: np.ndarray, lx: int, ly: int, width: int, height: int) -> np.ndarray:
-    """The region at level pixel (lx, ly) of a whole decoded level; white outside it."""
+def _cut(level: Any, lx: int, ly: int, width: int, height: int) -> Any:
+    """The region at level pixel (lx, ly) of a whole decoded level (NumPy or a device
+    array, the result in the same module); white outside it."""
     lh, lw = level.shape[:2]
     if lx >= 0 and ly >= 0 and lx + width <= lw and ly + height <= lh:
         return level[ly:ly + height, lx:lx + width].copy()  # a copy: callers may write to it
-    out = np.full((height, width, 3), 255, np.uint8)
+    out = array_module(level).full((height, width, 3), 255, dtype=np.uint8)
     box = clamp_region(lx, ly, width, height, (lw, lh))
     if box is not None:
         bx, by, bw, bh = box

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import Device, resolve_xp
+from infra.arrays import Device, array_module, resolve_xp
 from infra.errors import ConfigError
 from ingest.stain._xp import count_per_tile
 from ingest.stain.macenko import macenko_apply, macenko_od_transform
@@ -139,11 +139,18 @@ class StainNormalizer:
         values = h * w * (3 if self.transform is not None else 1)
         clipped_fraction = (clipped / float(values)).astype(np.float32)
         passthrough = tissue_fraction < self.min_tissue_fraction
-        if bool(passthrough.any()):
+        if array_module(batch) is not np:
+            # On a device, no data-dependent branch: `if passthrough.any()` would wait for
+            # the GPU and copy to the host on every batch.
+            images = array_module(batch).where(passthrough[:, None, None, None], batch, images)
+            clipped_fraction = array_module(batch).where(passthrough, np.float32(0),
+                                                         clipped_fraction)
+        elif passthrough.any():
             images[passthrough] = batch[passthrough]
             clipped_fraction[passthrough] = 0.0
-            log.debug("%d of %d tiles passed through unchanged (tissue < %.1f%%)",
-                      int(passthrough.sum()), len(passthrough), 100 * self.min_tissue_fraction)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%d of %d tiles passed through unchanged (tissue < %.1f%%)",
+                          int(passthrough.sum()), len(passthrough), 100 * self.min_tissue_fraction)
         flag = clipped_fraction > self.clip_flag_fraction
         return NormalizeResult(images, passthrough, flag, tissue_fraction, clipped_fraction)
 

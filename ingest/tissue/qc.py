@@ -40,6 +40,7 @@ __all__ = [
     "blur_scores",
     "describe_flags",
     "qc_flags",
+    "tile_flags",
     "tile_qc",
 ]
 
@@ -81,11 +82,17 @@ class TileQCConfig:
 def qc_flags(background_fraction: Array, pen_fraction: Array, config: TileQCConfig,
              blur_score: Array | None = None) -> np.ndarray:
     """int32 bit mask per tile from its QC measurements (blur only when measured)."""
-    bg = np.asarray(asnumpy(background_fraction))
-    flags = np.where(bg > config.max_background_fraction, QC_BACKGROUND, 0)
-    flags |= np.where(np.asarray(asnumpy(pen_fraction)) > config.max_pen_fraction, QC_PEN, 0)
+    blur = None if blur_score is None else np.asarray(asnumpy(blur_score))
+    return _flags(np, np.asarray(asnumpy(background_fraction)), np.asarray(asnumpy(pen_fraction)),
+                  config, blur)
+
+
+def _flags(xp: ModuleType, background_fraction: Array, pen_fraction: Array,
+           config: TileQCConfig, blur_score: Array | None) -> Array:
+    flags = xp.where(background_fraction > config.max_background_fraction, QC_BACKGROUND, 0)
+    flags |= xp.where(pen_fraction > config.max_pen_fraction, QC_PEN, 0)
     if blur_score is not None:
-        flags |= np.where(np.asarray(asnumpy(blur_score)) < config.min_blur_score, QC_BLUR, 0)
+        flags |= xp.where(blur_score < config.min_blur_score, QC_BLUR, 0)
     return flags.astype(np.int32)
 
 
@@ -121,7 +128,35 @@ def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
     red blood cell at 0.5 µm/px has the hue of red ink, a pen stroke keeps it at any scale.
     """
     config = config or TileQCConfig()
-    tissue_config = tissue_config or TissueConfig()
+    measured = _measure(tiles, mpp, config, tissue_config or TissueConfig(), glass, device)
+    if measured is None:
+        empty = np.zeros(0, np.float32)
+        return TileQC(empty, empty, empty, np.zeros(0, np.int32))
+    bg_frac, pen_frac, blur = measured
+    flags = qc_flags(bg_frac, pen_frac, config, blur)
+    return TileQC(asnumpy(bg_frac).astype(np.float32), asnumpy(blur).astype(np.float32),
+                  asnumpy(pen_frac).astype(np.float32), flags)
+
+
+def tile_flags(tiles: Any, mpp: float, config: TileQCConfig | None = None,
+               tissue_config: TissueConfig | None = None,
+               glass: tuple[float, float, float] | None = None, device: Device = "auto") -> Array:
+    """:func:`tile_qc`'s int32 flags only, left in the device's array module: no host
+    copy, no synchronisation (the device engine copies them with the embeddings)."""
+    config = config or TileQCConfig()
+    xp = get_xp(device)
+    measured = _measure(tiles, mpp, config, tissue_config or TissueConfig(), glass, device)
+    if measured is None:
+        return xp.zeros(0, dtype=np.int32)
+    bg_frac, pen_frac, blur = measured
+    return _flags(xp, bg_frac, pen_frac, config, blur)
+
+
+def _measure(tiles: Any, mpp: float, config: TileQCConfig, tissue_config: TissueConfig,
+             glass: tuple[float, float, float] | None,
+             device: Device) -> tuple[Array, Array, Array] | None:
+    """(background fraction, pen fraction, blur score) per tile, in the device's module;
+    None for an empty batch."""
     if not (mpp > 0 and math.isfinite(mpp)):
         raise ConfigError(f"tile mpp must be a positive number, got {mpp!r}")
     xp = get_xp(device)
@@ -130,8 +165,7 @@ def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
         raise ConfigError(f"tiles must be (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
     n, h, w = batch.shape[:3]
     if n == 0:
-        empty = np.zeros(0, np.float32)
-        return TileQC(empty, empty, empty, np.zeros(0, np.int32))
+        return None
     ref = glass or (config.default_glass,) * 3
     ref = (float(ref[0]), float(ref[1]), float(ref[2]))
     # All tiles side by side form one image: colour rules are per pixel anyway.
@@ -143,11 +177,7 @@ def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
     r /= np.float32(3)  # the same mean OD as ColorFeatures.signal, bit for bit
     background = (r < np.float32(config.background_max_od)).reshape(n, h * w)
     bg_frac = background.mean(axis=1, dtype=xp.float32)
-    pen_frac = _pen_fraction(batch, mpp, tissue_config, ref, xp)
-    blur = blur_scores(batch, xp)
-    flags = qc_flags(bg_frac, pen_frac, config, blur)
-    return TileQC(asnumpy(bg_frac).astype(np.float32), asnumpy(blur).astype(np.float32),
-                  asnumpy(pen_frac).astype(np.float32), flags)
+    return bg_frac, _pen_fraction(batch, mpp, tissue_config, ref, xp), blur_scores(batch, xp)
 
 
 def _pen_fraction(batch: Array, mpp: float, tissue_config: TissueConfig,

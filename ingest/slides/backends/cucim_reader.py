@@ -4,6 +4,11 @@ Decodes on the GPU (nvJPEG) when one is present and ``device="cuda"`` is asked f
 on CPU it uses its own multi-threaded tile decoder and batched region reads, which is
 why it ranks first where it can open the format. Local files only: remote slides are
 staged to scratch first.
+
+``read_regions_on(cupy, ...)`` keeps GPU-decoded pixels on the device: each batch the
+reader yields is copied on the device at once, because cuCIM's batch iterator reuses its
+buffer for the next batch. ``CucimReader.image_type`` is what opens a file (cuCIM's
+``CuImage``; a stand-in decoder in tests, see ``cucim_standin``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from infra.strict_device import ImplicitTransferError
 from ingest.slides.base import BackendSlide, SlideReader
 
 __all__ = ["CucimReader", "warm_up"]
@@ -54,6 +60,42 @@ class _CucimSlide(BackendSlide):
             region = self._image.read_region((x, y), (width, height), level, device="cpu")
         return _to_host_rgb(region)
 
+    def read_region_on(self, xp: Any, x: int, y: int, level: int, width: int, height: int) -> Any:
+        if self._device == "cpu" or xp is np:
+            return super().read_region_on(xp, x, y, level, width, height)
+        try:
+            region = self._image.read_region((x, y), (width, height), level, device=self._device)
+        except Exception as exc:
+            self._fall_back_to_cpu(exc)
+            return super().read_region_on(xp, x, y, level, width, height)
+        return xp.ascontiguousarray(xp.array(region, copy=True)[..., :3])
+
+    def read_regions_on(
+        self, xp: Any, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        threads: int = 1,
+    ) -> Any:
+        if self._device == "cpu" or xp is np:
+            return super().read_regions_on(xp, locations, level, size, threads)
+        width, height = size
+        out = xp.empty((len(locations), height, width, 3), dtype=np.uint8)
+        if not len(locations):
+            return out
+        try:
+            batches = self._batches(locations, level, size, threads)
+            start = 0
+            for region in batches:
+                arr = xp.asarray(region)  # a view of the reader's buffer, reused next batch
+                if arr.ndim == 3:
+                    arr = arr[None]
+                out[start:start + len(arr)] = arr[..., :3]  # so copy it now, on the device
+                start += len(arr)
+            return out
+        except ImplicitTransferError:
+            raise  # a host round trip in this code, not a decoder failure
+        except Exception as exc:
+            self._fall_back_to_cpu(exc)
+            return super().read_regions_on(xp, locations, level, size, threads)
+
     def _fall_back_to_cpu(self, exc: Exception) -> None:
         # nvJPEG cannot decode every JPEG variant (e.g. some Aperio RGB-colourspace tiles);
         # decoding on the CPU is slower but correct, so switch once and say so.
@@ -76,15 +118,16 @@ class _CucimSlide(BackendSlide):
             self._fall_back_to_cpu(exc)
             return self._read_batches(locations, level, size, threads, out)
 
-    def _read_batches(self, locations, level, size, threads, out) -> np.ndarray:
-        width, height = size
-        batch = 32
-        batches = self._image.read_region(
-            [(int(x), int(y)) for x, y in locations], (width, height), level,
-            num_workers=max(threads, 1), batch_size=batch, device=self._device,
+    def _batches(self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+                 threads: int) -> Any:
+        return self._image.read_region(
+            [(int(x), int(y)) for x, y in locations], tuple(size), level,
+            num_workers=max(threads, 1), batch_size=32, device=self._device,
         )
+
+    def _read_batches(self, locations, level, size, threads, out) -> np.ndarray:
         start = 0
-        for region in batches:
+        for region in self._batches(locations, level, size, threads):
             arr = _to_host_rgb(region)
             if arr.ndim == 3:
                 arr = arr[None]
@@ -99,10 +142,12 @@ class _CucimSlide(BackendSlide):
 
 
 def _to_host_rgb(region: Any) -> np.ndarray:
-    if hasattr(region, "__cuda_array_interface__"):
-        import cupy
+    # CUDA memory, or the strict device stand-in's (which refuses np.asarray)
+    if hasattr(region, "__cuda_array_interface__") or \
+            type(region).__module__ == "infra.strict_device":
+        from infra.arrays import asnumpy, get_xp
 
-        arr = cupy.asnumpy(cupy.asarray(region))
+        arr = asnumpy(get_xp("cuda").asarray(region))
     else:
         arr = np.asarray(region)
     return np.ascontiguousarray(arr[..., :3])
@@ -114,6 +159,8 @@ class CucimReader(SlideReader):
     supports_remote = False
     supports_gpu_decode = True
     tiff_only = True
+    #: opens a local file as a cuCIM ``CuImage`` (None: cuCIM's own; see module docstring)
+    image_type: ClassVar[Callable[[str], Any] | None] = None
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -133,9 +180,12 @@ class CucimReader(SlideReader):
         return True
 
     def open_local(self, path: str) -> BackendSlide:
-        from cucim import CuImage  # type: ignore[attr-defined]
+        opener = CucimReader.image_type
+        if opener is None:
+            from cucim import CuImage  # type: ignore[attr-defined]
 
-        slide = _CucimSlide(CuImage(path), self.device)
+            opener = CuImage
+        slide = _CucimSlide(opener(path), self.device)
         _WARM["done"] = True  # its plugins are loaded: PyTorch can no longer hurt it
         return slide
 
