@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -124,7 +123,8 @@ class _TrainCommand(TyperCommand):
     """Fills ``{models}`` in the help from the model registry when help is shown, so
     every registered model is named and torch loads only for ``--help``."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    # Any: typer vendors its own click, whose Context/HelpFormatter types are private
+    def format_help(self, ctx: Any, formatter: Any) -> None:
         from training.mil.models import model_names
 
         self.help = (self.help or "").replace("{models}", ", ".join(model_names()))
