@@ -37,7 +37,13 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     out = model(torch.randn(20, 8), label=0)
     loss = out.logits.sum() + (out.instance_loss if out.instance_loss is not None else 0.0)
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    # The bias of the attention score shifts every tile's logit equally, and softmax is
+    # shift-invariant: its gradient is exactly zero (torch >= 2.15 computes it as 0.0;
+    # older builds left rounding noise). It must still receive a gradient tensor.
+    invariant = {"attention.score.bias"}
+    assert all(p.grad is not None for p in model.parameters())
+    missing = [n for n, p in model.named_parameters()
+               if n not in invariant and not torch.any(p.grad != 0)]
     assert missing == []
 
 
