@@ -50,16 +50,18 @@ def _labels(pairs: list[str] | None) -> dict[int, str] | None:
 
 
 def import_(
-    file: Annotated[Path, typer.Argument(help="GeoJSON, ASAP XML, or PNG/TIFF mask.")],
+    file: Annotated[Path, typer.Argument(help="GeoJSON, ASAP XML, PNG/TIFF mask, or OME-Zarr "
+                                              "label image (a .zarr folder).")],
     slide: Annotated[str, typer.Option("--slide", help="The slide id the file annotates.")],
     store: StoreOpt,
-    fmt: Annotated[str | None, typer.Option("--format", help="geojson, asap or mask "
+    fmt: Annotated[str | None, typer.Option("--format", help="geojson, asap, mask or ome-zarr "
                                                              "(default: from the file).")] = None,
     name: NameOpt = "default",
     klass: Annotated[list[str] | None, typer.Option(
         "--class", help="Allowed class (repeatable); any other class is an error.")] = None,
     mask_mpp: Annotated[float | None, typer.Option(
-        "--mask-mpp", help="Microns per pixel of a mask (required for masks).")] = None,
+        "--mask-mpp", help="Microns per pixel of a PNG/TIFF mask (required; an OME-Zarr "
+                            "label image states its own).")] = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="Mask value and class, VALUE=CLASS (repeatable).")] = None,
     clip: Annotated[bool, typer.Option(help="Cut features reaching outside the slide "
@@ -121,7 +123,8 @@ def coverage(
 
 
 def export(
-    out: Annotated[Path, typer.Argument(help="The .geojson file to write.")],
+    out: Annotated[Path, typer.Argument(help="The .geojson file, or .zarr folder (OME-Zarr "
+                                             "labels), to write.")],
     store: StoreOpt,
     slide: Annotated[str, typer.Option("--slide", help="The slide whose map to export.")],
     predictions: Annotated[str, typer.Option(help="Name of the predictions table "
@@ -133,16 +136,23 @@ def export(
     storage_option: StorageOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """A prediction map's contours as QuPath GeoJSON (class and probability measurements).
+    """A prediction map's contours as QuPath GeoJSON (class and probability measurements),
+    or, for a .zarr OUT, the thresholded map as an OME-Zarr label image (labels/<name>).
 
     Example: slidebank annotations export S01-map.geojson --store ./store --slide S01 --predictions tiles-tumour-linear-1a2b3c4d5e
     """
     from features.annotations.export import export_prediction_geojson
+    from features.annotations.omezarr import export_prediction_labels
 
     with fail_on_slidebank_error(out):
-        path = export_prediction_geojson(_store(store, storage_option), slide, predictions, out,
-                                         threshold=threshold, class_name=klass,
-                                         overwrite=overwrite)
+        if out.suffix.lower() == ".zarr":
+            path = export_prediction_labels(_store(store, storage_option), slide, predictions,
+                                            out, threshold=threshold, class_name=klass,
+                                            overwrite=overwrite)
+        else:
+            path = str(export_prediction_geojson(_store(store, storage_option), slide,
+                                                 predictions, out, threshold=threshold,
+                                                 class_name=klass, overwrite=overwrite))
     typer.echo(f"wrote {path}")
 
 

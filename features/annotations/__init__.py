@@ -1,7 +1,8 @@
 """Tile-level truth: pathologists' annotations imported into the store, and coverage.
 
-Readers for QuPath GeoJSON (:mod:`.geojson`), ASAP/CAMELYON XML (:mod:`.asap`) and
-binary/label masks (:mod:`.masks`) produce an :class:`AnnotationSet` in level-0 pixels;
+Readers for QuPath GeoJSON (:mod:`.geojson`), ASAP/CAMELYON XML (:mod:`.asap`),
+binary/label masks (:mod:`.masks`) and OME-Zarr label images (:mod:`.omezarr`, which
+also writes prediction maps as labels) produce an :class:`AnnotationSet` in level-0 pixels;
 :func:`import_annotations` checks it against the slide and stores it with per-tile,
 per-class coverage computed exactly with shapely (:mod:`.coverage`);
 :class:`RegionFilter` keeps the tiles of a region. shapely loads when first used.

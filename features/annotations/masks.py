@@ -26,7 +26,7 @@ from features.annotations._errors import (
 )
 from features.annotations.model import Annotation, AnnotationSet
 
-__all__ = ["BINARY_CLASS", "mask_geometries", "read_mask", "read_mask_array"]
+__all__ = ["BINARY_CLASS", "mask_annotations", "mask_geometries", "read_mask", "read_mask_array"]
 
 BINARY_CLASS = "foreground"
 _MPP_RELATIVE = 0.01
@@ -127,9 +127,17 @@ def read_mask(path: str, data: bytes, *, mask_mpp: float | None, slide_mpp: floa
               slide_size: tuple[int, int], labels: Mapping[int, str] | None = None
               ) -> AnnotationSet:
     """Annotations from a mask: one per connected polygon, in level-0 pixels."""
+    return mask_annotations(path, read_mask_array(path, data), mask_mpp=mask_mpp,
+                            slide_mpp=slide_mpp, slide_size=slide_size, labels=labels)
+
+
+def mask_annotations(path: str, array: np.ndarray, *, mask_mpp: float | None,
+                     slide_mpp: float | None, slide_size: tuple[int, int],
+                     labels: Mapping[int, str] | None = None,
+                     colors: Mapping[int, tuple[int, int, int]] | None = None) -> AnnotationSet:
+    """Annotations from a 2-D label array at ``mask_mpp``: one per connected polygon."""
     import shapely
 
-    array = read_mask_array(path, data)
     scale = _check_mpp(path, array.shape, mask_mpp, slide_mpp, slide_size)
     geometries = mask_geometries(array)
     if not geometries:
@@ -138,6 +146,7 @@ def read_mask(path: str, data: bytes, *, mask_mpp: float | None, slide_mpp: floa
     out: list[Annotation] = []
     for value, geometry in geometries.items():
         scaled = shapely.transform(geometry, lambda xy: xy * scale)
+        color = (colors or {}).get(value)
         for part in shapely.get_parts(scaled):
-            out.append(Annotation(len(out), names[value], part))
+            out.append(Annotation(len(out), names[value], part, color=color))
     return AnnotationSet(tuple(out), path)

@@ -59,15 +59,16 @@ __all__ = [
 ANNOTATIONS = "annotations"
 COVERAGE = "coverage"
 DEFAULT_SET = "default"
-FORMATS = ("geojson", "asap", "mask")
+FORMATS = ("geojson", "asap", "mask", "ome-zarr")
 
 
 @dataclass(frozen=True)
 class ImportOptions:
     """How to read and check one file. ``fmt`` None guesses from the name and bytes;
     ``classes`` (when given) is the list every feature's class must be in; ``mask_mpp``
-    is required for masks; ``labels`` names mask values; ``clip`` cuts features that
-    reach outside the slide instead of refusing them."""
+    is required for PNG/TIFF masks (an OME-Zarr label image carries its own); ``labels``
+    names mask values; ``clip`` cuts features that reach outside the slide instead of
+    refusing them."""
 
     fmt: str | None = None
     name: str = DEFAULT_SET
@@ -154,7 +155,14 @@ def parse_annotation_bytes(source: str, data: bytes, fmt: str | None = None) -> 
 def read_annotation_file(path: str | Path, frame: SlideFrame, options: ImportOptions
                          ) -> AnnotationSet:
     """Read and check one file against its slide (see :class:`ImportOptions`)."""
+    from features.annotations.omezarr import is_ome_zarr, read_ome_zarr_mask
+
     source = str(path)
+    if options.fmt == "ome-zarr" or (options.fmt is None and is_ome_zarr(path)):
+        parsed = read_ome_zarr_mask(path, slide_mpp=frame.mpp, slide_size=frame.size,
+                                    mask_mpp=options.mask_mpp, labels=options.labels)
+        return check_set(parsed, slide_size=frame.size, classes=options.classes,
+                         clip=options.clip)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
