@@ -75,7 +75,8 @@ class FeatureStore:
         if not tables.exists(tables.uri(SLIDES)):
             if not create:
                 raise StoreNotFoundError(
-                    f"no feature store at {location.uri} (a typo? pass create=True to make one)"
+                    f"no feature store at {location.uri} (a typo? `slidebank ingest` makes one; "
+                    "in Python, FeatureStore.open(..., create=True))"
                 )
             log.info(
                 "creating feature store at %s (options %s)",

@@ -15,6 +15,9 @@ __all__ = ["Progress", "deferred_interrupt", "quiet_ray", "summary_table"]
 
 log = logging.getLogger(__name__)
 
+#: characters of a failed slide's error shown in the summary table (the store keeps 2000)
+_MAX_ERROR = 600
+
 
 class Progress:
     """A rich progress bar over slides with a live tile count on a terminal; where stdout
@@ -199,10 +202,13 @@ def summary_table(result: Any) -> Any:
 
     table = Table(title=f"ingest {result.run_id} · config {result.config_hash} · "
                         f"{result.seconds:.1f} s")
-    for column in ("slide", "status", "tiles", "seconds", "error"):
-        table.add_column(column, justify="right" if column in ("tiles", "seconds") else "left")
+    for column in ("slide", "status", "tiles", "seconds"):
+        table.add_column(column, justify="right" if column in ("tiles", "seconds") else "left",
+                         no_wrap=True)
+    # Wrapped, never cut: the reason is why a failed slide is listed at all.
+    table.add_column("error", overflow="fold", ratio=1)
     for o in result.outcomes:
-        error = f"{o.error_type}: {o.error_message}"[:120] if o.error_type else ""
+        error = f"{o.error_type}: {o.error_message}"[:_MAX_ERROR] if o.error_type else ""
         style = "red" if o.status == "failed" else None
         table.add_row(o.slide_id, o.status, f"{o.tiles:,}",
                       f"{o.seconds:.2f}" if o.seconds is not None else "", error, style=style)
