@@ -146,10 +146,10 @@ def _properties(meta: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, tupl
         name = next((prop[k] for k in _NAME_KEYS if isinstance(prop.get(k), str)), None)
         if isinstance(value, int) and name:
             names[value] = name
-    colors = {int(c["label-value"]): tuple(int(v) for v in c["rgba"][:3])
+    colors = {int(c["label-value"]): (int(c["rgba"][0]), int(c["rgba"][1]), int(c["rgba"][2]))
               for c in label.get("colors") or []
               if isinstance(c.get("label-value"), int) and len(c.get("rgba") or []) >= 3}
-    return names, colors  # type: ignore[return-value]
+    return names, colors
 
 
 def read_label_image(path: str | Path, mask_mpp: float | None = None
