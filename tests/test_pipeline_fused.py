@@ -70,14 +70,16 @@ def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path, monk
 
 
 def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> None:
-    """fused, Ray Data pools, and the GPU-resident engine (its NumPy stand-in here: planning
-    tasks on CPUs, a device actor reading from coordinates) store the same rows."""
+    """fused, Ray Data pools, the GPU-resident engine (its NumPy stand-in here: planning
+    tasks on CPUs, a device actor reading from coordinates) and the in-process engine (no
+    Ray: the driver runs the fused stage) store the same rows."""
     config = IngestConfig(stain="macenko")
     stores = {}
-    for engine in ("fused", "dataset", "device"):
+    for engine in ("fused", "dataset", "device", "inprocess"):
         stores[engine] = FeatureStore.open(str(tmp_path / engine), create=True)
         result = run_ingest(slides, stores[engine], config, OPTS.replace(engine=engine))
         assert [o.status for o in result.outcomes] == ["done", "done"], engine
+        assert result.engine == engine
         assert result.first_tile_s is not None and 0 < result.first_tile_s <= result.seconds
         assert result.steady_tiles_per_s is not None and result.steady_tiles_per_s > 0
         # The run's last flush brought the slide-level table up to date (no pooling on read).
@@ -87,7 +89,7 @@ def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> 
     fused = _tiles(stores["fused"])
     assert fused.num_rows > 0
     a = np.stack(fused.column("embedding").to_numpy(zero_copy_only=False))
-    for engine in ("dataset", "device"):
+    for engine in ("dataset", "device", "inprocess"):
         other = _tiles(stores[engine])
         for column in ("slide_id", "x", "y", "qc_flags"):
             assert fused.column(column).equals(other.column(column)), (engine, column)
@@ -96,8 +98,9 @@ def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> 
     # The slide rows agree too (the device engine's planning tasks measured the tissue).
     columns = ["slide_id", "status", "tile_count", "tissue_area_mm2", "mpp", "mpp_source"]
     rows = {e: sorted(stores[e].latest().slides(encoder=config.encoder_id, columns=columns).to_pylist(),
-                      key=lambda r: r["slide_id"]) for e in ("fused", "device")}
-    assert rows["fused"] == rows["device"] and all(r["status"] == "done" for r in rows["device"])
+                      key=lambda r: r["slide_id"]) for e in ("fused", "device", "inprocess")}
+    assert rows["fused"] == rows["device"] == rows["inprocess"]
+    assert all(r["status"] == "done" for r in rows["device"])
 
 
 def test_device_engine_records_a_missing_slide_and_goes_on(ray_local, slides, tmp_path) -> None:

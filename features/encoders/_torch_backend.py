@@ -151,6 +151,9 @@ class TorchBackend:
         seed: int = 0,
         num_threads: int | None = None,
         cpu_dtype: str = "float32",
+        runtime: str = "torch",
+        batch_size: int = 64,
+        weights_sha256: str | None = None,
     ) -> None:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -170,14 +173,19 @@ class TorchBackend:
         if cuda:
             model = model.to(memory_format=torch.channels_last)
         module: nn.Module = _Pooled(model, spec.pooling).eval()
-        self.compiled = bool(compile)
-        if compile:
-            module = torch.compile(module)  # type: ignore[assignment]
-        self._module = module
         std = torch.tensor(spec.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
+        from features.encoders.runtimes import prepare
+
+        # compile=True is the older spelling of runtime="compile"
+        self._runtime = prepare("compile" if compile else runtime, module, spec,
+                                device=self._device.type, dtype=cpu_dtype,
+                                normalize=lambda t: preprocess(t, spec, self._scale, self._shift),
+                                threads=torch.get_num_threads(), batch_size=batch_size,
+                                weights_sha256=weights_sha256)
+        self.compiled = self._runtime.runtime == "compile"
         if cuda:
             self._autocast_dtype = getattr(torch, spec.dtype) if spec.dtype != "float32" else None
         else:
@@ -201,6 +209,7 @@ class TorchBackend:
             "device": self.device,
             "dtype": dtype,
             "compiled": self.compiled,
+            **self._runtime.info,
             "torch": torch.__version__,
             "timm": timm.__version__,
         }
@@ -223,9 +232,9 @@ class TorchBackend:
                            self._shift)
             autocast = (
                 torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
-                if self._autocast_dtype is not None
-                else contextlib.nullcontext()
+                if self._autocast_dtype is not None and self._runtime.torch_native
+                else contextlib.nullcontext()  # other runtimes have their precision built in
             )
             with autocast:
-                out = self._module(x)
+                out = self._runtime.run(x)
             return out.float()

@@ -88,12 +88,19 @@ class RunOptions:
     #: ``fused``: one read→encode→write actor per core (fewest processes; the default on
     #: CPU-only clusters); ``device``: CPU tasks plan, one actor per GPU reads, QCs,
     #: normalizes and encodes on the device (the default with GPUs; without one it runs
-    #: the same code on NumPy); ``dataset``: Ray Data actor pools, on request.
-    engine: Literal["auto", "fused", "device", "dataset"] = "auto"
+    #: the same code on NumPy); ``dataset``: Ray Data actor pools, on request;
+    #: ``inprocess``: no Ray, the driver runs the fused stage itself (``auto`` picks it
+    #: for small local jobs with no cluster: :mod:`ingest.pipeline.inprocess`).
+    engine: Literal["auto", "fused", "device", "dataset", "inprocess"] = "auto"
     #: ``bfloat16``: timm encoders on CPU run under bf16 autocast, as on CUDA (an execution
     #: choice like ``device``, not hashed: embeddings agree with float32 within the stated
     #: tolerance, see docs). Worth it on CPUs with AVX512-BF16 or AMX.
     cpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    #: how timm encoders run on CPU (:mod:`features.encoders.runtimes`): ``auto`` the
+    #: fastest whose float32 output matches eager PyTorch within 1e-4 (measured once per
+    #: node and model); ``torch`` eager; ``compile``, ``openvino``, ``onnxruntime``. An
+    #: execution choice like ``device``, not hashed; the run record names what ran.
+    runtime: Literal["auto", "torch", "compile", "openvino", "onnxruntime"] = "auto"
     #: per-slide bounds (issue 17): a slide still reading after this many seconds, or whose
     #: reader process holds more than this much resident memory, becomes a ``failed`` row.
     #: ``None`` memory: half the machine's memory divided among the readers of one node.
@@ -127,8 +134,11 @@ class RunOptions:
             raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")
         if not self.gpu_wait_s > 0:
             raise ConfigError(f"gpu_wait_s must be a positive number of seconds, got {self.gpu_wait_s!r}")
-        if self.engine not in ("auto", "fused", "device", "dataset"):
-            raise ConfigError(f"engine must be auto, fused, device or dataset, got {self.engine!r}")
+        if self.engine not in ("auto", "fused", "device", "dataset", "inprocess"):
+            raise ConfigError(f"engine must be auto, fused, device, dataset or inprocess, got {self.engine!r}")
+        if self.runtime not in ("auto", "torch", "compile", "openvino", "onnxruntime"):
+            raise ConfigError(f"runtime must be auto, torch, compile, openvino or onnxruntime, "
+                              f"got {self.runtime!r}")
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)

@@ -18,12 +18,17 @@ class EncodeStage:
     """Replaces each row's ``image`` (B, H, W, 3) with ``embedding`` (B, D) float32."""
 
     def __init__(self, encoder: str, weights: str | None, device: str, batch_size: int,
-                 num_threads: int | None = None, cpu_dtype: str = "float32") -> None:
+                 num_threads: int | None = None, cpu_dtype: str = "float32",
+                 runtime: str = "torch") -> None:
         from features.encoders import Encoder
 
         self._encoder = Encoder(encoder, weights=weights, device=device,  # type: ignore[arg-type]
-                                batch_size=batch_size, num_threads=num_threads, cpu_dtype=cpu_dtype)
+                                batch_size=batch_size, num_threads=num_threads, cpu_dtype=cpu_dtype,
+                                runtime=runtime)
         self.dim = int(self._encoder.spec.embed_dim)
+        #: what ran the model (torch, openvino...; see features.encoders.runtimes): each row
+        #: carries it to the driver, which records it with the run
+        self.runtime = str(self._encoder.provenance.get("runtime", "numpy"))
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in batch.items() if k != "image"}
@@ -45,6 +50,7 @@ class EncodeStage:
             embeddings.append(embedded[offset:offset + n])
             offset += n
         out["embedding"] = _stack(embeddings)
+        out["runtime"] = np.array([self.runtime] * len(rows))
         return out
 
 

@@ -36,6 +36,7 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.fused_runner import FusedPool
 from ingest.pipeline.fused_stage import FusedStage
+from ingest.pipeline.inprocess import run_inprocess, use_inprocess
 from ingest.pipeline.progress import Progress, deferred_interrupt, quiet_ray
 from ingest.pipeline.read_stage import ReadStage
 from ingest.pipeline.resources import choose_engine, plan_device, plan_fused, plan_resources
@@ -63,6 +64,10 @@ class IngestResult:
     #: seconds from the call to the first encoded tiles reaching the driver (start-up:
     #: store check, Ray, actors, model, the first slide's planning); None without tiles
     first_tile_s: float | None = None
+    #: which engine ran: inprocess (a small job without Ray), fused, device or dataset
+    engine: str | None = None
+    #: what ran the encoder in the workers (torch, openvino, ...: features.encoders.runtimes)
+    runtimes: list[str] = field(default_factory=list)
 
     @property
     def steady_tiles_per_s(self) -> float | None:
@@ -191,17 +196,13 @@ def _run_ingest(sources: Sequence[SlideSource], store: Any, config: IngestConfig
         guard.arm(lambda: _record_run(*run_row, status="failed"))
         # Create the encoder's table once here rather than racing to create it in every worker.
         store.ensure_tiles_table(config.encoder_id, int(spec.embed_dim), config.embedding_dtype)
-        progress.phase("starting Ray")
-        with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
-            probe = pool.submit(_probe, config)  # fails fast on weights that do not load
-            started_ray = connect(resolve_address(options.address), dashboard=dashboard)
-            try:
-                progress.phase("loading the encoder")
-                probe.result()
-                progress.phase("ingest")
-                _execute(todo, store, config, options, storage_options, config_hash, result, progress)
-            finally:
-                shutdown(started_ray)
+        if use_inprocess(options, todo, config, storage_options):  # a small job: no Ray
+            result.engine = "inprocess"
+            progress.phase("ingest (in-process: a small job, no Ray)")
+            _execute(todo, store, config, options, storage_options, config_hash, result, progress)
+        else:
+            _on_ray(todo, store, config, options, storage_options, config_hash, result, progress,
+                    dashboard)
         if progress.first_tile_at is not None:
             result.first_tile_s = progress.first_tile_at - started
         progress.phase("committing")
@@ -210,6 +211,22 @@ def _run_ingest(sources: Sequence[SlideSource], store: Any, config: IngestConfig
     result.seconds = time.perf_counter() - started
     _record_run(store, config, options, result, weights_sha, len(sources))
     return result
+
+
+def _on_ray(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
+            progress: Progress, dashboard: bool) -> None:
+    progress.phase("starting Ray")
+    with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
+        probe = pool.submit(_probe, config)  # fails fast on weights that do not load
+        started_ray = connect(resolve_address(options.address), dashboard=dashboard)
+        try:
+            progress.phase("loading the encoder")
+            probe.result()
+            progress.phase("ingest")
+            _execute(todo, store, config, options, storage_options, config_hash, result, progress)
+        finally:
+            shutdown(started_ray)
 
 
 def _probe(config: IngestConfig) -> None:
@@ -286,7 +303,10 @@ def _interrupted(todo: list[SlideSource], store: Any, encoder: str, config_hash:
 def _run_engine(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
                 storage_options: Mapping[str, Any] | None, config_hash: str,
                 result: IngestResult, progress: Progress) -> None:
-    engine = choose_engine(options)
+    if result.engine == "inprocess":
+        run_inprocess(todo, store, config, options, storage_options, config_hash, result, progress)
+        return
+    engine = result.engine = choose_engine(options)
     log.info("ingest engine: %s", engine)
     if engine == "fused":
         _stream_fused(todo, store, config, options, storage_options, config_hash, result, progress)
@@ -332,13 +352,14 @@ def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, opt
                         "storage_options": storage_options, "ledger": ledger_name, "faults": faults},
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
                            "batch_size": options.tiles_per_batch,
-                           "num_threads": plan.threads_per_actor, "cpu_dtype": options.cpu_dtype},
+                           "num_threads": plan.threads_per_actor, "cpu_dtype": options.cpu_dtype,
+                           "runtime": options.runtime},
         "write_kwargs": _write_kwargs(store.location, config, config_hash),
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, faults,
                                committed=result.outcomes)
-    on_row = _row_sink(collector, progress)
+    on_row = _row_sink(collector, progress, result)
     pool = FusedPool(FusedStage, plan.actors, {"num_cpus": plan.cpus_per_actor}, constructor)
     try:
         pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
@@ -376,13 +397,14 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
     constructor = {
         "config": config, "options": options, "storage_options": storage_options,
         "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
-                           "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype},
+                           "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype,
+                           "runtime": options.runtime},
         "write_kwargs": _write_kwargs(store.location, config, config_hash), "device": plan.device,
     }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, _faults.active(),
                                committed=result.outcomes)
-    on_row = _row_sink(collector, progress)
+    on_row = _row_sink(collector, progress, result)
     pool = FusedPool(DeviceStage, plan.actors,
                      {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
                      constructor, before_fill=plan_ahead)
@@ -391,15 +413,23 @@ def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, op
     _gather(todo, collector, result)
 
 
-def _row_sink(collector: SlideCollector, progress: Progress) -> Callable[[Mapping[str, Any]], None]:
+def _row_sink(collector: SlideCollector, progress: Progress,
+              result: IngestResult) -> Callable[[Mapping[str, Any]], None]:
     """What a stage pool does with each post-write row: collect it, show progress."""
     def on_row(row: Mapping[str, Any]) -> None:
+        _note_runtime(result, row)
         outcome = collector.add(row)
         progress.batch(int(row.get("n_tiles") or 0))
         if outcome is not None:
             progress.slide(outcome)
 
     return on_row
+
+
+def _note_runtime(result: IngestResult, row: Mapping[str, Any]) -> None:
+    runtime = row.get("runtime")
+    if runtime and str(runtime) not in result.runtimes:
+        result.runtimes.append(str(runtime))
 
 
 def _items(todo: list[SlideSource], write_ids: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -455,7 +485,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
         fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
                                "device": options.device, "batch_size": options.tiles_per_batch,
                                "num_threads": None if plan.gpus_per_encoder else 1,
-                               "cpu_dtype": options.cpu_dtype})
+                               "cpu_dtype": options.cpu_dtype, "runtime": options.runtime})
     ds = ds.map_batches(
         WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
         compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
@@ -465,6 +495,7 @@ def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: 
                                committed=result.outcomes)
     try:
         for row in ds.iter_rows():
+            _note_runtime(result, row)
             outcome = collector.add(row)
             progress.batch(int(row["n_tiles"]))
             if outcome is not None:
@@ -505,13 +536,21 @@ def _slides_per_task(n_slides: int, readers: int) -> int:
     return max(1, min(8, n_slides // (8 * max(readers, 1))))
 
 
+def _execution(options: RunOptions, result: IngestResult) -> dict[str, Any]:
+    """How the run executed: recorded with it, never in the config hash (like the device,
+    none of it changes the stored features beyond the runtimes' stated tolerance)."""
+    return {"engine": result.engine, "device": options.device, "cpu_dtype": options.cpu_dtype,
+            "runtime": options.runtime, "runtimes_used": sorted(result.runtimes)}
+
+
 def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,
                 weights_sha: str | None, n_sources: int, status: str = "done") -> None:
     from features.store import RunRecord
 
     record = RunRecord(
         run_id=result.run_id, config={**config.to_dict(weights_sha), "sources": n_sources,
-                                      "skipped": len(result.skipped)},
+                                      "skipped": len(result.skipped),
+                                      "execution": _execution(options, result)},
         config_hash=result.config_hash, encoder=config.encoder_id, code_version=CODE_VERSION,
         weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
         n_slides_failed=len(result.failed), n_tiles=result.tiles,

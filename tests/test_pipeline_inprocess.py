@@ -1,0 +1,84 @@
+"""Issue 28 #2: small jobs without waiting for Ray. The in-process engine runs the fused
+stage in the driver and commits through the same collector (its equality with the other
+engines: tests/test_pipeline_fused.py); ``auto`` picks it only for small local jobs with
+no cluster to use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from features.store import FeatureStore
+from ingest.pipeline import _faults
+from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.inprocess import MAX_SLIDES, grid_tiles, use_inprocess
+from ingest.pipeline.runner import run_ingest
+from ingest.pipeline.sources import SlideSource
+from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = IngestConfig(stain="none")
+AUTO = RunOptions(progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> SlideSource:
+    path = tmp_path_factory.mktemp("inprocess") / "small.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec(width=1536, height=1280, seed=5,
+                                                   downsamples=(1, 4), n_blobs=2))
+    return SlideSource(str(path), path.stem)
+
+
+def test_grid_bounds_the_planned_tiles(small) -> None:
+    # 1536 x 1280 px at the synthetic slide's 0.5 µm/px, 256 px tiles at 0.5 µm/px
+    assert grid_tiles(small, CONFIG) == 6 * 5
+    assert grid_tiles(SlideSource("/no/such/slide.svs", "nope"), CONFIG) == 0
+
+
+def test_auto_goes_to_ray_for_a_cluster_big_or_remote_jobs_and_worker_faults(small, tmp_path) -> None:
+    assert not use_inprocess(AUTO.replace(address="127.0.0.1:6379"), [small], CONFIG)
+    assert not use_inprocess(AUTO, [small] * (MAX_SLIDES + 1), CONFIG)
+    assert not use_inprocess(AUTO, [SlideSource("s3://bucket/a.svs", "a")], CONFIG)
+    fine = IngestConfig(stain="none", tiling=CONFIG.tiling.__class__(tile_size=8, target_mpp=0.5))
+    assert grid_tiles(small, fine) > 2000 and not use_inprocess(AUTO, [small], fine)
+    assert not use_inprocess(AUTO.replace(max_gpus=2), [small], CONFIG)
+    with _faults.injected(_faults.FaultPlan(exit_always_slide="x")):
+        assert not use_inprocess(AUTO, [small], CONFIG)
+    assert use_inprocess(AUTO.replace(engine="inprocess"), [small] * 9, CONFIG)
+    assert not use_inprocess(AUTO.replace(engine="fused"), [small], CONFIG)
+
+
+def test_inprocess_run_records_its_engine_and_runtime_outside_the_hash(small, tmp_path) -> None:
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    missing = SlideSource(str(tmp_path / "nope.svs"), "nope")
+    result = run_ingest([small, missing], store, CONFIG, AUTO.replace(engine="inprocess"))
+    outcomes = {o.slide_id: o for o in result.outcomes}
+    assert outcomes["small"].status == "done" and outcomes["small"].tiles > 0
+    assert outcomes["nope"].status == "failed" and outcomes["nope"].error_type == "SlideNotFoundError"
+    assert result.engine == "inprocess" and result.runtimes == ["numpy"]
+    assert result.first_tile_s is not None and 0 < result.first_tile_s <= result.seconds
+    run = next(r for r in store.runs().to_pylist() if r["run_id"] == result.run_id)
+    assert run["status"] == "done" and run["config_hash"] == result.config_hash
+    assert json.loads(run["config_json"])["execution"] == {
+        "engine": "inprocess", "device": "auto", "cpu_dtype": "float32", "runtime": "auto",
+        "runtimes_used": ["numpy"]}
+    # execution choices stay out of the config hash: a rerun with another runtime skips
+    again = run_ingest([small], store, CONFIG, AUTO.replace(engine="inprocess", runtime="torch"))
+    assert again.skipped == ["small"] and again.config_hash == result.config_hash
+
+
+def test_cli_runs_one_small_slide_without_ray_and_says_so(small, tmp_path) -> None:
+    """The whole command in a fresh process (no Ray in it): auto picks in-process."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["SLIDEBANK_CLUSTER_STATE"] = str(tmp_path / "no-cluster.json")  # no `cluster up` either
+    proc = subprocess.run(
+        [sys.executable, "-c", "from slidebank.cli import app; app()", "ingest", small.uri, "--store", str(tmp_path / "s"),
+         "--stain", "none"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "engine in-process (a small job: no Ray)" in " ".join(proc.stdout.split())
+    assert FeatureStore.open(str(tmp_path / "s")).latest().tiles(columns=["x"]).num_rows > 0
