@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import lance
 
-__all__ = ["INDEXED_COLUMNS", "MAX_SMALL_FRAGMENTS", "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO",
+__all__ = ["INDEXED_COLUMNS", "MAX_SEGMENT_ROWS", "MAX_SMALL_FRAGMENTS", "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO",
            "UPKEEP_ENV", "compact_small_fragments", "ensure_scalar_indexes",
            "fold_new_fragments", "index_coverage", "segments_to_merge", "upkeep_enabled"]
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 #: Columns of a tiles table kept under a B-tree, and the index names they get.
 INDEXED_COLUMNS = {"write_id": "write_id_idx", "slide_id": "slide_id_idx"}
 TIER_RATIO = 1
+#: No fold builds a segment above this many rows, so the largest fold re-indexes at most
+#: this many (seconds), never the whole table at once as an unbounded binary counter does
+#: at every power of two; a lookup then consults rows / MAX_SEGMENT_ROWS + O(log) segments.
+MAX_SEGMENT_ROWS = 1 << 24
 #: A small table (``slides``) gets a fragment per commit; once more than
 #: MAX_SMALL_FRAGMENTS of its fragments hold fewer than SMALL_TABLE_TARGET_ROWS rows, those
 #: (and only those) are merged. Fragments that reached the target are never rewritten
@@ -71,12 +75,13 @@ def ensure_scalar_indexes(dataset: lance.LanceDataset) -> None:
             log.debug("%s not created here: %s", name, exc)
 
 
-def segments_to_merge(sizes: list[int], new_rows: int) -> int:
+def segments_to_merge(sizes: list[int], new_rows: int, max_rows: int = MAX_SEGMENT_ROWS) -> int:
     """How many of the newest index segments (``sizes``, oldest first) to merge with the
-    ``new_rows`` not yet indexed: those no larger than ``TIER_RATIO`` × what is merged."""
+    ``new_rows`` not yet indexed: those no larger than ``TIER_RATIO`` × what is merged,
+    while the merged segment stays within ``max_rows``."""
     merged, count = max(new_rows, 1), 0
     for size in reversed(sizes):
-        if size > TIER_RATIO * merged:
+        if size > TIER_RATIO * merged or merged + size > max_rows:
             break
         merged += size
         count += 1

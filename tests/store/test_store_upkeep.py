@@ -31,6 +31,18 @@ def test_segments_merge_like_a_binary_counter() -> None:
     assert len(sizes) <= math.log2(64) + 1
 
 
+def test_no_fold_builds_a_segment_above_the_cap() -> None:
+    sizes: list[int] = [0]
+    for _ in range(200):
+        merge = segments_to_merge(sizes, 8, max_rows=64)
+        merged = sum(sizes[len(sizes) - merge:]) + 8
+        assert merged <= 64
+        sizes = [*sizes[:len(sizes) - merge], merged]
+    assert sum(sizes) == 200 * 8
+    # Full segments, then a binary counter below them: lookups stay near rows / cap.
+    assert len(sizes) <= 200 * 8 // 64 + math.log2(64) + 1
+
+
 def test_every_commit_leaves_the_tiles_indexes_covering_every_fragment(tmp_path) -> None:
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
     commits = 24
