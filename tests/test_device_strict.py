@@ -297,3 +297,17 @@ def test_a_slide_failing_mid_loop_waits_for_its_read_and_the_next_slide_is_done(
         done = list(stage.run(second))  # the same actor, the next slide
     assert done and all(r["status"] == "tiles" for r in done), done[0].get("error_message")
     assert sum(r["n_tiles"] for r in done) == len(second["x"])
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_runs_every_part_on_the_stand_in(tmp_path) -> None:
+    from benchmarks import gpu
+
+    results = gpu.main(["--dry-run", "--out", str(tmp_path / "gpu.json")])
+    parts = ("device", "peak", "encoder", "reader", "stain", "e2e")
+    assert {p: results[p].get("error") for p in parts} == dict.fromkeys(parts)
+    assert results["device"]["device_batch_reads"] == "stand-in device array"
+    assert results["reader"]["result_device"] == "StrictArray"
+    moved = results["e2e"]["transfers_per_run"]
+    assert not any(key.endswith(":pixels") for key in moved), moved
+    assert set(k for k in moved if k.startswith("d2h")) == {"d2h:embeddings+flags"}

@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 
 def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options: RunOptions,
                     store: Any, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Plan one slide on a CPU: coordinates, planned flags, glass colour, stain params."""
+    """Plan one slide on a CPU: coordinates, planned flags, glass colour, stain params.
+    ``store=None`` skips writing the thumbnail and mask (benchmarks)."""
     from ingest.slides import open_slide
     from ingest.tiling.plan import plan_slide
 
@@ -75,7 +76,8 @@ def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options:
             _describe(slide, info)
             tissue, plan = plan_slide(slide, config.tissue, config.tiling, device="cpu")
             info["tissue_area_mm2"] = tissue.tissue_area_mm2
-            _write_arrays(store, sid, tissue)
+            if store is not None:
+                _write_arrays(store, sid, tissue)
             if plan.tile_count == 0:
                 info["plan_status"] = plan.status
                 planned["status"] = "empty"
