@@ -223,6 +223,35 @@ def test_device_stage_on_the_strict_device_moves_no_pixels(slide_40x, tmp_path) 
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_tiny_vit_through_dlpack_and_device_stage_on_a_gpu(slide_40x, tmp_path) -> None:
+    """The same path on CuPy and CUDA: CuPy tiles → DLPack → torch → CuPy embeddings agree
+    with the host encoder, and DeviceStage stores what the fused CPU engine stores
+    (tolerance: nvJPEG vs libjpeg-turbo decode, TF32/cuDNN sums)."""
+    import cupy
+
+    from features.encoders import Encoder
+
+    tiles = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    on_gpu = Encoder(TINY_VIT, device="cuda", batch_size=4).embed_device(cupy.asarray(tiles))
+    assert isinstance(on_gpu, cupy.ndarray) and on_gpu.shape == (8, TINY_VIT.embed_dim)
+    on_cpu = Encoder(TINY_VIT, device="cpu").encode(tiles)
+    np.testing.assert_allclose(cupy.asnumpy(on_gpu), on_cpu, rtol=1e-2, atol=1e-2)
+
+    config = _config("macenko")
+    store = FeatureStore.open(str(tmp_path / "device"), create=True)
+    store.ensure_tiles_table(config.encoder_id, TINY_VIT.embed_dim, "float32")
+    planned = _plan(slide_40x, "s40", store, config)
+    rows = list(_stage(store, config, "cuda", encode_batch=2 * FRAGMENT).run(planned))
+    assert rows and all(r["status"] == "tiles" for r in rows), rows[0].get("error_message")
+    device = _commit(store, config, "s40", slide_40x, rows)
+    fused = _fused_reference(tmp_path, slide_40x, config)
+    assert device.column("x").equals(fused.column("x")) and device.column("y").equals(fused.column("y"))
+    np.testing.assert_allclose(np.stack(device.column("embedding").to_numpy(zero_copy_only=False)),
+                               np.stack(fused.column("embedding").to_numpy(zero_copy_only=False)),
+                               rtol=5e-2, atol=5e-2)
+
+
 class _WatchedCuImage(cucim_standin.StandInCuImage):
     """Records a close that lands while a read runs, or a read that starts after close.
     Every batched read after the first waits (up to a second) for the close."""
@@ -282,7 +311,8 @@ def test_a_slide_failing_mid_loop_waits_for_its_read_and_the_next_slide_is_done(
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     store.ensure_tiles_table(config.encoder_id, TINY_VIT.embed_dim, "float32")
     first = _plan(slide_40x, "a", store, config)
-    second = _plan(slide_40x, "b", store, config)
+    second = {**first, "source": {**first["source"], "slide_id": "b", "write_id": "w-b"},
+              "info": {**first["info"], "timings": {}}}
     _WatchedCuImage.opened.clear()
     with cucim_standin.installed() as xp:
         CucimReader.image_type = lambda path: _WatchedCuImage(path, xp)
