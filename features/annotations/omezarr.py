@@ -252,7 +252,7 @@ def export_prediction_labels(store: Any, slide_id: str, predictions: str,
     slide's Zarr group in the store. Returns the label image's location."""
     import zarr
 
-    from features.store._keys import validate_name
+    from features.store import validate_name
 
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), not {threshold!r}")

@@ -24,7 +24,7 @@ from features.store._errors import (
     StoreVersionError,
     TileNotFoundError,
 )
-from features.store._keys import new_write_id
+from features.store._keys import new_write_id, validate_name
 from features.store.arrays import SlideArrays
 from features.store.derived import DerivedTable, DerivedWrite
 from features.store.location import StoreLocation
@@ -65,5 +65,6 @@ __all__ = [
     "new_write_id",
     "plan_index",
     "tile_batch",
+    "validate_name",
     "write_slide",
 ]

@@ -66,11 +66,10 @@ class BurdenConfig:
 
 def nuclei_counts(embeddings: np.ndarray, tile_size: np.ndarray) -> np.ndarray:
     """Nuclei per tile from handcrafted-he-v1 embeddings (N, 64) and tile sides in px."""
-    from features.encoders._nuclei import NUCLEI_NAMES
-    from features.encoders._stain import COLOUR_NAMES, STAIN_NAMES
+    from features.encoders.handcrafted import FEATURE_NAMES
 
-    # The encoder's layout is colour, stain, nuclei, texture (features.encoders.handcrafted).
-    index = len(COLOUR_NAMES) + len(STAIN_NAMES) + NUCLEI_NAMES.index(_DENSITY)
+    # The encoder names each of its dimensions (colour, stain, nuclei, texture).
+    index = FEATURE_NAMES.index(_DENSITY)
     if embeddings.ndim != 2 or embeddings.shape[1] <= index:
         raise ConfigError(f"nuclei counts need {NUCLEI_ENCODER} embeddings (64 values), got "
                           f"shape {embeddings.shape}")
