@@ -80,6 +80,8 @@ def parquet(
 ) -> None:
     """Committed rows as Parquet, e.g. for the DuckDB CLI offline:
     duckdb -c "SELECT slide_id, count(*) FROM 'out/tiles.parquet' GROUP BY 1".
+    views.sql defines views with FLOAT[D] embeddings (array_cosine_similarity, no cast):
+    duckdb -init out/views.sql.
 
     Example: slidebank export parquet store-parquet/ --store ./store
     """

@@ -1,13 +1,21 @@
 """The store's committed contents in the formats other tools read.
 
 * :func:`to_anndata`: tiles as observations (``obs``: slide_id, x, y, tile_size,
-  read_mpp, tissue_fraction, qc_flags, patient_id; ``obsm["spatial"]``: level-0 (x, y)
-  as squidpy/scanpy expect), embeddings as ``X``; slide-level rows with ``level="slide"``.
+  read_mpp, tissue_fraction, qc_flags, patient_id; ``obsm["spatial"]``: level-0 tile
+  centres), embeddings as ``X``; slide-level rows with ``level="slide"``. Each slide with a
+  thumbnail gets ``uns["spatial"][slide_id]`` in the Visium layout squidpy and LazySlide
+  draw over (``images["hires"]``, ``scalefactors["tissue_hires_scalef"]``: thumbnail px per
+  level-0 px, ``scalefactors["spot_diameter_fullres"]``: tile side in level-0 px), so
+  ``sq.pl.spatial_scatter(adata, library_key="slide_id", color=...)`` shows the tissue.
 * :func:`to_h5_per_slide`: one ``<slide_id>.h5`` per slide in the CLAM / TRIDENT layout:
   ``features`` (N, D) float32 and ``coords`` (N, 2) int64 level-0 (x, y), with
   ``patch_size``/``patch_mpp``/``encoder`` attributes, so their MIL code reads it.
 * :func:`to_parquet`: ``slides``, ``tiles`` and ``slide_embeddings`` of the committed
-  rows only, for the DuckDB CLI or any Parquet reader, offline and without Lance.
+  rows only, for the DuckDB CLI or any Parquet reader, offline and without Lance, and
+  ``views.sql``: DuckDB views over those files whose embeddings are fixed-size
+  ``FLOAT[D]`` arrays, so ``array_cosine_similarity`` works without a cast
+  (``duckdb -init out/views.sql``). Parquet has no fixed-size list type: every reader,
+  DuckDB included (checked on 2.0), reads an embedding back as a variable ``FLOAT[]``.
 
 Only committed (visible) rows are exported, through the same gate as every read.
 Files are written atomically (temp file then rename). An existing file is never replaced
@@ -71,7 +79,9 @@ def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
             obs[column] = pd.Categorical(obs[column].astype(str))
         x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
         adata = anndata.AnnData(X=x, obs=obs)
-        adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(dtype=np.float64)
+        spatial, side = _spatial(store, obs)
+        adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(dtype=np.float64) + side[:, None] / 2
+        adata.uns["spatial"] = spatial
     else:
         raise ConfigError(f"level must be 'tile' or 'slide', not {level!r}")
     adata.uns["slidebank"] = {"store": store.uri, "store_version": int(store.version),
@@ -79,6 +89,34 @@ def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
     with translate_write_errors(path), atomic_path(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp)
     return path
+
+
+def _spatial(store: Any, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """(``uns["spatial"]`` per slide with a thumbnail, each tile's side in level-0 px)."""
+    ids = sorted(map(str, obs["slide_id"].unique()))
+    rows = store.slides(slide_ids=ids, status="done", columns=["slide_id", "mpp", "level_dimensions"])
+    info = {r["slide_id"]: r for r in rows.to_pylist()}
+    mpp = obs["slide_id"].astype(str).map(lambda s: float(info[s]["mpp"] or 0) or np.nan)
+    side = (obs["tile_size"].astype(float) * obs["read_mpp"].astype(float) / mpp).to_numpy()
+    side = np.nan_to_num(side, nan=0.0)
+    spatial: dict[str, Any] = {}
+    for sid in ids:
+        try:
+            thumb = np.asarray(store.arrays(sid).read_image("thumbnail"))
+        except (KeyError, OSError, ValueError) as exc:  # no thumbnail: points only, no image
+            log.info("%s: no thumbnail for uns['spatial'] (%s)", sid, exc)
+            continue
+        width0 = (info[sid].get("level_dimensions") or [[0]])[0][0]
+        if not width0:
+            continue
+        mine = (obs["slide_id"].astype(str) == sid).to_numpy()
+        spatial[sid] = {
+            "images": {"hires": np.ascontiguousarray(thumb[..., :3]).astype(np.uint8)},
+            "scalefactors": {"tissue_hires_scalef": float(thumb.shape[1] / width0),
+                             "spot_diameter_fullres": float(np.median(side[mine]))},
+            "metadata": {"source": "slidebank thumbnail", "level0_mpp": float(info[sid]["mpp"])},
+        }
+    return spatial, side
 
 
 def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = None,
@@ -116,13 +154,15 @@ def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = Non
 
 def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None,
                overwrite: bool = False) -> dict[str, Path]:
-    """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files."""
+    """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files, and
+    ``views.sql`` (DuckDB views with ``FLOAT[D]`` embeddings over them)."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
     check_writable_folder(folder)
     targets = {name: check_output(folder / f"{name}.parquet", overwrite=overwrite)
                for name in ("slides", "slide_embeddings", "tiles")}
+    targets["views"] = check_output(folder / "views.sql", overwrite=overwrite)
     enc = store._encoder(encoder)
     tables = {
         "slides": store.slides(encoder=enc),
@@ -141,4 +181,29 @@ def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None,
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
+    with translate_write_errors(targets["views"]), \
+            atomic_write(targets["views"], "w", overwrite=overwrite) as handle:
+        handle.write(_duckdb_views(targets))
     return targets
+
+
+def _duckdb_views(targets: dict[str, Path]) -> str:
+    """``CREATE VIEW`` statements that cast each Parquet embedding list to ``FLOAT[D]``
+    (D read from the file), with absolute paths so the script runs from any folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = ["-- DuckDB views over this export: duckdb -init views.sql  (or .read views.sql)",
+             "-- Embeddings are FLOAT[D] arrays: array_cosine_similarity(a.mean, b.mean) works."]
+    for name in ("slides", "slide_embeddings", "tiles"):
+        path = targets[name].resolve()
+        if path.stat().st_size == 0:  # an empty store writes no Parquet footer
+            continue
+        schema = pq.read_schema(path)
+        casts = [f'"{f.name}"::FLOAT[{f.type.list_size}] AS "{f.name}"' for f in schema
+                 if f.name in ("embedding", "mean", "max") and pa.types.is_fixed_size_list(f.type)]
+        replace = f" REPLACE ({', '.join(casts)})" if casts else ""
+        source = str(path).replace("'", "''")
+        lines.append(f"CREATE OR REPLACE VIEW {name} AS SELECT *{replace} FROM '{source}';")
+    return "\n".join(lines) + "\n"
+

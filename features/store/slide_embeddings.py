@@ -33,7 +33,7 @@ from features.store._tables import SLIDE_EMBEDDINGS_DIR, StoreView, TableSet
 from features.store.reader import require_known_slides, visible_writes
 from infra.errors import ConfigError
 
-__all__ = ["POOLINGS", "read", "rebuild", "refresh", "slide_embeddings_schema"]
+__all__ = ["POOLINGS", "matrix", "read", "rebuild", "refresh", "slide_embeddings_schema", "to_numpy"]
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +255,9 @@ def to_numpy(table: pa.Table, pooling: str = "mean") -> np.ndarray:
     column = table.column(pooling).combine_chunks()
     dim = column.type.list_size
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def matrix(table: pa.Table, pooling: str = "mean") -> tuple[list[str], np.ndarray]:
+    """``(slide_ids, X)``: the row labels and the (N, D) float32 matrix of one pooling,
+    in the table's row order, ready for scikit-learn, UMAP or a DataFrame index."""
+    return table.column("slide_id").to_pylist(), to_numpy(table, pooling)

@@ -29,6 +29,7 @@ from infra.logs import redact_options
 
 if TYPE_CHECKING:
     import duckdb
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -263,6 +264,21 @@ class FeatureStore:
         return slide_embeddings.read(
             self._view(), self._encoder(encoder), slide_ids=slide_ids, config_hash=config_hash
         )
+
+    def slide_embedding_matrix(
+        self,
+        pooling: str = "mean",
+        *,
+        encoder: str | None = None,
+        slide_ids: Sequence[str] | None = None,
+        config_hash: str | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        """``(slide_ids, X)``: X is the (N, D) float32 ``mean`` (or ``max``) pooled slide
+        embeddings, row i belonging to ``slide_ids[i]``: ``ids, X = store.slide_embedding_matrix()``."""
+        from features.store import slide_embeddings
+
+        table = self.slide_embeddings(encoder=encoder, slide_ids=slide_ids, config_hash=config_hash)
+        return slide_embeddings.matrix(table, pooling)
 
     def refresh_slide_embeddings(
         self, slide_ids: Iterable[str], *, encoder: str | None = None
