@@ -138,13 +138,13 @@ def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
 def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | None = None,
             values: pd.DataFrame | None = None, column: str | None = None,
             cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = False) -> Path:
-    """Per-tile values over the slide thumbnail, with a colour bar; axes in mm.
+    """Per-tile values over the slide thumbnail: axes in mm, a colour bar and a title that
+    state the range (a near-uniform range, max/min < 1.1, is drawn on a fixed scale and
+    called so, never stretched over the colour map), and a scale bar.
 
     Give ``attention`` (a run name among :func:`attention_names`) or ``values`` (a DataFrame with
     ``x``, ``y`` and ``column``, optionally ``slide_id`` to filter on).
     """
-    from training.figures import pyplot
-
     store.bag(slide_id)  # an unknown slide id is an error naming what exists
     if values is not None:
         if column is None or column not in values.columns:
@@ -171,26 +171,17 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
     tiles = store.tiles(slide_ids=[slide_id], columns=["tile_size", "read_mpp"]).slice(0, 1).to_pylist()
     extent0 = tiles[0]["tile_size"] * tiles[0]["read_mpp"] / mpp  # tile side in level-0 px
     thumb = np.asarray(store.arrays(slide_id).read_image("thumbnail"))
-    mm = mpp / 1000.0
     from features.store.arrays import grid_from_coords
+    from training.figures import draw_tile_map
 
     coords = frame[["x", "y"]].to_numpy(dtype=np.int64)
     rows, cols, stride, origin, shape = grid_from_coords(coords, max(1, int(round(extent0))))
     grid = np.full(shape, np.nan, np.float32)
     grid[rows, cols] = frame["value"].to_numpy(dtype=np.float32)
-    plt = pyplot()
-    aspect = height0 / max(width0, 1)
-    fig, ax = plt.subplots(figsize=(8.0, max(3.0, 8.0 * aspect)))
-    ax.imshow(thumb, extent=(0, width0 * mm, height0 * mm, 0))
-    x0, y0 = origin
-    extent = (x0 * mm, (x0 + shape[1] * stride) * mm, (y0 + shape[0] * stride) * mm, y0 * mm)
-    image = ax.imshow(np.ma.masked_invalid(grid), extent=extent, cmap=cmap, alpha=alpha,
-                      interpolation="nearest")
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label(what)
-    ax.set(xlabel="x (mm)", ylabel="y (mm)", xlim=(0, width0 * mm), ylim=(height0 * mm, 0))
-    ax.set_title(f"{slide_id}: {what}, {len(frame)} tiles", fontsize=10)
-    return _save(fig, path)
+    with translate_write_errors(path):
+        return draw_tile_map(thumb, grid, path, level0_size=(width0, height0), mpp=mpp,
+                             origin=origin, stride=stride, title=f"{slide_id}: {what}",
+                             label=what, cmap=cmap, alpha=alpha)
 
 
 def embedding_map(store: Any, path: str | Path, *, level: str = "slide",

@@ -15,8 +15,14 @@ import numpy as np
 
 from infra.files import atomic_write
 
-__all__ = ["pyplot", "roc_band", "save_figure", "save_png", "write_regression_png",
-           "write_roc_calibration_png"]
+__all__ = ["colour_limits", "draw_tile_map", "pyplot", "roc_band", "save_figure", "save_png",
+           "write_regression_png", "write_roc_calibration_png"]
+
+#: max/min below which per-tile values are called near-uniform (issue 30: 0.0364-0.0376
+#: attention once filled the whole colour range and looked like a strong pattern).
+NEAR_UNIFORM = 1.1
+#: A near-uniform map is drawn on median ÷/× this, so a few percent stays a few shades.
+_UNIFORM_SPAN = 1.25
 
 
 def pyplot() -> Any:
@@ -167,4 +173,72 @@ def write_regression_png(
     ax.set_title(f"n={len(y)} slides", fontsize=10)
     ax.legend(title=text, loc="upper left", fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
+    return save_figure(fig, path, overwrite=overwrite)
+
+
+def colour_limits(values: np.ndarray) -> tuple[float, float, str]:
+    """(vmin, vmax, note) for per-tile values, honest about a near-uniform range.
+
+    Values whose max/min is below :data:`NEAR_UNIFORM` are drawn on a scale fixed
+    around their median (÷/× 1.25) instead of being stretched over the whole colour map,
+    and the note says so; otherwise the scale is the values' own range. The note always
+    states the range.
+    """
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0, "no values"
+    lo, hi = float(finite.min()), float(finite.max())
+    span = f"values {lo:.3g}–{hi:.3g}"
+    if lo > 0 and hi / lo < NEAR_UNIFORM:
+        mid = float(np.median(finite))
+        return (mid / _UNIFORM_SPAN, mid * _UNIFORM_SPAN,
+                f"{span}, near-uniform (max/min {hi / lo:.3f}; scale fixed at median ÷/× {_UNIFORM_SPAN})")
+    if hi <= lo:
+        return lo - 0.5, hi + 0.5, f"{span}, all equal"
+    return lo, hi, span
+
+
+def _nice_length(span_mm: float) -> float:
+    """A 1/2/5 × 10^k length near a fifth of the image width, in mm."""
+    target = max(span_mm / 5.0, 1e-6)
+    power = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * power for m in (1, 2, 5) if m * power <= target))
+
+
+def _scale_bar(ax: Any, width_mm: float) -> None:
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length = _nice_length(width_mm)
+    text = f"{length:g} mm" if length >= 1 else f"{length * 1000:g} µm"
+    bar = AnchoredSizeBar(ax.transData, length, text, "lower left", pad=0.4, sep=3,
+                          color="black", frameon=True, size_vertical=width_mm / 150)
+    bar.patch.set_alpha(0.7)
+    ax.add_artist(bar)
+
+
+def draw_tile_map(
+    thumb: np.ndarray, grid: np.ndarray, path: str | Path, *, level0_size: tuple[int, int],
+    mpp: float, origin: tuple[int, int], stride: float, title: str, label: str,
+    cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = True,
+) -> Path:
+    """Per-tile values (``grid``: one cell per tile, NaN where none; ``origin``/``stride``
+    in level-0 px) over the slide thumbnail: axes in mm, a colour bar whose label states
+    the range, a scale bar and a title; about 1,000 px wide."""
+    plt = pyplot()
+    width0, height0 = level0_size
+    mm = mpp / 1000.0
+    vmin, vmax, note = colour_limits(grid)
+    fig, ax = plt.subplots(figsize=(9.0, max(3.5, 7.5 * height0 / max(width0, 1)) + 1.0))
+    ax.imshow(thumb[..., :3], extent=(0, width0 * mm, height0 * mm, 0))
+    x0, y0 = origin
+    extent = (x0 * mm, (x0 + grid.shape[1] * stride) * mm, (y0 + grid.shape[0] * stride) * mm, y0 * mm)
+    image = ax.imshow(np.ma.masked_invalid(grid), extent=extent, cmap=cmap, alpha=alpha,
+                      vmin=vmin, vmax=vmax, interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(f"{label}\n({note})", fontsize=8)
+    ax.set(xlabel="x (mm)", ylabel="y (mm)", xlim=(0, width0 * mm), ylim=(height0 * mm, 0))
+    _scale_bar(ax, width0 * mm)
+    n_tiles = int(np.isfinite(grid).sum())
+    ax.set_title(f"{title}\n{n_tiles} tiles; {note}", fontsize=10)
     return save_figure(fig, path, overwrite=overwrite)

@@ -86,22 +86,14 @@ def write_attention(
     return {**out, "table": written.table.uri}
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """Blue (low) → red (high) on [0, 1]; a simple diverging ramp, no matplotlib needed."""
-    v = np.clip(values, 0, 1)[..., None]
-    low, mid, high = np.array([49, 54, 149]), np.array([255, 255, 191]), np.array([165, 0, 38])
-    out = np.where(v < 0.5, low + (mid - low) * (v / 0.5), mid + (high - mid) * ((v - 0.5) / 0.5))
-    return out.astype(np.uint8)
-
-
 def render_overlay(
     store: Any, slide_id: str, name: str, path: str | Path, *, origin: tuple[int, int], stride: int,
-    level0_size: tuple[int, int] | None = None, alpha: float = 0.5,
+    level0_size: tuple[int, int] | None = None, alpha: float = 0.6, model: str | None = None,
 ) -> Path:
-    """The heatmap over the slide thumbnail as a PNG (tiles without attention stay clear)."""
-    from PIL import Image
-
-    from training.figures import save_png
+    """The heatmap ``heatmaps/<name>`` over the slide thumbnail as a PNG fit for a talk:
+    axes in mm, a colour bar stating the range (near-uniform attention is called so and
+    not stretched), a scale bar and a title naming the model and the slide."""
+    from training.figures import draw_tile_map
 
     arrays = store.arrays(slide_id)
     thumb = np.asarray(arrays.read_image("thumbnail"))
@@ -112,15 +104,7 @@ def render_overlay(
         if not dims:
             raise ConfigError(f"slide {slide_id!r} has no level dimensions to place the heatmap")
         level0_size = (int(dims[0][0]), int(dims[0][1]))
-    scale = thumb.shape[1] / level0_size[0]  # thumbnail px per level-0 px
-    finite = np.isfinite(heat)
-    lo, hi = (np.nanmin(heat), np.nanmax(heat)) if finite.any() else (0.0, 1.0)
-    norm = (np.nan_to_num(heat, nan=float(lo)) - lo) / max(hi - lo, 1e-12)
-    rgb = Image.fromarray(_colormap(norm))
-    mask = Image.fromarray((finite * int(255 * alpha)).astype(np.uint8))
-    width = max(1, round(heat.shape[1] * stride * scale))
-    height = max(1, round(heat.shape[0] * stride * scale))
-    base = Image.fromarray(thumb[..., :3].astype(np.uint8)).convert("RGB")
-    position = (round(origin[0] * scale), round(origin[1] * scale))
-    base.paste(rgb.resize((width, height), Image.Resampling.NEAREST), position, mask.resize((width, height), Image.Resampling.NEAREST))
-    return save_png(base, path)
+    who = f"{model} attention" if model else "attention"
+    return draw_tile_map(thumb, heat, path, level0_size=level0_size, mpp=slide_mpp(store, slide_id),
+                         origin=origin, stride=stride, title=f"{slide_id}: {who} (run {name})",
+                         label=f"{who} per tile", alpha=alpha)

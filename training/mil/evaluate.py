@@ -108,9 +108,10 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
                   size: int = 400, calibration: bool = True, n_boot: int = 500,
-                  overwrite: bool = True) -> Path:
+                  title: str | None = None, overwrite: bool = True) -> Path:
     """ROC curves ({label: (y, p)}) with a bootstrap 95% band, AUROC with its CI and n in
     the legend, and (for probabilities) a calibration panel; matplotlib Agg, atomic write.
+    ``title`` (e.g. model and label) heads the figure.
 
     ``size`` is kept for callers of the earlier Pillow version; the figure is sized in
     inches and rendered at 120 dpi (about 1,250 × 600 px with calibration).
@@ -133,7 +134,7 @@ def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
     probabilities = calibration and all(
         float(p.min()) >= 0.0 and float(p.max()) <= 1.0 for _, p in clean.values())
     return write_roc_calibration_png(clean, path, aurocs=aurocs, calibration=probabilities,
-                                     overwrite=overwrite)
+                                     title=title, overwrite=overwrite)
 
 
 def run_summary(y: np.ndarray, p: np.ndarray, **kwargs: Any) -> dict[str, float]:

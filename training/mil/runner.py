@@ -128,19 +128,19 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
         predictions["positive_class"] = classes["positive"]
     with atomic_write(out / "predictions.parquet") as handle:
         predictions.to_parquet(handle, index=False)
-    summary = evaluate_predictions(predictions, train.task, labels, out)
+    summary = evaluate_predictions(predictions, train.task, labels, out, model=train.model.model)
     if classes:
         summary["classes"] = classes
     summary.update(run_id=run_id, out=str(out), config=config.to_dict(),
                    checkpoints=[run.checkpoint_path for run in runs],
                    history=[run.history for run in runs])
     if config.attention:
-        summary["attention"] = _write_attention(store, runs, run_id, out)
+        summary["attention"] = _write_attention(store, runs, run_id, out, train.model.model)
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
-def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dict[str, Any]:
+def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path, model: str) -> dict[str, Any]:
     """Each test slide's attention (from the fold that held it out): a Zarr heatmap
     ``heatmaps/<run_id>`` in the slide's group, rows in the store's derived table
     ``attention/<run_id>``, and a PNG overlay under ``<out>/attention/``."""
@@ -152,7 +152,7 @@ def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path) -> dic
             sid = row["slide_id"]
             info = write_attention(store, sid, row["coords"], row["attention"], name=run_id)
             png = render_overlay(store, sid, run_id, out / "attention" / f"{sid}.png",
-                                 origin=info["origin"], stride=info["stride"])
+                                 origin=info["origin"], stride=info["stride"], model=model)
             written.append({"slide_id": sid, "png": str(png), "heatmap": info["heatmap"]})
             table = info["table"]
     return {"table": table, "slides": written}
@@ -185,7 +185,7 @@ def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str)
 
 
 def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str], out: str | Path,
-                         *, overwrite: bool = True) -> dict[str, Any]:
+                         *, model: str | None = None, overwrite: bool = True) -> dict[str, Any]:
     """Per-fold and pooled metrics (with bootstrap CIs / FDR) and ROC PNGs from a
     predictions table as ``run_from_config`` writes it. ``overwrite=False`` refuses, before
     computing anything, when one of the files it writes exists (:func:`evaluation_files`)."""
@@ -222,7 +222,8 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
         table = fold_table(per_fold) if per_fold else pd.DataFrame()
         summary[str(split)] = {"pooled": pooled, "folds": table.to_dict("index")}
         write_roc_png({str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
-                      out / f"{split}_roc.png", overwrite=overwrite)
+                      out / f"{split}_roc.png", overwrite=overwrite,
+                      title=f"{model or 'MIL'}: {label} ({split})")
     return summary
 
 

@@ -1,0 +1,96 @@
+"""Pictures fit for a talk: attention over the tissue with mm axes, a colour bar that states
+the range, a scale bar and a title; near-uniform values are not stretched; titled ROCs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests._support.datasci import build_picture_store
+from training.figures import colour_limits
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_picture_store(tmp_path_factory.mktemp("talk"))
+
+
+def _rgb(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _texts(monkeypatch):
+    """Every string matplotlib draws while the figure is saved (titles, labels, bars)."""
+    from matplotlib.text import Text
+
+    seen: list[str] = []
+    draw = Text.draw
+
+    def record(self, renderer):
+        if self.get_visible() and self.get_text():
+            seen.append(self.get_text())
+        return draw(self, renderer)
+
+    monkeypatch.setattr(Text, "draw", record)
+    return seen
+
+
+def test_near_uniform_values_are_not_stretched():
+    vmin, vmax, note = colour_limits(np.array([0.0364, 0.0370, 0.0376, np.nan]))
+    assert "near-uniform" in note and "0.0364–0.0376" in note
+    # The 3% spread covers well under a third of the colour range, not all of it.
+    assert (0.0376 - 0.0364) / (vmax - vmin) < 0.1
+    vmin, vmax, note = colour_limits(np.array([0.01, 0.05, 0.2]))
+    assert (vmin, vmax) == (0.01, 0.2) and "near-uniform" not in note
+
+
+def test_run_folder_attention_png_is_fit_for_a_talk(store, tmp_path, monkeypatch):
+    from training.mil.attention import render_overlay, write_attention
+
+    bag = store.bag("slide-1")
+    attention = np.full(len(bag), 1.0 / len(bag)) * np.linspace(0.985, 1.015, len(bag))
+    info = write_attention(store, "slide-1", bag.coords, attention, name="talk-run", tile_size=256)
+    seen = _texts(monkeypatch)
+    png = render_overlay(store, "slide-1", "talk-run", tmp_path / "attn.png",
+                         origin=info["origin"], stride=info["stride"], model="abmil")
+    rgb = _rgb(png)
+    assert rgb.shape[1] >= 800
+    text = "\n".join(seen)
+    assert "slide-1" in text and "abmil" in text  # title: model and slide
+    assert "x (mm)" in text and "y (mm)" in text
+    assert "near-uniform" in text  # max/min 1.03: said, not stretched
+    assert any(t.endswith(("mm", "µm")) and t[0].isdigit() for t in seen)  # the scale bar
+    # H&E under the heatmap: pink/purple tissue pixels are visible.
+    assert ((rgb[..., 0].astype(int) - rgb[..., 1]) > 40).mean() > 0.01
+
+
+def test_store_heatmap_has_scale_bar_and_range(store, tmp_path, monkeypatch):
+    from slidebank.pictures_api import heatmap
+
+    seen = _texts(monkeypatch)
+    heatmap(store, "slide-0", tmp_path / "heat.png", attention="demo-attn")
+    text = "\n".join(seen)
+    assert "values " in text and "near-uniform" not in text
+    assert any(t.endswith(("mm", "µm")) and t[0].isdigit() for t in seen)
+    assert _rgb(tmp_path / "heat.png").shape[1] >= 800
+
+
+def test_mil_roc_has_a_title(tmp_path, monkeypatch):
+    from training.mil.evaluate import write_roc_png
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20), np.ones(20)]
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 40), 0, 1)
+    seen = _texts(monkeypatch)
+    write_roc_png({"test": (y, p)}, tmp_path / "roc.png", n_boot=20, title="abmil: immune (test)")
+    assert "abmil: immune (test)" in seen
+    import pandas as pd
+
+    from training.mil.runner import evaluate_predictions
+
+    frame = pd.DataFrame({"fold": 0, "set": "test", "slide_id": [f"s{i}" for i in range(40)],
+                          "target:immune": y, "pred:immune": p})
+    evaluate_predictions(frame, "binary", ["immune"], tmp_path, model="transmil")
+    assert "transmil: immune (test)" in seen  # the run folder's test_roc.png
