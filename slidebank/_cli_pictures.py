@@ -61,12 +61,15 @@ def umap(
     max_tiles: Annotated[int, typer.Option(min=100, help="Tiles sampled for --level tile.")]
     = 20_000,
     seed: Annotated[int, typer.Option(help="UMAP and sampling seed.")] = 0,
+    method: Annotated[str, typer.Option(
+        help="pca (instant), umap (umap-learn; its first call takes tens of seconds) or auto: "
+             "PCA below 50 points or without umap-learn, else UMAP.")] = "auto",
     storage_option: OptionsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """A UMAP map of slide or tile embeddings, coloured by a label or by slide.
+    """A UMAP (or PCA) map of slide or tile embeddings, coloured by a label or by slide.
 
-    Example: slidebank umap --store ./store --labels labels.csv --color msi --out umap.png
+    Example: slidebank umap --store ./store --labels labels.csv --color msi --method pca --out umap.png
     """
     from slidebank.pictures_api import embedding_map
     from slidebank.probe_api import open_store
@@ -75,7 +78,7 @@ def umap(
     with fail_on_slidebank_error(out):
         path = embedding_map(open_store(store, options), out, level=level, labels=labels,
                              color=color, encoder=encoder, max_tiles=max_tiles, seed=seed,
-                             storage_options=options, overwrite=overwrite)
+                             method=method, storage_options=options, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 

@@ -5,8 +5,8 @@
 * :func:`heatmap`: per-tile values (MIL attention written by
   :mod:`training.mil.attention`, or any per-tile predictions) over the slide's
   thumbnail, with a colour bar and axes in millimetres;
-* :func:`embedding_map`: a UMAP of slide (or tile) embeddings coloured by a label or
-  by slide.
+* :func:`embedding_map`: a PCA or UMAP map of slide (or tile) embeddings coloured by a
+  label or by slide (distinct colours for up to 20 groups, a continuous map beyond).
 
 All are matplotlib (Agg) figures written atomically. An existing file is refused
 (:class:`~infra.errors.OutputExistsError`) before anything is drawn unless
@@ -28,7 +28,8 @@ from infra.errors import ConfigError
 from infra.files import check_output
 from infra.fs_errors import translate_write_errors
 
-__all__ = ["attention_names", "embedding_map", "heatmap", "similarity_gallery"]
+__all__ = ["UMAP_MIN_POINTS", "attention_names", "embedding_map", "group_colours", "heatmap",
+           "similarity_gallery"]
 
 log = logging.getLogger(__name__)
 
@@ -186,39 +187,22 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
 
 def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
                   labels: Any = None, color: str | None = None, encoder: str | None = None,
-                  max_tiles: int = 20_000, seed: int = 0,
+                  max_tiles: int = 20_000, seed: int = 0, method: str = "auto",
                   storage_options: Mapping[str, Any] | None = None,
                   overwrite: bool = False) -> Path:
-    """UMAP of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column of
-    ``labels``, joined on slide_id or patient_id) or else by slide."""
-    import warnings
+    """A 2-d map of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column
+    of ``labels``, joined on slide_id or patient_id) or else by slide.
 
+    ``method``: ``pca`` (instant), ``umap`` (umap-learn; its first call compiles with numba,
+    tens of seconds) or ``auto``: PCA below :data:`UMAP_MIN_POINTS` points or when
+    umap-learn is not installed, else UMAP.
+    """
     path = check_output(path, overwrite=overwrite)  # before umap's slow first import
-
-    with warnings.catch_warnings():
-        # umap-learn warns at import that TensorFlow (for ParametricUMAP, unused) is absent.
-        warnings.simplefilter("ignore", ImportWarning)
-        import umap
-
-    from features.store.schema import embeddings_to_numpy
-    from features.store.slide_embeddings import to_numpy
-    from training.figures import pyplot
-
-    if level == "slide":
-        table = store.slide_embeddings(encoder=encoder)
-        frame = table.select(["slide_id", "patient_id"]).to_pandas()
-        x = to_numpy(table, "mean")
-    elif level == "tile":
-        table = store.tiles(encoder=encoder, columns=["slide_id", "embedding"])
-        if table.num_rows > max_tiles:  # an even sample keeps every slide represented
-            pick = np.random.default_rng(seed).choice(table.num_rows, max_tiles, replace=False)
-            table = table.take(np.sort(pick))
-        frame = table.select(["slide_id"]).to_pandas()
-        x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
-    else:
-        raise ConfigError(f"level must be 'slide' or 'tile', not {level!r}")
+    if method not in ("auto", "pca", "umap"):
+        raise ConfigError(f"method must be auto, pca or umap, not {method!r}")
+    frame, x = _embedding_points(store, level, encoder, max_tiles, seed)
     if len(frame) < 4:
-        raise ConfigError(f"a UMAP needs at least 4 {level}s, the store has {len(frame)}")
+        raise ConfigError(f"a map needs at least 4 {level}s, the store has {len(frame)}")
     colour_by = "slide_id"
     if labels is not None:
         from training.cohorts.labels import join_labels, read_labels
@@ -228,23 +212,110 @@ def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
         joined = join_labels(table_l, slides, label_columns=[color] if color else None).table
         colour_by = color or joined.columns[-1]
         frame = frame.merge(joined[["slide_id", colour_by]], on="slide_id", how="left")
-    neighbours = max(2, min(15, len(frame) - 1))
+    xy, axes_names = _project(x, _pick_method(method, len(frame)), seed)
+    return _draw_map(store, path, frame, xy, axes_names, colour_by, level, encoder)
+
+
+#: Below this many points ``method="auto"`` draws a PCA: UMAP's neighbourhood graph says
+#: little about a dozen slides, and its numba start-up took 73 s for 16 (issue 30).
+UMAP_MIN_POINTS = 50
+
+
+def _pick_method(method: str, n: int) -> str:
+    import importlib.util
+
+    installed = importlib.util.find_spec("umap") is not None
+    if method == "umap" and not installed:
+        raise ConfigError("method 'umap' needs umap-learn (pip install umap-learn); "
+                          "or pass method 'pca'")
+    if method == "auto":
+        return "umap" if installed and n >= UMAP_MIN_POINTS else "pca"
+    return method
+
+
+def _embedding_points(store: Any, level: str, encoder: str | None, max_tiles: int,
+                      seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    from features.store.schema import embeddings_to_numpy
+    from features.store.slide_embeddings import to_numpy
+
+    if level == "slide":
+        table = store.slide_embeddings(encoder=encoder)
+        return table.select(["slide_id", "patient_id"]).to_pandas(), to_numpy(table, "mean")
+    if level == "tile":
+        table = store.tiles(encoder=encoder, columns=["slide_id", "embedding"])
+        if table.num_rows > max_tiles:  # an even sample keeps every slide represented
+            pick = np.random.default_rng(seed).choice(table.num_rows, max_tiles, replace=False)
+            table = table.take(np.sort(pick))
+        x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
+        return table.select(["slide_id"]).to_pandas(), x
+    raise ConfigError(f"level must be 'slide' or 'tile', not {level!r}")
+
+
+def _project(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-d coordinates and axis names."""
+    if method == "pca":
+        centred = x.astype(np.float64) - x.mean(axis=0)
+        _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+        share = sing**2 / max(float(np.sum(sing**2)), 1e-300)
+        xy = centred @ vt[:2].T
+        if xy.shape[1] < 2:  # one-dimensional embeddings: a flat second axis
+            xy = np.c_[xy, np.zeros(len(xy))]
+        names = tuple(f"PC {i + 1} ({share[i]:.0%} of variance)" if i < len(share) else f"PC {i + 1}"
+                      for i in range(2))
+        return xy, (names[0], names[1])
+    import warnings
+
+    with warnings.catch_warnings():
+        # umap-learn warns at import that TensorFlow (for ParametricUMAP, unused) is absent.
+        warnings.simplefilter("ignore", ImportWarning)
+        import umap
+
+    neighbours = max(2, min(15, len(x) - 1))
     xy = umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x)
+    return np.asarray(xy), ("UMAP 1", "UMAP 2")
+
+
+def group_colours(n: int) -> tuple[list[Any], bool]:
+    """(n distinct colours, whether a legend can show them): tab10 up to 10 groups, tab20
+    up to 20, beyond that evenly spaced on a continuous map (no legend: it would be a wall
+    of swatches; the title says so)."""
+    from training.figures import pyplot
+
+    plt = pyplot()
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)], True
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)], True
+    return [plt.get_cmap("turbo")(v) for v in np.linspace(0.05, 0.95, n)], False
+
+
+def _draw_map(store: Any, path: Path, frame: pd.DataFrame, xy: np.ndarray,
+              axes_names: tuple[str, str], colour_by: str, level: str, encoder: str | None) -> Path:
+    from training.figures import pyplot
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     values = frame[colour_by]
     numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 10
+    note = ""
     if numeric:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=14 if level == "slide" else 3, cmap="viridis")
         fig.colorbar(sc, ax=ax, label=colour_by)
     else:
         groups = values.astype("string").fillna("(no label)")
-        for name in sorted(groups.unique()):
+        names = sorted(groups.unique())
+        colours, legend = group_colours(len(names))
+        for name, colour in zip(names, colours, strict=True):
             hit = (groups == name).to_numpy()
-            ax.scatter(xy[hit, 0], xy[hit, 1], s=24 if level == "slide" else 3, label=str(name))
-        ax.legend(title=colour_by, fontsize=7, markerscale=2 if level == "tile" else 1,
-                  loc="best", ncol=1 if groups.nunique() <= 12 else 2)
-    ax.set(xlabel="UMAP 1", ylabel="UMAP 2")
-    ax.set_title(f"UMAP of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
-                 f"coloured by {colour_by}", fontsize=9)
+            ax.scatter(xy[hit, 0], xy[hit, 1], s=24 if level == "slide" else 3, label=str(name),
+                       color=colour)
+        if legend:
+            ax.legend(title=colour_by, fontsize=7, markerscale=2 if level == "tile" else 1,
+                      loc="best", ncol=1 if len(names) <= 12 else 2)
+        else:
+            note = f"\none colour per {colour_by} ({len(names)}, continuous map; no legend)"
+    ax.set(xlabel=axes_names[0], ylabel=axes_names[1])
+    kind = axes_names[0].split()[0].replace("PC", "PCA")
+    ax.set_title(f"{kind} of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
+                 f"coloured by {colour_by}{note}", fontsize=9)
     return _save(fig, path)

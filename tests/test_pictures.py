@@ -78,7 +78,7 @@ def test_umap_of_slides_coloured_by_label(tmp_path):
     labels = write_labels(tmp_path / "labels.csv")
     out = tmp_path / "umap.png"
     _ok(["umap", "--store", str(root), "--labels", str(labels), "--color", "immune",
-         "--out", str(out)])
+         "--method", "umap", "--out", str(out)])
     (w, h), _ = _size(out)
     assert w > 500 and h > 400
 

@@ -94,3 +94,49 @@ def test_mil_roc_has_a_title(tmp_path, monkeypatch):
                           "target:immune": y, "pred:immune": p})
     evaluate_predictions(frame, "binary", ["immune"], tmp_path, model="transmil")
     assert "transmil: immune (test)" in seen  # the run folder's test_roc.png
+
+
+def test_group_colours_do_not_repeat_beyond_ten():
+    from matplotlib.colors import to_hex
+
+    from slidebank.pictures_api import group_colours
+
+    for n, legend in ((6, True), (16, True), (30, False)):
+        colours, has_legend = group_colours(n)
+        assert len({to_hex(c) for c in colours}) == n and has_legend is legend
+
+
+def test_umap_method_pca_for_sixteen_slides(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from slidebank.cli import app
+    from tests._support.datasci import build_store, write_labels
+
+    root = tmp_path / "store"
+    build_store(root, n_slides=16, tiles=8)
+    labels = write_labels(tmp_path / "labels.csv", n_slides=16)
+    seen = _texts(monkeypatch)
+    runner = CliRunner()
+    result = runner.invoke(app, ["umap", "--store", str(root), "--labels", str(labels), "--color",
+                                 "immune", "--method", "pca", "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    assert any(t.startswith("PCA of 16 slide embeddings") for t in seen)
+    assert any(t.startswith("PC 1 (") for t in seen)
+    seen.clear()
+    # Tiles coloured by 16 distinct slides.
+    result = runner.invoke(app, ["umap", "--store", str(root), "--level", "tile", "--method",
+                                 "pca", "--out", str(tmp_path / "t.png")])
+    assert result.exit_code == 0, result.output
+    assert any(t.startswith("PCA of 128 tile embeddings") for t in seen)
+    assert "synthetic-15" in seen  # a legend entry: 16 slides fit tab20's 20 colours
+    result = runner.invoke(app, ["umap", "--store", str(root), "--method", "tsne",
+                                 "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "method must be auto, pca or umap" in result.output
+
+
+def test_auto_method_is_pca_for_few_points():
+    from slidebank.pictures_api import UMAP_MIN_POINTS, _pick_method
+
+    assert _pick_method("auto", 16) == "pca"
+    assert _pick_method("pca", 10_000) == "pca"
+    assert UMAP_MIN_POINTS == 50
