@@ -20,7 +20,9 @@ __all__ = ["register"]
 
 def info(
     slide_uri: Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")],
-    out: Annotated[Path, typer.Option(help="Directory for the thumbnail PNG.")] = Path("slidebank-out"),
+    out: Annotated[Path | None, typer.Option(
+        help="Write the thumbnail PNG to OUT/<slide_id>/thumbnail.png (default: nothing written).")
+    ] = None,
     mpp: Annotated[float | None, typer.Option(help="MPP override in µm/px (manifest value).")] = None,
     reader: Annotated[str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")] = None,
     strategy: Annotated[Literal["auto", "stream", "stage"], typer.Option(
@@ -29,10 +31,10 @@ def info(
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a slide's levels, dimensions, MPP (and its source), vendor and objective power,
-    and write a thumbnail PNG.
+    """Show a slide's levels, dimensions, MPP (and its source), vendor and objective power;
+    with --out, also write a thumbnail PNG.
 
-    Example: slidebank info ../shared/data/cmu_small_region.svs --json
+    Example: slidebank info ../shared/data/cmu_small_region.svs --json --out slidebank-out
     """
     from slidebank.api import describe_slide
 
@@ -55,7 +57,9 @@ def _print_table(report: dict) -> None:
     summary = Table(show_header=False, title=f"slide {report['slide_id']}")
     for key in ("uri", "reader", "access", "vendor", "scanner_model", "objective_power",
                 "mpp", "mpp_source", "tile_size", "size_bytes", "thumbnail"):
-        summary.add_row(key, str(report.get(key)))
+        value = report.get(key)
+        summary.add_row(key, "not written (--out DIR writes one)" if key == "thumbnail"
+                        and value is None else str(value))
     console.print(summary)
     levels = Table(title="levels")
     for col in ("level", "width", "height", "downsample", "µm/px"):

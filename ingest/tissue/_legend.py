@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ingest.tiling.plan import TilePlan
     from ingest.tissue.mask import TissueMask
 
-__all__ = ["add_legend", "nice_scale_um"]
+__all__ = ["add_legend", "nice_scale_um", "pixel_caption"]
 
 Colour = tuple[int, int, int]
 _NICE_UM = (10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000, 20_000)
@@ -106,6 +106,19 @@ def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw,
     return lines or [""]
 
 
+def pixel_caption(tissue: TissueMask, image_mpp: float) -> str:
+    """The size of the pixels one sees: a small slide's mask is enlarged by whole factors
+    (each 8 µm mask pixel drawn as 8 × 8 screen pixels), and "image at 1.0 µm/px" then
+    named the screen grid, not the pixels shown (issue 30)."""
+    shown = max(image_mpp, tissue.mpp)
+    text = f"image pixels {shown:.1f} µm"
+    if image_mpp < tissue.mpp * 0.99:
+        text += f", drawn {tissue.mpp / image_mpp:.0f}× enlarged"
+    if tissue.thumbnail_grid_mpp != tissue.mpp:
+        text += f"; thumbnail {tissue.thumbnail_grid_mpp:.1f}, mask {tissue.mpp:.1f} µm/px"
+    return text
+
+
 def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, pen: np.ndarray,
                dye: np.ndarray, image_mpp: float, colours: dict[str, Colour]) -> np.ndarray:
     """The overlay with a scale bar drawn in and a legend strip appended below it."""
@@ -123,9 +136,7 @@ def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, 
     lines = 1 + sum(len(text) for _, _, text in wrapped)
     strip = Image.new("RGB", (canvas.width, 16 + line * lines), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
-    grid = (f"; thumbnail {tissue.thumbnail_grid_mpp:.1f}, mask {tissue.mpp:.1f} µm/px"
-            if tissue.thumbnail_grid_mpp != tissue.mpp else "")
-    draw.text((12, 8), f"what the colours show (image at {image_mpp:.1f} µm/px{grid})",
+    draw.text((12, 8), f"what the colours show ({pixel_caption(tissue, image_mpp)})",
               fill=(0, 0, 0), font=font)
     y = 8
     for kind, colour, text in wrapped:
