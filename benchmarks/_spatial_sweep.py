@@ -154,7 +154,27 @@ def plot_sweep(result: dict[str, Any], png: str | Path) -> None:
             ax.set_ylim(0.3, 1.02)
             if col == 0:
                 ax.set_ylabel("pooled out-of-fold AUROC")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The sweep as a markdown table: pooled AUROC per cell and model, the oracle first;
+    ``†n``: n folds memorised (training loss < 0.05 while the kept validation AUROC < 0.6)."""
+    models = result["models"]
+    lines = ["| cohort | noise | separability | oracle | " + " | ".join(f"`{m}`" for m in models) + " |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    for c in result["cells"]:
+        cells = []
+        for m in models:
+            value = c["auroc"].get(m)
+            text = "—" if value is None else f"{value:.2f}"
+            memorised = c.get("gap", {}).get(m, {}).get("memorised_folds", 0)
+            cells.append(text + (f" †{memorised}" if memorised else ""))
+        size = "" if c.get("train_slides") is None else f", {c['train_slides']} training slides"
+        lines.append(f"| {c['cohort']} | {c['noise']}{size} | {100 * c['separability']:.0f}% | "
+                     f"{c['oracle'].get('auroc', float('nan')):.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
