@@ -140,3 +140,18 @@ def test_auto_method_is_pca_for_few_points():
     assert _pick_method("auto", 16) == "pca"
     assert _pick_method("pca", 10_000) == "pca"
     assert UMAP_MIN_POINTS == 50
+
+
+def test_module_map_is_drawn_over_the_tissue(store, tmp_path):
+    from training.spatial.plots import render_module_map
+    from training.spatial.store_io import write_module_assignments
+
+    bag = store.bag("slide-2")
+    coords = np.asarray(bag.coords)
+    modules = (coords[:, 0] >= 1024).astype(np.int32)
+    write_module_assignments(store, "talkbook", "slide-2", coords, modules)
+    rgb = _rgb(render_module_map(store, "slide-2", "talkbook", tmp_path / "modules.png"))
+    assert rgb.shape[1] >= 800
+    block = rgb[10:500, 10:800].reshape(-1, 3)  # the map, left of the legend
+    # H&E texture under the modules' colours: many shades, not two flat swatches.
+    assert len({tuple(c) for c in block}) > 200

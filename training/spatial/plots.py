@@ -51,9 +51,31 @@ def _scale_bar_mm(width_um: float) -> float:
     return 50.0
 
 
+def _tissue_under(store: Any, slide_id: str, codebook_hash: str, um_per_cell: float,
+                  shape: tuple[int, ...], size: tuple[int, int]) -> Any:
+    """The thumbnail region under the module map, resized to it (None without a thumbnail)."""
+    from PIL import Image
+
+    try:
+        thumb = np.asarray(store.arrays(slide_id).read_image("thumbnail"))
+        rows = store.derived("modules", codebook_hash, slide_ids=[slide_id], columns=["x", "y"])
+        info = store.slides(slide_ids=[slide_id], columns=["mpp", "level_dimensions"]).to_pylist()[0]
+    except (KeyError, IndexError, FileNotFoundError, OSError, ValueError):
+        return None
+    if not rows.num_rows or not info.get("mpp") or not info.get("level_dimensions"):
+        return None
+    scale = thumb.shape[1] / info["level_dimensions"][0][0]  # thumbnail px per level-0 px
+    cell = um_per_cell / float(info["mpp"]) * scale  # thumbnail px per map cell
+    x0 = min(rows.column("x").to_pylist()) * scale
+    y0 = min(rows.column("y").to_pylist()) * scale
+    box = (x0, y0, x0 + shape[1] * cell, y0 + shape[0] * cell)
+    return Image.fromarray(thumb[..., :3].astype(np.uint8)).resize(size, Image.Resampling.BILINEAR, box=box)
+
+
 def render_module_map(store: Any, slide_id: str, codebook_hash: str, path: str | Path, *,
                       names: Mapping[int, str] | None = None, px_per_tile: int = 12) -> Path:
-    """PNG of the slide's module map with a legend and a scale bar (atomic write)."""
+    """PNG of the slide's module map over its thumbnail (when the store has one), with a
+    legend and a scale bar, about 800 px wide (atomic write)."""
     from PIL import Image, ImageDraw
 
     from training.figures import save_png
@@ -69,6 +91,7 @@ def render_module_map(store: Any, slide_id: str, codebook_hash: str, path: str |
     modules = grid[finite].astype(int)
     present = np.unique(modules)
     h, w = grid.shape
+    px_per_tile = max(px_per_tile, -(-800 // max(w, 1)))  # a map ~800 px wide, readable on a slide
     legend_w, margin = 190, 10
     img = Image.new("RGB", (w * px_per_tile + legend_w + 2 * margin, max(h * px_per_tile, 30 + 18 * len(present)) + 50), "white")
     draw = ImageDraw.Draw(img)
@@ -76,6 +99,10 @@ def render_module_map(store: Any, slide_id: str, codebook_hash: str, path: str |
     colours = np.array(PALETTE * (1 + int(grid[finite].max(initial=0)) // len(PALETTE) + 1), np.uint8)
     rgb[finite] = colours[modules]
     tiles = Image.fromarray(rgb).resize((w * px_per_tile, h * px_per_tile), Image.Resampling.NEAREST)
+    tissue = _tissue_under(store, slide_id, codebook_hash, um_per_cell, grid.shape, tiles.size)
+    if tissue is not None:  # modules over the H&E; tiles with no module show the tissue plain
+        cover = Image.fromarray((finite * 150).astype(np.uint8)).resize(tiles.size, Image.Resampling.NEAREST)
+        tiles = Image.composite(tiles, tissue, cover)
     img.paste(tiles, (margin, margin))
     x0 = margin * 2 + w * px_per_tile
     draw.text((x0, margin), "tissue modules (share)", fill="black")
