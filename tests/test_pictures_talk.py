@@ -86,10 +86,18 @@ def test_mil_roc_has_a_title(tmp_path, monkeypatch):
     seen = _texts(monkeypatch)
     write_roc_png({"test": (y, p)}, tmp_path / "roc.png", n_boot=20, title="abmil: immune (test)")
     assert "abmil: immune (test)" in seen
+
+
+@pytest.mark.slow  # evaluate_predictions bootstraps its metrics: ~10 s on 2 cores
+def test_mil_run_roc_is_titled_with_model_and_label(tmp_path, monkeypatch):
     import pandas as pd
 
     from training.mil.runner import evaluate_predictions
 
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20), np.ones(20)]
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 40), 0, 1)
+    seen = _texts(monkeypatch)
     frame = pd.DataFrame({"fold": 0, "set": "test", "slide_id": [f"s{i}" for i in range(40)],
                           "target:immune": y, "pred:immune": p})
     evaluate_predictions(frame, "binary", ["immune"], tmp_path, model="transmil")
