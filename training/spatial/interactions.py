@@ -52,7 +52,8 @@ class ModuleGraph:
         return self.counts > 0
 
 
-def module_graph(embeddings: Tensor, modules: Tensor, src: Tensor, dst: Tensor, k: int) -> ModuleGraph:
+def module_graph(embeddings: np.ndarray | Tensor, modules: np.ndarray | Tensor,
+                 src: np.ndarray | Tensor, dst: np.ndarray | Tensor, k: int) -> ModuleGraph:
     x = _t(embeddings, torch.float32)
     modules = _t(modules, torch.long).to(x.device)
     n = x.shape[0]

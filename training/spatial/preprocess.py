@@ -28,6 +28,9 @@ __all__ = ["TileTransform"]
 
 class TileTransform(nn.Module):
     """x → (centre per slide) → (x − mean) @ projection (whitening); identity when both off."""
+    mean: Tensor
+    projection: Tensor
+    fitted: Tensor
 
     def __init__(self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6) -> None:
         super().__init__()

@@ -65,9 +65,14 @@ class InvariantBranch(nn.Module):
 def fit_transform(model: nn.Module, train_data: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Fit ``model.transform`` (a TileTransform) on the training bags; returns the bags
     (slide, transformed embeddings, coords) for whatever the model fits next."""
+    from training.spatial.preprocess import TileTransform
+
+    transform = model.transform
+    if not isinstance(transform, TileTransform):
+        raise ConfigError(f"{type(model).__name__}.transform is not a TileTransform")
     bags = [(item.slide_id, *train_data.read(item.slide_id)) for item in train_data.items]
-    model.transform.fit([emb for _, emb, _ in bags])
-    return [(sid, model.transform.transform(emb), coords) for sid, emb, coords in bags]
+    transform.fit([emb for _, emb, _ in bags])
+    return [(sid, transform.transform(emb), coords) for sid, emb, coords in bags]
 
 
 def drop_tiles(x: Tensor, coords: Tensor, p: float, training: bool) -> tuple[Tensor, Tensor]:

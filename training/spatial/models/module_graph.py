@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "smooth": 0.0, "code
 
 
 class ModuleGraphNet(nn.Module):
+    centroids: Tensor
+    fitted: Tensor
     uses_coords = True
 
     def __init__(self, cfg: MILConfig) -> None:
@@ -129,7 +131,7 @@ class ModuleGraphNet(nn.Module):
 
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: tuple[Any, Any] | None = None) -> MILOutput:
-        require_coords("module_graph", x, coords)
+        coords = require_coords("module_graph", x, coords)
         modules, g, h = self._nodes(x, coords, edges)
         present = g.present
         scores = self.attention(h).masked_fill(~present[None, :], float("-inf"))

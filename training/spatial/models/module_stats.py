@@ -42,6 +42,8 @@ class StatsReadout(nn.Module):
     """Standardised module statistics → linear: ``module_stats``' whole model, and an
     optional branch of ``module_graph`` (summed at its logits, so the graph learns what
     the statistics miss). ``modules_of(x)`` gives each tile's module."""
+    feature_mean: Tensor
+    feature_sd: Tensor
 
     def __init__(self, k: int, n_outputs: int, *, distances: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
@@ -85,6 +87,8 @@ class StatsReadout(nn.Module):
 
 
 class ModuleStats(nn.Module):
+    centroids: Tensor
+    fitted: Tensor
     uses_coords = True
 
     def __init__(self, cfg: MILConfig) -> None:

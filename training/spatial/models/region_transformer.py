@@ -138,7 +138,7 @@ class RegionTransformer(nn.Module):
 
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: Any = None) -> MILOutput:
-        require_coords("region_transformer", x, coords)
+        coords = require_coords("region_transformer", x, coords)
         x = self.transform(x)
         region, rows, cols = self._regions(coords)
         n_regions = int(region.max()) + 1

@@ -57,6 +57,8 @@ def _conv(kind: str, dim: int, heads: int) -> nn.Module:
 
 
 class TileGNN(nn.Module):
+    centroids: Tensor
+    modules_fitted: Tensor
     uses_coords = True
 
     def __init__(self, cfg: MILConfig) -> None:
@@ -132,12 +134,12 @@ class TileGNN(nn.Module):
 
     def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
         """(N, n_outputs): the graph head on each tile's node state (per-tile prediction map)."""
-        require_coords("tile_gnn", x, coords)
+        coords = require_coords("tile_gnn", x, coords)
         return self.head(self.node_states(x, edges_for(coords, self.spec, None, x.device)))
 
     def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
                 edges: tuple[Any, Any] | None = None) -> MILOutput:
-        require_coords("tile_gnn", x, coords)
+        coords = require_coords("tile_gnn", x, coords)
         if self.training and self.tile_dropout > 0:
             x, coords = drop_tiles(x, coords, self.tile_dropout, True)
             edges = None
