@@ -16,6 +16,7 @@ from infra.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.store import FeatureStore
     from features.store.metadata import MetadataUpdate
 
 __all__ = ["AnnotateReport", "annotate_slides"]
@@ -38,7 +39,7 @@ class AnnotateReport:
                 "rows_without_value": self.rows_without_value}
 
 
-def annotate_slides(table: str | pd.DataFrame, store: Any, *,
+def annotate_slides(table: str | pd.DataFrame, store: FeatureStore | str, *,
                     storage_options: Mapping[str, Any] | None = None) -> AnnotateReport:
     """Set ``patient_id`` on the store's slides from ``table`` (CSV/TSV/Parquet or a
     DataFrame with ``slide_id`` or an ingest manifest's ``uri``, and ``patient_id``).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ import pandas as pd
 from infra.errors import ConfigError
 from infra.files import check_output
 from infra.fs_errors import translate_write_errors
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["UMAP_MIN_POINTS", "attention_names", "embedding_map", "group_colours", "heatmap",
            "similarity_gallery"]
@@ -41,12 +44,12 @@ def _save(fig: Any, path: Path) -> Path:
         return save_figure(fig, path)
 
 
-def _slide_rows(store: Any, slide_ids: list[str], columns: list[str]) -> dict[str, dict]:
+def _slide_rows(store: FeatureStore, slide_ids: list[str], columns: list[str]) -> dict[str, dict]:
     rows = store.slides(slide_ids=slide_ids, status="done", columns=["slide_id", *columns])
     return {r["slide_id"]: r for r in rows.to_pylist()}
 
 
-def _read_tiles(store: Any, hits: list[dict]) -> list[np.ndarray | str]:
+def _read_tiles(store: FeatureStore, hits: list[dict]) -> list[np.ndarray | str]:
     """RGB of each hit (or why it could not be read), each slide opened once."""
     from ingest.slides import open_slide
 
@@ -72,7 +75,7 @@ def _read_tiles(store: Any, hits: list[dict]) -> list[np.ndarray | str]:
     return out
 
 
-def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
+def similarity_gallery(store: FeatureStore, hits: Any, path: str | Path, *,
                        query: tuple[str | None, int | None, int | None] | None = None,
                        metric: str = "L2", max_tiles: int = 12, overwrite: bool = False) -> Path:
     """The query tile (when given) then the hits, nearest first, with slide, x, y and distance."""
@@ -119,12 +122,12 @@ def similarity_gallery(store: Any, hits: Any, path: str | Path, *,
     return _save(fig, path)
 
 
-def attention_names(store: Any) -> list[str]:
+def attention_names(store: FeatureStore) -> list[str]:
     """Attention runs written into the store (its derived ``attention`` tables)."""
     return [table.name for table in store.derived_tables("attention")]
 
 
-def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
+def _attention_values(store: FeatureStore, slide_id: str, name: str) -> pd.DataFrame:
     names = attention_names(store)
     if name not in names:
         raise ConfigError(f"no attention run {name!r} in the store; it has "
@@ -136,7 +139,7 @@ def _attention_values(store: Any, slide_id: str, name: str) -> pd.DataFrame:
     return table.rename(columns={"attention": "value"})
 
 
-def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | None = None,
+def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: str | None = None,
             values: pd.DataFrame | None = None, column: str | None = None,
             cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = False) -> Path:
     """Per-tile values over the slide thumbnail: axes in mm, a colour bar and a title that
@@ -185,7 +188,7 @@ def heatmap(store: Any, slide_id: str, path: str | Path, *, attention: str | Non
                              label=what, cmap=cmap, alpha=alpha)
 
 
-def embedding_map(store: Any, path: str | Path, *, level: str = "slide",
+def embedding_map(store: FeatureStore, path: str | Path, *, level: str = "slide",
                   labels: Any = None, color: str | None = None, encoder: str | None = None,
                   max_tiles: int = 20_000, seed: int = 0, method: str = "auto",
                   storage_options: Mapping[str, Any] | None = None,
@@ -233,7 +236,7 @@ def _pick_method(method: str, n: int) -> str:
     return method
 
 
-def _embedding_points(store: Any, level: str, encoder: str | None, max_tiles: int,
+def _embedding_points(store: FeatureStore, level: str, encoder: str | None, max_tiles: int,
                       seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     from features.store.schema import embeddings_to_numpy
     from features.store.slide_embeddings import to_numpy
@@ -289,7 +292,7 @@ def group_colours(n: int) -> tuple[list[Any], bool]:
     return [plt.get_cmap("turbo")(v) for v in np.linspace(0.05, 0.95, n)], False
 
 
-def _draw_map(store: Any, path: Path, frame: pd.DataFrame, xy: np.ndarray,
+def _draw_map(store: FeatureStore, path: Path, frame: pd.DataFrame, xy: np.ndarray,
               axes_names: tuple[str, str], colour_by: str, level: str, encoder: str | None) -> Path:
     from training.figures import pyplot
 

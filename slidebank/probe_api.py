@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["open_store", "probe"]
 
@@ -23,7 +26,7 @@ def open_store(uri: str, storage_options: Mapping[str, Any] | None = None, *,
     return FeatureStore.open(uri, storage_options, create=create, version=version)
 
 
-def probe(store: Any, labels: Any, *, label: str, model: str = "logistic", task: str = "auto",
+def probe(store: FeatureStore | str, labels: Any, *, label: str, model: str = "logistic", task: str = "auto",
           pooling: str = "mean", folds: int = 5, seed: int = 0, n_boot: int = 1000,
           k: int = 15, encoder: str | None = None, out_dir: str | Path | None = None,
           storage_options: Mapping[str, Any] | None = None, positive: str | None = None) -> Any:

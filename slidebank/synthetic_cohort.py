@@ -24,13 +24,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
 from infra.validate import at_least, fraction, require
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = [
     "DEMO_LABEL",
@@ -155,7 +158,7 @@ def write_cohort_slides(folder: str | Path, spec: CohortSpec) -> list[CohortSlid
 
 
 def ingest_cohort_slides(
-    slides: Sequence[CohortSlide], store: Any, *, config: Any = None, options: Any = None
+    slides: Sequence[CohortSlide], store: FeatureStore, *, config: Any = None, options: Any = None
 ) -> Any:
     """Ingest through :func:`ingest.pipeline.runner.run_ingest` (default encoder); any
     failed slide is an error here, since the cohort's truth would no longer hold."""
@@ -224,7 +227,7 @@ def _patient_fractions(slides: Sequence[CohortSlide]) -> dict[str, float]:
 
 
 def label_cohort(
-    store: Any,
+    store: FeatureStore,
     slides: Sequence[CohortSlide],
     spec: CohortSpec,
     omics_folder: str | Path,
@@ -270,7 +273,7 @@ def label_cohort(
     return cohort
 
 
-def _tile_truth(cohort: IngestedCohort, store: Any, encoder: str) -> None:
+def _tile_truth(cohort: IngestedCohort, store: FeatureStore, encoder: str) -> None:
     """Per stored tile: the share of its footprint that the infiltrate covers."""
     from ingest.pipeline.config import IngestConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,10 +21,13 @@ from features.annotations.model import Annotation
 from features.annotations.stored import slide_frame, tile_footprints
 from infra.errors import ConfigError
 
+if TYPE_CHECKING:
+    from features.store import FeatureStore
+
 __all__ = ["export_prediction_geojson", "prediction_contours"]
 
 
-def _tiles(store: Any, slide_id: str, predictions: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tiles(store: FeatureStore, slide_id: str, predictions: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = store.derived("predictions", predictions, slide_ids=[slide_id],
                          columns=["x", "y", "value"]).to_pandas()
     if rows.empty:
@@ -38,7 +41,7 @@ def _tiles(store: Any, slide_id: str, predictions: str) -> tuple[np.ndarray, np.
             joined["value"].to_numpy(np.float64))
 
 
-def prediction_contours(store: Any, slide_id: str, predictions: str, *, threshold: float = 0.5,
+def prediction_contours(store: FeatureStore, slide_id: str, predictions: str, *, threshold: float = 0.5,
                         class_name: str = "tumour", color: tuple[int, int, int] = (200, 30, 30)
                         ) -> tuple[list[Annotation], list[dict[str, float]]]:
     """The thresholded map's polygons and their measurements."""
@@ -64,7 +67,7 @@ def prediction_contours(store: Any, slide_id: str, predictions: str, *, threshol
     return anns, measurements
 
 
-def export_prediction_geojson(store: Any, slide_id: str, predictions: str, path: str | Path, *,
+def export_prediction_geojson(store: FeatureStore, slide_id: str, predictions: str, path: str | Path, *,
                               threshold: float = 0.5, class_name: str = "tumour",
                               overwrite: bool = False) -> Path:
     """Write the contours as a QuPath FeatureCollection (atomically; refuses to overwrite)."""

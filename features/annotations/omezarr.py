@@ -21,13 +21,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features.annotations._errors import AnnotationFormatError, MaskMPPError
 from features.annotations.model import AnnotationSet
 from infra.errors import ConfigError, OutputExistsError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["MAX_SIDE", "export_prediction_labels", "is_ome_zarr", "read_label_image",
            "read_ome_zarr_mask"]
@@ -192,7 +195,7 @@ def read_ome_zarr_mask(path: str | Path, *, slide_mpp: float | None,
 
 
 # ---------------------------------------------------------------------- out
-def _label_grid(store: Any, slide_id: str, predictions: str, threshold: float
+def _label_grid(store: FeatureStore, slide_id: str, predictions: str, threshold: float
                 ) -> tuple[np.ndarray, float]:
     """The thresholded map on the tile grid (uint8) and its µm per pixel."""
     from features.annotations.stored import slide_frame
@@ -242,7 +245,7 @@ def _write_labels(group: Any, name: str, grid: np.ndarray, mpp: float, class_nam
     labels.attrs.put({"ome": {"version": OME_VERSION, "labels": [*listed, name]}})
 
 
-def export_prediction_labels(store: Any, slide_id: str, predictions: str,
+def export_prediction_labels(store: FeatureStore, slide_id: str, predictions: str,
                              path: str | Path | None = None, *, threshold: float = 0.5,
                              class_name: str = "tumour", name: str | None = None,
                              color: tuple[int, int, int] = (200, 30, 30),

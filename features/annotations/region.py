@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,9 @@ from features.annotations.stored import (
     tile_extent,
 )
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["RegionFilter"]
 
@@ -46,21 +49,21 @@ class RegionFilter:
         """What a run's config hash includes."""
         return asdict(self)
 
-    def allowed(self, store: Any, slide_ids: Iterable[str] | None = None) -> pa.Table:
+    def allowed(self, store: FeatureStore, slide_ids: Iterable[str] | None = None) -> pa.Table:
         """(slide_id, x, y, extent, coverage) of the tiles the filter keeps."""
         where = (f"class = {sql_string(self.region)} AND coverage >= "
                  f"{float(self.min_coverage)!r}")
         return store.derived(COVERAGE, self.annotations, slide_ids=slide_ids, where=where,
                              columns=["slide_id", "x", "y", "extent", "coverage"])
 
-    def keep(self, store: Any, slide_id: str, coords: Any) -> np.ndarray:
+    def keep(self, store: FeatureStore, slide_id: str, coords: Any) -> np.ndarray:
         """Which of a slide's tiles (``coords`` (N, 2) level-0 x, y) the filter keeps."""
         rows = self.allowed(store, [slide_id])
         kept = set(zip(rows.column("x").to_pylist(), rows.column("y").to_pylist(), strict=True))
         xy = np.asarray(coords, np.int64).reshape(-1, 2)
         return np.fromiter(((int(x), int(y)) in kept for x, y in xy), bool, len(xy))
 
-    def tiles(self, store: Any, *, encoder: str | None = None,
+    def tiles(self, store: FeatureStore, *, encoder: str | None = None,
               slide_ids: Sequence[str] | None = None,
               columns: Sequence[str] | None = None) -> pa.Table:
         """The store's visible tiles (as ``store.tiles``) inside the region."""

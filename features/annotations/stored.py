@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,9 @@ from features.annotations.masks import read_mask
 from features.annotations.model import Annotation, AnnotationSet, check_set
 from features.store import SlideNotInStoreError, StoreSchemaError
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = [
     "ANNOTATIONS",
@@ -128,7 +131,7 @@ def detect_format(path: str, data: bytes) -> str:
                                 f"give one of {', '.join(FORMATS)}")
 
 
-def slide_frame(store: Any, slide_id: str) -> SlideFrame:
+def slide_frame(store: FeatureStore, slide_id: str) -> SlideFrame:
     rows = store.slides(slide_ids=[slide_id], status="done",
                         columns=["mpp", "level_dimensions"]).to_pylist()
     if not rows:
@@ -195,7 +198,7 @@ def tile_extent(tile_size: Any, read_mpp: Any, level: Any, mpp: float | None, sl
     return np.where(known, size * np.where(known, read, 0.0) / (mpp or 1.0), size)
 
 
-def tile_footprints(store: Any, frame: SlideFrame) -> pa.Table:
+def tile_footprints(store: FeatureStore, frame: SlideFrame) -> pa.Table:
     """Distinct (x, y, extent) of the slide's visible tiles, over every encoder."""
     parts = []
     for encoder in store.encoders():
@@ -250,7 +253,7 @@ def _coverage_rows(footprints: pa.Table, annotations: AnnotationSet) -> pa.Table
     })
 
 
-def _store_set(store: Any, frame: SlideFrame, annotations: AnnotationSet, name: str) -> pa.Table:
+def _store_set(store: FeatureStore, frame: SlideFrame, annotations: AnnotationSet, name: str) -> pa.Table:
     footprints = tile_footprints(store, frame)
     rows = _coverage_rows(footprints, annotations)
     store.write_derived(COVERAGE, name, {frame.slide_id: rows})
@@ -269,7 +272,7 @@ def _report(frame: SlideFrame, name: str, annotations: AnnotationSet, rows: pa.T
                         {str(k): int(v) for k, v in half.items()})
 
 
-def import_annotations(store: Any, slide_id: str, path: str | Path,
+def import_annotations(store: FeatureStore, slide_id: str, path: str | Path,
                        options: ImportOptions | None = None) -> ImportReport:
     """Read, check and store one annotation file for ``slide_id``, with its tiles' coverage."""
     options = options or ImportOptions()
@@ -280,7 +283,7 @@ def import_annotations(store: Any, slide_id: str, path: str | Path,
     return _report(frame, options.name, annotations, rows, n_tiles)
 
 
-def store_annotations(store: Any, slide_id: str, annotations: AnnotationSet, *,
+def store_annotations(store: FeatureStore, slide_id: str, annotations: AnnotationSet, *,
                       name: str = DEFAULT_SET, classes: Sequence[str] | None = None,
                       clip: bool = False) -> ImportReport:
     """Check and store an in-memory set (a synthetic cohort, an exported map) like a file."""
@@ -290,7 +293,7 @@ def store_annotations(store: Any, slide_id: str, annotations: AnnotationSet, *,
     return _report(frame, name, checked, rows, rows.num_rows // max(1, len(checked.classes())))
 
 
-def load_annotations(store: Any, slide_id: str, name: str = DEFAULT_SET) -> AnnotationSet:
+def load_annotations(store: FeatureStore, slide_id: str, name: str = DEFAULT_SET) -> AnnotationSet:
     """The stored annotation set ``name`` of a slide (empty when it has none)."""
     import shapely
 
@@ -304,7 +307,7 @@ def load_annotations(store: Any, slide_id: str, name: str = DEFAULT_SET) -> Anno
     return AnnotationSet(anns, f"{store.uri} annotations/{name}/{slide_id}")
 
 
-def recompute_coverage(store: Any, slide_id: str, name: str = DEFAULT_SET) -> ImportReport:
+def recompute_coverage(store: FeatureStore, slide_id: str, name: str = DEFAULT_SET) -> ImportReport:
     """Coverage of the slide's current tiles from its stored annotations (after re-ingest)."""
     frame = slide_frame(store, slide_id)
     annotations = load_annotations(store, slide_id, name)
@@ -314,7 +317,7 @@ def recompute_coverage(store: Any, slide_id: str, name: str = DEFAULT_SET) -> Im
     return _report(frame, name, annotations, rows, n_tiles)
 
 
-def coverage_table(store: Any, name: str = DEFAULT_SET, *, slide_ids: Iterable[str] | None = None,
+def coverage_table(store: FeatureStore, name: str = DEFAULT_SET, *, slide_ids: Iterable[str] | None = None,
                    classes: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
     """Coverage rows (slide_id, x, y, extent, class, coverage), for SQL or cohorts:
     ``store.sql("SELECT ... FROM coverage", tables={"coverage": coverage_table(store)})``."""

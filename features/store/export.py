@@ -30,13 +30,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features.store.schema import embeddings_to_numpy
 from infra.files import atomic_path, atomic_write, check_output
 from infra.fs_errors import check_writable_folder, translate_write_errors
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["to_anndata", "to_h5_per_slide", "to_parquet"]
 
@@ -45,13 +48,13 @@ log = logging.getLogger(__name__)
 _OBS = ["slide_id", "x", "y", "level", "tile_size", "read_mpp", "tissue_fraction", "qc_flags"]
 
 
-def _patients(store: Any, encoder: str | None) -> dict[str, str | None]:
+def _patients(store: FeatureStore, encoder: str | None) -> dict[str, str | None]:
     rows = store.slides(encoder=encoder, status="done", columns=["slide_id", "patient_id"])
     return dict(zip(rows.column("slide_id").to_pylist(), rows.column("patient_id").to_pylist(),
                     strict=True))
 
 
-def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
+def to_anndata(store: FeatureStore, path: str | Path, *, encoder: str | None = None,
                slide_ids: Sequence[str] | None = None, level: str = "tile",
                overwrite: bool = False) -> Path:
     """Write an ``.h5ad`` of tile (or slide, ``level="slide"``) embeddings."""
@@ -91,7 +94,7 @@ def to_anndata(store: Any, path: str | Path, *, encoder: str | None = None,
     return path
 
 
-def _spatial(store: Any, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
+def _spatial(store: FeatureStore, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
     """(``uns["spatial"]`` per slide with a thumbnail, each tile's side in level-0 px)."""
     ids = sorted(map(str, obs["slide_id"].unique()))
     rows = store.slides(slide_ids=ids, status="done", columns=["slide_id", "mpp", "level_dimensions"])
@@ -119,7 +122,7 @@ def _spatial(store: Any, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
     return spatial, side
 
 
-def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = None,
+def to_h5_per_slide(store: FeatureStore, folder: str | Path, *, encoder: str | None = None,
                     slide_ids: Sequence[str] | None = None, overwrite: bool = False
                     ) -> list[Path]:
     """One CLAM/TRIDENT-style ``<slide_id>.h5`` per slide (one bag in memory at a time)."""
@@ -152,7 +155,7 @@ def to_h5_per_slide(store: Any, folder: str | Path, *, encoder: str | None = Non
     return written
 
 
-def to_parquet(store: Any, folder: str | Path, *, encoder: str | None = None,
+def to_parquet(store: FeatureStore, folder: str | Path, *, encoder: str | None = None,
                overwrite: bool = False) -> dict[str, Path]:
     """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files, and
     ``views.sql`` (DuckDB views with ``FLOAT[D]`` embeddings over them)."""

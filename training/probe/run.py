@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import pandas as pd
 from infra.errors import ConfigError
 from infra.validate import at_least, choice
 from training.cohorts.errors import SplitError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["ProbeConfig", "ProbeResult", "probe_frame", "run_probe"]
 
@@ -85,14 +88,14 @@ def _task(values: pd.Series, task: Task) -> str:
     return "classification" if integral and values.nunique() <= MAX_CLASSES else "regression"
 
 
-def probe_frame(store: Any, labels: Any, config: ProbeConfig,
+def probe_frame(store: FeatureStore, labels: Any, config: ProbeConfig,
                 storage_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """(slide_id, patient_id, label) rows and their (N, D) slide embeddings."""
     frame, matrix, _ = _probe_rows(store, labels, config, storage_options)
     return frame, matrix
 
 
-def _probe_rows(store: Any, labels: Any, config: ProbeConfig,
+def _probe_rows(store: FeatureStore, labels: Any, config: ProbeConfig,
                 storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
     """:func:`probe_frame` plus what was left out, by id and reason."""
     from features.store.slide_embeddings import to_numpy
@@ -174,7 +177,7 @@ def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
     return list(splitter.split(groups, y, groups=groups))
 
 
-def run_probe(store: Any, labels: Any, config: ProbeConfig, *, out_dir: str | Path | None = None,
+def run_probe(store: FeatureStore, labels: Any, config: ProbeConfig, *, out_dir: str | Path | None = None,
               storage_options: Mapping[str, Any] | None = None) -> ProbeResult:
     """Fit the probe with patient-level CV; write predictions, metrics and a PNG to ``out_dir``."""
     from training.probe.metrics import classification_metrics, regression_metrics

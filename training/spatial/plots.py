@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from infra.errors import ConfigError
 from training.spatial.modules import ModuleCodebook
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["PALETTE", "apply_modules", "render_module_map"]
 
@@ -21,7 +24,7 @@ PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114
            (153, 153, 51), (221, 204, 119), (204, 102, 119), (136, 34, 85)]
 
 
-def apply_modules(store: Any, codebook: ModuleCodebook, codebook_hash: str, slide_ids: Sequence[str], *,
+def apply_modules(store: FeatureStore, codebook: ModuleCodebook, codebook_hash: str, slide_ids: Sequence[str], *,
                   encoder: str | None = None) -> dict[str, np.ndarray]:
     """Assign every tile of ``slide_ids`` to its module and write the assignments (table +
     Zarr map) into the store; returns {slide: module counts}."""
@@ -51,7 +54,7 @@ def _scale_bar_mm(width_um: float) -> float:
     return 50.0
 
 
-def _tissue_under(store: Any, slide_id: str, codebook_hash: str, um_per_cell: float,
+def _tissue_under(store: FeatureStore, slide_id: str, codebook_hash: str, um_per_cell: float,
                   shape: tuple[int, ...], size: tuple[int, int]) -> Any:
     """The thumbnail region under the module map, resized to it (None without a thumbnail)."""
     from PIL import Image
@@ -72,7 +75,7 @@ def _tissue_under(store: Any, slide_id: str, codebook_hash: str, um_per_cell: fl
     return Image.fromarray(thumb[..., :3].astype(np.uint8)).resize(size, Image.Resampling.BILINEAR, box=box)
 
 
-def render_module_map(store: Any, slide_id: str, codebook_hash: str, path: str | Path, *,
+def render_module_map(store: FeatureStore, slide_id: str, codebook_hash: str, path: str | Path, *,
                       names: Mapping[int, str] | None = None, px_per_tile: int = 12) -> Path:
     """PNG of the slide's module map over its thumbnail (when the store has one), with a
     legend and a scale bar, about 800 px wide (atomic write)."""

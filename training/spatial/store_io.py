@@ -20,13 +20,16 @@ import hashlib
 import io
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from infra.errors import ConfigError
 from training.spatial.graphs import GraphSpec, tile_graph
 from training.spatial.modules import ModuleCodebook, ModuleSpec
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = [
     "cached_graph",
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 CODEBOOKS = "codebooks"
 
 
-def save_codebook(store: Any, codebook: ModuleCodebook) -> str:
+def save_codebook(store: FeatureStore, codebook: ModuleCodebook) -> str:
     """Write the codebook into the store's ``codebooks/<hash>`` blobs; returns the hash."""
     digest = codebook.content_hash()
     buffer = io.BytesIO()
@@ -60,7 +63,7 @@ def save_codebook(store: Any, codebook: ModuleCodebook) -> str:
     return digest
 
 
-def load_codebook(store: Any, digest: str) -> ModuleCodebook:
+def load_codebook(store: FeatureStore, digest: str) -> ModuleCodebook:
     try:
         meta = json.loads(store.read_blob(CODEBOOKS, digest, "codebook.json"))
         centroids = np.load(io.BytesIO(store.read_blob(CODEBOOKS, digest, "centroids.npy")), allow_pickle=False)
@@ -73,12 +76,12 @@ def load_codebook(store: Any, digest: str) -> ModuleCodebook:
     return book
 
 
-def list_codebooks(store: Any) -> list[str]:
+def list_codebooks(store: FeatureStore) -> list[str]:
     """Hashes of the committed codebooks in the store."""
     return list(store.blob_names(CODEBOOKS))
 
 
-def write_tile_values(store: Any, name: str, slide_id: str, coords: np.ndarray, values: np.ndarray,
+def write_tile_values(store: FeatureStore, name: str, slide_id: str, coords: np.ndarray, values: np.ndarray,
                       *, kind: str = "predictions", heatmap: str | None = None,
                       tile_size: int = 256) -> dict[str, Any]:
     """Replace the slide's per-tile values in the store's ``<kind>/<name>`` table and, if
@@ -98,7 +101,7 @@ def write_tile_values(store: Any, name: str, slide_id: str, coords: np.ndarray, 
     return out
 
 
-def write_module_assignments(store: Any, codebook_hash: str, slide_id: str, coords: np.ndarray,
+def write_module_assignments(store: FeatureStore, codebook_hash: str, slide_id: str, coords: np.ndarray,
                              modules: np.ndarray) -> dict[str, Any]:
     """Every tile's module: a table row per tile and a module map in the slide's Zarr group."""
     return write_tile_values(store, codebook_hash, slide_id, coords, np.asarray(modules, np.int32),
@@ -109,7 +112,7 @@ def coords_sha(coords: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(coords, np.int64)).tobytes()).hexdigest()[:16]
 
 
-def cached_graph(store: Any, slide_id: str, coords: np.ndarray, spec: GraphSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cached_graph(store: FeatureStore, slide_id: str, coords: np.ndarray, spec: GraphSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The slide's tile graph from the store's ``graphs/<key>`` table, built and stored on a miss.
 
     The key is the graph spec; the row carries the hash of the coordinates it was built

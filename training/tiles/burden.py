@@ -26,13 +26,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["BURDEN_COLUMNS", "NUCLEI_ENCODER", "SLIDE_FEATURES", "BurdenConfig", "burden_table",
            "compute_burden", "nuclei_counts", "tumour_burden", "write_table_file"]
@@ -77,13 +80,13 @@ def nuclei_counts(embeddings: np.ndarray, tile_size: np.ndarray) -> np.ndarray:
     return np.maximum(density, 0.0) * np.asarray(tile_size, np.float64) ** 2 / _PER_PX
 
 
-def _frames(store: Any, slide_ids: Sequence[str]) -> dict[str, float | None]:
+def _frames(store: FeatureStore, slide_ids: Sequence[str]) -> dict[str, float | None]:
     rows = store.slides(slide_ids=list(slide_ids), status="done",
                         columns=["slide_id", "mpp"]).to_pylist()
     return {r["slide_id"]: r["mpp"] for r in reversed(rows)}
 
 
-def _geometry(store: Any, slide_ids: Sequence[str], mpp: dict[str, float | None],
+def _geometry(store: FeatureStore, slide_ids: Sequence[str], mpp: dict[str, float | None],
               nuclei_encoder: str | None) -> pd.DataFrame:
     """(slide_id, x, y, extent, tissue, nuclei) of the slides' tiles; the nuclei
     encoder's rows first, so its geometry wins where encoders share a tile."""
@@ -148,7 +151,7 @@ _SCHEMA = pa.schema([
     *(pa.field(c, pa.float64()) for c in BURDEN_COLUMNS[5:])])
 
 
-def compute_burden(store: Any, config: BurdenConfig, slide_ids: Sequence[str] | None = None
+def compute_burden(store: FeatureStore, config: BurdenConfig, slide_ids: Sequence[str] | None = None
                    ) -> pd.DataFrame:
     """One row per slide with predictions (module docstring); nothing is written."""
     preds = store.derived("predictions", config.predictions, slide_ids=slide_ids,
@@ -170,7 +173,7 @@ def compute_burden(store: Any, config: BurdenConfig, slide_ids: Sequence[str] | 
     return pd.DataFrame(rows, columns=["slide_id", *BURDEN_COLUMNS])
 
 
-def tumour_burden(store: Any, config: BurdenConfig, *, slide_ids: Sequence[str] | None = None,
+def tumour_burden(store: FeatureStore, config: BurdenConfig, *, slide_ids: Sequence[str] | None = None,
                   name: str | None = None, write: bool = True) -> pd.DataFrame:
     """:func:`compute_burden`, stored as ``slide_features/<name>`` (default: the
     predictions' name) unless ``write`` is False."""
@@ -185,7 +188,7 @@ def tumour_burden(store: Any, config: BurdenConfig, *, slide_ids: Sequence[str] 
     return frame
 
 
-def burden_table(store: Any, name: str, slide_ids: Sequence[str] | None = None
+def burden_table(store: FeatureStore, name: str, slide_ids: Sequence[str] | None = None
                  ) -> pd.DataFrame:
     """The stored burden rows as a labels table (``slide_id`` first), for ``cohort``,
     ``probe`` or ``store.sql(..., tables={"burden": ...})``."""

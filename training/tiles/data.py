@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from features.annotations import COVERAGE, DEFAULT_SET, RegionFilter
 from features.annotations.stored import slide_frame, tile_extent
 from features.store.schema import embeddings_to_numpy
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["TileData", "TileTask", "load_tiles"]
 
@@ -67,7 +70,7 @@ class TileData:
         return list(dict.fromkeys(self.slide_id.tolist()))
 
 
-def _slide_tiles(store: Any, task: TileTask, sid: str, encoder: str | None) -> pd.DataFrame:
+def _slide_tiles(store: FeatureStore, task: TileTask, sid: str, encoder: str | None) -> pd.DataFrame:
     cols = ["x", "y", "tile_size", "read_mpp", "level", "embedding"]
     tiles = (task.region.tiles(store, encoder=encoder, slide_ids=[sid], columns=cols)
              if task.region else store.tiles(encoder=encoder, slide_ids=[sid], columns=cols))
@@ -82,7 +85,7 @@ def _slide_tiles(store: Any, task: TileTask, sid: str, encoder: str | None) -> p
     return out
 
 
-def load_tiles(store: Any, task: TileTask, slide_ids: Sequence[str] | None = None) -> TileData:
+def load_tiles(store: FeatureStore, task: TileTask, slide_ids: Sequence[str] | None = None) -> TileData:
     """The labelled tiles of ``slide_ids`` (default: every slide with coverage rows)."""
     cover = store.derived(COVERAGE, task.annotations, slide_ids=slide_ids,
                           columns=["slide_id", "x", "y", "extent", "class", "coverage"]).to_pandas()

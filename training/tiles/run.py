@@ -17,7 +17,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from features.store.runs import hash_config
 from infra.errors import ConfigError
 from training.tiles.data import TileData, TileTask, load_tiles
 from training.tiles.heads import HEADS, context_features, fit_head, predict_proba
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["TileClassifierConfig", "TileResult", "cross_validated_probs",
            "run_tile_classifier", "slide_metrics", "write_predictions"]
@@ -121,13 +124,13 @@ def cross_validated_probs(data: TileData, config: TileClassifierConfig) -> np.nd
     return probs
 
 
-def _truth(store: Any, slide_id: str, task: TileTask) -> Any:
+def _truth(store: FeatureStore, slide_id: str, task: TileTask) -> Any:
     from features.annotations import load_annotations
 
     return load_annotations(store, slide_id, task.annotations).by_class().get(task.positive)
 
 
-def slide_metrics(store: Any, data: TileData, probs: np.ndarray, config: TileClassifierConfig
+def slide_metrics(store: FeatureStore, data: TileData, probs: np.ndarray, config: TileClassifierConfig
                   ) -> list[dict[str, Any]]:
     from training.tiles.maps import dice_iou, tile_dice_iou
 
@@ -155,7 +158,7 @@ def _metrics(data: TileData, probs: np.ndarray, config: TileClassifierConfig
     return out
 
 
-def write_predictions(store: Any, result: TileResult) -> str:
+def write_predictions(store: FeatureStore, result: TileResult) -> str:
     """Every slide's tile probabilities into ``predictions/<name>``, in one write."""
     import pyarrow as pa
 
@@ -171,7 +174,7 @@ def write_predictions(store: Any, result: TileResult) -> str:
     return result.outputs["predictions"]
 
 
-def _write_maps(store: Any, result: TileResult, out_dir: Path | None, max_pngs: int) -> None:
+def _write_maps(store: FeatureStore, result: TileResult, out_dir: Path | None, max_pngs: int) -> None:
     from features.annotations.stored import slide_frame
     from training.tiles.maps import dense_grid, overlay_png
 
@@ -194,7 +197,7 @@ def _write_maps(store: Any, result: TileResult, out_dir: Path | None, max_pngs: 
             result.outputs[f"png:{sid}"] = str(path)
 
 
-def run_tile_classifier(store: Any, config: TileClassifierConfig, *,
+def run_tile_classifier(store: FeatureStore, config: TileClassifierConfig, *,
                         slide_ids: list[str] | None = None, out_dir: str | Path | None = None,
                         name: str | None = None, write: bool = True, max_pngs: int = 8
                         ) -> TileResult:
