@@ -23,6 +23,7 @@ from infra.errors import ConfigError
 if TYPE_CHECKING:
     import duckdb
 
+    from features.store import FeatureStore
     from training.cohorts.build import Cohort
     from training.cohorts.pipeline import CohortBuild
 
@@ -86,7 +87,7 @@ def _scores_table(build: CohortBuild) -> pa.Table:
 
 
 def connect(
-    store: Any = None,
+    store: FeatureStore | str | None = None,
     *,
     tables: Mapping[str, Any] | None = None,
     encoder: str | None = None,
