@@ -81,8 +81,8 @@ class Params:
     refresh_slides: int = 256
     clusters: int = 256
     queries: int = 50
-    bag_reads: int = 15
-    repeats: int = 5
+    bag_reads: int = 40
+    repeats: int = 9
     seed: int = 0
     index_types: tuple[str, ...] = ("auto",)
 
@@ -253,7 +253,8 @@ def _disk_bytes(path: Path) -> int:
 def live_steps(arm: Arm, rng: np.random.Generator) -> dict[str, Any]:
     p, store = arm.params, arm.store.latest()
     out: dict[str, Any] = {}
-    last = arm.commits[-3:]
+    # The last 16 commits (fewer at the first size): a median of many, on a shared machine.
+    last = arm.commits[-16:]
     out["commit"] = {"s": statistics.median(c["commit_s"] for c in last),
                      "max_s": max(c["commit_s"] for c in last), "n": len(last),
                      "write_8_slides_s": statistics.median(c["write_s"] for c in last)}
