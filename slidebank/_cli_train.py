@@ -24,6 +24,10 @@ def train(
     address: AddressOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON "
                                                          "(it is in OUT/RUN_ID/summary.json too).")] = False,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="RUN_ID", help="Continue run RUN_ID in OUT: folds it finished with the "
+                                           "same config are reused, the rest are trained.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch and per-fold progress lines.")] = False,
 ) -> None:
     """Train a slide-level model with k-fold CV on Ray Train.
 
@@ -32,7 +36,10 @@ def train(
 
     The cohort is checked against the store before anything starts; each run writes to
     its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json); the
-    command prints a short summary of the metrics (--json: the summary itself).
+    command prints a line per epoch and per fold on stderr, then a short summary of the
+    metrics (--json: the summary itself). Each fold is saved in OUT/RUN_ID/folds/ when it
+    ends; Ray failures are retried (max_failures=N, default 2), and a run that still
+    fails continues with --resume RUN_ID.
 
     Example: slidebank train clam.yaml model.model=clam_mb workers=2 out=runs/clam-mb
     """
@@ -43,7 +50,8 @@ def train(
         run_config = load_run_config(config, [*(overrides or []), *extra])
         # The run writes attention into the store: a refusal there names the store.
         with fail_on_slidebank_error(run_config.store):
-            summary = run_from_config(run_config)
+            summary = run_from_config(run_config, resume=resume,
+                                      progress=None if quiet else lambda line: typer.echo(line, err=True))
     if as_json:
         shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
         typer.echo(json.dumps(shown, indent=2, default=float))

@@ -11,7 +11,9 @@ second run never deletes what the first one's ``summary.json`` points at.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,23 +80,35 @@ def _assign_folds(config: TrainRunConfig, table: pd.DataFrame, labels: list[str]
     return cohort.table
 
 
-def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Check, train (CV or one split), then write predictions, metrics and plots under
-    ``<out>/<run_id>/``; returns the summary (also written as ``summary.json``)."""
+    ``<out>/<run_id>/``; returns the summary (also written as ``summary.json``).
+
+    Each fold is saved in ``<out>/<run_id>/folds/`` when it ends. ``resume`` names an
+    earlier run in ``out`` (one Ray lost): its folds saved with the same config are reused
+    and only the rest are trained. ``progress`` gets one line per epoch and per fold.
+    """
     from features.store import FeatureStore
     from training.mil import preflight
     from training.mil.job import run_cross_validation, run_training
 
     job, train = config.build()
-    run_id = new_run_id(job.name)
-    job = replace(job, name=run_id)
+    run_id = _resumed_run(config, resume) if resume is not None else new_run_id(job.name)
+    out = Path(config.out) / run_id
+    job = replace(job, name=run_id, fold_dir=str(out / "folds"))
     options = dict(config.storage_options)
     table = _read_cohort(config.cohort, options)
     external = _read_cohort(config.external, options) if config.external else None
     labels = list(job.label_columns)
     store = FeatureStore.open(config.store, options)
     assigned = _needs_folds(config, table)
-    if assigned:
+    if assigned and (out / "cohort.parquet").exists():  # a resumed run keeps the folds it made up
+        table = _read_cohort(str(out / "cohort.parquet"), {})
+    elif assigned:
         table = _assign_folds(config, table, labels, options)
     preflight.check_cohort(table, labels, train.task, source=config.cohort)
     preflight.check_store_slides(table, store, job.encoder, source=config.cohort)
@@ -103,18 +117,21 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
         preflight.check_store_slides(external, store, job.encoder, source=str(config.external))
     splits = _splits(config, table)
     preflight.check_splits(splits, labels, train.task)
-    out = Path(config.out) / run_id
-    log.info("run %s: %d slides, %d fold(s); output in %s", run_id, len(table), len(splits), out)
+    if assigned and not (out / "cohort.parquet").exists():
+        # Written before training: the folds this run made up are part of its record, and
+        # a resumed run must train the same ones.
+        with atomic_write(out / "cohort.parquet") as handle:
+            table.to_parquet(handle, index=False)
+    log.info("run %s%s: %d slides, %d fold(s); output in %s", run_id, " (resumed)" if resume else "",
+             len(table), len(splits), out)
     if config.cv:
-        runs = run_cross_validation(job, table, external=external, attention=config.attention).folds
+        runs = run_cross_validation(job, table, external=external, attention=config.attention,
+                                    progress=progress).folds
     else:
         _, tr, val, test = splits[0]
         evals = {"test": test, **({"external": external} if external is not None else {})}
-        runs = [run_training(job, tr, val, evals, attention=config.attention)]
+        runs = [run_training(job, tr, val, evals, attention=config.attention, progress=progress)]
     out.mkdir(parents=True, exist_ok=True)
-    if assigned:  # the folds this run made up are part of its record
-        with atomic_write(out / "cohort.parquet") as handle:
-            table.to_parquet(handle, index=False)
     frames = []
     for i, run in enumerate(runs):
         for split, rows in run.predictions.items():
@@ -138,6 +155,14 @@ def run_from_config(config: TrainRunConfig) -> dict[str, Any]:
         summary["attention"] = _write_attention(store, runs, run_id, out, train.model.model)
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _resumed_run(config: TrainRunConfig, run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"run id {run_id!r} is not a run folder name (letters, digits, '.', '_', '-')")
+    if not (Path(config.out) / run_id).is_dir():
+        raise ConfigError(f"no run {run_id!r} to resume in {config.out}")
+    return run_id
 
 
 def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path, model: str) -> dict[str, Any]:
