@@ -35,6 +35,8 @@ _COMMAND_MODULES = (
     "slidebank._cli_annotate",
     # tile-level truth: annotations, coverage, tile classifiers (issue 31)
     "slidebank._cli_annotations",
+    # precomputed embeddings in (issue 26)
+    "slidebank._cli_import",
 )
 
 app = typer.Typer(
