@@ -35,13 +35,16 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, overwrite: bool = True) -> Path:
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, overwrite: bool = True,
+                title: str | None = None) -> Path:
     """Write ``fig`` as a PNG atomically and close it; ``overwrite=False`` refuses an
-    existing file (:class:`~infra.errors.OutputExistsError`), never replacing it."""
+    existing file (:class:`~infra.errors.OutputExistsError`), never replacing it.
+    ``title`` also goes into the PNG's Title text chunk, for tools that list files."""
     path = Path(path)
+    metadata = {"Title": title} if title else None
     try:
         with atomic_write(path, "wb", overwrite=overwrite) as handle:
-            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight", metadata=metadata)
     finally:
         pyplot().close(fig)
     return path
@@ -155,14 +158,17 @@ def write_roc_calibration_png(
         cal_ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path, overwrite=overwrite)
+    return save_figure(fig, path, overwrite=overwrite, title=title)
 
 
 def write_regression_png(
     y: np.ndarray, p: np.ndarray, path: str | Path, *,
     metrics: Mapping[str, Mapping[str, float]], label: str, overwrite: bool = True,
+    title: str | None = None, unit: str = "slides",
 ) -> Path:
-    """Predicted vs observed with the identity line, n and r / R² (CIs) in the title."""
+    """Predicted vs observed with the identity line, n and r / R² (CIs) in the legend;
+    ``title`` (what was predicted, by which model, from how many slides and patients)
+    over the panel, ``n`` counted in ``unit``."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.scatter(y, p, s=18, alpha=0.7)
@@ -170,10 +176,12 @@ def write_regression_png(
     ax.plot([lo, hi], [lo, hi], ls="--", color="0.6", lw=1, label="identity")
     ax.set(xlabel=f"observed {label}", ylabel=f"predicted {label} (out of fold)")
     text = "\n".join(f"{k}: {_ci_text(v)}" for k, v in metrics.items() if "value" in v)
-    ax.set_title(f"n={len(y)} slides", fontsize=10)
+    ax.set_title(f"n={len(y)} {unit}", fontsize=10)
     ax.legend(title=text, loc="upper left", fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path, overwrite=overwrite)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, overwrite=overwrite, title=title)
 
 
 def colour_limits(values: np.ndarray) -> tuple[float, float, str]:

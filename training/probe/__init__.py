@@ -6,6 +6,8 @@
 
 Patient-level cross-validation (a patient's slides are always in one fold), out-of-fold
 predictions for every slide, metrics with patient-level bootstrap 95% CIs, one PNG.
+Several labels at once (:func:`run_probe_labels`) share one set of folds and get a
+summary table with Benjamini-Hochberg q-values.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from infra.lazy import lazy_exports
 _EXPORTS = {
     "ProbeConfig": "training.probe.run",
     "ProbeResult": "training.probe.run",
+    "ProbeTable": "training.probe.multi",
+    "run_probe_labels": "training.probe.multi",
     "run_probe": "training.probe.run",
     "probe_frame": "training.probe.run",
     "patient_bootstrap": "training.probe.metrics",

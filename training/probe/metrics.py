@@ -15,18 +15,24 @@ __all__ = [
     "auroc",
     "average_precision",
     "balanced_accuracy",
+    "bh_qvalues",
+    "bootstrap_p_value",
+    "bootstrap_values",
     "classification_metrics",
+    "macro_auroc",
     "patient_bootstrap",
+    "pearson_r",
     "regression_metrics",
 ]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
-def patient_bootstrap(
+def bootstrap_values(
     y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, *,
     n_boot: int = 1000, seed: int = 0, need_classes: bool = True,
-) -> tuple[float, float]:
+) -> np.ndarray:
+    """``metric`` on ``n_boot`` patient resamples (one-class resamples skipped)."""
     rng = np.random.default_rng(seed)
     units, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(units))]
@@ -36,10 +42,48 @@ def patient_bootstrap(
         if need_classes and len(np.unique(y[idx])) < 2:
             continue
         values.append(metric(y[idx], s[idx]))
-    if not values:
+    return np.asarray(values, dtype=float)
+
+
+def patient_bootstrap(
+    y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, *,
+    n_boot: int = 1000, seed: int = 0, need_classes: bool = True,
+) -> tuple[float, float]:
+    values = bootstrap_values(y, s, groups, metric, n_boot=n_boot, seed=seed,
+                              need_classes=need_classes)
+    values = values[np.isfinite(values)]
+    if not values.size:
         return float("nan"), float("nan")
-    lo, hi = np.nanquantile(values, [0.025, 0.975])
+    lo, hi = np.quantile(values, [0.025, 0.975])
     return float(lo), float(hi)
+
+
+def bootstrap_p_value(values: np.ndarray, null: float) -> float:
+    """Two-sided p-value of ``null`` from bootstrap ``values`` of a metric: twice the
+    share of resamples on the far side of ``null`` (the smallest alpha whose percentile
+    CI excludes it), with the +1 that keeps it above 1/(n+1)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return float("nan")
+    tail = min(int(np.sum(values <= null)), int(np.sum(values >= null)))
+    return float(min(1.0, 2.0 * (tail + 1) / (values.size + 1)))
+
+
+def bh_qvalues(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values (step-up FDR adjustment); NaN p-values stay NaN and
+    are not counted among the tests."""
+    p = np.asarray(p_values, dtype=float)
+    q = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    if not tested.size:
+        return q
+    order = tested[np.argsort(p[tested], kind="mergesort")]
+    m = order.size
+    stepped = p[order] * m / np.arange(1, m + 1)
+    # q_(i) = min over j >= i of p_(j) m / j: a later, larger p can lower an earlier q.
+    q[order] = np.minimum(np.minimum.accumulate(stepped[::-1])[::-1], 1.0)
+    return q
 
 
 def _with_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, n_boot: int,
@@ -79,6 +123,20 @@ def average_precision(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def macro_auroc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over the columns of ``scores`` (N, C)."""
+    n_classes = scores.shape[1]
+    if len(np.unique(y)) < n_classes:  # a resample without some class: undefined
+        return float("nan")
+    return float(np.mean([auroc((y == c).astype(int), scores[:, c]) for c in range(n_classes)]))
+
+
+def pearson_r(y: np.ndarray, p: np.ndarray) -> float:
+    if np.std(y) == 0 or np.std(p) == 0:
+        return float("nan")
+    return float(np.corrcoef(y, p)[0, 1])
+
+
 def balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
     classes = np.unique(y)
     return float(np.mean([np.mean(predicted[y == c] == c) for c in classes]))
@@ -100,12 +158,7 @@ def classification_metrics(
             "auprc": lambda t, s: average_precision(t, s[:, 1]),
         }
     else:
-        def macro_auc(t: np.ndarray, s: np.ndarray) -> float:
-            if len(np.unique(t)) < n_classes:  # a resample without some class: undefined
-                return float("nan")
-            return float(np.mean([auroc((t == c).astype(int), s[:, c]) for c in range(n_classes)]))
-
-        metrics = {"macro_auroc": macro_auc,
+        metrics = {"macro_auroc": macro_auroc,
                    "accuracy": lambda t, s: float(np.mean(pred(s) == t))}
     metrics["balanced_accuracy"] = lambda t, s: balanced_accuracy(t, pred(s))
     return {name: _with_ci(y, scores, groups, m, n_boot, seed) for name, m in metrics.items()}
@@ -122,11 +175,6 @@ def regression_metrics(
     def mean_absolute_error(t: np.ndarray, p: np.ndarray) -> float:
         return float(np.mean(np.abs(t - p)))
 
-    def pearson(t: np.ndarray, s: np.ndarray) -> float:
-        if np.std(t) == 0 or np.std(s) == 0:
-            return float("nan")
-        return float(np.corrcoef(t, s)[0, 1])
-
-    metrics: dict[str, Metric] = {"r2": r2_score, "pearson_r": pearson, "mae": mean_absolute_error}
+    metrics: dict[str, Metric] = {"r2": r2_score, "pearson_r": pearson_r, "mae": mean_absolute_error}
     return {name: _with_ci(y, p, groups, m, n_boot, seed, need_classes=False)
             for name, m in metrics.items()}

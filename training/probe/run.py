@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Model = Literal["logistic", "linear", "knn"]
 Task = Literal["auto", "classification", "regression"]
 Pooling = Literal["mean", "max"]
+Aggregate = Literal["slide", "patient"]
 MAX_CLASSES = 20
 
 
@@ -46,9 +47,12 @@ class ProbeConfig:
     config_hash: str | None = None
     #: the positive class of a two-class label (None: High/1/True/yes, see classes.py)
     positive: str | None = None
+    #: the unit metrics are computed on: each slide, or each patient (mean of its slides)
+    aggregate: Aggregate = "slide"
 
     def __post_init__(self) -> None:
         choice("ProbeConfig.model", self.model, Model)
+        choice("ProbeConfig.aggregate", self.aggregate, Aggregate)
         choice("ProbeConfig.task", self.task, Task)
         choice("ProbeConfig.pooling", self.pooling, Pooling)
         at_least("ProbeConfig.folds", self.folds, 2)
@@ -70,12 +74,19 @@ class ProbeResult:
     plot: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: "slide" or "patient": the unit of ``metrics`` (patient: means of its slides' scores)
+    aggregate: str = "slide"
+    #: with ``aggregate="patient"``, one out-of-fold prediction per patient
+    patient_predictions: pd.DataFrame | None = None
+    #: the headline metric's test against chance: metric, null, p_value, method
+    test: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "n_slides": self.n_slides, "n_patients": self.n_patients,
-                "folds": self.folds, "classes": self.classes,
+                "folds": self.folds, "aggregate": self.aggregate, "classes": self.classes,
                 "class_mapping": self.class_mapping, "metrics": self.metrics,
-                "dropped": self.dropped, "files": self.files, "config": self.config}
+                "test": self.test, "dropped": self.dropped, "files": self.files,
+                "config": self.config}
 
 
 def _task(values: pd.Series, task: Task) -> str:
@@ -97,13 +108,27 @@ def probe_frame(store: FeatureStore, labels: Any, config: ProbeConfig,
 
 def _probe_rows(store: FeatureStore, labels: Any, config: ProbeConfig,
                 storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
-    """:func:`probe_frame` plus what was left out, by id and reason."""
-    from features.store.slide_embeddings import to_numpy
-    from training.cohorts.labels import join_labels, read_labels
-
-    source = str(labels) if not isinstance(labels, pd.DataFrame) else "the labels table"
-    table = labels if isinstance(labels, pd.DataFrame) else read_labels(str(labels), storage_options)
+    table, source = load_labels(labels, storage_options)
     emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)
+    return probe_rows(emb, table, config, source)
+
+
+def load_labels(labels: Any, storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, str]:
+    """(the labels table, how to name it in messages) from a path or a DataFrame."""
+    from training.cohorts.labels import read_labels
+
+    if isinstance(labels, pd.DataFrame):
+        return labels, "the labels table"
+    return read_labels(str(labels), storage_options), str(labels)
+
+
+def probe_rows(emb: Any, table: pd.DataFrame, config: ProbeConfig,
+               source: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
+    """:func:`probe_frame` from loaded slide embeddings (a pyarrow table) and labels,
+    plus what was left out, by id and reason."""
+    from features.store.slide_embeddings import to_numpy
+    from training.cohorts.labels import join_labels
+
     slides = emb.select(["slide_id", "patient_id"]).to_pandas()
     joined = join_labels(table, slides, label_columns=[config.label], source=source)
     missing = joined.table[config.label].isna()
@@ -161,14 +186,8 @@ def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
         if n < 2:
             raise SplitError(f"cross-validation needs at least 2 patients, found {n_groups}")
         return list(GroupKFold(n_splits=n).split(groups, groups=groups))
-    names = np.asarray(classes)[y] if classes else y
-    per_class = pd.Series(groups).groupby(names).nunique()
-    if len(per_class) < 2:
-        raise SplitError(f"the label has one class only ({per_class.index[0]!r})")
+    per_class = _patients_per_class(y, groups, classes)
     smallest = int(per_class.min())
-    if smallest < 2:
-        raise SplitError(f"class {per_class.idxmin()!r} has {smallest} patient(s); patient-level "
-                         "cross-validation needs at least 2 per class")
     n = min(config.folds, smallest)
     if n < config.folds:
         log.warning("%d folds instead of %d: class %r has %d patients", n, config.folds,
@@ -177,36 +196,69 @@ def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
     return list(splitter.split(groups, y, groups=groups))
 
 
+def _patients_per_class(y: np.ndarray, groups: np.ndarray, classes: list[str] | None) -> pd.Series:
+    """Patients per class, checked: two classes or more, each with two patients or more."""
+    names = np.asarray(classes)[y] if classes else y
+    per_class = pd.Series(groups).groupby(names).nunique()
+    if len(per_class) < 2:
+        raise SplitError(f"the label has one class only ({per_class.index[0]!r})")
+    smallest = int(per_class.min())
+    if smallest < 2:
+        raise SplitError(f"class {per_class.idxmin()!r} has {smallest} patient(s); patient-level "
+                         "cross-validation needs at least 2 per class")
+    return per_class
+
+
+def _fixed_folds(groups: np.ndarray, patient_folds: Mapping[str, int]) -> list[tuple[Any, Any]]:
+    """(train, test) row indices from a patient → fold map; a fold with no rows is skipped."""
+    missing = sorted(set(groups) - set(patient_folds))
+    if missing:
+        raise SplitError(f"patient(s) without a fold: {', '.join(missing[:5])}")
+    fold = np.array([patient_folds[g] for g in groups])
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in np.unique(fold)]
+
+
 def run_probe(store: FeatureStore, labels: Any, config: ProbeConfig, *, out_dir: str | Path | None = None,
               storage_options: Mapping[str, Any] | None = None) -> ProbeResult:
     """Fit the probe with patient-level CV; write predictions, metrics and a PNG to ``out_dir``."""
-    from training.probe.metrics import classification_metrics, regression_metrics
-
     frame, x, dropped = _probe_rows(store, labels, config, storage_options)
+    return fit_probe(frame, x, dropped, config, out_dir=out_dir)
+
+
+def fit_probe(frame: pd.DataFrame, x: np.ndarray, dropped: dict[str, list[str]], config: ProbeConfig,
+              *, out_dir: str | Path | None = None,
+              patient_folds: Mapping[str, int] | None = None) -> ProbeResult:
+    """The probe on rows from :func:`probe_rows`. ``patient_folds`` (patient_id → fold)
+    fixes the folds, so that several labels share them; else they are drawn per label,
+    stratified by class."""
+    from training.probe.aggregate import headline_test, patient_means, unit_metrics
+
     task = _task(frame[config.label], config.task)
     groups = frame["patient_id"].astype(str).to_numpy()
-    y, classes, splits, positive = _targets(frame, task, groups, config)
+    y, classes, splits, positive = _targets(frame, task, groups, config, patient_folds)
     scores, fold = _cross_validate(x, y, splits, task, len(classes), config)
     mapping: dict[str, str] = {}
     if positive is not None:
         if classes[0] == positive:  # folds were drawn on the sorted coding; only the naming flips
             classes, y, scores = classes[::-1], 1 - y, scores[:, ::-1]
         mapping = {"positive": classes[1], "negative": classes[0]}
-    if task == "classification":
-        metrics = classification_metrics(y, scores, groups, n_boot=config.n_boot, seed=config.seed)
-    else:
-        metrics = regression_metrics(y, scores[:, 0], groups, n_boot=config.n_boot, seed=config.seed)
-    result = ProbeResult(task=task, metrics=metrics,
-                         predictions=_predictions(frame, fold, scores, classes, mapping, config),
-                         n_slides=len(frame), n_patients=len(np.unique(groups)),
-                         folds=len(splits), classes=classes, class_mapping=mapping,
-                         dropped=dropped, config=asdict(config))
+    predictions = _predictions(frame, fold, scores, classes, mapping, config)
+    per_patient = None
+    if config.aggregate == "patient":
+        per_patient, y, scores, groups = patient_means(predictions, y, scores, classes, config.label)
+    result = ProbeResult(task=task, metrics=unit_metrics(task, y, scores, groups, config),
+                         predictions=predictions, n_slides=len(frame),
+                         n_patients=len(np.unique(groups)), folds=len(splits), classes=classes,
+                         class_mapping=mapping, dropped=dropped, config=asdict(config),
+                         aggregate=config.aggregate, patient_predictions=per_patient,
+                         test=headline_test(task, y, scores, groups, config))
     if out_dir is not None:
         _write(result, Path(out_dir), y, scores, groups, config)
     return result
 
 
-def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeConfig
+def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeConfig,
+             patient_folds: Mapping[str, int] | None = None,
              ) -> tuple[np.ndarray, list[str], list[tuple[Any, Any]], str | None]:
     """(y, classes, folds, the positive class of a two-class label), checked before any fit."""
     from training.probe.classes import positive_class
@@ -215,11 +267,17 @@ def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeCo
         if config.positive is not None:
             raise ConfigError(f"--positive is for a class label; {config.label!r} is continuous")
         y = pd.to_numeric(frame[config.label], errors="raise").to_numpy(dtype=float)
-        return y, [], _folds(None, groups, config), None
+        splits = (_folds(None, groups, config) if patient_folds is None
+                  else _fixed_folds(groups, patient_folds))
+        return y, [], splits, None
     codes, uniques = pd.factorize(frame[config.label], sort=True)
     classes = [str(u) for u in uniques]
     y = codes.astype(int)
-    splits = _folds(y, groups, config, classes)
+    if patient_folds is None:
+        splits = _folds(y, groups, config, classes)
+    else:
+        _patients_per_class(y, groups, classes)
+        splits = _fixed_folds(groups, patient_folds)
     positive = None
     if len(classes) == 2 or config.positive is not None:
         positive = positive_class(classes, config.positive, label=config.label)
@@ -262,28 +320,42 @@ def _predictions(frame: pd.DataFrame, fold: np.ndarray, scores: np.ndarray, clas
 def _write(result: ProbeResult, out: Path, y: np.ndarray, scores: np.ndarray,
            groups: np.ndarray, config: ProbeConfig) -> None:
     from infra.files import atomic_write, atomic_write_json
-    from training.figures import write_regression_png, write_roc_calibration_png
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "predictions.parquet", "wb") as handle:
         result.predictions.to_parquet(handle, index=False)
-    plot = out / "probe.png"
-    title = f"{config.model} probe on {config.pooling}-pooled slide embeddings: {config.label}"
-    if result.task == "regression":
-        write_regression_png(y, scores[:, 0], plot, metrics=result.metrics, label=config.label)
-    elif len(result.classes) == 2:
-        probabilistic = config.model != "linear"
-        write_roc_calibration_png(
-            {f"{config.label}={result.classes[1]}": (y, scores[:, 1])}, plot,
-            aurocs={f"{config.label}={result.classes[1]}": result.metrics["auroc"]},
-            groups={f"{config.label}={result.classes[1]}": groups},
-            calibration=probabilistic, title=title,
-        )
-    else:
-        curves = {f"{c} vs rest": ((y == j).astype(int), scores[:, j])
-                  for j, c in enumerate(result.classes)}
-        write_roc_calibration_png(curves, plot, calibration=False, title=title)
-    result.plot = plot
-    result.files = {"predictions": str(out / "predictions.parquet"), "plot": str(plot),
-                    "metrics": str(out / "metrics.json")}
+    result.files = {"predictions": str(out / "predictions.parquet")}
+    if result.patient_predictions is not None:
+        with atomic_write(out / "patient_predictions.parquet", "wb") as handle:
+            result.patient_predictions.to_parquet(handle, index=False)
+        result.files["patient_predictions"] = str(out / "patient_predictions.parquet")
+    result.plot = _plot(result, out / "probe.png", y, scores, groups, config)
+    result.files |= {"plot": str(result.plot), "metrics": str(out / "metrics.json")}
     atomic_write_json(out / "metrics.json", result.summary())
+
+
+def plot_title(result: ProbeResult, config: ProbeConfig) -> str:
+    """What a figure shown alone must say: label, model, slides and patients, the unit."""
+    unit = "; metrics on patient means" if result.aggregate == "patient" else ""
+    return (f"{config.label}: {config.model} probe on {config.pooling}-pooled slide embeddings\n"
+            f"{result.n_slides} slides, {result.n_patients} patients, "
+            f"{result.folds} patient-level folds{unit}")
+
+
+def _plot(result: ProbeResult, plot: Path, y: np.ndarray, scores: np.ndarray,
+          groups: np.ndarray, config: ProbeConfig) -> Path:
+    from training.figures import write_regression_png, write_roc_calibration_png
+
+    title = plot_title(result, config)
+    unit = "patients" if result.aggregate == "patient" else "slides"
+    if result.task == "regression":
+        return write_regression_png(y, scores[:, 0], plot, metrics=result.metrics,
+                                    label=config.label, title=title, unit=unit)
+    if len(result.classes) == 2:
+        name = f"{config.label}={result.classes[1]}"
+        return write_roc_calibration_png(
+            {name: (y, scores[:, 1])}, plot, aurocs={name: result.metrics["auroc"]},
+            groups={name: groups}, calibration=config.model != "linear", title=title)
+    curves = {f"{c} vs rest": ((y == j).astype(int), scores[:, j])
+              for j, c in enumerate(result.classes)}
+    return write_roc_calibration_png(curves, plot, calibration=False, title=title)
