@@ -12,7 +12,10 @@ segment and then merges segments size-tiered, like a binary counter: the newest 
 merge while each holds at most :data:`TIER_RATIO` times the rows merged so far, so
 segment sizes grow geometrically, a lookup consults O(log n) segments and a row is
 re-indexed O(log n) times over the store's life. No step rebuilds an index over the
-whole table.
+whole table (no merge builds a segment above :data:`MAX_SEGMENT_ROWS`).
+
+The ``slides`` table, scanned by every commit and listing, gains a small fragment per
+commit; :func:`compact_small_fragments` merges the small ones (never the full ones).
 
 ``SLIDEBANK_STORE_UPKEEP=0`` turns the per-commit upkeep off (read at each commit, see
 :func:`upkeep_enabled`): reads stay correct, they just scan what the indexes do not cover.
@@ -30,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import lance
 
-__all__ = ["INDEXED_COLUMNS", "MAX_SEGMENT_ROWS", "MAX_SMALL_FRAGMENTS", "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO",
-           "UPKEEP_ENV", "compact_small_fragments", "ensure_scalar_indexes",
-           "fold_new_fragments", "index_coverage", "segments_to_merge", "upkeep_enabled"]
+__all__ = ["INDEXED_COLUMNS", "MAX_SEGMENT_ROWS", "MAX_SMALL_FRAGMENTS",
+           "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO", "UPKEEP_ENV", "compact_small_fragments",
+           "ensure_scalar_indexes", "fold_new_fragments", "index_coverage",
+           "segments_to_merge", "upkeep_enabled"]
 
 log = logging.getLogger(__name__)
 
