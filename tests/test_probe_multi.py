@@ -145,3 +145,18 @@ def test_patient_aggregation_refuses_a_patient_with_two_classes(store, tmp_path)
                                  "--folds", "3", "--n-boot", "20", "--aggregate", "patient"])
     assert result.exit_code == 2
     assert "patient 'P003' has slides of different classes" in result.output
+
+
+def test_a_label_on_one_shared_fold_only_gets_a_row_saying_so(store, tmp_path):
+    import slidebank as sb
+    from training.probe.multi import patient_folds
+
+    folds = patient_folds([patient_of(i) for i in range(N_SLIDES)], 3, 0)
+    fold0 = {p for p, f in folds.items() if f == 0}
+    table = pd.read_csv(_genes(tmp_path))
+    table["sparse"] = [i + 0.5 if patient_of(i) in fold0 else np.nan for i in range(N_SLIDES)]
+    panel = sb.probe(store, table, label=["gene_a", "sparse"], model="linear", folds=3, n_boot=20)
+    assert panel.patient_folds == folds  # drawn once, over every labelled patient
+    rows = panel.table.set_index("label")
+    assert "all fall in one of the shared folds" in rows.at["sparse", "error"]
+    assert rows.at["gene_a", "error"] == "" and np.isfinite(rows.at["gene_a", "q_value"])

@@ -215,6 +215,9 @@ def _fixed_folds(groups: np.ndarray, patient_folds: Mapping[str, int]) -> list[t
     if missing:
         raise SplitError(f"patient(s) without a fold: {', '.join(missing[:5])}")
     fold = np.array([patient_folds[g] for g in groups])
+    if len(np.unique(fold)) < 2:
+        raise SplitError(f"the labelled patients ({len(set(groups))}) all fall in one of the "
+                         "shared folds; cross-validation needs them in two or more")
     return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in np.unique(fold)]
 
 
