@@ -142,7 +142,7 @@ def export(
     Example: slidebank annotations export S01-map.geojson --store ./store --slide S01 --predictions tiles-tumour-linear-1a2b3c4d5e
     """
     from features.annotations.export import export_prediction_geojson
-    from features.annotations.omezarr import export_prediction_labels
+    from features.annotations.omezarr_export import export_prediction_labels
 
     with fail_on_slidebank_error(out):
         if out.suffix.lower() == ".zarr":

@@ -15,7 +15,8 @@ from features.annotations import (
     coverage_table,
     import_annotations,
 )
-from features.annotations.omezarr import export_prediction_labels, read_label_image
+from features.annotations.omezarr import read_label_image
+from features.annotations.omezarr_export import export_prediction_labels
 from infra.errors import OutputExistsError
 from slidebank.cli import app
 from tests._support.annotations import MPP, SIDE, STEP, annotated_store

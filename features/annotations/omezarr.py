@@ -1,4 +1,4 @@
-"""OME-Zarr label images in and out (OME-NGFF ``image-label``, 0.4 on Zarr v2 and 0.5 on v3).
+"""OME-Zarr label images in (OME-NGFF ``image-label``, 0.4 on Zarr v2 and 0.5 on v3).
 
 In: a label image is a mask whose MPP comes from its ``multiscales`` metadata (the
 ``scale`` of the chosen level, in the axes' unit, converted to µm), so no ``--mask-mpp``
@@ -10,10 +10,8 @@ Class names and colours come from ``image-label`` ``properties`` and ``colors``.
 The label array then goes through :func:`features.annotations.masks.mask_annotations`
 (polygons along pixel edges, the mask's span checked against the slide).
 
-Out: a prediction map thresholded into a label image (1 = the class, 0 = none) on the
-slide's tile grid, one label pixel per tile stride, with a nearest-neighbour pyramid and
-OME-NGFF 0.5 metadata (scales in µm), written as ``labels/<name>`` either into the
-slide's Zarr group in the store or into a standalone ``.zarr`` folder.
+Out: :mod:`features.annotations.omezarr_export` (it reads slides through the store
+module, which imports this one to read label images).
 """
 
 from __future__ import annotations
@@ -27,13 +25,11 @@ import numpy as np
 
 from features.annotations._errors import AnnotationFormatError, MaskMPPError
 from features.annotations.model import AnnotationSet
-from infra.errors import ConfigError, OutputExistsError
 
 if TYPE_CHECKING:
-    from features.store import FeatureStore
+    pass
 
-__all__ = ["MAX_SIDE", "export_prediction_labels", "is_ome_zarr", "read_label_image",
-           "read_ome_zarr_mask"]
+__all__ = ["MAX_SIDE", "is_ome_zarr", "ome_attrs", "read_label_image", "read_ome_zarr_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ def is_ome_zarr(path: str | Path) -> bool:
     return p.is_dir() and any((p / f).is_file() for f in ("zarr.json", ".zgroup", ".zattrs"))
 
 
-def _ome(group: Any) -> dict[str, Any]:
+def ome_attrs(group: Any) -> dict[str, Any]:
     """The OME-NGFF attributes of a group: under ``ome`` (0.5) or at the top (0.4)."""
     attrs = dict(group.attrs)
     ome = attrs.get("ome")
@@ -60,12 +56,12 @@ def _ome(group: Any) -> dict[str, Any]:
 def _label_group(source: str, root: Any) -> Any:
     """The label image a path names: itself, the only entry of a labels group, or of an
     image's ``labels`` child."""
-    meta = _ome(root)
+    meta = ome_attrs(root)
     if "multiscales" in meta:
         return root
     group = root
     if "labels" not in meta and "labels" in root:
-        group, meta = root["labels"], _ome(root["labels"])
+        group, meta = root["labels"], ome_attrs(root["labels"])
     names = meta.get("labels")
     if not isinstance(names, list) or not names:
         raise AnnotationFormatError(f"{source}: not an OME-Zarr label image (no multiscales "
@@ -166,7 +162,7 @@ def read_label_image(path: str | Path, mask_mpp: float | None = None
     except (FileNotFoundError, ValueError) as exc:  # GroupNotFoundError is both
         raise AnnotationFormatError(f"{source}: not a readable Zarr group ({exc})") from exc
     group = _label_group(source, root)
-    meta = _ome(group)
+    meta = ome_attrs(group)
     multiscale = (meta.get("multiscales") or [None])[0]
     if not isinstance(multiscale, Mapping) or not multiscale.get("datasets"):
         raise AnnotationFormatError(f"{source}: multiscales metadata without datasets")
@@ -192,84 +188,3 @@ def read_ome_zarr_mask(path: str | Path, *, slide_mpp: float | None,
         {v: names[v] for v in present} if present and present <= names.keys() else None)
     return mask_annotations(str(path), array, mask_mpp=mpp, slide_mpp=slide_mpp,
                             slide_size=slide_size, labels=chosen, colors=colors)
-
-
-# ---------------------------------------------------------------------- out
-def _label_grid(store: FeatureStore, slide_id: str, predictions: str, threshold: float
-                ) -> tuple[np.ndarray, float]:
-    """The thresholded map on the tile grid (uint8) and its µm per pixel."""
-    from features.annotations.stored import slide_frame
-    from features.store.arrays import grid_from_coords
-
-    frame = slide_frame(store, slide_id)
-    if frame.mpp is None:
-        raise MaskMPPError(f"slide {slide_id!r} has no MPP: a label image needs one")
-    rows = store.derived("predictions", predictions, slide_ids=[slide_id],
-                         columns=["x", "y", "value"]).to_pandas()
-    if rows.empty:
-        raise ConfigError(f"predictions/{predictions} has no rows for slide {slide_id!r}")
-    coords = rows[["x", "y"]].to_numpy(np.int64)
-    _, _, stride, _, _ = grid_from_coords(coords, 1)
-    if len(coords) == 1:
-        raise ConfigError(f"slide {slide_id!r} has one tile: no grid to write as labels")
-    width, height = frame.size
-    grid = np.zeros((-(-height // stride), -(-width // stride)), np.uint8)
-    inside = rows["value"].to_numpy(np.float64) >= threshold
-    grid[coords[inside, 1] // stride, coords[inside, 0] // stride] = 1
-    return grid, stride * frame.mpp
-
-
-def _write_labels(group: Any, name: str, grid: np.ndarray, mpp: float, class_name: str,
-                  color: tuple[int, int, int], threshold: float) -> None:
-    from features.store.arrays import OME_VERSION, multiscales_metadata
-
-    labels = group.require_group("labels")
-    image = labels.require_group(name)
-    levels = [grid]
-    while max(levels[-1].shape) > 256 and min(levels[-1].shape) >= 2:
-        levels.append(levels[-1][::2, ::2])  # nearest: a label is never averaged
-    for index, level in enumerate(levels):
-        array = image.create_array(str(index), shape=level.shape, dtype=level.dtype,
-                                   chunks=tuple(min(512, s) for s in level.shape), fill_value=0,
-                                   dimension_names=["y", "x"], overwrite=True)
-        array[...] = level
-    ome = multiscales_metadata(name, ("y", "x"), mpp, len(levels), "max")
-    ome["multiscales"][0]["type"] = "nearest"
-    ome["multiscales"][0]["metadata"] = {
-        "description": f"P({class_name}) >= {threshold:g}, one pixel per tile, by slidebank"}
-    # 0.5: the version lives at the "ome" level only (0.4 repeated it in image-label)
-    ome["image-label"] = {"colors": [{"label-value": 1, "rgba": [*color, 255]}],
-                          "properties": [{"label-value": 1, "class": class_name}]}
-    image.attrs.put({"ome": ome})
-    listed = [n for n in _ome(labels).get("labels", []) if n != name]
-    labels.attrs.put({"ome": {"version": OME_VERSION, "labels": [*listed, name]}})
-
-
-def export_prediction_labels(store: FeatureStore, slide_id: str, predictions: str,
-                             path: str | Path | None = None, *, threshold: float = 0.5,
-                             class_name: str = "tumour", name: str | None = None,
-                             color: tuple[int, int, int] = (200, 30, 30),
-                             overwrite: bool = False) -> str:
-    """Write the thresholded map as the OME-Zarr label image ``labels/<name>`` (default:
-    the predictions' name): into ``path`` (a ``.zarr`` folder) or, without one, into the
-    slide's Zarr group in the store. Returns the label image's location."""
-    import zarr
-
-    from features.store import validate_name
-
-    if not 0 < threshold < 1:
-        raise ConfigError(f"threshold must be in (0, 1), not {threshold!r}")
-    name = validate_name("label image name", name or predictions)
-    grid, mpp = _label_grid(store, slide_id, predictions, threshold)
-    if path is None:
-        group = store.arrays(slide_id).group()
-        where = f"{store.arrays(slide_id).url}/labels/{name}"
-    else:
-        target = Path(path)
-        if target.exists() and not overwrite:
-            raise OutputExistsError(f"{target} exists; pass overwrite=True (--overwrite) to "
-                                    "replace it")
-        group = zarr.open_group(str(target), mode="w", zarr_format=3)
-        where = f"{target}/labels/{name}"
-    _write_labels(group, name, grid, mpp, class_name, color, threshold)
-    return where
