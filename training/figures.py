@@ -180,7 +180,7 @@ def write_regression_png(
     ax.legend(title=text, loc="upper left", fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.03)  # clear of the panel's own n= title
     return save_figure(fig, path, overwrite=overwrite, title=title)
 
 
