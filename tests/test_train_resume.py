@@ -67,6 +67,17 @@ def test_a_fold_saved_with_another_config_is_trained_again(cohort, tmp_path: Pat
     assert json.loads((folds / "fold0" / "fold.json").read_text())["history"][-1]["epoch"] == 1
 
 
+def test_folds_go_to_the_run_folder_unless_a_remote_cluster_is_named(monkeypatch, tmp_path: Path) -> None:
+    from training.mil.runner import _fold_dir
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    job = JobConfig(store_uri="s3://lab/store", name="r1")
+    assert _fold_dir(job, tmp_path / "r1") == str(tmp_path / "r1" / "folds")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    remote = JobConfig(store_uri="s3://lab/store", name="r1", fold_dir=_fold_dir(job, tmp_path / "r1"))
+    assert remote.fold_root() == "s3://lab/store/mil_runs/r1/folds"  # shared, beside Ray Train's state
+
+
 # --- a real Ray Train run (slow: three trainers, 20-40 s of start-up each on 2 cores) ---------------
 
 def _write_config(cohort, tmp_path: Path, max_failures: int) -> Path:

@@ -100,8 +100,8 @@ def run_folds(config: dict[str, Any], *, rank: int = 0, world: int = 1, wrap: Ca
         started = time.perf_counter()
         train_data, val_data = spec["train_data"], spec["val_data"]
         if train_data.cache:
-            train_data.share_cache(cache)
-            val_data.share_cache(cache)
+            for data in (train_data, val_data, *spec["eval_data"].values()):
+                data.share_cache(cache)
 
         def on_epoch(metrics: dict[str, float], state: Any, spec: dict[str, Any] = spec) -> None:
             if rank != 0:

@@ -11,6 +11,7 @@ second run never deletes what the first one's ``summary.json`` points at.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -99,7 +100,7 @@ def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
     job, train = config.build()
     run_id = _resumed_run(config, resume) if resume is not None else new_run_id(job.name)
     out = Path(config.out) / run_id
-    job = replace(job, name=run_id, fold_dir=str(out / "folds"))
+    job = replace(job, name=run_id, fold_dir=_fold_dir(job, out))
     options = dict(config.storage_options)
     table = _read_cohort(config.cohort, options)
     external = _read_cohort(config.external, options) if config.external else None
@@ -155,6 +156,14 @@ def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
         summary["attention"] = _write_attention(store, runs, run_id, out, train.model.model)
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _fold_dir(job: Any, out: Path) -> str | None:
+    """The run folder's ``folds/``; on a cluster named by address, None (the job's default
+    beside Ray Train's state, ``<checkpoints>/<run_id>/folds``): workers on other nodes
+    cannot write the driver's disk, and Ray Train already needs that storage shared."""
+    remote = job.address not in (None, "auto") or os.environ.get("RAY_ADDRESS")
+    return None if remote else str(out / "folds")
 
 
 def _resumed_run(config: TrainRunConfig, run_id: str) -> str:
