@@ -242,10 +242,20 @@ def _failure_message(job: JobConfig, exc: BaseException, config: dict[str, Any],
 
     saved = done + sum(read_fold(job.fold_root(), str(s["fold"]), s["hash"], job.storage_options) is not None
                        for s in config["folds"])
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
     tries = f"{job.max_failures} retr{'y' if job.max_failures == 1 else 'ies'}"
-    return (f"run {job.name!r}: Ray Train failed after {tries} ({type(exc).__name__}: {first}); "
-            f"{saved} of {total} fold(s) saved in {job.fold_root()}; rerun with the same run id to train the rest")
+    return (f"run {job.name!r}: Ray Train failed after {tries} ({_first_cause(exc)}); "
+            f"{saved} of {total} fold(s) saved in {job.fold_root()}; rerun with the same run id "
+            f"(slidebank train CONFIG --resume {job.name}) to train the rest")
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The first worker's failure when Ray names them (``WorkerGroupError.worker_failures``),
+    else the error's first line: what a user can act on, without Ray's traceback."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    rank, cause = next(iter(sorted(failures.items(), key=lambda kv: kv[0])), (None, exc))
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    text = f"{type(cause).__name__}: {lines[0][:200] if lines else 'no message'}"
+    return text if rank is None else f"worker {rank}: {text}"
 
 
 @contextlib.contextmanager
