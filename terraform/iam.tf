@@ -1,6 +1,7 @@
 # One role for the slidebank service account (Ray head, workers, job submitter) through
 # EKS Pod Identity: no keys, no OIDC annotations. Least privilege: list and read the
-# slides prefix, read and write the store prefix, use the data key only through S3.
+# slides prefix, read and write the store prefix, use the data key only through S3, and
+# add (never read, overwrite-check or delete) Ray logs under the logs bucket's prefix.
 
 data "aws_iam_policy_document" "pods_trust" {
   statement {
@@ -79,6 +80,14 @@ data "aws_iam_policy_document" "pods" {
       "s3:ListMultipartUploadParts",
     ]
     resources = ["${aws_s3_bucket.data["store"].arn}/${var.store_prefix}*"]
+  }
+
+  # The Fluent Bit sidecar of every Ray pod (infra/deploy/logging) uploads with single
+  # PUTs (use_put_object); the logs bucket is SSE-S3, so no key grant is needed.
+  statement {
+    sid       = "ShipRayLogs"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.logs.arn}/${var.ray_logs_prefix}*"]
   }
 
   statement {

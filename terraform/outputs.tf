@@ -40,6 +40,8 @@ output "kustomize_env" {
     SLIDEBANK_SLIDES_URI=s3://${var.slides_bucket_name}/${var.slides_prefix}
     SLIDEBANK_STORE_URI=s3://${aws_s3_bucket.data["store"].id}/${var.store_prefix}
     SLIDEBANK_WEIGHTS_URI=s3://${aws_s3_bucket.data["store"].id}/${var.weights_prefix}
+    SLIDEBANK_LOGS_BUCKET=${aws_s3_bucket.logs.id}
+    SLIDEBANK_LOGS_PREFIX=${var.ray_logs_prefix}
     RAY_GRAFANA_HOST=http://kube-prometheus-stack-grafana.monitoring.svc
     RAY_PROMETHEUS_HOST=http://kube-prometheus-stack-prometheus.monitoring.svc:9090
     RAY_PROMETHEUS_NAME=Prometheus

@@ -168,7 +168,8 @@ resource "aws_s3_bucket_policy" "data" {
   policy   = data.aws_iam_policy_document.data_bucket[each.key].json
 }
 
-# Server access logs of both data buckets. Log delivery writes with SSE-S3 only, so this
+# Server access logs of both data buckets, and the Ray pods' logs under ray_logs_prefix
+# (shipped by their Fluent Bit sidecars). Log delivery writes with SSE-S3 only, so this
 # bucket cannot use the KMS key.
 resource "aws_s3_bucket" "logs" {
   # checkov:skip=CKV_AWS_145: S3 server access log delivery supports only SSE-S3 on the target bucket

@@ -127,6 +127,17 @@ variable "store_prefix" {
   }
 }
 
+variable "ray_logs_prefix" {
+  type        = string
+  description = "Key prefix in the logs bucket where each Ray pod's log-shipping sidecar writes its logs (ends with '/'); write-only to the cluster."
+  default     = "ray-logs/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$", var.ray_logs_prefix))
+    error_message = "ray_logs_prefix must be a non-empty key prefix ending with '/'."
+  }
+}
+
 variable "weights_prefix" {
   type        = string
   description = "Key prefix in the store bucket holding encoder weights (<encoder>.safetensors), read-only to the cluster and fetched onto each GPU node."

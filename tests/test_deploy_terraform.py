@@ -221,7 +221,9 @@ def test_outputs_are_what_the_manifests_consume(terraform) -> None:
     entrypoints = " ".join(p.read_text() for p in (DEPLOY / "jobs").glob("*/rayjob-*.yaml"))
     used_in_jobs = {k for k in env_keys if re.search(rf"\${{?{k}\b", entrypoints)}
     fetcher = (ROOT / "infra" / "fetch_weights.py").read_text()
-    used = replaced | used_in_jobs | {k for k in env_keys if k in fetcher or k.startswith("RAY_")}
+    shipper = (DEPLOY / "logging" / "fluent-bit.conf").read_text()  # the jobs' log sidecars
+    used = replaced | used_in_jobs | {k for k in env_keys if k in fetcher or f"${{{k}}}" in shipper
+                                      or k.startswith("RAY_")}
     assert env_keys - used <= {"AWS_REGION"}, "outputs nobody reads"
     # The namespace and service account Terraform grants are the manifests' own.
     variables = _blocks(terraform, "variable")

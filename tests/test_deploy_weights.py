@@ -34,7 +34,7 @@ def test_every_ingest_pod_fetches_weights_where_the_encoder_looks(renders, tmp_p
     objects = renders[""] + renders["jobs/ingest"]
     for i, pod in enumerate(_pods(renders)):
         (init,) = pod["spec"]["initContainers"]
-        (main,) = pod["spec"]["containers"]
+        main = pod["spec"]["containers"][0]  # the Ray container (KubeRay's index 0); then the log shipper
         shared = {m["name"] for m in init["volumeMounts"]} & {m["name"] for m in main["volumeMounts"]}
         assert shared, "the init container writes to a volume the Ray container reads"
         env = pod_env(init, objects, "slidebank")

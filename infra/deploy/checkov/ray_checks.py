@@ -57,9 +57,16 @@ class RayHeadTakesNoWork(BaseK8Check):
         return CheckResult.PASSED if cpus == "0" else CheckResult.FAILED
 
 
+def _gpu_blind(container: dict[str, Any]) -> bool:
+    return any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" and e.get("value") == "void"
+               for e in container.get("env") or [])
+
+
 class RayGpuLimits(BaseK8Check):
     """A GPU requested without a limit is not allocated by the device plugin, and a group
-    on the GPU node pool without any GPU limit would see every GPU of its node."""
+    on the GPU node pool without any GPU limit would see every GPU of its node. A sidecar
+    there (the log shipper) passes without a GPU only when it is blind to them
+    (``NVIDIA_VISIBLE_DEVICES=void``)."""
 
     def __init__(self) -> None:
         super().__init__(name="Ray GPU worker groups set nvidia.com/gpu limits equal to requests",
@@ -77,7 +84,7 @@ class RayGpuLimits(BaseK8Check):
                 request = (resources.get("requests") or {}).get("nvidia.com/gpu")
                 if request is not None and str(request) != str(limit):
                     return CheckResult.FAILED
-                if tolerates_gpu and limit is None:
+                if tolerates_gpu and limit is None and not _gpu_blind(container):
                     return CheckResult.FAILED
         return CheckResult.PASSED
 
