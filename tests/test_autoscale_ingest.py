@@ -63,7 +63,7 @@ def test_ingest_grows_onto_gpus_the_autoscaler_brings(tmp_path, caplog) -> None:
         write_synthetic_slide(folder / f"as-{i}.svs", SyntheticSlideSpec(
             width=4096, height=3072, seed=90 + i, downsamples=(1, 4), n_blobs=2))
     caplog.set_level(logging.INFO, logger="infra.autoscale")
-    caplog.set_level(logging.INFO, logger="ingest.pipeline.fused_runner")
+    caplog.set_level(logging.INFO, logger="ingest.pipeline")  # the actor pool's "answers" lines
     with auth_env("token"), autoscaling_cluster(tmp_path, head_cpus=2, worker_types=GPU_NODE) as address:
         seen: list[int] = []
         stop = threading.Event()
