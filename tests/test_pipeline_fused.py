@@ -12,8 +12,8 @@ import pytest
 from features.store import FeatureStore
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import FusedStage
-from ingest.pipeline.read_stage import batch_slices
 from ingest.pipeline.runner import run_ingest
+from ingest.pipeline.slide_steps import batch_slices
 from ingest.pipeline.sources import SlideSource
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
@@ -101,6 +101,45 @@ def test_all_three_engines_store_the_same_tiles(ray_local, slides, tmp_path) -> 
                       key=lambda r: r["slide_id"]) for e in ("fused", "device", "inprocess")}
     assert rows["fused"] == rows["device"] == rows["inprocess"]
     assert all(r["status"] == "done" for r in rows["device"])
+    # Every engine records the same per-slide stages (the slide row's timings come from the
+    # same call that emits the stage metric: slide_steps.record_stage).
+    stages = {e: [sorted(json.loads(r["timings_json"])) for r in stores[e].latest().slides(
+        encoder=config.encoder_id, columns=["timings_json"]).to_pylist()] for e in stores}
+    assert stages["fused"] == [["plan_s", "read_s"]] * len(slides)
+    assert all(stages[e] == stages["fused"] for e in stores), stages
+
+
+def test_fused_and_device_stages_record_the_same_stage_metrics(slides, tmp_path, monkeypatch) -> None:
+    """The stage metrics (Ray histograms) each stage records for one slide: the fused stage
+    (which the fused, in-process and Ray Data engines run) and the device stage with its
+    planning task record plan, read, encode and write alike."""
+    from infra import metrics
+
+    seen: list[str] = []
+    monkeypatch.setattr(metrics, "observe_stage", lambda stage, seconds: seen.append(stage))
+    config = IngestConfig(stain="macenko")
+    recorded = {}
+    for name in ("fused", "device"):
+        store = FeatureStore.open(str(tmp_path / name), create=True)
+        store.ensure_tiles_table(config.encoder_id, 64, "float32")
+        seen.clear()
+        if name == "fused":
+            stage = FusedStage(
+                read_kwargs={"config": config, "options": OPTS, "store": store.location,
+                             "storage_options": None},
+                encoder_kwargs={"encoder": config.encoder, "weights": None, "device": "cpu",
+                                "batch_size": 16, "num_threads": 1},
+                write_kwargs={"store": store.location, "encoder": config.encoder_id,
+                              "config_hash": "e" * 16, "dtype": "float32", "tile_size": 256,
+                              "read_mpp": 0.5})
+            rows = list(stage.run({"uri": slides[0].uri, "slide_id": slides[0].slide_id,
+                                   "patient_id": "", "mpp": float("nan"), "write_id": "w-f"}))
+        else:
+            rows = _device_rows(slides[0], store, config, "cpu")
+        assert rows and all(r["status"] == "tiles" for r in rows)
+        recorded[name] = set(seen)
+    assert recorded["fused"] == {"plan", "read", "encode", "write"}
+    assert recorded["device"] == recorded["fused"]
 
 
 def test_device_engine_records_a_missing_slide_and_goes_on(ray_local, slides, tmp_path) -> None:

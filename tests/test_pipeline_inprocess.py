@@ -16,7 +16,7 @@ import pytest
 from features.store import FeatureStore
 from ingest.pipeline import _faults
 from ingest.pipeline.config import IngestConfig, RunOptions
-from ingest.pipeline.inprocess import MAX_SLIDES, grid_tiles, use_inprocess
+from ingest.pipeline.engines.inprocess import MAX_SLIDES, grid_tiles, use_inprocess
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide

@@ -12,11 +12,14 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra import metrics
 from infra.version import CODE_VERSION
 from ingest.pipeline._faults import FaultPlan
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["SlideCollector", "SlideOutcome"]
 
@@ -52,7 +55,7 @@ class SlideCollector:
     a run that stops part-way has done, in commit order.
     """
 
-    def __init__(self, store: Any, encoder: str, config_hash: str, dtype: str,
+    def __init__(self, store: FeatureStore, encoder: str, config_hash: str, dtype: str,
                  write_ids: Mapping[str, str], commit_every: int, run_id: str,
                  faults: FaultPlan | None = None, *,
                  committed: list[SlideOutcome] | None = None) -> None:

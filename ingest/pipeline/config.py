@@ -90,7 +90,7 @@ class RunOptions:
     #: normalizes and encodes on the device (the default with GPUs; without one it runs
     #: the same code on NumPy); ``dataset``: Ray Data actor pools, on request;
     #: ``inprocess``: no Ray, the driver runs the fused stage itself (``auto`` picks it
-    #: for small local jobs with no cluster: :mod:`ingest.pipeline.inprocess`).
+    #: for small local jobs with no cluster: :mod:`ingest.pipeline.engines.inprocess`).
     engine: Literal["auto", "fused", "device", "dataset", "inprocess"] = "auto"
     #: ``bfloat16``: timm encoders on CPU run under bf16 autocast, as on CUDA (an execution
     #: choice like ``device``, not hashed: embeddings agree with float32 within the stated

@@ -37,19 +37,23 @@ from infra import metrics
 from infra.errors import ConfigError
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.fused_stage import scalar_row
-from ingest.pipeline.read_stage import (
-    QC_STAIN,
-    _budget,
-    _describe,
-    _normalizer,
-    _read,
-    _write_arrays,
-    batch_slices,
-)
 from ingest.pipeline.rows import make_row
+from ingest.pipeline.slide_steps import (
+    batch_slices,
+    describe,
+    item_mpp,
+    new_info,
+    plan_and_store,
+    qc_and_normalize,
+    read_tiles,
+    record_stage,
+    slide_budget,
+    slide_item,
+)
 from ingest.pipeline.write_stage import write_batches
 
 if TYPE_CHECKING:
+    from features.store.location import StoreLocation
     from ingest.slides.limits import SlideBudget
 
 __all__ = ["DeviceStage", "plan_for_device"]
@@ -58,49 +62,37 @@ log = logging.getLogger(__name__)
 
 
 def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options: RunOptions,
-                    store: Any, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+                    store: StoreLocation | None, storage_options: Mapping[str, Any] | None
+                    ) -> dict[str, Any]:
     """Plan one slide on a CPU: coordinates, planned flags, glass colour, stain params.
     ``store=None`` skips writing the thumbnail and mask (benchmarks)."""
     from ingest.slides import open_slide
-    from ingest.tiling.plan import plan_slide
 
-    sid = source["slide_id"]
-    info: dict[str, Any] = {"source_uri": source["uri"], "patient_id": source.get("patient_id") or None,
-                            "timings": {}}
-    planned: dict[str, Any] = {"source": dict(source), "info": info, "status": "failed"}
+    item = slide_item(source)
+    sid = item["slide_id"]
+    info = new_info(item)
+    planned: dict[str, Any] = {"source": item, "info": info, "status": "failed"}
     started, clock = time.perf_counter(), time.monotonic()
     try:
-        with open_slide(source["uri"], storage_options=storage_options, mpp=_mpp(source),
+        with open_slide(item["uri"], storage_options=storage_options, mpp=item_mpp(item),
                         device="cpu") as slide:
-            slide.budget = _budget(sid, options, clock)  # a plain CPU reader, as in the fused engine
-            _describe(slide, info)
-            tissue, plan = plan_slide(slide, config.tissue, config.tiling, device="cpu")
-            info["tissue_area_mm2"] = tissue.tissue_area_mm2
-            if store is not None:
-                _write_arrays(store, sid, tissue)
+            slide.budget = slide_budget(sid, options, clock)  # a plain CPU reader, as in the fused engine
+            describe(slide, info)
+            plan = plan_and_store(slide, sid, info, config=config, store=store, device="cpu",
+                                  started=started)
             if plan.tile_count == 0:
-                info["plan_status"] = plan.status
                 planned["status"] = "empty"
                 return planned
-            normalizer = _normalizer(slide, sid, tissue, config, info)
-            table = plan.table
             planned.update(
-                status="tiles", level=plan.level, glass=tissue.glass_rgb,
-                x=table.column("x").to_numpy(), y=table.column("y").to_numpy(),
-                tissue_fraction=table.column("tissue_fraction").to_numpy(),
-                qc_flags=table.column("qc_flags").to_numpy(),
-                stain=None if normalizer is None else normalizer.source)
+                status="tiles", level=plan.plan.level, glass=plan.tissue.glass_rgb,
+                x=plan.column("x"), y=plan.column("y"),
+                tissue_fraction=plan.column("tissue_fraction"), qc_flags=plan.column("qc_flags"),
+                stain=None if plan.normalizer is None else plan.normalizer.source)
     except Exception as exc:  # isolate the slide, as the read stage does
         log.warning("slide %s failed while planning: %s: %s", sid, type(exc).__name__, exc)
         metrics.record_failure(type(exc).__name__)
         planned["error"] = exc
-    info["timings"]["plan_s"] = round(time.perf_counter() - started, 4)
     return planned
-
-
-def _mpp(source: Mapping[str, Any]) -> float | None:
-    mpp = source.get("mpp")
-    return None if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
 
 
 class DeviceStage:
@@ -176,21 +168,20 @@ class DeviceStage:
         info["planned_tiles"] = len(xs)
         normalizer = (None if planned["stain"] is None else
                       StainNormalizer(planned["stain"], standard_reference(), device=None))
-        started = time.perf_counter()
         with open_slide(planned["source"]["uri"], storage_options=self._storage_options,
-                        mpp=_mpp(planned["source"]), device=self.device) as slide:
+                        mpp=item_mpp(planned["source"]), device=self.device) as slide:
             slide.budget = _device_budget(sid, self._options, time.monotonic())
 
-            def read(part: slice) -> Any:
-                return _read(slide, np.stack([xs[part], ys[part]], 1), config.tiling.tile_size,
-                             config.tiling.target_mpp, config.tiling.resample, xp=xp)
+            def read(part: slice) -> tuple[Any, float]:
+                t0 = time.perf_counter()
+                tiles = read_tiles(slide, np.stack([xs[part], ys[part]], 1), config.tiling.tile_size,
+                                   config.tiling.target_mpp, config.tiling.resample, xp=xp)
+                return tiles, time.perf_counter() - t0
 
             reads = _ReadAhead(self._reader, read, steps)
             try:
                 for part in steps:
-                    embedding, flags = self._compute(reads.take(), planned, normalizer, part)
-                    if part.stop == len(xs):
-                        info["timings"]["read_s"] = round(time.perf_counter() - started, 4)
+                    embedding, flags = self._compute(reads.take(), planned, normalizer, part, info)
                     for piece in batch_slices(len(embedding), fragment):
                         cut = slice(part.start + piece.start, part.start + piece.stop)
                         row = make_row(slide_id=sid, write_id=write_id, status="tiles",
@@ -205,27 +196,26 @@ class DeviceStage:
             finally:
                 reads.close()  # before the slide (and its scratch copy) closes under a read
 
-    def _compute(self, tiles: Any, planned: Mapping[str, Any], normalizer: Any,
-                 part: slice) -> tuple[np.ndarray, np.ndarray]:
+    def _compute(self, read: tuple[Any, float], planned: Mapping[str, Any], normalizer: Any,
+                 part: slice, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """QC, stain and encode one step's tiles on the device; (embeddings, qc_flags) on
-        the host, from one device → host copy."""
+        the host, from one device → host copy. The ``read`` stage is the read (timed in
+        the reader thread) plus QC and stain, as in the fused engine; ``encode`` the model."""
         from infra.arrays import asnumpy
-        from ingest.tissue.qc import tile_flags
 
-        config, xp = self._config, self.xp
-        flags = tile_flags(tiles, config.tiling.target_mpp, config.tiling.qc, config.tissue,
-                           glass=planned["glass"], device=self.device)
-        if normalizer is not None:
-            result = normalizer(tiles)
-            tiles = result.images
-            flags = flags | xp.where(result.flagged, QC_STAIN, 0).astype(np.int32)
+        tiles, read_s = read
+        xp = self.xp
+        t0 = time.perf_counter()
+        tiles, flags = qc_and_normalize(tiles, config=self._config, glass=planned["glass"],
+                                        normalizer=normalizer, device=self.device, xp=xp)
+        t1 = time.perf_counter()
+        record_stage(info, "read", read_s + t1 - t0)
         embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
         # float32 holds the flag bits exactly (< 2^24): one copy carries both.
         packed = xp.concatenate([embedding, flags[:, None].astype(np.float32)], axis=1)
         host = asnumpy(packed, what="embeddings+flags")
+        metrics.observe_stage("encode", time.perf_counter() - t1)
         host_flags = host[:, -1].astype(np.int32) | planned["qc_flags"][part]
-        if normalizer is None and config.stain != "none":
-            host_flags |= QC_STAIN
         return host[:, :-1], host_flags
 
 
@@ -268,7 +258,7 @@ def _device_budget(sid: str, options: RunOptions, started: float) -> SlideBudget
     slide. The budget is checked before each tile batch is read."""
     from ingest.slides.limits import current_rss
 
-    budget = _budget(sid, options, started)
+    budget = slide_budget(sid, options, started)
     if budget.memory_bytes is not None:
         budget = dataclasses.replace(budget, memory_bytes=budget.memory_bytes + current_rss())
     return budget
@@ -283,9 +273,8 @@ def _resolve(item: Mapping[str, Any]) -> Mapping[str, Any]:
         return ray.get(item["plan"][0])
     except Exception as exc:  # any failure is this slide's; the run goes on
         log.warning("slide %s: planning failed: %s: %s", item["slide_id"], type(exc).__name__, exc)
-        source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
-        info = {"source_uri": item["uri"], "patient_id": item.get("patient_id") or None, "timings": {}}
-        return {"source": source, "info": info, "status": "failed", "error": exc}
+        source = slide_item(item)
+        return {"source": source, "info": new_info(source), "status": "failed", "error": exc}
 
 
 def _no_tiles(row: dict[str, Any]) -> dict[str, Any]:

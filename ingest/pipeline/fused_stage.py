@@ -26,6 +26,7 @@ import numpy as np
 
 from ingest.pipeline.encode_stage import EncodeStage
 from ingest.pipeline.read_stage import read_slides
+from ingest.pipeline.slide_steps import ITEM_KEYS
 from ingest.pipeline.write_stage import write_batches
 
 __all__ = ["FIRST_BATCH", "FusedStage", "scalar_row"]
@@ -56,7 +57,7 @@ class FusedStage:
     def run(self, source: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield the post-write rows of one slide (``source``: uri, slide_id, patient_id,
         mpp, write_id), one per tile batch, as plain scalars for the collector."""
-        batch = {k: [source[k]] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
+        batch = {k: [source[k]] for k in ITEM_KEYS}
         first, self._first = self._first, False
         for row in read_slides(batch, **self._read_kwargs, first_batch=FIRST_BATCH if first else None):
             encoded = self._encode(row)

@@ -1,11 +1,10 @@
-"""Run the ingestion: sources → stage actors or Ray Data (read → encode → write) → driver commits.
+"""Run the ingestion: check the store, choose an engine, start Ray, commit, record the run.
 
-Three engines run the same stage functions (chosen by :func:`resources.choose_engine`):
-on CPU-only clusters one fused actor per core reads, encodes and writes a slide (fewest
-processes, no pixels through the object store; :mod:`ingest.pipeline.fused_runner`);
-with GPUs, CPU tasks plan each slide and one actor per GPU reads, normalizes and encodes
-its tiles on the device (:mod:`ingest.pipeline.device_stage`); on request, Ray Data
-actor pools (read → encode → write).
+The engines (:mod:`ingest.pipeline.engines`: fused, device, dataset, in-process) run the
+same per-slide steps (:mod:`ingest.pipeline.slide_steps`) behind one contract,
+``Engine.run(RunContext)``; this module only orchestrates them. Which engine runs is
+:func:`ingest.pipeline.engines.inprocess.use_inprocess` (a small local job: no Ray) or
+:func:`ingest.pipeline.resources.choose_engine`.
 
 Idempotent and resumable: slides already ``done`` for this encoder and config hash are
 skipped (``force`` redoes them); every slide gets a fresh ``write_id`` per run, and the
@@ -14,14 +13,13 @@ store's commit protocol guarantees that a slide's rows are replaced, never dupli
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from features.encoders.runtime import describe_encoder
 from infra.errors import IngestAborted
@@ -30,59 +28,26 @@ from infra.local_cluster import resolve_address
 from infra.ray_runtime import connect, shutdown
 from infra.version import CODE_VERSION
 from ingest.pipeline import _faults
-from ingest.pipeline.attempts import new_ledger
 from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import IngestConfig, RunOptions
-from ingest.pipeline.encode_stage import EncodeStage
-from ingest.pipeline.fused_runner import FusedPool
-from ingest.pipeline.fused_stage import FusedStage
-from ingest.pipeline.inprocess import run_inprocess, use_inprocess
+from ingest.pipeline.engines import RunContext, engine
+from ingest.pipeline.engines.base import write_kwargs
+from ingest.pipeline.engines.inprocess import use_inprocess
 from ingest.pipeline.progress import Progress, deferred_interrupt, quiet_ray
-from ingest.pipeline.read_stage import ReadStage
-from ingest.pipeline.resources import choose_engine, plan_device, plan_fused, plan_resources
+from ingest.pipeline.resources import choose_engine
+from ingest.pipeline.result import IngestResult
 from ingest.pipeline.sources import SlideSource
-from ingest.pipeline.write_stage import WriteStage
 from ingest.slides.backends.cucim_reader import warm_up
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["IngestInterrupted", "IngestResult", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class IngestResult:
-    run_id: str
-    config_hash: str
-    encoder: str
-    outcomes: list[SlideOutcome] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    #: skipped slides whose manifest patient_id replaced the stored one (no re-encoding)
-    metadata_updated: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    store_version: int | None = None
-    compacted: int = 0  # fragments merged away after the run
-    #: seconds from the call to the first encoded tiles reaching the driver (start-up:
-    #: store check, Ray, actors, model, the first slide's planning); None without tiles
-    first_tile_s: float | None = None
-    #: which engine ran: inprocess (a small job without Ray), fused, device or dataset
-    engine: str | None = None
-    #: what ran the encoder in the workers (torch, openvino, ...: features.encoders.runtimes)
-    runtimes: list[str] = field(default_factory=list)
-
-    @property
-    def steady_tiles_per_s(self) -> float | None:
-        """Tiles per second after the first tile (what the pipeline sustains)."""
-        if self.first_tile_s is None or self.seconds <= self.first_tile_s:
-            return None
-        return self.tiles / (self.seconds - self.first_tile_s)
-
-    @property
-    def failed(self) -> list[SlideOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    @property
-    def tiles(self) -> int:
-        return sum(o.tiles for o in self.outcomes)
+#: benchmarks/per_slide_costs.py builds the write stage's arguments through this name
+_write_kwargs = write_kwargs
 
 
 class IngestInterrupted(KeyboardInterrupt):
@@ -102,7 +67,7 @@ class IngestInterrupted(KeyboardInterrupt):
 
 def run_ingest(
     sources: Sequence[SlideSource],
-    store: Any,
+    store: FeatureStore,
     config: IngestConfig | None = None,
     options: RunOptions | None = None,
     *,
@@ -138,7 +103,7 @@ class _Watch:
     result: IngestResult | None = None
     guard: Any = None
 
-    def aborted(self, exc: Exception, sources: Sequence[SlideSource], store: Any
+    def aborted(self, exc: Exception, sources: Sequence[SlideSource], store: FeatureStore
                 ) -> IngestAborted | None:
         """``exc`` as IngestAborted with the partial result when the store refused a write."""
         cause = write_error(exc, store.location.uri)
@@ -155,7 +120,7 @@ class _Watch:
         why = None if recorded else self._record_error(exc, store)
         return IngestAborted(cause, result, recorded, why)
 
-    def _record_error(self, exc: Exception, store: Any) -> str:
+    def _record_error(self, exc: Exception, store: FeatureStore) -> str:
         err = self.guard.error if self.guard is not None and self.guard.error else exc
         typed = write_error(err, store.location.uri) or err
         return f"{type(typed).__name__}: {typed}"
@@ -166,7 +131,7 @@ class _Watch:
             log.warning("could not record the failed run: %s: %s", type(error).__name__, error)
 
 
-def _run_ingest(sources: Sequence[SlideSource], store: Any, config: IngestConfig | None,
+def _run_ingest(sources: Sequence[SlideSource], store: FeatureStore, config: IngestConfig | None,
                 options: RunOptions | None, storage_options: Mapping[str, Any] | None,
                 dashboard: bool, watch: _Watch) -> IngestResult:
     from features.store.liveness import RunHeartbeat
@@ -213,7 +178,7 @@ def _run_ingest(sources: Sequence[SlideSource], store: Any, config: IngestConfig
     return result
 
 
-def _on_ray(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+def _on_ray(todo: list[SlideSource], store: FeatureStore, config: IngestConfig, options: RunOptions,
             storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
             progress: Progress, dashboard: bool) -> None:
     progress.phase("starting Ray")
@@ -236,7 +201,7 @@ def _probe(config: IngestConfig) -> None:
     Encoder(config.encoder, weights=config.weights, device="cpu")
 
 
-def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_hash: str,
+def _pending(sources: Sequence[SlideSource], store: FeatureStore, encoder: str, config_hash: str,
              force: bool, result: IngestResult) -> list[SlideSource]:
     if force:
         return list(sources)
@@ -253,7 +218,7 @@ def _pending(sources: Sequence[SlideSource], store: Any, encoder: str, config_ha
     return [s for s in sources if s.slide_id not in skip]
 
 
-def _update_patients(store: Any, kept: Sequence[SlideSource],
+def _update_patients(store: FeatureStore, kept: Sequence[SlideSource],
                      done: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """A manifest that now names a slide's patient (or another one) updates the stored
     patient_id instead of skipping in silence: the tiles do not depend on it. A manifest
@@ -274,7 +239,7 @@ def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
     return abs(float(stored) - float(source.mpp)) <= 1e-9 * float(source.mpp)
 
 
-def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
+def _execute(todo: list[SlideSource], store: FeatureStore, config: IngestConfig, options: RunOptions,
              storage_options: Mapping[str, Any] | None, config_hash: str,
              result: IngestResult, progress: Progress) -> None:
     try:
@@ -284,7 +249,7 @@ def _execute(todo: list[SlideSource], store: Any, config: IngestConfig, options:
         raise _interrupted(todo, store, config.encoder_id, config_hash, result) from exc
 
 
-def _interrupted(todo: list[SlideSource], store: Any, encoder: str, config_hash: str,
+def _interrupted(todo: list[SlideSource], store: FeatureStore, encoder: str, config_hash: str,
                  result: IngestResult) -> IngestInterrupted:
     """What Ctrl-C leaves: read from the store, not the driver's counters, since the
     interrupt may have landed inside a commit."""
@@ -300,148 +265,24 @@ def _interrupted(todo: list[SlideSource], store: Any, encoder: str, config_hash:
     return IngestInterrupted(mine, len(rows) + len(result.skipped), total)
 
 
-def _run_engine(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-                storage_options: Mapping[str, Any] | None, config_hash: str,
+def _run_engine(todo: list[SlideSource], store: FeatureStore, config: IngestConfig,
+                options: RunOptions, storage_options: Mapping[str, Any] | None, config_hash: str,
                 result: IngestResult, progress: Progress) -> None:
-    if result.engine == "inprocess":
-        run_inprocess(todo, store, config, options, storage_options, config_hash, result, progress)
-        return
-    engine = result.engine = choose_engine(options)
-    log.info("ingest engine: %s", engine)
-    if engine == "fused":
-        _stream_fused(todo, store, config, options, storage_options, config_hash, result, progress)
-        return
-    if engine == "device":
-        _stream_device(todo, store, config, options, storage_options, config_hash, result, progress)
-        return
-    import ray
-
-    _execute_dataset(ray, todo, store, config, options, storage_options, config_hash, result, progress)
-
-
-def _execute_dataset(ray: Any, todo: list[SlideSource], store: Any, config: IngestConfig,
-                     options: RunOptions, storage_options: Mapping[str, Any] | None,
-                     config_hash: str, result: IngestResult, progress: Progress) -> None:
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.enable_progress_bars, ctx.target_max_block_size
-    ctx.enable_progress_bars = False  # our own progress display is on the driver
-    # Blocks of at most 16 MiB (about 80 tiles of 256² px): a read task then hands its
-    # batches on as it reads instead of holding up to the default 128 MiB, so encoding a
-    # slide overlaps with reading it, and memory per reader stays small.
-    ctx.target_max_block_size = 16 << 20
-    try:
-        _stream(todo, store, config, options, storage_options, config_hash, result, progress)
-    finally:
-        ctx.enable_progress_bars, ctx.target_max_block_size = saved
-
-
-def _stream_fused(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-                  storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
-                  progress: Progress) -> None:
-    """The fused engine (see :mod:`ingest.pipeline.fused_runner`)."""
-    import ray
-
     from features.store import new_write_id
 
-    plan = plan_fused(options, len(todo))
-    ledger, ledger_name = new_ledger()  # counts which slide killed its worker (see attempts.py)
+    if result.engine != "inprocess":
+        result.engine = choose_engine(options)
+        log.info("ingest engine: %s", result.engine)
     write_ids = {s.slide_id: new_write_id() for s in todo}
-    faults = _faults.active()
-    constructor = {
-        "read_kwargs": {"config": config, "options": options, "store": store.location,
-                        "storage_options": storage_options, "ledger": ledger_name, "faults": faults},
-        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": "cpu",
-                           "batch_size": options.tiles_per_batch,
-                           "num_threads": plan.threads_per_actor, "cpu_dtype": options.cpu_dtype,
-                           "runtime": options.runtime},
-        "write_kwargs": _write_kwargs(store.location, config, config_hash),
-    }
-    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, faults,
-                               committed=result.outcomes)
-    on_row = _row_sink(collector, progress, result)
-    pool = FusedPool(FusedStage, plan.actors, {"num_cpus": plan.cpus_per_actor}, constructor)
-    try:
-        pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
-    finally:
-        ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
-    collector.flush(final=True)
-    _gather(todo, collector, result)
-
-
-def _stream_device(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-                   storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
-                   progress: Progress) -> None:
-    """The GPU-resident engine: planning tasks on the CPUs, one device actor per GPU."""
-    import ray
-
-    from features.store import new_write_id
-    from ingest.pipeline.device_stage import DeviceStage, plan_for_device
-
-    plan = plan_device(options, len(todo))
-    write_ids = {s.slide_id: new_write_id() for s in todo}
-    # Any: Ray's stubs type remote functions by arity and reject keyword-only arguments.
-    planner: Any = ray.remote(num_cpus=1)(cast(Any, plan_for_device))
-    shared = {"config": ray.put(config), "options": ray.put(options), "store": ray.put(store.location),
-              "storage_options": ray.put(storage_options)}
-
-    def plan_ahead(queue: Any) -> None:
-        # The first `planners_ahead` queued slides have a planning task; a requeued slide
-        # keeps its plan. The ref sits in a list so the actor, not Ray, resolves it: a
-        # planning task that died then becomes that slide's failed row.
-        for item in itertools.islice(queue, plan.planners_ahead):
-            if "plan" not in item:
-                source = {k: item[k] for k in ("uri", "slide_id", "patient_id", "mpp", "write_id")}
-                item["plan"] = [planner.remote(source, **shared)]
-
-    constructor = {
-        "config": config, "options": options, "storage_options": storage_options,
-        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
-                           "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype,
-                           "runtime": options.runtime},
-        "write_kwargs": _write_kwargs(store.location, config, config_hash), "device": plan.device,
-    }
     collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
                                write_ids, options.commit_every, result.run_id, _faults.active(),
                                committed=result.outcomes)
-    on_row = _row_sink(collector, progress, result)
-    pool = FusedPool(DeviceStage, plan.actors,
-                     {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
-                     constructor, before_fill=plan_ahead)
-    pool.run(_items(todo, write_ids), on_row, on_tick=progress.tick)
+    engine(result.engine).run(RunContext(
+        todo=tuple(todo), store=store, config=config, options=options,
+        storage_options=storage_options, config_hash=config_hash, result=result,
+        progress=progress, write_ids=write_ids, collector=collector))
     collector.flush(final=True)
     _gather(todo, collector, result)
-
-
-def _row_sink(collector: SlideCollector, progress: Progress,
-              result: IngestResult) -> Callable[[Mapping[str, Any]], None]:
-    """What a stage pool does with each post-write row: collect it, show progress."""
-    def on_row(row: Mapping[str, Any]) -> None:
-        _note_runtime(result, row)
-        outcome = collector.add(row)
-        progress.batch(int(row.get("n_tiles") or 0))
-        if outcome is not None:
-            progress.slide(outcome)
-
-    return on_row
-
-
-def _note_runtime(result: IngestResult, row: Mapping[str, Any]) -> None:
-    runtime = row.get("runtime")
-    if runtime and str(runtime) not in result.runtimes:
-        result.runtimes.append(str(runtime))
-
-
-def _items(todo: list[SlideSource], write_ids: Mapping[str, str]) -> list[dict[str, Any]]:
-    return [{"uri": s.uri, "slide_id": s.slide_id, "patient_id": s.patient_id or "",
-             "mpp": float(s.mpp) if s.mpp else float("nan"), "write_id": write_ids[s.slide_id]}
-            for s in todo]
-
-
-def _write_kwargs(location: Any, config: IngestConfig, config_hash: str) -> dict[str, Any]:
-    return {"store": location, "encoder": config.encoder_id, "config_hash": config_hash,
-            "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
-            "read_mpp": config.tiling.target_mpp}
 
 
 def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestResult) -> None:
@@ -451,62 +292,7 @@ def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestRe
         raise RuntimeError(f"pipeline ended without a result for slides {missing}")
 
 
-def _stream(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
-            progress: Progress) -> None:
-    import ray
-
-    from features.store import new_write_id
-
-    plan = plan_resources(options)
-    faults = _faults.active()
-    write_ids = {s.slide_id: new_write_id() for s in todo}
-    items = _items(todo, write_ids)
-    location = store.location
-    # Every stage is a pool of long-lived actors (see ReadStage for why). Ray restarts a
-    # dead actor and retries its task; the ledger stops that for a slide that kills its
-    # reader every time. Application errors never reach Ray: the read stage turns them
-    # into failed rows.
-    ledger, ledger_name = new_ledger()
-    per_task = options.slides_per_task or _slides_per_task(len(items), plan.readers)
-    blocks = -(-len(items) // per_task)
-    # No pool larger than its inputs: every read task yields at least one block, so no
-    # stage receives fewer than ``blocks`` inputs, and a bigger pool would start idle actors.
-    ds: Any = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(
-        ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
-        compute=ray.data.ActorPoolStrategy(size=min(plan.readers, blocks)),
-        fn_constructor_kwargs={"config": config, "options": options, "store": location,
-                               "storage_options": storage_options, "ledger": ledger_name,
-                               "faults": faults})
-    ds = ds.map_batches(
-        EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
-        compute=ray.data.ActorPoolStrategy(size=min(plan.encoder_actors, blocks)),
-        fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
-                               "device": options.device, "batch_size": options.tiles_per_batch,
-                               "num_threads": None if plan.gpus_per_encoder else 1,
-                               "cpu_dtype": options.cpu_dtype, "runtime": options.runtime})
-    ds = ds.map_batches(
-        WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
-        compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
-        fn_constructor_kwargs=_write_kwargs(location, config, config_hash))
-    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, faults,
-                               committed=result.outcomes)
-    try:
-        for row in ds.iter_rows():
-            _note_runtime(result, row)
-            outcome = collector.add(row)
-            progress.batch(int(row["n_tiles"]))
-            if outcome is not None:
-                progress.slide(outcome)
-        collector.flush(final=True)
-    finally:
-        ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
-    _gather(todo, collector, result)
-
-
-def _maybe_compact(store: Any, encoder: str, threshold: int) -> int:
+def _maybe_compact(store: FeatureStore, encoder: str, threshold: int) -> int:
     """Merge the run's many small fragments (one per written batch) into few large ones.
 
     Only fragments below Lance's target size are rewritten, so this costs about what
@@ -528,14 +314,6 @@ def _maybe_compact(store: Any, encoder: str, threshold: int) -> int:
     return merged
 
 
-def _slides_per_task(n_slides: int, readers: int) -> int:
-    """Several slides per read task once there are plenty: each task costs Ray Data tens of
-    milliseconds of scheduling, as much as reading a small slide. Eight tasks per reader
-    still balance the load at the end of the run; more than 8 slides per task would make
-    a retried task redo too much."""
-    return max(1, min(8, n_slides // (8 * max(readers, 1))))
-
-
 def _execution(options: RunOptions, result: IngestResult) -> dict[str, Any]:
     """How the run executed: recorded with it, never in the config hash (like the device,
     none of it changes the stored features beyond the runtimes' stated tolerance)."""
@@ -543,7 +321,7 @@ def _execution(options: RunOptions, result: IngestResult) -> dict[str, Any]:
             "runtime": options.runtime, "runtimes_used": sorted(result.runtimes)}
 
 
-def _record_run(store: Any, config: IngestConfig, options: RunOptions, result: IngestResult,
+def _record_run(store: FeatureStore, config: IngestConfig, options: RunOptions, result: IngestResult,
                 weights_sha: str | None, n_sources: int, status: str = "done") -> None:
     from features.store import RunRecord
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from infra import metrics
 from ingest.pipeline.rows import column_value
+
+if TYPE_CHECKING:
+    from features.store.location import StoreLocation
 
 __all__ = ["WriteStage", "write_batches"]
 
@@ -31,7 +34,7 @@ class WriteStage:
         return write_batches(batch, **self._kwargs)
 
 
-def write_batches(batch: Mapping[str, Any], *, store: Any, encoder: str, config_hash: str,
+def write_batches(batch: Mapping[str, Any], *, store: StoreLocation, encoder: str, config_hash: str,
                   dtype: str, tile_size: int, read_mpp: float) -> dict[str, Any]:
     from features.store import SlideInfo, SlideKey, tile_batch
     from features.store.writer import write_slide

@@ -30,12 +30,13 @@ from typing import Any
 from infra.errors import SlidebankError
 from infra.storage import is_local
 from ingest.pipeline import _faults
-from ingest.pipeline.collector import SlideCollector
 from ingest.pipeline.config import IngestConfig, RunOptions
-from ingest.pipeline.progress import Progress
+from ingest.pipeline.engines.base import Engine, RunContext
+from ingest.pipeline.engines.fused import fused_constructor
+from ingest.pipeline.fused_stage import FusedStage
 from ingest.pipeline.sources import SlideSource
 
-__all__ = ["MAX_SLIDES", "MAX_TILES", "grid_tiles", "run_inprocess", "use_inprocess"]
+__all__ = ["MAX_SLIDES", "MAX_TILES", "InProcessEngine", "grid_tiles", "use_inprocess"]
 
 log = logging.getLogger(__name__)
 
@@ -92,34 +93,17 @@ def grid_tiles(source: SlideSource, config: IngestConfig,
     return math.ceil(width * mpp / stride_um) * math.ceil(height * mpp / stride_um)
 
 
-def run_inprocess(todo: list[SlideSource], store: Any, config: IngestConfig, options: RunOptions,
-                  storage_options: Mapping[str, Any] | None, config_hash: str, result: Any,
-                  progress: Progress) -> None:
-    """Ingest ``todo`` in this process; ``result`` (an ``IngestResult``) gets the outcomes."""
-    from features.store import new_write_id
-    from ingest.pipeline.fused_stage import FusedStage
-    from ingest.pipeline.runner import _gather, _items, _row_sink, _write_kwargs
+class InProcessEngine(Engine):
+    """The fused stage in this process, one slide after another (no Ray)."""
 
-    write_ids = {s.slide_id: new_write_id() for s in todo}
-    faults = _faults.active()
-    stage = FusedStage(
-        read_kwargs={"config": config, "options": options, "store": store.location,
-                     "storage_options": storage_options, "ledger": None, "faults": faults},
-        encoder_kwargs={"encoder": config.encoder, "weights": config.weights,
-                        "device": options.device, "batch_size": options.tiles_per_batch,
-                        "num_threads": _cores(), "cpu_dtype": options.cpu_dtype,
-                        "runtime": options.runtime},
-        write_kwargs=_write_kwargs(store.location, config, config_hash))
-    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, faults,
-                               committed=result.outcomes)
-    on_row = _row_sink(collector, progress, result)
-    for item in _items(todo, write_ids):
-        for row in stage.run(item):
-            on_row(row)
-            progress.tick()
-    collector.flush(final=True)
-    _gather(todo, collector, result)
+    name = "inprocess"
+
+    def run(self, ctx: RunContext) -> None:
+        stage = FusedStage(**fused_constructor(ctx, None, _cores(), device=ctx.options.device))
+        for item in ctx.items():
+            for row in stage.run(item):
+                ctx.on_row(row)
+                ctx.progress.tick()
 
 
 def _cores() -> int:

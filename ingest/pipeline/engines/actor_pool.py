@@ -1,5 +1,7 @@
 """Driver side of the one-actor-per-slot engines: hand slides to stage actors, collect rows.
 
+(Formerly ``ingest.pipeline.fused_runner.FusedPool``: it drives the device engine too.)
+
 Used by the fused CPU engine (:class:`~ingest.pipeline.fused_stage.FusedStage`, one per
 core) and the GPU-resident engine (:class:`~ingest.pipeline.device_stage.DeviceStage`,
 one per GPU). Each actor gets one slide per call and at most two calls in flight (so it
@@ -29,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FusedPool"]
+__all__ = ["ActorPool"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class _Actor:
     died_at: float = 0.0
 
 
-class FusedPool:
+class ActorPool:
     """A pool of stage actors fed from a queue of slide items (dicts with ``slide_id``).
 
     ``stage`` is the actor class (it needs ``ready()`` and a generator ``run(item)``),

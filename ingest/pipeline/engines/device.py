@@ -1,0 +1,56 @@
+"""The GPU-resident engine: planning tasks on the CPUs, one device actor per GPU.
+
+See :mod:`ingest.pipeline.device_stage` for the stage; the actors are driven by
+:class:`~ingest.pipeline.engines.actor_pool.ActorPool`, which also lets the planning
+tasks run ahead of the actors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, cast
+
+from ingest.pipeline.engines.actor_pool import ActorPool
+from ingest.pipeline.engines.base import Engine, RunContext
+from ingest.pipeline.resources import plan_device
+from ingest.pipeline.slide_steps import slide_item
+
+__all__ = ["DeviceEngine"]
+
+
+class DeviceEngine(Engine):
+    name = "device"
+
+    def run(self, ctx: RunContext) -> None:
+        import ray
+
+        from ingest.pipeline.device_stage import DeviceStage, plan_for_device
+
+        config, options = ctx.config, ctx.options
+        plan = plan_device(options, len(ctx.todo))
+        # Any: Ray's stubs type remote functions by arity and reject keyword-only arguments.
+        planner: Any = ray.remote(num_cpus=1)(cast(Any, plan_for_device))
+        shared = {"config": ray.put(config), "options": ray.put(options),
+                  "store": ray.put(ctx.store.location), "storage_options": ray.put(ctx.storage_options)}
+
+        def plan_ahead(queue: deque) -> None:
+            # The first `planners_ahead` queued slides have a planning task; a requeued slide
+            # keeps its plan. The ref sits in a list so the actor, not Ray, resolves it: a
+            # planning task that died then becomes that slide's failed row.
+            for item in itertools.islice(queue, plan.planners_ahead):
+                if "plan" not in item:
+                    item["plan"] = [planner.remote(slide_item(item), **shared)]
+
+        constructor = {
+            "config": config, "options": options, "storage_options": ctx.storage_options,
+            "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
+                               "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype,
+                               "runtime": options.runtime},
+            "write_kwargs": ctx.write_kwargs(), "device": plan.device,
+        }
+        pool = ActorPool(DeviceStage, plan.actors,
+                         {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
+                         constructor, before_fill=plan_ahead)
+        # Plain dicts: the planning-ahead hook adds each item's ``plan``.
+        pool.run([dict(item) for item in ctx.items()], ctx.on_row, on_tick=ctx.progress.tick)
