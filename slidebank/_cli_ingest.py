@@ -21,6 +21,7 @@ from slidebank._cli_common import (
 if TYPE_CHECKING:
     from infra.errors import IngestAborted
     from ingest.pipeline.runner import IngestResult
+    from ingest.tiling.region import RegionConfig
 
 __all__ = ["register"]
 
@@ -85,6 +86,14 @@ def ingest(
     summary: Annotated[str | None, typer.Option(
         help="Also write the JSON summary (every slide's outcome, failures with their reason) "
              "to this path or object-store URI.")] = None,
+    region: Annotated[str | None, typer.Option(
+        help="Keep only the tiles inside this annotation class (with --annotations), "
+             "e.g. --region tumour --annotations annotations/.")] = None,
+    annotations: Annotated[str | None, typer.Option(
+        help="Folder of <slide_id>.geojson (QuPath; .json, ASAP .xml too) for --region; "
+             "slide_id as in the manifest.")] = None,
+    min_coverage: Annotated[float, typer.Option(
+        help="With --region: the share of a tile the class must cover.")] = 0.5,
 ) -> None:
     """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
 
@@ -108,7 +117,8 @@ def ingest(
         StoreLocation(store, options).check_writable()
         config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
                               tiling=TilingConfig(tile_size=tile, target_mpp=mpp, overlap=overlap,
-                                                  min_tissue_fraction=min_tissue, resample=resample))
+                                                  min_tissue_fraction=min_tissue, resample=resample,
+                                                  region=_region(region, annotations, min_coverage)))
         run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
                                  read_concurrency=read_concurrency, encoder_actors=encoder_actors,
                                  commit_every=commit_every, device=device, run_tag=tag,
@@ -130,6 +140,20 @@ def _summary_json(result: IngestResult) -> str:
     from dataclasses import asdict
 
     return json.dumps(asdict(result), indent=2, default=str)
+
+
+def _region(region: str | None, annotations: str | None, min_coverage: float) -> RegionConfig | None:
+    """--region/--annotations/--min-coverage as the tiling's RegionConfig (None without)."""
+    from infra.errors import ConfigError
+    from ingest.tiling.region import RegionConfig
+
+    if region is None and annotations is None:
+        return None
+    if region is None or annotations is None:
+        raise ConfigError("--region and --annotations go together: the class to keep and the "
+                          f"folder of its annotation files (got region={region!r}, "
+                          f"annotations={annotations!r})")
+    return RegionConfig.from_folder(region, annotations, min_coverage)
 
 
 def _write_summary(result: IngestResult, uri: str, storage_options: dict | None) -> None:
