@@ -183,7 +183,7 @@ def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_c
 
 # The fused engine failed this until its pool stopped waiting for the dead actor's
 # replacement (pending while the surviving nodes were full) and requeued the slides to the
-# survivors; see ingest/pipeline/fused_runner.py.
+# survivors; see ingest/pipeline/engines/actor_pool.py.
 @pytest.mark.parametrize("engine", ["dataset", "fused"])
 def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, reference, s3_cohort,
                                                                   s3_options, engine) -> None:
