@@ -40,9 +40,9 @@ from ingest.pipeline.fused_stage import scalar_row
 from ingest.pipeline.rows import make_row
 from ingest.pipeline.slide_steps import (
     batch_slices,
-    describe,
     item_mpp,
     new_info,
+    open_item,
     plan_and_store,
     qc_and_normalize,
     read_tiles,
@@ -66,18 +66,15 @@ def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options:
                     ) -> dict[str, Any]:
     """Plan one slide on a CPU: coordinates, planned flags, glass colour, stain params.
     ``store=None`` skips writing the thumbnail and mask (benchmarks)."""
-    from ingest.slides import open_slide
-
     item = slide_item(source)
     sid = item["slide_id"]
     info = new_info(item)
     planned: dict[str, Any] = {"source": item, "info": info, "status": "failed"}
     started, clock = time.perf_counter(), time.monotonic()
     try:
-        with open_slide(item["uri"], storage_options=storage_options, mpp=item_mpp(item),
-                        device="cpu") as slide:
-            slide.budget = slide_budget(sid, options, clock)  # a plain CPU reader, as in the fused engine
-            describe(slide, info)
+        # a plain CPU reader with the CPU budget, as in the fused engine
+        with open_item(item, info, options=options, storage_options=storage_options,
+                       device="cpu", clock=clock) as slide:
             plan = plan_and_store(slide, sid, info, config=config, store=store, device="cpu",
                                   started=started)
             if plan.tile_count == 0:

@@ -21,25 +21,13 @@ import numpy as np
 
 from infra import metrics
 from infra.errors import SlideCrashError
+from ingest.pipeline import slide_steps as steps
 from ingest.pipeline._faults import FaultPlan
 from ingest.pipeline.attempts import MAX_CRASHES, ledger_by_name
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.rows import make_row
-from ingest.pipeline.slide_steps import (
-    ITEM_KEYS,
-    SlideItem,
-    batch_slices,
-    describe,
-    item_mpp,
-    new_info,
-    plan_and_store,
-    qc_and_normalize,
-    read_tiles,
-    record_stage,
-    slide_budget,
-    slide_item,
-)
-from ingest.slides import Slide, open_slide
+from ingest.pipeline.slide_steps import SlideItem
+from ingest.slides import Slide
 from ingest.slides.backends.cucim_reader import warm_up
 
 if TYPE_CHECKING:
@@ -85,7 +73,7 @@ def read_slides(
     """
     warm_up()  # load cuCIM before anything in this worker can import PyTorch
     for i in range(len(batch["slide_id"])):
-        source = slide_item({k: batch[k][i] for k in ITEM_KEYS})
+        source = steps.slide_item({k: batch[k][i] for k in steps.ITEM_KEYS})
         first, first_batch = first_batch, None  # only the first slide's first batch
         if ledger is None:
             yield from _one_slide(source, config, options, store, storage_options, faults, first)
@@ -109,22 +97,20 @@ def _crashed(source: SlideItem, crashes: int) -> dict[str, np.ndarray]:
     log.warning("slide %s failed: %s", source["slide_id"], error)
     metrics.record_failure(type(error).__name__)
     return make_row(slide_id=source["slide_id"], write_id=source["write_id"], status="failed",
-                    info=new_info(source), error=error)
+                    info=steps.new_info(source), error=error)
 
 
 def _one_slide(source: SlideItem, config: IngestConfig, options: RunOptions, store: StoreLocation,
                storage_options: Mapping[str, Any] | None, faults: FaultPlan | None = None,
                first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     sid, write_id = source["slide_id"], source["write_id"]
-    info = new_info(source)
+    info = steps.new_info(source)
     started, clock = time.perf_counter(), time.monotonic()
     try:
         if faults is not None:
             faults.before_read(sid)
-        with open_slide(source["uri"], storage_options=storage_options, mpp=item_mpp(source),
-                        device=options.device) as slide:
-            slide.budget = slide_budget(sid, options, clock)
-            describe(slide, info)
+        with steps.open_item(source, info, options=options, storage_options=storage_options,
+                             device=options.device, clock=clock) as slide:
             yield from _tile_rows(slide, sid, write_id, info, config, options, store, started,
                                   first_batch)
     except Exception as exc:  # isolate the slide: record type and message, go on
@@ -136,22 +122,24 @@ def _one_slide(source: SlideItem, config: IngestConfig, options: RunOptions, sto
 def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
                config: IngestConfig, options: RunOptions, store: StoreLocation,
                started: float, first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    planned = plan_and_store(slide, sid, info, config=config, store=store, device=options.device,
-                             started=started)
+    planned = steps.plan_and_store(slide, sid, info, config=config, store=store,
+                                   device=options.device, started=started)
     if planned.tile_count == 0:
         yield make_row(slide_id=sid, write_id=write_id, status="empty", info=info)
         return
     xs, ys = planned.column("x"), planned.column("y")
     fractions, planned_flags = planned.column("tissue_fraction"), planned.column("qc_flags")
     size, mpp = config.tiling.tile_size, config.tiling.target_mpp
-    parts = batch_slices(len(xs), options.tiles_per_batch, first_batch)
+    parts = steps.batch_slices(len(xs), options.tiles_per_batch, first_batch)
     info["planned_tiles"] = len(xs)
     for b, part in enumerate(parts):
         t0 = time.perf_counter()
-        tiles = read_tiles(slide, np.stack([xs[part], ys[part]], 1), size, mpp, config.tiling.resample)
-        tiles, flags = qc_and_normalize(tiles, config=config, glass=planned.tissue.glass_rgb,
-                                        normalizer=planned.normalizer, device="cpu")
-        record_stage(info, "read", time.perf_counter() - t0)
+        tiles = steps.read_tiles(slide, np.stack([xs[part], ys[part]], 1), size, mpp,
+                                 config.tiling.resample)
+        tiles, flags = steps.qc_and_normalize(tiles, config=config,
+                                              glass=planned.tissue.glass_rgb,
+                                              normalizer=planned.normalizer, device="cpu")
+        steps.record_stage(info, "read", time.perf_counter() - t0)
         yield make_row(slide_id=sid, write_id=write_id, status="tiles", batch_index=b,
                        n_batches=len(parts), image=np.asarray(tiles), x=xs[part], y=ys[part],
                        level=planned.plan.level, tissue_fraction=fractions[part],

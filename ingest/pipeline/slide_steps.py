@@ -15,12 +15,13 @@ Arrow blocks.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -120,6 +121,22 @@ def describe(slide: Slide, info: dict[str, Any]) -> None:
                 vendor=meta.vendor, level_dimensions=[list(d) for d in meta.level_dimensions],
                 mpp=meta.mpp, mpp_source=meta.mpp_source, objective_power=meta.objective_power)
     metrics.record_bytes(meta.size_bytes or 0)
+
+
+@contextlib.contextmanager
+def open_item(item: Mapping[str, Any], info: dict[str, Any], *, options: RunOptions,
+              storage_options: Mapping[str, Any] | None, device: str, clock: float
+              ) -> Iterator[Slide]:
+    """Open a manifest item's slide under its budget (counted from ``clock``, a
+    ``time.monotonic()``) and record its metadata in ``info``: how every engine opens a
+    slide to plan it."""
+    from ingest.slides import open_slide
+
+    with open_slide(item["uri"], storage_options=storage_options, mpp=item_mpp(item),
+                    device=device) as slide:
+        slide.budget = slide_budget(item["slide_id"], options, clock)
+        describe(slide, info)
+        yield slide
 
 
 @dataclass(frozen=True)
