@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, overload
 
@@ -20,6 +21,7 @@ import numpy as np
 from features.encoders.registry import get_encoder_spec
 from features.encoders.spec import EncoderSpec
 from features.encoders.weights import WeightsSource, resolve_weights, sha256_file
+from infra import metrics
 from infra.errors import ConfigError, WeightsError
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "default_batch_size", "describe_encoder"]
@@ -201,11 +203,8 @@ class Encoder:
         array = _check_tiles(tiles)
         if len(array) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        parts = [
-            self._backend.run(array[start : start + self.batch_size])
-            for start in range(0, len(array), self.batch_size)
-        ]
-        out = np.concatenate(parts).astype(np.float32, copy=False)
+        out = self._in_batches(self._backend.run, array, np.concatenate)
+        out = out.astype(np.float32, copy=False)
         if out.shape != (len(array), self.embed_dim):
             raise ConfigError(
                 f"encoder {self.name} produced {out.shape}, spec declares dim {self.embed_dim}"
@@ -229,7 +228,8 @@ class Encoder:
         """Embeddings (B, D) float32 of uint8 tiles (B, H, W, 3) that live on a device, left
         there: a CuPy array (or any DLPack producer, NumPy and the strict stand-in
         included) becomes a torch tensor without a copy, goes straight to the model (bf16,
-        channels-last on CUDA) in forwards of ``batch_size`` tiles, and the embeddings come
+        channels-last on CUDA) in forwards of ``batch_size`` tiles (halved for a batch that runs out of device memory: see
+        :meth:`_in_batches`), and the embeddings come
         back into the tiles' array module the same way. The caller copies them to the host
         when it wants, once (the device engine: with the batch's QC flags).
 
@@ -249,13 +249,41 @@ class Encoder:
         if len(tensor) == 0:
             out = torch.zeros((0, self.embed_dim), dtype=torch.float32, device=tensor.device)
         else:
-            parts = [forward(tensor[start:start + self.batch_size])
-                     for start in range(0, len(tensor), self.batch_size)]
-            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+            out = self._in_batches(forward, tensor, torch.cat)
         if tuple(out.shape) != (len(tensor), self.embed_dim):
             raise ConfigError(f"encoder {self.name} produced {tuple(out.shape)}, spec declares "
                               f"dim {self.embed_dim}")
         return out if isinstance(tiles, torch.Tensor) else xp.from_dlpack(out)
+
+    def _in_batches(self, forward: Callable[[Any], Any], tiles: Any,
+                    concat: Callable[[list[Any]], Any]) -> Any:
+        """``forward`` over ``tiles`` in slices of ``batch_size``, concatenated. A slice that
+        runs out of device memory frees the caches and is run again at half the batch size
+        (down to 1, which re-raises); the smaller size is kept for later batches, since what
+        did not fit once will not fit next time. Inference is per tile, so the embeddings
+        are the unsplit batch's: a batch too large for the card costs speed, not the slide."""
+        parts, start = [], 0
+        while start < len(tiles):
+            chunk = tiles[start:start + self.batch_size]
+            try:
+                parts.append(forward(chunk))
+                start += len(chunk)
+                continue
+            except Exception as exc:
+                if not _is_device_oom(exc) or len(chunk) == 1:
+                    raise
+                reason = str(exc).split("\n", 1)[0]
+            # Out of the except block: the exception's frames, which hold the failed
+            # forward's activations, are gone, so freeing the caches frees them too.
+            self._halve_batch(len(chunk), reason)
+        return parts[0] if len(parts) == 1 else concat(parts)
+
+    def _halve_batch(self, failed: int, reason: str) -> None:
+        _free_device_caches()
+        metrics.record_encode_oom_retry()
+        self.batch_size = (failed + 1) // 2
+        logger.warning("encoder %s ran out of device memory on %d tiles (%s); retrying at %d",
+                       self.spec.name, failed, reason, self.batch_size)
 
     @overload
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
@@ -270,6 +298,27 @@ class Encoder:
             out[self.output_key] = self.encode(batch[self.image_key])
             return out
         return self.encode(batch)
+
+
+def _is_device_oom(exc: BaseException) -> bool:
+    # torch is imported by every encoder that can run out of device memory; the
+    # weight-free one never imports it, and need not for this check.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _free_device_caches() -> None:
+    """Hand the blocks torch and CuPy cache back, so the retried half can allocate them.
+    CuPy only when something already imported it (importing it here costs seconds)."""
+    import torch
+
+    from infra.arrays import _cuda_present
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and _cuda_present():  # an installed CuPy without a device raises
+        cupy.get_default_memory_pool().free_all_blocks()
 
 
 class _Backend(Protocol):

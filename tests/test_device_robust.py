@@ -1,0 +1,82 @@
+"""The device engine under trouble, on a CPU: an encoder forward that runs out of device
+memory (``torch.cuda.OutOfMemoryError`` raised by the real model's forward, as CUDA raises
+it), a GPU decode that fails over to the CPU decoder (the cuCIM stand-in made to fail),
+and the run options that size the device stage's batches."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from features.encoders import Encoder
+from features.encoders.spec import EncoderSpec, frozen_kwargs
+from infra import metrics
+
+TINY_VIT = EncoderSpec(
+    name="test-robust-vit", family="test", embed_dim=16, pooling="cls", input_size=32,
+    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), architecture="vit_tiny_patch16_224",
+    timm_kwargs=frozen_kwargs(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2),
+    dtype="float32")
+OOM_RETRIES = "slidebank_encode_oom_retries_total"
+
+
+def _tiles(n: int) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _fits_only(encoder: Encoder, method: str, most: int) -> list[int]:
+    """Make the encoder's real forward raise CUDA's out-of-memory error for batches larger
+    than ``most`` tiles; returns the batch sizes it was called with."""
+    real = getattr(encoder._backend, method)
+    sizes: list[int] = []
+
+    def forward(batch):
+        sizes.append(len(batch))
+        if len(batch) > most:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {len(batch)}")
+        return real(batch)
+
+    setattr(encoder._backend, method, forward)
+    return sizes
+
+
+@pytest.mark.parametrize("path", ["embed_device", "encode"])
+def test_an_oom_halves_the_batch_down_to_what_fits_and_the_embeddings_are_the_unsplit_ones(
+        path, caplog) -> None:
+    tiles = _tiles(20)
+    whole = getattr(Encoder(TINY_VIT, device="cpu", batch_size=16), path)(tiles)
+    encoder = Encoder(TINY_VIT, device="cpu", batch_size=16)
+    sizes = _fits_only(encoder, "forward_tensor" if path == "embed_device" else "run", most=5)
+    before = metrics.local_count(OOM_RETRIES)
+    with caplog.at_level(logging.WARNING, logger="features.encoders.runtime"):
+        split = getattr(encoder, path)(tiles)
+    # 16 fails, 8 fails, 4 fits (x4); the last 4 tiles: 4 fits. The smaller size is kept.
+    assert sizes == [16, 8, 4, 4, 4, 4, 4]
+    assert encoder.batch_size == 4
+    assert metrics.local_count(OOM_RETRIES) - before == 2
+    assert sum("out of device memory" in r.getMessage() for r in caplog.records) == 2
+    np.testing.assert_allclose(np.asarray(split), np.asarray(whole), rtol=0, atol=1e-6)
+
+
+def test_an_oom_on_a_single_tile_and_other_errors_are_raised_not_retried() -> None:
+    encoder = Encoder(TINY_VIT, device="cpu", batch_size=4)
+    _fits_only(encoder, "forward_tensor", most=0)
+    before = metrics.local_count(OOM_RETRIES)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        encoder.embed_device(_tiles(3))
+    assert encoder.batch_size == 1 and metrics.local_count(OOM_RETRIES) - before == 2
+
+    other = Encoder(TINY_VIT, device="cpu", batch_size=4)
+    sizes: list[int] = []
+
+    def broken(batch):
+        sizes.append(len(batch))
+        raise RuntimeError("not a memory problem")
+
+    other._backend.forward_tensor = broken  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="not a memory problem"):
+        other.embed_device(_tiles(4))
+    assert sizes == [4] and other.batch_size == 4
