@@ -1,18 +1,16 @@
 """Test-only fault injection for the ingestion pipeline (private; not part of RunOptions).
 
 Tests activate a plan with ``with injected(FaultPlan(...)):`` around ``run_ingest``; the
-driver reads it once per run and hands it to the read actors, so nothing in the public
-configuration, the CLI or ``--help`` can switch it on, and a typo is a TypeError rather
-than a silently ignored dict key.
+driver reads it once per run and hands it to the read actors. The mechanism is
+:mod:`infra.faults`; this module holds only what can fail during ingestion.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+from infra.faults import FaultSlot, first_time
 
 __all__ = ["FaultPlan", "active", "injected"]
 
@@ -30,29 +28,15 @@ class FaultPlan:
     def before_read(self, slide_id: str) -> None:
         if self.exit_always_slide == slide_id:
             os._exit(1)
-        if self.exit_once_slide == slide_id and self.exit_once_marker:
-            marker = Path(self.exit_once_marker)
-            if not marker.exists():
-                marker.write_text(str(os.getpid()))
-                os._exit(1)
+        if (self.exit_once_slide == slide_id and self.exit_once_marker
+                and first_time(self.exit_once_marker)):
+            os._exit(1)
 
     def after_commit(self, commits: int) -> None:
         if self.driver_exit_after_commits == commits:
             os._exit(17)
 
 
-_active: FaultPlan | None = None
-
-
-def active() -> FaultPlan | None:
-    return _active
-
-
-@contextlib.contextmanager
-def injected(plan: FaultPlan) -> Iterator[FaultPlan]:
-    global _active
-    previous, _active = _active, plan
-    try:
-        yield plan
-    finally:
-        _active = previous
+_slot: FaultSlot[FaultPlan] = FaultSlot()
+active = _slot.active
+injected = _slot.injected

@@ -1,20 +1,17 @@
 """Test-only fault injection for training (private; not part of any config or the CLI).
 
-Like ``ingest.pipeline._faults``: a test wraps a run in ``with injected(FaultPlan(...)):``;
-the driver reads the plan once and hands it to the fold loop (in the Ray workers'
-``train_loop_config``, since a worker never sees the driver's module state), so nothing a
-user can set switches it on.
+A test wraps a run in ``with injected(FaultPlan(...)):``; the driver reads the plan once
+and hands it to the fold loop (in the Ray workers' ``train_loop_config``). The mechanism
+is :mod:`infra.faults`; this module holds only what can fail during training.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from infra.errors import SlidebankError
+from infra.faults import FaultSlot, first_time
 
 __all__ = ["FaultPlan", "InjectedFault", "active", "injected"]
 
@@ -37,28 +34,13 @@ class FaultPlan:
     def after_epoch(self, fold: str, epoch: int) -> None:
         if self.fold != fold or self.epoch != epoch:
             return
-        if self.once_marker:
-            marker = Path(self.once_marker)
-            if marker.exists():
-                return
-            marker.write_text(str(os.getpid()))
+        if self.once_marker and not first_time(self.once_marker):
+            return
         if self.mode == "exit":
             os._exit(1)
         raise InjectedFault(f"injected fault in fold {fold} after epoch {epoch}")
 
 
-_active: FaultPlan | None = None
-
-
-def active() -> FaultPlan | None:
-    return _active
-
-
-@contextlib.contextmanager
-def injected(plan: FaultPlan) -> Iterator[FaultPlan]:
-    global _active
-    previous, _active = _active, plan
-    try:
-        yield plan
-    finally:
-        _active = previous
+_slot: FaultSlot[FaultPlan] = FaultSlot()
+active = _slot.active
+injected = _slot.injected
