@@ -80,3 +80,46 @@ def test_an_oom_on_a_single_tile_and_other_errors_are_raised_not_retried() -> No
     with pytest.raises(RuntimeError, match="not a memory problem"):
         other.embed_device(_tiles(4))
     assert sizes == [4] and other.batch_size == 4
+
+
+# ---- a GPU decode that fails over to the CPU decoder -------------------------------------
+
+def _gpu_decode_fails():
+    from ingest.slides.backends import cucim_standin
+
+    class GpuDecodeFails(cucim_standin.StandInCuImage):
+        """The stand-in's GPU decoder refusing every read, as nvJPEG refuses some JPEGs."""
+
+        def read_region(self, location=(0, 0), size=None, level=0, device="cpu", **kwargs):
+            if device != "cpu":
+                raise RuntimeError("nvJPEG cannot decode this JPEG (injected)")
+            return super().read_region(location, size, level, device=device, **kwargs)
+
+    return GpuDecodeFails
+
+
+def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(tmp_path, caplog) -> None:
+    from ingest.slides import open_slide
+    from ingest.slides.backends import cucim_standin
+    from ingest.slides.backends.cucim_reader import CucimReader
+    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    if not CucimReader.is_available():
+        pytest.skip("cuCIM is not installed")
+    path = tmp_path / "fallback.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec(width=1024, height=768, seed=3, downsamples=(1, 4)))
+    locs = np.array([[0, 0], [256, 128], [512, 384]])
+    with open_slide(str(path), device="cpu") as cpu:
+        expected = cpu.read_regions_at_mpp(locs, 128, 0.5)
+    failing = _gpu_decode_fails()
+    before = metrics.local_count("slidebank_decode_fallbacks_total")
+    with cucim_standin.installed() as xp, caplog.at_level(logging.WARNING):
+        CucimReader.image_type = lambda p: failing(p, xp)
+        for _slide in range(2):
+            with open_slide(str(path), device="cuda") as slide:
+                for _batch in range(2):  # the second batch decodes on the CPU straight away
+                    tiles = slide.read_regions_at_mpp(locs, 128, 0.5, xp=xp)
+                    np.testing.assert_array_equal(xp.asnumpy(tiles, what="check"), expected)
+    assert metrics.local_count("slidebank_decode_fallbacks_total") - before == 2
+    warnings = [r.getMessage() for r in caplog.records if "GPU decode failed" in r.getMessage()]
+    assert len(warnings) == 2 and all("fallback.svs" in w and "injected" in w for w in warnings)

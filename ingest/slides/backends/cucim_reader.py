@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from infra import metrics
 from infra.strict_device import ImplicitTransferError
 from ingest.slides.base import BackendSlide, SlideReader
 
@@ -40,9 +41,10 @@ def _warn_torch_first() -> None:
 
 
 class _CucimSlide(BackendSlide):
-    def __init__(self, image: Any, device: str) -> None:
+    def __init__(self, image: Any, device: str, name: str = "") -> None:
         self._image = image
         self._device = device
+        self._name = name  # the file's name, for the fallback warning
         res = image.resolutions
         self.level_dimensions = tuple((int(w), int(h)) for w, h in res["level_dimensions"])
         self.level_downsamples = tuple(float(d) for d in res["level_downsamples"])
@@ -98,8 +100,11 @@ class _CucimSlide(BackendSlide):
 
     def _fall_back_to_cpu(self, exc: Exception) -> None:
         # nvJPEG cannot decode every JPEG variant (e.g. some Aperio RGB-colourspace tiles);
-        # decoding on the CPU is slower but correct, so switch once and say so.
-        log.warning("cuCIM GPU decode failed (%s); decoding this slide on the CPU", exc)
+        # decoding on the CPU is slower but correct, so switch once and say so, once per
+        # slide, and count it: a run whose slides all fall back is a CPU run on a GPU.
+        log.warning("cuCIM GPU decode failed on %s (%s: %s); decoding this slide on the CPU",
+                    self._name or "a slide", type(exc).__name__, exc)
+        metrics.record_decode_fallback()
         self._device = "cpu"
 
     def read_regions(
@@ -185,7 +190,7 @@ class CucimReader(SlideReader):
             from cucim import CuImage  # type: ignore[attr-defined]
 
             opener = CuImage
-        slide = _CucimSlide(opener(path), self.device)
+        slide = _CucimSlide(opener(path), self.device, os.path.basename(path))
         _WARM["done"] = True  # its plugins are loaded: PyTorch can no longer hurt it
         return slide
 
