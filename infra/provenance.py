@@ -25,7 +25,7 @@ from typing import Any
 
 from infra.errors import ConfigError
 
-__all__ = ["canonical_json", "stable_hash"]
+__all__ = ["array_digest", "canonical_json", "stable_hash"]
 
 HASH_CHARS = 16
 
@@ -81,3 +81,20 @@ def stable_hash(kind: str, version: int | str, obj: Any) -> str:
     payload = json.dumps({"kind": kind, "version": version, **fields}, sort_keys=True,
                          separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:HASH_CHARS]
+
+
+def array_digest(array: Any, *, dtype: Any = None, with_shape: bool = False) -> str:
+    """SHA-256 hex of an array's bytes in C order (a CuPy array is copied to the host).
+
+    ``dtype`` casts first, so equal values give equal digests whatever dtype a caller
+    holds; ``with_shape`` prefixes ``repr(shape)``, so a reshaped array differs. The
+    digests stored so far (reference ids, codebook and graph keys) depend on these bytes:
+    changing them orphans what is stored.
+    """
+    import numpy as np
+
+    from infra.arrays import asnumpy
+
+    host = np.ascontiguousarray(np.asarray(asnumpy(array), dtype))
+    prefix = repr(host.shape).encode() if with_shape else b""
+    return hashlib.sha256(prefix + host.tobytes()).hexdigest()

@@ -51,7 +51,7 @@ def test_module_discovery_matches_planted_types(s1: SpatialCohort) -> None:
     assert adjusted_rand_score(labels[0], labels[1]) >= 0.95  # stable across seeds
     again = fit_modules(train, ModuleSpec(k=4, seed=0))
     assert again.centroids.tobytes() == books[0].centroids.tobytes()  # byte-identical
-    assert again.content_hash() == books[0].content_hash()
+    assert again.config_hash() == books[0].config_hash()
     assert books[0].slide_ids == tuple(sorted(slides[:20]))
 
 

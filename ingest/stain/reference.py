@@ -8,12 +8,11 @@ agree with tiles normalized by those tools with default settings.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
-from infra.arrays import asnumpy
+from infra.provenance import array_digest
 from ingest.stain.params import STANDARD_REFERENCE_ID, Method, StainParams
 
 __all__ = [
@@ -65,8 +64,6 @@ def reference_from_image(
     # Imported here: fit.py names the standard reference as its default target.
     from ingest.stain.fit import FitConfig, fit_tiles
 
-    host = np.ascontiguousarray(asnumpy(image))
-    digest = hashlib.sha256(repr(host.shape).encode() + host.tobytes()).hexdigest()
-    fitted_from = f"image:{digest[:16]}"
+    fitted_from = f"image:{array_digest(image, with_shape=True)[:16]}"
     config = FitConfig(method=method, reference_id=reference_id or fitted_from, **fit_options)
     return fit_tiles(image, config, fitted_from=fitted_from)

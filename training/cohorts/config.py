@@ -62,7 +62,7 @@ class CohortConfig:
     def stratify_on(self) -> str:
         return self.stratify or self.signatures[0]
 
-    def hash(self) -> str:
+    def config_hash(self) -> str:
         return config_hash(self)
 
     def json(self) -> str:

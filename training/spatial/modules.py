@@ -66,13 +66,11 @@ class ModuleCodebook:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def content_hash(self) -> str:
+    def config_hash(self) -> str:
         """Hash of the settings, the training slides and the centroid bytes."""
-        import hashlib
+        from infra.provenance import array_digest, stable_hash
 
-        from infra.provenance import stable_hash
-
-        digest = hashlib.sha256(np.ascontiguousarray(self.centroids, np.float32).tobytes()).hexdigest()
+        digest = array_digest(self.centroids, dtype=np.float32)
         return stable_hash("tissue-modules", self.version, {
             "spec": self.spec, "slides": list(self.slide_ids), "encoder": self.encoder, "centroids": digest})
 

@@ -16,7 +16,6 @@ them; a slide keeps the graph of the coordinates it was last built for.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infra.errors import ConfigError
+from infra.provenance import array_digest
 from training.spatial.graphs import GraphSpec, tile_graph
 from training.spatial.modules import ModuleCodebook, ModuleSpec
 
@@ -47,7 +47,7 @@ CODEBOOKS = "codebooks"
 
 def save_codebook(store: FeatureStore, codebook: ModuleCodebook) -> str:
     """Write the codebook into the store's ``codebooks/<hash>`` blobs; returns the hash."""
-    digest = codebook.content_hash()
+    digest = codebook.config_hash()
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(codebook.centroids, np.float32), allow_pickle=False)
     meta = {"version": codebook.version, "hash": digest, "k": codebook.k, "dim": codebook.dim,
@@ -71,7 +71,7 @@ def load_codebook(store: FeatureStore, digest: str) -> ModuleCodebook:
         raise ConfigError(f"no readable tissue-module codebook {digest!r} in store {store.uri}: {exc}") from exc
     book = ModuleCodebook(centroids, ModuleSpec(**meta["spec"]), tuple(meta["slide_ids"]), meta.get("encoder"),
                           int(meta["version"]), dict(meta.get("meta", {})))
-    if book.content_hash() != digest:
+    if book.config_hash() != digest:
         raise ConfigError(f"codebook {digest!r} in store {store.uri} does not match its hash (corrupt or edited)")
     return book
 
@@ -109,7 +109,7 @@ def write_module_assignments(store: FeatureStore, codebook_hash: str, slide_id: 
 
 
 def coords_sha(coords: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(coords, np.int64)).tobytes()).hexdigest()[:16]
+    return array_digest(coords, dtype=np.int64)[:16]
 
 
 def cached_graph(store: FeatureStore, slide_id: str, coords: np.ndarray, spec: GraphSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
