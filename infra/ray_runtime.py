@@ -34,6 +34,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from infra.environ import patched_environ
+
 __all__ = ["LOOPBACK", "connect", "embedded_auth_mode", "fresh_token", "ray_process_env", "ray_session",
            "shutdown", "use_auth"]
 
@@ -152,20 +154,13 @@ def _loopback_only() -> Iterator[None]:
     this process's environment and Ray's constant restored afterwards."""
     from ray._private import ray_constants
 
-    env = _embedded_env()
-    saved_env = {k: os.environ.get(k) for k in env}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(env)
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with patched_environ(_embedded_env()):
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address
+        try:
+            yield
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
 
 
 def _ensure_token() -> None:

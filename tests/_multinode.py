@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.environ import patched_environ
+
 __all__ = ["MultiNodeCluster", "auth_env", "multinode_cluster", "with_startup_retries"]
 
 log = logging.getLogger(__name__)
@@ -45,22 +47,13 @@ def auth_env(mode: str = "token") -> Iterator[None]:
     ``ray._raylet`` is imported (test collection already did): the refresh below is the
     one Ray's own ``_enable_token_auth`` does, plus dropping a cached token.
     """
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ["RAY_AUTH_MODE"] = mode
-    if mode == "token":
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    else:
-        os.environ.pop("RAY_AUTH_TOKEN", None)
-    _refresh_ray_auth()
+    token = secrets.token_hex(32) if mode == "token" else None
     try:
-        yield
+        with patched_environ({"RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN": token}):
+            _refresh_ray_auth()
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _refresh_ray_auth()
+        _refresh_ray_auth()  # Ray's cached view of the restored environment
 
 
 def _refresh_ray_auth() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.environ import patched_environ
 from tests._support import moto
 from tests._support.moto import FAKE_CREDENTIALS
 from tests._support.slides import CMU_SLIDE
@@ -46,17 +47,8 @@ def moto_server() -> Iterator[str]:
     """A real S3-protocol endpoint on loopback (``python -m moto.server``)."""
     # Libraries that read credentials from the environment (boto, lance) must only ever
     # see the fake ones while the tests talk to moto.
-    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
-    os.environ.update(FAKE_CREDENTIALS)
-    try:
-        with moto.moto_server(dict(os.environ)) as endpoint:
-            yield endpoint
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with patched_environ(FAKE_CREDENTIALS), moto.moto_server(dict(os.environ)) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
