@@ -48,6 +48,10 @@ def ingest(
     address: AddressOpt = None,
     force: Annotated[bool, typer.Option(help="Redo slides already done with this config.")] = False,
     tiles_per_batch: Annotated[int, typer.Option(help="Tiles per read/encode batch.")] = 64,
+    encode_batch: Annotated[int | None, typer.Option(
+        min=1, help="Device engine: tiles per encoder forward, apart from --tiles-per-batch "
+                    "(default: 256 on a GPU, 64 on a CPU; halved on a GPU out-of-memory), "
+                    "e.g. --encode-batch 128 for ViT-L on a 40 GB card.")] = None,
     read_concurrency: Annotated[int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")] = None,
     encoder_actors: Annotated[int | None, typer.Option(help="Encoder actors (default: one per GPU, "
                                                             "else half the CPUs).")] = None,
@@ -125,7 +129,7 @@ def ingest(
                                  engine=engine, cpu_dtype=cpu_dtype, runtime=runtime,
                                  progress=not as_json,
                                  max_gpus=max_gpus, gpu_wait_s=gpu_wait,
-                                 gpu_fallback_cpu=gpu_fallback_cpu)
+                                 gpu_fallback_cpu=gpu_fallback_cpu, encode_batch=encode_batch)
         result = run(source, store, config=config, options=run_options,
                      storage_options=options or None, dashboard=not no_dashboard,
                      force_mpp=force_mpp)

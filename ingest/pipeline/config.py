@@ -118,6 +118,11 @@ class RunOptions:
     gpu_wait_s: float = 900.0
     #: when no GPU joined within ``gpu_wait_s``: run on CPUs (``True``) or fail (default)
     gpu_fallback_cpu: bool = False
+    #: tiles per encoder forward in the ``device`` engine, apart from ``tiles_per_batch``
+    #: (the stored fragment size); ``None``: the device's default (256 on a GPU, 64 on a
+    #: CPU: :func:`features.encoders.runtime.default_batch_size`). A batch that runs out
+    #: of GPU memory is halved and retried, so too large costs speed, not slides.
+    encode_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:
@@ -130,6 +135,8 @@ class RunOptions:
             raise ConfigError(f"slides_per_task must be >= 1, got {self.slides_per_task}")
         if self.cpu_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"cpu_dtype must be float32 or bfloat16, got {self.cpu_dtype!r}")
+        if self.encode_batch is not None and self.encode_batch < 1:
+            raise ConfigError(f"encode_batch must be >= 1 or None, got {self.encode_batch}")
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")
         if not self.gpu_wait_s > 0:

@@ -16,7 +16,7 @@ from ingest.pipeline.engines.base import Engine, RunContext
 from ingest.pipeline.resources import plan_device
 from ingest.pipeline.slide_steps import slide_item
 
-__all__ = ["DeviceEngine"]
+__all__ = ["DeviceEngine", "stage_kwargs"]
 
 
 class DeviceEngine(Engine):
@@ -42,15 +42,21 @@ class DeviceEngine(Engine):
                 if "plan" not in item:
                     item["plan"] = [planner.remote(slide_item(item), **shared)]
 
-        constructor = {
-            "config": config, "options": options, "storage_options": ctx.storage_options,
-            "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
-                               "batch_size": options.tiles_per_batch, "cpu_dtype": options.cpu_dtype,
-                               "runtime": options.runtime},
-            "write_kwargs": ctx.write_kwargs(), "device": plan.device,
-        }
         pool = ActorPool(DeviceStage, plan.actors,
                          {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
-                         constructor, before_fill=plan_ahead)
+                         stage_kwargs(ctx, plan.device), before_fill=plan_ahead)
         # Plain dicts: the planning-ahead hook adds each item's ``plan``.
         pool.run([dict(item) for item in ctx.items()], ctx.on_row, on_tick=ctx.progress.tick)
+
+
+def stage_kwargs(ctx: RunContext, device: str) -> dict[str, Any]:
+    """What each :class:`~ingest.pipeline.device_stage.DeviceStage` actor is built with.
+    The encoder's own batch size is the stage's ``encode_batch`` (the stage sets it)."""
+    config, options = ctx.config, ctx.options
+    return {
+        "config": config, "options": options, "storage_options": ctx.storage_options,
+        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
+                           "cpu_dtype": options.cpu_dtype, "runtime": options.runtime},
+        "write_kwargs": ctx.write_kwargs(), "device": device,
+        "encode_batch": options.encode_batch,
+    }
