@@ -123,3 +123,77 @@ def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(tmp_p
     assert metrics.local_count("slidebank_decode_fallbacks_total") - before == 2
     warnings = [r.getMessage() for r in caplog.records if "GPU decode failed" in r.getMessage()]
     assert len(warnings) == 2 and all("fallback.svs" in w and "injected" in w for w in warnings)
+
+
+# ---- the encoder batch, from the command line to the device stage -------------------------
+
+@pytest.mark.parametrize(("encode_batch", "expected"), [(24, 24), (None, 64)])  # 64: a CPU's default
+def test_the_device_stage_gets_the_runs_encode_batch(tmp_path, encode_batch, expected) -> None:
+    from features.store import FeatureStore
+    from ingest.pipeline.config import IngestConfig, RunOptions
+    from ingest.pipeline.device_stage import DeviceStage
+    from ingest.pipeline.engines.base import RunContext
+    from ingest.pipeline.engines.device import stage_kwargs
+
+    config = IngestConfig(stain="none")
+    options = RunOptions(progress=False, device="cpu", tiles_per_batch=8, encode_batch=encode_batch)
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    ctx = RunContext(todo=[], store=store, config=config, options=options, storage_options=None,
+                     config_hash=config.config_hash(), result=None, progress=None,  # type: ignore[arg-type]
+                     write_ids={}, collector=None)  # type: ignore[arg-type]
+    stage = DeviceStage(**stage_kwargs(ctx, "cpu"))
+    assert stage.encode_batch == expected and stage._encoder.batch_size == expected
+
+
+def test_encode_batch_below_one_is_refused() -> None:
+    from infra.errors import ConfigError
+    from ingest.pipeline.config import RunOptions
+
+    with pytest.raises(ConfigError, match="encode_batch must be >= 1"):
+        RunOptions(encode_batch=0)
+
+
+def test_cli_encode_batch_reaches_the_run_options(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import slidebank.ingest_api
+    from ingest.pipeline.result import IngestResult
+    from slidebank.cli import app
+
+    seen = []
+
+    def record(source, store, *, options, **kwargs):
+        seen.append(options)  # where the run would start: the options are what we test
+        return IngestResult(run_id="r", config_hash="h", encoder="e")
+
+    monkeypatch.setattr(slidebank.ingest_api, "ingest", record)
+    args = ["ingest", str(tmp_path / "none.csv"), "--store", str(tmp_path / "store"), "--json"]
+    result = CliRunner().invoke(app, [*args, "--encode-batch", "96"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert seen[0].encode_batch == 96
+    assert CliRunner().invoke(app, args).exit_code == 0 and seen[1].encode_batch is None
+    assert CliRunner().invoke(app, [*args, "--encode-batch", "0"]).exit_code == 2
+
+
+# ---- the model cast to bf16 once, on CUDA ------------------------------------------------
+
+def test_weights_are_cast_once_to_the_autocast_dtype_on_cuda_only() -> None:
+    from features.encoders._torch_backend import weight_dtype
+
+    assert weight_dtype("cuda", torch.bfloat16) is torch.bfloat16
+    assert weight_dtype("cuda", torch.float16) is torch.float16
+    assert weight_dtype("cuda", None) is None  # a float32 spec keeps float32 weights
+    # On CPU bf16 autocast stays autocast: other runtimes export from the fp32 weights.
+    assert weight_dtype("cpu", torch.bfloat16) is None
+    encoder = Encoder(TINY_VIT, device="cpu", cpu_dtype="bfloat16")
+    assert {p.dtype for p in encoder._backend._module.parameters()} == {torch.float32}
+
+
+@pytest.mark.gpu
+def test_a_bf16_encoder_on_cuda_holds_bf16_weights() -> None:
+    import dataclasses
+
+    encoder = Encoder(dataclasses.replace(TINY_VIT, dtype="bfloat16"), device="cuda")
+    assert {p.dtype for p in encoder._backend._module.parameters()} == {torch.bfloat16}
+    out = encoder.encode(_tiles(4))
+    assert out.dtype == np.float32 and np.isfinite(out).all()

@@ -3,7 +3,8 @@
 Tiles travel as uint8 (a quarter of float32's bytes) through a reusable pinned host buffer,
 so the host-to-device copy is asynchronous; resizing and normalization happen on the device.
 On CUDA the model runs under ``torch.autocast`` in the spec's dtype (bf16 by default) with
-channels_last memory; on CPU it runs in float32, or under bf16 autocast when asked
+channels_last memory, its weights cast to that dtype once at load (:func:`weight_dtype`), so
+autocast does not re-cast every fp32 weight on every forward; on CPU it runs in float32, or under bf16 autocast when asked
 (``cpu_dtype="bfloat16"``: worth it on CPUs with native bf16 matrix units, AVX512-BF16 or
 AMX). Everything is under ``torch.inference_mode``.
 """
@@ -26,7 +27,7 @@ from features.encoders.spec import EncoderSpec
 from features.encoders.weights import load_state_dict
 from infra.errors import ConfigError
 
-__all__ = ["TorchBackend", "cpu_has_native_bf16", "preprocess", "resolve_device"]
+__all__ = ["TorchBackend", "cpu_has_native_bf16", "preprocess", "resolve_device", "weight_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ def resolve_device(choice: str) -> torch.device:
     if choice not in {"cpu", "cuda"}:
         raise ConfigError(f"device must be auto, cpu or cuda, got {choice!r}")
     return torch.device(choice)
+
+
+def weight_dtype(device_type: str, autocast_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype to cast a model's weights to once at load, or None to keep float32.
+
+    On CUDA under half-precision autocast: autocast would cast each fp32 weight to the
+    autocast dtype on every forward (ViT-L: 600 MB of casts per batch); weights already in
+    it are used as they are, and the ops autocast keeps in fp32 (layer norm, softmax)
+    still upcast their inputs. Not on CPU: there the model may go to another runtime
+    (OpenVINO, ONNX Runtime) that is exported from, and checked against, fp32 weights."""
+    if device_type == "cuda" and autocast_dtype in (torch.bfloat16, torch.float16):
+        return autocast_dtype
+    return None
 
 
 class _Pooled(nn.Module):
@@ -169,10 +183,12 @@ class TorchBackend:
             model = build_model(spec, device="cpu")
         if weights is not None:
             load_weights_into(model, spec, load_state_dict(weights))
-        model = model.to(self._device)
+        self._autocast_dtype = self._choose_autocast(cuda, cpu_dtype)
+        model = model.to(self._device, dtype=weight_dtype(self._device.type, self._autocast_dtype))
         if cuda:
             model = model.to(memory_format=torch.channels_last)
         module: nn.Module = _Pooled(model, spec.pooling).eval()
+        self._module = module  # what the runtime runs (and its weights' dtype)
         std = torch.tensor(spec.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
@@ -186,14 +202,16 @@ class TorchBackend:
                                 threads=torch.get_num_threads(), batch_size=batch_size,
                                 weights_sha256=weights_sha256)
         self.compiled = self._runtime.runtime == "compile"
-        if cuda:
-            self._autocast_dtype = getattr(torch, spec.dtype) if spec.dtype != "float32" else None
-        else:
-            self._autocast_dtype = torch.bfloat16 if cpu_dtype == "bfloat16" else None
-            if self._autocast_dtype is not None and not cpu_has_native_bf16():
-                logger.warning("cpu_dtype=bfloat16 on a CPU without AVX512-BF16/AMX: bf16 is "
-                               "emulated there and usually slower than float32")
         self._stage = _PinnedStager(self._device) if cuda else None
+
+    def _choose_autocast(self, cuda: bool, cpu_dtype: str) -> torch.dtype | None:
+        if cuda:
+            return getattr(torch, self.spec.dtype) if self.spec.dtype != "float32" else None
+        dtype = torch.bfloat16 if cpu_dtype == "bfloat16" else None
+        if dtype is not None and not cpu_has_native_bf16():
+            logger.warning("cpu_dtype=bfloat16 on a CPU without AVX512-BF16/AMX: bf16 is "
+                           "emulated there and usually slower than float32")
+        return dtype
 
     @property
     def device(self) -> str:
