@@ -1,6 +1,6 @@
 """Patch-encoder throughput: tiles/s per encoder, and on a GPU the share of bf16 peak.
 
-    python benchmarks/encoders.py --out encoders.json [--quick] [--encoders a,b]
+    python -m benchmarks.encoders --out encoders.json [--quick] [--encoders a,b]
 
 CPU (always): the handcrafted default, a small ViT (timm ``vit_small_patch16_224``, random
 weights) through slidebank's batched runner, the same ViT the way a typical script runs it
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +28,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from features.encoders import Encoder, EncoderSpec, get_encoder_spec  # noqa: E402
-from infra.files import atomic_write_json  # noqa: E402
+from benchmarks._common import ROOT
+from features.encoders import Encoder, EncoderSpec, get_encoder_spec
+from infra.files import atomic_write_json
 
 SAMPLE_SLIDE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
 

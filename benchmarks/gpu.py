@@ -38,7 +38,7 @@ JPEG-compressed through imagecodecs. In the repo root, once, here:
 without them e2e stops before the write and says so). Run with carry ``[".whl"]``:
 
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
-  PYTHONPATH=/tmp/site:. python3 benchmarks/gpu.py --out $OUT/gpu.json
+  PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out $OUT/gpu.json
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

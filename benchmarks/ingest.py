@@ -17,7 +17,7 @@ comparison is in tiles per second.
 Encoders: the weight-free default (handcrafted-he-v1) on every slide, and a small ViT
 (vit_small, random weights: speed only) on a third of them.
 
-Usage: python benchmarks/ingest.py --out ingest.json [--quick]
+Usage: python -m benchmarks.ingest --out ingest.json [--quick]
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._clam_baseline import run_clam_style
 from benchmarks._common import DATA, machine, print_table, write_json
@@ -69,14 +66,13 @@ def pinned(cores: int):
 
 
 def run_slidebank(sources, encoder: str, weights, cpus: int, root: Path) -> tuple[float, int]:
-    import ray
-
     from features.store import FeatureStore
+    from infra.ray_runtime import connect, shutdown
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.pipeline.runner import run_ingest
 
     with pinned(cpus):
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started_ray = connect(address="local", num_cpus=cpus)  # the embedded Ray users get
         try:
             store = FeatureStore.open(str(root / f"store-{encoder.replace(':', '_')}-{cpus}"), create=True)
             config = IngestConfig(encoder=encoder, weights=weights, stain="none")
@@ -84,7 +80,7 @@ def run_slidebank(sources, encoder: str, weights, cpus: int, root: Path) -> tupl
             result = run_ingest(sources, store, config, RunOptions(progress=False, tiles_per_batch=32))
             return time.perf_counter() - start, result.tiles
         finally:
-            ray.shutdown()
+            shutdown(started_ray)
 
 
 def run_baseline(sources, encoder: str, weights, root: Path) -> tuple[float, int]:

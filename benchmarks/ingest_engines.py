@@ -9,7 +9,7 @@ load hits both alike; medians are reported.
   one-slide  the sample slide (34 tiles, default encoder, stain on)
   demo       the demo cohort: 4 synthetic slides + the sample slide
 
-Usage: python benchmarks/ingest_engines.py --reps 3 --out benchmarks/results/ingest_engines.json
+Usage: python -m benchmarks.ingest_engines --reps 3 --out benchmarks/results/ingest_engines.json
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import ROOT, machine, write_json
 
-from benchmarks._common import machine, write_json
-
-ROOT = Path(__file__).resolve().parents[1]
 SLIDE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
 
 

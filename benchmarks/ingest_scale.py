@@ -16,7 +16,7 @@ also the steady-state milliseconds per slide (between the first and the last com
 from the store's own timestamps, so start-up is separated from per-slide cost) and a
 check that every slide is done with as many stored tiles as its slide row says.
 
-Usage: python benchmarks/ingest_scale.py --out ingest_scale.json [--slides 1000] [--quick]
+Usage: python -m benchmarks.ingest_scale --out ingest_scale.json [--slides 1000] [--quick]
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._clam_baseline import run_clam_style
 from benchmarks._common import DATA, machine, print_table, write_json
@@ -38,16 +35,15 @@ ENCODER = "handcrafted-he-v1"
 
 
 def run_slidebank(paths: list[Path], root: Path, stain: str) -> dict:
-    import ray
-
     from features.store import FeatureStore
+    from infra.ray_runtime import connect, shutdown
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import SlideSource
 
     cpus = os.cpu_count() or 1
     started = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started_ray = connect(address="local", num_cpus=cpus)  # the embedded Ray users get
     ray_start = time.perf_counter() - started
     try:
         store = FeatureStore.open(str(root / f"store-{stain}"), create=True)
@@ -57,7 +53,7 @@ def run_slidebank(paths: list[Path], root: Path, stain: str) -> dict:
                             RunOptions(progress=False))
         seconds = time.perf_counter() - start
     finally:
-        ray.shutdown()
+        shutdown(started_ray)
     slides = store.latest().slides(encoder=ENCODER).to_pandas()
     done = slides[slides["status"] == "done"]
     stored = store.latest().tiles_pandas(encoder=ENCODER, columns=["slide_id", "x", "y"])

@@ -17,7 +17,7 @@ environment variable set (an A/B of a Ray setting, e.g. ``RAY_prestart_worker_fi
 Ray starts one idle worker per CPU for the first driver, which the fused engine's actors
 may or may not reuse), reported as ``this[KEY=VALUE]``.
 
-Usage: python benchmarks/ingest_startup.py --base /tmp/base --reps 3 --out results/ingest_startup.json
+Usage: python -m benchmarks.ingest_startup --base /tmp/base --reps 3 --out results/ingest_startup.json
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, write_json
 

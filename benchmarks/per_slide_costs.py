@@ -11,7 +11,7 @@
                slide over 100 of the 1,000 small slides of ``peers/run.py weight-free``;
                ``--base`` times the earlier tree on the same slides, back to back
 
-Usage: python benchmarks/per_slide_costs.py --base /tmp/base --out benchmarks/results/per_slide_costs.json
+Usage: python -m benchmarks.per_slide_costs --base /tmp/base --out benchmarks/results/per_slide_costs.json
 (``--base``: a source tree of an earlier slidebank, e.g. ``git archive <commit> | tar -x -C DIR``).
 """
 
@@ -27,8 +27,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, write_json
 

@@ -9,19 +9,16 @@ CV plus patient-bootstrap CIs (1,000 resamples) and writes the ROC/calibration P
 Cases: a store of S slides × T tiles × D dims (embeddings with a planted class signal),
 two slides per patient. Reported: seconds (best of ``--repeats``), AUROC of each.
 
-Usage: python benchmarks/probe.py --out benchmarks/results/probe.json [--quick]
+Usage: python -m benchmarks.probe --out benchmarks/results/probe.json [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

@@ -8,19 +8,16 @@ Cases:
   s3         the same random tiles from a local S3 server (moto): stream (byte ranges)
              vs stage (parallel download, then local decode), open time included
 
-Usage: python benchmarks/readers.py --out readers.json [--quick]
+Usage: python -m benchmarks.readers --out readers.json [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import DATA, best_of, machine, moto_s3, print_table, write_json
 from ingest.slides import ScratchSpace, open_slide

@@ -1,8 +1,8 @@
 """Spatial-context benchmark: order-blind MIL vs spatial models on cohorts where only
 arrangement carries the label, side by side on the same folds; plus graph/module speed.
 
-    python benchmarks/spatial.py --out spatial.json [--quick]
-    python benchmarks/spatial.py --sweep --quick   # -> benchmarks/results/spatial_sweep_quick.json
+    python -m benchmarks.spatial --out spatial.json [--quick]
+    python -m benchmarks.spatial --sweep --quick   # -> benchmarks/results/spatial_sweep_quick.json
 
 Cohorts (``training.spatial.synthetic``, written into a real feature store): S0
 composition control, S1 inflamed vs excluded, S2 module contact, S3 long range, S4
@@ -30,7 +30,6 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +37,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import best_of, machine, write_json  # noqa: E402
-from benchmarks._spatial_sweep import (  # noqa: E402
+from benchmarks._common import ROOT, best_of, machine, write_json
+from benchmarks._spatial_sweep import (
     FULL_SWEEP,
     QUICK_SWEEP,
     SWEEP_MODELS,

@@ -1,6 +1,6 @@
 """Ablation of the noise-robustness options of the spatial models, one change at a time.
 
-    python benchmarks/spatial_ablation.py --cohort S2 --shape irregular --noise nuisance85 offsets85 \
+    python -m benchmarks.spatial_ablation --cohort S2 --shape irregular --noise nuisance85 offsets85 \
         --epochs 20 --patience 6 -- module_stats module_stats:centre=true,whiten=true \
         "tile_gnn:centre=true,whiten=true,project=8,invariant_branch=false,tr.lr=0.003"
 
@@ -16,13 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ which file each cell came from; module discovery and masking come from the last 
 the command line that has them) and prints the table and every acceptance criterion of
 the protocol with the measured value and whether it holds. Nothing is recomputed.
 
-Usage: python benchmarks/spatial_protocol.py --out benchmarks/results/spatial_protocol.json \\
+Usage: python -m benchmarks.spatial_protocol --out benchmarks/results/spatial_protocol.json \\
            benchmarks/results/spatial_s0_s1_n200.json benchmarks/results/spatial_s2_n200.json ...
 """
 
@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import machine, write_json  # noqa: E402
+from benchmarks._common import ROOT, machine, write_json
 
 ORDER_BLIND = ("abmil", "clam_sb", "mean_pool")
 SPATIAL = ("tile_gnn", "module_graph", "region_transformer")

@@ -1,7 +1,7 @@
 """Stain normalization throughput: slidebank (batched, fit once per slide) vs torchstain
 (NumPy Macenko, per tile), on the same 256² tiles in the same run.
 
-    python benchmarks/stain.py --out stain.json [--quick]
+    python -m benchmarks.stain --out stain.json [--quick]
 
 Tiles: tissue tiles of the CMU sample slide (../shared/data), or of a synthetic slide when
 it is absent, repeated to fill batches of 256. Cases:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +31,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import DATA, machine, print_table, write_json  # noqa: E402
-from infra.arrays import gpu_available  # noqa: E402
-from ingest.slides import open_slide  # noqa: E402
-from ingest.stain import (  # noqa: E402
+from benchmarks._common import DATA, ROOT, machine, print_table, write_json
+from infra.arrays import gpu_available
+from ingest.slides import open_slide
+from ingest.stain import (
     FitConfig,
     StainNormalizer,
     fit_tiles,

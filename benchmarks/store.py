@@ -1,6 +1,6 @@
 """Feature store benchmark: vector search and MIL bag reads, against the usual peers.
 
-    python benchmarks/store.py --out store.json [--quick]
+    python -m benchmarks.store --out store.json [--quick]
 
 1. **ANN vs brute force.** Clustered embeddings (full: 1M x 1024, quick: 100k x 384) go
    into the store; the store builds its ANN index (parameters from the data size) and
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -32,11 +31,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import machine, print_table, write_json  # noqa: E402
-from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch  # noqa: E402
+from benchmarks._common import machine, print_table, write_json
+from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 
 ENCODER, CONFIG = "bench", "cfg"
 FULL = {

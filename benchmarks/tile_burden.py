@@ -18,21 +18,18 @@ out-of-fold map into ``predictions/<name>``, :func:`training.tiles.tumour_burden
 Pearson r of the estimated purity against the true purity, and of the predicted tumour
 fraction against the true area fraction. CPU only, no Ray.
 
-Usage: python benchmarks/tile_burden.py [--quick] [--out benchmarks/results/tile_burden.json]
+Usage: python -m benchmarks.tile_burden [--quick] [--out benchmarks/results/tile_burden.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

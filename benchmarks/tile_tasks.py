@@ -13,19 +13,16 @@
 
 Embedding level only (no pixels). CPU scikit-learn heads, no Ray.
 
-Usage: python benchmarks/tile_tasks.py [--quick] [--out benchmarks/results/tile_tasks.json]
+Usage: python -m benchmarks.tile_tasks [--quick] [--out benchmarks/results/tile_tasks.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

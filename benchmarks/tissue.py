@@ -18,7 +18,7 @@ Cases:
   plan_100k  planning a 100,000² px slide (0.25 µm/px, ×4 pyramid) from scratch: wall and
              CPU seconds, tiles planned, pyramid levels read.
 
-Usage: python benchmarks/tissue.py --out tissue.json [--quick] [--device cpu|cuda|auto]
+Usage: python -m benchmarks.tissue --out tissue.json [--quick] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import DATA, ROOT, machine, print_table, write_json
 from benchmarks._tissue_pasted import run_pasted

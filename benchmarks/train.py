@@ -1,6 +1,6 @@
 """MIL training throughput: slidebank (store bags, Ray Train DDP) vs the per-slide h5 loop.
 
-    python benchmarks/train.py --out train.json [--quick]
+    python -m benchmarks.train --out train.json [--quick]
 
 The same synthetic cohort (planted signal, fixed seed) is written to the feature store
 and as one h5 file per slide in the CLAM layout (``features`` (N, D) float32, ``coords``
@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -32,10 +31,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import machine, print_table, write_json  # noqa: E402
+from benchmarks._common import machine, print_table, write_json
 
 FULL = {"slides": 120, "tiles": 3000, "dim": 384, "epochs": 5}
 QUICK = {"slides": 32, "tiles": 500, "dim": 64, "epochs": 4}
@@ -114,9 +110,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     params = QUICK if args.quick else FULL
 
-    import ray
     import torch
 
+    from infra.ray_runtime import connect, shutdown
     from training.mil.data import BagDataset, targets_from_cohort
     from training.mil.heads import make_head
     from training.mil.job import JobConfig, run_training
@@ -158,7 +154,7 @@ def main() -> None:
         local = fit(cfg, bags(train, True), bags(val, False), head)
         rows.append(_row("slidebank fit in-process (store, cached)",
                          [len(items) / h["train_s"] for h in local.history], time.perf_counter() - start))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        started_ray = connect(address="local", num_cpus=2)  # the embedded Ray users get
         for workers, cache in ((1, False), (1, True), (2, True)):
             job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=workers,
                             name=f"bench-w{workers}-{'cache' if cache else 'nocache'}", cache_bags=cache,
@@ -170,7 +166,7 @@ def main() -> None:
             reads = "bags cached after one scan" if cache else "per-slide store reads every epoch"
             rows.append(_row(f"slidebank store + Ray DDP x{workers} ({reads})", per_epoch, wall,
                              ray_overhead_s=wall - sum(h["train_s"] for h in result.history)))
-        ray.shutdown()
+        shutdown(started_ray)
         base = rows[0]["slides_per_s"]
         for row in rows:
             row["vs_h5_loop"] = row["slides_per_s"] / base
