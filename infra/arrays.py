@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Device", "array_module", "asnumpy", "device_module", "get_xp", "gpu_available",
+__all__ = ["Device", "array_module", "asnumpy", "cuda_present", "device_module", "get_xp",
+           "gpu_available",
            "ndimage_module", "resolve_xp", "skimage_module", "to_device", "torch_device"]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,6 +49,12 @@ def gpu_available() -> bool:
     """True when CuPy can see and allocate on at least one CUDA device (or a stand-in is
     installed, see :func:`device_module`)."""
     return _standin() is not None or _cuda_present()
+
+
+def cuda_present() -> bool:
+    """True when a real CUDA device answers through CuPy (never a stand-in): the
+    question before touching a CUDA-only resource such as CuPy's memory pool."""
+    return _cuda_present()
 
 
 @functools.cache

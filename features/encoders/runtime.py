@@ -312,12 +312,12 @@ def _free_device_caches() -> None:
     CuPy only when something already imported it (importing it here costs seconds)."""
     import torch
 
-    from infra.arrays import _cuda_present
+    from infra.arrays import cuda_present
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cupy = sys.modules.get("cupy")
-    if cupy is not None and _cuda_present():  # an installed CuPy without a device raises
+    if cupy is not None and cuda_present():  # an installed CuPy without a device raises
         cupy.get_default_memory_pool().free_all_blocks()
 
 
