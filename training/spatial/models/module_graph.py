@@ -28,9 +28,8 @@ from training.mil.models import GatedAttention, MILConfig, MILOutput, register_m
 from training.spatial.graphs import GraphSpec
 from training.spatial.interactions import module_graph
 from training.spatial.models._common import edges_for, fit_transform, options, require_coords
-from training.spatial.models.module_stats import StatsReadout
-from training.spatial.modules import ModuleCodebook, ModuleSpec, fit_modules
-from training.spatial.preprocess import TileTransform
+from training.spatial.models.module_stats import ModuleModel, StatsReadout
+from training.spatial.modules import ModuleCodebook, fit_modules
 
 __all__ = ["ModuleGraphNet"]
 
@@ -41,28 +40,17 @@ DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "smooth": 0.0, "code
                             "centre": False, "whiten": False, "stats_readout": False}
 
 
-class ModuleGraphNet(nn.Module):
-    centroids: Tensor
-    fitted: Tensor
-    uses_coords = True
+class ModuleGraphNet(ModuleModel):
+    model_name = "module_graph"
 
     def __init__(self, cfg: MILConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.opts = options(cfg, DEFAULTS, {"graph": ("grid8", "grid4", "knn", "radius")})
-        k = int(self.opts["modules"])
-        # Per-slide centring / PCA whitening before modules and node features: under
-        # nuisance-dominated noise k-means on raw embeddings clusters the nuisance.
-        self.transform = TileTransform(cfg.in_dim, centre=bool(self.opts["centre"]), whiten=bool(self.opts["whiten"]))
+        opts = options(cfg, DEFAULTS, {"graph": ("grid8", "grid4", "knn", "radius")})
+        super().__init__(cfg, opts, smooth=float(opts["smooth"]))
+        k = self.k
         if self.opts["codebook"] and (self.transform.centre or self.transform.whiten):
             raise ConfigError("module_graph: a stored codebook (option codebook) lives in the raw embedding "
                               "space; it cannot be combined with centre or whiten")
-        self.module_spec = ModuleSpec(k=k, seed=int(self.opts["module_seed"]), smooth=float(self.opts["smooth"]),
-                                      max_tiles=int(self.opts["max_fit_tiles"]))
-        self.k = k
         self.spec = GraphSpec(kind=str(self.opts["graph"]))
-        self.register_buffer("centroids", torch.zeros(k, cfg.in_dim))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.codebook: ModuleCodebook | None = None
         self.codebook_hash: str | None = None
         h = cfg.hidden
@@ -83,8 +71,7 @@ class ModuleGraphNet(nn.Module):
         if codebook.k != self.k or codebook.dim != self.cfg.in_dim:
             raise ConfigError(f"codebook is {codebook.k}×{codebook.dim}, model wants {self.k}×{self.cfg.in_dim}")
         self.codebook = codebook
-        self.centroids.copy_(torch.from_numpy(codebook.centroids))
-        self.fitted.fill_(True)
+        self.set_centroids(codebook.centroids)
 
     def prepare(self, train_data: Any) -> None:
         """Fit (or load) the module codebook from the training bags only, before training."""
@@ -114,13 +101,6 @@ class ModuleGraphNet(nn.Module):
                 self.codebook_hash = save_codebook(store, book)
             except OSError as exc:  # a read-only store still trains; the codebook is in the checkpoint
                 log.warning("could not save the module codebook to %s: %s", store.uri, exc)
-
-    def assign(self, x: Tensor) -> Tensor:
-        if not bool(self.fitted):
-            raise ConfigError("module_graph has no fitted modules: call prepare(train_data) or load a checkpoint")
-        c = self.centroids
-        x = self.transform(x)
-        return ((c * c).sum(1)[None, :] - 2 * x @ c.T).argmin(1)
 
     # -- model ---------------------------------------------------------------------
     def graph(self, x: Tensor, coords: Tensor, edges: tuple[Any, Any] | None = None) -> Any:

@@ -30,7 +30,7 @@ from training.spatial.modules import ModuleSpec, fit_modules
 from training.spatial.preprocess import TileTransform
 from training.spatial.stats import feature_names, module_features
 
-__all__ = ["ModuleStats", "StatsReadout"]
+__all__ = ["ModuleModel", "ModuleStats", "StatsReadout"]
 
 log = logging.getLogger(__name__)
 
@@ -86,34 +86,53 @@ class StatsReadout(nn.Module):
         return self.head(self.dropout(z)), z
 
 
-class ModuleStats(nn.Module):
+class ModuleModel(nn.Module):
+    """What the models that give each tile its nearest tissue module share: the options
+    parsed once, the per-slide transform (centring / whitening before the modules: under
+    nuisance-dominated noise k-means on raw embeddings clusters the nuisance), the module
+    spec, the centroid buffers (saved in checkpoints) and the assignment."""
+
     centroids: Tensor
     fitted: Tensor
     uses_coords = True
+    #: the registry name, for messages
+    model_name = ""
 
-    def __init__(self, cfg: MILConfig) -> None:
+    def __init__(self, cfg: MILConfig, opts: dict[str, Any], *, smooth: float = 0.0) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.opts = options(cfg, DEFAULTS)
-        self.k = int(self.opts["modules"])
-        self.module_spec = ModuleSpec(k=self.k, seed=int(self.opts["module_seed"]),
-                                      max_tiles=int(self.opts["max_fit_tiles"]))
-        self.transform = TileTransform(cfg.in_dim, centre=bool(self.opts["centre"]), whiten=bool(self.opts["whiten"]))
+        self.cfg, self.opts = cfg, opts
+        self.k = int(opts["modules"])
+        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
+        self.module_spec = ModuleSpec(k=self.k, seed=int(opts["module_seed"]), smooth=smooth,
+                                      max_tiles=int(opts["max_fit_tiles"]))
         self.register_buffer("centroids", torch.zeros(self.k, cfg.in_dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self.readout = StatsReadout(self.k, cfg.n_outputs, distances=bool(self.opts["distances"]), dropout=cfg.dropout)
+
+    def set_centroids(self, centroids: np.ndarray) -> None:
+        self.centroids.copy_(torch.from_numpy(centroids))
+        self.fitted.fill_(True)
 
     def assign(self, x: Tensor) -> Tensor:
         """Module of each tile, from raw embeddings (the transform is applied here)."""
+        if not bool(self.fitted):
+            raise ConfigError(f"{self.model_name} has no fitted modules: call prepare(train_data) "
+                              "or load a checkpoint")
         c, x = self.centroids, self.transform(x.float())
         return ((c * c).sum(1)[None, :] - 2 * x @ c.T).argmin(1)
+
+
+class ModuleStats(ModuleModel):
+    model_name = "module_stats"
+
+    def __init__(self, cfg: MILConfig) -> None:
+        super().__init__(cfg, options(cfg, DEFAULTS))
+        self.readout = StatsReadout(self.k, cfg.n_outputs, distances=bool(self.opts["distances"]), dropout=cfg.dropout)
 
     def prepare(self, train_data: Any) -> None:
         """Fit the transform, the modules and the feature scaling on the training bags only."""
         moved = fit_transform(self, train_data)
         book = fit_modules(moved, self.module_spec, encoder=getattr(train_data, "encoder", None))
-        self.centroids.copy_(torch.from_numpy(book.centroids))
-        self.fitted.fill_(True)
+        self.set_centroids(book.centroids)
         self.readout.fit(self.assign, [train_data.read(item.slide_id) for item in train_data.items])
         log.info("module_stats: %d modules, %d features from %d training slides", self.k,
                  len(self.readout.names), len(moved))
