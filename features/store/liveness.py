@@ -28,7 +28,6 @@ import socket
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 from features.store._keys import validate_run_id
@@ -222,10 +221,5 @@ class RunHeartbeat:
     def __enter__(self) -> RunHeartbeat:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()  # on success or failure alike
