@@ -28,23 +28,36 @@ def _grid(slide, mpp: float, target_mpp: float, tile: int):
 
     width, height = slide.dimensions
     scale = _THUMB_MPP / mpp
-    thumb = np.asarray(slide.get_thumbnail((max(1, int(width / scale)), max(1, int(height / scale))))
-                       .convert("RGB"))
+    thumb = np.asarray(
+        slide.get_thumbnail((max(1, int(width / scale)), max(1, int(height / scale)))).convert(
+            "RGB"
+        )
+    )
     mask = np.asarray(saturation_otsu_mask(thumb, _THUMB_MPP))
     step = tile * target_mpp / mpp  # tile footprint in level-0 pixels
     fy, fx = mask.shape[0] / height, mask.shape[1] / width
     coords = []
     for y in np.arange(0, height - step + 1, step):
         for x in np.arange(0, width - step + 1, step):
-            cell = mask[int(y * fy):max(int((y + step) * fy), int(y * fy) + 1),
-                        int(x * fx):max(int((x + step) * fx), int(x * fx) + 1)]
+            cell = mask[
+                int(y * fy) : max(int((y + step) * fy), int(y * fy) + 1),
+                int(x * fx) : max(int((x + step) * fx), int(x * fx) + 1),
+            ]
             if cell.size and cell.mean() >= 0.5:
                 coords.append((int(round(x)), int(round(y))))
     return coords, step
 
 
-def run_clam_style(paths: Sequence[str | Path], encoder: str, weights: str | None, out: Path, *,
-                   target_mpp: float = 0.5, tile: int = 256, batch: int = 32) -> tuple[float, int]:
+def run_clam_style(
+    paths: Sequence[str | Path],
+    encoder: str,
+    weights: str | None,
+    out: Path,
+    *,
+    target_mpp: float = 0.5,
+    tile: int = 256,
+    batch: int = 32,
+) -> tuple[float, int]:
     """Seconds and tiles for the whole cohort; the model is built inside the timing."""
     import h5py
     import openslide
@@ -64,7 +77,7 @@ def run_clam_style(paths: Sequence[str | Path], encoder: str, weights: str | Non
             feats = []
             for b in range(0, len(coords), batch):
                 tiles = []
-                for x, y in coords[b:b + batch]:
+                for x, y in coords[b : b + batch]:
                     img = np.asarray(handle.read_region((x, y), level, (read, read)).convert("RGB"))
                     # the same area downsampling as slidebank's default: same pixels, same work
                     tiles.append(downsample(img, tile, "area") if read != tile else img)

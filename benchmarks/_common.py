@@ -27,8 +27,11 @@ def best_of(fn: Callable[[], int], repeats: int) -> tuple[float, int]:
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
@@ -60,7 +63,10 @@ def moto_s3() -> Iterator[dict[str, Any]]:
     The same launcher the tests use (tests/_support/moto.py), so there is one copy."""
     from tests._support.moto import moto_server, storage_options
 
-    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                   "AWS_DEFAULT_REGION": "us-east-1"}
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     with moto_server({**os.environ, **credentials}) as endpoint:
         yield storage_options(endpoint, credentials)

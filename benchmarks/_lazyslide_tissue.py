@@ -26,13 +26,25 @@ def main(slide: str, out: str) -> None:
     for geometry in tissues.geometry:
         parts = getattr(geometry, "geoms", [geometry])
         for poly in parts:
-            polygons.append({"exterior": [list(p) for p in poly.exterior.coords],
-                             "holes": [[list(p) for p in ring.coords] for ring in poly.interiors]})
+            polygons.append(
+                {
+                    "exterior": [list(p) for p in poly.exterior.coords],
+                    "holes": [[list(p) for p in ring.coords] for ring in poly.interiors],
+                }
+            )
     props = wsi.properties
     with open(out, "w") as handle:
-        json.dump({"polygons": polygons, "seconds": seconds, "lazyslide": zs.__version__,
-                   "mpp": props.mpp, "level_shapes": [list(s) for s in props.level_shape],
-                   "n_tissues": len(tissues)}, handle)
+        json.dump(
+            {
+                "polygons": polygons,
+                "seconds": seconds,
+                "lazyslide": zs.__version__,
+                "mpp": props.mpp,
+                "level_shapes": [list(s) for s in props.level_shape],
+                "n_tissues": len(tissues),
+            },
+            handle,
+        )
 
 
 if __name__ == "__main__":

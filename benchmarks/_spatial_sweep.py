@@ -22,13 +22,36 @@ from typing import Any
 
 import numpy as np
 
-QUICK_SWEEP: dict[str, Any] = {"cohorts": ["S1", "S2"], "noises": ["isotropic", "offsets", "nuisance"],
-                               "separabilities": [0.95, 0.85], "slides": 80, "seeds": [0], "epochs": 20,
-                               "patience": 6, "shape": "irregular", "train_slides_list": [None]}
-FULL_SWEEP: dict[str, Any] = {"cohorts": ["S1", "S2", "S3"], "noises": ["isotropic", "offsets", "nuisance"],
-                              "separabilities": [0.99, 0.95, 0.9, 0.85, 0.8], "slides": 200, "seeds": [0, 1, 2],
-                              "epochs": 20, "patience": 6, "shape": "irregular", "train_slides_list": [40, 80, None]}
-SWEEP_MODELS = ["mean_pool", "module_stats", "module_stats_cw", "module_graph_cw", "tile_gnn", "tile_gnn_modules"]
+QUICK_SWEEP: dict[str, Any] = {
+    "cohorts": ["S1", "S2"],
+    "noises": ["isotropic", "offsets", "nuisance"],
+    "separabilities": [0.95, 0.85],
+    "slides": 80,
+    "seeds": [0],
+    "epochs": 20,
+    "patience": 6,
+    "shape": "irregular",
+    "train_slides_list": [None],
+}
+FULL_SWEEP: dict[str, Any] = {
+    "cohorts": ["S1", "S2", "S3"],
+    "noises": ["isotropic", "offsets", "nuisance"],
+    "separabilities": [0.99, 0.95, 0.9, 0.85, 0.8],
+    "slides": 200,
+    "seeds": [0, 1, 2],
+    "epochs": 20,
+    "patience": 6,
+    "shape": "irregular",
+    "train_slides_list": [40, 80, None],
+}
+SWEEP_MODELS = [
+    "mean_pool",
+    "module_stats",
+    "module_stats_cw",
+    "module_graph_cw",
+    "tile_gnn",
+    "tile_gnn_modules",
+]
 MEMORISED_LOSS, MEMORISED_AUROC = 0.05, 0.6
 
 
@@ -48,7 +71,9 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     table = cohort.table
     # real_S1's planted types use their own numbering (ingest.synthetic.nests)
     k = max(len(TYPES), 1 + max(int(np.max(cohort.types[s])) for s in table["slide_id"]))
-    feats = {sid: module_features(cohort.types[sid], cohort.coords[sid], k) for sid in table["slide_id"]}
+    feats = {
+        sid: module_features(cohort.types[sid], cohort.coords[sid], k) for sid in table["slide_id"]
+    }
     folds = sorted(table[fold_column].unique())
     y_all, p_all = [], []
     for i, fold in enumerate(folds):
@@ -70,7 +95,11 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     if cohort.task == "binary":
         lo, hi = bootstrap_ci(y, p, roc_auc_score, n_boot=1000)
         return {"auroc": float(roc_auc_score(y, p)), "auroc_ci": [lo, hi]}
-    return {"pearson": {t: float(stats.pearsonr(p[:, j], y[:, j])[0]) for j, t in enumerate(cohort.targets)}}
+    return {
+        "pearson": {
+            t: float(stats.pearsonr(p[:, j], y[:, j])[0]) for j, t in enumerate(cohort.targets)
+        }
+    }
 
 
 def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
@@ -82,19 +111,37 @@ def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
                 continue
             kept = run.history[run.best_epoch]
             min_loss = min(h["train_loss"] for h in run.history)
-            folds.append({"min_train_loss": min_loss, "kept_train_loss": kept["train_loss"],
-                          "kept_val_auroc": kept["val_score"], "best_epoch": run.best_epoch,
-                          "memorised": bool(min_loss < MEMORISED_LOSS and kept["val_score"] < MEMORISED_AUROC)})
+            folds.append(
+                {
+                    "min_train_loss": min_loss,
+                    "kept_train_loss": kept["train_loss"],
+                    "kept_val_auroc": kept["val_score"],
+                    "best_epoch": run.best_epoch,
+                    "memorised": bool(
+                        min_loss < MEMORISED_LOSS and kept["val_score"] < MEMORISED_AUROC
+                    ),
+                }
+            )
     if not folds:
         return {}
-    return {"min_train_loss": float(np.mean([f["min_train_loss"] for f in folds])),
-            "kept_train_loss": float(np.mean([f["kept_train_loss"] for f in folds])),
-            "kept_val_auroc": float(np.nanmean([f["kept_val_auroc"] for f in folds])),
-            "memorised_folds": int(sum(f["memorised"] for f in folds)), "folds": len(folds)}
+    return {
+        "min_train_loss": float(np.mean([f["min_train_loss"] for f in folds])),
+        "kept_train_loss": float(np.mean([f["kept_train_loss"] for f in folds])),
+        "kept_val_auroc": float(np.nanmean([f["kept_val_auroc"] for f in folds])),
+        "memorised_folds": int(sum(f["memorised"] for f in folds)),
+        "folds": len(folds),
+    }
 
 
-def run_sweep(params: dict[str, Any], models: list[str], tmp: Path, out: str, result: dict[str, Any],
-              evaluate_cohort: Any, side_of: dict[str, int]) -> dict[str, Any]:
+def run_sweep(
+    params: dict[str, Any],
+    models: list[str],
+    tmp: Path,
+    out: str,
+    result: dict[str, Any],
+    evaluate_cohort: Any,
+    side_of: dict[str, int],
+) -> dict[str, Any]:
     from benchmarks._common import write_json
     from training.spatial.synthetic import NoiseSpec, write_spatial_cohort
 
@@ -105,20 +152,42 @@ def run_sweep(params: dict[str, Any], models: list[str], tmp: Path, out: str, re
                 spec = NoiseSpec(noise, separability)
                 store = tmp / f"{name}_{spec.tag}"
                 built = time.perf_counter()
-                cohort = write_spatial_cohort(str(store), name, n_slides=params["slides"], side=side_of.get(name, 16),
-                                              noise=spec, shape=params["shape"])
+                cohort = write_spatial_cohort(
+                    str(store),
+                    name,
+                    n_slides=params["slides"],
+                    side=side_of.get(name, 16),
+                    noise=spec,
+                    shape=params["shape"],
+                )
                 build_s = time.perf_counter() - built
                 for train_slides in params["train_slides_list"]:
                     res = evaluate_cohort(cohort, models, {**params, "train_slides": train_slides})
-                    cell = {"cohort": name, "noise": noise, "separability": separability,
-                            "noise_scale": cohort.meta["noise_scale"], "train_slides": train_slides,
-                            "build_s": build_s, "oracle": oracle(cohort),
-                            "gap": {m: fit_gap(runs) for m, runs in res["runs"].items()}}
-                    for key in ("auroc", "auroc_ci", "auroc_per_seed", "shuffle_auroc", "pearson", "seconds"):
+                    cell = {
+                        "cohort": name,
+                        "noise": noise,
+                        "separability": separability,
+                        "noise_scale": cohort.meta["noise_scale"],
+                        "train_slides": train_slides,
+                        "build_s": build_s,
+                        "oracle": oracle(cohort),
+                        "gap": {m: fit_gap(runs) for m, runs in res["runs"].items()},
+                    }
+                    for key in (
+                        "auroc",
+                        "auroc_ci",
+                        "auroc_per_seed",
+                        "shuffle_auroc",
+                        "pearson",
+                        "seconds",
+                    ):
                         cell[key] = res[key]
                     cells.append(cell)
-                    print(f"{name} {spec.tag} train={train_slides} oracle={cell['oracle'].get('auroc')} "
-                          f"{ {m: round(v, 3) for m, v in res['auroc'].items()} }", flush=True)
+                    print(
+                        f"{name} {spec.tag} train={train_slides} oracle={cell['oracle'].get('auroc')} "
+                        f"{ {m: round(v, 3) for m, v in res['auroc'].items()} }",
+                        flush=True,
+                    )
                     write_json(out, {**result, "partial": True})
                 shutil.rmtree(store, ignore_errors=True)
     return result
@@ -134,19 +203,33 @@ def plot_sweep(result: dict[str, Any], png: str | Path) -> None:
 
     cells = [c for c in result["cells"] if c.get("train_slides") is None]
     cohorts = sorted({c["cohort"] for c in cells})
-    noises = [n for n in ("isotropic", "offsets", "nuisance") if any(c["noise"] == n for c in cells)]
+    noises = [
+        n for n in ("isotropic", "offsets", "nuisance") if any(c["noise"] == n for c in cells)
+    ]
     models = result["models"]
-    fig, axes = plt.subplots(len(cohorts), len(noises), figsize=(4 * len(noises), 3.2 * len(cohorts)),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        len(cohorts),
+        len(noises),
+        figsize=(4 * len(noises), 3.2 * len(cohorts)),
+        squeeze=False,
+        sharey=True,
+    )
     for r, cohort in enumerate(cohorts):
         for col, noise in enumerate(noises):
             ax = axes[r][col]
-            part = sorted((c for c in cells if c["cohort"] == cohort and c["noise"] == noise),
-                          key=lambda c: c["separability"])
+            part = sorted(
+                (c for c in cells if c["cohort"] == cohort and c["noise"] == noise),
+                key=lambda c: c["separability"],
+            )
             xs = [100 * c["separability"] for c in part]
             for model in models:
                 ax.plot(xs, [c["auroc"].get(model, np.nan) for c in part], marker="o", label=model)
-            ax.plot(xs, [c["oracle"].get("auroc", np.nan) for c in part], "k--", label="oracle (planted types)")
+            ax.plot(
+                xs,
+                [c["oracle"].get("auroc", np.nan) for c in part],
+                "k--",
+                label="oracle (planted types)",
+            )
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
             ax.set_title(f"{cohort}, {noise}")
             ax.set_xlabel("single-tile separability (%)")
@@ -165,8 +248,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The sweep as a markdown table: pooled AUROC per cell and model, the oracle first;
     ``†n``: n folds memorised (training loss < 0.05 while the kept validation AUROC < 0.6)."""
     models = result["models"]
-    lines = ["| cohort | noise | separability | oracle | " + " | ".join(f"`{m}`" for m in models) + " |",
-             "|---|---|---|---|" + "---|" * len(models)]
+    lines = [
+        "| cohort | noise | separability | oracle | " + " | ".join(f"`{m}`" for m in models) + " |",
+        "|---|---|---|---|" + "---|" * len(models),
+    ]
     for c in result["cells"]:
         cells = []
         for m in models:
@@ -175,6 +260,8 @@ def markdown_table(result: dict[str, Any]) -> str:
             memorised = c.get("gap", {}).get(m, {}).get("memorised_folds", 0)
             cells.append(text + (f" †{memorised}" if memorised else ""))
         size = "" if c.get("train_slides") is None else f", {c['train_slides']} training slides"
-        lines.append(f"| {c['cohort']} | {c['noise']}{size} | {100 * c['separability']:.0f}% | "
-                     f"{c['oracle'].get('auroc', float('nan')):.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {c['cohort']} | {c['noise']}{size} | {100 * c['separability']:.0f}% | "
+            f"{c['oracle'].get('auroc', float('nan')):.2f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)

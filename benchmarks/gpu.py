@@ -81,33 +81,52 @@ class Plan:
     e2e_tiles: int = 2048
     slide_blobs: int | None = 12  # about half the slide is tissue
     reader_tiles: int = 512
-    parts: list[str] = field(default_factory=lambda: ["device", "peak", "encoder", "reader",
-                                                      "stain", "e2e"])
+    parts: list[str] = field(
+        default_factory=lambda: ["device", "peak", "encoder", "reader", "stain", "e2e"]
+    )
 
     @classmethod
     def dry(cls, out: str) -> Plan:
-        return cls(dry_run=True, out=out, slide_side=3072, model="tiny-vit", batches=(8, 16),
-                   compile_batch=None, e2e_batch=16, fragment=4, budget_s=0.5, e2e_s=3.0,
-                   e2e_tiles=48, slide_blobs=None, reader_tiles=40)
+        return cls(
+            dry_run=True,
+            out=out,
+            slide_side=3072,
+            model="tiny-vit",
+            batches=(8, 16),
+            compile_batch=None,
+            e2e_batch=16,
+            fragment=4,
+            budget_s=0.5,
+            e2e_s=3.0,
+            e2e_tiles=48,
+            slide_blobs=None,
+            reader_tiles=40,
+        )
 
     def describe(self) -> str:
         where = "CPU, strict device stand-in" if self.dry_run else "CUDA (CuPy, cuCIM GPU decode)"
         sweep = ", ".join(str(b) for b in self.batches)
-        compiled = f"; compiled at {self.compile_batch}" if self.compile_batch else \
-            "; compile skipped (inductor needs minutes on a CPU)"
-        return "\n".join([
-            f"plan ({where}):",
-            "  device   versions; cuCIM device batch reads give device memory",
-            "  peak     bf16 GEMM peak" + (" (float32 512³ on the CPU)" if self.dry_run else ""),
-            f"  encoder  {self.model}: eager batches {sweep}{compiled}; MFU",
-            f"  reader   {self.reader_tiles} tiles of 256² at 0.5 µm/px from a "
-            f"{self.slide_side}² 0.25 µm/px slide: device vs CPU",
-            "  stain    Macenko on the device module",
-            f"  e2e      DeviceStage, {self.e2e_tiles}+ tiles a run, encode batch "
-            f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; per-stage "
-            "times, busy share, memory",
-            f"  budget   {self.budget_s:g} s per timing, results to {self.out}",
-        ])
+        compiled = (
+            f"; compiled at {self.compile_batch}"
+            if self.compile_batch
+            else "; compile skipped (inductor needs minutes on a CPU)"
+        )
+        return "\n".join(
+            [
+                f"plan ({where}):",
+                "  device   versions; cuCIM device batch reads give device memory",
+                "  peak     bf16 GEMM peak"
+                + (" (float32 512³ on the CPU)" if self.dry_run else ""),
+                f"  encoder  {self.model}: eager batches {sweep}{compiled}; MFU",
+                f"  reader   {self.reader_tiles} tiles of 256² at 0.5 µm/px from a "
+                f"{self.slide_side}² 0.25 µm/px slide: device vs CPU",
+                "  stain    Macenko on the device module",
+                f"  e2e      DeviceStage, {self.e2e_tiles}+ tiles a run, encode batch "
+                f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; per-stage "
+                "times, busy share, memory",
+                f"  budget   {self.budget_s:g} s per timing, results to {self.out}",
+            ]
+        )
 
 
 @dataclass
@@ -123,6 +142,7 @@ class Env:
 
 # ---- timing -------------------------------------------------------------------------------
 
+
 def _sync(env: Env) -> None:
     if not env.dry_run:
         import torch
@@ -130,7 +150,9 @@ def _sync(env: Env) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(env: Env, fn: Callable[[], Any], budget_s: float, min_reps: int = 3) -> tuple[float, int]:
+def _timed(
+    env: Env, fn: Callable[[], Any], budget_s: float, min_reps: int = 3
+) -> tuple[float, int]:
     """Seconds per call (median of reps within ``budget_s``) after one warm-up call."""
     fn()
     _sync(env)
@@ -210,20 +232,27 @@ class BusySampler(threading.Thread):
 
 # ---- the parts ----------------------------------------------------------------------------
 
+
 def device_info(env: Env) -> dict[str, Any]:
     from importlib import metadata
 
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0],
-                            "xp": getattr(env.xp, "__name__", str(env.xp))}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "xp": getattr(env.xp, "__name__", str(env.xp)),
+    }
     if env.dry_run:
         info["name"] = "cpu (dry run: strict device stand-in)"
     else:
         props = torch.cuda.get_device_properties(0)
-        info.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
-                    multiprocessors=props.multi_processor_count,
-                    capability=f"{props.major}.{props.minor}")
+        info.update(
+            name=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
         try:
             import pynvml
 
@@ -270,8 +299,13 @@ def peak_bf16(env: Env, plan: Plan) -> dict[str, Any]:
 def _encoder(plan: Plan, env: Env, batch: int, compile: bool = False) -> Any:
     from features.encoders import Encoder
 
-    return Encoder(_spec(plan.model), weights=None if plan.dry_run else "random",
-                   device=env.torch_device, batch_size=batch, compile=compile)  # type: ignore[arg-type]
+    return Encoder(
+        _spec(plan.model),
+        weights=None if plan.dry_run else "random",
+        device=env.torch_device,
+        batch_size=batch,
+        compile=compile,
+    )  # type: ignore[arg-type]
 
 
 def _spec(model: str) -> Any:
@@ -279,19 +313,27 @@ def _spec(model: str) -> Any:
         return model
     from features.encoders.spec import EncoderSpec, frozen_kwargs
 
-    return EncoderSpec(name="tiny-vit", family="bench", embed_dim=32, pooling="cls",
-                       input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                       architecture="vit_tiny_patch16_224", dtype="float32",
-                       timm_kwargs=frozen_kwargs(img_size=32, patch_size=8, embed_dim=32,
-                                                 depth=1, num_heads=2))
+    return EncoderSpec(
+        name="tiny-vit",
+        family="bench",
+        embed_dim=32,
+        pooling="cls",
+        input_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        architecture="vit_tiny_patch16_224",
+        dtype="float32",
+        timm_kwargs=frozen_kwargs(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
+    )
 
 
 def _tiles_on(env: Env, n: int, size: int, seed: int = 0) -> Any:
     from infra.arrays import to_device
 
     rng = np.random.default_rng(seed)
-    return to_device(env.xp, rng.integers(60, 230, (n, size, size, 3), dtype=np.uint8),
-                     what="benchmark input")
+    return to_device(
+        env.xp, rng.integers(60, 230, (n, size, size, 3), dtype=np.uint8), what="benchmark input"
+    )
 
 
 def encoder_mfu(env: Env, plan: Plan, peak_tflops: float, gpu_name: str) -> dict[str, Any]:
@@ -307,24 +349,46 @@ def encoder_mfu(env: Env, plan: Plan, peak_tflops: float, gpu_name: str) -> dict
         runs.append(_encoder_run(env, plan, encoder, batch, flops, peak_tflops, datasheet, False))
     if plan.compile_batch:
         compiled = _encoder(plan, env, plan.compile_batch, compile=True)
-        runs.append(_encoder_run(env, plan, compiled, plan.compile_batch, flops, peak_tflops,
-                                 datasheet, True))
-    out: dict[str, Any] = {"encoder": plan.model, "image": image, "gflop_per_tile": flops / 1e9,
-                           "datasheet_tflops": datasheet, "runs": runs}
+        runs.append(
+            _encoder_run(
+                env, plan, compiled, plan.compile_batch, flops, peak_tflops, datasheet, True
+            )
+        )
+    out: dict[str, Any] = {
+        "encoder": plan.model,
+        "image": image,
+        "gflop_per_tile": flops / 1e9,
+        "datasheet_tflops": datasheet,
+        "runs": runs,
+    }
     if not env.dry_run:
         out["torch_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
 
 
-def _encoder_run(env: Env, plan: Plan, encoder: Any, batch: int, flops: float, peak: float,
-                 datasheet: float | None, compiled: bool) -> dict[str, Any]:
+def _encoder_run(
+    env: Env,
+    plan: Plan,
+    encoder: Any,
+    batch: int,
+    flops: float,
+    peak: float,
+    datasheet: float | None,
+    compiled: bool,
+) -> dict[str, Any]:
     tiles = _tiles_on(env, batch, encoder.spec.input_size)
     seconds, reps = _timed(env, lambda: encoder.embed_device(tiles), plan.budget_s)
     achieved = batch * flops / seconds / 1e12
-    return {"batch": batch, "compiled": compiled, "tiles_per_s": round(batch / seconds, 1),
-            "achieved_tflops": round(achieved, 2), "mfu_vs_measured_peak": round(achieved / peak, 4),
-            "mfu_vs_datasheet": None if datasheet is None else round(achieved / datasheet, 4),
-            "reps": reps, "dtype": encoder.provenance.get("dtype")}
+    return {
+        "batch": batch,
+        "compiled": compiled,
+        "tiles_per_s": round(batch / seconds, 1),
+        "achieved_tflops": round(achieved, 2),
+        "mfu_vs_measured_peak": round(achieved / peak, 4),
+        "mfu_vs_datasheet": None if datasheet is None else round(achieved / datasheet, 4),
+        "reps": reps,
+        "dtype": encoder.provenance.get("dtype"),
+    }
 
 
 def _meta_model(spec: Any) -> Any:
@@ -356,10 +420,15 @@ def reader(env: Env, plan: Plan) -> dict[str, Any]:
     from ingest.slides import open_slide
 
     locs = _locations(plan.slide_side, plan.reader_tiles, 512)
-    out: dict[str, Any] = {"slide_side": plan.slide_side, "tiles": len(locs), "tile": 256,
-                           "read_px": 512}
+    out: dict[str, Any] = {
+        "slide_side": plan.slide_side,
+        "tiles": len(locs),
+        "tile": 256,
+        "read_px": 512,
+    }
     for where, xp, device in (("device", env.xp, env.device), ("cpu", None, "cpu")):
         with open_slide(str(env.slide), device=device) as slide:
+
             def read(slide: Any = slide, xp: Any = xp) -> Any:
                 return slide.read_regions_at_mpp(locs, 256, 0.5, threads=4, xp=xp)
 
@@ -388,22 +457,32 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
     config = IngestConfig(stain="macenko")
     options = RunOptions(progress=False, tiles_per_batch=plan.fragment, device="cpu")
     store, writes = _store(config, plan)
-    source = {"uri": str(env.slide), "slide_id": "bench", "patient_id": "", "mpp": None,
-              "write_id": "w0"}
+    source = {
+        "uri": str(env.slide),
+        "slide_id": "bench",
+        "patient_id": "",
+        "mpp": None,
+        "write_id": "w0",
+    }
     t0 = time.perf_counter()
-    planned = plan_for_device(source, config=config, options=options, store=store,
-                              storage_options=None)
+    planned = plan_for_device(
+        source, config=config, options=options, store=store, storage_options=None
+    )
     if planned["status"] != "tiles":
         raise RuntimeError(f"planning gave {planned['status']}: {planned.get('error')}")
     slide_tiles = len(planned["x"])
     if slide_tiles < plan.fragment:  # a fragment of repeated tiles would repeat a key
         raise RuntimeError(f"the slide has {slide_tiles} tiles, fewer than a fragment")
     planned = _repeated(planned, plan.e2e_tiles)
-    out: dict[str, Any] = {"plan_s": round(time.perf_counter() - t0, 2),
-                           "slide_tiles": slide_tiles, "tiles_per_run": len(planned["x"]),
-                           "encoder": plan.model,
-                           "encode_batch": plan.e2e_batch, "fragment": plan.fragment,
-                           "lance_write": writes}
+    out: dict[str, Any] = {
+        "plan_s": round(time.perf_counter() - t0, 2),
+        "slide_tiles": slide_tiles,
+        "tiles_per_run": len(planned["x"]),
+        "encoder": plan.model,
+        "encode_batch": plan.e2e_batch,
+        "fragment": plan.fragment,
+        "lance_write": writes,
+    }
     stage = _device_stage(env, plan, config, options, store)
     clock = StageClock(cuda=not env.dry_run)
     with _instrumented(stage, clock, writes):
@@ -426,12 +505,21 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
         busy = sampler.stop()
     stages = clock.seconds()
     gpu_s = sum(v for k, v in stages.items() if k in ("qc", "stain", "encode", "d2h"))
-    out.update(runs=runs, tiles=tiles, seconds=round(wall, 2), tiles_per_s=round(tiles / wall, 1),
-               stage_s=stages, stream_busy_pct=round(100 * gpu_s / wall, 1),
-               nvml_busy_pct=busy, **_memory(env))
+    out.update(
+        runs=runs,
+        tiles=tiles,
+        seconds=round(wall, 2),
+        tiles_per_s=round(tiles / wall, 1),
+        stage_s=stages,
+        stream_busy_pct=round(100 * gpu_s / wall, 1),
+        nvml_busy_pct=busy,
+        **_memory(env),
+    )
     if ledger is not None:
-        out["transfers_per_run"] = {k: {"count": v["count"] // runs, "bytes": v["bytes"] // runs}
-                                    for k, v in ledger.summary().items()}
+        out["transfers_per_run"] = {
+            k: {"count": v["count"] // runs, "bytes": v["bytes"] // runs}
+            for k, v in ledger.summary().items()
+        }
     return out
 
 
@@ -464,13 +552,25 @@ def _store(config: Any, plan: Plan) -> tuple[Any, bool]:
 def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any) -> Any:
     from ingest.pipeline.device_stage import DeviceStage
 
-    return DeviceStage(config=config, options=options, storage_options=None,
-                       encoder_kwargs={"encoder": _spec(plan.model),
-                                       "weights": None if plan.dry_run else "random"},
-                       write_kwargs={"store": store, "encoder": config.encoder_id,
-                                     "config_hash": "b" * 16, "dtype": "float32",
-                                     "tile_size": 256, "read_mpp": 0.5},
-                       device=env.device, encode_batch=plan.e2e_batch)
+    return DeviceStage(
+        config=config,
+        options=options,
+        storage_options=None,
+        encoder_kwargs={
+            "encoder": _spec(plan.model),
+            "weights": None if plan.dry_run else "random",
+        },
+        write_kwargs={
+            "store": store,
+            "encoder": config.encoder_id,
+            "config_hash": "b" * 16,
+            "dtype": "float32",
+            "tile_size": 256,
+            "read_mpp": 0.5,
+        },
+        device=env.device,
+        encode_batch=plan.e2e_batch,
+    )
 
 
 def _drain(stage: Any, planned: dict[str, Any], writes: bool) -> int:
@@ -492,11 +592,13 @@ def _instrumented(stage: Any, clock: StageClock, writes: bool) -> Iterator[None]
     import ingest.tissue.qc as qc
     from ingest.stain import StainNormalizer
 
-    saved = [(qc, "tile_flags", qc.tile_flags),
-             (StainNormalizer, "normalize", StainNormalizer.normalize),
-             (infra.arrays, "asnumpy", infra.arrays.asnumpy),
-             (device_stage._ReadAhead, "take", device_stage._ReadAhead.take),
-             (device_stage, "write_batches", device_stage.write_batches)]
+    saved = [
+        (qc, "tile_flags", qc.tile_flags),
+        (StainNormalizer, "normalize", StainNormalizer.normalize),
+        (infra.arrays, "asnumpy", infra.arrays.asnumpy),
+        (device_stage._ReadAhead, "take", device_stage._ReadAhead.take),
+        (device_stage, "write_batches", device_stage.write_batches),
+    ]
     encoder = stage._encoder
     embed = encoder.embed_device
     wall = StageClock(cuda=False)
@@ -529,21 +631,32 @@ def _memory(env: Env) -> dict[str, Any]:
     import torch
 
     pool = cupy.get_default_memory_pool()
-    return {"torch_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "cupy_pool_total_gib": round(pool.total_bytes() / 2**30, 2),
-            "cupy_pool_used_gib": round(pool.used_bytes() / 2**30, 2)}
+    return {
+        "torch_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "cupy_pool_total_gib": round(pool.total_bytes() / 2**30, 2),
+        "cupy_pool_used_gib": round(pool.used_bytes() / 2**30, 2),
+    }
 
 
 # ---- driver -------------------------------------------------------------------------------
+
 
 def _slide(plan: Plan, folder: str) -> Path:
     """A 40×-style synthetic slide: 0.25 µm/px and a 1 µm/px level, nothing at 0.5."""
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
     path = Path(folder) / f"bench40x-{plan.slide_side}.svs"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=plan.slide_side, height=plan.slide_side,
-                                                   mpp=0.25, seed=11, downsamples=(1, 4),
-                                                   n_blobs=plan.slide_blobs))
+    write_synthetic_slide(
+        path,
+        SyntheticSlideSpec(
+            width=plan.slide_side,
+            height=plan.slide_side,
+            mpp=0.25,
+            seed=11,
+            downsamples=(1, 4),
+            n_blobs=plan.slide_blobs,
+        ),
+    )
     return path
 
 
@@ -561,11 +674,17 @@ def _environment(plan: Plan, slide: Path) -> Iterator[Env]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="gpu.json")
-    parser.add_argument("--dry-run", "--smoke", dest="dry_run", action="store_true",
-                        help="CPU with the strict device stand-in, a tiny ViT, a small slide")
+    parser.add_argument(
+        "--dry-run",
+        "--smoke",
+        dest="dry_run",
+        action="store_true",
+        help="CPU with the strict device stand-in, a tiny ViT, a small slide",
+    )
     parser.add_argument("--e2e-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -585,8 +704,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parts: list[tuple[str, Callable[[], Any]]] = [
                 ("device", lambda: device_info(env)),
                 ("peak", lambda: peak_bf16(env, plan)),
-                ("encoder", lambda: encoder_mfu(env, plan, results["peak"]["tflops"],
-                                                results["device"].get("name", ""))),
+                (
+                    "encoder",
+                    lambda: encoder_mfu(
+                        env, plan, results["peak"]["tflops"], results["device"].get("name", "")
+                    ),
+                ),
                 ("reader", lambda: reader(env, plan)),
                 ("stain", lambda: stain(env, plan)),
                 ("e2e", lambda: end_to_end(env, plan)),

@@ -48,8 +48,12 @@ def cohort(quick: bool) -> list:
     for i in range(n):
         path = folder / f"slide-{i}.svs"
         if not path.exists():
-            write_synthetic_slide(path, SyntheticSlideSpec(width=side, height=side, seed=200 + i,
-                                                           n_blobs=6, downsamples=(1, 4, 16)))
+            write_synthetic_slide(
+                path,
+                SyntheticSlideSpec(
+                    width=side, height=side, seed=200 + i, n_blobs=6, downsamples=(1, 4, 16)
+                ),
+            )
         sources.append(SlideSource(str(path), path.stem))
     return sources
 
@@ -74,10 +78,14 @@ def run_slidebank(sources, encoder: str, weights, cpus: int, root: Path) -> tupl
     with pinned(cpus):
         started_ray = connect(address="local", num_cpus=cpus)  # the embedded Ray users get
         try:
-            store = FeatureStore.open(str(root / f"store-{encoder.replace(':', '_')}-{cpus}"), create=True)
+            store = FeatureStore.open(
+                str(root / f"store-{encoder.replace(':', '_')}-{cpus}"), create=True
+            )
             config = IngestConfig(encoder=encoder, weights=weights, stain="none")
             start = time.perf_counter()
-            result = run_ingest(sources, store, config, RunOptions(progress=False, tiles_per_batch=32))
+            result = run_ingest(
+                sources, store, config, RunOptions(progress=False, tiles_per_batch=32)
+            )
             return time.perf_counter() - start, result.tiles
         finally:
             shutdown(started_ray)
@@ -85,12 +93,15 @@ def run_slidebank(sources, encoder: str, weights, cpus: int, root: Path) -> tupl
 
 def run_baseline(sources, encoder: str, weights, root: Path) -> tuple[float, int]:
     with pinned(1):
-        return run_clam_style([s.uri for s in sources], encoder, weights,
-                              root / f"h5-{encoder.replace(':', '_')}")
+        return run_clam_style(
+            [s.uri for s in sources], encoder, weights, root / f"h5-{encoder.replace(':', '_')}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="ingest.json")
     parser.add_argument("--quick", action="store_true", help="2 small slides (a few minutes)")
     args = parser.parse_args(argv)
@@ -100,26 +111,61 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for encoder, weights in ENCODERS.items():
             # The ViT is ~10x slower per tile: a third of the slides keeps the run short.
-            sources = slides if weights is None else slides[:max(1, len(slides) // 3)]
+            sources = slides if weights is None else slides[: max(1, len(slides) // 3)]
             seconds, tiles = run_baseline(sources, encoder, weights, root)
-            rows.append({"case": "baseline (sequential, h5)", "encoder": encoder, "cores": 1,
-                         "slides": len(sources), "tiles": tiles, "seconds": seconds, "tiles_per_s": tiles / seconds})
+            rows.append(
+                {
+                    "case": "baseline (sequential, h5)",
+                    "encoder": encoder,
+                    "cores": 1,
+                    "slides": len(sources),
+                    "tiles": tiles,
+                    "seconds": seconds,
+                    "tiles_per_s": tiles / seconds,
+                }
+            )
             for cpus in (1, 2):
                 seconds, tiles = run_slidebank(sources, encoder, weights, cpus, root)
-                rows.append({"case": "slidebank (Ray)", "encoder": encoder, "cores": cpus,
-                             "slides": len(sources), "tiles": tiles, "seconds": seconds, "tiles_per_s": tiles / seconds})
+                rows.append(
+                    {
+                        "case": "slidebank (Ray)",
+                        "encoder": encoder,
+                        "cores": cpus,
+                        "slides": len(sources),
+                        "tiles": tiles,
+                        "seconds": seconds,
+                        "tiles_per_s": tiles / seconds,
+                    }
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratios = {}
     for encoder in ENCODERS:
         base = next(r for r in rows if r["encoder"] == encoder and r["case"].startswith("baseline"))
-        one = next(r for r in rows if r["encoder"] == encoder and r["cores"] == 1 and "Ray" in r["case"])
+        one = next(
+            r for r in rows if r["encoder"] == encoder and r["cores"] == 1 and "Ray" in r["case"]
+        )
         two = next(r for r in rows if r["encoder"] == encoder and r["cores"] == 2)
-        ratios[f"{encoder}: slidebank 1 core / baseline 1 core"] = one["tiles_per_s"] / base["tiles_per_s"]
-        ratios[f"{encoder}: slidebank 2 cores / baseline 1 core"] = two["tiles_per_s"] / base["tiles_per_s"]
-        ratios[f"{encoder}: scaling efficiency 1->2 cores"] = two["tiles_per_s"] / (2 * one["tiles_per_s"])
-    write_json(args.out, {"benchmark": "ingest", "quick": args.quick, "slides": len(slides),
-                          "machine": machine(), "rows": rows, "ratios": ratios})
+        ratios[f"{encoder}: slidebank 1 core / baseline 1 core"] = (
+            one["tiles_per_s"] / base["tiles_per_s"]
+        )
+        ratios[f"{encoder}: slidebank 2 cores / baseline 1 core"] = (
+            two["tiles_per_s"] / base["tiles_per_s"]
+        )
+        ratios[f"{encoder}: scaling efficiency 1->2 cores"] = two["tiles_per_s"] / (
+            2 * one["tiles_per_s"]
+        )
+    write_json(
+        args.out,
+        {
+            "benchmark": "ingest",
+            "quick": args.quick,
+            "slides": len(slides),
+            "machine": machine(),
+            "rows": rows,
+            "ratios": ratios,
+        },
+    )
     print_table(rows, ["case", "encoder", "cores", "slides", "tiles", "seconds", "tiles_per_s"])
     for key, value in ratios.items():
         print(f"{key:55s} {value:6.2f}")

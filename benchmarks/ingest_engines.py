@@ -37,7 +37,9 @@ def _inputs(scratch: Path) -> dict[str, list]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default="ingest_engines.json")
     args = parser.parse_args(argv)
@@ -57,23 +59,50 @@ def main(argv: list[str] | None = None) -> None:
                     store = FeatureStore.open(str(scratch / f"{case}-{engine}-{rep}"), create=True)
                     load = os.getloadavg()[0]
                     t0 = time.perf_counter()
-                    result = run_ingest(sources, store, options=RunOptions(progress=False, engine=engine),
-                                        dashboard=False)
+                    result = run_ingest(
+                        sources,
+                        store,
+                        options=RunOptions(progress=False, engine=engine),
+                        dashboard=False,
+                    )
                     wall = time.perf_counter() - t0
-                    rows.append({"case": case, "engine": engine, "rep": rep, "tiles": result.tiles,
-                                 "wall_s": round(wall, 2), "load_1min": round(load, 1)})
+                    rows.append(
+                        {
+                            "case": case,
+                            "engine": engine,
+                            "rep": rep,
+                            "tiles": result.tiles,
+                            "wall_s": round(wall, 2),
+                            "load_1min": round(load, 1),
+                        }
+                    )
                     print(rows[-1], flush=True)
     finally:
         shutdown(started)
         shutil.rmtree(scratch, ignore_errors=True)
     summary = {}
     for case in ("one-slide", "demo"):
-        medians = {e: statistics.median(r["wall_s"] for r in rows if r["case"] == case and r["engine"] == e)
-                   for e in ("dataset", "fused")}
-        summary[case] = {**{f"median_wall_s_{e}": m for e, m in medians.items()},
-                         "speedup_fused": medians["dataset"] / medians["fused"]}
-    write_json(args.out, {"benchmark": "ingest_engines", "machine": machine(), "shared_machine": True,
-                          "ray_start_excluded": True, "summary": summary, "rows": rows})
+        medians = {
+            e: statistics.median(
+                r["wall_s"] for r in rows if r["case"] == case and r["engine"] == e
+            )
+            for e in ("dataset", "fused")
+        }
+        summary[case] = {
+            **{f"median_wall_s_{e}": m for e, m in medians.items()},
+            "speedup_fused": medians["dataset"] / medians["fused"],
+        }
+    write_json(
+        args.out,
+        {
+            "benchmark": "ingest_engines",
+            "machine": machine(),
+            "shared_machine": True,
+            "ray_start_excluded": True,
+            "summary": summary,
+            "rows": rows,
+        },
+    )
     for case, s in summary.items():
         print(case, s)
 

@@ -58,19 +58,31 @@ def _run_once(tree: Path, args: list[str], env: dict[str, str], timeout: float) 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CLI, *args], cwd=tree, capture_output=True,
-                          text=True, timeout=timeout, env={**env, "PYTHONPATH": str(tree)})
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI, *args],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**env, "PYTHONPATH": str(tree)},
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{args[0]} in {tree} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     # Lines on the terminal other than our own result table: Ray's notices and warnings.
-    noise = [line for line in proc.stderr.splitlines()
-             if line.strip() and not line.lstrip().startswith(("ingest", "⠋", "━"))
-             and "\r" not in line]
-    return {"wall_s": round(wall, 2), "driver_cpu_s": round(cpu, 2), "load_1min": round(load, 1),
-            "stderr_lines": len(noise)}
+    noise = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and not line.lstrip().startswith(("ingest", "⠋", "━")) and "\r" not in line
+    ]
+    return {
+        "wall_s": round(wall, 2),
+        "driver_cpu_s": round(cpu, 2),
+        "load_1min": round(load, 1),
+        "stderr_lines": len(noise),
+    }
 
 
 def _ingest(tree: Path, scratch: Path, env: dict[str, str], tag: str) -> dict:
@@ -84,24 +96,39 @@ def _demo(tree: Path, scratch: Path, env: dict[str, str], tag: str) -> dict:
 
 
 def _summary(runs: list[dict]) -> dict:
-    return {"median_wall_s": statistics.median(r["wall_s"] for r in runs),
-            "median_load_1min": statistics.median(r["load_1min"] for r in runs), "runs": runs}
+    return {
+        "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+        "median_load_1min": statistics.median(r["load_1min"] for r in runs),
+        "runs": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, help="source tree of the earlier slidebank to compare with")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--base", type=Path, help="source tree of the earlier slidebank to compare with"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cases", default="one-slide,demo,cluster")
     parser.add_argument("--out", default="ingest_startup.json")
-    parser.add_argument("--env-variant", action="append", default=[], metavar="KEY=VALUE",
-                        help="also run this tree with KEY=VALUE in its environment")
+    parser.add_argument(
+        "--env-variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run this tree with KEY=VALUE in its environment",
+    )
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
     scratch = Path(tempfile.mkdtemp(prefix="slidebank-startup-"))
     # A private state file and temp folder: the benchmark's cluster is joined by nobody else.
-    env = {**os.environ, "SLIDEBANK_CLUSTER_STATE": str(scratch / "cluster.json"),
-           "SLIDEBANK_CLUSTER_TMP": str(scratch / "ray")}
+    env = {
+        **os.environ,
+        "SLIDEBANK_CLUSTER_STATE": str(scratch / "cluster.json"),
+        "SLIDEBANK_CLUSTER_TMP": str(scratch / "ray"),
+    }
     # "local": a fresh Ray per run, never a `ray start` cluster someone else runs here
     # (Ray's default joins one); the cluster case below unsets it to join ours.
     env["RAY_ADDRESS"] = "local"
@@ -121,13 +148,28 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 for name in sorted(trees):  # base first, then this tree, back to back
                     tag = "".join(c if c.isalnum() else "_" for c in name)  # a path component
-                    run = fn(trees[name], scratch, {**env, **extra_env.get(name, {})}, f"{tag}{rep}")
+                    run = fn(
+                        trees[name], scratch, {**env, **extra_env.get(name, {})}, f"{tag}{rep}"
+                    )
                     results.setdefault(case, {}).setdefault(name, []).append(run)
                     print(f"{case:10s} {name} rep {rep}: {run}", flush=True)
         if "cluster" in cases:
-            subprocess.run([sys.executable, "-c", CLI, "cluster", "up", "--num-cpus",
-                            str(os.cpu_count() or 1)], cwd=HERE, env={**env, "PYTHONPATH": str(HERE)},
-                           check=True, timeout=600, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CLI,
+                    "cluster",
+                    "up",
+                    "--num-cpus",
+                    str(os.cpu_count() or 1),
+                ],
+                cwd=HERE,
+                env={**env, "PYTHONPATH": str(HERE)},
+                check=True,
+                timeout=600,
+                capture_output=True,
+            )
             try:
                 joining = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
                 for rep in range(args.reps):
@@ -135,21 +177,43 @@ def main(argv: list[str] | None = None) -> None:
                     results.setdefault("cluster", {}).setdefault("this", []).append(run)
                     print(f"cluster    this  rep {rep}: {run}", flush=True)
             finally:
-                subprocess.run([sys.executable, "-c", CLI, "cluster", "down"], cwd=HERE,
-                               env={**env, "PYTHONPATH": str(HERE)}, timeout=120, capture_output=True)
+                subprocess.run(
+                    [sys.executable, "-c", CLI, "cluster", "down"],
+                    cwd=HERE,
+                    env={**env, "PYTHONPATH": str(HERE)},
+                    timeout=120,
+                    capture_output=True,
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    summary = {case: {name: _summary(runs) for name, runs in by_tree.items()}
-               for case, by_tree in results.items()}
-    ratios = {f"{case}: {name} / this wall": by_tree[name]["median_wall_s"] / by_tree["this"]["median_wall_s"]
-              for case, by_tree in summary.items() for name in by_tree if name != "this" and "this" in by_tree}
-    write_json(args.out, {"benchmark": "ingest_startup", "machine": machine(),
-                          "shared_machine": True, "base": str(args.base) if args.base else None,
-                          "cases": summary, "ratios": ratios})
+    summary = {
+        case: {name: _summary(runs) for name, runs in by_tree.items()}
+        for case, by_tree in results.items()
+    }
+    ratios = {
+        f"{case}: {name} / this wall": by_tree[name]["median_wall_s"]
+        / by_tree["this"]["median_wall_s"]
+        for case, by_tree in summary.items()
+        for name in by_tree
+        if name != "this" and "this" in by_tree
+    }
+    write_json(
+        args.out,
+        {
+            "benchmark": "ingest_startup",
+            "machine": machine(),
+            "shared_machine": True,
+            "base": str(args.base) if args.base else None,
+            "cases": summary,
+            "ratios": ratios,
+        },
+    )
     for case, by_tree in summary.items():
         for name, s in by_tree.items():
-            print(f"{case:10s} {name:5s} median wall {s['median_wall_s']:7.1f} s "
-                  f"(load {s['median_load_1min']})")
+            print(
+                f"{case:10s} {name:5s} median wall {s['median_wall_s']:7.1f} s "
+                f"(load {s['median_load_1min']})"
+            )
     for key, value in ratios.items():
         print(f"{key:35s} {value:5.2f}")
 

@@ -55,9 +55,20 @@ print(json.dumps({"ms_per_tile": sorted(times)[len(times) // 2] / len(tiles) * 1
 
 
 def _qc_ms(tree: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _QC, str(SLIDE), str(REPS)], env=env, cwd=tree,
-                         capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _QC, str(SLIDE), str(REPS)],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_tile"])
 
 
@@ -98,10 +109,22 @@ def _small_slide_ms(tree: Path, n: int = 100) -> float:
 
     folder = DATA / "scale_1000x1024"
     write_small_cohort(folder, 1000)  # the weight-free peer benchmark's slides (cached)
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "RUST_LOG": "error", "LANCE_LOG": "error"}
-    out = subprocess.run([sys.executable, "-c", _SMALL, str(folder), str(n)], env=env, cwd=tree,
-                         capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "RUST_LOG": "error",
+        "LANCE_LOG": "error",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _SMALL, str(folder), str(n)],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_slide"])
 
 
@@ -134,16 +157,29 @@ def per_slide() -> dict[str, float]:
             out.write_mask(tissue.mask.astype("uint8"), mpp=tissue.mpp)
 
         return {
-            "mask_and_plan_ms": _median_ms(lambda: plan_slide(slide, TissueConfig(), tiling, device="cpu")),
+            "mask_and_plan_ms": _median_ms(
+                lambda: plan_slide(slide, TissueConfig(), tiling, device="cpu")
+            ),
             "arrays_ms": _median_ms(arrays),
-            "stain_fit_ms": _median_ms(lambda: fit_slide(
-                slide, tissue.mask, tissue.mpp, mpp=tiling.target_mpp, tile_size=tiling.tile_size,
-                n_tiles=32, config=FitConfig(method="macenko"), slide_id="s")),
+            "stain_fit_ms": _median_ms(
+                lambda: fit_slide(
+                    slide,
+                    tissue.mask,
+                    tissue.mpp,
+                    mpp=tiling.target_mpp,
+                    tile_size=tiling.tile_size,
+                    n_tiles=32,
+                    config=FitConfig(method="macenko"),
+                    slide_id="s",
+                )
+            ),
         }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", type=Path, help="an earlier slidebank source tree for tile_qc")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -156,8 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.base:
         small["base"] = _small_slide_ms(args.base)
         small["speedup"] = small["base"] / small["this"]
-    body = {"tile_qc_ms_per_tile": qc, "small_slide_fused_stage_ms": small, **per_slide(),
-            "slide": SLIDE.name, "threads": 1, "load_1min_at_start": load}
+    body = {
+        "tile_qc_ms_per_tile": qc,
+        "small_slide_fused_stage_ms": small,
+        **per_slide(),
+        "slide": SLIDE.name,
+        "threads": 1,
+        "load_1min_at_start": load,
+    }
     write_json(args.out, {"benchmark": "per-slide-costs", "machine": machine(), **body})
     print(json.dumps(body, indent=2))
 

@@ -41,11 +41,22 @@ def build(root: Path, slides: int, tiles: int, dim: int) -> tuple[Any, Path]:
             emb = rng.normal(size=(tiles, dim)).astype(np.float32)
             emb[:, :8] += 0.03 if high else 0.0
             index = np.arange(tiles)
-            batch = tile_batch((index % 64) * 256, (index // 64) * 256, emb, tile_size=256,
-                               read_mpp=0.5, tissue_fraction=np.full(tiles, 0.9))
+            batch = tile_batch(
+                (index % 64) * 256,
+                (index // 64) * 256,
+                emb,
+                tile_size=256,
+                read_mpp=0.5,
+                tissue_fraction=np.full(tiles, 0.9),
+            )
             sid = f"s{i:05d}"
-            info = SlideInfo(source_uri=f"/slides/{sid}.svs", mpp=0.5, patient_id=f"P{i // 2:05d}",
-                             level_dimensions=((16384, 16384),), code_version="bench")
+            info = SlideInfo(
+                source_uri=f"/slides/{sid}.svs",
+                mpp=0.5,
+                patient_id=f"P{i // 2:05d}",
+                level_dimensions=((16384, 16384),),
+                code_version="bench",
+            )
             pending.append(store.write_slide(SlideKey(sid, "bench", "cfg1"), info, [batch]))
             rows.append(f"{sid},{'high' if high else 'low'}")
         store.commit(pending)
@@ -70,8 +81,14 @@ def peer(store: Any, labels: Path) -> float:
     x = np.stack([store.bag(s).embeddings.mean(axis=0) for s in table["slide_id"]])
     y = (table["label"] == "high").to_numpy(int)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    p = cross_val_predict(model, x, y, groups=table["patient_id"], method="predict_proba",
-                          cv=StratifiedGroupKFold(5, shuffle=True, random_state=0))[:, 1]
+    p = cross_val_predict(
+        model,
+        x,
+        y,
+        groups=table["patient_id"],
+        method="predict_proba",
+        cv=StratifiedGroupKFold(5, shuffle=True, random_state=0),
+    )[:, 1]
     return float(roc_auc_score(y, p))
 
 
@@ -95,9 +112,10 @@ def main() -> None:
         store, labels = build(root, size["slides"], size["tiles"], size["dim"])
         build_s = time.perf_counter() - started
         rows = []
-        for case, fn in (("peer: bags + sklearn CV", lambda: peer(store, labels)),
-                         ("slidebank probe (+CIs, PNG)", lambda: slidebank_probe(store, labels,
-                                                                                 root / "out"))):
+        for case, fn in (
+            ("peer: bags + sklearn CV", lambda: peer(store, labels)),
+            ("slidebank probe (+CIs, PNG)", lambda: slidebank_probe(store, labels, root / "out")),
+        ):
             best, auc = float("inf"), float("nan")
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
@@ -105,9 +123,16 @@ def main() -> None:
                 best = min(best, time.perf_counter() - t0)
             rows.append({"case": case, "seconds": best, "auroc": auc})
     print_table(rows, ["case", "seconds", "auroc"])
-    write_json(args.out, {"machine": machine(), "size": size, "build_seconds": build_s,
-                          "note": "2-core machine shared with other jobs while measured",
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "size": size,
+            "build_seconds": build_s,
+            "note": "2-core machine shared with other jobs while measured",
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -45,13 +45,19 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     model = get_encoder_spec(f"timm:{spec['model']}")
-    kwargs = {"weights": "random", "device": "cpu", "batch_size": spec["batch"],
-              "num_threads": spec["threads"]}
+    kwargs = {
+        "weights": "random",
+        "device": "cpu",
+        "batch_size": spec["batch"],
+        "num_threads": spec["threads"],
+    }
     started = time.perf_counter()
     encoder = Encoder(model, runtime=spec["runtime"], **kwargs)
-    out: dict[str, Any] = {"construct_s": round(time.perf_counter() - started, 3),
-                           "ran": encoder.provenance["runtime"],
-                           "fallback": encoder.provenance.get("runtime_fallback")}
+    out: dict[str, Any] = {
+        "construct_s": round(time.perf_counter() - started, 3),
+        "ran": encoder.provenance["runtime"],
+        "fallback": encoder.provenance.get("runtime_fallback"),
+    }
     if not spec["measure"]:
         return out
     tiles = np.random.default_rng(0).integers(0, 256, (spec["batch"], 224, 224, 3), np.uint8)
@@ -67,16 +73,28 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             times[name].append(time.perf_counter() - t0)
     eager_tps = spec["batch"] / statistics.median(times["eager"])
     tps = spec["batch"] / statistics.median(times["runtime"])
-    out.update(tiles_per_s=round(tps, 3), eager_tiles_per_s=round(eager_tps, 3),
-               vs_eager=round(tps / eager_tps, 3))
+    out.update(
+        tiles_per_s=round(tps, 3),
+        eager_tiles_per_s=round(eager_tps, 3),
+        vs_eager=round(tps / eager_tps, 3),
+    )
     return out
 
 
 def _run(spec: dict[str, Any], cache: Path) -> dict[str, Any]:
-    env = {**os.environ, "SLIDEBANK_RUNTIME_CACHE": str(cache),
-           "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.runtimes", "--worker", json.dumps(spec)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "SLIDEBANK_RUNTIME_CACHE": str(cache),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.runtimes", "--worker", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": proc.stderr.strip().splitlines()[-1:] or f"exit {proc.returncode}"}
@@ -85,13 +103,22 @@ def _run(spec: dict[str, Any], cache: Path) -> dict[str, Any]:
 
 
 def measure(model: str, threads: int, runtime: str, batch: int, repeats: int) -> dict[str, Any]:
-    base = {"model": model, "threads": threads, "runtime": runtime, "batch": batch,
-            "repeats": repeats}
+    base = {
+        "model": model,
+        "threads": threads,
+        "runtime": runtime,
+        "batch": batch,
+        "repeats": repeats,
+    }
     with tempfile.TemporaryDirectory(prefix="sb-runtimes-") as folder:
         cold = _run({**base, "measure": False}, Path(folder))
         warm = _run({**base, "measure": True}, Path(folder))
-    row = {**base, "cold_construct_s": cold.get("construct_s"),
-           "warm_construct_s": warm.get("construct_s"), **warm}
+    row = {
+        **base,
+        "cold_construct_s": cold.get("construct_s"),
+        "warm_construct_s": warm.get("construct_s"),
+        **warm,
+    }
     row.pop("construct_s", None)
     return row
 
@@ -117,17 +144,43 @@ def main(argv: list[str] | None = None) -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             for runtime in args.runtimes.split(","):
                 if runtime_version(runtime) is None:
-                    rows.append({"model": model, "threads": threads, "runtime": runtime,
-                                 "error": "not installed"})
+                    rows.append(
+                        {
+                            "model": model,
+                            "threads": threads,
+                            "runtime": runtime,
+                            "error": "not installed",
+                        }
+                    )
                     continue
                 rows.append(measure(model, threads, runtime, args.batch, args.repeats))
                 print(json.dumps(rows[-1]), flush=True)
-    columns = ["model", "threads", "runtime", "ran", "tiles_per_s", "eager_tiles_per_s", "vs_eager",
-               "max_abs", "min_cosine", "cold_construct_s", "warm_construct_s"]
+    columns = [
+        "model",
+        "threads",
+        "runtime",
+        "ran",
+        "tiles_per_s",
+        "eager_tiles_per_s",
+        "vs_eager",
+        "max_abs",
+        "min_cosine",
+        "cold_construct_s",
+        "warm_construct_s",
+    ]
     print_table(rows, columns)
     versions = {name: runtime_version(name) for name in RUNTIMES}
-    write_json(args.out, {"machine": machine(), "versions": versions, "batch": args.batch,
-                          "repeats": args.repeats, "load_avg_at_end": os.getloadavg(), "rows": rows})
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "versions": versions,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "load_avg_at_end": os.getloadavg(),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -136,8 +136,12 @@ def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[dict[str, Any], An
         start = time.perf_counter()
         result = fn()
         seconds.append(time.perf_counter() - start)
-    stats = {"s": statistics.median(seconds), "max_s": max(seconds), "n": repeats,
-             "peak_rss_mb": round(_peak_mb(), 1)}
+    stats = {
+        "s": statistics.median(seconds),
+        "max_s": max(seconds),
+        "n": repeats,
+        "peak_rss_mb": round(_peak_mb(), 1),
+    }
     return stats, result
 
 
@@ -177,21 +181,33 @@ def _slide_info(number: int, p: Params) -> SlideInfo:
     rows = math.ceil(p.tiles_per_slide / GRID_COLS)
     width, height = GRID_COLS * GRID_PX * 2, rows * GRID_PX * 2
     return SlideInfo(
-        source_uri=f"s3://cohort/{slide_id(number)}.svs", size_bytes=1_500_000_000 + number,
-        checksum=f"etag-{number:08x}", reader="tiffslide", vendor="aperio",
-        level_dimensions=((width, height), (width // 4, height // 4)), mpp=0.25,
-        mpp_source="metadata", objective_power=40.0,
+        source_uri=f"s3://cohort/{slide_id(number)}.svs",
+        size_bytes=1_500_000_000 + number,
+        checksum=f"etag-{number:08x}",
+        reader="tiffslide",
+        vendor="aperio",
+        level_dimensions=((width, height), (width // 4, height // 4)),
+        mpp=0.25,
+        mpp_source="metadata",
+        objective_power=40.0,
         tissue_area_mm2=p.tiles_per_slide * (GRID_PX * 0.5e-3) ** 2,
-        patient_id=f"P{number // 2:06d}", code_version="bench",
-        timings={"read_s": 1.0, "encode_s": 2.0})
+        patient_id=f"P{number // 2:06d}",
+        code_version="bench",
+        timings={"read_s": 1.0, "encode_s": 2.0},
+    )
 
 
 def _tiles(p: Params, embeddings: np.ndarray, number: int) -> Any:
     index = np.arange(len(embeddings))
     rng = np.random.default_rng([p.seed, number, 1])
-    return tile_batch((index % GRID_COLS) * GRID_PX + 1024, (index // GRID_COLS) * GRID_PX + 2048,
-                      embeddings, tile_size=GRID_PX, read_mpp=0.5,
-                      tissue_fraction=rng.uniform(0.2, 1.0, len(index)))
+    return tile_batch(
+        (index % GRID_COLS) * GRID_PX + 1024,
+        (index // GRID_COLS) * GRID_PX + 2048,
+        embeddings,
+        tile_size=GRID_PX,
+        read_mpp=0.5,
+        tissue_fraction=rng.uniform(0.2, 1.0, len(index)),
+    )
 
 
 # ---------------------------------------------------------------- growing a store
@@ -211,10 +227,17 @@ def commit_group(arm: Arm, centers: np.ndarray, count: int) -> None:
     # (one manifest read) once commit_slides calls it itself.
     merged = compact_small_fragments(arm.store._tables.slides())
     done = time.perf_counter()
-    arm.commits.append({"tiles_before": arm.tiles, "slides_before": arm.slides,
-                        "write_s": written - start, "commit_s": done - written,
-                        "slides_upkeep_s": done - committed, "slides_merged": merged,
-                        "rss_mb": round(_rss_mb(), 1)})
+    arm.commits.append(
+        {
+            "tiles_before": arm.tiles,
+            "slides_before": arm.slides,
+            "write_s": written - start,
+            "commit_s": done - written,
+            "slides_upkeep_s": done - committed,
+            "slides_merged": merged,
+            "rss_mb": round(_rss_mb(), 1),
+        }
+    )
     arm.slides += count
     arm.tiles += count * p.tiles_per_slide
     arm._to_refresh += [slide_id(n) for n in range(arm.slides - count, arm.slides)]
@@ -231,8 +254,13 @@ def grow_to(arm: Arm, centers: np.ndarray, tiles: int) -> None:
         left = math.ceil((tiles - arm.tiles) / p.tiles_per_slide)
         commit_group(arm, centers, min(p.slides_per_commit, left))
         if len(arm.commits) % 50 == 0:
-            log.info("%s: %d tiles, %d slides, last commit %.3f s", arm.name, arm.tiles,
-                     arm.slides, arm.commits[-1]["commit_s"])
+            log.info(
+                "%s: %d tiles, %d slides, last commit %.3f s",
+                arm.name,
+                arm.tiles,
+                arm.slides,
+                arm.commits[-1]["commit_s"],
+            )
 
 
 def clone(src: Path, dst: Path) -> None:
@@ -255,9 +283,12 @@ def live_steps(arm: Arm, rng: np.random.Generator) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # The last 16 commits (fewer at the first size): a median of many, on a shared machine.
     last = arm.commits[-16:]
-    out["commit"] = {"s": statistics.median(c["commit_s"] for c in last),
-                     "max_s": max(c["commit_s"] for c in last), "n": len(last),
-                     "write_8_slides_s": statistics.median(c["write_s"] for c in last)}
+    out["commit"] = {
+        "s": statistics.median(c["commit_s"] for c in last),
+        "max_s": max(c["commit_s"] for c in last),
+        "n": len(last),
+        "write_8_slides_s": statistics.median(c["write_s"] for c in last),
+    }
     picks = [slide_id(int(n)) for n in rng.integers(0, arm.slides, p.bag_reads)]
     it = iter(picks)
     out["bag"], _ = measure(lambda: store.bag(next(it), encoder=ENCODER), len(picks))
@@ -269,14 +300,15 @@ def live_steps(arm: Arm, rng: np.random.Generator) -> dict[str, Any]:
     omics = _omics(arm.slides, rng)
     out["sql_join"] = sql_join(store, omics)
     ids = [slide_id(n) for n in range(max(0, arm.slides - p.refresh_slides), arm.slides)]
-    out["refresh"], rows = measure(
-        lambda: store.refresh_slide_embeddings(ids, encoder=ENCODER))
+    out["refresh"], rows = measure(lambda: store.refresh_slide_embeddings(ids, encoder=ENCODER))
     out["refresh"].update(slides=rows, ms_per_slide=1000 * out["refresh"]["s"] / max(rows, 1))
     return out
 
 
-JOIN = ("SELECT s.slide_id, s.tile_count, o.g0, o.g1 FROM slides s "
-        "JOIN omics o ON s.slide_id = o.slide_id WHERE o.g0 > 0")
+JOIN = (
+    "SELECT s.slide_id, s.tile_count, o.g0, o.g1 FROM slides s "
+    "JOIN omics o ON s.slide_id = o.slide_id WHERE o.g0 > 0"
+)
 
 
 def sql_join(store: FeatureStore, omics: Any) -> dict[str, Any]:
@@ -284,8 +316,9 @@ def sql_join(store: FeatureStore, omics: Any) -> dict[str, Any]:
     cannot bind a float16 embedding column, and ``sql`` registers every tiles table), the
     same join runs in the same sandbox over the slides view alone, and the error is kept."""
     try:
-        stats, result = measure(lambda: store.sql(JOIN, encoder=ENCODER,
-                                                  tables={"omics": omics}), 3)
+        stats, result = measure(
+            lambda: store.sql(JOIN, encoder=ENCODER, tables={"omics": omics}), 3
+        )
         return {**stats, "rows": result.num_rows}
     except Exception as exc:  # recorded in the results, never hidden
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -300,8 +333,12 @@ def sql_join(store: FeatureStore, omics: Any) -> dict[str, Any]:
             return box.fetch(JOIN)
 
     stats, result = measure(slides_only, 3)
-    return {**stats, "rows": result.num_rows, "store_sql_error": error,
-            "measured": "the same join in the store's SQL sandbox, slides view only"}
+    return {
+        **stats,
+        "rows": result.num_rows,
+        "store_sql_error": error,
+        "measured": "the same join in the store's SQL sandbox, slides view only",
+    }
 
 
 def _omics(n_slides: int, rng: np.random.Generator) -> Any:
@@ -312,8 +349,9 @@ def _omics(n_slides: int, rng: np.random.Generator) -> Any:
 
 
 # ---------------------------------------------------------------- steps on a clone
-def clone_steps(arm: Arm, centers: np.ndarray, rng: np.random.Generator,
-                with_index: bool) -> dict[str, Any]:
+def clone_steps(
+    arm: Arm, centers: np.ndarray, rng: np.random.Generator, with_index: bool
+) -> dict[str, Any]:
     copy_root = arm.root / "clone"
     shutil.rmtree(copy_root, ignore_errors=True)
     clone(arm.root / "store", copy_root / "store")
@@ -325,14 +363,16 @@ def clone_steps(arm: Arm, centers: np.ndarray, rng: np.random.Generator,
         twin.deleted = {int(n) for n in rng.choice(arm.slides, 3, replace=False)}
         victims = iter(slide_id(n) for n in sorted(twin.deleted))
         out["delete_slide"], _ = measure(
-            lambda: twin.store.delete_slide(next(victims), encoder=ENCODER), 3)
+            lambda: twin.store.delete_slide(next(victims), encoder=ENCODER), 3
+        )
         if with_index:
             out.update(index_steps(twin, centers, rng))
         out["compact"], report = measure(twin.store.compact)
         out["compact"]["fragments_removed"] = report.fragments_removed.get(ENCODER)
         out["cleanup_default"], _ = measure(twin.store.cleanup)
         out["cleanup_all_old"], removed = measure(
-            lambda: twin.store.cleanup(older_than=timedelta(0)))
+            lambda: twin.store.cleanup(older_than=timedelta(0))
+        )
         out["cleanup_all_old"]["versions_removed"] = removed
         out["store_bytes_after_cleanup"] = _disk_bytes(copy_root / "store")
     finally:
@@ -340,12 +380,15 @@ def clone_steps(arm: Arm, centers: np.ndarray, rng: np.random.Generator,
     return out
 
 
-def _queries(p: Params, centers: np.ndarray, n_slides: int,
-             rng: np.random.Generator) -> np.ndarray:
+def _queries(p: Params, centers: np.ndarray, n_slides: int, rng: np.random.Generator) -> np.ndarray:
     numbers = rng.integers(0, n_slides, p.queries)
     rows = rng.integers(0, p.tiles_per_slide, p.queries)
-    picked = np.stack([slide_embeddings(p, centers, int(n))[int(r)].astype(np.float32)
-                       for n, r in zip(numbers, rows, strict=True)])
+    picked = np.stack(
+        [
+            slide_embeddings(p, centers, int(n))[int(r)].astype(np.float32)
+            for n, r in zip(numbers, rows, strict=True)
+        ]
+    )
     return picked + rng.normal(scale=0.05, size=picked.shape).astype(np.float32)
 
 
@@ -354,10 +397,16 @@ def exact_top10(store: FeatureStore, queries: np.ndarray) -> list[set[tuple[str,
     best_d = np.full((len(queries), 10), np.inf)
     best_k: list[list[tuple[str, int, int]]] = [[("", 0, 0)] * 10 for _ in queries]
     q_norm = np.einsum("ij,ij->i", queries, queries)
-    for batch in store.scan_tiles(encoder=ENCODER, columns=["slide_id", "x", "y", "embedding"],
-                                  batch_size=16384):
-        emb = (batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-               .reshape(batch.num_rows, -1).astype(np.float32))
+    for batch in store.scan_tiles(
+        encoder=ENCODER, columns=["slide_id", "x", "y", "embedding"], batch_size=16384
+    ):
+        emb = (
+            batch.column("embedding")
+            .flatten()
+            .to_numpy(zero_copy_only=False)
+            .reshape(batch.num_rows, -1)
+            .astype(np.float32)
+        )
         dist = q_norm[:, None] - 2 * queries @ emb.T + np.einsum("ij,ij->i", emb, emb)[None]
         ids = batch.column("slide_id").to_pylist()
         xs, ys = batch.column("x").to_pylist(), batch.column("y").to_pylist()
@@ -371,8 +420,13 @@ def exact_top10(store: FeatureStore, queries: np.ndarray) -> list[set[tuple[str,
     return [set(k) for k in best_k]
 
 
-def _search(store: FeatureStore, queries: np.ndarray, truth: list[set[Any]] | None,
-            where: str | None, cohort: list[str] | None = None) -> dict[str, Any]:
+def _search(
+    store: FeatureStore,
+    queries: np.ndarray,
+    truth: list[set[Any]] | None,
+    where: str | None,
+    cohort: list[str] | None = None,
+) -> dict[str, Any]:
     """p50/p99 of ``search`` (``where``: a tile predicate; ``cohort``: ``slide_ids``)."""
     store.search(queries[0], k=10, encoder=ENCODER, where=where, slide_ids=cohort)  # warm
     gc.collect()
@@ -383,8 +437,14 @@ def _search(store: FeatureStore, queries: np.ndarray, truth: list[set[Any]] | No
         hits = store.search(query, k=10, encoder=ENCODER, where=where, slide_ids=cohort)
         seconds.append(time.perf_counter() - start)
         if truth is not None:
-            found = set(zip(hits.column("slide_id").to_pylist(), hits.column("x").to_pylist(),
-                            hits.column("y").to_pylist(), strict=True))
+            found = set(
+                zip(
+                    hits.column("slide_id").to_pylist(),
+                    hits.column("x").to_pylist(),
+                    hits.column("y").to_pylist(),
+                    strict=True,
+                )
+            )
             recalls.append(len(found & truth[qi]) / 10)
     p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
     out = {"p50_ms": float(p50), "p99_ms": float(p99), "peak_rss_mb": round(_peak_mb(), 1)}
@@ -404,17 +464,28 @@ def index_steps(twin: Arm, centers: np.ndarray, rng: np.random.Generator) -> dic
     return out
 
 
-def _one_index(twin: Arm, centers: np.ndarray, rng: np.random.Generator,
-               index_type: str) -> dict[str, Any]:
+def _one_index(
+    twin: Arm, centers: np.ndarray, rng: np.random.Generator, index_type: str
+) -> dict[str, Any]:
     import lance
 
     p, out = twin.params, {}
     config = VectorIndexConfig(index_type=index_type)  # type: ignore[arg-type]
     out["index_build"], plan = measure(
-        lambda: twin.store.create_vector_index(encoder=ENCODER, config=config))
-    out["index_build"].update(rows=twin.tiles, plan=None if plan is None else {
-        "type": plan.index_type, "partitions": plan.num_partitions, "nprobes": plan.nprobes,
-        "refine_factor": plan.refine_factor, "sub_vectors": plan.num_sub_vectors})
+        lambda: twin.store.create_vector_index(encoder=ENCODER, config=config)
+    )
+    out["index_build"].update(
+        rows=twin.tiles,
+        plan=None
+        if plan is None
+        else {
+            "type": plan.index_type,
+            "partitions": plan.num_partitions,
+            "nprobes": plan.nprobes,
+            "refine_factor": plan.refine_factor,
+            "sub_vectors": plan.num_sub_vectors,
+        },
+    )
     queries = _queries(p, centers, twin.slides, rng)
     store = twin.store.latest()
     truth = exact_top10(store, queries)
@@ -432,8 +503,9 @@ def _one_index(twin: Arm, centers: np.ndarray, rng: np.random.Generator,
     truth = exact_top10(store, queries)
     out["search_unindexed_1pct"] = _search(store, queries, truth, None)
     dataset = lance.dataset(store.tiles_uri(ENCODER))
-    out["index_update"], _ = measure(lambda: dataset.optimize.optimize_indices(
-        index_names=[INDEX_NAME], num_indices_to_merge=0))
+    out["index_update"], _ = measure(
+        lambda: dataset.optimize.optimize_indices(index_names=[INDEX_NAME], num_indices_to_merge=0)
+    )
     store = twin.store.latest()
     out["search_after_update"] = _search(store, queries, truth, None)
     out["index_update"]["fraction_of_build"] = out["index_update"]["s"] / out["index_build"]["s"]
@@ -453,12 +525,16 @@ def run_arm(arm: Arm, index: bool) -> None:
             grow_to(arm, centers, size)
             fill_s = time.perf_counter() - started
             log.info("%s: %d tiles in %.0f s; measuring", arm.name, arm.tiles, fill_s)
-            point: dict[str, Any] = {"tiles": arm.tiles, "slides": arm.slides,
-                                     "commits": len(arm.commits), "fill_s": fill_s,
-                                     "fragments": arm.store.fragment_count(ENCODER),
-                                     "slides_fragments": _slides_fragments(arm.store),
-                                     "store_bytes": _disk_bytes(arm.root / "store"),
-                                     "rss_mb": round(_rss_mb(), 1)}
+            point: dict[str, Any] = {
+                "tiles": arm.tiles,
+                "slides": arm.slides,
+                "commits": len(arm.commits),
+                "fill_s": fill_s,
+                "fragments": arm.store.fragment_count(ENCODER),
+                "slides_fragments": _slides_fragments(arm.store),
+                "store_bytes": _disk_bytes(arm.root / "store"),
+                "rss_mb": round(_rss_mb(), 1),
+            }
             point.update(live_steps(arm, rng))
             point.update(clone_steps(arm, centers, rng, index))
             arm.checkpoints.append(point)
@@ -472,13 +548,22 @@ def _slides_fragments(store: FeatureStore) -> int:
 
 
 def _brief(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v['s']:.3f}s" for k, v in point.items()
-                     if isinstance(v, dict) and "s" in v)
+    return ", ".join(
+        f"{k} {v['s']:.3f}s" for k, v in point.items() if isinstance(v, dict) and "s" in v
+    )
 
 
 #: The costs issue 27 asks to stay within 1.3x from the smallest to the largest size.
-FLAT = ("commit", "bag", "slides_one", "slides_all", "open", "delete_slide", "search_where",
-        "search_cohort")
+FLAT = (
+    "commit",
+    "bag",
+    "slides_one",
+    "slides_all",
+    "open",
+    "delete_slide",
+    "search_where",
+    "search_cohort",
+)
 
 
 def summarize(arms: dict[str, Any]) -> dict[str, Any]:
@@ -492,15 +577,36 @@ def summarize(arms: dict[str, Any]) -> dict[str, Any]:
                 key = "p50_ms" if "p50_ms" in value else "s"
                 if first[cost].get(key):
                     ratios[cost] = value[key] / first[cost][key]
-        out[name] = {"from_tiles": first["tiles"], "to_tiles": last["tiles"], "ratios": ratios,
-                     "flat_costs_within_1_3x": {c: ratios[c] <= 1.3 for c in FLAT if c in ratios}}
+        out[name] = {
+            "from_tiles": first["tiles"],
+            "to_tiles": last["tiles"],
+            "ratios": ratios,
+            "flat_costs_within_1_3x": {c: ratios[c] <= 1.3 for c in FLAT if c in ratios},
+        }
     return out
 
 
-PLOTTED = ("commit", "bag", "slides_one", "slides_all", "open", "delete_slide", "refresh",
-           "sql_join", "search", "search_where", "search_cohort", "search_after_update",
-           "index_build", "index_update", "IVF_PQ:index_build", "IVF_PQ:search", "compact",
-           "cleanup_default", "cleanup_all_old")
+PLOTTED = (
+    "commit",
+    "bag",
+    "slides_one",
+    "slides_all",
+    "open",
+    "delete_slide",
+    "refresh",
+    "sql_join",
+    "search",
+    "search_where",
+    "search_cohort",
+    "search_after_update",
+    "index_build",
+    "index_update",
+    "IVF_PQ:index_build",
+    "IVF_PQ:search",
+    "compact",
+    "cleanup_default",
+    "cleanup_all_old",
+)
 
 
 def _ms(value: dict[str, Any]) -> float:
@@ -536,16 +642,24 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax = axes.flat[len(names)]
     for arm_name, arm in payload["arms"].items():
         xs = [c["tiles_before"] for c in arm["commits"]]
-        ax.loglog(xs, [1000 * c["commit_s"] for c in arm["commits"]], ".", ms=3,
-                  label=f"{arm_name} commit")
+        ax.loglog(
+            xs,
+            [1000 * c["commit_s"] for c in arm["commits"]],
+            ".",
+            ms=3,
+            label=f"{arm_name} commit",
+        )
     ax.set_title("every commit of 8 slides", fontsize=9)
     ax.set_xlabel("tiles in store", fontsize=8)
     ax.set_ylabel("ms", fontsize=8)
     ax.legend(fontsize=7)
-    for extra in list(axes.flat)[len(names) + 1:]:
+    for extra in list(axes.flat)[len(names) + 1 :]:
         extra.axis("off")
-    fig.suptitle(f"slidebank store scale (dim {payload['params']['dim']}, "
-                 f"{payload['machine']['cpus']} CPUs)", fontsize=10)
+    fig.suptitle(
+        f"slidebank store scale (dim {payload['params']['dim']}, "
+        f"{payload['machine']['cpus']} CPUs)",
+        fontsize=10,
+    )
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -560,21 +674,35 @@ def _size(text: str) -> int:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="example: nice -n 10 python -m benchmarks.scale --sizes 1e5,1e6 --dim 768")
-    parser.add_argument("--sizes", default="1e5,1e6",
-                        help="tiles in the store at each measurement, ascending (1e7 ~ 15 GB)")
+        epilog="example: nice -n 10 python -m benchmarks.scale --sizes 1e5,1e6 --dim 768",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1e5,1e6",
+        help="tiles in the store at each measurement, ascending (1e7 ~ 15 GB)",
+    )
     parser.add_argument("--dim", type=int, default=768, help="embedding width (ViT-B 768)")
     parser.add_argument("--tiles-per-slide", type=int, default=1000)
     parser.add_argument("--slides-per-commit", type=int, default=8)
-    parser.add_argument("--upkeep", choices=("both", "on", "off"), default="both",
-                        help="arms: after (upkeep on), before (off), or both in one run")
+    parser.add_argument(
+        "--upkeep",
+        choices=("both", "on", "off"),
+        default="both",
+        help="arms: after (upkeep on), before (off), or both in one run",
+    )
     parser.add_argument("--no-upkeep", action="store_true", help="same as --upkeep off")
-    parser.add_argument("--index-arms", default="after",
-                        help="arms that build and search the vector index ('' for none)")
+    parser.add_argument(
+        "--index-arms",
+        default="after",
+        help="arms that build and search the vector index ('' for none)",
+    )
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--index-types", default="auto",
-                        help="vector indexes to build in turn, comma-separated: auto (the "
-                             "store's choice from the data size), IVF_HNSW_SQ, IVF_PQ")
+    parser.add_argument(
+        "--index-types",
+        default="auto",
+        help="vector indexes to build in turn, comma-separated: auto (the "
+        "store's choice from the data size), IVF_HNSW_SQ, IVF_PQ",
+    )
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
@@ -589,9 +717,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     sizes = tuple(_size(s) for s in args.sizes.split(","))
     if list(sizes) != sorted(set(sizes)) or sizes[0] < args.tiles_per_slide:
         parser.error(f"--sizes must ascend and start at >= one slide of tiles, not {args.sizes}")
-    args.params = Params(sizes=sizes, dim=args.dim, tiles_per_slide=args.tiles_per_slide,
-                         slides_per_commit=args.slides_per_commit, queries=args.queries,
-                         seed=args.seed, index_types=tuple(args.index_types.split(",")))
+    args.params = Params(
+        sizes=sizes,
+        dim=args.dim,
+        tiles_per_slide=args.tiles_per_slide,
+        slides_per_commit=args.slides_per_commit,
+        queries=args.queries,
+        seed=args.seed,
+        index_types=tuple(args.index_types.split(",")),
+    )
     return args
 
 
@@ -601,8 +735,17 @@ def _arm_in_child(argv: list[str], upkeep_on: bool, out: Path) -> dict[str, Any]
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "benchmarks.scale", *argv, "--upkeep",
-           "on" if upkeep_on else "off", "--out", str(out), "--child"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        *argv,
+        "--upkeep",
+        "on" if upkeep_on else "off",
+        "--out",
+        str(out),
+        "--child",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     import json
 
@@ -641,11 +784,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         arms = run_arms(args)
     payload = {
-        "benchmark": "scale", "issue": 27,
+        "benchmark": "scale",
+        "issue": 27,
         "command": "python -m benchmarks.scale " + " ".join(argv),
         "params": {**args.params.__dict__, "sizes": list(args.params.sizes), "where": WHERE},
-        "machine": machine(), "wall_s": time.perf_counter() - started,
-        "arms": arms, "summary": summarize(arms),
+        "machine": machine(),
+        "wall_s": time.perf_counter() - started,
+        "arms": arms,
+        "summary": summarize(arms),
     }
     out = Path(args.out)
     write_json(out, payload)
@@ -666,8 +812,10 @@ def run_arms(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return {arm.name: {"upkeep": arm.upkeep, "checkpoints": arm.checkpoints,
-                       "commits": arm.commits} for arm in arms}
+    return {
+        arm.name: {"upkeep": arm.upkeep, "checkpoints": arm.checkpoints, "commits": arm.commits}
+        for arm in arms
+    }
 
 
 def _report(payload: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
 
-PLAIN = r'''
+PLAIN = r"""
 import sys, numpy as np, openslide
 slide = openslide.OpenSlide(sys.argv[1])
 w, h = slide.dimensions
@@ -48,7 +48,7 @@ for y in range(0, h - 255, 256):
         feats.append(np.concatenate([tile.mean((0, 1)), tile.std((0, 1))]))
 np.save(sys.argv[2], np.array(feats))
 print(len(feats), "tiles")
-'''
+"""
 
 
 def _commands(slide: Path, folder: Path) -> dict[str, list[str]]:
@@ -83,18 +83,28 @@ def main(argv: list[str] | None = None) -> None:
             for case, command in _commands(args.slide, Path(folder)).items():
                 run = _timed(command)
                 runs.setdefault(case, []).append(run)
-                print(f"rep {rep} {case}: {run['seconds']} s (load {run['load_avg']:.1f}, rc {run['rc']})",
-                      flush=True)
-    rows = [{"case": case, "median_s": statistics.median(r["seconds"] for r in rs),
-             "runs_s": [r["seconds"] for r in rs], "load_avg": [r["load_avg"] for r in rs],
-             "failed": sum(r["rc"] != 0 for r in rs), "last_output": rs[-1]["tail"]}
-            for case, rs in runs.items()]
+                print(
+                    f"rep {rep} {case}: {run['seconds']} s (load {run['load_avg']:.1f}, rc {run['rc']})",
+                    flush=True,
+                )
+    rows = [
+        {
+            "case": case,
+            "median_s": statistics.median(r["seconds"] for r in rs),
+            "runs_s": [r["seconds"] for r in rs],
+            "load_avg": [r["load_avg"] for r in rs],
+            "failed": sum(r["rc"] != 0 for r in rs),
+            "last_output": rs[-1]["tail"],
+        }
+        for case, rs in runs.items()
+    ]
     fused = next(r["median_s"] for r in rows if r["case"] == "fused")
     for row in rows:
         row["vs_fused"] = round(row["median_s"] / fused, 3)
     print_table(rows, ["case", "median_s", "vs_fused", "failed"])
-    write_json(args.out, {"machine": machine(), "slide": args.slide.name, "reps": args.reps,
-                          "rows": rows})
+    write_json(
+        args.out, {"machine": machine(), "slide": args.slide.name, "reps": args.reps, "rows": rows}
+    )
 
 
 if __name__ == "__main__":

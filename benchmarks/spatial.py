@@ -56,13 +56,35 @@ BASELINES = ["module_stats"]
 # survive realistic embeddings; "_cw": per-slide centring and PCA whitening of the tiles.
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "module_stats_cw": ("module_stats", {"centre": True, "whiten": True}, {}),
-    "module_graph_cw": ("module_graph", {"modules": 6, "centre": True, "whiten": True, "stats_readout": True}, {}),
+    "module_graph_cw": (
+        "module_graph",
+        {"modules": 6, "centre": True, "whiten": True, "stats_readout": True},
+        {},
+    ),
     # tile_gnn: a narrow (8-d) tile projection and no order-blind branch, which memorised
     # the training slides' tiles under noise (training loss ~0, validation AUROC ~0.5)
-    "tile_gnn_cw": ("tile_gnn", {"centre": True, "whiten": True, "project": 8, "invariant_branch": False}, {}),
-    "tile_gnn_modules": ("tile_gnn", {"nodes": "modules", "modules": 6, "centre": True, "whiten": True,
-                                      "invariant_branch": False, "stats_readout": True}, {}),
-    "region_transformer_cw": ("region_transformer", {"centre": True, "whiten": True, "invariant_branch": False}, {}),
+    "tile_gnn_cw": (
+        "tile_gnn",
+        {"centre": True, "whiten": True, "project": 8, "invariant_branch": False},
+        {},
+    ),
+    "tile_gnn_modules": (
+        "tile_gnn",
+        {
+            "nodes": "modules",
+            "modules": 6,
+            "centre": True,
+            "whiten": True,
+            "invariant_branch": False,
+            "stats_readout": True,
+        },
+        {},
+    ),
+    "region_transformer_cw": (
+        "region_transformer",
+        {"centre": True, "whiten": True, "invariant_branch": False},
+        {},
+    ),
 }
 
 
@@ -72,15 +94,32 @@ def base_model(name: str) -> str:
 
 def uses_layout(name: str) -> bool:
     return base_model(name) in SPATIAL or base_model(name) in BASELINES
-FULL = {"cohorts": ["S0", "S1", "S2", "S3", "S4", "real_S1"], "slides": 200, "real_slides": 100, "seeds": [0, 1, 2],
-        "epochs": 20, "patience": 6}
-QUICK = {"cohorts": ["S0", "S1"], "slides": 80, "real_slides": 40, "seeds": [0], "epochs": 12, "patience": 4}
+
+
+FULL = {
+    "cohorts": ["S0", "S1", "S2", "S3", "S4", "real_S1"],
+    "slides": 200,
+    "real_slides": 100,
+    "seeds": [0, 1, 2],
+    "epochs": 20,
+    "patience": 6,
+}
+QUICK = {
+    "cohorts": ["S0", "S1"],
+    "slides": 80,
+    "real_slides": 40,
+    "seeds": [0],
+    "epochs": 12,
+    "patience": 4,
+}
 SIDE = {"S3": 32}
 # S3's slides are 32 × 32 tiles (the others 16 × 16), so the region transformer's regions
 # scale with them: 8 × 8 tiles gives a 4 × 4 grid of regions whose centre distances
 # separate "nests 4-8 tiles apart" from ">= 24 apart"; 16 × 16 regions would leave 2 × 2,
 # where a pair of nests in neighbouring regions looks the same at either distance.
-COHORT_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {("S3", "region_transformer"): {"region": 8}}
+COHORT_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("S3", "region_transformer"): {"region": 8}
+}
 
 
 def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohort: str = "") -> Any:
@@ -106,9 +145,16 @@ def train_config(model: str, task: str, seed: int, params: dict[str, Any], cohor
     if task == "regression" or cohort in ("S3", "real_S1"):
         epochs, patience = max(epochs, 40), max(patience, 10)
         lr = 1e-3 if cohort == "real_S1" else 3e-3
-    cfg = TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
-                      task=task, epochs=epochs, patience=patience, lr=lr, max_patches=None, seed=seed,
-                      torch_threads=1)
+    cfg = TrainConfig(
+        model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
+        task=task,
+        epochs=epochs,
+        patience=patience,
+        lr=lr,
+        max_patches=None,
+        seed=seed,
+        torch_threads=1,
+    )
     return replace(cfg, **overrides)
 
 
@@ -139,27 +185,47 @@ def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> d
     from training.spatial.cv import cross_validate
 
     bags: dict = {}
-    out: dict[str, Any] = {"auroc": {}, "auroc_ci": {}, "auroc_per_seed": {}, "auroc_folds": {},
-                           "shuffle_auroc": {}, "pearson": {}, "seconds": {}, "runs": {}}
+    out: dict[str, Any] = {
+        "auroc": {},
+        "auroc_ci": {},
+        "auroc_per_seed": {},
+        "auroc_folds": {},
+        "shuffle_auroc": {},
+        "pearson": {},
+        "seconds": {},
+        "runs": {},
+    }
     for model in models:
         started = time.perf_counter()
         per_seed, shuffled, fold_scores, pooled = [], [], [], {}
         for seed in params["seeds"]:
-            runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table,
-                                  train_config(model, cohort.task, seed, params, cohort.name), cohort.targets,
-                                  bags=bags, train_slides=params.get("train_slides"))
+            runs = cross_validate(
+                cohort.store_uri,
+                cohort.encoder,
+                cohort.table,
+                train_config(model, cohort.task, seed, params, cohort.name),
+                cohort.targets,
+                bags=bags,
+                train_slides=params.get("train_slides"),
+            )
             rows = [r for run in runs for r in run.predictions]
             for r in rows:
                 pooled.setdefault(r["slide_id"], []).append((r["target"], r["prediction"]))
             if cohort.task == "binary":
                 per_seed.append(_auroc(rows))
-                fold_scores += [_auroc(run.predictions) for run in runs if len({r["target"][0] for r in run.predictions}) == 2]
+                fold_scores += [
+                    _auroc(run.predictions)
+                    for run in runs
+                    if len({r["target"][0] for r in run.predictions}) == 2
+                ]
                 if uses_layout(model):
                     shuffled.append(_auroc(shuffled_predictions(runs, bags, seed)))
             else:
                 y = np.stack([r["target"] for r in rows])
                 p = np.stack([r["prediction"] for r in rows])
-                per_seed.append([float(stats.pearsonr(p[:, j], y[:, j])[0]) for j in range(y.shape[1])])
+                per_seed.append(
+                    [float(stats.pearsonr(p[:, j], y[:, j])[0]) for j in range(y.shape[1])]
+                )
             out["runs"].setdefault(model, []).append(runs)
         out["seconds"][model] = time.perf_counter() - started
         if cohort.task == "binary":
@@ -171,21 +237,36 @@ def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> d
             out["auroc_per_seed"][model] = per_seed
             lo, hi = bootstrap_ci(y, p, roc_auc_score, n_boot=1000)
             out["auroc_ci"][model] = [lo, hi]
-            out["auroc_folds"][model] = {"mean": float(np.mean(fold_scores)), "sd": float(np.std(fold_scores, ddof=1))}
+            out["auroc_folds"][model] = {
+                "mean": float(np.mean(fold_scores)),
+                "sd": float(np.std(fold_scores, ddof=1)),
+            }
             if shuffled:
                 out["shuffle_auroc"][model] = float(np.mean(shuffled))
         else:
-            out["pearson"][model] = dict(zip(cohort.targets, np.mean(per_seed, axis=0).tolist(), strict=True))
-        log.info("%s %s: %s (%.0f s)", cohort.name, model,
-                 out["auroc"].get(model, out["pearson"].get(model)), out["seconds"][model])
-        print(f"{cohort.name:3s} {model:20s} auroc={out['auroc'].get(model, out['pearson'].get(model))} "
-              f"ci={out['auroc_ci'].get(model)} shuffle={out['shuffle_auroc'].get(model)} "
-              f"{out['seconds'][model]:.0f}s", flush=True)
+            out["pearson"][model] = dict(
+                zip(cohort.targets, np.mean(per_seed, axis=0).tolist(), strict=True)
+            )
+        log.info(
+            "%s %s: %s (%.0f s)",
+            cohort.name,
+            model,
+            out["auroc"].get(model, out["pearson"].get(model)),
+            out["seconds"][model],
+        )
+        print(
+            f"{cohort.name:3s} {model:20s} auroc={out['auroc'].get(model, out['pearson'].get(model))} "
+            f"ci={out['auroc_ci'].get(model)} shuffle={out['shuffle_auroc'].get(model)} "
+            f"{out['seconds'][model]:.0f}s",
+            flush=True,
+        )
     out["bags"] = bags
     return out
 
 
-def module_discovery(cohort: Any, runs: list[Any], bags: dict, min_share: float = 0.01) -> dict[str, Any]:
+def module_discovery(
+    cohort: Any, runs: list[Any], bags: dict, min_share: float = 0.01
+) -> dict[str, Any]:
     """ARI of a K=number-of-types codebook (fold 0's training slides) on its test slides.
 
     Types under ``min_share`` of the training tiles (real_S1's few tiles on the section's
@@ -201,13 +282,19 @@ def module_discovery(cohort: Any, runs: list[Any], bags: dict, min_share: float 
     truth, pred = [], []
     for sid in run.test_slides:
         emb, coords = bags[sid]
-        lookup = {tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)}
+        lookup = {
+            tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)
+        }
         truth.append([lookup[tuple(c)] for c in np.asarray(coords).tolist()])
         pred.append(book.assign(emb))
     t, p = np.concatenate(truth), np.concatenate(pred)
     keep = np.isin(t, kept)
-    return {"k": len(kept), "ari": float(adjusted_rand_score(t[keep], p[keep])),
-            "train_slides": len(run.train_slides), "test_slides": len(run.test_slides)}
+    return {
+        "k": len(kept),
+        "ari": float(adjusted_rand_score(t[keep], p[keep])),
+        "train_slides": len(run.train_slides),
+        "test_slides": len(run.test_slides),
+    }
 
 
 def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[str, Any]:
@@ -239,7 +326,10 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
             hits = []
             for sid in run.test_slides:
                 emb, coords = bags[sid]
-                lookup = {tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)}
+                lookup = {
+                    tuple(c): t
+                    for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)
+                }
                 types = np.array([lookup[tuple(c)] for c in np.asarray(coords).tolist()])
                 import torch
 
@@ -259,7 +349,11 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
                 if int(label) != 1:
                     continue
                 full = float(rows.loc[rows["slide_id"] == sid, "full"].iloc[0])
-                delta = float(edge_masking(model, run.head, emb, coords, modules, module_of["T"], module_of["I"])[0])
+                delta = float(
+                    edge_masking(
+                        model, run.head, emb, coords, modules, module_of["T"], module_of["I"]
+                    )[0]
+                )
                 cuts.append({"full": full, "cut": full + delta})
     import pandas as pd
 
@@ -270,21 +364,34 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
         for cls, sub in part.groupby("label"):
             entry[f"mean_delta_label{cls}"] = float(sub["delta"].mean())
         if part["label"].nunique() == 2:  # gene masking's measure: the AUROC left without it
-            entry["auroc_masked"] = float(roc_auc_score(part["label"].astype(int), part["full"] + part["delta"]))
+            entry["auroc_masked"] = float(
+                roc_auc_score(part["label"].astype(int), part["full"] + part["delta"])
+            )
             entry["auroc_full"] = float(roc_auc_score(part["label"].astype(int), part["full"]))
         by_type.append(entry)
-    table = pd.DataFrame(by_type).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
+    table = (
+        pd.DataFrame(by_type).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
+    )
     plot = table.rename(columns={"module_type": "module"}).assign(target="prediction")
     labels = {i: n for i, n in enumerate(plot["module"])}
     plot["module"] = range(len(plot))
-    write_masking_png(plot, png, labels=labels, title=f"{cohort.name}: module masking, mean |delta P(class 1)| when a module is dropped")
+    write_masking_png(
+        plot,
+        png,
+        labels=labels,
+        title=f"{cohort.name}: module masking, mean |delta P(class 1)| when a module is dropped",
+    )
     out: dict[str, Any] = {"ranking": table.to_dict("records"), "png": str(png)}
     if cuts:
         called = [c for c in cuts if c["full"] >= 0.5]
         out["edge_masking_T_I_class1"] = {
-            "slides": len(cuts), "called_class1": len(called),
-            "flipped_fraction": float(np.mean([c["cut"] < 0.5 for c in called])) if called else None,
-            "mean_delta": float(np.mean([c["cut"] - c["full"] for c in cuts]))}
+            "slides": len(cuts),
+            "called_class1": len(called),
+            "flipped_fraction": float(np.mean([c["cut"] < 0.5 for c in called]))
+            if called
+            else None,
+            "mean_delta": float(np.mean([c["cut"] - c["full"] for c in cuts])),
+        }
     return out
 
 
@@ -308,8 +415,13 @@ def speed(gpu: bool) -> dict[str, Any]:
     out["module_assign_100k_x1024_k16_s"], _ = best_of(lambda: len(assign_modules(x, c)), 3)
     src, dst = grid_edges(coords)
     out["tile_graph_edges_100k"] = len(src)
-    cfg = MILConfig(model="tile_gnn", in_dim=1024, hidden=128, attn_dim=64,
-                    options={"layers": 4, "invariant_branch": True})
+    cfg = MILConfig(
+        model="tile_gnn",
+        in_dim=1024,
+        hidden=128,
+        attn_dim=64,
+        options={"layers": 4, "invariant_branch": True},
+    )
 
     def step(device: str) -> tuple[float, float | None]:
         torch.manual_seed(0)
@@ -321,7 +433,9 @@ def speed(gpu: bool) -> dict[str, Any]:
         times = []
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(3 if device == "cuda" else 2):  # CPU: one warm-up, one timed (a 100k step is slow)
+        for _ in range(
+            3 if device == "cuda" else 2
+        ):  # CPU: one warm-up, one timed (a 100k step is slow)
             if device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -345,27 +459,52 @@ def speed(gpu: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="result JSON (default with --sweep: benchmarks/results/spatial_sweep[_quick].json)")
+    parser.add_argument(
+        "--out",
+        help="result JSON (default with --sweep: benchmarks/results/spatial_sweep[_quick].json)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cohorts", nargs="*", help="override the cohort list")
     parser.add_argument("--slides", type=int, help="override the number of slides per cohort")
     parser.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
-    parser.add_argument("--epochs", type=int, help="override the epoch budget (early stopping still applies)")
-    parser.add_argument("--patience", type=int, help="override the early-stopping patience (epochs)")
-    parser.add_argument("--train-slides", type=int,
-                        help="cap each fold's training set at this many slides (balanced patients; "
-                             "validation and test folds unchanged): sample efficiency")
+    parser.add_argument(
+        "--epochs", type=int, help="override the epoch budget (early stopping still applies)"
+    )
+    parser.add_argument(
+        "--patience", type=int, help="override the early-stopping patience (epochs)"
+    )
+    parser.add_argument(
+        "--train-slides",
+        type=int,
+        help="cap each fold's training set at this many slides (balanced patients; "
+        "validation and test folds unchanged): sample efficiency",
+    )
     parser.add_argument("--real-slides", type=int, help="override the number of real_S1 slides")
-    parser.add_argument("--real-root", help="folder for real_S1's slides and store, reused when it exists "
-                                            "(default: a temporary folder)")
-    parser.add_argument("--models", nargs="*", help="models (registered names or VARIANTS); default: "
-                        "order-blind, module_stats and spatial, or the sweep's list with --sweep")
-    parser.add_argument("--sweep", action="store_true",
-                        help="the noise sweep (separability x noise model x cohort); with --quick the small one")
+    parser.add_argument(
+        "--real-root",
+        help="folder for real_S1's slides and store, reused when it exists "
+        "(default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        help="models (registered names or VARIANTS); default: "
+        "order-blind, module_stats and spatial, or the sweep's list with --sweep",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the noise sweep (separability x noise model x cohort); with --quick the small one",
+    )
     parser.add_argument("--png", default=str(ROOT / "docs" / "spatial_masking.png"))
-    parser.add_argument("--sweep-png", help="plot of the sweep (default with --sweep: docs/spatial_sweep[_quick].png)")
+    parser.add_argument(
+        "--sweep-png",
+        help="plot of the sweep (default with --sweep: docs/spatial_sweep[_quick].png)",
+    )
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--speed-only", action="store_true", help="only the speed figures, no cohorts")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="only the speed figures, no cohorts"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.sweep:
@@ -386,47 +525,75 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-"))
-    result: dict[str, Any] = {"params": params, "machine": machine(), "models": args.models,
-                              "cohort_model_options": {f"{c}/{m}": o for (c, m), o in COHORT_OPTIONS.items()
-                                                       if c in params["cohorts"]},
-                              "auroc": {}, "auroc_ci": {}, "auroc_per_seed": {}, "auroc_folds": {},
-                              "shuffle_auroc": {}, "pearson": {}, "seconds": {}}
+    result: dict[str, Any] = {
+        "params": params,
+        "machine": machine(),
+        "models": args.models,
+        "cohort_model_options": {
+            f"{c}/{m}": o for (c, m), o in COHORT_OPTIONS.items() if c in params["cohorts"]
+        },
+        "auroc": {},
+        "auroc_ci": {},
+        "auroc_per_seed": {},
+        "auroc_folds": {},
+        "shuffle_auroc": {},
+        "pearson": {},
+        "seconds": {},
+    }
     try:
         for name in params["cohorts"]:
             if name == "real_S1":
                 from slidebank.spatial_cohort import make_real_s1_cohort
 
                 built = time.perf_counter()
-                cohort = make_real_s1_cohort(Path(args.real_root) if args.real_root else tmp / "real_S1",
-                                             n_slides=params["real_slides"])
+                cohort = make_real_s1_cohort(
+                    Path(args.real_root) if args.real_root else tmp / "real_S1",
+                    n_slides=params["real_slides"],
+                )
                 result["real_S1_build_s"] = time.perf_counter() - built
                 result["real_S1_tiles"] = int(sum(len(c) for c in cohort.coords.values()))
             else:
-                cohort = write_spatial_cohort(str(tmp / "store"), name, n_slides=params["slides"],
-                                              side=SIDE.get(name, 16))
+                cohort = write_spatial_cohort(
+                    str(tmp / "store"), name, n_slides=params["slides"], side=SIDE.get(name, 16)
+                )
             res = evaluate_cohort(cohort, args.models, params)
             result.setdefault("oracle", {})[name] = oracle(cohort)
-            for key in ("auroc", "auroc_ci", "auroc_per_seed", "auroc_folds", "shuffle_auroc", "pearson", "seconds"):
+            for key in (
+                "auroc",
+                "auroc_ci",
+                "auroc_per_seed",
+                "auroc_folds",
+                "shuffle_auroc",
+                "pearson",
+                "seconds",
+            ):
                 if res[key]:
                     result[key][name] = res[key]
             if name in ("S1", "real_S1") and "module_graph" in res["runs"]:
-                result[f"module_discovery_{name}"] = module_discovery(cohort, res["runs"]["module_graph"][0],
-                                                                      res["bags"])
+                result[f"module_discovery_{name}"] = module_discovery(
+                    cohort, res["runs"]["module_graph"][0], res["bags"]
+                )
             masking_cohort = "S2" if "S2" in params["cohorts"] else "S1"
             if name == masking_cohort and "module_graph" in res["runs"]:
-                result[f"masking_{name}"] = masking_report(cohort, res["runs"]["module_graph"][0], res["bags"],
-                                                           Path(args.png))
+                result[f"masking_{name}"] = masking_report(
+                    cohort, res["runs"]["module_graph"][0], res["bags"], Path(args.png)
+                )
             write_json(args.out, {**result, "partial": True})
         if not args.skip_speed:
             result["speed"] = speed(gpu=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result.update({"wall_s": time.perf_counter() - started, "load_average_before": load_before,
-                   "load_average_after": os.getloadavg(),
-                   "note": "auroc: mean over seeds of the pooled out-of-fold AUROC; auroc_ci: bootstrap 95% CI "
-                           "of the pooled AUROC with predictions averaged over seeds; shuffle_auroc: the same "
-                           "fold models on test slides with coordinates permuted within each slide; "
-                           "torch 1 thread per process; 2-core machine shared with other jobs."})
+    result.update(
+        {
+            "wall_s": time.perf_counter() - started,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "note": "auroc: mean over seeds of the pooled out-of-fold AUROC; auroc_ci: bootstrap 95% CI "
+            "of the pooled AUROC with predictions averaged over seeds; shuffle_auroc: the same "
+            "fold models on test slides with coordinates permuted within each slide; "
+            "torch 1 thread per process; 2-core machine shared with other jobs.",
+        }
+    )
     write_json(args.out, result)
 
 
@@ -439,23 +606,40 @@ def sweep(args: argparse.Namespace) -> None:
     if args.train_slides:
         params["train_slides_list"] = [args.train_slides]
     models = args.models or SWEEP_MODELS
-    out = args.out or str(ROOT / "benchmarks" / "results" / f"spatial_sweep{'_quick' if args.quick else ''}.json")
+    out = args.out or str(
+        ROOT / "benchmarks" / "results" / f"spatial_sweep{'_quick' if args.quick else ''}.json"
+    )
     started, load_before = time.perf_counter(), os.getloadavg()
-    result: dict[str, Any] = {"params": params, "machine": machine(), "models": models,
-                              "variants": {k: {"model": m, "options": o, "train": t} for k, (m, o, t) in VARIANTS.items()
-                                           if k in models}}
+    result: dict[str, Any] = {
+        "params": params,
+        "machine": machine(),
+        "models": models,
+        "variants": {
+            k: {"model": m, "options": o, "train": t}
+            for k, (m, o, t) in VARIANTS.items()
+            if k in models
+        },
+    }
     tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-sweep-"))
     try:
         run_sweep(params, models, tmp, out, result, evaluate_cohort, SIDE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result.update({"wall_s": time.perf_counter() - started, "load_average_before": load_before,
-                   "load_average_after": os.getloadavg(),
-                   "note": "per cell: auroc = mean over seeds of the pooled out-of-fold AUROC; oracle = logistic "
-                           "regression on planted-type statistics (not a model); gap = train/validation gap "
-                           "per model over folds; torch 1 thread; 2-core machine shared with other jobs."})
+    result.update(
+        {
+            "wall_s": time.perf_counter() - started,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "note": "per cell: auroc = mean over seeds of the pooled out-of-fold AUROC; oracle = logistic "
+            "regression on planted-type statistics (not a model); gap = train/validation gap "
+            "per model over folds; torch 1 thread; 2-core machine shared with other jobs.",
+        }
+    )
     write_json(out, result)
-    plot_sweep(result, args.sweep_png or ROOT / "docs" / f"spatial_sweep{'_quick' if args.quick else ''}.png")
+    plot_sweep(
+        result,
+        args.sweep_png or ROOT / "docs" / f"spatial_sweep{'_quick' if args.quick else ''}.png",
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", default="S1")
     parser.add_argument("--shape", default="grid", choices=["grid", "irregular"])
-    parser.add_argument("--noise", nargs="+", default=["isotropic85", "nuisance85"],
-                        help="MODELSEP, e.g. nuisance85 (model and separability in percent), or clean")
+    parser.add_argument(
+        "--noise",
+        nargs="+",
+        default=["isotropic85", "nuisance85"],
+        help="MODELSEP, e.g. nuisance85 (model and separability in percent), or clean",
+    )
     parser.add_argument("--slides", type=int, default=80)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--patience", type=int, default=4)
@@ -43,22 +47,39 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="spatial-ablation-")
     for tag in args.noise:
         noise = None if tag == "clean" else NoiseSpec(tag[:-2], int(tag[-2:]) / 100)
-        cohort = write_spatial_cohort(f"{tmp}/{tag}", args.cohort, n_slides=args.slides, noise=noise, shape=args.shape)
+        cohort = write_spatial_cohort(
+            f"{tmp}/{tag}", args.cohort, n_slides=args.slides, noise=noise, shape=args.shape
+        )
         bags: dict = {}
         for spec in args.models:
             model, _, rest = spec.partition(":")
-            opts = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+            opts = {
+                k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)
+            }
             train = {k[3:]: opts.pop(k) for k in list(opts) if k.startswith("tr.")}
             cfg = train_config(model, cohort.task, 0, params, args.cohort)
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, options={**cfg.model.options, **opts}),
-                                      **train)
+            cfg = dataclasses.replace(
+                cfg,
+                model=dataclasses.replace(cfg.model, options={**cfg.model.options, **opts}),
+                **train,
+            )
             started = time.time()
-            runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table, cfg, cohort.targets, bags=bags)
+            runs = cross_validate(
+                cohort.store_uri, cohort.encoder, cohort.table, cfg, cohort.targets, bags=bags
+            )
             rows = [r for run in runs for r in run.predictions]
-            print(tag, spec, round(_auroc(rows), 3), [run.best_epoch for run in runs],
-                  "minloss", [round(min(h["train_loss"] for h in run.history), 2) for run in runs],
-                  "val@best", [round(run.history[run.best_epoch]["val_score"], 2) for run in runs],
-                  f"{time.time() - started:.0f}s", flush=True)
+            print(
+                tag,
+                spec,
+                round(_auroc(rows), 3),
+                [run.best_epoch for run in runs],
+                "minloss",
+                [round(min(h["train_loss"] for h in run.history), 2) for run in runs],
+                "val@best",
+                [round(run.history[run.best_epoch]["val_score"], 2) for run in runs],
+                f"{time.time() - started:.0f}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

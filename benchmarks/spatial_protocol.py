@@ -56,9 +56,12 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
             for cohort, by_model in part.get("auroc", {}).items():
                 for model, value in by_model.items():
                     capped.setdefault(cohort, {})[model] = {
-                        "train_slides": params["train_slides"], "auroc": value, "seeds": seeds,
+                        "train_slides": params["train_slides"],
+                        "auroc": value,
+                        "seeds": seeds,
                         "auroc_per_seed": part.get("auroc_per_seed", {}).get(cohort, {}).get(model),
-                        "source": [_name(path)]}
+                        "source": [_name(path)],
+                    }
             continue
         for cohort in COHORTS:
             if _size(params, cohort) != SIZE[cohort]:
@@ -96,13 +99,19 @@ def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     def mean(x: float | None, y: float | None) -> float | None:
         return None if x is None or y is None else (x * na + y * nb) / (na + nb)
 
-    out = {"seeds": sorted(a["seeds"] + b["seeds"]), "source": a["source"] + b["source"],
-           "auroc": mean(a["auroc"], b["auroc"]), "shuffle_auroc": mean(a["shuffle_auroc"], b["shuffle_auroc"]),
-           "auroc_ci": big["auroc_ci"],
-           "auroc_per_seed": (a["auroc_per_seed"] or []) + (b["auroc_per_seed"] or []) or None,
-           "pearson": None}
+    out = {
+        "seeds": sorted(a["seeds"] + b["seeds"]),
+        "source": a["source"] + b["source"],
+        "auroc": mean(a["auroc"], b["auroc"]),
+        "shuffle_auroc": mean(a["shuffle_auroc"], b["shuffle_auroc"]),
+        "auroc_ci": big["auroc_ci"],
+        "auroc_per_seed": (a["auroc_per_seed"] or []) + (b["auroc_per_seed"] or []) or None,
+        "pearson": None,
+    }
     if a["pearson"] is not None and b["pearson"] is not None:
-        out["pearson"] = {gene: mean(a["pearson"][gene], b["pearson"][gene]) for gene in a["pearson"]}
+        out["pearson"] = {
+            gene: mean(a["pearson"][gene], b["pearson"][gene]) for gene in a["pearson"]
+        }
     return out
 
 
@@ -127,8 +136,12 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
         v, s = auroc("S1", model)
         ci = _get(table, "auroc_ci", "S1", model)
         check(f"S1 {model} <= 0.60", v, None if v is None else v <= 0.60, s)
-        check(f"S1 {model} CI contains 0.5", None if ci is None else ci,
-              None if ci is None else ci[0] <= 0.5 <= ci[1], s)
+        check(
+            f"S1 {model} CI contains 0.5",
+            None if ci is None else ci,
+            None if ci is None else ci[0] <= 0.5 <= ci[1],
+            s,
+        )
     for model, floor in (("tile_gnn", 0.95), ("module_graph", 0.95), ("region_transformer", 0.90)):
         v, s = auroc("S1", model)
         check(f"S1 {model} >= {floor:.2f}", v, None if v is None else v >= floor, s)
@@ -139,10 +152,17 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
         # On the embedding cohorts every tile has one planted type; real_S1's tiles are
         # cut from pixels and many mix types, so its ARI is reported, not held to 0.90.
         if cohort != key and cohort != "real_S1":
-            check(f"{cohort} module discovery ARI >= 0.90", found["ari"], found["ari"] >= 0.90, None)
+            check(
+                f"{cohort} module discovery ARI >= 0.90", found["ari"], found["ari"] >= 0.90, None
+            )
     masking = table.get("diagnostics", {}).get("masking_S2")
     first = None if masking is None else masking["ranking"][0]["module_type"]
-    check("S2 masking: the immune module ranks first", first, None if first is None else first == "I", None)
+    check(
+        "S2 masking: the immune module ranks first",
+        first,
+        None if first is None else first == "I",
+        None,
+    )
     by_type = {r["module_type"]: r for r in (masking or {}).get("ranking", [])}
     immune = by_type.get("I", {})
     v = immune.get("auroc_masked")
@@ -151,11 +171,19 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
         v = by_type["N"]["mean_abs_delta"] / immune["mean_abs_delta"]
         check("S2 masking: N moves predictions < 10% of I", v, v < 0.10, None)
     cut = (masking or {}).get("edge_masking_T_I_class1", {}).get("flipped_fraction")
-    check("S2 edge masking T-I flips >= 90% of class-1 calls", cut, None if cut is None else cut >= 0.90, None)
+    check(
+        "S2 edge masking T-I flips >= 90% of class-1 calls",
+        cut,
+        None if cut is None else cut >= 0.90,
+        None,
+    )
     cap = table.get("capped_training", {}).get("S2", {}).get("module_graph")
-    check("S2 module_graph >= 0.90 with 40 training slides", None if cap is None else cap["auroc"],
-          None if cap is None or cap["train_slides"] != 40 else cap["auroc"] >= 0.90,
-          None if cap is None else cap["seeds"])
+    check(
+        "S2 module_graph >= 0.90 with 40 training slides",
+        None if cap is None else cap["auroc"],
+        None if cap is None or cap["train_slides"] != 40 else cap["auroc"] >= 0.90,
+        None if cap is None else cap["seeds"],
+    )
     v, s = auroc("S3", "region_transformer")
     check("S3 region_transformer >= 0.90", v, None if v is None else v >= 0.90, s)
     for model in SPATIAL:
@@ -166,10 +194,18 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
             check(f"S4 {model} r({gene}) >= 0.80", v, None if v is None else v >= 0.80, s)
     r = _get(table, "pearson", "S4", "abmil")
     s = _get(table, "seeds", "S4", "abmil")
-    check("S4 abmil r(GENE_SPATIAL) <= 0.20", None if r is None else r["GENE_SPATIAL"],
-          None if r is None else r["GENE_SPATIAL"] <= 0.20, s)
-    check("S4 abmil r(GENE_COMPOSITION) >= 0.80", None if r is None else r["GENE_COMPOSITION"],
-          None if r is None else r["GENE_COMPOSITION"] >= 0.80, s)
+    check(
+        "S4 abmil r(GENE_SPATIAL) <= 0.20",
+        None if r is None else r["GENE_SPATIAL"],
+        None if r is None else r["GENE_SPATIAL"] <= 0.20,
+        s,
+    )
+    check(
+        "S4 abmil r(GENE_COMPOSITION) >= 0.80",
+        None if r is None else r["GENE_COMPOSITION"],
+        None if r is None else r["GENE_COMPOSITION"] >= 0.80,
+        s,
+    )
     for model in SPATIAL:
         v, s = auroc("real_S1", model)
         check(f"real_S1 {model} >= 0.90", v, None if v is None else v >= 0.90, s)
@@ -179,31 +215,49 @@ def criteria(table: dict[str, Any]) -> list[dict[str, Any]]:
         for model in SPATIAL:
             v = _get(table, "shuffle_auroc", cohort, model)
             if v is not None or cohort == "S1":
-                check(f"{cohort} {model} shuffled <= 0.60", v, None if v is None else v <= 0.60,
-                      _get(table, "seeds", cohort, model))
+                check(
+                    f"{cohort} {model} shuffled <= 0.60",
+                    v,
+                    None if v is None else v <= 0.60,
+                    _get(table, "seeds", cohort, model),
+                )
     for model in SPATIAL:
         v = _get(table, "shuffle_auroc", "S0", model)
-        check(f"S0 {model} shuffled >= 0.95", v, None if v is None else v >= 0.95,
-              _get(table, "seeds", "S0", model))
+        check(
+            f"S0 {model} shuffled >= 0.95",
+            v,
+            None if v is None else v >= 0.95,
+            _get(table, "seeds", "S0", model),
+        )
     return rows
 
 
 def markdown(table: dict[str, Any]) -> str:
     """Cohorts × models: mean over seeds [CI]; S4 as contact / composition gene r."""
-    lines = ["| cohort | " + " | ".join(f"`{m}`" for m in MODELS) + " |",
-             "|---|" + "---|" * len(MODELS)]
+    lines = [
+        "| cohort | " + " | ".join(f"`{m}`" for m in MODELS) + " |",
+        "|---|" + "---|" * len(MODELS),
+    ]
     for cohort in COHORTS:
         cells = []
         for model in MODELS:
             seeds = _get(table, "seeds", cohort, model) or []
-            tag = "" if len(seeds) >= SEEDS else f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            tag = (
+                ""
+                if len(seeds) >= SEEDS
+                else f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            )
             r = _get(table, "pearson", cohort, model)
             v = _get(table, "auroc", cohort, model)
             if r is not None:
                 cells.append(f"{r['GENE_SPATIAL']:.2f} / {r['GENE_COMPOSITION']:.2f}{tag}")
             elif v is not None:
                 shuffled = _get(table, "shuffle_auroc", cohort, model)
-                cells.append(f"{v:.2f}" + (f", shuffled {shuffled:.2f}" if shuffled is not None else "") + tag)
+                cells.append(
+                    f"{v:.2f}"
+                    + (f", shuffled {shuffled:.2f}" if shuffled is not None else "")
+                    + tag
+                )
             else:
                 cells.append("—")
         lines.append(f"| {cohort} (n={SIZE[cohort]}) | " + " | ".join(cells) + " |")
@@ -211,23 +265,42 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="+", type=Path, help="results files of benchmarks/spatial.py")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "parts", nargs="+", type=Path, help="results files of benchmarks/spatial.py"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     table = merge([p.resolve() for p in args.parts])
     checks = criteria(table)
-    write_json(args.out, {"benchmark": "spatial-protocol", "machine": machine(), **table, "criteria": checks,
-                          "note": "merged from the parts named in 'source' (nothing recomputed); auroc: mean "
-                                  "over seeds of the pooled out-of-fold AUROC; auroc_ci: bootstrap 95% CI of "
-                                  "the pooled AUROC of the seed-averaged predictions; S4: Pearson r"})
+    write_json(
+        args.out,
+        {
+            "benchmark": "spatial-protocol",
+            "machine": machine(),
+            **table,
+            "criteria": checks,
+            "note": "merged from the parts named in 'source' (nothing recomputed); auroc: mean "
+            "over seeds of the pooled out-of-fold AUROC; auroc_ci: bootstrap 95% CI of "
+            "the pooled AUROC of the seed-averaged predictions; S4: Pearson r",
+        },
+    )
     print(markdown(table))
     print()
     for row in checks:
         mark = {True: "holds", False: "FAILS", None: "not measured"}[row["holds"]]
         value = row["value"]
-        shown = (f"{value:.2f}" if isinstance(value, float) else value if isinstance(value, str)
-                 else f"[{value[0]:.2f}, {value[1]:.2f}]" if isinstance(value, list) else "—")
+        shown = (
+            f"{value:.2f}"
+            if isinstance(value, float)
+            else value
+            if isinstance(value, str)
+            else f"[{value[0]:.2f}, {value[1]:.2f}]"
+            if isinstance(value, list)
+            else "—"
+        )
         print(f"{mark:13s} {row['criterion']:50s} {shown:>14s}  seeds {row['seeds']}")
 
 

@@ -56,13 +56,17 @@ def load_tiles() -> tuple[np.ndarray, str]:
         path, source = DATA / "stain_bench.svs", "synthetic"
         if not path.exists():
             DATA.mkdir(parents=True, exist_ok=True)
-            write_synthetic_slide(path, SyntheticSlideSpec(width=4096, height=4096, seed=7,
-                                                           n_blobs=3))
+            write_synthetic_slide(
+                path, SyntheticSlideSpec(width=4096, height=4096, seed=7, n_blobs=3)
+            )
     with open_slide(str(path)) as slide:
         region = slide.read_region((0, 0), 0, slide.dimensions)
     h, w = region.shape[:2]
-    tiles = [region[y:y + TILE, x:x + TILE] for y in range(0, h - TILE + 1, TILE)
-             for x in range(0, w - TILE + 1, TILE)]
+    tiles = [
+        region[y : y + TILE, x : x + TILE]
+        for y in range(0, h - TILE + 1, TILE)
+        for x in range(0, w - TILE + 1, TILE)
+    ]
     tiles = [t for t in tiles if tissue_mask(t, 240, 0.15, every_channel=False).mean() >= 0.5]
     return np.stack([tiles[i % len(tiles)] for i in range(BATCH)]), source
 
@@ -85,7 +89,8 @@ def bench_cpu(batch: np.ndarray, quick: bool) -> tuple[list[dict], dict]:
     reinhard_ref = reference_from_image(batch[0], "reinhard")
     reinhard = StainNormalizer(
         fit_tiles(batch, FitConfig(method="reinhard", reference_id=reinhard_ref.reference_id)),
-        reinhard_ref)
+        reinhard_ref,
+    )
     theirs = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
     per_tile = batch[: 32 if quick else 128]
 
@@ -101,13 +106,16 @@ def bench_cpu(batch: np.ndarray, quick: bool) -> tuple[list[dict], dict]:
         return lambda: normalizer(batch)
 
     cases: dict[str, tuple[Callable[[], Any], int]] = {
-        **{f"slidebank macenko, {t} thread(s)": (normalize_with(n), BATCH)
-           for t, n in ours.items()},
+        **{
+            f"slidebank macenko, {t} thread(s)": (normalize_with(n), BATCH) for t, n in ours.items()
+        },
         "torchstain macenko, BLAS default threads": (torchstain_run, len(per_tile)),
         "torchstain macenko, 1 BLAS thread": (torchstain_one_blas_thread, len(per_tile)),
         "slidebank reinhard, 1 thread": (lambda: reinhard(batch), BATCH),
-        "slidebank hed_jitter, 1 thread": (lambda: hed_jitter(batch, np.random.default_rng(0)),
-                                           BATCH),
+        "slidebank hed_jitter, 1 thread": (
+            lambda: hed_jitter(batch, np.random.default_rng(0)),
+            BATCH,
+        ),
     }
     for fn, _ in cases.values():  # warm-up: caches, lazy imports, thread pools
         fn()
@@ -172,8 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         rows += bench_gpu(batch, args.quick)
     result = {
-        "benchmark": "stain", "machine": machine(), "tiles": source, "tile": TILE,
-        "batch": BATCH, "quick": args.quick, "gpu": gpu, "rows": rows, **summary,
+        "benchmark": "stain",
+        "machine": machine(),
+        "tiles": source,
+        "tile": TILE,
+        "batch": BATCH,
+        "quick": args.quick,
+        "gpu": gpu,
+        "rows": rows,
+        **summary,
     }
     if gpu:
         import cupy

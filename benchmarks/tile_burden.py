@@ -58,9 +58,15 @@ class PixelSlide:
 def _content(seed: int, radius_um: float, inflamed: bool) -> Any:
     from ingest.synthetic.nests import NestedSlideSpec, _content, nest_layout
 
-    spec = NestedSlideSpec(side=SIDE_PX, mpp=MPP, nest_radius_um=radius_um,
-                           aggregate_radius_um=20.0, cuff_um=20.0, gap_um=(25.0, 50.0),
-                           aggregates_per_nest=1)
+    spec = NestedSlideSpec(
+        side=SIDE_PX,
+        mpp=MPP,
+        nest_radius_um=radius_um,
+        aggregate_radius_um=20.0,
+        cuff_um=20.0,
+        gap_um=(25.0, 50.0),
+        aggregates_per_nest=1,
+    )
     return _content(spec, nest_layout(spec, inflamed, seed), seed)
 
 
@@ -75,17 +81,19 @@ def planted_nuclei(content: Any, side_um: float) -> tuple[int, int]:
     ii, jj = np.meshgrid(np.arange(-1, n + 1), np.arange(-1, n + 1))
     cx = (ii + 0.15 + 0.7 * _hash01(ii, jj, seed, 1)) * _CELL_UM
     cy = (jj + 0.15 + 0.7 * _hash01(ii, jj, seed, 2)) * _CELL_UM
-    present = (_hash01(ii, jj, seed, 3) < 0.35 + 0.5 * content.crowd(cx, cy)) \
-        & content.tissue_mask(cx, cy)
+    present = (_hash01(ii, jj, seed, 3) < 0.35 + 0.5 * content.crowd(cx, cy)) & content.tissue_mask(
+        cx, cy
+    )
     tumour = present & (content.nest_field(cx, cy) > 0)
     m = int(math.ceil(side_um / _LYMPH_CELL_UM))
     li, lj = np.meshgrid(np.arange(-1, m + 1), np.arange(-1, m + 1))
     lx = (li + 0.2 + 0.6 * _hash01(li, lj, seed, 11)) * _LYMPH_CELL_UM
     ly = (lj + 0.2 + 0.6 * _hash01(li, lj, seed, 12)) * _LYMPH_CELL_UM
     draw = _hash01(li, lj, seed, 13)
-    lymph = ((draw < content.design.lymphocyte_background)
-             | ((draw < _LYMPH_PRESENT) & (content.lymphocyte_field(lx, ly) > 0))) \
-        & content.tissue_mask(lx, ly)
+    lymph = (
+        (draw < content.design.lymphocyte_background)
+        | ((draw < _LYMPH_PRESENT) & (content.lymphocyte_field(lx, ly) > 0))
+    ) & content.tissue_mask(lx, ly)
     return int(tumour.sum()), int(present.sum() + lymph.sum())
 
 
@@ -124,8 +132,15 @@ def pixel_slide(slide_id: str, seed: int, radius_um: float, inflamed: bool) -> P
     keep = tissue >= 0.5
     tumour, total = planted_nuclei(content, side_um)
     nest, fraction = _truth_rasters(content, side_um)
-    return PixelSlide(slide_id, np.asarray(coords, np.int64)[keep], emb[keep], tissue[keep],
-                      nest, tumour / max(total, 1), fraction)
+    return PixelSlide(
+        slide_id,
+        np.asarray(coords, np.int64)[keep],
+        emb[keep],
+        tissue[keep],
+        nest,
+        tumour / max(total, 1),
+        fraction,
+    )
 
 
 def make_pixel_cohort(root: str, n_slides: int, seed: int = 0) -> tuple[Any, list[PixelSlide]]:
@@ -139,26 +154,47 @@ def make_pixel_cohort(root: str, n_slides: int, seed: int = 0) -> tuple[Any, lis
     store = FeatureStore.open(root, create=True)
     slides, pending = [], []
     for i in range(n_slides):
-        slide = pixel_slide(f"N{seed:02d}-{i:03d}", seed * 1000 + i,
-                            float(rng.uniform(60.0, 150.0)), inflamed=bool(i % 2))
-        info = SlideInfo(source_uri=f"synthetic://nested/{slide.slide_id}", mpp=MPP,
-                         mpp_source="metadata", level_dimensions=((SIDE_PX, SIDE_PX),),
-                         patient_id=f"P{slide.slide_id}")
-        batch = tile_batch(slide.coords[:, 0], slide.coords[:, 1], slide.embeddings,
-                           tile_size=TILE_PX, read_mpp=MPP, tissue_fraction=slide.tissue_fraction)
-        pending.append(store.write_slide(SlideKey(slide.slide_id, HANDCRAFTED_VERSION, "nested1"),
-                                         info, [batch]))
+        slide = pixel_slide(
+            f"N{seed:02d}-{i:03d}",
+            seed * 1000 + i,
+            float(rng.uniform(60.0, 150.0)),
+            inflamed=bool(i % 2),
+        )
+        info = SlideInfo(
+            source_uri=f"synthetic://nested/{slide.slide_id}",
+            mpp=MPP,
+            mpp_source="metadata",
+            level_dimensions=((SIDE_PX, SIDE_PX),),
+            patient_id=f"P{slide.slide_id}",
+        )
+        batch = tile_batch(
+            slide.coords[:, 0],
+            slide.coords[:, 1],
+            slide.embeddings,
+            tile_size=TILE_PX,
+            read_mpp=MPP,
+            tissue_fraction=slide.tissue_fraction,
+        )
+        pending.append(
+            store.write_slide(
+                SlideKey(slide.slide_id, HANDCRAFTED_VERSION, "nested1"), info, [batch]
+            )
+        )
         slides.append(slide)
     store.commit(pending)
     for slide in slides:
-        store_annotations(store, slide.slide_id,
-                          AnnotationSet((Annotation(0, "tumour", slide.nest),), slide.slide_id),
-                          clip=True)
+        store_annotations(
+            store,
+            slide.slide_id,
+            AnnotationSet((Annotation(0, "tumour", slide.nest),), slide.slide_id),
+            clip=True,
+        )
     return store, slides
 
 
-def evaluate(store: Any, purity: dict[str, float], fraction: dict[str, float], folds: int
-             ) -> dict[str, Any]:
+def evaluate(
+    store: Any, purity: dict[str, float], fraction: dict[str, float], folds: int
+) -> dict[str, Any]:
     """Tile classifier → map → burden; Pearson r against the truth."""
     from scipy import stats
 
@@ -172,24 +208,33 @@ def evaluate(store: Any, purity: dict[str, float], fraction: dict[str, float], f
     )
 
     t0 = time.perf_counter()
-    result = run_tile_classifier(store, TileClassifierConfig(TileTask("tumour"), folds=folds,
-                                                             n_boot=100), write=False)
+    result = run_tile_classifier(
+        store, TileClassifierConfig(TileTask("tumour"), folds=folds, n_boot=100), write=False
+    )
     write_predictions(store, result)
     burden = tumour_burden(store, BurdenConfig(result.name))
     true_p = np.array([purity[s] for s in burden["slide_id"]])
     true_f = np.array([fraction[s] for s in burden["slide_id"]])
-    out = {"slides": len(burden), "tiles": len(result.data), "seconds": time.perf_counter() - t0,
-           "tile_auroc": result.metrics["auroc"]["value"], "map_dice": result.dice,
-           "true_purity_range": [float(true_p.min()), float(true_p.max())],
-           "true_fraction_range": [float(true_f.min()), float(true_f.max())]}
-    for column, truth in (("purity", true_p), ("purity_soft", true_p),
-                          ("tumour_fraction", true_f)):
+    out = {
+        "slides": len(burden),
+        "tiles": len(result.data),
+        "seconds": time.perf_counter() - t0,
+        "tile_auroc": result.metrics["auroc"]["value"],
+        "map_dice": result.dice,
+        "true_purity_range": [float(true_p.min()), float(true_p.max())],
+        "true_fraction_range": [float(true_f.min()), float(true_f.max())],
+    }
+    for column, truth in (("purity", true_p), ("purity_soft", true_p), ("tumour_fraction", true_f)):
         estimate = burden[column].to_numpy(np.float64)
         r = stats.pearsonr(truth, estimate)
         slope, intercept = np.polyfit(truth, estimate, 1)
-        out[column] = {"pearson_r": float(r.statistic), "p_value": float(r.pvalue),
-                       "slope": float(slope), "intercept": float(intercept),
-                       "mean_abs_error": float(np.abs(estimate - truth).mean())}
+        out[column] = {
+            "pearson_r": float(r.statistic),
+            "p_value": float(r.pvalue),
+            "slope": float(slope),
+            "intercept": float(intercept),
+            "mean_abs_error": float(np.abs(estimate - truth).mean()),
+        }
     return out
 
 
@@ -199,8 +244,10 @@ def embedding_level(root: Path, size: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     cohort = make_burden_cohort(str(root / "emb"), n_slides=size["slides"], seed=7)
     built = time.perf_counter() - t0
-    return {"build_seconds": built, **evaluate(cohort.store, cohort.purity, cohort.fraction,
-                                               size["folds"])}
+    return {
+        "build_seconds": built,
+        **evaluate(cohort.store, cohort.purity, cohort.fraction, size["folds"]),
+    }
 
 
 def pixel_level(root: Path, size: dict[str, Any]) -> dict[str, Any]:
@@ -222,17 +269,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         emb = embedding_level(Path(tmp), size)
         pix = pixel_level(Path(tmp), size)
-    rows = [{"level": level, "slides": r["slides"], "purity_r": r["purity"]["pearson_r"],
-             "purity_soft_r": r["purity_soft"]["pearson_r"],
-             "fraction_r": r["tumour_fraction"]["pearson_r"], "tile_auroc": r["tile_auroc"],
-             "seconds": r["build_seconds"] + r["seconds"]}
-            for level, r in (("embedding", emb), ("pixels", pix))]
-    print_table(rows, ["level", "slides", "purity_r", "purity_soft_r", "fraction_r",
-                       "tile_auroc", "seconds"])
-    write_json(args.out, {"machine": machine(), "quick": args.quick, "size": size,
-                          "note": "2-core machine shared with other jobs while measured",
-                          "embedding_level": emb, "pixel_level": pix,
-                          "total_seconds": time.perf_counter() - started})
+    rows = [
+        {
+            "level": level,
+            "slides": r["slides"],
+            "purity_r": r["purity"]["pearson_r"],
+            "purity_soft_r": r["purity_soft"]["pearson_r"],
+            "fraction_r": r["tumour_fraction"]["pearson_r"],
+            "tile_auroc": r["tile_auroc"],
+            "seconds": r["build_seconds"] + r["seconds"],
+        }
+        for level, r in (("embedding", emb), ("pixels", pix))
+    ]
+    print_table(
+        rows,
+        ["level", "slides", "purity_r", "purity_soft_r", "fraction_r", "tile_auroc", "seconds"],
+    )
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "quick": args.quick,
+            "size": size,
+            "note": "2-core machine shared with other jobs while measured",
+            "embedding_level": emb,
+            "pixel_level": pix,
+            "total_seconds": time.perf_counter() - started,
+        },
+    )
 
 
 if __name__ == "__main__":

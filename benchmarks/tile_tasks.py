@@ -49,11 +49,19 @@ def coverage_cost(grid: int) -> dict[str, Any]:
     got = class_coverage(tile_boxes(x, y, side), shape)
     seconds = time.perf_counter() - t0
     pick = rng.choice(len(x), size=min(2000, len(x)), replace=False)
-    want = np.array([shapely.box(x[i], y[i], x[i] + side, y[i] + side).intersection(shape).area
-                     / side**2 for i in pick])
-    return {"tiles": len(x), "seconds": seconds, "tiles_per_s": len(x) / seconds,
-            "max_abs_error_vs_per_tile_shapely": float(np.abs(got[pick] - want).max()),
-            "polygon_vertices": int(shapely.get_num_coordinates(shape))}
+    want = np.array(
+        [
+            shapely.box(x[i], y[i], x[i] + side, y[i] + side).intersection(shape).area / side**2
+            for i in pick
+        ]
+    )
+    return {
+        "tiles": len(x),
+        "seconds": seconds,
+        "tiles_per_s": len(x) / seconds,
+        "max_abs_error_vs_per_tile_shapely": float(np.abs(got[pick] - want).max()),
+        "polygon_vertices": int(shapely.get_num_coordinates(shape)),
+    }
 
 
 def _t_interval(values: list[float]) -> dict[str, float]:
@@ -61,8 +69,11 @@ def _t_interval(values: list[float]) -> dict[str, float]:
 
     v = np.asarray(values, np.float64)
     mean = float(v.mean())
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) \
-        if len(v) > 1 else float("nan")
+    half = (
+        float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+        if len(v) > 1
+        else float("nan")
+    )
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": len(v)}
 
 
@@ -76,39 +87,67 @@ def _run(store: Any, folds: int, seed: int, **kw: Any) -> Any:
 def clean(root: Path, size: dict[str, Any]) -> list[dict[str, Any]]:
     from training.tiles.synthetic import make_tile_cohort
 
-    cohort = make_tile_cohort(str(root / "clean"), n_slides=size["slides"], side=size["side"],
-                              dim=size["dim"], separation=6.0, seed=100)
+    cohort = make_tile_cohort(
+        str(root / "clean"),
+        n_slides=size["slides"],
+        side=size["side"],
+        dim=size["dim"],
+        separation=6.0,
+        seed=100,
+    )
     rows = []
     for head in ("linear", "mlp"):
         t0 = time.perf_counter()
         r = _run(cohort.store, size["folds"], 0, head=head)
         auc = r.metrics["auroc"]
-        rows.append({"case": f"clean {head}", "seconds": time.perf_counter() - t0,
-                     "auroc": auc["value"], "auroc_ci": [auc["ci_low"], auc["ci_high"]],
-                     "dice": r.dice, "n_tiles": len(r.data)})
+        rows.append(
+            {
+                "case": f"clean {head}",
+                "seconds": time.perf_counter() - t0,
+                "auroc": auc["value"],
+                "auroc_ci": [auc["ci_low"], auc["ci_high"]],
+                "dice": r.dice,
+                "n_tiles": len(r.data),
+            }
+        )
     return rows
 
 
 def ambiguous(root: Path, size: dict[str, Any]) -> dict[str, Any]:
     from training.tiles.synthetic import make_tile_cohort
 
-    arms = {"single": {}, "context": {"context_hops": size["hops"]},
-            "context_shuffled": {"context_hops": size["hops"], "shuffle_coords": True}}
+    arms = {
+        "single": {},
+        "context": {"context_hops": size["hops"]},
+        "context_shuffled": {"context_hops": size["hops"], "shuffle_coords": True},
+    }
     dice: dict[str, list[float]] = {a: [] for a in arms}
     auroc: dict[str, list[float]] = {a: [] for a in arms}
     for seed in range(size["seeds"]):
-        cohort = make_tile_cohort(str(root / f"amb{seed}"), n_slides=size["slides"],
-                                  side=size["side"], dim=size["dim"], separation=1.35, seed=seed)
+        cohort = make_tile_cohort(
+            str(root / f"amb{seed}"),
+            n_slides=size["slides"],
+            side=size["side"],
+            dim=size["dim"],
+            separation=1.35,
+            seed=seed,
+        )
         for arm, kw in arms.items():
             r = _run(cohort.store, size["folds"], seed, **kw)
             dice[arm].append(r.dice)
             auroc[arm].append(r.metrics["auroc"]["value"])
     gain = [c - s for c, s in zip(dice["context"], dice["single"], strict=True)]
     shuffled_gain = [c - s for c, s in zip(dice["context_shuffled"], dice["single"], strict=True)]
-    return {"separation": 1.35, "hops": size["hops"], "dice": dice, "auroc": auroc,
-            "dice_summary": {a: _t_interval(v) for a, v in dice.items()},
-            "auroc_summary": {a: _t_interval(v) for a, v in auroc.items()},
-            "context_gain": _t_interval(gain), "shuffled_gain": _t_interval(shuffled_gain)}
+    return {
+        "separation": 1.35,
+        "hops": size["hops"],
+        "dice": dice,
+        "auroc": auroc,
+        "dice_summary": {a: _t_interval(v) for a, v in dice.items()},
+        "auroc_summary": {a: _t_interval(v) for a, v in auroc.items()},
+        "context_gain": _t_interval(gain),
+        "shuffled_gain": _t_interval(shuffled_gain),
+    }
 
 
 def main() -> None:
@@ -122,17 +161,33 @@ def main() -> None:
         cover = coverage_cost(size["grid"])
         heads = clean(Path(tmp), size)
         context = ambiguous(Path(tmp), size)
-    rows = [*heads] + [{"case": f"ambiguous {a}", "dice": s["mean"],
-                        "dice_ci": f"{s['ci_low']:.3f}-{s['ci_high']:.3f}",
-                        "auroc": context["auroc_summary"][a]["mean"]}
-                       for a, s in context["dice_summary"].items()]
+    rows = [*heads] + [
+        {
+            "case": f"ambiguous {a}",
+            "dice": s["mean"],
+            "dice_ci": f"{s['ci_low']:.3f}-{s['ci_high']:.3f}",
+            "auroc": context["auroc_summary"][a]["mean"],
+        }
+        for a, s in context["dice_summary"].items()
+    ]
     print_table(rows, ["case", "seconds", "auroc", "dice", "dice_ci"])
-    print(f"coverage: {cover['tiles']} tiles in {cover['seconds']:.2f} s; context gain "
-          f"{context['context_gain']['mean']:+.3f} Dice, shuffled {context['shuffled_gain']['mean']:+.3f}")
-    write_json(args.out, {"machine": machine(), "quick": args.quick, "size": size,
-                          "note": "2-core machine shared with other jobs while measured",
-                          "coverage": cover, "clean": heads, "ambiguous": context,
-                          "total_seconds": time.perf_counter() - started})
+    print(
+        f"coverage: {cover['tiles']} tiles in {cover['seconds']:.2f} s; context gain "
+        f"{context['context_gain']['mean']:+.3f} Dice, shuffled {context['shuffled_gain']['mean']:+.3f}"
+    )
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "quick": args.quick,
+            "size": size,
+            "note": "2-core machine shared with other jobs while measured",
+            "coverage": cover,
+            "clean": heads,
+            "ambiguous": context,
+            "total_seconds": time.perf_counter() - started,
+        },
+    )
 
 
 if __name__ == "__main__":

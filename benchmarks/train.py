@@ -48,7 +48,12 @@ def write_h5(cohort: Any, folder: Path) -> dict[str, Path]:
         path = folder / f"{bag.slide_id}.h5"
         with h5py.File(path, "w") as f:
             dim = bag.embeddings.shape[1]
-            f.create_dataset("features", data=bag.embeddings.astype(np.float32), maxshape=(None, dim), chunks=(1, dim))
+            f.create_dataset(
+                "features",
+                data=bag.embeddings.astype(np.float32),
+                maxshape=(None, dim),
+                chunks=(1, dim),
+            )
             f.create_dataset("coords", data=bag.coords, maxshape=(None, 2), chunks=(1, 2))
         paths[bag.slide_id] = path
     return paths
@@ -78,18 +83,24 @@ def _peer_epochs(cfg: Any, items: list[Any], head: Any, epochs: int, bag: Any) -
         model.train()
         for i in order:
             optimizer.zero_grad()
-            head.loss(model(bag(items[i].slide_id)).logits, torch.tensor(items[i].target)).backward()
+            head.loss(
+                model(bag(items[i].slide_id)).logits, torch.tensor(items[i].target)
+            ).backward()
             optimizer.step()
         rates.append(len(items) / (time.perf_counter() - start))
     return rates
 
 
-def peer_loop(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int) -> list[float]:
+def peer_loop(
+    cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int
+) -> list[float]:
     """The per-slide h5 loop: one process, batch size 1, read from disk each epoch."""
     return _peer_epochs(cfg, items, head, epochs, lambda sid: _h5_bag(paths[sid]))
 
 
-def peer_preloaded(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int) -> tuple[list[float], float]:
+def peer_preloaded(
+    cfg: Any, items: list[Any], paths: dict[str, Path], head: Any, epochs: int
+) -> tuple[list[float], float]:
     """The h5 loop with every bag read into memory first: (per-epoch rates, read seconds)."""
     start = time.perf_counter()
     bags = {item.slide_id: _h5_bag(paths[item.slide_id]) for item in items}
@@ -98,8 +109,14 @@ def peer_preloaded(cfg: Any, items: list[Any], paths: dict[str, Path], head: Any
 
 
 def _row(case: str, per_epoch: list[float], wall: float, **extra: Any) -> dict[str, Any]:
-    return {"case": case, "slides_per_s": float(np.mean(per_epoch[1:] or per_epoch)),
-            "first_epoch_slides_per_s": per_epoch[0], "per_epoch": per_epoch, "wall_s": wall, **extra}
+    return {
+        "case": case,
+        "slides_per_s": float(np.mean(per_epoch[1:] or per_epoch)),
+        "first_epoch_slides_per_s": per_epoch[0],
+        "per_epoch": per_epoch,
+        "wall_s": wall,
+        **extra,
+    }
 
 
 def main() -> None:
@@ -123,8 +140,13 @@ def main() -> None:
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        cohort = write_planted_cohort(str(tmp / "store"), n_slides=params["slides"], n_tiles=params["tiles"],
-                                      dim=params["dim"], seed=0)
+        cohort = write_planted_cohort(
+            str(tmp / "store"),
+            n_slides=params["slides"],
+            n_tiles=params["tiles"],
+            dim=params["dim"],
+            seed=0,
+        )
         h5_dir = tmp / "h5"
         h5_dir.mkdir()
         paths = write_h5(cohort, h5_dir)
@@ -135,50 +157,106 @@ def main() -> None:
         epochs = params["epochs"]
         # Both sides use the same intra-op threads (the machine's cores, torch's default).
         threads = torch.get_num_threads()
-        cfg = TrainConfig(model=MILConfig(model="abmil", in_dim=params["dim"], hidden=128, attn_dim=64),
-                          epochs=epochs, patience=epochs, max_patches=None, lr=2e-4, torch_threads=threads)
+        cfg = TrainConfig(
+            model=MILConfig(model="abmil", in_dim=params["dim"], hidden=128, attn_dim=64),
+            epochs=epochs,
+            patience=epochs,
+            max_patches=None,
+            lr=2e-4,
+            torch_threads=threads,
+        )
         rows = []
         start = time.perf_counter()
         rates = peer_loop(cfg, items, paths, head, epochs)
-        rows.append(_row("h5 per-slide loop (1 process, reads every epoch)", rates, time.perf_counter() - start))
+        rows.append(
+            _row(
+                "h5 per-slide loop (1 process, reads every epoch)",
+                rates,
+                time.perf_counter() - start,
+            )
+        )
         start = time.perf_counter()
         rates, read_s = peer_preloaded(cfg, items, paths, head, epochs)
-        rows.append(_row("h5 loop, all bags preloaded (1 process)", rates, time.perf_counter() - start,
-                         preload_s=read_s))
+        rows.append(
+            _row(
+                "h5 loop, all bags preloaded (1 process)",
+                rates,
+                time.perf_counter() - start,
+                preload_s=read_s,
+            )
+        )
 
         def bags(part: Any, train_set: bool) -> BagDataset:
-            return BagDataset(cohort.store_uri, targets_from_cohort(part, "binary", ["label"])[0],
-                              encoder=cohort.encoder, train=train_set, cache=True)
+            return BagDataset(
+                cohort.store_uri,
+                targets_from_cohort(part, "binary", ["label"])[0],
+                encoder=cohort.encoder,
+                train=train_set,
+                cache=True,
+            )
 
         start = time.perf_counter()
         local = fit(cfg, bags(train, True), bags(val, False), head)
-        rows.append(_row("slidebank fit in-process (store, cached)",
-                         [len(items) / h["train_s"] for h in local.history], time.perf_counter() - start))
+        rows.append(
+            _row(
+                "slidebank fit in-process (store, cached)",
+                [len(items) / h["train_s"] for h in local.history],
+                time.perf_counter() - start,
+            )
+        )
         started_ray = connect(address="local", num_cpus=2)  # the embedded Ray users get
         for workers, cache in ((1, False), (1, True), (2, True)):
-            job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=workers,
-                            name=f"bench-w{workers}-{'cache' if cache else 'nocache'}", cache_bags=cache,
-                            train=replace(cfg, bags_per_step=workers, torch_threads=max(threads // workers, 1)))
+            job = JobConfig(
+                store_uri=cohort.store_uri,
+                encoder=cohort.encoder,
+                num_workers=workers,
+                name=f"bench-w{workers}-{'cache' if cache else 'nocache'}",
+                cache_bags=cache,
+                train=replace(cfg, bags_per_step=workers, torch_threads=max(threads // workers, 1)),
+            )
             start = time.perf_counter()
             result = run_training(job, train, val)
             wall = time.perf_counter() - start
             per_epoch = [len(items) / h["train_s"] for h in result.history]
             reads = "bags cached after one scan" if cache else "per-slide store reads every epoch"
-            rows.append(_row(f"slidebank store + Ray DDP x{workers} ({reads})", per_epoch, wall,
-                             ray_overhead_s=wall - sum(h["train_s"] for h in result.history)))
+            rows.append(
+                _row(
+                    f"slidebank store + Ray DDP x{workers} ({reads})",
+                    per_epoch,
+                    wall,
+                    ray_overhead_s=wall - sum(h["train_s"] for h in result.history),
+                )
+            )
         shutdown(started_ray)
         base = rows[0]["slides_per_s"]
         for row in rows:
             row["vs_h5_loop"] = row["slides_per_s"] / base
-        print_table(rows, ["case", "slides_per_s", "vs_h5_loop", "first_epoch_slides_per_s", "wall_s",
-                           "ray_overhead_s"])
-        write_json(args.out, {
-            "params": params, "machine": machine(), "torch_threads": threads,
-            "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": rows,
-            "note": "slides/s: training slides per second of an epoch's training pass (validation "
-                    "excluded on all sides), mean over epochs after the first; vs_h5_loop: ratio to "
-                    "the h5 per-slide loop; ray_overhead_s: job wall time not spent in training "
-                    "passes (worker start-up, validation, reports, checkpoints)."})
+        print_table(
+            rows,
+            [
+                "case",
+                "slides_per_s",
+                "vs_h5_loop",
+                "first_epoch_slides_per_s",
+                "wall_s",
+                "ray_overhead_s",
+            ],
+        )
+        write_json(
+            args.out,
+            {
+                "params": params,
+                "machine": machine(),
+                "torch_threads": threads,
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+                "results": rows,
+                "note": "slides/s: training slides per second of an epoch's training pass (validation "
+                "excluded on all sides), mean over epochs after the first; vs_h5_loop: ratio to "
+                "the h5 per-slide loop; ray_overhead_s: job wall time not spent in training "
+                "passes (worker start-up, validation, reports, checkpoints).",
+            },
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -57,14 +57,27 @@ def main() -> None:
         t0 = time.perf_counter()
         cohort, _ = make_ingested_cohort(root, CohortSpec(n_patients=patients))
         cohort_s = time.perf_counter() - t0
-        train = TrainConfig(model=MILConfig(model="abmil", hidden=64, attn_dim=32), epochs=epochs,
-                            lr=1e-3, patience=10, torch_threads=1)
-        job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, label_columns=(cohort.label,),
-                        num_workers=2, name="bench-cv", train=train)
+        train = TrainConfig(
+            model=MILConfig(model="abmil", hidden=64, attn_dim=32),
+            epochs=epochs,
+            lr=1e-3,
+            patience=10,
+            torch_threads=1,
+        )
+        job = JobConfig(
+            store_uri=cohort.store_uri,
+            encoder=cohort.encoder,
+            label_columns=(cohort.label,),
+            num_workers=2,
+            name="bench-cv",
+            train=train,
+        )
         t0 = time.perf_counter()
         per_fold = []
         for key, tr, val, test in cv_splits(cohort.table):
-            per_fold.append(run_training(replace(job, name=f"bench-fold{key}"), tr, val, {"test": test}))
+            per_fold.append(
+                run_training(replace(job, name=f"bench-fold{key}"), tr, val, {"test": test})
+            )
         separate_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         cv = run_cross_validation(replace(job, name="bench-one"), cohort.table)
@@ -79,20 +92,39 @@ def main() -> None:
     sep_val, sep_test = scores(per_fold)
     one_val, one_test = scores(cv.folds)
     rows = [
-        {"case": "one TorchTrainer per fold (before)", "wall_s": round(separate_s, 1),
-         "fold_best_val": sep_val, "fold_test_auroc": sep_test},
-        {"case": "all folds in one TorchTrainer (now)", "wall_s": round(one_s, 1),
-         "fold_best_val": one_val, "fold_test_auroc": one_test},
+        {
+            "case": "one TorchTrainer per fold (before)",
+            "wall_s": round(separate_s, 1),
+            "fold_best_val": sep_val,
+            "fold_test_auroc": sep_test,
+        },
+        {
+            "case": "all folds in one TorchTrainer (now)",
+            "wall_s": round(one_s, 1),
+            "fold_best_val": one_val,
+            "fold_test_auroc": one_test,
+        },
     ]
     print_table(rows, ["case", "wall_s", "fold_best_val", "fold_test_auroc"])
-    write_json(args.out, {
-        "benchmark": "train_cv", "machine": machine(), "params": {"patients": patients, "slides": len(cohort.table),
-                                                                  "epochs": epochs, "workers": 2},
-        "cohort_write_ingest_s": round(cohort_s, 1), "rows": rows,
-        "speedup": round(separate_s / one_s, 2),
-        "same_fold_metrics": sep_val == one_val and sep_test == one_test,
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "train_cv",
+            "machine": machine(),
+            "params": {
+                "patients": patients,
+                "slides": len(cohort.table),
+                "epochs": epochs,
+                "workers": 2,
+            },
+            "cohort_write_ingest_s": round(cohort_s, 1),
+            "rows": rows,
+            "speedup": round(separate_s / one_s, 2),
+            "same_fold_metrics": sep_val == one_val and sep_test == one_test,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+    )
 
 
 if __name__ == "__main__":

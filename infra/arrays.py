@@ -19,9 +19,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Device", "array_module", "asnumpy", "cuda_present", "device_module", "get_xp",
-           "gpu_available",
-           "ndimage_module", "resolve_xp", "skimage_module", "to_device", "torch_device"]
+__all__ = [
+    "Device",
+    "array_module",
+    "asnumpy",
+    "cuda_present",
+    "device_module",
+    "get_xp",
+    "gpu_available",
+    "ndimage_module",
+    "resolve_xp",
+    "skimage_module",
+    "to_device",
+    "torch_device",
+]
 
 Device = Literal["auto", "cpu", "cuda"]
 

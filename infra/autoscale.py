@@ -55,15 +55,20 @@ def gpu_request(n_gpus: int) -> Iterator[None]:
         request_resources(bundles=[])
 
 
-def wait_for_gpus(timeout_s: float, *, poll_s: float = 2.0,
-                  resources: Callable[[], Mapping[str, float]] | None = None,
-                  clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] | None = None) -> int:
+def wait_for_gpus(
+    timeout_s: float,
+    *,
+    poll_s: float = 2.0,
+    resources: Callable[[], Mapping[str, float]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+) -> int:
     """Wait until the cluster has at least one GPU; returns how many it has then.
 
     Raises :class:`GPUUnavailableError` after ``timeout_s`` without one (spot capacity
     that never came, a NodePool at its GPU limit, a worker group that cannot schedule).
     """
+
     def read() -> int:
         return cluster_gpus(resources() if resources is not None else None)
 
@@ -74,7 +79,8 @@ def wait_for_gpus(timeout_s: float, *, poll_s: float = 2.0,
             raise GPUUnavailableError(
                 f"no GPU joined the Ray cluster within {timeout_s:g} s of asking the autoscaler "
                 "(spot shortage, GPU node pool at its limit, or a GPU worker group that cannot "
-                "schedule); raise --gpu-wait, or pass --gpu-fallback-cpu to run on CPUs instead")
+                "schedule); raise --gpu-wait, or pass --gpu-fallback-cpu to run on CPUs instead"
+            )
         (sleep or time.sleep)(min(poll_s, max(deadline - clock(), 0.0)))
         gpus = read()
     return gpus

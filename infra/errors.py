@@ -148,8 +148,13 @@ class IngestAborted(StoreWriteError):
     ``ingest.pipeline.runner.IngestResult``), ``record_written`` whether the run is
     recorded ``failed`` in the store (``record_error`` says why not)."""
 
-    def __init__(self, cause: StoreWriteError, partial: Any, record_written: bool = False,
-                 record_error: str | None = None) -> None:
+    def __init__(
+        self,
+        cause: StoreWriteError,
+        partial: Any,
+        record_written: bool = False,
+        record_error: str | None = None,
+    ) -> None:
         super().__init__(cause.path, cause.reason, cause.errno)
         self.cause, self.partial = cause, partial
         self.record_written, self.record_error = record_written, record_error
@@ -163,8 +168,9 @@ class OutputExistsError(SlidebankError, FileExistsError):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"{path} exists already; pass --overwrite (overwrite=True in Python) "
-                         "to replace it")
+        super().__init__(
+            f"{path} exists already; pass --overwrite (overwrite=True in Python) to replace it"
+        )
 
     def __reduce__(self):
         return (type(self), (self.path,))

@@ -30,20 +30,26 @@ log = logging.getLogger(__name__)
 _SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def fetch_weights(uri: str, encoder: str, dest: str | os.PathLike[str],
-                  storage_options: Mapping[str, Any] | None = None) -> list[Path]:
+def fetch_weights(
+    uri: str,
+    encoder: str,
+    dest: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Copy ``encoder``'s weight files under ``uri`` into ``dest``; returns the local paths."""
     from infra.storage import open_filesystem
 
     fs, base = open_filesystem(uri, storage_options)
     base = base.rstrip("/")
     stem = encoder.replace(":", "_")  # the name features.encoders.weights looks for
-    remote = [f"{base}/{stem}{suffix}" for suffix in _SUFFIXES if fs.isfile(f"{base}/{stem}{suffix}")]
+    remote = [
+        f"{base}/{stem}{suffix}" for suffix in _SUFFIXES if fs.isfile(f"{base}/{stem}{suffix}")
+    ]
     if fs.isdir(f"{base}/{stem}"):
         remote += sorted(fs.find(f"{base}/{stem}"))
     copied = []
     for path in remote:
-        target = Path(dest) / path[len(base) + 1:]
+        target = Path(dest) / path[len(base) + 1 :]
         size = int(fs.info(path)["size"])
         if not (target.is_file() and target.stat().st_size == size):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -60,12 +66,16 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
     uri, encoder = environ.get("SLIDEBANK_WEIGHTS_URI", ""), environ.get("SLIDEBANK_ENCODER", "")
     dest = environ.get("SLIDEBANK_WEIGHTS_DIR", "")
     if not (uri and encoder and dest):
-        log.info("no weights to fetch (SLIDEBANK_WEIGHTS_URI, SLIDEBANK_ENCODER or "
-                 "SLIDEBANK_WEIGHTS_DIR unset)")
+        log.info(
+            "no weights to fetch (SLIDEBANK_WEIGHTS_URI, SLIDEBANK_ENCODER or "
+            "SLIDEBANK_WEIGHTS_DIR unset)"
+        )
         return 0
     copied = fetch_weights(uri, encoder, dest)
     if not copied:
-        log.info("no weights for %s under %s: built-in encoder, or the hub (HF_TOKEN)", encoder, uri)
+        log.info(
+            "no weights for %s under %s: built-in encoder, or the hub (HF_TOKEN)", encoder, uri
+        )
     return 0
 
 

@@ -21,8 +21,18 @@ from typing import IO, Any
 from infra.errors import ConfigError, OutputExistsError
 from infra.fs_errors import check_writable_folder
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "check_output", "refuse_existing", "temp_path", "to_json_data", "write_bytes_uri"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_output",
+    "refuse_existing",
+    "temp_path",
+    "to_json_data",
+    "write_bytes_uri",
+]
 
 
 def temp_path(path: str | os.PathLike[str]) -> Path:
@@ -32,8 +42,9 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
-                 fsync: bool = True, overwrite: bool = True) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True, overwrite: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temp file for writing; on success it replaces ``path``, on error it is removed.
 
     ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8). Parent folders are created.
@@ -41,8 +52,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
-    with atomic_path(path, overwrite=overwrite) as tmp, \
-            open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as handle:
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as handle,
+    ):
         yield handle
         handle.flush()
         if fsync:
@@ -113,7 +126,9 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True
+) -> Path:
     with atomic_write(path, "wb", overwrite=overwrite) as handle:
         handle.write(data)
     return Path(path)
@@ -125,12 +140,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: boo
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
-                      overwrite: bool = True) -> Path:
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, overwrite: bool = True
+) -> Path:
     """JSON with sorted keys; NaN and infinities (not JSON) are written as null, numpy
     scalars as numbers, paths as strings. ``overwrite=False`` refuses an existing file."""
-    return atomic_write_text(path, json.dumps(to_json_data(obj), indent=indent, sort_keys=True,
-                                              allow_nan=False) + "\n", overwrite=overwrite)
+    return atomic_write_text(
+        path,
+        json.dumps(to_json_data(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n",
+        overwrite=overwrite,
+    )
 
 
 def to_json_data(value: Any) -> Any:
@@ -155,7 +174,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
 
 
-def write_bytes_uri(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+def write_bytes_uri(
+    uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Write ``data`` to a local path atomically, or PUT it to an object store (atomic there)."""
     from infra.storage import is_local, open_filesystem, strip_protocol
 

@@ -28,8 +28,12 @@ __all__ = ["MIN_FREE_BYTES", "check_writable_folder", "translate_write_errors", 
 MIN_FREE_BYTES = 64 * 1024
 
 _CLASSES: dict[int, type[StoreWriteError]] = {
-    errno.ENOSPC: DiskFullError, errno.EDQUOT: DiskFullError, errno.EFBIG: DiskFullError,
-    errno.EROFS: NotWritableError, errno.EACCES: NotWritableError, errno.EPERM: NotWritableError,
+    errno.ENOSPC: DiskFullError,
+    errno.EDQUOT: DiskFullError,
+    errno.EFBIG: DiskFullError,
+    errno.EROFS: NotWritableError,
+    errno.EACCES: NotWritableError,
+    errno.EPERM: NotWritableError,
     errno.ENOTDIR: NotAFolderError,
 }
 _MESSAGES = {
@@ -41,8 +45,9 @@ _LANCE_PATH = re.compile(r"operation on (/\S+?):\s")
 _UNKNOWN_PATH = "a file-system write"
 
 
-def write_error(exc: BaseException, path: str | os.PathLike[str] | None = None
-                ) -> StoreWriteError | None:
+def write_error(
+    exc: BaseException, path: str | os.PathLike[str] | None = None
+) -> StoreWriteError | None:
     """The typed error for ``exc`` when a full, read-only or misplaced target caused it
     (looking through ``__cause__``, ``__context__`` and Ray's ``cause``); else None.
 
@@ -81,15 +86,14 @@ def check_writable_folder(path: str | os.PathLike[str]) -> None:
         raise NotAFolderError(str(target), f"{where}, not a folder", errno.ENOTDIR)
     if not os.access(existing, os.W_OK | os.X_OK):
         if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            raise NotWritableError(str(target), f"read-only file system at {existing}",
-                                   errno.EROFS)
-        raise NotWritableError(str(target), f"no permission to write in {existing}",
-                               errno.EACCES)
+            raise NotWritableError(str(target), f"read-only file system at {existing}", errno.EROFS)
+        raise NotWritableError(str(target), f"no permission to write in {existing}", errno.EACCES)
     stat = os.statvfs(existing)
     free = stat.f_bavail * stat.f_frsize
     if free < MIN_FREE_BYTES:
-        raise DiskFullError(str(target), f"no space left on device ({free:,} bytes free)",
-                            errno.ENOSPC)
+        raise DiskFullError(
+            str(target), f"no space left on device ({free:,} bytes free)", errno.ENOSPC
+        )
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -110,8 +114,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(err))
         yield err
         ray_cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError
-        todo += [ray_cause if isinstance(ray_cause, BaseException) else None,
-                 err.__cause__, err.__context__]
+        todo += [
+            ray_cause if isinstance(ray_cause, BaseException) else None,
+            err.__cause__,
+            err.__context__,
+        ]
 
 
 def _errno(err: BaseException) -> int | None:

@@ -11,8 +11,9 @@ from typing import Any
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(package: str, exports: Mapping[str, str], eager: Mapping[str, Any] | None = None
-                 ) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, exports: Mapping[str, str], eager: Mapping[str, Any] | None = None
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
     """``(__all__, __getattr__, __dir__)`` for ``package``; ``exports`` maps name -> module.
 
     ``eager`` holds names the package already defines (e.g. ``__version__``); they are

@@ -36,8 +36,16 @@ from typing import Any
 from infra.errors import ConfigError
 from infra.files import atomic_path
 
-__all__ = ["address", "auth_mode", "down", "listening_sockets", "resolve_address", "state_file",
-           "take_cluster_auth", "up"]
+__all__ = [
+    "address",
+    "auth_mode",
+    "down",
+    "listening_sockets",
+    "resolve_address",
+    "state_file",
+    "take_cluster_auth",
+    "up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +54,13 @@ CLUSTER_ENV = "SLIDEBANK_CLUSTER_ID"
 _AUTH_MODES = ("token", "disabled")
 #: Servers started with a port chosen here (Ray's defaults are fixed numbers another Ray
 #: on the machine may hold); ``up`` waits until each listens before its census.
-_PORT_FLAGS = {"client": "--ray-client-server-port", "metrics": "--metrics-export-port",
-               "agent_http": "--dashboard-agent-listen-port",
-               "agent_grpc": "--dashboard-agent-grpc-port",
-               "runtime_env_agent": "--runtime-env-agent-port"}
+_PORT_FLAGS = {
+    "client": "--ray-client-server-port",
+    "metrics": "--metrics-export-port",
+    "agent_http": "--dashboard-agent-listen-port",
+    "agent_grpc": "--dashboard-agent-grpc-port",
+    "runtime_env_agent": "--runtime-env-agent-port",
+}
 
 
 def state_file() -> Path:
@@ -125,8 +136,10 @@ def take_cluster_auth(addr: str) -> bool:
     token = state.get("token")
     info = state_file().stat()
     if token and (info.st_uid != os.getuid() or info.st_mode & 0o077):
-        raise ConfigError(f"{state_file()} holds the local cluster's token but other users may "
-                          "read or replace it; run `slidebank cluster down` and `up` again")
+        raise ConfigError(
+            f"{state_file()} holds the local cluster's token but other users may "
+            "read or replace it; run `slidebank cluster down` and `up` again"
+        )
     use_auth(str(mode), str(token) if token else None)
     return True
 
@@ -144,8 +157,10 @@ def _requested_auth_mode() -> str:
     """``RAY_AUTH_MODE`` as the user set it, ``token`` when unset (as the embedded Ray)."""
     mode = os.environ.get("RAY_AUTH_MODE", "token").strip().lower() or "token"
     if mode not in _AUTH_MODES:
-        raise ConfigError(f"RAY_AUTH_MODE={mode!r} is not supported by `slidebank cluster up`; "
-                          "use token (the default) or disabled")
+        raise ConfigError(
+            f"RAY_AUTH_MODE={mode!r} is not supported by `slidebank cluster up`; "
+            "use token (the default) or disabled"
+        )
     return mode
 
 
@@ -192,9 +207,13 @@ def up(num_cpus: int | None = None, *, dashboard: bool = False, timeout_s: float
     names = ["gcs", *_PORT_FLAGS] + (["dashboard"] if dashboard else [])
     ports = dict(zip(names, _free_ports(len(names)), strict=True))
     state: dict[str, Any] = {
-        "address": f"127.0.0.1:{ports['gcs']}", "auth_mode": mode, "cluster_id": uuid.uuid4().hex,
-        "ports": ports, "started_at": time.time(),
-        "temp_dir": os.environ.get("SLIDEBANK_CLUSTER_TMP") or f"/tmp/slidebank-ray-{os.getuid()}"}
+        "address": f"127.0.0.1:{ports['gcs']}",
+        "auth_mode": mode,
+        "cluster_id": uuid.uuid4().hex,
+        "ports": ports,
+        "started_at": time.time(),
+        "temp_dir": os.environ.get("SLIDEBANK_CLUSTER_TMP") or f"/tmp/slidebank-ray-{os.getuid()}",
+    }
     if token:
         state["token"] = token
     deadline = time.monotonic() + timeout_s
@@ -208,14 +227,28 @@ def up(num_cpus: int | None = None, *, dashboard: bool = False, timeout_s: float
     return str(state["address"])
 
 
-def _ray_start(state: dict[str, Any], num_cpus: int | None, dashboard: bool,
-               token: str | None, timeout_s: float) -> None:
+def _ray_start(
+    state: dict[str, Any],
+    num_cpus: int | None,
+    dashboard: bool,
+    token: str | None,
+    timeout_s: float,
+) -> None:
     from infra.ray_runtime import LOOPBACK, ray_process_env
 
     ports = state["ports"]
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={ports['gcs']}",
-           f"--node-ip-address={LOOPBACK}", f"--temp-dir={state['temp_dir']}", "--disable-usage-stats",
-           f"--include-dashboard={'true' if dashboard else 'false'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        f"--port={ports['gcs']}",
+        f"--node-ip-address={LOOPBACK}",
+        f"--temp-dir={state['temp_dir']}",
+        "--disable-usage-stats",
+        f"--include-dashboard={'true' if dashboard else 'false'}",
+    ]
     cmd += [f"{flag}={ports[name]}" for name, flag in _PORT_FLAGS.items()]
     if dashboard:
         cmd += [f"--dashboard-host={LOOPBACK}", f"--dashboard-port={ports['dashboard']}"]
@@ -223,14 +256,20 @@ def _ray_start(state: dict[str, Any], num_cpus: int | None, dashboard: bool,
         cmd.append(f"--num-cpus={int(num_cpus)}")
     env = ray_process_env(str(state["auth_mode"]), token) | {CLUSTER_ENV: str(state["cluster_id"])}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env
+        )
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"`ray start` for the local cluster did not finish within {timeout_s:.0f} s "
-                          f"(logs: {state['temp_dir']}/session_latest/logs)") from None
+        raise ConfigError(
+            f"`ray start` for the local cluster did not finish within {timeout_s:.0f} s "
+            f"(logs: {state['temp_dir']}/session_latest/logs)"
+        ) from None
     if proc.returncode != 0:
         lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        raise ConfigError(f"could not start the local Ray cluster: {lines[-1] if lines else 'no output'} "
-                          f"(logs: {state['temp_dir']}/session_latest/logs)")
+        raise ConfigError(
+            f"could not start the local Ray cluster: {lines[-1] if lines else 'no output'} "
+            f"(logs: {state['temp_dir']}/session_latest/logs)"
+        )
 
 
 def _wait_for_loopback_listeners(state: dict[str, Any], deadline: float) -> None:
@@ -245,13 +284,16 @@ def _wait_for_loopback_listeners(state: dict[str, Any], deadline: float) -> None
             raise ConfigError(
                 f"the local Ray cluster listens beyond loopback ({name} pid {pid} on "
                 f"{f'[{ip}]' if ':' in ip else ip}:{port}); "
-                f"stopped it (RAY_AUTH_MODE={state['auth_mode']})")
+                f"stopped it (RAY_AUTH_MODE={state['auth_mode']})"
+            )
         missing = expected - {s[3] for s in sockets}
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise ConfigError(f"the local Ray cluster did not open ports {sorted(missing)} in time "
-                              f"(logs: {state['temp_dir']}/session_latest/logs)")
+            raise ConfigError(
+                f"the local Ray cluster did not open ports {sorted(missing)} in time "
+                f"(logs: {state['temp_dir']}/session_latest/logs)"
+            )
         time.sleep(0.5)
 
 
@@ -274,7 +316,11 @@ def listening_sockets(procs: list[Any]) -> list[tuple[str, int, str, int]]:
             name = proc.name()
         except psutil.Error:
             continue  # it exited meanwhile
-        found |= {(name, proc.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+        found |= {
+            (name, proc.pid, c.laddr.ip, c.laddr.port)
+            for c in conns
+            if c.status == psutil.CONN_LISTEN
+        }
     return sorted(found)
 
 
@@ -294,8 +340,10 @@ def _cluster_processes(state: dict[str, Any]) -> list[Any]:
             args = proc.cmdline()
         except psutil.Error:
             return False
-        return any((temp_dir and temp_dir in a) or (a.startswith("--address=") and a.endswith(f":{port}"))
-                   for a in args)
+        return any(
+            (temp_dir and temp_dir in a) or (a.startswith("--address=") and a.endswith(f":{port}"))
+            for a in args
+        )
 
     found = {p.pid: p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)}
     for proc in list(found.values()):
@@ -336,7 +384,9 @@ def down(timeout_s: float = 15.0) -> int:
     if state is None:
         return 0
     if not (state.get("cluster_id") or state.get("temp_dir")):
-        raise ConfigError(f"{state_file()} names no cluster id or temp folder; not stopping anything")
+        raise ConfigError(
+            f"{state_file()} names no cluster id or temp folder; not stopping anything"
+        )
     mine = _cluster_processes(state)
     _stop(mine, timeout_s)
     state_file().unlink(missing_ok=True)

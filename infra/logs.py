@@ -19,22 +19,30 @@ _MASK = "***"
 # (gcsfs, Ray token auth), OAuth fields (access/refresh tokens, client secrets), quoted
 # keys in dict reprs (``'secret': 'x'``), ``name=value`` pairs, and URL passwords.
 _PATTERNS = [
-    re.compile(r"(?i)(['\"]?(?:x-amz-security-token|x-amz-credential|x-amz-signature|"
-               r"x-goog-signature|x-goog-credential|x-goog-security-token|"
-               r"x-ray-auth-token|authorization|proxy-authorization)['\"]?\s*[:=]\s*(?-i:b)?['\"]?)"
-               r"(?:bearer\s+|basic\s+)?[^'\"\s&,}>]+"),
+    re.compile(
+        r"(?i)(['\"]?(?:x-amz-security-token|x-amz-credential|x-amz-signature|"
+        r"x-goog-signature|x-goog-credential|x-goog-security-token|"
+        r"x-ray-auth-token|authorization|proxy-authorization)['\"]?\s*[:=]\s*(?-i:b)?['\"]?)"
+        r"(?:bearer\s+|basic\s+)?[^'\"\s&,}>]+"
+    ),
     re.compile(r"(?i)(\bCredential=)[^/\s,'\"&]+"),
     re.compile(r"(?i)(\bSignature\s*[=:]\s*)[0-9a-z%+/=_-]{16,}"),
     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?i)([?&](?:sig|signature|token|access_token|x-amz-signature|x-goog-signature)=)"
-               r"[^&\s'\"]+"),
-    re.compile(r"(?i)(['\"](?:aws_)?(?:secret(?:_access)?_key|secret|session_token|token|"
-               r"access_token|refresh_token|id_token|client_secret|password|passwd|key|"
-               r"access_key|access_key_id|aws_access_key_id|private_key|private_key_id)"
-               r"['\"]\s*:\s*(?-i:b)?['\"])[^'\"]*"),
-    re.compile(r"(?i)((?:aws_)?(?:secret(?:_access)?_key|session_token|security_token|"
-               r"access_token|refresh_token|client_secret|token|password|key|access_key_id)"
-               r"\s*[=:]\s*)(['\"]?)[^\s'\",}&]+"),
+    re.compile(
+        r"(?i)([?&](?:sig|signature|token|access_token|x-amz-signature|x-goog-signature)=)"
+        r"[^&\s'\"]+"
+    ),
+    re.compile(
+        r"(?i)(['\"](?:aws_)?(?:secret(?:_access)?_key|secret|session_token|token|"
+        r"access_token|refresh_token|id_token|client_secret|password|passwd|key|"
+        r"access_key|access_key_id|aws_access_key_id|private_key|private_key_id)"
+        r"['\"]\s*:\s*(?-i:b)?['\"])[^'\"]*"
+    ),
+    re.compile(
+        r"(?i)((?:aws_)?(?:secret(?:_access)?_key|session_token|security_token|"
+        r"access_token|refresh_token|client_secret|token|password|key|access_key_id)"
+        r"\s*[=:]\s*)(['\"]?)[^\s'\",}&]+"
+    ),
     re.compile(r"()\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}\b"),  # AWS key ids
     re.compile(r"()\bya29\.[A-Za-z0-9._-]{10,}"),  # Google OAuth access tokens
 ]

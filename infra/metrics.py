@@ -16,9 +16,18 @@ import threading
 from collections import Counter
 from typing import Any
 
-__all__ = ["METRIC_NAMES", "local_count", "observe_stage", "record_bytes",
-           "record_decode_fallback", "record_encode_oom_retry", "record_failure", "record_retry",
-           "record_slide", "record_tiles"]
+__all__ = [
+    "METRIC_NAMES",
+    "local_count",
+    "observe_stage",
+    "record_bytes",
+    "record_decode_fallback",
+    "record_encode_oom_retry",
+    "record_failure",
+    "record_retry",
+    "record_slide",
+    "record_tiles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +41,16 @@ METRIC_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "slidebank_bytes_read_total": ("counter", "Slide bytes opened", ()),
     "slidebank_failures_total": ("counter", "Slide failures, by error type", ("error_type",)),
     "slidebank_retries_total": ("counter", "Slide reads retried after a worker died", ()),
-    "slidebank_decode_fallbacks_total": ("counter", "Slides whose GPU decode failed and fell "
-                                         "back to CPU decode", ()),
-    "slidebank_encode_oom_retries_total": ("counter", "Encoder forwards retried at half the "
-                                           "batch after a device out-of-memory", ()),
+    "slidebank_decode_fallbacks_total": (
+        "counter",
+        "Slides whose GPU decode failed and fell back to CPU decode",
+        (),
+    ),
+    "slidebank_encode_oom_retries_total": (
+        "counter",
+        "Encoder forwards retried at half the batch after a device out-of-memory",
+        (),
+    ),
     "slidebank_stage_seconds": ("histogram", "Stage latency per slide or batch", ("stage",)),
 }
 
@@ -63,8 +78,9 @@ def _metrics() -> dict[str, Any] | None:
             built: dict[str, Any] = {}
             for name, (kind, description, tags) in METRIC_NAMES.items():
                 if kind == "histogram":
-                    built[name] = m.Histogram(name, description, boundaries=_LATENCY_BOUNDARIES,
-                                              tag_keys=tags)
+                    built[name] = m.Histogram(
+                        name, description, boundaries=_LATENCY_BOUNDARIES, tag_keys=tags
+                    )
                 else:
                     built[name] = m.Counter(name, description, tag_keys=tags)
         except Exception as exc:  # metrics must never break a run (e.g. no metrics agent)

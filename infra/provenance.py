@@ -40,7 +40,9 @@ def _canonical(value: Any, where: str) -> Any:
     if isinstance(value, enum.Enum):
         return _canonical(value.value, where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, where)
+        return _canonical(
+            {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, where
+        )
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -53,7 +55,11 @@ def _canonical(value: Any, where: str) -> Any:
     if isinstance(value, PurePath):
         return value.as_posix()
     # numpy scalars: hash their exact Python value, never their printed form
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+    if (
+        type(value).__module__ == "numpy"
+        and hasattr(value, "item")
+        and getattr(value, "ndim", 1) == 0
+    ):
         return _canonical(value.item(), where)
     raise ConfigError(
         f"{where}: cannot hash a {type(value).__name__} into provenance; pass plain data "
@@ -63,8 +69,9 @@ def _canonical(value: Any, where: str) -> Any:
 
 def canonical_json(obj: Any) -> str:
     """The canonical JSON text of ``obj`` (see the module docstring)."""
-    return json.dumps(_canonical(obj, "config"), sort_keys=True, separators=(",", ":"),
-                      allow_nan=False)
+    return json.dumps(
+        _canonical(obj, "config"), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
 
 
 def stable_hash(kind: str, version: int | str, obj: Any) -> str:
@@ -78,8 +85,12 @@ def stable_hash(kind: str, version: int | str, obj: Any) -> str:
         raise ConfigError(f"{kind}: provenance fields must be a mapping or dataclass")
     if "kind" in fields or "version" in fields:
         raise ConfigError(f"{kind}: 'kind' and 'version' are reserved provenance keys")
-    payload = json.dumps({"kind": kind, "version": version, **fields}, sort_keys=True,
-                         separators=(",", ":"), allow_nan=False)
+    payload = json.dumps(
+        {"kind": kind, "version": version, **fields},
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:HASH_CHARS]
 
 

@@ -36,8 +36,16 @@ from typing import Any
 
 from infra.environ import patched_environ
 
-__all__ = ["LOOPBACK", "connect", "embedded_auth_mode", "fresh_token", "ray_process_env", "ray_session",
-           "shutdown", "use_auth"]
+__all__ = [
+    "LOOPBACK",
+    "connect",
+    "embedded_auth_mode",
+    "fresh_token",
+    "ray_process_env",
+    "ray_session",
+    "shutdown",
+    "use_auth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +89,13 @@ def _reload_auth_config() -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
-def connect(address: str | None = None, *, dashboard: bool = False,
-            num_cpus: int | None = None, **init_kwargs: Any) -> bool:
+def connect(
+    address: str | None = None,
+    *,
+    dashboard: bool = False,
+    num_cpus: int | None = None,
+    **init_kwargs: Any,
+) -> bool:
     """Join ``address`` / ``RAY_ADDRESS``, or start an embedded local Ray.
 
     Returns True when this call started or joined Ray (and the caller should shut it down),
@@ -106,8 +119,15 @@ def connect(address: str | None = None, *, dashboard: bool = False,
     with _loopback_only():
         # address="local": always a new Ray of our own. Without it, ray.init() joins any
         # cluster a `ray start` left on this machine (another user's, with its own exposure).
-        ray.init(address="local", include_dashboard=dashboard, dashboard_host=LOOPBACK, log_to_driver=False,
-                 configure_logging=False, num_cpus=num_cpus, **init_kwargs)
+        ray.init(
+            address="local",
+            include_dashboard=dashboard,
+            dashboard_host=LOOPBACK,
+            log_to_driver=False,
+            configure_logging=False,
+            num_cpus=num_cpus,
+            **init_kwargs,
+        )
     _start_reaper()
     return True
 
@@ -134,8 +154,10 @@ LOOPBACK = "127.0.0.1"
 _LOOPBACK_NAMES = {LOOPBACK, "localhost", "::1"}
 #: Environment the Ray processes started by an embedded ``ray.init`` inherit: cluster mode
 #: off (loopback node IP) and pipe-based agent → raylet health checks (agents die with it).
-_EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                 "RAY_enable_pipe_based_agent_to_parent_health_check": "1"}
+_EMBEDDED_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_enable_pipe_based_agent_to_parent_health_check": "1",
+}
 #: Ray starts its worker processes this much nicer than the raylet (its default, 15, made
 #: slidebank's actors yield to every other job on a shared workstation). The raylet
 #: inherits the driver's niceness, so 0 runs workers at the user's own priority; a
@@ -185,8 +207,11 @@ def ray_process_env(mode: str, token: str | None) -> dict[str, str]:
     local cluster): this process's, with the embedded Ray's loopback, agent and worker
     niceness settings, ``mode`` and ``token``. ``RAY_ADDRESS`` and a token file are left out: the new Ray must
     neither join another cluster nor read a token other than ``token``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
     env.update(_embedded_env())
     env[_AUTH_ENV] = mode
     if token:
@@ -217,8 +242,12 @@ def _start_reaper() -> None:
     _stop_reaper()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_reaper.py")
     _REAPER["proc"] = subprocess.Popen(
-        [sys.executable, script, str(raylets[0].process.pid)], stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [sys.executable, script, str(raylets[0].process.pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _stop_reaper() -> None:

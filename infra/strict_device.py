@@ -33,8 +33,17 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from infra.errors import SlidebankError
 
-__all__ = ["ImplicitTransferError", "StrictArray", "StrictModule", "Transfer", "TransferLedger",
-           "decode_into", "decoded", "installed", "module"]
+__all__ = [
+    "ImplicitTransferError",
+    "StrictArray",
+    "StrictModule",
+    "Transfer",
+    "TransferLedger",
+    "decode_into",
+    "decoded",
+    "installed",
+    "module",
+]
 
 
 class ImplicitTransferError(SlidebankError, TypeError):
@@ -63,13 +72,18 @@ class TransferLedger:
     def record(self, direction: str, array: np.ndarray, what: str | None) -> None:
         tag = what or _classify(array)
         with self._lock:
-            self.records.append(Transfer(direction, tag, int(array.nbytes), tuple(array.shape),
-                                         str(array.dtype)))
+            self.records.append(
+                Transfer(direction, tag, int(array.nbytes), tuple(array.shape), str(array.dtype))
+            )
 
     def select(self, direction: str | None = None, what: str | None = None) -> list[Transfer]:
         with self._lock:
-            return [t for t in self.records if (direction is None or t.direction == direction)
-                    and (what is None or t.what == what)]
+            return [
+                t
+                for t in self.records
+                if (direction is None or t.direction == direction)
+                and (what is None or t.what == what)
+            ]
 
     def count(self, direction: str | None = None, what: str | None = None) -> int:
         return len(self.select(direction, what))
@@ -98,8 +112,10 @@ def _classify(array: np.ndarray) -> str:
 
 
 def _refuse(what: str) -> ImplicitTransferError:
-    return ImplicitTransferError(f"implicit device→host conversion ({what}) of a device array; "
-                                 "copy it explicitly with asnumpy()")
+    return ImplicitTransferError(
+        f"implicit device→host conversion ({what}) of a device array; "
+        "copy it explicitly with asnumpy()"
+    )
 
 
 class StrictArray(NDArrayOperatorsMixin):
@@ -203,7 +219,8 @@ class StrictArray(NDArrayOperatorsMixin):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._data[self._module._unwrap(key, "an index")] = self._module._unwrap(
-            value, "an assigned value")
+            value, "an assigned value"
+        )
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         out = kwargs.get("out")
@@ -241,8 +258,9 @@ class StrictModule:
         self.ledger.record("h2d", host, what)
         return StrictArray(host, self)
 
-    def array(self, obj: Any, dtype: Any = None, copy: bool = True, *,
-              what: str | None = None) -> StrictArray:
+    def array(
+        self, obj: Any, dtype: Any = None, copy: bool = True, *, what: str | None = None
+    ) -> StrictArray:
         if isinstance(obj, StrictArray):
             data = obj._data.astype(dtype) if dtype is not None else obj._data
             return StrictArray(data.copy() if copy and data is obj._data else data, self)
@@ -295,7 +313,8 @@ class StrictModule:
                 return value
             raise ImplicitTransferError(
                 f"a host array {value.dtype}{tuple(value.shape)} used as {where} of a device "
-                "operation; copy it over explicitly with asarray()")
+                "operation; copy it over explicitly with asarray()"
+            )
         if isinstance(value, tuple):
             return tuple(self._unwrap(v, where) for v in value)
         if isinstance(value, list):
@@ -323,7 +342,7 @@ def decoded(module: StrictModule, pixels: np.ndarray) -> StrictArray:
 
 def decode_into(buffer: StrictArray, pixels: np.ndarray) -> None:
     """A GPU decoder writing its next batch into a buffer it reuses (see :func:`decoded`)."""
-    buffer._data[:len(pixels)] = pixels
+    buffer._data[: len(pixels)] = pixels
 
 
 def module(ledger: TransferLedger | None = None) -> StrictModule:

@@ -77,7 +77,7 @@ class CappedStream(io.RawIOBase):
         self.count += len(data)
         if self.count > self._limit:
             raise TableReadError(self._uri, self._refusal)
-        view[:len(data)] = data
+        view[: len(data)] = data
         return len(data)
 
     def push_back(self, data: bytes) -> None:
@@ -85,18 +85,25 @@ class CappedStream(io.RawIOBase):
         self._pushed = data + self._pushed
 
 
-def capped(inner: IO[bytes], uri: str, limits: TableLimits, compressed_size: int | None,
-           compressed: bool) -> CappedStream:
+def capped(
+    inner: IO[bytes], uri: str, limits: TableLimits, compressed_size: int | None, compressed: bool
+) -> CappedStream:
     """``inner`` (already decompressing when ``compressed``) behind the caps ``limits`` set."""
     if not compressed:
         return CappedStream(inner, uri, limits.max_bytes, _too_large(limits.max_bytes))
     limit = limits.allowed_bytes(compressed_size)
     if limit == limits.max_bytes:
         return CappedStream(inner, uri, limit, _too_large(limit))
-    return CappedStream(inner, uri, limit, (
-        f"decompresses past {_size(limit)} from {_size(compressed_size or 0)} compressed, "
-        f"over {limits.max_ratio}x (a decompression bomb?); refused (decompress it first if "
-        "it is genuine)"))
+    return CappedStream(
+        inner,
+        uri,
+        limit,
+        (
+            f"decompresses past {_size(limit)} from {_size(compressed_size or 0)} compressed, "
+            f"over {limits.max_ratio}x (a decompression bomb?); refused (decompress it first if "
+            "it is genuine)"
+        ),
+    )
 
 
 def _too_large(limit: int) -> str:
@@ -121,13 +128,19 @@ def read_header(stream: CappedStream, uri: str, delimiter: str, limits: TableLim
     stream.push_back(head)
     line, newline, _ = head.partition(b"\n")
     if not newline and len(head) > limits.max_header_bytes:
-        raise TableReadError(uri, f"first line is longer than {_size(limits.max_header_bytes)} "
-                                  "(no line break); not a table header")
+        raise TableReadError(
+            uri,
+            f"first line is longer than {_size(limits.max_header_bytes)} "
+            "(no line break); not a table header",
+        )
     text = line.decode("utf-8-sig", errors="replace")
     columns = len(next(csv.reader([text], delimiter=delimiter), []))
     if columns > limits.max_columns:
-        raise TableReadError(uri, f"header has {columns:,} columns, more than the "
-                                  f"{limits.max_columns:,} a table may have")
+        raise TableReadError(
+            uri,
+            f"header has {columns:,} columns, more than the "
+            f"{limits.max_columns:,} a table may have",
+        )
     return columns
 
 
@@ -143,17 +156,23 @@ def check_parquet(handle: IO[bytes], uri: str, file_size: int | None, limits: Ta
     finally:
         handle.seek(0)
     if meta.num_columns > limits.max_columns:
-        raise TableReadError(uri, f"has {meta.num_columns:,} columns, more than the "
-                                  f"{limits.max_columns:,} a table may have")
+        raise TableReadError(
+            uri,
+            f"has {meta.num_columns:,} columns, more than the "
+            f"{limits.max_columns:,} a table may have",
+        )
     declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     # Run-length encoding stores a repeated value in a few bytes: 8 bytes a cell is a floor
     # on what the decoded table takes, whatever the footer's byte count says.
     cells = meta.num_rows * max(meta.num_columns, 1) * 8
     allowed = limits.allowed_bytes(file_size)
     if max(declared, cells) > allowed:
-        raise TableReadError(uri, f"declares {meta.num_rows:,} rows x {meta.num_columns:,} columns "
-                                  f"({_size(max(declared, cells))} decoded) in "
-                                  f"{_size(file_size or 0)}, over the {_size(allowed)} cap; refused")
+        raise TableReadError(
+            uri,
+            f"declares {meta.num_rows:,} rows x {meta.num_columns:,} columns "
+            f"({_size(max(declared, cells))} decoded) in "
+            f"{_size(file_size or 0)}, over the {_size(allowed)} cap; refused",
+        )
 
 
 def _size(n: int) -> str:

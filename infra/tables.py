@@ -24,13 +24,22 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["TABLE_SUFFIXES", "TableFormat", "TableLimits", "open_table", "read_arrow_table",
-           "read_table", "table_format"]
+__all__ = [
+    "TABLE_SUFFIXES",
+    "TableFormat",
+    "TableLimits",
+    "open_table",
+    "read_arrow_table",
+    "read_table",
+    "table_format",
+]
 
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 _DELIMITED = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".tab": "\t"}
 TABLE_SUFFIXES: tuple[str, ...] = tuple(
-    base + comp for base in (*_DELIMITED, ".parquet", ".pq") for comp in ("", *_COMPRESSIONS)
+    base + comp
+    for base in (*_DELIMITED, ".parquet", ".pq")
+    for comp in ("", *_COMPRESSIONS)
     if not (base in (".parquet", ".pq") and comp)
 )
 
@@ -52,19 +61,24 @@ def table_format(uri: str) -> TableFormat:
             break
     if lower.endswith((".parquet", ".pq")):
         if compression:
-            raise TableReadError(uri, "Parquet is compressed inside the file; drop the "
-                                      f"outer {compression} suffix")
+            raise TableReadError(
+                uri, f"Parquet is compressed inside the file; drop the outer {compression} suffix"
+            )
         return TableFormat("parquet", None, None)
     for suffix, delimiter in _DELIMITED.items():
         if lower.endswith(suffix):
             return TableFormat("delimited", delimiter, compression)
-    raise TableReadError(uri, "unknown table format; expected one of "
-                              ".csv, .tsv, .txt, .parquet (optionally .gz/.bz2/.xz/.zst)")
+    raise TableReadError(
+        uri,
+        "unknown table format; expected one of "
+        ".csv, .tsv, .txt, .parquet (optionally .gz/.bz2/.xz/.zst)",
+    )
 
 
 @contextlib.contextmanager
-def open_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
-               limits: TableLimits | None = None) -> Iterator[tuple[IO[bytes], TableFormat]]:
+def open_table(
+    uri: str, storage_options: Mapping[str, Any] | None = None, *, limits: TableLimits | None = None
+) -> Iterator[tuple[IO[bytes], TableFormat]]:
     """A decompressed binary handle on the table and its format, for callers that parse
     the bytes themselves (e.g. omics matrices that keep line numbers for errors).
 
@@ -86,7 +100,9 @@ def open_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
         try:
             read_header(stream, uri, fmt.delimiter or ",", limits)
         except _DECODE_ERRORS as exc:
-            raise TableReadError(uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}") from exc
+            raise TableReadError(
+                uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}"
+            ) from exc
         yield stack.enter_context(io.BufferedReader(stream, _BUFFER)), fmt
 
 
@@ -113,21 +129,30 @@ def _open_raw(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[IO[b
     return handle, size if isinstance(size, int) else None
 
 
-def _decompress(raw: IO[bytes], uri: str, compression: str | None
-                ) -> contextlib.AbstractContextManager[IO[bytes]]:
+def _decompress(
+    raw: IO[bytes], uri: str, compression: str | None
+) -> contextlib.AbstractContextManager[IO[bytes]]:
     if compression is None:
         return contextlib.nullcontext(raw)
     from fsspec.compression import compr
 
     if compr.get(compression) is None:
-        raise TableReadError(uri, f"reading {compression}-compressed tables needs its Python "
-                                  "package (zstandard for .zst)")
+        raise TableReadError(
+            uri,
+            f"reading {compression}-compressed tables needs its Python "
+            "package (zstandard for .zst)",
+        )
     return compr[compression](raw, mode="rb")
 
 
-def read_arrow_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
-                     string_columns: Sequence[str] = (), columns: Sequence[str] | None = None,
-                     limits: TableLimits | None = None) -> pa.Table:
+def read_arrow_table(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    string_columns: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+    limits: TableLimits | None = None,
+) -> pa.Table:
     """The table as Arrow; ``string_columns`` are read as text whatever they look like
     (ids such as ``007`` must not become the integer 7)."""
     import pyarrow as pa
@@ -148,18 +173,27 @@ def read_arrow_table(uri: str, storage_options: Mapping[str, Any] | None = None,
                     parse_options=pacsv.ParseOptions(delimiter=fmt.delimiter),
                     convert_options=pacsv.ConvertOptions(
                         column_types={c: pa.string() for c in string_columns},
-                        include_columns=list(columns) if columns else None),
+                        include_columns=list(columns) if columns else None,
+                    ),
                 )
         except TableReadError:
             raise
         except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError, *_DECODE_ERRORS) as exc:
-            raise TableReadError(uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}") from exc
+            raise TableReadError(
+                uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}"
+            ) from exc
     return table
 
 
-def read_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
-               columns: Sequence[str] | None = None, dtype: str | Mapping[str, str] | None = None,
-               keep_default_na: bool = True, limits: TableLimits | None = None) -> pd.DataFrame:
+def read_table(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    dtype: str | Mapping[str, str] | None = None,
+    keep_default_na: bool = True,
+    limits: TableLimits | None = None,
+) -> pd.DataFrame:
     """The table as pandas. ``dtype="string"`` reads every column as text; a mapping
     (e.g. ``{"slide_id": "string"}``) only the columns it names that the table has."""
     import pandas as pd
@@ -171,13 +205,25 @@ def read_table(uri: str, storage_options: Mapping[str, Any] | None = None, *,
                 if isinstance(dtype, Mapping):
                     return frame.astype({k: v for k, v in dtype.items() if k in frame.columns})
                 return frame.astype(dtype) if dtype else frame
-            return pd.read_csv(handle, sep=fmt.delimiter, dtype=dtype,
-                               usecols=columns, keep_default_na=keep_default_na)
+            return pd.read_csv(
+                handle,
+                sep=fmt.delimiter,
+                dtype=dtype,
+                usecols=columns,
+                keep_default_na=keep_default_na,
+            )
         except TableReadError:
             raise
-        except (ValueError, UnicodeDecodeError, *_DECODE_ERRORS,
-                pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise TableReadError(uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}") from exc
+        except (
+            ValueError,
+            UnicodeDecodeError,
+            *_DECODE_ERRORS,
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+        ) as exc:
+            raise TableReadError(
+                uri, f"cannot read as {_describe(fmt)}: {_first_line(exc)}"
+            ) from exc
 
 
 def _describe(fmt: TableFormat) -> str:

@@ -111,8 +111,15 @@ def at_least(name: str, value: _N, low: float) -> _N:
     return value
 
 
-def in_range(name: str, value: _N, low: float, high: float, *,
-             open_low: bool = False, open_high: bool = False) -> _N:
+def in_range(
+    name: str,
+    value: _N,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> _N:
     """A finite number in ``[low, high]``; ``open_low``/``open_high`` exclude an end."""
     number(name, value)
     above = value > low if open_low else value >= low
@@ -166,7 +173,8 @@ def non_empty(name: str, value: _T) -> _T:
     return value
 
 
-def optional(check: Callable[..., _T], name: str, value: _T | None, *args: Any,
-             **kwargs: Any) -> _T | None:
+def optional(
+    check: Callable[..., _T], name: str, value: _T | None, *args: Any, **kwargs: Any
+) -> _T | None:
     """``None``, or a value passing ``check``: ``optional(positive, "X.timeout_s", t)``."""
     return None if value is None else check(name, value, *args, **kwargs)

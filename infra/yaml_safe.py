@@ -18,8 +18,15 @@ import yaml
 
 from infra.errors import ConfigError
 
-__all__ = ["MAX_ALIAS_NODES", "MAX_DEPTH", "MAX_FILE_BYTES", "BoundedLoader", "YamlError",
-           "load_yaml", "load_yaml_file"]
+__all__ = [
+    "MAX_ALIAS_NODES",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "BoundedLoader",
+    "YamlError",
+    "load_yaml",
+    "load_yaml_file",
+]
 
 #: nodes all aliases together may stand for; a real config reuses a block or two
 MAX_ALIAS_NODES = 100_000
@@ -67,8 +74,12 @@ class BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                               self.peek_event().start_mark)
+                raise _Refused(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -79,12 +90,17 @@ class BoundedLoader(yaml.SafeLoader):
         nodes, depth = self._measure(node)
         self._expanded += nodes
         if self._expanded > MAX_ALIAS_NODES:
-            raise _Refused(None, None, f"aliases expand past {MAX_ALIAS_NODES:,} nodes (an alias "
-                                       "bomb?); write the values out instead of aliasing them",
-                           mark)
+            raise _Refused(
+                None,
+                None,
+                f"aliases expand past {MAX_ALIAS_NODES:,} nodes (an alias "
+                "bomb?); write the values out instead of aliasing them",
+                mark,
+            )
         if self._depth + depth > MAX_DEPTH:
-            raise _Refused(None, None, f"aliases nest the data deeper than {MAX_DEPTH} levels",
-                           mark)
+            raise _Refused(
+                None, None, f"aliases nest the data deeper than {MAX_DEPTH} levels", mark
+            )
 
     def _measure(self, node: Any) -> tuple[int, int]:
         # Nodes reached through earlier aliases are measured already, so the recursion only
@@ -111,7 +127,9 @@ def load_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise YamlError(source, line, _one_line(exc.problem or exc.context or "invalid YAML")) from exc
+        raise YamlError(
+            source, line, _one_line(exc.problem or exc.context or "invalid YAML")
+        ) from exc
     except yaml.YAMLError as exc:
         raise YamlError(source, None, _one_line(str(exc))) from exc
     finally:

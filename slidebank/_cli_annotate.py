@@ -18,9 +18,15 @@ __all__ = ["register"]
 
 
 def annotate(
-    table: Annotated[str, typer.Argument(help="CSV/TSV/Parquet with slide_id (or an ingest "
-                                              "manifest's uri) and patient_id.")],
-    store: Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE", help="Feature store URI.")],
+    table: Annotated[
+        str,
+        typer.Argument(
+            help="CSV/TSV/Parquet with slide_id (or an ingest manifest's uri) and patient_id."
+        ),
+    ],
+    store: Annotated[
+        str, typer.Option("--store", envvar="SLIDEBANK_STORE", help="Feature store URI.")
+    ],
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -38,15 +44,19 @@ def annotate(
         typer.echo(json.dumps(report.summary(), indent=2))
         return
     update = report.update
-    typer.echo(f"patient_id set on {len(update.changed)} slides ({update.rows} rows, store "
-               f"version {update.version}), {len(update.unchanged)} already had it; "
-               "no tile re-encoded")
+    typer.echo(
+        f"patient_id set on {len(update.changed)} slides ({update.rows} rows, store "
+        f"version {update.version}), {len(update.unchanged)} already had it; "
+        "no tile re-encoded"
+    )
     if update.unknown:
         shown = ", ".join(update.unknown[:5]) + (" ..." if len(update.unknown) > 5 else "")
         typer.echo(f"{len(update.unknown)} slides of {table} are not in the store: {shown}")
     if report.ignored_columns:
-        typer.echo(f"columns not stored: {', '.join(report.ignored_columns)} (only patient_id "
-                   "can be set after ingestion)")
+        typer.echo(
+            f"columns not stored: {', '.join(report.ignored_columns)} (only patient_id "
+            "can be set after ingestion)"
+        )
     if report.rows_without_value:
         typer.echo(f"{report.rows_without_value} rows without a slide id or patient id skipped")
 

@@ -25,10 +25,12 @@ from slidebank._cli_common import (
 
 __all__ = ["register"]
 
-StoreOpt = Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE",
-                                       help="Feature store URI.")]
-NameOpt = Annotated[str, typer.Option("--name", help="Annotation set name (one derived "
-                                                     "table per set).")]
+StoreOpt = Annotated[
+    str, typer.Option("--store", envvar="SLIDEBANK_STORE", help="Feature store URI.")
+]
+NameOpt = Annotated[
+    str, typer.Option("--name", help="Annotation set name (one derived table per set).")
+]
 
 
 def _store(uri: str, options: list[str] | None):
@@ -50,22 +52,39 @@ def _labels(pairs: list[str] | None) -> dict[int, str] | None:
 
 
 def import_(
-    file: Annotated[Path, typer.Argument(help="GeoJSON, ASAP XML, PNG/TIFF mask, or OME-Zarr "
-                                              "label image (a .zarr folder).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="GeoJSON, ASAP XML, PNG/TIFF mask, or OME-Zarr label image (a .zarr folder)."
+        ),
+    ],
     slide: Annotated[str, typer.Option("--slide", help="The slide id the file annotates.")],
     store: StoreOpt,
-    fmt: Annotated[str | None, typer.Option("--format", help="geojson, asap, mask or ome-zarr "
-                                                             "(default: from the file).")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="geojson, asap, mask or ome-zarr (default: from the file)."),
+    ] = None,
     name: NameOpt = "default",
-    klass: Annotated[list[str] | None, typer.Option(
-        "--class", help="Allowed class (repeatable); any other class is an error.")] = None,
-    mask_mpp: Annotated[float | None, typer.Option(
-        "--mask-mpp", help="Microns per pixel of a PNG/TIFF mask (required; an OME-Zarr "
-                            "label image states its own).")] = None,
-    label: Annotated[list[str] | None, typer.Option(
-        "--label", help="Mask value and class, VALUE=CLASS (repeatable).")] = None,
-    clip: Annotated[bool, typer.Option(help="Cut features reaching outside the slide "
-                                            "instead of refusing the file.")] = False,
+    klass: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Allowed class (repeatable); any other class is an error."),
+    ] = None,
+    mask_mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--mask-mpp",
+            help="Microns per pixel of a PNG/TIFF mask (required; an OME-Zarr "
+            "label image states its own).",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Mask value and class, VALUE=CLASS (repeatable)."),
+    ] = None,
+    clip: Annotated[
+        bool,
+        typer.Option(help="Cut features reaching outside the slide instead of refusing the file."),
+    ] = False,
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -77,20 +96,30 @@ def import_(
 
     labels = _labels(label)
     with fail_on_slidebank_error():
-        options = ImportOptions(fmt=fmt, name=name, classes=tuple(klass) if klass else None,
-                                mask_mpp=mask_mpp, labels=labels, clip=clip)
+        options = ImportOptions(
+            fmt=fmt,
+            name=name,
+            classes=tuple(klass) if klass else None,
+            mask_mpp=mask_mpp,
+            labels=labels,
+            clip=clip,
+        )
         report = import_annotations(_store(store, storage_option), slide, file, options)
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
         return
     for repair in report.repairs:
         typer.secho(f"repaired: {repair}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"{report.slide_id}: {report.n_annotations} annotations "
-               f"({', '.join(report.classes)}) as set {report.name!r}; coverage of "
-               f"{report.n_tiles} tiles")
+    typer.echo(
+        f"{report.slide_id}: {report.n_annotations} annotations "
+        f"({', '.join(report.classes)}) as set {report.name!r}; coverage of "
+        f"{report.n_tiles} tiles"
+    )
     for cls in report.classes:
-        typer.echo(f"  {cls}: {report.tiles_touched.get(cls, 0)} tiles touched, "
-                   f"{report.tiles_half.get(cls, 0)} at coverage >= 0.5")
+        typer.echo(
+            f"  {cls}: {report.tiles_touched.get(cls, 0)} tiles touched, "
+            f"{report.tiles_half.get(cls, 0)} at coverage >= 0.5"
+        )
 
 
 def coverage(
@@ -109,13 +138,24 @@ def coverage(
     from features.annotations import coverage_table
 
     with fail_on_slidebank_error():
-        rows = coverage_table(_store(store, storage_option), name, slide_ids=slide,
-                              classes=[region] if region else None).to_pandas()
+        rows = coverage_table(
+            _store(store, storage_option),
+            name,
+            slide_ids=slide,
+            classes=[region] if region else None,
+        ).to_pandas()
     rows["kept"] = rows["coverage"] >= min_coverage
     rows["touched"] = rows["coverage"] > 0
-    summary = rows.groupby(["slide_id", "class"]).agg(
-        tiles=("coverage", "size"), touched=("touched", "sum"), kept=("kept", "sum"),
-        mean_coverage=("coverage", "mean")).reset_index()
+    summary = (
+        rows.groupby(["slide_id", "class"])
+        .agg(
+            tiles=("coverage", "size"),
+            touched=("touched", "sum"),
+            kept=("kept", "sum"),
+            mean_coverage=("coverage", "mean"),
+        )
+        .reset_index()
+    )
     if as_json:
         typer.echo(summary.to_json(orient="records", indent=2))
     else:
@@ -123,16 +163,20 @@ def coverage(
 
 
 def export(
-    out: Annotated[Path, typer.Argument(help="The .geojson file, or .zarr folder (OME-Zarr "
-                                             "labels), to write.")],
+    out: Annotated[
+        Path, typer.Argument(help="The .geojson file, or .zarr folder (OME-Zarr labels), to write.")
+    ],
     store: StoreOpt,
     slide: Annotated[str, typer.Option("--slide", help="The slide whose map to export.")],
-    predictions: Annotated[str, typer.Option(help="Name of the predictions table "
-                                                  "(printed by classify).")],
-    threshold: Annotated[float, typer.Option(help="Probability at or above which a tile "
-                                                  "is inside.")] = 0.5,
-    klass: Annotated[str, typer.Option("--class", help="Class of the exported contours.")]
-    = "tumour",
+    predictions: Annotated[
+        str, typer.Option(help="Name of the predictions table (printed by classify).")
+    ],
+    threshold: Annotated[
+        float, typer.Option(help="Probability at or above which a tile is inside.")
+    ] = 0.5,
+    klass: Annotated[
+        str, typer.Option("--class", help="Class of the exported contours.")
+    ] = "tumour",
     storage_option: StorageOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -146,34 +190,53 @@ def export(
 
     with fail_on_slidebank_error(out):
         if out.suffix.lower() == ".zarr":
-            path = export_prediction_labels(_store(store, storage_option), slide, predictions,
-                                            out, threshold=threshold, class_name=klass,
-                                            overwrite=overwrite)
+            path = export_prediction_labels(
+                _store(store, storage_option),
+                slide,
+                predictions,
+                out,
+                threshold=threshold,
+                class_name=klass,
+                overwrite=overwrite,
+            )
         else:
-            path = str(export_prediction_geojson(_store(store, storage_option), slide,
-                                                 predictions, out, threshold=threshold,
-                                                 class_name=klass, overwrite=overwrite))
+            path = str(
+                export_prediction_geojson(
+                    _store(store, storage_option),
+                    slide,
+                    predictions,
+                    out,
+                    threshold=threshold,
+                    class_name=klass,
+                    overwrite=overwrite,
+                )
+            )
     typer.echo(f"wrote {path}")
 
 
 def classify(
     store: StoreOpt,
-    positive: Annotated[str, typer.Option("--class", help="The positive class (tile label: "
-                                                          "its coverage >= --min-coverage).")],
+    positive: Annotated[
+        str,
+        typer.Option(
+            "--class", help="The positive class (tile label: its coverage >= --min-coverage)."
+        ),
+    ],
     name: NameOpt = "default",
     min_coverage: Annotated[float, typer.Option(help="Coverage making a tile positive.")] = 0.5,
-    region: Annotated[str | None, typer.Option(help="Only tiles of this class "
-                                                    "(coverage >= --region-coverage).")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Only tiles of this class (coverage >= --region-coverage).")
+    ] = None,
     region_coverage: Annotated[float, typer.Option(help="Threshold for --region.")] = 0.5,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "linear",
-    context_hops: Annotated[int, typer.Option(help="Add the mean embedding of neighbours "
-                                                   "within this many tiles (0: none).")] = 0,
+    context_hops: Annotated[
+        int,
+        typer.Option(help="Add the mean embedding of neighbours within this many tiles (0: none)."),
+    ] = 0,
     folds: Annotated[int, typer.Option(help="Patient-level folds.")] = 5,
     seed: int = 0,
-    encoder: Annotated[str | None, typer.Option(help="Encoder id (several in the store).")]
-    = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and PNG maps.")]
-    = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder id (several in the store).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and PNG maps.")] = None,
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -188,38 +251,55 @@ def classify(
     with fail_on_slidebank_error(out):
         keep = RegionFilter(region, region_coverage, name) if region else None
         task = TileTask(positive, min_coverage, name, encoder, keep)
-        config = TileClassifierConfig(task, head=head, folds=folds, seed=seed,
-                                      context_hops=context_hops)
+        config = TileClassifierConfig(
+            task, head=head, folds=folds, seed=seed, context_hops=context_hops
+        )
         result = run_tile_classifier(_store(store, storage_option), config, out_dir=out)
     summary = result.summary()
     if as_json:
-        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "per_slide"},
-                              indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {k: v for k, v in summary.items() if k != "per_slide"}, indent=2, default=str
+            )
+        )
         return
     auc = result.metrics["auroc"]
-    typer.echo(f"{result.name}: {summary['n_tiles']} tiles ({summary['n_positive']} {positive}) "
-               f"on {summary['n_slides']} slides")
-    typer.echo(f"  tile AUROC {auc['value']:.3f} (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
-               f", map Dice {summary['dice_mean']:.3f}, IoU {summary['iou_mean']:.3f}")
+    typer.echo(
+        f"{result.name}: {summary['n_tiles']} tiles ({summary['n_positive']} {positive}) "
+        f"on {summary['n_slides']} slides"
+    )
+    typer.echo(
+        f"  tile AUROC {auc['value']:.3f} (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
+        f", map Dice {summary['dice_mean']:.3f}, IoU {summary['iou_mean']:.3f}"
+    )
     typer.echo(f"  predictions: {result.outputs.get('predictions')}")
 
 
 def burden(
     store: StoreOpt,
-    predictions: Annotated[str, typer.Option(help="Name of the predictions table "
-                                                  "(printed by classify).")],
-    threshold: Annotated[float, typer.Option(help="Probability at or above which a tile "
-                                                  "is tumour.")] = 0.5,
-    nuclei_encoder: Annotated[str, typer.Option(
-        help="Encoder whose tiles carry nuclei counts ('none': no purity).")]
-    = "handcrafted-he-v1",
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Table slide_features/<name> (default: the predictions' name).")] = None,
-    slide: Annotated[list[str] | None, typer.Option("--slide", help="Only these slides.")]
-    = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Also write the table (.csv/.tsv/.parquet) for cohort build --labels, probe "
-             "and query sql --table.")] = None,
+    predictions: Annotated[
+        str, typer.Option(help="Name of the predictions table (printed by classify).")
+    ],
+    threshold: Annotated[
+        float, typer.Option(help="Probability at or above which a tile is tumour.")
+    ] = 0.5,
+    nuclei_encoder: Annotated[
+        str, typer.Option(help="Encoder whose tiles carry nuclei counts ('none': no purity).")
+    ] = "handcrafted-he-v1",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Table slide_features/<name> (default: the predictions' name)."
+        ),
+    ] = None,
+    slide: Annotated[list[str] | None, typer.Option("--slide", help="Only these slides.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the table (.csv/.tsv/.parquet) for cohort build --labels, probe "
+            "and query sql --table."
+        ),
+    ] = None,
     storage_option: StorageOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
@@ -237,8 +317,9 @@ def burden(
             from infra.files import check_output
 
             check_output(out, overwrite=overwrite)
-        config = BurdenConfig(predictions, threshold,
-                              None if nuclei_encoder.lower() == "none" else nuclei_encoder)
+        config = BurdenConfig(
+            predictions, threshold, None if nuclei_encoder.lower() == "none" else nuclei_encoder
+        )
         frame = tumour_burden(_store(store, storage_option), config, slide_ids=slide, name=name)
         if out is not None:
             write_table_file(frame, out, overwrite=overwrite)
@@ -247,14 +328,19 @@ def burden(
         return
     shown = ["slide_id", "n_tiles", "tumour_area_mm2", "tumour_fraction", "purity"]
     typer.echo(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    typer.echo(f"stored as slide_features/{name or predictions}"
-               + (f"; wrote {out}" if out is not None else ""))
+    typer.echo(
+        f"stored as slide_features/{name or predictions}"
+        + (f"; wrote {out}" if out is not None else "")
+    )
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(name="annotations", no_args_is_help=True,
-                        help="Annotations in (GeoJSON, ASAP XML, masks), tile coverage, "
-                             "tile classifiers and prediction maps out.")
+    group = typer.Typer(
+        name="annotations",
+        no_args_is_help=True,
+        help="Annotations in (GeoJSON, ASAP XML, masks), tile coverage, "
+        "tile classifiers and prediction maps out.",
+    )
     group.command("import")(import_)
     group.command("coverage")(coverage)
     group.command("classify")(classify)

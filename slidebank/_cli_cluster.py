@@ -10,13 +10,16 @@ from slidebank._cli_common import fail_on_slidebank_error
 
 __all__ = ["register"]
 
-cluster_app = typer.Typer(help="A long-lived local Ray cluster that slidebank runs reuse.",
-                          no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="A long-lived local Ray cluster that slidebank runs reuse.", no_args_is_help=True
+)
 
 
 @cluster_app.command("up")
 def up(
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs the cluster offers (default: all).")] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs the cluster offers (default: all).")
+    ] = None,
     dashboard: Annotated[bool, typer.Option(help="Start the Ray dashboard on 127.0.0.1.")] = False,
 ) -> None:
     """Start a local Ray cluster (or report the running one). Later `slidebank ingest`,
@@ -35,8 +38,10 @@ def up(
 
     with fail_on_slidebank_error():
         address = start(num_cpus, dashboard=dashboard)
-    typer.echo(f"local cluster at {address}, {_auth_words(auth_mode())} "
-               "(stop it with: slidebank cluster down)")
+    typer.echo(
+        f"local cluster at {address}, {_auth_words(auth_mode())} "
+        "(stop it with: slidebank cluster down)"
+    )
 
 
 def _auth_words(mode: str | None) -> str:
@@ -67,8 +72,11 @@ def status() -> None:
     from infra.local_cluster import address, auth_mode, state_file
 
     running = address()
-    typer.echo(f"local cluster at {running}, {_auth_words(auth_mode())}" if running
-               else f"no local cluster ({state_file()})")
+    typer.echo(
+        f"local cluster at {running}, {_auth_words(auth_mode())}"
+        if running
+        else f"no local cluster ({state_file()})"
+    )
 
 
 def register(app: typer.Typer) -> None:

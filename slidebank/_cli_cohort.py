@@ -31,18 +31,22 @@ def build(
     out: Annotated[Path, typer.Option(help="Cohort table to write (.parquet).")],
     expression: Annotated[
         str | None,
-        typer.Argument(help="Expression matrix: .tsv, .csv (optionally .gz) or .parquet "
-                            "(omit with --labels)."),
+        typer.Argument(
+            help="Expression matrix: .tsv, .csv (optionally .gz) or .parquet (omit with --labels)."
+        ),
     ] = None,
     labels: Annotated[
         str | None,
-        typer.Option(help="A plain labels table instead of omics: slide_id and/or patient_id "
-                          "plus label columns (.csv/.tsv/.parquet)."),
+        typer.Option(
+            help="A plain labels table instead of omics: slide_id and/or patient_id "
+            "plus label columns (.csv/.tsv/.parquet)."
+        ),
     ] = None,
     label: Annotated[
         list[str] | None,
         typer.Option(help="Label column(s) of --labels to keep (repeatable; default: all)."),
-    ] = None,    signature: Annotated[
+    ] = None,
+    signature: Annotated[
         list[str] | None,
         typer.Option(help="Signature name (repeatable); see `slidebank cohort signatures`."),
     ] = None,
@@ -86,8 +90,10 @@ def build(
     test_fraction: Annotated[float, typer.Option(help="Test share of patients.")] = 0.15,
     stratify: Annotated[
         str | None,
-        typer.Option(help="Signature (omics) or label column (--labels; 'none' to not "
-                          "stratify) that stratifies the splits (default: the first)."),
+        typer.Option(
+            help="Signature (omics) or label column (--labels; 'none' to not "
+            "stratify) that stratifies the splits (default: the first)."
+        ),
     ] = None,
     no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not split.")] = False,
     name: Annotated[str, typer.Option(help="Cohort name recorded in the table.")] = "discovery",
@@ -129,23 +135,54 @@ def build(
     with fail_on_slidebank_error(out):
         if labels is not None:
             report = cohort_api.cohort_from_labels(
-                labels, slides, out=out, label_columns=label, stratify=stratify or "auto",
-                folds=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                splits=not no_splits, name=name, lance_out=lance_out, storage_options=options,
-                overwrite=overwrite)
+                labels,
+                slides,
+                out=out,
+                label_columns=label,
+                stratify=stratify or "auto",
+                folds=folds,
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                splits=not no_splits,
+                name=name,
+                lance_out=lance_out,
+                storage_options=options,
+                overwrite=overwrite,
+            )
         else:
             report = cohort_api.cohort_from_omics(
-                str(expression), slides, out=out, signatures=tuple(signature or ()),
-                signatures_file=signatures_file, units=units, orientation=orientation,
-                gene_ids=gene_ids, duplicate_genes=duplicate_genes, mapping=mapping,
-                gene_map=gene_map, score_method=score_method, label_method=label_method,
-                clusters=clusters, high_quantile=high_quantile,
+                str(expression),
+                slides,
+                out=out,
+                signatures=tuple(signature or ()),
+                signatures_file=signatures_file,
+                units=units,
+                orientation=orientation,
+                gene_ids=gene_ids,
+                duplicate_genes=duplicate_genes,
+                mapping=mapping,
+                gene_map=gene_map,
+                score_method=score_method,
+                label_method=label_method,
+                clusters=clusters,
+                high_quantile=high_quantile,
                 sample_types=None if all_sample_types else tuple(sample_type or ("01",)),
-                folds=folds, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                stratify=stratify, splits=not no_splits, name=name,
-                external_expression=external_expression, external_mapping=external_mapping,
-                external_slides=external_slides, external_units=external_units,
-                lance_out=lance_out, storage_options=options, overwrite=overwrite)
+                folds=folds,
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                stratify=stratify,
+                splits=not no_splits,
+                name=name,
+                external_expression=external_expression,
+                external_mapping=external_mapping,
+                external_slides=external_slides,
+                external_units=external_units,
+                lance_out=lance_out,
+                storage_options=options,
+                overwrite=overwrite,
+            )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

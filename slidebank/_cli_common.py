@@ -13,19 +13,39 @@ import typer
 from infra.errors import SlidebankError
 from infra.fs_errors import write_error
 
-__all__ = ["AddressOpt", "JsonOpt", "OverwriteOpt", "StorageOpt", "fail_on_slidebank_error",
-           "parse_storage_options"]
+__all__ = [
+    "AddressOpt",
+    "JsonOpt",
+    "OverwriteOpt",
+    "StorageOpt",
+    "fail_on_slidebank_error",
+    "parse_storage_options",
+]
 
 # Option aliases shared by every command, so one flag means one thing everywhere.
-StorageOpt = Annotated[list[str] | None, typer.Option(
-    "--storage-option", "-s",
-    help="fsspec storage option KEY=VALUE (repeatable), e.g. -s endpoint_url=http://minio:9000.")]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        "-s",
+        help="fsspec storage option KEY=VALUE (repeatable), e.g. -s endpoint_url=http://minio:9000.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-AddressOpt = Annotated[str | None, typer.Option(
-    "--address", envvar="RAY_ADDRESS",
-    help="A running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded local Ray).")]
-OverwriteOpt = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace output files that exist already (default: refuse, exit 2).")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="A running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded local Ray).",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace output files that exist already (default: refuse, exit 2)."
+    ),
+]
 
 
 @contextlib.contextmanager

@@ -14,13 +14,17 @@ from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_s
 
 __all__ = ["register"]
 
-StoreOpt = Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE",
-                                       help="Feature store URI.")]
+StoreOpt = Annotated[
+    str, typer.Option("--store", envvar="SLIDEBANK_STORE", help="Feature store URI.")
+]
 EncoderOpt = Annotated[str | None, typer.Option(help="Encoder id (several in the store).")]
-SlidesOpt = Annotated[list[str] | None, typer.Option("--slide", help="Only these slides "
-                                                                    "(repeatable).")]
-OptionsOpt = Annotated[list[str] | None, typer.Option(
-    "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")]
+SlidesOpt = Annotated[
+    list[str] | None, typer.Option("--slide", help="Only these slides (repeatable).")
+]
+OptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable)."),
+]
 
 
 def _store(uri: str, options: list[str] | None):
@@ -32,8 +36,9 @@ def _store(uri: str, options: list[str] | None):
 def anndata(
     out: Annotated[Path, typer.Argument(help="The .h5ad file to write.")],
     store: StoreOpt,
-    level: Annotated[str, typer.Option(help="tile (obs per tile, obsm['spatial']) or slide.")]
-    = "tile",
+    level: Annotated[
+        str, typer.Option(help="tile (obs per tile, obsm['spatial']) or slide.")
+    ] = "tile",
     encoder: EncoderOpt = None,
     slide: SlidesOpt = None,
     storage_option: OptionsOpt = None,
@@ -46,8 +51,14 @@ def anndata(
     from features.store.export import to_anndata
 
     with fail_on_slidebank_error(out):
-        path = to_anndata(_store(store, storage_option), out, encoder=encoder, slide_ids=slide,
-                          level=level, overwrite=overwrite)
+        path = to_anndata(
+            _store(store, storage_option),
+            out,
+            encoder=encoder,
+            slide_ids=slide,
+            level=level,
+            overwrite=overwrite,
+        )
     typer.echo(f"wrote {path}")
 
 
@@ -66,8 +77,13 @@ def h5(
     from features.store.export import to_h5_per_slide
 
     with fail_on_slidebank_error(out):
-        paths = to_h5_per_slide(_store(store, storage_option), out, encoder=encoder,
-                                slide_ids=slide, overwrite=overwrite)
+        paths = to_h5_per_slide(
+            _store(store, storage_option),
+            out,
+            encoder=encoder,
+            slide_ids=slide,
+            overwrite=overwrite,
+        )
     typer.echo(f"wrote {len(paths)} files to {out}")
 
 
@@ -88,14 +104,16 @@ def parquet(
     from features.store.export import to_parquet
 
     with fail_on_slidebank_error(out):
-        paths = to_parquet(_store(store, storage_option), out, encoder=encoder,
-                           overwrite=overwrite)
+        paths = to_parquet(_store(store, storage_option), out, encoder=encoder, overwrite=overwrite)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def register(app: typer.Typer) -> None:
-    export = typer.Typer(name="export", no_args_is_help=True,
-                         help="Export committed rows: AnnData, CLAM/TRIDENT h5, Parquet.")
+    export = typer.Typer(
+        name="export",
+        no_args_is_help=True,
+        help="Export committed rows: AnnData, CLAM/TRIDENT h5, Parquet.",
+    )
     export.command("anndata")(anndata)
     export.command("h5")(h5)
     export.command("parquet")(parquet)

@@ -13,15 +13,29 @@ __all__ = ["register"]
 
 
 def h5(
-    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False,
-                                           help="Folder of <slide_id>.h5 files (features, coords).")],
-    store: Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE",
-                                       help="Feature store URI (made when none is there).")],
-    mpp: Annotated[float, typer.Option(help="µm per pixel the tiles were read at (e.g. 0.5 for 20x).")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="Folder of <slide_id>.h5 files (features, coords)."
+        ),
+    ],
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store", envvar="SLIDEBANK_STORE", help="Feature store URI (made when none is there)."
+        ),
+    ],
+    mpp: Annotated[
+        float, typer.Option(help="µm per pixel the tiles were read at (e.g. 0.5 for 20x).")
+    ],
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp (e.g. 256).")],
-    encoder: Annotated[str, typer.Option(help="Encoder id to store the embeddings under (e.g. uni-v1).")],
-    slide_mpp: Annotated[float | None, typer.Option(
-        help="The slides' level-0 µm per pixel, the unit of coords (default: --mpp).")] = None,
+    encoder: Annotated[
+        str, typer.Option(help="Encoder id to store the embeddings under (e.g. uni-v1).")
+    ],
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option(help="The slides' level-0 µm per pixel, the unit of coords (default: --mpp)."),
+    ] = None,
     storage_option: StorageOpt = None,
 ) -> None:
     """Import precomputed tile embeddings: one <slide_id>.h5 per slide with datasets
@@ -45,8 +59,10 @@ def h5(
             raise typer.Exit(code=2)
         opened = FeatureStore.open(store, parse_storage_options(storage_option), create=True)
         result = import_h5(opened, paths, config)
-    typer.echo(f"imported {len(result.imported)} slide(s), {result.tiles} tiles, into {store} "
-               f"as encoder {encoder}")
+    typer.echo(
+        f"imported {len(result.imported)} slide(s), {result.tiles} tiles, into {store} "
+        f"as encoder {encoder}"
+    )
     for reason in result.failed.values():
         typer.secho(f"  not imported: {reason}", fg=typer.colors.RED, err=True)
     if result.failed:
@@ -54,7 +70,8 @@ def h5(
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(name="import", no_args_is_help=True,
-                        help="Import precomputed embeddings: CLAM/TRIDENT h5.")
+    group = typer.Typer(
+        name="import", no_args_is_help=True, help="Import precomputed embeddings: CLAM/TRIDENT h5."
+    )
     group.command("h5")(h5)
     app.add_typer(group, name="import")

@@ -19,14 +19,25 @@ __all__ = ["register"]
 
 
 def info(
-    slide_uri: Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")],
-    out: Annotated[Path | None, typer.Option(
-        help="Write the thumbnail PNG to OUT/<slide_id>/thumbnail.png (default: nothing written).")
+    slide_uri: Annotated[
+        str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the thumbnail PNG to OUT/<slide_id>/thumbnail.png (default: nothing written)."
+        ),
     ] = None,
-    mpp: Annotated[float | None, typer.Option(help="MPP override in µm/px (manifest value).")] = None,
-    reader: Annotated[str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")] = None,
-    strategy: Annotated[Literal["auto", "stream", "stage"], typer.Option(
-        help="Remote access: stream byte ranges, stage to local scratch, or auto.")] = "auto",
+    mpp: Annotated[
+        float | None, typer.Option(help="MPP override in µm/px (manifest value).")
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")
+    ] = None,
+    strategy: Annotated[
+        Literal["auto", "stream", "stage"],
+        typer.Option(help="Remote access: stream byte ranges, stage to local scratch, or auto."),
+    ] = "auto",
     thumbnail_mpp: Annotated[float, typer.Option(help="Thumbnail resolution in µm/px.")] = 8.0,
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
@@ -40,8 +51,13 @@ def info(
 
     with fail_on_slidebank_error():
         report = describe_slide(
-            slide_uri, out_dir=out, mpp=mpp, reader=reader, strategy=strategy,
-            thumbnail_mpp=thumbnail_mpp, storage_options=parse_storage_options(storage_option),
+            slide_uri,
+            out_dir=out,
+            mpp=mpp,
+            reader=reader,
+            strategy=strategy,
+            thumbnail_mpp=thumbnail_mpp,
+            storage_options=parse_storage_options(storage_option),
         )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -55,18 +71,38 @@ def _print_table(report: dict) -> None:
 
     console = Console()
     summary = Table(show_header=False, title=f"slide {report['slide_id']}")
-    for key in ("uri", "reader", "access", "vendor", "scanner_model", "objective_power",
-                "mpp", "mpp_source", "tile_size", "size_bytes", "thumbnail"):
+    for key in (
+        "uri",
+        "reader",
+        "access",
+        "vendor",
+        "scanner_model",
+        "objective_power",
+        "mpp",
+        "mpp_source",
+        "tile_size",
+        "size_bytes",
+        "thumbnail",
+    ):
         value = report.get(key)
-        summary.add_row(key, "not written (--out DIR writes one)" if key == "thumbnail"
-                        and value is None else str(value))
+        summary.add_row(
+            key,
+            "not written (--out DIR writes one)"
+            if key == "thumbnail" and value is None
+            else str(value),
+        )
     console.print(summary)
     levels = Table(title="levels")
     for col in ("level", "width", "height", "downsample", "µm/px"):
         levels.add_column(col, justify="right")
     for lv in report["levels"]:
-        levels.add_row(str(lv["level"]), str(lv["width"]), str(lv["height"]),
-                       f"{lv['downsample']:.3f}", f"{lv['mpp']:.4f}" if lv["mpp"] else "?")
+        levels.add_row(
+            str(lv["level"]),
+            str(lv["width"]),
+            str(lv["height"]),
+            f"{lv['downsample']:.3f}",
+            f"{lv['mpp']:.4f}" if lv["mpp"] else "?",
+        )
     console.print(levels)
 
 
@@ -87,10 +123,16 @@ def sample(
     style: Literal["svs", "tiff"] = "svs" if path.suffix.lower() == ".svs" else "tiff"
     path.parent.mkdir(parents=True, exist_ok=True)
     with fail_on_slidebank_error():
-        slide = write_synthetic_slide(path, SyntheticSlideSpec(
-            width=width, height=height, mpp=mpp, seed=seed, style=style, pen_marks=pen_marks))
-    typer.echo(f"wrote {slide.path} ({width}x{height} px at {mpp} µm/px, "
-               f"levels {[d for d in slide.level_dimensions]}, tissue {slide.tissue_fraction:.1%})")
+        slide = write_synthetic_slide(
+            path,
+            SyntheticSlideSpec(
+                width=width, height=height, mpp=mpp, seed=seed, style=style, pen_marks=pen_marks
+            ),
+        )
+    typer.echo(
+        f"wrote {slide.path} ({width}x{height} px at {mpp} µm/px, "
+        f"levels {[d for d in slide.level_dimensions]}, tissue {slide.tissue_fraction:.1%})"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -30,74 +30,158 @@ EXIT_INTERRUPTED = 130
 
 
 def ingest(
-    source: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet: uri, slide_id, patient_id, mpp) "
-                                               "or a glob/prefix such as 's3://bucket/cohort/*.svs'.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Manifest (CSV/TSV/Parquet: uri, slide_id, patient_id, mpp) "
+            "or a glob/prefix such as 's3://bucket/cohort/*.svs'."
+        ),
+    ],
     store: Annotated[str, typer.Option(help="Feature store URI (path or s3://...).")],
-    encoder: Annotated[str, typer.Option(help="Encoder name (see `slidebank encoders`).")] = "handcrafted-he-v1",
-    weights: Annotated[str | None, typer.Option(help="Local weight file or hf-hub:owner/repo.")] = None,
-    mpp: Annotated[float, typer.Option(help="Target resolution of the tiles, µm/px. Per-slide MPP "
-                                            "overrides go in the manifest's `mpp` column.")] = 0.5,
+    encoder: Annotated[
+        str, typer.Option(help="Encoder name (see `slidebank encoders`).")
+    ] = "handcrafted-he-v1",
+    weights: Annotated[
+        str | None, typer.Option(help="Local weight file or hf-hub:owner/repo.")
+    ] = None,
+    mpp: Annotated[
+        float,
+        typer.Option(
+            help="Target resolution of the tiles, µm/px. Per-slide MPP "
+            "overrides go in the manifest's `mpp` column."
+        ),
+    ] = 0.5,
     tile: Annotated[int, typer.Option(help="Tile size in pixels at the target resolution.")] = 256,
-    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.0,
-    min_tissue: Annotated[float, typer.Option(help="Keep tiles with at least this tissue fraction.")] = 0.5,
-    stain: Annotated[Literal["macenko", "none"], typer.Option(help="Stain normalization.")] = "macenko",
-    resample: Annotated[Literal["area", "lanczos"], typer.Option(
-        help="How tiles read from a finer pyramid level reach --mpp: area (mean of the covered "
-             "pixels) or lanczos (sharper, ~13x slower).")] = "area",
-    dtype: Annotated[Literal["float32", "float16"], typer.Option(help="Embedding storage dtype.")] = "float32",
+    overlap: Annotated[
+        float, typer.Option(help="Fraction of a tile shared with its neighbour.")
+    ] = 0.0,
+    min_tissue: Annotated[
+        float, typer.Option(help="Keep tiles with at least this tissue fraction.")
+    ] = 0.5,
+    stain: Annotated[
+        Literal["macenko", "none"], typer.Option(help="Stain normalization.")
+    ] = "macenko",
+    resample: Annotated[
+        Literal["area", "lanczos"],
+        typer.Option(
+            help="How tiles read from a finer pyramid level reach --mpp: area (mean of the covered "
+            "pixels) or lanczos (sharper, ~13x slower)."
+        ),
+    ] = "area",
+    dtype: Annotated[
+        Literal["float32", "float16"], typer.Option(help="Embedding storage dtype.")
+    ] = "float32",
     address: AddressOpt = None,
     force: Annotated[bool, typer.Option(help="Redo slides already done with this config.")] = False,
     tiles_per_batch: Annotated[int, typer.Option(help="Tiles per read/encode batch.")] = 64,
-    encode_batch: Annotated[int | None, typer.Option(
-        min=1, help="Device engine: tiles per encoder forward, apart from --tiles-per-batch "
-                    "(default: 256 on a GPU, 64 on a CPU; halved on a GPU out-of-memory), "
-                    "e.g. --encode-batch 128 for ViT-L on a 40 GB card.")] = None,
-    read_concurrency: Annotated[int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")] = None,
-    encoder_actors: Annotated[int | None, typer.Option(help="Encoder actors (default: one per GPU, "
-                                                            "else half the CPUs).")] = None,
+    encode_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Device engine: tiles per encoder forward, apart from --tiles-per-batch "
+            "(default: 256 on a GPU, 64 on a CPU; halved on a GPU out-of-memory), "
+            "e.g. --encode-batch 128 for ViT-L on a 40 GB card.",
+        ),
+    ] = None,
+    read_concurrency: Annotated[
+        int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")
+    ] = None,
+    encoder_actors: Annotated[
+        int | None, typer.Option(help="Encoder actors (default: one per GPU, else half the CPUs).")
+    ] = None,
     commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
-    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")] = "auto",
-    engine: Annotated[Literal["auto", "fused", "device", "dataset", "inprocess"], typer.Option(
-        help="auto: 'inprocess' for a small local job with no cluster (at most 4 slides, 2,000 "
-             "grid tiles: no Ray start-up), else 'device' with GPUs (decode, QC, stain and encode "
-             "on the GPU), else 'fused' (one read-encode-write actor per core); 'dataset': Ray "
-             "Data actor pools.")] = "auto",
-    runtime: Annotated[Literal["auto", "torch", "compile", "openvino", "onnxruntime"], typer.Option(
-        help="How timm encoders run on CPU. auto: the fastest installed runtime whose float32 "
-             "embeddings match eager PyTorch within 1e-4 (measured once per node and model, "
-             "cached); torch: eager. openvino/onnxruntime need `pip install 'slidebank[runtimes]'`; "
-             "a missing or failing one falls back to torch with a warning.")] = "auto",
-    cpu_dtype: Annotated[Literal["float32", "bfloat16"], typer.Option(
-        help="bfloat16: timm encoders on CPU under bf16 autocast (as on GPU); faster on CPUs "
-             "with AVX512-BF16/AMX, embeddings within cosine ~0.999 of float32.")] = "float32",
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")
+    ] = "auto",
+    engine: Annotated[
+        Literal["auto", "fused", "device", "dataset", "inprocess"],
+        typer.Option(
+            help="auto: 'inprocess' for a small local job with no cluster (at most 4 slides, 2,000 "
+            "grid tiles: no Ray start-up), else 'device' with GPUs (decode, QC, stain and encode "
+            "on the GPU), else 'fused' (one read-encode-write actor per core); 'dataset': Ray "
+            "Data actor pools."
+        ),
+    ] = "auto",
+    runtime: Annotated[
+        Literal["auto", "torch", "compile", "openvino", "onnxruntime"],
+        typer.Option(
+            help="How timm encoders run on CPU. auto: the fastest installed runtime whose float32 "
+            "embeddings match eager PyTorch within 1e-4 (measured once per node and model, "
+            "cached); torch: eager. openvino/onnxruntime need `pip install 'slidebank[runtimes]'`; "
+            "a missing or failing one falls back to torch with a warning."
+        ),
+    ] = "auto",
+    cpu_dtype: Annotated[
+        Literal["float32", "bfloat16"],
+        typer.Option(
+            help="bfloat16: timm encoders on CPU under bf16 autocast (as on GPU); faster on CPUs "
+            "with AVX512-BF16/AMX, embeddings within cosine ~0.999 of float32."
+        ),
+    ] = "float32",
     tag: Annotated[str | None, typer.Option(help="Tag the store version after this run.")] = None,
     storage_option: StorageOpt = None,
-    no_dashboard: Annotated[bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")] = False,
+    no_dashboard: Annotated[
+        bool, typer.Option(help="Do not start the Ray dashboard (embedded Ray only).")
+    ] = False,
     as_json: JsonOpt = False,
-    force_mpp: Annotated[bool, typer.Option(help="Accept MPP values outside 0.05-50 µm/px "
-                                                 "(--mpp and the manifest's mpp column).")] = False,
-    max_gpus: Annotated[int | None, typer.Option(
-        min=1, help="On an autoscaling cluster (GPU workers from zero): ask the autoscaler for "
-                    "up to this many GPUs, wait for the first (--gpu-wait) and use each as it "
-                    "joins. Default: only the GPUs present at the start.")] = None,
-    gpu_wait: Annotated[float, typer.Option(
-        min=1, help="Seconds to wait for the first GPU with --max-gpus before failing.")] = 900.0,
-    gpu_fallback_cpu: Annotated[bool, typer.Option(
-        help="With --max-gpus: run on CPUs when no GPU joined within --gpu-wait, instead of failing.")] = False,
-    partial_ok: Annotated[bool, typer.Option(
-        help="Exit 0 when some slides failed (they stay listed in the summary and as failed in "
-             "the store): for schedulers that would rerun the whole cohort on a non-zero exit.")] = False,
-    summary: Annotated[str | None, typer.Option(
-        help="Also write the JSON summary (every slide's outcome, failures with their reason) "
-             "to this path or object-store URI.")] = None,
-    region: Annotated[str | None, typer.Option(
-        help="Keep only the tiles inside this annotation class (with --annotations), "
-             "e.g. --region tumour --annotations annotations/.")] = None,
-    annotations: Annotated[str | None, typer.Option(
-        help="Folder of <slide_id>.geojson (QuPath; .json, ASAP .xml too) for --region; "
-             "slide_id as in the manifest.")] = None,
-    min_coverage: Annotated[float, typer.Option(
-        help="With --region: the share of a tile the class must cover.")] = 0.5,
+    force_mpp: Annotated[
+        bool,
+        typer.Option(
+            help="Accept MPP values outside 0.05-50 µm/px (--mpp and the manifest's mpp column)."
+        ),
+    ] = False,
+    max_gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="On an autoscaling cluster (GPU workers from zero): ask the autoscaler for "
+            "up to this many GPUs, wait for the first (--gpu-wait) and use each as it "
+            "joins. Default: only the GPUs present at the start.",
+        ),
+    ] = None,
+    gpu_wait: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Seconds to wait for the first GPU with --max-gpus before failing."
+        ),
+    ] = 900.0,
+    gpu_fallback_cpu: Annotated[
+        bool,
+        typer.Option(
+            help="With --max-gpus: run on CPUs when no GPU joined within --gpu-wait, instead of failing."
+        ),
+    ] = False,
+    partial_ok: Annotated[
+        bool,
+        typer.Option(
+            help="Exit 0 when some slides failed (they stay listed in the summary and as failed in "
+            "the store): for schedulers that would rerun the whole cohort on a non-zero exit."
+        ),
+    ] = False,
+    summary: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write the JSON summary (every slide's outcome, failures with their reason) "
+            "to this path or object-store URI."
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep only the tiles inside this annotation class (with --annotations), "
+            "e.g. --region tumour --annotations annotations/."
+        ),
+    ] = None,
+    annotations: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of <slide_id>.geojson (QuPath; .json, ASAP .xml too) for --region; "
+            "slide_id as in the manifest."
+        ),
+    ] = None,
+    min_coverage: Annotated[
+        float, typer.Option(help="With --region: the share of a tile the class must cover.")
+    ] = 0.5,
 ) -> None:
     """Ingest slides into the feature store: tissue, tiles, stain normalization, embeddings.
 
@@ -119,20 +203,47 @@ def ingest(
     with _report_interrupted(), fail_on_slidebank_error(store), _report_partial(as_json):
         # A file in the way, a read-only folder or a full disk: said now, not after Ray starts.
         StoreLocation(store, options).check_writable()
-        config = IngestConfig(encoder=encoder, weights=weights, stain=stain, embedding_dtype=dtype,
-                              tiling=TilingConfig(tile_size=tile, target_mpp=mpp, overlap=overlap,
-                                                  min_tissue_fraction=min_tissue, resample=resample,
-                                                  region=_region(region, annotations, min_coverage)))
-        run_options = RunOptions(address=address, force=force, tiles_per_batch=tiles_per_batch,
-                                 read_concurrency=read_concurrency, encoder_actors=encoder_actors,
-                                 commit_every=commit_every, device=device, run_tag=tag,
-                                 engine=engine, cpu_dtype=cpu_dtype, runtime=runtime,
-                                 progress=not as_json,
-                                 max_gpus=max_gpus, gpu_wait_s=gpu_wait,
-                                 gpu_fallback_cpu=gpu_fallback_cpu, encode_batch=encode_batch)
-        result = run(source, store, config=config, options=run_options,
-                     storage_options=options or None, dashboard=not no_dashboard,
-                     force_mpp=force_mpp)
+        config = IngestConfig(
+            encoder=encoder,
+            weights=weights,
+            stain=stain,
+            embedding_dtype=dtype,
+            tiling=TilingConfig(
+                tile_size=tile,
+                target_mpp=mpp,
+                overlap=overlap,
+                min_tissue_fraction=min_tissue,
+                resample=resample,
+                region=_region(region, annotations, min_coverage),
+            ),
+        )
+        run_options = RunOptions(
+            address=address,
+            force=force,
+            tiles_per_batch=tiles_per_batch,
+            read_concurrency=read_concurrency,
+            encoder_actors=encoder_actors,
+            commit_every=commit_every,
+            device=device,
+            run_tag=tag,
+            engine=engine,
+            cpu_dtype=cpu_dtype,
+            runtime=runtime,
+            progress=not as_json,
+            max_gpus=max_gpus,
+            gpu_wait_s=gpu_wait,
+            gpu_fallback_cpu=gpu_fallback_cpu,
+            encode_batch=encode_batch,
+        )
+        result = run(
+            source,
+            store,
+            config=config,
+            options=run_options,
+            storage_options=options or None,
+            dashboard=not no_dashboard,
+            force_mpp=force_mpp,
+        )
         if summary:
             _write_summary(result, summary, options or None)
     _report(result, as_json)
@@ -146,7 +257,9 @@ def _summary_json(result: IngestResult) -> str:
     return json.dumps(asdict(result), indent=2, default=str)
 
 
-def _region(region: str | None, annotations: str | None, min_coverage: float) -> RegionConfig | None:
+def _region(
+    region: str | None, annotations: str | None, min_coverage: float
+) -> RegionConfig | None:
     """--region/--annotations/--min-coverage as the tiling's RegionConfig (None without)."""
     from infra.errors import ConfigError
     from ingest.tiling.region import RegionConfig
@@ -154,9 +267,11 @@ def _region(region: str | None, annotations: str | None, min_coverage: float) ->
     if region is None and annotations is None:
         return None
     if region is None or annotations is None:
-        raise ConfigError("--region and --annotations go together: the class to keep and the "
-                          f"folder of its annotation files (got region={region!r}, "
-                          f"annotations={annotations!r})")
+        raise ConfigError(
+            "--region and --annotations go together: the class to keep and the "
+            f"folder of its annotation files (got region={region!r}, "
+            f"annotations={annotations!r})"
+        )
     return RegionConfig.from_folder(region, annotations, min_coverage)
 
 
@@ -198,20 +313,28 @@ def _report_aborted(exc: IngestAborted, as_json: bool) -> None:
 
     result = exc.partial
     if as_json:
-        payload = {**asdict(result), "aborted": f"{type(exc.cause).__name__}: {exc.cause}",
-                   "run_recorded": exc.record_written, "record_error": exc.record_error}
+        payload = {
+            **asdict(result),
+            "aborted": f"{type(exc.cause).__name__}: {exc.cause}",
+            "run_recorded": exc.record_written,
+            "record_error": exc.record_error,
+        }
         typer.echo(json.dumps(payload, indent=2, default=str))
         return
     _report(result, as_json)
     stopped = sum(o.status == "aborted" for o in result.outcomes)
-    typer.echo(f"{stopped} slides not ingested: the run stopped (a rerun resumes; committed "
-               "slides are kept and skipped)")
+    typer.echo(
+        f"{stopped} slides not ingested: the run stopped (a rerun resumes; committed "
+        "slides are kept and skipped)"
+    )
     if exc.record_written:
         typer.echo(f"run {result.run_id} recorded as failed in the store")
         return
     same = exc.record_error == f"{type(exc.cause).__name__}: {exc.cause}"
-    typer.echo(f"run {result.run_id} could not be recorded in the store "
-               f"({'the same error as below' if same else exc.record_error})")
+    typer.echo(
+        f"run {result.run_id} could not be recorded in the store "
+        f"({'the same error as below' if same else exc.record_error})"
+    )
 
 
 def _report(result: IngestResult, as_json: bool) -> None:
@@ -225,12 +348,20 @@ def _report(result: IngestResult, as_json: bool) -> None:
     console = Console()
     console.print(summary_table(result))
     done = sum(o.status == "done" for o in result.outcomes)
-    first = f" (first tile after {result.first_tile_s:.1f} s)" if result.first_tile_s is not None else ""
-    console.print(f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "
-                  f"{result.tiles:,} tiles in {result.seconds:.1f} s{first}{_how(result)}")
+    first = (
+        f" (first tile after {result.first_tile_s:.1f} s)"
+        if result.first_tile_s is not None
+        else ""
+    )
+    console.print(
+        f"{done} done, {len(result.failed)} failed, {len(result.skipped)} skipped, "
+        f"{result.tiles:,} tiles in {result.seconds:.1f} s{first}{_how(result)}"
+    )
     if result.metadata_updated:
-        console.print(f"{len(result.metadata_updated)} slides: metadata updated, not re-encoded "
-                      "(patient_id from the manifest)")
+        console.print(
+            f"{len(result.metadata_updated)} slides: metadata updated, not re-encoded "
+            "(patient_id from the manifest)"
+        )
     if result.compacted:
         console.print(f"store compacted: {result.compacted} small fragments merged")
 
@@ -245,12 +376,25 @@ def _how(result: IngestResult) -> str:
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the cohort, the store and the pictures.")] = Path("slidebank-demo"),
-    slides: Annotated[int, typer.Option(help="Synthetic slides to write (two per patient; the "
-                                              "first half of the patients immune-High).")] = 12,
-    real_slide: Annotated[list[Path] | None, typer.Option(
-        "--slide", exists=True, dir_okay=False,
-        help="A real slide file to ingest beside the synthetic ones (repeatable).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the cohort, the store and the pictures.")
+    ] = Path("slidebank-demo"),
+    slides: Annotated[
+        int,
+        typer.Option(
+            help="Synthetic slides to write (two per patient; the "
+            "first half of the patients immune-High)."
+        ),
+    ] = 12,
+    real_slide: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--slide",
+            exists=True,
+            dir_okay=False,
+            help="A real slide file to ingest beside the synthetic ones (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Write a small synthetic cohort (plus any --slide you give, such as a real scan) and
     its labels.csv, ingest it with the default encoder into a local store, run a
@@ -274,11 +418,17 @@ def demo(
         sid, x, y = report.query
         console.print(f"\ntiles most like {sid} at ({x}, {y}), from other slides:")
         for row in report.similar.select(["slide_id", "x", "y", "distance"]).to_pylist():
-            console.print(f"  {row['slide_id']:<22} ({row['x']:>6}, {row['y']:>6})  distance {row['distance']:.4f}")
+            console.print(
+                f"  {row['slide_id']:<22} ({row['x']:>6}, {row['y']:>6})  distance {row['distance']:.4f}"
+            )
     console.print(f"\ncohort:  {report.cohort}\nstore:   {report.store}\noverlay: {report.overlay}")
     if report.labels is not None:
-        console.print(f"labels:  {report.labels} (slide_id, patient_id, immune High/Low, infiltrate)")
-        console.print(f"next:    slidebank probe {report.labels} --label immune --store {report.store}")
+        console.print(
+            f"labels:  {report.labels} (slide_id, patient_id, immune High/Low, infiltrate)"
+        )
+        console.print(
+            f"next:    slidebank probe {report.labels} --label immune --store {report.store}"
+        )
     else:
         console.print(f"next:    slidebank query slides --store {report.store}")
 

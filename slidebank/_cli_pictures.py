@@ -14,20 +14,31 @@ from slidebank._cli_common import OverwriteOpt, fail_on_slidebank_error, parse_s
 
 __all__ = ["register"]
 
-StoreOpt = Annotated[str, typer.Option("--store", envvar="SLIDEBANK_STORE",
-                                       help="Feature store URI.")]
-OptionsOpt = Annotated[list[str] | None, typer.Option(
-    "--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable).")]
+StoreOpt = Annotated[
+    str, typer.Option("--store", envvar="SLIDEBANK_STORE", help="Feature store URI.")
+]
+OptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--storage-option", "-s", help="fsspec storage option KEY=VALUE (repeatable)."),
+]
 
 
 def heatmap(
     slide: Annotated[str, typer.Argument(help="Slide id.")],
     store: StoreOpt,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("heatmap.png"),
-    attention: Annotated[str | None, typer.Option(
-        help="Attention run name (as written by `slidebank train` with attention: true).")] = None,
-    values: Annotated[str | None, typer.Option(
-        help="Per-tile values table (.parquet/.csv) with x, y[, slide_id] and --column.")] = None,
+    attention: Annotated[
+        str | None,
+        typer.Option(
+            help="Attention run name (as written by `slidebank train` with attention: true)."
+        ),
+    ] = None,
+    values: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-tile values table (.parquet/.csv) with x, y[, slide_id] and --column."
+        ),
+    ] = None,
     column: Annotated[str | None, typer.Option(help="Column of --values to draw.")] = None,
     cmap: Annotated[str, typer.Option(help="matplotlib colour map.")] = "inferno",
     storage_option: OptionsOpt = None,
@@ -45,8 +56,16 @@ def heatmap(
     with fail_on_slidebank_error(out):
         fs = open_store(store, options)
         table = read_table(values, options) if values else None
-        path = draw(fs, slide, out, attention=attention, values=table, column=column, cmap=cmap,
-                    overwrite=overwrite)
+        path = draw(
+            fs,
+            slide,
+            out,
+            attention=attention,
+            values=table,
+            column=column,
+            cmap=cmap,
+            overwrite=overwrite,
+        )
     typer.echo(f"wrote {path}")
 
 
@@ -55,15 +74,21 @@ def umap(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("umap.png"),
     level: Annotated[str, typer.Option(help="slide (mean-pooled) or tile embeddings.")] = "slide",
     labels: Annotated[str | None, typer.Option(help="Labels table to colour by.")] = None,
-    color: Annotated[str | None, typer.Option(help="Label column to colour by (default: slide).")]
-    = None,
+    color: Annotated[
+        str | None, typer.Option(help="Label column to colour by (default: slide).")
+    ] = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder id (several in the store).")] = None,
-    max_tiles: Annotated[int, typer.Option(min=100, help="Tiles sampled for --level tile.")]
-    = 20_000,
+    max_tiles: Annotated[
+        int, typer.Option(min=100, help="Tiles sampled for --level tile.")
+    ] = 20_000,
     seed: Annotated[int, typer.Option(help="UMAP and sampling seed.")] = 0,
-    method: Annotated[str, typer.Option(
-        help="pca (instant), umap (umap-learn; its first call takes tens of seconds) or auto: "
-             "PCA below 50 points or without umap-learn, else UMAP.")] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="pca (instant), umap (umap-learn; its first call takes tens of seconds) or auto: "
+            "PCA below 50 points or without umap-learn, else UMAP."
+        ),
+    ] = "auto",
     storage_option: OptionsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -76,9 +101,19 @@ def umap(
 
     options = parse_storage_options(storage_option)
     with fail_on_slidebank_error(out):
-        path = embedding_map(open_store(store, options), out, level=level, labels=labels,
-                             color=color, encoder=encoder, max_tiles=max_tiles, seed=seed,
-                             method=method, storage_options=options, overwrite=overwrite)
+        path = embedding_map(
+            open_store(store, options),
+            out,
+            level=level,
+            labels=labels,
+            color=color,
+            encoder=encoder,
+            max_tiles=max_tiles,
+            seed=seed,
+            method=method,
+            storage_options=options,
+            overwrite=overwrite,
+        )
     typer.echo(f"wrote {path}")
 
 

@@ -33,13 +33,18 @@ VersionOpt = Annotated[
 EncoderOpt = Annotated[
     str | None, typer.Option(help="Encoder id (needed when the store holds several).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (every column) instead of a table.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (every column) instead of a table.")
+]
 ColumnsOpt = Annotated[
     str | None,
     typer.Option("--columns", help="Comma-separated columns to show (default: those that fit)."),
 ]
-METRIC_WORDS = {"L2": "squared L2 distance", "cosine": "cosine distance (1 - cos)",
-                "dot": "negative dot product"}
+METRIC_WORDS = {
+    "L2": "squared L2 distance",
+    "cosine": "cosine distance (1 - cos)",
+    "dot": "negative dot product",
+}
 
 
 def _open(uri: str, options: list[str] | None, at: str | None) -> FeatureStore:
@@ -143,19 +148,29 @@ def similar(
         fs = _open(store, storage_option, at)
         with query_errors("--where", _tile_columns(fs, encoder) if where else ()):
             if slide is not None and x is not None and y is not None:
-                result = fs.search_by_tile(slide, x, y, k=k, encoder=encoder,
-                                           exclude_same_slide=not same_slide, slide_ids=cohort,
-                                           where=where, metric=metric)
+                result = fs.search_by_tile(
+                    slide,
+                    x,
+                    y,
+                    k=k,
+                    encoder=encoder,
+                    exclude_same_slide=not same_slide,
+                    slide_ids=cohort,
+                    where=where,
+                    metric=metric,
+                )
             else:
                 vector = np.load(str(vector_file), allow_pickle=False)
-                result = fs.search(vector, k=k, encoder=encoder, slide_ids=cohort, where=where,
-                                   metric=metric)
+                result = fs.search(
+                    vector, k=k, encoder=encoder, slide_ids=cohort, where=where, metric=metric
+                )
         if gallery:
             from slidebank.pictures_api import similarity_gallery
 
             query = (slide, x, y) if slide is not None else None
-            path = similarity_gallery(fs, result, gallery, query=query, metric=metric,
-                                      overwrite=overwrite)
+            path = similarity_gallery(
+                fs, result, gallery, query=query, metric=metric, overwrite=overwrite
+            )
             typer.echo(f"gallery: {path}", err=True)
     order = ["slide_id", "x", "y", "distance", "tile_size", "read_mpp", "level", "config_hash"]
     result = result.select([c for c in order if c in result.column_names])
@@ -227,8 +242,10 @@ def _sql_tables(fs: FeatureStore, encoder: str | None, extra: dict, at: str | No
         out.append(f"tiles({', '.join(_tile_columns(fs, name))}, embedding)")
     elif at is not None:
         out.append(f"no tiles table at version {at} (no tiles were committed yet then)")
-    out += [f"{n}({', '.join(map(str, t.schema.names if hasattr(t, 'schema') else t.columns))})"
-            for n, t in extra.items()]
+    out += [
+        f"{n}({', '.join(map(str, t.schema.names if hasattr(t, 'schema') else t.columns))})"
+        for n, t in extra.items()
+    ]
     return out
 
 
@@ -266,8 +283,9 @@ def slides(
     with fail_on_slidebank_error():
         fs = _open(store, storage_option, at)
         with query_errors("--where", fs._view().slides().schema.names):
-            result = fs.slides(status=status, encoder=encoder, where=where,
-                               columns=None if as_json else shown)
+            result = fs.slides(
+                status=status, encoder=encoder, where=where, columns=None if as_json else shown
+            )
     _print(result, as_json, "slides", columns)
 
 
@@ -318,8 +336,10 @@ def tag(
         fs = _open(store, storage_option, None)
         tagged = fs.tag(name, version)
     tables = ", ".join(f"{t} v{v}" for t, v in tagged.items() if t != "slides")
-    typer.echo(f"tagged store version {tagged['slides']} as {name!r}"
-               + (f" (tiles tables: {tables})" if tables else ""))
+    typer.echo(
+        f"tagged store version {tagged['slides']} as {name!r}"
+        + (f" (tiles tables: {tables})" if tables else "")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,8 +45,14 @@ def fit_columns(widths: Sequence[int], budget: int) -> int:
     return count
 
 
-def print_table(table: pa.Table, as_json: bool, title: str, *,
-                columns: Sequence[str] | None = None, width: int | None = None) -> None:
+def print_table(
+    table: pa.Table,
+    as_json: bool,
+    title: str,
+    *,
+    columns: Sequence[str] | None = None,
+    width: int | None = None,
+) -> None:
     import pyarrow as pa
     from rich.console import Console
     from rich.table import Table
@@ -77,6 +83,9 @@ def print_table(table: pa.Table, as_json: bool, title: str, *,
     console.print(view)
     hidden = names[shown:]
     if hidden:
-        console.print(f"{len(hidden)} more column(s) not shown to fit {console.width} characters: "
-                      f"{', '.join(hidden)} (choose with --columns, or --json for everything)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"{len(hidden)} more column(s) not shown to fit {console.width} characters: "
+            f"{', '.join(hidden)} (choose with --columns, or --json for everything)",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -19,18 +19,34 @@ __all__ = ["register"]
 
 
 def tissue(
-    slide_uri: Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")],
-    out: Annotated[Path, typer.Option(help="Directory; files go to OUT/<slide_id>/.")] = Path("slidebank-out"),
-    mpp: Annotated[float | None, typer.Option(help="MPP override in µm/px (manifest value).")] = None,
-    reader: Annotated[str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")] = None,
-    strategy: Annotated[Literal["auto", "stream", "stage"], typer.Option(
-        help="Remote access: auto, stream or stage.")] = "auto",
+    slide_uri: Annotated[
+        str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory; files go to OUT/<slide_id>/.")] = Path(
+        "slidebank-out"
+    ),
+    mpp: Annotated[
+        float | None, typer.Option(help="MPP override in µm/px (manifest value).")
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")
+    ] = None,
+    strategy: Annotated[
+        Literal["auto", "stream", "stage"],
+        typer.Option(help="Remote access: auto, stream or stage."),
+    ] = "auto",
     thumbnail_mpp: Annotated[float, typer.Option(min=0.1, help="Mask resolution, µm/px.")] = 8.0,
     target_mpp: Annotated[float, typer.Option(min=0.05, help="Tile resolution, µm/px.")] = 0.5,
     tile_size: Annotated[int, typer.Option(min=8, max=8192, help="Tile side in pixels.")] = 256,
-    overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Fraction shared by neighbouring tiles.")] = 0.0,
-    min_tissue: Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep tiles at least this much tissue.")] = 0.5,
-    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Array device for the mask.")] = "auto",
+    overlap: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Fraction shared by neighbouring tiles.")
+    ] = 0.0,
+    min_tissue: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Keep tiles at least this much tissue.")
+    ] = 0.5,
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"], typer.Option(help="Array device for the mask.")
+    ] = "auto",
     storage_option: StorageOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     overwrite: OverwriteOpt = False,
@@ -47,12 +63,21 @@ def tissue(
 
     with fail_on_slidebank_error(out):
         summary = tissue_report(
-            slide_uri, out,
+            slide_uri,
+            out,
             tissue_config=TissueConfig(thumbnail_mpp=thumbnail_mpp),
-            tiling_config=TilingConfig(tile_size=tile_size, target_mpp=target_mpp, overlap=overlap,
-                                       min_tissue_fraction=min_tissue),
-            mpp=mpp, reader=reader, strategy=strategy, device=device,
-            storage_options=parse_storage_options(storage_option), overwrite=overwrite,
+            tiling_config=TilingConfig(
+                tile_size=tile_size,
+                target_mpp=target_mpp,
+                overlap=overlap,
+                min_tissue_fraction=min_tissue,
+            ),
+            mpp=mpp,
+            reader=reader,
+            strategy=strategy,
+            device=device,
+            storage_options=parse_storage_options(storage_option),
+            overwrite=overwrite,
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

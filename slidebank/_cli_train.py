@@ -16,18 +16,36 @@ __all__ = ["register"]
 
 
 def train(
-    config: Annotated[Path, typer.Argument(
-        exists=True, dir_okay=False, help="Training config (.yaml); see training.mil.run_config.")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="Training config (.yaml); see training.mil.run_config.",
+        ),
+    ],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.epochs=5 workers=2.")
     ] = None,
     address: AddressOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON "
-                                                         "(it is in OUT/RUN_ID/summary.json too).")] = False,
-    resume: Annotated[str | None, typer.Option(
-        "--resume", metavar="RUN_ID", help="Continue run RUN_ID in OUT: folds it finished with the "
-                                           "same config are reused, the rest are trained.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch and per-fold progress lines.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the run summary as JSON (it is in OUT/RUN_ID/summary.json too)."
+        ),
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_ID",
+            help="Continue run RUN_ID in OUT: folds it finished with the "
+            "same config are reused, the rest are trained.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No per-epoch and per-fold progress lines.")
+    ] = False,
 ) -> None:
     """Train a slide-level model with k-fold CV on Ray Train.
 
@@ -50,14 +68,19 @@ def train(
         run_config = load_run_config(config, [*(overrides or []), *extra])
         # The run writes attention into the store: a refusal there names the store.
         with fail_on_slidebank_error(run_config.store):
-            summary = run_from_config(run_config, resume=resume,
-                                      progress=None if quiet else lambda line: typer.echo(line, err=True))
+            summary = run_from_config(
+                run_config,
+                resume=resume,
+                progress=None if quiet else lambda line: typer.echo(line, err=True),
+            )
     if as_json:
         shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
         typer.echo(json.dumps(shown, indent=2, default=float))
     else:
         typer.echo("\n".join(summary_lines(summary)))
-    typer.secho(f"run {summary['run_id']}: results in {summary['out']}", fg=typer.colors.GREEN, err=True)
+    typer.secho(
+        f"run {summary['run_id']}: results in {summary['out']}", fg=typer.colors.GREEN, err=True
+    )
 
 
 _SETS = ("val", "test", "external")
@@ -72,7 +95,11 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     folds = len(summary.get("checkpoints") or [])
     how = f"{folds}-fold CV" if config.get("cv", True) and folds > 1 else "one train/val/test split"
     lines = [f"{model} on {labels} ({summary.get('task')}): {how}"]
-    sets = [k for k, v in summary.items() if isinstance(v, Mapping) and ("pooled" in v or "mean_pearson_r" in v)]
+    sets = [
+        k
+        for k, v in summary.items()
+        if isinstance(v, Mapping) and ("pooled" in v or "mean_pearson_r" in v)
+    ]
     for name in sorted(sets, key=lambda k: (_SETS.index(k) if k in _SETS else len(_SETS), k)):
         lines += _set_lines(name, summary[name])
     classes = summary.get("classes")
@@ -87,23 +114,35 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def _set_lines(name: str, result: Mapping[str, Any]) -> list[str]:
     if "mean_pearson_r" in result:
-        return [f"  {name:<9} mean Pearson r {result['mean_pearson_r']:.3f}, "
-                f"{result['genes_q_below_0.05']} genes with q < 0.05"]
+        return [
+            f"  {name:<9} mean Pearson r {result['mean_pearson_r']:.3f}, "
+            f"{result['genes_q_below_0.05']} genes with q < 0.05"
+        ]
     pooled = result.get("pooled") or {}
     n = pooled.get("n", {})
     head = f"  {name} (pooled, n={int(n.get('value', 0))}, {int(n.get('positives', 0))} positive)"
     lines = [head]
     for metric, m in pooled.items():
         if metric != "n":
-            lines.append(f"    {metric:<18} {m['value']:.3f}  (95% CI {m['ci_low']:.3f} to {m['ci_high']:.3f})")
+            lines.append(
+                f"    {metric:<18} {m['value']:.3f}  (95% CI {m['ci_low']:.3f} to {m['ci_high']:.3f})"
+            )
     return lines
 
 
 def evaluate(
-    predictions: Annotated[Path, typer.Argument(
-        exists=True, dir_okay=False, help="predictions.parquet written by `slidebank train`.")],
-    labels: Annotated[list[str], typer.Option("--label", help="Label or gene column (repeatable).")],
-    task: Annotated[Literal["binary", "regression"], typer.Option(help="The task the predictions are for.")] = "binary",
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="predictions.parquet written by `slidebank train`."
+        ),
+    ],
+    labels: Annotated[
+        list[str], typer.Option("--label", help="Label or gene column (repeatable).")
+    ],
+    task: Annotated[
+        Literal["binary", "regression"], typer.Option(help="The task the predictions are for.")
+    ] = "binary",
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and ROC PNGs.")] = Path("."),
     overwrite: OverwriteOpt = False,
 ) -> None:

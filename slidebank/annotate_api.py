@@ -32,15 +32,24 @@ class AnnotateReport:
     rows_without_value: int
 
     def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "changed": list(self.update.changed),
-                "unchanged": len(self.update.unchanged), "unknown": list(self.update.unknown),
-                "rows_rewritten": self.update.rows, "store_version": self.update.version,
-                "ignored_columns": list(self.ignored_columns),
-                "rows_without_value": self.rows_without_value}
+        return {
+            "source": self.source,
+            "changed": list(self.update.changed),
+            "unchanged": len(self.update.unchanged),
+            "unknown": list(self.update.unknown),
+            "rows_rewritten": self.update.rows,
+            "store_version": self.update.version,
+            "ignored_columns": list(self.ignored_columns),
+            "rows_without_value": self.rows_without_value,
+        }
 
 
-def annotate_slides(table: str | pd.DataFrame, store: FeatureStore | str, *,
-                    storage_options: Mapping[str, Any] | None = None) -> AnnotateReport:
+def annotate_slides(
+    table: str | pd.DataFrame,
+    store: FeatureStore | str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> AnnotateReport:
     """Set ``patient_id`` on the store's slides from ``table`` (CSV/TSV/Parquet or a
     DataFrame with ``slide_id`` or an ingest manifest's ``uri``, and ``patient_id``).
 
@@ -55,15 +64,19 @@ def annotate_slides(table: str | pd.DataFrame, store: FeatureStore | str, *,
     ids = _slide_ids(frame, source)
     present = [c for c in METADATA_COLUMNS if c in frame.columns]
     if not present:
-        raise ConfigError(f"{source}: no {' or '.join(METADATA_COLUMNS)} column; "
-                          f"it has {', '.join(map(str, frame.columns))}")
+        raise ConfigError(
+            f"{source}: no {' or '.join(METADATA_COLUMNS)} column; "
+            f"it has {', '.join(map(str, frame.columns))}"
+        )
     values, empty = _values(frame, ids, present, source)
     if isinstance(store, str):
         store = FeatureStore.open(store, storage_options)
     update = store.latest().set_slide_metadata(values)
     if values and len(update.unknown) == len(values):
-        raise SlideNotInStoreError(f"{source}: none of its {len(values)} slides is in the store "
-                                   f"(e.g. {update.unknown[0]!r})")
+        raise SlideNotInStoreError(
+            f"{source}: none of its {len(values)} slides is in the store "
+            f"(e.g. {update.unknown[0]!r})"
+        )
     used = {"slide_id", *_URI_COLUMNS, *present}
     ignored = tuple(str(c) for c in frame.columns if c not in used)
     return AnnotateReport(source, update, ignored, empty)
@@ -87,26 +100,33 @@ def _slide_ids(frame: pd.DataFrame, source: str) -> list[str]:
     if uri is not None:  # an ingest manifest without slide ids: ids as ingest derived them
         return [slide_id_from_uri(str(v).strip()) for v in frame[uri]]
     found = misspelt_column(list(frame.columns), "slide_id")
-    hint = f" (found {found!r}); rename it to slide_id" if found else \
-        f"; it has {', '.join(map(str, frame.columns))}"
+    hint = (
+        f" (found {found!r}); rename it to slide_id"
+        if found
+        else f"; it has {', '.join(map(str, frame.columns))}"
+    )
     raise ConfigError(f"{source}: no slide_id column{hint}")
 
 
-def _values(frame: pd.DataFrame, ids: list[str], columns: list[str],
-            source: str) -> tuple[dict[str, dict[str, str]], int]:
+def _values(
+    frame: pd.DataFrame, ids: list[str], columns: list[str], source: str
+) -> tuple[dict[str, dict[str, str]], int]:
     """slide_id -> {column: value}; blank cells leave the store's value, a slide given
     two different values is an error."""
     import pandas as pd
 
     values: dict[str, dict[str, str]] = {}
     empty = 0
-    for number, (sid, row) in enumerate(zip(ids, frame[columns].to_dict("records"), strict=True), start=2):
+    for number, (sid, row) in enumerate(
+        zip(ids, frame[columns].to_dict("records"), strict=True), start=2
+    ):
         given = {c: str(v).strip() for c, v in row.items() if not pd.isna(v) and str(v).strip()}
         if not sid or not given:
             empty += 1
             continue
         before = values.setdefault(sid, given)
         if before != given:
-            raise ConfigError(f"{source}: row {number} gives slide {sid!r} {given}, an earlier "
-                              f"row {before}")
+            raise ConfigError(
+                f"{source}: row {number} gives slide {sid!r} {given}, an earlier row {before}"
+            )
     return values, empty

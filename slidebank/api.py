@@ -29,8 +29,9 @@ def describe_slide(
     """Open a slide and return its allowlisted metadata; with ``out_dir``, also write its
     thumbnail PNG to ``<out_dir>/<slide_id>/thumbnail.png`` (nothing is written without)."""
     sid = validate_slide_id(slide_id) if slide_id else slide_id_from_uri(uri)
-    with open_slide(uri, storage_options=storage_options, reader=reader, mpp=mpp,
-                    strategy=strategy) as slide:
+    with open_slide(
+        uri, storage_options=storage_options, reader=reader, mpp=mpp, strategy=strategy
+    ) as slide:
         meta = slide.metadata
         thumb, actual = slide.thumbnail(thumbnail_mpp)
     target = Path(out_dir) / sid / "thumbnail.png" if out_dir is not None else None
@@ -40,8 +41,9 @@ def describe_slide(
     report = {"slide_id": sid, **meta.to_dict()}
     report["levels"] = [
         {"level": i, "width": w, "height": h, "downsample": d, "mpp": meta.level_mpp(i)}
-        for i, ((w, h), d) in enumerate(zip(meta.level_dimensions, meta.level_downsamples,
-                                              strict=True))
+        for i, ((w, h), d) in enumerate(
+            zip(meta.level_dimensions, meta.level_downsamples, strict=True)
+        )
     ]
     report["thumbnail"] = str(target) if target is not None else None
     report["thumbnail_mpp"] = actual

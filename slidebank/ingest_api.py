@@ -20,10 +20,17 @@ __all__ = ["DemoReport", "ingest", "run_demo"]
 log = logging.getLogger(__name__)
 
 
-def ingest(source: str, store: str, *, config: IngestConfig | None = None,
-           options: RunOptions | None = None, storage_options: Mapping[str, Any] | None = None,
-           store_options: Mapping[str, Any] | None = None, dashboard: bool = True,
-           force_mpp: bool = False) -> IngestResult:
+def ingest(
+    source: str,
+    store: str,
+    *,
+    config: IngestConfig | None = None,
+    options: RunOptions | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    store_options: Mapping[str, Any] | None = None,
+    dashboard: bool = True,
+    force_mpp: bool = False,
+) -> IngestResult:
     """Ingest every slide named by ``source`` (manifest, glob or prefix) into ``store``.
 
     Bad manifest rows are reported as failed outcomes (``ManifestError``) and the good
@@ -53,8 +60,14 @@ def ingest(source: str, store: str, *, config: IngestConfig | None = None,
         raise ManifestError(f"{source}: no usable rows; " + "; ".join(map(str, listing.rejected)))
     feature_store = FeatureStore.open(store, store_options or storage_options, create=True)
     try:
-        result = run_ingest(listing.sources, feature_store, config, options,
-                            storage_options=storage_options, dashboard=dashboard)
+        result = run_ingest(
+            listing.sources,
+            feature_store,
+            config,
+            options,
+            storage_options=storage_options,
+            dashboard=dashboard,
+        )
     except IngestAborted as exc:
         _add_rejected(exc.partial, source, listing.rejected)
         raise
@@ -66,7 +79,8 @@ def _add_rejected(result: IngestResult, source: str, rejected: Sequence[Any]) ->
 
     result.outcomes.extend(
         SlideOutcome(row.slide_id or row.where, "failed", 0, "ManifestError", f"{source}: {row}")
-        for row in rejected)
+        for row in rejected
+    )
     return result
 
 
@@ -82,9 +96,14 @@ class DemoReport:
     labels: Path | None = None
 
 
-def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 12,
-             extra_slides: Sequence[str | Path] = (), dashboard: bool = False,
-             progress: bool = True) -> DemoReport:
+def run_demo(
+    out: str | Path = "slidebank-demo",
+    *,
+    n_slides: int = 12,
+    extra_slides: Sequence[str | Path] = (),
+    dashboard: bool = False,
+    progress: bool = True,
+) -> DemoReport:
     """Write a small synthetic cohort (two slides per patient, the first half of the
     patients with an immune infiltrate) and its ``labels.csv``, ingest it (plus
     ``extra_slides``, e.g. a real scan) locally, query it, draw a QC overlay."""
@@ -111,8 +130,11 @@ def run_demo(out: str | Path = "slidebank-demo", *, n_slides: int = 12,
     similar, query = None, None
     if tiles is not None and tiles.num_rows:
         pick = int(np.argmax(np.asarray(tiles.column("x"))))  # a deterministic tile to ask about
-        query = (tiles.column("slide_id")[pick].as_py(), int(tiles.column("x")[pick].as_py()),
-                 int(tiles.column("y")[pick].as_py()))
+        query = (
+            tiles.column("slide_id")[pick].as_py(),
+            int(tiles.column("x")[pick].as_py()),
+            int(tiles.column("y")[pick].as_py()),
+        )
         similar = store.search_by_tile(*query, k=5, exclude_same_slide=True)
     overlay = _overlay(sources[0], out)
     labels = write_demo_labels(out / "labels.csv", demo_plan(n_slides)) if n_slides else None
@@ -132,11 +154,21 @@ def _write_cohort(folder: Path, n: int, *, labelled: bool = False) -> list[Any]:
     for i in range(n):
         path = folder / f"synthetic-{i:02d}.svs"
         if not path.exists():
-            write_synthetic_slide(path, SyntheticSlideSpec(
-                width=3072, height=2304, mpp=0.5, seed=100 + i, pen_marks=i % 2 == 0,
-                faint=i == 1, blur=i == 2, downsamples=(1, 4),
-                lymphocyte_fraction=plan[i].infiltrate if plan else 0.0,
-                lymphocyte_background=0.04 if plan else 0.0))
+            write_synthetic_slide(
+                path,
+                SyntheticSlideSpec(
+                    width=3072,
+                    height=2304,
+                    mpp=0.5,
+                    seed=100 + i,
+                    pen_marks=i % 2 == 0,
+                    faint=i == 1,
+                    blur=i == 2,
+                    downsamples=(1, 4),
+                    lymphocyte_fraction=plan[i].infiltrate if plan else 0.0,
+                    lymphocyte_background=0.04 if plan else 0.0,
+                ),
+            )
         # Absolute URIs: the store records them, and a store copied elsewhere (or read
         # from another working directory) must still be able to reopen its slides.
         sources.append(SlideSource(str(path.resolve()), path.stem, patient_id=f"P{i // 2:03d}"))

@@ -31,8 +31,14 @@ from infra.fs_errors import translate_write_errors
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
-__all__ = ["UMAP_MIN_POINTS", "attention_names", "embedding_map", "group_colours", "heatmap",
-           "similarity_gallery"]
+__all__ = [
+    "UMAP_MIN_POINTS",
+    "attention_names",
+    "embedding_map",
+    "group_colours",
+    "heatmap",
+    "similarity_gallery",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +72,9 @@ def _read_tiles(store: FeatureStore, hits: list[dict]) -> list[np.ndarray | str]
             with open_slide(uri) as slide:
                 for i in mine:
                     h = hits[i]
-                    out[i] = slide.read_regions_at_mpp([(int(h["x"]), int(h["y"]))],
-                                                       int(h["tile_size"]), float(h["read_mpp"]))[0]
+                    out[i] = slide.read_regions_at_mpp(
+                        [(int(h["x"]), int(h["y"]))], int(h["tile_size"]), float(h["read_mpp"])
+                    )[0]
         except (OSError, ValueError) as exc:
             for i in mine:
                 out[i] = f"slide not readable:\n{type(exc).__name__}"
@@ -75,9 +82,16 @@ def _read_tiles(store: FeatureStore, hits: list[dict]) -> list[np.ndarray | str]
     return out
 
 
-def similarity_gallery(store: FeatureStore, hits: Any, path: str | Path, *,
-                       query: tuple[str | None, int | None, int | None] | None = None,
-                       metric: str = "L2", max_tiles: int = 12, overwrite: bool = False) -> Path:
+def similarity_gallery(
+    store: FeatureStore,
+    hits: Any,
+    path: str | Path,
+    *,
+    query: tuple[str | None, int | None, int | None] | None = None,
+    metric: str = "L2",
+    max_tiles: int = 12,
+    overwrite: bool = False,
+) -> Path:
     """The query tile (when given) then the hits, nearest first, with slide, x, y and distance."""
     from training.figures import pyplot
 
@@ -86,8 +100,11 @@ def similarity_gallery(store: FeatureStore, hits: Any, path: str | Path, *,
     panels = []
     sid, x, y = query or (None, None, None)
     if sid is not None and x is not None and y is not None:
-        meta = store.tiles(slide_ids=[sid], columns=["x", "y", "tile_size", "read_mpp"],
-                           where=f"x = {int(x)} AND y = {int(y)}").to_pylist()
+        meta = store.tiles(
+            slide_ids=[sid],
+            columns=["x", "y", "tile_size", "read_mpp"],
+            where=f"x = {int(x)} AND y = {int(y)}",
+        ).to_pylist()
         if meta:
             panels.append(({"slide_id": sid, **meta[0]}, "query"))
     panels += [(r, f"d = {r['distance']:.3g}") for r in rows]
@@ -106,8 +123,9 @@ def similarity_gallery(store: FeatureStore, hits: Any, path: str | Path, *,
         else:
             ax.imshow(image)
         colour = "tab:red" if caption == "query" else "black"
-        ax.set_title(f"{row['slide_id']}\n({row['x']}, {row['y']})  {caption}", fontsize=7,
-                     color=colour)
+        ax.set_title(
+            f"{row['slide_id']}\n({row['x']}, {row['y']})  {caption}", fontsize=7, color=colour
+        )
         if caption == "query":
             ax.axis("on")
             ax.set_xticks([])
@@ -117,8 +135,10 @@ def similarity_gallery(store: FeatureStore, hits: Any, path: str | Path, *,
                 spine.set_color("tab:red")
                 spine.set_linewidth(3)
     words = {"L2": "squared L2", "cosine": "cosine (1 − cos)", "dot": "−dot product"}
-    fig.suptitle(f"query tile and its {len(rows)} nearest tiles, distance: {words.get(metric, metric)}",
-                 fontsize=9)
+    fig.suptitle(
+        f"query tile and its {len(rows)} nearest tiles, distance: {words.get(metric, metric)}",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
@@ -130,18 +150,30 @@ def attention_names(store: FeatureStore) -> list[str]:
 def _attention_values(store: FeatureStore, slide_id: str, name: str) -> pd.DataFrame:
     names = attention_names(store)
     if name not in names:
-        raise ConfigError(f"no attention run {name!r} in the store; it has "
-                          f"{', '.join(names) or 'none (train with attention: true)'}")
-    table = store.derived("attention", name, slide_ids=[slide_id],
-                          columns=["x", "y", "attention"]).to_pandas()
+        raise ConfigError(
+            f"no attention run {name!r} in the store; it has "
+            f"{', '.join(names) or 'none (train with attention: true)'}"
+        )
+    table = store.derived(
+        "attention", name, slide_ids=[slide_id], columns=["x", "y", "attention"]
+    ).to_pandas()
     if table.empty:
         raise ConfigError(f"attention run {name!r} has no values for slide {slide_id!r}")
     return table.rename(columns={"attention": "value"})
 
 
-def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: str | None = None,
-            values: pd.DataFrame | None = None, column: str | None = None,
-            cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = False) -> Path:
+def heatmap(
+    store: FeatureStore,
+    slide_id: str,
+    path: str | Path,
+    *,
+    attention: str | None = None,
+    values: pd.DataFrame | None = None,
+    column: str | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    overwrite: bool = False,
+) -> Path:
     """Per-tile values over the slide thumbnail: axes in mm, a colour bar and a title that
     state the range (a near-uniform range, max/min < 1.1, is drawn on a fixed scale and
     called so, never stretched over the colour map), and a scale bar.
@@ -152,8 +184,10 @@ def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: 
     store.bag(slide_id)  # an unknown slide id is an error naming what exists
     if values is not None:
         if column is None or column not in values.columns:
-            raise ConfigError(f"--column must name a values column; they are "
-                              f"{', '.join(map(str, values.columns))}")
+            raise ConfigError(
+                f"--column must name a values column; they are "
+                f"{', '.join(map(str, values.columns))}"
+            )
         frame = values[values["slide_id"] == slide_id] if "slide_id" in values.columns else values
         frame = frame.rename(columns={column: "value"})[["x", "y", "value"]]
         what = column
@@ -163,8 +197,10 @@ def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: 
         names = attention_names(store)
         if attention is None:
             if len(names) != 1:
-                raise ConfigError(f"pass an attention run name ({', '.join(names) or 'none in the store'})"
-                                  " or a per-tile values table")
+                raise ConfigError(
+                    f"pass an attention run name ({', '.join(names) or 'none in the store'})"
+                    " or a per-tile values table"
+                )
             attention = names[0]
         frame = _attention_values(store, slide_id, attention)
         what = f"attention ({attention})"
@@ -172,7 +208,9 @@ def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: 
     info = _slide_rows(store, [slide_id], ["mpp", "level_dimensions"])[slide_id]
     mpp = float(info["mpp"])
     width0, height0 = info["level_dimensions"][0]
-    tiles = store.tiles(slide_ids=[slide_id], columns=["tile_size", "read_mpp"]).slice(0, 1).to_pylist()
+    tiles = (
+        store.tiles(slide_ids=[slide_id], columns=["tile_size", "read_mpp"]).slice(0, 1).to_pylist()
+    )
     extent0 = tiles[0]["tile_size"] * tiles[0]["read_mpp"] / mpp  # tile side in level-0 px
     thumb = np.asarray(store.arrays(slide_id).read_image("thumbnail"))
     from features.store.arrays import grid_from_coords
@@ -183,16 +221,35 @@ def heatmap(store: FeatureStore, slide_id: str, path: str | Path, *, attention: 
     grid = np.full(shape, np.nan, np.float32)
     grid[rows, cols] = frame["value"].to_numpy(dtype=np.float32)
     with translate_write_errors(path):
-        return draw_tile_map(thumb, grid, path, level0_size=(width0, height0), mpp=mpp,
-                             origin=origin, stride=stride, title=f"{slide_id}: {what}",
-                             label=what, cmap=cmap, alpha=alpha)
+        return draw_tile_map(
+            thumb,
+            grid,
+            path,
+            level0_size=(width0, height0),
+            mpp=mpp,
+            origin=origin,
+            stride=stride,
+            title=f"{slide_id}: {what}",
+            label=what,
+            cmap=cmap,
+            alpha=alpha,
+        )
 
 
-def embedding_map(store: FeatureStore, path: str | Path, *, level: str = "slide",
-                  labels: Any = None, color: str | None = None, encoder: str | None = None,
-                  max_tiles: int = 20_000, seed: int = 0, method: str = "auto",
-                  storage_options: Mapping[str, Any] | None = None,
-                  overwrite: bool = False) -> Path:
+def embedding_map(
+    store: FeatureStore,
+    path: str | Path,
+    *,
+    level: str = "slide",
+    labels: Any = None,
+    color: str | None = None,
+    encoder: str | None = None,
+    max_tiles: int = 20_000,
+    seed: int = 0,
+    method: str = "auto",
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """A 2-d map of slide (mean-pooled) or tile embeddings, coloured by ``color`` (a column
     of ``labels``, joined on slide_id or patient_id) or else by slide.
 
@@ -210,8 +267,14 @@ def embedding_map(store: FeatureStore, path: str | Path, *, level: str = "slide"
     if labels is not None:
         from training.cohorts.labels import join_labels, read_labels
 
-        table_l = labels if isinstance(labels, pd.DataFrame) else read_labels(str(labels), storage_options)
-        slides = store.slide_embeddings(encoder=encoder).select(["slide_id", "patient_id"]).to_pandas()
+        table_l = (
+            labels
+            if isinstance(labels, pd.DataFrame)
+            else read_labels(str(labels), storage_options)
+        )
+        slides = (
+            store.slide_embeddings(encoder=encoder).select(["slide_id", "patient_id"]).to_pandas()
+        )
         joined = join_labels(table_l, slides, label_columns=[color] if color else None).table
         colour_by = color or joined.columns[-1]
         frame = frame.merge(joined[["slide_id", colour_by]], on="slide_id", how="left")
@@ -229,15 +292,17 @@ def _pick_method(method: str, n: int) -> str:
 
     installed = importlib.util.find_spec("umap") is not None
     if method == "umap" and not installed:
-        raise ConfigError("method 'umap' needs umap-learn (pip install umap-learn); "
-                          "or pass method 'pca'")
+        raise ConfigError(
+            "method 'umap' needs umap-learn (pip install umap-learn); or pass method 'pca'"
+        )
     if method == "auto":
         return "umap" if installed and n >= UMAP_MIN_POINTS else "pca"
     return method
 
 
-def _embedding_points(store: FeatureStore, level: str, encoder: str | None, max_tiles: int,
-                      seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def _embedding_points(
+    store: FeatureStore, level: str, encoder: str | None, max_tiles: int, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
     from features.store.schema import embeddings_to_numpy
     from features.store.slide_embeddings import to_numpy
 
@@ -263,8 +328,10 @@ def _project(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, tuple[s
         xy = centred @ vt[:2].T
         if xy.shape[1] < 2:  # one-dimensional embeddings: a flat second axis
             xy = np.c_[xy, np.zeros(len(xy))]
-        names = tuple(f"PC {i + 1} ({share[i]:.0%} of variance)" if i < len(share) else f"PC {i + 1}"
-                      for i in range(2))
+        names = tuple(
+            f"PC {i + 1} ({share[i]:.0%} of variance)" if i < len(share) else f"PC {i + 1}"
+            for i in range(2)
+        )
         return xy, (names[0], names[1])
     import warnings
 
@@ -292,8 +359,16 @@ def group_colours(n: int) -> tuple[list[Any], bool]:
     return [plt.get_cmap("turbo")(v) for v in np.linspace(0.05, 0.95, n)], False
 
 
-def _draw_map(store: FeatureStore, path: Path, frame: pd.DataFrame, xy: np.ndarray,
-              axes_names: tuple[str, str], colour_by: str, level: str, encoder: str | None) -> Path:
+def _draw_map(
+    store: FeatureStore,
+    path: Path,
+    frame: pd.DataFrame,
+    xy: np.ndarray,
+    axes_names: tuple[str, str],
+    colour_by: str,
+    level: str,
+    encoder: str | None,
+) -> Path:
     from training.figures import pyplot
 
     plt = pyplot()
@@ -302,7 +377,9 @@ def _draw_map(store: FeatureStore, path: Path, frame: pd.DataFrame, xy: np.ndarr
     numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 10
     note = ""
     if numeric:
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=14 if level == "slide" else 3, cmap="viridis")
+        sc = ax.scatter(
+            xy[:, 0], xy[:, 1], c=values, s=14 if level == "slide" else 3, cmap="viridis"
+        )
         fig.colorbar(sc, ax=ax, label=colour_by)
     else:
         groups = values.astype("string").fillna("(no label)")
@@ -310,15 +387,28 @@ def _draw_map(store: FeatureStore, path: Path, frame: pd.DataFrame, xy: np.ndarr
         colours, legend = group_colours(len(names))
         for name, colour in zip(names, colours, strict=True):
             hit = (groups == name).to_numpy()
-            ax.scatter(xy[hit, 0], xy[hit, 1], s=24 if level == "slide" else 3, label=str(name),
-                       color=colour)
+            ax.scatter(
+                xy[hit, 0],
+                xy[hit, 1],
+                s=24 if level == "slide" else 3,
+                label=str(name),
+                color=colour,
+            )
         if legend:
-            ax.legend(title=colour_by, fontsize=7, markerscale=2 if level == "tile" else 1,
-                      loc="best", ncol=1 if len(names) <= 12 else 2)
+            ax.legend(
+                title=colour_by,
+                fontsize=7,
+                markerscale=2 if level == "tile" else 1,
+                loc="best",
+                ncol=1 if len(names) <= 12 else 2,
+            )
         else:
             note = f"\none colour per {colour_by} ({len(names)}, continuous map; no legend)"
     ax.set(xlabel=axes_names[0], ylabel=axes_names[1])
     kind = axes_names[0].split()[0].replace("PC", "PCA")
-    ax.set_title(f"{kind} of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
-                 f"coloured by {colour_by}{note}", fontsize=9)
+    ax.set_title(
+        f"{kind} of {len(frame)} {level} embeddings ({store._encoder(encoder)}), "
+        f"coloured by {colour_by}{note}",
+        fontsize=9,
+    )
     return _save(fig, path)

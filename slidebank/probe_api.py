@@ -20,20 +20,38 @@ if TYPE_CHECKING:
 __all__ = ["open_store", "probe"]
 
 
-def open_store(uri: str, storage_options: Mapping[str, Any] | None = None, *,
-               create: bool = False, version: int | str | None = None) -> Any:
+def open_store(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    create: bool = False,
+    version: int | str | None = None,
+) -> Any:
     """A :class:`~features.store.FeatureStore`; a missing one is an error unless ``create``."""
     from features.store import FeatureStore
 
     return FeatureStore.open(uri, storage_options, create=create, version=version)
 
 
-def probe(store: FeatureStore | str, labels: Any, *, label: str | Sequence[str] | None = None,
-          model: str = "logistic", task: str = "auto",
-          pooling: str = "mean", folds: int = 5, seed: int = 0, n_boot: int = 1000,
-          k: int = 15, encoder: str | None = None, out_dir: str | Path | None = None,
-          storage_options: Mapping[str, Any] | None = None, positive: str | None = None,
-          aggregate: str = "slide", labels_all: bool = False) -> Any:
+def probe(
+    store: FeatureStore | str,
+    labels: Any,
+    *,
+    label: str | Sequence[str] | None = None,
+    model: str = "logistic",
+    task: str = "auto",
+    pooling: str = "mean",
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    k: int = 15,
+    encoder: str | None = None,
+    out_dir: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    positive: str | None = None,
+    aggregate: str = "slide",
+    labels_all: bool = False,
+) -> Any:
     """Linear / logistic / kNN probe of ``label`` (a column of the ``labels`` table,
     keyed by slide_id or patient_id) on pooled slide embeddings, patient-level CV.
 
@@ -60,12 +78,28 @@ def probe(store: FeatureStore | str, labels: Any, *, label: str | Sequence[str] 
     if isinstance(store, str | Path):
         store = open_store(str(store), storage_options)
     single = isinstance(label, str) and not is_pattern(label) and not labels_all
-    config = ProbeConfig(label=label if isinstance(label, str) and single else "",
-                         model=model, task=task, pooling=pooling,
-                         folds=folds, seed=seed, n_boot=n_boot, k=k, encoder=encoder,
-                         positive=positive, aggregate=aggregate)
+    config = ProbeConfig(
+        label=label if isinstance(label, str) and single else "",
+        model=model,
+        task=task,
+        pooling=pooling,
+        folds=folds,
+        seed=seed,
+        n_boot=n_boot,
+        k=k,
+        encoder=encoder,
+        positive=positive,
+        aggregate=aggregate,
+    )
     if single:
         return run_probe(store, labels, config, out_dir=out_dir, storage_options=storage_options)
     patterns = [label] if isinstance(label, str) else list(label or [])
-    return run_probe_labels(store, labels, config, patterns, all_labels=labels_all,
-                            out_dir=out_dir, storage_options=storage_options)
+    return run_probe_labels(
+        store,
+        labels,
+        config,
+        patterns,
+        all_labels=labels_all,
+        out_dir=out_dir,
+        storage_options=storage_options,
+    )

@@ -40,8 +40,14 @@ def _write(job: tuple[str, Any, bool, int]) -> tuple[str, Any]:
     return path, write_nested_slide(path, spec, inflamed=inflamed, seed=seed)
 
 
-def write_real_s1_slides(folder: str | os.PathLike, n_slides: int, *, spec: Any = None, seed: int = 0,
-                         processes: int | None = None) -> list[dict[str, Any]]:
+def write_real_s1_slides(
+    folder: str | os.PathLike,
+    n_slides: int,
+    *,
+    spec: Any = None,
+    seed: int = 0,
+    processes: int | None = None,
+) -> list[dict[str, Any]]:
     """Write ``n_slides`` (even) slides, alternating excluded (label 0) and inflamed (1)."""
     from ingest.synthetic.nests import NestedSlideSpec
 
@@ -50,19 +56,39 @@ def write_real_s1_slides(folder: str | os.PathLike, n_slides: int, *, spec: Any 
     spec = spec or NestedSlideSpec()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(folder / f"{PREFIX}-{i:04d}.tif"), spec, bool(i % 2), seed * 100_000 + i) for i in range(n_slides)]
+    jobs = [
+        (str(folder / f"{PREFIX}-{i:04d}.tif"), spec, bool(i % 2), seed * 100_000 + i)
+        for i in range(n_slides)
+    ]
     workers = max(1, min(processes or os.cpu_count() or 1, n_slides))
     if workers == 1:
         done = [_write(job) for job in jobs]
     else:  # spawn, not fork: the caller may hold Ray or PyTorch threads
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             done = list(pool.map(_write, jobs))
-    return [{"slide_id": Path(path).stem, "path": path, "label": int(job[2]), "seed": job[3], "layout": layout,
-             "spec": spec} for job, (path, layout) in zip(jobs, done, strict=True)]
+    return [
+        {
+            "slide_id": Path(path).stem,
+            "path": path,
+            "label": int(job[2]),
+            "seed": job[3],
+            "layout": layout,
+            "spec": spec,
+        }
+        for job, (path, layout) in zip(jobs, done, strict=True)
+    ]
 
 
-def make_real_s1_cohort(root: str | os.PathLike, n_slides: int = 40, *, n_folds: int = 5, seed: int = 0,
-                        spec: Any = None, processes: int | None = None, ingest_options: Any = None) -> Any:
+def make_real_s1_cohort(
+    root: str | os.PathLike,
+    n_slides: int = 40,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    spec: Any = None,
+    processes: int | None = None,
+    ingest_options: Any = None,
+) -> Any:
     """Write, ingest and label the cohort under ``root`` (slides in ``root/slides``, store in
     ``root/store``); returns a ``SpatialCohort`` named ``real_S1`` (binary task ``label``)."""
     from features.store import FeatureStore
@@ -75,19 +101,28 @@ def make_real_s1_cohort(root: str | os.PathLike, n_slides: int = 40, *, n_folds:
     if n_slides < 2 * n_folds:
         raise ConfigError(f"n_slides must be >= 2·n_folds, got {n_slides}")
     root = Path(root)
-    slides = write_real_s1_slides(root / "slides", n_slides, spec=spec, seed=seed, processes=processes)
+    slides = write_real_s1_slides(
+        root / "slides", n_slides, spec=spec, seed=seed, processes=processes
+    )
     store = FeatureStore.open(str(root / "store"), None, create=True)
     config = IngestConfig()
-    sources = [SlideSource(s["path"], s["slide_id"], patient_id=f"P{s['slide_id']}") for s in slides]
-    result = run_ingest(sources, store, config, ingest_options or RunOptions(progress=False), dashboard=False)
+    sources = [
+        SlideSource(s["path"], s["slide_id"], patient_id=f"P{s['slide_id']}") for s in slides
+    ]
+    result = run_ingest(
+        sources, store, config, ingest_options or RunOptions(progress=False), dashboard=False
+    )
     if result.failed:
         first = result.failed[0]
-        raise ConfigError(f"{len(result.failed)} real_S1 slides failed to ingest, e.g. {first.slide_id}: "
-                          f"{first.error_type} {first.error_message}")
+        raise ConfigError(
+            f"{len(result.failed)} real_S1 slides failed to ingest, e.g. {first.slide_id}: "
+            f"{first.error_type} {first.error_message}"
+        )
     store = store.latest()
     encoder = config.encoder_id
-    frame = store.tiles(encoder=encoder, slide_ids=[s["slide_id"] for s in slides],
-                        columns=["slide_id", "x", "y"]).to_pandas()
+    frame = store.tiles(
+        encoder=encoder, slide_ids=[s["slide_id"] for s in slides], columns=["slide_id", "x", "y"]
+    ).to_pandas()
     size = config.tiling.tile_size  # at 0.5 µm/px, the slides' own resolution
     types, coords = {}, {}
     by_id = {s["slide_id"]: s for s in slides}
@@ -96,7 +131,16 @@ def make_real_s1_cohort(root: str | os.PathLike, n_slides: int = 40, *, n_folds:
         xy = part[["x", "y"]].to_numpy(np.int64)
         coords[str(slide_id)] = xy
         types[str(slide_id)] = tile_types(s["spec"], s["layout"], s["seed"], xy, size)
-    table = pd.DataFrame([{"slide_id": s["slide_id"], "patient_id": f"P{s['slide_id']}", "label": s["label"],
-                           "fold": (i // 2) % n_folds} for i, s in enumerate(slides)])
+    table = pd.DataFrame(
+        [
+            {
+                "slide_id": s["slide_id"],
+                "patient_id": f"P{s['slide_id']}",
+                "label": s["label"],
+                "fold": (i // 2) % n_folds,
+            }
+            for i, s in enumerate(slides)
+        ]
+    )
     log.info("real_S1: %d slides, %d tiles ingested", len(slides), len(frame))
     return SpatialCohort("real_S1", store.uri, encoder, table, types, coords, "binary", ["label"])

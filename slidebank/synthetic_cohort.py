@@ -91,8 +91,12 @@ class CohortSpec:
         at_least("CohortSpec.n_patients", self.n_patients, 4)
         fraction("CohortSpec.inflamed_share", self.inflamed_share, open_low=True, open_high=True)
         lo, hi = self.fraction_range
-        require(0.0 < lo <= hi < 1.0, "CohortSpec.fraction_range",
-                "(low, high) with 0 < low <= high < 1", self.fraction_range)
+        require(
+            0.0 < lo <= hi < 1.0,
+            "CohortSpec.fraction_range",
+            "(low, high) with 0 < low <= high < 1",
+            self.fraction_range,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,17 @@ def write_cohort_slides(folder: str | Path, spec: CohortSpec) -> list[CohortSlid
             slide_id = f"{patient}-{'AB'[k]}"
             suffix = ".svs" if spec.style == "svs" else ".tif"
             slide_spec = SyntheticSlideSpec(
-                width=spec.width, height=spec.height, mpp=spec.mpp, style=spec.style,  # type: ignore[arg-type]
-                seed=spec.seed * 10_000 + p * 10 + k, n_blobs=spec.n_blobs, downsamples=(1, 4),
-                jpeg_quality=spec.jpeg_quality, lymphocyte_fraction=fraction,
-                lymphocyte_background=spec.lymphocyte_background)
+                width=spec.width,
+                height=spec.height,
+                mpp=spec.mpp,
+                style=spec.style,  # type: ignore[arg-type]
+                seed=spec.seed * 10_000 + p * 10 + k,
+                n_blobs=spec.n_blobs,
+                downsamples=(1, 4),
+                jpeg_quality=spec.jpeg_quality,
+                lymphocyte_fraction=fraction,
+                lymphocyte_background=spec.lymphocyte_background,
+            )
             truth = write_synthetic_slide(folder / f"{slide_id}{suffix}", slide_spec)
             out.append(CohortSlide(slide_id, patient, bool(inflamed[p]), truth))
     return out
@@ -167,12 +178,19 @@ def ingest_cohort_slides(
     from ingest.pipeline.sources import SlideSource
 
     sources = [SlideSource(str(s.truth.path), s.slide_id, patient_id=s.patient_id) for s in slides]
-    result = run_ingest(sources, store, config or IngestConfig(), options or RunOptions(progress=False),
-                        dashboard=False)
+    result = run_ingest(
+        sources,
+        store,
+        config or IngestConfig(),
+        options or RunOptions(progress=False),
+        dashboard=False,
+    )
     if result.failed:
         first = result.failed[0]
-        raise ConfigError(f"{len(result.failed)} cohort slides failed to ingest, e.g. "
-                          f"{first.slide_id}: {first.error_type} {first.error_message}")
+        raise ConfigError(
+            f"{len(result.failed)} cohort slides failed to ingest, e.g. "
+            f"{first.slide_id}: {first.error_type} {first.error_message}"
+        )
     return result
 
 
@@ -201,8 +219,14 @@ def demo_plan(n_slides: int) -> list[DemoSlide]:
     for i in range(n_slides):
         p = i // 2
         high = p < n_patients // 2 or n_patients == 1
-        out.append(DemoSlide(f"synthetic-{i:02d}", f"P{p:03d}", "High" if high else "Low",
-                             round(float(fractions[p]), 3) if high else 0.0))
+        out.append(
+            DemoSlide(
+                f"synthetic-{i:02d}",
+                f"P{p:03d}",
+                "High" if high else "Low",
+                round(float(fractions[p]), 3) if high else 0.0,
+            )
+        )
     return out
 
 
@@ -211,8 +235,17 @@ def write_demo_labels(path: str | Path, slides: Sequence[DemoSlide]) -> Path:
     ``immune`` (High / Low) and the continuous ``infiltrate`` share."""
     from infra.files import atomic_write
 
-    frame = pd.DataFrame([{"slide_id": s.slide_id, "patient_id": s.patient_id, DEMO_LABEL: s.immune,
-                           "infiltrate": s.infiltrate} for s in slides])
+    frame = pd.DataFrame(
+        [
+            {
+                "slide_id": s.slide_id,
+                "patient_id": s.patient_id,
+                DEMO_LABEL: s.immune,
+                "infiltrate": s.infiltrate,
+            }
+            for s in slides
+        ]
+    )
     with atomic_write(path, "w") as handle:
         frame.to_csv(handle, index=False)
     return Path(path)
@@ -244,28 +277,48 @@ def label_cohort(
     from training.omics.synthetic import expression_tracking
 
     expression = expression_tracking(
-        _patient_fractions(slides), signature=SIGNATURE, slope=spec.slope, noise=spec.noise,
-        n_background=spec.n_background, shift=spec.shift, seed=spec.seed)
+        _patient_fractions(slides),
+        signature=SIGNATURE,
+        slope=spec.slope,
+        noise=spec.noise,
+        n_background=spec.n_background,
+        shift=spec.shift,
+        seed=spec.seed,
+    )
     expr_path, mapping_path = expression.write(omics_folder, f"{spec.prefix.lower()}_expression")
     config = CohortConfig(
         signatures=(SIGNATURE,),
         expression=ExpressionConfig(units="tpm", orientation="genes_x_samples"),
         labels=LabelConfig(method="quantile", high_quantile=1.0 - spec.inflamed_share),
-        splits=SplitConfig(n_splits=spec.n_folds, seed=spec.seed, val_fraction=spec.val_fraction,
-                           test_fraction=spec.test_fraction),
+        splits=SplitConfig(
+            n_splits=spec.n_folds,
+            seed=spec.seed,
+            val_fraction=spec.val_fraction,
+            test_fraction=spec.test_fraction,
+        ),
         name=spec.name,
     )
     if discovery is None:
         build = build_cohort(config, str(expr_path), store, mapping=str(mapping_path))
     else:
-        build = build_external(config, str(expr_path), store, mapping=str(mapping_path),
-                               discovery=discovery.build.cohort, name=spec.name)
+        build = build_external(
+            config,
+            str(expr_path),
+            store,
+            mapping=str(mapping_path),
+            discovery=discovery.build.cohort,
+            name=spec.name,
+        )
     genes = [*expression.tracking_genes, *expression.background_genes]
     targets = regression_targets(build.patients, genes=genes)
     table = build.cohort.table.merge(targets, left_on="patient_id", right_index=True, how="left")
     mine = {s.slide_id: s for s in slides}
     cohort = IngestedCohort(
-        store_uri=store.uri, encoder=encoder, table=table, build=build, slides=mine,
+        store_uri=store.uri,
+        encoder=encoder,
+        table=table,
+        build=build,
+        slides=mine,
         tracking_targets=[f"expr_{g}" for g in expression.tracking_genes],
         background_targets=[f"expr_{g}" for g in expression.background_genes],
     )
@@ -278,8 +331,9 @@ def _tile_truth(cohort: IngestedCohort, store: FeatureStore, encoder: str) -> No
     from ingest.pipeline.config import IngestConfig
 
     tiling = IngestConfig().tiling
-    table = store.latest().tiles(encoder=encoder, slide_ids=list(cohort.slides),
-                                 columns=["slide_id", "x", "y"])
+    table = store.latest().tiles(
+        encoder=encoder, slide_ids=list(cohort.slides), columns=["slide_id", "x", "y"]
+    )
     frame = table.to_pandas()
     for slide_id, part in frame.groupby("slide_id"):
         truth = cohort.slides[str(slide_id)].truth
@@ -288,7 +342,8 @@ def _tile_truth(cohort: IngestedCohort, store: FeatureStore, encoder: str) -> No
         coords = part[["x", "y"]].to_numpy(dtype=np.int64)
         cohort.tile_coords[str(slide_id)] = coords
         cohort.tile_coverage[str(slide_id)] = np.array(
-            [truth.lymphocyte_coverage(int(x), int(y), size) for x, y in coords])
+            [truth.lymphocyte_coverage(int(x), int(y), size) for x, y in coords]
+        )
 
 
 def make_ingested_cohort(
@@ -312,7 +367,9 @@ def make_ingested_cohort(
         if external.prefix == spec.prefix:
             raise ConfigError("the external cohort needs its own prefix (patient ids must differ)")
         ext_spec = external if external.name != spec.name else replace(external, name="external")
-    ext_slides = write_cohort_slides(root / "slides" / ext_spec.prefix, ext_spec) if ext_spec else []
+    ext_slides = (
+        write_cohort_slides(root / "slides" / ext_spec.prefix, ext_spec) if ext_spec else []
+    )
     store = FeatureStore.open(store_uri or str(root / "store"), storage_options, create=True)
     ingest_cohort_slides([*slides, *ext_slides], store, options=options)
     store = store.latest()

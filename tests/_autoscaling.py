@@ -32,25 +32,40 @@ from tests._multinode import _free_port, with_startup_retries
 __all__ = ["autoscaling_cluster", "fake_autoscaling_config"]
 
 
-def fake_autoscaling_config(head: dict[str, float], worker_types: dict[str, Any],
-                            gcs_address: str) -> dict[str, Any]:
+def fake_autoscaling_config(
+    head: dict[str, float], worker_types: dict[str, Any], gcs_address: str
+) -> dict[str, Any]:
     """The fake provider's cluster config (the fields of Ray's ``example.yaml``)."""
-    types = {**worker_types, "ray.head.default": {"resources": head, "node_config": {}, "max_workers": 0}}
+    types = {
+        **worker_types,
+        "ray.head.default": {"resources": head, "node_config": {}, "max_workers": 0},
+    }
     return {
         "cluster_name": "fake-autoscaling",
         "max_workers": sum(int(t.get("max_workers", 0)) for t in worker_types.values()),
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": 5,
         # gcs_address: the provider's default is port 6379, which another Ray may hold.
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
         "auth": {"ssh_user": "ubuntu"},
         "docker": {},
         "head_node_type": "ray.head.default",
         "available_node_types": types,
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
     }
 
 
@@ -68,7 +83,9 @@ def autoscaling_cluster(tmp: Path, head_cpus: int, worker_types: dict[str, Any])
     port = _free_port()
     address = f"{ray._private.services.get_node_ip_address()}:{port}"
     config = tmp / "autoscaling.json"
-    config.write_text(json.dumps(fake_autoscaling_config({"CPU": head_cpus, "GPU": 0}, worker_types, address)))
+    config.write_text(
+        json.dumps(fake_autoscaling_config({"CPU": head_cpus, "GPU": 0}, worker_types, address))
+    )
     saved = {k: os.environ.get(k) for k in ("RAY_FAKE_CLUSTER", "AUTOSCALER_UPDATE_INTERVAL_S")}
     # The monitor inherits these: the fake provider refuses to run without the first; the
     # second makes the autoscaler look at demand every second instead of every 5 s.
@@ -76,9 +93,15 @@ def autoscaling_cluster(tmp: Path, head_cpus: int, worker_types: dict[str, Any])
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     cluster = Cluster()
     try:
-        with_startup_retries(lambda: cluster.add_node(
-            num_cpus=head_cpus, num_gpus=0, gcs_server_port=port, autoscaling_config=str(config),
-            include_dashboard=False))
+        with_startup_retries(
+            lambda: cluster.add_node(
+                num_cpus=head_cpus,
+                num_gpus=0,
+                gcs_server_port=port,
+                autoscaling_config=str(config),
+                include_dashboard=False,
+            )
+        )
         yield cluster.address
     finally:
         started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

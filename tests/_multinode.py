@@ -76,8 +76,9 @@ class MultiNodeCluster:
         tmp = self.scratch_root / name
         tmp.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        node = self.cluster.add_node(num_cpus=num_cpus, env_vars={"SLIDEBANK_SCRATCH": str(tmp)},
-                                     metrics_export_port=port)
+        node = self.cluster.add_node(
+            num_cpus=num_cpus, env_vars={"SLIDEBANK_SCRATCH": str(tmp)}, metrics_export_port=port
+        )
         self.cluster.wait_for_nodes()
         self.workers[node.node_id] = node
         self.scratch[node.node_id] = tmp
@@ -122,9 +123,14 @@ def multinode_cluster(scratch_root: Path, n_workers: int = 2) -> Iterator[MultiN
     handle = MultiNodeCluster(cluster, scratch_root)
     handle.metrics_ports["head"] = head_port
     try:
-        with_startup_retries(lambda: cluster.add_node(
-            num_cpus=0, include_dashboard=False, _system_config=_SYSTEM_CONFIG,
-            metrics_export_port=head_port))
+        with_startup_retries(
+            lambda: cluster.add_node(
+                num_cpus=0,
+                include_dashboard=False,
+                _system_config=_SYSTEM_CONFIG,
+                metrics_export_port=head_port,
+            )
+        )
         for i in range(n_workers):
             with_startup_retries(lambda i=i: handle.add_worker(f"worker-{i}"))
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)

@@ -78,8 +78,9 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthetic_svs(synthetic_dir: Path):
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    spec = SyntheticSlideSpec(width=2304, height=1792, mpp=0.5, style="svs", seed=11,
-                              downsamples=(1, 4), pen_marks=True)
+    spec = SyntheticSlideSpec(
+        width=2304, height=1792, mpp=0.5, style="svs", seed=11, downsamples=(1, 4), pen_marks=True
+    )
     return write_synthetic_slide(synthetic_dir / "synthetic.svs", spec)
 
 
@@ -88,8 +89,9 @@ def synthetic_tiff(synthetic_dir: Path):
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
     # 1502 rows: level 2 has a non-integer downsample (1502 / 375), as real scans do.
-    spec = SyntheticSlideSpec(width=2000, height=1502, mpp=0.25, style="tiff", seed=12,
-                              downsamples=(1, 2, 4))
+    spec = SyntheticSlideSpec(
+        width=2000, height=1502, mpp=0.25, style="tiff", seed=12, downsamples=(1, 2, 4)
+    )
     return write_synthetic_slide(synthetic_dir / "synthetic.tif", spec)
 
 
@@ -111,8 +113,9 @@ def _start_ray(attempts: int = 3) -> bool:
         except Exception:  # Ray raises a bare Exception for a start-up timeout
             if attempt == attempts:
                 raise
-            logging.getLogger(__name__).warning("Ray did not start (attempt %d of %d)",
-                                                attempt, attempts, exc_info=True)
+            logging.getLogger(__name__).warning(
+                "Ray did not start (attempt %d of %d)", attempt, attempts, exc_info=True
+            )
             ray.shutdown()
     raise AssertionError("unreachable")
 

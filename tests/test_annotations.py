@@ -26,22 +26,27 @@ from features.annotations.geojson import read_geojson, to_geojson
 from features.annotations.masks import mask_geometries
 from tests._support.annotations import SIDE, STEP, annotated_store
 
-HOLED = Polygon([(100, 100), (900, 100), (900, 700), (100, 700)],
-                [[(300, 300), (500, 300), (500, 500), (300, 500)]])
+HOLED = Polygon(
+    [(100, 100), (900, 100), (900, 700), (100, 700)],
+    [[(300, 300), (500, 300), (500, 500), (300, 500)]],
+)
 # Two parts, one with a hole, one running along the slide's right and bottom edges.
-MULTI = MultiPolygon([
-    Polygon([(1000.5, 200.25), (1700, 260), (1650, 900), (1100, 800)],
-            [[(1200, 400), (1400, 420), (1300, 600)]]),
-    Polygon([(1800, 1700), (SIDE, 1650), (SIDE, SIDE), (1750, SIDE)]),
-])
+MULTI = MultiPolygon(
+    [
+        Polygon(
+            [(1000.5, 200.25), (1700, 260), (1650, 900), (1100, 800)],
+            [[(1200, 400), (1400, 420), (1300, 600)]],
+        ),
+        Polygon([(1800, 1700), (SIDE, 1650), (SIDE, SIDE), (1750, SIDE)]),
+    ]
+)
 
 
 def _feature(geometry, klass, color=None, name=None):
     props = {"classification": {"name": klass, **({"color": color} if color else {})}}
     if name:
         props["name"] = name
-    return {"type": "Feature", "geometry": shapely.geometry.mapping(geometry),
-            "properties": props}
+    return {"type": "Feature", "geometry": shapely.geometry.mapping(geometry), "properties": props}
 
 
 @pytest.fixture
@@ -59,8 +64,10 @@ def _grid_boxes():
 def test_coverage_equals_exact_intersection(geometry):
     x, y = _grid_boxes()
     got = class_coverage(tile_boxes(x, y, STEP), geometry)
-    want = [box(a, b, a + STEP, b + STEP).intersection(geometry).area / STEP**2
-            for a, b in zip(x, y, strict=True)]
+    want = [
+        box(a, b, a + STEP, b + STEP).intersection(geometry).area / STEP**2
+        for a, b in zip(x, y, strict=True)
+    ]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert 0 < got.max() <= 1 and (got == 1).any() and ((got > 0) & (got < 1)).any()
 
@@ -76,8 +83,13 @@ def test_overlapping_features_of_one_class_count_once(tmp_path, store):
 
 def test_geojson_import_stores_rows_and_exact_coverage(tmp_path, store):
     path = tmp_path / "a.geojson"
-    doc = {"type": "FeatureCollection", "features": [
-        _feature(HOLED, "tumour", [200, 0, 0], "T1"), _feature(MULTI, "stroma", [0, 150, 0])]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            _feature(HOLED, "tumour", [200, 0, 0], "T1"),
+            _feature(MULTI, "stroma", [0, 150, 0]),
+        ],
+    }
     path.write_text(json.dumps(doc))
     report = import_annotations(store, "s1", path, ImportOptions(classes=("tumour", "stroma")))
     assert report.classes == ["stroma", "tumour"] and report.n_tiles == (SIDE // STEP) ** 2
@@ -91,8 +103,10 @@ def test_geojson_import_stores_rows_and_exact_coverage(tmp_path, store):
     assert back.annotations[0].name == "T1" and back.annotations[0].color == (200, 0, 0)
     assert back.annotations[1].geometry.equals(MULTI)
     # SQL over the coverage rows, joined with the store's own views
-    got = store.sql("SELECT count(*) AS n FROM coverage WHERE class = 'tumour' AND coverage >= 0.5",
-                    tables={"coverage": rows})
+    got = store.sql(
+        "SELECT count(*) AS n FROM coverage WHERE class = 'tumour' AND coverage >= 0.5",
+        tables={"coverage": rows},
+    )
     assert int(got.column("n")[0].as_py()) == int((tumour["coverage"] >= 0.5).sum())
 
 
@@ -108,19 +122,26 @@ def test_reimport_replaces_the_slides_rows(tmp_path, store):
 
 
 def test_geojson_writer_round_trips_through_the_reader():
-    anns = [Annotation(0, "tumour", HOLED, name="T1", color=(200, 0, 0)),
-            Annotation(1, "stroma", MULTI, color=(0, 150, 0))]
+    anns = [
+        Annotation(0, "tumour", HOLED, name="T1", color=(200, 0, 0)),
+        Annotation(1, "stroma", MULTI, color=(0, 150, 0)),
+    ]
     doc = to_geojson(anns, measurements=[{"probability": 0.9}, {"probability": 0.2}])
     back = read_geojson("x.geojson", json.dumps(doc).encode())
     assert [(a.class_name, a.color, a.name) for a in back.annotations] == [
-        ("tumour", (200, 0, 0), "T1"), ("stroma", (0, 150, 0), None)]
+        ("tumour", (200, 0, 0), "T1"),
+        ("stroma", (0, 150, 0), None),
+    ]
     assert all(a.geometry.equals(b.geometry) for a, b in zip(anns, back.annotations, strict=True))
     assert doc["features"][0]["properties"]["measurements"] == {"probability": 0.9}
 
 
 def test_qupath_02_packed_colour_and_bare_list():
-    feature = {"type": "Feature", "geometry": shapely.geometry.mapping(box(0, 0, 10, 10)),
-               "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}}}
+    feature = {
+        "type": "Feature",
+        "geometry": shapely.geometry.mapping(box(0, 0, 10, 10)),
+        "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}},
+    }
     (ann,) = read_geojson("q.json", json.dumps([feature]).encode()).annotations
     assert ann.class_name == "Tumor" and ann.color == (200, 0, 0)
 
@@ -134,17 +155,19 @@ def test_asap_xml_round_trips_holes_as_exclusions():
 
 
 def test_camelyon_groups(tmp_path, store):
-    xml = ('<?xml version="1.0"?><ASAP_Annotations><Annotations>'
-           '<Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58">'
-           '<Coordinates><Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="512" Y="0"/>'
-           '<Coordinate Order="2" X="512" Y="512"/><Coordinate Order="3" X="0" Y="512"/>'
-           '</Coordinates></Annotation>'
-           '<Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">'
-           '<Coordinates><Coordinate Order="0" X="128" Y="128"/><Coordinate Order="1" X="256" '
-           'Y="128"/><Coordinate Order="2" X="256" Y="256"/><Coordinate Order="3" X="128" '
-           'Y="256"/></Coordinates></Annotation></Annotations>'
-           '<AnnotationGroups><Group Name="_0" PartOfGroup="None" Color="#FF0000"/>'
-           '</AnnotationGroups></ASAP_Annotations>')
+    xml = (
+        '<?xml version="1.0"?><ASAP_Annotations><Annotations>'
+        '<Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58">'
+        '<Coordinates><Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="512" Y="0"/>'
+        '<Coordinate Order="2" X="512" Y="512"/><Coordinate Order="3" X="0" Y="512"/>'
+        "</Coordinates></Annotation>"
+        '<Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">'
+        '<Coordinates><Coordinate Order="0" X="128" Y="128"/><Coordinate Order="1" X="256" '
+        'Y="128"/><Coordinate Order="2" X="256" Y="256"/><Coordinate Order="3" X="128" '
+        'Y="256"/></Coordinates></Annotation></Annotations>'
+        '<AnnotationGroups><Group Name="_0" PartOfGroup="None" Color="#FF0000"/>'
+        "</AnnotationGroups></ASAP_Annotations>"
+    )
     path = tmp_path / "camelyon.xml"
     path.write_text(xml)
     report = import_annotations(store, "s1", path)
@@ -199,14 +222,17 @@ def test_mask_import_coverage_is_pixel_fraction(tmp_path, store, suffix):
 
 def test_region_filter_keeps_covered_tiles(tmp_path, store):
     path = tmp_path / "a.geojson"
-    path.write_text(json.dumps([_feature(box(0, 0, 512, 256), "tumour"),
-                                _feature(box(512, 0, 576, 128), "tumour")]))
+    path.write_text(
+        json.dumps(
+            [_feature(box(0, 0, 512, 256), "tumour"), _feature(box(512, 0, 576, 128), "tumour")]
+        )
+    )
     import_annotations(store, "s1", path)
     region = RegionFilter("tumour", 0.5)
     kept = region.tiles(store, columns=["slide_id", "x", "y", "embedding"])
-    assert sorted(zip(kept.column("x").to_pylist(), kept.column("y").to_pylist(),
-                      strict=True)) == sorted(
-        [(x, y) for x in (0, 128, 256, 384) for y in (0, 128)] + [(512, 0)])
+    assert sorted(
+        zip(kept.column("x").to_pylist(), kept.column("y").to_pylist(), strict=True)
+    ) == sorted([(x, y) for x in (0, 128, 256, 384) for y in (0, 128)] + [(512, 0)])
     strict = RegionFilter("tumour", 1.0).keep(store, "s1", [[512, 0], [0, 0], [640, 0]])
     assert strict.tolist() == [False, True, False]
     assert RegionFilter("stroma").tiles(store).num_rows == 0

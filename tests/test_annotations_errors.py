@@ -30,13 +30,17 @@ BOWTIE = [[[0, 0], [512, 512], [512, 0], [0, 512], [0, 0]]]
 
 def _poly(coords, klass="tumour", name=None):
     props = {"classification": {"name": klass}, **({"name": name} if name else {})}
-    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": coords},
-            "properties": props}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": coords},
+        "properties": props,
+    }
 
 
 def _square(x0, y0, side, **kw):
-    return _poly([[[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side],
-                   [x0, y0]]], **kw)
+    return _poly(
+        [[[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]], **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,37 +64,90 @@ MASK = np.zeros((128, 128), np.uint8)
 MASK[10:40, 10:40] = 1
 
 CASES = [
-    ("outside.geojson", [_square(0, 0, 64), _square(2000, 100, 200, name="spill")], {},
-     AnnotationBoundsError, "feature 1 ('spill')"),
-    ("classes.geojson", [_square(0, 0, 64), _square(0, 0, 64, klass="necrosis")],
-     {"classes": ("tumour",)}, UnknownClassError, "feature 1 has class 'necrosis'"),
-    ("point.geojson", [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
-                        "properties": {"name": "dot"}}], {},
-     AnnotationFormatError, "feature 0 ('dot') has geometry Point"),
+    (
+        "outside.geojson",
+        [_square(0, 0, 64), _square(2000, 100, 200, name="spill")],
+        {},
+        AnnotationBoundsError,
+        "feature 1 ('spill')",
+    ),
+    (
+        "classes.geojson",
+        [_square(0, 0, 64), _square(0, 0, 64, klass="necrosis")],
+        {"classes": ("tumour",)},
+        UnknownClassError,
+        "feature 1 has class 'necrosis'",
+    ),
+    (
+        "point.geojson",
+        [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [1, 2]},
+                "properties": {"name": "dot"},
+            }
+        ],
+        {},
+        AnnotationFormatError,
+        "feature 0 ('dot') has geometry Point",
+    ),
     ("empty.geojson", b"", {}, EmptyAnnotationError, "empty"),
-    ("nofeatures.geojson", {"type": "FeatureCollection", "features": []}, {},
-     EmptyAnnotationError, "no features"),
+    (
+        "nofeatures.geojson",
+        {"type": "FeatureCollection", "features": []},
+        {},
+        EmptyAnnotationError,
+        "no features",
+    ),
     ("broken.geojson", b"{not json", {}, AnnotationFormatError, "not JSON"),
-    ("line.geojson", [_poly([[[0, 0], [10, 10], [0, 0]]], name="flat")], {},
-     AnnotationFormatError, "feature 0 ('flat')"),
+    (
+        "line.geojson",
+        [_poly([[[0, 0], [10, 10], [0, 0]]], name="flat")],
+        {},
+        AnnotationFormatError,
+        "feature 0 ('flat')",
+    ),
     ("nompp.png", _png(MASK), {}, MaskMPPError, "needs its microns per pixel"),
     ("wrongmpp.png", _png(MASK), {"mask_mpp": 2.0}, MaskMPPError, "it fits at 4 µm/px"),
-    ("blank.png", _png(np.zeros((128, 128), np.uint8)), {"mask_mpp": 4.0},
-     EmptyAnnotationError, "no nonzero pixels"),
-    ("labels.png", _png(MASK * 3), {"mask_mpp": 4.0, "labels": {1: "tumour"}},
-     UnknownClassError, "mask value(s) [3]"),
-    ("dtd.xml", b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><ASAP_Annotations/>', {},
-     AnnotationFormatError, "DTD"),
-    ("dots.xml", b'<ASAP_Annotations><Annotations><Annotation Name="d" Type="Dot">'
-     b'<Coordinates><Coordinate Order="0" X="1" Y="2"/></Coordinates></Annotation>'
-     b'</Annotations></ASAP_Annotations>', {}, AnnotationFormatError, "feature 0 ('d') has Type"),
+    (
+        "blank.png",
+        _png(np.zeros((128, 128), np.uint8)),
+        {"mask_mpp": 4.0},
+        EmptyAnnotationError,
+        "no nonzero pixels",
+    ),
+    (
+        "labels.png",
+        _png(MASK * 3),
+        {"mask_mpp": 4.0, "labels": {1: "tumour"}},
+        UnknownClassError,
+        "mask value(s) [3]",
+    ),
+    (
+        "dtd.xml",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><ASAP_Annotations/>',
+        {},
+        AnnotationFormatError,
+        "DTD",
+    ),
+    (
+        "dots.xml",
+        b'<ASAP_Annotations><Annotations><Annotation Name="d" Type="Dot">'
+        b'<Coordinates><Coordinate Order="0" X="1" Y="2"/></Coordinates></Annotation>'
+        b"</Annotations></ASAP_Annotations>",
+        {},
+        AnnotationFormatError,
+        "feature 0 ('d') has Type",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "options", "error", "says"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_bad_file_raises_a_typed_error_naming_it(tmp_path, store, name, content, options,
-                                                  error, says):
+@pytest.mark.parametrize(
+    ("name", "content", "options", "error", "says"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_file_raises_a_typed_error_naming_it(
+    tmp_path, store, name, content, options, error, says
+):
     path = _write(tmp_path, name, content)
     with pytest.raises(error) as info:
         import_annotations(store, "s1", path, ImportOptions(**options))
@@ -122,8 +179,9 @@ def test_clip_cuts_features_to_the_slide(tmp_path, store):
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, store):
     path = _write(tmp_path, "outside.geojson", CASES[0][1])
-    result = CliRunner().invoke(app, ["annotations", "import", str(path), "--slide", "s1",
-                                      "--store", store.uri])
+    result = CliRunner().invoke(
+        app, ["annotations", "import", str(path), "--slide", "s1", "--store", store.uri]
+    )
     assert result.exit_code == 2, result.output
     assert "AnnotationBoundsError" in result.output and "feature 1 ('spill')" in result.output
     assert "Traceback" not in result.output
@@ -131,12 +189,27 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, store):
 
 def test_cli_imports_and_reports_repairs(tmp_path, store):
     path = _write(tmp_path, "bowtie.geojson", [_poly(BOWTIE, name="bow"), _square(0, 0, 128)])
-    result = CliRunner().invoke(app, ["annotations", "import", str(path), "--slide", "s1",
-                                      "--store", store.uri, "--name", "cli", "--class", "tumour"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "annotations",
+            "import",
+            str(path),
+            "--slide",
+            "s1",
+            "--store",
+            store.uri,
+            "--name",
+            "cli",
+            "--class",
+            "tumour",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "repaired: " in result.output and "2 annotations (tumour)" in result.output
-    summary = CliRunner().invoke(app, ["annotations", "coverage", "--store", store.uri,
-                                       "--name", "cli", "--json"])
+    summary = CliRunner().invoke(
+        app, ["annotations", "coverage", "--store", store.uri, "--name", "cli", "--json"]
+    )
     assert summary.exit_code == 0, summary.output
     (row,) = json.loads(summary.output)
     assert row["slide_id"] == "s1" and row["kept"] >= 8

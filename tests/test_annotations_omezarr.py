@@ -33,8 +33,9 @@ def _labels() -> np.ndarray:
     return out
 
 
-def _write_ngff04(path, labels, *, scale=LABEL_UM, unit="micrometer", names=("seg",),
-                  planes=1) -> str:
+def _write_ngff04(
+    path, labels, *, scale=LABEL_UM, unit="micrometer", names=("seg",), planes=1
+) -> str:
     """A NGFF 0.4 image (Zarr v2) with labels/<name> label images, as other tools write."""
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     group = root.require_group("labels")
@@ -44,16 +45,36 @@ def _write_ngff04(path, labels, *, scale=LABEL_UM, unit="micrometer", names=("se
         image = group.require_group(name)
         data = np.repeat(labels[None], planes, axis=0)
         image.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
-        image.attrs.put({
-            "multiscales": [{"version": "0.4", "axes": [
-                {"name": "z", "type": "space", **({"unit": unit} if unit else {})},
-                {"name": "y", **axis}, {"name": "x", **axis}],
-                "datasets": [{"path": "0", "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, scale, scale]}]}]}],
-            "image-label": {"version": "0.4",
-                            "colors": [{"label-value": 1, "rgba": [255, 0, 0, 255]}],
-                            "properties": [{"label-value": 1, "class": "tumour"},
-                                           {"label-value": 2, "class": "stroma"}]}})
+        image.attrs.put(
+            {
+                "multiscales": [
+                    {
+                        "version": "0.4",
+                        "axes": [
+                            {"name": "z", "type": "space", **({"unit": unit} if unit else {})},
+                            {"name": "y", **axis},
+                            {"name": "x", **axis},
+                        ],
+                        "datasets": [
+                            {
+                                "path": "0",
+                                "coordinateTransformations": [
+                                    {"type": "scale", "scale": [1.0, scale, scale]}
+                                ],
+                            }
+                        ],
+                    }
+                ],
+                "image-label": {
+                    "version": "0.4",
+                    "colors": [{"label-value": 1, "rgba": [255, 0, 0, 255]}],
+                    "properties": [
+                        {"label-value": 1, "class": "tumour"},
+                        {"label-value": 2, "class": "stroma"},
+                    ],
+                },
+            }
+        )
     return str(path)
 
 
@@ -72,7 +93,9 @@ def test_ngff04_label_image_imports_at_its_stated_mpp(store, tmp_path):
     for klass, value in (("tumour", 1), ("stroma", 2)):
         got = rows[rows["class"] == klass].set_index(["x", "y"])["coverage"]
         for (x, y), cov in got.items():
-            block = labels[y // STEP * per:(y // STEP + 1) * per, x // STEP * per:(x // STEP + 1) * per]
+            block = labels[
+                y // STEP * per : (y // STEP + 1) * per, x // STEP * per : (x // STEP + 1) * per
+            ]
             assert cov == pytest.approx((block == value).mean(), abs=1e-9)
     colors = store.derived("annotations", "default", columns=["class", "color"]).to_pylist()
     assert {(r["class"], r["color"]) for r in colors} == {("tumour", "#ff0000"), ("stroma", None)}
@@ -87,17 +110,37 @@ def test_units_are_converted_and_an_agreeing_mask_mpp_is_accepted(tmp_path):
 
 def test_bad_label_images_fail_with_one_clear_line(store, tmp_path):
     cases = [
-        (_write_ngff04(tmp_path / "nounit.zarr", _labels(), unit=None), {}, MaskMPPError,
-         "no unit"),
-        (_write_ngff04(tmp_path / "mpp.zarr", _labels()), {"mask_mpp": 1.0}, MaskMPPError,
-         "metadata says 4"),
-        (_write_ngff04(tmp_path / "two.zarr", _labels(), names=("a", "b")), {},
-         AnnotationFormatError, "labels a, b"),
-        (_write_ngff04(tmp_path / "z.zarr", _labels(), planes=3), {}, AnnotationFormatError,
-         "more than one plane"),
+        (
+            _write_ngff04(tmp_path / "nounit.zarr", _labels(), unit=None),
+            {},
+            MaskMPPError,
+            "no unit",
+        ),
+        (
+            _write_ngff04(tmp_path / "mpp.zarr", _labels()),
+            {"mask_mpp": 1.0},
+            MaskMPPError,
+            "metadata says 4",
+        ),
+        (
+            _write_ngff04(tmp_path / "two.zarr", _labels(), names=("a", "b")),
+            {},
+            AnnotationFormatError,
+            "labels a, b",
+        ),
+        (
+            _write_ngff04(tmp_path / "z.zarr", _labels(), planes=3),
+            {},
+            AnnotationFormatError,
+            "more than one plane",
+        ),
         # the wrong scale: the mask no longer spans the slide
-        (_write_ngff04(tmp_path / "scale.zarr", _labels(), scale=2.0), {}, MaskMPPError,
-         "wrong mask MPP"),
+        (
+            _write_ngff04(tmp_path / "scale.zarr", _labels(), scale=2.0),
+            {},
+            MaskMPPError,
+            "wrong mask MPP",
+        ),
     ]
     for path, kw, error, words in cases:
         with pytest.raises(error, match=words):
@@ -107,8 +150,18 @@ def test_bad_label_images_fail_with_one_clear_line(store, tmp_path):
     with pytest.raises(AnnotationFormatError, match="not an OME-Zarr label image"):
         import_annotations(store, "s1", plain)
     runner = CliRunner()
-    res = runner.invoke(app, ["annotations", "import", str(tmp_path / "two.zarr"), "--slide",
-                              "s1", "--store", store.uri])
+    res = runner.invoke(
+        app,
+        [
+            "annotations",
+            "import",
+            str(tmp_path / "two.zarr"),
+            "--slide",
+            "s1",
+            "--store",
+            store.uri,
+        ],
+    )
     assert res.exit_code == 2 and "labels a, b" in res.output and "Traceback" not in res.output
 
 
@@ -122,10 +175,12 @@ def mapped(tmp_path_factory):
     )
     from training.tiles.synthetic import make_tile_cohort
 
-    cohort = make_tile_cohort(str(tmp_path_factory.mktemp("oz") / "store"), n_slides=4,
-                              side=12, seed=3)
-    result = run_tile_classifier(cohort.store, TileClassifierConfig(TileTask("tumour"), folds=2,
-                                                                    n_boot=10), write=False)
+    cohort = make_tile_cohort(
+        str(tmp_path_factory.mktemp("oz") / "store"), n_slides=4, side=12, seed=3
+    )
+    result = run_tile_classifier(
+        cohort.store, TileClassifierConfig(TileTask("tumour"), folds=2, n_boot=10), write=False
+    )
     write_predictions(cohort.store, result)
     return cohort, result
 
@@ -137,16 +192,22 @@ def test_prediction_labels_round_trip_through_import(mapped, tmp_path):
     assert where.endswith(f"map.zarr/labels/{result.name}")
     ome = dict(zarr.open_group(where, mode="r").attrs)["ome"]
     assert ome["image-label"]["properties"] == [{"label-value": 1, "class": "tumour"}]
-    assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == \
-        [256 * 0.5, 256 * 0.5]  # one label pixel per 256-px tile at 0.5 µm/px
-    report = import_annotations(cohort.store, sid, tmp_path / "map.zarr",
-                                ImportOptions(name="labels-back"))
+    assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [
+        256 * 0.5,
+        256 * 0.5,
+    ]  # one label pixel per 256-px tile at 0.5 µm/px
+    report = import_annotations(
+        cohort.store, sid, tmp_path / "map.zarr", ImportOptions(name="labels-back")
+    )
     assert report.classes == ["tumour"]
     cov = coverage_table(cohort.store, "labels-back", slide_ids=[sid]).to_pandas()
     mine = result.data.slide_id == sid
     predicted = {tuple(xy) for xy in result.data.coords[mine][result.probs[mine] >= 0.5].tolist()}
-    inside = {(x, y) for x, y, c in zip(cov["x"], cov["y"], cov["coverage"], strict=True)
-              if c == pytest.approx(1.0)}
+    inside = {
+        (x, y)
+        for x, y, c in zip(cov["x"], cov["y"], cov["coverage"], strict=True)
+        if c == pytest.approx(1.0)
+    }
     assert inside == predicted and set(cov["coverage"].round(9)) <= {0.0, 1.0}
 
 
@@ -166,8 +227,17 @@ def test_prediction_labels_go_into_the_slides_zarr_group(mapped):
 def test_cli_exports_ome_zarr_labels(mapped, tmp_path):
     cohort, result = mapped
     out = tmp_path / "cli.zarr"
-    args = ["annotations", "export", str(out), "--store", cohort.store.uri, "--slide",
-            cohort.slide_ids[2], "--predictions", result.name]
+    args = [
+        "annotations",
+        "export",
+        str(out),
+        "--store",
+        cohort.store.uri,
+        "--slide",
+        cohort.slide_ids[2],
+        "--predictions",
+        result.name,
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert read_label_image(out)[0].sum() > 0

@@ -36,7 +36,9 @@ def test_reference_from_image_keeps_its_stored_id() -> None:
 
 def test_coords_key_matches_the_old_expression() -> None:
     coords = rng.integers(0, 10_000, (50, 2)).astype(np.int32)
-    old = hashlib.sha256(np.ascontiguousarray(np.asarray(coords, np.int64)).tobytes()).hexdigest()[:16]
+    old = hashlib.sha256(np.ascontiguousarray(np.asarray(coords, np.int64)).tobytes()).hexdigest()[
+        :16
+    ]
     assert coords_sha(coords) == old == array_digest(coords, dtype=np.int64)[:16]
 
 
@@ -44,7 +46,14 @@ def test_codebook_centroid_digest_matches_the_old_expression() -> None:
     centroids = rng.normal(size=(4, 8))  # float64: the digest is of its float32 bytes
     old = hashlib.sha256(np.ascontiguousarray(centroids, np.float32).tobytes()).hexdigest()
     assert array_digest(centroids, dtype=np.float32) == old
-    book = ModuleCodebook(centroids=centroids.astype(np.float32), spec=ModuleSpec(k=4),
-                          slide_ids=("a", "b"), encoder="enc")
-    assert book.config_hash() == stable_hash("tissue-modules", book.version, {
-        "spec": book.spec, "slides": ["a", "b"], "encoder": "enc", "centroids": old})
+    book = ModuleCodebook(
+        centroids=centroids.astype(np.float32),
+        spec=ModuleSpec(k=4),
+        slide_ids=("a", "b"),
+        encoder="enc",
+    )
+    assert book.config_hash() == stable_hash(
+        "tissue-modules",
+        book.version,
+        {"spec": book.spec, "slides": ["a", "b"], "encoder": "enc", "centroids": old},
+    )

@@ -26,8 +26,14 @@ from tests._multinode import auth_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-GPU_NODE = {"fake-gpu": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {},
-                         "min_workers": 0, "max_workers": 2}}
+GPU_NODE = {
+    "fake-gpu": {
+        "resources": {"CPU": 1, "GPU": 1},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 2,
+    }
+}
 N_SLIDES = 4
 
 
@@ -50,8 +56,9 @@ def _gpus_seen(address: str, stop: threading.Event, seen: list[int]) -> None:
     client = GcsClient(address=address)
     while not stop.wait(0.5):
         nodes = client.get_all_node_info(timeout=10)
-        seen.append(sum(int(n.resources_total.get("GPU", 0)) for n in nodes.values()
-                        if n.state == 0))  # 0: ALIVE
+        seen.append(
+            sum(int(n.resources_total.get("GPU", 0)) for n in nodes.values() if n.state == 0)
+        )  # 0: ALIVE
 
 
 def test_ingest_grows_onto_gpus_the_autoscaler_brings(tmp_path, caplog) -> None:
@@ -60,25 +67,46 @@ def test_ingest_grows_onto_gpus_the_autoscaler_brings(tmp_path, caplog) -> None:
     folder = tmp_path / "slides"
     folder.mkdir()
     for i in range(N_SLIDES):
-        write_synthetic_slide(folder / f"as-{i}.svs", SyntheticSlideSpec(
-            width=4096, height=3072, seed=90 + i, downsamples=(1, 4), n_blobs=2))
+        write_synthetic_slide(
+            folder / f"as-{i}.svs",
+            SyntheticSlideSpec(width=4096, height=3072, seed=90 + i, downsamples=(1, 4), n_blobs=2),
+        )
     caplog.set_level(logging.INFO, logger="infra.autoscale")
     caplog.set_level(logging.INFO, logger="ingest.pipeline")  # the actor pool's "answers" lines
-    with auth_env("token"), autoscaling_cluster(tmp_path, head_cpus=2, worker_types=GPU_NODE) as address:
+    with (
+        auth_env("token"),
+        autoscaling_cluster(tmp_path, head_cpus=2, worker_types=GPU_NODE) as address,
+    ):
         seen: list[int] = []
         stop = threading.Event()
         watcher = threading.Thread(target=_gpus_seen, args=(address, stop, seen), daemon=True)
         watcher.start()
         try:
-            result = CliRunner().invoke(app, [
-                "ingest", str(folder / "*.svs"), "--store", str(tmp_path / "store"),
-                "--address", address, "--engine", "auto", "--max-gpus", "2", "--gpu-wait", "300",
-                "--tiles-per-batch", "16", "--json"])
+            result = CliRunner().invoke(
+                app,
+                [
+                    "ingest",
+                    str(folder / "*.svs"),
+                    "--store",
+                    str(tmp_path / "store"),
+                    "--address",
+                    address,
+                    "--engine",
+                    "auto",
+                    "--max-gpus",
+                    "2",
+                    "--gpu-wait",
+                    "300",
+                    "--tiles-per-batch",
+                    "16",
+                    "--json",
+                ],
+            )
         finally:
             stop.set()
             watcher.join(30)
     assert result.exit_code == 0, result.output + repr(result.exception)
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["engine"] == "device"
     assert sorted(o["status"] for o in summary["outcomes"]) == ["done"] * N_SLIDES
     assert all(o["tiles"] > 0 for o in summary["outcomes"])
@@ -88,4 +116,7 @@ def test_ingest_grows_onto_gpus_the_autoscaler_brings(tmp_path, caplog) -> None:
     assert "asked the autoscaler for 2 GPU(s)" in messages
     # The pool was sized for the two GPUs asked for and took slides on each as it answered.
     answered = [m for m in messages if re.fullmatch(r"a worker answers; \d of 2 take slides", m)]
-    assert answered == ["a worker answers; 1 of 2 take slides", "a worker answers; 2 of 2 take slides"]
+    assert answered == [
+        "a worker answers; 1 of 2 take slides",
+        "a worker answers; 2 of 2 take slides",
+    ]

@@ -20,8 +20,13 @@ def test_info_json_and_thumbnail(cmu_slide: Path, tmp_path: Path) -> None:
     assert report["slide_id"] == "cmu_small_region"
     assert report["mpp"] == 0.499 and report["mpp_source"] == "aperio"
     assert report["objective_power"] == 20.0 and report["vendor"] == "aperio"
-    assert report["levels"][0] == {"level": 0, "width": 2220, "height": 2967,
-                                   "downsample": 1.0, "mpp": 0.499}
+    assert report["levels"][0] == {
+        "level": 0,
+        "width": 2220,
+        "height": 2967,
+        "downsample": 1.0,
+        "mpp": 0.499,
+    }
     with Image.open(report["thumbnail"]) as thumb:
         assert thumb.size == (round(2220 * 0.499 / 8), round(2967 * 0.499 / 8))
     assert "CMU-1" not in result.stdout and "label" not in result.stdout
@@ -41,8 +46,14 @@ def test_missing_mpp_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
     import tifffile
 
     path = tmp_path / "nores.tif"
-    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", metadata=None,
-                     resolution=None, resolutionunit="NONE")
+    tifffile.imwrite(
+        path,
+        np.zeros((64, 64, 3), np.uint8),
+        photometric="rgb",
+        metadata=None,
+        resolution=None,
+        resolutionunit="NONE",
+    )
     result = runner.invoke(app, ["info", str(path), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "MissingMPPError" in result.output and "--mpp" in result.output

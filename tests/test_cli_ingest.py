@@ -21,12 +21,22 @@ runner = CliRunner()
 
 def test_ingest_glob_reports_failures_with_exit_code_3(ray_local, tmp_path: Path) -> None:
     for i in range(2):
-        write_synthetic_slide(tmp_path / f"s{i}.svs", SyntheticSlideSpec(
-            width=1536, height=1024, seed=i, downsamples=(1, 2)))
+        write_synthetic_slide(
+            tmp_path / f"s{i}.svs",
+            SyntheticSlideSpec(width=1536, height=1024, seed=i, downsamples=(1, 2)),
+        )
     (tmp_path / "broken.svs").write_bytes(b"\0" * 4096)
     store = tmp_path / "store"
-    args = ["ingest", str(tmp_path / "*.svs"), "--store", str(store), "--no-dashboard", "--json",
-            "--tiles-per-batch", "16"]
+    args = [
+        "ingest",
+        str(tmp_path / "*.svs"),
+        "--store",
+        str(store),
+        "--no-dashboard",
+        "--json",
+        "--tiles-per-batch",
+        "16",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 3, result.output
     payload = json.loads(result.stdout)

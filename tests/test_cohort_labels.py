@@ -24,9 +24,28 @@ def store(tmp_path_factory):
 def test_labels_csv_to_split_cohort(store, tmp_path):
     labels = write_labels(tmp_path / "labels.csv")
     out = tmp_path / "cohort.parquet"
-    result = runner.invoke(app, ["cohort", "build", "--labels", str(labels), "--store", store,
-                                 "--out", str(out), "--folds", "3", "--label", "immune",
-                                 "--val-fraction", "0", "--test-fraction", "0.34", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "cohort",
+            "build",
+            "--labels",
+            str(labels),
+            "--store",
+            store,
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--label",
+            "immune",
+            "--val-fraction",
+            "0",
+            "--test-fraction",
+            "0.34",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["discovery"]["n_slides"] == 12 and report["discovery"]["n_patients"] == 6
@@ -43,8 +62,9 @@ def test_patient_labels_reach_every_slide_of_the_patient(store, tmp_path):
     from slidebank.cohort_api import cohort_from_labels
 
     labels = write_labels(tmp_path / "patients.csv", by="patient_id")
-    report = cohort_from_labels(str(labels), store, out=tmp_path / "c.parquet", folds=3,
-                                val_fraction=0, test_fraction=0.34)
+    report = cohort_from_labels(
+        str(labels), store, out=tmp_path / "c.parquet", folds=3, val_fraction=0, test_fraction=0.34
+    )
     table = pd.read_parquet(tmp_path / "c.parquet")
     assert report["discovery"]["n_slides"] == 12
     assert set(table.loc[table["patient_id"] == "P000", "immune"]) == {"high"}
@@ -53,19 +73,42 @@ def test_patient_labels_reach_every_slide_of_the_patient(store, tmp_path):
 @pytest.mark.parametrize(
     ("csv", "extra", "message"),
     [
-        ("slide_id,patient_id,immune\nsynthetic-00,P000,high\nsynthetic-01,P999,low\n", [],
-         "labels.csv says 'P999', the store 'P000'"),
-        ("slide_id,immune\nsynthetic-00,high\n", ["--label", "immun"],
-         "label column(s) 'immun' not in the labels table; it has 'immune'"),
+        (
+            "slide_id,patient_id,immune\nsynthetic-00,P000,high\nsynthetic-01,P999,low\n",
+            [],
+            "labels.csv says 'P999', the store 'P000'",
+        ),
+        (
+            "slide_id,immune\nsynthetic-00,high\n",
+            ["--label", "immun"],
+            "label column(s) 'immun' not in the labels table; it has 'immune'",
+        ),
         ("slide_id,immune\nother-1,high\n", [], "no slide_id of"),
-        ("slide_id,immune\n" + "".join(f"synthetic-{i:02d},x\n" for i in range(12)), [],
-         "only one class"),
+        (
+            "slide_id,immune\n" + "".join(f"synthetic-{i:02d},x\n" for i in range(12)),
+            [],
+            "only one class",
+        ),
     ],
 )
 def test_label_cohort_errors(store, tmp_path, csv, extra, message):
     labels = tmp_path / "labels.csv"
     labels.write_text(csv)
-    result = runner.invoke(app, ["cohort", "build", "--labels", str(labels), "--store", store,
-                                 "--out", str(tmp_path / "c.parquet"), "--folds", "2", *extra])
+    result = runner.invoke(
+        app,
+        [
+            "cohort",
+            "build",
+            "--labels",
+            str(labels),
+            "--store",
+            store,
+            "--out",
+            str(tmp_path / "c.parquet"),
+            "--folds",
+            "2",
+            *extra,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

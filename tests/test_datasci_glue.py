@@ -37,23 +37,29 @@ def test_parquet_export_gives_duckdb_fixed_size_arrays(pictures, tmp_path):
     import duckdb
 
     out = tmp_path / "pq"
-    result = runner.invoke(app, ["export", "parquet", str(out), "--store",
-                                 str(pictures / "store")])
+    result = runner.invoke(app, ["export", "parquet", str(out), "--store", str(pictures / "store")])
     assert result.exit_code == 0, result.output
     con = duckdb.connect()
     con.execute((out / "views.sql").read_text())
-    kinds = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_name IN ('slide_embeddings', 'tiles')").fetchall())
+    kinds = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name IN ('slide_embeddings', 'tiles')"
+        ).fetchall()
+    )
     assert kinds["mean"] == kinds["max"] == f"FLOAT[{DIM}]"
     assert kinds["embedding"] == f"FLOAT[{DIM}]"
     sims = con.execute(
         "SELECT b.slide_id, array_cosine_similarity(a.mean, b.mean) FROM slide_embeddings a, "
-        "slide_embeddings b WHERE a.slide_id = 'slide-0' ORDER BY 1").fetchall()
+        "slide_embeddings b WHERE a.slide_id = 'slide-0' ORDER BY 1"
+    ).fetchall()
     assert [s for s, _ in sims] == ["slide-0", "slide-1", "slide-2"]
     assert sims[0][1] == pytest.approx(1.0, abs=1e-5) and sims[1][1] < 0.999
-    near = con.execute("SELECT count(*) FROM tiles t, tiles q WHERE q.slide_id = 'slide-0' "
-                       "AND q.x = 0 AND q.y = 0 AND array_cosine_similarity(t.embedding, "
-                       "q.embedding) > 0.999").fetchall()
+    near = con.execute(
+        "SELECT count(*) FROM tiles t, tiles q WHERE q.slide_id = 'slide-0' "
+        "AND q.x = 0 AND q.y = 0 AND array_cosine_similarity(t.embedding, "
+        "q.embedding) > 0.999"
+    ).fetchall()
     assert near == [(1,)]
 
 

@@ -15,7 +15,12 @@ DOC = (ROOT / "docs" / "cloud.md").read_text()
 
 def test_every_kustomization_the_runbook_applies_renders() -> None:
     folders = sorted(set(re.findall(r"kubectl (?:apply|delete) -k (infra/deploy[\w/-]*)", DOC)))
-    assert {"infra/deploy", "infra/deploy/jobs/ingest", "infra/deploy/jobs/train", "infra/deploy/dev"} <= set(folders)
+    assert {
+        "infra/deploy",
+        "infra/deploy/jobs/ingest",
+        "infra/deploy/jobs/train",
+        "infra/deploy/dev",
+    } <= set(folders)
     for folder in folders:
         assert render(ROOT / folder), folder
     # The first apply is the platform, and the platform runs nothing.

@@ -34,7 +34,9 @@ def requests(monkeypatch) -> list[Any]:
     import ray.autoscaler.sdk
 
     seen: list[Any] = []
-    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda **kw: seen.append(kw.get("bundles")))
+    monkeypatch.setattr(
+        ray.autoscaler.sdk, "request_resources", lambda **kw: seen.append(kw.get("bundles"))
+    )
     return seen
 
 
@@ -84,8 +86,13 @@ def test_the_device_pool_is_sized_for_the_gpus_asked_for(monkeypatch) -> None:
 def test_wait_for_gpus_polls_until_one_joins() -> None:
     now = [0.0]
     seen = iter([{}, {"GPU": 0.0}, {"GPU": 2.0}])
-    gpus = wait_for_gpus(60, poll_s=5, resources=lambda: next(seen), clock=lambda: now[0],
-                         sleep=lambda s: now.__setitem__(0, now[0] + s))
+    gpus = wait_for_gpus(
+        60,
+        poll_s=5,
+        resources=lambda: next(seen),
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
     assert gpus == 2 and now[0] == 10
 
 

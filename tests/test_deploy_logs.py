@@ -55,7 +55,9 @@ def _mounted_at(container: dict[str, Any], folder: str) -> tuple[str, str] | Non
     best = None
     for mount in container.get("volumeMounts") or []:
         path = mount["mountPath"].rstrip("/")
-        if (folder == path or folder.startswith(path + "/")) and (best is None or len(path) > len(best[1])):
+        if (folder == path or folder.startswith(path + "/")) and (
+            best is None or len(path) > len(best[1])
+        ):
             best = (mount["name"], path)
     return best
 
@@ -73,48 +75,68 @@ def _shipping_problems(job: dict[str, Any], platform: list[dict[str, Any]]) -> l
         if group == "head" and volume != KUBERAY_LOG_VOLUME:
             # KubeRay mounts a volume named ray-logs into its autoscaler: another name splits
             # the head's log folder in two (the autoscaler's events vanish from the dashboard).
-            problems.append(f"head: /tmp/ray is volume {volume!r}, the autoscaler gets {KUBERAY_LOG_VOLUME!r}")
+            problems.append(
+                f"head: /tmp/ray is volume {volume!r}, the autoscaler gets {KUBERAY_LOG_VOLUME!r}"
+            )
         volumes = {v["name"]: v for v in pod.get("volumes") or []}
-        shippers = [c for c in others if _mounted_at(c, RAY_LOGS) and _mounted_at(c, RAY_LOGS)[0] == volume]
+        shippers = [
+            c for c in others if _mounted_at(c, RAY_LOGS) and _mounted_at(c, RAY_LOGS)[0] == volume
+        ]
         if not shippers:
             problems.append(f"{group}: no container shares {ray['name']}'s log volume {volume!r}")
             continue
         for shipper in shippers:
-            problems += [f"{group}/{shipper['name']}: {p}"
-                         for p in _shipper_problems(shipper, volumes, platform, path)]
+            problems += [
+                f"{group}/{shipper['name']}: {p}"
+                for p in _shipper_problems(shipper, volumes, platform, path)
+            ]
     return problems
 
 
-def _shipper_problems(shipper: dict[str, Any], volumes: dict[str, Any], platform: list[dict[str, Any]],
-                      ray_mount: str) -> list[str]:
+def _shipper_problems(
+    shipper: dict[str, Any], volumes: dict[str, Any], platform: list[dict[str, Any]], ray_mount: str
+) -> list[str]:
     maps = {d["metadata"]["name"]: d for d in platform if d["kind"] == "ConfigMap"}
     values = maps["slidebank-cluster"]["data"]
     own_path = _mounted_at(shipper, RAY_LOGS)[1]  # type: ignore[index]
     logs_here = posixpath.join(own_path, posixpath.relpath(RAY_LOGS, ray_mount))
-    conf_files = [maps[volumes[m["name"]]["configMap"]["name"]]["data"]
-                  for m in shipper.get("volumeMounts") or []
-                  if "configMap" in volumes.get(m["name"], {})]
+    conf_files = [
+        maps[volumes[m["name"]]["configMap"]["name"]]["data"]
+        for m in shipper.get("volumeMounts") or []
+        if "configMap" in volumes.get(m["name"], {})
+    ]
     sections = [s for files in conf_files for text in files.values() for s in _fluent_bit(text)]
     inputs = [s for name, s in sections if name == "INPUT" and s.get("name") == ["tail"]]
     outputs = [s for name, s in sections if name == "OUTPUT"]
     problems = []
-    if not inputs or not all(p.startswith(logs_here + "/")
-                             for s in inputs for p in s["path"][0].split(",")):
+    if not inputs or not all(
+        p.startswith(logs_here + "/") for s in inputs for p in s["path"][0].split(",")
+    ):
         problems.append(f"does not tail the Ray logs at {logs_here}")
     env = pod_env(shipper, platform, "slidebank") | {
-        e["name"]: "(downward API)" for e in shipper.get("env") or [] if "fieldRef" in e.get("valueFrom", {})}
+        e["name"]: "(downward API)"
+        for e in shipper.get("env") or []
+        if "fieldRef" in e.get("valueFrom", {})
+    }
     if [o.get("name") for o in outputs] != [["s3"]]:
         return [*problems, f"outputs are {[o.get('name') for o in outputs]}, not one S3 upload"]
     out = outputs[0]
-    if out.get("bucket") != ["${SLIDEBANK_LOGS_BUCKET}"] or env.get("SLIDEBANK_LOGS_BUCKET") != values.get(
-            "SLIDEBANK_LOGS_BUCKET"):
+    if out.get("bucket") != ["${SLIDEBANK_LOGS_BUCKET}"] or env.get(
+        "SLIDEBANK_LOGS_BUCKET"
+    ) != values.get("SLIDEBANK_LOGS_BUCKET"):
         problems.append("its S3 output is not the logs bucket from Terraform's values")
     key = (out.get("s3_key_format") or [""])[0]
     if not key.lstrip("/").startswith("${SLIDEBANK_LOGS_PREFIX}"):
         problems.append(f"objects land outside the granted prefix: {key!r}")
     if out.get("use_put_object") != ["On"]:
         problems.append("multipart uploads need more than s3:PutObject (abort)")
-    used = {v for _, s in sections for vals in s.values() for val in vals for v in re.findall(r"\$\{(\w+)\}", val)}
+    used = {
+        v
+        for _, s in sections
+        for vals in s.values()
+        for val in vals
+        for v in re.findall(r"\$\{(\w+)\}", val)
+    }
     if used - set(env):
         problems.append(f"config reads {sorted(used - set(env))} that the container does not set")
     if not values.get("SLIDEBANK_LOGS_BUCKET"):
@@ -132,15 +154,29 @@ def test_every_ray_container_ships_its_logs_to_the_logs_bucket(renders) -> None:
     for job in jobs:
         assert _shipping_problems(job, renders[""]) == [], job["metadata"]["name"]
     # The shipper keeps its own image (the values component sets only the Ray containers').
-    images = {c["image"] for j in jobs for pod in _pod_templates(j).values() for c in pod["containers"][1:]}
+    images = {
+        c["image"]
+        for j in jobs
+        for pod in _pod_templates(j).values()
+        for c in pod["containers"][1:]
+    }
     assert images and all("fluent-bit" in i for i in images)
     bucket = env_file(CLUSTER_ENV)["SLIDEBANK_LOGS_BUCKET"]
     platform = {d["metadata"]["name"]: d for d in renders[""] if d["kind"] == "ConfigMap"}
     assert platform["slidebank-cluster"]["data"]["SLIDEBANK_LOGS_BUCKET"] == bucket
 
 
-@pytest.mark.parametrize("breakage", ["no_shipper_mount", "head_volume_renamed", "no_ray_mount",
-                                      "other_bucket", "key_outside_prefix", "no_bucket_value"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        "no_shipper_mount",
+        "head_volume_renamed",
+        "no_ray_mount",
+        "other_bucket",
+        "key_outside_prefix",
+        "no_bucket_value",
+    ],
+)
 def test_the_log_check_rejects_a_broken_job(renders, breakage: str) -> None:  # noqa: F811
     job = copy.deepcopy(_jobs(renders)[0])
     platform = copy.deepcopy(renders[""])
@@ -149,8 +185,9 @@ def test_the_log_check_rejects_a_broken_job(renders, breakage: str) -> None:  # 
     conf = next(d for d in platform if d["metadata"]["name"] == "slidebank-fluent-bit")["data"]
     name = next(iter(conf))
     if breakage == "no_shipper_mount":
-        worker["containers"][1]["volumeMounts"] = [m for m in worker["containers"][1]["volumeMounts"]
-                                                   if m["mountPath"] != "/tmp/ray"]
+        worker["containers"][1]["volumeMounts"] = [
+            m for m in worker["containers"][1]["volumeMounts"] if m["mountPath"] != "/tmp/ray"
+        ]
     elif breakage == "head_volume_renamed":  # the split the autoscaler's log volume suffered
         for container in head["containers"]:
             for mount in container["volumeMounts"]:
@@ -160,8 +197,9 @@ def test_the_log_check_rejects_a_broken_job(renders, breakage: str) -> None:  # 
             if volume["name"] == KUBERAY_LOG_VOLUME:
                 volume["name"] = "ray-tmp"
     elif breakage == "no_ray_mount":
-        worker["containers"][0]["volumeMounts"] = [m for m in worker["containers"][0]["volumeMounts"]
-                                                   if m["mountPath"] != "/tmp/ray"]
+        worker["containers"][0]["volumeMounts"] = [
+            m for m in worker["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp/ray"
+        ]
     elif breakage == "other_bucket":
         conf[name] = conf[name].replace("${SLIDEBANK_LOGS_BUCKET}", "my-own-bucket")
     elif breakage == "key_outside_prefix":

@@ -39,8 +39,13 @@ K8S_VERSION = "1.35"  # terraform/variables.tf kubernetes_version default
 
 def _validate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     script = ROOT / "tests" / "_deploy_tools" / "k8s_validate.py"
-    proc = subprocess.run([str(tool_env("lint") / "bin" / "python"), str(script), K8S_VERSION],
-                          input=yaml.safe_dump_all(docs), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(tool_env("lint") / "bin" / "python"), str(script), K8S_VERSION],
+        input=yaml.safe_dump_all(docs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -48,12 +53,21 @@ def _validate(docs: list[dict[str, Any]]) -> dict[str, Any]:
 # ---- kustomize --------------------------------------------------------------------------
 def test_kustomize_renders_every_manifest_with_terraform_values(rendered) -> None:  # noqa: F811
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in rendered)
-    for expected in ("RayJob/slidebank-ingest", "RayJob/slidebank-train", "RayCluster/slidebank-dev",
-                     "PodMonitor/slidebank-ray", "NetworkPolicy/slidebank-ray-ingress",
-                     "NodePool/slidebank-gpu", "NodePool/slidebank-gpu-ondemand",
-                     "NodePool/slidebank-system", "EC2NodeClass/slidebank",
-                     "ServiceAccount/slidebank", "ConfigMap/slidebank-cluster",
-                     "ConfigMap/slidebank-grafana-dashboard", "ConfigMap/slidebank-ingest-params"):
+    for expected in (
+        "RayJob/slidebank-ingest",
+        "RayJob/slidebank-train",
+        "RayCluster/slidebank-dev",
+        "PodMonitor/slidebank-ray",
+        "NetworkPolicy/slidebank-ray-ingress",
+        "NodePool/slidebank-gpu",
+        "NodePool/slidebank-gpu-ondemand",
+        "NodePool/slidebank-system",
+        "EC2NodeClass/slidebank",
+        "ServiceAccount/slidebank",
+        "ConfigMap/slidebank-cluster",
+        "ConfigMap/slidebank-grafana-dashboard",
+        "ConfigMap/slidebank-ingest-params",
+    ):
         assert expected in kinds
     assert len(kinds) == len(set(kinds)), "an object would be applied by two kustomizations"
     text = yaml.safe_dump_all(rendered)
@@ -101,9 +115,13 @@ def test_manifests_and_ray_pod_templates_are_valid(rendered) -> None:  # noqa: F
     report = _validate(rendered)
     assert report["findings"] == []
     # What kubernetes-validate cannot see is covered by the field check below.
-    assert set(report["skipped"]) == {"EC2NodeClass/slidebank", "NodePool/slidebank-gpu",
-                                      "NodePool/slidebank-gpu-ondemand", "NodePool/slidebank-system",
-                                      "PodMonitor/slidebank-ray"}
+    assert set(report["skipped"]) == {
+        "EC2NodeClass/slidebank",
+        "NodePool/slidebank-gpu",
+        "NodePool/slidebank-gpu-ondemand",
+        "NodePool/slidebank-system",
+        "PodMonitor/slidebank-ray",
+    }
     assert [f for d in rendered for f in unknown_fields(d)] == []
 
 
@@ -127,7 +145,11 @@ def test_jobs_clean_up_and_have_deadlines(rendered) -> None:  # noqa: F811
         assert head["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
         for group in cluster["workerGroupSpecs"]:
             assert group["minReplicas"] == 0, "GPU workers scale from zero"
-        pods = [head, spec["submitterPodTemplate"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+        pods = [
+            head,
+            spec["submitterPodTemplate"],
+            *(g["template"] for g in cluster["workerGroupSpecs"]),
+        ]
         assert {p["spec"]["serviceAccountName"] for p in pods} == {"slidebank"}
 
 
@@ -144,9 +166,17 @@ def _pools_for(pod: dict[str, Any], pools: list[dict[str, Any]]) -> list[dict[st
     out = []
     for pool in pools:
         template = pool["spec"]["template"]
-        labels = {**template["metadata"].get("labels", {}), "karpenter.sh/nodepool": pool["metadata"]["name"]}
-        reqs = {r["key"]: r["values"] for r in template["spec"]["requirements"] if r["operator"] == "In"}
-        fits = all(labels.get(k) == v or v in reqs.get(k, []) for k, v in spec.get("nodeSelector", {}).items())
+        labels = {
+            **template["metadata"].get("labels", {}),
+            "karpenter.sh/nodepool": pool["metadata"]["name"],
+        }
+        reqs = {
+            r["key"]: r["values"] for r in template["spec"]["requirements"] if r["operator"] == "In"
+        }
+        fits = all(
+            labels.get(k) == v or v in reqs.get(k, [])
+            for k, v in spec.get("nodeSelector", {}).items()
+        )
         if fits and {t["key"] for t in template["spec"].get("taints", [])} <= tolerated:
             out.append(pool)
     return sorted(out, key=lambda p: -p["spec"].get("weight", 0))
@@ -159,11 +189,16 @@ def test_gpu_workers_fall_back_to_on_demand_and_heads_stay_on_demand(rendered) -
         for group in cluster["workerGroupSpecs"]:
             reachable = _pools_for(group["template"], pools)
             # Spot first; when spot has no capacity (or hits its limit) the on-demand pool.
-            assert [_capacity(p) for p in reachable] == [["spot"], ["on-demand"]], job["metadata"]["name"]
+            assert [_capacity(p) for p in reachable] == [["spot"], ["on-demand"]], job["metadata"][
+                "name"
+            ]
             assert all("nvidia.com/gpu" in p["spec"]["limits"] for p in reachable)
             # No zone pin: a shortage in one zone must not stop a run.
-            assert not any(r["key"] == "topology.kubernetes.io/zone"
-                           for p in reachable for r in p["spec"]["template"]["spec"]["requirements"])
+            assert not any(
+                r["key"] == "topology.kubernetes.io/zone"
+                for p in reachable
+                for r in p["spec"]["template"]["spec"]["requirements"]
+            )
         for pod in (cluster["headGroupSpec"]["template"], job["spec"]["submitterPodTemplate"]):
             assert [_capacity(p) for p in _pools_for(pod, pools)] == [["on-demand"]]
 
@@ -171,7 +206,9 @@ def test_gpu_workers_fall_back_to_on_demand_and_heads_stay_on_demand(rendered) -
 def test_a_new_ami_never_replaces_a_busy_gpu_node(rendered) -> None:  # noqa: F811
     nodeclass = next(d for d in rendered if d["kind"] == "EC2NodeClass")
     aliases = [t["alias"] for t in nodeclass["spec"]["amiSelectorTerms"]]
-    assert aliases and all(re.fullmatch(r"bottlerocket@v\d+\.\d+\.\d+", a) for a in aliases), aliases
+    assert aliases and all(re.fullmatch(r"bottlerocket@v\d+\.\d+\.\d+", a) for a in aliases), (
+        aliases
+    )
     assert nodeclass["spec"]["tags"]["Project"] == "slidebank"
     for pool in (d for d in rendered if d["kind"] == "NodePool" and "gpu" in d["metadata"]["name"]):
         budgets = pool["spec"]["disruption"]["budgets"]
@@ -184,8 +221,12 @@ def test_a_new_ami_never_replaces_a_busy_gpu_node(rendered) -> None:  # noqa: F8
 
 # ---- container image ----------------------------------------------------------------------
 def _hadolint(path: Path) -> list[dict[str, Any]]:
-    proc = subprocess.run([str(tool_bin("lint", "hadolint")), "--format", "json", "--no-fail",
-                           str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(tool_bin("lint", "hadolint")), "--format", "json", "--no-fail", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout or "[]")
 
@@ -207,8 +248,11 @@ def test_image_pins_ray_cuda13_and_every_dependency() -> None:
     assert base == f"rayproject/ray:{ray.__version__}-py312-cu130", base
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
-    pins = dict(line.split("==") for line in (DEPLOY / "docker" / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (DEPLOY / "docker" / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert pins["ray"] == ray.__version__
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[\[<>=!~ ;]", d)[0].lower() for d in deps}

@@ -26,13 +26,19 @@ def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions", []):
         value, op = labels.get(expr["key"]), expr["operator"]
-        if (op == "In" and value not in expr["values"]) or (op == "NotIn" and value in expr["values"]) \
-                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+        if (
+            (op == "In" and value not in expr["values"])
+            or (op == "NotIn" and value in expr["values"])
+            or (op == "Exists" and value is None)
+            or (op == "DoesNotExist" and value is not None)
+        ):
             return False
     return True
 
 
-def _peer_admits(peer: dict[str, Any], policy_ns: str, src_ns: str, src_labels: dict[str, str]) -> bool:
+def _peer_admits(
+    peer: dict[str, Any], policy_ns: str, src_ns: str, src_labels: dict[str, str]
+) -> bool:
     if "ipBlock" in peer:
         return False  # pod-to-pod traffic inside the cluster is judged by selectors
     if "namespaceSelector" in peer:
@@ -43,11 +49,21 @@ def _peer_admits(peer: dict[str, Any], policy_ns: str, src_ns: str, src_labels: 
     return _matches(peer.get("podSelector"), src_labels)
 
 
-def admitted(policies: list[dict[str, Any]], dst_ns: str, dst_labels: dict[str, str], port: int,
-             src_ns: str, src_labels: dict[str, str]) -> bool:
-    selecting = [p for p in policies if p["metadata"]["namespace"] == dst_ns
-                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-                 and _matches(p["spec"]["podSelector"], dst_labels)]
+def admitted(
+    policies: list[dict[str, Any]],
+    dst_ns: str,
+    dst_labels: dict[str, str],
+    port: int,
+    src_ns: str,
+    src_labels: dict[str, str],
+) -> bool:
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == dst_ns
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and _matches(p["spec"]["podSelector"], dst_labels)
+    ]
     if not selecting:
         return True
     for policy in selecting:
@@ -64,7 +80,11 @@ def admitted(policies: list[dict[str, Any]], dst_ns: str, dst_labels: dict[str, 
 def _ray_head_labels(job: dict[str, Any]) -> dict[str, str]:
     """A head pod's labels: the template's plus what KubeRay adds."""
     template = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
-    return {**template["metadata"]["labels"], "ray.io/node-type": "head", "ray.io/cluster": "slidebank-ingest-abcde"}
+    return {
+        **template["metadata"]["labels"],
+        "ray.io/node-type": "head",
+        "ray.io/cluster": "slidebank-ingest-abcde",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +115,28 @@ def test_the_submitter_and_workers_reach_the_head(policies, head, renders) -> No
 
 
 def test_prometheus_scrapes_and_strangers_are_kept_out(policies, head) -> None:
-    assert admitted(policies, "slidebank", head, 8080, "monitoring", {"app.kubernetes.io/name": "prometheus"})
-    assert not admitted(policies, "slidebank", head, 8265, "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    assert admitted(
+        policies, "slidebank", head, 8080, "monitoring", {"app.kubernetes.io/name": "prometheus"}
+    )
+    assert not admitted(
+        policies, "slidebank", head, 8265, "monitoring", {"app.kubernetes.io/name": "prometheus"}
+    )
     assert not admitted(policies, "slidebank", head, 8265, "default", {"app": "anything"})
     assert not admitted(policies, "slidebank", head, 10001, "kuberay-system", {})
 
 
 def test_the_policy_as_it_was_would_block_the_operator(policies, head) -> None:
     """The rules before the fix admitted only Ray pods and Prometheus."""
-    old = [{**p, "spec": {**p["spec"], "ingress": [r for r in p["spec"]["ingress"]
-                                                   if "kuberay-system" not in str(r)]}} for p in policies]
+    old = [
+        {
+            **p,
+            "spec": {
+                **p["spec"],
+                "ingress": [r for r in p["spec"]["ingress"] if "kuberay-system" not in str(r)],
+            },
+        }
+        for p in policies
+    ]
     assert not admitted(old, "slidebank", head, 8265, "kuberay-system", {})
 
 

@@ -23,7 +23,10 @@ from tests._deploy_tools.kuberay_submitter import pod_env, replay
 JOB_ID_SUFFIX = "-x7k2q"  # kuberay_submitter's stand-in for KubeRay's random job id
 
 
-def _job(renders: dict[str, list[dict[str, Any]]], overlay: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # noqa: F811
+def _job(
+    renders: dict[str, list[dict[str, Any]]],  # noqa: F811
+    overlay: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     (job,) = [d for d in renders[overlay] if d["kind"] == "RayJob"]
     return job, renders[""] + renders[overlay]  # the platform is applied first
 
@@ -35,7 +38,10 @@ def _parse(argv: list[str]) -> dict[str, Any]:
     return dict(sub.make_context(argv[0], list(argv[1:])).params)
 
 
-def test_ingest_job_gives_slidebank_the_slides_the_store_and_its_options(renders, tmp_path: Path) -> None:  # noqa: F811
+def test_ingest_job_gives_slidebank_the_slides_the_store_and_its_options(
+    renders,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     job, objects = _job(renders, "jobs/ingest")
     argv = replay(job, objects, tmp_path)
     assert argv[0] == "ingest" and "" not in argv, argv
@@ -48,13 +54,18 @@ def test_ingest_job_gives_slidebank_the_slides_the_store_and_its_options(renders
     assert params["gpu_wait"] == float(run["SLIDEBANK_GPU_WAIT_S"])
     # A failed slide does not fail the Ray job; the summary lands in the store, per job id.
     assert params["partial_ok"] is True
-    assert params["summary"] == (f"{cluster['SLIDEBANK_STORE_URI'].rstrip('/')}/ingest-runs/"
-                                 f"{job['metadata']['name']}{JOB_ID_SUFFIX}.json")
+    assert params["summary"] == (
+        f"{cluster['SLIDEBANK_STORE_URI'].rstrip('/')}/ingest-runs/"
+        f"{job['metadata']['name']}{JOB_ID_SUFFIX}.json"
+    )
     # --gpu-wait fails the run while the job's own deadline is still far off.
     assert params["gpu_wait"] < job["spec"]["activeDeadlineSeconds"]
 
 
-def test_train_job_gives_slidebank_the_store_cohort_and_checkpoints(renders, tmp_path: Path) -> None:  # noqa: F811
+def test_train_job_gives_slidebank_the_store_cohort_and_checkpoints(
+    renders,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     job, objects = _job(renders, "jobs/train")
     argv = replay(job, objects, tmp_path)
     assert argv[0] == "train" and "" not in argv, argv
@@ -72,13 +83,20 @@ def test_train_job_gives_slidebank_the_store_cohort_and_checkpoints(renders, tmp
     assert str(config.store) == store
 
 
-def _mounted_file(job: dict[str, Any], objects: list[dict[str, Any]], path: Path, tmp: Path) -> Path:
+def _mounted_file(
+    job: dict[str, Any], objects: list[dict[str, Any]], path: Path, tmp: Path
+) -> Path:
     """``path`` in the head container, from the ConfigMap volume mounted above it."""
     spec = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    (mount,) = [
+        m for m in spec["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == path.parent
+    ]
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
-    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"
-                     and o["metadata"]["name"] == volume["configMap"]["name"]]
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"]
+    ]
     local = tmp / path.name
     local.write_text(config_map["data"][path.name])
     return local
@@ -100,10 +118,15 @@ def test_every_ray_container_can_start(renders, overlay: str) -> None:  # noqa: 
     objects = renders[""] + renders[overlay]
     (run,) = [d for d in renders[overlay] if d["kind"] in ("RayJob", "RayCluster")]
     cluster = run["spec"].get("rayClusterSpec", run["spec"])
-    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    templates = [
+        cluster["headGroupSpec"]["template"],
+        *(g["template"] for g in cluster["workerGroupSpecs"]),
+    ]
     if run["kind"] == "RayJob":
         templates.append(run["spec"]["submitterPodTemplate"])
     for template in templates:
-        for container in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
+        for container in (
+            template["spec"].get("initContainers", []) + template["spec"]["containers"]
+        ):
             env = pod_env(container, objects, run["metadata"]["namespace"])
             assert env.get("SLIDEBANK_STORE_URI"), (overlay, container["name"])

@@ -24,8 +24,12 @@ DEPLOY = ROOT / "infra" / "deploy"
 
 def _load(folder: Path) -> dict[str, Any]:
     script = ROOT / "tests" / "_deploy_tools" / "hcl_dump.py"
-    proc = subprocess.run([str(tool_env("lint") / "bin" / "python"), str(script), str(folder)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(tool_env("lint") / "bin" / "python"), str(script), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     files = json.loads(proc.stdout)
     errors = {name: f["__error__"] for name, f in files.items() if "__error__" in f}
@@ -71,13 +75,17 @@ def problems(files: dict[str, Any]) -> list[str]:
     for name, body in _blocks(files, "module").items():
         source, version = body.get("source", ""), str(body.get("version", ""))
         if not re.match(r"^terraform-aws-modules/", source):
-            out.append(f"module {name}: source {source!r} is not a terraform-aws-modules registry module")
+            out.append(
+                f"module {name}: source {source!r} is not a terraform-aws-modules registry module"
+            )
         if not re.fullmatch(r"\d+\.\d+\.\d+", version):
             out.append(f"module {name}: version {version!r} is not pinned exactly")
     for fname, content in files.items():
         for block in content.get("terraform", []):
             if "backend" in block:
-                out.append(f"{fname}: a backend block (CI must never initialise state; use backend.tf.example)")
+                out.append(
+                    f"{fname}: a backend block (CI must never initialise state; use backend.tf.example)"
+                )
     out += _bucket_problems(resources, data)
     out += _iam_problems(resources, data)
     out += _open_ingress(resources)
@@ -88,9 +96,18 @@ def _open_ingress(resources: dict[str, Any]) -> list[str]:
     """Inbound rules open to the internet (outbound HTTPS through the NAT is fine)."""
     out = []
     for key, body in resources.items():
-        rules = body.get("ingress", []) if key.startswith("aws_security_group.") else (
-            [body] if key.startswith(("aws_vpc_security_group_ingress_rule.", "aws_security_group_rule."))
-            and body.get("type", "ingress") == "ingress" else [])
+        rules = (
+            body.get("ingress", [])
+            if key.startswith("aws_security_group.")
+            else (
+                [body]
+                if key.startswith(
+                    ("aws_vpc_security_group_ingress_rule.", "aws_security_group_rule.")
+                )
+                and body.get("type", "ingress") == "ingress"
+                else []
+            )
+        )
         for rule in rules:
             if "0.0.0.0/0" in json.dumps(rule) or "::/0" in json.dumps(rule):
                 out.append(f"{key}: inbound from 0.0.0.0/0")
@@ -99,15 +116,24 @@ def _open_ingress(resources: dict[str, Any]) -> list[str]:
 
 def _bucket_problems(resources: dict[str, Any], data: dict[str, Any]) -> list[str]:
     out = []
-    logging_targets = {ref for body in resources.values() for ref in
-                       re.findall(r"aws_s3_bucket\.(\w+)\.id", str(body.get("target_bucket", "")))}
+    logging_targets = {
+        ref
+        for body in resources.values()
+        for ref in re.findall(r"aws_s3_bucket\.(\w+)\.id", str(body.get("target_bucket", "")))
+    }
     for key in (k for k in resources if k.startswith("aws_s3_bucket.")):
         bucket = key.split(".", 1)[1]
 
         def attached(suffix: str, bucket: str = bucket) -> list[Any]:
-            return [b for k, b in resources.items() if (k.startswith(f"aws_s3_bucket_{suffix}.")
-                    and re.search(rf"aws_s3_bucket\.{bucket}\b", json.dumps(b)))
-                    or k == f"aws_s3_bucket_{suffix}.{bucket}"]
+            return [
+                b
+                for k, b in resources.items()
+                if (
+                    k.startswith(f"aws_s3_bucket_{suffix}.")
+                    and re.search(rf"aws_s3_bucket\.{bucket}\b", json.dumps(b))
+                )
+                or k == f"aws_s3_bucket_{suffix}.{bucket}"
+            ]
 
         sse = attached("server_side_encryption_configuration")
         if not sse:
@@ -117,32 +143,52 @@ def _bucket_problems(resources: dict[str, Any], data: dict[str, Any]) -> list[st
             default = _one(rule["apply_server_side_encryption_by_default"])
             if bucket in logging_targets:
                 continue  # log delivery writes SSE-S3 only
-            if default.get("sse_algorithm") != "aws:kms" or rule.get("bucket_key_enabled") is not True:
+            if (
+                default.get("sse_algorithm") != "aws:kms"
+                or rule.get("bucket_key_enabled") is not True
+            ):
                 out.append(f"{key}: not SSE-KMS with a bucket key")
         pab = attached("public_access_block")
-        flags = ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+        flags = (
+            "block_public_acls",
+            "block_public_policy",
+            "ignore_public_acls",
+            "restrict_public_buckets",
+        )
         if not pab or not all(all(b.get(f) is True for f in flags) for b in pab):
             out.append(f"{key}: public access not fully blocked")
         versioning = attached("versioning")
-        if not versioning or any(_one(b["versioning_configuration"]).get("status") != "Enabled"
-                                 for b in versioning):
+        if not versioning or any(
+            _one(b["versioning_configuration"]).get("status") != "Enabled" for b in versioning
+        ):
             out.append(f"{key}: versioning not enabled")
         lifecycle = attached("lifecycle_configuration")
         if not lifecycle or "abort_incomplete_multipart_upload" not in json.dumps(lifecycle):
             out.append(f"{key}: no lifecycle rule aborting incomplete uploads")
         policies = attached("policy")
-        docs = [data.get(m.group(1)) for p in policies
-                for m in [re.search(r"data\.(aws_iam_policy_document\.\w+)", json.dumps(p))] if m]
-        if not any("aws:SecureTransport" in json.dumps(d) and '"Deny"' in json.dumps(d) for d in docs):
+        docs = [
+            data.get(m.group(1))
+            for p in policies
+            for m in [re.search(r"data\.(aws_iam_policy_document\.\w+)", json.dumps(p))]
+            if m
+        ]
+        if not any(
+            "aws:SecureTransport" in json.dumps(d) and '"Deny"' in json.dumps(d) for d in docs
+        ):
             out.append(f"{key}: no policy denying non-TLS requests")
     return out
 
 
 def _iam_problems(resources: dict[str, Any], data: dict[str, Any]) -> list[str]:
     out = []
-    key_policies = {m for body in resources.values()
-                    for m in re.findall(r"data\.(aws_iam_policy_document\.\w+)\.json", str(body.get("policy", "")))
-                    if body.get("enable_key_rotation") is not None}
+    key_policies = {
+        m
+        for body in resources.values()
+        for m in re.findall(
+            r"data\.(aws_iam_policy_document\.\w+)\.json", str(body.get("policy", ""))
+        )
+        if body.get("enable_key_rotation") is not None
+    }
     for name, doc in data.items():
         if not name.startswith("aws_iam_policy_document.") or name in key_policies:
             continue
@@ -171,14 +217,20 @@ def test_terraform_follows_the_rules(terraform) -> None:
 
 def test_broken_terraform_is_caught() -> None:
     found = problems(_load(BROKEN))
-    for expected in ("variable bucket: no type", "variable bucket: no description",
-                     "variable bucket: no validation", "module eks: version '~> 21.0'",
-                     "a backend block", "aws_s3_bucket.slides: no server-side encryption",
-                     "aws_s3_bucket.slides: public access not fully blocked",
-                     "aws_s3_bucket.slides: versioning not enabled",
-                     "aws_s3_bucket.slides: no policy denying non-TLS",
-                     "aws_iam_policy_document.all: wildcard action", "Resource '*'",
-                     "aws_security_group.ssh: inbound from 0.0.0.0/0"):
+    for expected in (
+        "variable bucket: no type",
+        "variable bucket: no description",
+        "variable bucket: no validation",
+        "module eks: version '~> 21.0'",
+        "a backend block",
+        "aws_s3_bucket.slides: no server-side encryption",
+        "aws_s3_bucket.slides: public access not fully blocked",
+        "aws_s3_bucket.slides: versioning not enabled",
+        "aws_s3_bucket.slides: no policy denying non-TLS",
+        "aws_iam_policy_document.all: wildcard action",
+        "Resource '*'",
+        "aws_security_group.ssh: inbound from 0.0.0.0/0",
+    ):
         assert any(expected in p for p in found), (expected, found)
 
 
@@ -211,8 +263,11 @@ def test_outputs_are_what_the_manifests_consume(terraform) -> None:
     assert all(body.get("description") for body in outputs.values())
     heredoc = outputs["kustomize_env"]["value"]
     produced = set(re.findall(r"^\s*([A-Z_]+)=", heredoc, re.M))
-    env_keys = {line.split("=", 1)[0] for line in (DEPLOY / "values" / "cluster.env").read_text().splitlines()
-                if line and not line.startswith("#")}
+    env_keys = {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / "values" / "cluster.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert produced == env_keys
     # Every key is used: by a replacement, in a job's entrypoint, by the weights init
     # container, or by Ray itself (the dashboard's Grafana and Prometheus settings).
@@ -222,14 +277,19 @@ def test_outputs_are_what_the_manifests_consume(terraform) -> None:
     used_in_jobs = {k for k in env_keys if re.search(rf"\${{?{k}\b", entrypoints)}
     fetcher = (ROOT / "infra" / "fetch_weights.py").read_text()
     shipper = (DEPLOY / "logging" / "fluent-bit.conf").read_text()  # the jobs' log sidecars
-    used = replaced | used_in_jobs | {k for k in env_keys if k in fetcher or f"${{{k}}}" in shipper
-                                      or k.startswith("RAY_")}
+    used = (
+        replaced
+        | used_in_jobs
+        | {k for k in env_keys if k in fetcher or f"${{{k}}}" in shipper or k.startswith("RAY_")}
+    )
     assert env_keys - used <= {"AWS_REGION"}, "outputs nobody reads"
     # The namespace and service account Terraform grants are the manifests' own.
     variables = _blocks(terraform, "variable")
     sa = yaml.safe_load((DEPLOY / "kuberay" / "serviceaccount.yaml").read_text())
     assert (variables["namespace"]["default"], variables["service_account"]["default"]) == (
-        sa["metadata"]["namespace"], sa["metadata"]["name"])
+        sa["metadata"]["namespace"],
+        sa["metadata"]["name"],
+    )
 
 
 def test_s3_traffic_bypasses_the_nat(terraform) -> None:
@@ -289,13 +349,17 @@ def test_every_bucket_terraform_creates_has_a_valid_name_length(terraform) -> No
     """S3 bucket names are 3-63 characters; the longest names the variables' validations
     accept must still make valid buckets (the logs bucket was the store's name + '-logs')."""
     variables = _blocks(terraform, "variable")
-    locals_ = {k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()}
+    locals_ = {
+        k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()
+    }
     lengths = {}
     for key, body in _blocks(terraform, "resource").items():
         if not key.startswith("aws_s3_bucket."):
             continue
         if body["bucket"] == "${each.value}":  # for_each over local.data_buckets
-            names = re.findall(r"var\.(\w+_bucket_name)", json.dumps(locals_[body["for_each"][8:-1]]))
+            names = re.findall(
+                r"var\.(\w+_bucket_name)", json.dumps(locals_[body["for_each"][8:-1]])
+            )
             for name in names:
                 lengths[f"{key}[{name}]"] = _max_len(variables[name])
         else:
@@ -310,13 +374,20 @@ def test_the_old_logs_bucket_name_is_caught(terraform) -> None:
 
 
 def test_an_existing_slides_bucket_is_read_not_created(terraform) -> None:
-    locals_ = {k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()}
+    locals_ = {
+        k: v for f in terraform.values() for block in f.get("locals", []) for k, v in block.items()
+    }
     assert "var.create_slides_bucket ?" in locals_["data_buckets"]
     # Nothing outside the created buckets refers to the slides bucket resource.
     text = json.dumps({k: v for k, v in terraform.items()})
     assert 'aws_s3_bucket.data[\\"slides\\"]' not in text
-    statements = {st["sid"]: st for st in _blocks(terraform, "data")["aws_iam_policy_document.pods"]["statement"]}
-    assert statements["ReadSlides"]["resources"] == ["${local.slides_bucket_arn}/${var.slides_prefix}*"]
+    statements = {
+        st["sid"]: st
+        for st in _blocks(terraform, "data")["aws_iam_policy_document.pods"]["statement"]
+    }
+    assert statements["ReadSlides"]["resources"] == [
+        "${local.slides_bucket_arn}/${var.slides_prefix}*"
+    ]
     assert "slides_kms_key_arn" in json.dumps(statements["DataKeyThroughS3Only"])
 
 
@@ -326,11 +397,17 @@ def test_terraform_installs_what_the_manifests_need(terraform) -> None:
     chart is pinned exactly."""
     import yaml
 
-    releases = {k.split(".", 1)[1]: v for k, v in _blocks(terraform, "resource").items()
-                if k.startswith("helm_release.")}
+    releases = {
+        k.split(".", 1)[1]: v
+        for k, v in _blocks(terraform, "resource").items()
+        if k.startswith("helm_release.")
+    }
     stack = releases["kube_prometheus_stack"]
     monitor = yaml.safe_load((DEPLOY / "kuberay" / "podmonitor.yaml").read_text())
-    assert (stack["name"], stack["namespace"]) == (monitor["metadata"]["labels"]["release"], "monitoring")
+    assert (stack["name"], stack["namespace"]) == (
+        monitor["metadata"]["labels"]["release"],
+        "monitoring",
+    )
     env = (DEPLOY / "values" / "cluster.env").read_text()
     assert f"http://{stack['name']}-grafana.{stack['namespace']}.svc" in env
     assert "dcgm_exporter" in releases
@@ -343,15 +420,23 @@ def test_terraform_fmt_is_clean() -> None:
     binary = shutil.which("terraform") or shutil.which("tofu")
     if binary is None:
         pytest.skip("no terraform (or tofu) binary on PATH")
-    proc = subprocess.run([binary, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [binary, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, f"not formatted: {proc.stdout} {proc.stderr[-500:]}"
 
 
 # A tiny IAM evaluator: does some Allow statement cover (action, resource) under the
 # request's context? Terraform interpolations become the values below.
-_VALUES = {"${var.region}": "us-east-1", "${data.aws_caller_identity.current.account_id}": "123456789012",
-           "${local.ray_cluster_name}": "slidebank", "${aws_security_group.ray_nodes[0].id}": "sg-0abc"}
+_VALUES = {
+    "${var.region}": "us-east-1",
+    "${data.aws_caller_identity.current.account_id}": "123456789012",
+    "${local.ray_cluster_name}": "slidebank",
+    "${aws_security_group.ray_nodes[0].id}": "sg-0abc",
+}
 _ACCOUNT = "arn:aws:ec2:us-east-1:123456789012"
 
 
@@ -369,7 +454,9 @@ def _resources(statement: dict[str, Any]) -> list[str]:
     return [_resolve(r) for r in raw]
 
 
-def _allowed(statements: list[dict[str, Any]], action: str, arn: str, context: dict[str, str]) -> bool:
+def _allowed(
+    statements: list[dict[str, Any]], action: str, arn: str, context: dict[str, str]
+) -> bool:
     from fnmatch import fnmatchcase
 
     for st in statements:
@@ -377,8 +464,10 @@ def _allowed(statements: list[dict[str, Any]], action: str, arn: str, context: d
             continue
         if not any(fnmatchcase(arn, pattern) for pattern in _resources(st)):
             continue
-        if all(context.get(c["variable"]) in [_resolve(v) for v in c["values"]]
-               for c in st.get("condition", [])):
+        if all(
+            context.get(c["variable"]) in [_resolve(v) for v in c["values"]]
+            for c in st.get("condition", [])
+        ):
             return True
     return False
 
@@ -387,13 +476,20 @@ def _ray_launch_requests() -> list[tuple[str, str, dict[str, str]]]:
     """What Ray 2.60's AWS node provider asks of EC2 for one spot worker, resource by
     resource: RunInstances (tags only on the instance; a KeyName always), then status tags
     naming only the changed tag, then termination."""
-    launch = [("instance/i-1", {"aws:RequestTag/ray-cluster-name": "slidebank"}), ("volume/vol-1", {}),
-              ("network-interface/eni-1", {}), ("key-pair/ray-autoscaler_us-east-1", {}),
-              ("spot-instances-request/sir-1", {}), ("security-group/sg-0abc", {}),
-              ("subnet/subnet-1", {})]
+    launch = [
+        ("instance/i-1", {"aws:RequestTag/ray-cluster-name": "slidebank"}),
+        ("volume/vol-1", {}),
+        ("network-interface/eni-1", {}),
+        ("key-pair/ray-autoscaler_us-east-1", {}),
+        ("spot-instances-request/sir-1", {}),
+        ("security-group/sg-0abc", {}),
+        ("subnet/subnet-1", {}),
+    ]
     requests = [("ec2:RunInstances", f"{_ACCOUNT}:{r}", ctx) for r, ctx in launch]
     requests.append(("ec2:RunInstances", "arn:aws:ec2:us-east-1::image/ami-1", {}))
-    requests.append(("ec2:CreateTags", f"{_ACCOUNT}:instance/i-1", {"ec2:CreateAction": "RunInstances"}))
+    requests.append(
+        ("ec2:CreateTags", f"{_ACCOUNT}:instance/i-1", {"ec2:CreateAction": "RunInstances"})
+    )
     tagged = {"aws:ResourceTag/ray-cluster-name": "slidebank"}
     requests.append(("ec2:CreateTags", f"{_ACCOUNT}:instance/i-1", tagged))
     requests.append(("ec2:TerminateInstances", f"{_ACCOUNT}:instance/i-1", tagged))
@@ -409,8 +505,12 @@ def test_the_ray_up_head_can_launch_and_tag_workers(terraform) -> None:
     denied = [(a, r) for a, r, ctx in _ray_launch_requests() if not _allowed(statements, a, r, ctx)]
     assert denied == []
     # ...but not another cluster's instances, nor an untagged launch.
-    assert not _allowed(statements, "ec2:TerminateInstances", f"{_ACCOUNT}:instance/i-2",
-                        {"aws:ResourceTag/ray-cluster-name": "other"})
+    assert not _allowed(
+        statements,
+        "ec2:TerminateInstances",
+        f"{_ACCOUNT}:instance/i-2",
+        {"aws:ResourceTag/ray-cluster-name": "other"},
+    )
     assert not _allowed(statements, "ec2:RunInstances", f"{_ACCOUNT}:instance/i-2", {})
 
 

@@ -16,10 +16,17 @@ from features.encoders.spec import EncoderSpec, frozen_kwargs
 from infra import metrics
 
 TINY_VIT = EncoderSpec(
-    name="test-robust-vit", family="test", embed_dim=16, pooling="cls", input_size=32,
-    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), architecture="vit_tiny_patch16_224",
+    name="test-robust-vit",
+    family="test",
+    embed_dim=16,
+    pooling="cls",
+    input_size=32,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    architecture="vit_tiny_patch16_224",
     timm_kwargs=frozen_kwargs(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2),
-    dtype="float32")
+    dtype="float32",
+)
 OOM_RETRIES = "slidebank_encode_oom_retries_total"
 
 
@@ -36,7 +43,9 @@ def _fits_only(encoder: Encoder, method: str, most: int) -> list[int]:
     def forward(batch):
         sizes.append(len(batch))
         if len(batch) > most:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {len(batch)}")
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate for {len(batch)}"
+            )
         return real(batch)
 
     setattr(encoder._backend, method, forward)
@@ -45,7 +54,8 @@ def _fits_only(encoder: Encoder, method: str, most: int) -> list[int]:
 
 @pytest.mark.parametrize("path", ["embed_device", "encode"])
 def test_an_oom_halves_the_batch_down_to_what_fits_and_the_embeddings_are_the_unsplit_ones(
-        path, caplog) -> None:
+    path, caplog
+) -> None:
     tiles = _tiles(20)
     whole = getattr(Encoder(TINY_VIT, device="cpu", batch_size=16), path)(tiles)
     encoder = Encoder(TINY_VIT, device="cpu", batch_size=16)
@@ -84,6 +94,7 @@ def test_an_oom_on_a_single_tile_and_other_errors_are_raised_not_retried() -> No
 
 # ---- a GPU decode that fails over to the CPU decoder -------------------------------------
 
+
 def _gpu_decode_fails():
     from ingest.slides.backends import cucim_standin
 
@@ -98,7 +109,9 @@ def _gpu_decode_fails():
     return GpuDecodeFails
 
 
-def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(tmp_path, caplog) -> None:
+def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(
+    tmp_path, caplog
+) -> None:
     from ingest.slides import open_slide
     from ingest.slides.backends import cucim_standin
     from ingest.slides.backends.cucim_reader import CucimReader
@@ -107,7 +120,9 @@ def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(tmp_p
     if not CucimReader.is_available():
         pytest.skip("cuCIM is not installed")
     path = tmp_path / "fallback.svs"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=1024, height=768, seed=3, downsamples=(1, 4)))
+    write_synthetic_slide(
+        path, SyntheticSlideSpec(width=1024, height=768, seed=3, downsamples=(1, 4))
+    )
     locs = np.array([[0, 0], [256, 128], [512, 384]])
     with open_slide(str(path), device="cpu") as cpu:
         expected = cpu.read_regions_at_mpp(locs, 128, 0.5)
@@ -127,7 +142,10 @@ def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(tmp_p
 
 # ---- the encoder batch, from the command line to the device stage -------------------------
 
-@pytest.mark.parametrize(("encode_batch", "expected"), [(24, 24), (None, 64)])  # 64: a CPU's default
+
+@pytest.mark.parametrize(
+    ("encode_batch", "expected"), [(24, 24), (None, 64)]
+)  # 64: a CPU's default
 def test_the_device_stage_gets_the_runs_encode_batch(tmp_path, encode_batch, expected) -> None:
     from features.store import FeatureStore
     from ingest.pipeline.config import IngestConfig, RunOptions
@@ -138,9 +156,18 @@ def test_the_device_stage_gets_the_runs_encode_batch(tmp_path, encode_batch, exp
     config = IngestConfig(stain="none")
     options = RunOptions(progress=False, device="cpu", tiles_per_batch=8, encode_batch=encode_batch)
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
-    ctx = RunContext(todo=[], store=store, config=config, options=options, storage_options=None,
-                     config_hash=config.config_hash(), result=None, progress=None,  # type: ignore[arg-type]
-                     write_ids={}, collector=None)  # type: ignore[arg-type]
+    ctx = RunContext(
+        todo=[],
+        store=store,
+        config=config,
+        options=options,
+        storage_options=None,
+        config_hash=config.config_hash(),
+        result=None,
+        progress=None,  # type: ignore[arg-type]
+        write_ids={},
+        collector=None,
+    )  # type: ignore[arg-type]
     stage = DeviceStage(**stage_kwargs(ctx, "cpu"))
     assert stage.encode_batch == expected and stage._encoder.batch_size == expected
 
@@ -176,6 +203,7 @@ def test_cli_encode_batch_reaches_the_run_options(tmp_path, monkeypatch) -> None
 
 
 # ---- the model cast to bf16 once, on CUDA ------------------------------------------------
+
 
 def test_weights_are_cast_once_to_the_autocast_dtype_on_cuda_only() -> None:
     from features.encoders._torch_backend import weight_dtype

@@ -32,10 +32,17 @@ pytestmark = pytest.mark.skipif(not CucimReader.is_available(), reason="cuCIM is
 
 #: a ViT small enough for a CPU test, large enough to be a real timm transformer
 TINY_VIT = EncoderSpec(
-    name="test-tiny-vit", family="test", embed_dim=32, pooling="cls", input_size=32,
-    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), architecture="vit_tiny_patch16_224",
+    name="test-tiny-vit",
+    family="test",
+    embed_dim=32,
+    pooling="cls",
+    input_size=32,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    architecture="vit_tiny_patch16_224",
     timm_kwargs=frozen_kwargs(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
-    dtype="float32")
+    dtype="float32",
+)
 FRAGMENT = 8
 OPTS = RunOptions(progress=False, tiles_per_batch=FRAGMENT, device="cpu")
 TILE = 128  # at 0.5 µm/px: read at 256² from the 0.25 µm/px level; ~35 tiles on the slide
@@ -50,12 +57,17 @@ def slide_40x(tmp_path_factory) -> str:
     """A 40×-style slide (0.25 µm/px, no 0.5 µm level): every tile is read at twice its
     size and area-reduced, and level 0 is too large to be decoded whole."""
     path = tmp_path_factory.mktemp("strict") / "s40.svs"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2560, mpp=0.25, seed=5,
-                                                   downsamples=(1, 4), n_blobs=2))
+    write_synthetic_slide(
+        path,
+        SyntheticSlideSpec(
+            width=3072, height=2560, mpp=0.25, seed=5, downsamples=(1, 4), n_blobs=2
+        ),
+    )
     return str(path)
 
 
 # ---- the stand-in itself ------------------------------------------------------------------
+
 
 def test_strict_arrays_refuse_every_implicit_host_conversion() -> None:
     xp = strict_device.module()
@@ -75,9 +87,18 @@ def test_strict_arrays_refuse_every_implicit_host_conversion() -> None:
     assert isinstance(b, strict_device.StrictArray) and b.shape == (6, 4)
     assert xp.ledger.count() == 1
     host = xp.asnumpy(b[:, 1:], what="result")
-    assert host.tolist() == [[1, 2, 3], [5, 6, 7], [9, 10, 11], [2, 4, 6], [10, 12, 14], [18, 20, 22]]
+    assert host.tolist() == [
+        [1, 2, 3],
+        [5, 6, 7],
+        [9, 10, 11],
+        [2, 4, 6],
+        [10, 12, 14],
+        [18, 20, 22],
+    ]
     assert [(t.direction, t.what, t.nbytes) for t in xp.ledger.select()] == [
-        ("h2d", "params", 48), ("d2h", "result", 72)]
+        ("h2d", "params", 48),
+        ("d2h", "result", 72),
+    ]
     pixels = xp.asarray(np.zeros((2, 4, 4, 3), np.uint8))
     assert xp.ledger.select("h2d")[-1].what == "pixels" and pixels.shape == (2, 4, 4, 3)
 
@@ -97,10 +118,19 @@ def test_the_installed_stand_in_is_the_device_module() -> None:
 
 # ---- resampling on the device -------------------------------------------------------------
 
-@pytest.mark.parametrize(("side", "size", "resample"), [
-    (512, 256, "area"), (768, 256, "area"), (1024, 256, "area"),  # whole factors 2, 3, 4
-    (507, 256, "area"), (300, 256, "area"),  # a 0.2527 µm/px slide: PIL's BOX
-    (507, 256, "lanczos"), (512, 224, "lanczos")])
+
+@pytest.mark.parametrize(
+    ("side", "size", "resample"),
+    [
+        (512, 256, "area"),
+        (768, 256, "area"),
+        (1024, 256, "area"),  # whole factors 2, 3, 4
+        (507, 256, "area"),
+        (300, 256, "area"),  # a 0.2527 µm/px slide: PIL's BOX
+        (507, 256, "lanczos"),
+        (512, 224, "lanczos"),
+    ],
+)
 def test_device_resample_is_the_cpu_resample_pixel_for_pixel(side, size, resample) -> None:
     from ingest.slides.resample import downsample_batch
     from ingest.slides.slide import downsample
@@ -117,6 +147,7 @@ def test_device_resample_is_the_cpu_resample_pixel_for_pixel(side, size, resampl
 
 
 # ---- the cuCIM backend's device reads -----------------------------------------------------
+
 
 def test_cucim_device_reads_stay_on_the_device_and_copy_the_reused_buffer(slide_40x) -> None:
     from ingest.slides import open_slide
@@ -136,13 +167,20 @@ def test_cucim_device_reads_stay_on_the_device_and_copy_the_reused_buffer(slide_
 
 # ---- DeviceStage on the strict device -----------------------------------------------------
 
+
 def _plan(uri: str, sid: str, store: FeatureStore, config: IngestConfig) -> dict:
     from ingest.pipeline.device_stage import plan_for_device
 
-    source = {"uri": uri, "slide_id": sid, "patient_id": "", "mpp": float("nan"),
-              "write_id": f"w-{sid}"}
-    planned = plan_for_device(source, config=config, options=OPTS, store=store.location,
-                              storage_options=None)
+    source = {
+        "uri": uri,
+        "slide_id": sid,
+        "patient_id": "",
+        "mpp": float("nan"),
+        "write_id": f"w-{sid}",
+    }
+    planned = plan_for_device(
+        source, config=config, options=OPTS, store=store.location, storage_options=None
+    )
     assert planned["status"] == "tiles", planned.get("error")
     return planned
 
@@ -150,26 +188,50 @@ def _plan(uri: str, sid: str, store: FeatureStore, config: IngestConfig) -> dict
 def _stage(store: FeatureStore, config: IngestConfig, device: str, encode_batch: int):
     from ingest.pipeline.device_stage import DeviceStage
 
-    return DeviceStage(config=config, options=OPTS, storage_options=None,
-                       encoder_kwargs={"encoder": TINY_VIT, "weights": None, "num_threads": 1},
-                       write_kwargs=_write_kwargs(store, config), device=device,
-                       encode_batch=encode_batch)
+    return DeviceStage(
+        config=config,
+        options=OPTS,
+        storage_options=None,
+        encoder_kwargs={"encoder": TINY_VIT, "weights": None, "num_threads": 1},
+        write_kwargs=_write_kwargs(store, config),
+        device=device,
+        encode_batch=encode_batch,
+    )
 
 
 def _write_kwargs(store: FeatureStore, config: IngestConfig) -> dict:
-    return {"store": store.location, "encoder": config.encoder_id, "config_hash": "s" * 16,
-            "dtype": "float32", "tile_size": TILE, "read_mpp": 0.5}
+    return {
+        "store": store.location,
+        "encoder": config.encoder_id,
+        "config_hash": "s" * 16,
+        "dtype": "float32",
+        "tile_size": TILE,
+        "read_mpp": 0.5,
+    }
 
 
 def _commit(store: FeatureStore, config: IngestConfig, sid: str, uri: str, rows: list[dict]):
     fragments = tuple(f for r in rows for f in json.loads(r["fragments"]))
-    store.commit([PendingSlide(key=SlideKey(sid, config.encoder_id, "s" * 16),
-                               info=SlideInfo(source_uri=uri), write_id=rows[0]["write_id"],
-                               status="done", n_tiles=sum(r["n_tiles"] for r in rows),
-                               fragments=fragments, dim=TINY_VIT.embed_dim, dtype="float32")],
-                 run_id=f"r-{sid}")
-    return store.latest().tiles(columns=["x", "y", "qc_flags", "embedding"]).sort_by(
-        [("x", "ascending"), ("y", "ascending")])
+    store.commit(
+        [
+            PendingSlide(
+                key=SlideKey(sid, config.encoder_id, "s" * 16),
+                info=SlideInfo(source_uri=uri),
+                write_id=rows[0]["write_id"],
+                status="done",
+                n_tiles=sum(r["n_tiles"] for r in rows),
+                fragments=fragments,
+                dim=TINY_VIT.embed_dim,
+                dtype="float32",
+            )
+        ],
+        run_id=f"r-{sid}",
+    )
+    return (
+        store.latest()
+        .tiles(columns=["x", "y", "qc_flags", "embedding"])
+        .sort_by([("x", "ascending"), ("y", "ascending")])
+    )
 
 
 def _fused_reference(tmp_path: Path, slide: str, config: IngestConfig):
@@ -179,13 +241,32 @@ def _fused_reference(tmp_path: Path, slide: str, config: IngestConfig):
     store = FeatureStore.open(str(tmp_path / "fused"), create=True)
     store.ensure_tiles_table(config.encoder_id, TINY_VIT.embed_dim, "float32")
     stage = FusedStage(
-        read_kwargs={"config": config, "options": OPTS, "store": store.location,
-                     "storage_options": None},
-        encoder_kwargs={"encoder": TINY_VIT, "weights": None, "device": "cpu",
-                        "batch_size": 16, "num_threads": 1},
-        write_kwargs=_write_kwargs(store, config))
-    rows = list(stage.run({"uri": slide, "slide_id": "s40", "patient_id": "", "mpp": float("nan"),
-                           "write_id": "w-fused"}))
+        read_kwargs={
+            "config": config,
+            "options": OPTS,
+            "store": store.location,
+            "storage_options": None,
+        },
+        encoder_kwargs={
+            "encoder": TINY_VIT,
+            "weights": None,
+            "device": "cpu",
+            "batch_size": 16,
+            "num_threads": 1,
+        },
+        write_kwargs=_write_kwargs(store, config),
+    )
+    rows = list(
+        stage.run(
+            {
+                "uri": slide,
+                "slide_id": "s40",
+                "patient_id": "",
+                "mpp": float("nan"),
+                "write_id": "w-fused",
+            }
+        )
+    )
     assert rows and all(r["status"] == "tiles" for r in rows)
     return _commit(store, config, "s40", slide, rows)
 
@@ -211,16 +292,20 @@ def test_device_stage_on_the_strict_device_moves_no_pixels(slide_40x, tmp_path) 
         assert len(d2h) == steps, xp.ledger.summary()
         assert {t.what for t in d2h} == {"embeddings+flags"}
         assert sum(t.shape[0] for t in d2h) == n_tiles
-    assert [r["n_tiles"] for r in rows] == [min(FRAGMENT, n_tiles - i)
-                                           for i in range(0, n_tiles, FRAGMENT)]
+    assert [r["n_tiles"] for r in rows] == [
+        min(FRAGMENT, n_tiles - i) for i in range(0, n_tiles, FRAGMENT)
+    ]
     device = _commit(store, config, "s40", slide_40x, rows)
     fused = _fused_reference(tmp_path, slide_40x, config)
     assert device.num_rows == fused.num_rows == n_tiles
     for column in ("x", "y", "qc_flags"):
         assert device.column(column).equals(fused.column(column)), column
-    np.testing.assert_allclose(np.stack(device.column("embedding").to_numpy(zero_copy_only=False)),
-                               np.stack(fused.column("embedding").to_numpy(zero_copy_only=False)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(device.column("embedding").to_numpy(zero_copy_only=False)),
+        np.stack(fused.column("embedding").to_numpy(zero_copy_only=False)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.gpu
@@ -246,10 +331,15 @@ def test_tiny_vit_through_dlpack_and_device_stage_on_a_gpu(slide_40x, tmp_path) 
     assert rows and all(r["status"] == "tiles" for r in rows), rows[0].get("error_message")
     device = _commit(store, config, "s40", slide_40x, rows)
     fused = _fused_reference(tmp_path, slide_40x, config)
-    assert device.column("x").equals(fused.column("x")) and device.column("y").equals(fused.column("y"))
-    np.testing.assert_allclose(np.stack(device.column("embedding").to_numpy(zero_copy_only=False)),
-                               np.stack(fused.column("embedding").to_numpy(zero_copy_only=False)),
-                               rtol=5e-2, atol=5e-2)
+    assert device.column("x").equals(fused.column("x")) and device.column("y").equals(
+        fused.column("y")
+    )
+    np.testing.assert_allclose(
+        np.stack(device.column("embedding").to_numpy(zero_copy_only=False)),
+        np.stack(fused.column("embedding").to_numpy(zero_copy_only=False)),
+        rtol=5e-2,
+        atol=5e-2,
+    )
 
 
 class _WatchedCuImage(cucim_standin.StandInCuImage):
@@ -306,13 +396,17 @@ class _FailsOnce:
 
 
 def test_a_slide_failing_mid_loop_waits_for_its_read_and_the_next_slide_is_done(
-        slide_40x, tmp_path) -> None:
+    slide_40x, tmp_path
+) -> None:
     config = _config("none")
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     store.ensure_tiles_table(config.encoder_id, TINY_VIT.embed_dim, "float32")
     first = _plan(slide_40x, "a", store, config)
-    second = {**first, "source": {**first["source"], "slide_id": "b", "write_id": "w-b"},
-              "info": {**first["info"], "timings": {}}}
+    second = {
+        **first,
+        "source": {**first["source"], "slide_id": "b", "write_id": "w-b"},
+        "info": {**first["info"], "timings": {}},
+    }
     _WatchedCuImage.opened.clear()
     with cucim_standin.installed() as xp:
         CucimReader.image_type = lambda path: _WatchedCuImage(path, xp)

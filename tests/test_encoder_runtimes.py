@@ -29,8 +29,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def _tiny() -> EncoderSpec:
-    return get_encoder_spec("uni").with_timm_overrides("uni-tiny", depth=1, embed_dim=96,
-                                                       num_heads=2)
+    return get_encoder_spec("uni").with_timm_overrides(
+        "uni-tiny", depth=1, embed_dim=96, num_heads=2
+    )
 
 
 def _tiles(n: int = 5, seed: int = 3) -> np.ndarray:
@@ -38,8 +39,15 @@ def _tiles(n: int = 5, seed: int = 3) -> np.ndarray:
 
 
 def _encoder(runtime: str, **kwargs) -> Encoder:
-    return Encoder(_tiny(), weights="random", device="cpu", batch_size=4, num_threads=1,
-                   runtime=runtime, **kwargs)
+    return Encoder(
+        _tiny(),
+        weights="random",
+        device="cpu",
+        batch_size=4,
+        num_threads=1,
+        runtime=runtime,
+        **kwargs,
+    )
 
 
 def _metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -105,8 +113,11 @@ def test_auto_measures_once_and_keeps_the_fastest_that_agrees(cache) -> None:
         return
     measured = encoder.provenance["runtime_choice"]
     assert set(measured) == {"torch", *installed}
-    agreeing = {r: m["tiles_per_s"] for r, m in measured.items()
-                if "tiles_per_s" in m and (r == "torch" or m["max_abs"] <= FP32_MAX_ABS)}
+    agreeing = {
+        r: m["tiles_per_s"]
+        for r, m in measured.items()
+        if "tiles_per_s" in m and (r == "torch" or m["max_abs"] <= FP32_MAX_ABS)
+    }
     assert chosen == max(agreeing, key=agreeing.__getitem__)
     (choice,) = (cache / "choices").iterdir()
     written = choice.stat().st_mtime_ns

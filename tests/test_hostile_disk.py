@@ -52,8 +52,10 @@ NO_RAY = ["--address", "127.0.0.1:9"]
 # ------------------------------------------------------------------ OS-level helpers
 def _mount(*args: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs / read-only bind mount (the OS cannot "
-                    "make a full or read-only disk for an unprivileged user here)")
+        pytest.skip(
+            "needs root to mount a tmpfs / read-only bind mount (the OS cannot "
+            "make a full or read-only disk for an unprivileged user here)"
+        )
     done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
     if done.returncode:
         pytest.skip(f"mount {' '.join(args)} failed here: {done.stderr.strip()}")
@@ -117,9 +119,22 @@ def test_ingest_into_a_file_exits_2_before_ray(tmp_path):
     not_a_folder = tmp_path / "store"
     not_a_folder.write_text("a file where the store should be\n")
     done = subprocess.run(
-        [sys.executable, "-c", "from slidebank.cli import main; main()", "ingest", str(slide),
-         "--store", str(not_a_folder), "--no-dashboard", *NO_RAY],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-c",
+            "from slidebank.cli import main; main()",
+            "ingest",
+            str(slide),
+            "--store",
+            str(not_a_folder),
+            "--no-dashboard",
+            *NO_RAY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == f"error: NotAFolderError: {not_a_folder}: is a file, not a folder"
@@ -143,8 +158,9 @@ def test_read_only_store_is_refused_by_ingest_and_tag(store_root, tmp_path):
     with read_only(store_root):
         with pytest.raises(NotWritableError, match="read-only file system"):
             StoreLocation(str(store_root)).check_writable()
-        result = runner.invoke(app, ["ingest", str(tmp_path / "none.svs"), "--store",
-                                     str(store_root), *NO_RAY])
+        result = runner.invoke(
+            app, ["ingest", str(tmp_path / "none.svs"), "--store", str(store_root), *NO_RAY]
+        )
         _one_line_exit_2(result, "NotWritableError", store_root)
         # Mid-write, from Lance (a tag writes a file): the same one line, from any command,
         # naming the store (Lance's error does not).
@@ -159,8 +175,9 @@ def test_full_disk_is_refused_before_ingest_starts(tmp_path):
         _fill(disk)
         with pytest.raises(DiskFullError, match="no space left"):
             StoreLocation(str(disk / "store")).check_writable()
-        result = runner.invoke(app, ["ingest", str(tmp_path / "none.svs"), "--store",
-                                     str(disk / "store"), *NO_RAY])
+        result = runner.invoke(
+            app, ["ingest", str(tmp_path / "none.svs"), "--store", str(disk / "store"), *NO_RAY]
+        )
         _one_line_exit_2(result, "DiskFullError", disk / "store")
 
 
@@ -221,8 +238,9 @@ def test_export_anndata_refuses_an_existing_file(store_root, tmp_path):
     result = runner.invoke(app, ["export", "anndata", str(out), "--store", str(store_root)])
     _one_line_exit_2(result, "OutputExistsError", out)
     assert out.read_bytes() == b"precious"
-    result = runner.invoke(app, ["export", "anndata", str(out), "--store", str(store_root),
-                                 "--overwrite"])
+    result = runner.invoke(
+        app, ["export", "anndata", str(out), "--store", str(store_root), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     assert anndata.read_h5ad(out).n_obs == 4 * 16
 
@@ -246,8 +264,9 @@ def test_export_h5_and_parquet_refuse_before_writing_any_file(store_root, tmp_pa
     result = runner.invoke(app, ["export", "h5", str(h5_dir), "--store", str(store_root)])
     _one_line_exit_2(result, "OutputExistsError", h5_dir / "synthetic-02.h5")
     assert sorted(p.name for p in h5_dir.iterdir()) == ["synthetic-02.h5"]
-    result = runner.invoke(app, ["export", "h5", str(h5_dir), "--store", str(store_root),
-                                 "--overwrite"])
+    result = runner.invoke(
+        app, ["export", "h5", str(h5_dir), "--store", str(store_root), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     with h5py.File(h5_dir / "synthetic-02.h5") as f:
         assert f["features"].shape == (16, 24)
@@ -314,13 +333,33 @@ def _ingest_rows(store: FeatureStore, sid: str, write_id: str, n_tiles: int) -> 
     from tests._support.datasci import CONFIG, DIM, ENCODER
 
     index = np.arange(n_tiles)
-    batch = tile_batch(index * 256, index * 0, np.ones((n_tiles, DIM), np.float32),
-                       tile_size=256, read_mpp=0.5, tissue_fraction=np.full(n_tiles, 0.9))
-    pending = write_slide(store.location, SlideKey(sid, ENCODER, CONFIG), SlideInfo(source_uri=""),
-                          [batch], write_id=write_id, table_ready=True)
-    return {"slide_id": sid, "write_id": write_id, "info_json": "{}", "status": "tiles",
-            "n_batches": 1, "batch_index": 0, "fragments": json.dumps(list(pending.fragments)),
-            "n_tiles": n_tiles, "dim": DIM}
+    batch = tile_batch(
+        index * 256,
+        index * 0,
+        np.ones((n_tiles, DIM), np.float32),
+        tile_size=256,
+        read_mpp=0.5,
+        tissue_fraction=np.full(n_tiles, 0.9),
+    )
+    pending = write_slide(
+        store.location,
+        SlideKey(sid, ENCODER, CONFIG),
+        SlideInfo(source_uri=""),
+        [batch],
+        write_id=write_id,
+        table_ready=True,
+    )
+    return {
+        "slide_id": sid,
+        "write_id": write_id,
+        "info_json": "{}",
+        "status": "tiles",
+        "n_batches": 1,
+        "batch_index": 0,
+        "fragments": json.dumps(list(pending.fragments)),
+        "n_tiles": n_tiles,
+        "dim": DIM,
+    }
 
 
 def _until_full(collector, store: FeatureStore, sources, write_ids) -> Exception:
@@ -349,11 +388,23 @@ def test_a_run_the_disk_stops_keeps_its_committed_slides_in_the_partial_result(t
         watch = _Watch(0.0, result)
         write_ids = {s.slide_id: new_write_id() for s in sources}
         # The driver's own collector, committing each slide as it completes, as in a run.
-        collector = SlideCollector(store, ENCODER, CONFIG, "float32", write_ids, 1, result.run_id,
-                                   committed=result.outcomes)
+        collector = SlideCollector(
+            store,
+            ENCODER,
+            CONFIG,
+            "float32",
+            write_ids,
+            1,
+            result.run_id,
+            committed=result.outcomes,
+        )
         aborted = watch.aborted(_until_full(collector, store, sources, write_ids), sources, store)
-        in_store = set(FeatureStore.open(str(disk / "store")).slides(status="done")
-                       .column("slide_id").to_pylist())
+        in_store = set(
+            FeatureStore.open(str(disk / "store"))
+            .slides(status="done")
+            .column("slide_id")
+            .to_pylist()
+        )
     assert isinstance(aborted, IngestAborted) and isinstance(aborted.cause, DiskFullError)
     assert aborted.errno == errno.ENOSPC and not aborted.record_written
     partial = aborted.partial
@@ -406,15 +457,14 @@ def test_ingest_stopped_by_a_full_disk_prints_its_summary_then_one_line(tmp_path
 def test_ingest_that_cannot_record_its_run_says_so_in_one_line(tmp_path):
     slide = _slide(tmp_path)
     with store_with_a_full(tmp_path, "runs.lance") as root:
-        result = runner.invoke(app, ["ingest", str(slide), "--store", str(root), "--json",
-                                     *NO_RAY])
+        result = runner.invoke(app, ["ingest", str(slide), "--store", str(root), "--json", *NO_RAY])
         runs = FeatureStore.open(str(root)).runs().num_rows
     assert result.exit_code == 2, result.output
     error = result.output.strip().splitlines()[-1]
     assert error == f"error: DiskFullError: {root}: no space left on device (errno 28)"
     import json
 
-    payload = json.loads(result.output[:result.output.rindex(error)])
+    payload = json.loads(result.output[: result.output.rindex(error)])
     assert [(o["slide_id"], o["status"]) for o in payload["outcomes"]] == [("s1", "aborted")]
     assert payload["run_recorded"] is False and runs == 0
     assert payload["record_error"].startswith("DiskFullError: ")
@@ -429,15 +479,28 @@ def test_ingest_the_disk_fills_under_keeps_its_summary_and_committed_slides(ray_
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     for i in range(6):
-        write_synthetic_slide(cohort / f"syn-{i}.svs", SyntheticSlideSpec(
-            width=1792, height=1536, seed=40 + i, downsamples=(1, 4), n_blobs=2))
+        write_synthetic_slide(
+            cohort / f"syn-{i}.svs",
+            SyntheticSlideSpec(width=1792, height=1536, seed=40 + i, downsamples=(1, 4), n_blobs=2),
+        )
     # Six slides take about 800 kB of this tmpfs one commit at a time: it fills part-way.
     with tiny_disk(tmp_path / "disk", "400k") as disk:
         root = disk / "store"
-        result = runner.invoke(app, ["ingest", str(cohort / "*.svs"), "--store", str(root),
-                                     "--commit-every", "1", "--no-dashboard"])
-        in_store = set(FeatureStore.open(str(root)).slides(status="done")
-                       .column("slide_id").to_pylist())
+        result = runner.invoke(
+            app,
+            [
+                "ingest",
+                str(cohort / "*.svs"),
+                "--store",
+                str(root),
+                "--commit-every",
+                "1",
+                "--no-dashboard",
+            ],
+        )
+        in_store = set(
+            FeatureStore.open(str(root)).slides(status="done").column("slide_id").to_pylist()
+        )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -456,8 +519,11 @@ def test_ingest_api_refuses_an_unwritable_store_before_any_work(tmp_path):
     not_a_folder.write_text("a file where the store should be\n")
     # No such slide either: the store is what is refused, first, as the CLI does.
     with pytest.raises(NotAFolderError, match=f"{not_a_folder}: is a file"):
-        sb.ingest(str(tmp_path / "none.svs"), str(not_a_folder),
-                  options=RunOptions(address="127.0.0.1:9", progress=False))
+        sb.ingest(
+            str(tmp_path / "none.svs"),
+            str(not_a_folder),
+            options=RunOptions(address="127.0.0.1:9", progress=False),
+        )
     assert not_a_folder.read_text() == "a file where the store should be\n"
 
 
@@ -471,7 +537,9 @@ def test_tissue_refuses_existing_report_files_before_reading_the_slide(tmp_path)
     assert runner.invoke(app, args).exit_code == 0
     report = tmp_path / "out" / "t1"
     before = {p.name: p.read_bytes() for p in report.iterdir()}
-    slide.rename(tmp_path / "gone.svs")  # refused before the slide is opened, or this would be the error
+    slide.rename(
+        tmp_path / "gone.svs"
+    )  # refused before the slide is opened, or this would be the error
     _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", report / "overlay.png")
     assert {p.name: p.read_bytes() for p in report.iterdir()} == before
     (tmp_path / "gone.svs").rename(slide)
@@ -488,8 +556,14 @@ def _predictions(path: Path) -> Path:
     import pandas as pd
 
     y = np.tile([0, 1], 10)
-    pd.DataFrame({"fold": np.repeat(range(2), 10), "set": "test", "target:sig": y,
-                  "pred:sig": np.clip(y * 0.6 + np.linspace(0, 0.4, 20), 0, 1)}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "fold": np.repeat(range(2), 10),
+            "set": "test",
+            "target:sig": y,
+            "pred:sig": np.clip(y * 0.6 + np.linspace(0, 0.4, 20), 0, 1),
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -515,8 +589,9 @@ def test_evaluate_overwrite_replaces_its_files(tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "test_roc.png").write_bytes(b"precious")
-    result = runner.invoke(app, ["evaluate", str(predictions), "--label", "sig", "--out", str(out),
-                                 "--overwrite"])
+    result = runner.invoke(
+        app, ["evaluate", str(predictions), "--label", "sig", "--out", str(out), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "test_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "test_roc.png"]
@@ -535,12 +610,23 @@ def test_a_figure_appearing_meanwhile_is_not_replaced(tmp_path):
 
 def test_cohort_build_refuses_an_existing_table(store_root, tmp_path):
     labels = tmp_path / "labels.csv"
-    labels.write_text("slide_id,immune\n" + "".join(
-        f"synthetic-{i:02d},{'high' if i % 2 else 'low'}\n" for i in range(4)))
+    labels.write_text(
+        "slide_id,immune\n"
+        + "".join(f"synthetic-{i:02d},{'high' if i % 2 else 'low'}\n" for i in range(4))
+    )
     out = tmp_path / "cohort.parquet"
     out.write_bytes(b"precious")
-    args = ["cohort", "build", "--labels", str(labels), "--store", str(store_root),
-            "--out", str(out), "--no-splits"]
+    args = [
+        "cohort",
+        "build",
+        "--labels",
+        str(labels),
+        "--store",
+        str(store_root),
+        "--out",
+        str(out),
+        "--no-splits",
+    ]
     _one_line_exit_2(runner.invoke(app, args), "OutputExistsError", out)
     assert out.read_bytes() == b"precious" and not (tmp_path / "cohort.report.json").exists()
     result = runner.invoke(app, [*args, "--overwrite"])

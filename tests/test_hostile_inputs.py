@@ -22,16 +22,19 @@ def _manifest(tmp_path: Path, rows: list[str]) -> str:
 
 
 def test_every_bad_row_is_reported_and_good_rows_kept(tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path, [
-        "a.svs,good-1,",          # row 2: fine, metadata MPP
-        "b.svs,../etc,",          # row 3: invalid id
-        "c.svs,good-1,",          # row 4: repeats row 2
-        "d.svs,GOOD-1,",          # row 5: differs only by case
-        "e.svs,nan-mpp,nan",      # row 6: nan is not "missing"
-        "f.svs,huge-mpp,1e9",     # row 7: outside 0.05-50
-        "g.svs,word-mpp,abc",     # row 8: not a number
-        "h.svs,good-2,0.25",      # row 9: fine, override
-    ])
+    manifest = _manifest(
+        tmp_path,
+        [
+            "a.svs,good-1,",  # row 2: fine, metadata MPP
+            "b.svs,../etc,",  # row 3: invalid id
+            "c.svs,good-1,",  # row 4: repeats row 2
+            "d.svs,GOOD-1,",  # row 5: differs only by case
+            "e.svs,nan-mpp,nan",  # row 6: nan is not "missing"
+            "f.svs,huge-mpp,1e9",  # row 7: outside 0.05-50
+            "g.svs,word-mpp,abc",  # row 8: not a number
+            "h.svs,good-2,0.25",  # row 9: fine, override
+        ],
+    )
     listing = load_listing(manifest)
     assert [(s.slide_id, s.mpp) for s in listing.sources] == [("good-1", None), ("good-2", 0.25)]
     by_row = {r.where: r.reason for r in listing.rejected}
@@ -69,8 +72,11 @@ def test_target_mpp_is_checked_before_ray_starts(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, ["a.svs,a,"])
     was_up = ray.is_initialized()
     with pytest.raises(ConfigError, match="1e-09 µm/px is outside"):
-        ingest(manifest, str(tmp_path / "store"),
-               config=IngestConfig(tiling=TilingConfig(target_mpp=1e-9)))
+        ingest(
+            manifest,
+            str(tmp_path / "store"),
+            config=IngestConfig(tiling=TilingConfig(target_mpp=1e-9)),
+        )
     assert ray.is_initialized() == was_up and not (tmp_path / "store").exists()
 
 
@@ -83,12 +89,16 @@ def test_changed_mpp_override_is_not_skipped(tmp_path: Path) -> None:
     result = IngestResult("r", "cfg", "enc")
 
     def pending(mpp):
-        return [s.slide_id for s in _pending([SlideSource("a.svs", "a", mpp=mpp)], store, "enc",
-                                             "cfg", False, result)]
+        return [
+            s.slide_id
+            for s in _pending(
+                [SlideSource("a.svs", "a", mpp=mpp)], store, "enc", "cfg", False, result
+            )
+        ]
 
-    assert pending(0.5) == []       # same override: skipped (done)
-    assert pending(0.25) == ["a"]   # changed override: redone
-    assert pending(None) == ["a"]   # override removed: redone from the metadata
+    assert pending(0.5) == []  # same override: skipped (done)
+    assert pending(0.25) == ["a"]  # changed override: redone
+    assert pending(None) == ["a"]  # override removed: redone from the metadata
 
 
 # ---- precise messages ------------------------------------------------------------------------
@@ -113,8 +123,12 @@ def test_truncated_slide_says_truncated(synthetic_svs, tmp_path: Path) -> None:
 
 
 def test_connection_refused_is_not_no_such_object() -> None:
-    options = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    options = {
+        "endpoint_url": "http://127.0.0.1:9",
+        "key": "k",
+        "secret": "s",
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+    }
     with pytest.raises(SlideOpenError, match="cannot reach the storage endpoint") as info:
         open_slide("s3://bucket/slide.svs", storage_options=options)
     assert not isinstance(info.value, FileNotFoundError)
@@ -129,8 +143,9 @@ def test_error_never_quotes_file_bytes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_safetensors_is_a_typed_error_before_the_store_exists(tmp_path: Path,
-                                                                       damage: str) -> None:
+def test_corrupt_safetensors_is_a_typed_error_before_the_store_exists(
+    tmp_path: Path, damage: str
+) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -141,12 +156,16 @@ def test_corrupt_safetensors_is_a_typed_error_before_the_store_exists(tmp_path: 
     weights = tmp_path / "model.safetensors"
     save_file({"head.weight": torch.zeros(64, 8)}, str(weights))
     data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2] if damage == "truncate"
-                        else b"\x10" + b"\x00" * 7 + b"{not json}")
+    weights.write_bytes(
+        data[: len(data) // 2] if damage == "truncate" else b"\x10" + b"\x00" * 7 + b"{not json}"
+    )
     manifest = _manifest(tmp_path, ["a.svs,a,"])
     with pytest.raises(WeightsError, match=r"model\.safetensors: corrupt safetensors file"):
-        ingest(manifest, str(tmp_path / "store"),
-               config=IngestConfig(encoder="timm:resnet18", weights=str(weights)))
+        ingest(
+            manifest,
+            str(tmp_path / "store"),
+            config=IngestConfig(encoder="timm:resnet18", weights=str(weights)),
+        )
     assert not (tmp_path / "store").exists()
 
 
@@ -183,8 +202,12 @@ def test_stale_scratch_of_dead_processes_is_removed(tmp_path: Path) -> None:
 
     from ingest.slides.staging import ScratchSpace
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     base = tmp_path / "scratch"
     stale = base / f"p{dead.stdout.strip()}"
     stale.mkdir(parents=True)

@@ -27,8 +27,13 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
-    return sorted({(c.pid, c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
-                   if c.status == psutil.CONN_LISTEN and c.pid in pids})
+    return sorted(
+        {
+            (c.pid, c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
+    )
 
 
 def _tree(pid: int) -> set[int]:
@@ -40,8 +45,11 @@ def _ss_listening(pids: set[int]) -> list[str]:
     process tree. Matched by process, not port: another Ray on the same machine (another
     user's, bound elsewhere) may listen on the same port number at another address."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines()
-            if any(int(pid) in pids for pid in re.findall(r"pid=(\d+)", line))]
+    return [
+        line
+        for line in out.splitlines()
+        if any(int(pid) in pids for pid in re.findall(r"pid=(\d+)", line))
+    ]
 
 
 def test_ray_local_listens_on_loopback_only(ray_local) -> None:
@@ -108,14 +116,17 @@ def test_ray_address_local_is_the_embedded_ray(monkeypatch) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("ray_address", [None, "local"])
-def test_embedded_ray_with_dashboard_exposes_nothing_and_dies_with_its_driver(tmp_path, ray_address) -> None:
+def test_embedded_ray_with_dashboard_exposes_nothing_and_dies_with_its_driver(
+    tmp_path, ray_address
+) -> None:
     # A fresh home folder: the token must not be written there (nor read from there).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         facts = json.loads(driver.stdout.readline())
         children = set(facts["children"])
@@ -131,8 +142,11 @@ def test_embedded_ray_with_dashboard_exposes_nothing_and_dies_with_its_driver(tm
     # the reaper, two agents served /metrics for 60-90 s after the driver was killed.
     alive = sorted(children)
     for _ in range(60):
-        alive = [p for p in children if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in children
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive:
             break
         time.sleep(0.5)
@@ -146,8 +160,9 @@ def test_reaper_ends_the_processes_of_its_raylet_when_the_driver_pipe_closes(tmp
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     agent = subprocess.Popen(sleeper, env={**os.environ, "RAY_RAYLET_PID": fake_raylet})
     bystander = subprocess.Popen(sleeper, env={**os.environ, "RAY_RAYLET_PID": "1"})
-    reaper = subprocess.Popen([sys.executable, str(ROOT / "infra" / "_ray_reaper.py"), fake_raylet],
-                              stdin=subprocess.PIPE)
+    reaper = subprocess.Popen(
+        [sys.executable, str(ROOT / "infra" / "_ray_reaper.py"), fake_raylet], stdin=subprocess.PIPE
+    )
     try:
         assert agent.poll() is None
         reaper.stdin.close()  # what the kernel does when the driver dies
@@ -204,14 +219,31 @@ class _Cluster:
         self.home.mkdir()
         self.state = tmp_path / "state" / "cluster.json"
         self.temp_dir = tempfile.mkdtemp(prefix="sbr-", dir="/tmp")
-        self.base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
-                     _MARK: self.mark}
-        self.env = {**self.base, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": mode,
-                    "SLIDEBANK_CLUSTER_STATE": str(self.state), "SLIDEBANK_CLUSTER_TMP": self.temp_dir}
+        self.base = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            _MARK: self.mark,
+        }
+        self.env = {
+            **self.base,
+            "PYTHONPATH": str(ROOT),
+            "RAY_AUTH_MODE": mode,
+            "SLIDEBANK_CLUSTER_STATE": str(self.state),
+            "SLIDEBANK_CLUSTER_TMP": self.temp_dir,
+        }
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*_CLI, *args], cwd=ROOT, env=env or self.env, capture_output=True,
-                              text=True, timeout=240, check=False)
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*_CLI, *args],
+            cwd=ROOT,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
 
     def processes(self) -> set[int]:
         """Every live process carrying the mark, and their children (Ray's agents and
@@ -223,8 +255,11 @@ class _Cluster:
                     pids |= {proc.pid} | {c.pid for c in proc.children(recursive=True)}
             except psutil.Error:
                 continue
-        return {p for p in pids if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        return {
+            p
+            for p in pids
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        }
 
     def kill_all(self) -> None:
         for pid in self.processes():
@@ -255,7 +290,9 @@ def _joiner(stack: contextlib.ExitStack, cluster: _Cluster) -> subprocess.Popen[
     """A later slidebank run on this machine: nothing in its environment but where the
     state file is (no RAY_* at all), joining through ``resolve_address``."""
     env = {**cluster.base, "PYTHONPATH": str(ROOT), "SLIDEBANK_CLUSTER_STATE": str(cluster.state)}
-    return _started(stack, [sys.executable, "-c", _JOINER], cwd=ROOT, env=env, stdin=subprocess.PIPE)
+    return _started(
+        stack, [sys.executable, "-c", _JOINER], cwd=ROOT, env=env, stdin=subprocess.PIPE
+    )
 
 
 def _census(pids: set[int]) -> list[tuple[int, str, int]]:
@@ -295,9 +332,19 @@ def test_cluster_up_listens_on_loopback_only_and_runs_tasks_only_with_its_token(
         with contextlib.ExitStack() as stack:
             driver = _joiner(stack, cluster)
             outsider = {**cluster.base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-            probes = [_started(stack, [sys.executable, "-c", _PROBE, state["address"]], env=env,
-                               cwd=cluster.home, stderr=subprocess.STDOUT)
-                      for env in (outsider, {**outsider, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})]
+            probes = [
+                _started(
+                    stack,
+                    [sys.executable, "-c", _PROBE, state["address"]],
+                    env=env,
+                    cwd=cluster.home,
+                    stderr=subprocess.STDOUT,
+                )
+                for env in (
+                    outsider,
+                    {**outsider, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+                )
+            ]
             outcomes = [_refused(p) for p in probes]
             assert outcomes == ["refused", "refused"], outcomes
             facts = json.loads(driver.stdout.readline())
@@ -306,9 +353,16 @@ def test_cluster_up_listens_on_loopback_only_and_runs_tasks_only_with_its_token(
             sockets = _census(pids)
             assert [s for s in sockets if s[1] not in LOOPBACK] == [], sockets
             names = {psutil.Process(pid).name() for pid, _, _ in sockets}
-            assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+            assert {
+                "gcs_server",
+                "raylet",
+                "ray::DashboardAgent",
+                "ray::RuntimeEnvAgent",
+            } <= names, names
             ports = {port for _, _, port in sockets}
-            assert set(state["ports"].values()) <= ports, "GCS, Ray Client, agents and /metrics were counted"
+            assert set(state["ports"].values()) <= ports, (
+                "GCS, Ray Client, agents and /metrics were counted"
+            )
             assert facts["actor"] in {pid for pid, _, _ in sockets}, "a worker's server was counted"
 
         stopped = cluster.cli("cluster", "down")
@@ -340,8 +394,10 @@ def test_cluster_up_without_token_auth_still_listens_on_loopback_only(tmp_path) 
 
 # Ray's own default, cluster mode on: what `cluster up` did before, so the census has
 # something beyond loopback to find.
-_EXPOSED_CLI = ("import infra.ray_runtime as r; r._EMBEDDED_ENV.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'); "
-                "from slidebank.cli import main; main()")
+_EXPOSED_CLI = (
+    "import infra.ray_runtime as r; r._EMBEDDED_ENV.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'); "
+    "from slidebank.cli import main; main()"
+)
 
 
 @pytest.mark.slow
@@ -352,11 +408,20 @@ def test_cluster_up_refuses_to_run_without_token_auth_beyond_loopback(tmp_path) 
     if node_ip_address_from_perspective() in LOOPBACK:
         pytest.skip("this machine has no address beyond loopback for Ray to bind")
     with _cluster(tmp_path, "disabled") as cluster:
-        refused = subprocess.run([sys.executable, "-c", _EXPOSED_CLI, "cluster", "up", "--num-cpus", "1"],
-                                 cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=240, check=False)
+        refused = subprocess.run(
+            [sys.executable, "-c", _EXPOSED_CLI, "cluster", "up", "--num-cpus", "1"],
+            cwd=ROOT,
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr, refused.stderr
-        assert refused.stderr.startswith("error: ConfigError: the local Ray cluster listens beyond loopback")
+        assert refused.stderr.startswith(
+            "error: ConfigError: the local Ray cluster listens beyond loopback"
+        )
         assert "RAY_AUTH_MODE=disabled" in refused.stderr
         assert not cluster.state.exists()
         assert cluster.processes() == set(), "the refused cluster was stopped"
@@ -369,19 +434,32 @@ def test_cluster_census_names_a_server_listening_beyond_loopback(tmp_path, monke
     from infra import local_cluster
     from infra.errors import ConfigError
 
-    server = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(); " \
-             "print(s.getsockname()[1], flush=True); time.sleep(60)"
+    server = (
+        "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(); "
+        "print(s.getsockname()[1], flush=True); time.sleep(60)"
+    )
     for host, refused in (("0.0.0.0", True), ("127.0.0.1", False)):
         cluster_id = uuid.uuid4().hex
         with contextlib.ExitStack() as stack:
-            proc = _started(stack, [sys.executable, "-c", server, host],
-                            env={**os.environ, local_cluster.CLUSTER_ENV: cluster_id})
+            proc = _started(
+                stack,
+                [sys.executable, "-c", server, host],
+                env={**os.environ, local_cluster.CLUSTER_ENV: cluster_id},
+            )
             port = int(proc.stdout.readline())
-            state = {"address": f"127.0.0.1:{port}", "cluster_id": cluster_id, "auth_mode": "disabled",
-                     "ports": {"gcs": port}, "temp_dir": str(tmp_path)}
+            state = {
+                "address": f"127.0.0.1:{port}",
+                "cluster_id": cluster_id,
+                "auth_mode": "disabled",
+                "ports": {"gcs": port},
+                "temp_dir": str(tmp_path),
+            }
             if refused:
-                with pytest.raises(ConfigError, match=rf"pid {proc.pid} on 0\.0\.0\.0:{port}\); stopped it "
-                                                      r"\(RAY_AUTH_MODE=disabled\)"):
+                with pytest.raises(
+                    ConfigError,
+                    match=rf"pid {proc.pid} on 0\.0\.0\.0:{port}\); stopped it "
+                    r"\(RAY_AUTH_MODE=disabled\)",
+                ):
                     local_cluster._wait_for_loopback_listeners(state, time.monotonic() + 30)
             else:
                 local_cluster._wait_for_loopback_listeners(state, time.monotonic() + 30)
@@ -393,16 +471,22 @@ def test_cluster_up_refuses_an_unknown_auth_mode_in_one_line(tmp_path) -> None:
     from slidebank.cli import app
 
     state = tmp_path / "cluster.json"
-    env = {"RAY_AUTH_MODE": "none", "SLIDEBANK_CLUSTER_STATE": str(state), "RAY_ADDRESS": None,
-           "SLIDEBANK_CLUSTER_TMP": tempfile.mkdtemp(prefix="sbr-", dir="/tmp")}
+    env = {
+        "RAY_AUTH_MODE": "none",
+        "SLIDEBANK_CLUSTER_STATE": str(state),
+        "RAY_ADDRESS": None,
+        "SLIDEBANK_CLUSTER_TMP": tempfile.mkdtemp(prefix="sbr-", dir="/tmp"),
+    }
     try:
         result = CliRunner().invoke(app, ["cluster", "up"], env=env)
     finally:  # a cluster that should not have started is not left running
         CliRunner().invoke(app, ["cluster", "down"], env=env)
         shutil.rmtree(env["SLIDEBANK_CLUSTER_TMP"], ignore_errors=True)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == ("error: ConfigError: RAY_AUTH_MODE='none' is not supported by "
-                                     "`slidebank cluster up`; use token (the default) or disabled")
+    assert result.stderr.strip() == (
+        "error: ConfigError: RAY_AUTH_MODE='none' is not supported by "
+        "`slidebank cluster up`; use token (the default) or disabled"
+    )
     assert not state.exists()
 
 
@@ -411,11 +495,15 @@ def test_a_cluster_token_other_users_may_read_is_not_used(tmp_path, monkeypatch)
     from infra.errors import ConfigError
 
     state = tmp_path / "cluster.json"
-    state.write_text(json.dumps({"address": "127.0.0.1:6553", "auth_mode": "token", "token": "f" * 64}))
+    state.write_text(
+        json.dumps({"address": "127.0.0.1:6553", "auth_mode": "token", "token": "f" * 64})
+    )
     state.chmod(0o644)
     monkeypatch.setenv("SLIDEBANK_CLUSTER_STATE", str(state))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # restored after, whatever the code under test does
+    monkeypatch.setenv(
+        "RAY_AUTH_MODE", "token"
+    )  # restored after, whatever the code under test does
     with pytest.raises(ConfigError, match="other users may read or replace it"):
         local_cluster.take_cluster_auth("127.0.0.1:6553")
     assert "RAY_AUTH_TOKEN" not in os.environ

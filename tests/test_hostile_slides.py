@@ -54,8 +54,14 @@ def test_opening_the_bomb_keeps_memory_bounded(bomb: Path) -> None:
         "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
         "print(json.dumps({'error': err, 'peak_kb': hwm}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["error"] == "SlideLimitError"
     assert result["peak_kb"] < 1_500_000, f"peak RSS {result['peak_kb']} KB"
@@ -65,8 +71,10 @@ def test_thumbnail_too_large_for_memory_is_refused(tmp_path: Path) -> None:
     # 12000² px at 8 µm/px in ~50 KB passes the ratio check (~8,600:1), but its 8 µm/px
     # thumbnail alone would be 432 MB: refused before anything is allocated or decoded.
     path = write_bomb_tiff(tmp_path / "wide.tif", side=12000, tile=4096, mpp=8.0)
-    with open_slide(str(path)) as slide, \
-            pytest.raises(SlideLimitError, match="thumbnail at 8 µm/px would be 12000x12000"):
+    with (
+        open_slide(str(path)) as slide,
+        pytest.raises(SlideLimitError, match="thumbnail at 8 µm/px would be 12000x12000"),
+    ):
         slide.thumbnail(8.0)
 
 
@@ -77,10 +85,13 @@ def test_thumbnail_needing_a_whole_fine_level_is_refused() -> None:
     check_thumbnail("pyramid.tif", (2000, 2000), (8000, 8000), 2, 8.0)  # a real pyramid passes
 
 
-@pytest.mark.parametrize(("budget", "reason"), [
-    (SlideBudget("s", seconds=1e-9), "over its time budget"),
-    (SlideBudget("s", memory_bytes=1), "over the reader's memory ceiling"),
-])
+@pytest.mark.parametrize(
+    ("budget", "reason"),
+    [
+        (SlideBudget("s", seconds=1e-9), "over its time budget"),
+        (SlideBudget("s", memory_bytes=1), "over the reader's memory ceiling"),
+    ],
+)
 def test_a_slide_over_budget_stops_between_chunks(synthetic_svs, budget, reason) -> None:
     with open_slide(synthetic_svs.path) as slide:
         slide.budget = budget
@@ -98,15 +109,27 @@ def test_read_stage_fails_the_bomb_and_reads_the_good_slide(bomb: Path, tmp_path
     from ingest.pipeline.read_stage import read_slides
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    good = write_synthetic_slide(tmp_path / "good.svs", SyntheticSlideSpec(
-        width=1792, height=1536, seed=3, downsamples=(1, 4), n_blobs=2))
+    good = write_synthetic_slide(
+        tmp_path / "good.svs",
+        SyntheticSlideSpec(width=1792, height=1536, seed=3, downsamples=(1, 4), n_blobs=2),
+    )
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
-    batch = {"uri": np.array([str(bomb), good.path]), "slide_id": np.array(["bomb", "good"]),
-             "patient_id": np.array(["", ""]), "mpp": np.array([np.nan, np.nan]),
-             "write_id": np.array(["w-bomb", "w-good"])}
-    rows = list(read_slides(batch, config=IngestConfig(stain="none"),
-                            options=RunOptions(progress=False, tiles_per_batch=16),
-                            store=store.location, storage_options=None))
+    batch = {
+        "uri": np.array([str(bomb), good.path]),
+        "slide_id": np.array(["bomb", "good"]),
+        "patient_id": np.array(["", ""]),
+        "mpp": np.array([np.nan, np.nan]),
+        "write_id": np.array(["w-bomb", "w-good"]),
+    }
+    rows = list(
+        read_slides(
+            batch,
+            config=IngestConfig(stain="none"),
+            options=RunOptions(progress=False, tiles_per_batch=16),
+            store=store.location,
+            storage_options=None,
+        )
+    )
     by_slide: dict[str, list[dict]] = {}
     for row in rows:
         by_slide.setdefault(str(row["slide_id"][0]), []).append(row)
@@ -127,12 +150,17 @@ def test_bomb_beside_a_good_slide_fails_alone(ray_local, bomb: Path, tmp_path: P
     from ingest.pipeline.sources import SlideSource
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    good = write_synthetic_slide(tmp_path / "good.svs", SyntheticSlideSpec(
-        width=1792, height=1536, seed=3, downsamples=(1, 4), n_blobs=2))
+    good = write_synthetic_slide(
+        tmp_path / "good.svs",
+        SyntheticSlideSpec(width=1792, height=1536, seed=3, downsamples=(1, 4), n_blobs=2),
+    )
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
-    result = run_ingest([SlideSource(str(bomb), "bomb"), SlideSource(good.path, "good")], store,
-                        options=RunOptions(progress=False, tiles_per_batch=16),
-                        config=IngestConfig(stain="none"))
+    result = run_ingest(
+        [SlideSource(str(bomb), "bomb"), SlideSource(good.path, "good")],
+        store,
+        options=RunOptions(progress=False, tiles_per_batch=16),
+        config=IngestConfig(stain="none"),
+    )
     outcomes = {o.slide_id: o for o in result.outcomes}
     assert outcomes["good"].status == "done" and outcomes["good"].tiles > 0
     assert outcomes["bomb"].status == "failed"

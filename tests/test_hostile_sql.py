@@ -22,28 +22,42 @@ from tests._support.store import CONFIG, ENCODER, slide_info, tile_payload
 @pytest.fixture
 def store(tmp_path: Path) -> FeatureStore:
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
-    fs.commit([fs.write_slide(SlideKey(f"s{i}", ENCODER, CONFIG), slide_info(f"s{i}"),
-                              [tile_payload(4 + i, seed=i)]) for i in range(2)])
+    fs.commit(
+        [
+            fs.write_slide(
+                SlideKey(f"s{i}", ENCODER, CONFIG),
+                slide_info(f"s{i}"),
+                [tile_payload(4 + i, seed=i)],
+            )
+            for i in range(2)
+        ]
+    )
     return fs
 
 
 def test_store_tables_and_named_tables_still_join(store: FeatureStore) -> None:
     omics = pd.DataFrame({"slide_id": ["s0", "s1"], "tp53": [0.1, 2.5]})
-    rows = store.sql("SELECT o.slide_id, count(*) AS n FROM tiles t JOIN omics o USING (slide_id) "
-                     "GROUP BY ALL ORDER BY 1", tables={"omics": omics}).to_pylist()
+    rows = store.sql(
+        "SELECT o.slide_id, count(*) AS n FROM tiles t JOIN omics o USING (slide_id) "
+        "GROUP BY ALL ORDER BY 1",
+        tables={"omics": omics},
+    ).to_pylist()
     assert rows == [{"slide_id": "s0", "n": 4}, {"slide_id": "s1", "n": 5}]
     with_cte = store.sql("WITH x AS (SELECT * FROM slides) SELECT count(*) AS n FROM x")
     assert with_cte.to_pylist() == [{"n": 2}]
 
 
-@pytest.mark.parametrize("query", [
-    "SELECT * FROM read_csv('/etc/passwd')",
-    "SELECT * FROM read_text('/etc/passwd')",
-    "SELECT * FROM read_blob('/etc/hostname')",
-    "SELECT * FROM glob('/etc/*')",
-    "SELECT * FROM read_parquet('s3://bucket/other.parquet')",
-    "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM read_blob('/etc/hostname')",
+        "SELECT * FROM glob('/etc/*')",
+        "SELECT * FROM read_parquet('s3://bucket/other.parquet')",
+        "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')",
+    ],
+)
 def test_reading_files_or_urls_is_refused(store: FeatureStore, query: str) -> None:
     with pytest.raises(QueryNotAllowedError, match="outside the store's tables"):
         store.sql(query)
@@ -65,8 +79,16 @@ def test_attach_and_create_table_are_refused(store: FeatureStore, tmp_path: Path
     assert not db.exists()
 
 
-@pytest.mark.parametrize("query", ["INSTALL httpfs", "LOAD httpfs", "SET enable_external_access = true",
-                                   "PRAGMA database_list", "SET lock_configuration = false"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "PRAGMA database_list",
+        "SET lock_configuration = false",
+    ],
+)
 def test_extensions_and_settings_are_refused(store: FeatureStore, query: str) -> None:
     with pytest.raises(QueryNotAllowedError, match="only SELECT"):
         store.sql(query)
@@ -80,8 +102,10 @@ def test_several_statements_are_refused(store: FeatureStore, tmp_path: Path) -> 
 
 
 def test_settings_are_locked_and_external_access_off(store: FeatureStore) -> None:
-    rows = store.sql("SELECT current_setting('enable_external_access') AS ext, "
-                     "current_setting('lock_configuration') AS locked").to_pylist()
+    rows = store.sql(
+        "SELECT current_setting('enable_external_access') AS ext, "
+        "current_setting('lock_configuration') AS locked"
+    ).to_pylist()
     assert rows == [{"ext": False, "locked": True}]
 
 
@@ -116,11 +140,13 @@ def test_cli_sql_escape_exits_with_a_message(store: FeatureStore) -> None:
 
     _cli_query.register(app)
     runner = CliRunner()
-    bad = runner.invoke(app, ["query", "sql", "SELECT * FROM read_text('/etc/passwd')",
-                              "--store", store.uri])
+    bad = runner.invoke(
+        app, ["query", "sql", "SELECT * FROM read_text('/etc/passwd')", "--store", store.uri]
+    )
     assert bad.exit_code != 0 and "root:" not in bad.output
     assert "outside the store's tables" in bad.output
-    good = runner.invoke(app, ["query", "sql", "SELECT count(*) AS n FROM slides",
-                               "--store", store.uri, "--json"])
+    good = runner.invoke(
+        app, ["query", "sql", "SELECT count(*) AS n FROM slides", "--store", store.uri, "--json"]
+    )
     assert good.exit_code == 0, good.output
     assert json.loads(good.output)[0]["n"] == 2

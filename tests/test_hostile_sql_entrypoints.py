@@ -42,11 +42,24 @@ SECRET = "TOPSECRET-7f3a"
 def setting(tmp_path: Path) -> tuple[FeatureStore, Path, Path]:
     """Two committed slides, one written but never committed, a secret file, a target."""
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
-    fs.commit([fs.write_slide(SlideKey(f"s{i}", ENCODER, CONFIG), slide_info(f"s{i}"),
-                              [tile_payload(4 + i, seed=i)]) for i in range(2)])
+    fs.commit(
+        [
+            fs.write_slide(
+                SlideKey(f"s{i}", ENCODER, CONFIG),
+                slide_info(f"s{i}"),
+                [tile_payload(4 + i, seed=i)],
+            )
+            for i in range(2)
+        ]
+    )
     # s0 rewritten: its first write's rows stay in the Lance table, replaced and hidden.
-    fs.commit([fs.write_slide(SlideKey("s0", ENCODER, CONFIG), slide_info("s0"),
-                              [tile_payload(6, seed=5)])])
+    fs.commit(
+        [
+            fs.write_slide(
+                SlideKey("s0", ENCODER, CONFIG), slide_info("s0"), [tile_payload(6, seed=5)]
+            )
+        ]
+    )
     fs.write_slide(SlideKey("s9", ENCODER, CONFIG), slide_info("s9"), [tile_payload(7, seed=9)])
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
@@ -98,8 +111,9 @@ def _check(run: Callable[[], object], secret: Path, target: Path, allowed: set[s
 def _tile_entry_points(fs: FeatureStore) -> dict[str, Callable[[str], object]]:
     return {
         "tiles": lambda w: fs.tiles(slide_ids=["s0"], where=w),
-        "scan_tiles": lambda w: list(fs.scan_tiles(slide_ids=["s0"], where=w,
-                                                   columns=["slide_id", "x"])),
+        "scan_tiles": lambda w: list(
+            fs.scan_tiles(slide_ids=["s0"], where=w, columns=["slide_id", "x"])
+        ),
         "search": lambda w: fs.search(np.zeros(DIM), k=50, slide_ids=["s0"], where=w),
         "search_by_tile": lambda w: fs.search_by_tile("s1", 0, 0, k=50, where=w),
     }
@@ -116,14 +130,16 @@ def test_tile_predicates_never_leave_the_gate(setting, entry: str) -> None:
 
 def test_slides_predicate_runs_in_the_sandbox(setting) -> None:
     fs, secret, target = setting
-    assert {r["slide_id"] for r in fs.slides(where="mpp < 0.3 AND vendor = 'aperio'")
-            .to_pylist()} == {"s0", "s1"}
+    assert {
+        r["slide_id"] for r in fs.slides(where="mpp < 0.3 AND vendor = 'aperio'").to_pylist()
+    } == {"s0", "s1"}
     for attack in attacks(secret, target):
         _check(lambda a=attack: fs.slides(where=a), secret, target, {"s0", "s1"})
     # The exact exploits from the report are refused, not merely harmless.
     with pytest.raises(QueryNotAllowedError):
-        fs.slides(where=f"false UNION ALL BY NAME SELECT content AS slide_id "
-                        f"FROM read_text('{secret}')")
+        fs.slides(
+            where=f"false UNION ALL BY NAME SELECT content AS slide_id FROM read_text('{secret}')"
+        )
     with pytest.raises(QueryNotAllowedError):
         fs.slides(where=f"true; COPY (SELECT 'x') TO '{target}'; SELECT * FROM slides WHERE true")
 
@@ -161,30 +177,53 @@ def test_named_tables_cannot_shadow_store_views(setting, name: str) -> None:
 def test_sandbox_bounds_time_memory_rows_and_hides_the_working_directory(setting) -> None:
     fs, _, _ = setting
     with pytest.raises(QueryTimeoutError, match="--timeout"):
-        fs.sql("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
-               "SELECT count(*) FROM r", limits=SqlLimits(timeout_s=0.5))
+        fs.sql(
+            "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+            "SELECT count(*) FROM r",
+            limits=SqlLimits(timeout_s=0.5),
+        )
     with pytest.raises(QueryLimitError):
-        fs.sql("SELECT length(string_agg(repeat('x', 1000), '')) AS n FROM range(3000000)",
-               limits=SqlLimits(timeout_s=30, memory_limit="128MB"))
+        fs.sql(
+            "SELECT length(string_agg(repeat('x', 1000), '')) AS n FROM range(3000000)",
+            limits=SqlLimits(timeout_s=30, memory_limit="128MB"),
+        )
     capped = fs.sql("SELECT * FROM range(1000)", limits=SqlLimits(max_rows=10))
     assert capped.num_rows == 10 and truncated_at(capped) == 10
-    settings = fs.sql("SELECT current_setting('temp_directory') AS t, "
-                      "current_setting('memory_limit') AS m").to_pylist()[0]
+    settings = fs.sql(
+        "SELECT current_setting('temp_directory') AS t, current_setting('memory_limit') AS m"
+    ).to_pylist()[0]
     assert str(Path.cwd()) not in settings["t"] and "slidebank-sql-" in settings["t"]
     # DuckDB allow-lists its spill directory: it is private to this query and empty.
     spill = fs.sql("SELECT * FROM glob(current_setting('temp_directory') || '/*')")
     assert spill.num_rows == 0
 
 
-@pytest.mark.parametrize("text", ["a = 1) OR (1 = 1", "(a = 1", "a = 1; b", "a = 1 --",
-                                  "a IN (SELECT 1)", "a = 'x\\'", "a = \"open"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = 1) OR (1 = 1",
+        "(a = 1",
+        "a = 1; b",
+        "a = 1 --",
+        "a IN (SELECT 1)",
+        "a = 'x\\'",
+        'a = "open',
+    ],
+)
 def test_check_predicate_refuses_non_expressions(text: str) -> None:
     with pytest.raises(QueryNotAllowedError):
         check_predicate(text)
 
 
-@pytest.mark.parametrize("text", ["x > 0 AND (y < 5 OR qc_flags = 0)", "slide_id = 'it''s (x'",
-                                  "\"order\" = 1", "slide_id IN ('a', 'b')"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x > 0 AND (y < 5 OR qc_flags = 0)",
+        "slide_id = 'it''s (x'",
+        '"order" = 1',
+        "slide_id IN ('a', 'b')",
+    ],
+)
 def test_check_predicate_keeps_ordinary_expressions(text: str) -> None:
     assert check_predicate(text) == text
 
@@ -205,12 +244,37 @@ def test_cli_entry_points_refuse_the_report_exploits(setting) -> None:
     runner = CliRunner()
     app = _app()
     calls = [
-        ["query", "slides", "--store", fs.uri, "--where",
-         f"false UNION ALL BY NAME SELECT content AS slide_id FROM read_text('{secret}')"],
-        ["query", "slides", "--store", fs.uri, "--where",
-         f"true; COPY (SELECT 'x') TO '{target}'; SELECT * FROM slides WHERE true"],
-        ["query", "similar", "--store", fs.uri, "--slide", "s1", "--x", "0", "--y", "0",
-         "--where", "1=1) OR (1=1", "--json"],
+        [
+            "query",
+            "slides",
+            "--store",
+            fs.uri,
+            "--where",
+            f"false UNION ALL BY NAME SELECT content AS slide_id FROM read_text('{secret}')",
+        ],
+        [
+            "query",
+            "slides",
+            "--store",
+            fs.uri,
+            "--where",
+            f"true; COPY (SELECT 'x') TO '{target}'; SELECT * FROM slides WHERE true",
+        ],
+        [
+            "query",
+            "similar",
+            "--store",
+            fs.uri,
+            "--slide",
+            "s1",
+            "--x",
+            "0",
+            "--y",
+            "0",
+            "--where",
+            "1=1) OR (1=1",
+            "--json",
+        ],
         ["query", "sql", f"SELECT content FROM read_text('{secret}')", "--store", fs.uri],
     ]
     for args in calls:
@@ -218,7 +282,9 @@ def test_cli_entry_points_refuse_the_report_exploits(setting) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert SECRET not in result.output and "Traceback" not in result.output
     assert not target.exists()
-    cut = runner.invoke(app, ["query", "sql", "SELECT * FROM range(50)", "--store", fs.uri,
-                              "--limit", "5", "--json"])
+    cut = runner.invoke(
+        app,
+        ["query", "sql", "SELECT * FROM range(50)", "--store", fs.uri, "--limit", "5", "--json"],
+    )
     assert cut.exit_code == 0, cut.output
     assert "cut at --limit 5" in cut.output

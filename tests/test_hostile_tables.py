@@ -62,8 +62,11 @@ def test_million_column_csv_names_the_column_count(tmp_path: Path) -> None:
     columns = 1_000_000
     wide.write_text(",".join(f"c{i}" for i in range(columns)) + "\n" + "1," * (columns - 1) + "1\n")
     # Before: "Empty CSV file or block: cannot infer number of columns".
-    with pytest.raises(TableReadError, match=r"wide\.csv: header has 1,000,000 columns, more "
-                                             r"than the 200,000"):
+    with pytest.raises(
+        TableReadError,
+        match=r"wide\.csv: header has 1,000,000 columns, more "
+        r"than the 200,000",
+    ):
         read_arrow_table(str(wide))
 
 
@@ -101,7 +104,9 @@ def _mkdir_parent(path: Path) -> Path:
 def _laughs(levels: int = 6, fan: int = 10) -> str:
     """A few hundred bytes that stand for fan**levels strings once aliases are expanded."""
     lines = ['l0: &l0 "lol"']
-    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * fan) + "]" for i in range(1, levels + 1)]
+    lines += [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * fan) + "]" for i in range(1, levels + 1)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +116,9 @@ def test_alias_bomb_config_is_refused_with_file_and_line(tmp_path: Path) -> None
     config = tmp_path / "train.yaml"
     config.write_text("store: s\ncohort: c.tsv\nlabels: [y]\nout: runs\n" + _laughs())
     assert len(config.read_bytes()) < 600
-    with pytest.raises(ConfigError, match=r"train\.yaml, line \d+: aliases expand past 100,000 nodes"):
+    with pytest.raises(
+        ConfigError, match=r"train\.yaml, line \d+: aliases expand past 100,000 nodes"
+    ):
         load_run_config(config)
 
 
@@ -129,8 +136,10 @@ def test_config_with_a_small_alias_still_loads(tmp_path: Path) -> None:
     from training.mil.run_config import load_run_config
 
     config = tmp_path / "ok.yaml"
-    config.write_text("store: s\ncohort: c.tsv\nout: runs\nlabels: &l [y]\n"
-                      "model: &m {model: abmil}\ntrain: {epochs: 2}\n")
+    config.write_text(
+        "store: s\ncohort: c.tsv\nout: runs\nlabels: &l [y]\n"
+        "model: &m {model: abmil}\ntrain: {epochs: 2}\n"
+    )
     assert load_run_config(config).model == {"model": "abmil"}
 
 
@@ -140,8 +149,11 @@ def test_alias_bomb_signature_file_is_refused_with_line(tmp_path: Path) -> None:
 
     sigs = tmp_path / "sigs.yaml"
     sigs.write_text(_laughs() + "IFNG: [*l6, *l6]\n")
-    with pytest.raises(OmicsTableError, match=r"sigs\.yaml \(line \d+\): invalid YAML: aliases "
-                                              r"expand past") as info:
+    with pytest.raises(
+        OmicsTableError,
+        match=r"sigs\.yaml \(line \d+\): invalid YAML: aliases "
+        r"expand past",
+    ) as info:
         load_signatures(str(sigs))
     assert info.value.line is not None
 
@@ -158,8 +170,11 @@ def _torch_archive(tensor_bytes: int, compress: bool) -> bytes:
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(out, "w") as dst:
         for entry in src.infolist():
             deflate = compress and "/data/" in entry.filename
-            dst.writestr(entry.filename, src.read(entry),
-                         compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+            dst.writestr(
+                entry.filename,
+                src.read(entry),
+                compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED,
+            )
     return out.getvalue()
 
 
@@ -169,8 +184,11 @@ def test_deflated_torch_archive_is_refused_before_loading(tmp_path: Path) -> Non
     bomb = tmp_path / "encoder.pt"
     bomb.write_bytes(_torch_archive(16 << 20, compress=True))
     assert bomb.stat().st_size < 100_000  # 16 MiB of tensor in under 100 KB
-    with pytest.raises(WeightsError, match=r"encoder\.pt: refused to load: archive entry "
-                                           r"'[^']*/data/0' is compressed"):
+    with pytest.raises(
+        WeightsError,
+        match=r"encoder\.pt: refused to load: archive entry "
+        r"'[^']*/data/0' is compressed",
+    ):
         verify_weights_file(bomb)
 
 

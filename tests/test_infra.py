@@ -14,7 +14,9 @@ from infra.logs import RedactingFilter, redact_options, redact_text
 from infra.storage import is_local, strip_protocol
 
 
-@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "", ".hidden", "a/b", "a" * 129, None, "x y"])
+@pytest.mark.parametrize(
+    "bad", ["../x", "/etc/passwd", "", ".hidden", "a/b", "a" * 129, None, "x y"]
+)
 def test_unsafe_slide_ids_are_refused(bad) -> None:
     with pytest.raises(InvalidSlideIdError):
         validate_slide_id(bad)
@@ -28,10 +30,19 @@ def test_slide_ids_from_file_names() -> None:
 
 
 def test_secrets_never_reach_logs(caplog: pytest.LogCaptureFixture) -> None:
-    assert redact_options({"key": "AKIA123", "secret": "s3cr3t", "endpoint_url": "http://x",
-                           "client_kwargs": {"aws_session_token": "tok"}}) == {
-        "key": "***", "secret": "***", "endpoint_url": "http://x",
-        "client_kwargs": {"aws_session_token": "***"}}
+    assert redact_options(
+        {
+            "key": "AKIA123",
+            "secret": "s3cr3t",
+            "endpoint_url": "http://x",
+            "client_kwargs": {"aws_session_token": "tok"},
+        }
+    ) == {
+        "key": "***",
+        "secret": "***",
+        "endpoint_url": "http://x",
+        "client_kwargs": {"aws_session_token": "***"},
+    }
     assert "hunter2" not in redact_text("https://user:hunter2@host/x.svs")
     logger = logging.getLogger("slidebank.test")
     handler = logging.Handler()

@@ -33,6 +33,10 @@ def test_sets_removes_and_restores_even_after_an_error(monkeypatch: pytest.Monke
 def test_children_started_inside_inherit_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(UNSET, raising=False)
     with patched_environ({UNSET: "child-sees-it"}):
-        out = subprocess.run([sys.executable, "-c", f"import os; print(os.environ['{UNSET}'])"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", f"import os; print(os.environ['{UNSET}'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     assert out.strip() == "child-sees-it"

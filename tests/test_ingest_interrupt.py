@@ -33,16 +33,32 @@ class _CtrlCAfterCommits(FaultPlan):
 @pytest.mark.timeout(600)
 def test_ctrl_c_says_what_was_committed_and_the_rerun_resumes(ray_local, tmp_path: Path) -> None:
     for i in range(4):
-        write_synthetic_slide(tmp_path / f"s{i}.svs", SyntheticSlideSpec(
-            width=1024, height=1024, seed=i, downsamples=(1, 2)))
-    args = ["ingest", str(tmp_path / "*.svs"), "--store", str(tmp_path / "store"),
-            "--no-dashboard", "--commit-every", "2", "--tiles-per-batch", "16",
-            "--read-concurrency", "1", "--encoder-actors", "1"]
+        write_synthetic_slide(
+            tmp_path / f"s{i}.svs",
+            SyntheticSlideSpec(width=1024, height=1024, seed=i, downsamples=(1, 2)),
+        )
+    args = [
+        "ingest",
+        str(tmp_path / "*.svs"),
+        "--store",
+        str(tmp_path / "store"),
+        "--no-dashboard",
+        "--commit-every",
+        "2",
+        "--tiles-per-batch",
+        "16",
+        "--read-concurrency",
+        "1",
+        "--encoder-actors",
+        "1",
+    ]
     with injected(_CtrlCAfterCommits(driver_exit_after_commits=1)):
         stopped = CliRunner().invoke(app, args)
     assert stopped.exit_code == 130, stopped.output
-    assert "interrupted: 2 slides committed (2 of 4 done in the store), rerun the same command " \
-           "to resume" in stopped.output
+    assert (
+        "interrupted: 2 slides committed (2 of 4 done in the store), rerun the same command "
+        "to resume" in stopped.output
+    )
     assert "Traceback" not in stopped.output
     again = CliRunner().invoke(app, [*args, "--json"])
     assert again.exit_code == 0, again.output

@@ -38,8 +38,10 @@ def private_imports() -> list[str]:
                 for alias in node.names:
                     owner = _owner(node.module, alias.name)
                     if owner is not None and not (here == owner or here.startswith(owner + ".")):
-                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports "
-                                     f"{node.module}.{alias.name}, private to {owner}")
+                        found.append(
+                            f"{path.relative_to(ROOT)}:{node.lineno} imports "
+                            f"{node.module}.{alias.name}, private to {owner}"
+                        )
     return found
 
 

@@ -17,9 +17,15 @@ from training.mil.run_config import apply_overrides, load_run_config
 
 def test_overrides_and_validation(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("store: s\ncohort: c.parquet\nlabels: [sig_label]\nout: o\ntrain: {epochs: 3}\n")
+    path.write_text(
+        "store: s\ncohort: c.parquet\nlabels: [sig_label]\nout: o\ntrain: {epochs: 3}\n"
+    )
     config = load_run_config(path, ["train.epochs=7", "model.model=clam_mb", "workers=2"])
-    assert config.train["epochs"] == 7 and config.model["model"] == "clam_mb" and config.job["workers"] == 2
+    assert (
+        config.train["epochs"] == 7
+        and config.model["model"] == "clam_mb"
+        and config.job["workers"] == 2
+    )
     with pytest.raises(ConfigError):
         apply_overrides({}, ["no-equals"])
     path.write_text("store: s\n")
@@ -35,12 +41,28 @@ def test_cli_lists_commands() -> None:
 def test_evaluate_command(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = np.tile([0, 1], 20)
-    frame = pd.DataFrame({"fold": np.repeat(range(4), 10), "set": "test", "slide_id": [f"s{i}" for i in range(40)],
-                          "patient_id": [f"p{i}" for i in range(40)], "target:sig": y,
-                          "pred:sig": np.clip(y * 0.6 + rng.uniform(0, 0.4, 40), 0, 1)})
+    frame = pd.DataFrame(
+        {
+            "fold": np.repeat(range(4), 10),
+            "set": "test",
+            "slide_id": [f"s{i}" for i in range(40)],
+            "patient_id": [f"p{i}" for i in range(40)],
+            "target:sig": y,
+            "pred:sig": np.clip(y * 0.6 + rng.uniform(0, 0.4, 40), 0, 1),
+        }
+    )
     frame.to_parquet(tmp_path / "predictions.parquet")
-    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "predictions.parquet"), "--label", "sig",
-                                      "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "predictions.parquet"),
+            "--label",
+            "sig",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["test"]["pooled"]["auroc"]["value"] == pytest.approx(1.0)
@@ -52,14 +74,16 @@ def _train_from_labels(tmp_path: Path, n_runs: int) -> tuple[list[list[Path]], o
     """``slidebank train`` ``n_runs`` times on a plain labels table (no folds)."""
     from training.mil.synthetic import write_planted_cohort
 
-    cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3,
-                                  with_thumbnails=True)
+    cohort = write_planted_cohort(
+        str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3, with_thumbnails=True
+    )
     # A plain labels table (no folds): the run assigns patient-level folds itself.
     cohort.table[["slide_id", "label"]].to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
     (tmp_path / "c.yaml").write_text(
         "store: store\ncohort: labels.tsv\nlabels: [label]\nout: runs\nattention: true\nfolds: 3\n"
         f"encoder: {cohort.encoder}\nmodel: {{hidden: 8, attn_dim: 4}}\n"
-        "train: {epochs: 2, patience: 2, torch_threads: 1}\n")
+        "train: {epochs: 2, patience: 2, torch_threads: 1}\n"
+    )
     runs = []
     for _ in range(n_runs):
         result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
@@ -134,7 +158,9 @@ def test_train_command_end_to_end(tmp_path: Path, ray_local) -> None:
     from training.mil.synthetic import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=40, n_tiles=64, dim=16)
-    table = cohort.table.assign(split=cohort.table["fold"].map({0: "train", 1: "train", 2: "val", 3: "test"}))
+    table = cohort.table.assign(
+        split=cohort.table["fold"].map({0: "train", 1: "train", 2: "val", 3: "test"})
+    )
     table.to_parquet(tmp_path / "cohort.parquet")
     (tmp_path / "c.yaml").write_text(
         f"store: {cohort.store_uri}\ncohort: {tmp_path / 'cohort.parquet'}\nencoder: {cohort.encoder}\n"

@@ -15,9 +15,16 @@ from training.mil.synthetic import write_planted_cohort
 
 
 def test_targets_for_each_task() -> None:
-    table = pd.DataFrame({"slide_id": ["a", "b", "c"], "patient_id": ["p", "p", "q"],
-                          "s1_label": ["High", "Median/Low", "High"], "s2_label": ["Median/Low"] * 2 + [None],
-                          "g1": [1.0, 2.0, 3.0], "kind": ["x", "y", "z"]})
+    table = pd.DataFrame(
+        {
+            "slide_id": ["a", "b", "c"],
+            "patient_id": ["p", "p", "q"],
+            "s1_label": ["High", "Median/Low", "High"],
+            "s2_label": ["Median/Low"] * 2 + [None],
+            "g1": [1.0, 2.0, 3.0],
+            "kind": ["x", "y", "z"],
+        }
+    )
     items, names = targets_from_cohort(table, "binary", ["s1_label"])
     assert [i.target for i in items] == [(1.0,), (0.0,), (1.0,)] and names[1] == "High"
     items, _ = targets_from_cohort(table, "multisignature", ["s1_label", "s2_label"])

@@ -23,11 +23,15 @@ TINY = {"width": 1024, "height": 1024, "val_fraction": 0.25, "test_fraction": 0.
 
 
 @pytest.fixture(scope="module")
-def cohorts(ray_local, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestedCohort, IngestedCohort]:
+def cohorts(
+    ray_local, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[IngestedCohort, IngestedCohort]:
     root = tmp_path_factory.mktemp("ingested")
     cohort, external = make_ingested_cohort(
-        root, CohortSpec(n_patients=6, second_slide_every=3, n_folds=3, **TINY),
-        external=CohortSpec(n_patients=4, prefix="EXT", seed=5, style="tiff", shift=1.0, **TINY))
+        root,
+        CohortSpec(n_patients=6, second_slide_every=3, n_folds=3, **TINY),
+        external=CohortSpec(n_patients=4, prefix="EXT", seed=5, style="tiff", shift=1.0, **TINY),
+    )
     assert external is not None
     return cohort, external
 
@@ -43,7 +47,10 @@ def test_cohort_join_labels_and_folds(cohorts: tuple[IngestedCohort, IngestedCoh
     # The label comes from the omics signature, and the signature tracks the pixels.
     inflamed = table["slide_id"].map(lambda s: cohort.slides[s].inflamed)
     assert ((table[cohort.label] == "High") == inflamed).all()
-    assert table.loc[inflamed, "ayers_ifng6_score"].min() > table.loc[~inflamed, "ayers_ifng6_score"].max()
+    assert (
+        table.loc[inflamed, "ayers_ifng6_score"].min()
+        > table.loc[~inflamed, "ayers_ifng6_score"].max()
+    )
     assert {"expr_IFNG", "expr_CXCL9"} <= set(cohort.tracking_targets)
     # Ground truth per stored tile: planted tiles only on inflamed slides.
     planted = {s: len(cohort.planted(s, 0.5)) for s in cohort.slides}
@@ -55,7 +62,9 @@ def test_cohort_join_labels_and_folds(cohorts: tuple[IngestedCohort, IngestedCoh
     assert set(external.table[external.label]) == {"High", "Median/Low"}
 
 
-def test_one_run_with_external_metrics(cohorts: tuple[IngestedCohort, IngestedCohort], tmp_path: Path) -> None:
+def test_one_run_with_external_metrics(
+    cohorts: tuple[IngestedCohort, IngestedCohort], tmp_path: Path
+) -> None:
     import pandas as pd
 
     from training.mil.data import BagDataset, targets_from_cohort
@@ -74,8 +83,13 @@ def test_one_run_with_external_metrics(cohorts: tuple[IngestedCohort, IngestedCo
     split = {name: part for name, part in cohort.table.groupby("split")}
     train = data(split["train"], cohort.store_uri, True)
     head = make_head("binary", np.array([i.target[0] for i in train.items]))
-    cfg = TrainConfig(model=MILConfig(in_dim=64, hidden=16, attn_dim=8), epochs=3, patience=3,
-                      lr=1e-3, torch_threads=1)
+    cfg = TrainConfig(
+        model=MILConfig(in_dim=64, hidden=16, attn_dim=8),
+        epochs=3,
+        patience=3,
+        lr=1e-3,
+        torch_threads=1,
+    )
     result = fit(cfg, train, data(split["val"], cohort.store_uri, False), head)
     assert len(result.history) == 3 and result.best_epoch >= 0
     model = build_model(cfg.model)

@@ -40,14 +40,22 @@ PLANTED = 0.5  # a tile is "planted" when the infiltrate covers more than half o
 
 
 @pytest.fixture(scope="module")
-def cohorts(ray_local, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestedCohort, IngestedCohort]:
+def cohorts(
+    ray_local, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[IngestedCohort, IngestedCohort]:
     cohort, external = make_ingested_cohort(
-        tmp_path_factory.mktemp("ingested"), CohortSpec(n_patients=32),
-        external=CohortSpec(n_patients=12, prefix="EXT", seed=7, style="tiff", jpeg_quality=80, shift=1.0))
+        tmp_path_factory.mktemp("ingested"),
+        CohortSpec(n_patients=32),
+        external=CohortSpec(
+            n_patients=12, prefix="EXT", seed=7, style="tiff", jpeg_quality=80, shift=1.0
+        ),
+    )
     assert external is not None
-    print(f"\ncohort: {len(cohort.table)} + {len(external.table)} external slides written, ingested "
-          "and labelled; "
-          f"{np.mean([len(c) for c in cohort.tile_coords.values()]):.1f} tiles per slide")
+    print(
+        f"\ncohort: {len(cohort.table)} + {len(external.table)} external slides written, ingested "
+        "and labelled; "
+        f"{np.mean([len(c) for c in cohort.tile_coords.values()]):.1f} tiles per slide"
+    )
     return cohort, external
 
 
@@ -57,8 +65,14 @@ def _train(model: str, task: str = "binary", **kwargs) -> TrainConfig:
 
 
 def _job(cohort: IngestedCohort, name: str, train: TrainConfig, labels: list[str]) -> JobConfig:
-    return JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, label_columns=tuple(labels),
-                     num_workers=2, name=name, train=train)
+    return JobConfig(
+        store_uri=cohort.store_uri,
+        encoder=cohort.encoder,
+        label_columns=tuple(labels),
+        num_workers=2,
+        name=name,
+        train=train,
+    )
 
 
 def _auroc(rows: list[dict]) -> float:
@@ -68,29 +82,43 @@ def _auroc(rows: list[dict]) -> float:
 
 
 def _fold_aurocs(cv: CVResult, split: str = "test") -> list[float]:
-    return [_auroc(f.predictions[split]) for f in cv.folds
-            if len({r["target"][0] for r in f.predictions[split]}) == 2]
+    return [
+        _auroc(f.predictions[split])
+        for f in cv.folds
+        if len({r["target"][0] for r in f.predictions[split]}) == 2
+    ]
 
 
 @pytest.mark.parametrize("model", ["abmil", "clam_sb"])
 def test_ray_cv_learns_and_attends_to_infiltrate(cohorts, model: str) -> None:
     cohort, external = cohorts
-    cv = run_cross_validation(_job(cohort, f"cv-{model}", _train(model), [cohort.label]), cohort.table,
-                              external=external.table, attention=True)
+    cv = run_cross_validation(
+        _job(cohort, f"cv-{model}", _train(model), [cohort.label]),
+        cohort.table,
+        external=external.table,
+        attention=True,
+    )
     folds, pooled = _fold_aurocs(cv), cv.pooled("test")
     # Attention on held-out inflamed slides: share on tiles at least half infiltrated,
     # against the share uniform attention would give.
     high = [r for r in pooled if r["target"][0] == 1]
-    mass = [attention_mass(r["coords"], r["attention"], cohort.planted(r["slide_id"], PLANTED)) for r in high]
+    mass = [
+        attention_mass(r["coords"], r["attention"], cohort.planted(r["slide_id"], PLANTED))
+        for r in high
+    ]
     uniform = [len(cohort.planted(r["slide_id"], PLANTED)) / len(r["coords"]) for r in high]
-    any_mass = [attention_mass(r["coords"], r["attention"], cohort.planted(r["slide_id"])) for r in high]
+    any_mass = [
+        attention_mass(r["coords"], r["attention"], cohort.planted(r["slide_id"])) for r in high
+    ]
     any_uniform = [len(cohort.planted(r["slide_id"])) / len(r["coords"]) for r in high]
     external_folds = _fold_aurocs(cv, "external")
-    print(f"\n{model}: fold AUROC {np.round(folds, 3).tolist()} mean {np.mean(folds):.3f}, pooled "
-          f"{_auroc(pooled):.3f}; attention on planted tiles {np.mean(mass):.3f} (uniform "
-          f"{np.mean(uniform):.3f}), on any-overlap tiles {np.mean(any_mass):.3f} (uniform "
-          f"{np.mean(any_uniform):.3f}); external AUROC per fold model "
-          f"{np.round(external_folds, 3).tolist()}")
+    print(
+        f"\n{model}: fold AUROC {np.round(folds, 3).tolist()} mean {np.mean(folds):.3f}, pooled "
+        f"{_auroc(pooled):.3f}; attention on planted tiles {np.mean(mass):.3f} (uniform "
+        f"{np.mean(uniform):.3f}), on any-overlap tiles {np.mean(any_mass):.3f} (uniform "
+        f"{np.mean(any_uniform):.3f}); external AUROC per fold model "
+        f"{np.round(external_folds, 3).tolist()}"
+    )
     assert np.mean(folds) >= 0.9 and _auroc(pooled) >= 0.9
     assert np.mean(mass) > 0.5 and np.mean(mass) > 2 * np.mean(uniform)
     # Metrics are reported for the external cohort by every fold's model.
@@ -100,7 +128,9 @@ def test_ray_cv_learns_and_attends_to_infiltrate(cohorts, model: str) -> None:
 
     row = high[0]
     store = FeatureStore.open(cohort.store_uri)
-    info = write_attention(store, row["slide_id"], row["coords"], row["attention"], name=f"cv-{model}")
+    info = write_attention(
+        store, row["slide_id"], row["coords"], row["attention"], name=f"cv-{model}"
+    )
     heat = store.arrays(row["slide_id"]).read_image(f"heatmaps/cv-{model}")
     assert np.nansum(heat) == pytest.approx(1.0, rel=1e-4) and info["stride"] == 256
 
@@ -109,16 +139,26 @@ def _permuted(table: pd.DataFrame, column: str, seed: int) -> pd.DataFrame:
     """Labels shuffled across patients (a patient's slides keep one label)."""
     patients = table.drop_duplicates("patient_id")[["patient_id", column]]
     shuffled = np.random.default_rng(seed).permutation(patients[column].to_numpy())
-    return table.assign(**{column: table["patient_id"].map(dict(zip(patients["patient_id"], shuffled, strict=True)))})
+    return table.assign(
+        **{
+            column: table["patient_id"].map(
+                dict(zip(patients["patient_id"], shuffled, strict=True))
+            )
+        }
+    )
 
 
 def test_ray_permutation_control_stays_near_chance(cohorts) -> None:
     cohort, _ = cohorts
     table = _permuted(cohort.table, cohort.label, seed=11)
-    cv = run_cross_validation(_job(cohort, "cv-perm", _train("abmil", epochs=20, patience=5), [cohort.label]), table)
+    cv = run_cross_validation(
+        _job(cohort, "cv-perm", _train("abmil", epochs=20, patience=5), [cohort.label]), table
+    )
     pooled, folds = _auroc(cv.pooled("test")), _fold_aurocs(cv)
-    print(f"\npermutation control: pooled AUROC {pooled:.3f}, folds {np.round(folds, 3).tolist()} "
-          f"(mean {np.mean(folds):.3f})")
+    print(
+        f"\npermutation control: pooled AUROC {pooled:.3f}, folds {np.round(folds, 3).tolist()} "
+        f"(mean {np.mean(folds):.3f})"
+    )
     assert 0.25 <= pooled <= 0.75
 
 
@@ -129,13 +169,18 @@ def test_ray_regression_of_signature_genes(cohorts) -> None:
     token of TransMIL attends over all tiles and keeps the proportion (r 0.85-0.94)."""
     cohort, _ = cohorts
     genes = [*cohort.tracking_targets, *cohort.background_targets[:4]]
-    cv = run_cross_validation(_job(cohort, "cv-reg", _train("transmil", task="regression"), genes), cohort.table)
+    cv = run_cross_validation(
+        _job(cohort, "cv-reg", _train("transmil", task="regression"), genes), cohort.table
+    )
     pooled = cv.pooled("test")
-    report = regression_report(np.stack([r["target"] for r in pooled]), np.stack([r["prediction"] for r in pooled]),
-                               genes).set_index("gene")
-    print(f"\nregression (held-out patients): Pearson r "
-          f"{report['pearson_r'].round(3).to_dict()}")
-    tracking, background = report.loc[cohort.tracking_targets], report.loc[cohort.background_targets[:4]]
+    report = regression_report(
+        np.stack([r["target"] for r in pooled]), np.stack([r["prediction"] for r in pooled]), genes
+    ).set_index("gene")
+    print(f"\nregression (held-out patients): Pearson r {report['pearson_r'].round(3).to_dict()}")
+    tracking, background = (
+        report.loc[cohort.tracking_targets],
+        report.loc[cohort.background_targets[:4]],
+    )
     assert (tracking["pearson_r"] >= 0.7).all() and (tracking["pearson_q"] < 0.05).all()
     # Noise genes are not predicted. (Cross-validated r of a pure-noise target leans
     # negative, since each held-out fold's mean sits opposite its training folds', so
@@ -153,7 +198,9 @@ def test_clam_mb_and_transmil_learn_in_process(cohorts, model: str) -> None:
 
     def data(part: pd.DataFrame, train: bool) -> BagDataset:
         items, _ = targets_from_cohort(part, "binary", label)
-        return BagDataset(cohort.store_uri, items, encoder=cohort.encoder, train=train).share_cache(cache)
+        return BagDataset(cohort.store_uri, items, encoder=cohort.encoder, train=train).share_cache(
+            cache
+        )
 
     folds, pooled = sorted(table["fold"].unique()), []
     for i, fold in enumerate(folds):
@@ -189,7 +236,13 @@ def test_cohort_is_what_it_claims(cohorts) -> None:
     h_mean = FEATURE_NAMES.index("h_tissue_mean")
     values, planted = [], []
     for bag in store.iter_bags(list(table["slide_id"]), encoder=cohort.encoder):
-        coverage = dict(zip(map(tuple, cohort.tile_coords[bag.slide_id]), cohort.tile_coverage[bag.slide_id], strict=True))
+        coverage = dict(
+            zip(
+                map(tuple, cohort.tile_coords[bag.slide_id]),
+                cohort.tile_coverage[bag.slide_id],
+                strict=True,
+            )
+        )
         for (x, y), emb in zip(bag.coords, bag.embeddings, strict=True):
             values.append(emb[h_mean])
             planted.append(coverage[(int(x), int(y))] > PLANTED)

@@ -39,7 +39,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> PlantedCohort:
     root = tmp_path_factory.mktemp("mil")
-    return write_planted_cohort(str(root / "store"), n_slides=40, n_tiles=64, dim=DIM, with_thumbnails=True)
+    return write_planted_cohort(
+        str(root / "store"), n_slides=40, n_tiles=64, dim=DIM, with_thumbnails=True
+    )
 
 
 _BAGS: dict = {}  # one read of each bag for the whole module
@@ -51,8 +53,14 @@ def _data(cohort: PlantedCohort, table: pd.DataFrame, task: str, columns: list[s
     return data.share_cache(_BAGS.setdefault(cohort.store_uri, {}))
 
 
-def cross_validate(cohort: PlantedCohort, cfg: TrainConfig, table: pd.DataFrame, columns: list[str],
-                   *, attention: bool = False) -> list[list[dict]]:
+def cross_validate(
+    cohort: PlantedCohort,
+    cfg: TrainConfig,
+    table: pd.DataFrame,
+    columns: list[str],
+    *,
+    attention: bool = False,
+) -> list[list[dict]]:
     """k in-process runs: fold k tests, fold k+1 validates, the rest trains."""
     folds = sorted(table["fold"].unique())
     out = []
@@ -63,7 +71,12 @@ def cross_validate(cohort: PlantedCohort, cfg: TrainConfig, table: pd.DataFrame,
         targets = np.array([item.target for item in train_data.items])
         head = make_head(cfg.task, targets[:, 0] if cfg.task == "binary" else targets)
         run_cfg = replace(cfg, model=replace(cfg.model, n_outputs=head.n_outputs))
-        result = fit(run_cfg, train_data, _data(cohort, table[table["fold"] == val_fold], cfg.task, columns), head)
+        result = fit(
+            run_cfg,
+            train_data,
+            _data(cohort, table[table["fold"] == val_fold], cfg.task, columns),
+            head,
+        )
         model = build_model(run_cfg.model)
         model.load_state_dict(result.best_state)
         test = _data(cohort, table[table["fold"] == fold], cfg.task, columns)
@@ -80,13 +93,17 @@ def _cfg(model: str, **kwargs) -> TrainConfig:
 
 # CLAM-SB runs in the slow suite: the default suite keeps one full CV (about 15 s each).
 @pytest.mark.parametrize("model", ["abmil", pytest.param("clam_sb", marks=pytest.mark.slow)])
-def test_cross_validated_auroc_and_attention(cohort: PlantedCohort, model: str, tmp_path: Path) -> None:
+def test_cross_validated_auroc_and_attention(
+    cohort: PlantedCohort, model: str, tmp_path: Path
+) -> None:
     folds = cross_validate(cohort, _cfg(model), cohort.table, ["label"], attention=True)
     per_fold = []
     for rows in folds:
         y = np.array([r["target"][0] for r in rows])
         p = np.array([r["prediction"][0] for r in rows])
-        per_fold.append({k: v["value"] for k, v in classification_report(y, p, n_boot=200).items() if k != "n"})
+        per_fold.append(
+            {k: v["value"] for k, v in classification_report(y, p, n_boot=200).items() if k != "n"}
+        )
     table = fold_table(per_fold)
     assert table.loc["mean", "auroc"] >= 0.9, table
     pooled = [r for rows in folds for r in rows]
@@ -96,9 +113,14 @@ def test_cross_validated_auroc_and_attention(cohort: PlantedCohort, model: str, 
     assert report["auroc"]["value"] >= 0.9
     assert report["auroc"]["ci_low"] <= report["auroc"]["value"] <= report["auroc"]["ci_high"]
     # Attention mass on planted tiles, over held-out High slides.
-    masses = [attention_mass(r["coords"], r["attention"], cohort.planted[r["slide_id"]])
-              for r in pooled if r["target"][0] == 1]
-    planted = [len(cohort.planted[r["slide_id"]]) / len(r["coords"]) for r in pooled if r["target"][0] == 1]
+    masses = [
+        attention_mass(r["coords"], r["attention"], cohort.planted[r["slide_id"]])
+        for r in pooled
+        if r["target"][0] == 1
+    ]
+    planted = [
+        len(cohort.planted[r["slide_id"]]) / len(r["coords"]) for r in pooled if r["target"][0] == 1
+    ]
     assert np.mean(masses) > 0.5, (masses, planted)
     assert np.mean(masses) > 2 * np.mean(planted)  # far above what uniform attention gives
     png = write_roc_png({model: (y, p)}, tmp_path / "roc.png")
@@ -121,8 +143,11 @@ def test_regression_planted_genes(cohort: PlantedCohort) -> None:
     cfg = _cfg("abmil", task="regression", epochs=30, patience=8)
     folds = cross_validate(cohort, cfg, cohort.table, cohort.genes)
     pooled = [r for rows in folds for r in rows]
-    report = regression_report(np.stack([r["target"] for r in pooled]),
-                               np.stack([r["prediction"] for r in pooled]), cohort.genes).set_index("gene")
+    report = regression_report(
+        np.stack([r["target"] for r in pooled]),
+        np.stack([r["prediction"] for r in pooled]),
+        cohort.genes,
+    ).set_index("gene")
     planted = [g for g in cohort.genes if g.startswith("GENE_P")]
     noise = [g for g in cohort.genes if g.startswith("GENE_N")]
     assert (report.loc[planted, "pearson_r"] >= 0.7).all(), report
@@ -144,10 +169,19 @@ def test_attention_written_to_store(cohort: PlantedCohort, tmp_path: Path) -> No
     assert np.nansum(heat) == pytest.approx(1.0, rel=1e-5)
     assert np.isfinite(heat).sum() == len(bag)
     x, y = bag.coords[0]
-    assert heat[(y - info["origin"][1]) // info["stride"], (x - info["origin"][0]) // info["stride"]] == pytest.approx(attention[0])
+    assert heat[
+        (y - info["origin"][1]) // info["stride"], (x - info["origin"][0]) // info["stride"]
+    ] == pytest.approx(attention[0])
     rows = lance.dataset(info["table"]).to_table().to_pandas()
     assert len(rows) == len(bag) and set(rows["slide_id"]) == {sid}
-    png = render_overlay(store, sid, "test-attn", tmp_path / "overlay.png", origin=info["origin"], stride=info["stride"])
+    png = render_overlay(
+        store,
+        sid,
+        "test-attn",
+        tmp_path / "overlay.png",
+        origin=info["origin"],
+        stride=info["stride"],
+    )
     assert png.stat().st_size > 0
     tiles = top_bottom_tiles(bag.coords, attention, k=3)
     assert tiles["top"][0]["attention"] == pytest.approx(attention.max())

@@ -32,7 +32,9 @@ def test_shapes_and_attention(name: str, n_tiles: int) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_gradients_reach_every_parameter(name: str) -> None:
     torch.manual_seed(0)
-    cfg = MILConfig(model=name, in_dim=8, n_outputs=2, hidden=16, attn_dim=8, dropout=0.0, subtyping=True)
+    cfg = MILConfig(
+        model=name, in_dim=8, n_outputs=2, hidden=16, attn_dim=8, dropout=0.0, subtyping=True
+    )
     model = build_model(cfg)
     out = model(torch.randn(20, 8), label=0)
     loss = out.logits.sum() + (out.instance_loss if out.instance_loss is not None else 0.0)
@@ -42,8 +44,9 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     # older builds left rounding noise). It must still receive a gradient tensor.
     invariant = {"attention.score.bias"}
     assert all(p.grad is not None for p in model.parameters())
-    missing = [n for n, p in model.named_parameters()
-               if n not in invariant and not torch.any(p.grad != 0)]
+    missing = [
+        n for n, p in model.named_parameters() if n not in invariant and not torch.any(p.grad != 0)
+    ]
     assert missing == []
 
 
@@ -69,7 +72,9 @@ def test_clam_instance_loss_uses_top_and_bottom_k() -> None:
 
 def test_clam_instance_loss_trains_instance_classifier() -> None:
     torch.manual_seed(0)
-    cfg = MILConfig(model="clam_mb", in_dim=6, n_outputs=2, hidden=16, attn_dim=8, dropout=0.0, k_sample=4)
+    cfg = MILConfig(
+        model="clam_mb", in_dim=6, n_outputs=2, hidden=16, attn_dim=8, dropout=0.0, k_sample=4
+    )
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(30, 6)

@@ -27,8 +27,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> PlantedCohort:
 
 def _train_cfg(model: str = "abmil", epochs: int = 4) -> TrainConfig:
     # No dropout: 1 and 2 workers then differ only by float summation order.
-    return TrainConfig(model=MILConfig(model=model, hidden=16, attn_dim=8, dropout=0.0), epochs=epochs,
-                       lr=2e-3, bags_per_step=2, patience=epochs, torch_threads=1)
+    return TrainConfig(
+        model=MILConfig(model=model, hidden=16, attn_dim=8, dropout=0.0),
+        epochs=epochs,
+        lr=2e-3,
+        bags_per_step=2,
+        patience=epochs,
+        torch_threads=1,
+    )
 
 
 def _splits(cohort: PlantedCohort):
@@ -36,10 +42,18 @@ def _splits(cohort: PlantedCohort):
     return table[table["fold"].isin([0, 1])], table[table["fold"] == 2], table[table["fold"] == 3]
 
 
-def test_ddp_two_workers_match_single_process(ray_local, cohort: PlantedCohort, tmp_path: Path) -> None:
+def test_ddp_two_workers_match_single_process(
+    ray_local, cohort: PlantedCohort, tmp_path: Path
+) -> None:
     train, val, test = _splits(cohort)
-    job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=2, name="ddp2",
-                    train=_train_cfg(), max_failures=1)
+    job = JobConfig(
+        store_uri=cohort.store_uri,
+        encoder=cohort.encoder,
+        num_workers=2,
+        name="ddp2",
+        train=_train_cfg(),
+        max_failures=1,
+    )
     result = run_training(job, train, val, {"test": test})
     assert Path(result.checkpoint_path).is_relative_to(Path(cohort.store_uri) / "mil_runs")
     assert (Path(result.checkpoint_path) / "model.pt").exists()
@@ -49,9 +63,16 @@ def test_ddp_two_workers_match_single_process(ray_local, cohort: PlantedCohort, 
     items, _ = targets_from_cohort(train, "binary", ["label"])
     head = make_head("binary", np.array([i.target[0] for i in items]))
     cfg = _train_cfg()
-    cfg = TrainConfig(**{**cfg.__dict__, "model": MILConfig(**{**cfg.model.__dict__, "in_dim": DIM})})
-    data = lambda t: BagDataset(cohort.store_uri, targets_from_cohort(t, "binary", ["label"])[0],  # noqa: E731
-                                encoder=cohort.encoder, max_patches=cfg.max_patches, cache=True)
+    cfg = TrainConfig(
+        **{**cfg.__dict__, "model": MILConfig(**{**cfg.model.__dict__, "in_dim": DIM})}
+    )
+    data = lambda t: BagDataset(  # noqa: E731
+        cohort.store_uri,
+        targets_from_cohort(t, "binary", ["label"])[0],
+        encoder=cohort.encoder,
+        max_patches=cfg.max_patches,
+        cache=True,
+    )
     local = fit(cfg, data(train), data(val), head)
     ray_losses = [h["val_loss"] for h in result.history]
     local_losses = [h["val_loss"] for h in local.history]
@@ -64,11 +85,20 @@ def test_one_and_two_workers_agree(ray_local, cohort: PlantedCohort) -> None:
     train, val, test = _splits(cohort)
     runs = {}
     for n in (1, 2):
-        job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=n, name=f"w{n}",
-                        train=_train_cfg("clam_sb", epochs=6))
+        job = JobConfig(
+            store_uri=cohort.store_uri,
+            encoder=cohort.encoder,
+            num_workers=n,
+            name=f"w{n}",
+            train=_train_cfg("clam_sb", epochs=6),
+        )
         runs[n] = run_training(job, train, val, {"test": test})
-    np.testing.assert_allclose([h["val_loss"] for h in runs[1].history],
-                               [h["val_loss"] for h in runs[2].history], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [h["val_loss"] for h in runs[1].history],
+        [h["val_loss"] for h in runs[2].history],
+        rtol=1e-4,
+        atol=1e-5,
+    )
     p1 = [r["prediction"][0] for r in runs[1].predictions["test"]]
     p2 = [r["prediction"][0] for r in runs[2].predictions["test"]]
     np.testing.assert_allclose(p1, p2, atol=1e-4)
@@ -81,9 +111,20 @@ def test_ray_cross_validation_learns(ray_local, tmp_path: Path, model: str) -> N
     # 12 training slides (the DDP fixture) are too few to learn from; this is the
     # cohort size the in-process CV tests use.
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=40, n_tiles=64, dim=DIM)
-    job = JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, num_workers=2, name=f"cv-{model}",
-                    train=TrainConfig(model=MILConfig(model=model, hidden=16, attn_dim=8), epochs=40, lr=2e-3,
-                                      bags_per_step=2, patience=8, torch_threads=1))
+    job = JobConfig(
+        store_uri=cohort.store_uri,
+        encoder=cohort.encoder,
+        num_workers=2,
+        name=f"cv-{model}",
+        train=TrainConfig(
+            model=MILConfig(model=model, hidden=16, attn_dim=8),
+            epochs=40,
+            lr=2e-3,
+            bags_per_step=2,
+            patience=8,
+            torch_threads=1,
+        ),
+    )
     cv = run_cross_validation(job, cohort.table)
     pooled = cv.pooled("test")
     y = np.array([r["target"][0] for r in pooled])

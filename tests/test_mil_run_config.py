@@ -29,7 +29,9 @@ def test_unknown_keys_are_errors_that_name_the_key() -> None:
         parse_run_config({**BASE, "task": "classification"})
     with pytest.raises(ConfigError, match=r"needs whole bags.*max_patches: null"):
         parse_run_config({**BASE, "model": {"model": "tile_gnn"}}).build()
-    job, _ = parse_run_config({**BASE, "model": {"model": "tile_gnn"}, "train": {"max_patches": None}}).build()
+    job, _ = parse_run_config(
+        {**BASE, "model": {"model": "tile_gnn"}, "train": {"max_patches": None}}
+    ).build()
     assert job.train.model.model == "tile_gnn"
 
 
@@ -39,7 +41,9 @@ def test_defaults_come_from_the_job_dataclasses_and_overrides_apply(tmp_path: Pa
 
     path = tmp_path / "c.yaml"
     path.write_text("store: s\ncohort: c.parquet\nlabels: y\nout: o\ntrain: {epochs: 3}\n")
-    config = load_run_config(path, ["train.epochs=7", "model.model=clam_mb", "workers=2", "address=auto"])
+    config = load_run_config(
+        path, ["train.epochs=7", "model.model=clam_mb", "workers=2", "address=auto"]
+    )
     job, train = config.build()
     assert train.epochs == 7 and train.lr == TrainConfig().lr
     assert job.train.model.model == "clam_mb" and job.num_workers == 2 and job.address == "auto"
@@ -50,8 +54,10 @@ def test_defaults_come_from_the_job_dataclasses_and_overrides_apply(tmp_path: Pa
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "project"
     folder.mkdir()
-    (folder / "c.yaml").write_text("store: ./store\ncohort: c.tsv\nlabels: [y]\nout: runs\n"
-                                   "checkpoints: ckpt\nexternal: s3://bucket/ext.parquet\n")
+    (folder / "c.yaml").write_text(
+        "store: ./store\ncohort: c.tsv\nlabels: [y]\nout: runs\n"
+        "checkpoints: ckpt\nexternal: s3://bucket/ext.parquet\n"
+    )
     monkeypatch.chdir(tmp_path)  # somewhere else: the result must not depend on it
     config = load_run_config(folder / "c.yaml")
     assert config.store == str(folder / "store") and config.cohort == str(folder / "c.tsv")
@@ -78,13 +84,17 @@ def test_cohort_checks_name_what_is_wrong_and_what_exists() -> None:
     with pytest.raises(ConfigError, match=r"no column 'lable'; the table has: slide_id, label"):
         check_cohort(table, ["lable"], "binary", source="c.csv")
     with pytest.raises(ConfigError, match="listed more than once: a"):
-        check_cohort(pd.DataFrame({"slide_id": ["a", "a"], "label": [0, 1]}), ["label"], "binary", source="c")
+        check_cohort(
+            pd.DataFrame({"slide_id": ["a", "a"], "label": [0, 1]}), ["label"], "binary", source="c"
+        )
     with pytest.raises(ConfigError, match="not numeric"):
         check_cohort(pd.DataFrame({"slide_id": ["a"], "g": ["x"]}), ["g"], "regression", source="c")
 
 
 def _cohort(labels: list[int], folds: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"slide_id": [f"s{i}" for i in range(len(labels))], "label": labels, "fold": folds})
+    return pd.DataFrame(
+        {"slide_id": [f"s{i}" for i in range(len(labels))], "label": labels, "fold": folds}
+    )
 
 
 def test_fold_checks_run_before_training() -> None:
@@ -96,7 +106,9 @@ def test_fold_checks_run_before_training() -> None:
         check_splits(cv_splits(one_class), ["label"], "binary")
     # class 2 only in folds 0 and 1, which are test and validation for fold 0
     rare = _cohort([2, 0, 2, 1, 0, 1, 0, 1, 1, 0], [0, 0, 1, 1, 2, 2, 3, 3, 2, 3])
-    with pytest.raises(ConfigError, match=r"fold 0: class\(es\) \['2'\] of 'label' have no training slides"):
+    with pytest.raises(
+        ConfigError, match=r"fold 0: class\(es\) \['2'\] of 'label' have no training slides"
+    ):
         check_splits(cv_splits(rare), ["label"], "multiclass")
 
 
@@ -111,7 +123,9 @@ def test_store_checks_find_missing_slides_and_patient_conflicts(tmp_path: Path) 
     check_store_slides(table, store, cohort.encoder, source="c")
     with pytest.raises(ConfigError, match="no embeddings for encoder 'uni'"):
         check_store_slides(table, store, "uni", source="c")
-    extra = pd.concat([table, pd.DataFrame({"slide_id": ["nope"], "patient_id": ["P"], "label": [0]})])
+    extra = pd.concat(
+        [table, pd.DataFrame({"slide_id": ["nope"], "patient_id": ["P"], "label": [0]})]
+    )
     with pytest.raises(ConfigError, match=r"1 slide\(s\) have no finished embeddings.*nope"):
         check_store_slides(extra, store, cohort.encoder, source="c")
     moved = table.assign(patient_id=["X", *list(table["patient_id"][1:])])

@@ -14,8 +14,9 @@ from ingest.slides.mpp import VendorMetadata, parse_aperio_description, parse_om
 
 
 def _tiff(path: Path, **kwargs) -> str:
-    tifffile.imwrite(path, np.full((256, 256, 3), 180, np.uint8), tile=(128, 128),
-                     photometric="rgb", **kwargs)
+    tifffile.imwrite(
+        path, np.full((256, 256, 3), 180, np.uint8), tile=(128, 128), photometric="rgb", **kwargs
+    )
     return str(path)
 
 
@@ -25,12 +26,19 @@ def test_aperio_description_is_parsed() -> None:
     assert parse_aperio_description("not aperio|MPP = 1") == {}
 
 
-@pytest.mark.parametrize(("unit", "per_unit", "expected"), [
-    ("INCH", 25400 / 0.25, 0.25),
-    ("CENTIMETER", 10000 / 0.5, 0.5),
-])
-def test_tiff_resolution_tags_with_unit(tmp_path: Path, unit: str, per_unit: float, expected: float) -> None:
-    uri = _tiff(tmp_path / "r.tif", resolution=(per_unit, per_unit), resolutionunit=unit, metadata=None)
+@pytest.mark.parametrize(
+    ("unit", "per_unit", "expected"),
+    [
+        ("INCH", 25400 / 0.25, 0.25),
+        ("CENTIMETER", 10000 / 0.5, 0.5),
+    ],
+)
+def test_tiff_resolution_tags_with_unit(
+    tmp_path: Path, unit: str, per_unit: float, expected: float
+) -> None:
+    uri = _tiff(
+        tmp_path / "r.tif", resolution=(per_unit, per_unit), resolutionunit=unit, metadata=None
+    )
     with open_slide(uri) as slide:
         assert slide.mpp == pytest.approx(expected, rel=1e-6)
         assert slide.metadata.mpp_source == "tiff-resolution"
@@ -43,24 +51,37 @@ def test_resolution_unit_none_is_not_a_scale(tmp_path: Path) -> None:
 
 
 def test_ome_physical_size_with_unit(tmp_path: Path) -> None:
-    uri = _tiff(tmp_path / "o.ome.tif", metadata={"axes": "YXS", "PhysicalSizeX": 0.00023,
-                                                   "PhysicalSizeXUnit": "mm", "PhysicalSizeY": 0.00023,
-                                                   "PhysicalSizeYUnit": "mm"})
+    uri = _tiff(
+        tmp_path / "o.ome.tif",
+        metadata={
+            "axes": "YXS",
+            "PhysicalSizeX": 0.00023,
+            "PhysicalSizeXUnit": "mm",
+            "PhysicalSizeY": 0.00023,
+            "PhysicalSizeYUnit": "mm",
+        },
+    )
     with open_slide(uri) as slide:
         assert slide.mpp == pytest.approx(0.23)
         assert slide.metadata.mpp_source == "ome-xml"
 
 
 def test_ome_parser_defaults_to_micrometres() -> None:
-    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Instrument>'
-           '<Microscope Model="Scanner X"/><Objective NominalMagnification="40"/></Instrument>'
-           '<Image><Pixels PhysicalSizeX="0.26" PhysicalSizeY="0.27"/></Image></OME>')
+    xml = (
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Instrument>'
+        '<Microscope Model="Scanner X"/><Objective NominalMagnification="40"/></Instrument>'
+        '<Image><Pixels PhysicalSizeX="0.26" PhysicalSizeY="0.27"/></Image></OME>'
+    )
     assert parse_ome_xml(xml) == ((0.26, 0.27), 40.0, "Scanner X")
 
 
 def test_order_override_then_aperio_then_ome_then_openslide_then_tiff() -> None:
-    meta = VendorMetadata(aperio={"MPP": "0.5"}, ome_physical_size=(0.3, 0.3),
-                          openslide_mpp=(0.4, 0.4), tiff_resolution=(10000 / 0.7, 10000 / 0.7, 3))
+    meta = VendorMetadata(
+        aperio={"MPP": "0.5"},
+        ome_physical_size=(0.3, 0.3),
+        openslide_mpp=(0.4, 0.4),
+        tiff_resolution=(10000 / 0.7, 10000 / 0.7, 3),
+    )
     assert resolve_mpp("s", meta, 0.9).source == "override"
     assert resolve_mpp("s", meta).source == "aperio"
     meta.aperio = {}

@@ -28,8 +28,10 @@ OPTIONS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)
 # (resources.choose_engine); "dataset" (Ray Data actor pools) on request. On 1-CPU nodes the dataset engine gets one
 # encoder (a whole node) and two readers: the default plan assumes one large node and its
 # fractional shares (0.6-CPU encoders, 0.5-CPU readers) would not pack onto 1-CPU nodes.
-ENGINES = {"fused": OPTIONS.replace(engine="fused"),
-           "dataset": OPTIONS.replace(engine="dataset", encoder_actors=1, read_concurrency=2)}
+ENGINES = {
+    "fused": OPTIONS.replace(engine="fused"),
+    "dataset": OPTIONS.replace(engine="dataset", encoder_actors=1, read_concurrency=2),
+}
 N_SLIDES = 8
 
 
@@ -46,11 +48,14 @@ def s3_cohort(tmp_path_factory, s3_options) -> list[SlideSource]:
     sources = []
     for i in range(N_SLIDES):
         path = folder / f"mn-{i}.svs"
-        write_synthetic_slide(path, SyntheticSlideSpec(width=1792, height=1536, seed=70 + i,
-                                                       downsamples=(1, 4), n_blobs=2))
+        write_synthetic_slide(
+            path,
+            SyntheticSlideSpec(width=1792, height=1536, seed=70 + i, downsamples=(1, 4), n_blobs=2),
+        )
         fs.put(str(path), f"{bucket}/slides/{path.name}")
-        sources.append(SlideSource(f"s3://{bucket}/slides/{path.name}", path.stem,
-                                   patient_id=f"P{i // 2}"))
+        sources.append(
+            SlideSource(f"s3://{bucket}/slides/{path.name}", path.stem, patient_id=f"P{i // 2}")
+        )
     return sources
 
 
@@ -60,8 +65,11 @@ def _store(sources: list[SlideSource], name: str, s3_options: dict) -> FeatureSt
 
 
 def _tiles(store: FeatureStore):
-    return store.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).sort_by(
-        [("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    return (
+        store.latest()
+        .tiles(columns=["slide_id", "x", "y", "embedding"])
+        .sort_by([("slide_id", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,11 +93,15 @@ def reference(s3_cohort, s3_options):
 
     store = _store(s3_cohort, "reference", s3_options)
     with auth_env("token"):
-        with_startup_retries(lambda: ray.init(num_cpus=2, include_dashboard=False,
-                                              log_to_driver=False, configure_logging=False))
+        with_startup_retries(
+            lambda: ray.init(
+                num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+            )
+        )
         try:
-            result = run_ingest(s3_cohort, store, options=OPTIONS, storage_options=s3_options,
-                                dashboard=False)
+            result = run_ingest(
+                s3_cohort, store, options=OPTIONS, storage_options=s3_options, dashboard=False
+            )
         finally:
             ray.shutdown()
     assert all(o.status == "done" for o in result.outcomes)
@@ -109,16 +121,18 @@ def _statuses(result) -> list[str]:
 
 
 @pytest.mark.parametrize("engine", ["fused", "dataset"])
-def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, reference, s3_cohort,
-                                                                s3_options, engine) -> None:
+def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(
+    cluster, reference, s3_cohort, s3_options, engine
+) -> None:
     import ray._private.state as ray_state
 
     store = _store(s3_cohort, f"multinode-{engine}", s3_options)
     staged_before = {n: set(cluster.staging_processes(n)) for n in cluster.workers}
     actors_before = set(ray_state.actors())
 
-    result = run_ingest(s3_cohort, store, options=ENGINES[engine], storage_options=s3_options,
-                        dashboard=False)
+    result = run_ingest(
+        s3_cohort, store, options=ENGINES[engine], storage_options=s3_options, dashboard=False
+    )
 
     assert all(o.status == "done" for o in result.outcomes), _statuses(result)
     assert len(result.outcomes) == N_SLIDES
@@ -128,30 +142,42 @@ def test_ingest_spreads_over_nodes_and_equals_a_single_node_run(cluster, referen
     assert len(work_nodes) >= 2, f"the run's actors sat on {len(work_nodes)} worker node(s)"
     if engine == "fused":
         # Each node staged the slides it read into its own scratch folder.
-        staging = [n for n in cluster.workers
-                   if set(cluster.staging_processes(n)) - staged_before.get(n, set())]
+        staging = [
+            n
+            for n in cluster.workers
+            if set(cluster.staging_processes(n)) - staged_before.get(n, set())
+        ]
         assert len(staging) >= 2, f"slides were staged on {len(staging)} node(s) only"
     ours = _tiles(store)
     assert ours.num_rows == reference.num_rows > 0
     assert ours.equals(reference), "same tiles and the same embeddings as one node"
+
     # The custom metrics leave through each node's own Prometheus endpoint (workers: tiles,
     # bytes, stage latencies; the head, where the driver runs: finished slides), where the
     # PodMonitor in infra/deploy scrapes them, under the names the Grafana board's test
     # derives from the code (tests/_deploy_tools/metric_names.py).
     def scraped() -> set[str]:
-        return {line.split("{")[0].split(" ")[0] for n in [*cluster.workers, "head"]
-                for line in cluster.scrape(n).splitlines()
-                if line.startswith("ray_slidebank_")}
+        return {
+            line.split("{")[0].split(" ")[0]
+            for n in [*cluster.workers, "head"]
+            for line in cluster.scrape(n).splitlines()
+            if line.startswith("ray_slidebank_")
+        }
 
     derived = {s for name, (kind, _) in code_metrics().items() for s in exported_names(name, kind)}
-    expected = {"ray_slidebank_slides_total", "ray_slidebank_tiles_total",
-                "ray_slidebank_bytes_read_total", "ray_slidebank_stage_seconds_bucket"}
+    expected = {
+        "ray_slidebank_slides_total",
+        "ray_slidebank_tiles_total",
+        "ray_slidebank_bytes_read_total",
+        "ray_slidebank_stage_seconds_bucket",
+    }
     assert wait_for(lambda: expected <= scraped(), timeout=30), scraped()
     assert scraped() <= derived, scraped() - derived
 
 
-def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_cohort,
-                                                                    s3_options) -> None:
+def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(
+    cluster, s3_cohort, s3_options
+) -> None:
     import ray._private.state as ray_state
     import s3fs
 
@@ -162,20 +188,29 @@ def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_c
 
     bucket = s3_cohort[0].uri.split("/")[2]
     store_uri = f"s3://{bucket}/mil-store"
-    cohort = write_planted_cohort(store_uri, n_slides=12, n_tiles=16, dim=8, n_folds=3,
-                                  storage_options=s3_options)
+    cohort = write_planted_cohort(
+        store_uri, n_slides=12, n_tiles=16, dim=8, n_folds=3, storage_options=s3_options
+    )
     table = cohort.table
     train, val, test = (table[table["fold"] == k] for k in (0, 1, 2))
-    job = JobConfig(store_uri=store_uri, encoder=cohort.encoder, storage_options=s3_options,
-                    name="two-nodes", num_workers=2,
-                    train=TrainConfig(model=MILConfig(hidden=8, attn_dim=4), epochs=2, patience=2,
-                                      lr=2e-3, torch_threads=1))
+    job = JobConfig(
+        store_uri=store_uri,
+        encoder=cohort.encoder,
+        storage_options=s3_options,
+        name="two-nodes",
+        num_workers=2,
+        train=TrainConfig(
+            model=MILConfig(hidden=8, attn_dim=4), epochs=2, patience=2, lr=2e-3, torch_threads=1
+        ),
+    )
 
     result = run_training(job, train, val, {"test": test})
 
     # GCS's actor table (the state API needs the dashboard, which this cluster does not run).
     workers = [a for a in ray_state.actors().values() if "TrainWorker" in a["ActorClassName"]]
-    assert len({a["Address"]["NodeID"] for a in workers}) == 2, "one Train worker on each of two nodes"
+    assert len({a["Address"]["NodeID"] for a in workers}) == 2, (
+        "one Train worker on each of two nodes"
+    )
     assert result.checkpoint_path.startswith(f"{store_uri}/mil_runs/two-nodes/")
     assert s3fs.S3FileSystem(**s3_options).exists(f"{result.checkpoint_path}/model.pt")
     assert len(result.predictions["test"]) == len(test)
@@ -185,8 +220,9 @@ def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(cluster, s3_c
 # replacement (pending while the surviving nodes were full) and requeued the slides to the
 # survivors; see ingest/pipeline/engines/actor_pool.py.
 @pytest.mark.parametrize("engine", ["dataset", "fused"])
-def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, reference, s3_cohort,
-                                                                  s3_options, engine) -> None:
+def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(
+    cluster, reference, s3_cohort, s3_options, engine
+) -> None:
     store = _store(s3_cohort, f"node-loss-{engine}", s3_options)
     killed: list[str] = []
     while len(cluster.workers) < 3:  # a fresh node replaces the one an earlier case killed
@@ -204,8 +240,9 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_no_tile(cluster, refe
 
     killer = threading.Thread(target=kill_the_first_node_that_reads, daemon=True)
     killer.start()
-    result = run_ingest(s3_cohort, store, options=ENGINES[engine], storage_options=s3_options,
-                        dashboard=False)
+    result = run_ingest(
+        s3_cohort, store, options=ENGINES[engine], storage_options=s3_options, dashboard=False
+    )
     killer.join(timeout=60)
 
     assert killed, "no node was killed: the fault was not injected"

@@ -16,7 +16,10 @@ def test_shared_random_vit_is_what_slidebank_runs(tmp_path):
     from features.encoders.runtime import Encoder
 
     path = peers.write_random_vit(tmp_path / "vit.safetensors", seed=1)
-    state, again = load_file(path), load_file(peers.write_random_vit(tmp_path / "b.safetensors", seed=1))
+    state, again = (
+        load_file(path),
+        load_file(peers.write_random_vit(tmp_path / "b.safetensors", seed=1)),
+    )
     assert state.keys() == again.keys()
     assert all(np.array_equal(state[k].numpy(), again[k].numpy()) for k in state)
 
@@ -30,8 +33,9 @@ def test_shared_random_vit_is_what_slidebank_runs(tmp_path):
     # gives other tensors. Matching slidebank's own seed-1 init shows the file's weights,
     # not the encoder's initialisation, produced ``out``.
     seed0 = load_file(peers.write_random_vit(tmp_path / "seed0.safetensors", seed=0))
-    assert not np.array_equal(seed0["blocks.0.attn.qkv.weight"].numpy(),
-                              state["blocks.0.attn.qkv.weight"].numpy())
+    assert not np.array_equal(
+        seed0["blocks.0.attn.qkv.weight"].numpy(), state["blocks.0.attn.qkv.weight"].numpy()
+    )
     same = Encoder(f"timm:{peers.VIT}", weights="random", seed=1, device="cpu").encode(tiles)
     np.testing.assert_allclose(out, same, rtol=0, atol=1e-6)
 

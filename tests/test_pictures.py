@@ -37,8 +37,25 @@ def _size(path):
 
 def test_gallery_shows_query_and_neighbours(pictures, tmp_path):
     out = tmp_path / "gallery.png"
-    result = _ok(["query", "similar", "--store", str(pictures / "store"), "--slide", "slide-0",
-                  "--x", "512", "--y", "512", "-k", "5", "--gallery", str(out), "--json"])
+    result = _ok(
+        [
+            "query",
+            "similar",
+            "--store",
+            str(pictures / "store"),
+            "--slide",
+            "slide-0",
+            "--x",
+            "512",
+            "--y",
+            "512",
+            "-k",
+            "5",
+            "--gallery",
+            str(out),
+            "--json",
+        ]
+    )
     assert len(json.loads(result.stdout)) == 5
     (w, h), rgb = _size(out)
     assert w > 600 and h > 200
@@ -53,7 +70,7 @@ def test_attention_heatmap_with_colour_bar(pictures, tmp_path):
     (w, h), rgb = _size(out)
     assert w >= 800 and h >= 500  # readable, not a 138 × 185 px thumbnail
     # The colour bar: a column of the inferno ramp on the right side of the figure.
-    right = rgb[:, int(w * 0.8):]
+    right = rgb[:, int(w * 0.8) :]
     assert (right[..., 0].astype(int) - right[..., 2] > 120).sum() > 200
 
 
@@ -65,8 +82,9 @@ def test_heatmap_errors_name_what_exists(pictures, tmp_path):
     assert result.exit_code == 2 and "'slide-9' not in the store" in result.output
     values = tmp_path / "pred.csv"
     values.write_text("x,y,p\n0,0,0.5\n")
-    result = runner.invoke(app, ["heatmap", "slide-0", "--store", store, "--values", str(values),
-                                 "--column", "q"])
+    result = runner.invoke(
+        app, ["heatmap", "slide-0", "--store", store, "--values", str(values), "--column", "q"]
+    )
     assert result.exit_code == 2 and "they are x, y, p" in result.output
     assert "Traceback" not in result.output
 
@@ -77,8 +95,21 @@ def test_umap_of_slides_coloured_by_label(tmp_path):
     build_store(root)
     labels = write_labels(tmp_path / "labels.csv")
     out = tmp_path / "umap.png"
-    _ok(["umap", "--store", str(root), "--labels", str(labels), "--color", "immune",
-         "--method", "umap", "--out", str(out)])
+    _ok(
+        [
+            "umap",
+            "--store",
+            str(root),
+            "--labels",
+            str(labels),
+            "--color",
+            "immune",
+            "--method",
+            "umap",
+            "--out",
+            str(out),
+        ]
+    )
     (w, h), _ = _size(out)
     assert w > 500 and h > 400
 

@@ -53,8 +53,15 @@ def test_run_folder_attention_png_is_fit_for_a_talk(store, tmp_path, monkeypatch
     attention = np.full(len(bag), 1.0 / len(bag)) * np.linspace(0.985, 1.015, len(bag))
     info = write_attention(store, "slide-1", bag.coords, attention, name="talk-run", tile_size=256)
     seen = _texts(monkeypatch)
-    png = render_overlay(store, "slide-1", "talk-run", tmp_path / "attn.png",
-                         origin=info["origin"], stride=info["stride"], model="abmil")
+    png = render_overlay(
+        store,
+        "slide-1",
+        "talk-run",
+        tmp_path / "attn.png",
+        origin=info["origin"],
+        stride=info["stride"],
+        model="abmil",
+    )
     rgb = _rgb(png)
     assert rgb.shape[1] >= 800
     text = "\n".join(seen)
@@ -98,8 +105,15 @@ def test_mil_run_roc_is_titled_with_model_and_label(tmp_path, monkeypatch):
     y = np.r_[np.zeros(20), np.ones(20)]
     p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 40), 0, 1)
     seen = _texts(monkeypatch)
-    frame = pd.DataFrame({"fold": 0, "set": "test", "slide_id": [f"s{i}" for i in range(40)],
-                          "target:immune": y, "pred:immune": p})
+    frame = pd.DataFrame(
+        {
+            "fold": 0,
+            "set": "test",
+            "slide_id": [f"s{i}" for i in range(40)],
+            "target:immune": y,
+            "pred:immune": p,
+        }
+    )
     evaluate_predictions(frame, "binary", ["immune"], tmp_path, model="transmil")
     assert "transmil: immune (test)" in seen  # the run folder's test_roc.png
 
@@ -125,20 +139,47 @@ def test_umap_method_pca_for_sixteen_slides(tmp_path, monkeypatch):
     labels = write_labels(tmp_path / "labels.csv", n_slides=16)
     seen = _texts(monkeypatch)
     runner = CliRunner()
-    result = runner.invoke(app, ["umap", "--store", str(root), "--labels", str(labels), "--color",
-                                 "immune", "--method", "pca", "--out", str(tmp_path / "m.png")])
+    result = runner.invoke(
+        app,
+        [
+            "umap",
+            "--store",
+            str(root),
+            "--labels",
+            str(labels),
+            "--color",
+            "immune",
+            "--method",
+            "pca",
+            "--out",
+            str(tmp_path / "m.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert any(t.startswith("PCA of 16 slide embeddings") for t in seen)
     assert any(t.startswith("PC 1 (") for t in seen)
     seen.clear()
     # Tiles coloured by 16 distinct slides.
-    result = runner.invoke(app, ["umap", "--store", str(root), "--level", "tile", "--method",
-                                 "pca", "--out", str(tmp_path / "t.png")])
+    result = runner.invoke(
+        app,
+        [
+            "umap",
+            "--store",
+            str(root),
+            "--level",
+            "tile",
+            "--method",
+            "pca",
+            "--out",
+            str(tmp_path / "t.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert any(t.startswith("PCA of 128 tile embeddings") for t in seen)
     assert "synthetic-15" in seen  # a legend entry: 16 slides fit tab20's 20 colours
-    result = runner.invoke(app, ["umap", "--store", str(root), "--method", "tsne",
-                                 "--out", str(tmp_path / "x.png")])
+    result = runner.invoke(
+        app, ["umap", "--store", str(root), "--method", "tsne", "--out", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 2 and "method must be auto, pca or umap" in result.output
 
 

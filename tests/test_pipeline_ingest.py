@@ -31,9 +31,17 @@ def cohort(tmp_path_factory) -> list[SlideSource]:
     sources = []
     for i in range(6):
         path = folder / f"syn-{i}.svs"
-        write_synthetic_slide(path, SyntheticSlideSpec(width=1792, height=1536, seed=40 + i,
-                                                       downsamples=(1, 4), pen_marks=i % 3 == 0,
-                                                       n_blobs=2))
+        write_synthetic_slide(
+            path,
+            SyntheticSlideSpec(
+                width=1792,
+                height=1536,
+                seed=40 + i,
+                downsamples=(1, 4),
+                pen_marks=i % 3 == 0,
+                n_blobs=2,
+            ),
+        )
         sources.append(SlideSource(str(path), path.stem, patient_id=f"P{i // 2}"))
     return sources
 
@@ -41,13 +49,17 @@ def cohort(tmp_path_factory) -> list[SlideSource]:
 def _planned(source: SlideSource, storage_options=None) -> set[tuple[int, int]]:
     with open_slide(source.uri, storage_options=storage_options, mpp=source.mpp) as slide:
         _, plan = plan_slide(slide)
-    return set(zip(plan.table.column("x").to_pylist(), plan.table.column("y").to_pylist(), strict=True))
+    return set(
+        zip(plan.table.column("x").to_pylist(), plan.table.column("y").to_pylist(), strict=True)
+    )
 
 
 def _stored(store: FeatureStore) -> dict[str, list[tuple[int, int]]]:
     table = store.latest().tiles(columns=["slide_id", "x", "y"])
     out: dict[str, list[tuple[int, int]]] = {}
-    for sid, x, y in zip(*(table.column(c).to_pylist() for c in ("slide_id", "x", "y")), strict=True):
+    for sid, x, y in zip(
+        *(table.column(c).to_pylist() for c in ("slide_id", "x", "y")), strict=True
+    ):
         out.setdefault(sid, []).append((x, y))
     return out
 
@@ -56,8 +68,9 @@ FAST = RunOptions(progress=False, commit_every=3, tiles_per_batch=16)
 
 
 @pytest.mark.s3
-def test_cohort_from_s3_into_a_store_on_s3(ray_local, cohort, cmu_slide, s3_bucket, s3_options,
-                                           tmp_path) -> None:
+def test_cohort_from_s3_into_a_store_on_s3(
+    ray_local, cohort, cmu_slide, s3_bucket, s3_options, tmp_path
+) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_options)
@@ -74,36 +87,50 @@ def test_cohort_from_s3_into_a_store_on_s3(ray_local, cohort, cmu_slide, s3_buck
     result = run_ingest(remote, store, options=FAST, storage_options=s3_options)
 
     by_id = {o.slide_id: o for o in result.outcomes}
-    assert by_id["corrupt"].status == "failed" and by_id["corrupt"].error_type == "SlideCorruptError"
+    assert (
+        by_id["corrupt"].status == "failed" and by_id["corrupt"].error_type == "SlideCorruptError"
+    )
     stored = _stored(store)
     for source in remote[:-1]:
         planned = _planned(source, s3_options)
         assert by_id[source.slide_id].status == "done"
         assert sorted(stored.get(source.slide_id, [])) == sorted(planned), source.slide_id
         assert len(planned) > 0
-    slides = store.latest().slides(columns=["slide_id", "status", "tile_count", "mpp", "mpp_source"])
+    slides = store.latest().slides(
+        columns=["slide_id", "status", "tile_count", "mpp", "mpp_source"]
+    )
     rows = {r["slide_id"]: r for r in slides.to_pylist()}
     assert rows["cmu_small_region"]["mpp"] == pytest.approx(0.499)
     assert rows["cmu_small_region"]["mpp_source"] == "aperio"
     assert rows["corrupt"]["status"] == "failed"
-    embeddings = np.stack(store.latest().tiles(columns=["embedding"]).column("embedding").to_numpy(
-        zero_copy_only=False))
+    embeddings = np.stack(
+        store.latest()
+        .tiles(columns=["embedding"])
+        .column("embedding")
+        .to_numpy(zero_copy_only=False)
+    )
     assert embeddings.shape[1] == 64 and np.isfinite(embeddings).all()
 
 
-def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(ray_local, cohort, tmp_path) -> None:
+def test_worker_killed_mid_ingest_leaves_exactly_the_planned_tiles(
+    ray_local, cohort, tmp_path
+) -> None:
     """One worker dies once (retried, exact tiles); one slide kills its worker every
     time (a poison slide: failed after MAX_CRASHES, not retried forever)."""
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     poison = cohort[-1].slide_id
-    faults = FaultPlan(exit_once_slide=cohort[2].slide_id, exit_once_marker=str(tmp_path / "killed"),
-                       exit_always_slide=poison)
+    faults = FaultPlan(
+        exit_once_slide=cohort[2].slide_id,
+        exit_once_marker=str(tmp_path / "killed"),
+        exit_always_slide=poison,
+    )
     # Two slides per read task: a retried task re-reads the slide that finished before the
     # crash, which must not count as a crash of that slide. A low compaction threshold: the
     # exact-tiles checks below then also hold after the run's fragments were merged.
     with injected(faults):
-        result = run_ingest(cohort, store, options=FAST.replace(compact_fragments=2,
-                                                                slides_per_task=2))
+        result = run_ingest(
+            cohort, store, options=FAST.replace(compact_fragments=2, slides_per_task=2)
+        )
     assert result.compacted > 0 and store.fragment_count(result.encoder) < 3
     assert (tmp_path / "killed").exists(), "the fault was injected"
     outcomes = {o.slide_id: o for o in result.outcomes}
@@ -144,7 +171,9 @@ def _assert_same_store(store: FeatureStore, reference: FeatureStore) -> None:
 # Slow (three runs, about 20 s): the default suite keeps a rerun that skips done slides
 # (test_cli_ingest) and a worker killed mid-run leaving exactly the planned tiles (above).
 @pytest.mark.slow
-def test_rerun_after_an_interrupted_run_equals_an_uninterrupted_run(ray_local, cohort, tmp_path) -> None:
+def test_rerun_after_an_interrupted_run_equals_an_uninterrupted_run(
+    ray_local, cohort, tmp_path
+) -> None:
     """The fast twin of the driver-death test below: the run stops (raises) right after its
     first commit, in this process; the rerun skips exactly the committed slides."""
     cohort = cohort[:4]  # two per commit: the run stops half done
@@ -188,8 +217,13 @@ def test_rerun_after_the_driver_dies_equals_an_uninterrupted_run(cohort, tmp_pat
     payload = json.dumps([s.__dict__ for s in cohort])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        proc = subprocess.run([sys.executable, "-c", script, payload], env=env, cwd=ROOT,
-                              capture_output=True, timeout=400)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, payload],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=400,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the driver neither finished nor died: {(exc.stderr or b'').decode()[-2000:]}")
     assert proc.returncode == 17, proc.stderr.decode()[-2000:]
@@ -207,10 +241,17 @@ def test_all_background_slide_is_done_with_zero_tiles(ray_local, tmp_path) -> No
     path = tmp_path / "glass.tif"
     import tifffile
 
-    tifffile.imwrite(path, np.full((1024, 1024, 3), 242, np.uint8), tile=(256, 256),
-                     photometric="rgb", resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        np.full((1024, 1024, 3), 242, np.uint8),
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(20000.0, 20000.0),
+        resolutionunit="CENTIMETER",
+    )
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
-    result = run_ingest([SlideSource(str(path), "glass")], store, options=FAST,
-                        config=IngestConfig(stain="none"))
+    result = run_ingest(
+        [SlideSource(str(path), "glass")], store, options=FAST, config=IngestConfig(stain="none")
+    )
     (outcome,) = result.outcomes
     assert (outcome.status, outcome.tiles) == ("done", 0)

@@ -29,8 +29,9 @@ AUTO = RunOptions(progress=False)
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> SlideSource:
     path = tmp_path_factory.mktemp("inprocess") / "small.svs"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=1536, height=1280, seed=5,
-                                                   downsamples=(1, 4), n_blobs=2))
+    write_synthetic_slide(
+        path, SyntheticSlideSpec(width=1536, height=1280, seed=5, downsamples=(1, 4), n_blobs=2)
+    )
     return SlideSource(str(path), path.stem)
 
 
@@ -40,7 +41,9 @@ def test_grid_bounds_the_planned_tiles(small) -> None:
     assert grid_tiles(SlideSource("/no/such/slide.svs", "nope"), CONFIG) == 0
 
 
-def test_auto_goes_to_ray_for_a_cluster_big_or_remote_jobs_and_worker_faults(small, tmp_path) -> None:
+def test_auto_goes_to_ray_for_a_cluster_big_or_remote_jobs_and_worker_faults(
+    small, tmp_path
+) -> None:
     assert not use_inprocess(AUTO.replace(address="127.0.0.1:6379"), [small], CONFIG)
     assert not use_inprocess(AUTO, [small] * (MAX_SLIDES + 1), CONFIG)
     assert not use_inprocess(AUTO, [SlideSource("s3://bucket/a.svs", "a")], CONFIG)
@@ -59,14 +62,20 @@ def test_inprocess_run_records_its_engine_and_runtime_outside_the_hash(small, tm
     result = run_ingest([small, missing], store, CONFIG, AUTO.replace(engine="inprocess"))
     outcomes = {o.slide_id: o for o in result.outcomes}
     assert outcomes["small"].status == "done" and outcomes["small"].tiles > 0
-    assert outcomes["nope"].status == "failed" and outcomes["nope"].error_type == "SlideNotFoundError"
+    assert (
+        outcomes["nope"].status == "failed" and outcomes["nope"].error_type == "SlideNotFoundError"
+    )
     assert result.engine == "inprocess" and result.runtimes == ["numpy"]
     assert result.first_tile_s is not None and 0 < result.first_tile_s <= result.seconds
     run = next(r for r in store.runs().to_pylist() if r["run_id"] == result.run_id)
     assert run["status"] == "done" and run["config_hash"] == result.config_hash
     assert json.loads(run["config_json"])["execution"] == {
-        "engine": "inprocess", "device": "auto", "cpu_dtype": "float32", "runtime": "auto",
-        "runtimes_used": ["numpy"]}
+        "engine": "inprocess",
+        "device": "auto",
+        "cpu_dtype": "float32",
+        "runtime": "auto",
+        "runtimes_used": ["numpy"],
+    }
     # execution choices stay out of the config hash: a rerun with another runtime skips
     again = run_ingest([small], store, CONFIG, AUTO.replace(engine="inprocess", runtime="torch"))
     assert again.skipped == ["small"] and again.config_hash == result.config_hash
@@ -77,8 +86,23 @@ def test_cli_runs_one_small_slide_without_ray_and_says_so(small, tmp_path) -> No
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["SLIDEBANK_CLUSTER_STATE"] = str(tmp_path / "no-cluster.json")  # no `cluster up` either
     proc = subprocess.run(
-        [sys.executable, "-c", "from slidebank.cli import app; app()", "ingest", small.uri, "--store", str(tmp_path / "s"),
-         "--stain", "none"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "from slidebank.cli import app; app()",
+            "ingest",
+            small.uri,
+            "--store",
+            str(tmp_path / "s"),
+            "--stain",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "engine in-process (a small job: no Ray)" in " ".join(proc.stdout.split())
     assert FeatureStore.open(str(tmp_path / "s")).latest().tiles(columns=["x"]).num_rows > 0

@@ -14,8 +14,11 @@ def test_cpu_shares_fit(monkeypatch, cpus: int, gpus: int) -> None:
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(cpus), "GPU": float(gpus)})
     plan = plan_resources(RunOptions())
-    used = (plan.encoder_actors * plan.cpus_per_encoder + plan.readers * plan.cpus_per_reader
-            + plan.writers * plan.cpus_per_writer)
+    used = (
+        plan.encoder_actors * plan.cpus_per_encoder
+        + plan.readers * plan.cpus_per_reader
+        + plan.writers * plan.cpus_per_writer
+    )
     assert used <= cpus + 1e-9
     assert plan.encoder_actors == (gpus or (cpus // 2 if cpus >= 4 else cpus))
     assert plan.cpus_per_reader != plan.cpus_per_encoder, "keeps reads a separate operator"

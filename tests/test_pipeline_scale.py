@@ -33,11 +33,15 @@ def test_one_thousand_small_slides_in_one_run(ray_local, tmp_path) -> None:
     tiles = store.latest().tiles_pandas(encoder=result.encoder, columns=["slide_id", "x", "y"])
     assert not tiles.duplicated().any()
     counts = tiles["slide_id"].value_counts()
-    assert all(counts.get(s, 0) == n for s, n in zip(slides["slide_id"], slides["tile_count"], strict=True))
+    assert all(
+        counts.get(s, 0) == n for s, n in zip(slides["slide_id"], slides["tile_count"], strict=True)
+    )
     assert len(tiles) == result.tiles > N_SLIDES
     for source in sources[::100]:  # a sample: the exact planned coordinates
         with open_slide(source.uri) as slide:
             table = plan_slide(slide)[1].table
-        planned = set(zip(table.column("x").to_pylist(), table.column("y").to_pylist(), strict=True))
+        planned = set(
+            zip(table.column("x").to_pylist(), table.column("y").to_pylist(), strict=True)
+        )
         mine = tiles[tiles["slide_id"] == source.slide_id]
         assert set(zip(mine["x"], mine["y"], strict=True)) == planned

@@ -26,18 +26,23 @@ def test_csv_manifest_with_relative_paths_and_overrides(tmp_path: Path) -> None:
 
 
 def test_parquet_manifest(tmp_path: Path) -> None:
-    pq.write_table(pa.table({"path": ["s3://bucket/x.svs"], "patient_id": ["P9"]}), tmp_path / "m.parquet")
+    pq.write_table(
+        pa.table({"path": ["s3://bucket/x.svs"], "patient_id": ["P9"]}), tmp_path / "m.parquet"
+    )
     (source,) = load_sources(str(tmp_path / "m.parquet"))
     assert (source.uri, source.slide_id, source.patient_id) == ("s3://bucket/x.svs", "x", "P9")
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("uri,slide_id\na.svs,../x\n", "row 2"),
-    ("uri,slide_id\na.svs,s1\nb.svs,s1\n", "row 3: slide_id 's1' repeats row 2"),
-    ("name\na.svs\n", "no slide column"),
-    ("uri,mpp\na.svs,-1\n", "row 2: mpp must be a positive"),
-    ("uri\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("uri,slide_id\na.svs,../x\n", "row 2"),
+        ("uri,slide_id\na.svs,s1\nb.svs,s1\n", "row 3: slide_id 's1' repeats row 2"),
+        ("name\na.svs\n", "no slide column"),
+        ("uri,mpp\na.svs,-1\n", "row 2: mpp must be a positive"),
+        ("uri\n", "no rows"),
+    ],
+)
 def test_malformed_manifests(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(body)

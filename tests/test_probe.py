@@ -30,8 +30,21 @@ def _run(*args: str):
 def test_probe_cli_one_command_to_a_metric_with_ci_and_plot(demo_store, tmp_path):
     labels = write_labels(tmp_path / "labels.csv")
     out = tmp_path / "probe"
-    result = _run("probe", str(labels), "--label", "immune", "--store", str(demo_store),
-                  "--out", str(out), "--n-boot", "200", "--folds", "3", "--json")
+    result = _run(
+        "probe",
+        str(labels),
+        "--label",
+        "immune",
+        "--store",
+        str(demo_store),
+        "--out",
+        str(out),
+        "--n-boot",
+        "200",
+        "--folds",
+        "3",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["task"] == "classification" and report["n_slides"] == 12
@@ -55,8 +68,9 @@ def test_probe_by_patient_labels_knn_and_regression(demo_store, tmp_path):
     # Folds never split a patient.
     assert knn.predictions.groupby("patient_id")["fold"].nunique().max() == 1
     slides = write_labels(tmp_path / "slides.csv")
-    reg = sb.probe(store, slides, label="score", model="linear", folds=3, n_boot=50,
-                   out_dir=tmp_path / "reg")
+    reg = sb.probe(
+        store, slides, label="score", model="linear", folds=3, n_boot=50, out_dir=tmp_path / "reg"
+    )
     assert reg.task == "regression" and reg.metrics["pearson_r"]["value"] > 0.5
     assert (tmp_path / "reg" / "probe.png").exists()
 
@@ -64,22 +78,39 @@ def test_probe_by_patient_labels_knn_and_regression(demo_store, tmp_path):
 @pytest.mark.parametrize(
     ("csv", "args", "message"),
     [
-        ("slide_id,immune\nsynthetic-00,high\n", ["--label", "immun"],
-         "label column(s) 'immun' not in the labels table; it has 'immune'"),
-        ("sample,immune\nsynthetic-00,high\n", ["--label", "immune"],
-         "needs a slide_id or patient_id column; it has sample, immune"),
+        (
+            "slide_id,immune\nsynthetic-00,high\n",
+            ["--label", "immun"],
+            "label column(s) 'immun' not in the labels table; it has 'immune'",
+        ),
+        (
+            "sample,immune\nsynthetic-00,high\n",
+            ["--label", "immune"],
+            "needs a slide_id or patient_id column; it has sample, immune",
+        ),
         # A key column spelt another way is named, never read as a label (issue 30 item 7).
-        ("Slide ID,patient_id,immune\nsynthetic-00,P000,high\nsynthetic-01,P000,high\n",
-         ["--label", "immune"], "no slide_id column (found 'Slide ID')"),
-        ("slide_id,immune\nnope-1,high\nnope-2,low\n", ["--label", "immune"],
-         "no slide_id of"),
-        ("slide_id,patient_id,immune\nsynthetic-00,PX,high\nsynthetic-01,P000,low\n",
-         ["--label", "immune"], "synthetic-00: "),
-        ("slide_id,immune\n" + "".join(f"synthetic-{i:02d},{'a' if i == 0 else 'b'}\n"
-                                        for i in range(12)),
-         ["--label", "immune"], "class 'a' has 1 patient(s)"),
-        ("slide_id,immune\nsynthetic-00,high\n", ["--label", "immune", "--model", "svm"],
-         "ProbeConfig.model must be one of 'logistic', 'linear', 'knn', got 'svm'"),
+        (
+            "Slide ID,patient_id,immune\nsynthetic-00,P000,high\nsynthetic-01,P000,high\n",
+            ["--label", "immune"],
+            "no slide_id column (found 'Slide ID')",
+        ),
+        ("slide_id,immune\nnope-1,high\nnope-2,low\n", ["--label", "immune"], "no slide_id of"),
+        (
+            "slide_id,patient_id,immune\nsynthetic-00,PX,high\nsynthetic-01,P000,low\n",
+            ["--label", "immune"],
+            "synthetic-00: ",
+        ),
+        (
+            "slide_id,immune\n"
+            + "".join(f"synthetic-{i:02d},{'a' if i == 0 else 'b'}\n" for i in range(12)),
+            ["--label", "immune"],
+            "class 'a' has 1 patient(s)",
+        ),
+        (
+            "slide_id,immune\nsynthetic-00,high\n",
+            ["--label", "immune", "--model", "svm"],
+            "ProbeConfig.model must be one of 'logistic', 'linear', 'knn', got 'svm'",
+        ),
     ],
 )
 def test_probe_errors_name_the_problem_without_traceback(demo_store, tmp_path, csv, args, message):

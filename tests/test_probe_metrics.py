@@ -19,7 +19,9 @@ def test_numpy_metrics_match_sklearn_with_ties():
         assert abs(auroc(y, s) - sk.roc_auc_score(y, s)) < 1e-12
         assert abs(average_precision(y, s) - sk.average_precision_score(y, s)) < 1e-12
         predicted = rng.integers(0, 2, 40)
-        assert abs(balanced_accuracy(y, predicted) - sk.balanced_accuracy_score(y, predicted)) < 1e-12
+        assert (
+            abs(balanced_accuracy(y, predicted) - sk.balanced_accuracy_score(y, predicted)) < 1e-12
+        )
         fpr, tpr, _ = roc_curve(y, s)
         ref_fpr, ref_tpr, _ = sk.roc_curve(y, s, drop_intermediate=False)
         np.testing.assert_allclose(fpr, ref_fpr)

@@ -28,10 +28,17 @@ def store(tmp_path_factory):
 def _genes(tmp_path):
     """Two genes following the planted signal, one noise gene, one with a single class."""
     rng = np.random.default_rng(7)
-    rows = [{"slide_id": f"synthetic-{i:02d}", "immune": "high" if is_high(i) else "low",
-             "gene_a": float(is_high(i)) * 2 + rng.normal(scale=0.2),
-             "gene_b": float(is_high(i)) + rng.normal(scale=0.3),
-             "gene_noise": rng.normal(), "constant": "high"} for i in range(N_SLIDES)]
+    rows = [
+        {
+            "slide_id": f"synthetic-{i:02d}",
+            "immune": "high" if is_high(i) else "low",
+            "gene_a": float(is_high(i)) * 2 + rng.normal(scale=0.2),
+            "gene_b": float(is_high(i)) + rng.normal(scale=0.3),
+            "gene_noise": rng.normal(),
+            "constant": "high",
+        }
+        for i in range(N_SLIDES)
+    ]
     path = tmp_path / "genes.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -55,13 +62,33 @@ def test_bh_qvalues_match_the_definition_and_skip_nan():
 
 def test_several_labels_one_row_each_with_bh_q_on_shared_folds(store, tmp_path):
     out = tmp_path / "panel"
-    result = runner.invoke(app, ["probe", str(_genes(tmp_path)), "--store", store,
-                                 "--label", "gene_*", "--label", "immune", "--label", "constant",
-                                 "--model", "knn", "--k", "3", "--folds", "3",
-                                 "--n-boot", "200", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "probe",
+            str(_genes(tmp_path)),
+            "--store",
+            store,
+            "--label",
+            "gene_*",
+            "--label",
+            "immune",
+            "--label",
+            "constant",
+            "--model",
+            "knn",
+            "--k",
+            "3",
+            "--folds",
+            "3",
+            "--n-boot",
+            "200",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    table = pd.read_csv(out / "summary.tsv", sep="\t", keep_default_na=False,
-                        na_values=[""])
+    table = pd.read_csv(out / "summary.tsv", sep="\t", keep_default_na=False, na_values=[""])
     assert sorted(table["label"]) == ["constant", "gene_a", "gene_b", "gene_noise", "immune"]
     ran = table[table["error"].isna()]
     assert len(ran) == 4 and "one class only" in table.set_index("label").at["constant", "error"]
@@ -89,8 +116,9 @@ def test_several_labels_one_row_each_with_bh_q_on_shared_folds(store, tmp_path):
 def test_python_api_takes_a_list_and_returns_the_table(store, tmp_path):
     import slidebank as sb
 
-    panel = sb.probe(store, _genes(tmp_path), label=["gene_a", "gene_noise"], model="linear",
-                     folds=3, n_boot=100)
+    panel = sb.probe(
+        store, _genes(tmp_path), label=["gene_a", "gene_noise"], model="linear", folds=3, n_boot=100
+    )
     assert list(panel.table.columns[:3]) == ["label", "task", "metric"]
     assert set(panel.table["label"]) == {"gene_a", "gene_noise"}
     assert set(panel.patient_folds) == {patient_of(i) for i in range(N_SLIDES)}
@@ -98,18 +126,29 @@ def test_python_api_takes_a_list_and_returns_the_table(store, tmp_path):
 
 
 def test_unmatched_glob_is_an_error_naming_the_columns(store, tmp_path):
-    result = runner.invoke(app, ["probe", str(_genes(tmp_path)), "--store", store,
-                                 "--label", "cd8_*"])
+    result = runner.invoke(
+        app, ["probe", str(_genes(tmp_path)), "--store", store, "--label", "cd8_*"]
+    )
     assert result.exit_code == 2
-    assert "--label 'cd8_*' matches no column of the labels table (it has immune, gene_a" in result.output
+    assert (
+        "--label 'cd8_*' matches no column of the labels table (it has immune, gene_a"
+        in result.output
+    )
 
 
 @pytest.mark.parametrize(("label", "model"), [("gene_a", "linear"), ("immune", "logistic")])
 def test_figures_are_titled_with_label_model_slides_and_patients(store, tmp_path, label, model):
     import slidebank as sb
 
-    result = sb.probe(store, _genes(tmp_path), label=label, model=model, folds=3, n_boot=50,
-                      out_dir=tmp_path / "one")
+    result = sb.probe(
+        store,
+        _genes(tmp_path),
+        label=label,
+        model=model,
+        folds=3,
+        n_boot=50,
+        out_dir=tmp_path / "one",
+    )
     with Image.open(result.plot) as image:
         title = image.text["Title"]
     assert label in title and f"{model} probe" in title
@@ -120,14 +159,25 @@ def test_patient_aggregation_scores_each_patient_once(store, tmp_path):
     import slidebank as sb
 
     out = tmp_path / "patients"
-    result = sb.probe(store, _genes(tmp_path), label="gene_a", model="linear", folds=3, n_boot=50,
-                      aggregate="patient", out_dir=out)
+    result = sb.probe(
+        store,
+        _genes(tmp_path),
+        label="gene_a",
+        model="linear",
+        folds=3,
+        n_boot=50,
+        aggregate="patient",
+        out_dir=out,
+    )
     per_patient = result.patient_predictions
     assert len(per_patient) == N_SLIDES // 2 and per_patient["patient_id"].is_unique
     slides = result.predictions.groupby("patient_id")
-    np.testing.assert_allclose(per_patient.set_index("patient_id")["predicted"],
-                               slides["predicted"].mean())
-    np.testing.assert_allclose(per_patient.set_index("patient_id")["gene_a"], slides["gene_a"].mean())
+    np.testing.assert_allclose(
+        per_patient.set_index("patient_id")["predicted"], slides["predicted"].mean()
+    )
+    np.testing.assert_allclose(
+        per_patient.set_index("patient_id")["gene_a"], slides["gene_a"].mean()
+    )
     pearson = np.corrcoef(per_patient["gene_a"], per_patient["predicted"])[0, 1]
     assert result.metrics["pearson_r"]["value"] == pytest.approx(pearson)
     summary = json.loads((out / "metrics.json").read_text())
@@ -139,10 +189,30 @@ def test_patient_aggregation_scores_each_patient_once(store, tmp_path):
 
 def test_patient_aggregation_refuses_a_patient_with_two_classes(store, tmp_path):
     labels = tmp_path / "mixed.csv"
-    labels.write_text("slide_id,grade\n" + "".join(
-        f"synthetic-{i:02d},{'High' if (is_high(i) or i == 7) else 'Low'}\n" for i in range(N_SLIDES)))
-    result = runner.invoke(app, ["probe", str(labels), "--store", store, "--label", "grade",
-                                 "--folds", "3", "--n-boot", "20", "--aggregate", "patient"])
+    labels.write_text(
+        "slide_id,grade\n"
+        + "".join(
+            f"synthetic-{i:02d},{'High' if (is_high(i) or i == 7) else 'Low'}\n"
+            for i in range(N_SLIDES)
+        )
+    )
+    result = runner.invoke(
+        app,
+        [
+            "probe",
+            str(labels),
+            "--store",
+            store,
+            "--label",
+            "grade",
+            "--folds",
+            "3",
+            "--n-boot",
+            "20",
+            "--aggregate",
+            "patient",
+        ],
+    )
     assert result.exit_code == 2
     assert "patient 'P003' has slides of different classes" in result.output
 

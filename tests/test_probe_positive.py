@@ -23,16 +23,36 @@ def store(tmp_path_factory):
 
 def _labels(tmp_path, high: str, low: str, *, blank: tuple[int, ...] = (), rows: int = N_SLIDES):
     path = tmp_path / "labels.csv"
-    path.write_text("slide_id,grade\n" + "".join(
-        f"synthetic-{i:02d},{'' if i in blank else (high if is_high(i) else low)}\n"
-        for i in range(rows)))
+    path.write_text(
+        "slide_id,grade\n"
+        + "".join(
+            f"synthetic-{i:02d},{'' if i in blank else (high if is_high(i) else low)}\n"
+            for i in range(rows)
+        )
+    )
     return path
 
 
 def _probe(labels, store, tmp_path, *extra):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["probe", str(labels), "--label", "grade", "--store", store,
-                                 "--folds", "3", "--n-boot", "50", "--out", str(out), *extra])
+    result = runner.invoke(
+        app,
+        [
+            "probe",
+            str(labels),
+            "--label",
+            "grade",
+            "--store",
+            store,
+            "--folds",
+            "3",
+            "--n-boot",
+            "50",
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
     return result, out
 
 
@@ -58,10 +78,13 @@ def test_positive_option_picks_the_other_class(store, tmp_path):
     assert set(pd.read_parquet(out / "predictions.parquet")["positive_class"]) == {"Low"}
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ((), "which class of 'grade' is positive, 'cold' or 'hot'? Pass --positive"),
-    (("--positive", "warm"), "--positive 'warm' is not a class of 'grade' (cold or hot)"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ((), "which class of 'grade' is positive, 'cold' or 'hot'? Pass --positive"),
+        (("--positive", "warm"), "--positive 'warm' is not a class of 'grade' (cold or hot)"),
+    ],
+)
 def test_an_unnamed_pair_asks_for_positive(store, tmp_path, extra, message):
     result, _ = _probe(_labels(tmp_path, "hot", "cold"), store, tmp_path, *extra)
     assert result.exit_code == 2
@@ -81,4 +104,7 @@ def test_left_out_slides_are_named(store, tmp_path):
     assert "left out, label missing: synthetic-03" in result.output
     assert f"left out, no label row: synthetic-{N_SLIDES - 1:02d}" in result.output
     dropped = json.loads((out / "metrics.json").read_text())["dropped"]
-    assert dropped == {"label_missing": ["synthetic-03"], "no_label_row": [f"synthetic-{N_SLIDES - 1:02d}"]}
+    assert dropped == {
+        "label_missing": ["synthetic-03"],
+        "no_label_row": [f"synthetic-{N_SLIDES - 1:02d}"],
+    }

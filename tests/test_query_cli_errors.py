@@ -24,18 +24,40 @@ def store(tmp_path_factory):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sql", "SELECT slide_idd FROM slides"],
-         'error: SQL: Binder Error: Referenced column "slide_idd" not found'),
-        (["slides", "--where", "mppp < 1"], 'error: --where: Binder Error: Referenced column "mppp"'),
-        (["sql", "--at", "1", "SELECT count(*) FROM tiles"],
-         "no tiles table at version 1 (no tiles were committed yet then)"),
-        (["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0", "--cohort", "nope"],
-         "SlideNotInStoreError: slide id(s) 'nope' not in the store"),
-        (["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0",
-          "--where", "tissue_fractio > 0.5"],
-         "No field named tissue_fractio. Did you mean 'tissue_fraction'?"),
-        (["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0", "--metric", "manhattan"],
-         "metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'"),
+        (
+            ["sql", "SELECT slide_idd FROM slides"],
+            'error: SQL: Binder Error: Referenced column "slide_idd" not found',
+        ),
+        (
+            ["slides", "--where", "mppp < 1"],
+            'error: --where: Binder Error: Referenced column "mppp"',
+        ),
+        (
+            ["sql", "--at", "1", "SELECT count(*) FROM tiles"],
+            "no tiles table at version 1 (no tiles were committed yet then)",
+        ),
+        (
+            ["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0", "--cohort", "nope"],
+            "SlideNotInStoreError: slide id(s) 'nope' not in the store",
+        ),
+        (
+            [
+                "similar",
+                "--slide",
+                "synthetic-00",
+                "--x",
+                "0",
+                "--y",
+                "0",
+                "--where",
+                "tissue_fractio > 0.5",
+            ],
+            "No field named tissue_fractio. Did you mean 'tissue_fraction'?",
+        ),
+        (
+            ["similar", "--slide", "synthetic-00", "--x", "0", "--y", "0", "--metric", "manhattan"],
+            "metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'",
+        ),
         (["slides", "--columns", "slide_id,nope"], "no column(s) nope; the result has"),
     ],
 )
@@ -61,15 +83,49 @@ def test_slides_table_fits_80_columns_and_json_is_complete(store):
 
 
 def test_similar_states_metric_filters_before_ranking_and_tag(store):
-    result = runner.invoke(app, ["query", "similar", "--store", store, "--slide", "synthetic-00",
-                                 "--x", "0", "--y", "0", "-k", "5", "--metric", "cosine",
-                                 "--where", "slide_id = 'synthetic-07'", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "query",
+            "similar",
+            "--store",
+            store,
+            "--slide",
+            "synthetic-00",
+            "--x",
+            "0",
+            "--y",
+            "0",
+            "-k",
+            "5",
+            "--metric",
+            "cosine",
+            "--where",
+            "slide_id = 'synthetic-07'",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
     assert len(hits) == 5 and {h["slide_id"] for h in hits} == {"synthetic-07"}
     assert all(0 <= h["distance"] <= 2 for h in hits)
-    titled = runner.invoke(app, ["query", "similar", "--store", store, "--slide", "synthetic-00",
-                                 "--x", "0", "--y", "0", "-k", "2"])
+    titled = runner.invoke(
+        app,
+        [
+            "query",
+            "similar",
+            "--store",
+            store,
+            "--slide",
+            "synthetic-00",
+            "--x",
+            "0",
+            "--y",
+            "0",
+            "-k",
+            "2",
+        ],
+    )
     assert "distance = squared L2 distance" in titled.output
     tagged = runner.invoke(app, ["tag", "paper-v1", "--store", store])
     assert tagged.exit_code == 0 and "as 'paper-v1'" in tagged.output

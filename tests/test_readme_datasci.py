@@ -69,8 +69,11 @@ def test_python_example_is_short_and_runs(py_demo):
 
 
 def _cli_lines() -> list[list[str]]:
-    return [shlex.split(line)[1:] for line in _block("datasci-cli").splitlines()
-            if line.startswith("slidebank ")]
+    return [
+        shlex.split(line)[1:]
+        for line in _block("datasci-cli").splitlines()
+        if line.startswith("slidebank ")
+    ]
 
 
 @pytest.mark.parametrize("args", [a for a in _cli_lines() if a[0] != "umap"], ids=lambda a: a[0])
@@ -91,8 +94,15 @@ def test_dir_lists_the_facade():
     import slidebank as sb
 
     names = dir(sb)
-    for name in ("open_store", "probe", "FeatureStore", "cohort_from_labels", "heatmap",
-                 "export_anndata", "open_slide"):
+    for name in (
+        "open_store",
+        "probe",
+        "FeatureStore",
+        "cohort_from_labels",
+        "heatmap",
+        "export_anndata",
+        "open_slide",
+    ):
         assert name in names
 
 
@@ -101,11 +111,27 @@ def test_a_missing_tile_names_the_nearest_ones(demo):
     from features.store import TileNotFoundError
 
     store = sb.open_store("slidebank-demo/store")
-    with pytest.raises(TileNotFoundError, match=r"no tile at \(x=1000, y=530\); the nearest of "
-                                                 r"its 40 tiles: \(1024, 512\), \(512, 512\), \(1024, 1024\)"):
+    with pytest.raises(
+        TileNotFoundError,
+        match=r"no tile at \(x=1000, y=530\); the nearest of "
+        r"its 40 tiles: \(1024, 512\), \(512, 512\), \(1024, 1024\)",
+    ):
         store.search_by_tile("synthetic-00", 1000, 530, k=5)
-    result = CliRunner().invoke(app, ["query", "similar", "--store", "slidebank-demo/store",
-                                      "--slide", "synthetic-00", "--x", "1000", "--y", "530"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "query",
+            "similar",
+            "--store",
+            "slidebank-demo/store",
+            "--slide",
+            "synthetic-00",
+            "--x",
+            "1000",
+            "--y",
+            "530",
+        ],
+    )
     assert result.exit_code == 2
     assert "the nearest of its 40 tiles: (1024, 512)" in result.output
     assert "Traceback" not in result.output
@@ -143,5 +169,7 @@ def test_readme_blocks_run_literally_against_a_fresh_demo(tmp_path, monkeypatch,
     assert {"slide_id", "patient_id", "immune", "infiltrate"} <= set(labels.columns)
     assert labels["immune"].value_counts().to_dict() == {"High": 6, "Low": 6}
     _run_readme_blocks(tmp_path, monkeypatch)
-    auroc = pd.read_json(tmp_path / "probe-immune" / "metrics.json", typ="series")["metrics"]["auroc"]
+    auroc = pd.read_json(tmp_path / "probe-immune" / "metrics.json", typ="series")["metrics"][
+        "auroc"
+    ]
     assert auroc["value"] > 0.8, auroc  # the infiltrate is in the pixels, and the probe finds it

@@ -29,10 +29,17 @@ def proxy(moto_server):
 
 
 def _options(endpoint: str) -> dict:
-    return {"key": "testing", "secret": "testing", "endpoint_url": endpoint,
-            "skip_instance_cache": True,
-            "config_kwargs": {"read_timeout": 2, "connect_timeout": 2,
-                              "retries": {"max_attempts": 6, "mode": "standard"}}}
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "endpoint_url": endpoint,
+        "skip_instance_cache": True,
+        "config_kwargs": {
+            "read_timeout": 2,
+            "connect_timeout": 2,
+            "retries": {"max_attempts": 6, "mode": "standard"},
+        },
+    }
 
 
 @pytest.fixture
@@ -48,14 +55,19 @@ def bucket(s3_options) -> str:
 def remote_slide(bucket, s3_options, synthetic_svs) -> str:
     import s3fs
 
-    s3fs.S3FileSystem(**s3_options).pipe(f"{bucket}/slides/a.svs",
-                                         Path(synthetic_svs.path).read_bytes())
+    s3fs.S3FileSystem(**s3_options).pipe(
+        f"{bucket}/slides/a.svs", Path(synthetic_svs.path).read_bytes()
+    )
     return f"s3://{bucket}/slides/a.svs"
 
 
 def _region(uri: str, options: dict | None, strategy: str = "auto") -> np.ndarray:
-    with open_slide(uri, storage_options=options, strategy=strategy, reader="tiffslide"
-                    if strategy == "stream" else None) as slide:
+    with open_slide(
+        uri,
+        storage_options=options,
+        strategy=strategy,
+        reader="tiffslide" if strategy == "stream" else None,
+    ) as slide:
         return slide.read_region((512, 512), 0, (256, 256))
 
 
@@ -64,14 +76,19 @@ def _region(uri: str, options: dict | None, strategy: str = "auto") -> np.ndarra
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("fault", [
-    Fault("slowdown", method="GET|HEAD", times=2),  # each retry backs off: 4 took 12 s
-    pytest.param(Fault("reset", method="GET", times=2), marks=SLOW),
-    pytest.param(Fault("stall", method="GET|HEAD", times=1, seconds=4.0), marks=SLOW),
-], ids=["503-slowdown", "reset-mid-body", "stall-past-timeout"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("slowdown", method="GET|HEAD", times=2),  # each retry backs off: 4 took 12 s
+        pytest.param(Fault("reset", method="GET", times=2), marks=SLOW),
+        pytest.param(Fault("stall", method="GET|HEAD", times=1, seconds=4.0), marks=SLOW),
+    ],
+    ids=["503-slowdown", "reset-mid-body", "stall-past-timeout"],
+)
 @pytest.mark.parametrize("strategy", ["stream", pytest.param("stage", marks=SLOW)])
-def test_slide_reads_survive_transient_faults(proxy, remote_slide, synthetic_svs, fault,
-                                               strategy) -> None:
+def test_slide_reads_survive_transient_faults(
+    proxy, remote_slide, synthetic_svs, fault, strategy
+) -> None:
     expected = _region(synthetic_svs.path, None)
     fault = dataclasses.replace(fault, seen=0, fired=0)  # parameters are shared objects
     proxy.add(fault)
@@ -92,17 +109,28 @@ def test_persistent_throttling_is_a_typed_error(proxy, remote_slide) -> None:
 
 
 def _commit(store: FeatureStore, names: list[str]) -> None:
-    store.commit([store.write_slide(SlideKey(n, ENCODER, CONFIG), slide_info(n),
-                                    [tile_payload(5 + i, seed=i)]) for i, n in enumerate(names)])
+    store.commit(
+        [
+            store.write_slide(
+                SlideKey(n, ENCODER, CONFIG), slide_info(n), [tile_payload(5 + i, seed=i)]
+            )
+            for i, n in enumerate(names)
+        ]
+    )
 
 
-@pytest.mark.parametrize("fault", [
-    Fault("drop_response", method="PUT", times=3),
-    pytest.param(Fault("drop_response", method="PUT", path=r"_versions|\.manifest", times=2),
-                 marks=SLOW),
-    pytest.param(Fault("slowdown", method="PUT|POST|GET", times=6), marks=SLOW),
-    pytest.param(Fault("reset", method="GET", times=3), marks=SLOW),
-], ids=["put-response-lost", "manifest-put-response-lost", "503-on-writes", "reset-on-reads"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("drop_response", method="PUT", times=3),
+        pytest.param(
+            Fault("drop_response", method="PUT", path=r"_versions|\.manifest", times=2), marks=SLOW
+        ),
+        pytest.param(Fault("slowdown", method="PUT|POST|GET", times=6), marks=SLOW),
+        pytest.param(Fault("reset", method="GET", times=3), marks=SLOW),
+    ],
+    ids=["put-response-lost", "manifest-put-response-lost", "503-on-writes", "reset-on-reads"],
+)
 def test_store_commits_lose_and_duplicate_nothing(proxy, bucket, s3_options, fault) -> None:
     uri = f"s3://{bucket}/store"
     faulty = FeatureStore.open(uri, _options(proxy.endpoint), create=True)

@@ -29,11 +29,23 @@ def _folder_store(root: Path, n: int = 4) -> FeatureStore:
     for i in range(n):
         emb = np.random.default_rng(i).normal(size=(6, 8)).astype(np.float32)
         emb[:, 0] += 3.0 * (i % 2)
-        batch = tile_batch(np.arange(6) * 256, np.zeros(6, int), emb, tile_size=256, read_mpp=0.5,
-                           tissue_fraction=np.full(6, 0.9))
+        batch = tile_batch(
+            np.arange(6) * 256,
+            np.zeros(6, int),
+            emb,
+            tile_size=256,
+            read_mpp=0.5,
+            tissue_fraction=np.full(6, 0.9),
+        )
         sid = f"s{i}"
-        info = SlideInfo(source_uri=str(root / f"{sid}.svs"), mpp=0.5, mpp_source="aperio",
-                         level_dimensions=((2048, 256),), tissue_area_mm2=1.0, code_version="test")
+        info = SlideInfo(
+            source_uri=str(root / f"{sid}.svs"),
+            mpp=0.5,
+            mpp_source="aperio",
+            level_dimensions=((2048, 256),),
+            tissue_area_mm2=1.0,
+            code_version="test",
+        )
         key = SlideKey(sid, CONFIG.encoder_id, CONFIG.config_hash())
         pending.append(store.write_slide(key, info, [batch]))
     store.commit(pending)
@@ -41,8 +53,11 @@ def _folder_store(root: Path, n: int = 4) -> FeatureStore:
 
 
 def _tiles(store: FeatureStore) -> object:
-    return store.latest().tiles(columns=TILE_COLUMNS).sort_by([("slide_id", "ascending"),
-                                                               ("x", "ascending")])
+    return (
+        store.latest()
+        .tiles(columns=TILE_COLUMNS)
+        .sort_by([("slide_id", "ascending"), ("x", "ascending")])
+    )
 
 
 def _patients(store: FeatureStore) -> dict[str, str | None]:
@@ -58,8 +73,9 @@ def test_set_slide_metadata_rewrites_only_patient_ids_and_no_tile(tmp_path: Path
     other = [c for c in store.slides().column_names if c != "patient_id"]
     slides_before = store.slides(columns=other).sort_by("slide_id")
 
-    update = store.set_slide_metadata({"s0": {"patient_id": "P1"}, "s1": {"patient_id": "P1"},
-                                       "gone": {"patient_id": "P9"}})
+    update = store.set_slide_metadata(
+        {"s0": {"patient_id": "P1"}, "s1": {"patient_id": "P1"}, "gone": {"patient_id": "P9"}}
+    )
 
     assert update.changed == ("s0", "s1") and update.unknown == ("gone",)
     assert update.version == version + 1, "one new store version, like a commit"
@@ -82,21 +98,38 @@ def test_set_slide_metadata_refuses_columns_that_describe_the_pixels(tmp_path: P
 
 
 def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_work(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     store = _folder_store(tmp_path, n=6)
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id,grade\nA,low\nB,high\nC,low\nD,high\nE,low\nF,high\n")
-    build = ["cohort", "build", "--labels", str(labels), "--store", store.uri,
-             "--out", str(tmp_path / "cohort.parquet"), "--folds", "2", "--val-fraction", "0",
-             "--test-fraction", "0.34"]
+    build = [
+        "cohort",
+        "build",
+        "--labels",
+        str(labels),
+        "--store",
+        store.uri,
+        "--out",
+        str(tmp_path / "cohort.parquet"),
+        "--folds",
+        "2",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.34",
+    ]
     refused = runner.invoke(app, build)
     assert refused.exit_code == 2
     assert "none of the store's 6 slides has a patient_id" in refused.output
     assert "slidebank annotate" in refused.output
 
     mapping = tmp_path / "clinical.csv"
-    mapping.write_text("slide_id,patient_id,age\n" + "".join(
-        f"s{i},{p},{60 + i}\n" for i, p in enumerate("ABCDEF")) + "zz,G,1\n")
+    mapping.write_text(
+        "slide_id,patient_id,age\n"
+        + "".join(f"s{i},{p},{60 + i}\n" for i, p in enumerate("ABCDEF"))
+        + "zz,G,1\n"
+    )
     tiles_before = _tiles(store)
     done = runner.invoke(app, ["annotate", str(mapping), "--store", store.uri])
 
@@ -109,13 +142,18 @@ def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_
     assert built.exit_code == 0, built.output
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("Slide ID,patient_id\ns0,A\n", "no slide_id column (found 'Slide ID')"),
-    ("slide_id,patient_id\nnope,A\n", "none of its 1 slides is in the store"),
-    ("slide_id,age\ns0,3\n", "no patient_id column"),
-    ("slide_id,patient_id\ns0,A\ns0,B\n", "row 3 gives slide 's0'"),
-])
-def test_annotate_refuses_unusable_tables_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Slide ID,patient_id\ns0,A\n", "no slide_id column (found 'Slide ID')"),
+        ("slide_id,patient_id\nnope,A\n", "none of its 1 slides is in the store"),
+        ("slide_id,age\ns0,3\n", "no patient_id column"),
+        ("slide_id,patient_id\ns0,A\ns0,B\n", "row 3 gives slide 's0'"),
+    ],
+)
+def test_annotate_refuses_unusable_tables_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
     store = _folder_store(tmp_path, n=1)
     mapping = tmp_path / "m.csv"
     mapping.write_text(text)
@@ -125,12 +163,16 @@ def test_annotate_refuses_unusable_tables_in_one_line(tmp_path: Path, text: str,
     assert _patients(store) == {"s0": None}
 
 
-def test_ingest_rerun_with_a_manifest_updates_patient_ids_instead_of_skipping(tmp_path: Path) -> None:
+def test_ingest_rerun_with_a_manifest_updates_patient_ids_instead_of_skipping(
+    tmp_path: Path,
+) -> None:
     store = _folder_store(tmp_path, n=3)
     tiles_before = _tiles(store)
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("uri,slide_id,patient_id\n" + "".join(
-        f"{tmp_path / f's{i}.svs'},s{i},{p}\n" for i, p in enumerate(["P1", "P1", ""])))
+    manifest.write_text(
+        "uri,slide_id,patient_id\n"
+        + "".join(f"{tmp_path / f's{i}.svs'},s{i},{p}\n" for i, p in enumerate(["P1", "P1", ""]))
+    )
 
     result = runner.invoke(app, ["ingest", str(manifest), "--store", store.uri, "--no-dashboard"])
 

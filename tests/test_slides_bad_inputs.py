@@ -37,8 +37,16 @@ def _jpeg_as_tif(dst: Path) -> None:
 
 def _tiff_without_resolution(dst: Path) -> None:
     pixels = np.full((512, 512, 3), 200, np.uint8)
-    tifffile.imwrite(dst, pixels, tile=(256, 256), compression="jpeg", photometric="rgb",
-                     metadata=None, resolution=None, resolutionunit="NONE")
+    tifffile.imwrite(
+        dst,
+        pixels,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        metadata=None,
+        resolution=None,
+        resolutionunit="NONE",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +71,10 @@ def bad_files(tmp_path_factory, synthetic_svs) -> dict[str, Path]:
 def locate(request, bad_files, tmp_path):
     """Maps a bad-file name to (uri, open kwargs) on local disk or in a moto bucket."""
     if request.param == "local":
-        return lambda name: (str(bad_files[name]) if name != "missing"
-                             else str(tmp_path / "missing.svs"), {})
+        return lambda name: (
+            str(bad_files[name]) if name != "missing" else str(tmp_path / "missing.svs"),
+            {},
+        )
     import s3fs
 
     options = request.getfixturevalue("s3_options")

@@ -40,8 +40,9 @@ SLIDE_NAMES = ("cmu", "synthetic_svs", "synthetic_tiff")
 def cases(request: pytest.FixtureRequest, synthetic_svs, synthetic_tiff) -> dict[str, SlideCase]:
     out = {
         "synthetic_svs": SlideCase("synthetic_svs", str(synthetic_svs.path), 0.5, "aperio", 20.0),
-        "synthetic_tiff": SlideCase("synthetic_tiff", str(synthetic_tiff.path), 0.25,
-                                    "tiff-resolution", None),
+        "synthetic_tiff": SlideCase(
+            "synthetic_tiff", str(synthetic_tiff.path), 0.25, "tiff-resolution", None
+        ),
     }
     if CMU_SLIDE.exists():
         out["cmu"] = SlideCase("cmu", str(CMU_SLIDE), 0.499, "aperio", 20.0)
@@ -81,9 +82,13 @@ class SlideConformance:
         else:
             s3_slides = request.getfixturevalue("s3_slides")
             options = request.getfixturevalue("s3_options")
-            handle = open_slide(s3_slides[case.name], storage_options=options, reader=self.READER,
-                                strategy=self.ACCESS,  # type: ignore[arg-type]
-                                scratch=ScratchSpace(tmp_path / "scratch", 2**30))
+            handle = open_slide(
+                s3_slides[case.name],
+                storage_options=options,
+                reader=self.READER,
+                strategy=self.ACCESS,  # type: ignore[arg-type]
+                scratch=ScratchSpace(tmp_path / "scratch", 2**30),
+            )
         with handle as opened:
             yield opened
 
@@ -103,7 +108,8 @@ class SlideConformance:
         assert meta.mpp_source == case.mpp_source
         assert meta.objective_power == case.objective_power
         assert slide.level_mpp(slide.level_count - 1) == pytest.approx(
-            case.mpp * slide.level_downsamples[-1], rel=1e-6)
+            case.mpp * slide.level_downsamples[-1], rel=1e-6
+        )
 
     def test_regions_match_the_decoded_levels(self, slide, case: SlideCase) -> None:
         size = (200, 150)
@@ -143,8 +149,11 @@ class SlideConformance:
         assert actual == pytest.approx(8.0, rel=0.02)
         # Reference: the same best level read whole by OpenSlide, area-averaged by PIL.
         level = slide.best_level(8.0).level
-        ref = np.asarray(Image.fromarray(level_array(case.path, level))
-                         .resize((thumb.shape[1], thumb.shape[0]), Image.Resampling.BOX))
+        ref = np.asarray(
+            Image.fromarray(level_array(case.path, level)).resize(
+                (thumb.shape[1], thumb.shape[0]), Image.Resampling.BOX
+            )
+        )
         assert np.abs(thumb.astype(int) - ref).mean() < 1.0
 
     def test_best_level_for_target_mpp(self, slide, case: SlideCase) -> None:
@@ -172,8 +181,9 @@ class SlideConformance:
         clone = pickle.loads(pickle.dumps(slide))
         try:
             assert clone.metadata == slide.metadata
-            assert np.array_equal(clone.read_region((10, 10), 0, (64, 64)),
-                                  slide.read_region((10, 10), 0, (64, 64)))
+            assert np.array_equal(
+                clone.read_region((10, 10), 0, (64, 64)), slide.read_region((10, 10), 0, (64, 64))
+            )
         finally:
             clone.close()
 

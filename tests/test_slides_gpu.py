@@ -18,8 +18,10 @@ pytestmark = pytest.mark.gpu
 def test_gpu_and_cpu_decoding_agree(request, fixture: str) -> None:
     path = str(request.getfixturevalue(fixture).path)
     locs = [(0, 0), (512, 384), (1000, 700)]
-    with open_slide(path, reader="cucim", device="cpu") as cpu, \
-         open_slide(path, reader="cucim", device="cuda") as gpu:
+    with (
+        open_slide(path, reader="cucim", device="cpu") as cpu,
+        open_slide(path, reader="cucim", device="cuda") as gpu,
+    ):
         a = cpu.read_regions(locs, 0, (256, 256))
         b = gpu.read_regions(locs, 0, (256, 256))
     diff = np.abs(a.astype(int) - b.astype(int))

@@ -15,26 +15,38 @@ from ingest.tiling.config import TilingConfig
 from tests._support.slides import record_reads, reference_region
 
 #: level-pixel regions fully inside, across the edge, and wholly outside a level
-REGIONS = [(0, 0, 64, 64), (300, 210, 200, 90), (-40, -10, 128, 64), (1950, 1480, 128, 96),
-           (5000, 5000, 32, 32)]
+REGIONS = [
+    (0, 0, 64, 64),
+    (300, 210, 200, 90),
+    (-40, -10, 128, 64),
+    (1950, 1480, 128, 96),
+    (5000, 5000, 32, 32),
+]
 
 
 def _regions(slide, level: int) -> list[np.ndarray]:
     ds = slide.level_downsamples[level]
-    return [slide.read_region((round(x * ds), round(y * ds)), level, (w, h)) for x, y, w, h in REGIONS]
+    return [
+        slide.read_region((round(x * ds), round(y * ds)), level, (w, h)) for x, y, w, h in REGIONS
+    ]
 
 
 @pytest.mark.parametrize("level", [0, 2])
-def test_cut_from_a_whole_level_equals_reading_the_region(synthetic_tiff, monkeypatch, level) -> None:
+def test_cut_from_a_whole_level_equals_reading_the_region(
+    synthetic_tiff, monkeypatch, level
+) -> None:
     with open_slide(str(synthetic_tiff.path)) as slide:
         cut = _regions(slide, level)
         assert level in slide._levels  # 2000×1502 and 500×375 are both below the limit
-        batch = slide.read_regions([(0, 0), (round(300 * slide.level_downsamples[level]), 0)], level, (64, 64))
+        batch = slide.read_regions(
+            [(0, 0), (round(300 * slide.level_downsamples[level]), 0)], level, (64, 64)
+        )
     monkeypatch.setattr(slide_module, "_WHOLE_LEVEL_PX", 0)  # every read goes to the backend
     with open_slide(str(synthetic_tiff.path)) as slide:
         direct = _regions(slide, level)
-        direct_batch = slide.read_regions([(0, 0), (round(300 * slide.level_downsamples[level]), 0)], level,
-                                          (64, 64))
+        direct_batch = slide.read_regions(
+            [(0, 0), (round(300 * slide.level_downsamples[level]), 0)], level, (64, 64)
+        )
         assert not slide._levels
     for a, b in zip(cut, direct, strict=True):
         assert a.shape == b.shape and np.array_equal(a, b)
@@ -86,8 +98,10 @@ def test_tiles_at_a_coarser_mpp_follow_the_resampling(synthetic_tiff) -> None:
             slide.read_regions_at_mpp([(0, 0)], 64, 0.75, resample="cubic")  # type: ignore[arg-type]
         choice = slide.best_level(0.75)
         read = round(64 * choice.scale)
-    ds = 2 ** choice.level
-    source = reference_region(str(synthetic_tiff.path), choice.level, round(400 / ds), round(300 / ds), read, read)
+    ds = 2**choice.level
+    source = reference_region(
+        str(synthetic_tiff.path), choice.level, round(400 / ds), round(300 / ds), read, read
+    )
     assert np.array_equal(area, downsample(source, 64, "area"))
     assert np.array_equal(lanczos, downsample(source, 64, "lanczos"))
     assert not np.array_equal(area, lanczos)

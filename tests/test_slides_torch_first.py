@@ -16,8 +16,9 @@ def test_torch_first_falls_back_instead_of_hanging(synthetic_svs) -> None:
         f"s = open_slide({str(synthetic_svs.path)!r})\n"
         "print(s.metadata.reader)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "openslide"
     assert "cuCIM disabled in this process" in proc.stderr

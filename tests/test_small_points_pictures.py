@@ -14,7 +14,10 @@ runner = CliRunner()
 
 def test_info_creates_no_folder_unless_asked(tmp_path, monkeypatch):
     slide = tmp_path / "slides" / "demo.svs"
-    assert runner.invoke(app, ["sample", str(slide), "--width", "800", "--height", "600"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["sample", str(slide), "--width", "800", "--height", "600"]).exit_code
+        == 0
+    )
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -37,8 +40,12 @@ def test_overlay_caption_states_the_pixels_shown(tmp_path):
     from ingest.tissue.overlay import _scale_for
 
     path = tmp_path / "small.tif"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=2048, height=1536, mpp=0.5, seed=3,
-                                                   downsamples=(1, 4), style="tiff"))
+    write_synthetic_slide(
+        path,
+        SyntheticSlideSpec(
+            width=2048, height=1536, mpp=0.5, seed=3, downsamples=(1, 4), style="tiff"
+        ),
+    )
     with open_slide(str(path)) as slide:
         tissue, _ = plan_slide(slide, device="cpu")
     scale = _scale_for(tissue.mask.shape, 1024, 2048)  # what render_overlay enlarges by

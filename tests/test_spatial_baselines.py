@@ -23,8 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _cfg(**options) -> TrainConfig:
-    model = MILConfig(model="module_stats", hidden=16, attn_dim=8, options={"modules": 4, **options})
-    return TrainConfig(model=model, epochs=4, patience=4, lr=3e-3, max_patches=None, torch_threads=1)
+    model = MILConfig(
+        model="module_stats", hidden=16, attn_dim=8, options={"modules": 4, **options}
+    )
+    return TrainConfig(
+        model=model, epochs=4, patience=4, lr=3e-3, max_patches=None, torch_threads=1
+    )
 
 
 def _auroc(runs) -> float:
@@ -35,12 +39,19 @@ def _auroc(runs) -> float:
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
     """S1 (arrangement only) at 95 % single-tile separability with per-slide offsets."""
-    return write_spatial_cohort(str(tmp_path_factory.mktemp("easy") / "store"), "S1", n_slides=40, side=12,
-                                noise=NoiseSpec("offsets", 0.95))
+    return write_spatial_cohort(
+        str(tmp_path_factory.mktemp("easy") / "store"),
+        "S1",
+        n_slides=40,
+        side=12,
+        noise=NoiseSpec("offsets", 0.95),
+    )
 
 
 def test_module_stats_learns_arrangement(easy):
-    runs = cross_validate(easy.store_uri, easy.encoder, easy.table, _cfg(centre=True), ["label"], bags={})
+    runs = cross_validate(
+        easy.store_uri, easy.encoder, easy.table, _cfg(centre=True), ["label"], bags={}
+    )
     assert _auroc(runs) >= 0.85
     # fitted on the training fold only: its codebook never saw a test slide
     assert all(set(r.train_slides).isdisjoint(r.test_slides) for r in runs)
@@ -49,7 +60,9 @@ def test_module_stats_learns_arrangement(easy):
 def test_module_stats_is_at_chance_on_permuted_labels(easy):
     table = easy.table.copy()
     table["label"] = np.random.default_rng(3).permutation(table["label"].to_numpy())
-    runs = cross_validate(easy.store_uri, easy.encoder, table, _cfg(centre=True), ["label"], bags={})
+    runs = cross_validate(
+        easy.store_uri, easy.encoder, table, _cfg(centre=True), ["label"], bags={}
+    )
     assert abs(_auroc(runs) - 0.5) <= 0.25
 
 
@@ -78,14 +91,22 @@ def test_tile_transform_centres_and_whitens():
     transform = TileTransform(8, centre=True, whiten=True).fit(bags)
     out = np.concatenate([transform.transform(b) for b in bags])
     assert np.allclose(np.cov(out.T), np.eye(8), atol=0.05)
-    assert np.allclose(transform.transform(bags[0]).mean(0), transform.transform(bags[0] + 99).mean(0), atol=1e-3)
+    assert np.allclose(
+        transform.transform(bags[0]).mean(0), transform.transform(bags[0] + 99).mean(0), atol=1e-3
+    )
 
 
 def test_transform_buffers_travel_in_the_checkpoint(easy):
     cfg = replace(_cfg(centre=True, whiten=True).model, in_dim=32)
     model = build_model(cfg)
-    runs = cross_validate(easy.store_uri, easy.encoder, easy.table, replace(_cfg(centre=True, whiten=True), epochs=1),
-                          ["label"], bags={})
+    runs = cross_validate(
+        easy.store_uri,
+        easy.encoder,
+        easy.table,
+        replace(_cfg(centre=True, whiten=True), epochs=1),
+        ["label"],
+        bags={},
+    )
     model.load_state_dict(runs[0].model.state_dict())
     x = torch.randn(50, 32)
     coords = torch.from_numpy(np.stack([np.arange(50) % 10, np.arange(50) // 10], 1) * 256)
@@ -94,14 +115,26 @@ def test_transform_buffers_travel_in_the_checkpoint(easy):
     assert torch.allclose(model(x, coords=coords).logits, runs[0].model(x, coords=coords).logits)
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("tile_gnn", {"nodes": "modules", "modules": 4, "centre": True, "whiten": True, "invariant_branch": False,
-                  "stats_readout": True}),
-    ("module_graph", {"modules": 4, "centre": True, "whiten": True, "stats_readout": True}),
-    ("module_stats", {"modules": 4, "centre": True, "whiten": True}),
-    # one 16 x 16 region covers these 12 x 12 slides, so a rotation maps the region grid onto itself
-    ("region_transformer", {"centre": True, "whiten": True, "invariant_branch": False}),
-])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        (
+            "tile_gnn",
+            {
+                "nodes": "modules",
+                "modules": 4,
+                "centre": True,
+                "whiten": True,
+                "invariant_branch": False,
+                "stats_readout": True,
+            },
+        ),
+        ("module_graph", {"modules": 4, "centre": True, "whiten": True, "stats_readout": True}),
+        ("module_stats", {"modules": 4, "centre": True, "whiten": True}),
+        # one 16 x 16 region covers these 12 x 12 slides, so a rotation maps the region grid onto itself
+        ("region_transformer", {"centre": True, "whiten": True, "invariant_branch": False}),
+    ],
+)
 def test_noise_robust_variants_are_invariant_to_rotation(easy, name, options):
     from training.mil.data import BagDataset, targets_from_cohort
 

@@ -17,12 +17,32 @@ def test_fit_modules_command(tmp_path: Path) -> None:
 
     cohort = write_spatial_cohort(str(tmp_path / "store"), "S1", n_slides=10, side=12)
     cohort.table.to_parquet(tmp_path / "cohort.parquet")
-    result = CliRunner().invoke(app, ["spatial", "fit-modules", "--store", cohort.store_uri, "--cohort",
-                                      str(tmp_path / "cohort.parquet"), "--train-fold", "0", "--train-fold", "1",
-                                      "--k", "4", "--encoder", cohort.encoder, "--png-dir", str(tmp_path / "maps")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "spatial",
+            "fit-modules",
+            "--store",
+            cohort.store_uri,
+            "--cohort",
+            str(tmp_path / "cohort.parquet"),
+            "--train-fold",
+            "0",
+            "--train-fold",
+            "1",
+            "--k",
+            "4",
+            "--encoder",
+            cohort.encoder,
+            "--png-dir",
+            str(tmp_path / "maps"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     book = load_codebook(FeatureStore.open(cohort.store_uri), summary["codebook"])
-    assert set(book.slide_ids) == set(cohort.table.loc[cohort.table["fold"].isin([0, 1]), "slide_id"])
+    assert set(book.slide_ids) == set(
+        cohort.table.loc[cohort.table["fold"].isin([0, 1]), "slide_id"]
+    )
     assert summary["slides_assigned"] == 10
     assert len(list((tmp_path / "maps").glob("*_modules.png"))) == 10

@@ -49,7 +49,9 @@ def test_nested_layout_places_aggregates_inside_or_around(inflamed: bool, island
         lay = nest_layout(spec, inflamed, seed)
         assert len(lay.aggregates) == spec.n_nests * spec.aggregates_per_nest
         for ax, ay, r_a in lay.aggregates:
-            d = min(math.hypot(ax - cx, ay - cy) - r for cx, cy, r in lay.nests)  # to the nearest nest edge
+            d = min(
+                math.hypot(ax - cx, ay - cy) - r for cx, cy, r in lay.nests
+            )  # to the nearest nest edge
             if inflamed:
                 assert d + r_a + spec.cuff_um <= 0  # wholly inside a nest, with its stromal cuff
             else:
@@ -68,8 +70,11 @@ def test_nested_layout_is_seeded() -> None:
 
 
 def test_subsample_patients_is_balanced_whole_patients_and_seeded() -> None:
-    rows = [{"slide_id": f"s{i}-{k}", "patient_id": f"p{i}", "label": i % 2}
-            for i in range(60) for k in range(1 + (i % 5 == 0))]
+    rows = [
+        {"slide_id": f"s{i}-{k}", "patient_id": f"p{i}", "label": i % 2}
+        for i in range(60)
+        for k in range(1 + (i % 5 == 0))
+    ]
     train = pd.DataFrame(rows)
     part = subsample_patients(train, 20, seed=1)
     # 10 per label, one more where the last patient drawn has two slides
@@ -107,5 +112,9 @@ def test_nested_islands_make_both_classes_the_same_nest() -> None:
                 assert hole == spec.aggregate_radius_um + spec.cuff_um
                 assert any(math.hypot(ix - cx, iy - cy) + hole <= r for cx, cy, r in lay.nests)
         # the lymphocytes fill the islands only in inflamed slides
-        assert {(x, y) for x, y, _ in inflamed.islands} == {(x, y) for x, y, _ in inflamed.aggregates}
-        assert not {(x, y) for x, y, _ in excluded.islands} & {(x, y) for x, y, _ in excluded.aggregates}
+        assert {(x, y) for x, y, _ in inflamed.islands} == {
+            (x, y) for x, y, _ in inflamed.aggregates
+        }
+        assert not {(x, y) for x, y, _ in excluded.islands} & {
+            (x, y) for x, y, _ in excluded.aggregates
+        }

@@ -26,7 +26,9 @@ def _sparse_tiling(seed: int, stride: int = 224) -> np.ndarray:
     a = rng.random((12, 15)) < 0.55
     b = rng.random((6, 7)) < 0.7
     cells = [(r, c) for r, c in zip(*np.nonzero(a), strict=True)]
-    cells += [(r + 30, c + 40) for r, c in zip(*np.nonzero(b), strict=True)]  # far away second piece
+    cells += [
+        (r + 30, c + 40) for r, c in zip(*np.nonzero(b), strict=True)
+    ]  # far away second piece
     cells_arr = np.array(cells)
     return np.stack([cells_arr[:, 1] * stride + 1000, cells_arr[:, 0] * stride + 512], 1)
 
@@ -53,7 +55,9 @@ def test_grid_edges_equal_brute_force(seed: int, neighbours: int) -> None:
 
 def test_grid_edges_sparse_lattice_path_matches() -> None:
     # Two tiles far apart make the bounding box huge: the sorted-key path is used.
-    coords = np.array([[0, 0], [256, 0], [256, 256], [256 * 100_000, 256 * 90_000], [256 * 100_001, 256 * 90_000]])
+    coords = np.array(
+        [[0, 0], [256, 0], [256, 256], [256 * 100_000, 256 * 90_000], [256 * 100_001, 256 * 90_000]]
+    )
     assert _pairs(*grid_edges(coords)) == _pairs(*brute_force_grid_edges(coords))
 
 
@@ -106,6 +110,8 @@ def test_graph_cache_in_store(tmp_path: Path) -> None:
         assert np.array_equal(a, b)
     assert _pairs(*first) == _pairs(*brute_force_grid_edges(coords))
     other = cached_graph(store, "slide-1", coords[:-3])  # different tiles: a different graph
-    assert len(other[0]) <= len(first[0]) and _pairs(*other) == _pairs(*brute_force_grid_edges(coords[:-3]))
+    assert len(other[0]) <= len(first[0]) and _pairs(*other) == _pairs(
+        *brute_force_grid_edges(coords[:-3])
+    )
     (table,) = store.derived_tables("graphs")  # the slide keeps the graph of its latest tiles
     assert store.derived("graphs", table.name).column("n_tiles").to_pylist() == [len(coords) - 3]

@@ -27,8 +27,14 @@ def _one_thread():
 
 
 def _cfg(model: str, **options) -> TrainConfig:
-    return TrainConfig(model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
-                       epochs=10, patience=4, lr=1e-3, max_patches=None, torch_threads=1)
+    return TrainConfig(
+        model=MILConfig(model=model, hidden=32, attn_dim=16, n_heads=4, options=options),
+        epochs=10,
+        patience=4,
+        lr=1e-3,
+        max_patches=None,
+        torch_threads=1,
+    )
 
 
 def _pooled_auroc(runs: list) -> float:
@@ -56,12 +62,16 @@ def _shuffled_auroc(runs: list, bags: dict) -> float:
 @pytest.fixture(scope="module")
 def s2(tmp_path_factory: pytest.TempPathFactory) -> SpatialCohort:
     # 5 folds of 8 slides: 24 training slides per fold (10 were too few for 10 epochs: 0.60)
-    return write_spatial_cohort(str(tmp_path_factory.mktemp("s2") / "store"), "S2", n_slides=40, side=16)
+    return write_spatial_cohort(
+        str(tmp_path_factory.mktemp("s2") / "store"), "S2", n_slides=40, side=16
+    )
 
 
 def test_module_graph_learns_module_contact_and_loses_it_when_shuffled(s2: SpatialCohort) -> None:
     bags: dict = {}
-    runs = cross_validate(s2.store_uri, s2.encoder, s2.table, _cfg("module_graph", modules=4), ["label"], bags=bags)
+    runs = cross_validate(
+        s2.store_uri, s2.encoder, s2.table, _cfg("module_graph", modules=4), ["label"], bags=bags
+    )
     assert _pooled_auroc(runs) >= 0.9
     assert _shuffled_auroc(runs, bags) <= 0.7
 
@@ -71,7 +81,9 @@ def test_module_graph_learns_module_contact_and_loses_it_when_shuffled(s2: Spati
 def test_spatial_models_learn_inflamed_vs_excluded(tmp_path: Path, model: str) -> None:
     cohort = write_spatial_cohort(str(tmp_path / "store"), "S1", n_slides=60, side=16)
     bags: dict = {}
-    runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table, _cfg(model), ["label"], bags=bags)
+    runs = cross_validate(
+        cohort.store_uri, cohort.encoder, cohort.table, _cfg(model), ["label"], bags=bags
+    )
     assert _pooled_auroc(runs) >= 0.9
     assert _shuffled_auroc(runs, bags) <= 0.7
 
@@ -81,7 +93,11 @@ def test_order_blind_mil_is_at_chance_on_inflamed_vs_excluded(tmp_path: Path) ->
     from training.mil.evaluate import classification_report
 
     cohort = write_spatial_cohort(str(tmp_path / "store"), "S1", n_slides=60, side=16)
-    runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table, replace(_cfg("abmil")), ["label"])
+    runs = cross_validate(
+        cohort.store_uri, cohort.encoder, cohort.table, replace(_cfg("abmil")), ["label"]
+    )
     rows = [r for run in runs for r in run.predictions]
-    report = classification_report([r["target"][0] for r in rows], [r["prediction"][0] for r in rows], n_boot=500)
+    report = classification_report(
+        [r["target"][0] for r in rows], [r["prediction"][0] for r in rows], n_boot=500
+    )
     assert report["auroc"]["ci_low"] <= 0.5 <= report["auroc"]["ci_high"]

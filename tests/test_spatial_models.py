@@ -27,7 +27,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _slide(seed: int = 0, side: int = 16, label: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def _slide(
+    seed: int = 0, side: int = 16, label: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     rng = np.random.default_rng(seed)
     types = layout("S1", rng, side, label)
     x = type_centres(DIM)[types] + rng.normal(size=(len(types), DIM)).astype(np.float32)
@@ -38,16 +40,28 @@ def _slide(seed: int = 0, side: int = 16, label: int = 1) -> tuple[torch.Tensor,
 
 def _model(name: str, **options) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(MILConfig(model=name, in_dim=DIM, hidden=16, attn_dim=8, n_heads=4, options=options))
+    model = build_model(
+        MILConfig(model=name, in_dim=DIM, hidden=16, attn_dim=8, n_heads=4, options=options)
+    )
     if name == "module_graph":
         x, coords, _ = _slide(1)
-        model.set_codebook(fit_modules([("a", x.numpy(), coords.numpy())], ModuleSpec(k=options.get("modules", 8))))
+        model.set_codebook(
+            fit_modules([("a", x.numpy(), coords.numpy())], ModuleSpec(k=options.get("modules", 8)))
+        )
     return model.eval()
 
 
-@pytest.mark.parametrize(("name", "options"), [("mean_pool", {}), ("tile_gnn", {}), ("tile_gnn", {"conv": "gat"}),
-                                               ("tile_gnn", {"conv": "gcn", "graph": "knn"}),
-                                               ("module_graph", {}), ("region_transformer", {"region": 8})])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("mean_pool", {}),
+        ("tile_gnn", {}),
+        ("tile_gnn", {"conv": "gat"}),
+        ("tile_gnn", {"conv": "gcn", "graph": "knn"}),
+        ("module_graph", {}),
+        ("region_transformer", {"region": 8}),
+    ],
+)
 def test_output_contract_and_backward(name: str, options: dict) -> None:
     model = _model(name, **options).train()
     x, coords, _ = _slide()
@@ -98,7 +112,9 @@ def test_predictions_invariant_to_rigid_motions(name: str) -> None:
     with torch.no_grad():
         ref = model(x, coords=coords).logits
         for what, moved in _transforms(coords).items():
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # bag order, too
+            order = torch.randperm(
+                len(x), generator=torch.Generator().manual_seed(0)
+            )  # bag order, too
             out = model(x[order], coords=moved[order]).logits
             assert torch.allclose(out, ref, atol=1e-5), (what, out, ref)
 
@@ -108,7 +124,9 @@ def test_region_transformer_uses_real_positions_not_bag_order() -> None:
     x, coords, _ = _slide(3)
     with torch.no_grad():
         ref = model(x, coords=coords).logits
-        shuffled = model(x, coords=torch.from_numpy(coordinate_shuffle(coords.numpy(), np.random.default_rng(0)))).logits
+        shuffled = model(
+            x, coords=torch.from_numpy(coordinate_shuffle(coords.numpy(), np.random.default_rng(0)))
+        ).logits
     assert not torch.allclose(ref, shuffled, atol=1e-4)
 
 
@@ -155,9 +173,18 @@ def test_per_tile_prediction_maps_into_the_store(name: str, tmp_path) -> None:
     assert values.shape == (len(x), 1) and np.all((values >= 0) & (values <= 1))
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     c = coords.numpy()
-    info = SlideInfo(source_uri="synthetic://m", mpp=0.5, mpp_source="metadata", level_dimensions=((4096, 4096),))
-    store.commit([store.write_slide(SlideKey("m1", "enc", "cfg00001"), info,
-                                    [tile_batch(c[:, 0], c[:, 1], x.numpy(), tile_size=256, read_mpp=0.5)])])
+    info = SlideInfo(
+        source_uri="synthetic://m", mpp=0.5, mpp_source="metadata", level_dimensions=((4096, 4096),)
+    )
+    store.commit(
+        [
+            store.write_slide(
+                SlideKey("m1", "enc", "cfg00001"),
+                info,
+                [tile_batch(c[:, 0], c[:, 1], x.numpy(), tile_size=256, read_mpp=0.5)],
+            )
+        ]
+    )
     out = write_tile_values(store, f"{name}-pred", "m1", c, values[:, 0], heatmap=f"{name}-pred")
     heat = store.arrays("m1").read_image(out["heatmap"])
     assert heat.shape == (16, 16)

@@ -19,7 +19,9 @@ from training.spatial.synthetic import I, SpatialCohort, T, write_spatial_cohort
 
 @pytest.fixture(scope="module")
 def s1(tmp_path_factory: pytest.TempPathFactory) -> SpatialCohort:
-    return write_spatial_cohort(str(tmp_path_factory.mktemp("mod") / "store"), "S1", n_slides=30, side=16)
+    return write_spatial_cohort(
+        str(tmp_path_factory.mktemp("mod") / "store"), "S1", n_slides=30, side=16
+    )
 
 
 def _bags(cohort: SpatialCohort, slides: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -34,7 +36,9 @@ def _bags(cohort: SpatialCohort, slides: list[str]) -> list[tuple[str, np.ndarra
 
 
 def _types_in_order(cohort: SpatialCohort, sid: str, coords: np.ndarray) -> np.ndarray:
-    lookup = {tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)}
+    lookup = {
+        tuple(c): t for c, t in zip(cohort.coords[sid].tolist(), cohort.types[sid], strict=True)
+    }
     return np.array([lookup[tuple(c)] for c in coords.tolist()])
 
 
@@ -57,7 +61,10 @@ def test_module_discovery_matches_planted_types(s1: SpatialCohort) -> None:
 
 def test_assignment_is_nearest_centroid() -> None:
     rng = np.random.default_rng(0)
-    x, c = rng.normal(size=(500, 24)).astype(np.float32), rng.normal(size=(7, 24)).astype(np.float32)
+    x, c = (
+        rng.normal(size=(500, 24)).astype(np.float32),
+        rng.normal(size=(7, 24)).astype(np.float32),
+    )
     brute = np.linalg.norm(x[:, None] - c[None], axis=2).argmin(1)
     assert np.array_equal(assign_modules(x, c), brute)
     with pytest.raises(ConfigError, match="do not match"):
@@ -69,7 +76,9 @@ def test_codebook_round_trip_and_tamper_check(s1: SpatialCohort) -> None:
     from training.spatial.store_io import list_codebooks, load_codebook, save_codebook
 
     store = FeatureStore.open(s1.store_uri)
-    book = fit_modules(_bags(s1, list(s1.table["slide_id"][:6])), ModuleSpec(k=4, smooth=0.3), encoder=s1.encoder)
+    book = fit_modules(
+        _bags(s1, list(s1.table["slide_id"][:6])), ModuleSpec(k=4, smooth=0.3), encoder=s1.encoder
+    )
     digest = save_codebook(store, book)
     assert digest in list_codebooks(store)
     loaded = load_codebook(store, digest)
@@ -97,7 +106,9 @@ def test_module_graph_contacts_and_enrichment() -> None:
     # contacts across the middle: 4 horizontal + 3 + 3 diagonal = 10 undirected, 20 directed
     assert counts[0, 1] == counts[1, 0] == 10
     assert counts[2].sum() == 0
-    g = module_graph(torch.randn(16, 5), torch.tensor(modules), torch.tensor(src), torch.tensor(dst), 3)
+    g = module_graph(
+        torch.randn(16, 5), torch.tensor(modules), torch.tensor(src), torch.tensor(dst), 3
+    )
     assert torch.allclose(g.proportions, torch.tensor([0.5, 0.5, 0.0]))
     assert g.enrichment[0, 0] > 0 and g.enrichment[0, 1] < 0  # segregated: like touches like
     assert torch.isclose(g.expected.sum(), counts.sum())  # expectation conserves the edges
@@ -110,7 +121,9 @@ def test_inflamed_slides_enrich_tumour_immune_contacts(s1: SpatialCohort) -> Non
     for sid, label in zip(s1.table["slide_id"], s1.table["label"], strict=True):
         types = s1.types[sid]
         src, dst = grid_edges(s1.coords[sid])
-        g = module_graph(torch.zeros(len(types), 2), torch.tensor(types), torch.tensor(src), torch.tensor(dst), 6)
+        g = module_graph(
+            torch.zeros(len(types), 2), torch.tensor(types), torch.tensor(src), torch.tensor(dst), 6
+        )
         enrich[int(label)].append(float(g.contacts[T, I]))
     assert min(enrich[1]) > 0 and max(enrich[0]) == 0
 
@@ -125,8 +138,13 @@ def test_module_fitting_never_sees_held_out_patients(s1: SpatialCohort) -> None:
     from training.spatial.store_io import list_codebooks, load_codebook
 
     table = s1.table.copy()
-    cfg = TrainConfig(model=MILConfig(model="module_graph", hidden=16, attn_dim=8, options={"modules": 4}),
-                      epochs=1, patience=1, max_patches=None, torch_threads=1)
+    cfg = TrainConfig(
+        model=MILConfig(model="module_graph", hidden=16, attn_dim=8, options={"modules": 4}),
+        epochs=1,
+        patience=1,
+        max_patches=None,
+        torch_threads=1,
+    )
     store = FeatureStore.open(s1.store_uri)
     before = set(list_codebooks(store))
     runs = cross_validate(s1.store_uri, s1.encoder, table, cfg, ["label"])

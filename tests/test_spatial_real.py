@@ -27,12 +27,17 @@ def _bags(cohort) -> dict:
     from training.mil.data import BagDataset, targets_from_cohort
 
     items, _ = targets_from_cohort(cohort.table, "binary", ["label"])
-    data = BagDataset(cohort.store_uri, items, encoder=cohort.encoder, max_patches=None, train=False)
+    data = BagDataset(
+        cohort.store_uri, items, encoder=cohort.encoder, max_patches=None, train=False
+    )
     return {item.slide_id: tuple(np.asarray(a) for a in data.read(item.slide_id)) for item in items}
 
 
 def _truth(cohort, slide_id: str, coords: np.ndarray) -> np.ndarray:
-    lookup = {tuple(c): t for c, t in zip(cohort.coords[slide_id].tolist(), cohort.types[slide_id], strict=True)}
+    lookup = {
+        tuple(c): t
+        for c, t in zip(cohort.coords[slide_id].tolist(), cohort.types[slide_id], strict=True)
+    }
     return np.array([lookup[tuple(c)] for c in coords.tolist()])
 
 
@@ -56,8 +61,10 @@ def test_default_encoder_separates_the_lymphocyte_tiles(cohort) -> None:
     immune = np.bincount(pred[truth == IMMUNE]).argmax()
     recall = (pred[truth == IMMUNE] == immune).mean()
     precision = (truth[pred == immune] == IMMUNE).mean()
-    print(f"\nreal_S1 modules (K=4, {keep.sum()} tiles): ARI {adjusted_rand_score(truth[keep], pred[keep]):.3f}, "
-          f"lymphocyte module recall {recall:.2f} precision {precision:.2f}")
+    print(
+        f"\nreal_S1 modules (K=4, {keep.sum()} tiles): ARI {adjusted_rand_score(truth[keep], pred[keep]):.3f}, "
+        f"lymphocyte module recall {recall:.2f} precision {precision:.2f}"
+    )
     # One module is lymphocytes only and holds most of them (0.67 / 1.00 on these 10
     # slides, 0.82 / 1.00 on 40); the rest are tiles an aggregate only partly covers.
     # ARI over all types is low (0.55) because tumour-stroma border tiles are mixed.
@@ -70,8 +77,14 @@ def test_module_graph_cross_validates_from_the_store(cohort) -> None:
     from training.mil.train import TrainConfig
     from training.spatial.cv import cross_validate
 
-    cfg = TrainConfig(model=MILConfig(model="module_graph", hidden=32, attn_dim=16, options={"modules": 4}),
-                      epochs=3, patience=3, lr=1e-3, max_patches=None, torch_threads=1)
+    cfg = TrainConfig(
+        model=MILConfig(model="module_graph", hidden=32, attn_dim=16, options={"modules": 4}),
+        epochs=3,
+        patience=3,
+        lr=1e-3,
+        max_patches=None,
+        torch_threads=1,
+    )
     runs = cross_validate(cohort.store_uri, cohort.encoder, cohort.table, cfg, ["label"])
     rows = [r for run in runs for r in run.predictions]
     assert sorted(r["slide_id"] for r in rows) == sorted(cohort.table["slide_id"])

@@ -26,9 +26,14 @@ def test_train_help_names_every_registered_model() -> None:
 
 def test_bad_option_value_fails_before_anything_runs(tmp_path: Path) -> None:
     # store and cohort do not exist: the option check must come first
-    config = {"store": str(tmp_path / "no-store"), "cohort": str(tmp_path / "no-cohort.parquet"),
-              "labels": ["label"], "out": str(tmp_path / "runs"),
-              "model": {"model": "tile_gnn"}, "train": {"max_patches": None}}
+    config = {
+        "store": str(tmp_path / "no-store"),
+        "cohort": str(tmp_path / "no-cohort.parquet"),
+        "labels": ["label"],
+        "out": str(tmp_path / "runs"),
+        "model": {"model": "tile_gnn"},
+        "train": {"max_patches": None},
+    }
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     ray = sys.modules.get("ray")
@@ -43,15 +48,24 @@ def test_bad_option_value_fails_before_anything_runs(tmp_path: Path) -> None:
     assert (ray is not None and ray.is_initialized()) == ray_before
 
 
-@pytest.mark.parametrize(("model", "options", "match"), [
-    ("tile_gnn", {"graph": "delaunay"}, r"graph='delaunay' is not one of"),
-    ("tile_gnn", {"layers": 0}, "layers must be >= 1"),
-    ("module_graph", {"graph": "full"}, r"graph='full' is not one of"),
-    ("module_stats", {"modulez": 4}, "unknown option"),
-    ("region_transformer", {"geometry_pools": 1}, "geometry_pools must be 0 or >= 2"),
-])
+@pytest.mark.parametrize(
+    ("model", "options", "match"),
+    [
+        ("tile_gnn", {"graph": "delaunay"}, r"graph='delaunay' is not one of"),
+        ("tile_gnn", {"layers": 0}, "layers must be >= 1"),
+        ("module_graph", {"graph": "full"}, r"graph='full' is not one of"),
+        ("module_stats", {"modulez": 4}, "unknown option"),
+        ("region_transformer", {"geometry_pools": 1}, "geometry_pools must be 0 or >= 2"),
+    ],
+)
 def test_run_config_checks_model_options(model: str, options: dict, match: str) -> None:
-    raw = {"store": "s", "cohort": "c.parquet", "labels": ["y"], "out": "o",
-           "model": {"model": model, "options": options}, "train": {"max_patches": None}}
+    raw = {
+        "store": "s",
+        "cohort": "c.parquet",
+        "labels": ["y"],
+        "out": "o",
+        "model": {"model": model, "options": options},
+        "train": {"max_patches": None},
+    }
     with pytest.raises(ConfigError, match=match):
         parse_run_config(raw).build()

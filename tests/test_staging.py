@@ -24,23 +24,30 @@ def staged_uris(s3_bucket: str, s3_options: dict, synthetic_svs, synthetic_tiff)
 
 def test_staged_file_is_removed_on_close(staged_uris, s3_options, tmp_path: Path) -> None:
     scratch = ScratchSpace(tmp_path, 2**30)
-    with open_slide(staged_uris["a"], storage_options=s3_options, strategy="stage",
-                    scratch=scratch) as slide:
+    with open_slide(
+        staged_uris["a"], storage_options=s3_options, strategy="stage", scratch=scratch
+    ) as slide:
         assert slide.metadata.access == "stage" and scratch.used_bytes() > 0
     assert scratch.used_bytes() == 0
 
 
-def test_scratch_is_bounded_and_evicts_unused_files(staged_uris, s3_options, tmp_path: Path) -> None:
+def test_scratch_is_bounded_and_evicts_unused_files(
+    staged_uris, s3_options, tmp_path: Path
+) -> None:
     fs = staged_uris["fs"]
     size_a = fs.size(staged_uris["a"])
     size_b = fs.size(staged_uris["b"])
     scratch = ScratchSpace(tmp_path, max(size_a, size_b) + 10, keep=True)
     # a is pinned while open: b cannot evict it, and both do not fit.
-    with (open_slide(staged_uris["a"], storage_options=s3_options, strategy="stage", scratch=scratch),
-          pytest.raises(ScratchSpaceError, match="in use")):
+    with (
+        open_slide(staged_uris["a"], storage_options=s3_options, strategy="stage", scratch=scratch),
+        pytest.raises(ScratchSpaceError, match="in use"),
+    ):
         open_slide(staged_uris["b"], storage_options=s3_options, strategy="stage", scratch=scratch)
     # closed and kept: b evicts a (least recently used, unpinned)
-    with open_slide(staged_uris["b"], storage_options=s3_options, strategy="stage", scratch=scratch):
+    with open_slide(
+        staged_uris["b"], storage_options=s3_options, strategy="stage", scratch=scratch
+    ):
         assert scratch.used_bytes() == size_b
 
 
@@ -52,7 +59,9 @@ def test_too_big_for_scratch_streams_in_auto_mode(staged_uris, s3_options, tmp_p
         open_slide(staged_uris["a"], storage_options=s3_options, strategy="stage", scratch=scratch)
 
 
-def test_corrupted_download_is_detected(staged_uris, s3_options, tmp_path: Path, monkeypatch) -> None:
+def test_corrupted_download_is_detected(
+    staged_uris, s3_options, tmp_path: Path, monkeypatch
+) -> None:
     fs = s3fs.S3FileSystem(**s3_options)
     path = staged_uris["a"].removeprefix("s3://")
     real = fs.cat_file

@@ -34,14 +34,20 @@ def _mask_from_thumbnail(slide, mpp: float) -> tuple[np.ndarray, float]:
 def test_locations_lie_in_tissue_and_are_seeded() -> None:
     mask = np.zeros((100, 150), bool)
     mask[20:60, 30:90] = True  # at 8 µm/px on a 2400 x 1600 px slide at 0.5 µm/px
-    kwargs: dict[str, Any] = {"slide_dimensions": (2400, 1600), "slide_mpp": 0.5, "tile_size": 128, "mpp": 0.5}
+    kwargs: dict[str, Any] = {
+        "slide_dimensions": (2400, 1600),
+        "slide_mpp": 0.5,
+        "tile_size": 128,
+        "mpp": 0.5,
+    }
     locs = sample_tissue_locations(mask, 8.0, n_tiles=10, **kwargs)
     assert locs.shape == (10, 2) and locs.dtype == np.int64
     cells = (locs + 64) * 0.5 / 8.0  # tile centres in mask pixels
     assert mask[cells[:, 1].astype(int), cells[:, 0].astype(int)].all()
     np.testing.assert_array_equal(locs, sample_tissue_locations(mask, 8.0, n_tiles=10, **kwargs))
-    assert not np.array_equal(locs, sample_tissue_locations(mask, 8.0, n_tiles=10, seed=1,
-                                                            **kwargs))
+    assert not np.array_equal(
+        locs, sample_tissue_locations(mask, 8.0, n_tiles=10, seed=1, **kwargs)
+    )
     everything = sample_tissue_locations(mask, 8.0, n_tiles=10_000, **kwargs)
     # 8-px cells at ≥ 50 % tissue: columns 32..80 (7), rows 16..56 (6, edges exactly half).
     assert len(everything) == len(np.unique(everything, axis=0)) == 7 * 6
@@ -50,8 +56,9 @@ def test_locations_lie_in_tissue_and_are_seeded() -> None:
 def test_small_tissue_falls_back_to_the_best_cells() -> None:
     mask = np.zeros((100, 150), bool)
     mask[50, 70] = True  # one mask pixel: no cell is half tissue
-    locs = sample_tissue_locations(mask, 8.0, slide_dimensions=(2400, 1600), slide_mpp=0.5,
-                                   tile_size=256, mpp=0.5, n_tiles=4)
+    locs = sample_tissue_locations(
+        mask, 8.0, slide_dimensions=(2400, 1600), slide_mpp=0.5, tile_size=256, mpp=0.5, n_tiles=4
+    )
     assert len(locs) == 1
 
 
@@ -65,8 +72,15 @@ def test_small_tissue_falls_back_to_the_best_cells() -> None:
 )
 def test_bad_masks_raise(mask: np.ndarray, error: type) -> None:
     with pytest.raises(error):
-        sample_tissue_locations(mask, 8.0, slide_dimensions=(2400, 1600), slide_mpp=0.5,
-                                tile_size=256, mpp=0.5, n_tiles=4)
+        sample_tissue_locations(
+            mask,
+            8.0,
+            slide_dimensions=(2400, 1600),
+            slide_mpp=0.5,
+            tile_size=256,
+            mpp=0.5,
+            n_tiles=4,
+        )
 
 
 def test_fit_slide_on_the_real_slide(cmu_slide) -> None:
@@ -92,16 +106,29 @@ def test_fit_slide_avoids_pen_and_finds_the_writers_stains(synthetic_svs) -> Non
     tiles hold H&E only and hematoxylin comes out along the writer's own vector. (Its eosin
     is pale: most stroma fails the OD ≥ beta test, so E is estimated less precisely.)"""
     with open_slide(str(synthetic_svs.path)) as slide:
-        params = fit_slide(slide, synthetic_svs.tissue_mask, synthetic_svs.mask_mpp, n_tiles=16,
-                           config=FitConfig(seed=3))
+        params = fit_slide(
+            slide,
+            synthetic_svs.tissue_mask,
+            synthetic_svs.mask_mpp,
+            n_tiles=16,
+            config=FitConfig(seed=3),
+        )
         locs = sample_tissue_locations(
-            synthetic_svs.tissue_mask, synthetic_svs.mask_mpp, slide_dimensions=slide.dimensions,
-            slide_mpp=slide.mpp, tile_size=256, mpp=slide.mpp, n_tiles=16, seed=3)
+            synthetic_svs.tissue_mask,
+            synthetic_svs.mask_mpp,
+            slide_dimensions=slide.dimensions,
+            slide_mpp=slide.mpp,
+            tile_size=256,
+            mpp=slide.mpp,
+            n_tiles=16,
+            seed=3,
+        )
     pen = synthetic_svs.pen_mask
     scale = slide.mpp / synthetic_svs.mask_mpp
     for x, y in locs:
-        window = pen[int(y * scale):int((y + 256) * scale) + 1,
-                     int(x * scale):int((x + 256) * scale) + 1]
+        window = pen[
+            int(y * scale) : int((y + 256) * scale) + 1, int(x * scale) : int((x + 256) * scale) + 1
+        ]
         assert window.mean() < 0.5
     assert _angle(params.he_matrix[:, 0], H_OD) < 5.0
     assert _angle(params.he_matrix[:, 1], E_OD) < 25.0

@@ -43,8 +43,11 @@ def test_macenko_fit_and_normalize_agree(tiles: np.ndarray) -> None:
     cpu_params = fit_tiles(tiles)
     gpu_params = fit_tiles(cupy.asarray(tiles))
     np.testing.assert_allclose(gpu_params.he_matrix, cpu_params.he_matrix, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(gpu_params.max_concentrations, float),
-                               np.asarray(cpu_params.max_concentrations, float), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(gpu_params.max_concentrations, float),
+        np.asarray(cpu_params.max_concentrations, float),
+        rtol=1e-5,
+    )
     cpu = StainNormalizer(cpu_params)(tiles)
     gpu = StainNormalizer(cpu_params, device="cuda")(tiles)  # NumPy in, moved to the GPU
     _close(gpu.images, cpu.images, 1, 0.01)
@@ -60,8 +63,11 @@ def test_reinhard_agrees(tiles: np.ndarray) -> None:
     cpu_params = fit_tiles(tiles[:-1], config)
     gpu_params = fit_tiles(cupy.asarray(tiles[:-1]), config)
     for field in ("lab_mean", "lab_std"):
-        np.testing.assert_allclose(np.asarray(getattr(gpu_params, field), float),
-                                   np.asarray(getattr(cpu_params, field), float), rtol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(getattr(gpu_params, field), float),
+            np.asarray(getattr(cpu_params, field), float),
+            rtol=1e-4,
+        )
     cpu = StainNormalizer(cpu_params, reference)(tiles)
     gpu = StainNormalizer(cpu_params, reference)(cupy.asarray(tiles))
     _close(gpu.images, cpu.images, 2, 0.05)

@@ -76,8 +76,9 @@ def test_reinhard_params_need_lab_statistics() -> None:
     with pytest.raises(ConfigError):
         StainParams(method="reinhard", reference_id="r", lab_mean=(50.0, 10.0, 0.0))
     with pytest.raises(ConfigError):
-        StainParams(method="reinhard", reference_id="r", lab_mean=(50.0, 10.0, 0.0),
-                    lab_std=(1.0, 0.0, 1.0))
+        StainParams(
+            method="reinhard", reference_id="r", lab_mean=(50.0, 10.0, 0.0), lab_std=(1.0, 0.0, 1.0)
+        )
 
 
 @pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"method": "macenko", "extra": 1}'])
@@ -98,8 +99,12 @@ def test_normalizer_refuses_params_for_another_reference() -> None:
 
 
 def test_normalizer_refuses_mixed_methods_and_light() -> None:
-    reinhard = StainParams(method="reinhard", reference_id=STANDARD_REFERENCE_ID,
-                           lab_mean=(60.0, 20.0, -5.0), lab_std=(10.0, 5.0, 5.0))
+    reinhard = StainParams(
+        method="reinhard",
+        reference_id=STANDARD_REFERENCE_ID,
+        lab_mean=(60.0, 20.0, -5.0),
+        lab_std=(10.0, 5.0, 5.0),
+    )
     with pytest.raises(ConfigError):
         StainNormalizer(reinhard)
     with pytest.raises(ConfigError):

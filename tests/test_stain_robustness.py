@@ -60,8 +60,15 @@ def test_hard_tiles_are_finite_passed_through_or_clipped(cmu: np.ndarray, params
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # no Inf/NaN inside
         result = StainNormalizer(params)(batch)
     flags = dict(zip(cases, result.passthrough.tolist(), strict=True))
-    assert flags == {"white": True, "glass": True, "sparse": True, "black": False,
-                     "saturated": False, "noise": False, "tissue": False}
+    assert flags == {
+        "white": True,
+        "glass": True,
+        "sparse": True,
+        "black": False,
+        "saturated": False,
+        "noise": False,
+        "tissue": False,
+    }
     for i, name in enumerate(cases):
         if flags[name]:
             np.testing.assert_array_equal(result.images[i], batch[i])  # unchanged
@@ -108,8 +115,12 @@ def test_single_stain_tiles_keep_their_stain(cmu: np.ndarray, params, stain: str
     [
         ("white", np.full((64, 64, 3), 255, np.uint8)),
         ("glass", np.full((64, 64, 3), 238, np.uint8)),
-        ("few", np.pad(np.full((10, 10, 3), 90, np.uint8), ((0, 54), (0, 54), (0, 0)),
-                       constant_values=250)),
+        (
+            "few",
+            np.pad(
+                np.full((10, 10, 3), 90, np.uint8), ((0, 54), (0, 54), (0, 0)), constant_values=250
+            ),
+        ),
     ],
 )
 def test_fitting_on_blank_images_raises(name: str, image: np.ndarray) -> None:

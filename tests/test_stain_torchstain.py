@@ -67,12 +67,15 @@ def test_macenko_fit_equals_torchstain_fit(request: pytest.FixtureRequest, image
         _, theirs = _torchstain_macenko(image, image)
         ours = fit_tiles(image)
         np.testing.assert_allclose(ours.he_matrix, theirs.HERef, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(ours.max_concentrations, float), theirs.maxCRef,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(ours.max_concentrations, float), theirs.maxCRef, rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize("image_set", ["synthetic", "ihc", "cmu"])
-def test_macenko_to_standard_reference_agrees(request: pytest.FixtureRequest, image_set: str) -> None:
+def test_macenko_to_standard_reference_agrees(
+    request: pytest.FixtureRequest, image_set: str
+) -> None:
     for image in _image_sets(request, image_set):
         theirs, _ = _torchstain_macenko(None, image)
         ours = StainNormalizer(fit_tiles(image), standard_reference())(image)
@@ -102,8 +105,9 @@ def test_reinhard_all_pixel_statistics_agree(request: pytest.FixtureRequest) -> 
         theirs = torchstain.normalizers.ReinhardNormalizer(backend="numpy")
         theirs.fit(target.copy())  # torchstain's lab2rgb works in place on its inputs
         expected = theirs.normalize(image.copy())
-        config = FitConfig(method="reinhard", tissue_only=False,
-                           reference_id=reference.reference_id)
+        config = FitConfig(
+            method="reinhard", tissue_only=False, reference_id=reference.reference_id
+        )
         ours = StainNormalizer(fit_tiles(image, config), reference)(image).images[0]
         diff = np.abs(ours.astype(int) - expected.astype(int))
         assert diff.mean() <= 1.0 and diff.max() <= 1

@@ -18,8 +18,9 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     b = write_synthetic_slide(tmp_path / "b.svs", spec)
     assert a.path.read_bytes() == b.path.read_bytes()
     assert np.array_equal(a.tissue_mask, b.tissue_mask)
-    c = write_synthetic_slide(tmp_path / "c.svs", SyntheticSlideSpec(width=700, height=500, seed=6,
-                                                                     downsamples=(1, 2)))
+    c = write_synthetic_slide(
+        tmp_path / "c.svs", SyntheticSlideSpec(width=700, height=500, seed=6, downsamples=(1, 2))
+    )
     assert not np.array_equal(a.tissue_mask, c.tissue_mask)
 
 
@@ -50,17 +51,32 @@ def test_stain_colours_are_h_and_e(synthetic_svs) -> None:
 
 
 def test_pyramid_levels_and_artifacts(tmp_path: Path) -> None:
-    spec = SyntheticSlideSpec(width=1536, height=1024, mpp=0.25, style="tiff", seed=2,
-                              blur=True, fold=True, faint=True, n_blobs=2)
+    spec = SyntheticSlideSpec(
+        width=1536,
+        height=1024,
+        mpp=0.25,
+        style="tiff",
+        seed=2,
+        blur=True,
+        fold=True,
+        faint=True,
+        n_blobs=2,
+    )
     slide = write_synthetic_slide(tmp_path / "x.tif", spec)
     assert slide.level_dimensions == ((1536, 1024),)  # < 1024 px after ×4: one level
     big = SyntheticSlideSpec(width=4096, height=1024, seed=2)
     assert big.resolved_downsamples() == (1, 4)
 
 
-@pytest.mark.parametrize("bad", [
-    {"width": 10}, {"mpp": 0.0}, {"tile_size": 100}, {"downsamples": (1, 2, 8)},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"width": 10},
+        {"mpp": 0.0},
+        {"tile_size": 100},
+        {"downsamples": (1, 2, 8)},
+    ],
+)
 def test_invalid_specs_are_refused(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ConfigError):
         write_synthetic_slide(tmp_path / "bad.svs", SyntheticSlideSpec(**bad))

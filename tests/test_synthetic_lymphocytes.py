@@ -14,8 +14,9 @@ from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.synthetic.content import H_OD, TissueContent
 from ingest.synthetic.design import make_design, plant_lymphocytes
 
-SPEC = SyntheticSlideSpec(width=1536, height=1536, seed=21, n_blobs=3, downsamples=(1, 4),
-                          lymphocyte_fraction=0.3)
+SPEC = SyntheticSlideSpec(
+    width=1536, height=1536, seed=21, n_blobs=3, downsamples=(1, 4), lymphocyte_fraction=0.3
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def test_pixels_are_darker_hematoxylin_inside(slide) -> None:
     h = od @ H_OD  # projection on the hematoxylin direction
     # Sample the image at the mask's pixel centres (the mask grid is coarser).
     scale = slide.mask_mpp / SPEC.mpp
-    rows, cols = (np.floor((np.arange(n) + 0.5) * scale).astype(int) for n in slide.tissue_mask.shape)
+    rows, cols = (
+        np.floor((np.arange(n) + 0.5) * scale).astype(int) for n in slide.tissue_mask.shape
+    )
     h = h[np.ix_(rows, cols)]
     inside = h[slide.lymphocyte_mask].mean()
     outside = h[slide.tissue_mask & ~slide.lymphocyte_mask].mean()
@@ -65,7 +68,9 @@ def test_planting_changes_only_the_aggregates() -> None:
 def test_default_encoder_sees_the_infiltrate() -> None:
     from features.encoders.handcrafted import FEATURE_NAMES, handcrafted_features
 
-    content = TissueContent(plant_lymphocytes(make_design(1024.0, 1024.0, seed=4, n_blobs=3), 0.35, seed=4))
+    content = TissueContent(
+        plant_lymphocytes(make_design(1024.0, 1024.0, seed=4, n_blobs=3), 0.35, seed=4)
+    )
     inside, outside = [], []
     for ty in range(0, 1024 - 112, 56):
         for tx in range(0, 1024 - 112, 56):
@@ -80,11 +85,13 @@ def test_default_encoder_sees_the_infiltrate() -> None:
     assert inside and outside
     feats = handcrafted_features(np.stack(inside + outside))
     h = FEATURE_NAMES.index("h_tissue_mean")
-    assert feats[: len(inside), h].min() > feats[len(inside):, h].max()
+    assert feats[: len(inside), h].min() > feats[len(inside) :, h].max()
 
 
-@pytest.mark.parametrize("bad", [{"lymphocyte_fraction": 1.0}, {"lymphocyte_fraction": -0.1},
-                                 {"lymphocyte_background": 1.5}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"lymphocyte_fraction": 1.0}, {"lymphocyte_fraction": -0.1}, {"lymphocyte_background": 1.5}],
+)
 def test_invalid_options(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ConfigError):
         write_synthetic_slide(tmp_path / "x.svs", dataclasses.replace(SPEC, **bad))

@@ -33,10 +33,12 @@ DENSITY = FEATURE_NAMES.index("nuclei_density")
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """40 slides with planted purity; a linear tile map; its burden stored."""
-    cohort = make_burden_cohort(str(tmp_path_factory.mktemp("burden") / "store"), n_slides=40,
-                                side=8, seed=2)
-    result = run_tile_classifier(cohort.store, TileClassifierConfig(TileTask("tumour"), folds=3,
-                                                                    n_boot=20), write=False)
+    cohort = make_burden_cohort(
+        str(tmp_path_factory.mktemp("burden") / "store"), n_slides=40, side=8, seed=2
+    )
+    result = run_tile_classifier(
+        cohort.store, TileClassifierConfig(TileTask("tumour"), folds=3, n_boot=20), write=False
+    )
     write_predictions(cohort.store, result)
     frame = tumour_burden(cohort.store, BurdenConfig(result.name))
     return cohort, result.name, frame
@@ -55,14 +57,20 @@ def known(tmp_path):
     store = FeatureStore.open(str(tmp_path / "store"), create=True)
     x, y = np.array([0, 256, 0, 256]), np.array([0, 0, 256, 256])
     tissue = np.array([1.0, 1.0, 0.5, 1.0])
-    info = SlideInfo(source_uri="synthetic://k", mpp=0.5, mpp_source="metadata",
-                     level_dimensions=((512, 512),))
-    hand = tile_batch(x, y, _handcrafted([10, 20, 30, 40]), tile_size=256, read_mpp=0.5,
-                      tissue_fraction=tissue)
+    info = SlideInfo(
+        source_uri="synthetic://k", mpp=0.5, mpp_source="metadata", level_dimensions=((512, 512),)
+    )
+    hand = tile_batch(
+        x, y, _handcrafted([10, 20, 30, 40]), tile_size=256, read_mpp=0.5, tissue_fraction=tissue
+    )
     other = tile_batch(x, y, np.ones((4, 8), np.float32), tile_size=256, read_mpp=0.5)
-    store.commit([store.write_slide(SlideKey("k1", HANDCRAFTED_VERSION, "c1"), info, [hand]),
-                  store.write_slide(SlideKey("k1", "other-enc", "c1"), info, [other]),
-                  store.write_slide(SlideKey("k2", "other-enc", "c1"), info, [other])])
+    store.commit(
+        [
+            store.write_slide(SlideKey("k1", HANDCRAFTED_VERSION, "c1"), info, [hand]),
+            store.write_slide(SlideKey("k1", "other-enc", "c1"), info, [other]),
+            store.write_slide(SlideKey("k2", "other-enc", "c1"), info, [other]),
+        ]
+    )
     probs = np.array([0.9, 0.2, 0.7, 0.4])
     for sid in ("k1", "k2"):
         store.write_tile_values("predictions", "map", sid, np.column_stack([x, y]), probs)
@@ -71,8 +79,9 @@ def known(tmp_path):
 
 def test_nuclei_counts_invert_the_encoders_density():
     emb = _handcrafted([0, 7, 120], tile=224)
-    np.testing.assert_allclose(nuclei_counts(emb, np.array([224, 224, 224])), [0, 7, 120],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        nuclei_counts(emb, np.array([224, 224, 224])), [0, 7, 120], rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ConfigError, match="64 values"):
         nuclei_counts(np.zeros((2, 8), np.float32), np.array([224, 224]))
 
@@ -133,7 +142,8 @@ def test_burden_joins_store_slides_in_sql(cohort):
     got = cohort.store.sql(
         "SELECT s.slide_id, s.patient_id, b.purity FROM slides s JOIN burden b "
         "USING (slide_id) WHERE b.purity >= 0.5 ORDER BY s.slide_id",
-        tables={"burden": burden}).to_pandas()
+        tables={"burden": burden},
+    ).to_pandas()
     want = frame[frame["purity"] >= 0.5].sort_values("slide_id")
     assert got["slide_id"].tolist() == want["slide_id"].tolist() and len(got) > 0
     assert got["patient_id"].tolist() == [f"P{s}" for s in want["slide_id"]]
@@ -148,8 +158,9 @@ def test_burden_is_a_cohort_label_and_a_probe_target(cohort):
     built = build_label_cohort(burden, cohort.store, stratify=None)
     assert {"purity", "tumour_fraction", "fold"} <= set(built.table.columns)
     assert len(built.table) == 40
-    result = run_probe(cohort.store, burden, ProbeConfig("purity", model="linear", folds=4,
-                                                          n_boot=20))
+    result = run_probe(
+        cohort.store, burden, ProbeConfig("purity", model="linear", folds=4, n_boot=20)
+    )
     # mean-pooled tiles carry the tumour share, so pooled embeddings predict purity
     assert result.task == "regression" and result.n_slides == 40
     assert result.metrics["pearson_r"]["value"] > 0.5
@@ -159,19 +170,53 @@ def test_cli_burden_writes_a_table_sql_can_join(cohort, tmp_path):
     cohort, name, frame = cohort
     runner = CliRunner()
     out = tmp_path / "burden.csv"
-    res = runner.invoke(app, ["annotations", "burden", "--store", cohort.store.uri,
-                              "--predictions", name, "--name", "cli-burden", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "annotations",
+            "burden",
+            "--store",
+            cohort.store.uri,
+            "--predictions",
+            name,
+            "--name",
+            "cli-burden",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"{SLIDE_FEATURES}/cli-burden" in res.output
     table = pd.read_csv(out)
     assert table["purity"].to_numpy() == pytest.approx(frame["purity"].to_numpy(), rel=1e-6)
-    sql = runner.invoke(app, ["query", "sql", "--store", cohort.store.uri, "--table",
-                              f"b={out}", "--json",
-                              "SELECT count(*) AS n FROM slides JOIN b USING (slide_id)"])
+    sql = runner.invoke(
+        app,
+        [
+            "query",
+            "sql",
+            "--store",
+            cohort.store.uri,
+            "--table",
+            f"b={out}",
+            "--json",
+            "SELECT count(*) AS n FROM slides JOIN b USING (slide_id)",
+        ],
+    )
     assert sql.exit_code == 0, sql.output
     assert json.loads(sql.output)[0]["n"] == 40
-    again = runner.invoke(app, ["annotations", "burden", "--store", cohort.store.uri,
-                                "--predictions", name, "--out", str(out)])
+    again = runner.invoke(
+        app,
+        [
+            "annotations",
+            "burden",
+            "--store",
+            cohort.store.uri,
+            "--predictions",
+            name,
+            "--out",
+            str(out),
+        ],
+    )
     assert again.exit_code == 2 and "exists" in again.output and "Traceback" not in again.output
 
 
@@ -183,8 +228,7 @@ def test_handcrafted_nuclei_counts_follow_rendered_pixels():
 
     slide = pixel_slide("px", seed=5, radius_um=140.0, inflamed=False)
     counts = nuclei_counts(slide.embeddings, np.full(len(slide.embeddings), TILE_PX))
-    cover = class_coverage(tile_boxes(slide.coords[:, 0], slide.coords[:, 1], TILE_PX),
-                           slide.nest)
+    cover = class_coverage(tile_boxes(slide.coords[:, 0], slide.coords[:, 1], TILE_PX), slide.nest)
     nest, stroma = counts[cover >= 0.9], counts[cover == 0]
     assert len(nest) >= 4 and len(stroma) >= 4
     assert nest.mean() > 1.5 * stroma.mean()
@@ -196,8 +240,12 @@ def test_pixel_purity_tracks_rendered_truth_over_40_slides(tmp_path):
     from benchmarks.tile_burden import evaluate, make_pixel_cohort
 
     store, slides = make_pixel_cohort(str(tmp_path / "pix"), 40, seed=3)
-    got = evaluate(store, {s.slide_id: s.purity for s in slides},
-                   {s.slide_id: s.fraction for s in slides}, folds=4)
+    got = evaluate(
+        store,
+        {s.slide_id: s.purity for s in slides},
+        {s.slide_id: s.fraction for s in slides},
+        folds=4,
+    )
     assert got["slides"] == 40
     assert got["purity"]["pearson_r"] >= 0.9
     assert got["tumour_fraction"]["pearson_r"] >= 0.9

@@ -17,8 +17,9 @@ from training.tiles.synthetic import make_tile_cohort
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_tile_cohort(str(tmp_path_factory.mktemp("tiles") / "store"), n_slides=6,
-                            side=16, separation=6.0, seed=1)
+    return make_tile_cohort(
+        str(tmp_path_factory.mktemp("tiles") / "store"), n_slides=6, side=16, separation=6.0, seed=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,7 @@ def test_predictions_heatmap_and_png_are_written(cohort, result):
     mine = result.data.slide_id == sid
     assert len(rows) == mine.sum()
     got = rows.set_index(["x", "y"])["value"]
-    want = dict(zip(map(tuple, result.data.coords[mine].tolist()), result.probs[mine],
-                    strict=True))
+    want = dict(zip(map(tuple, result.data.coords[mine].tolist()), result.probs[mine], strict=True))
     assert all(got[k] == pytest.approx(v, abs=1e-6) for k, v in want.items())
     grid = cohort.store.arrays(sid).read_image(f"heatmaps/{result.name}")
     assert grid.shape == (16, 16) and np.nanmax(grid) <= 1
@@ -107,20 +107,42 @@ def test_context_features_average_grid_neighbours():
 
 def test_cli_classify_and_export(cohort, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["annotations", "classify", "--store", cohort.store.uri,
-                                 "--class", "tumour", "--folds", "3", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "annotations",
+            "classify",
+            "--store",
+            cohort.store.uri,
+            "--class",
+            "tumour",
+            "--folds",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["metrics"]["auroc"]["value"] >= 0.95
     name = summary["outputs"]["predictions"].split("/")[1]
     out = tmp_path / "m.geojson"
-    args = ["annotations", "export", str(out), "--store", cohort.store.uri, "--slide",
-            cohort.slide_ids[0], "--predictions", name]
+    args = [
+        "annotations",
+        "export",
+        str(out),
+        "--store",
+        cohort.store.uri,
+        "--slide",
+        cohort.slide_ids[0],
+        "--predictions",
+        name,
+    ]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "exists" in again.output and "Traceback" not in again.output
-    bad = runner.invoke(app, ["annotations", "classify", "--store", cohort.store.uri,
-                              "--class", "necrosis"])
+    bad = runner.invoke(
+        app, ["annotations", "classify", "--store", cohort.store.uri, "--class", "necrosis"]
+    )
     assert bad.exit_code == 2 and "necrosis" in bad.output
 
 
@@ -133,4 +155,6 @@ def test_region_restricts_the_tiles_a_task_loads(cohort):
     cov = coverage_table(cohort.store, classes=["tumour"]).to_pandas()
     assert len(data) == int((cov["coverage"] >= 0.01).sum()) and data.coverage.min() >= 0.01
     plain = TileClassifierConfig(TileTask("tumour"))
-    assert TileClassifierConfig(TileTask("tumour", region=near)).config_hash() != plain.config_hash()
+    assert (
+        TileClassifierConfig(TileTask("tumour", region=near)).config_hash() != plain.config_hash()
+    )

@@ -29,8 +29,16 @@ def _blank_slide(path: Path, width: int, height: int, mpp: float = 0.5) -> Path:
     rng = np.random.default_rng(1)
     glass = np.clip(241 + rng.normal(0, 1.2, (height, width, 3)), 0, 255).astype(np.uint8)
     per_cm = 1e4 / mpp
-    tifffile.imwrite(path, glass, tile=(256, 256), compression="jpeg", photometric="rgb",
-                     resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(
+        path,
+        glass,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        resolution=(per_cm, per_cm),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     return path
 
 
@@ -59,9 +67,12 @@ def test_plan_is_deterministic(synthetic_svs) -> None:
     assert a.table.equals(b.table, check_metadata=True)
 
 
-@pytest.mark.parametrize(("target", "level", "read"), [(0.5, 1, 256), (0.75, 1, 384), (0.25, 0, 256)])
-def test_plan_footprint_is_what_read_regions_at_mpp_reads(synthetic_tiff, monkeypatch, target,
-                                                         level, read) -> None:
+@pytest.mark.parametrize(
+    ("target", "level", "read"), [(0.5, 1, 256), (0.75, 1, 384), (0.25, 0, 256)]
+)
+def test_plan_footprint_is_what_read_regions_at_mpp_reads(
+    synthetic_tiff, monkeypatch, target, level, read
+) -> None:
     """The planned level, read size and level pixel are exactly the reader's."""
     config = TilingConfig(tile_size=256, target_mpp=target, min_tissue_fraction=0.1)
     with open_slide(str(synthetic_tiff.path)) as slide:
@@ -80,7 +91,7 @@ def test_plan_footprint_is_what_read_regions_at_mpp_reads(synthetic_tiff, monkey
         monkeypatch.setattr(slide, "read_regions", spy)
         tiles = slide.read_regions_at_mpp(locations, 256, target)
     assert tiles.shape == (len(locations), 256, 256, 3)
-    (_, used_level, size), = calls
+    ((_, used_level, size),) = calls
     assert used_level == level and size == (read, read)
     for (x, y), row, col in zip(locations, cols["row"], cols["col"], strict=False):
         # The level pixel the reader maps (x, y) to is the planned grid position.
@@ -116,18 +127,22 @@ def test_box_fractions_on_known_boxes() -> None:
     fr = box_fractions(mask, np.array([0.0, 2.5, 5.0, 4.0]), np.array([0.0, 3.25]), 2.0, 2.0)
     assert np.allclose(fr, [[1.0, 1.0, 0.0, 0.5], [1.0, 1.0, 0.0, 0.5]])
     checker = (np.indices((8, 8)).sum(axis=0) % 2).astype(bool)
-    assert np.allclose(box_fractions(checker, np.array([0.0, 1.0, 0.5]), np.array([0.0]), 4.0, 4.0),
-                       0.5)
+    assert np.allclose(
+        box_fractions(checker, np.array([0.0, 1.0, 0.5]), np.array([0.0]), 4.0, 4.0), 0.5
+    )
     assert box_fractions(mask, np.array([]), np.array([0.0]), 1.0, 1.0).shape == (1, 0)
 
 
 def test_qc_flags_from_planning(synthetic_svs) -> None:
-    config = TilingConfig(min_tissue_fraction=0.05, qc=TileQCConfig(max_background_fraction=0.5,
-                                                                    max_pen_fraction=0.01))
+    config = TilingConfig(
+        min_tissue_fraction=0.05,
+        qc=TileQCConfig(max_background_fraction=0.5, max_pen_fraction=0.01),
+    )
     _, plan = _plan(synthetic_svs.path, config)
     t = plan.table.to_pydict()
-    for bg, pen, flags in zip(t["background_fraction"], t["pen_fraction"], t["qc_flags"],
-                              strict=True):
+    for bg, pen, flags in zip(
+        t["background_fraction"], t["pen_fraction"], t["qc_flags"], strict=True
+    ):
         assert bool(flags & QC_BACKGROUND) == (bg > 0.5)
         assert bool(flags & QC_PEN) == (pen > 0.01)
     assert any(f & QC_BACKGROUND for f in t["qc_flags"])
@@ -142,8 +157,10 @@ def test_all_glass_slide_gives_zero_tiles_and_a_status(tmp_path: Path) -> None:
 
 
 def test_slide_smaller_than_a_tile(tmp_path: Path) -> None:
-    slide = write_synthetic_slide(tmp_path / "small.tif", SyntheticSlideSpec(
-        width=200, height=150, mpp=0.5, style="tiff", seed=3, downsamples=(1,)))
+    slide = write_synthetic_slide(
+        tmp_path / "small.tif",
+        SyntheticSlideSpec(width=200, height=150, mpp=0.5, style="tiff", seed=3, downsamples=(1,)),
+    )
     _, plan = _plan(slide.path)
     assert plan.status == "smaller_than_tile" and plan.tile_count == 0
     assert plan.grid_shape == (0, 0)
@@ -155,8 +172,12 @@ def test_no_tile_reaches_the_threshold(synthetic_svs) -> None:
 
 
 def test_missing_mpp_is_refused_unless_overridden(tmp_path: Path) -> None:
-    slide = write_synthetic_slide(tmp_path / "nompp.tif", SyntheticSlideSpec(
-        width=1024, height=768, style="tiff", seed=4, mpp_metadata=False, downsamples=(1,)))
+    slide = write_synthetic_slide(
+        tmp_path / "nompp.tif",
+        SyntheticSlideSpec(
+            width=1024, height=768, style="tiff", seed=4, mpp_metadata=False, downsamples=(1,)
+        ),
+    )
     with pytest.raises(MissingMPPError):
         _plan(slide.path, require_mpp=False)
     _, plan = _plan(slide.path, mpp=0.5)
@@ -168,8 +189,16 @@ def test_upsampling_is_refused(synthetic_svs) -> None:
         _plan(synthetic_svs.path, TilingConfig(target_mpp=0.25))
 
 
-@pytest.mark.parametrize("bad", [{"tile_size": 0}, {"tile_size": 256.0}, {"overlap": 1.0},
-                                 {"min_tissue_fraction": 1.5}, {"target_mpp": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tile_size": 0},
+        {"tile_size": 256.0},
+        {"overlap": 1.0},
+        {"min_tissue_fraction": 1.5},
+        {"target_mpp": -1},
+    ],
+)
 def test_invalid_tiling_config(bad: dict) -> None:
     with pytest.raises(ConfigError):
         TilingConfig(**bad)
@@ -178,8 +207,10 @@ def test_invalid_tiling_config(bad: dict) -> None:
 def test_tiling_config_hash() -> None:
     assert TilingConfig().config_hash() == TilingConfig().config_hash()
     assert TilingConfig(overlap=0.25).config_hash() != TilingConfig().config_hash()
-    assert TilingConfig(qc=TileQCConfig(max_pen_fraction=0.2)).config_hash() \
+    assert (
+        TilingConfig(qc=TileQCConfig(max_pen_fraction=0.2)).config_hash()
         != TilingConfig().config_hash()
+    )
 
 
 # ---- planning reads the thumbnail level only --------------------------------------------------

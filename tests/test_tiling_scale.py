@@ -25,9 +25,18 @@ SIDE = 100_000
 
 @pytest.fixture(scope="module")
 def huge_slide(tmp_path_factory: pytest.TempPathFactory):
-    spec = SyntheticSlideSpec(width=SIDE, height=SIDE, mpp=0.25, style="tiff", seed=5,
-                              n_blobs=2, pen_marks=True, downsamples=(1, 4, 16, 64),
-                              empty_levels=2, mask_max_side=512)
+    spec = SyntheticSlideSpec(
+        width=SIDE,
+        height=SIDE,
+        mpp=0.25,
+        style="tiff",
+        seed=5,
+        n_blobs=2,
+        pen_marks=True,
+        downsamples=(1, 4, 16, 64),
+        empty_levels=2,
+        mask_max_side=512,
+    )
     return write_synthetic_slide(tmp_path_factory.mktemp("huge") / "huge.tif", spec)
 
 

@@ -31,10 +31,14 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def _report(scores: list[dict]) -> str:
-    lines = [f"{'slide':<22}{'slidebank IoU':>14}{'baseline IoU':>14}{'ink out':>9}{'base ink out':>13}"]
+    lines = [
+        f"{'slide':<22}{'slidebank IoU':>14}{'baseline IoU':>14}{'ink out':>9}{'base ink out':>13}"
+    ]
     for s in scores:
-        lines.append(f"{s['slide']:<22}{s['iou']:>14.4f}{s['baseline_iou']:>14.4f}"
-                     f"{s['pen_outside'] or 0:>9.3f}{s['baseline_pen_outside'] or 0:>13.3f}")
+        lines.append(
+            f"{s['slide']:<22}{s['iou']:>14.4f}{s['baseline_iou']:>14.4f}"
+            f"{s['pen_outside'] or 0:>9.3f}{s['baseline_pen_outside'] or 0:>13.3f}"
+        )
     ours, base = np.mean([s["iou"] for s in scores]), np.mean([s["baseline_iou"] for s in scores])
     lines.append(f"{'mean':<22}{ours:>14.4f}{base:>14.4f}")
     return "\n".join(lines)
@@ -76,7 +80,11 @@ def test_fully_rendered_slides_score_the_same(tmp_path) -> None:
     full = [score_slide(s, device="cpu") for s in write_slides(specs, tmp_path, workers=2)]
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
-    light = [score_slide(s, device="cpu") for s in write_slides(
-        accuracy_specs(20, side=2048, mpp=0.5, empty_level0=True), empty_dir, workers=1)]
+    light = [
+        score_slide(s, device="cpu")
+        for s in write_slides(
+            accuracy_specs(20, side=2048, mpp=0.5, empty_level0=True), empty_dir, workers=1
+        )
+    ]
     assert [s["iou"] for s in full] == [s["iou"] for s in light]
     assert np.mean([s["iou"] for s in full]) >= 0.95

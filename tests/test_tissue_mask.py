@@ -44,18 +44,28 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 def test_config_hash_is_stable_across_processes_and_changes_with_parameters() -> None:
     here = TissueConfig().config_hash()
     code = "from ingest.tissue import TissueConfig; print(TissueConfig().config_hash())"
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert here == there and len(here) == 16
     assert TissueConfig(min_od=0.031).config_hash() != here
-    assert TissueConfig(pen_inks=("red", "blue")).config_hash() == \
-        TissueConfig(pen_inks=("blue", "red")).config_hash()  # order does not matter
+    assert (
+        TissueConfig(pen_inks=("red", "blue")).config_hash()
+        == TissueConfig(pen_inks=("blue", "red")).config_hash()
+    )  # order does not matter
 
 
-@pytest.mark.parametrize("bad", [
-    {"thumbnail_mpp": 0}, {"min_od": -1}, {"edge_fraction": 1.5}, {"pen_inks": ("purple",)},
-    {"min_object_area_um2": float("nan")}, {"noise_k": True},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"thumbnail_mpp": 0},
+        {"min_od": -1},
+        {"edge_fraction": 1.5},
+        {"pen_inks": ("purple",)},
+        {"min_object_area_um2": float("nan")},
+        {"noise_k": True},
+    ],
+)
 def test_invalid_config_is_a_config_error(bad: dict) -> None:
     with pytest.raises(ConfigError):
         TissueConfig(**bad)
@@ -112,8 +122,9 @@ def test_each_ink_is_removed_on_glass_and_on_tissue(ink: str) -> None:
 
 
 def test_scanner_border_coverslip_edge_and_bubbles_are_rejected() -> None:
-    design = make_design(SIDE_UM, SIDE_UM, seed=8, n_blobs=2, scanner_border=True,
-                         glass_edge=True, bubbles=True)
+    design = make_design(
+        SIDE_UM, SIDE_UM, seed=8, n_blobs=2, scanner_border=True, glass_edge=True, bubbles=True
+    )
     assert design.artifacts.border and design.artifacts.glass_edge and design.artifacts.bubbles
     thumb, truth, content = _render(design)
     artifacts = content.artifact_od(*_grid(truth.shape[0]))[1] & ~truth  # those on glass
@@ -128,8 +139,9 @@ def test_bubble_rim_that_is_tinted_is_still_not_tissue() -> None:
     # A rim with some stain colour (mounting medium) escapes the colourless rule and
     # must be caught by shape: thin and hollow.
     design = make_design(SIDE_UM, SIDE_UM, seed=9, n_blobs=1)
-    design = dataclasses.replace(design, artifacts=ArtifactDesign(
-        bubbles=((300.0, 300.0, 200.0, 14.0),)))
+    design = dataclasses.replace(
+        design, artifacts=ArtifactDesign(bubbles=((300.0, 300.0, 200.0, 14.0),))
+    )
     thumb, truth, content = _render(design)
     rim = content.artifact_od(*_grid(truth.shape[0]))[1]
     tinted = thumb.copy()
@@ -173,9 +185,17 @@ def test_areas_are_physical_not_pixels() -> None:
 @pytest.mark.gpu
 def test_gpu_and_cpu_masks_agree() -> None:
     for seed in range(6):
-        design = make_design(SIDE_UM, SIDE_UM, seed=seed, pen_marks=True, faint=True,
-                             blur=True, scanner_border=seed % 2 == 1, glass_edge=seed % 2 == 1,
-                             bubbles=seed % 2 == 1)
+        design = make_design(
+            SIDE_UM,
+            SIDE_UM,
+            seed=seed,
+            pen_marks=True,
+            faint=True,
+            blur=True,
+            scanner_border=seed % 2 == 1,
+            glass_edge=seed % 2 == 1,
+            bubbles=seed % 2 == 1,
+        )
         thumb, _, _ = _render(design)
         cpu = detect_tissue(thumb, MPP, device="cpu")
         gpu = detect_tissue(thumb, MPP, device="cuda")

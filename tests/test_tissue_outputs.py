@@ -66,8 +66,10 @@ def test_overlay_draws_outline_ink_and_tiles(synthetic_svs) -> None:
 
 
 def test_cli_writes_overlay_geojson_tiles_and_summary(synthetic_svs, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["tissue", str(synthetic_svs.path), "--out", str(tmp_path),
-                                      "--device", "cpu", "--json"])
+    result = CliRunner().invoke(
+        app,
+        ["tissue", str(synthetic_svs.path), "--out", str(tmp_path), "--device", "cpu", "--json"],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     folder = tmp_path / "synthetic"
@@ -86,9 +88,19 @@ def test_cli_on_an_empty_slide_reports_a_status(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     glass = np.clip(242 + rng.normal(0, 1.0, (700, 900, 3)), 0, 255).astype(np.uint8)
     path = tmp_path / "empty.tif"
-    tifffile.imwrite(path, glass, tile=(256, 256), compression="jpeg", photometric="rgb",
-                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER", metadata=None)
-    result = CliRunner().invoke(app, ["tissue", str(path), "--out", str(tmp_path), "--device", "cpu"])
+    tifffile.imwrite(
+        path,
+        glass,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
+    result = CliRunner().invoke(
+        app, ["tissue", str(path), "--out", str(tmp_path), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert "no_tissue" in result.output and " 0 tiles" in result.output
     summary = json.loads((tmp_path / "empty" / "summary.json").read_text())
@@ -98,10 +110,15 @@ def test_cli_on_an_empty_slide_reports_a_status(tmp_path: Path) -> None:
 def test_cli_refuses_a_slide_without_mpp(tmp_path: Path) -> None:
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    slide = write_synthetic_slide(tmp_path / "nompp.tif", SyntheticSlideSpec(
-        width=512, height=512, style="tiff", mpp_metadata=False, downsamples=(1,)))
+    slide = write_synthetic_slide(
+        tmp_path / "nompp.tif",
+        SyntheticSlideSpec(
+            width=512, height=512, style="tiff", mpp_metadata=False, downsamples=(1,)
+        ),
+    )
     result = CliRunner().invoke(app, ["tissue", str(slide.path), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "MissingMPPError" in result.output
-    ok = CliRunner().invoke(app, ["tissue", str(slide.path), "--out", str(tmp_path), "--mpp", "0.5",
-                                  "--device", "cpu"])
+    ok = CliRunner().invoke(
+        app, ["tissue", str(slide.path), "--out", str(tmp_path), "--mpp", "0.5", "--device", "cpu"]
+    )
     assert ok.exit_code == 0, ok.output

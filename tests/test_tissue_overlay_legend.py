@@ -9,8 +9,14 @@ import pytest
 from ingest.tissue._legend import _rows, nice_scale_um
 from ingest.tissue.overlay import margin_dye, render_overlay
 
-_COLOURS = {"outline": (0, 200, 70), "pen": (230, 0, 200), "dye": (30, 60, 255),
-            "artifact": (255, 140, 0), "tile": (0, 170, 255), "flagged": (255, 215, 0)}
+_COLOURS = {
+    "outline": (0, 200, 70),
+    "pen": (230, 0, 200),
+    "dye": (30, 60, 255),
+    "artifact": (255, 140, 0),
+    "tile": (0, 170, 255),
+    "flagged": (255, 215, 0),
+}
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
 
 
@@ -27,14 +33,24 @@ def test_legend_strip_and_scale_bar_are_drawn(tmp_path):
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
     path = tmp_path / "pen.tif"
-    write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2304, mpp=0.5, seed=100,
-                                                   pen_marks=True, downsamples=(1, 4),
-                                                   style="tiff", empty_levels=1))  # masks never read level 0
+    write_synthetic_slide(
+        path,
+        SyntheticSlideSpec(
+            width=3072,
+            height=2304,
+            mpp=0.5,
+            seed=100,
+            pen_marks=True,
+            downsamples=(1, 4),
+            style="tiff",
+            empty_levels=1,
+        ),
+    )  # masks never read level 0
     tissue, plan, size = _plan(str(path))
     bare = render_overlay(tissue, plan, size, legend=False)
     full = render_overlay(tissue, plan, size)
     assert full.shape[1] == bare.shape[1] and full.shape[0] > bare.shape[0] + 100
-    strip = full[bare.shape[0]:]
+    strip = full[bare.shape[0] :]
     colours = {tuple(c) for c in strip.reshape(-1, 3)}
     for swatch in [(230, 0, 200), (30, 60, 255), (255, 140, 0), (0, 200, 70)]:
         assert swatch in colours, f"legend swatch {swatch} missing"
@@ -60,10 +76,15 @@ def test_real_slide_margin_dye_is_shown_apart_from_pen():
     assert dye.any(), "the sample slide's teal margin dye is recognised"
     assert not (tissue.pen & ~dye).any(), "no part of the margin dye is drawn as pen"
     assert not (dye & tissue.mask).any()
-    rows = {text.split(":")[0]: text for _, _, text in _rows(
-        tissue, plan, tissue.pen & ~dye, dye, _COLOURS)}
+    rows = {
+        text.split(":")[0]: text
+        for _, _, text in _rows(tissue, plan, tissue.pen & ~dye, dye, _COLOURS)
+    }
     assert rows["pen ink"].startswith("pen ink: none found")
-    assert rows["margin dye"].startswith("margin dye: removed") and "resection margin" in rows["margin dye"]
+    assert (
+        rows["margin dye"].startswith("margin dye: removed")
+        and "resection margin" in rows["margin dye"]
+    )
 
 
 def test_pen_strokes_beside_and_across_sections_stay_pen(tmp_path):
@@ -72,9 +93,19 @@ def test_pen_strokes_beside_and_across_sections_stay_pen(tmp_path):
 
     for seed in (1001, 1002):
         path = tmp_path / f"pen{seed}.tif"
-        write_synthetic_slide(path, SyntheticSlideSpec(width=3072, height=2304, mpp=0.5, seed=seed,
-                                                       pen_marks=True, downsamples=(1, 4),
-                                                       style="tiff", empty_levels=1))
+        write_synthetic_slide(
+            path,
+            SyntheticSlideSpec(
+                width=3072,
+                height=2304,
+                mpp=0.5,
+                seed=seed,
+                pen_marks=True,
+                downsamples=(1, 4),
+                style="tiff",
+                empty_levels=1,
+            ),
+        )
         tissue, plan, _ = _plan(str(path))
         assert tissue.pen.any() and not margin_dye(tissue).any(), f"seed {seed}"
         pen_row = _rows(tissue, plan, tissue.pen, margin_dye(tissue), _COLOURS)[1][2]

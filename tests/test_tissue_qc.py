@@ -39,8 +39,7 @@ def tiles() -> dict[str, np.ndarray]:
     line = np.array([[cx - 40, cy + 0.75 * b], [cx + 40, cy + 0.75 * b]])
     inked = TissueContent(dataclasses.replace(design, pen=(("blue", line, 30.0),)))
     ink = inked.render(cx - 32, cy + 0.75 * b - 32, 128, 128, MPP)
-    return {"sharp": sharp, "blurred": blurred, "glass": content.render_glass(128, 128),
-            "ink": ink}
+    return {"sharp": sharp, "blurred": blurred, "glass": content.render_glass(128, 128), "ink": ink}
 
 
 def test_flags_sharp_blurred_glass_and_ink(tiles) -> None:
@@ -85,8 +84,12 @@ def test_qc_inputs_and_thresholds() -> None:
         tile_qc(np.zeros((1, 32, 32, 3), np.uint8), 0.0, device="cpu")
     with pytest.raises(ConfigError):
         TileQCConfig(max_pen_fraction=2.0)
-    flags = qc_flags(np.array([0.9, 0.1]), np.array([0.0, 0.5]), TileQCConfig(),
-                     blur_score=np.array([1000.0, 1.0]))
+    flags = qc_flags(
+        np.array([0.9, 0.1]),
+        np.array([0.0, 0.5]),
+        TileQCConfig(),
+        blur_score=np.array([1000.0, 1.0]),
+    )
     assert flags.tolist() == [QC_BACKGROUND, QC_PEN | QC_BLUR]
 
 
@@ -115,13 +118,18 @@ def test_fast_qc_kernels_equal_the_reference_filters() -> None:
     tiles = np.clip(colours + rng.integers(-40, 41, colours.shape), 0, 255).astype(np.uint8)
     grey = tiles.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     lap = ndimage.convolve(grey, np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], np.float32))
-    np.testing.assert_allclose(blur_scores(tiles, np), lap[:, 1:-1, 1:-1].reshape(5, -1).var(axis=1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        blur_scores(tiles, np), lap[:, 1:-1, 1:-1].reshape(5, -1).var(axis=1), rtol=1e-4
+    )
     config = TissueConfig()
     k = 4  # thumbnail_mpp / mpp
     pen = _pen_fraction(tiles, config.thumbnail_mpp / k, config, (240.0, 240.0, 240.0), np)
-    means = np.rint(tiles[:, :64, :48].reshape(5, 16, k, 12, k, 3).astype(np.float32).mean(axis=(2, 4)))
-    features = color_features(means.astype(np.uint8).reshape(5 * 16, 12, 3), np, glass=(240.0, 240.0, 240.0))
+    means = np.rint(
+        tiles[:, :64, :48].reshape(5, 16, k, 12, k, 3).astype(np.float32).mean(axis=(2, 4))
+    )
+    features = color_features(
+        means.astype(np.uint8).reshape(5 * 16, 12, 3), np, glass=(240.0, 240.0, 240.0)
+    )
     expected = ink_pixels(features, config, np).reshape(5, -1).mean(axis=1)
     assert expected.min() > 0 and expected.max() < 1, "the tiles must hold some ink and some not"
     np.testing.assert_array_equal(pen, expected.astype(np.float32))

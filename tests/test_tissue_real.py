@@ -32,8 +32,9 @@ def _rasterize(collection: dict, shape: tuple[int, int], size: tuple[int, int]) 
     draw = ImageDraw.Draw(image)
     for feature in collection["features"]:
         for k, ring in enumerate(feature["geometry"]["coordinates"]):
-            draw.polygon([(x * w / size[0], y * h / size[1]) for x, y in ring],
-                         fill=255 if k == 0 else 0)
+            draw.polygon(
+                [(x * w / size[0], y * h / size[1]) for x, y in ring], fill=255 if k == 0 else 0
+            )
     return np.asarray(image) > 127
 
 

@@ -64,7 +64,7 @@ def _fraction_error(plan, truth) -> float:
     """Mean |planned − true| tissue fraction over the planned tiles (truth on 1 µm = 2 px)."""
     side = int(round(plan.footprint_level0 / 2))
     xs, ys = plan.table.column("x").to_numpy() // 2, plan.table.column("y").to_numpy() // 2
-    true = np.array([truth[y:y + side, x:x + side].mean() for x, y in zip(xs, ys, strict=True)])
+    true = np.array([truth[y : y + side, x : x + side].mean() for x, y in zip(xs, ys, strict=True)])
     planned = plan.table.column("tissue_fraction").to_numpy()
     return float(np.abs(planned - true).mean())
 

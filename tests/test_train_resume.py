@@ -25,10 +25,21 @@ def cohort(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _job(cohort, fold_dir: Path, epochs: int = 2) -> JobConfig:
-    train = TrainConfig(model=MILConfig(hidden=8, attn_dim=4, dropout=0.0), epochs=epochs, patience=epochs,
-                        lr=2e-3, torch_threads=1)
-    return JobConfig(store_uri=cohort.store_uri, encoder=cohort.encoder, train=train, in_process=True,
-                     fold_dir=str(fold_dir), name="resume")
+    train = TrainConfig(
+        model=MILConfig(hidden=8, attn_dim=4, dropout=0.0),
+        epochs=epochs,
+        patience=epochs,
+        lr=2e-3,
+        torch_threads=1,
+    )
+    return JobConfig(
+        store_uri=cohort.store_uri,
+        encoder=cohort.encoder,
+        train=train,
+        in_process=True,
+        fold_dir=str(fold_dir),
+        name="resume",
+    )
 
 
 def _pooled(result) -> pd.DataFrame:
@@ -36,7 +47,9 @@ def _pooled(result) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("slide_id", ignore_index=True)
 
 
-def test_a_failed_fold_leaves_the_finished_ones_and_the_rerun_resumes(cohort, tmp_path: Path) -> None:
+def test_a_failed_fold_leaves_the_finished_ones_and_the_rerun_resumes(
+    cohort, tmp_path: Path
+) -> None:
     folds = tmp_path / "run" / "folds"
     job = _job(cohort, folds)
     with injected(FaultPlan(fold="1", epoch=1, mode="raise")), pytest.raises(InjectedFault):
@@ -49,8 +62,12 @@ def test_a_failed_fold_leaves_the_finished_ones_and_the_rerun_resumes(cohort, tm
     resumed = run_cross_validation(job, cohort.table, progress=lines.append)
     assert any("fold 1/3 (test fold 0): finished earlier" in line for line in lines), lines
     assert not any(line.startswith("fold 1/3 (test fold 0) epoch") for line in lines)
-    assert any(line.startswith("fold 2/3 (test fold 1) epoch 2/2: train loss") for line in lines), lines
-    assert any(line.startswith("fold 3/3 (test fold 2) done: best val AUROC") for line in lines), lines
+    assert any(line.startswith("fold 2/3 (test fold 1) epoch 2/2: train loss") for line in lines), (
+        lines
+    )
+    assert any(line.startswith("fold 3/3 (test fold 2) done: best val AUROC") for line in lines), (
+        lines
+    )
 
     fresh = run_cross_validation(_job(cohort, tmp_path / "fresh"), cohort.table)
     pd.testing.assert_frame_equal(_pooled(resumed), _pooled(fresh))
@@ -67,18 +84,25 @@ def test_a_fold_saved_with_another_config_is_trained_again(cohort, tmp_path: Pat
     assert json.loads((folds / "fold0" / "fold.json").read_text())["history"][-1]["epoch"] == 1
 
 
-def test_folds_go_to_the_run_folder_unless_a_remote_cluster_is_named(monkeypatch, tmp_path: Path) -> None:
+def test_folds_go_to_the_run_folder_unless_a_remote_cluster_is_named(
+    monkeypatch, tmp_path: Path
+) -> None:
     from training.mil.runner import _fold_dir
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     job = JobConfig(store_uri="s3://lab/store", name="r1")
     assert _fold_dir(job, tmp_path / "r1") == str(tmp_path / "r1" / "folds")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    remote = JobConfig(store_uri="s3://lab/store", name="r1", fold_dir=_fold_dir(job, tmp_path / "r1"))
-    assert remote.fold_root() == "s3://lab/store/mil_runs/r1/folds"  # shared, beside Ray Train's state
+    remote = JobConfig(
+        store_uri="s3://lab/store", name="r1", fold_dir=_fold_dir(job, tmp_path / "r1")
+    )
+    assert (
+        remote.fold_root() == "s3://lab/store/mil_runs/r1/folds"
+    )  # shared, beside Ray Train's state
 
 
 # --- a real Ray Train run (slow: three trainers, 20-40 s of start-up each on 2 cores) ---------------
+
 
 def _write_config(cohort, tmp_path: Path, max_failures: int) -> Path:
     cohort.table.to_parquet(tmp_path / "cohort.parquet")
@@ -86,7 +110,8 @@ def _write_config(cohort, tmp_path: Path, max_failures: int) -> Path:
     path.write_text(
         f"store: {cohort.store_uri}\ncohort: cohort.parquet\nencoder: {cohort.encoder}\nlabels: [label]\n"
         f"out: runs\nmax_failures: {max_failures}\nmodel: {{hidden: 8, attn_dim: 4, dropout: 0.0}}\n"
-        "train: {epochs: 2, patience: 2, lr: 0.002, torch_threads: 1}\n")
+        "train: {epochs: 2, patience: 2, lr: 0.002, torch_threads: 1}\n"
+    )
     return path
 
 
@@ -103,8 +128,9 @@ def _predictions(run: Path) -> pd.DataFrame:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_killed_ray_worker_leaves_finished_folds_and_the_rerun_completes(cohort, tmp_path: Path,
-                                                                          ray_local) -> None:
+def test_a_killed_ray_worker_leaves_finished_folds_and_the_rerun_completes(
+    cohort, tmp_path: Path, ray_local
+) -> None:
     config = _write_config(cohort, tmp_path, max_failures=0)
     with injected(FaultPlan(fold="1", epoch=0, mode="exit", once_marker=str(tmp_path / "killed"))):
         failed = _train(str(config))
@@ -125,13 +151,18 @@ def test_a_killed_ray_worker_leaves_finished_folds_and_the_rerun_completes(cohor
     (other,) = [p for p in (tmp_path / "runs").iterdir() if p != run]
     a, b = _predictions(run), _predictions(other)
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
-    pooled = [json.loads((r / "summary.json").read_text())["test"]["pooled"]["auroc"]["value"] for r in (run, other)]
+    pooled = [
+        json.loads((r / "summary.json").read_text())["test"]["pooled"]["auroc"]["value"]
+        for r in (run, other)
+    ]
     assert pooled[0] == pytest.approx(pooled[1])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ray_train_retries_a_dead_worker_and_skips_the_finished_folds(cohort, tmp_path: Path, ray_local) -> None:
+def test_ray_train_retries_a_dead_worker_and_skips_the_finished_folds(
+    cohort, tmp_path: Path, ray_local
+) -> None:
     config = _write_config(cohort, tmp_path, max_failures=1)
     with injected(FaultPlan(fold="2", epoch=0, mode="exit", once_marker=str(tmp_path / "killed"))):
         result = _train(str(config))

@@ -26,10 +26,14 @@ def _summary(tmp_path: Path) -> dict:
     for split in ("external", "test"):
         p = np.clip(y * 0.5 + rng.uniform(0, 0.6, 40), 0, 1)
         summary[split] = {"pooled": classification_report(y, p, n_boot=50), "folds": {}}
-    summary.update(run_id="abmil-1", out=str(tmp_path), checkpoints=["a", "b", "c", "d"],
-                   config={"labels": ["immune"], "model": {"model": "abmil"}, "cv": True},
-                   history=[[{"epoch": e, "loss": 0.5} for e in range(50)]] * 4,
-                   classes={"label": "immune", "positive": "High", "negative": "not High"})
+    summary.update(
+        run_id="abmil-1",
+        out=str(tmp_path),
+        checkpoints=["a", "b", "c", "d"],
+        config={"labels": ["immune"], "model": {"model": "abmil"}, "cv": True},
+        history=[[{"epoch": e, "loss": 0.5} for e in range(50)]] * 4,
+        classes={"label": "immune", "positive": "High", "negative": "not High"},
+    )
     return summary
 
 
@@ -57,12 +61,15 @@ def test_train_has_a_json_option() -> None:
 def test_train_prints_the_summary_and_records_the_positive_class(tmp_path: Path, ray_local) -> None:
     from training.mil.synthetic import write_planted_cohort
 
-    cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3)
+    cohort = write_planted_cohort(
+        str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3
+    )
     cohort.table[["slide_id", "label"]].to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
     (tmp_path / "c.yaml").write_text(
         "store: store\ncohort: labels.tsv\nlabels: [label]\nout: runs\nfolds: 3\n"
         f"encoder: {cohort.encoder}\nmodel: {{hidden: 8, attn_dim: 4}}\n"
-        "train: {epochs: 2, patience: 2, torch_threads: 1}\n")
+        "train: {epochs: 2, patience: 2, torch_threads: 1}\n"
+    )
     result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) < 20 and "auroc" in result.stdout

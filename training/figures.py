@@ -15,8 +15,16 @@ import numpy as np
 
 from infra.files import atomic_write
 
-__all__ = ["colour_limits", "draw_tile_map", "pyplot", "roc_band", "save_figure", "save_png",
-           "write_regression_png", "write_roc_calibration_png"]
+__all__ = [
+    "colour_limits",
+    "draw_tile_map",
+    "pyplot",
+    "roc_band",
+    "save_figure",
+    "save_png",
+    "write_regression_png",
+    "write_roc_calibration_png",
+]
 
 #: max/min below which per-tile values are called near-uniform (issue 30: 0.0364-0.0376
 #: attention once filled the whole colour range and looked like a strong pattern).
@@ -35,8 +43,9 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, overwrite: bool = True,
-                title: str | None = None) -> Path:
+def save_figure(
+    fig: Any, path: str | Path, *, dpi: int = 120, overwrite: bool = True, title: str | None = None
+) -> Path:
     """Write ``fig`` as a PNG atomically and close it; ``overwrite=False`` refuses an
     existing file (:class:`~infra.errors.OutputExistsError`), never replacing it.
     ``title`` also goes into the PNG's Title text chunk, for tools that list files."""
@@ -58,7 +67,11 @@ def save_png(image: Any, path: str | Path) -> Path:
 
 
 def roc_band(
-    y: np.ndarray, p: np.ndarray, *, n_boot: int = 200, seed: int = 0,
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(fpr grid, tpr, tpr 2.5%, tpr 97.5%): the curve on a common grid and a bootstrap
@@ -72,8 +85,11 @@ def roc_band(
     curves = []
     for _ in range(n_boot):
         pick = rng.choice(units, len(units), replace=True)
-        idx = (np.concatenate([np.flatnonzero(groups == g) for g in pick])
-               if groups is not None else pick)
+        idx = (
+            np.concatenate([np.flatnonzero(groups == g) for g in pick])
+            if groups is not None
+            else pick
+        )
         if len(np.unique(y[idx])) < 2:
             continue
         f, t, _ = roc_curve(y[idx], p[idx])
@@ -142,17 +158,29 @@ def write_roc_calibration_png(
             cal_ax = axes[0][1]
             bins = max(3, min(10, len(y) // 10))
             frac, mean = calibration_curve(y, np.clip(p, 0, 1), n_bins=bins, strategy="quantile")
-            cal_ax.plot(mean, frac, marker="o", color=colour, label=f"{name} ({bins} quantile bins)")
-    roc_ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate (1 − specificity)",
-               ylabel="true positive rate (sensitivity)", title="ROC, 95% bootstrap band")
+            cal_ax.plot(
+                mean, frac, marker="o", color=colour, label=f"{name} ({bins} quantile bins)"
+            )
+    roc_ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="false positive rate (1 − specificity)",
+        ylabel="true positive rate (sensitivity)",
+        title="ROC, 95% bootstrap band",
+    )
     roc_ax.set_aspect("equal")
     roc_ax.grid(alpha=0.3)
     roc_ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     if calibration:
         cal_ax = axes[0][1]
         cal_ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfectly calibrated")
-        cal_ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean predicted probability",
-                   ylabel="observed fraction positive", title="calibration")
+        cal_ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel="mean predicted probability",
+            ylabel="observed fraction positive",
+            title="calibration",
+        )
         cal_ax.set_aspect("equal")
         cal_ax.grid(alpha=0.3)
         cal_ax.legend(loc="upper left", fontsize=8)
@@ -162,9 +190,15 @@ def write_roc_calibration_png(
 
 
 def write_regression_png(
-    y: np.ndarray, p: np.ndarray, path: str | Path, *,
-    metrics: Mapping[str, Mapping[str, float]], label: str, overwrite: bool = True,
-    title: str | None = None, unit: str = "slides",
+    y: np.ndarray,
+    p: np.ndarray,
+    path: str | Path,
+    *,
+    metrics: Mapping[str, Mapping[str, float]],
+    label: str,
+    overwrite: bool = True,
+    title: str | None = None,
+    unit: str = "slides",
 ) -> Path:
     """Predicted vs observed with the identity line, n and r / R² (CIs) in the legend;
     ``title`` (what was predicted, by which model, from how many slides and patients)
@@ -200,8 +234,11 @@ def colour_limits(values: np.ndarray) -> tuple[float, float, str]:
     span = f"values {lo:.3g}–{hi:.3g}"
     if lo > 0 and hi / lo < NEAR_UNIFORM:
         mid = float(np.median(finite))
-        return (mid / _UNIFORM_SPAN, mid * _UNIFORM_SPAN,
-                f"{span}, near-uniform (max/min {hi / lo:.3f}; scale fixed at median ÷/× {_UNIFORM_SPAN})")
+        return (
+            mid / _UNIFORM_SPAN,
+            mid * _UNIFORM_SPAN,
+            f"{span}, near-uniform (max/min {hi / lo:.3f}; scale fixed at median ÷/× {_UNIFORM_SPAN})",
+        )
     if hi <= lo:
         return lo - 0.5, hi + 0.5, f"{span}, all equal"
     return lo, hi, span
@@ -219,16 +256,35 @@ def _scale_bar(ax: Any, width_mm: float) -> None:
 
     length = _nice_length(width_mm)
     text = f"{length:g} mm" if length >= 1 else f"{length * 1000:g} µm"
-    bar = AnchoredSizeBar(ax.transData, length, text, "lower left", pad=0.4, sep=3,
-                          color="black", frameon=True, size_vertical=width_mm / 150)
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length,
+        text,
+        "lower left",
+        pad=0.4,
+        sep=3,
+        color="black",
+        frameon=True,
+        size_vertical=width_mm / 150,
+    )
     bar.patch.set_alpha(0.7)
     ax.add_artist(bar)
 
 
 def draw_tile_map(
-    thumb: np.ndarray, grid: np.ndarray, path: str | Path, *, level0_size: tuple[int, int],
-    mpp: float, origin: tuple[int, int], stride: float, title: str, label: str,
-    cmap: str = "inferno", alpha: float = 0.6, overwrite: bool = True,
+    thumb: np.ndarray,
+    grid: np.ndarray,
+    path: str | Path,
+    *,
+    level0_size: tuple[int, int],
+    mpp: float,
+    origin: tuple[int, int],
+    stride: float,
+    title: str,
+    label: str,
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    overwrite: bool = True,
 ) -> Path:
     """Per-tile values (``grid``: one cell per tile, NaN where none; ``origin``/``stride``
     in level-0 px) over the slide thumbnail: axes in mm, a colour bar whose label states
@@ -240,9 +296,21 @@ def draw_tile_map(
     fig, ax = plt.subplots(figsize=(9.0, max(3.5, 7.5 * height0 / max(width0, 1)) + 1.0))
     ax.imshow(thumb[..., :3], extent=(0, width0 * mm, height0 * mm, 0))
     x0, y0 = origin
-    extent = (x0 * mm, (x0 + grid.shape[1] * stride) * mm, (y0 + grid.shape[0] * stride) * mm, y0 * mm)
-    image = ax.imshow(np.ma.masked_invalid(grid), extent=extent, cmap=cmap, alpha=alpha,
-                      vmin=vmin, vmax=vmax, interpolation="nearest")
+    extent = (
+        x0 * mm,
+        (x0 + grid.shape[1] * stride) * mm,
+        (y0 + grid.shape[0] * stride) * mm,
+        y0 * mm,
+    )
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        extent=extent,
+        cmap=cmap,
+        alpha=alpha,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+    )
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(f"{label}\n({note})", fontsize=8)
     ax.set(xlabel="x (mm)", ylabel="y (mm)", xlim=(0, width0 * mm), ylim=(height0 * mm, 0))

@@ -46,16 +46,24 @@ def main() -> None:
 
     model = TimmModel(ARCH, pretrained=False)  # num_classes=0 is LazySlide's default
     model.model.load_state_dict(load_file(weights), strict=True)
-    transform = get_default_transform((224, 224), interpolation="bicubic", crop_pct=1.0,
-                                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    transform = get_default_transform(
+        (224, 224), interpolation="bicubic", crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    )
     tiles = 0
     with tempfile.TemporaryDirectory() as tmp:
         for slide in slides:
             wsi = zs.open_wsi(slide, store=tmp)
             zs.pp.find_tissues(wsi)
             zs.pp.tile_tissues(wsi, tile, mpp=mpp, edge=True, background_fraction=1 - keep)
-            features = zs.tl.feature_extraction(wsi, model, transform=transform, batch_size=32,
-                                                device="cpu", pbar=False, return_features=True)
+            features = zs.tl.feature_extraction(
+                wsi,
+                model,
+                transform=transform,
+                batch_size=32,
+                device="cpu",
+                pbar=False,
+                return_features=True,
+            )
             wsi.write()
             tiles += len(features)
     Path(out).write_text(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - start}))

@@ -35,22 +35,35 @@ def main() -> None:
     )
 
     if keep != DEFAULT_MASK_SAMPLING.min_coverage["tissue"]:
-        raise ValueError(f"keep rule {keep} differs from hs2p's default tissue coverage "
-                         f"{DEFAULT_MASK_SAMPLING.min_coverage['tissue']} this script uses")
+        raise ValueError(
+            f"keep rule {keep} differs from hs2p's default tissue coverage "
+            f"{DEFAULT_MASK_SAMPLING.min_coverage['tissue']} this script uses"
+        )
 
-    @register_encoder("bench-vit-s-random", encode_dim=384, input_size=224, patch_size=16,
-                      supports_variable_input_size=False,
-                      supported_spacing_um=mpp, precision="fp32", source="random init (benchmark)")
+    @register_encoder(
+        "bench-vit-s-random",
+        encode_dim=384,
+        input_size=224,
+        patch_size=16,
+        supports_variable_input_size=False,
+        supported_spacing_um=mpp,
+        precision="fp32",
+        source="random init (benchmark)",
+    )
     class BenchViTS(TimmTileEncoder):
         def __init__(self, *, output_variant: str | None = None) -> None:
-            super().__init__("vit_small_patch16_224", output_variant=output_variant, pretrained=False)
+            super().__init__(
+                "vit_small_patch16_224", output_variant=output_variant, pretrained=False
+            )
             self._model.load_state_dict(load_file(weights), strict=True)
 
     model = Model(name="bench-vit-s-random", device="cpu", allow_non_recommended_settings=True)
     prep = PreprocessingConfig(
-        tiling=TilingConfig(requested_spacing_um=mpp, requested_tile_size_px=tile, tolerance=0.05,
-                            overlap=0.0),
-        preview=PreviewConfig(save_mask_preview=False, save_tiling_preview=False))
+        tiling=TilingConfig(
+            requested_spacing_um=mpp, requested_tile_size_px=tile, tolerance=0.05, overlap=0.0
+        ),
+        preview=PreviewConfig(save_mask_preview=False, save_tiling_preview=False),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         execution = ExecutionOptions(output_dir=Path(tmp), batch_size=32, precision="fp32")
         result = model.embed_slides(slides, preprocessing=prep, execution=execution)

@@ -52,13 +52,15 @@ def vit_cls(weights: str) -> Any:  # a ModelABC; torch and tiatoolbox exist only
             self.vit.eval()
 
         def forward(self, imgs: torch.Tensor) -> torch.Tensor:  # NCHW float in 0..255
-            x = F.interpolate(imgs / 255.0, size=(224, 224), mode="bicubic", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                imgs / 255.0, size=(224, 224), mode="bicubic", antialias=True, align_corners=False
+            )
             return self.vit((x - 0.5) / 0.5)
 
         @staticmethod
-        def infer_batch(model: torch.nn.Module, batch_data: torch.Tensor, *,
-                        device: str) -> list[np.ndarray]:
+        def infer_batch(
+            model: torch.nn.Module, batch_data: torch.Tensor, *, device: str
+        ) -> list[np.ndarray]:
             x = batch_data.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2).contiguous()
             model.eval()
             with torch.inference_mode():
@@ -75,13 +77,23 @@ def main() -> None:
     from tiatoolbox.models.engine.deep_feature_extractor import DeepFeatureExtractor
     from tiatoolbox.models.engine.io_config import IOPatchPredictorConfig
 
-    extractor = DeepFeatureExtractor(model=vit_cls(weights), batch_size=32, device="cpu",
-                                     verbose=False)
-    ioconfig = IOPatchPredictorConfig(input_resolutions=[{"units": "mpp", "resolution": mpp}],
-                                      patch_input_shape=(tile, tile), stride_shape=(tile, tile))
+    extractor = DeepFeatureExtractor(
+        model=vit_cls(weights), batch_size=32, device="cpu", verbose=False
+    )
+    ioconfig = IOPatchPredictorConfig(
+        input_resolutions=[{"units": "mpp", "resolution": mpp}],
+        patch_input_shape=(tile, tile),
+        stride_shape=(tile, tile),
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        outputs = extractor.run(slides, patch_mode=False, ioconfig=ioconfig, save_dir=Path(tmp) / "out",
-                                output_type="zarr", auto_get_mask=True)
+        outputs = extractor.run(
+            slides,
+            patch_mode=False,
+            ioconfig=ioconfig,
+            save_dir=Path(tmp) / "out",
+            output_type="zarr",
+            auto_get_mask=True,
+        )
         tiles = 0
         for path in outputs.values():
             features = zarr.open(str(path), mode="r")["features"]

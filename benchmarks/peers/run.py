@@ -48,9 +48,11 @@ PEERS = ROOT / "benchmarks" / ".peers"
 #: kernels are the same on both sides, except where the peer forbids them: tiatoolbox
 #: 2.1.3 requires torch<2.13 and timm<1.0.28, so it gets the newest allowed of each (the
 #: weights still come from the shared safetensors file, not timm's initialisation)
-PINS = {"slide2vec": ["slide2vec==7.1.4", "torch==2.15.0", "timm==1.0.31"],
-        "lazyslide": ["lazyslide==0.13.0", "torch==2.15.0", "timm==1.0.31"],
-        "tiatoolbox": ["tiatoolbox==2.1.3", "torch==2.12.1", "timm==1.0.27"]}
+PINS = {
+    "slide2vec": ["slide2vec==7.1.4", "torch==2.15.0", "timm==1.0.31"],
+    "lazyslide": ["lazyslide==0.13.0", "torch==2.15.0", "timm==1.0.31"],
+    "tiatoolbox": ["tiatoolbox==2.1.3", "torch==2.12.1", "timm==1.0.27"],
+}
 TILE, MPP, KEEP = 256, 0.5, 0.01
 VIT = "vit_small_patch16_224"
 
@@ -65,9 +67,14 @@ def install(peer: str) -> Path:
         return python
     uv = Path(sys.executable).parent / "uv"
     if not python.exists():
-        subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(PEERS / peer)], check=True)
-    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *PINS[peer]], check=True,
-                   env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+        subprocess.run(
+            [str(uv), "venv", "-q", "--python", sys.executable, str(PEERS / peer)], check=True
+        )
+    subprocess.run(
+        [str(uv), "pip", "install", "-q", "--python", str(python), *PINS[peer]],
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+    )
     atomic_write_text(stamp, pins)
     return python
 
@@ -86,7 +93,9 @@ def write_random_vit(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess, float]:
+def _timed(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess, float]:
     """(wall seconds, the finished process, 1-min load at start: the machine is shared)."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -136,18 +145,47 @@ print(json.dumps({"tiles_per_s": 64 / sorted(times)[1], "threads": torch.get_num
 VIT_S_GFLOP = 9.2
 
 
-def run_slidebank(paths: list[str], encoder: str, weights: str | None, stain: str, keep: float,
-                  scratch: Path, cpu_dtype: str = "float32") -> dict:
+def run_slidebank(
+    paths: list[str],
+    encoder: str,
+    weights: str | None,
+    stain: str,
+    keep: float,
+    scratch: Path,
+    cpu_dtype: str = "float32",
+) -> dict:
     store = scratch / f"store-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}  # cold: its own Ray
-    wall, proc, load = _timed([sys.executable, "-c", SLIDEBANK, encoder, weights or "-", stain, str(keep),
-                               str(TILE), str(MPP), cpu_dtype, str(store), *paths], env)
+    wall, proc, load = _timed(
+        [
+            sys.executable,
+            "-c",
+            SLIDEBANK,
+            encoder,
+            weights or "-",
+            stain,
+            str(keep),
+            str(TILE),
+            str(MPP),
+            cpu_dtype,
+            str(store),
+            *paths,
+        ],
+        env,
+    )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     tool = "slidebank" if cpu_dtype == "float32" else f"slidebank (cpu {cpu_dtype})"
-    return {"tool": tool, "tiles": out["tiles"], "failed": out["failed"], "wall_s": wall,
-            "tiles_per_s": out["tiles"] / wall, "inner_s": out["inner_s"],
-            "first_tile_s": out["first_tile_s"], "steady_tiles_per_s": out["steady_tiles_per_s"],
-            "load_1min_at_start": load}
+    return {
+        "tool": tool,
+        "tiles": out["tiles"],
+        "failed": out["failed"],
+        "wall_s": wall,
+        "tiles_per_s": out["tiles"] / wall,
+        "inner_s": out["inner_s"],
+        "first_tile_s": out["first_tile_s"],
+        "steady_tiles_per_s": out["steady_tiles_per_s"],
+        "load_1min_at_start": load,
+    }
 
 
 def encoder_ceiling(weights: Path) -> dict:
@@ -155,8 +193,13 @@ def encoder_ceiling(weights: Path) -> dict:
     _, proc, load = _timed([sys.executable, "-c", CEILING, VIT, str(weights)])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     cores = os.cpu_count() or 1
-    return {**out, "gflop_per_tile": VIT_S_GFLOP, "gflop_per_s": out["tiles_per_s"] * VIT_S_GFLOP,
-            "gflop_per_s_per_core": out["tiles_per_s"] * VIT_S_GFLOP / cores, "load_1min_at_start": load}
+    return {
+        **out,
+        "gflop_per_tile": VIT_S_GFLOP,
+        "gflop_per_s": out["tiles_per_s"] * VIT_S_GFLOP,
+        "gflop_per_s_per_core": out["tiles_per_s"] * VIT_S_GFLOP / cores,
+        "load_1min_at_start": load,
+    }
 
 
 def run_peer(peer: str, paths: list[str], weights: Path, scratch: Path) -> dict:
@@ -164,26 +207,51 @@ def run_peer(peer: str, paths: list[str], weights: Path, scratch: Path) -> dict:
     inner seconds (imports and model build included, interpreter start not)."""
     python = install(peer)
     result = scratch / f"{peer}.json"
-    wall, _, load = _timed([str(python), str(ROOT / "benchmarks" / "peers" / f"_{peer}_run.py"), str(result),
-                      str(TILE), str(MPP), str(KEEP), str(weights), *paths])
+    wall, _, load = _timed(
+        [
+            str(python),
+            str(ROOT / "benchmarks" / "peers" / f"_{peer}_run.py"),
+            str(result),
+            str(TILE),
+            str(MPP),
+            str(KEEP),
+            str(weights),
+            *paths,
+        ]
+    )
     out = json.loads(result.read_text())
-    return {"tool": PINS[peer][0].replace("==", " "), "pins": PINS[peer], "tiles": out["tiles"],
-            "wall_s": wall, "inner_s": out["seconds"], "tiles_per_s": out["tiles"] / wall,
-            "load_1min_at_start": load}
+    return {
+        "tool": PINS[peer][0].replace("==", " "),
+        "pins": PINS[peer],
+        "tiles": out["tiles"],
+        "wall_s": wall,
+        "inner_s": out["seconds"],
+        "tiles_per_s": out["tiles"] / wall,
+        "load_1min_at_start": load,
+    }
 
 
-_SEQUENTIAL = ("import json, sys; from pathlib import Path; "
-               "from benchmarks._clam_baseline import run_clam_style; "
-               "s, n = run_clam_style(sys.argv[2:], 'handcrafted-he-v1', None, Path(sys.argv[1])); "
-               "print(json.dumps({'tiles': n}))")
+_SEQUENTIAL = (
+    "import json, sys; from pathlib import Path; "
+    "from benchmarks._clam_baseline import run_clam_style; "
+    "s, n = run_clam_style(sys.argv[2:], 'handcrafted-he-v1', None, Path(sys.argv[1])); "
+    "print(json.dumps({'tiles': n}))"
+)
 
 
 def run_sequential(paths: list[str], scratch: Path) -> dict:
-    wall, proc, load = _timed([sys.executable, "-c", _SEQUENTIAL, str(scratch / "h5"), *paths],
-                              {**os.environ, "PYTHONPATH": str(ROOT)})
+    wall, proc, load = _timed(
+        [sys.executable, "-c", _SEQUENTIAL, str(scratch / "h5"), *paths],
+        {**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     tiles = json.loads(proc.stdout.strip().splitlines()[-1])["tiles"]
-    return {"tool": "sequential OpenSlide+NumPy", "tiles": tiles, "wall_s": wall, "tiles_per_s": tiles / wall,
-            "load_1min_at_start": load}
+    return {
+        "tool": "sequential OpenSlide+NumPy",
+        "tiles": tiles,
+        "wall_s": wall,
+        "tiles_per_s": tiles / wall,
+        "load_1min_at_start": load,
+    }
 
 
 def run_sequential_split(paths: list[str], scratch: Path, parts: int) -> dict:
@@ -194,9 +262,17 @@ def run_sequential_split(paths: list[str], scratch: Path, parts: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", _SEQUENTIAL, str(scratch / f"h5-{i}"), *paths[i::parts]],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for i in range(parts)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SEQUENTIAL, str(scratch / f"h5-{i}"), *paths[i::parts]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for i in range(parts)
+    ]
     outs = [p.communicate() for p in procs]
     wall = time.perf_counter() - start
     for proc, (_, err) in zip(procs, outs, strict=True):
@@ -204,8 +280,13 @@ def run_sequential_split(paths: list[str], scratch: Path, parts: int) -> dict:
             raise RuntimeError(f"sequential share failed ({proc.returncode}): {err[-3000:]}")
     tiles = sum(json.loads(out.strip().splitlines()[-1])["tiles"] for out, _ in outs)
     print(f"  sequential x{parts}: {wall:.1f} s (load {load:.1f})", flush=True)
-    return {"tool": f"sequential OpenSlide+NumPy, {parts} processes on interleaved shares", "tiles": tiles,
-            "wall_s": wall, "tiles_per_s": tiles / wall, "load_1min_at_start": load}
+    return {
+        "tool": f"sequential OpenSlide+NumPy, {parts} processes on interleaved shares",
+        "tiles": tiles,
+        "wall_s": wall,
+        "tiles_per_s": tiles / wall,
+        "load_1min_at_start": load,
+    }
 
 
 def vit_case(args: argparse.Namespace, scratch: Path) -> dict:
@@ -220,23 +301,36 @@ def vit_case(args: argparse.Namespace, scratch: Path) -> dict:
     ceiling = encoder_ceiling(weights)
     rows = [run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch)]
     if args.bf16:  # the opt-in CPU bf16 autocast, same weights (different numerics)
-        rows.append(run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch, "bfloat16"))
+        rows.append(
+            run_slidebank(paths, f"timm:{VIT}", str(weights), "none", KEEP, scratch, "bfloat16")
+        )
     ours = rows[0]
     extra = rows[1:]
     rows += [run_peer(peer, paths, weights, scratch) for peer in peers]
-    return {"slides": len(paths), "tile_px": TILE, "mpp": MPP, "keep_min_tissue": KEEP,
-            "encoder_ceiling": ceiling,
-            # The steady state (after the first tile) and the whole run (start-up included)
-            # against the encoder alone: what the data path and start-up leave on the table.
-            "slidebank_steady_over_ceiling": (ours["steady_tiles_per_s"] or 0) / ceiling["tiles_per_s"],
-            "slidebank_whole_run_over_ceiling": ours["tiles_per_s"] / ceiling["tiles_per_s"],
-            "encoder": f"{VIT}, random init (seed 0), one safetensors file loaded by every side",
-            "threads": f"torch default on every side (all {os.cpu_count()} cores)",
-            "rows": rows,
-            **{f"ratio_tiles_per_s_slidebank_over_{peer}": rows[0]["tiles_per_s"] / row["tiles_per_s"]
-               for peer, row in zip(peers, rows[1 + len(extra):], strict=True)},
-            **{f"ratio_tiles_per_s_slidebank_bf16_over_{peer}": extra[0]["tiles_per_s"] / row["tiles_per_s"]
-               for peer, row in zip(peers, rows[1 + len(extra):], strict=True) if extra}}
+    return {
+        "slides": len(paths),
+        "tile_px": TILE,
+        "mpp": MPP,
+        "keep_min_tissue": KEEP,
+        "encoder_ceiling": ceiling,
+        # The steady state (after the first tile) and the whole run (start-up included)
+        # against the encoder alone: what the data path and start-up leave on the table.
+        "slidebank_steady_over_ceiling": (ours["steady_tiles_per_s"] or 0) / ceiling["tiles_per_s"],
+        "slidebank_whole_run_over_ceiling": ours["tiles_per_s"] / ceiling["tiles_per_s"],
+        "encoder": f"{VIT}, random init (seed 0), one safetensors file loaded by every side",
+        "threads": f"torch default on every side (all {os.cpu_count()} cores)",
+        "rows": rows,
+        **{
+            f"ratio_tiles_per_s_slidebank_over_{peer}": rows[0]["tiles_per_s"] / row["tiles_per_s"]
+            for peer, row in zip(peers, rows[1 + len(extra) :], strict=True)
+        },
+        **{
+            f"ratio_tiles_per_s_slidebank_bf16_over_{peer}": extra[0]["tiles_per_s"]
+            / row["tiles_per_s"]
+            for peer, row in zip(peers, rows[1 + len(extra) :], strict=True)
+            if extra
+        },
+    }
 
 
 def _peer_list(text: str) -> list[str]:
@@ -245,41 +339,74 @@ def _peer_list(text: str) -> list[str]:
     peers = [p.strip() for p in text.split(",") if p.strip()]
     unknown = sorted(set(peers) - set(PINS))
     if unknown or not peers:
-        raise SystemExit(f"--peers {text!r}: unknown {unknown or 'empty list'}; known: {', '.join(PINS)}")
+        raise SystemExit(
+            f"--peers {text!r}: unknown {unknown or 'empty list'}; known: {', '.join(PINS)}"
+        )
     return peers
 
 
 def weight_free_case(args: argparse.Namespace, scratch: Path) -> dict:
     from ingest.synthetic.cohort import write_small_cohort
 
-    paths = [str(p) for p in write_small_cohort(DATA / "scale_1000x1024", args.slides)][: args.slides]
+    paths = [str(p) for p in write_small_cohort(DATA / "scale_1000x1024", args.slides)][
+        : args.slides
+    ]
     cores = os.cpu_count() or 1
-    rows = [run_slidebank(paths, "handcrafted-he-v1", None, "none", 0.5, scratch),
-            run_sequential(paths, scratch), run_sequential_split(paths, scratch, cores)]
-    return {"slides": len(paths), "rows": rows,
-            "ratio_tiles_per_s_slidebank_over_sequential": rows[0]["tiles_per_s"] / rows[1]["tiles_per_s"],
-            # The script's own gain from all cores: the bound on the ratio above for any
-            # engine whose per-slide work equals the script's.
-            f"ratio_tiles_per_s_sequential_x{cores}_over_sequential": rows[2]["tiles_per_s"] / rows[1]["tiles_per_s"],
-            "ratio_tiles_per_s_slidebank_over_sequential_split": rows[0]["tiles_per_s"] / rows[2]["tiles_per_s"]}
+    rows = [
+        run_slidebank(paths, "handcrafted-he-v1", None, "none", 0.5, scratch),
+        run_sequential(paths, scratch),
+        run_sequential_split(paths, scratch, cores),
+    ]
+    return {
+        "slides": len(paths),
+        "rows": rows,
+        "ratio_tiles_per_s_slidebank_over_sequential": rows[0]["tiles_per_s"]
+        / rows[1]["tiles_per_s"],
+        # The script's own gain from all cores: the bound on the ratio above for any
+        # engine whose per-slide work equals the script's.
+        f"ratio_tiles_per_s_sequential_x{cores}_over_sequential": rows[2]["tiles_per_s"]
+        / rows[1]["tiles_per_s"],
+        "ratio_tiles_per_s_slidebank_over_sequential_split": rows[0]["tiles_per_s"]
+        / rows[2]["tiles_per_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("case", choices=["vit", "weight-free"])
     parser.add_argument("--install", action="store_true", help="create missing peer venvs first")
-    parser.add_argument("--peers", default=",".join(PINS),
-                        help=f"vit: comma-separated peers to run (default: {','.join(PINS)})")
-    parser.add_argument("--quick", action="store_true", help="vit: 2 slides of 4096² instead of 6 of 8192²")
-    parser.add_argument("--bf16", action="store_true",
-                        help="vit: also run slidebank with cpu_dtype=bfloat16 (RunOptions.cpu_dtype)")
-    parser.add_argument("--slides", type=int, default=1000, help="weight-free: how many small slides")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PINS),
+        help=f"vit: comma-separated peers to run (default: {','.join(PINS)})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="vit: 2 slides of 4096² instead of 6 of 8192²"
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="vit: also run slidebank with cpu_dtype=bfloat16 (RunOptions.cpu_dtype)",
+    )
+    parser.add_argument(
+        "--slides", type=int, default=1000, help="weight-free: how many small slides"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="slidebank-peers-") as tmp:
         body = (vit_case if args.case == "vit" else weight_free_case)(args, Path(tmp))
-    write_json(args.out, {"benchmark": f"peers-{args.case}", "machine": machine(), "shared_machine": True,
-                          "load_1min_at_end": os.getloadavg()[0], **body})
+    write_json(
+        args.out,
+        {
+            "benchmark": f"peers-{args.case}",
+            "machine": machine(),
+            "shared_machine": True,
+            "load_1min_at_end": os.getloadavg()[0],
+            **body,
+        },
+    )
     print(json.dumps(body, indent=2))
 
 

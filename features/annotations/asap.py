@@ -59,23 +59,34 @@ def _polygon(path: str, index: int, node: ET.Element) -> Annotation:
     label = f"feature {index}" + (f" ({name!r})" if name else "")
     kind = (node.get("Type") or "Polygon").lower()
     if kind not in _AREA_TYPES:
-        raise AnnotationFormatError(f"{path}: {label} has Type {node.get('Type')!r}; only "
-                                    "Polygon, Spline and Rectangle have an area to import")
+        raise AnnotationFormatError(
+            f"{path}: {label} has Type {node.get('Type')!r}; only "
+            "Polygon, Spline and Rectangle have an area to import"
+        )
     points: list[tuple[float, float, float]] = []
     for c in node.iter("Coordinate"):
         try:
-            points.append((float(c.get("Order", len(points))), float(c.get("X", "")),
-                           float(c.get("Y", ""))))
+            points.append(
+                (float(c.get("Order", len(points))), float(c.get("X", "")), float(c.get("Y", "")))
+            )
         except ValueError as exc:
-            raise AnnotationFormatError(f"{path}: {label}: unreadable coordinate {c.attrib}") from exc
+            raise AnnotationFormatError(
+                f"{path}: {label}: unreadable coordinate {c.attrib}"
+            ) from exc
     if len(points) < 3:
-        raise AnnotationFormatError(f"{path}: {label} has {len(points)} coordinates; a polygon "
-                                    "needs at least 3")
+        raise AnnotationFormatError(
+            f"{path}: {label} has {len(points)} coordinates; a polygon needs at least 3"
+        )
     points.sort(key=lambda p: p[0])
     group = node.get("PartOfGroup") or UNCLASSIFIED
     klass = UNCLASSIFIED if group == "None" else "Tumor" if group in CAMELYON_TUMOUR else group
-    return Annotation(index, klass, Polygon([(x, y) for _, x, y in points]), name=name,
-                      color=_color(node.get("Color")))
+    return Annotation(
+        index,
+        klass,
+        Polygon([(x, y) for _, x, y in points]),
+        name=name,
+        color=_color(node.get("Color")),
+    )
 
 
 def read_asap(path: str, data: bytes) -> AnnotationSet:
@@ -86,8 +97,9 @@ def read_asap(path: str, data: bytes) -> AnnotationSet:
         raise EmptyAnnotationError(f"{path}: no <Annotation> elements")
     group_colors = {g.get("Name"): _color(g.get("Color")) for g in root.iter("Group")}
     features = [_polygon(path, i, n) for i, n in enumerate(nodes)]
-    features = [a if a.color else replace(a, color=group_colors.get(a.class_name))
-                for a in features]
+    features = [
+        a if a.color else replace(a, color=group_colors.get(a.class_name)) for a in features
+    ]
     return _subtract_exclusions(path, features)
 
 
@@ -99,18 +111,23 @@ def _subtract_exclusions(path: str, features: Sequence[Annotation]) -> Annotatio
     if not cuts:
         return AnnotationSet(tuple(kept), path)
     if not kept:
-        raise EmptyAnnotationError(f"{path}: only exclusion annotations ({len(cuts)}), "
-                                   "nothing to exclude them from")
+        raise EmptyAnnotationError(
+            f"{path}: only exclusion annotations ({len(cuts)}), nothing to exclude them from"
+        )
     hole = shapely.union_all([shapely.make_valid(a.geometry) for a in cuts])
-    out = [replace(a, geometry=polygonal(shapely.make_valid(a.geometry).difference(hole)))
-           for a in kept]
+    out = [
+        replace(a, geometry=polygonal(shapely.make_valid(a.geometry).difference(hole)))
+        for a in kept
+    ]
     note = f"{path}: {len(cuts)} exclusion annotation(s) subtracted from the others"
     return AnnotationSet(tuple(out), path, (note,))
 
 
 def _coordinates(ring: Any, start: int) -> list[str]:
-    return [f'<Coordinate Order="{start + i}" X="{x!r}" Y="{y!r}"/>'
-            for i, (x, y) in enumerate(list(ring.coords)[:-1])]
+    return [
+        f'<Coordinate Order="{start + i}" X="{x!r}" Y="{y!r}"/>'
+        for i, (x, y) in enumerate(list(ring.coords)[:-1])
+    ]
 
 
 def to_asap_xml(annotations: Sequence[Annotation]) -> str:
@@ -132,11 +149,18 @@ def to_asap_xml(annotations: Sequence[Annotation]) -> str:
             for ring, group in rings:
                 name = quoteattr(ann.name or f"Annotation {len(rows)}")
                 body = "".join(_coordinates(ring, 0))
-                rows.append(f'<Annotation Name={name} Type="Polygon" PartOfGroup={quoteattr(group)} '
-                            f'Color="{color}"><Coordinates>{body}</Coordinates></Annotation>')
+                rows.append(
+                    f'<Annotation Name={name} Type="Polygon" PartOfGroup={quoteattr(group)} '
+                    f'Color="{color}"><Coordinates>{body}</Coordinates></Annotation>'
+                )
     if holes:
         groups.setdefault("_2", "#000000")
-    group_xml = "".join(f'<Group Name={quoteattr(g)} PartOfGroup="None" Color="{c}"><Attributes/>'
-                        "</Group>" for g, c in groups.items())
-    return ('<?xml version="1.0"?><ASAP_Annotations><Annotations>' + "".join(rows)
-            + f"</Annotations><AnnotationGroups>{group_xml}</AnnotationGroups></ASAP_Annotations>")
+    group_xml = "".join(
+        f'<Group Name={quoteattr(g)} PartOfGroup="None" Color="{c}"><Attributes/></Group>'
+        for g, c in groups.items()
+    )
+    return (
+        '<?xml version="1.0"?><ASAP_Annotations><Annotations>'
+        + "".join(rows)
+        + f"</Annotations><AnnotationGroups>{group_xml}</AnnotationGroups></ASAP_Annotations>"
+    )

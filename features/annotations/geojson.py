@@ -46,9 +46,11 @@ def _features(path: str, document: Any) -> list[Any]:
         return features
     if isinstance(document, dict) and document.get("type") == "Feature":
         return [document]
-    raise AnnotationFormatError(f"{path}: expected a FeatureCollection, a list of Features or "
-                                f"a Feature, not {type(document).__name__}"
-                                f"{' ' + repr(document.get('type')) if isinstance(document, dict) else ''}")
+    raise AnnotationFormatError(
+        f"{path}: expected a FeatureCollection, a list of Features or "
+        f"a Feature, not {type(document).__name__}"
+        f"{' ' + repr(document.get('type')) if isinstance(document, dict) else ''}"
+    )
 
 
 def parse_geojson(path: str, document: Any) -> AnnotationSet:
@@ -60,8 +62,11 @@ def parse_geojson(path: str, document: Any) -> AnnotationSet:
 
 
 def _color(value: Any) -> Color | None:
-    if isinstance(value, list | tuple) and len(value) >= 3 and all(
-            isinstance(c, int | float) for c in value[:3]):
+    if (
+        isinstance(value, list | tuple)
+        and len(value) >= 3
+        and all(isinstance(c, int | float) for c in value[:3])
+    ):
         r, g, b = (int(c) for c in value[:3])
         return (r, g, b)
     if isinstance(value, int) and not isinstance(value, bool):  # QuPath 0.2: packed (A)RGB
@@ -87,18 +92,24 @@ def _feature(path: str, index: int, feature: Any) -> Annotation:
         raise AnnotationFormatError(f"{path}: feature {index} is not a GeoJSON Feature")
     props = feature.get("properties") or {}
     if not isinstance(props, dict):
-        raise AnnotationFormatError(f"{path}: feature {index} has properties that are not an object")
+        raise AnnotationFormatError(
+            f"{path}: feature {index} has properties that are not an object"
+        )
     name = props.get("name") if isinstance(props.get("name"), str) else None
     label = f"feature {index}" + (f" ({name!r})" if name else "")
     geometry = feature.get("geometry")
     kind = geometry.get("type") if isinstance(geometry, dict) else None
     if kind not in _AREA_TYPES:
-        raise AnnotationFormatError(f"{path}: {label} has geometry {kind or 'none'}; only "
-                                    "Polygon and MultiPolygon have an area to import")
+        raise AnnotationFormatError(
+            f"{path}: {label} has geometry {kind or 'none'}; only "
+            "Polygon and MultiPolygon have an area to import"
+        )
     try:
         shaped = shape(geometry)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise AnnotationFormatError(f"{path}: {label}: unreadable {kind} coordinates ({exc})") from exc
+        raise AnnotationFormatError(
+            f"{path}: {label}: unreadable {kind} coordinates ({exc})"
+        ) from exc
     if not all(math.isfinite(v) for v in shaped.bounds) and not shaped.is_empty:
         raise AnnotationFormatError(f"{path}: {label} has non-finite coordinates")
     klass, color = _classification(props)
@@ -109,8 +120,9 @@ def _measurements(values: Mapping[str, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.items() if math.isfinite(float(v))}
 
 
-def to_geojson(annotations: Sequence[Annotation], *,
-               measurements: Sequence[Mapping[str, float]] | None = None) -> dict[str, Any]:
+def to_geojson(
+    annotations: Sequence[Annotation], *, measurements: Sequence[Mapping[str, float]] | None = None
+) -> dict[str, Any]:
     """A QuPath-readable FeatureCollection (one annotation per feature, in order)."""
     from shapely.geometry import mapping
 
@@ -124,6 +136,12 @@ def to_geojson(annotations: Sequence[Annotation], *,
             props["name"] = ann.name
         if measurements is not None:
             props["measurements"] = _measurements(measurements[i])
-        features.append({"type": "Feature", "id": str(uuid.uuid4()),
-                         "geometry": mapping(ann.geometry), "properties": props})
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": mapping(ann.geometry),
+                "properties": props,
+            }
+        )
     return {"type": "FeatureCollection", "features": features}

@@ -49,13 +49,18 @@ def read_mask_array(path: str, data: bytes) -> np.ndarray:
     except Exception as exc:  # PIL and tifffile raise many types for bad bytes
         raise AnnotationFormatError(f"{path}: not a readable PNG or TIFF mask ({exc})") from exc
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        if not (np.array_equal(array[..., 0], array[..., 1])
-                and np.array_equal(array[..., 0], array[..., 2])):
-            raise AnnotationFormatError(f"{path}: a colour image; give a single-channel binary "
-                                        "or label mask")
+        if not (
+            np.array_equal(array[..., 0], array[..., 1])
+            and np.array_equal(array[..., 0], array[..., 2])
+        ):
+            raise AnnotationFormatError(
+                f"{path}: a colour image; give a single-channel binary or label mask"
+            )
         array = array[..., 0]
     if array.ndim != 2 or array.size == 0:
-        raise AnnotationFormatError(f"{path}: a mask must be one 2-D image, got shape {array.shape}")
+        raise AnnotationFormatError(
+            f"{path}: a mask must be one 2-D image, got shape {array.shape}"
+        )
     if array.dtype == bool:
         return array.astype(np.uint8)
     if not np.issubdtype(array.dtype, np.integer):
@@ -100,13 +105,20 @@ def _class_names(path: str, values: list[int], labels: Mapping[int, str] | None)
         return {v: f"label_{v}" for v in values}
     missing = [v for v in values if v not in labels]
     if missing:
-        raise UnknownClassError(f"{path}: mask value(s) {missing} have no class in the labels "
-                                f"given ({', '.join(f'{k}={n}' for k, n in labels.items())})")
+        raise UnknownClassError(
+            f"{path}: mask value(s) {missing} have no class in the labels "
+            f"given ({', '.join(f'{k}={n}' for k, n in labels.items())})"
+        )
     return {v: labels[v] for v in values}
 
 
-def _check_mpp(path: str, shape: tuple[int, ...], mask_mpp: float | None,
-               slide_mpp: float | None, slide_size: tuple[int, int]) -> float:
+def _check_mpp(
+    path: str,
+    shape: tuple[int, ...],
+    mask_mpp: float | None,
+    slide_mpp: float | None,
+    slide_size: tuple[int, int],
+) -> float:
     if mask_mpp is None:
         raise MaskMPPError(f"{path}: a mask needs its microns per pixel (mask_mpp / --mask-mpp)")
     if not (math.isfinite(mask_mpp) and mask_mpp > 0):
@@ -119,22 +131,41 @@ def _check_mpp(path: str, shape: tuple[int, ...], mask_mpp: float | None,
             raise MaskMPPError(
                 f"{path}: at {mask_mpp} µm/px the mask is {mask_um:.0f} µm "
                 f"{'wide' if axis == 0 else 'high'} but the slide is {slide_um:.0f} µm; "
-                f"wrong mask MPP? (it fits at {slide_um / n_mask:.4g} µm/px)")
+                f"wrong mask MPP? (it fits at {slide_um / n_mask:.4g} µm/px)"
+            )
     return mask_mpp / slide_mpp
 
 
-def read_mask(path: str, data: bytes, *, mask_mpp: float | None, slide_mpp: float | None,
-              slide_size: tuple[int, int], labels: Mapping[int, str] | None = None
-              ) -> AnnotationSet:
+def read_mask(
+    path: str,
+    data: bytes,
+    *,
+    mask_mpp: float | None,
+    slide_mpp: float | None,
+    slide_size: tuple[int, int],
+    labels: Mapping[int, str] | None = None,
+) -> AnnotationSet:
     """Annotations from a mask: one per connected polygon, in level-0 pixels."""
-    return mask_annotations(path, read_mask_array(path, data), mask_mpp=mask_mpp,
-                            slide_mpp=slide_mpp, slide_size=slide_size, labels=labels)
+    return mask_annotations(
+        path,
+        read_mask_array(path, data),
+        mask_mpp=mask_mpp,
+        slide_mpp=slide_mpp,
+        slide_size=slide_size,
+        labels=labels,
+    )
 
 
-def mask_annotations(path: str, array: np.ndarray, *, mask_mpp: float | None,
-                     slide_mpp: float | None, slide_size: tuple[int, int],
-                     labels: Mapping[int, str] | None = None,
-                     colors: Mapping[int, tuple[int, int, int]] | None = None) -> AnnotationSet:
+def mask_annotations(
+    path: str,
+    array: np.ndarray,
+    *,
+    mask_mpp: float | None,
+    slide_mpp: float | None,
+    slide_size: tuple[int, int],
+    labels: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+) -> AnnotationSet:
     """Annotations from a 2-D label array at ``mask_mpp``: one per connected polygon."""
     import shapely
 

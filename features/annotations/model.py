@@ -66,8 +66,10 @@ class AnnotationSet:
         """One geometry per class: the union of its features (overlaps count once)."""
         import shapely
 
-        return {c: shapely.union_all([a.geometry for a in self.annotations if a.class_name == c])
-                for c in self.classes()}
+        return {
+            c: shapely.union_all([a.geometry for a in self.annotations if a.class_name == c])
+            for c in self.classes()
+        }
 
 
 def polygonal(geometry: Any) -> Any:
@@ -88,16 +90,19 @@ def _repaired(ann: Annotation, source: str, repairs: list[str]) -> Annotation:
     if not shapely.is_valid(geometry):
         reason = shapely.is_valid_reason(geometry)
         fixed = polygonal(shapely.make_valid(geometry))
-        repairs.append(f"{ann.label}: invalid polygon ({reason}) repaired with make_valid, "
-                       f"area {geometry.area:.1f} -> {fixed.area:.1f} px²")
+        repairs.append(
+            f"{ann.label}: invalid polygon ({reason}) repaired with make_valid, "
+            f"area {geometry.area:.1f} -> {fixed.area:.1f} px²"
+        )
         geometry = fixed
     if geometry.is_empty or geometry.area <= 0:
         raise AnnotationFormatError(f"{source}: {ann.label} has no area (degenerate polygon)")
     return replace(ann, geometry=geometry)
 
 
-def _inside(ann: Annotation, source: str, size: tuple[int, int], clip: bool,
-            repairs: list[str]) -> Annotation:
+def _inside(
+    ann: Annotation, source: str, size: tuple[int, int], clip: bool, repairs: list[str]
+) -> Annotation:
     from shapely.geometry import box
 
     width, height = size
@@ -105,11 +110,14 @@ def _inside(ann: Annotation, source: str, size: tuple[int, int], clip: bool,
     t = _EDGE_TOLERANCE
     if x0 >= -t and y0 >= -t and x1 <= width + t and y1 <= height + t:
         return ann
-    where = (f"{source}: {ann.label} reaches ({x0:.0f}, {y0:.0f})-({x1:.0f}, {y1:.0f}), "
-             f"outside the slide (0, 0)-({width}, {height}) in level-0 pixels")
+    where = (
+        f"{source}: {ann.label} reaches ({x0:.0f}, {y0:.0f})-({x1:.0f}, {y1:.0f}), "
+        f"outside the slide (0, 0)-({width}, {height}) in level-0 pixels"
+    )
     if not clip:
-        raise AnnotationBoundsError(f"{where}; wrong slide or wrong units? (clip=True cuts "
-                                    "features to the slide)")
+        raise AnnotationBoundsError(
+            f"{where}; wrong slide or wrong units? (clip=True cuts features to the slide)"
+        )
     clipped = polygonal(ann.geometry.intersection(box(0, 0, width, height)))
     if clipped.is_empty or clipped.area <= 0:
         raise AnnotationBoundsError(f"{where}, entirely")
@@ -117,8 +125,13 @@ def _inside(ann: Annotation, source: str, size: tuple[int, int], clip: bool,
     return replace(ann, geometry=clipped)
 
 
-def check_set(annotations: AnnotationSet, *, slide_size: tuple[int, int] | None = None,
-              classes: Sequence[str] | None = None, clip: bool = False) -> AnnotationSet:
+def check_set(
+    annotations: AnnotationSet,
+    *,
+    slide_size: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
+    clip: bool = False,
+) -> AnnotationSet:
     """Repair invalid polygons (``make_valid``), then refuse features outside the slide
     (or clip them) and classes not in ``classes``; every repair is listed in ``repairs``."""
     source = annotations.source
@@ -129,8 +142,10 @@ def check_set(annotations: AnnotationSet, *, slide_size: tuple[int, int] | None 
     out = []
     for ann in annotations.annotations:
         if known is not None and ann.class_name not in known:
-            raise UnknownClassError(f"{source}: {ann.label} has class {ann.class_name!r}, not "
-                                    f"one of {', '.join(sorted(known)) or 'none'}")
+            raise UnknownClassError(
+                f"{source}: {ann.label} has class {ann.class_name!r}, not "
+                f"one of {', '.join(sorted(known)) or 'none'}"
+            )
         ann = _repaired(ann, source, repairs)
         if slide_size is not None:
             ann = _inside(ann, source, slide_size, clip, repairs)

@@ -24,8 +24,9 @@ __all__ = ["export_prediction_labels"]
 log = logging.getLogger(__name__)
 
 
-def _label_grid(store: FeatureStore, slide_id: str, predictions: str, threshold: float
-                ) -> tuple[np.ndarray, float]:
+def _label_grid(
+    store: FeatureStore, slide_id: str, predictions: str, threshold: float
+) -> tuple[np.ndarray, float]:
     """The thresholded map on the tile grid (uint8) and its µm per pixel."""
     from features.annotations.stored import slide_frame
     from features.store.arrays import grid_from_coords
@@ -33,8 +34,9 @@ def _label_grid(store: FeatureStore, slide_id: str, predictions: str, threshold:
     frame = slide_frame(store, slide_id)
     if frame.mpp is None:
         raise MaskMPPError(f"slide {slide_id!r} has no MPP: a label image needs one")
-    rows = store.derived("predictions", predictions, slide_ids=[slide_id],
-                         columns=["x", "y", "value"]).to_pandas()
+    rows = store.derived(
+        "predictions", predictions, slide_ids=[slide_id], columns=["x", "y", "value"]
+    ).to_pandas()
     if rows.empty:
         raise ConfigError(f"predictions/{predictions} has no rows for slide {slide_id!r}")
     coords = rows[["x", "y"]].to_numpy(np.int64)
@@ -48,8 +50,15 @@ def _label_grid(store: FeatureStore, slide_id: str, predictions: str, threshold:
     return grid, stride * frame.mpp
 
 
-def _write_labels(group: Any, name: str, grid: np.ndarray, mpp: float, class_name: str,
-                  color: tuple[int, int, int], threshold: float) -> None:
+def _write_labels(
+    group: Any,
+    name: str,
+    grid: np.ndarray,
+    mpp: float,
+    class_name: str,
+    color: tuple[int, int, int],
+    threshold: float,
+) -> None:
     from features.store.arrays import OME_VERSION, multiscales_metadata
 
     labels = group.require_group("labels")
@@ -58,27 +67,43 @@ def _write_labels(group: Any, name: str, grid: np.ndarray, mpp: float, class_nam
     while max(levels[-1].shape) > 256 and min(levels[-1].shape) >= 2:
         levels.append(levels[-1][::2, ::2])  # nearest: a label is never averaged
     for index, level in enumerate(levels):
-        array = image.create_array(str(index), shape=level.shape, dtype=level.dtype,
-                                   chunks=tuple(min(512, s) for s in level.shape), fill_value=0,
-                                   dimension_names=["y", "x"], overwrite=True)
+        array = image.create_array(
+            str(index),
+            shape=level.shape,
+            dtype=level.dtype,
+            chunks=tuple(min(512, s) for s in level.shape),
+            fill_value=0,
+            dimension_names=["y", "x"],
+            overwrite=True,
+        )
         array[...] = level
     ome = multiscales_metadata(name, ("y", "x"), mpp, len(levels), "max")
     ome["multiscales"][0]["type"] = "nearest"
     ome["multiscales"][0]["metadata"] = {
-        "description": f"P({class_name}) >= {threshold:g}, one pixel per tile, by slidebank"}
+        "description": f"P({class_name}) >= {threshold:g}, one pixel per tile, by slidebank"
+    }
     # 0.5: the version lives at the "ome" level only (0.4 repeated it in image-label)
-    ome["image-label"] = {"colors": [{"label-value": 1, "rgba": [*color, 255]}],
-                          "properties": [{"label-value": 1, "class": class_name}]}
+    ome["image-label"] = {
+        "colors": [{"label-value": 1, "rgba": [*color, 255]}],
+        "properties": [{"label-value": 1, "class": class_name}],
+    }
     image.attrs.put({"ome": ome})
     listed = [n for n in ome_attrs(labels).get("labels", []) if n != name]
     labels.attrs.put({"ome": {"version": OME_VERSION, "labels": [*listed, name]}})
 
 
-def export_prediction_labels(store: FeatureStore, slide_id: str, predictions: str,
-                             path: str | Path | None = None, *, threshold: float = 0.5,
-                             class_name: str = "tumour", name: str | None = None,
-                             color: tuple[int, int, int] = (200, 30, 30),
-                             overwrite: bool = False) -> str:
+def export_prediction_labels(
+    store: FeatureStore,
+    slide_id: str,
+    predictions: str,
+    path: str | Path | None = None,
+    *,
+    threshold: float = 0.5,
+    class_name: str = "tumour",
+    name: str | None = None,
+    color: tuple[int, int, int] = (200, 30, 30),
+    overwrite: bool = False,
+) -> str:
     """Write the thresholded map as the OME-Zarr label image ``labels/<name>`` (default:
     the predictions' name): into ``path`` (a ``.zarr`` folder) or, without one, into the
     slide's Zarr group in the store. Returns the label image's location."""
@@ -96,8 +121,9 @@ def export_prediction_labels(store: FeatureStore, slide_id: str, predictions: st
     else:
         target = Path(path)
         if target.exists() and not overwrite:
-            raise OutputExistsError(f"{target} exists; pass overwrite=True (--overwrite) to "
-                                    "replace it")
+            raise OutputExistsError(
+                f"{target} exists; pass overwrite=True (--overwrite) to replace it"
+            )
         group = zarr.open_group(str(target), mode="w", zarr_format=3)
         where = f"{target}/labels/{name}"
     _write_labels(group, name, grid, mpp, class_name, color, threshold)

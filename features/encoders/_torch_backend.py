@@ -196,11 +196,17 @@ class TorchBackend:
         from features.encoders.runtimes import prepare
 
         # compile=True is the older spelling of runtime="compile"
-        self._runtime = prepare("compile" if compile else runtime, module, spec,
-                                device=self._device.type, dtype=cpu_dtype,
-                                normalize=lambda t: preprocess(t, spec, self._scale, self._shift),
-                                threads=torch.get_num_threads(), batch_size=batch_size,
-                                weights_sha256=weights_sha256)
+        self._runtime = prepare(
+            "compile" if compile else runtime,
+            module,
+            spec,
+            device=self._device.type,
+            dtype=cpu_dtype,
+            normalize=lambda t: preprocess(t, spec, self._scale, self._shift),
+            threads=torch.get_num_threads(),
+            batch_size=batch_size,
+            weights_sha256=weights_sha256,
+        )
         self.compiled = self._runtime.runtime == "compile"
         self._stage = _PinnedStager(self._device) if cuda else None
 
@@ -209,8 +215,10 @@ class TorchBackend:
             return getattr(torch, self.spec.dtype) if self.spec.dtype != "float32" else None
         dtype = torch.bfloat16 if cpu_dtype == "bfloat16" else None
         if dtype is not None and not cpu_has_native_bf16():
-            logger.warning("cpu_dtype=bfloat16 on a CPU without AVX512-BF16/AMX: bf16 is "
-                           "emulated there and usually slower than float32")
+            logger.warning(
+                "cpu_dtype=bfloat16 on a CPU without AVX512-BF16/AMX: bf16 is "
+                "emulated there and usually slower than float32"
+            )
         return dtype
 
     @property
@@ -246,8 +254,9 @@ class TorchBackend:
         """:meth:`run_tensor` leaving the float32 (B, D) embeddings on the device, so the
         caller decides when to copy them (once per batch, with whatever else goes)."""
         with torch.inference_mode():
-            x = preprocess(batch.to(self._device, non_blocking=True), self.spec, self._scale,
-                           self._shift)
+            x = preprocess(
+                batch.to(self._device, non_blocking=True), self.spec, self._scale, self._shift
+            )
             autocast = (
                 torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
                 if self._autocast_dtype is not None and self._runtime.torch_native

@@ -53,8 +53,9 @@ def _check_tiles(tiles: Any) -> np.ndarray:
     return array
 
 
-def describe_encoder(encoder: str | EncoderSpec | None,
-                     weights: str | os.PathLike[str] | None = None) -> tuple[EncoderSpec, str | None]:
+def describe_encoder(
+    encoder: str | EncoderSpec | None, weights: str | os.PathLike[str] | None = None
+) -> tuple[EncoderSpec, str | None]:
     """The spec and the weight file's sha256 (None for built-in or random weights) without
     building the model: what a run's configuration hash needs, in milliseconds rather
     than the seconds a model build takes, so planning can start while the model loads."""
@@ -244,19 +245,23 @@ class Encoder:
 
         tensor = tiles if isinstance(tiles, torch.Tensor) else torch.from_dlpack(tiles)
         if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
-            raise ConfigError(f"tiles must be uint8 RGB (B, H, W, 3), got {tensor.dtype} "
-                              f"{tuple(tensor.shape)}")
+            raise ConfigError(
+                f"tiles must be uint8 RGB (B, H, W, 3), got {tensor.dtype} {tuple(tensor.shape)}"
+            )
         if len(tensor) == 0:
             out = torch.zeros((0, self.embed_dim), dtype=torch.float32, device=tensor.device)
         else:
             out = self._in_batches(forward, tensor, torch.cat)
         if tuple(out.shape) != (len(tensor), self.embed_dim):
-            raise ConfigError(f"encoder {self.name} produced {tuple(out.shape)}, spec declares "
-                              f"dim {self.embed_dim}")
+            raise ConfigError(
+                f"encoder {self.name} produced {tuple(out.shape)}, spec declares "
+                f"dim {self.embed_dim}"
+            )
         return out if isinstance(tiles, torch.Tensor) else xp.from_dlpack(out)
 
-    def _in_batches(self, forward: Callable[[Any], Any], tiles: Any,
-                    concat: Callable[[list[Any]], Any]) -> Any:
+    def _in_batches(
+        self, forward: Callable[[Any], Any], tiles: Any, concat: Callable[[list[Any]], Any]
+    ) -> Any:
         """``forward`` over ``tiles`` in slices of ``batch_size``, concatenated. A slice that
         runs out of device memory frees the caches and is run again at half the batch size
         (down to 1, which re-raises); the smaller size is kept for later batches, since what
@@ -264,7 +269,7 @@ class Encoder:
         are the unsplit batch's: a batch too large for the card costs speed, not the slide."""
         parts, start = [], 0
         while start < len(tiles):
-            chunk = tiles[start:start + self.batch_size]
+            chunk = tiles[start : start + self.batch_size]
             try:
                 parts.append(forward(chunk))
                 start += len(chunk)
@@ -282,8 +287,13 @@ class Encoder:
         _free_device_caches()
         metrics.record_encode_oom_retry()
         self.batch_size = (failed + 1) // 2
-        logger.warning("encoder %s ran out of device memory on %d tiles (%s); retrying at %d",
-                       self.spec.name, failed, reason, self.batch_size)
+        logger.warning(
+            "encoder %s ran out of device memory on %d tiles (%s); retrying at %d",
+            self.spec.name,
+            failed,
+            reason,
+            self.batch_size,
+        )
 
     @overload
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...

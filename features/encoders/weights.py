@@ -324,11 +324,15 @@ def check_torch_archive(path: str | os.PathLike[str]) -> None:
         ) from exc
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED:
-            raise WeightsError(f"{path.name}: refused to load: archive entry {entry.filename!r} "
-                               "is compressed, which torch.save never writes (a zip bomb?)")
+            raise WeightsError(
+                f"{path.name}: refused to load: archive entry {entry.filename!r} "
+                "is compressed, which torch.save never writes (a zip bomb?)"
+            )
         if entry.file_size != entry.compress_size or entry.header_offset + entry.file_size > size:
-            raise WeightsError(f"{path.name}: refused to load: archive entry {entry.filename!r} "
-                               f"declares {entry.file_size:,} bytes in a {size:,}-byte file")
+            raise WeightsError(
+                f"{path.name}: refused to load: archive entry {entry.filename!r} "
+                f"declares {entry.file_size:,} bytes in a {size:,}-byte file"
+            )
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -358,7 +362,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "(weights_only=True rejected it). Convert it to safetensors from a trusted source."
         ) from exc
     except Exception as exc:  # safetensors' SafetensorError derives from Exception only
-        if not isinstance(exc, OSError | RuntimeError | ValueError | EOFError | _safetensor_error()):
+        if not isinstance(
+            exc, OSError | RuntimeError | ValueError | EOFError | _safetensor_error()
+        ):
             raise
         raise WeightsError(f"{path.name}: not a readable checkpoint: {_first_line(exc)}") from exc
     for wrapper in ("state_dict", "model"):

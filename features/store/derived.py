@@ -138,8 +138,9 @@ def list_tables(tables: TableSet, kind: str | None = None) -> list[DerivedTable]
 def _keyed(slide_id: str, write_id: str, rows: pa.Table) -> pa.Table:
     clash = [c for c in _KEYS if c in rows.column_names]
     if clash:
-        raise StoreSchemaError(f"slide {slide_id!r}: derived rows may not carry {clash}; "
-                               "the store adds them")
+        raise StoreSchemaError(
+            f"slide {slide_id!r}: derived rows may not carry {clash}; the store adds them"
+        )
     n = rows.num_rows
     keys = [pa.array([slide_id] * n, pa.string()), pa.array([write_id] * n, pa.string())]
     fields = [pa.field(c, pa.string(), nullable=False) for c in _KEYS]
@@ -152,12 +153,16 @@ def _fit(table: pa.Table, dataset: lance.LanceDataset, ref: DerivedTable) -> pa.
     if table.schema.equals(dataset.schema, check_metadata=False):
         return table
     if table.column_names != dataset.schema.names:
-        raise StoreSchemaError(f"derived table {ref.kind}/{ref.name} has columns "
-                               f"{dataset.schema.names}, the rows {table.column_names}")
+        raise StoreSchemaError(
+            f"derived table {ref.kind}/{ref.name} has columns "
+            f"{dataset.schema.names}, the rows {table.column_names}"
+        )
     try:
         return table.cast(dataset.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-        raise StoreSchemaError(f"rows do not fit derived table {ref.kind}/{ref.name}: {exc}") from exc
+        raise StoreSchemaError(
+            f"rows do not fit derived table {ref.kind}/{ref.name}: {exc}"
+        ) from exc
 
 
 def _open(tables: TableSet, ref: DerivedTable) -> lance.LanceDataset | None:
@@ -177,7 +182,6 @@ def write_rows(
     """
     import lance
 
-
     ref = _ref(tables, kind, name)
     if not rows_by_slide:
         raise ConfigError(f"derived table {kind}/{name}: no slides to write")
@@ -186,16 +190,26 @@ def write_rows(
     try:
         table = pa.concat_tables(parts)
     except pa.ArrowInvalid as exc:
-        raise StoreSchemaError(f"derived table {kind}/{name}: slides' rows differ in schema: {exc}") from exc
+        raise StoreSchemaError(
+            f"derived table {kind}/{name}: slides' rows differ in schema: {exc}"
+        ) from exc
     dataset = _open(tables, ref) or tables.create(ref.uri, table.schema)
     table = _fit(table, dataset, ref)
     if table.num_rows:
         lance.write_dataset(table, ref.uri, mode="append", storage_options=tables.storage_options)
-    older = [f"(slide_id = {sql_literal(s)} AND write_id < {sql_literal(w)})"
-             for s, w in write_ids.items()]
+    older = [
+        f"(slide_id = {sql_literal(s)} AND write_id < {sql_literal(w)})"
+        for s, w in write_ids.items()
+    ]
     replaced = _delete_where(tables.open(ref.uri), older)
-    log.debug("%s/%s: wrote %d rows for %d slide(s), replaced %d", kind, name, table.num_rows,
-              len(write_ids), replaced)
+    log.debug(
+        "%s/%s: wrote %d rows for %d slide(s), replaced %d",
+        kind,
+        name,
+        table.num_rows,
+        len(write_ids),
+        replaced,
+    )
     return DerivedWrite(ref, write_ids, table.num_rows)
 
 
@@ -209,8 +223,9 @@ def write_tile_values(
     flat = np.asarray(values).reshape(-1)
     if len(flat) != len(xy):
         raise ConfigError(f"slide {slide_id!r}: {len(xy)} tiles but {len(flat)} {column} values")
-    rows = pa.table({"x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1]),
-                     column: pa.array(flat).cast(dtype)})
+    rows = pa.table(
+        {"x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1]), column: pa.array(flat).cast(dtype)}
+    )
     return write_rows(tables, kind, name, {slide_id: rows})
 
 
@@ -244,8 +259,10 @@ def read_rows(
     dataset = _open(tables, ref)
     if dataset is None:
         have = [t.name for t in list_tables(tables, kind)]
-        raise StoreNotFoundError(f"no derived table {kind}/{name!r} in the store at "
-                                 f"{tables.location.uri}; it has {', '.join(have) or 'none'}")
+        raise StoreNotFoundError(
+            f"no derived table {kind}/{name!r} in the store at "
+            f"{tables.location.uri}; it has {', '.join(have) or 'none'}"
+        )
     slide_filter = None
     if slide_ids is not None:
         slide_filter = in_list("slide_id", [validate_slide_id(s) for s in slide_ids])
@@ -253,8 +270,11 @@ def read_rows(
     predicate = in_list("write_id", current)
     if where:
         predicate = f"({predicate}) AND ({check_predicate(where)})"
-    wanted = list(columns) if columns is not None else [
-        c for c in dataset.schema.names if c != "write_id"]
+    wanted = (
+        list(columns)
+        if columns is not None
+        else [c for c in dataset.schema.names if c != "write_id"]
+    )
     rows = dataset.to_table(columns=list(dict.fromkeys([*wanted, "write_id"])), filter=predicate)
     rows = rows.filter(pc.is_in(rows.column("write_id"), value_set=pa.array(current, pa.string())))
     return rows.select(wanted)
@@ -287,11 +307,18 @@ def tidy(tables: TableSet, ref: DerivedTable) -> int:
     keys = dataset.to_table(columns=list(_KEYS))
     if not keys.num_rows:
         return 0
-    newest = keys.group_by("slide_id").aggregate([("write_id", "max"), ("write_id", "count_distinct")])
+    newest = keys.group_by("slide_id").aggregate(
+        [("write_id", "max"), ("write_id", "count_distinct")]
+    )
     several = newest.filter(pc.greater(newest.column("write_id_count_distinct"), 1))
-    clauses = [f"(slide_id = {sql_literal(s)} AND write_id < {sql_literal(w)})"
-               for s, w in zip(several.column("slide_id").to_pylist(),
-                               several.column("write_id_max").to_pylist(), strict=True)]
+    clauses = [
+        f"(slide_id = {sql_literal(s)} AND write_id < {sql_literal(w)})"
+        for s, w in zip(
+            several.column("slide_id").to_pylist(),
+            several.column("write_id_max").to_pylist(),
+            strict=True,
+        )
+    ]
     return _delete_where(dataset, clauses)
 
 
@@ -327,11 +354,17 @@ def put_blobs(tables: TableSet, kind: str, name: str, files: Mapping[str, bytes]
         raise ConfigError(f"{kind}/{name}: give at least one file, none named {MANIFEST}")
     folder = tables.location.join(DERIVED_DIR, kind, name)
     for file, data in files.items():
-        write_bytes_uri(f"{folder}/{validate_name('blob file name', file)}", data,
-                        tables.location.storage_options)
+        write_bytes_uri(
+            f"{folder}/{validate_name('blob file name', file)}",
+            data,
+            tables.location.storage_options,
+        )
     manifest = {"files": {f: len(d) for f, d in files.items()}}
-    write_bytes_uri(f"{folder}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode(),
-                    tables.location.storage_options)
+    write_bytes_uri(
+        f"{folder}/{MANIFEST}",
+        json.dumps(manifest, sort_keys=True).encode(),
+        tables.location.storage_options,
+    )
     return folder
 
 
@@ -355,5 +388,6 @@ def read_blob(tables: TableSet, kind: str, name: str, file: str) -> bytes:
         with fs.open(f"{folder}/{file}", "rb") as handle:
             return bytes(handle.read())
     except FileNotFoundError as exc:
-        raise StoreNotFoundError(f"no {kind} file {name}/{file} in the store at "
-                                 f"{tables.location.uri}") from exc
+        raise StoreNotFoundError(
+            f"no {kind} file {name}/{file} in the store at {tables.location.uri}"
+        ) from exc

@@ -50,13 +50,20 @@ _OBS = ["slide_id", "x", "y", "level", "tile_size", "read_mpp", "tissue_fraction
 
 def _patients(store: FeatureStore, encoder: str | None) -> dict[str, str | None]:
     rows = store.slides(encoder=encoder, status="done", columns=["slide_id", "patient_id"])
-    return dict(zip(rows.column("slide_id").to_pylist(), rows.column("patient_id").to_pylist(),
-                    strict=True))
+    return dict(
+        zip(rows.column("slide_id").to_pylist(), rows.column("patient_id").to_pylist(), strict=True)
+    )
 
 
-def to_anndata(store: FeatureStore, path: str | Path, *, encoder: str | None = None,
-               slide_ids: Sequence[str] | None = None, level: str = "tile",
-               overwrite: bool = False) -> Path:
+def to_anndata(
+    store: FeatureStore,
+    path: str | Path,
+    *,
+    encoder: str | None = None,
+    slide_ids: Sequence[str] | None = None,
+    level: str = "tile",
+    overwrite: bool = False,
+) -> Path:
     """Write an ``.h5ad`` of tile (or slide, ``level="slide"``) embeddings."""
     import anndata
     import pandas as pd
@@ -69,15 +76,18 @@ def to_anndata(store: FeatureStore, path: str | Path, *, encoder: str | None = N
 
         table = store.slide_embeddings(encoder=encoder, slide_ids=slide_ids)
         obs = table.select(["slide_id", "patient_id", "tile_count", "tissue_area_mm2"]).to_pandas()
-        adata = anndata.AnnData(X=to_numpy(table, "mean"), obs=obs.set_index("slide_id", drop=False))
+        adata = anndata.AnnData(
+            X=to_numpy(table, "mean"), obs=obs.set_index("slide_id", drop=False)
+        )
         adata.obsm["max"] = to_numpy(table, "max")
     elif level == "tile":
         table = store.tiles(encoder=encoder, slide_ids=slide_ids, columns=[*_OBS, "embedding"])
         obs = table.select(_OBS).to_pandas()
         patients = _patients(store, encoder)
         obs["patient_id"] = obs["slide_id"].map(patients).astype("string")
-        obs.index = [f"{s}:{x}:{y}" for s, x, y in zip(obs["slide_id"], obs["x"], obs["y"],
-                                                       strict=True)]
+        obs.index = [
+            f"{s}:{x}:{y}" for s, x, y in zip(obs["slide_id"], obs["x"], obs["y"], strict=True)
+        ]
         for column in ("slide_id", "patient_id"):
             obs[column] = pd.Categorical(obs[column].astype(str))
         x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
@@ -87,8 +97,12 @@ def to_anndata(store: FeatureStore, path: str | Path, *, encoder: str | None = N
         adata.uns["spatial"] = spatial
     else:
         raise ConfigError(f"level must be 'tile' or 'slide', not {level!r}")
-    adata.uns["slidebank"] = {"store": store.uri, "store_version": int(store.version),
-                              "encoder": store._encoder(encoder), "level": level}
+    adata.uns["slidebank"] = {
+        "store": store.uri,
+        "store_version": int(store.version),
+        "encoder": store._encoder(encoder),
+        "level": level,
+    }
     with translate_write_errors(path), atomic_path(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp)
     return path
@@ -97,7 +111,9 @@ def to_anndata(store: FeatureStore, path: str | Path, *, encoder: str | None = N
 def _spatial(store: FeatureStore, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
     """(``uns["spatial"]`` per slide with a thumbnail, each tile's side in level-0 px)."""
     ids = sorted(map(str, obs["slide_id"].unique()))
-    rows = store.slides(slide_ids=ids, status="done", columns=["slide_id", "mpp", "level_dimensions"])
+    rows = store.slides(
+        slide_ids=ids, status="done", columns=["slide_id", "mpp", "level_dimensions"]
+    )
     info = {r["slide_id"]: r for r in rows.to_pylist()}
     mpp = obs["slide_id"].astype(str).map(lambda s: float(info[s]["mpp"] or 0) or np.nan)
     side = (obs["tile_size"].astype(float) * obs["read_mpp"].astype(float) / mpp).to_numpy()
@@ -115,26 +131,36 @@ def _spatial(store: FeatureStore, obs: Any) -> tuple[dict[str, Any], np.ndarray]
         mine = (obs["slide_id"].astype(str) == sid).to_numpy()
         spatial[sid] = {
             "images": {"hires": np.ascontiguousarray(thumb[..., :3]).astype(np.uint8)},
-            "scalefactors": {"tissue_hires_scalef": float(thumb.shape[1] / width0),
-                             "spot_diameter_fullres": float(np.median(side[mine]))},
+            "scalefactors": {
+                "tissue_hires_scalef": float(thumb.shape[1] / width0),
+                "spot_diameter_fullres": float(np.median(side[mine])),
+            },
             "metadata": {"source": "slidebank thumbnail", "level0_mpp": float(info[sid]["mpp"])},
         }
     return spatial, side
 
 
-def to_h5_per_slide(store: FeatureStore, folder: str | Path, *, encoder: str | None = None,
-                    slide_ids: Sequence[str] | None = None, overwrite: bool = False
-                    ) -> list[Path]:
+def to_h5_per_slide(
+    store: FeatureStore,
+    folder: str | Path,
+    *,
+    encoder: str | None = None,
+    slide_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
     """One CLAM/TRIDENT-style ``<slide_id>.h5`` per slide (one bag in memory at a time)."""
     import h5py
 
     folder = Path(folder)
     check_writable_folder(folder)
     enc = store._encoder(encoder)
-    meta = store.tiles(encoder=enc, slide_ids=slide_ids, columns=["slide_id", "tile_size", "read_mpp"])
+    meta = store.tiles(
+        encoder=enc, slide_ids=slide_ids, columns=["slide_id", "tile_size", "read_mpp"]
+    )
     first: dict[str, tuple[int, float]] = {}
-    for sid, size, mpp in zip(*(meta.column(c).to_pylist() for c in meta.column_names),
-                              strict=True):
+    for sid, size, mpp in zip(
+        *(meta.column(c).to_pylist() for c in meta.column_names), strict=True
+    ):
         first.setdefault(sid, (size, mpp))
     for sid in sorted({*first, *(slide_ids or ())}):  # all refused before any is written
         check_output(folder / f"{sid}.h5", overwrite=overwrite)
@@ -142,8 +168,11 @@ def to_h5_per_slide(store: FeatureStore, folder: str | Path, *, encoder: str | N
     for bag in store.iter_bags(slide_ids, encoder=enc):
         target = folder / f"{bag.slide_id}.h5"
         size, mpp = first.get(bag.slide_id, (0, 0.0))
-        with translate_write_errors(target), atomic_path(target, overwrite=overwrite) as tmp, \
-                h5py.File(tmp, "w") as f:
+        with (
+            translate_write_errors(target),
+            atomic_path(target, overwrite=overwrite) as tmp,
+            h5py.File(tmp, "w") as f,
+        ):
             f.create_dataset("features", data=np.asarray(bag.embeddings, dtype=np.float32))
             coords = f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64))
             coords.attrs["patch_size"] = int(size or 0)
@@ -155,16 +184,19 @@ def to_h5_per_slide(store: FeatureStore, folder: str | Path, *, encoder: str | N
     return written
 
 
-def to_parquet(store: FeatureStore, folder: str | Path, *, encoder: str | None = None,
-               overwrite: bool = False) -> dict[str, Path]:
+def to_parquet(
+    store: FeatureStore, folder: str | Path, *, encoder: str | None = None, overwrite: bool = False
+) -> dict[str, Path]:
     """Committed ``slides``, ``tiles`` and ``slide_embeddings`` as Parquet files, and
     ``views.sql`` (DuckDB views with ``FLOAT[D]`` embeddings over them)."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
     check_writable_folder(folder)
-    targets = {name: check_output(folder / f"{name}.parquet", overwrite=overwrite)
-               for name in ("slides", "slide_embeddings", "tiles")}
+    targets = {
+        name: check_output(folder / f"{name}.parquet", overwrite=overwrite)
+        for name in ("slides", "slide_embeddings", "tiles")
+    }
     targets["views"] = check_output(folder / "views.sql", overwrite=overwrite)
     enc = store._encoder(encoder)
     tables = {
@@ -172,11 +204,15 @@ def to_parquet(store: FeatureStore, folder: str | Path, *, encoder: str | None =
         "slide_embeddings": store.slide_embeddings(encoder=enc),
     }
     for name, table in tables.items():
-        with translate_write_errors(targets[name]), \
-                atomic_write(targets[name], "wb", overwrite=overwrite) as handle:
+        with (
+            translate_write_errors(targets[name]),
+            atomic_write(targets[name], "wb", overwrite=overwrite) as handle,
+        ):
             pq.write_table(table, handle)
-    with translate_write_errors(targets["tiles"]), \
-            atomic_write(targets["tiles"], "wb", overwrite=overwrite) as handle:
+    with (
+        translate_write_errors(targets["tiles"]),
+        atomic_write(targets["tiles"], "wb", overwrite=overwrite) as handle,
+    ):
         writer = None
         for batch in store.scan_tiles(encoder=enc):
             if writer is None:
@@ -184,8 +220,10 @@ def to_parquet(store: FeatureStore, folder: str | Path, *, encoder: str | None =
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
-    with translate_write_errors(targets["views"]), \
-            atomic_write(targets["views"], "w", overwrite=overwrite) as handle:
+    with (
+        translate_write_errors(targets["views"]),
+        atomic_write(targets["views"], "w", overwrite=overwrite) as handle,
+    ):
         handle.write(_duckdb_views(targets))
     return targets
 
@@ -196,17 +234,21 @@ def _duckdb_views(targets: dict[str, Path]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    lines = ["-- DuckDB views over this export: duckdb -init views.sql  (or .read views.sql)",
-             "-- Embeddings are FLOAT[D] arrays: array_cosine_similarity(a.mean, b.mean) works."]
+    lines = [
+        "-- DuckDB views over this export: duckdb -init views.sql  (or .read views.sql)",
+        "-- Embeddings are FLOAT[D] arrays: array_cosine_similarity(a.mean, b.mean) works.",
+    ]
     for name in ("slides", "slide_embeddings", "tiles"):
         path = targets[name].resolve()
         if path.stat().st_size == 0:  # an empty store writes no Parquet footer
             continue
         schema = pq.read_schema(path)
-        casts = [f'"{f.name}"::FLOAT[{f.type.list_size}] AS "{f.name}"' for f in schema
-                 if f.name in ("embedding", "mean", "max") and pa.types.is_fixed_size_list(f.type)]
+        casts = [
+            f'"{f.name}"::FLOAT[{f.type.list_size}] AS "{f.name}"'
+            for f in schema
+            if f.name in ("embedding", "mean", "max") and pa.types.is_fixed_size_list(f.type)
+        ]
         replace = f" REPLACE ({', '.join(casts)})" if casts else ""
         source = str(path).replace("'", "''")
         lines.append(f"CREATE OR REPLACE VIEW {name} AS SELECT *{replace} FROM '{source}';")
     return "\n".join(lines) + "\n"
-

@@ -58,8 +58,14 @@ class H5ImportConfig:
     def config_hash(self) -> str:
         from features.store.runs import hash_config
 
-        return hash_config({"source": "h5", "mpp": self.mpp, "tile_size": self.tile_size,
-                            "slide_mpp": self.level0_mpp})
+        return hash_config(
+            {
+                "source": "h5",
+                "mpp": self.mpp,
+                "tile_size": self.tile_size,
+                "slide_mpp": self.level0_mpp,
+            }
+        )
 
     @property
     def level0_mpp(self) -> float:
@@ -85,11 +91,17 @@ def import_h5(store: Any, paths: Iterable[str | Path], config: H5ImportConfig) -
         try:
             slide_id, features, coords = read_h5(path, config)
             if dim is not None and features.shape[1] != dim:
-                raise H5FileError(f"{path}: features have {features.shape[1]} dimensions, the files before it {dim}")
+                raise H5FileError(
+                    f"{path}: features have {features.shape[1]} dimensions, the files before it {dim}"
+                )
             key = SlideKey(slide_id, config.encoder, config.config_hash())
             try:
-                written = store.write_slide(key, _info(path, config), [_tiles(features, coords, config)])
-            except ValueError as exc:  # the store refuses it (e.g. another dimension than its table)
+                written = store.write_slide(
+                    key, _info(path, config), [_tiles(features, coords, config)]
+                )
+            except (
+                ValueError
+            ) as exc:  # the store refuses it (e.g. another dimension than its table)
                 raise H5FileError(f"{path}: {exc}") from exc
             pending.append(written)
             dim = features.shape[1]
@@ -134,7 +146,9 @@ def _features(path: Path, features: np.ndarray) -> np.ndarray:
     if features.ndim == 3 and features.shape[0] == 1:  # CLAM writes (1, N, D) in some versions
         features = features[0]
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
-        raise H5FileError(f"{path}: features must be (N, D) with N, D >= 1, got shape {features.shape}")
+        raise H5FileError(
+            f"{path}: features must be (N, D) with N, D >= 1, got shape {features.shape}"
+        )
     if not np.issubdtype(features.dtype, np.floating) or not np.isfinite(features).all():
         raise H5FileError(f"{path}: features must be finite floats (dtype {features.dtype})")
     return features.astype(np.float32, copy=False)
@@ -144,8 +158,14 @@ def _coords(path: Path, coords: np.ndarray, n: int) -> np.ndarray:
     if coords.ndim == 3 and coords.shape[0] == 1:
         coords = coords[0]
     if coords.shape != (n, 2):
-        raise H5FileError(f"{path}: coords must be (N, 2) with N = {n} (the features' rows), got {coords.shape}")
-    if not np.issubdtype(coords.dtype, np.number) or (coords < 0).any() or not np.isfinite(coords).all():
+        raise H5FileError(
+            f"{path}: coords must be (N, 2) with N = {n} (the features' rows), got {coords.shape}"
+        )
+    if (
+        not np.issubdtype(coords.dtype, np.number)
+        or (coords < 0).any()
+        or not np.isfinite(coords).all()
+    ):
         raise H5FileError(f"{path}: coords must be non-negative level-0 pixel positions")
     if len(np.unique(coords, axis=0)) != n:
         raise H5FileError(f"{path}: coords repeat a tile position")
@@ -156,7 +176,9 @@ def _check_attrs(path: Path, attrs: dict[str, Any], config: H5ImportConfig) -> N
     """A file that states its own tile size or MPP must agree with the settings (0 means unknown)."""
     size = int(attrs.get("patch_size", 0) or 0)
     if size and size != config.tile_size:
-        raise H5FileError(f"{path}: its coords say patch_size {size}, not --tile-size {config.tile_size}")
+        raise H5FileError(
+            f"{path}: its coords say patch_size {size}, not --tile-size {config.tile_size}"
+        )
     mpp = float(attrs.get("patch_mpp", 0.0) or 0.0)
     if mpp and not np.isclose(mpp, config.mpp, rtol=1e-3):
         raise H5FileError(f"{path}: its coords say patch_mpp {mpp:g}, not --mpp {config.mpp:g}")
@@ -165,11 +187,18 @@ def _check_attrs(path: Path, attrs: dict[str, Any], config: H5ImportConfig) -> N
 def _info(path: Path, config: H5ImportConfig) -> Any:
     from features.store import SlideInfo
 
-    return SlideInfo(source_uri=path.resolve().as_uri(), size_bytes=path.stat().st_size,
-                     reader="h5-import", mpp=config.level0_mpp, mpp_source="override")
+    return SlideInfo(
+        source_uri=path.resolve().as_uri(),
+        size_bytes=path.stat().st_size,
+        reader="h5-import",
+        mpp=config.level0_mpp,
+        mpp_source="override",
+    )
 
 
 def _tiles(features: np.ndarray, coords: np.ndarray, config: H5ImportConfig) -> Any:
     from features.store import tile_batch
 
-    return tile_batch(coords[:, 0], coords[:, 1], features, tile_size=config.tile_size, read_mpp=config.mpp)
+    return tile_batch(
+        coords[:, 0], coords[:, 1], features, tile_size=config.tile_size, read_mpp=config.mpp
+    )

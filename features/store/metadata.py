@@ -53,8 +53,10 @@ def _check_values(values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
         sid = validate_slide_id(str(slide_id))
         bad = sorted(set(row) - set(METADATA_COLUMNS))
         if bad:
-            raise ConfigError(f"slide metadata column(s) {bad} cannot be set after ingestion; "
-                              f"settable: {list(METADATA_COLUMNS)}")
+            raise ConfigError(
+                f"slide metadata column(s) {bad} cannot be set after ingestion; "
+                f"settable: {list(METADATA_COLUMNS)}"
+            )
         out[sid] = {column: _check_value(sid, column, value) for column, value in row.items()}
     return out
 
@@ -64,8 +66,9 @@ def _check_value(slide_id: str, column: str, value: Any) -> str | None:
         return None
     text = str(value).strip()
     if not text or len(text) > _MAX_VALUE or not text.isprintable():
-        raise ConfigError(f"{slide_id}: {column} {str(value)[:40]!r} must be 1-{_MAX_VALUE} "
-                          "printable characters")
+        raise ConfigError(
+            f"{slide_id}: {column} {str(value)[:40]!r} must be 1-{_MAX_VALUE} printable characters"
+        )
     return text
 
 
@@ -74,7 +77,11 @@ def set_slide_metadata(tables: TableSet, values: Mapping[str, Mapping[str, Any]]
     encoders and configs: a patient is a property of the slide, not of its encoding)."""
     wanted = _check_values(values)
     dataset = tables.slides()
-    rows = dataset.to_table(filter=in_list("slide_id", wanted)) if wanted else dataset.schema.empty_table()
+    rows = (
+        dataset.to_table(filter=in_list("slide_id", wanted))
+        if wanted
+        else dataset.schema.empty_table()
+    )
     present = set(rows.column("slide_id").to_pylist())
     unknown = tuple(sorted(set(wanted) - present))
     updated, changed = _apply(rows, wanted)
@@ -82,14 +89,24 @@ def set_slide_metadata(tables: TableSet, values: Mapping[str, Mapping[str, Any]]
     if updated.num_rows:
         _merge(dataset, updated)
         version = int(tables.slides().version)
-        log.info("slide metadata set on %d slides (%d rows), store version %d",
-                 len(changed), updated.num_rows, version)
-    return MetadataUpdate(changed=tuple(sorted(changed)),
-                          unchanged=tuple(sorted(present - changed)), unknown=unknown,
-                          rows=updated.num_rows, version=version)
+        log.info(
+            "slide metadata set on %d slides (%d rows), store version %d",
+            len(changed),
+            updated.num_rows,
+            version,
+        )
+    return MetadataUpdate(
+        changed=tuple(sorted(changed)),
+        unchanged=tuple(sorted(present - changed)),
+        unknown=unknown,
+        rows=updated.num_rows,
+        version=version,
+    )
 
 
-def _apply(rows: pa.Table, wanted: Mapping[str, Mapping[str, str | None]]) -> tuple[pa.Table, set[str]]:
+def _apply(
+    rows: pa.Table, wanted: Mapping[str, Mapping[str, str | None]]
+) -> tuple[pa.Table, set[str]]:
     """The rows whose metadata differs from ``wanted``, with the new values in place."""
     ids = rows.column("slide_id").to_pylist()
     differs = [False] * rows.num_rows
@@ -108,11 +125,15 @@ def _merge(dataset: Any, rows: pa.Table) -> None:
     from features.store.writer import _conflict
 
     try:
-        (dataset.merge_insert(_MATCH_KEY)
-         .when_matched_update_all()
-         .conflict_retries(_CONFLICT_RETRIES)
-         .execute(rows))
+        (
+            dataset.merge_insert(_MATCH_KEY)
+            .when_matched_update_all()
+            .conflict_retries(_CONFLICT_RETRIES)
+            .execute(rows)
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         if _conflict(exc):
-            raise StoreConflictError(f"setting metadata on {rows.num_rows} slide rows: {exc}") from exc
+            raise StoreConflictError(
+                f"setting metadata on {rows.num_rows} slide rows: {exc}"
+            ) from exc
         raise

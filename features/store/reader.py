@@ -214,8 +214,13 @@ def gate_rows(
     Applied after Lance whenever the caller's own text is in the predicate: the gate then
     holds whatever Lance made of that text.
     """
-    writes = visible_writes(view, encoder, slide_ids=slide_ids,
-                            exclude_slide_ids=exclude_slide_ids, config_hash=config_hash)
+    writes = visible_writes(
+        view,
+        encoder,
+        slide_ids=slide_ids,
+        exclude_slide_ids=exclude_slide_ids,
+        config_hash=config_hash,
+    )
     allowed = writes.column("write_id").combine_chunks()
 
     def keep(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -269,16 +274,28 @@ def scan_tiles(
     if dataset is None:
         return
     cohort = None if slide_ids is None else list(slide_ids)
-    predicate = tiles_predicate(view, encoder, dataset, slide_ids=cohort,
-                                exclude_slide_ids=exclude_slide_ids, config_hash=config_hash,
-                                where=where)
+    predicate = tiles_predicate(
+        view,
+        encoder,
+        dataset,
+        slide_ids=cohort,
+        exclude_slide_ids=exclude_slide_ids,
+        config_hash=config_hash,
+        where=where,
+    )
     wanted = list(columns) if columns else None
     keep = None
     if where:
-        keep = gate_rows(view, encoder, slide_ids=cohort, exclude_slide_ids=exclude_slide_ids,
-                         config_hash=config_hash)
-    scanned = wanted if keep is None or wanted is None or "write_id" in wanted else [
-        *wanted, "write_id"]
+        keep = gate_rows(
+            view,
+            encoder,
+            slide_ids=cohort,
+            exclude_slide_ids=exclude_slide_ids,
+            config_hash=config_hash,
+        )
+    scanned = (
+        wanted if keep is None or wanted is None or "write_id" in wanted else [*wanted, "write_id"]
+    )
     scanner = dataset.scanner(
         columns=scanned,
         filter=predicate,

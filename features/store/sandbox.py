@@ -84,21 +84,62 @@ class SqlLimits:
         optional(at_least, "SqlLimits.max_rows", self.max_rows, 1)
         for name in ("memory_limit", "max_temp_size"):
             value = getattr(self, name)
-            require(isinstance(value, str) and _SIZE.fullmatch(value) is not None,
-                    f"SqlLimits.{name}", "a size like '2GB' or '512MB'", value)
+            require(
+                isinstance(value, str) and _SIZE.fullmatch(value) is not None,
+                f"SqlLimits.{name}",
+                "a size like '2GB' or '512MB'",
+                value,
+            )
 
 
 _SIZE = re.compile(r"\d{1,6}(\.\d+)?\s?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 _MAX_PREDICATE_CHARS = 4096
 # Words that start a clause or a statement: a predicate holding one (outside quotes) is
 # a subquery, a set operation or a second statement, never a boolean expression.
-_CLAUSE_WORDS = frozenset({
-    "select", "from", "union", "intersect", "except", "with", "values", "table", "copy",
-    "attach", "detach", "pragma", "install", "load", "set", "reset", "limit", "offset",
-    "order", "group", "having", "window", "qualify", "returning", "into", "pivot", "unpivot",
-    "summarize", "describe", "show", "call", "export", "import", "create", "drop", "insert",
-    "update", "delete", "alter", "use",
-})
+_CLAUSE_WORDS = frozenset(
+    {
+        "select",
+        "from",
+        "union",
+        "intersect",
+        "except",
+        "with",
+        "values",
+        "table",
+        "copy",
+        "attach",
+        "detach",
+        "pragma",
+        "install",
+        "load",
+        "set",
+        "reset",
+        "limit",
+        "offset",
+        "order",
+        "group",
+        "having",
+        "window",
+        "qualify",
+        "returning",
+        "into",
+        "pivot",
+        "unpivot",
+        "summarize",
+        "describe",
+        "show",
+        "call",
+        "export",
+        "import",
+        "create",
+        "drop",
+        "insert",
+        "update",
+        "delete",
+        "alter",
+        "use",
+    }
+)
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -107,8 +148,9 @@ def new_connection() -> duckdb.DuckDBPyConnection:
     (autoload would fetch code from the network)."""
     import duckdb
 
-    return duckdb.connect(config={"autoinstall_known_extensions": False,
-                                  "autoload_known_extensions": False})
+    return duckdb.connect(
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
 
 
 def check_predicate(where: object, what: str = "--where") -> str:
@@ -117,7 +159,8 @@ def check_predicate(where: object, what: str = "--where") -> str:
         raise ConfigError(f"{what} must be a non-empty SQL boolean expression, got {where!r}")
     if len(where) > _MAX_PREDICATE_CHARS:
         raise QueryNotAllowedError(
-            f"{what} is {len(where)} characters; a predicate may have {_MAX_PREDICATE_CHARS}")
+            f"{what} is {len(where)} characters; a predicate may have {_MAX_PREDICATE_CHARS}"
+        )
     outside = _outside_quotes(where, what)
     depth = 0
     for position, char in enumerate(outside, start=1):
@@ -128,19 +171,24 @@ def check_predicate(where: object, what: str = "--where") -> str:
             if depth < 0:
                 raise QueryNotAllowedError(
                     f"{what}: ')' at character {position} closes a parenthesis the predicate "
-                    "did not open; it must be one expression")
+                    "did not open; it must be one expression"
+                )
     if depth:
         raise QueryNotAllowedError(f"{what}: {depth} parenthesis(es) left open")
-    for token, message in ((";", "holds ';': one expression, not several statements"),
-                           ("--", "holds a comment ('--')"), ("/*", "holds a comment ('/*')"),
-                           ("\\", "holds a backslash outside a string")):
+    for token, message in (
+        (";", "holds ';': one expression, not several statements"),
+        ("--", "holds a comment ('--')"),
+        ("/*", "holds a comment ('/*')"),
+        ("\\", "holds a backslash outside a string"),
+    ):
         if token in outside:
             raise QueryNotAllowedError(f"{what} {message}")
     clauses = sorted({w.lower() for w in _WORD.findall(outside)} & _CLAUSE_WORDS)
     if clauses:
         raise QueryNotAllowedError(
             f"{what} may only be a boolean expression over columns, not a query or clause "
-            f"(found {', '.join(w.upper() for w in clauses)})")
+            f"(found {', '.join(w.upper() for w in clauses)})"
+        )
     return where
 
 
@@ -158,16 +206,18 @@ def _outside_quotes(text: str, what: str) -> str:
         while True:
             end = text.find(char, end)
             if end < 0:
-                raise QueryNotAllowedError(f"{what}: the {char} opened at character {i + 1} "
-                                           "is never closed")
-            if text[end + 1:end + 2] == char:  # a doubled quote is an escaped quote
+                raise QueryNotAllowedError(
+                    f"{what}: the {char} opened at character {i + 1} is never closed"
+                )
+            if text[end + 1 : end + 2] == char:  # a doubled quote is an escaped quote
                 end += 2
                 continue
             break
-        if "\\" in text[i + 1:end]:
+        if "\\" in text[i + 1 : end]:
             raise QueryNotAllowedError(
                 f"{what}: backslashes inside quotes are not allowed (SQL dialects disagree on "
-                "whether they escape the quote)")
+                "whether they escape the quote)"
+            )
         out.append(char + " " * (end - i - 1) + char)
         i = end + 1
     return "".join(out)
@@ -184,14 +234,21 @@ def check_duckdb_predicate(con: duckdb.DuckDBPyConnection, table: str, where: st
     statements = tree.get("statements", [])
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     source = node.get("from_table") or {}
-    plain = (node.get("type") == "SELECT_NODE" and not node.get("modifiers")
-             and not node.get("group_expressions") and node.get("having") is None
-             and node.get("qualify") is None and source.get("type") == "BASE_TABLE"
-             and source.get("table_name") == table and not node["cte_map"]["map"])
+    plain = (
+        node.get("type") == "SELECT_NODE"
+        and not node.get("modifiers")
+        and not node.get("group_expressions")
+        and node.get("having") is None
+        and node.get("qualify") is None
+        and source.get("type") == "BASE_TABLE"
+        and source.get("table_name") == table
+        and not node["cte_map"]["map"]
+    )
     if not plain or _has_subquery(node.get("where_clause")):
         raise QueryNotAllowedError(
             "--where may only be a boolean expression over columns (no subquery, set "
-            "operation or clause)")
+            "operation or clause)"
+        )
     return statement
 
 
@@ -217,8 +274,12 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -245,13 +306,17 @@ class Sandbox:
         # A private, empty spill directory: DuckDB allow-lists its temp directory even with
         # external access off, so the default (./.tmp) would expose the working directory.
         self._temp_dir = tempfile.mkdtemp(prefix="slidebank-sql-")
-        for setting, value in (("memory_limit", self.limits.memory_limit),
-                               ("temp_directory", self._temp_dir),
-                               ("max_temp_directory_size", self.limits.max_temp_size)):
+        for setting, value in (
+            ("memory_limit", self.limits.memory_limit),
+            ("temp_directory", self._temp_dir),
+            ("max_temp_directory_size", self.limits.max_temp_size),
+        ):
             self.con.execute(f"SET {setting} = ?", [value])
-        for setting in ("SET enable_external_access = false",
-                        "SET python_enable_replacements = false",
-                        "SET lock_configuration = true"):
+        for setting in (
+            "SET enable_external_access = false",
+            "SET python_enable_replacements = false",
+            "SET lock_configuration = true",
+        ):
             self.con.execute(setting)
 
     def fetch(self, sql: str) -> pa.Table:
@@ -275,26 +340,31 @@ class Sandbox:
             table = relation.to_arrow_table()
         except duckdb.InterruptException as exc:
             raise QueryTimeoutError(
-                f"query stopped after {self.limits.timeout_s:g} s (--timeout)") from exc
+                f"query stopped after {self.limits.timeout_s:g} s (--timeout)"
+            ) from exc
         except duckdb.OutOfMemoryException as exc:
             raise QueryLimitError(
                 f"query needs more than its memory_limit {self.limits.memory_limit} or "
-                f"spill budget {self.limits.max_temp_size}: {_first_line(exc)}") from exc
+                f"spill budget {self.limits.max_temp_size}: {_first_line(exc)}"
+            ) from exc
         except duckdb.PermissionException as exc:
             raise QueryNotAllowedError(
                 f"query refused: it reaches outside the store's tables ({_first_line(exc)}); "
-                "only slides, runs, tiles* and tables named with --table are visible") from exc
+                "only slides, runs, tiles* and tables named with --table are visible"
+            ) from exc
         finally:
             if timer is not None:
                 timer.cancel()
         if cap is not None and table.num_rows > cap:
             table = table.slice(0, cap).replace_schema_metadata(
-                {**(table.schema.metadata or {}), b"truncated": str(cap).encode()})
+                {**(table.schema.metadata or {}), b"truncated": str(cap).encode()}
+            )
         return table
 
 
-def add_view(con: duckdb.DuckDBPyConnection, name: str, data: Any,
-             predicate: str | None = None) -> None:
+def add_view(
+    con: duckdb.DuckDBPyConnection, name: str, data: Any, predicate: str | None = None
+) -> None:
     """Register ``data`` as the view ``name`` (filtered by a store-written ``predicate``)
     without giving the underlying object a name of its own."""
     relation = con.from_df(data) if _is_pandas(data) else con.from_arrow(data)

@@ -194,8 +194,12 @@ class SlideInfo:
     def __post_init__(self) -> None:
         if self.vendor is not None and (len(self.vendor) > _MAX_VENDOR or "\n" in self.vendor):
             # Not echoed: a scanner's free-text description can name people and files.
-            raise fail("SlideInfo.vendor", f"a short name (<= {_MAX_VENDOR} chars, one line)",
-                       self.vendor, shown=f"a free-text description of {len(self.vendor)} chars")
+            raise fail(
+                "SlideInfo.vendor",
+                f"a short name (<= {_MAX_VENDOR} chars, one line)",
+                self.vendor,
+                shown=f"a free-text description of {len(self.vendor)} chars",
+            )
         optional(positive, "SlideInfo.mpp", self.mpp)
         object.__setattr__(
             self, "level_dimensions", tuple((int(w), int(h)) for w, h in self.level_dimensions)

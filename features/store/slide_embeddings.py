@@ -33,7 +33,15 @@ from features.store._tables import SLIDE_EMBEDDINGS_DIR, StoreView, TableSet
 from features.store.reader import require_known_slides, visible_writes
 from infra.errors import ConfigError
 
-__all__ = ["POOLINGS", "matrix", "read", "rebuild", "refresh", "slide_embeddings_schema", "to_numpy"]
+__all__ = [
+    "POOLINGS",
+    "matrix",
+    "read",
+    "rebuild",
+    "refresh",
+    "slide_embeddings_schema",
+    "to_numpy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +87,22 @@ def _pool(view: StoreView, encoder: str, gate: pa.Table) -> pa.Table | None:
     sums: dict[str, np.ndarray] = {}
     maxes: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    scanner = dataset.scanner(columns=["write_id", "embedding"],
-                              filter=in_list("write_id", list(by_write)), batch_size=8192)
+    scanner = dataset.scanner(
+        columns=["write_id", "embedding"],
+        filter=in_list("write_id", list(by_write)),
+        batch_size=8192,
+    )
     for batch in scanner.to_batches():
         if not batch.num_rows:
             continue
         ids = batch.column("write_id").to_numpy(zero_copy_only=False).astype(str)
-        emb = (batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-               .reshape(batch.num_rows, -1).astype(np.float32))
+        emb = (
+            batch.column("embedding")
+            .flatten()
+            .to_numpy(zero_copy_only=False)
+            .reshape(batch.num_rows, -1)
+            .astype(np.float32)
+        )
         order = np.argsort(ids, kind="stable")
         ids, emb = ids[order], emb[order]
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
@@ -108,16 +124,26 @@ def _pool(view: StoreView, encoder: str, gate: pa.Table) -> pa.Table | None:
     for write_id, count in counts.items():
         gate_row = by_write[write_id]
         if count != int(gate_row["tile_count"]):
-            log.info("%s: %d tiles scanned, gate says %d; left to on-the-fly pooling",
-                     gate_row["slide_id"], count, gate_row["tile_count"])
+            log.info(
+                "%s: %d tiles scanned, gate says %d; left to on-the-fly pooling",
+                gate_row["slide_id"],
+                count,
+                gate_row["tile_count"],
+            )
             continue
-        rows_out.append({
-            "slide_id": gate_row["slide_id"], "encoder": encoder,
-            "config_hash": gate_row["config_hash"], "write_id": write_id, "tile_count": count,
-            "tissue_area_mm2": areas.get(write_id),
-            "mean": (sums[write_id] / count).astype(np.float32), "max": maxes[write_id],
-            "created_at": datetime.now(UTC),
-        })
+        rows_out.append(
+            {
+                "slide_id": gate_row["slide_id"],
+                "encoder": encoder,
+                "config_hash": gate_row["config_hash"],
+                "write_id": write_id,
+                "tile_count": count,
+                "tissue_area_mm2": areas.get(write_id),
+                "mean": (sums[write_id] / count).astype(np.float32),
+                "max": maxes[write_id],
+                "created_at": datetime.now(UTC),
+            }
+        )
     if not rows_out:
         return None
     rows_out.sort(key=lambda r: r["slide_id"])
@@ -131,8 +157,13 @@ def _tissue_areas(view: StoreView, encoder: str, gate: pa.Table) -> dict[str, fl
         columns=["write_id", "tissue_area_mm2"],
         filter=f"encoder = '{validate_encoder(encoder)}' AND {in_list('write_id', ids)}",
     )
-    return dict(zip(rows.column("write_id").to_pylist(),
-                    rows.column("tissue_area_mm2").to_pylist(), strict=True))
+    return dict(
+        zip(
+            rows.column("write_id").to_pylist(),
+            rows.column("tissue_area_mm2").to_pylist(),
+            strict=True,
+        )
+    )
 
 
 def _open(tables: TableSet, encoder: str):
@@ -149,8 +180,9 @@ def _upsert(tables: TableSet, encoder: str, rows: pa.Table) -> None:
 
     dataset = _open(tables, encoder)
     if dataset is None:
-        lance.write_dataset(rows, table_uri(tables, encoder), mode="create",
-                            storage_options=tables.storage_options)
+        lance.write_dataset(
+            rows, table_uri(tables, encoder), mode="create", storage_options=tables.storage_options
+        )
         return
     (
         dataset.merge_insert(["slide_id", "config_hash"])
@@ -182,8 +214,9 @@ def rebuild(tables: TableSet, encoder: str) -> int:
     rows = _pool(view, encoder, visible_writes(view, encoder))
     if rows is None:
         return 0
-    lance.write_dataset(rows, table_uri(tables, encoder), mode="overwrite",
-                        storage_options=tables.storage_options)
+    lance.write_dataset(
+        rows, table_uri(tables, encoder), mode="overwrite", storage_options=tables.storage_options
+    )
     return rows.num_rows
 
 
@@ -207,19 +240,27 @@ def read(
     if len(ids) != len(set(ids)):
         dup = sorted({s for s in ids if ids.count(s) > 1})
         hashes = sorted(set(gate.column("config_hash").to_pylist()))
-        raise ConfigError(f"slides {dup[:5]} have features under several configs {hashes}; "
-                          "pass config_hash=")
+        raise ConfigError(
+            f"slides {dup[:5]} have features under several configs {hashes}; pass config_hash="
+        )
     stored = _stored_rows(view, encoder, gate)
     have = set(stored.column("write_id").to_pylist()) if stored is not None else set()
-    missing = gate.filter(pc.invert(pc.is_in(gate.column("write_id"), pa.array(sorted(have),
-                                                                             pa.string()))))
+    missing = gate.filter(
+        pc.invert(pc.is_in(gate.column("write_id"), pa.array(sorted(have), pa.string())))
+    )
     pooled = _pool(view, encoder, missing) if missing.num_rows else None
     if pooled is not None:
-        log.info("%s: pooled %d slide(s) missing from the slide-embeddings table "
-                 "(store.rebuild_slide_embeddings() stores them)", encoder, pooled.num_rows)
+        log.info(
+            "%s: pooled %d slide(s) missing from the slide-embeddings table "
+            "(store.rebuild_slide_embeddings() stores them)",
+            encoder,
+            pooled.num_rows,
+        )
     parts = [t for t in (stored, pooled) if t is not None and t.num_rows]
     if not parts:
-        return _with_patients(view, encoder, slide_embeddings_schema(_dim(view, encoder)).empty_table())
+        return _with_patients(
+            view, encoder, slide_embeddings_schema(_dim(view, encoder)).empty_table()
+        )
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     return _with_patients(view, encoder, table.sort_by("slide_id"))
 
@@ -242,8 +283,9 @@ def _with_patients(view: StoreView, encoder: str, table: pa.Table) -> pa.Table:
         columns=["write_id", "patient_id"],
         filter=f"encoder = '{validate_encoder(encoder)}' AND {in_list('write_id', ids)}",
     )
-    lookup = dict(zip(rows.column("write_id").to_pylist(), rows.column("patient_id").to_pylist(),
-                      strict=True))
+    lookup = dict(
+        zip(rows.column("write_id").to_pylist(), rows.column("patient_id").to_pylist(), strict=True)
+    )
     patients = pa.array([lookup.get(w) for w in ids], pa.string())
     return table.add_column(1, "patient_id", patients)
 

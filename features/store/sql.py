@@ -44,8 +44,16 @@ from infra.errors import ConfigError
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["QueryLimitError", "QueryNotAllowedError", "QueryTimeoutError", "SqlLimits",
-           "connect", "read_table_file", "run_sql", "tiles_view_name"]
+__all__ = [
+    "QueryLimitError",
+    "QueryNotAllowedError",
+    "QueryTimeoutError",
+    "SqlLimits",
+    "connect",
+    "read_table_file",
+    "run_sql",
+    "tiles_view_name",
+]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _RESERVED = {"slides", "runs", "tiles"}
@@ -55,12 +63,12 @@ def tiles_view_name(encoder: str) -> str:
     return "tiles_" + re.sub(r"[^A-Za-z0-9_]", "_", encoder)
 
 
-def _store_views(
-    view: StoreView, encoder: str | None
-) -> list[tuple[str, Any, str | None]]:
+def _store_views(view: StoreView, encoder: str | None) -> list[tuple[str, Any, str | None]]:
     """(name, data, gate predicate) of every store view a query may name."""
     out: list[tuple[str, Any, str | None]] = [
-        ("slides", list_slides(view), None), ("runs", view.tables.runs().to_table(), None)]
+        ("slides", list_slides(view), None),
+        ("runs", view.tables.runs().to_table(), None),
+    ]
     encoders = view.encoders()
     chosen = [(name, tiles_view_name(name)) for name in encoders]
     default = encoder if encoder is not None else (encoders[0] if len(encoders) == 1 else None)
@@ -78,11 +86,17 @@ def _check_extra_names(tables: Mapping[str, Any], taken: set[str]) -> None:
     """A named table may not shadow a store view, present or future (``tiles_*``)."""
     for name in tables:
         lowered = name.lower()
-        if (not _IDENTIFIER.fullmatch(name) or name.startswith("_") or lowered in taken
-                or lowered in _RESERVED or lowered.startswith("tiles_")):
+        if (
+            not _IDENTIFIER.fullmatch(name)
+            or name.startswith("_")
+            or lowered in taken
+            or lowered in _RESERVED
+            or lowered.startswith("tiles_")
+        ):
             raise ConfigError(
                 f"extra table name {name!r} must be a plain identifier that does not start "
-                f"with '_' or 'tiles_' and is not one of {sorted(_RESERVED | taken)}")
+                f"with '_' or 'tiles_' and is not one of {sorted(_RESERVED | taken)}"
+            )
 
 
 def connect(
@@ -143,7 +157,8 @@ def _one_select(con: duckdb.DuckDBPyConnection, query: str) -> str:
     if statement.type != duckdb.StatementType.SELECT:
         raise QueryNotAllowedError(
             f"only SELECT queries are allowed, got {statement.type.name} "
-            "(no COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, CREATE, ...)")
+            "(no COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, CREATE, ...)"
+        )
     return statement.query
 
 

@@ -33,10 +33,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import lance
 
-__all__ = ["INDEXED_COLUMNS", "MAX_SEGMENT_ROWS", "MAX_SMALL_FRAGMENTS",
-           "SMALL_TABLE_TARGET_ROWS", "TIER_RATIO", "UPKEEP_ENV", "compact_small_fragments",
-           "ensure_scalar_indexes", "fold_new_fragments", "index_coverage",
-           "segments_to_merge", "upkeep_enabled"]
+__all__ = [
+    "INDEXED_COLUMNS",
+    "MAX_SEGMENT_ROWS",
+    "MAX_SMALL_FRAGMENTS",
+    "SMALL_TABLE_TARGET_ROWS",
+    "TIER_RATIO",
+    "UPKEEP_ENV",
+    "compact_small_fragments",
+    "ensure_scalar_indexes",
+    "fold_new_fragments",
+    "index_coverage",
+    "segments_to_merge",
+    "upkeep_enabled",
+]
 
 log = logging.getLogger(__name__)
 

@@ -305,8 +305,13 @@ def search_vector(
     )
     if where:
         # The caller's text is in the predicate: hold the gate on what came back too.
-        keep = gate_rows(view, encoder, slide_ids=cohort, exclude_slide_ids=exclude_slide_ids,
-                         config_hash=config_hash)
+        keep = gate_rows(
+            view,
+            encoder,
+            slide_ids=cohort,
+            exclude_slide_ids=exclude_slide_ids,
+            config_hash=config_hash,
+        )
         table = pa.Table.from_batches([keep(b) for b in table.to_batches()], table.schema)
     table = table.drop_columns(["write_id"]).rename_columns([*RESULT_COLUMNS, "distance"])
     return table.sort_by([("distance", "ascending")])
@@ -329,8 +334,9 @@ def tile_embedding(
         filter=f"write_id = {sql_literal(write_id)} AND x = {int(x)} AND y = {int(y)}",
     )
     if row.num_rows == 0:
-        raise TileNotFoundError(f"{slide_id} has no tile at (x={x}, y={y}); "
-                                + _nearest_tiles(dataset, write_id, x, y))
+        raise TileNotFoundError(
+            f"{slide_id} has no tile at (x={x}, y={y}); " + _nearest_tiles(dataset, write_id, x, y)
+        )
     from features.store.schema import embeddings_to_numpy
 
     return embeddings_to_numpy(row.column("embedding"))[0].astype(np.float32)

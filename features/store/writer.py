@@ -119,8 +119,12 @@ class PendingSlide:
     def __post_init__(self) -> None:
         validate_write_id(self.write_id)
         choice("PendingSlide.status", self.status, ("done", "failed"))
-        require(self.status == "done" or not self.fragments, "len(PendingSlide.fragments)",
-                "0 for a failed slide", len(self.fragments))
+        require(
+            self.status == "done" or not self.fragments,
+            "len(PendingSlide.fragments)",
+            "0 for a failed slide",
+            len(self.fragments),
+        )
 
 
 @dataclass(frozen=True)
@@ -514,7 +518,11 @@ def commit_slides(
         if updated or shadowed:
             _tidy_tiles(tables, keys, current)
         else:
-            _tidy_tiles(tables, [k for k in keys if (k.slide_id, k.encoder, k.config_hash) in prior], current)
+            _tidy_tiles(
+                tables,
+                [k for k in keys if (k.slide_id, k.encoder, k.config_hash) in prior],
+                current,
+            )
     except (OSError, RuntimeError, ValueError) as exc:
         # The commit already happened; stale rows are invisible and compaction or the
         # next commit of these slides removes them.

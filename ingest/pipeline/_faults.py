@@ -28,8 +28,11 @@ class FaultPlan:
     def before_read(self, slide_id: str) -> None:
         if self.exit_always_slide == slide_id:
             os._exit(1)
-        if (self.exit_once_slide == slide_id and self.exit_once_marker
-                and first_time(self.exit_once_marker)):
+        if (
+            self.exit_once_slide == slide_id
+            and self.exit_once_marker
+            and first_time(self.exit_once_marker)
+        ):
             os._exit(1)
 
     def after_commit(self, commits: int) -> None:

@@ -49,8 +49,11 @@ def new_ledger() -> tuple[Any, str]:
 
     name = f"slidebank-attempts-{uuid.uuid4().hex}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    handle = ray.remote(num_cpus=0, max_restarts=0)(AttemptLedger).options(
-        name=name, scheduling_strategy=here).remote()
+    handle = (
+        ray.remote(num_cpus=0, max_restarts=0)(AttemptLedger)
+        .options(name=name, scheduling_strategy=here)
+        .remote()
+    )
     return handle, name
 
 

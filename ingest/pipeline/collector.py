@@ -55,10 +55,19 @@ class SlideCollector:
     a run that stops part-way has done, in commit order.
     """
 
-    def __init__(self, store: FeatureStore, encoder: str, config_hash: str, dtype: str,
-                 write_ids: Mapping[str, str], commit_every: int, run_id: str,
-                 faults: FaultPlan | None = None, *,
-                 committed: list[SlideOutcome] | None = None) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        encoder: str,
+        config_hash: str,
+        dtype: str,
+        write_ids: Mapping[str, str],
+        commit_every: int,
+        run_id: str,
+        faults: FaultPlan | None = None,
+        *,
+        committed: list[SlideOutcome] | None = None,
+    ) -> None:
         self.store, self.encoder, self.config_hash, self.dtype = store, encoder, config_hash, dtype
         self.write_ids = dict(write_ids)
         self.commit_every, self.run_id = commit_every, run_id
@@ -86,7 +95,11 @@ class SlideCollector:
         part.n_batches = int(row["n_batches"])
         index = int(row["batch_index"])
         if index not in part.batches:
-            part.batches[index] = (json.loads(str(row["fragments"])), int(row["n_tiles"]), int(row["dim"]))
+            part.batches[index] = (
+                json.loads(str(row["fragments"])),
+                int(row["n_tiles"]),
+                int(row["dim"]),
+            )
         if len(part.batches) == part.n_batches:
             return self._finish_done(sid, part)
         return None
@@ -97,17 +110,35 @@ class SlideCollector:
         fragments = tuple(f for i in sorted(part.batches) for f in part.batches[i][0])
         n_tiles = sum(b[1] for b in part.batches.values())
         dim = next((b[2] for b in part.batches.values() if b[2]), None)
-        self.ready.append(PendingSlide(
-            key=self._key(sid), info=self._info(part.info), write_id=part.write_id, status="done",
-            n_tiles=n_tiles, fragments=fragments, dim=dim, dtype=self.dtype if dim else None))
+        self.ready.append(
+            PendingSlide(
+                key=self._key(sid),
+                info=self._info(part.info),
+                write_id=part.write_id,
+                status="done",
+                n_tiles=n_tiles,
+                fragments=fragments,
+                dim=dim,
+                dtype=self.dtype if dim else None,
+            )
+        )
         return self._outcome(sid, SlideOutcome(sid, "done", n_tiles, seconds=_seconds(part.info)))
 
-    def _finish_failed(self, sid: str, part: _Partial, error_type: str, message: str) -> SlideOutcome:
+    def _finish_failed(
+        self, sid: str, part: _Partial, error_type: str, message: str
+    ) -> SlideOutcome:
         from features.store import PendingSlide
 
-        self.ready.append(PendingSlide(
-            key=self._key(sid), info=self._info(part.info), write_id=part.write_id,
-            status="failed", error_type=error_type, error_message=message))
+        self.ready.append(
+            PendingSlide(
+                key=self._key(sid),
+                info=self._info(part.info),
+                write_id=part.write_id,
+                status="failed",
+                error_type=error_type,
+                error_message=message,
+            )
+        )
         return self._outcome(sid, SlideOutcome(sid, "failed", 0, error_type, message))
 
     def _outcome(self, sid: str, outcome: SlideOutcome) -> SlideOutcome:
@@ -148,8 +179,12 @@ class SlideCollector:
         try:
             self.store.latest().refresh_slide_embeddings(done, encoder=self.encoder)
         except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("slide embeddings not refreshed for %d slides (%s); "
-                        "store.rebuild_slide_embeddings() recomputes them", len(done), exc)
+            log.warning(
+                "slide embeddings not refreshed for %d slides (%s); "
+                "store.rebuild_slide_embeddings() recomputes them",
+                len(done),
+                exc,
+            )
 
     def _key(self, sid: str) -> Any:
         from features.store import SlideKey
@@ -160,12 +195,18 @@ class SlideCollector:
         from features.store import SlideInfo
 
         return SlideInfo(
-            source_uri=str(info.get("source_uri") or ""), size_bytes=info.get("size_bytes"),
-            checksum=info.get("checksum"), reader=info.get("reader"), vendor=info.get("vendor"),
+            source_uri=str(info.get("source_uri") or ""),
+            size_bytes=info.get("size_bytes"),
+            checksum=info.get("checksum"),
+            reader=info.get("reader"),
+            vendor=info.get("vendor"),
             level_dimensions=tuple(tuple(d) for d in info.get("level_dimensions") or ()),
-            mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
-            objective_power=info.get("objective_power"), tissue_area_mm2=info.get("tissue_area_mm2"),
-            patient_id=info.get("patient_id"), code_version=CODE_VERSION,
+            mpp=info.get("mpp"),
+            mpp_source=info.get("mpp_source"),
+            objective_power=info.get("objective_power"),
+            tissue_area_mm2=info.get("tissue_area_mm2"),
+            patient_id=info.get("patient_id"),
+            code_version=CODE_VERSION,
             timings=info.get("timings") or {},
         )
 

@@ -43,7 +43,9 @@ class IngestConfig:
         if self.stain not in ("macenko", "none"):
             raise ConfigError(f"stain must be macenko or none, got {self.stain!r}")
         if self.embedding_dtype not in ("float16", "float32"):
-            raise ConfigError(f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+            raise ConfigError(
+                f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}"
+            )
 
     @property
     def encoder_id(self) -> str:
@@ -140,12 +142,18 @@ class RunOptions:
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")
         if not self.gpu_wait_s > 0:
-            raise ConfigError(f"gpu_wait_s must be a positive number of seconds, got {self.gpu_wait_s!r}")
+            raise ConfigError(
+                f"gpu_wait_s must be a positive number of seconds, got {self.gpu_wait_s!r}"
+            )
         if self.engine not in ("auto", "fused", "device", "dataset", "inprocess"):
-            raise ConfigError(f"engine must be auto, fused, device, dataset or inprocess, got {self.engine!r}")
+            raise ConfigError(
+                f"engine must be auto, fused, device, dataset or inprocess, got {self.engine!r}"
+            )
         if self.runtime not in ("auto", "torch", "compile", "openvino", "onnxruntime"):
-            raise ConfigError(f"runtime must be auto, torch, compile, openvino or onnxruntime, "
-                              f"got {self.runtime!r}")
+            raise ConfigError(
+                f"runtime must be auto, torch, compile, openvino or onnxruntime, "
+                f"got {self.runtime!r}"
+            )
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)

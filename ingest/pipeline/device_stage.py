@@ -61,9 +61,14 @@ __all__ = ["DeviceStage", "plan_for_device"]
 log = logging.getLogger(__name__)
 
 
-def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options: RunOptions,
-                    store: StoreLocation | None, storage_options: Mapping[str, Any] | None
-                    ) -> dict[str, Any]:
+def plan_for_device(
+    source: Mapping[str, Any],
+    *,
+    config: IngestConfig,
+    options: RunOptions,
+    store: StoreLocation | None,
+    storage_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     """Plan one slide on a CPU: coordinates, planned flags, glass colour, stain params.
     ``store=None`` skips writing the thumbnail and mask (benchmarks)."""
     item = slide_item(source)
@@ -73,18 +78,25 @@ def plan_for_device(source: Mapping[str, Any], *, config: IngestConfig, options:
     started, clock = time.perf_counter(), time.monotonic()
     try:
         # a plain CPU reader with the CPU budget, as in the fused engine
-        with open_item(item, info, options=options, storage_options=storage_options,
-                       device="cpu", clock=clock) as slide:
-            plan = plan_and_store(slide, sid, info, config=config, store=store, device="cpu",
-                                  started=started)
+        with open_item(
+            item, info, options=options, storage_options=storage_options, device="cpu", clock=clock
+        ) as slide:
+            plan = plan_and_store(
+                slide, sid, info, config=config, store=store, device="cpu", started=started
+            )
             if plan.tile_count == 0:
                 planned["status"] = "empty"
                 return planned
             planned.update(
-                status="tiles", level=plan.plan.level, glass=plan.tissue.glass_rgb,
-                x=plan.column("x"), y=plan.column("y"),
-                tissue_fraction=plan.column("tissue_fraction"), qc_flags=plan.column("qc_flags"),
-                stain=None if plan.normalizer is None else plan.normalizer.source)
+                status="tiles",
+                level=plan.plan.level,
+                glass=plan.tissue.glass_rgb,
+                x=plan.column("x"),
+                y=plan.column("y"),
+                tissue_fraction=plan.column("tissue_fraction"),
+                qc_flags=plan.column("qc_flags"),
+                stain=None if plan.normalizer is None else plan.normalizer.source,
+            )
     except Exception as exc:  # isolate the slide, as the read stage does
         log.warning("slide %s failed while planning: %s: %s", sid, type(exc).__name__, exc)
         metrics.record_failure(type(exc).__name__)
@@ -101,10 +113,17 @@ class DeviceStage:
     tiles, so the forward batch and the fragment size are chosen apart.
     """
 
-    def __init__(self, *, config: IngestConfig, options: RunOptions,
-                 storage_options: Mapping[str, Any] | None, encoder_kwargs: Mapping[str, Any],
-                 write_kwargs: Mapping[str, Any], device: str = "auto",
-                 encode_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: IngestConfig,
+        options: RunOptions,
+        storage_options: Mapping[str, Any] | None,
+        encoder_kwargs: Mapping[str, Any],
+        write_kwargs: Mapping[str, Any],
+        device: str = "auto",
+        encode_batch: int | None = None,
+    ) -> None:
         from features.encoders import Encoder
         from features.encoders.runtime import default_batch_size
         from infra.arrays import get_xp, torch_device
@@ -119,8 +138,9 @@ class DeviceStage:
         fragment = options.tiles_per_batch
         self._step = fragment * math.ceil(self.encode_batch / fragment)  # whole fragments
         self._config, self._options, self._storage_options = config, options, storage_options
-        self._encoder = Encoder(**{**encoder_kwargs, "device": torch_device(self.xp),
-                                   "batch_size": self.encode_batch})
+        self._encoder = Encoder(
+            **{**encoder_kwargs, "device": torch_device(self.xp), "batch_size": self.encode_batch}
+        )
         self._write_kwargs = dict(write_kwargs)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="device-read")
 
@@ -141,19 +161,28 @@ class DeviceStage:
         sid, write_id = source["slide_id"], source["write_id"]
         if planned["status"] != "tiles":
             error = planned.get("error")
-            yield _no_tiles(make_row(slide_id=sid, write_id=write_id,
-                                     status="failed" if error else "empty", info=info, error=error))
+            yield _no_tiles(
+                make_row(
+                    slide_id=sid,
+                    write_id=write_id,
+                    status="failed" if error else "empty",
+                    info=info,
+                    error=error,
+                )
+            )
             return
         try:
             yield from self._tiles(planned, sid, write_id, info)
         except Exception as exc:  # isolate the slide: a failed row, the run goes on
             log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
             metrics.record_failure(type(exc).__name__)
-            yield _no_tiles(make_row(slide_id=sid, write_id=write_id, status="failed", info=info,
-                                     error=exc))
+            yield _no_tiles(
+                make_row(slide_id=sid, write_id=write_id, status="failed", info=info, error=exc)
+            )
 
-    def _tiles(self, planned: Mapping[str, Any], sid: str, write_id: str,
-               info: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _tiles(
+        self, planned: Mapping[str, Any], sid: str, write_id: str, info: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
         from ingest.slides import open_slide
         from ingest.stain import StainNormalizer, standard_reference
 
@@ -163,16 +192,29 @@ class DeviceStage:
         steps = batch_slices(len(xs), self._step)
         n_batches = math.ceil(len(xs) / fragment)
         info["planned_tiles"] = len(xs)
-        normalizer = (None if planned["stain"] is None else
-                      StainNormalizer(planned["stain"], standard_reference(), device=None))
-        with open_slide(planned["source"]["uri"], storage_options=self._storage_options,
-                        mpp=item_mpp(planned["source"]), device=self.device) as slide:
+        normalizer = (
+            None
+            if planned["stain"] is None
+            else StainNormalizer(planned["stain"], standard_reference(), device=None)
+        )
+        with open_slide(
+            planned["source"]["uri"],
+            storage_options=self._storage_options,
+            mpp=item_mpp(planned["source"]),
+            device=self.device,
+        ) as slide:
             slide.budget = _device_budget(sid, self._options, time.monotonic())
 
             def read(part: slice) -> tuple[Any, float]:
                 t0 = time.perf_counter()
-                tiles = read_tiles(slide, np.stack([xs[part], ys[part]], 1), config.tiling.tile_size,
-                                   config.tiling.target_mpp, config.tiling.resample, xp=xp)
+                tiles = read_tiles(
+                    slide,
+                    np.stack([xs[part], ys[part]], 1),
+                    config.tiling.tile_size,
+                    config.tiling.target_mpp,
+                    config.tiling.resample,
+                    xp=xp,
+                )
                 return tiles, time.perf_counter() - t0
 
             reads = _ReadAhead(self._reader, read, steps)
@@ -181,11 +223,19 @@ class DeviceStage:
                     embedding, flags = self._compute(reads.take(), planned, normalizer, part, info)
                     for piece in batch_slices(len(embedding), fragment):
                         cut = slice(part.start + piece.start, part.start + piece.stop)
-                        row = make_row(slide_id=sid, write_id=write_id, status="tiles",
-                                       batch_index=cut.start // fragment, n_batches=n_batches,
-                                       x=xs[cut], y=ys[cut], level=planned["level"],
-                                       tissue_fraction=planned["tissue_fraction"][cut],
-                                       qc_flags=flags[piece], info=info)
+                        row = make_row(
+                            slide_id=sid,
+                            write_id=write_id,
+                            status="tiles",
+                            batch_index=cut.start // fragment,
+                            n_batches=n_batches,
+                            x=xs[cut],
+                            y=ys[cut],
+                            level=planned["level"],
+                            tissue_fraction=planned["tissue_fraction"][cut],
+                            qc_flags=flags[piece],
+                            info=info,
+                        )
                         row.pop("image")
                         row["embedding"] = np.ascontiguousarray(embedding[piece])[None]
                         metrics.record_tiles(piece.stop - piece.start)
@@ -193,8 +243,14 @@ class DeviceStage:
             finally:
                 reads.close()  # before the slide (and its scratch copy) closes under a read
 
-    def _compute(self, read: tuple[Any, float], planned: Mapping[str, Any], normalizer: Any,
-                 part: slice, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _compute(
+        self,
+        read: tuple[Any, float],
+        planned: Mapping[str, Any],
+        normalizer: Any,
+        part: slice,
+        info: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray]:
         """QC, stain and encode one step's tiles on the device; (embeddings, qc_flags) on
         the host, from one device → host copy. The ``read`` stage is the read (timed in
         the reader thread) plus QC and stain, as in the fused engine; ``encode`` the model."""
@@ -203,8 +259,14 @@ class DeviceStage:
         tiles, read_s = read
         xp = self.xp
         t0 = time.perf_counter()
-        tiles, flags = qc_and_normalize(tiles, config=self._config, glass=planned["glass"],
-                                        normalizer=normalizer, device=self.device, xp=xp)
+        tiles, flags = qc_and_normalize(
+            tiles,
+            config=self._config,
+            glass=planned["glass"],
+            normalizer=normalizer,
+            device=self.device,
+            xp=xp,
+        )
         t1 = time.perf_counter()
         record_stage(info, "read", read_s + t1 - t0)
         embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
@@ -221,8 +283,9 @@ class _ReadAhead:
     failure, on the consumer stopping early, at the end) cancels the read in flight, or
     waits for it when it has started: the slide must not close under a running read."""
 
-    def __init__(self, pool: ThreadPoolExecutor, read: Callable[[slice], Any],
-                 parts: list[slice]) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, read: Callable[[slice], Any], parts: list[slice]
+    ) -> None:
         self._pool, self._read, self._parts = pool, read, parts
         self._next = 0
         self._upcoming: Future[Any] | None = None

@@ -17,14 +17,27 @@ __all__ = ["EncodeStage"]
 class EncodeStage:
     """Replaces each row's ``image`` (B, H, W, 3) with ``embedding`` (B, D) float32."""
 
-    def __init__(self, encoder: str, weights: str | None, device: str, batch_size: int,
-                 num_threads: int | None = None, cpu_dtype: str = "float32",
-                 runtime: str = "torch") -> None:
+    def __init__(
+        self,
+        encoder: str,
+        weights: str | None,
+        device: str,
+        batch_size: int,
+        num_threads: int | None = None,
+        cpu_dtype: str = "float32",
+        runtime: str = "torch",
+    ) -> None:
         from features.encoders import Encoder
 
-        self._encoder = Encoder(encoder, weights=weights, device=device,  # type: ignore[arg-type]
-                                batch_size=batch_size, num_threads=num_threads, cpu_dtype=cpu_dtype,
-                                runtime=runtime)
+        self._encoder = Encoder(
+            encoder,
+            weights=weights,
+            device=device,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            num_threads=num_threads,
+            cpu_dtype=cpu_dtype,
+            runtime=runtime,
+        )
         self.dim = int(self._encoder.spec.embed_dim)
         #: what ran the model (torch, openvino...; see features.encoders.runtimes): each row
         #: carries it to the driver, which records it with the run
@@ -32,8 +45,12 @@ class EncodeStage:
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in batch.items() if k != "image"}
-        rows = [np.asarray(column_value(batch, "image", i)) if str(column_value(batch, "status", i)) == "tiles"
-                else None for i in range(len(batch["slide_id"]))]
+        rows = [
+            np.asarray(column_value(batch, "image", i))
+            if str(column_value(batch, "status", i)) == "tiles"
+            else None
+            for i in range(len(batch["slide_id"]))
+        ]
         parts = [r for r in rows if r is not None and len(r)]
         embedded = np.zeros((0, self.dim), np.float32)
         if parts:
@@ -47,7 +64,7 @@ class EncodeStage:
         embeddings, offset = [], 0
         for r in rows:
             n = 0 if r is None else len(r)
-            embeddings.append(embedded[offset:offset + n])
+            embeddings.append(embedded[offset : offset + n])
             offset += n
         out["embedding"] = _stack(embeddings)
         out["runtime"] = np.array([self.runtime] * len(rows))

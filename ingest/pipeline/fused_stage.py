@@ -39,8 +39,13 @@ FIRST_BATCH = 8
 class FusedStage:
     """read → encode → write for one slide per call (a Ray actor; also usable in-process)."""
 
-    def __init__(self, *, read_kwargs: Mapping[str, Any], encoder_kwargs: Mapping[str, Any],
-                 write_kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        read_kwargs: Mapping[str, Any],
+        encoder_kwargs: Mapping[str, Any],
+        write_kwargs: Mapping[str, Any],
+    ) -> None:
         from ingest.slides.backends.cucim_reader import warm_up
 
         warm_up()  # load cuCIM before PyTorch in this process (see cucim_reader)
@@ -59,7 +64,9 @@ class FusedStage:
         mpp, write_id), one per tile batch, as plain scalars for the collector."""
         batch = {k: [source[k]] for k in ITEM_KEYS}
         first, self._first = self._first, False
-        for row in read_slides(batch, **self._read_kwargs, first_batch=FIRST_BATCH if first else None):
+        for row in read_slides(
+            batch, **self._read_kwargs, first_batch=FIRST_BATCH if first else None
+        ):
             encoded = self._encode(row)
             yield scalar_row(write_batches(encoded, **self._write_kwargs))
 

@@ -24,8 +24,15 @@ class Progress:
     is not one (nohup, SLURM, ``> log``), a plain line every ``every_s`` seconds instead,
     so a batch log shows the run moving. Silent when disabled."""
 
-    def __init__(self, total_slides: int, *, enabled: bool = True, every_s: float = 30.0,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        total_slides: int,
+        *,
+        enabled: bool = True,
+        every_s: float = 30.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.total, self.enabled = total_slides, enabled and sys.stderr.isatty()
         self.tiles = self.done = self.failed = 0
         self._clock = clock
@@ -54,15 +61,23 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
-                SpinnerColumn(), TextColumn("[bold]{task.fields[phase]}"), BarColumn(),
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("slides · {task.fields[tiles]:,} tiles · {task.fields[rate]:.0f} tiles/s"
-                           " · {task.fields[failed]} failed"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                refresh_per_second=4)
+                TextColumn(
+                    "slides · {task.fields[tiles]:,} tiles · {task.fields[rate]:.0f} tiles/s"
+                    " · {task.fields[failed]} failed"
+                ),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                refresh_per_second=4,
+            )
             self._progress.start()  # from the first second: start-up is shown, not silent
-            self._task = self._progress.add_task("ingest", total=self.total, tiles=0, rate=0.0,
-                                                 failed=0, phase="starting")
+            self._task = self._progress.add_task(
+                "ingest", total=self.total, tiles=0, rate=0.0, failed=0, phase="starting"
+            )
         return self
 
     def phase(self, text: str) -> None:
@@ -104,8 +119,9 @@ class Progress:
         if self._progress is None:
             return
         rate = self.tiles / max(now - self.started, 1e-6)
-        self._progress.update(self._task, advance=advance, tiles=self.tiles, rate=rate,
-                              failed=self.failed)
+        self._progress.update(
+            self._task, advance=advance, tiles=self.tiles, rate=rate, failed=self.failed
+        )
 
     def status_line(self, now: float | None = None) -> str:
         """``ingest: 12/100 slides (1 failed), 3,456 tiles, 85 tiles/s, ETA 4m10s``."""
@@ -115,8 +131,10 @@ class Progress:
         if self.done:  # slides still to do at the pace of those done so far
             eta = f"ETA {_duration(busy / self.done * max(self.total - self.done, 0))}"
         failed = f" ({self.failed} failed)" if self.failed else ""
-        return (f"ingest: {self.done}/{self.total} slides{failed}, {self.tiles:,} tiles, "
-                f"{self.tiles / busy:.0f} tiles/s, {eta}, {_duration(now - self.started)} elapsed")
+        return (
+            f"ingest: {self.done}/{self.total} slides{failed}, {self.tiles:,} tiles, "
+            f"{self.tiles / busy:.0f} tiles/s, {eta}, {_duration(now - self.started)} elapsed"
+        )
 
     def _line(self, text: str) -> None:
         if self._lines is None:
@@ -151,8 +169,11 @@ def deferred_interrupt(progress: Progress) -> Iterator[None]:
             signal.signal(signal.SIGINT, restore)
             raise KeyboardInterrupt
         progress.stop_requested = True
-        print("Ctrl-C: stopping after the current commit (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        print(
+            "Ctrl-C: stopping after the current commit (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGINT, hold)
     try:
@@ -200,18 +221,26 @@ def summary_table(result: Any) -> Any:
     """A rich table of the run: one row per slide, failures with their reason."""
     from rich.table import Table
 
-    table = Table(title=f"ingest {result.run_id} · config {result.config_hash} · "
-                        f"{result.seconds:.1f} s")
+    table = Table(
+        title=f"ingest {result.run_id} · config {result.config_hash} · {result.seconds:.1f} s"
+    )
     for column in ("slide", "status", "tiles", "seconds"):
-        table.add_column(column, justify="right" if column in ("tiles", "seconds") else "left",
-                         no_wrap=True)
+        table.add_column(
+            column, justify="right" if column in ("tiles", "seconds") else "left", no_wrap=True
+        )
     # Wrapped, never cut: the reason is why a failed slide is listed at all.
     table.add_column("error", overflow="fold", ratio=1)
     for o in result.outcomes:
         error = f"{o.error_type}: {o.error_message}"[:_MAX_ERROR] if o.error_type else ""
         style = "red" if o.status == "failed" else None
-        table.add_row(o.slide_id, o.status, f"{o.tiles:,}",
-                      f"{o.seconds:.2f}" if o.seconds is not None else "", error, style=style)
+        table.add_row(
+            o.slide_id,
+            o.status,
+            f"{o.tiles:,}",
+            f"{o.seconds:.2f}" if o.seconds is not None else "",
+            error,
+            style=style,
+        )
     updated = set(getattr(result, "metadata_updated", ()))
     for sid in result.skipped:
         status = "done, metadata updated" if sid in updated else "skipped (done)"

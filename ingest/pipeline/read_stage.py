@@ -47,21 +47,40 @@ class ReadStage:
     not the reading, set the pace; an actor pays its imports once per run.
     """
 
-    def __init__(self, *, config: IngestConfig, options: RunOptions, store: StoreLocation,
-                 storage_options: Mapping[str, Any] | None, ledger: Any = None,
-                 faults: FaultPlan | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: IngestConfig,
+        options: RunOptions,
+        store: StoreLocation,
+        storage_options: Mapping[str, Any] | None,
+        ledger: Any = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
         warm_up()  # load cuCIM before anything in this worker can import PyTorch
-        self._kwargs = {"config": config, "options": options, "store": store,
-                        "storage_options": storage_options, "ledger": ledger, "faults": faults}
+        self._kwargs = {
+            "config": config,
+            "options": options,
+            "store": store,
+            "storage_options": storage_options,
+            "ledger": ledger,
+            "faults": faults,
+        }
 
     def __call__(self, batch: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
         yield from read_slides(batch, **self._kwargs)
 
 
 def read_slides(
-    batch: Mapping[str, Any], *, config: IngestConfig, options: RunOptions, store: StoreLocation,
-    storage_options: Mapping[str, Any] | None, ledger: Any = None,
-    faults: FaultPlan | None = None, first_batch: int | None = None,
+    batch: Mapping[str, Any],
+    *,
+    config: IngestConfig,
+    options: RunOptions,
+    store: StoreLocation,
+    storage_options: Mapping[str, Any] | None,
+    ledger: Any = None,
+    faults: FaultPlan | None = None,
+    first_batch: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """For each source row, yield that slide's tile-batch rows.
 
@@ -92,38 +111,68 @@ def read_slides(
 
 
 def _crashed(source: SlideItem, crashes: int) -> dict[str, np.ndarray]:
-    error = SlideCrashError(source["uri"], f"reading it killed the worker process {crashes} times "
-                                           "(a crash in native decoding code); not retried again")
+    error = SlideCrashError(
+        source["uri"],
+        f"reading it killed the worker process {crashes} times "
+        "(a crash in native decoding code); not retried again",
+    )
     log.warning("slide %s failed: %s", source["slide_id"], error)
     metrics.record_failure(type(error).__name__)
-    return make_row(slide_id=source["slide_id"], write_id=source["write_id"], status="failed",
-                    info=steps.new_info(source), error=error)
+    return make_row(
+        slide_id=source["slide_id"],
+        write_id=source["write_id"],
+        status="failed",
+        info=steps.new_info(source),
+        error=error,
+    )
 
 
-def _one_slide(source: SlideItem, config: IngestConfig, options: RunOptions, store: StoreLocation,
-               storage_options: Mapping[str, Any] | None, faults: FaultPlan | None = None,
-               first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def _one_slide(
+    source: SlideItem,
+    config: IngestConfig,
+    options: RunOptions,
+    store: StoreLocation,
+    storage_options: Mapping[str, Any] | None,
+    faults: FaultPlan | None = None,
+    first_batch: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     sid, write_id = source["slide_id"], source["write_id"]
     info = steps.new_info(source)
     started, clock = time.perf_counter(), time.monotonic()
     try:
         if faults is not None:
             faults.before_read(sid)
-        with steps.open_item(source, info, options=options, storage_options=storage_options,
-                             device=options.device, clock=clock) as slide:
-            yield from _tile_rows(slide, sid, write_id, info, config, options, store, started,
-                                  first_batch)
+        with steps.open_item(
+            source,
+            info,
+            options=options,
+            storage_options=storage_options,
+            device=options.device,
+            clock=clock,
+        ) as slide:
+            yield from _tile_rows(
+                slide, sid, write_id, info, config, options, store, started, first_batch
+            )
     except Exception as exc:  # isolate the slide: record type and message, go on
         log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
         metrics.record_failure(type(exc).__name__)
         yield make_row(slide_id=sid, write_id=write_id, status="failed", info=info, error=exc)
 
 
-def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
-               config: IngestConfig, options: RunOptions, store: StoreLocation,
-               started: float, first_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    planned = steps.plan_and_store(slide, sid, info, config=config, store=store,
-                                   device=options.device, started=started)
+def _tile_rows(
+    slide: Slide,
+    sid: str,
+    write_id: str,
+    info: dict[str, Any],
+    config: IngestConfig,
+    options: RunOptions,
+    store: StoreLocation,
+    started: float,
+    first_batch: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    planned = steps.plan_and_store(
+        slide, sid, info, config=config, store=store, device=options.device, started=started
+    )
     if planned.tile_count == 0:
         yield make_row(slide_id=sid, write_id=write_id, status="empty", info=info)
         return
@@ -134,13 +183,28 @@ def _tile_rows(slide: Slide, sid: str, write_id: str, info: dict[str, Any],
     info["planned_tiles"] = len(xs)
     for b, part in enumerate(parts):
         t0 = time.perf_counter()
-        tiles = steps.read_tiles(slide, np.stack([xs[part], ys[part]], 1), size, mpp,
-                                 config.tiling.resample)
-        tiles, flags = steps.qc_and_normalize(tiles, config=config,
-                                              glass=planned.tissue.glass_rgb,
-                                              normalizer=planned.normalizer, device="cpu")
+        tiles = steps.read_tiles(
+            slide, np.stack([xs[part], ys[part]], 1), size, mpp, config.tiling.resample
+        )
+        tiles, flags = steps.qc_and_normalize(
+            tiles,
+            config=config,
+            glass=planned.tissue.glass_rgb,
+            normalizer=planned.normalizer,
+            device="cpu",
+        )
         steps.record_stage(info, "read", time.perf_counter() - t0)
-        yield make_row(slide_id=sid, write_id=write_id, status="tiles", batch_index=b,
-                       n_batches=len(parts), image=np.asarray(tiles), x=xs[part], y=ys[part],
-                       level=planned.plan.level, tissue_fraction=fractions[part],
-                       qc_flags=planned_flags[part] | flags, info=info)
+        yield make_row(
+            slide_id=sid,
+            write_id=write_id,
+            status="tiles",
+            batch_index=b,
+            n_batches=len(parts),
+            image=np.asarray(tiles),
+            x=xs[part],
+            y=ys[part],
+            level=planned.plan.level,
+            tissue_fraction=fractions[part],
+            qc_flags=planned_flags[part] | flags,
+            info=info,
+        )

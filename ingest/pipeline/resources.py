@@ -7,8 +7,16 @@ from dataclasses import dataclass
 
 from ingest.pipeline.config import RunOptions
 
-__all__ = ["DevicePlan", "FusedPlan", "Plan", "choose_engine", "gpus_to_request", "plan_device",
-           "plan_fused", "plan_resources"]
+__all__ = [
+    "DevicePlan",
+    "FusedPlan",
+    "Plan",
+    "choose_engine",
+    "gpus_to_request",
+    "plan_device",
+    "plan_fused",
+    "plan_resources",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +53,18 @@ def plan_resources(options: RunOptions) -> Plan:
         actors = options.encoder_actors or gpus
         reads = options.read_concurrency or max(int(cpus) - actors, 1)
         writers = _writers(actors)
-        encoder_cpu = min(1.0, max((cpus - writers * _WRITER_CPU - reads * reader_cpu) / actors, 0.1))
-        return Plan(reads, actors, options.gpus_per_encoder or 1.0, encoder_cpu, reader_cpu,
-                    _WRITER_CPU, writers)
+        encoder_cpu = min(
+            1.0, max((cpus - writers * _WRITER_CPU - reads * reader_cpu) / actors, 0.1)
+        )
+        return Plan(
+            reads,
+            actors,
+            options.gpus_per_encoder or 1.0,
+            encoder_cpu,
+            reader_cpu,
+            _WRITER_CPU,
+            writers,
+        )
     # Small machines: one single-threaded encoder per core (encoding is the heavy stage and
     # readers idle under backpressure; measured +30% tiles/s on 2 cores over one encoder).
     # From 4 CPUs up, half the cores, so that big models are not copied into every core.
@@ -60,7 +77,9 @@ def plan_resources(options: RunOptions) -> Plan:
     if encoder_cpu < 0.1:
         from infra.errors import ConfigError
 
-        raise ConfigError(f"{actors} encoder actors and {reads} readers do not fit in {cpus:g} CPUs")
+        raise ConfigError(
+            f"{actors} encoder actors and {reads} readers do not fit in {cpus:g} CPUs"
+        )
     return Plan(reads, actors, 0.0, encoder_cpu, reader_cpu, _WRITER_CPU, writers)
 
 
@@ -98,7 +117,11 @@ def choose_engine(options: RunOptions) -> str:
 
 def gpus_to_request(options: RunOptions) -> int:
     """How many GPUs this run asks the autoscaler for (0: it uses what is there)."""
-    if options.max_gpus is None or options.device == "cpu" or options.engine not in ("auto", "device"):
+    if (
+        options.max_gpus is None
+        or options.device == "cpu"
+        or options.engine not in ("auto", "device")
+    ):
         return 0
     return options.max_gpus
 
@@ -119,8 +142,10 @@ def _gpus_for_run(options: RunOptions) -> int:
     except GPUUnavailableError:
         if not options.gpu_fallback_cpu:
             raise
-        log.warning("no GPU joined within %g s; running on CPUs as asked (--gpu-fallback-cpu)",
-                    options.gpu_wait_s)
+        log.warning(
+            "no GPU joined within %g s; running on CPUs as asked (--gpu-fallback-cpu)",
+            options.gpu_wait_s,
+        )
         return 0
 
 
@@ -147,10 +172,14 @@ def plan_device(options: RunOptions, n_slides: int) -> DevicePlan:
     wanted = max(gpus, gpus_to_request(options)) if gpus else 0
     actors = max(1, min(options.encoder_actors or wanted or 1, n_slides))
     if gpus:
-        return DevicePlan(actors, 1.0, options.gpus_per_encoder or 1.0, options.device, cpus + 2 * actors)
+        return DevicePlan(
+            actors, 1.0, options.gpus_per_encoder or 1.0, options.device, cpus + 2 * actors
+        )
     # No GPU (tests, or engine="device" asked for on a CPU machine): the NumPy stand-in,
     # one actor holding one core; planning tasks get the rest.
-    return DevicePlan(actors, 1.0 if cpus > actors else 0.5, 0.0, "cpu", max(cpus - actors, 1) + 2 * actors)
+    return DevicePlan(
+        actors, 1.0 if cpus > actors else 0.5, 0.0, "cpu", max(cpus - actors, 1) + 2 * actors
+    )
 
 
 def plan_fused(options: RunOptions, n_slides: int) -> FusedPlan:

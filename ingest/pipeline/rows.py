@@ -50,10 +50,14 @@ def make_row(
         "x": (np.zeros(0, np.int64) if x is None else np.asarray(x, np.int64))[None],
         "y": (np.zeros(0, np.int64) if y is None else np.asarray(y, np.int64))[None],
         "level": np.array([level], np.int64),
-        "tissue_fraction": (np.zeros(n, np.float32) if tissue_fraction is None
-                            else np.asarray(tissue_fraction, np.float32))[None],
-        "qc_flags": (np.zeros(n, np.int32) if qc_flags is None
-                     else np.asarray(qc_flags, np.int32))[None],
+        "tissue_fraction": (
+            np.zeros(n, np.float32)
+            if tissue_fraction is None
+            else np.asarray(tissue_fraction, np.float32)
+        )[None],
+        "qc_flags": (np.zeros(n, np.int32) if qc_flags is None else np.asarray(qc_flags, np.int32))[
+            None
+        ],
         "info_json": np.array([json.dumps(dict(info or {}), sort_keys=True, default=str)]),
         "error_type": np.array([type(error).__name__ if error else ""]),
         "error_message": np.array([str(error)[:2000] if error else ""]),

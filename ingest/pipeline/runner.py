@@ -61,8 +61,10 @@ class IngestInterrupted(KeyboardInterrupt):
     def __str__(self) -> str:
         if self.committed is None:
             return "the slides committed so far are kept, rerun the same command to resume"
-        return (f"{self.committed} slides committed ({self.done} of {self.total} done in the "
-                "store), rerun the same command to resume")
+        return (
+            f"{self.committed} slides committed ({self.done} of {self.total} done in the "
+            "store), rerun the same command to resume"
+        )
 
 
 def run_ingest(
@@ -103,8 +105,9 @@ class _Watch:
     result: IngestResult | None = None
     guard: Any = None
 
-    def aborted(self, exc: Exception, sources: Sequence[SlideSource], store: FeatureStore
-                ) -> IngestAborted | None:
+    def aborted(
+        self, exc: Exception, sources: Sequence[SlideSource], store: FeatureStore
+    ) -> IngestAborted | None:
         """``exc`` as IngestAborted with the partial result when the store refused a write."""
         cause = write_error(exc, store.location.uri)
         if cause is None or self.result is None:
@@ -113,9 +116,16 @@ class _Watch:
         result.seconds = time.perf_counter() - self.started
         seen = {o.slide_id for o in result.outcomes} | set(result.skipped)
         result.outcomes.extend(
-            SlideOutcome(s.slide_id, "aborted", 0, type(cause).__name__,
-                         "not ingested: the run stopped before this slide was committed")
-            for s in sources if s.slide_id not in seen)
+            SlideOutcome(
+                s.slide_id,
+                "aborted",
+                0,
+                type(cause).__name__,
+                "not ingested: the run stopped before this slide was committed",
+            )
+            for s in sources
+            if s.slide_id not in seen
+        )
         recorded = self.guard is not None and self.guard.recorded
         why = None if recorded else self._record_error(exc, store)
         return IngestAborted(cause, result, recorded, why)
@@ -131,9 +141,15 @@ class _Watch:
             log.warning("could not record the failed run: %s: %s", type(error).__name__, error)
 
 
-def _run_ingest(sources: Sequence[SlideSource], store: FeatureStore, config: IngestConfig | None,
-                options: RunOptions | None, storage_options: Mapping[str, Any] | None,
-                dashboard: bool, watch: _Watch) -> IngestResult:
+def _run_ingest(
+    sources: Sequence[SlideSource],
+    store: FeatureStore,
+    config: IngestConfig | None,
+    options: RunOptions | None,
+    storage_options: Mapping[str, Any] | None,
+    dashboard: bool,
+    watch: _Watch,
+) -> IngestResult:
     from features.store.liveness import RunHeartbeat
     from features.store.runs import FailureRecorder
 
@@ -141,8 +157,11 @@ def _run_ingest(sources: Sequence[SlideSource], store: FeatureStore, config: Ing
     started = time.perf_counter()
     # The heartbeat is left first (contexts exit in reverse), so it stops before the run
     # is closed and its heartbeat removed.
-    with Progress(len(sources), enabled=options.progress) as progress, \
-            FailureRecorder(warn=False) as guard, RunHeartbeat() as heartbeat:
+    with (
+        Progress(len(sources), enabled=options.progress) as progress,
+        FailureRecorder(warn=False) as guard,
+        RunHeartbeat() as heartbeat,
+    ):
         progress.phase("checking the store")
         spec, weights_sha = describe_encoder(config.encoder, config.weights)
         config_hash = config.config_hash(weights_sha)
@@ -166,8 +185,17 @@ def _run_ingest(sources: Sequence[SlideSource], store: FeatureStore, config: Ing
             progress.phase("ingest (in-process: a small job, no Ray)")
             _execute(todo, store, config, options, storage_options, config_hash, result, progress)
         else:
-            _on_ray(todo, store, config, options, storage_options, config_hash, result, progress,
-                    dashboard)
+            _on_ray(
+                todo,
+                store,
+                config,
+                options,
+                storage_options,
+                config_hash,
+                result,
+                progress,
+                dashboard,
+            )
         if progress.first_tile_at is not None:
             result.first_tile_s = progress.first_tile_at - started
         progress.phase("committing")
@@ -178,9 +206,17 @@ def _run_ingest(sources: Sequence[SlideSource], store: FeatureStore, config: Ing
     return result
 
 
-def _on_ray(todo: list[SlideSource], store: FeatureStore, config: IngestConfig, options: RunOptions,
-            storage_options: Mapping[str, Any] | None, config_hash: str, result: IngestResult,
-            progress: Progress, dashboard: bool) -> None:
+def _on_ray(
+    todo: list[SlideSource],
+    store: FeatureStore,
+    config: IngestConfig,
+    options: RunOptions,
+    storage_options: Mapping[str, Any] | None,
+    config_hash: str,
+    result: IngestResult,
+    progress: Progress,
+    dashboard: bool,
+) -> None:
     progress.phase("starting Ray")
     with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
         probe = pool.submit(_probe, config)  # fails fast on weights that do not load
@@ -201,13 +237,26 @@ def _probe(config: IngestConfig) -> None:
     Encoder(config.encoder, weights=config.weights, device="cpu")
 
 
-def _pending(sources: Sequence[SlideSource], store: FeatureStore, encoder: str, config_hash: str,
-             force: bool, result: IngestResult) -> list[SlideSource]:
+def _pending(
+    sources: Sequence[SlideSource],
+    store: FeatureStore,
+    encoder: str,
+    config_hash: str,
+    force: bool,
+    result: IngestResult,
+) -> list[SlideSource]:
     if force:
         return list(sources)
-    table = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
-                                  columns=["slide_id", "mpp", "mpp_source", "patient_id"]
-                                  ) if encoder in store.encoders() else None
+    table = (
+        store.latest().slides(
+            encoder=encoder,
+            status="done",
+            config_hash=config_hash,
+            columns=["slide_id", "mpp", "mpp_source", "patient_id"],
+        )
+        if encoder in store.encoders()
+        else None
+    )
     done = {r["slide_id"]: r for r in table.to_pylist()} if table is not None else {}
     # A manifest MPP override is part of what a slide was ingested with (issue 17): a
     # changed, added or removed override redoes the slide instead of skipping it.
@@ -218,17 +267,23 @@ def _pending(sources: Sequence[SlideSource], store: FeatureStore, encoder: str, 
     return [s for s in sources if s.slide_id not in skip]
 
 
-def _update_patients(store: FeatureStore, kept: Sequence[SlideSource],
-                     done: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _update_patients(
+    store: FeatureStore, kept: Sequence[SlideSource], done: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
     """A manifest that now names a slide's patient (or another one) updates the stored
     patient_id instead of skipping in silence: the tiles do not depend on it. A manifest
     without one never clears it."""
-    new = {s.slide_id: {"patient_id": s.patient_id} for s in kept
-           if s.patient_id and s.patient_id != done[s.slide_id].get("patient_id")}
+    new = {
+        s.slide_id: {"patient_id": s.patient_id}
+        for s in kept
+        if s.patient_id and s.patient_id != done[s.slide_id].get("patient_id")
+    }
     if not new:
         return []
     update = store.set_slide_metadata(new)
-    log.info("%d done slides: patient_id updated from the manifest, not re-encoded", len(update.changed))
+    log.info(
+        "%d done slides: patient_id updated from the manifest, not re-encoded", len(update.changed)
+    )
     return list(update.changed)
 
 
@@ -239,25 +294,47 @@ def _same_override(source: SlideSource, row: Mapping[str, Any]) -> bool:
     return abs(float(stored) - float(source.mpp)) <= 1e-9 * float(source.mpp)
 
 
-def _execute(todo: list[SlideSource], store: FeatureStore, config: IngestConfig, options: RunOptions,
-             storage_options: Mapping[str, Any] | None, config_hash: str,
-             result: IngestResult, progress: Progress) -> None:
+def _execute(
+    todo: list[SlideSource],
+    store: FeatureStore,
+    config: IngestConfig,
+    options: RunOptions,
+    storage_options: Mapping[str, Any] | None,
+    config_hash: str,
+    result: IngestResult,
+    progress: Progress,
+) -> None:
     try:
         with deferred_interrupt(progress):
-            _run_engine(todo, store, config, options, storage_options, config_hash, result, progress)
+            _run_engine(
+                todo, store, config, options, storage_options, config_hash, result, progress
+            )
     except KeyboardInterrupt as exc:
         raise _interrupted(todo, store, config.encoder_id, config_hash, result) from exc
 
 
-def _interrupted(todo: list[SlideSource], store: FeatureStore, encoder: str, config_hash: str,
-                 result: IngestResult) -> IngestInterrupted:
+def _interrupted(
+    todo: list[SlideSource],
+    store: FeatureStore,
+    encoder: str,
+    config_hash: str,
+    result: IngestResult,
+) -> IngestInterrupted:
     """What Ctrl-C leaves: read from the store, not the driver's counters, since the
     interrupt may have landed inside a commit."""
     total = len(todo) + len(result.skipped)
     try:
-        rows = store.latest().slides(encoder=encoder, status="done", config_hash=config_hash,
-                                     slide_ids=[s.slide_id for s in todo],
-                                     columns=["slide_id", "run_id"]).to_pylist()
+        rows = (
+            store.latest()
+            .slides(
+                encoder=encoder,
+                status="done",
+                config_hash=config_hash,
+                slide_ids=[s.slide_id for s in todo],
+                columns=["slide_id", "run_id"],
+            )
+            .to_pylist()
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         log.warning("after the interrupt, the store could not be read: %s", exc)
         return IngestInterrupted(None, None, total)
@@ -265,28 +342,55 @@ def _interrupted(todo: list[SlideSource], store: FeatureStore, encoder: str, con
     return IngestInterrupted(mine, len(rows) + len(result.skipped), total)
 
 
-def _run_engine(todo: list[SlideSource], store: FeatureStore, config: IngestConfig,
-                options: RunOptions, storage_options: Mapping[str, Any] | None, config_hash: str,
-                result: IngestResult, progress: Progress) -> None:
+def _run_engine(
+    todo: list[SlideSource],
+    store: FeatureStore,
+    config: IngestConfig,
+    options: RunOptions,
+    storage_options: Mapping[str, Any] | None,
+    config_hash: str,
+    result: IngestResult,
+    progress: Progress,
+) -> None:
     from features.store import new_write_id
 
     if result.engine != "inprocess":
         result.engine = choose_engine(options)
         log.info("ingest engine: %s", result.engine)
     write_ids = {s.slide_id: new_write_id() for s in todo}
-    collector = SlideCollector(store, config.encoder_id, config_hash, config.embedding_dtype,
-                               write_ids, options.commit_every, result.run_id, _faults.active(),
-                               committed=result.outcomes)
-    engine(result.engine).run(RunContext(
-        todo=tuple(todo), store=store, config=config, options=options,
-        storage_options=storage_options, config_hash=config_hash, result=result,
-        progress=progress, write_ids=write_ids, collector=collector))
+    collector = SlideCollector(
+        store,
+        config.encoder_id,
+        config_hash,
+        config.embedding_dtype,
+        write_ids,
+        options.commit_every,
+        result.run_id,
+        _faults.active(),
+        committed=result.outcomes,
+    )
+    engine(result.engine).run(
+        RunContext(
+            todo=tuple(todo),
+            store=store,
+            config=config,
+            options=options,
+            storage_options=storage_options,
+            config_hash=config_hash,
+            result=result,
+            progress=progress,
+            write_ids=write_ids,
+            collector=collector,
+        )
+    )
     collector.flush(final=True)
     _gather(todo, collector, result)
 
 
 def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestResult) -> None:
-    result.outcomes = [collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes]
+    result.outcomes = [
+        collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes
+    ]
     missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
     if missing:  # cannot happen unless Ray lost rows; never report them as done
         raise RuntimeError(f"pipeline ended without a result for slides {missing}")
@@ -317,22 +421,44 @@ def _maybe_compact(store: FeatureStore, encoder: str, threshold: int) -> int:
 def _execution(options: RunOptions, result: IngestResult) -> dict[str, Any]:
     """How the run executed: recorded with it, never in the config hash (like the device,
     none of it changes the stored features beyond the runtimes' stated tolerance)."""
-    return {"engine": result.engine, "device": options.device, "cpu_dtype": options.cpu_dtype,
-            "runtime": options.runtime, "runtimes_used": sorted(result.runtimes)}
+    return {
+        "engine": result.engine,
+        "device": options.device,
+        "cpu_dtype": options.cpu_dtype,
+        "runtime": options.runtime,
+        "runtimes_used": sorted(result.runtimes),
+    }
 
 
-def _record_run(store: FeatureStore, config: IngestConfig, options: RunOptions, result: IngestResult,
-                weights_sha: str | None, n_sources: int, status: str = "done") -> None:
+def _record_run(
+    store: FeatureStore,
+    config: IngestConfig,
+    options: RunOptions,
+    result: IngestResult,
+    weights_sha: str | None,
+    n_sources: int,
+    status: str = "done",
+) -> None:
     from features.store import RunRecord
 
     record = RunRecord(
-        run_id=result.run_id, config={**config.to_dict(weights_sha), "sources": n_sources,
-                                      "skipped": len(result.skipped),
-                                      "execution": _execution(options, result)},
-        config_hash=result.config_hash, encoder=config.encoder_id, code_version=CODE_VERSION,
-        weights_sha256=weights_sha, n_slides_done=sum(o.status == "done" for o in result.outcomes),
-        n_slides_failed=len(result.failed), n_tiles=result.tiles,
-        timings={"total_s": round(result.seconds, 3)}, status=status)
+        run_id=result.run_id,
+        config={
+            **config.to_dict(weights_sha),
+            "sources": n_sources,
+            "skipped": len(result.skipped),
+            "execution": _execution(options, result),
+        },
+        config_hash=result.config_hash,
+        encoder=config.encoder_id,
+        code_version=CODE_VERSION,
+        weights_sha256=weights_sha,
+        n_slides_done=sum(o.status == "done" for o in result.outcomes),
+        n_slides_failed=len(result.failed),
+        n_tiles=result.tiles,
+        timings={"total_s": round(result.seconds, 3)},
+        status=status,
+    )
     if status == "running":
         store.begin_run(record)
         return

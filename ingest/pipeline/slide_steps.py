@@ -40,9 +40,23 @@ if TYPE_CHECKING:
     from ingest.tiling.plan import TilePlan
     from ingest.tissue import TissueMask
 
-__all__ = ["ITEM_KEYS", "QC_STAIN", "SlideItem", "SlidePlan", "batch_slices", "describe",
-           "item_mpp", "new_info", "plan_and_store", "qc_and_normalize", "read_tiles",
-           "record_stage", "slide_budget", "slide_item", "slide_items"]
+__all__ = [
+    "ITEM_KEYS",
+    "QC_STAIN",
+    "SlideItem",
+    "SlidePlan",
+    "batch_slices",
+    "describe",
+    "item_mpp",
+    "new_info",
+    "plan_and_store",
+    "qc_and_normalize",
+    "read_tiles",
+    "record_stage",
+    "slide_budget",
+    "slide_item",
+    "slide_items",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +81,32 @@ ITEM_KEYS: tuple[str, ...] = tuple(SlideItem.__annotations__)
 
 def slide_items(todo: Sequence[SlideSource], write_ids: Mapping[str, str]) -> list[SlideItem]:
     """The run's work items, one per slide, each with the slide's ``write_id``."""
-    return [SlideItem(uri=s.uri, slide_id=s.slide_id, patient_id=s.patient_id or "",
-                      mpp=float(s.mpp) if s.mpp else float("nan"), write_id=write_ids[s.slide_id])
-            for s in todo]
+    return [
+        SlideItem(
+            uri=s.uri,
+            slide_id=s.slide_id,
+            patient_id=s.patient_id or "",
+            mpp=float(s.mpp) if s.mpp else float("nan"),
+            write_id=write_ids[s.slide_id],
+        )
+        for s in todo
+    ]
 
 
 def slide_item(row: Mapping[str, Any]) -> SlideItem:
     """The item's fields out of a larger mapping (a runner item, a Ray Data row) as Python
     scalars."""
+
     def plain(value: Any) -> Any:
         return value.item() if isinstance(value, np.generic) else value
 
-    return SlideItem(uri=str(plain(row["uri"])), slide_id=str(plain(row["slide_id"])),
-                     patient_id=str(plain(row["patient_id"]) or ""),
-                     mpp=float(plain(row["mpp"])) if plain(row["mpp"]) else float("nan"),
-                     write_id=str(plain(row["write_id"])))
+    return SlideItem(
+        uri=str(plain(row["uri"])),
+        slide_id=str(plain(row["slide_id"])),
+        patient_id=str(plain(row["patient_id"]) or ""),
+        mpp=float(plain(row["mpp"])) if plain(row["mpp"]) else float("nan"),
+        write_id=str(plain(row["write_id"])),
+    )
 
 
 def item_mpp(item: Mapping[str, Any]) -> float | None:
@@ -117,23 +142,37 @@ def slide_budget(sid: str, options: RunOptions, started: float) -> SlideBudget:
 def describe(slide: Slide, info: dict[str, Any]) -> None:
     """The slide's metadata into ``info``; its bytes into the metrics."""
     meta = slide.metadata
-    info.update(size_bytes=meta.size_bytes, checksum=meta.etag, reader=meta.reader,
-                vendor=meta.vendor, level_dimensions=[list(d) for d in meta.level_dimensions],
-                mpp=meta.mpp, mpp_source=meta.mpp_source, objective_power=meta.objective_power)
+    info.update(
+        size_bytes=meta.size_bytes,
+        checksum=meta.etag,
+        reader=meta.reader,
+        vendor=meta.vendor,
+        level_dimensions=[list(d) for d in meta.level_dimensions],
+        mpp=meta.mpp,
+        mpp_source=meta.mpp_source,
+        objective_power=meta.objective_power,
+    )
     metrics.record_bytes(meta.size_bytes or 0)
 
 
 @contextlib.contextmanager
-def open_item(item: Mapping[str, Any], info: dict[str, Any], *, options: RunOptions,
-              storage_options: Mapping[str, Any] | None, device: str, clock: float
-              ) -> Iterator[Slide]:
+def open_item(
+    item: Mapping[str, Any],
+    info: dict[str, Any],
+    *,
+    options: RunOptions,
+    storage_options: Mapping[str, Any] | None,
+    device: str,
+    clock: float,
+) -> Iterator[Slide]:
     """Open a manifest item's slide under its budget (counted from ``clock``, a
     ``time.monotonic()``) and record its metadata in ``info``: how every engine opens a
     slide to plan it."""
     from ingest.slides import open_slide
 
-    with open_slide(item["uri"], storage_options=storage_options, mpp=item_mpp(item),
-                    device=device) as slide:
+    with open_slide(
+        item["uri"], storage_options=storage_options, mpp=item_mpp(item), device=device
+    ) as slide:
         slide.budget = slide_budget(item["slide_id"], options, clock)
         describe(slide, info)
         yield slide
@@ -157,8 +196,16 @@ class SlidePlan:
         return self.plan.table.column(name).to_numpy()
 
 
-def plan_and_store(slide: Slide, slide_id: str, info: dict[str, Any], *, config: IngestConfig,
-                   store: StoreLocation | None, device: Any, started: float) -> SlidePlan:
+def plan_and_store(
+    slide: Slide,
+    slide_id: str,
+    info: dict[str, Any],
+    *,
+    config: IngestConfig,
+    store: StoreLocation | None,
+    device: Any,
+    started: float,
+) -> SlidePlan:
     """Plan an open slide: tissue mask, tile plan and stain parameters, with the thumbnail
     and mask written to the store (``store=None``: not written, for benchmarks). Records
     the ``plan`` stage from ``started`` (a ``perf_counter`` time: the open is part of it).
@@ -180,15 +227,17 @@ def plan_and_store(slide: Slide, slide_id: str, info: dict[str, Any], *, config:
     return SlidePlan(tissue, plan, normalizer)
 
 
-def qc_and_normalize(tiles: Any, *, config: IngestConfig, glass: Any, normalizer: Any,
-                     device: Any, xp: Any = np) -> tuple[Any, Any]:
+def qc_and_normalize(
+    tiles: Any, *, config: IngestConfig, glass: Any, normalizer: Any, device: Any, xp: Any = np
+) -> tuple[Any, Any]:
     """Tile QC and stain normalization of one batch, in ``xp`` (NumPy, or CuPy on the
     device): the (normalized) tiles and their int32 QC flags, without the planned flags.
     Tiles left as scanned while stain normalization was asked for carry ``QC_STAIN``."""
     from ingest.tissue.qc import tile_flags
 
-    flags = tile_flags(tiles, config.tiling.target_mpp, config.tiling.qc, config.tissue,
-                       glass=glass, device=device)
+    flags = tile_flags(
+        tiles, config.tiling.target_mpp, config.tiling.qc, config.tissue, glass=glass, device=device
+    )
     if normalizer is not None:
         result = normalizer(tiles)
         tiles = result.images
@@ -208,24 +257,29 @@ def batch_slices(n: int, step: int, first: int | None = None) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(cuts)]
 
 
-def read_tiles(slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample,
-               xp: Any = None) -> Any:
+def read_tiles(
+    slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample, xp: Any = None
+) -> Any:
     """Read with retries: object stores throttle and connections drop; corrupt bytes do not
     heal. ``xp``: the array module of the tiles (the device engine's; NumPy by default)."""
     for attempt in range(1, _READ_ATTEMPTS + 1):
         try:
-            return slide.read_regions_at_mpp(locations, size, mpp, threads=1, resample=resample,
-                                             xp=xp)
+            return slide.read_regions_at_mpp(
+                locations, size, mpp, threads=1, resample=resample, xp=xp
+            )
         except SlideReadError as exc:
-            if attempt == _READ_ATTEMPTS or isinstance(exc.__cause__, SlideCorruptError | SlideNotFoundError):
+            if attempt == _READ_ATTEMPTS or isinstance(
+                exc.__cause__, SlideCorruptError | SlideNotFoundError
+            ):
                 raise
             log.info("retrying read of %s (attempt %d): %s", slide.name, attempt + 1, exc)
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _fit_normalizer(slide: Slide, sid: str, tissue: TissueMask, config: IngestConfig,
-                    info: dict[str, Any]) -> Any:
+def _fit_normalizer(
+    slide: Slide, sid: str, tissue: TissueMask, config: IngestConfig, info: dict[str, Any]
+) -> Any:
     if config.stain == "none":
         return None
     from ingest.stain import (
@@ -237,9 +291,17 @@ def _fit_normalizer(slide: Slide, sid: str, tissue: TissueMask, config: IngestCo
     )
 
     try:
-        params = fit_slide(slide, tissue.mask, tissue.mpp, mpp=config.tiling.target_mpp,
-                           tile_size=config.tiling.tile_size, n_tiles=32, resample=config.tiling.resample,
-                           config=FitConfig(method=config.stain), slide_id=sid)
+        params = fit_slide(
+            slide,
+            tissue.mask,
+            tissue.mpp,
+            mpp=config.tiling.target_mpp,
+            tile_size=config.tiling.tile_size,
+            n_tiles=32,
+            resample=config.tiling.resample,
+            config=FitConfig(method=config.stain),
+            slide_id=sid,
+        )
     except StainFitError as exc:
         # Too little or single-stain tissue: keep the tiles as scanned, flag them, say why.
         info["stain"] = {"status": "not_fitted", "reason": str(exc)[:300]}

@@ -27,8 +27,17 @@ from infra.ids import slide_id_from_uri, validate_slide_id
 from infra.storage import is_local, open_filesystem, strip_protocol
 from infra.tables import TABLE_SUFFIXES
 
-__all__ = ["MPP_RANGE", "SLIDE_EXTENSIONS", "ManifestError", "RejectedRow", "SlideSource",
-           "SourceListing", "check_mpp", "load_listing", "load_sources"]
+__all__ = [
+    "MPP_RANGE",
+    "SLIDE_EXTENSIONS",
+    "ManifestError",
+    "RejectedRow",
+    "SlideSource",
+    "SourceListing",
+    "check_mpp",
+    "load_listing",
+    "load_sources",
+]
 
 #: Plausible µm/px for a slide scan or a target resolution: 0.05 (beyond any optical
 #: scanner's 100x) to 50 (a 0.2x overview). Outside it a value is a typo (nm for µm, a
@@ -80,13 +89,16 @@ def check_mpp(value: Any, what: str, *, force: bool = False) -> float:
         raise ValueError(f"{what} must be a positive finite number in µm/px, got {value!r}")
     low, high = MPP_RANGE
     if not force and not low <= mpp <= high:
-        raise ValueError(f"{what} = {mpp:g} µm/px is outside {low:g}-{high:g} µm/px (a typo? "
-                         "nm for µm, or a magnification?); pass --force-mpp if it is real")
+        raise ValueError(
+            f"{what} = {mpp:g} µm/px is outside {low:g}-{high:g} µm/px (a typo? "
+            "nm for µm, or a magnification?); pass --force-mpp if it is real"
+        )
     return mpp
 
 
-def load_sources(source: str, storage_options: Mapping[str, Any] | None = None, *,
-                 force_mpp: bool = False) -> list[SlideSource]:
+def load_sources(
+    source: str, storage_options: Mapping[str, Any] | None = None, *, force_mpp: bool = False
+) -> list[SlideSource]:
     """Slides named by ``source``; a :class:`ManifestError` listing every bad row if any."""
     listing = load_listing(source, storage_options, force_mpp=force_mpp)
     if listing.rejected:
@@ -94,8 +106,9 @@ def load_sources(source: str, storage_options: Mapping[str, Any] | None = None, 
     return listing.sources
 
 
-def load_listing(source: str, storage_options: Mapping[str, Any] | None = None, *,
-                 force_mpp: bool = False) -> SourceListing:
+def load_listing(
+    source: str, storage_options: Mapping[str, Any] | None = None, *, force_mpp: bool = False
+) -> SourceListing:
     """Slides named by ``source`` (a manifest file, a glob, a folder or an object prefix),
     and the rows refused, each with its reason. ``ManifestError`` only when the whole
     source is unusable (unreadable, no slide column, nothing listed)."""
@@ -118,21 +131,25 @@ def _read_table(source: str, storage_options: Mapping[str, Any] | None) -> pa.Ta
         # Ids stay text: a slide id "007" or a patient id "1e3" must not become a number.
         # mpp as text too: CSV readers turn "nan" into a missing value, which would silently
         # mean "use the metadata" instead of the error it is.
-        return read_arrow_table(source, storage_options,
-                                string_columns=("slide_id", "patient_id", "mpp"))
+        return read_arrow_table(
+            source, storage_options, string_columns=("slide_id", "patient_id", "mpp")
+        )
     except TableReadError as exc:
         raise ManifestError(f"{source}: cannot read manifest: {exc.reason}") from exc
 
 
-def _from_manifest(source: str, storage_options: Mapping[str, Any] | None,
-                   force_mpp: bool) -> SourceListing:
+def _from_manifest(
+    source: str, storage_options: Mapping[str, Any] | None, force_mpp: bool
+) -> SourceListing:
     rows = _read_table(source, storage_options).to_pylist()
     if not rows:
         raise ManifestError(f"{source}: manifest has no rows")
     column = next((c for c in _URI_COLUMNS if c in rows[0]), None)
     if column is None:
         raise ManifestError(f"{source}: no slide column; expected one of {list(_URI_COLUMNS)}")
-    base = posixpath.dirname(strip_protocol(source)) if is_local(source) else source.rsplit("/", 1)[0]
+    base = (
+        posixpath.dirname(strip_protocol(source)) if is_local(source) else source.rsplit("/", 1)[0]
+    )
     out: list[SlideSource] = []
     rejected: list[RejectedRow] = []
     seen: dict[str, tuple[int, str]] = {}  # lower-cased id -> (row, id as written)
@@ -147,10 +164,20 @@ def _from_manifest(source: str, storage_options: Mapping[str, Any] | None,
         first = seen.get(item.slide_id.lower())
         if first is not None:
             how = "repeats" if first[1] == item.slide_id else "differs only by case from"
-            rejected.append(RejectedRow(where, item.slide_id, (
-                f"slide_id {item.slide_id!r} {how} row {first[0]}'s {first[1]!r}"
-                + ("" if how == "repeats" else " (they would share a folder on a "
-                   "case-insensitive filesystem)"))))
+            rejected.append(
+                RejectedRow(
+                    where,
+                    item.slide_id,
+                    (
+                        f"slide_id {item.slide_id!r} {how} row {first[0]}'s {first[1]!r}"
+                        + (
+                            ""
+                            if how == "repeats"
+                            else " (they would share a folder on a case-insensitive filesystem)"
+                        )
+                    ),
+                )
+            )
             continue
         seen[item.slide_id.lower()] = (number, item.slide_id)
         out.append(item)
@@ -165,7 +192,11 @@ def _row_source(number: int, row: dict, column: str, base: str, force_mpp: bool)
     if "://" not in uri and not posixpath.isabs(uri):
         uri = posixpath.join(base, uri)
     try:
-        sid = validate_slide_id(str(row["slide_id"])) if row.get("slide_id") else slide_id_from_uri(uri)
+        sid = (
+            validate_slide_id(str(row["slide_id"]))
+            if row.get("slide_id")
+            else slide_id_from_uri(uri)
+        )
     except InvalidSlideIdError as exc:
         raise ValueError(str(exc)) from exc
     mpp = row.get("mpp")
@@ -201,10 +232,17 @@ def _from_listing(source: str, storage_options: Mapping[str, Any] | None) -> Sou
             rejected.append(RejectedRow(uri, None, str(exc)))
             continue
         if sid.lower() in seen:
-            rejected.append(RejectedRow(uri, sid, (
-                f"gives slide id {sid!r}, as {seen[sid.lower()]} does (ids equal up to case "
-                "collide on case-insensitive filesystems); use a manifest with explicit "
-                "slide_id values")))
+            rejected.append(
+                RejectedRow(
+                    uri,
+                    sid,
+                    (
+                        f"gives slide id {sid!r}, as {seen[sid.lower()]} does (ids equal up to case "
+                        "collide on case-insensitive filesystems); use a manifest with explicit "
+                        "slide_id values"
+                    ),
+                )
+            )
             continue
         seen[sid.lower()] = uri
         out.append(SlideSource(uri, sid))

@@ -34,8 +34,16 @@ class WriteStage:
         return write_batches(batch, **self._kwargs)
 
 
-def write_batches(batch: Mapping[str, Any], *, store: StoreLocation, encoder: str, config_hash: str,
-                  dtype: str, tile_size: int, read_mpp: float) -> dict[str, Any]:
+def write_batches(
+    batch: Mapping[str, Any],
+    *,
+    store: StoreLocation,
+    encoder: str,
+    config_hash: str,
+    dtype: str,
+    tile_size: int,
+    read_mpp: float,
+) -> dict[str, Any]:
     from features.store import SlideInfo, SlideKey, tile_batch
     from features.store.writer import write_slide
 
@@ -49,22 +57,41 @@ def write_batches(batch: Mapping[str, Any], *, store: StoreLocation, encoder: st
             dims.append(0)
             continue
         start = time.perf_counter()
-        sid, write_id = str(column_value(batch, "slide_id", i)), str(column_value(batch, "write_id", i))
-        tiles = tile_batch(column_value(batch, "x", i), column_value(batch, "y", i), embedding,
-                           tile_size=tile_size, level=int(column_value(batch, "level", i)),
-                           read_mpp=read_mpp, tissue_fraction=column_value(batch, "tissue_fraction", i),
-                           qc_flags=column_value(batch, "qc_flags", i), dtype=dtype)
+        sid, write_id = (
+            str(column_value(batch, "slide_id", i)),
+            str(column_value(batch, "write_id", i)),
+        )
+        tiles = tile_batch(
+            column_value(batch, "x", i),
+            column_value(batch, "y", i),
+            embedding,
+            tile_size=tile_size,
+            level=int(column_value(batch, "level", i)),
+            read_mpp=read_mpp,
+            tissue_fraction=column_value(batch, "tissue_fraction", i),
+            qc_flags=column_value(batch, "qc_flags", i),
+            dtype=dtype,
+        )
         # table_ready: the driver created the encoder's table (run_ingest) before any worker ran
-        pending = write_slide(store, SlideKey(sid, encoder, config_hash),
-                              SlideInfo(source_uri=""), tiles, dtype=dtype, write_id=write_id,
-                              table_ready=True)
+        pending = write_slide(
+            store,
+            SlideKey(sid, encoder, config_hash),
+            SlideInfo(source_uri=""),
+            tiles,
+            dtype=dtype,
+            write_id=write_id,
+            table_ready=True,
+        )
         fragments.append(json.dumps(list(pending.fragments)))
         counts.append(pending.n_tiles)
         dims.append(int(embedding.shape[1]))
         metrics.observe_stage("write", time.perf_counter() - start)
     out = {k: v for k, v in batch.items() if k != "embedding"}
-    out.update(fragments=np.array(fragments), n_tiles=np.array(counts, np.int64),
-               dim=np.array(dims, np.int64))
+    out.update(
+        fragments=np.array(fragments),
+        n_tiles=np.array(counts, np.int64),
+        dim=np.array(dims, np.int64),
+    )
     for heavy in ("x", "y", "tissue_fraction", "qc_flags"):
         out.pop(heavy, None)  # the driver needs only what to commit
     return out

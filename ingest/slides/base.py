@@ -43,7 +43,10 @@ class BackendSlide(abc.ABC):
         """RGB uint8 (height, width, 3). The caller guarantees the region is in bounds."""
 
     def read_regions(
-        self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        self,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        size: tuple[int, int],
         threads: int = 1,
     ) -> np.ndarray:
         """(N, height, width, 3) for in-bounds regions; backends override to batch."""
@@ -71,7 +74,11 @@ class BackendSlide(abc.ABC):
         return xp.asarray(self.read_region(x, y, level, width, height))
 
     def read_regions_on(
-        self, xp: Any, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        self,
+        xp: Any,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        size: tuple[int, int],
         threads: int = 1,
     ) -> Any:
         """:meth:`read_regions` as an ``xp`` array (see :meth:`read_region_on`)."""
@@ -101,6 +108,8 @@ class SlideReader(abc.ABC):
     def open_local(self, path: str) -> BackendSlide:
         """Open a file on the local filesystem."""
 
-    def open_remote(self, fileobj: IO[bytes], uri: str, storage_options: Mapping[str, Any]) -> BackendSlide:
+    def open_remote(
+        self, fileobj: IO[bytes], uri: str, storage_options: Mapping[str, Any]
+    ) -> BackendSlide:
         """Open through byte-range reads (only for ``supports_remote`` backends)."""
         raise NotImplementedError(f"{self.name} cannot read remote objects; stage them first")

@@ -45,7 +45,8 @@ def inspect_tiff(fileobj: IO[bytes], size: int, slide: str) -> VendorMetadata:
         raise
     except Exception as exc:  # tifffile raises many types on malformed structure
         raise SlideCorruptError(
-            slide, f"malformed TIFF structure ({type(exc).__name__}: {_one_line(exc)})") from exc
+            slide, f"malformed TIFF structure ({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
     return meta
 
 
@@ -58,8 +59,11 @@ def _check_first_directory(fileobj: IO[bytes], size: int, slide: str) -> None:
         raise SlideCorruptError(slide, f"truncated: {size} bytes, shorter than a TIFF header")
     offset = int.from_bytes(head[8:16] if big else head[4:8], "little" if order == "<" else "big")
     if offset >= size:
-        raise SlideCorruptError(slide, f"truncated: the first image directory is at byte "
-                                       f"{offset} but the file has {size} bytes")
+        raise SlideCorruptError(
+            slide,
+            f"truncated: the first image directory is at byte "
+            f"{offset} but the file has {size} bytes",
+        )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -94,8 +98,13 @@ def _collect(tif: tifffile.TiffFile) -> VendorMetadata:
 def _vendor(tif: tifffile.TiffFile, meta: VendorMetadata) -> str:
     if meta.aperio or tif.is_svs:
         return "aperio"
-    for flag, name in (("is_ndpi", "hamamatsu"), ("is_philips", "philips"), ("is_scn", "leica"),
-                       ("is_bif", "ventana"), ("is_ome", "ome")):
+    for flag, name in (
+        ("is_ndpi", "hamamatsu"),
+        ("is_philips", "philips"),
+        ("is_scn", "leica"),
+        ("is_bif", "ventana"),
+        ("is_ome", "ome"),
+    ):
         if getattr(tif, flag, False):
             return name
     return "generic-tiff"

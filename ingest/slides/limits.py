@@ -48,8 +48,9 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")  # the loop returns on its last unit
 
 
-def check_declared_size(slide: str, shapes: Iterable[tuple[tuple[int, ...], int]],
-                        file_size: int) -> None:
+def check_declared_size(
+    slide: str, shapes: Iterable[tuple[tuple[int, ...], int]], file_size: int
+) -> None:
     """Refuse a container whose images (``(shape, itemsize)`` per level) decode to more than
     ``MAX_DECODE_RATIO`` times its file size: a decompression bomb, not a scan."""
     if file_size <= 0:
@@ -69,8 +70,9 @@ def check_declared_size(slide: str, shapes: Iterable[tuple[tuple[int, ...], int]
         )
 
 
-def check_thumbnail(slide: str, out_size: tuple[int, int], source_size: tuple[int, int],
-                    level: int, mpp: float) -> None:
+def check_thumbnail(
+    slide: str, out_size: tuple[int, int], source_size: tuple[int, int], level: int, mpp: float
+) -> None:
     """Refuse a thumbnail too large to hold, or one that would decode too much of a level."""
     out_px = out_size[0] * out_size[1]
     if out_px > MAX_THUMBNAIL_PIXELS:
@@ -115,14 +117,17 @@ class SlideBudget:
             elapsed = time.monotonic() - self.started
             if elapsed > self.seconds:
                 raise SlideLimitError(
-                    self.slide, f"over its time budget: {elapsed:.0f} s > {self.seconds:g} s "
-                                f"(during {stage})")
+                    self.slide,
+                    f"over its time budget: {elapsed:.0f} s > {self.seconds:g} s (during {stage})",
+                )
         if self.memory_bytes is not None:
             rss = current_rss()
             if rss > self.memory_bytes:
                 raise SlideLimitError(
-                    self.slide, f"over the reader's memory ceiling: resident {format_bytes(rss)} "
-                                f"> {format_bytes(self.memory_bytes)} (during {stage})")
+                    self.slide,
+                    f"over the reader's memory ceiling: resident {format_bytes(rss)} "
+                    f"> {format_bytes(self.memory_bytes)} (during {stage})",
+                )
 
 
 def current_rss() -> int:

@@ -88,8 +88,17 @@ def open_handle(handle: SlideHandle, scratch: ScratchSpace | None = None) -> Sli
             log.warning("%s does not fit in scratch; streaming it instead", label)
         else:
             try:
-                return _open_with(handle, label, str(staged.path), None, meta, tiff, info,
-                                  "stage", (space, staged))
+                return _open_with(
+                    handle,
+                    label,
+                    str(staged.path),
+                    None,
+                    meta,
+                    tiff,
+                    info,
+                    "stage",
+                    (space, staged),
+                )
             except BaseException:
                 space.release(staged)
                 raise
@@ -113,8 +122,9 @@ def _locate(fs: Any, path: str, label: str) -> ObjectInfo:
         raise SlideOpenError(label, "is a directory, not a slide") from exc
     except Exception as exc:
         if _unreachable(exc):
-            raise SlideOpenError(label, "cannot reach the storage endpoint "
-                                        f"({type(exc).__name__}: {_short(exc)})") from exc
+            raise SlideOpenError(
+                label, f"cannot reach the storage endpoint ({type(exc).__name__}: {_short(exc)})"
+            ) from exc
         if isinstance(exc, OSError):
             raise SlideOpenError(label, f"cannot stat: {_short(exc)}") from exc
         raise
@@ -123,8 +133,12 @@ def _locate(fs: Any, path: str, label: str) -> ObjectInfo:
     return info
 
 
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _check_regular_file(path: str, label: str) -> None:
@@ -136,17 +150,30 @@ def _check_regular_file(path: str, label: str) -> None:
         return  # missing / unreadable: object_info names it precisely
     for test, kind in _SPECIAL_FILES:
         if test(mode):
-            raise SlideOpenError(label, f"is {kind}, not a regular file; slides must be files "
-                                        "or objects that allow random access")
+            raise SlideOpenError(
+                label,
+                f"is {kind}, not a regular file; slides must be files "
+                "or objects that allow random access",
+            )
 
 
 def _unreachable(exc: BaseException) -> bool:
     """Network failures (refused, DNS, timeouts) from botocore, aiohttp, gcsfs or the stdlib."""
     names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                         "ClientConnectorError", "ServerDisconnectedError", "ConnectionError",
-                         "ConnectionRefusedError", "TimeoutError", "gaierror"}) or isinstance(
-        exc, ConnectionError | TimeoutError)
+    return bool(
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+            "ClientConnectorError",
+            "ServerDisconnectedError",
+            "ConnectionError",
+            "ConnectionRefusedError",
+            "TimeoutError",
+            "gaierror",
+        }
+    ) or isinstance(exc, ConnectionError | TimeoutError)
 
 
 def _vet(fs: Any, path: str, info: ObjectInfo, label: str) -> tuple[VendorMetadata, bool]:
@@ -178,8 +205,9 @@ def _candidates(handle: SlideHandle, access: str) -> list[type[SlideReader]]:
         return [get_reader_class(handle.reader)]
     found = candidate_readers(handle.uri, remote=access == "stream")
     if not found:
-        raise BackendUnavailableError(f"no installed reader can open {extension_of(handle.uri)!r}"
-                                      f" slides with access={access}")
+        raise BackendUnavailableError(
+            f"no installed reader can open {extension_of(handle.uri)!r} slides with access={access}"
+        )
     return found
 
 
@@ -201,7 +229,9 @@ def _try_backends(
     for cls in _candidates(handle, access):
         try:
             if cls.tiff_only and not tiff:
-                raise SlideCorruptError(label, "not a TIFF container (reads TIFF-family formats only)")
+                raise SlideCorruptError(
+                    label, "not a TIFF container (reads TIFF-family formats only)"
+                )
             reader = _instantiate(cls, handle)
             if fileobj is not None:
                 backend = reader.open_remote(fileobj, handle.uri, handle.storage_options or {})
@@ -238,8 +268,15 @@ def _short(exc: BaseException) -> str:
 
 
 def _open_with(
-    handle: SlideHandle, label: str, target: str, fileobj: IO[bytes] | None,
-    meta: VendorMetadata, tiff: bool, info: ObjectInfo, access: str, staged: Any,
+    handle: SlideHandle,
+    label: str,
+    target: str,
+    fileobj: IO[bytes] | None,
+    meta: VendorMetadata,
+    tiff: bool,
+    info: ObjectInfo,
+    access: str,
+    staged: Any,
 ) -> Slide:
     name, backend = _try_backends(handle, label, target, fileobj, tiff, access)
     try:
@@ -262,8 +299,14 @@ def canonical_downsamples(dims: tuple[tuple[int, int], ...]) -> tuple[float, ...
 
 
 def _metadata(
-    handle: SlideHandle, label: str, backend: BackendSlide, reader: str,
-    meta: VendorMetadata, tiff: bool, info: ObjectInfo, access: str,
+    handle: SlideHandle,
+    label: str,
+    backend: BackendSlide,
+    reader: str,
+    meta: VendorMetadata,
+    tiff: bool,
+    info: ObjectInfo,
+    access: str,
 ) -> SlideMetadata:
     props = backend.vendor_properties
     if not tiff:

@@ -46,8 +46,16 @@ def downsample_batch(tiles: Any, size: int, resample: Literal["area", "lanczos"]
         return _reduce(tiles, side // size, xp)
     host_index, host_weight = _coefficients(side, size, resample)
     index, weight = xp.asarray(host_index), xp.asarray(host_weight)
-    parts = [_pass(_pass(tiles[lo:lo + _CHUNK], index, weight, axis=2, xp=xp),
-                   index, weight, axis=1, xp=xp) for lo in range(0, len(tiles), _CHUNK)]
+    parts = [
+        _pass(
+            _pass(tiles[lo : lo + _CHUNK], index, weight, axis=2, xp=xp),
+            index,
+            weight,
+            axis=1,
+            xp=xp,
+        )
+        for lo in range(0, len(tiles), _CHUNK)
+    ]
     return parts[0] if len(parts) == 1 else xp.concatenate(parts)
 
 
@@ -64,8 +72,11 @@ def _pass(tiles: Any, index: Any, weight: Any, axis: int, xp: Any) -> Any:
     fixed-point weighted sum of ``taps`` input pixels, then PIL's clip8. int32 as in PIL:
     255 × the largest coefficient sum (LANCZOS's lobes, ~1.3 · 2²²) stays below 2³¹."""
     shape = (1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1)
-    acc = xp.full((*tiles.shape[:axis], index.shape[0], *tiles.shape[axis + 1:]),
-                  1 << (_PRECISION_BITS - 1), dtype=xp.int32)
+    acc = xp.full(
+        (*tiles.shape[:axis], index.shape[0], *tiles.shape[axis + 1 :]),
+        1 << (_PRECISION_BITS - 1),
+        dtype=xp.int32,
+    )
     for t in range(weight.shape[1]):
         acc += xp.take(tiles, index[:, t], axis=axis).astype(xp.int32) * weight[:, t].reshape(shape)
     acc >>= _PRECISION_BITS
@@ -92,8 +103,11 @@ def _coefficients(in_size: int, out_size: int, resample: str) -> tuple[np.ndarra
         for x, w in enumerate(ww):
             w = w / total if total != 0.0 else w
             index[xx, x] = x + xmin
-            weight[xx, x] = int(-0.5 + w * (1 << _PRECISION_BITS)) if w < 0 else \
-                int(0.5 + w * (1 << _PRECISION_BITS))
+            weight[xx, x] = (
+                int(-0.5 + w * (1 << _PRECISION_BITS))
+                if w < 0
+                else int(0.5 + w * (1 << _PRECISION_BITS))
+            )
     return index, weight
 
 

@@ -111,7 +111,9 @@ class Slide:
         return choose_level(mpps, target_mpp, tolerance)
 
     # ---- pixels ----------------------------------------------------------------------------
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """RGB uint8 (height, width, 3) of the region at ``level``; outside the slide is white."""
         self._check_open()
         self._check_level(level)
@@ -143,15 +145,17 @@ class Slide:
             for n, (x, y) in enumerate(locs):
                 out[n] = _cut(whole, *self._level_px(int(x), int(y), level), width, height)
             return out
-        inside = np.array([self._inside(int(x), int(y), level, width, height) for x, y in locs],
-                          dtype=bool)
+        inside = np.array(
+            [self._inside(int(x), int(y), level, width, height) for x, y in locs], dtype=bool
+        )
         idx = np.flatnonzero(inside)
         batch = None
         if idx.size:
             try:
                 batch = self._backend.read_regions(
                     [self._to_backend(int(x), int(y), level) for x, y in locs[idx]],
-                    level, (width, height),
+                    level,
+                    (width, height),
                     threads or _default_threads(),
                 )
             except Exception as exc:  # any decoder failure becomes a typed, named error
@@ -184,7 +188,9 @@ class Slide:
         are resampled there, identically to the PIL path (:mod:`ingest.slides.resample`).
         """
         if resample not in RESAMPLING:
-            raise ConfigError(f"{self.name}: resample must be one of {RESAMPLING}, got {resample!r}")
+            raise ConfigError(
+                f"{self.name}: resample must be one of {RESAMPLING}, got {resample!r}"
+            )
         self._check_budget("tile reading")
         choice = self.best_level(target_mpp)
         read = tile_size if choice.exact else int(round(tile_size * choice.scale))
@@ -210,8 +216,14 @@ class Slide:
                 resize(i)
         return out
 
-    def _read_regions_on(self, xp: Any, locations: Sequence[tuple[int, int]] | np.ndarray,
-                         level: int, size: tuple[int, int], threads: int | None) -> Any:
+    def _read_regions_on(
+        self,
+        xp: Any,
+        locations: Sequence[tuple[int, int]] | np.ndarray,
+        level: int,
+        size: tuple[int, int],
+        threads: int | None,
+    ) -> Any:
         """:meth:`read_regions` into ``xp`` arrays (see :meth:`read_regions_at_mpp`)."""
         self._check_open()
         self._check_level(level)
@@ -221,16 +233,24 @@ class Slide:
             return xp.empty((0, height, width, 3), dtype=np.uint8)
         whole = self._whole_level_on(xp, level)
         if whole is not None:
-            return xp.stack([_cut(whole, *self._level_px(int(x), int(y), level), width, height)
-                             for x, y in locs])
+            return xp.stack(
+                [
+                    _cut(whole, *self._level_px(int(x), int(y), level), width, height)
+                    for x, y in locs
+                ]
+            )
         inside = [self._inside(int(x), int(y), level, width, height) for x, y in locs]
         idx = [i for i, ok in enumerate(inside) if ok]
         tiles: list[Any] = [None] * len(locs)
         if idx:
             try:
                 batch = self._backend.read_regions_on(
-                    xp, [self._to_backend(int(locs[i, 0]), int(locs[i, 1]), level) for i in idx],
-                    level, (width, height), threads or _default_threads())
+                    xp,
+                    [self._to_backend(int(locs[i, 0]), int(locs[i, 1]), level) for i in idx],
+                    level,
+                    (width, height),
+                    threads or _default_threads(),
+                )
             except ImplicitTransferError:
                 raise  # a host round trip in slidebank's code, not a decoder failure
             except Exception as exc:  # any decoder failure becomes a typed, named error
@@ -241,8 +261,9 @@ class Slide:
                 tiles[i] = batch[j]
         for i, ok in enumerate(inside):
             if not ok:
-                tiles[i] = self._read_clamped(int(locs[i, 0]), int(locs[i, 1]), level, width,
-                                              height, xp)
+                tiles[i] = self._read_clamped(
+                    int(locs[i, 0]), int(locs[i, 1]), level, width, height, xp
+                )
         return xp.stack(tiles)
 
     def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
@@ -267,7 +288,7 @@ class Slide:
             for cx in range(0, out_w, chunk):
                 self._check_budget("thumbnail")
                 cw, ch = min(chunk, out_w - cx), min(chunk, out_h - cy)
-                out[cy:cy + ch, cx:cx + cw] = self._thumb_chunk(
+                out[cy : cy + ch, cx : cx + cw] = self._thumb_chunk(
                     choice.level, (cx * fx, cy * fy, (cx + cw) * fx, (cy + ch) * fy), (cw, ch)
                 )
         return out, w0 * self.mpp / out_w
@@ -278,8 +299,9 @@ class Slide:
         sx0, sy0 = int(math.floor(bx0)), int(math.floor(by0))
         sx1, sy1 = min(int(math.ceil(bx1)), lw), min(int(math.ceil(by1)), lh)
         ds = self.level_downsamples[level]
-        region = self.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level,
-                                  (sx1 - sx0, sy1 - sy0))  # round(lx·ds) maps back to lx exactly
+        region = self.read_region(
+            (int(round(sx0 * ds)), int(round(sy0 * ds))), level, (sx1 - sx0, sy1 - sy0)
+        )  # round(lx·ds) maps back to lx exactly
         local = (bx0 - sx0, by0 - sy0, min(bx1, sx1) - sx0, min(by1, sy1) - sy0)
         image = Image.fromarray(region).resize(size, Image.Resampling.BOX, box=local)
         return np.asarray(image)
@@ -325,8 +347,9 @@ class Slide:
         b = self._backend
         return b.level0_coordinate(lx, level), b.level0_coordinate(ly, level)
 
-    def _backend_read(self, x: int, y: int, level: int, width: int, height: int,
-                      xp: Any = np) -> Any:
+    def _backend_read(
+        self, x: int, y: int, level: int, width: int, height: int, xp: Any = np
+    ) -> Any:
         try:
             if xp is np:
                 return self._backend.read_region(x, y, level, width, height)
@@ -338,8 +361,9 @@ class Slide:
                 self.name, f"region ({x}, {y}) {width}x{height} at level {level}: {exc}"
             ) from exc
 
-    def _read_clamped(self, x: int, y: int, level: int, width: int, height: int,
-                      xp: Any = np) -> Any:
+    def _read_clamped(
+        self, x: int, y: int, level: int, width: int, height: int, xp: Any = np
+    ) -> Any:
         out = xp.full((height, width, 3), 255, dtype=np.uint8)
         lx, ly = self._level_px(x, y, level)
         box = clamp_region(lx, ly, width, height, self.level_dimensions[level])
@@ -347,9 +371,15 @@ class Slide:
             return out
         bx, by, bw, bh = box
         backend = self._backend
-        part = self._backend_read(backend.level0_coordinate(bx, level),
-                                  backend.level0_coordinate(by, level), level, bw, bh, xp)
-        out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = part
+        part = self._backend_read(
+            backend.level0_coordinate(bx, level),
+            backend.level0_coordinate(by, level),
+            level,
+            bw,
+            bh,
+            xp,
+        )
+        out[by - ly : by - ly + bh, bx - lx : bx - lx + bw] = part
         return out
 
     def _check_level(self, level: int) -> None:
@@ -393,8 +423,10 @@ class Slide:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"Slide({self.name!r}, reader={m.reader}, levels={m.level_count}, "
-                f"dimensions={self.dimensions}, mpp={m.mpp}, access={m.access})")
+        return (
+            f"Slide({self.name!r}, reader={m.reader}, levels={m.level_count}, "
+            f"dimensions={self.dimensions}, mpp={m.mpp}, access={m.access})"
+        )
 
 
 def _reopen(handle: SlideHandle) -> Slide:
@@ -413,12 +445,12 @@ def _cut(level: Any, lx: int, ly: int, width: int, height: int) -> Any:
     array, the result in the same module); white outside it."""
     lh, lw = level.shape[:2]
     if lx >= 0 and ly >= 0 and lx + width <= lw and ly + height <= lh:
-        return level[ly:ly + height, lx:lx + width].copy()  # a copy: callers may write to it
+        return level[ly : ly + height, lx : lx + width].copy()  # a copy: callers may write to it
     out = array_module(level).full((height, width, 3), 255, dtype=np.uint8)
     box = clamp_region(lx, ly, width, height, (lw, lh))
     if box is not None:
         bx, by, bw, bh = box
-        out[by - ly:by - ly + bh, bx - lx:bx - lx + bw] = level[by:by + bh, bx:bx + bw]
+        out[by - ly : by - ly + bh, bx - lx : bx - lx + bw] = level[by : by + bh, bx : bx + bw]
     return out
 
 

@@ -59,7 +59,9 @@ class ScratchSpace:
         keep: bool = False,
         verify_md5: bool = True,
     ) -> None:
-        base = Path(root) if root else Path(tempfile.gettempdir()) / f"slidebank-scratch-{os.getuid()}"
+        base = (
+            Path(root) if root else Path(tempfile.gettempdir()) / f"slidebank-scratch-{os.getuid()}"
+        )
         # One subdirectory per process: eviction never touches another process's files.
         self.root = base / f"p{os.getpid()}"
         self.max_bytes = int(max_bytes)
@@ -128,8 +130,10 @@ class ScratchSpace:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = base.lstat()
         if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
-            raise ScratchSpaceError(f"scratch folder {base} is a symlink or belongs to another "
-                                    "user; set SLIDEBANK_SCRATCH to a private folder")
+            raise ScratchSpaceError(
+                f"scratch folder {base} is a symlink or belongs to another "
+                "user; set SLIDEBANK_SCRATCH to a private folder"
+            )
         if not self.root.exists():
             _remove_stale(base)
         self.root.mkdir(mode=0o700, exist_ok=True)
@@ -162,7 +166,9 @@ class ScratchSpace:
         # Not infra.files.atomic_write: parts are written in parallel with pwrite and
         # verified before the rename, but the temp name comes from the same helper.
         tmp = temp_path(target)
-        ranges = [(o, min(o + self.part_size, info.size)) for o in range(0, info.size, self.part_size)]
+        ranges = [
+            (o, min(o + self.part_size, info.size)) for o in range(0, info.size, self.part_size)
+        ]
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -198,14 +204,18 @@ class ScratchSpace:
             raise StagingError(f"{slide}: staged {size} bytes, object has {before.size}")
         after = object_info(fs, path)
         if (after.etag, after.size) != (before.etag, before.size):
-            raise StagingError(f"{slide}: object changed while staging (ETag {before.etag} -> {after.etag})")
+            raise StagingError(
+                f"{slide}: object changed while staging (ETag {before.etag} -> {after.etag})"
+            )
         if self.verify_md5 and before.etag and _MD5_ETAG.match(before.etag):
             digest = hashlib.md5(usedforsecurity=False)
             with open(tmp, "rb") as fh:
                 for block in iter(lambda: fh.read(8 * 2**20), b""):
                     digest.update(block)
             if digest.hexdigest() != before.etag:
-                raise StagingError(f"{slide}: content MD5 {digest.hexdigest()} != ETag {before.etag}")
+                raise StagingError(
+                    f"{slide}: content MD5 {digest.hexdigest()} != ETag {before.etag}"
+                )
 
 
 _default: ScratchSpace | None = None

@@ -29,6 +29,5 @@ def count_per_tile(mask: Any) -> Any:
     """
     xp = array_module(mask)
     if xp is np:
-        return np.fromiter((np.count_nonzero(m) for m in mask), dtype=np.int64,
-                           count=mask.shape[0])
+        return np.fromiter((np.count_nonzero(m) for m in mask), dtype=np.int64, count=mask.shape[0])
     return xp.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1).astype(np.int64)

@@ -64,8 +64,9 @@ class HEDJitter:
         in_range("HEDJitter.bias", self.bias, 0.0, 2.0)
 
     def __call__(self, batch: Any, rng: np.random.Generator, device: Device | None = None) -> Any:
-        return hed_jitter(batch, rng, sigma=self.sigma, bias=self.bias, stains=self.stains,
-                          device=device)
+        return hed_jitter(
+            batch, rng, sigma=self.sigma, bias=self.bias, stains=self.stains, device=device
+        )
 
 
 def hed_jitter(
@@ -96,8 +97,9 @@ def hed_jitter(
     # Row-vector form per tile: OD' = OD · (unmix · diag(scale) · basis) + shift · basis.
     maps = np.einsum("ij,nj,jk->nik", unmix, scale, basis)
     offsets = shift @ basis
-    return _remix(xp, batch, xp.asarray(maps, dtype=np.float32),
-                  xp.asarray(offsets, dtype=np.float32))
+    return _remix(
+        xp, batch, xp.asarray(maps, dtype=np.float32), xp.asarray(offsets, dtype=np.float32)
+    )
 
 
 def _remix(xp: Any, batch: Any, maps: Any, offsets: Any) -> Any:
@@ -111,14 +113,14 @@ def _remix(xp: Any, batch: Any, maps: Any, offsets: Any) -> Any:
     out = xp.empty_like(batch)
     step = batch.shape[0] if xp is not np else max(1, _CPU_CHUNK_PIXELS // _pixels(batch))
     for lo in range(0, batch.shape[0], step):
-        tiles, m, o = batch[lo:lo + step], maps[lo:lo + step], offsets[lo:lo + step]
+        tiles, m, o = batch[lo : lo + step], maps[lo : lo + step], offsets[lo : lo + step]
         planes = [xp.take(lut, tiles[..., k]) for k in range(3)]
         for c in range(3):
             od = planes[0] * m[:, 0, c, None, None]
             for k in (1, 2):
                 od += planes[k] * m[:, k, c, None, None]
             od += o[:, c, None, None]
-            out[lo:lo + step, ..., c] = od_to_rgb(od, _AUG_IO)
+            out[lo : lo + step, ..., c] = od_to_rgb(od, _AUG_IO)
     return out
 
 

@@ -65,15 +65,27 @@ def fit_tiles(
     if pixels.shape[0] > config.max_pixels:
         # Seeded on the host, so CPU and GPU fits see the same pixels.
         keep = np.random.default_rng(config.seed).choice(
-            pixels.shape[0], config.max_pixels, replace=False)
+            pixels.shape[0], config.max_pixels, replace=False
+        )
         pixels = pixels[xp.asarray(np.sort(keep))]
     if config.method == "macenko":
-        return fit_macenko(pixels, reference_id=config.reference_id, io=config.io,
-                           alpha=config.alpha, beta=config.beta, fitted_from=fitted_from,
-                           min_stain_angle_deg=config.min_stain_angle_deg)
-    return fit_reinhard(pixels, reference_id=config.reference_id, io=config.io,
-                        beta=config.beta, tissue_only=config.tissue_only,
-                        fitted_from=fitted_from)
+        return fit_macenko(
+            pixels,
+            reference_id=config.reference_id,
+            io=config.io,
+            alpha=config.alpha,
+            beta=config.beta,
+            fitted_from=fitted_from,
+            min_stain_angle_deg=config.min_stain_angle_deg,
+        )
+    return fit_reinhard(
+        pixels,
+        reference_id=config.reference_id,
+        io=config.io,
+        beta=config.beta,
+        tissue_only=config.tissue_only,
+        fitted_from=fitted_from,
+    )
 
 
 def sample_tissue_locations(
@@ -98,16 +110,20 @@ def sample_tissue_locations(
     step = tile_size * mpp / slide_mpp  # tile footprint in level-0 pixels
     cols, rows = (max(1, int(d // step)) for d in slide_dimensions)
     xs, ys = np.arange(cols) * step, np.arange(rows) * step
-    cover = _cell_coverage(mask, xs * slide_mpp / mask_mpp, ys * slide_mpp / mask_mpp,
-                           step * slide_mpp / mask_mpp)
+    cover = _cell_coverage(
+        mask, xs * slide_mpp / mask_mpp, ys * slide_mpp / mask_mpp, step * slide_mpp / mask_mpp
+    )
     order = np.flatnonzero(cover.ravel() >= min_tissue)
     if order.size == 0:
         ranked = np.argsort(-cover.ravel(), kind="stable")
         order = ranked[cover.ravel()[ranked] > 0][:n_tiles]
         if order.size == 0:
             raise StainFitError("the tissue mask holds no tissue: nothing to fit stains on")
-        log.info("no cell has %.0f%% tissue; using the %d cells with the most", 100 * min_tissue,
-                 order.size)
+        log.info(
+            "no cell has %.0f%% tissue; using the %d cells with the most",
+            100 * min_tissue,
+            order.size,
+        )
     if order.size > n_tiles:
         order = np.random.default_rng(seed).choice(order, n_tiles, replace=False)
     order = np.sort(order)  # row-major: reads sweep the slide once
@@ -137,8 +153,16 @@ def fit_slide(
     config = config or FitConfig()
     mpp = slide.mpp if mpp is None else mpp
     locations = sample_tissue_locations(
-        tissue_mask, mask_mpp, slide_dimensions=slide.dimensions, slide_mpp=slide.mpp,
-        tile_size=tile_size, mpp=mpp, n_tiles=n_tiles, min_tissue=min_tissue, seed=config.seed)
+        tissue_mask,
+        mask_mpp,
+        slide_dimensions=slide.dimensions,
+        slide_mpp=slide.mpp,
+        tile_size=tile_size,
+        mpp=mpp,
+        n_tiles=n_tiles,
+        min_tissue=min_tissue,
+        seed=config.seed,
+    )
     tiles = slide.read_regions_at_mpp(locations, tile_size, mpp, resample=resample)
     source = f"slide:{validate_slide_id(slide_id)}" if slide_id else "slide"
     params = fit_tiles(tiles, config, fitted_from=source)
@@ -174,6 +198,6 @@ def _cell_coverage(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, size: float
 
     c0, c1 = bounds(x0, mask.shape[1])
     r0, r1 = bounds(y0, mask.shape[0])
-    total = (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
+    total = integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
     area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     return total / area

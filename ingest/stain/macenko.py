@@ -64,8 +64,10 @@ def fit_macenko(
     he = _stain_vectors(xp, tissue_od, alpha)
     _check_distinct(he, min_stain_angle_deg)
     concentrations = mix(od, xp.linalg.pinv(he).T)  # (N, 2) least-squares unmixing
-    max_conc = np.asarray(asnumpy(xp.percentile(concentrations, MAX_CONCENTRATION_PERCENTILE,
-                                                  axis=0)), dtype=np.float64)
+    max_conc = np.asarray(
+        asnumpy(xp.percentile(concentrations, MAX_CONCENTRATION_PERCENTILE, axis=0)),
+        dtype=np.float64,
+    )
     if not (np.isfinite(max_conc).all() and (max_conc > 0).all()):
         raise StainFitError(f"maximum stain concentrations {max_conc} are not positive")
     he_host = np.asarray(asnumpy(he), dtype=np.float64)
@@ -74,8 +76,11 @@ def fit_macenko(
         reference_id=reference_id,
         stain_matrix=_rows(he_host.T),
         max_concentrations=(float(max_conc[0]), float(max_conc[1])),
-        io=float(io), alpha=float(alpha), beta=float(beta),
-        fitted_from=fitted_from, n_pixels=int(tissue_od.shape[0]),
+        io=float(io),
+        alpha=float(alpha),
+        beta=float(beta),
+        fitted_from=fitted_from,
+        n_pixels=int(tissue_od.shape[0]),
     )
 
 

@@ -82,8 +82,10 @@ class StainNormalizer:
     ) -> None:
         target = target if target is not None else standard_reference()
         _check_pair(source, target)
-        for name, value in (("min_tissue_fraction", min_tissue_fraction),
-                            ("clip_flag_fraction", clip_flag_fraction)):
+        for name, value in (
+            ("min_tissue_fraction", min_tissue_fraction),
+            ("clip_flag_fraction", clip_flag_fraction),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if threads < 1:
@@ -92,8 +94,9 @@ class StainNormalizer:
         self.min_tissue_fraction = min_tissue_fraction
         self.clip_flag_fraction = clip_flag_fraction
         self.threads = threads
-        self.transform = (macenko_od_transform(source, target)
-                          if source.method == "macenko" else None)
+        self.transform = (
+            macenko_od_transform(source, target) if source.method == "macenko" else None
+        )
 
     def __call__(self, batch: Any) -> NormalizeResult:
         return self.normalize(batch)
@@ -104,8 +107,12 @@ class StainNormalizer:
         batch = xp.asarray(batch)
         if batch.ndim == 3:
             batch = batch[None]
-        if (batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8
-                or 0 in batch.shape[1:3]):
+        if (
+            batch.ndim != 4
+            or batch.shape[-1] != 3
+            or batch.dtype != np.uint8
+            or 0 in batch.shape[1:3]
+        ):
             raise ConfigError(f"expected uint8 tiles (B, H, W, 3), got {batch.dtype} {batch.shape}")
         n = batch.shape[0]
         images = xp.empty_like(batch)
@@ -128,7 +135,8 @@ class StainNormalizer:
     def _kernel(self, tiles: Any) -> tuple[Any, Any, Any]:
         """(uint8 tiles, clipped count, tissue pixel count) for one chunk."""
         tissue = count_per_tile(
-            tissue_mask(tiles, self.source.io, self.source.beta, every_channel=False))
+            tissue_mask(tiles, self.source.io, self.source.beta, every_channel=False)
+        )
         if self.transform is None:
             return (*reinhard_apply(tiles, self.source, self.target), tissue)
         return (*macenko_apply(tiles, self.transform, self.source.io), tissue)
@@ -143,14 +151,19 @@ class StainNormalizer:
             # On a device, no data-dependent branch: `if passthrough.any()` would wait for
             # the GPU and copy to the host on every batch.
             images = array_module(batch).where(passthrough[:, None, None, None], batch, images)
-            clipped_fraction = array_module(batch).where(passthrough, np.float32(0),
-                                                         clipped_fraction)
+            clipped_fraction = array_module(batch).where(
+                passthrough, np.float32(0), clipped_fraction
+            )
         elif passthrough.any():
             images[passthrough] = batch[passthrough]
             clipped_fraction[passthrough] = 0.0
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("%d of %d tiles passed through unchanged (tissue < %.1f%%)",
-                          int(passthrough.sum()), len(passthrough), 100 * self.min_tissue_fraction)
+                log.debug(
+                    "%d of %d tiles passed through unchanged (tissue < %.1f%%)",
+                    int(passthrough.sum()),
+                    len(passthrough),
+                    100 * self.min_tissue_fraction,
+                )
         flag = clipped_fraction > self.clip_flag_fraction
         return NormalizeResult(images, passthrough, flag, tissue_fraction, clipped_fraction)
 

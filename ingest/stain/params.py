@@ -80,27 +80,50 @@ class StainParams:
         name = "StainParams.stain_matrix"
         require(self.stain_matrix is not None, name, "set for macenko params", None)
         matrix = np.asarray(self.stain_matrix, dtype=np.float64)
-        require(matrix.shape == (2, 3) and np.isfinite(matrix).all(), name,
-                "2 finite RGB vectors", self.stain_matrix)
-        require(np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-6), name,
-                "2 unit vectors", self.stain_matrix)
-        require(np.linalg.matrix_rank(matrix, tol=1e-6) == 2, name, "2 non-collinear vectors",
-                self.stain_matrix)
+        require(
+            matrix.shape == (2, 3) and np.isfinite(matrix).all(),
+            name,
+            "2 finite RGB vectors",
+            self.stain_matrix,
+        )
+        require(
+            np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-6),
+            name,
+            "2 unit vectors",
+            self.stain_matrix,
+        )
+        require(
+            np.linalg.matrix_rank(matrix, tol=1e-6) == 2,
+            name,
+            "2 non-collinear vectors",
+            self.stain_matrix,
+        )
         name = "StainParams.max_concentrations"
         require(self.max_concentrations is not None, name, "set for macenko params", None)
         conc = np.asarray(self.max_concentrations, dtype=np.float64)
-        require(conc.shape == (2,) and np.isfinite(conc).all() and (conc > 0).all(), name,
-                "2 positive finite numbers", self.max_concentrations)
+        require(
+            conc.shape == (2,) and np.isfinite(conc).all() and (conc > 0).all(),
+            name,
+            "2 positive finite numbers",
+            self.max_concentrations,
+        )
 
     def _check_reinhard(self) -> None:
-        for name, value in (("StainParams.lab_mean", self.lab_mean),
-                            ("StainParams.lab_std", self.lab_std)):
+        for name, value in (
+            ("StainParams.lab_mean", self.lab_mean),
+            ("StainParams.lab_std", self.lab_std),
+        ):
             require(value is not None, name, "set for reinhard params", None)
             array = np.asarray(value, dtype=np.float64)
-            require(array.shape == (3,) and np.isfinite(array).all(), name, "3 finite numbers",
-                    value)
-        require((np.asarray(self.lab_std) > 0).all(), "StainParams.lab_std", "3 positive numbers",
-                self.lab_std)
+            require(
+                array.shape == (3,) and np.isfinite(array).all(), name, "3 finite numbers", value
+            )
+        require(
+            (np.asarray(self.lab_std) > 0).all(),
+            "StainParams.lab_std",
+            "3 positive numbers",
+            self.lab_std,
+        )
 
     # ---- arrays for computation ------------------------------------------------------------
     @property
@@ -153,5 +176,3 @@ class StainParams:
 
     def with_reference(self, reference_id: str) -> StainParams:
         return dataclasses.replace(self, reference_id=reference_id)
-
-

@@ -58,7 +58,9 @@ def fit_reinhard(
         reference_id=reference_id,
         lab_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
         lab_std=(float(std[0]), float(std[1]), float(std[2])),
-        io=float(io), beta=float(beta), fitted_from=fitted_from,
+        io=float(io),
+        beta=float(beta),
+        fitted_from=fitted_from,
         n_pixels=int(pixels.shape[0]),
     )
 
@@ -75,8 +77,11 @@ def reinhard_apply(rgb: Any, source: StainParams, target: StainParams) -> tuple[
     color = skimage_module(xp).color
     lab = rgb_to_lab(rgb)
     gain = xp.asarray(np.asarray(target.lab_std) / np.asarray(source.lab_std), dtype=np.float32)
-    shift = xp.asarray(np.asarray(target.lab_mean) - np.asarray(source.lab_mean) *
-                       np.asarray(target.lab_std) / np.asarray(source.lab_std), dtype=np.float32)
+    shift = xp.asarray(
+        np.asarray(target.lab_mean)
+        - np.asarray(source.lab_mean) * np.asarray(target.lab_std) / np.asarray(source.lab_std),
+        dtype=np.float32,
+    )
     lab *= gain
     lab += shift
     light = lab[..., 0]

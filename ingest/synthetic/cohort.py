@@ -20,16 +20,26 @@ def _write(args: tuple[str, int, int, int]) -> str:
     path, side, seed, blobs = args
     if not Path(path).exists():
         # write_synthetic_slide writes atomically: an interrupted run leaves no truncated slide
-        write_synthetic_slide(path, SyntheticSlideSpec(width=side, height=side, seed=seed, n_blobs=blobs))
+        write_synthetic_slide(
+            path, SyntheticSlideSpec(width=side, height=side, seed=seed, n_blobs=blobs)
+        )
     return path
 
 
-def write_small_cohort(folder: str | os.PathLike, n_slides: int, *, side: int = 1024,
-                       seed: int = 10_000, processes: int | None = None) -> list[Path]:
+def write_small_cohort(
+    folder: str | os.PathLike,
+    n_slides: int,
+    *,
+    side: int = 1024,
+    seed: int = 10_000,
+    processes: int | None = None,
+) -> list[Path]:
     """Write ``n_slides`` SVS slides of ``side``² px at 0.5 µm/px into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(folder / f"slide-{i:05d}.svs"), side, seed + i, 1 + i % 3) for i in range(n_slides)]
+    jobs = [
+        (str(folder / f"slide-{i:05d}.svs"), side, seed + i, 1 + i % 3) for i in range(n_slides)
+    ]
     todo = [j for j in jobs if not Path(j[0]).exists()]
     workers = max(1, min(processes or os.cpu_count() or 1, len(todo)))
     if workers == 1:

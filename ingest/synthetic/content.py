@@ -162,8 +162,12 @@ class TissueContent:
         mask = np.zeros(x.shape, bool)
         if art.border is not None:
             side, width = art.border
-            inset = {"left": x, "top": y, "right": self.design.width_um - x,
-                     "bottom": self.design.height_um - y}[side]
+            inset = {
+                "left": x,
+                "top": y,
+                "right": self.design.width_um - x,
+                "bottom": self.design.height_um - y,
+            }[side]
             weight = np.clip((width - inset) / 2.0 + 0.5, 0, 1)  # 2 µm soft edge
             od += weight[..., None] * _BORDER_OD
             mask |= weight > 0.5
@@ -186,8 +190,12 @@ class TissueContent:
         if border is None:
             return np.zeros(x.shape, bool)
         side, width = border
-        inset = {"left": x, "top": y, "right": self.design.width_um - x,
-                 "bottom": self.design.height_um - y}[side]
+        inset = {
+            "left": x,
+            "top": y,
+            "right": self.design.width_um - x,
+            "bottom": self.design.height_um - y,
+        }[side]
         return inset < width
 
     def tissue_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -245,9 +253,12 @@ class TissueContent:
         if art.border is not None:
             side, width = art.border
             reach = width + 4.0
-            if {"left": x0 < reach, "top": y0 < reach,
-                    "right": x0 + w_um > self.design.width_um - reach,
-                    "bottom": y0 + h_um > self.design.height_um - reach}[side]:
+            if {
+                "left": x0 < reach,
+                "top": y0 < reach,
+                "right": x0 + w_um > self.design.width_um - reach,
+                "bottom": y0 + h_um > self.design.height_um - reach,
+            }[side]:
                 return True
         if art.glass_edge is not None:
             line, width = art.glass_edge
@@ -272,11 +283,12 @@ class TissueContent:
             cx, cy, r = blur
             if _box_near_disc(x0, y0, w * pixel_um, h * pixel_um, cx, cy, r + 20):
                 margin = int(math.ceil(6.0 / pixel_um)) + 1
-        od = self._render_od(x0 - margin * pixel_um, y0 - margin * pixel_um,
-                             w + 2 * margin, h + 2 * margin, pixel_um)
+        od = self._render_od(
+            x0 - margin * pixel_um, y0 - margin * pixel_um, w + 2 * margin, h + 2 * margin, pixel_um
+        )
         if margin:
             od = self._apply_blur(od, x0 - margin * pixel_um, y0 - margin * pixel_um, pixel_um)
-            od = od[margin:margin + h, margin:margin + w]
+            od = od[margin : margin + h, margin : margin + w]
         rgb = _GLASS * np.exp(-od)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
@@ -313,8 +325,12 @@ class TissueContent:
             od = od + self.pen_od(x, y)[0]
         if self.design.artifacts:
             od = od + self.artifact_od(x, y)[0]
-        rng_noise = _hash01(np.round(x / pixel_um).astype(np.int64),
-                            np.round(y / pixel_um).astype(np.int64), self.design.seed, 99)
+        rng_noise = _hash01(
+            np.round(x / pixel_um).astype(np.int64),
+            np.round(y / pixel_um).astype(np.int64),
+            self.design.seed,
+            99,
+        )
         return od + (rng_noise[..., None] - 0.5) * 0.012  # sensor noise, also on glass
 
     def crowd(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -343,8 +359,9 @@ class TissueContent:
             mean_r = 2.2 + 1.6 * local + 0.4
             coverage = (0.35 + 0.5 * local) * math.pi * mean_r**2 / _CELL_UM**2
             return coverage * 1.1
-        for cxi, cyi, r, c in zip(cx[present], cy[present], radius[present], conc[present],
-                                  strict=True):
+        for cxi, cyi, r, c in zip(
+            cx[present], cy[present], radius[present], conc[present], strict=True
+        ):
             _stamp_disc(out, x0, y0, pixel_um, cxi, cyi, r, c, aspect=1.25)
         return out
 
@@ -354,8 +371,11 @@ class TissueContent:
         out = np.zeros((h, w))
         x1, y1 = x0 + w * pixel_um, y0 + h * pixel_um
         background = self.design.lymphocyte_background
-        near = [(cx, cy, r) for cx, cy, r in self.design.lymphocytes
-                if _box_near_disc(x0, y0, x1 - x0, y1 - y0, cx, cy, 1.3 * r)]
+        near = [
+            (cx, cy, r)
+            for cx, cy, r in self.design.lymphocytes
+            if _box_near_disc(x0, y0, x1 - x0, y1 - y0, cx, cy, 1.3 * r)
+        ]
         if not near and background <= 0:
             return out
         if pixel_um > 1.6:  # unresolved: expected coverage times stain
@@ -380,8 +400,9 @@ class TissueContent:
         radius = lo + (hi - lo) * _hash01(ii, jj, seed, 14)
         clo, chi = _LYMPH_CONC
         conc = clo + (chi - clo) * _hash01(ii, jj, seed, 15)
-        for cxi, cyi, r, c in zip(cx[present], cy[present], radius[present], conc[present],
-                                  strict=True):
+        for cxi, cyi, r, c in zip(
+            cx[present], cy[present], radius[present], conc[present], strict=True
+        ):
             _stamp_disc(out, x0, y0, pixel_um, cxi, cyi, r, c, aspect=1.0)
         return out
 
@@ -397,8 +418,17 @@ class TissueContent:
         return od * (1 - weight) + blurred * weight
 
 
-def _stamp_disc(out: np.ndarray, x0: float, y0: float, pixel_um: float, cx: float, cy: float,
-                r: float, conc: float, aspect: float) -> None:
+def _stamp_disc(
+    out: np.ndarray,
+    x0: float,
+    y0: float,
+    pixel_um: float,
+    cx: float,
+    cy: float,
+    r: float,
+    conc: float,
+    aspect: float,
+) -> None:
     """Draw one nucleus (anti-aliased disc, y stretched by ``aspect``) into ``out`` by max."""
     h, w = out.shape
     px0 = max(int((cx - r - x0) / pixel_um) - 1, 0)

@@ -79,8 +79,9 @@ def make_design(
     )
 
 
-def _artifacts(seed: int, width_um: float, height_um: float, border: bool, edge: bool,
-               bubbles: bool) -> ArtifactDesign:
+def _artifacts(
+    seed: int, width_um: float, height_um: float, border: bool, edge: bool, bubbles: bool
+) -> ArtifactDesign:
     rng = np.random.default_rng([seed, 0xA27])
     side = min(width_um, height_um)
     border_design = None
@@ -104,8 +105,10 @@ def _artifacts(seed: int, width_um: float, height_um: float, border: bool, edge:
             cx = float(rng.uniform(0.12, 0.88) * width_um)
             cy = float(rng.uniform(0.12, 0.88) * height_um)
             rim = float(rng.uniform(8.0, 14.0))
-            if all(math.hypot(cx - x, cy - y) > radius + r + 2 * max(rim, w)
-                   for x, y, r, w in bubble_design):
+            if all(
+                math.hypot(cx - x, cy - y) > radius + r + 2 * max(rim, w)
+                for x, y, r, w in bubble_design
+            ):
                 bubble_design.append((cx, cy, radius, rim))
             if len(bubble_design) == 2:
                 break
@@ -157,8 +160,13 @@ def plant_lymphocytes(design: TissueDesign, fraction: float, *, seed: int) -> Ti
     for _ in range(200):  # a bound, not a target: small fractions need one or two discs
         pick = int(candidates[int(rng.integers(0, len(candidates)))])
         lo, hi = _AGGREGATE_RADIUS_UM
-        trial = (*discs, (float(x.ravel()[pick]), float(y.ravel()[pick]), float(rng.uniform(lo, hi))))
-        planted = TissueContent(dataclasses.replace(design, lymphocytes=trial)).lymphocyte_mask(x, y)
+        trial = (
+            *discs,
+            (float(x.ravel()[pick]), float(y.ravel()[pick]), float(rng.uniform(lo, hi))),
+        )
+        planted = TissueContent(dataclasses.replace(design, lymphocytes=trial)).lymphocyte_mask(
+            x, y
+        )
         share = float(planted[tissue].mean())
         if share > fraction * 1.25 and discs:
             continue  # this disc overshoots; try another place or size

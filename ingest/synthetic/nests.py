@@ -29,7 +29,14 @@ from ingest.synthetic.content import TissueContent, TissueDesign
 from ingest.synthetic.design import make_design
 from ingest.synthetic.writer import _level_kwargs, _level_shape, _tiles
 
-__all__ = ["NestLayout", "NestedContent", "NestedSlideSpec", "nest_layout", "tile_types", "write_nested_slide"]
+__all__ = [
+    "NestLayout",
+    "NestedContent",
+    "NestedSlideSpec",
+    "nest_layout",
+    "tile_types",
+    "write_nested_slide",
+]
 
 TUMOUR, IMMUNE, STROMA, BACKGROUND = 0, 1, 2, 3
 
@@ -66,7 +73,9 @@ class NestedSlideSpec:
         if (self.aggregate_radius_um + self.cuff_um) * 1.5 > self.nest_radius_um:
             raise ConfigError("aggregates and their cuffs must fit inside a nest")
         if self.gap_um[0] < self.cuff_um:
-            raise ConfigError("excluded aggregates must lie beyond their cuff from the nest (gap >= cuff)")
+            raise ConfigError(
+                "excluded aggregates must lie beyond their cuff from the nest (gap >= cuff)"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,9 @@ def _far_from(p: np.ndarray, discs: list[tuple[float, float, float]], margin: fl
     return all(math.hypot(p[0] - x, p[1] - y) >= r + margin for x, y, r in discs)
 
 
-def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator) -> NestLayout | None:
+def _try_layout(
+    spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator
+) -> NestLayout | None:
     side_um = spec.side * spec.mpp
     centre = np.array([side_um / 2, side_um / 2])
     # The section's border wobbles by up to ~22% of its radius (TissueContent.blob_field):
@@ -109,12 +120,19 @@ def _try_layout(spec: NestedSlideSpec, inflamed: bool, rng: np.random.Generator)
         placed = 0
         for _ in range(500):
             ang = rng.uniform(0, 2 * math.pi)
-            d = (r - hole - 10.0) * math.sqrt(rng.uniform()) if inflamed else r + r_a + rng.uniform(*spec.gap_um)
+            d = (
+                (r - hole - 10.0) * math.sqrt(rng.uniform())
+                if inflamed
+                else r + r_a + rng.uniform(*spec.gap_um)
+            )
             p = np.array([cx + d * math.cos(ang), cy + d * math.sin(ang)])
             others = [n for n in nests if n[:2] != (cx, cy)] if inflamed else nests
             # cuffs never overlap, so the tumour area they take is exactly their discs'
-            if (math.hypot(*(p - centre)) <= safe - r_a and _far_from(p, aggregates, r_a + 2 * spec.cuff_um + 10.0)
-                    and _far_from(p, others, r_a + spec.gap_um[0])):
+            if (
+                math.hypot(*(p - centre)) <= safe - r_a
+                and _far_from(p, aggregates, r_a + 2 * spec.cuff_um + 10.0)
+                and _far_from(p, others, r_a + spec.gap_um[0])
+            ):
                 aggregates.append((float(p[0]), float(p[1]), r_a))
                 placed += 1
                 if placed == spec.aggregates_per_nest:
@@ -146,15 +164,22 @@ def nest_layout(spec: NestedSlideSpec, inflamed: bool, seed: int) -> NestLayout:
         layout = _try_layout(spec, inflamed, rng)
         if layout is not None:
             return layout
-    raise ConfigError(f"nested slide: no room for {spec.n_nests} nest(s) and their aggregates "
-                      f"on a {spec.side} px slide")
+    raise ConfigError(
+        f"nested slide: no room for {spec.n_nests} nest(s) and their aggregates "
+        f"on a {spec.side} px slide"
+    )
 
 
 class NestedContent(TissueContent):
     """Tissue whose tumour-likeness is 1 inside the planted nests and 0 in the stroma."""
 
-    def __init__(self, design: TissueDesign, nests: tuple[tuple[float, float, float], ...],
-                 cuff_um: float = 0.0, islands: tuple[tuple[float, float, float], ...] = ()) -> None:
+    def __init__(
+        self,
+        design: TissueDesign,
+        nests: tuple[tuple[float, float, float], ...],
+        cuff_um: float = 0.0,
+        islands: tuple[tuple[float, float, float], ...] = (),
+    ) -> None:
         super().__init__(design)
         self.nests = nests
         self.cuffs = islands or tuple((cx, cy, r + cuff_um) for cx, cy, r in design.lymphocytes)
@@ -179,34 +204,53 @@ def _content(spec: NestedSlideSpec, layout: NestLayout, seed: int) -> NestedCont
     design = make_design(side_um, side_um, seed=seed, n_blobs=1)
     # One large round section: the nests and their stroma ring need the room.
     blob = np.array([[side_um / 2, side_um / 2, side_um * 0.47, side_um * 0.47, 0.0, 1.0]])
-    design = dataclasses.replace(design, blobs=blob, lymphocytes=layout.aggregates,
-                                 lymphocyte_background=spec.lymphocyte_background)
+    design = dataclasses.replace(
+        design,
+        blobs=blob,
+        lymphocytes=layout.aggregates,
+        lymphocyte_background=spec.lymphocyte_background,
+    )
     return NestedContent(design, layout.nests, spec.cuff_um, layout.islands)
 
 
-def write_nested_slide(path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool,
-                       seed: int) -> NestLayout:
+def write_nested_slide(
+    path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool, seed: int
+) -> NestLayout:
     """Write a pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the resolution tags)."""
     from ingest.synthetic.writer import SyntheticSlideSpec
 
     layout = nest_layout(spec, inflamed, seed)
     content = _content(spec, layout, seed)
-    writer_spec = SyntheticSlideSpec(width=spec.side, height=spec.side, mpp=spec.mpp, style="tiff",
-                                     tile_size=spec.tile_size, downsamples=(1, 4), seed=seed,
-                                     jpeg_quality=spec.jpeg_quality)
+    writer_spec = SyntheticSlideSpec(
+        width=spec.side,
+        height=spec.side,
+        mpp=spec.mpp,
+        style="tiff",
+        tile_size=spec.tile_size,
+        downsamples=(1, 4),
+        seed=seed,
+        jpeg_quality=spec.jpeg_quality,
+    )
     writer_spec.validate()
     with atomic_write(Path(path), "wb", fsync=False) as handle, tifffile.TiffWriter(handle) as tw:
         for index, ds in enumerate(writer_spec.resolved_downsamples()):
             shape = _level_shape(writer_spec, ds)
-            tw.write(_tiles(content, writer_spec, ds), shape=(*shape, 3), dtype=np.uint8,
-                     tile=(spec.tile_size, spec.tile_size), compression="jpeg",
-                     compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
-                     **_level_kwargs(writer_spec, shape, ds, index, None))
+            tw.write(
+                _tiles(content, writer_spec, ds),
+                shape=(*shape, 3),
+                dtype=np.uint8,
+                tile=(spec.tile_size, spec.tile_size),
+                compression="jpeg",
+                compressionargs={"level": spec.jpeg_quality},
+                photometric="rgb",
+                **_level_kwargs(writer_spec, shape, ds, index, None),
+            )
     return layout
 
 
-def tile_types(spec: NestedSlideSpec, layout: NestLayout, seed: int, coords: np.ndarray,
-               size_px: int) -> np.ndarray:
+def tile_types(
+    spec: NestedSlideSpec, layout: NestLayout, seed: int, coords: np.ndarray, size_px: int
+) -> np.ndarray:
     """Planted type per tile (level-0 px origin, ``size_px`` square): IMMUNE where the
     aggregates cover most of it, else TUMOUR where nests do, STROMA on tissue, else BACKGROUND."""
     content = _content(spec, layout, seed)

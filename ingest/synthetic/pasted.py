@@ -60,14 +60,16 @@ class PastedSlideSpec:
         if not (0.05 <= self.mpp <= 4 and self.truth_mpp > 0 and 0 < self.lobe_depth < 0.5):
             raise ConfigError(f"pasted slide: bad mpp/truth_mpp/lobe_depth in {self}")
         if self.canvas_um < 4 * self.cut_radius_um or self.canvas_um / self.mpp > 20_000:
-            raise ConfigError(f"pasted slide: canvas {self.canvas_um} µm does not fit the cut "
-                              f"or exceeds 20,000 px at {self.mpp} µm/px")
+            raise ConfigError(
+                f"pasted slide: canvas {self.canvas_um} µm does not fit the cut "
+                f"or exceeds 20,000 px at {self.mpp} µm/px"
+            )
 
 
 def _lobes(spec: PastedSlideSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(spec.seed)
     k = np.arange(2, spec.harmonics + 2)
-    amp = rng.uniform(0.5, 1.0, k.size) / k ** 0.6
+    amp = rng.uniform(0.5, 1.0, k.size) / k**0.6
     amp *= spec.lobe_depth / amp.sum()  # |deviation| ≤ lobe_depth of the radius
     return amp, rng.uniform(0, 2 * math.pi, k.size)
 
@@ -103,10 +105,18 @@ def _design(spec: PastedSlideSpec) -> TissueDesign:
     t = np.linspace(-0.6, 0.9, 24)
     r = spec.cut_radius_um * (1 + spec.lobe_depth) + 120.0 + spec.pen_width_um / 2
     line = np.stack([c + r * np.cos(t), c + r * np.sin(t)], 1)
-    return TissueDesign(width_um=spec.canvas_um, height_um=spec.canvas_um,
-                        blobs=np.zeros((0, 6)), noise=np.zeros((16, 16)),
-                        noise_step_um=spec.canvas_um / 6, pen=((spec.pen_ink, line, spec.pen_width_um),),
-                        blur=None, fold=None, seed=spec.seed, artifacts=ArtifactDesign())
+    return TissueDesign(
+        width_um=spec.canvas_um,
+        height_um=spec.canvas_um,
+        blobs=np.zeros((0, 6)),
+        noise=np.zeros((16, 16)),
+        noise_step_um=spec.canvas_um / 6,
+        pen=((spec.pen_ink, line, spec.pen_width_um),),
+        blur=None,
+        fold=None,
+        seed=spec.seed,
+        artifacts=ArtifactDesign(),
+    )
 
 
 def _render_level0(spec: PastedSlideSpec, content: TissueContent) -> np.ndarray:
@@ -129,14 +139,15 @@ def _render_level0(spec: PastedSlideSpec, content: TissueContent) -> np.ndarray:
             sy = spec.cut_center[1] + (y[near] - c) / source_mpp - 0.5
             for ch in range(3):
                 od[..., ch][near] += inside[near] * ndimage.map_coordinates(
-                    source[..., ch], [sy, sx], order=1, mode="nearest")
-        out[y0:y0 + h] = np.clip(np.rint(241.0 * np.exp(-od)), 0, 255).astype(np.uint8)
+                    source[..., ch], [sy, sx], order=1, mode="nearest"
+                )
+        out[y0 : y0 + h] = np.clip(np.rint(241.0 * np.exp(-od)), 0, 255).astype(np.uint8)
     return out
 
 
 def _reduce(level0: np.ndarray, ds: int) -> np.ndarray:
     h, w = level0.shape[0] // ds, level0.shape[1] // ds
-    blocks = level0[:h * ds, :w * ds].reshape(h, ds, w, ds, 3).astype(np.float32)
+    blocks = level0[: h * ds, : w * ds].reshape(h, ds, w, ds, 3).astype(np.float32)
     return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
@@ -151,10 +162,17 @@ def write_pasted_slide(path: str | os.PathLike, spec: PastedSlideSpec) -> Synthe
         for index, ds in enumerate(spec.downsamples):
             image = level0 if ds == 1 else _reduce(level0, ds)
             per_cm = 1e4 / (spec.mpp * ds)
-            tw.write(image, tile=(spec.tile_size, spec.tile_size), compression="jpeg",
-                     compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
-                     metadata=None, subfiletype=1 if index else 0,
-                     resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+            tw.write(
+                image,
+                tile=(spec.tile_size, spec.tile_size),
+                compression="jpeg",
+                compressionargs={"level": spec.jpeg_quality},
+                photometric="rgb",
+                metadata=None,
+                subfiletype=1 if index else 0,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+            )
     n = int(math.ceil(spec.canvas_um / spec.truth_mpp))
     x, y = content._grid(0.0, 0.0, n, n, spec.truth_mpp)
     c = spec.canvas_um / 2
@@ -162,8 +180,15 @@ def write_pasted_slide(path: str | os.PathLike, spec: PastedSlideSpec) -> Synthe
     pen = content.pen_od(x, y)[1]
     # A SyntheticSlideSpec describing the file's geometry, so the result reads as any
     # synthetic slide's (size, mpp, levels); its content fields do not apply.
-    geometry = SyntheticSlideSpec(width=side, height=side, mpp=spec.mpp, style="tiff",
-                                  downsamples=spec.downsamples, seed=spec.seed,
-                                  pen_marks=True, mask_max_side=n)
+    geometry = SyntheticSlideSpec(
+        width=side,
+        height=side,
+        mpp=spec.mpp,
+        style="tiff",
+        downsamples=spec.downsamples,
+        seed=spec.seed,
+        pen_marks=True,
+        mask_max_side=n,
+    )
     dims = tuple((side // d, side // d) for d in spec.downsamples)
     return SyntheticSlide(Path(path), geometry, dims, tissue, pen, spec.truth_mpp)

@@ -20,9 +20,16 @@ if TYPE_CHECKING:
 __all__ = ["accuracy_specs", "score_slide", "write_slides"]
 
 
-def accuracy_specs(count: int = 20, *, side: int = 2048, mpp: float = 0.5, seed: int = 1000,
-                   artifacts_every: int = 2, mask_mpp: float = 8.0,
-                   empty_level0: bool = False) -> list[SyntheticSlideSpec]:
+def accuracy_specs(
+    count: int = 20,
+    *,
+    side: int = 2048,
+    mpp: float = 0.5,
+    seed: int = 1000,
+    artifacts_every: int = 2,
+    mask_mpp: float = 8.0,
+    empty_level0: bool = False,
+) -> list[SyntheticSlideSpec]:
     """Synthetic slides that are hard for tissue detection: every one has pen marks, one
     faint section (30% stain; the only one on single-section slides) and an out-of-focus
     area; every ``artifacts_every``-th one also a scanner border, a coverslip edge and
@@ -35,12 +42,24 @@ def accuracy_specs(count: int = 20, *, side: int = 2048, mpp: float = 0.5, seed:
     specs = []
     for i in range(count):
         artifacts = bool(artifacts_every) and i % artifacts_every == artifacts_every - 1
-        specs.append(SyntheticSlideSpec(
-            width=side, height=side, mpp=mpp, style="tiff", seed=seed + i, downsamples=(1, 4),
-            pen_marks=True, faint=True, blur=True, scanner_border=artifacts,
-            glass_edge=artifacts, bubbles=artifacts, empty_levels=int(empty_level0),
-            mask_max_side=max(1, int(round(side * mpp / mask_mpp))),
-        ))
+        specs.append(
+            SyntheticSlideSpec(
+                width=side,
+                height=side,
+                mpp=mpp,
+                style="tiff",
+                seed=seed + i,
+                downsamples=(1, 4),
+                pen_marks=True,
+                faint=True,
+                blur=True,
+                scanner_border=artifacts,
+                glass_edge=artifacts,
+                bubbles=artifacts,
+                empty_levels=int(empty_level0),
+                mask_max_side=max(1, int(round(side * mpp / mask_mpp))),
+            )
+        )
     return specs
 
 
@@ -51,8 +70,9 @@ def _write_one(job: tuple[SyntheticSlideSpec, str]) -> SyntheticSlide:
     return write_synthetic_slide(path, spec)
 
 
-def write_slides(specs: list[SyntheticSlideSpec], directory: str | os.PathLike,
-                 workers: int = 1) -> list[SyntheticSlide]:
+def write_slides(
+    specs: list[SyntheticSlideSpec], directory: str | os.PathLike, workers: int = 1
+) -> list[SyntheticSlide]:
     """Write ``specs`` as ``directory/synthetic_<seed>.tif``, in ``workers`` processes."""
     jobs = [(spec, str(Path(directory) / f"synthetic_{spec.seed}.tif")) for spec in specs]
     if workers <= 1:
@@ -66,8 +86,13 @@ def write_slides(specs: list[SyntheticSlideSpec], directory: str | os.PathLike,
         return list(pool.map(_write_one, jobs))
 
 
-def score_slide(slide: SyntheticSlide, config: TissueConfig | None = None,
-                device: Device = "cpu", *, refined: bool = False) -> dict[str, Any]:
+def score_slide(
+    slide: SyntheticSlide,
+    config: TissueConfig | None = None,
+    device: Device = "cpu",
+    *,
+    refined: bool = False,
+) -> dict[str, Any]:
     """slidebank's mask and the saturation-Otsu baseline on the same thumbnail, scored
     against the slide's ground truth: IoU, share of ink pixels left out, seconds.
 
@@ -91,11 +116,17 @@ def score_slide(slide: SyntheticSlide, config: TissueConfig | None = None,
     truth = resample_nearest(slide.tissue_mask, ours.shape)
     pen = resample_nearest(slide.pen_mask, ours.shape)
     out: dict[str, Any] = {
-        "slide": slide.path.name, "seed": slide.spec.seed, "mask_shape": list(ours.shape),
+        "slide": slide.path.name,
+        "seed": slide.spec.seed,
+        "mask_shape": list(ours.shape),
         "tissue_fraction_truth": round(float(truth.mean()), 6),
-        "iou": iou(ours, truth), "baseline_iou": iou(baseline, truth),
-        "pen_outside": _outside(ours, pen), "baseline_pen_outside": _outside(baseline, pen),
-        "thumbnail_s": read_s, "seconds": ours_s, "baseline_seconds": baseline_s,
+        "iou": iou(ours, truth),
+        "baseline_iou": iou(baseline, truth),
+        "pen_outside": _outside(ours, pen),
+        "baseline_pen_outside": _outside(baseline, pen),
+        "thumbnail_s": read_s,
+        "seconds": ours_s,
+        "baseline_seconds": baseline_s,
     }
     if refined:
         from ingest.tissue.mask import slide_tissue_mask
@@ -104,12 +135,15 @@ def score_slide(slide: SyntheticSlide, config: TissueConfig | None = None,
         with open_slide(str(slide.path)) as opened:
             fine = slide_tissue_mask(opened, config.replace(refine_edges=True), device)
         out["refined_seconds"] = time.perf_counter() - start
-        out["refined_iou"] = iou(resample_nearest(fine.mask, slide.tissue_mask.shape),
-                                 slide.tissue_mask)
-        out["coarse_iou_truth_grid"] = iou(resample_nearest(ours, slide.tissue_mask.shape),
-                                           slide.tissue_mask)
-        out["refined_pen_outside"] = _outside(resample_nearest(fine.mask, slide.pen_mask.shape),
-                                              slide.pen_mask)
+        out["refined_iou"] = iou(
+            resample_nearest(fine.mask, slide.tissue_mask.shape), slide.tissue_mask
+        )
+        out["coarse_iou_truth_grid"] = iou(
+            resample_nearest(ours, slide.tissue_mask.shape), slide.tissue_mask
+        )
+        out["refined_pen_outside"] = _outside(
+            resample_nearest(fine.mask, slide.pen_mask.shape), slide.pen_mask
+        )
     if slide.artifact_mask is not None:
         # Artifacts on glass: a bubble rim or coverslip edge over a section lies on
         # tissue that is still there (the ground truth counts it).

@@ -96,12 +96,18 @@ class SyntheticSlideSpec:
                 f"downsamples must be 1, f, f², ... with a constant f in (2, 3, 4); got {ds}"
             )
         if not 0.0 <= self.lymphocyte_fraction < 1.0:
-            raise ConfigError(f"lymphocyte_fraction must be in [0, 1), got {self.lymphocyte_fraction!r}")
+            raise ConfigError(
+                f"lymphocyte_fraction must be in [0, 1), got {self.lymphocyte_fraction!r}"
+            )
         if not 0.0 <= self.lymphocyte_background <= 1.0:
-            raise ConfigError(f"lymphocyte_background must be in [0, 1], got {self.lymphocyte_background!r}")
+            raise ConfigError(
+                f"lymphocyte_background must be in [0, 1], got {self.lymphocyte_background!r}"
+            )
         if not 0 <= self.empty_levels < len(ds):
-            raise ConfigError(f"empty_levels must leave at least one level with pixels, "
-                              f"got {self.empty_levels} of {len(ds)} levels")
+            raise ConfigError(
+                f"empty_levels must leave at least one level with pixels, "
+                f"got {self.empty_levels} of {len(ds)} levels"
+            )
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class SyntheticSlide:
         scale = self.spec.mpp / self.mask_mpp  # mask px per level-0 px
         r0, r1 = int(math.floor(y * scale)), int(math.ceil((y + size) * scale))
         c0, c1 = int(math.floor(x * scale)), int(math.ceil((x + size) * scale))
-        window = self.lymphocyte_mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)]
+        window = self.lymphocyte_mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)]
         return float(window.mean()) if window.size else 0.0
 
 
@@ -153,7 +159,11 @@ def _tiles(content: TissueContent, spec: SyntheticSlideSpec, ds: int) -> Iterato
     for ty in range(0, h, t):
         for tx in range(0, w, t):
             th, tw = min(t, h - ty), min(t, w - tx)
-            if th == t and tw == t and content.is_glass(tx * px_um, ty * px_um, t * px_um, t * px_um):
+            if (
+                th == t
+                and tw == t
+                and content.is_glass(tx * px_um, ty * px_um, t * px_um, t * px_um)
+            ):
                 if glass is None:  # one rendered glass tile serves the whole level
                     glass = content.render_glass(t, t)
                     glass.flags.writeable = False  # shared by many tiles: never mutate it
@@ -201,26 +211,43 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
     path = Path(path)
     power = spec.objective_power or max(int(round(10 / spec.mpp)), 1)
     design = make_design(
-        spec.width * spec.mpp, spec.height * spec.mpp, seed=spec.seed, pen_marks=spec.pen_marks,
-        blur=spec.blur, fold=spec.fold, faint=spec.faint, n_blobs=spec.n_blobs,
-        scanner_border=spec.scanner_border, glass_edge=spec.glass_edge, bubbles=spec.bubbles,
+        spec.width * spec.mpp,
+        spec.height * spec.mpp,
+        seed=spec.seed,
+        pen_marks=spec.pen_marks,
+        blur=spec.blur,
+        fold=spec.fold,
+        faint=spec.faint,
+        n_blobs=spec.n_blobs,
+        scanner_border=spec.scanner_border,
+        glass_edge=spec.glass_edge,
+        bubbles=spec.bubbles,
     )
     design = plant_lymphocytes(design, spec.lymphocyte_fraction, seed=spec.seed)
     if spec.lymphocyte_background > 0:
         design = replace(design, lymphocyte_background=spec.lymphocyte_background)
     content = TissueContent(design)
     downsamples = spec.resolved_downsamples()
-    with atomic_write(path, "wb", fsync=False) as handle, \
-            tifffile.TiffWriter(handle, bigtiff=spec.width * spec.height > 2**31 // 4) as tw:
+    with (
+        atomic_write(path, "wb", fsync=False) as handle,
+        tifffile.TiffWriter(handle, bigtiff=spec.width * spec.height > 2**31 // 4) as tw,
+    ):
         for index, ds in enumerate(downsamples):
             shape = _level_shape(spec, ds)
             kwargs = _level_kwargs(spec, shape, ds, index, power)
-            tiles: Iterator = (_empty_tiles(spec, ds) if index < spec.empty_levels
-                               else _tiles(content, spec, ds))
-            tw.write(tiles, shape=(*shape, 3), dtype=np.uint8,
-                     tile=(spec.tile_size, spec.tile_size), compression="jpeg",
-                     compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
-                     **kwargs)
+            tiles: Iterator = (
+                _empty_tiles(spec, ds) if index < spec.empty_levels else _tiles(content, spec, ds)
+            )
+            tw.write(
+                tiles,
+                shape=(*shape, 3),
+                dtype=np.uint8,
+                tile=(spec.tile_size, spec.tile_size),
+                compression="jpeg",
+                compressionargs={"level": spec.jpeg_quality},
+                photometric="rgb",
+                **kwargs,
+            )
             if spec.style == "svs" and index == 0:
                 _write_svs_thumbnail(tw, content, spec)
         if spec.style == "svs":
@@ -257,20 +284,38 @@ def _overview(content: TissueContent, spec: SyntheticSlideSpec, max_side: int) -
 def _write_svs_thumbnail(tw: tifffile.TiffWriter, content: TissueContent, spec) -> None:
     thumb = _overview(content, spec, 768)
     h, w = thumb.shape[:2]
-    tw.write(thumb, compression="jpeg", photometric="rgb", subfiletype=0, metadata=None,
-             description=f"Aperio Image Library v12.0.15 \r\n{spec.width}x{spec.height} -> {w}x{h} - ")
+    tw.write(
+        thumb,
+        compression="jpeg",
+        photometric="rgb",
+        subfiletype=0,
+        metadata=None,
+        description=f"Aperio Image Library v12.0.15 \r\n{spec.width}x{spec.height} -> {w}x{h} - ",
+    )
 
 
 def _write_svs_associated(tw: tifffile.TiffWriter, content: TissueContent, spec) -> None:
     label = _label_image(spec.seed)
-    tw.write(label, compression="lzw", photometric="rgb", subfiletype=1, metadata=None,
-             description=f"Aperio Image Library v12.0.15\r\nlabel {label.shape[1]}x{label.shape[0]}")
+    tw.write(
+        label,
+        compression="lzw",
+        photometric="rgb",
+        subfiletype=1,
+        metadata=None,
+        description=f"Aperio Image Library v12.0.15\r\nlabel {label.shape[1]}x{label.shape[0]}",
+    )
     macro = _overview(content, spec, 1024).copy()
     # The macro photo shows the label too, as real scanners' overview images do.
     lh, lw = min(label.shape[0] // 2, macro.shape[0]), min(label.shape[1] // 2, macro.shape[1])
     macro[:lh, :lw] = label[::2, ::2][:lh, :lw]
-    tw.write(macro, compression="jpeg", photometric="rgb", subfiletype=9, metadata=None,
-             description=f"Aperio Image Library v12.0.15\r\nmacro {macro.shape[1]}x{macro.shape[0]}")
+    tw.write(
+        macro,
+        compression="jpeg",
+        photometric="rgb",
+        subfiletype=9,
+        metadata=None,
+        description=f"Aperio Image Library v12.0.15\r\nmacro {macro.shape[1]}x{macro.shape[0]}",
+    )
 
 
 def _truth_grid(spec: SyntheticSlideSpec) -> tuple[np.ndarray, np.ndarray, float]:

@@ -28,8 +28,9 @@ def _interp(cumulative: np.ndarray, at: np.ndarray) -> np.ndarray:
     return cumulative[lo] * (1 - t) + cumulative[hi] * t
 
 
-def box_fractions(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, width: float,
-                  height: float) -> np.ndarray:
+def box_fractions(
+    mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, width: float, height: float
+) -> np.ndarray:
     """(len(y0), len(x0)) fraction of each box [x0, x0+width) × [y0, y0+height) that is
     covered, with coordinates in (fractional) mask pixels."""
     ny, nx = len(y0), len(x0)

@@ -39,7 +39,9 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         RegionConfig.check(self.region)
-        in_range("TilingConfig.tile_size", integer("TilingConfig.tile_size", self.tile_size), 8, 8192)
+        in_range(
+            "TilingConfig.tile_size", integer("TilingConfig.tile_size", self.tile_size), 8, 8192
+        )
         positive("TilingConfig.target_mpp", self.target_mpp)
         fraction("TilingConfig.overlap", self.overlap, open_high=True)
         fraction("TilingConfig.min_tissue_fraction", self.min_tissue_fraction)

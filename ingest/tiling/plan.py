@@ -41,27 +41,37 @@ if TYPE_CHECKING:
     from ingest.tissue.config import TissueConfig
     from ingest.tissue.mask import TissueMask
 
-__all__ = ["TILE_PLAN_SCHEMA", "PlanStatus", "SlideGeometry", "TilePlan", "plan_slide", "plan_tiles"]
+__all__ = [
+    "TILE_PLAN_SCHEMA",
+    "PlanStatus",
+    "SlideGeometry",
+    "TilePlan",
+    "plan_slide",
+    "plan_tiles",
+]
 
 log = logging.getLogger(__name__)
 
-PlanStatus = Literal["ok", "no_tissue", "smaller_than_tile", "no_tiles_above_threshold",
-                     "no_tiles_in_region"]
+PlanStatus = Literal[
+    "ok", "no_tissue", "smaller_than_tile", "no_tiles_above_threshold", "no_tiles_in_region"
+]
 
-TILE_PLAN_SCHEMA = pa.schema([
-    pa.field("x", pa.int64(), nullable=False),  # level-0 top-left
-    pa.field("y", pa.int64(), nullable=False),
-    pa.field("level", pa.int32(), nullable=False),
-    pa.field("read_size", pa.int32(), nullable=False),  # pixels read at ``level``
-    pa.field("tile_size", pa.int32(), nullable=False),  # pixels delivered at target_mpp
-    pa.field("target_mpp", pa.float64(), nullable=False),
-    pa.field("tissue_fraction", pa.float32(), nullable=False),
-    pa.field("pen_fraction", pa.float32(), nullable=False),
-    pa.field("background_fraction", pa.float32(), nullable=False),
-    pa.field("row", pa.int32(), nullable=False),  # grid position (embedding grids)
-    pa.field("col", pa.int32(), nullable=False),
-    pa.field("qc_flags", pa.int32(), nullable=False),  # ingest.tissue.qc QC_* bits
-])
+TILE_PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("x", pa.int64(), nullable=False),  # level-0 top-left
+        pa.field("y", pa.int64(), nullable=False),
+        pa.field("level", pa.int32(), nullable=False),
+        pa.field("read_size", pa.int32(), nullable=False),  # pixels read at ``level``
+        pa.field("tile_size", pa.int32(), nullable=False),  # pixels delivered at target_mpp
+        pa.field("target_mpp", pa.float64(), nullable=False),
+        pa.field("tissue_fraction", pa.float32(), nullable=False),
+        pa.field("pen_fraction", pa.float32(), nullable=False),
+        pa.field("background_fraction", pa.float32(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),  # grid position (embedding grids)
+        pa.field("col", pa.int32(), nullable=False),
+        pa.field("qc_flags", pa.int32(), nullable=False),  # ingest.tissue.qc QC_* bits
+    ]
+)
 _META_KEY = b"slidebank.tile_plan"
 
 
@@ -79,14 +89,19 @@ class SlideGeometry:
     def from_slide(cls, slide: Slide) -> SlideGeometry:
         """Raises MissingMPPError when the slide has no MPP (never a default)."""
         width, height = slide.dimensions
-        return cls(int(width), int(height), float(slide.mpp),
-                   tuple((int(w), int(h)) for w, h in slide.level_dimensions),
-                   tuple(float(d) for d in slide.level_downsamples))
+        return cls(
+            int(width),
+            int(height),
+            float(slide.mpp),
+            tuple((int(w), int(h)) for w, h in slide.level_dimensions),
+            tuple(float(d) for d in slide.level_downsamples),
+        )
 
     def best_level(self, target_mpp: float) -> LevelChoice:
         # Same rule and tolerance as Slide.best_level, so the plan and the reader agree.
-        return choose_level([self.mpp * d for d in self.level_downsamples], target_mpp,
-                            DEFAULT_TOLERANCE)
+        return choose_level(
+            [self.mpp * d for d in self.level_downsamples], target_mpp, DEFAULT_TOLERANCE
+        )
 
 
 @dataclass(frozen=True)
@@ -131,8 +146,9 @@ def _axis_positions(level_extent: int, read: int, stride: int) -> np.ndarray:
     return np.arange(0, level_extent - read + 1, stride, dtype=np.int64)
 
 
-def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig,
-               slide_id: str | None = None) -> TilePlan:
+def plan_tiles(
+    geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig, slide_id: str | None = None
+) -> TilePlan:
     """Tiles of ``config`` over ``tissue`` (a mask covering the whole slide)."""
     choice = geometry.best_level(config.target_mpp)
     read = config.tile_size if choice.exact else int(round(config.tile_size * choice.scale))
@@ -160,7 +176,8 @@ def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig
     bg_frac = coverage(tissue.background)[rows, cols] if rows.size else np.zeros(0)
     n = rows.size
     columns: dict[str, np.ndarray] = {
-        "x": x0[cols], "y": y0[rows],
+        "x": x0[cols],
+        "y": y0[rows],
         "level": np.full(n, choice.level, np.int32),
         "read_size": np.full(n, read, np.int32),
         "tile_size": np.full(n, config.tile_size, np.int32),
@@ -168,7 +185,8 @@ def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig
         "tissue_fraction": tissue_frac[rows, cols].astype(np.float32),
         "pen_fraction": pen_frac.astype(np.float32),
         "background_fraction": bg_frac.astype(np.float32),
-        "row": rows.astype(np.int32), "col": cols.astype(np.int32),
+        "row": rows.astype(np.int32),
+        "col": cols.astype(np.int32),
         "qc_flags": qc_flags(bg_frac, pen_frac, config.qc),
     }
     status = _status(lx.size * ly.size, tissue, n, on_tissue and config.region is not None)
@@ -185,16 +203,30 @@ def plan_tiles(geometry: SlideGeometry, tissue: TissueMask, config: TilingConfig
         "grid_shape": [int(ly.size), int(lx.size)],
     }
     schema = TILE_PLAN_SCHEMA.with_metadata({_META_KEY: json.dumps(meta, sort_keys=True)})
-    table = pa.Table.from_arrays([_column(columns[f.name], f.type) for f in TILE_PLAN_SCHEMA],
-                                 schema=schema)
+    table = pa.Table.from_arrays(
+        [_column(columns[f.name], f.type) for f in TILE_PLAN_SCHEMA], schema=schema
+    )
     if status != "ok":
         log.info("tile plan: %s (grid %dx%d)", status, ly.size, lx.size)
-    return TilePlan(table, status, choice.level, read, stride, (int(ly.size), int(lx.size)),
-                    footprint, config, tissue.config.config_hash())
+    return TilePlan(
+        table,
+        status,
+        choice.level,
+        read,
+        stride,
+        (int(ly.size), int(lx.size)),
+        footprint,
+        config,
+        tissue.config.config_hash(),
+    )
 
 
-_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32,
-                pa.float64(): np.float64}
+_NUMPY_TYPES = {
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
 
 
 def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
@@ -204,24 +236,32 @@ def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(type_, len(data), [None, pa.py_buffer(data)])
 
 
-def _in_region(keep: np.ndarray, geometry: SlideGeometry, config: TilingConfig,
-               slide_id: str | None, x0: np.ndarray, y0: np.ndarray, footprint: float
-               ) -> np.ndarray:
+def _in_region(
+    keep: np.ndarray,
+    geometry: SlideGeometry,
+    config: TilingConfig,
+    slide_id: str | None,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    footprint: float,
+) -> np.ndarray:
     """``keep`` narrowed to the region's tiles (only the tissue tiles are tested)."""
     from ingest.tiling.region import region_keep
 
     if config.region is None:
         return keep
     rows, cols = np.nonzero(keep)
-    inside = region_keep(config.region, slide_id, (geometry.width, geometry.height),
-                         x0[cols], y0[rows], footprint)
+    inside = region_keep(
+        config.region, slide_id, (geometry.width, geometry.height), x0[cols], y0[rows], footprint
+    )
     out = np.zeros_like(keep)
     out[rows, cols] = inside
     return out
 
 
-def _status(grid_tiles: int, tissue: TissueMask, kept: int, region_only: bool = False
-            ) -> PlanStatus:
+def _status(
+    grid_tiles: int, tissue: TissueMask, kept: int, region_only: bool = False
+) -> PlanStatus:
     if grid_tiles == 0:
         return "smaller_than_tile"
     if not tissue.mask.any():
@@ -231,10 +271,13 @@ def _status(grid_tiles: int, tissue: TissueMask, kept: int, region_only: bool = 
     return "no_tiles_in_region" if region_only else "no_tiles_above_threshold"
 
 
-def plan_slide(slide: Slide, tissue_config: TissueConfig | None = None,
-               tiling_config: TilingConfig | None = None,
-               device: Device = "auto", slide_id: str | None = None
-               ) -> tuple[TissueMask, TilePlan]:
+def plan_slide(
+    slide: Slide,
+    tissue_config: TissueConfig | None = None,
+    tiling_config: TilingConfig | None = None,
+    device: Device = "auto",
+    slide_id: str | None = None,
+) -> tuple[TissueMask, TilePlan]:
     """Tissue mask and tile plan of an open slide, from its thumbnail alone.
 
     ``slide_id`` names the slide's annotation file when the tiling is restricted to a

@@ -32,8 +32,7 @@ import numpy as np
 
 from infra.errors import ConfigError
 
-__all__ = ["ANNOTATION_SUFFIXES", "RegionConfig", "folder_digest", "region_coverage",
-           "region_keep"]
+__all__ = ["ANNOTATION_SUFFIXES", "RegionConfig", "folder_digest", "region_coverage", "region_keep"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,11 @@ class RegionConfig:
         if not isinstance(self.region, str) or not self.region.strip():
             raise ConfigError(f"region must be a class name, not {self.region!r}")
         c = self.min_coverage
-        if isinstance(c, bool) or not isinstance(c, int | float) or not (
-                math.isfinite(c) and 0 < c <= 1):
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, int | float)
+            or not (math.isfinite(c) and 0 < c <= 1)
+        ):
             raise ConfigError(f"region min_coverage must be in (0, 1], not {c!r}")
         if not isinstance(self.annotations, str) or not self.annotations:
             raise ConfigError(f"region annotations must be a folder, not {self.annotations!r}")
@@ -69,8 +71,7 @@ class RegionConfig:
         return value
 
     @classmethod
-    def from_folder(cls, region: str, annotations: str, min_coverage: float = 0.5
-                    ) -> RegionConfig:
+    def from_folder(cls, region: str, annotations: str, min_coverage: float = 0.5) -> RegionConfig:
         """The config with a digest of every annotation file in ``annotations``."""
         return cls(region, str(annotations), min_coverage, folder_digest(str(annotations)))
 
@@ -96,7 +97,8 @@ class RegionConfig:
                     return path, bytes(handle.read())
         raise AnnotationFileNotFoundError(
             f"slide {slide_id!r}: no annotation file {slide_id}{{{','.join(ANNOTATION_SUFFIXES)}}} "
-            f"in {self.annotations} (needed for --region {self.region})")
+            f"in {self.annotations} (needed for --region {self.region})"
+        )
 
 
 def folder_digest(folder: str) -> str:
@@ -107,11 +109,15 @@ def folder_digest(folder: str) -> str:
     if not fs.isdir(root):
         raise ConfigError(f"region annotations folder {folder} does not exist")
     digest = hashlib.sha256()
-    names = sorted(p for p in fs.ls(root, detail=False)
-                   if posixpath.splitext(p)[1].lower() in ANNOTATION_SUFFIXES)
+    names = sorted(
+        p
+        for p in fs.ls(root, detail=False)
+        if posixpath.splitext(p)[1].lower() in ANNOTATION_SUFFIXES
+    )
     if not names:
-        raise ConfigError(f"region annotations folder {folder} holds no "
-                          f"{'/'.join(ANNOTATION_SUFFIXES)} files")
+        raise ConfigError(
+            f"region annotations folder {folder} holds no {'/'.join(ANNOTATION_SUFFIXES)} files"
+        )
     for path in names:
         with fs.open(path, "rb") as handle:
             digest.update(posixpath.basename(path).encode() + b"\0")
@@ -119,8 +125,14 @@ def folder_digest(folder: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def region_coverage(config: RegionConfig, slide_id: str, slide_size: tuple[int, int],
-                    x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
+def region_coverage(
+    config: RegionConfig,
+    slide_id: str,
+    slide_size: tuple[int, int],
+    x: np.ndarray,
+    y: np.ndarray,
+    footprint: float,
+) -> np.ndarray:
     """Coverage of each tile box (level-0 ``x``, ``y``, side ``footprint``) by the region."""
     from features.annotations.coverage import class_coverage, tile_boxes
     from features.annotations.model import check_set
@@ -132,16 +144,24 @@ def region_coverage(config: RegionConfig, slide_id: str, slide_size: tuple[int, 
         log.info("slide %s region annotations: %s", slide_id, repair)
     geometry = checked.by_class().get(config.region)
     if geometry is None:
-        log.warning("slide %s: %s has no %r annotation; no tiles planned", slide_id, path,
-                    config.region)
+        log.warning(
+            "slide %s: %s has no %r annotation; no tiles planned", slide_id, path, config.region
+        )
         return np.zeros(len(x))
     return class_coverage(tile_boxes(x, y, footprint), geometry)
 
 
-def region_keep(config: RegionConfig, slide_id: str | None, slide_size: tuple[int, int],
-                x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
+def region_keep(
+    config: RegionConfig,
+    slide_id: str | None,
+    slide_size: tuple[int, int],
+    x: np.ndarray,
+    y: np.ndarray,
+    footprint: float,
+) -> np.ndarray:
     """Which tiles (level-0 boxes) the region keeps."""
     if slide_id is None:
-        raise ConfigError("a tile plan restricted to a region needs the slide id (to find "
-                          "its annotation file)")
+        raise ConfigError(
+            "a tile plan restricted to a region needs the slide id (to find its annotation file)"
+        )
     return region_coverage(config, slide_id, slide_size, x, y, footprint) >= config.min_coverage

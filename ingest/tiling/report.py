@@ -63,8 +63,9 @@ def tissue_report(
     for name in REPORT_FILES:
         check_output(target / name, overwrite=overwrite)
     started = time.perf_counter()
-    with open_slide(uri, storage_options=storage_options, reader=reader, mpp=mpp,
-                    strategy=strategy) as slide:
+    with open_slide(
+        uri, storage_options=storage_options, reader=reader, mpp=mpp, strategy=strategy
+    ) as slide:
         opened = time.perf_counter()
         tissue, plan = plan_slide(slide, tissue_config, tiling_config, device)
         planned = time.perf_counter()
@@ -72,10 +73,18 @@ def tissue_report(
         size = slide.dimensions
     target.mkdir(parents=True, exist_ok=True)
     files = {
-        "overlay": str(write_png(target / "overlay.png", render_overlay(tissue, plan, size),
-                                 overwrite=overwrite)),
-        "geojson": str(write_geojson(target / "tissue.geojson", mask_to_geojson(
-            tissue.mask, tissue.mpp, size, properties={"slide_id": sid}), overwrite=overwrite)),
+        "overlay": str(
+            write_png(
+                target / "overlay.png", render_overlay(tissue, plan, size), overwrite=overwrite
+            )
+        ),
+        "geojson": str(
+            write_geojson(
+                target / "tissue.geojson",
+                mask_to_geojson(tissue.mask, tissue.mpp, size, properties={"slide_id": sid}),
+                overwrite=overwrite,
+            )
+        ),
         "tiles": str(_write_parquet(plan.table, target / "tiles.parquet", overwrite)),
     }
     summary = {
@@ -84,18 +93,31 @@ def tissue_report(
         "status": plan.status,
         "tissue_fraction": tissue.summary()["tissue_fraction"],
         "tile_count": plan.tile_count,
-        "slide": {"dimensions": list(size), "mpp": meta.mpp, "mpp_source": meta.mpp_source,
-                  "levels": meta.level_count, "reader": meta.reader},
+        "slide": {
+            "dimensions": list(size),
+            "mpp": meta.mpp,
+            "mpp_source": meta.mpp_source,
+            "levels": meta.level_count,
+            "reader": meta.reader,
+        },
         "tissue": tissue.summary(),
         "plan": plan.summary(),
         "config": {"tissue": tissue_config.to_dict(), "tiling": tiling_config.to_dict()},
-        "timings_s": {"open": round(opened - started, 4), "plan": round(planned - opened, 4),
-                      "write": round(time.perf_counter() - planned, 4)},
+        "timings_s": {
+            "open": round(opened - started, 4),
+            "plan": round(planned - opened, 4),
+            "write": round(time.perf_counter() - planned, 4),
+        },
         "files": files,
     }
     _write_json(target / "summary.json", summary, overwrite)
-    log.info("%s: %s, tissue %.1f%%, %d tiles", sid, plan.status,
-             100 * tissue.tissue_fraction, plan.tile_count)
+    log.info(
+        "%s: %s, tissue %.1f%%, %d tiles",
+        sid,
+        plan.status,
+        100 * tissue.tissue_fraction,
+        plan.tile_count,
+    )
     return summary
 
 
@@ -106,5 +128,6 @@ def _write_parquet(table: Any, path: Path, overwrite: bool) -> Path:
 
 
 def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False),
-                             overwrite=overwrite)
+    return atomic_write_text(
+        path, json.dumps(payload, indent=2, sort_keys=False), overwrite=overwrite
+    )

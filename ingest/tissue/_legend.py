@@ -48,8 +48,9 @@ def _area_mm2(mask: np.ndarray, mpp: float) -> float:
     return float(mask.sum()) * mpp * mpp / 1e6
 
 
-def _scale_bar(image: Image.Image, image_mpp: float,
-               font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+def _scale_bar(
+    image: Image.Image, image_mpp: float, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> None:
     draw = ImageDraw.Draw(image)
     um = nice_scale_um(image_mpp, image.width)
     length = max(1, int(round(um / image_mpp)))
@@ -61,8 +62,13 @@ def _scale_bar(image: Image.Image, image_mpp: float,
     draw.text((x0, y1 - height - 26), label, fill=(0, 0, 0), font=font)
 
 
-def _rows(tissue: TissueMask, plan: TilePlan | None, pen: np.ndarray, dye: np.ndarray,
-          colours: dict[str, Colour]) -> list[tuple[str, Colour, str]]:
+def _rows(
+    tissue: TissueMask,
+    plan: TilePlan | None,
+    pen: np.ndarray,
+    dye: np.ndarray,
+    colours: dict[str, Colour],
+) -> list[tuple[str, Colour, str]]:
     mpp = tissue.mpp
 
     def removed(mask: np.ndarray, why: str) -> str:
@@ -72,30 +78,57 @@ def _rows(tissue: TissueMask, plan: TilePlan | None, pen: np.ndarray, dye: np.nd
     # Hues of the pen strokes only: dye shares the ink masks but is not a marker stroke.
     inks = sorted(k for k, v in (tissue.pen_by_ink or {}).items() if (np.asarray(v) & pen).any())
     rows = [
-        ("line", colours["outline"],
-         f"tissue outline — kept {tissue.tissue_area_mm2:.3g} mm² "
-         f"({100 * tissue.tissue_fraction:.1f}% of the slide)"),
-        ("fill", colours["pen"],
-         "pen ink: " + removed(pen, f"marker strokes{' (' + ', '.join(inks) + ')' if inks else ''}"
-                                    " hide or stain the tissue under them")),
-        ("fill", colours["dye"],
-         "margin dye: " + removed(dye, "surgeon's ink on the tissue edge or flaked onto it "
-                                       "(resection margin), not tissue colour")),
-        ("fill", colours["artifact"],
-         "artifacts: " + removed(tissue.artifacts, "scanner borders, coverslip edges, "
-                                                   "bubbles, colourless debris")),
+        (
+            "line",
+            colours["outline"],
+            f"tissue outline — kept {tissue.tissue_area_mm2:.3g} mm² "
+            f"({100 * tissue.tissue_fraction:.1f}% of the slide)",
+        ),
+        (
+            "fill",
+            colours["pen"],
+            "pen ink: "
+            + removed(
+                pen,
+                f"marker strokes{' (' + ', '.join(inks) + ')' if inks else ''}"
+                " hide or stain the tissue under them",
+            ),
+        ),
+        (
+            "fill",
+            colours["dye"],
+            "margin dye: "
+            + removed(
+                dye,
+                "surgeon's ink on the tissue edge or flaked onto it "
+                "(resection margin), not tissue colour",
+            ),
+        ),
+        (
+            "fill",
+            colours["artifact"],
+            "artifacts: "
+            + removed(
+                tissue.artifacts, "scanner borders, coverslip edges, bubbles, colourless debris"
+            ),
+        ),
     ]
     if plan is not None:
         flags = plan.table.column("qc_flags").to_numpy() if plan.tile_count else np.zeros(0)
         flagged = int(np.count_nonzero(flags))
         rows.append(("box", colours["tile"], f"tiles planned: {plan.tile_count - flagged} clean"))
-        rows.append(("box", colours["flagged"],
-                     f"tiles flagged by QC (background, blur or pen): {flagged}"))
+        rows.append(
+            ("box", colours["flagged"], f"tiles flagged by QC (background, blur or pen): {flagged}")
+        )
     return rows
 
 
-def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw,
-          font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+def _wrap(
+    text: str,
+    width: int,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> list[str]:
     """``text`` in lines no wider than ``width`` pixels (a word longer than that stays whole)."""
     lines: list[str] = []
     for word in text.split(" "):
@@ -119,8 +152,16 @@ def pixel_caption(tissue: TissueMask, image_mpp: float) -> str:
     return text
 
 
-def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, pen: np.ndarray,
-               dye: np.ndarray, image_mpp: float, colours: dict[str, Colour]) -> np.ndarray:
+def add_legend(
+    image: np.ndarray,
+    tissue: TissueMask,
+    plan: TilePlan | None,
+    *,
+    pen: np.ndarray,
+    dye: np.ndarray,
+    image_mpp: float,
+    colours: dict[str, Colour],
+) -> np.ndarray:
     """The overlay with a scale bar drawn in and a legend strip appended below it."""
     canvas = Image.fromarray(image)
     size = max(14, min(22, canvas.width // 60))
@@ -131,13 +172,19 @@ def add_legend(image: np.ndarray, tissue: TissueMask, plan: TilePlan | None, *, 
     measure = ImageDraw.Draw(canvas)
     # Rows wrap at the image width: a small slide's overlay is narrow, and a cut-off
     # reason would hide what was removed and why.
-    wrapped = [(kind, colour, _wrap(text, canvas.width - 32 - size, measure, font))
-               for kind, colour, text in rows]
+    wrapped = [
+        (kind, colour, _wrap(text, canvas.width - 32 - size, measure, font))
+        for kind, colour, text in rows
+    ]
     lines = 1 + sum(len(text) for _, _, text in wrapped)
     strip = Image.new("RGB", (canvas.width, 16 + line * lines), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
-    draw.text((12, 8), f"what the colours show ({pixel_caption(tissue, image_mpp)})",
-              fill=(0, 0, 0), font=font)
+    draw.text(
+        (12, 8),
+        f"what the colours show ({pixel_caption(tissue, image_mpp)})",
+        fill=(0, 0, 0),
+        font=font,
+    )
     y = 8
     for kind, colour, text in wrapped:
         y += line

@@ -124,8 +124,10 @@ def bounding_box(mask: Array, margin: int, xp: ModuleType) -> tuple[slice, slice
         return None
     cols = xp.flatnonzero(mask.any(axis=0))
     h, w = mask.shape
-    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)),
-            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)))
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)),
+        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)),
+    )
 
 
 def keep_seeded(mask: Array, seeds: Array, xp: ModuleType) -> Array:
@@ -194,8 +196,14 @@ def remove_small_objects(mask: Array, min_pixels: float, xp: ModuleType) -> Arra
     return keep[labels]
 
 
-def place_edges(mask: Array, signal: Array, mpp: float, edge_fraction: float,
-                edge_window_um: float, xp: ModuleType) -> Array:
+def place_edges(
+    mask: Array,
+    signal: Array,
+    mpp: float,
+    edge_fraction: float,
+    edge_window_um: float,
+    xp: ModuleType,
+) -> Array:
     """Drop edge pixels lighter than ``edge_fraction`` of the nearby tissue's stain."""
     if edge_fraction <= 0 or not bool(mask.any()):
         return mask
@@ -205,8 +213,9 @@ def place_edges(mask: Array, signal: Array, mpp: float, edge_fraction: float,
     reference = interior if bool(interior.any()) else mask
     size = max(3, 2 * radius_px(edge_window_um, mpp) + 1)
     weight = nd.uniform_filter(reference.astype(xp.float32), size=size, mode="constant")
-    stain = nd.uniform_filter(xp.where(reference, signal, 0).astype(xp.float32), size=size,
-                              mode="constant")
+    stain = nd.uniform_filter(
+        xp.where(reference, signal, 0).astype(xp.float32), size=size, mode="constant"
+    )
     local = stain / xp.maximum(weight, np.float32(1e-6))
     # Where no interior pixel is in reach (slivers), keep the pixel: nothing to compare.
     faint = edge & (weight > 0) & (signal < np.float32(edge_fraction) * local)

@@ -47,8 +47,9 @@ def _neutral(features: ColorFeatures, config: TissueConfig) -> Array:
     return features.chroma < np.float32(config.neutral_max_chroma)
 
 
-def scanner_borders(features: ColorFeatures, mpp: float, config: TissueConfig,
-                    xp: ModuleType) -> Array:
+def scanner_borders(
+    features: ColorFeatures, mpp: float, config: TissueConfig, xp: ModuleType
+) -> Array:
     """Dark, colourless bands connected to the image edge (with their soft rim)."""
     shape = features.signal.shape
     if not config.reject_artifacts:
@@ -107,19 +108,20 @@ def thin_structures(candidates: Array, mpp: float, config: TissueConfig, xp: Mod
     major, minor = _axis_lengths(labels, maybe, count, xp)
     safe_area = xp.maximum(area.astype(xp.float64), 1.0)
     thickness_um = safe_area / xp.maximum(major, 1.0) * mpp
-    line = (thickness_um <= config.line_max_width_um) \
-        & (major * mpp >= config.line_min_length_um)
+    line = (thickness_um <= config.line_max_width_um) & (major * mpp >= config.line_min_length_um)
     # A uniform ellipse with these axis lengths (bar-equivalent L = a·√3) has area
     # π·a·b; a solid section has about its own area, a ring far more.
     hollowness = (math.pi / 3) * major * minor / safe_area
-    ring = (hollowness >= config.ring_min_hollowness) \
-        & (thickness_um / _RING_THICKNESS <= config.line_max_width_um)
+    ring = (hollowness >= config.ring_min_hollowness) & (
+        thickness_um / _RING_THICKNESS <= config.line_max_width_um
+    )
     drop = maybe & (line | ring)
     return drop[labels]
 
 
-def _axis_lengths(labels: Array, selected: Array, count: int,
-                  xp: ModuleType) -> tuple[Array, Array]:
+def _axis_lengths(
+    labels: Array, selected: Array, count: int, xp: ModuleType
+) -> tuple[Array, Array]:
     """Per ``selected`` component, the length of the equivalent uniform bar along its
     major and minor axes (0 for the others)."""
     ys, xs = xp.nonzero(selected[labels])  # only the candidates' own pixels

@@ -24,8 +24,9 @@ _MEDIAN_UM = 56.0  # CLAM's 7-px median filter at its ~8 µm/px segmentation lev
 _CLOSING_UM = 16.0
 
 
-def saturation_otsu_mask(thumbnail: Any, mpp: float, config: TissueConfig | None = None,
-                         device: Device = "auto") -> np.ndarray:
+def saturation_otsu_mask(
+    thumbnail: Any, mpp: float, config: TissueConfig | None = None, device: Device = "auto"
+) -> np.ndarray:
     """(H, W) bool mask of an RGB uint8 thumbnail at ``mpp`` µm/px, by saturation Otsu."""
     config = config or TissueConfig()
     xp = get_xp(device)

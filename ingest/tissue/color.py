@@ -49,13 +49,17 @@ def glass_reference(rgb: Array, xp: ModuleType) -> tuple[float, float, float]:
         index = int(np.searchsorted(np.cumsum(counts), _GLASS_PERCENTILE * n))
         out.append(float(min(index, 255)))
     if min(out) < _MIN_GLASS:
-        log.warning("brightest pixels are dark (%s): little or no glass visible; "
-                    "OD is measured against them", out)
+        log.warning(
+            "brightest pixels are dark (%s): little or no glass visible; "
+            "OD is measured against them",
+            out,
+        )
     return out[0], out[1], out[2]
 
 
-def optical_density(rgb: Array, glass: tuple[float, float, float],
-                    xp: ModuleType) -> tuple[Array, Array, Array]:
+def optical_density(
+    rgb: Array, glass: tuple[float, float, float], xp: ModuleType
+) -> tuple[Array, Array, Array]:
     """OD ≥ 0 of the R, G and B planes relative to ``glass`` (float32, one 2-D array each),
     through a 256-entry lookup table per channel.
 
@@ -83,8 +87,9 @@ class ColorFeatures:
     glass: tuple[float, float, float]
 
 
-def color_features(rgb: Array, xp: ModuleType,
-                   glass: tuple[float, float, float] | None = None) -> ColorFeatures:
+def color_features(
+    rgb: Array, xp: ModuleType, glass: tuple[float, float, float] | None = None
+) -> ColorFeatures:
     glass = glass if glass is not None else glass_reference(rgb, xp)
     r, g, b = optical_density(rgb, glass, xp)
     # In place where possible: a 100k² slide's thumbnail makes every plane 40 MB.

@@ -31,12 +31,33 @@ INKS: tuple[Ink, ...] = ("blue", "green", "black", "red")
 _ALGORITHM_VERSION = 3
 
 
-_POSITIVE = ("thumbnail_mpp", "min_od", "pen_min_od", "pen_strong_od", "black_min_od",
-             "border_min_od", "border_min_width_um", "line_max_width_um", "line_min_length_um",
-             "ring_min_hollowness", "edge_window_um", "refine_mpp", "refine_band_um",
-             "refine_max_read_px", "refine_max_mask_px")
-_NON_NEGATIVE = ("noise_k", "closing_radius_um", "opening_radius_um", "min_object_area_um2",
-                 "min_hole_area_um2", "pen_margin_um", "pen_hue_margin", "refine_closing_um")
+_POSITIVE = (
+    "thumbnail_mpp",
+    "min_od",
+    "pen_min_od",
+    "pen_strong_od",
+    "black_min_od",
+    "border_min_od",
+    "border_min_width_um",
+    "line_max_width_um",
+    "line_min_length_um",
+    "ring_min_hollowness",
+    "edge_window_um",
+    "refine_mpp",
+    "refine_band_um",
+    "refine_max_read_px",
+    "refine_max_mask_px",
+)
+_NON_NEGATIVE = (
+    "noise_k",
+    "closing_radius_um",
+    "opening_radius_um",
+    "min_object_area_um2",
+    "min_hole_area_um2",
+    "pen_margin_um",
+    "pen_hue_margin",
+    "refine_closing_um",
+)
 _SHARES = ("edge_fraction", "neutral_max_chroma", "red_max_red_share", "red_seed_red_share")
 
 

@@ -24,7 +24,9 @@ __all__ = ["mask_to_geojson", "write_geojson"]
 _CLASS = {"name": "Tissue", "color": [0, 160, 80]}
 
 
-def _ring(contour: np.ndarray, scale: tuple[float, float], tolerance_px: float) -> list[list[float]]:
+def _ring(
+    contour: np.ndarray, scale: tuple[float, float], tolerance_px: float
+) -> list[list[float]]:
     """A (row, col) contour in mask pixels → closed [x, y] ring in level-0 pixels."""
     from skimage import measure
 
@@ -66,8 +68,13 @@ def _outline(component: np.ndarray, foreground: bool) -> np.ndarray | None:
     return longest - 1.0  # undo the padding offset
 
 
-def mask_to_geojson(mask: np.ndarray, mask_mpp: float, slide_size: tuple[int, int],
-                    simplify_um: float = 8.0, properties: dict[str, Any] | None = None) -> dict:
+def mask_to_geojson(
+    mask: np.ndarray,
+    mask_mpp: float,
+    slide_size: tuple[int, int],
+    simplify_um: float = 8.0,
+    properties: dict[str, Any] | None = None,
+) -> dict:
     """A FeatureCollection of the mask's tissue pieces in level-0 pixel coordinates.
 
     ``slide_size`` is the level-0 (width, height) the mask spans; pixel edges map to
@@ -102,17 +109,28 @@ def mask_to_geojson(mask: np.ndarray, mask_mpp: float, slide_size: tuple[int, in
             if inner is not None and len(inner) >= 4:
                 rings.append(_oriented(_ring(inner + offset, scale, tolerance), exterior=False))
         area_um2 = float(piece.sum()) * mask_mpp * mask_mpp
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {"objectType": "annotation", "classification": dict(_CLASS),
-                           "name": f"tissue {len(features) + 1}", "area_um2": round(area_um2, 1),
-                           "isLocked": False},
-        })
-    return {"type": "FeatureCollection", "features": features,
-            **({"properties": properties} if properties else {})}
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": dict(_CLASS),
+                    "name": f"tissue {len(features) + 1}",
+                    "area_um2": round(area_um2, 1),
+                    "isLocked": False,
+                },
+            }
+        )
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        **({"properties": properties} if properties else {}),
+    }
 
 
 def write_geojson(path: str | os.PathLike, collection: dict, *, overwrite: bool = True) -> Path:
     """Write atomically (temp file, then rename); ``overwrite=False`` refuses an existing file."""
-    return atomic_write_text(path, json.dumps(collection, separators=(",", ":")), overwrite=overwrite)
+    return atomic_write_text(
+        path, json.dumps(collection, separators=(",", ":")), overwrite=overwrite
+    )

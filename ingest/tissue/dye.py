@@ -33,9 +33,15 @@ if TYPE_CHECKING:
 __all__ = ["margin_dye"]
 
 
-def margin_dye(tissue: TissueMask, *, band_um: float = 32.0, share: float = 0.8,
-               max_length_um: float = 300.0, touch_um: float = 32.0,
-               min_stained: float = 0.15) -> np.ndarray:
+def margin_dye(
+    tissue: TissueMask,
+    *,
+    band_um: float = 32.0,
+    share: float = 0.8,
+    max_length_um: float = 300.0,
+    touch_um: float = 32.0,
+    min_stained: float = 0.15,
+) -> np.ndarray:
     """Boolean mask (the grid of ``tissue``) of the ink components that are margin dye."""
     from scipy import ndimage
 
@@ -46,7 +52,8 @@ def margin_dye(tissue: TissueMask, *, band_um: float = 32.0, share: float = 0.8,
         return np.zeros_like(tissue.pen)
     index = np.arange(1, n + 1)
     dye = _coating(tissue, labels, index, band_um, share) | _granules(
-        tissue, labels, max_length_um, touch_um, min_stained)
+        tissue, labels, max_length_um, touch_um, min_stained
+    )
     return np.isin(labels, index[dye])
 
 
@@ -54,13 +61,15 @@ def _px(um: float, mpp: float) -> int:
     return max(1, int(round(um / mpp)))
 
 
-def _coating(tissue: TissueMask, labels: np.ndarray, index: np.ndarray, band_um: float,
-             share: float) -> np.ndarray:
+def _coating(
+    tissue: TissueMask, labels: np.ndarray, index: np.ndarray, band_um: float, share: float
+) -> np.ndarray:
     from scipy import ndimage
 
     radius = _px(band_um, tissue.mpp)
     near = ndimage.binary_dilation(tissue.mask, iterations=radius) & ~ndimage.binary_erosion(
-        tissue.mask, iterations=radius)
+        tissue.mask, iterations=radius
+    )
     sizes = np.maximum(ndimage.sum(np.ones_like(labels), labels, index=index), 1)
     along = ndimage.sum(near, labels, index=index)
     envelope = ndimage.binary_closing(tissue.mask, iterations=3 * radius)
@@ -68,8 +77,13 @@ def _coating(tissue: TissueMask, labels: np.ndarray, index: np.ndarray, band_um:
     return (along >= share * sizes) & (enclosed <= 0.5 * sizes)
 
 
-def _granules(tissue: TissueMask, labels: np.ndarray, max_length_um: float, touch_um: float,
-              min_stained: float) -> np.ndarray:
+def _granules(
+    tissue: TissueMask,
+    labels: np.ndarray,
+    max_length_um: float,
+    touch_um: float,
+    min_stained: float,
+) -> np.ndarray:
     from scipy import ndimage
 
     mpp = tissue.mpp
@@ -87,8 +101,10 @@ def _granules(tissue: TissueMask, labels: np.ndarray, max_length_um: float, touc
         if near_tissue[box][comp].any():
             out[i] = True
             continue
-        grown = tuple(slice(max(s.start - ring_r, 0), min(s.stop + ring_r, size))
-                      for s, size in zip(box, (h, w), strict=True))
+        grown = tuple(
+            slice(max(s.start - ring_r, 0), min(s.stop + ring_r, size))
+            for s, size in zip(box, (h, w), strict=True)
+        )
         own = labels[grown] == i + 1
         ring = ndimage.binary_dilation(own, iterations=ring_r) & ~tissue.pen[grown]
         out[i] = bool(ring.any()) and float(stained[grown][ring].mean()) >= min_stained

@@ -20,10 +20,12 @@ def resample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ConfigError(f"cannot resample a {mask.shape} mask to {shape}")
     if mask.shape == tuple(shape):
         return mask.copy()
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(int),
-                      mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(int),
-                      mask.shape[1] - 1)
+    rows = np.minimum(
+        ((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(int), mask.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(int), mask.shape[1] - 1
+    )
     return mask[np.ix_(rows, cols)]
 
 

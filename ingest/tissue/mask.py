@@ -85,8 +85,10 @@ class TissueMask:
 
     def store_arrays(self) -> dict[str, tuple[np.ndarray, float]]:
         """Arrays for the feature store's Zarr group: name → (array, µm/px)."""
-        return {"mask": (self.mask.astype(np.uint8), self.mpp),
-                "thumbnail": (np.ascontiguousarray(self.thumbnail), self.thumbnail_grid_mpp)}
+        return {
+            "mask": (self.mask.astype(np.uint8), self.mpp),
+            "thumbnail": (np.ascontiguousarray(self.thumbnail), self.thumbnail_grid_mpp),
+        }
 
     @property
     def thumbnail_grid_mpp(self) -> float:
@@ -98,7 +100,9 @@ class TissueMask:
             "tissue_fraction": round(self.tissue_fraction, 6),
             "tissue_area_mm2": round(self.tissue_area_mm2, 6),
             "pen_fraction": round(float(self.pen.mean()) if self.pen.size else 0.0, 6),
-            "artifact_fraction": round(float(self.artifacts.mean()) if self.artifacts.size else 0.0, 6),
+            "artifact_fraction": round(
+                float(self.artifacts.mean()) if self.artifacts.size else 0.0, 6
+            ),
             "inks": sorted(k for k, v in self.pen_by_ink.items() if v.any()),
             "mask_mpp": self.mpp,
             "mask_shape": list(self.mask.shape),
@@ -110,8 +114,9 @@ class TissueMask:
         }
 
 
-def detect_tissue(thumbnail: Any, mpp: float, config: TissueConfig | None = None,
-                  device: Device = "auto") -> TissueMask:
+def detect_tissue(
+    thumbnail: Any, mpp: float, config: TissueConfig | None = None, device: Device = "auto"
+) -> TissueMask:
     """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mpp`` µm wide."""
     config = config or TissueConfig()
     if not (mpp > 0 and np.isfinite(mpp)):
@@ -136,8 +141,9 @@ def detect_tissue(thumbnail: Any, mpp: float, config: TissueConfig | None = None
         part = candidates[box]
         thin = thin_structures(part, mpp, config, xp)
         artifacts[box] |= thin
-        part = _morph.place_edges(part & ~thin, features.signal[box], mpp, config.edge_fraction,
-                                  config.edge_window_um, xp)
+        part = _morph.place_edges(
+            part & ~thin, features.signal[box], mpp, config.edge_fraction, config.edge_window_um, xp
+        )
         # Ink and scanner borders are cut out last, after hole filling, so filling can
         # never paint them back. Debris is not: a bubble rim or coverslip edge crossing a
         # section lies on tissue that is still there, and closing bridges it again.
@@ -157,8 +163,9 @@ def detect_tissue(thumbnail: Any, mpp: float, config: TissueConfig | None = None
     )
 
 
-def slide_tissue_mask(slide: Slide, config: TissueConfig | None = None,
-                      device: Device = "auto") -> TissueMask:
+def slide_tissue_mask(
+    slide: Slide, config: TissueConfig | None = None, device: Device = "auto"
+) -> TissueMask:
     """Read the slide's thumbnail at ``config.thumbnail_mpp`` and detect tissue on it,
     then (``config.refine_edges``) re-decide the edge band at ``config.refine_mpp``.
 
@@ -175,8 +182,9 @@ def slide_tissue_mask(slide: Slide, config: TissueConfig | None = None,
         from ingest.tissue.refine import refine_edges
 
         result = refine_edges(slide, result, device)
-    log.debug("%s: tissue %.1f%% at %.2f µm/px", slide.name, 100 * result.tissue_fraction,
-              result.mpp)
+    log.debug(
+        "%s: tissue %.1f%% at %.2f µm/px", slide.name, 100 * result.tissue_fraction, result.mpp
+    )
     return result
 
 

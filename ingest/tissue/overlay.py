@@ -46,9 +46,15 @@ def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int], al
     image[where] = (image[where] * (1 - alpha) + np.asarray(colour) * alpha).astype(np.uint8)
 
 
-def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
-                   slide_size: tuple[int, int] | None = None, *, min_side: int = 1024,
-                   max_side: int = 2048, legend: bool = True) -> np.ndarray:
+def render_overlay(
+    tissue: TissueMask,
+    plan: TilePlan | None = None,
+    slide_size: tuple[int, int] | None = None,
+    *,
+    min_side: int = 1024,
+    max_side: int = 2048,
+    legend: bool = True,
+) -> np.ndarray:
     """(H, W, 3) uint8 overlay; ``slide_size`` (level-0 width, height) places the tiles.
 
     With ``legend`` (the default) a strip under the image explains the colours and a
@@ -63,8 +69,14 @@ def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
     image = np.array(Image.fromarray(tissue.thumbnail).resize((w, h), resample))
 
     def up(mask: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (w, h), Image.Resampling.NEAREST)) > 127
+        return (
+            np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                    (w, h), Image.Resampling.NEAREST
+                )
+            )
+            > 127
+        )
 
     dye = margin_dye(tissue)
     pen = tissue.pen & ~dye
@@ -83,9 +95,22 @@ def render_overlay(tissue: TissueMask, plan: TilePlan | None = None,
         return image
     from ingest.tissue._legend import add_legend
 
-    return add_legend(image, tissue, plan, pen=pen, dye=dye, image_mpp=tissue.mpp / scale,
-                      colours={"outline": _OUTLINE, "pen": _INK, "dye": _DYE,
-                               "artifact": _ARTIFACT, "tile": _TILE, "flagged": _TILE_FLAGGED})
+    return add_legend(
+        image,
+        tissue,
+        plan,
+        pen=pen,
+        dye=dye,
+        image_mpp=tissue.mpp / scale,
+        colours={
+            "outline": _OUTLINE,
+            "pen": _INK,
+            "dye": _DYE,
+            "artifact": _ARTIFACT,
+            "tile": _TILE,
+            "flagged": _TILE_FLAGGED,
+        },
+    )
 
 
 def _draw_tiles(image: np.ndarray, plan: TilePlan, scale: tuple[float, float]) -> None:

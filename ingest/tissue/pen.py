@@ -72,8 +72,13 @@ def ink_pixels(features: ColorFeatures, config: TissueConfig, xp: ModuleType) ->
     return out
 
 
-def pen_masks(features: ColorFeatures, mpp: float, config: TissueConfig,
-              xp: ModuleType, exclude: Array | None = None) -> dict[str, Array]:
+def pen_masks(
+    features: ColorFeatures,
+    mpp: float,
+    config: TissueConfig,
+    xp: ModuleType,
+    exclude: Array | None = None,
+) -> dict[str, Array]:
     """One boolean mask per ink in ``config.pen_inks`` (empty dict when pen removal is off).
 
     ``exclude`` (e.g. scanner borders) is never ink. Each mask includes the margin of

@@ -79,16 +79,30 @@ class TileQCConfig:
         in_range("TileQCConfig.default_glass", self.default_glass, 0, 255, open_low=True)
 
 
-def qc_flags(background_fraction: Array, pen_fraction: Array, config: TileQCConfig,
-             blur_score: Array | None = None) -> np.ndarray:
+def qc_flags(
+    background_fraction: Array,
+    pen_fraction: Array,
+    config: TileQCConfig,
+    blur_score: Array | None = None,
+) -> np.ndarray:
     """int32 bit mask per tile from its QC measurements (blur only when measured)."""
     blur = None if blur_score is None else np.asarray(asnumpy(blur_score))
-    return _flags(np, np.asarray(asnumpy(background_fraction)), np.asarray(asnumpy(pen_fraction)),
-                  config, blur)
+    return _flags(
+        np,
+        np.asarray(asnumpy(background_fraction)),
+        np.asarray(asnumpy(pen_fraction)),
+        config,
+        blur,
+    )
 
 
-def _flags(xp: ModuleType, background_fraction: Array, pen_fraction: Array,
-           config: TileQCConfig, blur_score: Array | None) -> Array:
+def _flags(
+    xp: ModuleType,
+    background_fraction: Array,
+    pen_fraction: Array,
+    config: TileQCConfig,
+    blur_score: Array | None,
+) -> Array:
     flags = xp.where(background_fraction > config.max_background_fraction, QC_BACKGROUND, 0)
     flags |= xp.where(pen_fraction > config.max_pen_fraction, QC_PEN, 0)
     if blur_score is not None:
@@ -115,10 +129,14 @@ class TileQC:
         return self.flags == 0
 
 
-def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
-            tissue_config: TissueConfig | None = None,
-            glass: tuple[float, float, float] | None = None,
-            device: Device = "auto") -> TileQC:
+def tile_qc(
+    tiles: Any,
+    mpp: float,
+    config: TileQCConfig | None = None,
+    tissue_config: TissueConfig | None = None,
+    glass: tuple[float, float, float] | None = None,
+    device: Device = "auto",
+) -> TileQC:
     """QC of a batch of RGB uint8 tiles (N, H, W, 3) at ``mpp`` µm/px, as the pipeline
     read them.
 
@@ -134,13 +152,22 @@ def tile_qc(tiles: Any, mpp: float, config: TileQCConfig | None = None,
         return TileQC(empty, empty, empty, np.zeros(0, np.int32))
     bg_frac, pen_frac, blur = measured
     flags = qc_flags(bg_frac, pen_frac, config, blur)
-    return TileQC(asnumpy(bg_frac).astype(np.float32), asnumpy(blur).astype(np.float32),
-                  asnumpy(pen_frac).astype(np.float32), flags)
+    return TileQC(
+        asnumpy(bg_frac).astype(np.float32),
+        asnumpy(blur).astype(np.float32),
+        asnumpy(pen_frac).astype(np.float32),
+        flags,
+    )
 
 
-def tile_flags(tiles: Any, mpp: float, config: TileQCConfig | None = None,
-               tissue_config: TissueConfig | None = None,
-               glass: tuple[float, float, float] | None = None, device: Device = "auto") -> Array:
+def tile_flags(
+    tiles: Any,
+    mpp: float,
+    config: TileQCConfig | None = None,
+    tissue_config: TissueConfig | None = None,
+    glass: tuple[float, float, float] | None = None,
+    device: Device = "auto",
+) -> Array:
     """:func:`tile_qc`'s int32 flags only, left in the device's array module: no host
     copy, no synchronisation (the device engine copies them with the embeddings)."""
     config = config or TileQCConfig()
@@ -152,9 +179,14 @@ def tile_flags(tiles: Any, mpp: float, config: TileQCConfig | None = None,
     return _flags(xp, bg_frac, pen_frac, config, blur)
 
 
-def _measure(tiles: Any, mpp: float, config: TileQCConfig, tissue_config: TissueConfig,
-             glass: tuple[float, float, float] | None,
-             device: Device) -> tuple[Array, Array, Array] | None:
+def _measure(
+    tiles: Any,
+    mpp: float,
+    config: TileQCConfig,
+    tissue_config: TissueConfig,
+    glass: tuple[float, float, float] | None,
+    device: Device,
+) -> tuple[Array, Array, Array] | None:
     """(background fraction, pen fraction, blur score) per tile, in the device's module;
     None for an empty batch."""
     if not (mpp > 0 and math.isfinite(mpp)):
@@ -180,24 +212,34 @@ def _measure(tiles: Any, mpp: float, config: TileQCConfig, tissue_config: Tissue
     return bg_frac, _pen_fraction(batch, mpp, tissue_config, ref, xp), blur_scores(batch, xp)
 
 
-def _pen_fraction(batch: Array, mpp: float, tissue_config: TissueConfig,
-                  glass: tuple[float, float, float], xp: ModuleType) -> Array:
+def _pen_fraction(
+    batch: Array,
+    mpp: float,
+    tissue_config: TissueConfig,
+    glass: tuple[float, float, float],
+    xp: ModuleType,
+) -> Array:
     n, h, w = batch.shape[:3]
     k = max(1, min(int(round(tissue_config.thumbnail_mpp / mpp)), h, w))
     bh, bw = h // k, w // k
-    cropped = batch[:, :bh * k, :bw * k]
+    cropped = batch[:, : bh * k, : bw * k]
     # Integer block sums (exact), then the mean: like the thumbnail's box filter. On NumPy
     # with reduceat, 5x faster than a float copy of the batch averaged over a 6-D view
     # (that was half of QC's time).
     if xp is np:
         starts = np.arange(0, bh * k, k)
-        sums = np.add.reduceat(np.add.reduceat(cropped, np.arange(0, bw * k, k), axis=2,
-                                               dtype=np.uint32), starts, axis=1)
+        sums = np.add.reduceat(
+            np.add.reduceat(cropped, np.arange(0, bw * k, k), axis=2, dtype=np.uint32),
+            starts,
+            axis=1,
+        )
     else:
         sums = cropped.reshape(n, bh, k, bw, k, 3).sum(axis=(2, 4), dtype=xp.uint32)
     means = xp.rint(sums * np.float32(1.0 / (k * k))).astype(xp.uint8)
     features = color_features(means.reshape(n * bh, bw, 3), xp, glass=glass)
-    return ink_pixels(features, tissue_config, xp).reshape(n, bh * bw).mean(axis=1, dtype=xp.float32)
+    return (
+        ink_pixels(features, tissue_config, xp).reshape(n, bh * bw).mean(axis=1, dtype=xp.float32)
+    )
 
 
 def blur_scores(tiles: Array, xp: ModuleType) -> Array:
@@ -206,15 +248,22 @@ def blur_scores(tiles: Array, xp: ModuleType) -> Array:
     The 3×3 Laplacian is applied per tile (a (1, 3, 3) kernel never mixes tiles) and
     the one-pixel rim, where the filter sees outside the tile, is left out.
     """
-    grey = (tiles[..., 0].astype(xp.float32) * np.float32(_GREY[0])
-            + tiles[..., 1].astype(xp.float32) * np.float32(_GREY[1])
-            + tiles[..., 2].astype(xp.float32) * np.float32(_GREY[2]))
+    grey = (
+        tiles[..., 0].astype(xp.float32) * np.float32(_GREY[0])
+        + tiles[..., 1].astype(xp.float32) * np.float32(_GREY[1])
+        + tiles[..., 2].astype(xp.float32) * np.float32(_GREY[2])
+    )
     if grey.shape[1] <= 2 or grey.shape[2] <= 2:  # no inside: the filter at the rim
         kernel = xp.asarray(np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], dtype=np.float32))
         lap = ndimage_module(xp).convolve(grey, kernel, mode="reflect")
         return lap.reshape(lap.shape[0], -1).var(axis=1)
     # The inside directly from shifted views: the same sums as the 3×3 filter, several
     # times faster than a generic convolution.
-    inner = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
-             - np.float32(4) * grey[:, 1:-1, 1:-1])
+    inner = (
+        grey[:, :-2, 1:-1]
+        + grey[:, 2:, 1:-1]
+        + grey[:, 1:-1, :-2]
+        + grey[:, 1:-1, 2:]
+        - np.float32(4) * grey[:, 1:-1, 1:-1]
+    )
     return inner.reshape(inner.shape[0], -1).var(axis=1)

@@ -71,8 +71,9 @@ class EdgeRefinement:
         return dict(self.__dict__)
 
 
-def grid_factor(shape: tuple[int, int], coarse_mpp: float, slide_mpp: float,
-                refine_mpp: float, max_mask_px: int) -> int:
+def grid_factor(
+    shape: tuple[int, int], coarse_mpp: float, slide_mpp: float, refine_mpp: float, max_mask_px: int
+) -> int:
     """How many times finer than the coarse grid the refined grid is (1: not refined)."""
     want = int(math.floor(coarse_mpp / refine_mpp + 0.1))
     # Never finer than the slide itself (nothing to read there) ...
@@ -86,8 +87,13 @@ def refine_edges(slide: Slide, coarse: TissueMask, device: Device = "auto") -> T
     """``coarse`` with its edge re-decided at ``coarse.config.refine_mpp`` (see module doc)."""
     config = coarse.config
     width, height = (int(v) for v in slide.dimensions)
-    factor = grid_factor(coarse.mask.shape, coarse.mpp, float(slide.mpp), config.refine_mpp,
-                         config.refine_max_mask_px)
+    factor = grid_factor(
+        coarse.mask.shape,
+        coarse.mpp,
+        float(slide.mpp),
+        config.refine_mpp,
+        config.refine_max_mask_px,
+    )
     fine_mpp = coarse.mpp / factor
     if factor == 1 or not coarse.mask.any():
         reason = "no tissue" if not coarse.mask.any() else "grid budget or slide resolution"
@@ -103,8 +109,9 @@ def refine_edges(slide: Slide, coarse: TissueMask, device: Device = "auto") -> T
     read_px = int(round(read * factor * (level.scale if not level.exact else 1.0))) ** 2
     chosen = blocks[: max(0, config.refine_max_read_px // max(read_px, 1))]
     if len(chosen) < len(blocks):
-        log.info("%s: edge refinement capped at %d of %d blocks", slide.name, len(chosen),
-                 len(blocks))
+        log.info(
+            "%s: edge refinement capped at %d of %d blocks", slide.name, len(chosen), len(blocks)
+        )
     fine = _upsample(mask, factor, xp)
     background = _upsample(xp.asarray(coarse.background), factor, xp)
     excluded = _upsample(xp.asarray(coarse.pen | coarse.artifacts), factor, xp)
@@ -112,30 +119,55 @@ def refine_edges(slide: Slide, coarse: TissueMask, device: Device = "auto") -> T
     side = read * factor
     whole = _whole_slide(slide, fine_mpp, level, len(chosen) * read_px, (sx, sy))
     for start in range(0, len(chosen), _BATCH):
-        batch = chosen[start:start + _BATCH]
+        batch = chosen[start : start + _BATCH]
         locations = [(int(round((c - _HALO) * sx)), int(round((r - _HALO) * sy))) for r, c in batch]
         if whole is not None:  # the same blocks, cut from one read of the whole slide
             image, origin, step = whole
-            cuts = [(int(round((y - origin) / step)), int(round((x - origin) / step)))
-                    for x, y in locations]
-            images = [image[i:i + side, j:j + side] for i, j in cuts]
+            cuts = [
+                (int(round((y - origin) / step)), int(round((x - origin) / step)))
+                for x, y in locations
+            ]
+            images = [image[i : i + side, j : j + side] for i, j in cuts]
         else:
             images = list(slide.read_regions_at_mpp(locations, side, fine_mpp))
         for (r, c), rgb in zip(batch, images, strict=True):
-            _refine_block(xp.asarray(rgb), (r, c), factor, fine, background, excluded,
-                          interior, band, coarse, fine_mpp, xp)
+            _refine_block(
+                xp.asarray(rgb),
+                (r, c),
+                factor,
+                fine,
+                background,
+                excluded,
+                interior,
+                band,
+                coarse,
+                fine_mpp,
+                xp,
+            )
     fine &= ~_upsample(xp.asarray(coarse.pen), factor, xp)
-    fine = _morph.remove_small_objects(fine, config.min_object_area_um2 / fine_mpp ** 2, xp)
-    info = EdgeRefinement(factor, fine_mpp, level.level, len(chosen), len(blocks),
-                          len(chosen) * read_px,
-                          "refined" if len(chosen) == len(blocks) else "refined, capped")
+    fine = _morph.remove_small_objects(fine, config.min_object_area_um2 / fine_mpp**2, xp)
+    info = EdgeRefinement(
+        factor,
+        fine_mpp,
+        level.level,
+        len(chosen),
+        len(blocks),
+        len(chosen) * read_px,
+        "refined" if len(chosen) == len(blocks) else "refined, capped",
+    )
     return replace(
-        coarse, mask=asnumpy(fine), mpp=fine_mpp,
+        coarse,
+        mask=asnumpy(fine),
+        mpp=fine_mpp,
         pen=asnumpy(_upsample(xp.asarray(coarse.pen), factor, xp)),
-        pen_by_ink={k: asnumpy(_upsample(xp.asarray(v), factor, xp))
-                    for k, v in coarse.pen_by_ink.items()},
+        pen_by_ink={
+            k: asnumpy(_upsample(xp.asarray(v), factor, xp)) for k, v in coarse.pen_by_ink.items()
+        },
         artifacts=asnumpy(_upsample(xp.asarray(coarse.artifacts), factor, xp)),
-        background=asnumpy(background), thumbnail_mpp=coarse.mpp, edge=info)
+        background=asnumpy(background),
+        thumbnail_mpp=coarse.mpp,
+        edge=info,
+    )
 
 
 #: a whole-slide read replaces the block reads only below this many level pixels (48 MB
@@ -143,8 +175,9 @@ def refine_edges(slide: Slide, coarse: TissueMask, device: Device = "auto") -> T
 _WHOLE_MAX_READ_PX = 16_000_000
 
 
-def _whole_slide(slide: Slide, fine_mpp: float, level: Any, blocks_read_px: int,
-                 coarse_px: tuple[float, float]) -> tuple[np.ndarray, int, float] | None:
+def _whole_slide(
+    slide: Slide, fine_mpp: float, level: Any, blocks_read_px: int, coarse_px: tuple[float, float]
+) -> tuple[np.ndarray, int, float] | None:
     """The whole slide at ``fine_mpp`` with a white margin of ``_HALO`` coarse pixels and
     more, from one read, when that reads fewer level pixels than the blocks would; with
     the level-0 origin of its first pixel and level-0 px per pixel. Else None.
@@ -164,7 +197,11 @@ def _whole_slide(slide: Slide, fine_mpp: float, level: Any, blocks_read_px: int,
     scale = 1.0 if level.exact else float(level.scale)
     if int(round(side * scale)) ** 2 > min(blocks_read_px, _WHOLE_MAX_READ_PX):
         return None
-    return np.asarray(slide.read_regions_at_mpp([(origin, origin)], side, fine_mpp)[0]), origin, step
+    return (
+        np.asarray(slide.read_regions_at_mpp([(origin, origin)], side, fine_mpp)[0]),
+        origin,
+        step,
+    )
 
 
 def _blocks(band: np.ndarray) -> list[tuple[int, int]]:
@@ -176,17 +213,28 @@ def _blocks(band: np.ndarray) -> list[tuple[int, int]]:
     padded[:h, :w] = band
     counts = padded.reshape(rows, _BLOCK, cols, _BLOCK).sum(axis=(1, 3))
     order = np.lexsort((np.arange(counts.size), -counts.ravel()))
-    return [(int(i // cols) * _BLOCK, int(i % cols) * _BLOCK) for i in order
-            if counts.ravel()[i] > 0]
+    return [
+        (int(i // cols) * _BLOCK, int(i % cols) * _BLOCK) for i in order if counts.ravel()[i] > 0
+    ]
 
 
 def _upsample(mask: Array, factor: int, xp: ModuleType) -> Array:
     return xp.repeat(xp.repeat(mask, factor, axis=0), factor, axis=1)
 
 
-def _refine_block(rgb: Array, corner: tuple[int, int], factor: int, fine: Array,
-                  background: Array, excluded: Array, interior: Array, band: Array,
-                  coarse: TissueMask, fine_mpp: float, xp: ModuleType) -> None:
+def _refine_block(
+    rgb: Array,
+    corner: tuple[int, int],
+    factor: int,
+    fine: Array,
+    background: Array,
+    excluded: Array,
+    interior: Array,
+    band: Array,
+    coarse: TissueMask,
+    fine_mpp: float,
+    xp: ModuleType,
+) -> None:
     """Re-decide the band pixels of one block (in place in ``fine`` and ``background``)."""
     config = coarse.config
     r0, c0 = corner
@@ -206,12 +254,18 @@ def _refine_block(rgb: Array, corner: tuple[int, int], factor: int, fine: Array,
     candidates = _clean(candidates, fine_mpp, config, xp)
     # The edge where a pixel is about half covered, as the coarse mask places it: the
     # detection threshold alone puts it where the section's blur fades into glass.
-    candidates = _morph.place_edges(candidates, signal, fine_mpp, config.edge_fraction,
-                                    config.edge_window_um, xp) | inner
+    candidates = (
+        _morph.place_edges(
+            candidates, signal, fine_mpp, config.edge_fraction, config.edge_window_um, xp
+        )
+        | inner
+    )
     # Only the block's core band pixels take the fine answer; the halo is context.
     core = xp.zeros(candidates.shape, dtype=bool)
-    core[(r0 - gr0) * factor:(min(r0 + _BLOCK, h) - gr0) * factor,
-         (c0 - gc0) * factor:(min(c0 + _BLOCK, w) - gc0) * factor] = True
+    core[
+        (r0 - gr0) * factor : (min(r0 + _BLOCK, h) - gr0) * factor,
+        (c0 - gc0) * factor : (min(c0 + _BLOCK, w) - gc0) * factor,
+    ] = True
     take = core & _upsample(band[gr0:gr1, gc0:gc1], factor, xp)
     fine[window] = xp.where(take, candidates, fine[window])
     background[window] = xp.where(take, ~detected, background[window])

@@ -41,8 +41,9 @@ class Thresholds:
         return {k: round(float(v), 6) for k, v in self.__dict__.items()}
 
 
-def stain_thresholds(signal: Array, valid: Array, config: TissueConfig,
-                     xp: ModuleType) -> Thresholds:
+def stain_thresholds(
+    signal: Array, valid: Array, config: TissueConfig, xp: ModuleType
+) -> Thresholds:
     """Thresholds of mean OD ``signal`` over the ``valid`` pixels (pen and borders excluded).
 
     Everything is read off one histogram with bins of ``_BIN`` OD (finer than the glass
@@ -57,8 +58,8 @@ def stain_thresholds(signal: Array, valid: Array, config: TissueConfig,
     below = int(min(max(otsu / _BIN, 1), counts.size))
     peak = int(xp.argmax(counts[:below]))
     mode = (peak + 0.5) * _BIN
-    bright = counts[:peak + 1].astype(xp.float64)
-    noise = float(xp.sqrt((bright * (centers[:peak + 1] - mode) ** 2).sum() / bright.sum()))
+    bright = counts[: peak + 1].astype(xp.float64)
+    noise = float(xp.sqrt((bright * (centers[: peak + 1] - mode) ** 2).sum() / bright.sum()))
     detect = max(config.min_od, mode + config.noise_k * noise)
     return Thresholds(otsu, mode, noise, detect)
 

@@ -14,35 +14,124 @@ from typing import Any
 
 __all__ = ["unknown_fields"]
 
-RAY_CLUSTER_SPEC = {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "authOptions",
-                    "networkPolicy", "gcsFaultToleranceOptions", "headGroupSpec", "workerGroupSpecs",
-                    "suspend", "managedBy", "headServiceAnnotations", "upgradeStrategy",
-                    "historyServerOptions"}
-RAY_JOB_SPEC = {"entrypoint", "runtimeEnvYAML", "submissionMode", "shutdownAfterJobFinishes",
-                "ttlSecondsAfterFinished", "activeDeadlineSeconds", "preRunningDeadlineSeconds",
-                "backoffLimit", "deletionStrategy", "suspend", "clusterSelector", "rayClusterSpec",
-                "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "submitterPodTemplate",
-                "submitterConfig", "jobId", "metadata", "managedBy"}
-HEAD_GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngress",
-              "suspend", "resources", "labels"}
-WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds",
-                "priority", "rayStartParams", "template", "numOfHosts", "suspend", "scaleStrategy",
-                "resources", "labels"}
-AUTOSCALER = {"version", "upscalingMode", "idleTimeoutSeconds", "resources", "env", "envFrom",
-              "image", "imagePullPolicy", "securityContext", "volumeMounts"}
+RAY_CLUSTER_SPEC = {
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "authOptions",
+    "networkPolicy",
+    "gcsFaultToleranceOptions",
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "suspend",
+    "managedBy",
+    "headServiceAnnotations",
+    "upgradeStrategy",
+    "historyServerOptions",
+}
+RAY_JOB_SPEC = {
+    "entrypoint",
+    "runtimeEnvYAML",
+    "submissionMode",
+    "shutdownAfterJobFinishes",
+    "ttlSecondsAfterFinished",
+    "activeDeadlineSeconds",
+    "preRunningDeadlineSeconds",
+    "backoffLimit",
+    "deletionStrategy",
+    "suspend",
+    "clusterSelector",
+    "rayClusterSpec",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "entrypointResources",
+    "submitterPodTemplate",
+    "submitterConfig",
+    "jobId",
+    "metadata",
+    "managedBy",
+}
+HEAD_GROUP = {
+    "rayStartParams",
+    "template",
+    "serviceType",
+    "headService",
+    "enableIngress",
+    "suspend",
+    "resources",
+    "labels",
+}
+WORKER_GROUP = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "idleTimeoutSeconds",
+    "priority",
+    "rayStartParams",
+    "template",
+    "numOfHosts",
+    "suspend",
+    "scaleStrategy",
+    "resources",
+    "labels",
+}
+AUTOSCALER = {
+    "version",
+    "upscalingMode",
+    "idleTimeoutSeconds",
+    "resources",
+    "env",
+    "envFrom",
+    "image",
+    "imagePullPolicy",
+    "securityContext",
+    "volumeMounts",
+}
 AUTH = {"mode", "secretName", "enableK8sTokenAuth"}
 NODEPOOL_SPEC = {"template", "disruption", "limits", "weight", "replicas"}
-NODEPOOL_TEMPLATE_SPEC = {"nodeClassRef", "taints", "startupTaints", "requirements", "expireAfter",
-                          "terminationGracePeriod"}
-EC2NODECLASS_SPEC = {"role", "instanceProfile", "amiSelectorTerms", "amiFamily", "subnetSelectorTerms",
-                     "securityGroupSelectorTerms", "capacityReservationSelectorTerms",
-                     "instanceStorePolicy", "metadataOptions", "blockDeviceMappings", "userData",
-                     "tags", "kubelet", "associatePublicIPAddress", "detailedMonitoring",
-                     "context"}
-PODMONITOR_SPEC = {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel",
-                   "podTargetLabels", "sampleLimit", "targetLimit", "attachMetadata",
-                   "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
-                   "scrapeProtocols", "selectMechanism", "scrapeClass"}
+NODEPOOL_TEMPLATE_SPEC = {
+    "nodeClassRef",
+    "taints",
+    "startupTaints",
+    "requirements",
+    "expireAfter",
+    "terminationGracePeriod",
+}
+EC2NODECLASS_SPEC = {
+    "role",
+    "instanceProfile",
+    "amiSelectorTerms",
+    "amiFamily",
+    "subnetSelectorTerms",
+    "securityGroupSelectorTerms",
+    "capacityReservationSelectorTerms",
+    "instanceStorePolicy",
+    "metadataOptions",
+    "blockDeviceMappings",
+    "userData",
+    "tags",
+    "kubelet",
+    "associatePublicIPAddress",
+    "detailedMonitoring",
+    "context",
+}
+PODMONITOR_SPEC = {
+    "selector",
+    "namespaceSelector",
+    "podMetricsEndpoints",
+    "jobLabel",
+    "podTargetLabels",
+    "sampleLimit",
+    "targetLimit",
+    "attachMetadata",
+    "labelLimit",
+    "labelNameLengthLimit",
+    "labelValueLengthLimit",
+    "scrapeProtocols",
+    "selectMechanism",
+    "scrapeClass",
+}
 
 
 def _extra(obj: Any, allowed: set[str], where: str) -> list[str]:
@@ -67,11 +156,13 @@ def unknown_fields(doc: dict[str, Any]) -> list[str]:
     if kind == "RayCluster":
         return _ray_cluster(spec, "spec")
     if kind == "RayJob":
-        return _extra(spec, RAY_JOB_SPEC, "spec") + _ray_cluster(spec.get("rayClusterSpec") or {},
-                                                                  "spec.rayClusterSpec")
+        return _extra(spec, RAY_JOB_SPEC, "spec") + _ray_cluster(
+            spec.get("rayClusterSpec") or {}, "spec.rayClusterSpec"
+        )
     if kind == "NodePool":
         return _extra(spec, NODEPOOL_SPEC, "spec") + _extra(
-            (spec.get("template") or {}).get("spec"), NODEPOOL_TEMPLATE_SPEC, "spec.template.spec")
+            (spec.get("template") or {}).get("spec"), NODEPOOL_TEMPLATE_SPEC, "spec.template.spec"
+        )
     if kind == "EC2NodeClass":
         return _extra(spec, EC2NODECLASS_SPEC, "spec")
     if kind == "PodMonitor":

@@ -19,8 +19,12 @@ CLUSTER_ENV = DEPLOY / "values" / "cluster.env"
 
 
 def kustomize(folder: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(tool_bin("lint", "kubectl")), "kustomize", str(folder)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(tool_bin("lint", "kubectl")), "kustomize", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def render(folder: Path) -> list[dict[str, Any]]:
@@ -31,8 +35,11 @@ def render(folder: Path) -> list[dict[str, Any]]:
 
 
 def env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines()
-                if line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -18,16 +18,24 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-BUILTIN_GROUPS = ("v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1",
-                  "policy/v1")
+BUILTIN_GROUPS = (
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+    "policy/v1",
+)
 
 
 def ray_templates(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     spec = doc.get("spec") or {}
     cluster = spec.get("rayClusterSpec", spec) if doc["kind"] == "RayJob" else spec
     found = [("head", (cluster.get("headGroupSpec") or {}).get("template"))]
-    found += [(f"worker:{w.get('groupName')}", w.get("template"))
-              for w in cluster.get("workerGroupSpecs") or []]
+    found += [
+        (f"worker:{w.get('groupName')}", w.get("template"))
+        for w in cluster.get("workerGroupSpecs") or []
+    ]
     if doc["kind"] == "RayJob" and spec.get("submitterPodTemplate"):
         found.append(("submitter", spec["submitterPodTemplate"]))
     return found
@@ -52,9 +60,15 @@ def check(doc: dict[str, Any], version: str) -> tuple[list[dict[str, str]], bool
             if not template:
                 errors.append({"resource": f"{name} {where}", "error": "pod template missing"})
                 continue
-            run({"apiVersion": "v1", "kind": "PodTemplate",
-                 "metadata": {"name": f"{doc['metadata']['name']}-{where.replace(':', '-')}"},
-                 "template": template}, f"{name} {where}")
+            run(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": f"{doc['metadata']['name']}-{where.replace(':', '-')}"},
+                    "template": template,
+                },
+                f"{name} {where}",
+            )
         return errors, True
     return errors, False
 

@@ -24,8 +24,12 @@ _KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
 def _table(tree: ast.Module) -> dict[str, tuple[str, tuple[str, ...]]]:
     for node in ast.walk(tree):
         target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(target, ast.Name) \
-                and target.id == "METRIC_NAMES" and node.value is not None:
+        if (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and isinstance(target, ast.Name)
+            and target.id == "METRIC_NAMES"
+            and node.value is not None
+        ):
             table = ast.literal_eval(node.value)
             return {name: (kind, tuple(tags)) for name, (kind, _desc, tags) in table.items()}
     return {}
@@ -36,9 +40,15 @@ def _calls(tree: ast.Module) -> dict[str, tuple[str, tuple[str, ...]]]:
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
-        func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        if func in _KINDS and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        func = (
+            node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        )
+        if (
+            func in _KINDS
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             tags: tuple[str, ...] = ()
             for kw in node.keywords:
                 if kw.arg == "tag_keys":
@@ -76,22 +86,35 @@ def exported_names(name: str, kind: str) -> set[str]:
     return {base}
 
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-             "unless", "offset", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
     """Metric names read by a PromQL expression (functions, labels, variables removed)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)             # string literals
-    text = re.sub(r"\{[^{}]*\}", "", text)                      # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)                      # range selectors
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
-    text = re.sub(r"\$\{?\w+\}?", "0", text)                     # dashboard variables
+    text = re.sub(r"\$\{?\w+\}?", "0", text)  # dashboard variables
     text = re.sub(r"(?<![A-Za-z0-9_])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", "0", text)  # numbers
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = match.group(0)
-        following = text[match.end():].lstrip()
+        following = text[match.end() :].lstrip()
         if following.startswith("(") or word.lower() in _KEYWORDS:
             continue
         names.add(word)

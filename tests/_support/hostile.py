@@ -26,15 +26,24 @@ def write_bomb_tiff(path: Path, side: int = 10**6, tile: int = 4096, mpp: float 
             yield b""
 
     with tifffile.TiffWriter(path) as writer:
-        writer.write(tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
-                     compression="zlib", photometric="rgb",
-                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        writer.write(
+            tiles(),
+            shape=(side, side, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            compression="zlib",
+            photometric="rgb",
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+        )
     with tifffile.TiffFile(path) as tif:
         page, order = tif.pages.first, tif.byteorder
         offsets, counts = page.tags["TileOffsets"], page.tags["TileByteCounts"]
         first_offset, first_count = page.dataoffsets[0], page.databytecounts[0]
-        where = [(offsets.valueoffset, offsets.dtype, first_offset),
-                 (counts.valueoffset, counts.dtype, first_count)]
+        where = [
+            (offsets.valueoffset, offsets.dtype, first_offset),
+            (counts.valueoffset, counts.dtype, first_count),
+        ]
     codes = {3: "u2", 4: "u4", 16: "u8"}  # TIFF SHORT, LONG, LONG8
     with open(path, "r+b") as handle:
         for at, code, value in where:

@@ -58,9 +58,13 @@ def moto_server(env: Mapping[str, str] | None = None, *, timeout: float = 30.0) 
                 break
             except OSError as exc:
                 if proc.poll() is not None:
-                    raise MotoStartError(f"moto server on port {port} exited ({proc.returncode})") from exc
+                    raise MotoStartError(
+                        f"moto server on port {port} exited ({proc.returncode})"
+                    ) from exc
                 if attempt == attempts - 1:
-                    raise MotoStartError(f"moto server on port {port} did not answer in {timeout:.0f} s") from exc
+                    raise MotoStartError(
+                        f"moto server on port {port} did not answer in {timeout:.0f} s"
+                    ) from exc
                 time.sleep(0.1)
         yield endpoint
     finally:
@@ -72,7 +76,9 @@ def moto_server(env: Mapping[str, str] | None = None, *, timeout: float = 30.0) 
             proc.wait()
 
 
-def storage_options(endpoint: str, credentials: Mapping[str, str] = FAKE_CREDENTIALS) -> dict[str, Any]:
+def storage_options(
+    endpoint: str, credentials: Mapping[str, str] = FAKE_CREDENTIALS
+) -> dict[str, Any]:
     """fsspec/s3fs storage options for ``endpoint`` with the given fake credentials."""
     return {
         "key": credentials["AWS_ACCESS_KEY_ID"],

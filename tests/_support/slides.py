@@ -35,7 +35,7 @@ def level_array(path: str, level: int) -> np.ndarray:
 
 
 def reference_region(path: str, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
-    return level_array(path, level)[ly:ly + h, lx:lx + w]
+    return level_array(path, level)[ly : ly + h, lx : lx + w]
 
 
 def openslide_levels(path: str) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:

@@ -34,8 +34,11 @@ def grid_tiles(image: np.ndarray, min_tissue: float, size: int = TILE) -> np.nda
     """Non-overlapping tiles of ``image`` whose stained share (OD ≥ 0.15 in some channel)
     is at least ``min_tissue``."""
     h, w = image.shape[:2]
-    tiles = [image[y:y + size, x:x + size] for y in range(0, h - size + 1, size)
-             for x in range(0, w - size + 1, size)]
+    tiles = [
+        image[y : y + size, x : x + size]
+        for y in range(0, h - size + 1, size)
+        for x in range(0, w - size + 1, size)
+    ]
     keep = [t for t in tiles if tissue_mask(t, IO, 0.15, every_channel=False).mean() >= min_tissue]
     return np.stack(keep)
 
@@ -50,8 +53,9 @@ def synthetic_he(directory: str):
     """A 2048² synthetic H&E slide without pen marks (written once per test session)."""
     from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    spec = SyntheticSlideSpec(width=2048, height=2048, mpp=0.5, style="svs", seed=5,
-                              downsamples=(1, 4), n_blobs=3)
+    spec = SyntheticSlideSpec(
+        width=2048, height=2048, mpp=0.5, style="svs", seed=5, downsamples=(1, 4), n_blobs=3
+    )
     return write_synthetic_slide(Path(directory) / "stain_he.svs", spec)
 
 
@@ -67,8 +71,12 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def rerender(rgb: np.ndarray, he_from: np.ndarray, he_to: np.ndarray,
-             strength: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+def rerender(
+    rgb: np.ndarray,
+    he_from: np.ndarray,
+    he_to: np.ndarray,
+    strength: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
     """``rgb`` (uint8) with its H and E (columns of ``he_from``) replaced by ``he_to``,
     each concentration scaled by ``strength``; what H and E do not explain is kept."""
     od = np.log(IO) - np.log(rgb.astype(np.float64) + 1.0)
@@ -100,6 +108,5 @@ def stain_shifts(n: int, seed: int = 0) -> list[tuple[np.ndarray, tuple[float, f
         h, e = (_turn(v, rng.uniform(8, 15), rng) for v in (h0, e0))
         apart = np.degrees(np.arccos(h @ e))
         if (h > 0.02).all() and (e > 0.02).all() and 12 <= apart <= 35:
-            out.append((np.stack([h, e], axis=1),
-                        (rng.uniform(0.7, 1.35), rng.uniform(0.7, 1.35))))
+            out.append((np.stack([h, e], axis=1), (rng.uniform(0.7, 1.35), rng.uniform(0.7, 1.35))))
     return out

@@ -26,9 +26,12 @@ def _lance_tables(store: FeatureStore) -> list[str]:
     fs, root = store.location.filesystem()
     root = root.rstrip("/")
     found = fs.find(root, withdirs=True, detail=False)
-    tables = {p.rstrip("/") for p in found if p.rstrip("/").endswith(".lance") and
-              ".lance/" not in p.rstrip("/")[len(root):]}
-    return sorted(t for t in tables if t[len(root) + 1:] not in _STORE_OWN)
+    tables = {
+        p.rstrip("/")
+        for p in found
+        if p.rstrip("/").endswith(".lance") and ".lance/" not in p.rstrip("/")[len(root) :]
+    }
+    return sorted(t for t in tables if t[len(root) + 1 :] not in _STORE_OWN)
 
 
 def _raw_rows(store: FeatureStore, slide_id: str) -> dict[str, int]:
@@ -136,8 +139,9 @@ def test_reapplying_a_codebook_leaves_one_copy(local_store, write):
     assert rows.num_rows == 24 and sorted(set(rows.column("slide_id").to_pylist())) == ["s1", "s2"]
 
 
-def test_rewriting_attention_replaces_it_and_pictures_read_the_new_values(local_store, write,
-                                                                          tmp_path):
+def test_rewriting_attention_replaces_it_and_pictures_read_the_new_values(
+    local_store, write, tmp_path
+):
     from slidebank.pictures_api import attention_names, heatmap
     from training.mil.attention import write_attention
 
@@ -151,8 +155,9 @@ def test_rewriting_attention_replaces_it_and_pictures_read_the_new_values(local_
     assert attention_names(store) == ["run-1"]
     rows = store.derived("attention", "run-1", slide_ids=["s1"]).to_pandas()
     assert len(rows) == len(bag)
-    by_xy = {(int(x), int(y)): v for x, y, v in zip(rows["x"], rows["y"], rows["attention"],
-                                                    strict=True)}
+    by_xy = {
+        (int(x), int(y)): v for x, y, v in zip(rows["x"], rows["y"], rows["attention"], strict=True)
+    }
     expected = {(int(x), int(y)): v for (x, y), v in zip(bag.coords, newer, strict=True)}
     assert by_xy == pytest.approx(expected)
     png = heatmap(store, "s1", tmp_path / "heat.png", attention="run-1")
@@ -191,8 +196,7 @@ def test_cleanup_removes_old_versions_of_derived_tables(local_store, write):
     assert store.derived("attention", "run-1").num_rows == 12
 
 
-def test_a_writer_dying_before_its_delete_leaves_no_visible_copy(local_store, write,
-                                                                 monkeypatch):
+def test_a_writer_dying_before_its_delete_leaves_no_visible_copy(local_store, write, monkeypatch):
     store = _two_slides(local_store, write)
     bag = store.bag("s1")
     store.write_tile_values("attention", "run-1", "s1", bag.coords, np.zeros(len(bag)))
@@ -210,12 +214,16 @@ def test_a_writer_dying_before_its_delete_leaves_no_visible_copy(local_store, wr
     raw = {p: n for p, n in _raw_rows(store, "s1").items() if "/tiles/" not in p}
     assert list(raw.values()) == [24]  # both copies are stored ...
     rows = store.derived("attention", "run-1")
-    assert rows.num_rows == 12 and set(rows.column("attention").to_pylist()) == {1.0}  # ... one is seen
+    assert rows.num_rows == 12 and set(rows.column("attention").to_pylist()) == {
+        1.0
+    }  # ... one is seen
     assert store.derived("attention", "run-1", where="attention < 0.5").num_rows == 0
     with pytest.raises(PermissionError):  # a predicate may not break out of the gate
         store.derived("attention", "run-1", where="1 = 1) OR (1 = 1")
     assert store.compact().orphan_rows_deleted["attention/run-1"] == 12
-    assert list({p: n for p, n in _raw_rows(store, "s1").items() if "/tiles/" not in p}.values()) == [12]
+    assert list(
+        {p: n for p, n in _raw_rows(store, "s1").items() if "/tiles/" not in p}.values()
+    ) == [12]
 
 
 def test_derived_writes_are_checked(local_store, write):

@@ -33,7 +33,9 @@ _DATA = f"tiles/{ENCODER}.lance/data"
 
 
 def _run(run_id: str, **kwargs) -> RunRecord:
-    return RunRecord(run_id=run_id, config={"tile": 256}, encoder=ENCODER, code_version="t", **kwargs)
+    return RunRecord(
+        run_id=run_id, config={"tile": 256}, encoder=ENCODER, code_version="t", **kwargs
+    )
 
 
 def _dead_pid() -> int:
@@ -87,8 +89,12 @@ def test_run_on_a_cloned_hostname_is_judged_by_its_heartbeat_not_a_local_pid(loc
         pytest.skip("no boot id on this platform: pids are never probed")
     # A clone shares our hostname; its pid means nothing here (it is dead here).
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    row = local_store.begin_run(_run("clone", pid=_dead_pid(), started_at=an_hour_ago), recover=False)
-    beat = _other_machine("clone", host=socket.gethostname(), pid=row["pid"], beat_at=datetime.now(UTC))
+    row = local_store.begin_run(
+        _run("clone", pid=_dead_pid(), started_at=an_hour_ago), recover=False
+    )
+    beat = _other_machine(
+        "clone", host=socket.gethostname(), pid=row["pid"], beat_at=datetime.now(UTC)
+    )
     write_heartbeat(local_store.location, beat)
     pending = write(local_store, "s1", 10)
     _age_data_files(local_store)
@@ -111,14 +117,17 @@ def test_gone_drivers_are_aborted_and_their_fragments_removed(local_store, write
     )
     beat_at = datetime.now(UTC) - timedelta(minutes=45)
     write_heartbeat(
-        local_store.location, _other_machine("silent", host="node-7", pid=os.getpid(), beat_at=beat_at)
+        local_store.location,
+        _other_machine("silent", host="node-7", pid=os.getpid(), beat_at=beat_at),
     )
     silent = write(local_store, "s2", 10, seed=2)
     _age_data_files(local_store)
 
     local_store.begin_run(_run("next"))
     assert _status(local_store) == {"killed": "aborted", "silent": "aborted", "next": "running"}
-    assert not any(os.path.exists(p) for p in _files(local_store, killed) + _files(local_store, silent))
+    assert not any(
+        os.path.exists(p) for p in _files(local_store, killed) + _files(local_store, silent)
+    )
     assert read_heartbeat(local_store.location, "silent") is None
     assert local_store.bag("s0").embeddings.shape == (6, 16)
     with pytest.raises(FragmentMissingError):

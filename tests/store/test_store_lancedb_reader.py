@@ -46,12 +46,23 @@ def test_lancedb_sees_only_committed_rows_with_the_documented_filter(local_store
     assert table.count_rows(committed) == 7
 
     rows = table.search().where(committed).limit(None).to_arrow()
-    got = sorted(zip(rows.column("slide_id").to_pylist(), rows.column("x").to_pylist(),
-                     rows.column("y").to_pylist(), strict=True))
+    got = sorted(
+        zip(
+            rows.column("slide_id").to_pylist(),
+            rows.column("x").to_pylist(),
+            rows.column("y").to_pylist(),
+            strict=True,
+        )
+    )
     expected = local_store.tiles().select(["slide_id", "x", "y"])
-    assert got == sorted(zip(expected.column("slide_id").to_pylist(),
-                             expected.column("x").to_pylist(),
-                             expected.column("y").to_pylist(), strict=True))
+    assert got == sorted(
+        zip(
+            expected.column("slide_id").to_pylist(),
+            expected.column("x").to_pylist(),
+            expected.column("y").to_pylist(),
+            strict=True,
+        )
+    )
     assert rows.num_rows == 7 and "s3" not in set(rows.column("slide_id").to_pylist())
 
 
@@ -62,12 +73,18 @@ def test_lancedb_filtered_vector_search_returns_k_committed_hits(local_store, wr
     table = _open(local_store)
     query = np.asarray(local_store.bag("s2").embeddings[0], np.float32)
 
-    hits = (table.search(query, vector_column_name="embedding")
-            .distance_type("l2").where(committed, prefilter=True).limit(5).to_arrow())
+    hits = (
+        table.search(query, vector_column_name="embedding")
+        .distance_type("l2")
+        .where(committed, prefilter=True)
+        .limit(5)
+        .to_arrow()
+    )
     assert hits.num_rows == 5
     assert set(hits.column("slide_id").to_pylist()) <= {"s1", "s2"}
     assert hits.column("_distance")[0].as_py() == pytest.approx(0.0, abs=1e-4)
     # The same search by the store itself (squared L2) ranks the same rows first.
     own = local_store.search(query, k=5)
     assert hits.column("_distance").to_pylist() == pytest.approx(
-        own.column("distance").to_pylist(), abs=1e-3)
+        own.column("distance").to_pylist(), abs=1e-3
+    )

@@ -22,7 +22,9 @@ def test_open_missing_store_is_an_error_unless_created(tmp_path):
 
 def test_unknown_slide_id_in_bag_names_what_exists(local_store, write):
     local_store.commit([write(local_store, "s1", 5), write(local_store, "s2", 4)])
-    with pytest.raises(SlideNotInStoreError, match=r"'nope' not in the store .* 2 slide\(s\): s1, s2"):
+    with pytest.raises(
+        SlideNotInStoreError, match=r"'nope' not in the store .* 2 slide\(s\): s1, s2"
+    ):
         local_store.bag("nope")
     with pytest.raises(LookupError):  # also a builtin, for callers that catch those
         local_store.slide_embeddings(slide_ids=["s1", "nope"])
@@ -46,9 +48,7 @@ def test_slide_embeddings_pool_current_tiles_and_follow_replacement(store, write
     # A new write of s1 makes the stored row stale: reads must follow the new tiles.
     store.commit([write(store, "s1", 2, seed=9)])
     fresh = store.slide_embeddings(slide_ids=["s1"])
-    np.testing.assert_allclose(
-        to_numpy(fresh)[0], store.bag("s1").embeddings.mean(0), rtol=1e-5
-    )
+    np.testing.assert_allclose(to_numpy(fresh)[0], store.bag("s1").embeddings.mean(0), rtol=1e-5)
     assert fresh.column("tile_count").to_pylist() == [2]
     assert store.rebuild_slide_embeddings() == 2
     with pytest.raises(ConfigError, match="pooling must be"):
@@ -87,5 +87,7 @@ def test_search_metric_is_selectable(local_store, write):
     assert max(cos.column("distance").to_pylist()) <= 2.0
     filtered = local_store.search(query, k=3, metric="cosine", where="slide_id = 's2'")
     assert filtered.num_rows == 3 and set(filtered.column("slide_id").to_pylist()) == {"s2"}
-    with pytest.raises(ConfigError, match="metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'"):
+    with pytest.raises(
+        ConfigError, match="metric must be one of 'L2', 'cosine', 'dot', got 'manhattan'"
+    ):
         local_store.search(query, metric="manhattan")

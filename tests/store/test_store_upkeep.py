@@ -24,8 +24,8 @@ def test_segments_merge_like_a_binary_counter() -> None:
     sizes: list[int] = [0]  # the index starts empty on the empty table
     for _ in range(64):
         merge = segments_to_merge(sizes, 8)
-        merged = sum(sizes[len(sizes) - merge:]) + 8
-        sizes = [*sizes[:len(sizes) - merge], merged]
+        merged = sum(sizes[len(sizes) - merge :]) + 8
+        sizes = [*sizes[: len(sizes) - merge], merged]
         assert sizes == sorted(sizes, reverse=True)
     assert sum(sizes) == 64 * 8
     assert len(sizes) <= math.log2(64) + 1
@@ -35,9 +35,9 @@ def test_no_fold_builds_a_segment_above_the_cap() -> None:
     sizes: list[int] = [0]
     for _ in range(200):
         merge = segments_to_merge(sizes, 8, max_rows=64)
-        merged = sum(sizes[len(sizes) - merge:]) + 8
+        merged = sum(sizes[len(sizes) - merge :]) + 8
         assert merged <= 64
-        sizes = [*sizes[:len(sizes) - merge], merged]
+        sizes = [*sizes[: len(sizes) - merge], merged]
     assert sum(sizes) == 200 * 8
     # Full segments, then a binary counter below them: lookups stay near rows / cap.
     assert len(sizes) <= 200 * 8 // 64 + math.log2(64) + 1
@@ -47,8 +47,15 @@ def test_every_commit_leaves_the_tiles_indexes_covering_every_fragment(tmp_path)
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
     commits = 24
     for i in range(commits):
-        fs.commit([fs.write_slide(SlideKey(f"s{i}", ENCODER, CONFIG), slide_info(f"s{i}"),
-                                  [tile_payload(3, seed=i)])])
+        fs.commit(
+            [
+                fs.write_slide(
+                    SlideKey(f"s{i}", ENCODER, CONFIG),
+                    slide_info(f"s{i}"),
+                    [tile_payload(3, seed=i)],
+                )
+            ]
+        )
     dataset = lance.dataset(fs.tiles_uri(ENCODER))
     assert len(dataset.get_fragments()) >= commits
     for name in INDEXED_COLUMNS.values():
@@ -63,12 +70,16 @@ def test_every_commit_leaves_the_tiles_indexes_covering_every_fragment(tmp_path)
 
 
 def _commit_one(fs: FeatureStore, i: int, n: int = 3) -> None:
-    fs.commit([fs.write_slide(SlideKey(f"s{i}", ENCODER, CONFIG), slide_info(f"s{i}"),
-                              [tile_payload(n, seed=i)])])
+    fs.commit(
+        [
+            fs.write_slide(
+                SlideKey(f"s{i}", ENCODER, CONFIG), slide_info(f"s{i}"), [tile_payload(n, seed=i)]
+            )
+        ]
+    )
 
 
-def test_upkeep_off_leaves_new_fragments_unindexed_and_reads_correct(tmp_path,
-                                                                     monkeypatch) -> None:
+def test_upkeep_off_leaves_new_fragments_unindexed_and_reads_correct(tmp_path, monkeypatch) -> None:
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
     monkeypatch.setenv(UPKEEP_ENV, "0")
     assert not upkeep_enabled()
@@ -112,8 +123,7 @@ def test_small_slides_fragments_are_merged_and_full_ones_never_rewritten(local_s
     assert sorted(listed.column("slide_id").to_pylist()) == sorted(f"s{i}" for i in range(24))
 
 
-def test_the_driver_session_cache_stays_bounded_over_many_commits(tmp_path,
-                                                                   monkeypatch) -> None:
+def test_the_driver_session_cache_stays_bounded_over_many_commits(tmp_path, monkeypatch) -> None:
     # Lance caches each version's manifest; without a cap a driver grew with its commits.
     monkeypatch.setattr(_tables, "METADATA_CACHE_BYTES", 512 << 10)
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)

@@ -113,8 +113,9 @@ def test_search_never_returns_replaced_tiles(local_store, write):
     assert hits.column("distance")[0].as_py() > 1e-3  # the replaced copy is gone
 
 
-def _recall_at_10(fs: FeatureStore, vectors: np.ndarray, per_slide: int, n_queries: int,
-                  seed: int) -> float:
+def _recall_at_10(
+    fs: FeatureStore, vectors: np.ndarray, per_slide: int, n_queries: int, seed: int
+) -> float:
     """Mean recall@10 of ``fs.search`` against exact search (latency is benchmarks/store.py's)."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(vectors), n_queries, replace=False)
@@ -129,8 +130,9 @@ def _recall_at_10(fs: FeatureStore, vectors: np.ndarray, per_slide: int, n_queri
     return float(np.mean(recalls))
 
 
-def _indexed_recall(tmp_path, n: int, dim: int, per_slide: int, *, clusters: int = 256,
-                    seed: int = 1) -> tuple[str, float]:
+def _indexed_recall(
+    tmp_path, n: int, dim: int, per_slide: int, *, clusters: int = 256, seed: int = 1
+) -> tuple[str, float]:
     """(index type, recall@10) of an index built on ``n`` x ``dim`` clustered vectors."""
     fs = FeatureStore.open(str(tmp_path / "ann"), create=True)
     vectors = clustered_vectors(n, dim, clusters=clusters)

@@ -104,8 +104,9 @@ class Cohort:
         )
         return table.replace_schema_metadata(meta)
 
-    def write_parquet(self, path: str, storage_options: Mapping[str, Any] | None = None, *,
-                      overwrite: bool = True) -> str:
+    def write_parquet(
+        self, path: str, storage_options: Mapping[str, Any] | None = None, *, overwrite: bool = True
+    ) -> str:
         """Write the table; a local file appears whole or not at all (temp + rename), and
         with ``overwrite=False`` never replaces one that exists."""
         return write_parquet(self.to_arrow(), path, storage_options, overwrite=overwrite)
@@ -121,7 +122,10 @@ class Cohort:
 
 
 def write_parquet(
-    table: pa.Table, path: str, storage_options: Mapping[str, Any] | None = None, *,
+    table: pa.Table,
+    path: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
     overwrite: bool = True,
 ) -> str:
     import pyarrow.parquet as pq
@@ -214,8 +218,10 @@ def _from_uri(uri: str, storage_options: Mapping[str, Any] | None) -> pd.DataFra
     try:
         kind = table_format(uri).kind
     except TableReadError:
-        raise CohortError(f"{uri}: expected a feature store, a .lance dataset, .parquet or "
-                          ".csv/.tsv (optionally .gz)") from None
+        raise CohortError(
+            f"{uri}: expected a feature store, a .lance dataset, .parquet or "
+            ".csv/.tsv (optionally .gz)"
+        ) from None
     # Through infra.tables, so a slides table gets the same size and decompression caps.
     return read_table(uri, storage_options, dtype="string" if kind == "delimited" else None)
 

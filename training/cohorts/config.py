@@ -32,8 +32,12 @@ class SplitConfig:
         fraction("SplitConfig.val_fraction", self.val_fraction, open_high=True)
         fraction("SplitConfig.test_fraction", self.test_fraction, open_low=True, open_high=True)
         held_out = self.val_fraction + self.test_fraction
-        require(held_out < 1, "SplitConfig.val_fraction + test_fraction",
-                "< 1 (to leave patients to train on)", held_out)
+        require(
+            held_out < 1,
+            "SplitConfig.val_fraction + test_fraction",
+            "< 1 (to leave patients to train on)",
+            held_out,
+        )
         at_least("SplitConfig.regression_bins", self.regression_bins, 2)
 
 
@@ -55,7 +59,9 @@ class CohortConfig:
     name: str = "discovery"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "signatures", tuple(non_empty("CohortConfig.signatures", self.signatures)))
+        object.__setattr__(
+            self, "signatures", tuple(non_empty("CohortConfig.signatures", self.signatures))
+        )
         optional(choice, "CohortConfig.stratify", self.stratify, self.signatures)
 
     @property

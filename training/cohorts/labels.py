@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 KEYS = ("slide_id", "patient_id")
 #: How to add patient ids to a store that has none (a folder ingest), said wherever
 #: their absence stops a patient-level table.
-ANNOTATE_HINT = ("add them without re-encoding: slidebank annotate MAPPING.csv --store STORE "
-                 "(a table with slide_id and patient_id columns)")
+ANNOTATE_HINT = (
+    "add them without re-encoding: slidebank annotate MAPPING.csv --store STORE "
+    "(a table with slide_id and patient_id columns)"
+)
 
 
 def _squash(name: object) -> str:
@@ -138,10 +140,15 @@ def _check_store_patients(store: pd.DataFrame, source: str) -> None:
     if len(store) and len(missing) == len(store):
         raise CohortError(
             f"{source} is keyed by patient_id, but none of the store's {len(store)} slides has "
-            f"a patient_id (an ingest from a folder records none); {ANNOTATE_HINT}")
+            f"a patient_id (an ingest from a folder records none); {ANNOTATE_HINT}"
+        )
     if len(missing):
-        log.warning("%d slides have no patient_id and get no patient-level label (e.g. %s); %s",
-                    len(missing), missing.iloc[0], ANNOTATE_HINT)
+        log.warning(
+            "%d slides have no patient_id and get no patient-level label (e.g. %s); %s",
+            len(missing),
+            missing.iloc[0],
+            ANNOTATE_HINT,
+        )
 
 
 def join_labels(
@@ -239,8 +246,13 @@ def build_label_cohort(
     if make_splits:
         frame = assign_folds(frame, split_config, stratify=strat)
         frame = assign_train_val_test(frame, split_config, stratify=strat)
-    config = {"labels": source, "label_columns": list(joined.label_columns), "stratify": strat,
-              "splits": dataclasses.asdict(split_config) if make_splits else None, "name": name}
+    config = {
+        "labels": source,
+        "label_columns": list(joined.label_columns),
+        "stratify": strat,
+        "splits": dataclasses.asdict(split_config) if make_splits else None,
+        "name": name,
+    }
     per_patient = frame.groupby("patient_id")["slide_id"].count()
     report = CohortReport(
         name=name,
@@ -248,10 +260,15 @@ def build_label_cohort(
         n_patients=int(frame["patient_id"].nunique()),
         n_store_slides=len(store_slides),
         n_omics_patients=0,
-        patients_with_several_slides={str(p): int(n) for p, n in per_patient[per_patient > 1].items()},
+        patients_with_several_slides={
+            str(p): int(n) for p, n in per_patient[per_patient > 1].items()
+        },
         slides_without_patient=joined.own_patient_slides,
-        label_counts={c: {str(k): int(v) for k, v in frame[c].value_counts().items()}
-                      for c in joined.label_columns if frame[c].nunique() <= 20},
+        label_counts={
+            c: {str(k): int(v) for k, v in frame[c].value_counts().items()}
+            for c in joined.label_columns
+            if frame[c].nunique() <= 20
+        },
         config_hash=stable_hash("label-cohort", 1, config),
     )
     import json
@@ -259,13 +276,16 @@ def build_label_cohort(
     return Cohort(table=frame, report=report, config_json=json.dumps(config, sort_keys=True))
 
 
-def _stratify_column(frame: pd.DataFrame, columns: Sequence[str], stratify: str | None) -> str | None:
+def _stratify_column(
+    frame: pd.DataFrame, columns: Sequence[str], stratify: str | None
+) -> str | None:
     if stratify is None or stratify == "none":
         return None
     if stratify != "auto":
         if stratify not in frame.columns:
-            raise CohortError(f"stratify column {stratify!r} is not a label column "
-                              f"({', '.join(columns)})")
+            raise CohortError(
+                f"stratify column {stratify!r} is not a label column ({', '.join(columns)})"
+            )
         return stratify
     first = columns[0]
     if frame.groupby("patient_id")[first].nunique(dropna=False).max() > 1:

@@ -17,13 +17,21 @@ import numpy as np
 
 from infra.errors import ConfigError
 
-__all__ = ["attention_grid", "attention_mass", "render_overlay", "top_bottom_tiles", "write_attention",
-           "write_tile_heatmap"]
+__all__ = [
+    "attention_grid",
+    "attention_mass",
+    "render_overlay",
+    "top_bottom_tiles",
+    "write_attention",
+    "write_tile_heatmap",
+]
 
 log = logging.getLogger(__name__)
 
 
-def attention_grid(coords: np.ndarray, attention: np.ndarray, tile_size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+def attention_grid(
+    coords: np.ndarray, attention: np.ndarray, tile_size: int
+) -> tuple[np.ndarray, int, tuple[int, int]]:
     """(grid with NaN where no tile, stride in level-0 px, origin (x0, y0))."""
     from features.store.arrays import grid_from_coords
 
@@ -45,13 +53,18 @@ def attention_mass(coords: np.ndarray, attention: np.ndarray, planted: np.ndarra
     return float(np.sum(np.asarray(attention)[hit]) / total) if total > 0 else 0.0
 
 
-def top_bottom_tiles(coords: np.ndarray, attention: np.ndarray, k: int = 8) -> dict[str, list[dict[str, Any]]]:
+def top_bottom_tiles(
+    coords: np.ndarray, attention: np.ndarray, k: int = 8
+) -> dict[str, list[dict[str, Any]]]:
     """The k most- and least-attended tiles as {x, y, attention}, for review panels."""
     attention = np.asarray(attention).reshape(-1)
     order = np.argsort(-attention, kind="stable")
 
     def rows(idx: np.ndarray) -> list[dict[str, Any]]:
-        return [{"x": int(coords[i][0]), "y": int(coords[i][1]), "attention": float(attention[i])} for i in idx]
+        return [
+            {"x": int(coords[i][0]), "y": int(coords[i][1]), "attention": float(attention[i])}
+            for i in idx
+        ]
 
     k = min(k, len(order))
     return {"top": rows(order[:k]), "bottom": rows(order[::-1][:k])}
@@ -67,7 +80,13 @@ def slide_mpp(store: Any, slide_id: str) -> float:
 
 
 def write_tile_heatmap(
-    store: Any, slide_id: str, name: str, coords: np.ndarray, values: np.ndarray, *, tile_size: int = 256
+    store: Any,
+    slide_id: str,
+    name: str,
+    coords: np.ndarray,
+    values: np.ndarray,
+    *,
+    tile_size: int = 256,
 ) -> dict[str, Any]:
     """Per-tile values as the Zarr map ``heatmaps/<name>`` (one pixel per tile; NaN: no tile)."""
     grid, stride, origin = attention_grid(coords, values, tile_size)
@@ -77,7 +96,13 @@ def write_tile_heatmap(
 
 
 def write_attention(
-    store: Any, slide_id: str, coords: np.ndarray, attention: np.ndarray, *, name: str, tile_size: int = 256
+    store: Any,
+    slide_id: str,
+    coords: np.ndarray,
+    attention: np.ndarray,
+    *,
+    name: str,
+    tile_size: int = 256,
 ) -> dict[str, Any]:
     """Write the heatmap ``heatmaps/<name>`` and replace the slide's rows in the store's
     ``attention/<name>`` table."""
@@ -87,8 +112,16 @@ def write_attention(
 
 
 def render_overlay(
-    store: Any, slide_id: str, name: str, path: str | Path, *, origin: tuple[int, int], stride: int,
-    level0_size: tuple[int, int] | None = None, alpha: float = 0.6, model: str | None = None,
+    store: Any,
+    slide_id: str,
+    name: str,
+    path: str | Path,
+    *,
+    origin: tuple[int, int],
+    stride: int,
+    level0_size: tuple[int, int] | None = None,
+    alpha: float = 0.6,
+    model: str | None = None,
 ) -> Path:
     """The heatmap ``heatmaps/<name>`` over the slide thumbnail as a PNG fit for a talk:
     axes in mm, a colour bar stating the range (near-uniform attention is called so and
@@ -105,6 +138,15 @@ def render_overlay(
             raise ConfigError(f"slide {slide_id!r} has no level dimensions to place the heatmap")
         level0_size = (int(dims[0][0]), int(dims[0][1]))
     who = f"{model} attention" if model else "attention"
-    return draw_tile_map(thumb, heat, path, level0_size=level0_size, mpp=slide_mpp(store, slide_id),
-                         origin=origin, stride=stride, title=f"{slide_id}: {who} (run {name})",
-                         label=f"{who} per tile", alpha=alpha)
+    return draw_tile_map(
+        thumb,
+        heat,
+        path,
+        level0_size=level0_size,
+        mpp=slide_mpp(store, slide_id),
+        origin=origin,
+        stride=stride,
+        title=f"{slide_id}: {who} (run {name})",
+        label=f"{who} per tile",
+        alpha=alpha,
+    )

@@ -151,11 +151,14 @@ class BagDataset:
             return
         from features.store.schema import embeddings_to_numpy
 
-        table = self.store().tiles(encoder=self.encoder, slide_ids=wanted,
-                                   columns=["slide_id", "x", "y", "embedding"])
+        table = self.store().tiles(
+            encoder=self.encoder, slide_ids=wanted, columns=["slide_id", "x", "y", "embedding"]
+        )
         ids = np.asarray(table.column("slide_id").to_numpy(zero_copy_only=False)).astype(str)
         emb = embeddings_to_numpy(table.column("embedding")).astype(np.float32, copy=False)
-        coords = np.stack([table.column("x").to_numpy(), table.column("y").to_numpy()], 1).astype(np.int64)
+        coords = np.stack([table.column("x").to_numpy(), table.column("y").to_numpy()], 1).astype(
+            np.int64
+        )
         # Stable sort keeps each slide's tiles in scan order, the order a per-slide read gives.
         order = np.argsort(ids, kind="stable")
         names, starts = np.unique(ids[order], return_index=True)
@@ -165,8 +168,10 @@ class BagDataset:
             self._cache[str(name)] = (np.ascontiguousarray(emb[rows]), coords[rows])
         missing = [s for s in wanted if s not in self._cache]
         if missing:
-            raise ConfigError(f"slide {missing[0]!r} has no tiles for encoder {self.encoder!r}"
-                              f" ({len(missing)} slides without tiles)")
+            raise ConfigError(
+                f"slide {missing[0]!r} has no tiles for encoder {self.encoder!r}"
+                f" ({len(missing)} slides without tiles)"
+            )
 
     def read(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         if slide_id not in self._cache and self.cache:
@@ -193,4 +198,9 @@ class BagDataset:
             keep = np.sort(rng.choice(len(emb), self.max_patches, replace=False))
             emb, coords = emb[keep], coords[keep]
         target = torch.tensor(item.target, dtype=torch.float32)
-        return torch.from_numpy(np.ascontiguousarray(emb)), torch.from_numpy(coords), target, item.slide_id
+        return (
+            torch.from_numpy(np.ascontiguousarray(emb)),
+            torch.from_numpy(coords),
+            target,
+            item.slide_id,
+        )

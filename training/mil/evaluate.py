@@ -17,7 +17,13 @@ import pandas as pd
 
 from infra.errors import ConfigError
 
-__all__ = ["bootstrap_ci", "classification_report", "fold_table", "regression_report", "write_roc_png"]
+__all__ = [
+    "bootstrap_ci",
+    "classification_report",
+    "fold_table",
+    "regression_report",
+    "write_roc_png",
+]
 
 
 def _metrics() -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
@@ -31,8 +37,13 @@ def _metrics() -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
 
 
 def bootstrap_ci(
-    y: np.ndarray, p: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float],
-    *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    y: np.ndarray,
+    p: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     values = []
@@ -77,17 +88,33 @@ def regression_report(y: np.ndarray, p: np.ndarray, genes: Sequence[str]) -> pd.
     rows = []
     for j, gene in enumerate(genes):
         if np.std(y[:, j]) == 0 or np.std(p[:, j]) == 0:
-            rows.append({"gene": gene, "pearson_r": np.nan, "pearson_p": 1.0,
-                         "spearman_r": np.nan, "spearman_p": 1.0})
+            rows.append(
+                {
+                    "gene": gene,
+                    "pearson_r": np.nan,
+                    "pearson_p": 1.0,
+                    "spearman_r": np.nan,
+                    "spearman_p": 1.0,
+                }
+            )
             continue
         pr = stats.pearsonr(p[:, j], y[:, j])
         sr = stats.spearmanr(p[:, j], y[:, j])
-        rows.append({"gene": gene, "pearson_r": float(pr[0]), "pearson_p": float(pr[1]),
-                     "spearman_r": float(sr[0]), "spearman_p": float(sr[1])})
+        rows.append(
+            {
+                "gene": gene,
+                "pearson_r": float(pr[0]),
+                "pearson_p": float(pr[1]),
+                "spearman_r": float(sr[0]),
+                "spearman_p": float(sr[1]),
+            }
+        )
     frame = pd.DataFrame(rows)
     frame["pearson_q"] = stats.false_discovery_control(frame["pearson_p"].to_numpy(), method="bh")
     frame["spearman_q"] = stats.false_discovery_control(frame["spearman_p"].to_numpy(), method="bh")
-    return frame.sort_values("pearson_r", ascending=False, na_position="last").reset_index(drop=True)
+    return frame.sort_values("pearson_r", ascending=False, na_position="last").reset_index(
+        drop=True
+    )
 
 
 def fold_table(per_fold: Sequence[dict[str, float]]) -> pd.DataFrame:
@@ -102,13 +129,22 @@ def fold_table(per_fold: Sequence[dict[str, float]]) -> pd.DataFrame:
 def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, _ = roc_curve(np.asarray(y, dtype=int).reshape(-1), np.asarray(p, dtype=float).reshape(-1))
+    fpr, tpr, _ = roc_curve(
+        np.asarray(y, dtype=int).reshape(-1), np.asarray(p, dtype=float).reshape(-1)
+    )
     return fpr, tpr
 
 
-def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
-                  size: int = 400, calibration: bool = True, n_boot: int = 500,
-                  title: str | None = None, overwrite: bool = True) -> Path:
+def write_roc_png(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    size: int = 400,
+    calibration: bool = True,
+    n_boot: int = 500,
+    title: str | None = None,
+    overwrite: bool = True,
+) -> Path:
     """ROC curves ({label: (y, p)}) with a bootstrap 95% band, AUROC with its CI and n in
     the legend, and (for probabilities) a calibration panel; matplotlib Agg, atomic write.
     ``title`` (e.g. model and label) heads the figure.
@@ -127,14 +163,18 @@ def write_roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
         y_arr = np.asarray(y, dtype=int).reshape(-1)
         p_arr = np.asarray(p, dtype=float).reshape(-1)
         if len(np.unique(y_arr)) < 2:
-            raise ConfigError(f"ROC of {label!r} needs both classes; it has only {np.unique(y_arr)}")
+            raise ConfigError(
+                f"ROC of {label!r} needs both classes; it has only {np.unique(y_arr)}"
+            )
         lo, hi = bootstrap_ci(y_arr, p_arr, lambda a, b: roc_auc_score(a, b), n_boot=n_boot)
         aurocs[label] = {"value": float(roc_auc_score(y_arr, p_arr)), "ci_low": lo, "ci_high": hi}
         clean[label] = (y_arr, p_arr)
     probabilities = calibration and all(
-        float(p.min()) >= 0.0 and float(p.max()) <= 1.0 for _, p in clean.values())
-    return write_roc_calibration_png(clean, path, aurocs=aurocs, calibration=probabilities,
-                                     title=title, overwrite=overwrite)
+        float(p.min()) >= 0.0 and float(p.max()) <= 1.0 for _, p in clean.values()
+    )
+    return write_roc_calibration_png(
+        clean, path, aurocs=aurocs, calibration=probabilities, title=title, overwrite=overwrite
+    )
 
 
 def run_summary(y: np.ndarray, p: np.ndarray, **kwargs: Any) -> dict[str, float]:

@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 
-_SCORE = {"binary": "AUROC", "multiclass": "AUROC", "multisignature": "mean AUROC",
-          "regression": "mean Pearson r"}
+_SCORE = {
+    "binary": "AUROC",
+    "multiclass": "AUROC",
+    "multisignature": "mean AUROC",
+    "regression": "mean Pearson r",
+}
 
 
 def progress_line(event: dict[str, Any]) -> str:
@@ -40,11 +44,15 @@ def progress_line(event: dict[str, Any]) -> str:
     where = f"fold {event['index']}/{event['total']} (test fold {event['fold']})"
     score = _SCORE.get(event.get("task", ""), "score")
     if event["kind"] == "epoch":
-        return (f"{where} epoch {event['epoch'] + 1}/{event['epochs']}: train loss "
-                f"{event['train_loss']:.4f}, val loss {event['val_loss']:.4f}, val {score} {event['val_score']:.3f}")
+        return (
+            f"{where} epoch {event['epoch'] + 1}/{event['epochs']}: train loss "
+            f"{event['train_loss']:.4f}, val loss {event['val_loss']:.4f}, val {score} {event['val_score']:.3f}"
+        )
     if event["kind"] == "fold_done":
-        return (f"{where} done: best val {score} {event['best_score']:.3f} at epoch {event['best_epoch'] + 1} "
-                f"({event['fit_s']:.1f} s), saved in {event['uri']}")
+        return (
+            f"{where} done: best val {score} {event['best_score']:.3f} at epoch {event['best_epoch'] + 1} "
+            f"({event['fit_s']:.1f} s), saved in {event['uri']}"
+        )
     return f"{where}: finished earlier with the same config, reused from {event['uri']}"
 
 
@@ -60,8 +68,14 @@ def _agree(flag: bool, rank: int, world: int) -> bool:
 
 
 def _event(kind: str, spec: dict[str, Any], **values: Any) -> dict[str, Any]:
-    return {"kind": kind, "fold": str(spec["fold"]), "index": spec["index"], "total": spec["total"],
-            "task": spec["head"].task, **values}
+    return {
+        "kind": kind,
+        "fold": str(spec["fold"]),
+        "index": spec["index"],
+        "total": spec["total"],
+        "task": spec["head"].task,
+        **values,
+    }
 
 
 def _predict_sets(spec: dict[str, Any], state: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -75,9 +89,16 @@ def _predict_sets(spec: dict[str, Any], state: dict[str, Any]) -> dict[str, list
     return {name: predict(model, data, spec["head"]) for name, data in spec["eval_data"].items()}
 
 
-def run_folds(config: dict[str, Any], *, rank: int = 0, world: int = 1, wrap: Callable[[Any], Any] | None = None,
-              device: Any = None, emit: Emit | None = None,
-              report: Callable[[dict[str, Any]], None] | None = None) -> None:
+def run_folds(
+    config: dict[str, Any],
+    *,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[Any], Any] | None = None,
+    device: Any = None,
+    emit: Emit | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """Train every fold of ``config["folds"]`` not yet saved under ``config["fold_root"]``.
 
     A fold spec has ``fold`` (key), ``index``/``total`` (its place in the run), ``hash``,
@@ -111,15 +132,43 @@ def run_folds(config: dict[str, Any], *, rank: int = 0, world: int = 1, wrap: Ca
             if faults is not None:
                 faults.after_epoch(str(spec["fold"]), int(metrics["epoch"]))
 
-        result = fit(spec["train"], train_data, val_data, spec["head"], reporter=on_epoch,
-                     rank=rank, world=world, wrap=wrap, device=device)
-        metrics = {"fold": key, "best_score": float(result.best_score), "best_epoch": int(result.best_epoch),
-                   "history": result.history, "fit_s": round(time.perf_counter() - started, 3)}
+        result = fit(
+            spec["train"],
+            train_data,
+            val_data,
+            spec["head"],
+            reporter=on_epoch,
+            rank=rank,
+            world=world,
+            wrap=wrap,
+            device=device,
+        )
+        metrics = {
+            "fold": key,
+            "best_score": float(result.best_score),
+            "best_epoch": int(result.best_epoch),
+            "history": result.history,
+            "fit_s": round(time.perf_counter() - started, 3),
+        }
         if rank == 0:
-            uri = write_fold(root, key, spec["hash"], result.best_state, metrics,
-                             _predict_sets(spec, result.best_state), options)
+            uri = write_fold(
+                root,
+                key,
+                spec["hash"],
+                result.best_state,
+                metrics,
+                _predict_sets(spec, result.best_state),
+                options,
+            )
             if emit is not None:
-                emit(_event("fold_done", spec, uri=uri, **{k: v for k, v in metrics.items() if k != "history"}))
+                emit(
+                    _event(
+                        "fold_done",
+                        spec,
+                        uri=uri,
+                        **{k: v for k, v in metrics.items() if k != "history"},
+                    )
+                )
         if report is not None:
             report({k: v for k, v in metrics.items() if k != "history"})
 
@@ -136,8 +185,16 @@ def folds_loop_per_worker(config: dict[str, Any]) -> None:
 
     def wrap(model: Any) -> Any:
         # CLAM's instance classifiers for other classes get no gradient on a bag.
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
 
-    run_folds(config, rank=context.get_world_rank(), world=context.get_world_size(), wrap=wrap,
-              device=ray.train.torch.get_device(), emit=None if queue is None else queue.put,
-              report=ray.train.report)
+    run_folds(
+        config,
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        wrap=wrap,
+        device=ray.train.torch.get_device(),
+        emit=None if queue is None else queue.put,
+        report=ray.train.report,
+    )

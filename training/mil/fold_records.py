@@ -54,15 +54,24 @@ def fold_uri(root: str, key: str) -> str:
     return f"{root.rstrip('/')}/fold{key}"
 
 
-def write_fold(root: str, key: str, digest: str, state: dict[str, Any], metrics: dict[str, Any],
-               predictions: dict[str, list[dict[str, Any]]],
-               storage_options: dict[str, Any] | None = None) -> str:
+def write_fold(
+    root: str,
+    key: str,
+    digest: str,
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+    predictions: dict[str, list[dict[str, Any]]],
+    storage_options: dict[str, Any] | None = None,
+) -> str:
     """Write the fold's weights, then its ``fold.json`` (the marker); returns the folder."""
     import torch
 
     folder = fold_uri(root, key)
     buffer = io.BytesIO()
-    torch.save({"state_dict": state, "metrics": {k: v for k, v in metrics.items() if k != "history"}}, buffer)
+    torch.save(
+        {"state_dict": state, "metrics": {k: v for k, v in metrics.items() if k != "history"}},
+        buffer,
+    )
     write_bytes_uri(f"{folder}/model.pt", buffer.getvalue(), storage_options)
     rows = {name: [_row_json(r) for r in part] for name, part in predictions.items()}
     record = {"fold": key, "config_hash": digest, **metrics, "predictions": rows}
@@ -71,8 +80,9 @@ def write_fold(root: str, key: str, digest: str, state: dict[str, Any], metrics:
     return folder
 
 
-def read_fold(root: str, key: str, digest: str,
-              storage_options: dict[str, Any] | None = None) -> FoldRecord | None:
+def read_fold(
+    root: str, key: str, digest: str, storage_options: dict[str, Any] | None = None
+) -> FoldRecord | None:
     """The finished fold ``key`` under ``root`` when its hash is ``digest``; else None."""
     folder = fold_uri(root, key)
     raw = _read_text(f"{folder}/fold.json", storage_options)
@@ -80,12 +90,27 @@ def read_fold(root: str, key: str, digest: str,
         return None
     data = json.loads(raw)
     if data.get("config_hash") != digest:
-        log.warning("fold %s in %s was trained with another config (hash %s, now %s): training it again",
-                    key, folder, data.get("config_hash"), digest)
+        log.warning(
+            "fold %s in %s was trained with another config (hash %s, now %s): training it again",
+            key,
+            folder,
+            data.get("config_hash"),
+            digest,
+        )
         return None
-    predictions = {name: [_row_from_json(r) for r in rows] for name, rows in data["predictions"].items()}
-    return FoldRecord(key, digest, folder, _float(data.get("best_score")), int(data.get("best_epoch", -1)),
-                      _float(data.get("fit_s")), list(data.get("history", [])), predictions)
+    predictions = {
+        name: [_row_from_json(r) for r in rows] for name, rows in data["predictions"].items()
+    }
+    return FoldRecord(
+        key,
+        digest,
+        folder,
+        _float(data.get("best_score")),
+        int(data.get("best_epoch", -1)),
+        _float(data.get("fit_s")),
+        list(data.get("history", [])),
+        predictions,
+    )
 
 
 def _read_text(uri: str, storage_options: dict[str, Any] | None) -> str | None:

@@ -42,8 +42,10 @@ class Head:
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss of one bag: ``logits`` (n_outputs,), ``target`` as built by the data module."""
         logits = logits.unsqueeze(0)
-        weights = None if self.weights is None else torch.as_tensor(
-            self.weights, dtype=logits.dtype, device=logits.device
+        weights = (
+            None
+            if self.weights is None
+            else torch.as_tensor(self.weights, dtype=logits.dtype, device=logits.device)
         )
         if self.is_classification:
             label = target.long().reshape(1)

@@ -33,8 +33,15 @@ from training.mil.fold_records import FoldRecord
 from training.mil.heads import Head, make_head
 from training.mil.train import TrainConfig, load_checkpoint_state, predict
 
-__all__ = ["CVResult", "JobConfig", "RunResult", "TrainingFailedError", "cv_splits", "run_cross_validation",
-           "run_training"]
+__all__ = [
+    "CVResult",
+    "JobConfig",
+    "RunResult",
+    "TrainingFailedError",
+    "cv_splits",
+    "run_cross_validation",
+    "run_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,9 @@ class JobConfig:
         at_least("JobConfig.max_failures", self.max_failures, 0)
         non_empty("JobConfig.label_columns", self.label_columns)
         if self.in_process and self.num_workers != 1:
-            raise ConfigError(f"JobConfig.in_process trains in one process; num_workers is {self.num_workers}")
+            raise ConfigError(
+                f"JobConfig.in_process trains in one process; num_workers is {self.num_workers}"
+            )
 
     def fold_root(self) -> str:
         return self.fold_dir or f"{self.checkpoint_root().rstrip('/')}/{self.name}/folds"
@@ -123,9 +132,16 @@ class CVResult:
 
 def _dataset(job: JobConfig, table: pd.DataFrame, *, train: bool) -> tuple[BagDataset, list[str]]:
     items, names = targets_from_cohort(table, job.train.task, job.label_columns)
-    data = BagDataset(job.store_uri, items, encoder=job.encoder, max_patches=job.train.max_patches,
-                      seed=job.train.seed, train=train, storage_options=job.storage_options,
-                      cache=job.cache_bags)
+    data = BagDataset(
+        job.store_uri,
+        items,
+        encoder=job.encoder,
+        max_patches=job.train.max_patches,
+        seed=job.train.seed,
+        train=train,
+        storage_options=job.storage_options,
+        cache=job.cache_bags,
+    )
     return data, names
 
 
@@ -146,34 +162,67 @@ class TrainingFailedError(SlidebankError, RuntimeError):
     """Ray Train gave up on a run (its retries spent); the folds it finished are saved."""
 
 
-def _prepare_fold(job: JobConfig, key: str, train_table: pd.DataFrame, val_table: pd.DataFrame,
-                  eval_tables: dict[str, pd.DataFrame] | None = None, *, index: int = 1, total: int = 1) -> _Fold:
+def _prepare_fold(
+    job: JobConfig,
+    key: str,
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
+    eval_tables: dict[str, pd.DataFrame] | None = None,
+    *,
+    index: int = 1,
+    total: int = 1,
+) -> _Fold:
     train_data, names = _dataset(job, train_table, train=True)
     val_data, _ = _dataset(job, val_table, train=False)
-    evals = {name: _dataset(job, table, train=False)[0] for name, table in (eval_tables or {}).items()}
+    evals = {
+        name: _dataset(job, table, train=False)[0] for name, table in (eval_tables or {}).items()
+    }
     targets = np.array([item.target for item in train_data.items])
     n_classes = len(names) if job.train.task == "multiclass" else None
-    head = make_head(job.train.task, targets[:, 0] if job.train.task in ("binary", "multiclass") else targets,
-                     n_classes=n_classes, weighted=job.train.weighted_loss)
+    head = make_head(
+        job.train.task,
+        targets[:, 0] if job.train.task in ("binary", "multiclass") else targets,
+        n_classes=n_classes,
+        weighted=job.train.weighted_loss,
+    )
     model_cfg = replace(job.train.model, in_dim=_in_dim(job, train_data), n_outputs=head.n_outputs)
     train_cfg = replace(job.train, model=model_cfg)
-    spec = {"fold": key, "index": index, "total": total, "train": train_cfg, "head": head,
-            "train_data": train_data, "val_data": val_data, "eval_data": evals,
-            "hash": _fold_hash(job, key, train_cfg, {"train": train_data, "val": val_data, **evals})}
+    spec = {
+        "fold": key,
+        "index": index,
+        "total": total,
+        "train": train_cfg,
+        "head": head,
+        "train_data": train_data,
+        "val_data": val_data,
+        "eval_data": evals,
+        "hash": _fold_hash(job, key, train_cfg, {"train": train_data, "val": val_data, **evals}),
+    }
     return _Fold(key, head, names, model_cfg, spec)
 
 
-def _fold_hash(job: JobConfig, key: str, train_cfg: TrainConfig, sets: dict[str, BagDataset]) -> str:
+def _fold_hash(
+    job: JobConfig, key: str, train_cfg: TrainConfig, sets: dict[str, BagDataset]
+) -> str:
     """What decides a fold's saved result; the worker count is left out (DDP takes the
     same steps on 1 or N workers, see training.mil.train)."""
     from training.mil.fold_records import config_hash
 
-    return config_hash({"fold": key, "train": asdict(train_cfg), "labels": list(job.label_columns),
-                        "encoder": job.encoder, "store": job.store_uri,
-                        "slides": {name: [item.slide_id for item in data.items] for name, data in sets.items()}})
+    return config_hash(
+        {
+            "fold": key,
+            "train": asdict(train_cfg),
+            "labels": list(job.label_columns),
+            "encoder": job.encoder,
+            "store": job.store_uri,
+            "slides": {name: [item.slide_id for item in data.items] for name, data in sets.items()},
+        }
+    )
 
 
-def _fit_folds(job: JobConfig, folds: list[_Fold], progress: Progress | None = None) -> dict[str, FoldRecord]:
+def _fit_folds(
+    job: JobConfig, folds: list[_Fold], progress: Progress | None = None
+) -> dict[str, FoldRecord]:
     """Train the folds not saved yet (all in ONE TorchTrainer, see training.mil.fold_loop,
     or in this process with ``job.in_process``); returns fold key -> its saved record."""
     from training.mil.fold_loop import progress_line
@@ -185,14 +234,31 @@ def _fit_folds(job: JobConfig, folds: list[_Fold], progress: Progress | None = N
         saved = read_fold(root, fold.key, fold.spec["hash"], options)
         if saved is not None:
             found[fold.key] = saved
-            log.info("fold %s: finished earlier with the same config, reused from %s", fold.key, saved.uri)
+            log.info(
+                "fold %s: finished earlier with the same config, reused from %s",
+                fold.key,
+                saved.uri,
+            )
             if progress is not None:
-                progress(progress_line({"kind": "reused", "fold": fold.key, "index": fold.spec["index"],
-                                        "total": fold.spec["total"], "uri": saved.uri}))
+                progress(
+                    progress_line(
+                        {
+                            "kind": "reused",
+                            "fold": fold.key,
+                            "index": fold.spec["index"],
+                            "total": fold.spec["total"],
+                            "uri": saved.uri,
+                        }
+                    )
+                )
     pending = [f for f in folds if f.key not in found]
     if pending:
-        config = {"folds": [f.spec for f in pending], "fold_root": root, "storage_options": options,
-                  "faults": _faults.active()}
+        config = {
+            "folds": [f.spec for f in pending],
+            "fold_root": root,
+            "storage_options": options,
+            "faults": _faults.active(),
+        }
         if job.in_process:
             from training.mil.fold_loop import run_folds
 
@@ -203,12 +269,16 @@ def _fit_folds(job: JobConfig, folds: list[_Fold], progress: Progress | None = N
     for fold in pending:
         record = read_fold(root, fold.key, fold.spec["hash"], options)
         if record is None:
-            raise TrainingFailedError(f"run {job.name!r}: fold {fold.key} ended without a saved result in {root}")
+            raise TrainingFailedError(
+                f"run {job.name!r}: fold {fold.key} ended without a saved result in {root}"
+            )
         found[fold.key] = record
     return found
 
 
-def _fit_on_ray(job: JobConfig, config: dict[str, Any], done: int, total: int, progress: Progress | None) -> None:
+def _fit_on_ray(
+    job: JobConfig, config: dict[str, Any], done: int, total: int, progress: Progress | None
+) -> None:
     import ray.exceptions
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -237,15 +307,21 @@ def _fit_on_ray(job: JobConfig, config: dict[str, Any], done: int, total: int, p
             raise TrainingFailedError(_failure_message(job, exc, config, done, total)) from exc
 
 
-def _failure_message(job: JobConfig, exc: BaseException, config: dict[str, Any], done: int, total: int) -> str:
+def _failure_message(
+    job: JobConfig, exc: BaseException, config: dict[str, Any], done: int, total: int
+) -> str:
     from training.mil.fold_records import read_fold
 
-    saved = done + sum(read_fold(job.fold_root(), str(s["fold"]), s["hash"], job.storage_options) is not None
-                       for s in config["folds"])
+    saved = done + sum(
+        read_fold(job.fold_root(), str(s["fold"]), s["hash"], job.storage_options) is not None
+        for s in config["folds"]
+    )
     tries = f"{job.max_failures} retr{'y' if job.max_failures == 1 else 'ies'}"
-    return (f"run {job.name!r}: Ray Train failed after {tries} ({_first_cause(exc)}); "
-            f"{saved} of {total} fold(s) saved in {job.fold_root()}; rerun with the same run id "
-            f"(slidebank train CONFIG --resume {job.name}) to train the rest")
+    return (
+        f"run {job.name!r}: Ray Train failed after {tries} ({_first_cause(exc)}); "
+        f"{saved} of {total} fold(s) saved in {job.fold_root()}; rerun with the same run id "
+        f"(slidebank train CONFIG --resume {job.name}) to train the rest"
+    )
 
 
 def _first_cause(exc: BaseException) -> str:
@@ -303,7 +379,9 @@ def _folds_entry(config: dict[str, Any]) -> None:
     folds_loop_per_worker(config)
 
 
-def _result(job: JobConfig, fold: _Fold, record: FoldRecord, attention: bool, name: str) -> RunResult:
+def _result(
+    job: JobConfig, fold: _Fold, record: FoldRecord, attention: bool, name: str
+) -> RunResult:
     """A fold's result from its saved record; attention maps (not saved) are recomputed
     from the saved weights when asked for."""
     predictions = dict(record.predictions)
@@ -312,7 +390,9 @@ def _result(job: JobConfig, fold: _Fold, record: FoldRecord, attention: bool, na
 
         model = build_model(fold.model_cfg)
         model.load_state_dict(load_checkpoint_state(record.uri, job.storage_options))
-        predictions["test"] = predict(model, fold.spec["eval_data"]["test"], fold.head, attention=True)
+        predictions["test"] = predict(
+            model, fold.spec["eval_data"]["test"], fold.head, attention=True
+        )
     return RunResult(name, fold.head, record.history, record.uri, predictions, fold.names)
 
 
@@ -333,11 +413,14 @@ def run_training(
     return _result(job, fold, fitted["0"], attention, job.name)
 
 
-def cv_splits(table: pd.DataFrame, fold_column: str = "fold"
-              ) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+def cv_splits(
+    table: pd.DataFrame, fold_column: str = "fold"
+) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
     """(fold, train, val, test) per fold: fold k is the test set, fold k+1 validation."""
     if fold_column not in table.columns:
-        raise ConfigError(f"cohort has no {fold_column!r} column (use training.cohorts.assign_folds)")
+        raise ConfigError(
+            f"cohort has no {fold_column!r} column (use training.cohorts.assign_folds)"
+        )
     folds = sorted(table[fold_column].unique())
     if len(folds) < 3:
         raise ConfigError(f"cross-validation needs >= 3 folds (test, val, train), got {len(folds)}")

@@ -21,7 +21,16 @@ from torch.nn import functional as F
 from infra.errors import ConfigError
 from infra.validate import at_least, choice, fraction, require
 
-__all__ = ["ABMIL", "CLAM", "MILConfig", "MILOutput", "TransMIL", "build_model", "model_names", "register_model"]
+__all__ = [
+    "ABMIL",
+    "CLAM",
+    "MILConfig",
+    "MILOutput",
+    "TransMIL",
+    "build_model",
+    "model_names",
+    "register_model",
+]
 
 MODELS = ("abmil", "clam_sb", "clam_mb", "transmil")
 
@@ -43,7 +52,9 @@ _REGISTRY: dict[str, Callable[[MILConfig], nn.Module]] = {}
 SPATIAL_MODELS = ("tile_gnn", "module_graph", "module_stats", "region_transformer")
 
 
-def register_model(name: str) -> Callable[[Callable[[MILConfig], nn.Module]], Callable[[MILConfig], nn.Module]]:
+def register_model(
+    name: str,
+) -> Callable[[Callable[[MILConfig], nn.Module]], Callable[[MILConfig], nn.Module]]:
     """Register ``builder(cfg) -> nn.Module`` under ``name`` (a decorator)."""
 
     def wrap(builder: Callable[[MILConfig], nn.Module]) -> Callable[[MILConfig], nn.Module]:
@@ -55,6 +66,8 @@ def register_model(name: str) -> Callable[[Callable[[MILConfig], nn.Module]], Ca
 
 def model_names() -> tuple[str, ...]:
     return (*MODELS, *sorted(_FAMILIES))
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -81,13 +94,21 @@ class MILConfig:
 
     def __post_init__(self) -> None:
         choice("MILConfig.model", self.model, model_names())
-        require(not self.options or self.model not in MODELS, "MILConfig.options",
-                f"empty for model {self.model!r}", sorted(self.options))
+        require(
+            not self.options or self.model not in MODELS,
+            "MILConfig.options",
+            f"empty for model {self.model!r}",
+            sorted(self.options),
+        )
         for name in ("in_dim", "n_outputs", "hidden", "attn_dim", "k_sample", "n_heads"):
             at_least(f"MILConfig.{name}", getattr(self, name), 1)
         fraction("MILConfig.dropout", self.dropout, open_high=True)
-        require(self.model != "transmil" or self.hidden % self.n_heads == 0, "MILConfig.hidden",
-                f"divisible by n_heads ({self.n_heads}) for transmil", self.hidden)
+        require(
+            self.model != "transmil" or self.hidden % self.n_heads == 0,
+            "MILConfig.hidden",
+            f"divisible by n_heads ({self.n_heads}) for transmil",
+            self.hidden,
+        )
 
 
 @dataclass
@@ -157,7 +178,9 @@ class CLAM(nn.Module):
         self.multi_branch = multi_branch
         n = cfg.n_outputs
         self.embed = _embedder(cfg)
-        self.attention = GatedAttention(cfg.hidden, cfg.attn_dim, n if multi_branch else 1, cfg.dropout)
+        self.attention = GatedAttention(
+            cfg.hidden, cfg.attn_dim, n if multi_branch else 1, cfg.dropout
+        )
         if multi_branch:
             # One independent linear score per class over that class's pooled vector.
             self.class_weight = nn.Parameter(torch.empty(n, cfg.hidden))
@@ -222,7 +245,9 @@ class PPEG(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (7, 5, 3))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (7, 5, 3)
+        )
 
     def forward(self, t: Tensor, side: int) -> Tensor:
         cls, tokens = t[:, :1], t[:, 1:]

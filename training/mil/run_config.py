@@ -44,9 +44,15 @@ Task = Literal["binary", "multiclass", "multisignature", "regression"]
 #: keys that name a location; resolved against the config file's folder when relative
 _PATH_KEYS = ("store", "cohort", "external", "out", "checkpoints")
 #: JobConfig fields a YAML key maps onto (YAML name -> JobConfig name)
-_JOB_KEYS = {"workers": "num_workers", "use_gpu": "use_gpu", "checkpoints": "storage_path",
-             "name": "name", "max_failures": "max_failures", "cache_bags": "cache_bags",
-             "address": "address"}
+_JOB_KEYS = {
+    "workers": "num_workers",
+    "use_gpu": "use_gpu",
+    "checkpoints": "storage_path",
+    "name": "name",
+    "max_failures": "max_failures",
+    "cache_bags": "cache_bags",
+    "address": "address",
+}
 
 
 @dataclass(frozen=True)
@@ -71,12 +77,18 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         choice("TrainRunConfig.task", self.task, Task)
-        require(self.labels, "TrainRunConfig.labels", "at least one label (or gene) column",
-                self.labels)
+        require(
+            self.labels, "TrainRunConfig.labels", "at least one label (or gene) column", self.labels
+        )
         if self.folds is not None:
-            require(isinstance(self.folds, int) and not isinstance(self.folds, bool)
-                    and self.folds >= 3, "TrainRunConfig.folds",
-                    "an integer >= 3 (a test, a validation and a training fold)", self.folds)
+            require(
+                isinstance(self.folds, int)
+                and not isinstance(self.folds, bool)
+                and self.folds >= 3,
+                "TrainRunConfig.folds",
+                "an integer >= 3 (a test, a validation and a training fold)",
+                self.folds,
+            )
 
     def build(self) -> tuple[Any, Any]:
         """(JobConfig, TrainConfig) with every nested setting validated by its dataclass."""
@@ -91,10 +103,16 @@ class TrainRunConfig:
             raise ConfigError(
                 f"model {model.model!r} reads the tiles' layout and needs whole bags, but "
                 f"train.max_patches is {train.max_patches} (a random subsample cuts the tile graph); "
-                "set `train: {max_patches: null}`")
-        job = JobConfig(store_uri=self.store, train=train, label_columns=self.labels,
-                        encoder=self.encoder, storage_options=dict(self.storage_options),
-                        **{_JOB_KEYS[k]: v for k, v in self.job.items()})
+                "set `train: {max_patches: null}`"
+            )
+        job = JobConfig(
+            store_uri=self.store,
+            train=train,
+            label_columns=self.labels,
+            encoder=self.encoder,
+            storage_options=dict(self.storage_options),
+            **{_JOB_KEYS[k]: v for k, v in self.job.items()},
+        )
         return job, train
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,8 +27,14 @@ from infra.errors import ConfigError
 from infra.files import atomic_write, atomic_write_json, check_output
 from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
 
-__all__ = ["apply_overrides", "evaluate_predictions", "evaluation_files", "load_run_config", "new_run_id",
-           "run_from_config"]
+__all__ = [
+    "apply_overrides",
+    "evaluate_predictions",
+    "evaluation_files",
+    "load_run_config",
+    "new_run_id",
+    "run_from_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +53,18 @@ def _read_cohort(uri: str, storage_options: dict[str, Any]) -> pd.DataFrame:
     return read_table(uri, storage_options, dtype=_ID_DTYPES)
 
 
-def _splits(config: TrainRunConfig, table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+def _splits(
+    config: TrainRunConfig, table: pd.DataFrame
+) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
     from training.mil.job import cv_splits
 
     if config.cv:
         return cv_splits(table)
     if "split" not in table.columns:
-        raise ConfigError(f"{config.cohort}: cv: false needs a `split` column "
-                          "(slidebank cohort build adds one; values train/val/test)")
+        raise ConfigError(
+            f"{config.cohort}: cv: false needs a `split` column "
+            "(slidebank cohort build adds one; values train/val/test)"
+        )
     parts = {name: table[table["split"] == name] for name in ("train", "val", "test")}
     return [("0", parts["train"], parts["val"], parts["test"])]
 
@@ -63,8 +73,9 @@ def _needs_folds(config: TrainRunConfig, table: pd.DataFrame) -> bool:
     return ("fold" if config.cv else "split") not in table.columns
 
 
-def _assign_folds(config: TrainRunConfig, table: pd.DataFrame, labels: list[str],
-                  options: dict[str, Any]) -> pd.DataFrame:
+def _assign_folds(
+    config: TrainRunConfig, table: pd.DataFrame, labels: list[str], options: dict[str, Any]
+) -> pd.DataFrame:
     """A plain labels table (no ``fold``/``split``): patient-level folds and splits from
     :mod:`training.cohorts` (stratified on the first label), so a labels CSV trains in
     one command. Patient ids are checked against the store there, as everywhere."""
@@ -73,19 +84,28 @@ def _assign_folds(config: TrainRunConfig, table: pd.DataFrame, labels: list[str]
 
     keep = [c for c in ("slide_id", "patient_id", *labels) if c in table.columns]
     splits = SplitConfig(n_splits=config.folds) if config.folds else None
-    cohort = build_label_cohort(table[keep], config.store, label_columns=labels, splits=splits,
-                                storage_options=options)
-    log.info("%s has no %s column: assigned patient-level folds and splits to %d slides of %d "
-             "patients", config.cohort, "fold" if config.cv else "split", len(cohort.table),
-             cohort.table["patient_id"].nunique())
+    cohort = build_label_cohort(
+        table[keep], config.store, label_columns=labels, splits=splits, storage_options=options
+    )
+    log.info(
+        "%s has no %s column: assigned patient-level folds and splits to %d slides of %d patients",
+        config.cohort,
+        "fold" if config.cv else "split",
+        len(cohort.table),
+        cohort.table["patient_id"].nunique(),
+    )
     return cohort.table
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_from_config(
+    config: TrainRunConfig,
+    *,
+    resume: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Check, train (CV or one split), then write predictions, metrics and plots under
     ``<out>/<run_id>/``; returns the summary (also written as ``summary.json``).
 
@@ -123,11 +143,18 @@ def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
         # a resumed run must train the same ones.
         with atomic_write(out / "cohort.parquet") as handle:
             table.to_parquet(handle, index=False)
-    log.info("run %s%s: %d slides, %d fold(s); output in %s", run_id, " (resumed)" if resume else "",
-             len(table), len(splits), out)
+    log.info(
+        "run %s%s: %d slides, %d fold(s); output in %s",
+        run_id,
+        " (resumed)" if resume else "",
+        len(table),
+        len(splits),
+        out,
+    )
     if config.cv:
-        runs = run_cross_validation(job, table, external=external, attention=config.attention,
-                                    progress=progress).folds
+        runs = run_cross_validation(
+            job, table, external=external, attention=config.attention, progress=progress
+        ).folds
     else:
         _, tr, val, test = splits[0]
         evals = {"test": test, **({"external": external} if external is not None else {})}
@@ -149,9 +176,13 @@ def run_from_config(config: TrainRunConfig, *, resume: str | None = None,
     summary = evaluate_predictions(predictions, train.task, labels, out, model=train.model.model)
     if classes:
         summary["classes"] = classes
-    summary.update(run_id=run_id, out=str(out), config=config.to_dict(),
-                   checkpoints=[run.checkpoint_path for run in runs],
-                   history=[run.history for run in runs])
+    summary.update(
+        run_id=run_id,
+        out=str(out),
+        config=config.to_dict(),
+        checkpoints=[run.checkpoint_path for run in runs],
+        history=[run.history for run in runs],
+    )
     if config.attention:
         summary["attention"] = _write_attention(store, runs, run_id, out, train.model.model)
     atomic_write_json(out / "summary.json", summary)
@@ -168,13 +199,17 @@ def _fold_dir(job: Any, out: Path) -> str | None:
 
 def _resumed_run(config: TrainRunConfig, run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"run id {run_id!r} is not a run folder name (letters, digits, '.', '_', '-')")
+        raise ConfigError(
+            f"run id {run_id!r} is not a run folder name (letters, digits, '.', '_', '-')"
+        )
     if not (Path(config.out) / run_id).is_dir():
         raise ConfigError(f"no run {run_id!r} to resume in {config.out}")
     return run_id
 
 
-def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path, model: str) -> dict[str, Any]:
+def _write_attention(
+    store: Any, runs: list[Any], run_id: str, out: Path, model: str
+) -> dict[str, Any]:
     """Each test slide's attention (from the fold that held it out): a Zarr heatmap
     ``heatmaps/<run_id>`` in the slide's group, rows in the store's derived table
     ``attention/<run_id>``, and a PNG overlay under ``<out>/attention/``."""
@@ -185,8 +220,15 @@ def _write_attention(store: Any, runs: list[Any], run_id: str, out: Path, model:
         for row in run.predictions.get("test", []):
             sid = row["slide_id"]
             info = write_attention(store, sid, row["coords"], row["attention"], name=run_id)
-            png = render_overlay(store, sid, run_id, out / "attention" / f"{sid}.png",
-                                 origin=info["origin"], stride=info["stride"], model=model)
+            png = render_overlay(
+                store,
+                sid,
+                run_id,
+                out / "attention" / f"{sid}.png",
+                origin=info["origin"],
+                stride=info["stride"],
+                model=model,
+            )
             written.append({"slide_id": sid, "png": str(png), "heatmap": info["heatmap"]})
             table = info["table"]
     return {"table": table, "slides": written}
@@ -201,12 +243,18 @@ def _class_mapping(table: pd.DataFrame, task: str, labels: list[str]) -> dict[st
     values = table[labels[0]]
     text = values.dtype == object or pd.api.types.is_string_dtype(values)
     positive, negative = (HIGH, f"not {HIGH}") if text else ("1", "0")
-    return {"label": labels[0], "positive": positive, "negative": negative,
-            "score": f"pred:{labels[0]} = P({labels[0]} is {positive})"}
+    return {
+        "label": labels[0],
+        "positive": positive,
+        "negative": negative,
+        "score": f"pred:{labels[0]} = P({labels[0]} is {positive})",
+    }
 
 
 def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str) -> pd.DataFrame:
-    frame = pd.DataFrame({"slide_id": [r["slide_id"] for r in rows], "patient_id": [r["patient_id"] for r in rows]})
+    frame = pd.DataFrame(
+        {"slide_id": [r["slide_id"] for r in rows], "patient_id": [r["patient_id"] for r in rows]}
+    )
     targets = np.stack([r["target"] for r in rows])
     preds = np.stack([r["prediction"] for r in rows])
     names = list(columns) if task in ("multisignature", "regression") else [columns[0]]
@@ -218,8 +266,15 @@ def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str)
     return frame
 
 
-def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str], out: str | Path,
-                         *, model: str | None = None, overwrite: bool = True) -> dict[str, Any]:
+def evaluate_predictions(
+    predictions: pd.DataFrame,
+    task: str,
+    labels: list[str],
+    out: str | Path,
+    *,
+    model: str | None = None,
+    overwrite: bool = True,
+) -> dict[str, Any]:
     """Per-fold and pooled metrics (with bootstrap CIs / FDR) and ROC PNGs from a
     predictions table as ``run_from_config`` writes it. ``overwrite=False`` refuses, before
     computing anything, when one of the files it writes exists (:func:`evaluation_files`)."""
@@ -237,12 +292,17 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
     summary: dict[str, Any] = {"task": task}
     for split, part in predictions.groupby("set"):
         if task == "regression":
-            report = regression_report(part[[f"target:{g}" for g in labels]].to_numpy(),
-                                       part[[f"pred:{g}" for g in labels]].to_numpy(), labels)
+            report = regression_report(
+                part[[f"target:{g}" for g in labels]].to_numpy(),
+                part[[f"pred:{g}" for g in labels]].to_numpy(),
+                labels,
+            )
             with atomic_write(out / f"{split}_genes.csv", "w", overwrite=overwrite) as handle:
                 report.to_csv(handle, index=False)
-            summary[str(split)] = {"mean_pearson_r": float(report["pearson_r"].mean()),
-                                   "genes_q_below_0.05": int((report["pearson_q"] < 0.05).sum())}
+            summary[str(split)] = {
+                "mean_pearson_r": float(report["pearson_r"].mean()),
+                "genes_q_below_0.05": int((report["pearson_q"] < 0.05).sum()),
+            }
             continue
         if task != "binary":
             raise ConfigError(f"evaluate supports binary and regression tasks, not {task!r}")
@@ -250,14 +310,19 @@ def evaluate_predictions(predictions: pd.DataFrame, task: str, labels: list[str]
         per_fold = []
         for _, fold in part.groupby("fold"):
             if fold[f"target:{label}"].nunique() == 2:
-                report = classification_report(fold[f"target:{label}"], fold[f"pred:{label}"], n_boot=200)
+                report = classification_report(
+                    fold[f"target:{label}"], fold[f"pred:{label}"], n_boot=200
+                )
                 per_fold.append({k: v["value"] for k, v in report.items() if k != "n"})
         pooled = classification_report(part[f"target:{label}"], part[f"pred:{label}"])
         table = fold_table(per_fold) if per_fold else pd.DataFrame()
         summary[str(split)] = {"pooled": pooled, "folds": table.to_dict("index")}
-        write_roc_png({str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
-                      out / f"{split}_roc.png", overwrite=overwrite,
-                      title=f"{model or 'MIL'}: {label} ({split})")
+        write_roc_png(
+            {str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
+            out / f"{split}_roc.png",
+            overwrite=overwrite,
+            title=f"{model or 'MIL'}: {label} ({split})",
+        )
     return summary
 
 
@@ -276,4 +341,6 @@ def _check_prediction_columns(predictions: pd.DataFrame, task: str, labels: list
         raise ConfigError(f"predictions have no label(s) {missing}; they have: {have}")
     for column in ("fold", "set"):
         if column not in predictions.columns:
-            raise ConfigError(f"predictions lack the {column!r} column (not written by slidebank train?)")
+            raise ConfigError(
+                f"predictions lack the {column!r} column (not written by slidebank train?)"
+            )

@@ -69,17 +69,34 @@ def write_planted_cohort(
         mask[start : start + n_plant] = True
         emb[mask] += direction
         planted[sid] = np.stack([x[mask], y[mask]], axis=1)
-        info = SlideInfo(source_uri=f"synthetic://{sid}", mpp=0.5, mpp_source="metadata",
-                         level_dimensions=((side * 256, side * 256),), patient_id=f"P{i:03d}")
-        pending.append(store.write_slide(SlideKey(sid, ENCODER, CONFIG), info,
-                                         [tile_batch(x, y, emb, tile_size=256, read_mpp=0.5)]))
+        info = SlideInfo(
+            source_uri=f"synthetic://{sid}",
+            mpp=0.5,
+            mpp_source="metadata",
+            level_dimensions=((side * 256, side * 256),),
+            patient_id=f"P{i:03d}",
+        )
+        pending.append(
+            store.write_slide(
+                SlideKey(sid, ENCODER, CONFIG),
+                info,
+                [tile_batch(x, y, emb, tile_size=256, read_mpp=0.5)],
+            )
+        )
         if with_thumbnails:
             thumb = np.full((side * 8, side * 8, 3), 230, np.uint8)
             for px, py in zip(x[mask] // 32, y[mask] // 32, strict=True):
                 thumb[py : py + 8, px : px + 8] = (90, 40, 140)
             store.arrays(sid).write_thumbnail(thumb, mpp=0.5 * 32)
-        rows.append({"slide_id": sid, "patient_id": f"P{i:03d}", "planted_fraction": n_plant / n_tiles,
-                     "label": "High" if high else "Median/Low", "fold": i % n_folds // 1})
+        rows.append(
+            {
+                "slide_id": sid,
+                "patient_id": f"P{i:03d}",
+                "planted_fraction": n_plant / n_tiles,
+                "label": "High" if high else "Median/Low",
+                "fold": i % n_folds // 1,
+            }
+        )
     store.commit(pending)
     table = pd.DataFrame(rows)
     # Folds stratified by construction: alternate labels, round-robin folds.

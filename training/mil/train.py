@@ -32,7 +32,14 @@ from training.mil.data import BagDataset
 from training.mil.heads import Head
 from training.mil.models import MILConfig, build_model
 
-__all__ = ["FitResult", "TrainConfig", "fit", "load_checkpoint_state", "predict", "score_predictions"]
+__all__ = [
+    "FitResult",
+    "TrainConfig",
+    "fit",
+    "load_checkpoint_state",
+    "predict",
+    "score_predictions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +91,14 @@ def _call(model: nn.Module, x: torch.Tensor, coords: torch.Tensor, label: int | 
     return model(x, label)
 
 
-def _forward_loss(model: nn.Module, head: Head, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
-                  coords: torch.Tensor) -> torch.Tensor:
+def _forward_loss(
+    model: nn.Module,
+    head: Head,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    coords: torch.Tensor,
+) -> torch.Tensor:
     out = _call(model, x, coords, head.instance_label(y))
     loss = head.loss(out.logits, y)
     if out.instance_loss is not None and cfg.bag_weight < 1.0:
@@ -128,7 +141,9 @@ def train_epoch(
             # Skip DDP's all-reduce until the last bag of this worker's share.
             sync = i == len(mine) - 1 or not hasattr(model, "no_sync")
             with nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-                loss = _forward_loss(model, head, cfg, x.to(device), y.to(device), coords.to(device))
+                loss = _forward_loss(
+                    model, head, cfg, x.to(device), y.to(device), coords.to(device)
+                )
                 (loss / local).backward()
             losses.append(float(loss.detach()))
         optimizer.step()
@@ -180,11 +195,21 @@ def score_predictions(head: Head, rows: list[dict[str, Any]]) -> float:
     if head.task == "multiclass":
         if len(np.unique(y)) < 2:
             return math.nan
-        return float(roc_auc_score(y[:, 0].astype(int), p, multi_class="ovr", labels=range(head.n_outputs)))
+        return float(
+            roc_auc_score(y[:, 0].astype(int), p, multi_class="ovr", labels=range(head.n_outputs))
+        )
     if head.task == "multisignature":
-        aucs = [roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1]) if len(np.unique(y[:, j])) == 2]
+        aucs = [
+            roc_auc_score(y[:, j], p[:, j])
+            for j in range(y.shape[1])
+            if len(np.unique(y[:, j])) == 2
+        ]
         return float(np.mean(aucs)) if aucs else math.nan
-    rs = [stats.pearsonr(p[:, j], y[:, j])[0] for j in range(y.shape[1]) if np.std(y[:, j]) > 0 and np.std(p[:, j]) > 0]
+    rs = [
+        stats.pearsonr(p[:, j], y[:, j])[0]
+        for j in range(y.shape[1])
+        if np.std(y[:, j]) > 0 and np.std(p[:, j]) > 0
+    ]
     return float(np.mean(rs)) if rs else math.nan
 
 
@@ -236,9 +261,20 @@ def fit(
     stale = 0
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, train_data, head, cfg, epoch, rank=rank, world=world, device=device)
+        train_loss = train_epoch(
+            model, optimizer, train_data, head, cfg, epoch, rank=rank, world=world, device=device
+        )
         train_s = time.perf_counter() - started
-        rows = _gather(predict(model, val_data, head, indices=list(range(rank, len(val_data), world)), device=device), world)
+        rows = _gather(
+            predict(
+                model,
+                val_data,
+                head,
+                indices=list(range(rank, len(val_data), world)),
+                device=device,
+            ),
+            world,
+        )
         score = score_predictions(head, rows)
         val_loss = float(np.mean([r["loss"] for r in rows]))
         # AUROC saturates at 1.0 on easy folds, so ties are broken by the validation
@@ -246,8 +282,14 @@ def fit(
         key = (-math.inf if math.isnan(score) else score, -val_loss)
         improved = key > best_key
         best_key = max(key, best_key)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "train_s": train_s,
-                   "val_score": score, "best_score": best_key[0]}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "train_s": train_s,
+            "val_score": score,
+            "best_score": best_key[0],
+        }
         best.history.append(metrics)
         state = None
         if improved:
@@ -258,14 +300,22 @@ def fit(
             stale += 1
         if reporter is not None:
             reporter(metrics, state)
-        log.info("epoch %d train_loss %.4f val_loss %.4f val_score %.4f", epoch, train_loss, val_loss, score)
+        log.info(
+            "epoch %d train_loss %.4f val_loss %.4f val_score %.4f",
+            epoch,
+            train_loss,
+            val_loss,
+            score,
+        )
         if stale >= cfg.patience:
             log.info("early stop at epoch %d (best epoch %d)", epoch, best.best_epoch)
             break
     return best
 
 
-def load_checkpoint_state(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint_state(
+    path: str | Path, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Weights from a checkpoint directory written by the Ray Train fold loop (training.mil.fold_loop): a local folder
     or a URI (``s3://...``, read through fsspec with ``storage_options``)."""
     import io

@@ -98,8 +98,12 @@ class LabelConfig:
         choice("LabelConfig.method", self.method, LabelMethod)
         choice("LabelConfig.linkage", self.linkage, Linkage)
         at_least("LabelConfig.n_clusters", self.n_clusters, 2)
-        require(self.linkage != "ward" or self.metric == "euclidean", "LabelConfig.metric",
-                "'euclidean' for ward linkage", self.metric)
+        require(
+            self.linkage != "ward" or self.metric == "euclidean",
+            "LabelConfig.metric",
+            "'euclidean' for ward linkage",
+            self.metric,
+        )
         fraction("LabelConfig.high_quantile", self.high_quantile, open_low=True, open_high=True)
 
 

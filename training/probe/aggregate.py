@@ -20,24 +20,32 @@ if TYPE_CHECKING:
 __all__ = ["HEADLINE", "headline_test", "patient_means", "unit_metrics"]
 
 #: the metric a label is ranked by, and its value under no signal
-HEADLINE = {"binary": ("auroc", 0.5), "multiclass": ("macro_auroc", 0.5),
-            "regression": ("pearson_r", 0.0)}
+HEADLINE = {
+    "binary": ("auroc", 0.5),
+    "multiclass": ("macro_auroc", 0.5),
+    "regression": ("pearson_r", 0.0),
+}
 
 
-def patient_means(predictions: pd.DataFrame, y: np.ndarray, scores: np.ndarray, classes: list[str],
-                  label: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+def patient_means(
+    predictions: pd.DataFrame, y: np.ndarray, scores: np.ndarray, classes: list[str], label: str
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """(one row per patient, its y, its mean scores, its patient ids as groups)."""
     patients = predictions["patient_id"].astype(str).to_numpy()
     units, inverse = np.unique(patients, return_inverse=True)
     counts = np.bincount(inverse)
-    mean_scores = np.stack([np.bincount(inverse, weights=scores[:, j]) / counts
-                            for j in range(scores.shape[1])], axis=1)
+    mean_scores = np.stack(
+        [np.bincount(inverse, weights=scores[:, j]) / counts for j in range(scores.shape[1])],
+        axis=1,
+    )
     if classes:
         mixed = pd.Series(y).groupby(inverse).nunique()
         if (mixed > 1).any():
             bad = units[mixed.index[mixed > 1][0]]
-            raise ConfigError(f"--aggregate patient needs one {label!r} class per patient; "
-                              f"patient {bad!r} has slides of different classes")
+            raise ConfigError(
+                f"--aggregate patient needs one {label!r} class per patient; "
+                f"patient {bad!r} has slides of different classes"
+            )
         unit_y = np.zeros(len(units), dtype=int)
         unit_y[inverse] = y
     else:  # a continuous label measured per slide: the patient's mean is its value
@@ -56,8 +64,9 @@ def patient_means(predictions: pd.DataFrame, y: np.ndarray, scores: np.ndarray, 
     return table, unit_y, mean_scores, units
 
 
-def unit_metrics(task: str, y: np.ndarray, scores: np.ndarray, groups: np.ndarray,
-                 config: ProbeConfig) -> dict[str, dict[str, float]]:
+def unit_metrics(
+    task: str, y: np.ndarray, scores: np.ndarray, groups: np.ndarray, config: ProbeConfig
+) -> dict[str, dict[str, float]]:
     from training.probe.metrics import classification_metrics, regression_metrics
 
     if task == "classification":
@@ -71,8 +80,9 @@ def _headline(task: str, n_classes: int) -> tuple[str, float]:
     return HEADLINE["binary" if n_classes == 2 else "multiclass"]
 
 
-def headline_test(task: str, y: np.ndarray, scores: np.ndarray, groups: np.ndarray,
-                  config: ProbeConfig) -> dict[str, Any]:
+def headline_test(
+    task: str, y: np.ndarray, scores: np.ndarray, groups: np.ndarray, config: ProbeConfig
+) -> dict[str, Any]:
     """The headline metric against its no-signal value: a two-sided patient-bootstrap
     p-value (the same resamples, same seed, as the metric's CI)."""
     from training.probe.metrics import (
@@ -90,7 +100,18 @@ def headline_test(task: str, y: np.ndarray, scores: np.ndarray, groups: np.ndarr
         "macro_auroc": macro_auroc,
         "pearson_r": lambda t, s: pearson_r(t, s[:, 0]),
     }[name]
-    values = bootstrap_values(y, scores, groups, metric, n_boot=config.n_boot, seed=config.seed,
-                              need_classes=task == "classification")
-    return {"metric": name, "null": null, "p_value": bootstrap_p_value(values, null),
-            "method": f"two-sided patient bootstrap ({len(values)} resamples)"}
+    values = bootstrap_values(
+        y,
+        scores,
+        groups,
+        metric,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        need_classes=task == "classification",
+    )
+    return {
+        "metric": name,
+        "null": null,
+        "p_value": bootstrap_p_value(values, null),
+        "method": f"two-sided patient bootstrap ({len(values)} resamples)",
+    }

@@ -29,8 +29,14 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
 def bootstrap_values(
-    y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, *,
-    n_boot: int = 1000, seed: int = 0, need_classes: bool = True,
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: np.ndarray,
+    metric: Metric,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    need_classes: bool = True,
 ) -> np.ndarray:
     """``metric`` on ``n_boot`` patient resamples (one-class resamples skipped)."""
     rng = np.random.default_rng(seed)
@@ -46,11 +52,18 @@ def bootstrap_values(
 
 
 def patient_bootstrap(
-    y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, *,
-    n_boot: int = 1000, seed: int = 0, need_classes: bool = True,
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: np.ndarray,
+    metric: Metric,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    need_classes: bool = True,
 ) -> tuple[float, float]:
-    values = bootstrap_values(y, s, groups, metric, n_boot=n_boot, seed=seed,
-                              need_classes=need_classes)
+    values = bootstrap_values(
+        y, s, groups, metric, n_boot=n_boot, seed=seed, need_classes=need_classes
+    )
     values = values[np.isfinite(values)]
     if not values.size:
         return float("nan"), float("nan")
@@ -86,10 +99,18 @@ def bh_qvalues(p_values: np.ndarray) -> np.ndarray:
     return q
 
 
-def _with_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, metric: Metric, n_boot: int,
-             seed: int, need_classes: bool = True) -> dict[str, float]:
-    lo, hi = patient_bootstrap(y, s, groups, metric, n_boot=n_boot, seed=seed,
-                               need_classes=need_classes)
+def _with_ci(
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: np.ndarray,
+    metric: Metric,
+    n_boot: int,
+    seed: int,
+    need_classes: bool = True,
+) -> dict[str, float]:
+    lo, hi = patient_bootstrap(
+        y, s, groups, metric, n_boot=n_boot, seed=seed, need_classes=need_classes
+    )
     return {"value": float(metric(y, s)), "ci_low": lo, "ci_high": hi}
 
 
@@ -158,8 +179,10 @@ def classification_metrics(
             "auprc": lambda t, s: average_precision(t, s[:, 1]),
         }
     else:
-        metrics = {"macro_auroc": macro_auroc,
-                   "accuracy": lambda t, s: float(np.mean(pred(s) == t))}
+        metrics = {
+            "macro_auroc": macro_auroc,
+            "accuracy": lambda t, s: float(np.mean(pred(s) == t)),
+        }
     metrics["balanced_accuracy"] = lambda t, s: balanced_accuracy(t, pred(s))
     return {name: _with_ci(y, scores, groups, m, n_boot, seed) for name, m in metrics.items()}
 
@@ -168,6 +191,7 @@ def regression_metrics(
     y: np.ndarray, p: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """R², Pearson r and mean absolute error, each with a patient bootstrap CI."""
+
     def r2_score(t: np.ndarray, p: np.ndarray) -> float:
         total = float(np.sum((t - t.mean()) ** 2))
         return float("nan") if total == 0 else 1.0 - float(np.sum((t - p) ** 2)) / total
@@ -175,6 +199,12 @@ def regression_metrics(
     def mean_absolute_error(t: np.ndarray, p: np.ndarray) -> float:
         return float(np.mean(np.abs(t - p)))
 
-    metrics: dict[str, Metric] = {"r2": r2_score, "pearson_r": pearson_r, "mae": mean_absolute_error}
-    return {name: _with_ci(y, p, groups, m, n_boot, seed, need_classes=False)
-            for name, m in metrics.items()}
+    metrics: dict[str, Metric] = {
+        "r2": r2_score,
+        "pearson_r": pearson_r,
+        "mae": mean_absolute_error,
+    }
+    return {
+        name: _with_ci(y, p, groups, m, n_boot, seed, need_classes=False)
+        for name, m in metrics.items()
+    }

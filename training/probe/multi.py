@@ -34,8 +34,19 @@ log = logging.getLogger(__name__)
 
 _GLOB = re.compile(r"[*?\[]")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-COLUMNS = ["label", "task", "metric", "value", "ci_low", "ci_high", "n_slides", "n_patients",
-           "p_value", "q_value", "error"]
+COLUMNS = [
+    "label",
+    "task",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_slides",
+    "n_patients",
+    "p_value",
+    "q_value",
+    "error",
+]
 
 
 @dataclass
@@ -54,8 +65,9 @@ def is_pattern(label: str) -> bool:
     return bool(_GLOB.search(label))
 
 
-def expand_labels(columns: Sequence[str], patterns: Sequence[str], *, all_labels: bool = False
-                  ) -> list[str]:
+def expand_labels(
+    columns: Sequence[str], patterns: Sequence[str], *, all_labels: bool = False
+) -> list[str]:
     """Label names from ``patterns`` (names or globs such as ``gene_*``), in order, once
     each; ``all_labels``: every column but slide_id and patient_id."""
     from training.cohorts.labels import KEYS
@@ -68,11 +80,15 @@ def expand_labels(columns: Sequence[str], patterns: Sequence[str], *, all_labels
             continue
         hits = fnmatch.filter(available, pattern)
         if not hits:
-            raise ConfigError(f"--label {pattern!r} matches no column of the labels table "
-                              f"(it has {', '.join(available[:12])})")
+            raise ConfigError(
+                f"--label {pattern!r} matches no column of the labels table "
+                f"(it has {', '.join(available[:12])})"
+            )
         wanted.extend(hits)
     if not wanted:
-        raise ConfigError("no label to probe: pass --label (repeatable, globs allowed) or --labels-all")
+        raise ConfigError(
+            "no label to probe: pass --label (repeatable, globs allowed) or --labels-all"
+        )
     return list(dict.fromkeys(wanted))
 
 
@@ -92,15 +108,24 @@ def _folder_names(names: Sequence[str]) -> dict[str, str]:
     seen: dict[str, str] = {}
     for name, folder in folders.items():
         if folder in seen:
-            raise ConfigError(f"labels {seen[folder]!r} and {name!r} would share the folder "
-                              f"{folder!r}; rename one")
+            raise ConfigError(
+                f"labels {seen[folder]!r} and {name!r} would share the folder "
+                f"{folder!r}; rename one"
+            )
         seen[folder] = name
     return folders
 
 
-def run_probe_labels(store: FeatureStore, labels: Any, config: ProbeConfig, patterns: Sequence[str],
-                     *, all_labels: bool = False, out_dir: str | Path | None = None,
-                     storage_options: Mapping[str, Any] | None = None) -> ProbeTable:
+def run_probe_labels(
+    store: FeatureStore,
+    labels: Any,
+    config: ProbeConfig,
+    patterns: Sequence[str],
+    *,
+    all_labels: bool = False,
+    out_dir: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ProbeTable:
     """Probe every label named by ``patterns`` (see :func:`expand_labels`) with ``config``
     on shared patient folds; with ``out_dir``, write each label's files and summary.tsv."""
     from training.probe.run import load_labels, probe_rows
@@ -117,8 +142,12 @@ def run_probe_labels(store: FeatureStore, labels: Any, config: ProbeConfig, patt
         except SlidebankError as error:
             errors[name] = str(error)
     if not rows:
-        raise ConfigError(f"no label could be probed: {'; '.join(f'{k}: {v}' for k, v in errors.items())}")
-    patients = np.concatenate([frame["patient_id"].astype(str).to_numpy() for frame, _, _ in rows.values()])
+        raise ConfigError(
+            f"no label could be probed: {'; '.join(f'{k}: {v}' for k, v in errors.items())}"
+        )
+    patients = np.concatenate(
+        [frame["patient_id"].astype(str).to_numpy() for frame, _, _ in rows.values()]
+    )
     folds = patient_folds(list(patients), config.folds, config.seed)
     results = _fit_all(rows, config, folds, errors, out_dir, folders)
     summary = summary_table(names, results, errors)
@@ -128,25 +157,32 @@ def run_probe_labels(store: FeatureStore, labels: Any, config: ProbeConfig, patt
     return out
 
 
-def _fit_all(rows: Mapping[str, Any], config: ProbeConfig, folds: Mapping[str, int],
-             errors: dict[str, str], out_dir: str | Path | None,
-             folders: Mapping[str, str]) -> dict[str, ProbeResult]:
+def _fit_all(
+    rows: Mapping[str, Any],
+    config: ProbeConfig,
+    folds: Mapping[str, int],
+    errors: dict[str, str],
+    out_dir: str | Path | None,
+    folders: Mapping[str, str],
+) -> dict[str, ProbeResult]:
     from training.probe.run import fit_probe
 
     results = {}
     for name, (frame, x, dropped) in rows.items():
         target = None if out_dir is None else Path(out_dir) / folders[name]
         try:
-            results[name] = fit_probe(frame, x, dropped, replace(config, label=name),
-                                      out_dir=target, patient_folds=folds)
+            results[name] = fit_probe(
+                frame, x, dropped, replace(config, label=name), out_dir=target, patient_folds=folds
+            )
         except SlidebankError as error:
             log.warning("probe of %r not run: %s", name, error)
             errors[name] = str(error)
     return results
 
 
-def summary_table(names: Sequence[str], results: Mapping[str, ProbeResult],
-                  errors: Mapping[str, str]) -> pd.DataFrame:
+def summary_table(
+    names: Sequence[str], results: Mapping[str, ProbeResult], errors: Mapping[str, str]
+) -> pd.DataFrame:
     """One row per label, q-values over the labels that ran, sorted by q then p."""
     from training.probe.metrics import bh_qvalues
 
@@ -157,23 +193,34 @@ def summary_table(names: Sequence[str], results: Mapping[str, ProbeResult],
             continue
         result = results[name]
         metric = result.test["metric"]
-        records.append({"label": name, "task": result.task, "metric": metric,
-                        **result.metrics[metric], "n_slides": result.n_slides,
-                        "n_patients": result.n_patients, "p_value": result.test["p_value"],
-                        "error": ""})
+        records.append(
+            {
+                "label": name,
+                "task": result.task,
+                "metric": metric,
+                **result.metrics[metric],
+                "n_slides": result.n_slides,
+                "n_patients": result.n_patients,
+                "p_value": result.test["p_value"],
+                "error": "",
+            }
+        )
     table = pd.DataFrame.from_records(records).reindex(columns=COLUMNS)
     table["q_value"] = bh_qvalues(table["p_value"].to_numpy(dtype=float))
     table["error"] = table["error"].fillna("")
     table[["n_slides", "n_patients"]] = table[["n_slides", "n_patients"]].astype("Int64")
-    return table.sort_values(["q_value", "p_value", "label"], na_position="last",
-                             kind="mergesort").reset_index(drop=True)
+    return table.sort_values(
+        ["q_value", "p_value", "label"], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
 
 
 def _write_summary(out: Path, summary: pd.DataFrame, folds: Mapping[str, int]) -> dict[str, str]:
     from infra.files import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.6g"))
+    atomic_write_text(
+        out / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.6g")
+    )
     fold_table = pd.DataFrame({"patient_id": list(folds), "fold": list(folds.values())})
     atomic_write_text(out / "folds.tsv", fold_table.to_csv(sep="\t", index=False))
     return {"summary": str(out / "summary.tsv"), "folds": str(out / "folds.tsv")}

@@ -82,11 +82,20 @@ class ProbeResult:
     test: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"task": self.task, "n_slides": self.n_slides, "n_patients": self.n_patients,
-                "folds": self.folds, "aggregate": self.aggregate, "classes": self.classes,
-                "class_mapping": self.class_mapping, "metrics": self.metrics,
-                "test": self.test, "dropped": self.dropped, "files": self.files,
-                "config": self.config}
+        return {
+            "task": self.task,
+            "n_slides": self.n_slides,
+            "n_patients": self.n_patients,
+            "folds": self.folds,
+            "aggregate": self.aggregate,
+            "classes": self.classes,
+            "class_mapping": self.class_mapping,
+            "metrics": self.metrics,
+            "test": self.test,
+            "dropped": self.dropped,
+            "files": self.files,
+            "config": self.config,
+        }
 
 
 def _task(values: pd.Series, task: Task) -> str:
@@ -99,15 +108,20 @@ def _task(values: pd.Series, task: Task) -> str:
     return "classification" if integral and values.nunique() <= MAX_CLASSES else "regression"
 
 
-def probe_frame(store: FeatureStore, labels: Any, config: ProbeConfig,
-                storage_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def probe_frame(
+    store: FeatureStore,
+    labels: Any,
+    config: ProbeConfig,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """(slide_id, patient_id, label) rows and their (N, D) slide embeddings."""
     frame, matrix, _ = _probe_rows(store, labels, config, storage_options)
     return frame, matrix
 
 
-def _probe_rows(store: FeatureStore, labels: Any, config: ProbeConfig,
-                storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
+def _probe_rows(
+    store: FeatureStore, labels: Any, config: ProbeConfig, storage_options: Mapping[str, Any] | None
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
     table, source = load_labels(labels, storage_options)
     emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)
     return probe_rows(emb, table, config, source)
@@ -122,8 +136,9 @@ def load_labels(labels: Any, storage_options: Mapping[str, Any] | None) -> tuple
     return read_labels(str(labels), storage_options), str(labels)
 
 
-def probe_rows(emb: Any, table: pd.DataFrame, config: ProbeConfig,
-               source: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
+def probe_rows(
+    emb: Any, table: pd.DataFrame, config: ProbeConfig, source: str
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
     """:func:`probe_frame` from loaded slide embeddings (a pyarrow table) and labels,
     plus what was left out, by id and reason."""
     from features.store.slide_embeddings import to_numpy
@@ -135,13 +150,20 @@ def probe_rows(emb: Any, table: pd.DataFrame, config: ProbeConfig,
     frame = joined.table[~missing].reset_index(drop=True)
     dropped = {
         "label_missing": sorted(map(str, joined.table.loc[missing, "slide_id"])),
-        "no_label_row": sorted(set(map(str, slides["slide_id"])) - set(map(str, joined.table["slide_id"]))),
+        "no_label_row": sorted(
+            set(map(str, slides["slide_id"])) - set(map(str, joined.table["slide_id"]))
+        ),
         "not_in_store": [*joined.unknown_slides, *joined.unknown_patients],
     }
     dropped = {k: v for k, v in dropped.items() if v}
     for reason, ids in dropped.items():
-        log.warning("probe of %r: %d %s left out (%s)", config.label, len(ids),
-                    reason.replace("_", " "), ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
+        log.warning(
+            "probe of %r: %d %s left out (%s)",
+            config.label,
+            len(ids),
+            reason.replace("_", " "),
+            ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""),
+        )
     if frame.empty:
         raise ConfigError(f"label {config.label!r} is empty for every slide in the store")
     order = {s: i for i, s in enumerate(emb.column("slide_id").to_pylist())}
@@ -161,8 +183,10 @@ def _estimator(config: ProbeConfig, task: str, n_train: int) -> Any:
         return make_pipeline(StandardScaler(), cls(n_neighbors=k, metric="cosine"))
     if task == "regression":
         if config.model == "logistic":
-            raise ConfigError("a logistic probe needs class labels; use --model linear or knn "
-                              "for a continuous label")
+            raise ConfigError(
+                "a logistic probe needs class labels; use --model linear or knn "
+                "for a continuous label"
+            )
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0 / config.c))
     if config.model == "linear":
         return make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0 / config.c))
@@ -176,8 +200,9 @@ def _scores(model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
     return np.stack([-decision, decision], axis=1) if decision.ndim == 1 else decision
 
 
-def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
-           classes: list[str] | None = None) -> list[tuple[Any, Any]]:
+def _folds(
+    y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig, classes: list[str] | None = None
+) -> list[tuple[Any, Any]]:
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
@@ -190,8 +215,13 @@ def _folds(y: np.ndarray | None, groups: np.ndarray, config: ProbeConfig,
     smallest = int(per_class.min())
     n = min(config.folds, smallest)
     if n < config.folds:
-        log.warning("%d folds instead of %d: class %r has %d patients", n, config.folds,
-                    per_class.idxmin(), smallest)
+        log.warning(
+            "%d folds instead of %d: class %r has %d patients",
+            n,
+            config.folds,
+            per_class.idxmin(),
+            smallest,
+        )
     splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=config.seed)
     return list(splitter.split(groups, y, groups=groups))
 
@@ -204,8 +234,10 @@ def _patients_per_class(y: np.ndarray, groups: np.ndarray, classes: list[str] | 
         raise SplitError(f"the label has one class only ({per_class.index[0]!r})")
     smallest = int(per_class.min())
     if smallest < 2:
-        raise SplitError(f"class {per_class.idxmin()!r} has {smallest} patient(s); patient-level "
-                         "cross-validation needs at least 2 per class")
+        raise SplitError(
+            f"class {per_class.idxmin()!r} has {smallest} patient(s); patient-level "
+            "cross-validation needs at least 2 per class"
+        )
     return per_class
 
 
@@ -216,21 +248,35 @@ def _fixed_folds(groups: np.ndarray, patient_folds: Mapping[str, int]) -> list[t
         raise SplitError(f"patient(s) without a fold: {', '.join(missing[:5])}")
     fold = np.array([patient_folds[g] for g in groups])
     if len(np.unique(fold)) < 2:
-        raise SplitError(f"the labelled patients ({len(set(groups))}) all fall in one of the "
-                         "shared folds; cross-validation needs them in two or more")
+        raise SplitError(
+            f"the labelled patients ({len(set(groups))}) all fall in one of the "
+            "shared folds; cross-validation needs them in two or more"
+        )
     return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in np.unique(fold)]
 
 
-def run_probe(store: FeatureStore, labels: Any, config: ProbeConfig, *, out_dir: str | Path | None = None,
-              storage_options: Mapping[str, Any] | None = None) -> ProbeResult:
+def run_probe(
+    store: FeatureStore,
+    labels: Any,
+    config: ProbeConfig,
+    *,
+    out_dir: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ProbeResult:
     """Fit the probe with patient-level CV; write predictions, metrics and a PNG to ``out_dir``."""
     frame, x, dropped = _probe_rows(store, labels, config, storage_options)
     return fit_probe(frame, x, dropped, config, out_dir=out_dir)
 
 
-def fit_probe(frame: pd.DataFrame, x: np.ndarray, dropped: dict[str, list[str]], config: ProbeConfig,
-              *, out_dir: str | Path | None = None,
-              patient_folds: Mapping[str, int] | None = None) -> ProbeResult:
+def fit_probe(
+    frame: pd.DataFrame,
+    x: np.ndarray,
+    dropped: dict[str, list[str]],
+    config: ProbeConfig,
+    *,
+    out_dir: str | Path | None = None,
+    patient_folds: Mapping[str, int] | None = None,
+) -> ProbeResult:
     """The probe on rows from :func:`probe_rows`. ``patient_folds`` (patient_id → fold)
     fixes the folds, so that several labels share them; else they are drawn per label,
     stratified by class."""
@@ -248,21 +294,36 @@ def fit_probe(frame: pd.DataFrame, x: np.ndarray, dropped: dict[str, list[str]],
     predictions = _predictions(frame, fold, scores, classes, mapping, config)
     per_patient = None
     if config.aggregate == "patient":
-        per_patient, y, scores, groups = patient_means(predictions, y, scores, classes, config.label)
-    result = ProbeResult(task=task, metrics=unit_metrics(task, y, scores, groups, config),
-                         predictions=predictions, n_slides=len(frame),
-                         n_patients=len(np.unique(groups)), folds=len(splits), classes=classes,
-                         class_mapping=mapping, dropped=dropped, config=asdict(config),
-                         aggregate=config.aggregate, patient_predictions=per_patient,
-                         test=headline_test(task, y, scores, groups, config))
+        per_patient, y, scores, groups = patient_means(
+            predictions, y, scores, classes, config.label
+        )
+    result = ProbeResult(
+        task=task,
+        metrics=unit_metrics(task, y, scores, groups, config),
+        predictions=predictions,
+        n_slides=len(frame),
+        n_patients=len(np.unique(groups)),
+        folds=len(splits),
+        classes=classes,
+        class_mapping=mapping,
+        dropped=dropped,
+        config=asdict(config),
+        aggregate=config.aggregate,
+        patient_predictions=per_patient,
+        test=headline_test(task, y, scores, groups, config),
+    )
     if out_dir is not None:
         _write(result, Path(out_dir), y, scores, groups, config)
     return result
 
 
-def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeConfig,
-             patient_folds: Mapping[str, int] | None = None,
-             ) -> tuple[np.ndarray, list[str], list[tuple[Any, Any]], str | None]:
+def _targets(
+    frame: pd.DataFrame,
+    task: str,
+    groups: np.ndarray,
+    config: ProbeConfig,
+    patient_folds: Mapping[str, int] | None = None,
+) -> tuple[np.ndarray, list[str], list[tuple[Any, Any]], str | None]:
     """(y, classes, folds, the positive class of a two-class label), checked before any fit."""
     from training.probe.classes import positive_class
 
@@ -270,8 +331,11 @@ def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeCo
         if config.positive is not None:
             raise ConfigError(f"--positive is for a class label; {config.label!r} is continuous")
         y = pd.to_numeric(frame[config.label], errors="raise").to_numpy(dtype=float)
-        splits = (_folds(None, groups, config) if patient_folds is None
-                  else _fixed_folds(groups, patient_folds))
+        splits = (
+            _folds(None, groups, config)
+            if patient_folds is None
+            else _fixed_folds(groups, patient_folds)
+        )
         return y, [], splits, None
     codes, uniques = pd.factorize(frame[config.label], sort=True)
     classes = [str(u) for u in uniques]
@@ -287,8 +351,14 @@ def _targets(frame: pd.DataFrame, task: str, groups: np.ndarray, config: ProbeCo
     return y, classes, splits, positive
 
 
-def _cross_validate(x: np.ndarray, y: np.ndarray, splits: list[tuple[Any, Any]], task: str,
-                    n_classes: int, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray]:
+def _cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    splits: list[tuple[Any, Any]],
+    task: str,
+    n_classes: int,
+    config: ProbeConfig,
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold scores (N, classes) or (N, 1), and each row's fold."""
     scores = np.zeros((len(y), n_classes if task == "classification" else 1))
     fold = np.full(len(y), -1)
@@ -305,8 +375,14 @@ def _cross_validate(x: np.ndarray, y: np.ndarray, splits: list[tuple[Any, Any]],
     return scores, fold
 
 
-def _predictions(frame: pd.DataFrame, fold: np.ndarray, scores: np.ndarray, classes: list[str],
-                 mapping: Mapping[str, str], config: ProbeConfig) -> pd.DataFrame:
+def _predictions(
+    frame: pd.DataFrame,
+    fold: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    mapping: Mapping[str, str],
+    config: ProbeConfig,
+) -> pd.DataFrame:
     predictions = frame[["slide_id", "patient_id", config.label]].copy()
     predictions["fold"] = fold
     if not classes:
@@ -320,8 +396,14 @@ def _predictions(frame: pd.DataFrame, fold: np.ndarray, scores: np.ndarray, clas
     return predictions
 
 
-def _write(result: ProbeResult, out: Path, y: np.ndarray, scores: np.ndarray,
-           groups: np.ndarray, config: ProbeConfig) -> None:
+def _write(
+    result: ProbeResult,
+    out: Path,
+    y: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    config: ProbeConfig,
+) -> None:
     from infra.files import atomic_write, atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -340,25 +422,46 @@ def _write(result: ProbeResult, out: Path, y: np.ndarray, scores: np.ndarray,
 def plot_title(result: ProbeResult, config: ProbeConfig) -> str:
     """What a figure shown alone must say: label, model, slides and patients, the unit."""
     unit = "; metrics on patient means" if result.aggregate == "patient" else ""
-    return (f"{config.label}: {config.model} probe on {config.pooling}-pooled slide embeddings\n"
-            f"{result.n_slides} slides, {result.n_patients} patients, "
-            f"{result.folds} patient-level folds{unit}")
+    return (
+        f"{config.label}: {config.model} probe on {config.pooling}-pooled slide embeddings\n"
+        f"{result.n_slides} slides, {result.n_patients} patients, "
+        f"{result.folds} patient-level folds{unit}"
+    )
 
 
-def _plot(result: ProbeResult, plot: Path, y: np.ndarray, scores: np.ndarray,
-          groups: np.ndarray, config: ProbeConfig) -> Path:
+def _plot(
+    result: ProbeResult,
+    plot: Path,
+    y: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    config: ProbeConfig,
+) -> Path:
     from training.figures import write_regression_png, write_roc_calibration_png
 
     title = plot_title(result, config)
     unit = "patients" if result.aggregate == "patient" else "slides"
     if result.task == "regression":
-        return write_regression_png(y, scores[:, 0], plot, metrics=result.metrics,
-                                    label=config.label, title=title, unit=unit)
+        return write_regression_png(
+            y,
+            scores[:, 0],
+            plot,
+            metrics=result.metrics,
+            label=config.label,
+            title=title,
+            unit=unit,
+        )
     if len(result.classes) == 2:
         name = f"{config.label}={result.classes[1]}"
         return write_roc_calibration_png(
-            {name: (y, scores[:, 1])}, plot, aurocs={name: result.metrics["auroc"]},
-            groups={name: groups}, calibration=config.model != "linear", title=title)
-    curves = {f"{c} vs rest": ((y == j).astype(int), scores[:, j])
-              for j, c in enumerate(result.classes)}
+            {name: (y, scores[:, 1])},
+            plot,
+            aurocs={name: result.metrics["auroc"]},
+            groups={name: groups},
+            calibration=config.model != "linear",
+            title=title,
+        )
+    curves = {
+        f"{c} vs rest": ((y == j).astype(int), scores[:, j]) for j, c in enumerate(result.classes)
+    }
     return write_roc_calibration_png(curves, plot, calibration=False, title=title)

@@ -17,10 +17,20 @@ __all__ = ["fit_and_apply_modules"]
 log = logging.getLogger(__name__)
 
 
-def fit_and_apply_modules(store_uri: str, cohort: pd.DataFrame, *, train_folds: Sequence[int], k: int = 8,
-                          encoder: str | None = None, smooth: float = 0.0, seed: int = 0,
-                          fold_column: str = "fold", apply: bool = True, png_dir: str | Path | None = None,
-                          storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit_and_apply_modules(
+    store_uri: str,
+    cohort: pd.DataFrame,
+    *,
+    train_folds: Sequence[int],
+    k: int = 8,
+    encoder: str | None = None,
+    smooth: float = 0.0,
+    seed: int = 0,
+    fold_column: str = "fold",
+    apply: bool = True,
+    png_dir: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Fit K modules on the slides of ``train_folds`` only, save the codebook in the store,
     then (``apply``) write every cohort slide's module map; PNGs into ``png_dir``."""
     from features.store import FeatureStore
@@ -33,7 +43,10 @@ def fit_and_apply_modules(store_uri: str, cohort: pd.DataFrame, *, train_folds: 
     if train.empty:
         raise ConfigError(f"no cohort slides in folds {list(train_folds)}")
     store = FeatureStore.open(store_uri, storage_options)
-    bags = ((b.slide_id, b.embeddings, b.coords) for b in store.iter_bags(list(train["slide_id"]), encoder=encoder))
+    bags = (
+        (b.slide_id, b.embeddings, b.coords)
+        for b in store.iter_bags(list(train["slide_id"]), encoder=encoder)
+    )
     book = fit_modules(bags, ModuleSpec(k=k, seed=seed, smooth=smooth), encoder=encoder)
     digest = save_codebook(store, book)
     out: dict[str, Any] = {"codebook": digest, "k": k, "train_slides": len(book.slide_ids)}

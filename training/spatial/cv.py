@@ -36,10 +36,14 @@ class FoldRun:
     test_slides: list[str]
     predictions: list[dict[str, Any]]
     best_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: train_loss, val_score, ...
+    history: list[dict[str, float]] = field(
+        default_factory=list
+    )  # per epoch: train_loss, val_score, ...
 
 
-def subsample_patients(train: pd.DataFrame, n_slides: int, seed: int, label: str | None = "label") -> pd.DataFrame:
+def subsample_patients(
+    train: pd.DataFrame, n_slides: int, seed: int, label: str | None = "label"
+) -> pd.DataFrame:
     """About ``n_slides`` training slides from whole patients, balanced by ``label`` when present.
 
     Patients, not slides, are drawn so a patient's slides stay together; per label the
@@ -50,7 +54,11 @@ def subsample_patients(train: pd.DataFrame, n_slides: int, seed: int, label: str
     if len(train) <= n_slides:
         return train
     rng = np.random.default_rng(seed)
-    groups = [train] if label is None or label not in train else [g for _, g in train.groupby(label, sort=True)]
+    groups = (
+        [train]
+        if label is None or label not in train
+        else [g for _, g in train.groupby(label, sort=True)]
+    )
     keep: list[str] = []
     for i, group in enumerate(groups):
         want = n_slides // len(groups) + (1 if i < n_slides % len(groups) else 0)
@@ -65,9 +73,17 @@ def subsample_patients(train: pd.DataFrame, n_slides: int, seed: int, label: str
     return train[train["patient_id"].isin(keep)]
 
 
-def cross_validate(store_uri: str, encoder: str, table: pd.DataFrame, cfg: TrainConfig, targets: list[str],
-                   *, bags: dict | None = None, fold_column: str = "fold",
-                   train_slides: int | None = None) -> list[FoldRun]:
+def cross_validate(
+    store_uri: str,
+    encoder: str,
+    table: pd.DataFrame,
+    cfg: TrainConfig,
+    targets: list[str],
+    *,
+    bags: dict | None = None,
+    fold_column: str = "fold",
+    train_slides: int | None = None,
+) -> list[FoldRun]:
     """k folds of ``fit`` → best weights → predictions on the test fold (whole bags)."""
     folds = sorted(table[fold_column].unique())
     if len(folds) < 3:
@@ -76,8 +92,14 @@ def cross_validate(store_uri: str, encoder: str, table: pd.DataFrame, cfg: Train
 
     def data(part: pd.DataFrame, train: bool) -> BagDataset:
         items, _ = targets_from_cohort(part, cfg.task, targets)
-        return BagDataset(store_uri, items, encoder=encoder, max_patches=cfg.max_patches, seed=cfg.seed,
-                          train=train).share_cache(cache)
+        return BagDataset(
+            store_uri,
+            items,
+            encoder=encoder,
+            max_patches=cfg.max_patches,
+            seed=cfg.seed,
+            train=train,
+        ).share_cache(cache)
 
     runs = []
     for i, fold in enumerate(folds):
@@ -89,7 +111,9 @@ def cross_validate(store_uri: str, encoder: str, table: pd.DataFrame, cfg: Train
             train = subsample_patients(train, train_slides, cfg.seed + 1000 * i, label)
         train_data = data(train, True)
         y = np.array([item.target for item in train_data.items])
-        head = make_head(cfg.task, y[:, 0] if cfg.task == "binary" else y, weighted=cfg.weighted_loss)
+        head = make_head(
+            cfg.task, y[:, 0] if cfg.task == "binary" else y, weighted=cfg.weighted_loss
+        )
         in_dim = int(train_data[0][0].shape[1])
         run_cfg = replace(cfg, model=replace(cfg.model, in_dim=in_dim, n_outputs=head.n_outputs))
         result = fit(run_cfg, train_data, data(val, False), head)
@@ -97,7 +121,17 @@ def cross_validate(store_uri: str, encoder: str, table: pd.DataFrame, cfg: Train
         model.load_state_dict(result.best_state)
         test_data = data(test, False)
         test_data.max_patches = None
-        runs.append(FoldRun(int(fold), model, head, list(train["slide_id"]), list(val["slide_id"]),
-                            list(test["slide_id"]), predict(model, test_data, head), result.best_epoch,
-                            result.history))
+        runs.append(
+            FoldRun(
+                int(fold),
+                model,
+                head,
+                list(train["slide_id"]),
+                list(val["slide_id"]),
+                list(test["slide_id"]),
+                predict(model, test_data, head),
+                result.best_epoch,
+                result.history,
+            )
+        )
     return runs

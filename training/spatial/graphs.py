@@ -101,7 +101,9 @@ def _finish(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     return key // max(n, 1), key % max(n, 1)
 
 
-def grid_edges(coords: np.ndarray, *, stride: int | None = None, neighbours: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def grid_edges(
+    coords: np.ndarray, *, stride: int | None = None, neighbours: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact 8- (or 4-) neighbour edges between tiles on the tiling lattice."""
     if neighbours not in (4, 8):
         raise ConfigError(f"neighbours must be 4 or 8, got {neighbours}")
@@ -144,7 +146,9 @@ def grid_edges(coords: np.ndarray, *, stride: int | None = None, neighbours: int
     return key2 // n, key2 % n
 
 
-def brute_force_grid_edges(coords: np.ndarray, *, stride: int | None = None, neighbours: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def brute_force_grid_edges(
+    coords: np.ndarray, *, stride: int | None = None, neighbours: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """O(N²) reference: all pairs at Chebyshev (8) or Manhattan (4) lattice distance 1."""
     rows, cols, _ = grid_index(coords, stride)
     dr = np.abs(rows[:, None] - rows[None, :])

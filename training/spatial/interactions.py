@@ -52,8 +52,13 @@ class ModuleGraph:
         return self.counts > 0
 
 
-def module_graph(embeddings: np.ndarray | Tensor, modules: np.ndarray | Tensor,
-                 src: np.ndarray | Tensor, dst: np.ndarray | Tensor, k: int) -> ModuleGraph:
+def module_graph(
+    embeddings: np.ndarray | Tensor,
+    modules: np.ndarray | Tensor,
+    src: np.ndarray | Tensor,
+    dst: np.ndarray | Tensor,
+    k: int,
+) -> ModuleGraph:
     x = _t(embeddings, torch.float32)
     modules = _t(modules, torch.long).to(x.device)
     n = x.shape[0]
@@ -65,5 +70,12 @@ def module_graph(embeddings: np.ndarray | Tensor, modules: np.ndarray | Tensor,
     pairs = max(n * (n - 1), 1)
     expected = total * (counts[:, None] * counts[None, :] - torch.diag(counts)) / pairs
     enrichment = torch.log2((contacts + 1) / (expected + 1))
-    return ModuleGraph(counts, counts / max(n, 1), mean, contacts, expected, enrichment,
-                       contacts / total.clamp_min(1))
+    return ModuleGraph(
+        counts,
+        counts / max(n, 1),
+        mean,
+        contacts,
+        expected,
+        enrichment,
+        contacts / total.clamp_min(1),
+    )

@@ -28,16 +28,29 @@ from torch import nn
 from infra.errors import ConfigError
 from training.spatial.graphs import GraphSpec, tile_graph
 
-__all__ = ["coordinate_shuffle", "edge_masking", "masking_table", "module_masking", "predict_bag", "tile_prediction_map",
-           "write_masking_png"]
+__all__ = [
+    "coordinate_shuffle",
+    "edge_masking",
+    "masking_table",
+    "module_masking",
+    "predict_bag",
+    "tile_prediction_map",
+    "write_masking_png",
+]
 
 
 def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
-    return value.to(dtype) if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value), dtype=dtype)
+    return (
+        value.to(dtype)
+        if isinstance(value, torch.Tensor)
+        else torch.as_tensor(np.asarray(value), dtype=dtype)
+    )
 
 
 @torch.no_grad()
-def predict_bag(model: nn.Module, head: Any, x: Any, coords: Any, *, edges: Any = None) -> np.ndarray:
+def predict_bag(
+    model: nn.Module, head: Any, x: Any, coords: Any, *, edges: Any = None
+) -> np.ndarray:
     """The head's prediction for one bag (P(class 1) for binary, raw scale for regression)."""
     model.eval()
     xt, ct = _as_tensor(x, torch.float32), _as_tensor(coords, torch.long)
@@ -53,8 +66,9 @@ def predict_bag(model: nn.Module, head: Any, x: Any, coords: Any, *, edges: Any 
     return np.asarray(head.predict(out.logits), dtype=float).reshape(-1)
 
 
-def module_masking(model: nn.Module, head: Any, x: Any, coords: Any, modules: np.ndarray,
-                   module_ids: Sequence[int]) -> dict[int, np.ndarray]:
+def module_masking(
+    model: nn.Module, head: Any, x: Any, coords: Any, modules: np.ndarray, module_ids: Sequence[int]
+) -> dict[int, np.ndarray]:
     """{module: prediction without that module's tiles − full prediction} (NaN when the
     module is absent, or is every tile of the slide)."""
     modules = np.asarray(modules)
@@ -71,15 +85,28 @@ def module_masking(model: nn.Module, head: Any, x: Any, coords: Any, modules: np
 
 
 def _takes_edges(model: nn.Module) -> bool:
-    return "edges" in inspect.signature(model.forward).parameters and getattr(model, "uses_coords", False)
+    return "edges" in inspect.signature(model.forward).parameters and getattr(
+        model, "uses_coords", False
+    )
 
 
-def edge_masking(model: nn.Module, head: Any, x: Any, coords: Any, modules: np.ndarray, a: int, b: int,
-                 *, spec: GraphSpec | None = None) -> np.ndarray:
+def edge_masking(
+    model: nn.Module,
+    head: Any,
+    x: Any,
+    coords: Any,
+    modules: np.ndarray,
+    a: int,
+    b: int,
+    *,
+    spec: GraphSpec | None = None,
+) -> np.ndarray:
     """Prediction with every grid edge between modules ``a`` and ``b`` removed, minus the
     full prediction. The region transformer has no edges to cut: a ConfigError."""
     if not _takes_edges(model) or type(model).__name__ == "RegionTransformer":
-        raise ConfigError(f"{type(model).__name__} has no tile graph; edge masking needs tile_gnn or module_graph")
+        raise ConfigError(
+            f"{type(model).__name__} has no tile graph; edge masking needs tile_gnn or module_graph"
+        )
     modules = np.asarray(modules)
     src, dst = tile_graph(np.asarray(coords, np.int64), spec or GraphSpec())
     ms, md = modules[src], modules[dst]
@@ -94,8 +121,14 @@ def coordinate_shuffle(coords: Any, rng: np.random.Generator) -> np.ndarray:
     return coords[rng.permutation(len(coords))]
 
 
-def masking_table(model: nn.Module, head: Any, bags: Iterable[tuple[str, Any, Any, np.ndarray, float]],
-                  module_ids: Sequence[int], *, target_names: Sequence[str] = ("prediction",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+def masking_table(
+    model: nn.Module,
+    head: Any,
+    bags: Iterable[tuple[str, Any, Any, np.ndarray, float]],
+    module_ids: Sequence[int],
+    *,
+    target_names: Sequence[str] = ("prediction",),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Module masking over ``bags`` of (slide_id, x, coords, modules, label).
 
     Returns (per-slide rows: slide, label, module, target, full, delta) and the summary
@@ -109,16 +142,28 @@ def masking_table(model: nn.Module, head: Any, bags: Iterable[tuple[str, Any, An
         full = predict_bag(model, head, x, coords)
         for m, delta in module_masking(model, head, x, coords, modules, module_ids).items():
             for j, name in enumerate(target_names):
-                rows.append({"slide_id": slide_id, "label": label, "module": m, "target": name,
-                             "full": full[j], "delta": delta[j]})
+                rows.append(
+                    {
+                        "slide_id": slide_id,
+                        "label": label,
+                        "module": m,
+                        "target": name,
+                        "full": full[j],
+                        "delta": delta[j],
+                    }
+                )
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ConfigError("masking_table got no bags")
     summary = []
     for (m, name), part in frame.groupby(["module", "target"]):
         part = part.dropna(subset=["delta"])
-        entry = {"module": int(m), "target": name, "mean_abs_delta": float(part["delta"].abs().mean()),
-                 "n_slides": len(part)}
+        entry = {
+            "module": int(m),
+            "target": name,
+            "mean_abs_delta": float(part["delta"].abs().mean()),
+            "n_slides": len(part),
+        }
         for cls, sub in part.groupby("label"):
             entry[f"mean_delta_label{cls}"] = float(sub["delta"].mean())
         masked = part["full"] + part["delta"]
@@ -126,19 +171,28 @@ def masking_table(model: nn.Module, head: Any, bags: Iterable[tuple[str, Any, An
             entry["auroc_masked"] = float(roc_auc_score(part["label"].astype(int), masked))
             entry["auroc_full"] = float(roc_auc_score(part["label"].astype(int), part["full"]))
         summary.append(entry)
-    table = pd.DataFrame(summary).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
+    table = (
+        pd.DataFrame(summary).sort_values("mean_abs_delta", ascending=False).reset_index(drop=True)
+    )
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return frame, table
 
 
-def write_masking_png(summary: pd.DataFrame, path: str | Path, *, labels: dict[int, str] | None = None,
-                      title: str = "module masking: mean |delta prediction|") -> Path:
+def write_masking_png(
+    summary: pd.DataFrame,
+    path: str | Path,
+    *,
+    labels: dict[int, str] | None = None,
+    title: str = "module masking: mean |delta prediction|",
+) -> Path:
     """A horizontal bar chart of mean |Δ| per module (first target), atomically written."""
     from PIL import Image, ImageDraw
 
     from training.figures import save_png
 
-    part = summary[summary["target"] == summary["target"].iloc[0]].sort_values("mean_abs_delta", ascending=False)
+    part = summary[summary["target"] == summary["target"].iloc[0]].sort_values(
+        "mean_abs_delta", ascending=False
+    )
     width, bar_h, left = 560, 26, 150
     image = Image.new("RGB", (width, 50 + bar_h * len(part) + 20), "white")
     draw = ImageDraw.Draw(image)

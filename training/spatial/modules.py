@@ -71,8 +71,16 @@ class ModuleCodebook:
         from infra.provenance import array_digest, stable_hash
 
         digest = array_digest(self.centroids, dtype=np.float32)
-        return stable_hash("tissue-modules", self.version, {
-            "spec": self.spec, "slides": list(self.slide_ids), "encoder": self.encoder, "centroids": digest})
+        return stable_hash(
+            "tissue-modules",
+            self.version,
+            {
+                "spec": self.spec,
+                "slides": list(self.slide_ids),
+                "encoder": self.encoder,
+                "centroids": digest,
+            },
+        )
 
     def assign(self, embeddings: np.ndarray) -> np.ndarray:
         return assign_modules(embeddings, self.centroids)
@@ -89,7 +97,9 @@ def smooth_embeddings(x: np.ndarray, src: np.ndarray, dst: np.ndarray, weight: f
     return ((1 - weight) * x + weight * mean).astype(x.dtype, copy=False)
 
 
-def assign_modules(embeddings: np.ndarray, centroids: np.ndarray, *, chunk: int = 16_384) -> np.ndarray:
+def assign_modules(
+    embeddings: np.ndarray, centroids: np.ndarray, *, chunk: int = 16_384
+) -> np.ndarray:
     """Nearest centroid per tile: argmin ‖x‖² − 2x·c + ‖c‖², with ‖x‖² dropped (constant per row).
 
     One float32 GEMM per chunk of rows, on one BLAS thread: the product is skinny (K
@@ -107,9 +117,9 @@ def assign_modules(embeddings: np.ndarray, centroids: np.ndarray, *, chunk: int 
     out = np.empty(len(x), np.int64)
     with threadpool_limits(1, user_api="blas"):
         for start in range(0, len(x), chunk):
-            scores = x[start:start + chunk] @ ct
+            scores = x[start : start + chunk] @ ct
             scores += norms
-            out[start:start + chunk] = scores.argmin(1)
+            out[start : start + chunk] = scores.argmin(1)
     return out
 
 
@@ -119,7 +129,9 @@ def _sample(bags: Sequence[np.ndarray], max_tiles: int, seed: int) -> np.ndarray
         return np.concatenate(bags).astype(np.float32)
     rng = np.random.default_rng(seed)
     per = max(1, max_tiles // len(bags))
-    parts = [b if len(b) <= per else b[np.sort(rng.choice(len(b), per, replace=False))] for b in bags]
+    parts = [
+        b if len(b) <= per else b[np.sort(rng.choice(len(b), per, replace=False))] for b in bags
+    ]
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -154,8 +166,13 @@ def fit_modules(
     if len(x) < spec.k:
         raise ConfigError(f"{len(x)} tiles cannot make {spec.k} modules")
     if spec.method == "minibatch":
-        km = MiniBatchKMeans(n_clusters=spec.k, random_state=spec.seed, batch_size=spec.batch_size,
-                             n_init=10, max_iter=100)
+        km = MiniBatchKMeans(
+            n_clusters=spec.k,
+            random_state=spec.seed,
+            batch_size=spec.batch_size,
+            n_init=10,
+            max_iter=100,
+        )
     else:
         # Full Lloyd iterations on the (bounded) sample: mini-batch k-means fell into a
         # merged-cluster local minimum on imbalanced tile types (ARI 0.67 vs 1.0).
@@ -169,5 +186,10 @@ def fit_modules(
     direction *= np.sign(direction[np.argmax(np.abs(direction))])
     centroids = centroids[np.argsort(centred @ direction, kind="stable")]
     log.info("fitted %d modules on %d tiles from %d slides", spec.k, len(x), len(ids))
-    return ModuleCodebook(np.ascontiguousarray(centroids), spec, tuple(sorted(ids)), encoder,
-                          meta={"inertia": float(km.inertia_), "n_tiles": float(len(x))})
+    return ModuleCodebook(
+        np.ascontiguousarray(centroids),
+        spec,
+        tuple(sorted(ids)),
+        encoder,
+        meta={"inertia": float(km.inertia_), "n_tiles": float(len(x))},
+    )

@@ -19,13 +19,34 @@ if TYPE_CHECKING:
 __all__ = ["PALETTE", "apply_modules", "render_module_map"]
 
 # Colour-blind-safe qualitative palette (Okabe-Ito, then Tol's muted).
-PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-           (204, 121, 167), (0, 0, 0), (51, 34, 136), (136, 204, 238), (68, 170, 153), (17, 119, 51),
-           (153, 153, 51), (221, 204, 119), (204, 102, 119), (136, 34, 85)]
+PALETTE = [
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (0, 0, 0),
+    (51, 34, 136),
+    (136, 204, 238),
+    (68, 170, 153),
+    (17, 119, 51),
+    (153, 153, 51),
+    (221, 204, 119),
+    (204, 102, 119),
+    (136, 34, 85),
+]
 
 
-def apply_modules(store: FeatureStore, codebook: ModuleCodebook, codebook_hash: str, slide_ids: Sequence[str], *,
-                  encoder: str | None = None) -> dict[str, np.ndarray]:
+def apply_modules(
+    store: FeatureStore,
+    codebook: ModuleCodebook,
+    codebook_hash: str,
+    slide_ids: Sequence[str],
+    *,
+    encoder: str | None = None,
+) -> dict[str, np.ndarray]:
     """Assign every tile of ``slide_ids`` to its module and write the assignments (table +
     Zarr map) into the store; returns {slide: module counts}."""
     from training.spatial.graphs import grid_edges
@@ -36,7 +57,9 @@ def apply_modules(store: FeatureStore, codebook: ModuleCodebook, codebook_hash: 
     for bag in store.iter_bags(list(slide_ids), encoder=encoder):
         emb = np.asarray(bag.embeddings, np.float32)
         if emb.shape[1] != codebook.dim:
-            raise ConfigError(f"slide {bag.slide_id!r}: embeddings are {emb.shape[1]}-d, codebook {codebook.dim}-d")
+            raise ConfigError(
+                f"slide {bag.slide_id!r}: embeddings are {emb.shape[1]}-d, codebook {codebook.dim}-d"
+            )
         if codebook.spec.smooth > 0:
             emb = smooth_embeddings(emb, *grid_edges(bag.coords), codebook.spec.smooth)
         modules = codebook.assign(emb)
@@ -54,15 +77,23 @@ def _scale_bar_mm(width_um: float) -> float:
     return 50.0
 
 
-def _tissue_under(store: FeatureStore, slide_id: str, codebook_hash: str, um_per_cell: float,
-                  shape: tuple[int, ...], size: tuple[int, int]) -> Any:
+def _tissue_under(
+    store: FeatureStore,
+    slide_id: str,
+    codebook_hash: str,
+    um_per_cell: float,
+    shape: tuple[int, ...],
+    size: tuple[int, int],
+) -> Any:
     """The thumbnail region under the module map, resized to it (None without a thumbnail)."""
     from PIL import Image
 
     try:
         thumb = np.asarray(store.arrays(slide_id).read_image("thumbnail"))
         rows = store.derived("modules", codebook_hash, slide_ids=[slide_id], columns=["x", "y"])
-        info = store.slides(slide_ids=[slide_id], columns=["mpp", "level_dimensions"]).to_pylist()[0]
+        info = store.slides(slide_ids=[slide_id], columns=["mpp", "level_dimensions"]).to_pylist()[
+            0
+        ]
     except (KeyError, IndexError, FileNotFoundError, OSError, ValueError):
         return None
     if not rows.num_rows or not info.get("mpp") or not info.get("level_dimensions"):
@@ -72,11 +103,20 @@ def _tissue_under(store: FeatureStore, slide_id: str, codebook_hash: str, um_per
     x0 = min(rows.column("x").to_pylist()) * scale
     y0 = min(rows.column("y").to_pylist()) * scale
     box = (x0, y0, x0 + shape[1] * cell, y0 + shape[0] * cell)
-    return Image.fromarray(thumb[..., :3].astype(np.uint8)).resize(size, Image.Resampling.BILINEAR, box=box)
+    return Image.fromarray(thumb[..., :3].astype(np.uint8)).resize(
+        size, Image.Resampling.BILINEAR, box=box
+    )
 
 
-def render_module_map(store: FeatureStore, slide_id: str, codebook_hash: str, path: str | Path, *,
-                      names: Mapping[int, str] | None = None, px_per_tile: int = 12) -> Path:
+def render_module_map(
+    store: FeatureStore,
+    slide_id: str,
+    codebook_hash: str,
+    path: str | Path,
+    *,
+    names: Mapping[int, str] | None = None,
+    px_per_tile: int = 12,
+) -> Path:
     """PNG of the slide's module map over its thumbnail (when the store has one), with a
     legend and a scale bar, about 800 px wide (atomic write)."""
     from PIL import Image, ImageDraw
@@ -86,25 +126,43 @@ def render_module_map(store: FeatureStore, slide_id: str, codebook_hash: str, pa
     arrays = store.arrays(slide_id)
     try:
         grid = np.asarray(arrays.read_image(f"heatmaps/modules-{codebook_hash}"), dtype=np.float32)
-        um_per_cell = float(arrays.ome_metadata(f"heatmaps/modules-{codebook_hash}")["multiscales"][0]
-                            ["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
+        um_per_cell = float(
+            arrays.ome_metadata(f"heatmaps/modules-{codebook_hash}")["multiscales"][0]["datasets"][
+                0
+            ]["coordinateTransformations"][0]["scale"][-1]
+        )
     except (KeyError, IndexError, FileNotFoundError, OSError) as exc:
-        raise ConfigError(f"slide {slide_id!r} has no module map for codebook {codebook_hash!r}: {exc}") from exc
+        raise ConfigError(
+            f"slide {slide_id!r} has no module map for codebook {codebook_hash!r}: {exc}"
+        ) from exc
     finite = np.isfinite(grid)
     modules = grid[finite].astype(int)
     present = np.unique(modules)
     h, w = grid.shape
     px_per_tile = max(px_per_tile, -(-800 // max(w, 1)))  # a map ~800 px wide, readable on a slide
     legend_w, margin = 190, 10
-    img = Image.new("RGB", (w * px_per_tile + legend_w + 2 * margin, max(h * px_per_tile, 30 + 18 * len(present)) + 50), "white")
+    img = Image.new(
+        "RGB",
+        (
+            w * px_per_tile + legend_w + 2 * margin,
+            max(h * px_per_tile, 30 + 18 * len(present)) + 50,
+        ),
+        "white",
+    )
     draw = ImageDraw.Draw(img)
     rgb = np.full((h, w, 3), 245, np.uint8)
-    colours = np.array(PALETTE * (1 + int(grid[finite].max(initial=0)) // len(PALETTE) + 1), np.uint8)
+    colours = np.array(
+        PALETTE * (1 + int(grid[finite].max(initial=0)) // len(PALETTE) + 1), np.uint8
+    )
     rgb[finite] = colours[modules]
-    tiles = Image.fromarray(rgb).resize((w * px_per_tile, h * px_per_tile), Image.Resampling.NEAREST)
+    tiles = Image.fromarray(rgb).resize(
+        (w * px_per_tile, h * px_per_tile), Image.Resampling.NEAREST
+    )
     tissue = _tissue_under(store, slide_id, codebook_hash, um_per_cell, grid.shape, tiles.size)
     if tissue is not None:  # modules over the H&E; tiles with no module show the tissue plain
-        cover = Image.fromarray((finite * 150).astype(np.uint8)).resize(tiles.size, Image.Resampling.NEAREST)
+        cover = Image.fromarray((finite * 150).astype(np.uint8)).resize(
+            tiles.size, Image.Resampling.NEAREST
+        )
         tiles = Image.composite(tiles, tissue, cover)
     img.paste(tiles, (margin, margin))
     x0 = margin * 2 + w * px_per_tile
@@ -112,9 +170,13 @@ def render_module_map(store: FeatureStore, slide_id: str, codebook_hash: str, pa
     total = max(len(modules), 1)
     for i, m in enumerate(present):
         y = margin + 18 + 18 * i
-        draw.rectangle([x0, y, x0 + 12, y + 12], fill=tuple(int(c) for c in colours[m]), outline="black")
+        draw.rectangle(
+            [x0, y, x0 + 12, y + 12], fill=tuple(int(c) for c in colours[m]), outline="black"
+        )
         label = (names or {}).get(int(m), f"module {int(m)}")
-        draw.text((x0 + 18, y), f"{label} ({np.mean(modules == m):.0%})" if total else label, fill="black")
+        draw.text(
+            (x0 + 18, y), f"{label} ({np.mean(modules == m):.0%})" if total else label, fill="black"
+        )
     # scale bar under the map
     mm = _scale_bar_mm(w * um_per_cell)
     bar_px = int(round(mm * 1000 / um_per_cell * px_per_tile))

@@ -28,11 +28,14 @@ __all__ = ["TileTransform"]
 
 class TileTransform(nn.Module):
     """x → (centre per slide) → (x − mean) @ projection (whitening); identity when both off."""
+
     mean: Tensor
     projection: Tensor
     fitted: Tensor
 
-    def __init__(self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6) -> None:
+    def __init__(
+        self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6
+    ) -> None:
         super().__init__()
         self.centre, self.whiten, self.eps = bool(centre), bool(whiten), float(eps)
         # Buffers only when whitening: a model without it keeps the state-dict keys (and
@@ -45,7 +48,9 @@ class TileTransform(nn.Module):
     def _centred(self, x: np.ndarray) -> np.ndarray:
         return x - x.mean(0, keepdims=True) if self.centre else x
 
-    def fit(self, bags: Sequence[np.ndarray], max_tiles: int = 100_000, seed: int = 0) -> TileTransform:
+    def fit(
+        self, bags: Sequence[np.ndarray], max_tiles: int = 100_000, seed: int = 0
+    ) -> TileTransform:
         """Fit the whitening on the training slides' tiles (a no-op without ``whiten``)."""
         if not self.whiten:
             return self
@@ -75,7 +80,9 @@ class TileTransform(nn.Module):
             x = x - x.mean(0, keepdim=True)
         if self.whiten:
             if not bool(self.fitted):
-                raise ConfigError("whitening is not fitted: call prepare(train_data) or load a checkpoint")
+                raise ConfigError(
+                    "whitening is not fitted: call prepare(train_data) or load a checkpoint"
+                )
             x = (x - self.mean) @ self.projection
         return x
 

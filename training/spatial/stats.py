@@ -49,8 +49,14 @@ def _mean_distances(modules: np.ndarray, points: np.ndarray, k: int) -> np.ndarr
     return np.log1p(out)
 
 
-def module_features(modules: np.ndarray, coords: np.ndarray, k: int, *, distances: bool = True,
-                    edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def module_features(
+    modules: np.ndarray,
+    coords: np.ndarray,
+    k: int,
+    *,
+    distances: bool = True,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """(F,) float32 features of one slide; ``modules`` (N,) ints in [0, K)."""
     modules = np.asarray(modules, np.int64)
     coords = np.asarray(coords)
@@ -60,5 +66,7 @@ def module_features(modules: np.ndarray, coords: np.ndarray, k: int, *, distance
     parts = [g.proportions.numpy(), g.enrichment.numpy()[iu]]
     if distances:
         rows, cols, _ = grid_index(coords)
-        parts.append(_mean_distances(modules, np.stack([rows, cols], 1).astype(np.float64), k).reshape(-1))
+        parts.append(
+            _mean_distances(modules, np.stack([rows, cols], 1).astype(np.float64), k).reshape(-1)
+        )
     return np.concatenate(parts).astype(np.float32)

@@ -40,8 +40,17 @@ import pandas as pd
 
 from infra.errors import ConfigError
 
-__all__ = ["COHORTS", "NOISE_MODELS", "TYPES", "NoiseSpec", "SpatialCohort", "calibrate_noise", "layout",
-           "tile_typer_accuracy", "write_spatial_cohort"]
+__all__ = [
+    "COHORTS",
+    "NOISE_MODELS",
+    "TYPES",
+    "NoiseSpec",
+    "SpatialCohort",
+    "calibrate_noise",
+    "layout",
+    "tile_typer_accuracy",
+    "write_spatial_cohort",
+]
 
 TYPES = ("T", "I", "S", "N", "B", "C")
 T, I, S, N, B, C = range(6)  # noqa: E741 - the tile types are named by letter
@@ -63,7 +72,13 @@ class SpatialCohort:
     meta: dict = field(default_factory=dict)  # noise spec and calibrated scale, when noisy
 
 
-def _blob(rng: np.random.Generator, side: int, size: int, allowed: np.ndarray, seed_cell: int | None = None) -> np.ndarray:
+def _blob(
+    rng: np.random.Generator,
+    side: int,
+    size: int,
+    allowed: np.ndarray,
+    seed_cell: int | None = None,
+) -> np.ndarray:
     """A compact random blob of ``size`` allowed cells grown from a seed (boolean mask)."""
     from scipy import ndimage
 
@@ -74,11 +89,15 @@ def _blob(rng: np.random.Generator, side: int, size: int, allowed: np.ndarray, s
     mask[seed_cell] = True
     struct = np.ones((3, 3), bool)
     while mask.sum() < size:
-        ring = ndimage.binary_dilation(mask.reshape(side, side), struct).reshape(-1) & ~mask & allowed
+        ring = (
+            ndimage.binary_dilation(mask.reshape(side, side), struct).reshape(-1) & ~mask & allowed
+        )
         cand = np.flatnonzero(ring)
         if len(cand) == 0:
             raise ConfigError("synthetic layout: no room to grow a blob (grid too small)")
-        take = rng.choice(cand, min(len(cand), size - int(mask.sum()), max(1, len(cand) // 2)), replace=False)
+        take = rng.choice(
+            cand, min(len(cand), size - int(mask.sum()), max(1, len(cand) // 2)), replace=False
+        )
         mask[take] = True
     return mask
 
@@ -86,10 +105,14 @@ def _blob(rng: np.random.Generator, side: int, size: int, allowed: np.ndarray, s
 def _cheb(mask: np.ndarray, side: int) -> np.ndarray:
     from scipy import ndimage
 
-    return ndimage.distance_transform_cdt(~mask.reshape(side, side), metric="chessboard").reshape(-1)
+    return ndimage.distance_transform_cdt(~mask.reshape(side, side), metric="chessboard").reshape(
+        -1
+    )
 
 
-def _fill(types: np.ndarray, rng: np.random.Generator, kind: int, count: int, allowed: np.ndarray) -> None:
+def _fill(
+    types: np.ndarray, rng: np.random.Generator, kind: int, count: int, allowed: np.ndarray
+) -> None:
     cand = np.flatnonzero(allowed & (types == S))
     if len(cand) < count:
         raise ConfigError("synthetic layout: not enough free cells")
@@ -181,7 +204,9 @@ def _s4(rng: np.random.Generator, side: int, inside_fraction: float, n_n: int) -
     types = np.full(n, S)
     centre_ok = _cheb(np.pad(np.ones((side - 8, side - 8), bool), 4).reshape(-1), side) == 0
     n_in = int(round(inside_fraction * n_i))
-    region = _blob(rng, side, n_t + n_in, np.ones(n, bool), int(rng.choice(np.flatnonzero(centre_ok))))
+    region = _blob(
+        rng, side, n_t + n_in, np.ones(n, bool), int(rng.choice(np.flatnonzero(centre_ok)))
+    )
     cells = np.flatnonzero(region)
     types[cells] = T
     types[rng.choice(cells, n_in, replace=False)] = I
@@ -207,7 +232,9 @@ def contacts(types: np.ndarray, side: int, a: int, b: int) -> int:
     return total
 
 
-def layout(name: str, rng: np.random.Generator, side: int, label: int, attempts: int = 20) -> np.ndarray:
+def layout(
+    name: str, rng: np.random.Generator, side: int, label: int, attempts: int = 20
+) -> np.ndarray:
     if name not in COHORTS:
         raise ConfigError(f"unknown spatial cohort {name!r}; known: {sorted(COHORTS)} and S4")
     # A blob grown from an unlucky seed cell can wall itself into a corner (S2's excluded
@@ -225,6 +252,7 @@ def type_centres(dim: int, seed: int = 1234, scale: float = 1.2) -> np.ndarray:
     """Fixed type centres: random directions, pairwise ~ scale·√(2·dim) apart (≥ 4σ)."""
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(len(TYPES), dim)) * scale).astype(np.float32)
+
 
 NOISE_MODELS = ("isotropic", "offsets", "nuisance")
 #: the tile types a cohort's slides hold: what the tile typer of the calibration tells apart
@@ -254,8 +282,15 @@ class NoiseSpec:
         if self.model not in NOISE_MODELS:
             raise ConfigError(f"noise model must be one of {NOISE_MODELS}, got {self.model!r}")
         if not 0.0 < self.separability < 1.0:
-            raise ConfigError(f"separability is a balanced accuracy in (0, 1), got {self.separability!r}")
-        if self.nuisance_rank < 1 or self.nuisance_var <= 0 or self.tail_df <= 2 or self.offset_sd < 0:
+            raise ConfigError(
+                f"separability is a balanced accuracy in (0, 1), got {self.separability!r}"
+            )
+        if (
+            self.nuisance_rank < 1
+            or self.nuisance_var <= 0
+            or self.tail_df <= 2
+            or self.offset_sd < 0
+        ):
             raise ConfigError(f"bad noise parameters {self}")
 
     @property
@@ -284,21 +319,33 @@ def slide_noise(rng: np.random.Generator, n: int, dim: int, spec: NoiseSpec) -> 
     return z
 
 
-def tile_typer_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+def tile_typer_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
     """Balanced accuracy of a (standardised, class-balanced) logistic tile typer."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    typer = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced"))
+    typer = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced")
+    )
     typer.fit(train_x, train_y)
     return float(balanced_accuracy_score(test_y, typer.predict(test_x)))
 
 
 @lru_cache(maxsize=128)
-def calibrate_noise(spec: NoiseSpec, dim: int, types: Sequence[int] = DEFAULT_TYPES, *, seed: int = 0,
-                    n_slides: int = 90, per_slide: int = 100, steps: int = 18) -> float:
+def calibrate_noise(
+    spec: NoiseSpec,
+    dim: int,
+    types: Sequence[int] = DEFAULT_TYPES,
+    *,
+    seed: int = 0,
+    n_slides: int = 90,
+    per_slide: int = 100,
+    steps: int = 18,
+) -> float:
     """The noise scale at which a logistic typer fitted on 2/3 of simulated slides types
     the other slides' tiles at ``spec.separability`` balanced accuracy.
 
@@ -315,12 +362,18 @@ def calibrate_noise(spec: NoiseSpec, dim: int, types: Sequence[int] = DEFAULT_TY
 
     def accuracy(scale: float) -> float:
         x = centres[labels] + scale * noise
-        return tile_typer_accuracy(x[:cut].reshape(-1, dim), labels[:cut].reshape(-1),
-                                   x[cut:].reshape(-1, dim), labels[cut:].reshape(-1))
+        return tile_typer_accuracy(
+            x[:cut].reshape(-1, dim),
+            labels[:cut].reshape(-1),
+            x[cut:].reshape(-1, dim),
+            labels[cut:].reshape(-1),
+        )
 
     lo, hi = np.log(1e-2), np.log(1e2)
     if accuracy(float(np.exp(lo))) < spec.separability:
-        raise ConfigError(f"separability {spec.separability} is above what {spec.model} noise allows here")
+        raise ConfigError(
+            f"separability {spec.separability} is above what {spec.model} noise allows here"
+        )
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if accuracy(float(np.exp(mid))) > spec.separability else (lo, mid)
@@ -333,7 +386,9 @@ def _irregular(rng: np.random.Generator, types: np.ndarray, side: int) -> np.nda
     drawn independently of the label, so the other types' counts stay equal."""
     from scipy import ndimage
 
-    field = ndimage.gaussian_filter(rng.normal(size=(side, side)), sigma=max(side / 8, 1.0)).reshape(-1)
+    field = ndimage.gaussian_filter(
+        rng.normal(size=(side, side)), sigma=max(side / 8, 1.0)
+    ).reshape(-1)
     stroma = types == S
     cut = np.quantile(field[stroma], rng.uniform(0.1, 0.4)) if stroma.any() else -np.inf
     return ~stroma | (field > cut)
@@ -378,10 +433,17 @@ def write_spatial_cohort(
     for i in range(n_slides):
         sid = f"{name}_{i:04d}"
         label = i % 2
-        row: dict = {"slide_id": sid, "patient_id": f"P{name}_{i:04d}", "label": label,
-                     "fold": (i // 2) % n_folds}
+        row: dict = {
+            "slide_id": sid,
+            "patient_id": f"P{name}_{i:04d}",
+            "label": label,
+            "fold": (i // 2) % n_folds,
+        }
         if name == "S4":
-            frac, n_n = float(rng.uniform(0, 1)), int(rng.integers(side * side // 40, side * side // 8))
+            frac, n_n = (
+                float(rng.uniform(0, 1)),
+                int(rng.integers(side * side // 40, side * side // 8)),
+            )
             types = _s4(rng, side, frac, n_n)
             row["GENE_SPATIAL"] = contacts(types, side, T, I) + rng.normal(0, 1.0)
             row["GENE_COMPOSITION"] = float((types == N).sum()) + rng.normal(0, 1.0)
@@ -392,15 +454,30 @@ def write_spatial_cohort(
         if noise is None:
             emb = centres[types] + rng.normal(size=(len(types), dim)).astype(np.float32)
         else:
-            emb = (centres[types] + scale * slide_noise(rng, len(types), dim, noise)).astype(np.float32)
-        info = SlideInfo(source_uri=f"synthetic://{name}/{sid}", mpp=0.5, mpp_source="metadata",
-                         level_dimensions=((side * TILE, side * TILE),))
-        pending.append(store.write_slide(SlideKey(sid, encoder, CONFIG), info,
-                                         [tile_batch(x[keep], y[keep], emb, tile_size=TILE, read_mpp=0.5)]))
+            emb = (centres[types] + scale * slide_noise(rng, len(types), dim, noise)).astype(
+                np.float32
+            )
+        info = SlideInfo(
+            source_uri=f"synthetic://{name}/{sid}",
+            mpp=0.5,
+            mpp_source="metadata",
+            level_dimensions=((side * TILE, side * TILE),),
+        )
+        pending.append(
+            store.write_slide(
+                SlideKey(sid, encoder, CONFIG),
+                info,
+                [tile_batch(x[keep], y[keep], emb, tile_size=TILE, read_mpp=0.5)],
+            )
+        )
         types_of[sid] = types
         coords_of[sid] = coords[keep]
         rows.append(row)
     store.commit(pending)
     table = pd.DataFrame(rows)
-    task, targets = ("regression", ["GENE_SPATIAL", "GENE_COMPOSITION"]) if name == "S4" else ("binary", ["label"])
+    task, targets = (
+        ("regression", ["GENE_SPATIAL", "GENE_COMPOSITION"])
+        if name == "S4"
+        else ("binary", ["label"])
+    )
     return SpatialCohort(name, store_uri, encoder, table, types_of, coords_of, task, targets, meta)

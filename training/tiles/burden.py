@@ -37,8 +37,17 @@ from infra.errors import ConfigError
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
-__all__ = ["BURDEN_COLUMNS", "NUCLEI_ENCODER", "SLIDE_FEATURES", "BurdenConfig", "burden_table",
-           "compute_burden", "nuclei_counts", "tumour_burden", "write_table_file"]
+__all__ = [
+    "BURDEN_COLUMNS",
+    "NUCLEI_ENCODER",
+    "SLIDE_FEATURES",
+    "BurdenConfig",
+    "burden_table",
+    "compute_burden",
+    "nuclei_counts",
+    "tumour_burden",
+    "write_table_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +55,20 @@ SLIDE_FEATURES = "slide_features"
 NUCLEI_ENCODER = "handcrafted-he-v1"
 _DENSITY = "nuclei_density"
 _PER_PX = 1e4  # the encoder's density unit: nuclei per 10^4 pixels
-BURDEN_COLUMNS = ("predictions", "threshold", "nuclei_encoder", "n_tiles", "n_tumour_tiles",
-                  "tissue_area_mm2", "tumour_area_mm2", "tumour_fraction", "nuclei",
-                  "tumour_nuclei", "purity", "purity_soft")
+BURDEN_COLUMNS = (
+    "predictions",
+    "threshold",
+    "nuclei_encoder",
+    "n_tiles",
+    "n_tumour_tiles",
+    "tissue_area_mm2",
+    "tumour_area_mm2",
+    "tumour_fraction",
+    "nuclei",
+    "tumour_nuclei",
+    "purity",
+    "purity_soft",
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +82,11 @@ class BurdenConfig:
 
     def __post_init__(self) -> None:
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (
-                math.isfinite(t) and 0 < t < 1):
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, int | float)
+            or not (math.isfinite(t) and 0 < t < 1)
+        ):
             raise ConfigError(f"burden threshold must be in (0, 1), not {t!r}")
 
 
@@ -74,20 +97,27 @@ def nuclei_counts(embeddings: np.ndarray, tile_size: np.ndarray) -> np.ndarray:
     # The encoder names each of its dimensions (colour, stain, nuclei, texture).
     index = FEATURE_NAMES.index(_DENSITY)
     if embeddings.ndim != 2 or embeddings.shape[1] <= index:
-        raise ConfigError(f"nuclei counts need {NUCLEI_ENCODER} embeddings (64 values), got "
-                          f"shape {embeddings.shape}")
+        raise ConfigError(
+            f"nuclei counts need {NUCLEI_ENCODER} embeddings (64 values), got "
+            f"shape {embeddings.shape}"
+        )
     density = np.expm1(np.asarray(embeddings[:, index], np.float64))
     return np.maximum(density, 0.0) * np.asarray(tile_size, np.float64) ** 2 / _PER_PX
 
 
 def _frames(store: FeatureStore, slide_ids: Sequence[str]) -> dict[str, float | None]:
-    rows = store.slides(slide_ids=list(slide_ids), status="done",
-                        columns=["slide_id", "mpp"]).to_pylist()
+    rows = store.slides(
+        slide_ids=list(slide_ids), status="done", columns=["slide_id", "mpp"]
+    ).to_pylist()
     return {r["slide_id"]: r["mpp"] for r in reversed(rows)}
 
 
-def _geometry(store: FeatureStore, slide_ids: Sequence[str], mpp: dict[str, float | None],
-              nuclei_encoder: str | None) -> pd.DataFrame:
+def _geometry(
+    store: FeatureStore,
+    slide_ids: Sequence[str],
+    mpp: dict[str, float | None],
+    nuclei_encoder: str | None,
+) -> pd.DataFrame:
     """(slide_id, x, y, extent, tissue, nuclei) of the slides' tiles; the nuclei
     encoder's rows first, so its geometry wins where encoders share a tile."""
     from features.annotations.stored import tile_extent
@@ -99,8 +129,11 @@ def _geometry(store: FeatureStore, slide_ids: Sequence[str], mpp: dict[str, floa
     for encoder in order:
         counting = encoder == nuclei_encoder
         cols = ["slide_id", "x", "y", "tile_size", "read_mpp", "level", "tissue_fraction"]
-        t = store.tiles(encoder=encoder, slide_ids=list(slide_ids),
-                        columns=cols + (["embedding"] if counting else []))
+        t = store.tiles(
+            encoder=encoder,
+            slide_ids=list(slide_ids),
+            columns=cols + (["embedding"] if counting else []),
+        )
         if not t.num_rows:
             continue
         frame = pd.DataFrame({c: t.column(c).to_numpy(zero_copy_only=False) for c in cols})
@@ -108,11 +141,18 @@ def _geometry(store: FeatureStore, slide_ids: Sequence[str], mpp: dict[str, floa
         for sid, idx in frame.groupby("slide_id").indices.items():
             sub = frame.iloc[idx]
             frame.loc[frame.index[idx], "extent"] = tile_extent(
-                sub["tile_size"].to_numpy(), sub["read_mpp"].to_numpy(np.float64),
-                sub["level"].to_numpy(), mpp.get(sid), sid)
+                sub["tile_size"].to_numpy(),
+                sub["read_mpp"].to_numpy(np.float64),
+                sub["level"].to_numpy(),
+                mpp.get(sid),
+                sid,
+            )
         frame["tissue"] = frame["tissue_fraction"].astype(np.float64).fillna(1.0)
-        frame["nuclei"] = (nuclei_counts(embeddings_to_numpy(t.column("embedding")),
-                                         frame["tile_size"].to_numpy()) if counting else np.nan)
+        frame["nuclei"] = (
+            nuclei_counts(embeddings_to_numpy(t.column("embedding")), frame["tile_size"].to_numpy())
+            if counting
+            else np.nan
+        )
         parts.append(frame[["slide_id", "x", "y", "extent", "tissue", "nuclei"]])
     if not parts:
         return pd.DataFrame(columns=["slide_id", "x", "y", "extent", "tissue", "nuclei"])
@@ -131,65 +171,103 @@ def _slide_row(tiles: pd.DataFrame, mpp: float | None, config: BurdenConfig) -> 
     nuclei = tiles["nuclei"].to_numpy(np.float64)
     total = float(nuclei[counted].sum()) if counted.any() else math.nan
     in_tumour = float(nuclei[counted & tumour].sum()) if counted.any() else math.nan
-    soft = float((nuclei[counted] * tiles["value"].to_numpy()[counted]).sum()) \
-        if counted.any() else math.nan
-    return {"predictions": config.predictions, "threshold": float(config.threshold),
-            "nuclei_encoder": config.nuclei_encoder if counted.any() else None,
-            "n_tiles": len(tiles), "n_tumour_tiles": int(tumour.sum()),
-            "tissue_area_mm2": tissue_area if mpp else None,
-            "tumour_area_mm2": tumour_area if mpp else None,
-            "tumour_fraction": _ratio(tumour_area, tissue_area),
-            "nuclei": None if math.isnan(total) else total,
-            "tumour_nuclei": None if math.isnan(in_tumour) else in_tumour,
-            "purity": _ratio(in_tumour, total), "purity_soft": _ratio(soft, total)}
+    soft = (
+        float((nuclei[counted] * tiles["value"].to_numpy()[counted]).sum())
+        if counted.any()
+        else math.nan
+    )
+    return {
+        "predictions": config.predictions,
+        "threshold": float(config.threshold),
+        "nuclei_encoder": config.nuclei_encoder if counted.any() else None,
+        "n_tiles": len(tiles),
+        "n_tumour_tiles": int(tumour.sum()),
+        "tissue_area_mm2": tissue_area if mpp else None,
+        "tumour_area_mm2": tumour_area if mpp else None,
+        "tumour_fraction": _ratio(tumour_area, tissue_area),
+        "nuclei": None if math.isnan(total) else total,
+        "tumour_nuclei": None if math.isnan(in_tumour) else in_tumour,
+        "purity": _ratio(in_tumour, total),
+        "purity_soft": _ratio(soft, total),
+    }
 
 
-_SCHEMA = pa.schema([
-    pa.field("predictions", pa.string()), pa.field("threshold", pa.float64()),
-    pa.field("nuclei_encoder", pa.string()), pa.field("n_tiles", pa.int64()),
-    pa.field("n_tumour_tiles", pa.int64()),
-    *(pa.field(c, pa.float64()) for c in BURDEN_COLUMNS[5:])])
+_SCHEMA = pa.schema(
+    [
+        pa.field("predictions", pa.string()),
+        pa.field("threshold", pa.float64()),
+        pa.field("nuclei_encoder", pa.string()),
+        pa.field("n_tiles", pa.int64()),
+        pa.field("n_tumour_tiles", pa.int64()),
+        *(pa.field(c, pa.float64()) for c in BURDEN_COLUMNS[5:]),
+    ]
+)
 
 
-def compute_burden(store: FeatureStore, config: BurdenConfig, slide_ids: Sequence[str] | None = None
-                   ) -> pd.DataFrame:
+def compute_burden(
+    store: FeatureStore, config: BurdenConfig, slide_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per slide with predictions (module docstring); nothing is written."""
-    preds = store.derived("predictions", config.predictions, slide_ids=slide_ids,
-                          columns=["slide_id", "x", "y", "value"]).to_pandas()
+    preds = store.derived(
+        "predictions",
+        config.predictions,
+        slide_ids=slide_ids,
+        columns=["slide_id", "x", "y", "value"],
+    ).to_pandas()
     if preds.empty:
-        raise ConfigError(f"predictions/{config.predictions} has no rows"
-                          + (f" for slides {', '.join(slide_ids)}" if slide_ids else ""))
+        raise ConfigError(
+            f"predictions/{config.predictions} has no rows"
+            + (f" for slides {', '.join(slide_ids)}" if slide_ids else "")
+        )
     sids = sorted(preds["slide_id"].unique())
     mpp = _frames(store, sids)
     geometry = _geometry(store, sids, mpp, config.nuclei_encoder)
     joined = preds.merge(geometry, on=["slide_id", "x", "y"], how="left")
     lost = joined[joined["extent"].isna()]
     if len(lost):
-        raise ConfigError(f"predictions/{config.predictions} names {len(lost)} tile(s) of slide "
-                          f"{lost['slide_id'].iloc[0]!r} the store no longer has (re-ingested "
-                          "since?)")
-    rows = [{"slide_id": sid, **_slide_row(tiles, mpp.get(sid), config)}
-            for sid, tiles in joined.groupby("slide_id", sort=True)]
+        raise ConfigError(
+            f"predictions/{config.predictions} names {len(lost)} tile(s) of slide "
+            f"{lost['slide_id'].iloc[0]!r} the store no longer has (re-ingested "
+            "since?)"
+        )
+    rows = [
+        {"slide_id": sid, **_slide_row(tiles, mpp.get(sid), config)}
+        for sid, tiles in joined.groupby("slide_id", sort=True)
+    ]
     return pd.DataFrame(rows, columns=["slide_id", *BURDEN_COLUMNS])
 
 
-def tumour_burden(store: FeatureStore, config: BurdenConfig, *, slide_ids: Sequence[str] | None = None,
-                  name: str | None = None, write: bool = True) -> pd.DataFrame:
+def tumour_burden(
+    store: FeatureStore,
+    config: BurdenConfig,
+    *,
+    slide_ids: Sequence[str] | None = None,
+    name: str | None = None,
+    write: bool = True,
+) -> pd.DataFrame:
     """:func:`compute_burden`, stored as ``slide_features/<name>`` (default: the
     predictions' name) unless ``write`` is False."""
     frame = compute_burden(store, config, slide_ids)
     if write:
-        rows = {sid: pa.Table.from_pandas(part.drop(columns="slide_id"), schema=_SCHEMA,
-                                          preserve_index=False)
-                for sid, part in frame.groupby("slide_id", sort=True)}
+        rows = {
+            sid: pa.Table.from_pandas(
+                part.drop(columns="slide_id"), schema=_SCHEMA, preserve_index=False
+            )
+            for sid, part in frame.groupby("slide_id", sort=True)
+        }
         store.write_derived(SLIDE_FEATURES, name or config.predictions, rows)
-        log.info("tumour burden of %d slides into %s/%s", len(rows), SLIDE_FEATURES,
-                 name or config.predictions)
+        log.info(
+            "tumour burden of %d slides into %s/%s",
+            len(rows),
+            SLIDE_FEATURES,
+            name or config.predictions,
+        )
     return frame
 
 
-def burden_table(store: FeatureStore, name: str, slide_ids: Sequence[str] | None = None
-                 ) -> pd.DataFrame:
+def burden_table(
+    store: FeatureStore, name: str, slide_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
     """The stored burden rows as a labels table (``slide_id`` first), for ``cohort``,
     ``probe`` or ``store.sql(..., tables={"burden": ...})``."""
     table = store.derived(SLIDE_FEATURES, name, slide_ids=slide_ids)

@@ -28,13 +28,17 @@ def fit_head(kind: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, c: float
     if kind not in HEADS:
         raise ConfigError(f"tile head must be one of {', '.join(HEADS)}, not {kind!r}")
     if len(np.unique(y)) < 2:
-        raise ConfigError("a training fold has tiles of one class only; more slides or "
-                          "fewer folds")
+        raise ConfigError("a training fold has tiles of one class only; more slides or fewer folds")
     if kind == "linear":
         model = LogisticRegression(C=c, max_iter=2000)
     else:
-        model = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, early_stopping=True,
-                              max_iter=300, random_state=seed)
+        model = MLPClassifier(
+            hidden_layer_sizes=(64,),
+            alpha=1e-3,
+            early_stopping=True,
+            max_iter=300,
+            random_state=seed,
+        )
     return make_pipeline(StandardScaler(), model).fit(x, y)
 
 
@@ -49,8 +53,9 @@ def _grid_index(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
-def context_features(coords: np.ndarray, embeddings: np.ndarray, slide_ids: np.ndarray,
-                     hops: int) -> np.ndarray:
+def context_features(
+    coords: np.ndarray, embeddings: np.ndarray, slide_ids: np.ndarray, hops: int
+) -> np.ndarray:
     """``[own embedding, mean of neighbours within hops]`` per tile (neighbours on the
     slide's tile grid; a tile without any uses its own embedding)."""
     if hops < 1:
@@ -59,12 +64,12 @@ def context_features(coords: np.ndarray, embeddings: np.ndarray, slide_ids: np.n
     for sid in np.unique(slide_ids):
         idx = np.flatnonzero(slide_ids == sid)
         out[idx] = np.concatenate(
-            [embeddings[idx], _neighbour_mean(coords[idx], embeddings[idx], hops)], axis=1)
+            [embeddings[idx], _neighbour_mean(coords[idx], embeddings[idx], hops)], axis=1
+        )
     return out
 
 
-def _window_sums(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, hops: int
-                 ) -> np.ndarray:
+def _window_sums(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, hops: int) -> np.ndarray:
     """Sum of ``values`` over each tile's (2·hops+1)² window on the grid (integral image)."""
     h, w = int(rows.max()) + 1, int(cols.max()) + 1
     grid = np.zeros((h + 2 * hops + 1, w + 2 * hops + 1, values.shape[1]), np.float64)
@@ -74,15 +79,15 @@ def _window_sums(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, hops: i
     return integral[r1, c1] - integral[rows, c1] - integral[r1, cols] + integral[rows, cols]
 
 
-def _neighbour_mean(coords: np.ndarray, emb: np.ndarray, hops: int, chunk: int = 64
-                    ) -> np.ndarray:
+def _neighbour_mean(coords: np.ndarray, emb: np.ndarray, hops: int, chunk: int = 64) -> np.ndarray:
     """Mean embedding of the other tiles in each window; dims in chunks bound memory."""
     rows, cols = _grid_index(coords)
     count = _window_sums(rows, cols, np.ones((len(emb), 1)), hops)[:, 0] - 1.0
     out = np.empty_like(emb, dtype=np.float32)
     for start in range(0, emb.shape[1], chunk):
-        part = emb[:, start:start + chunk].astype(np.float64)
+        part = emb[:, start : start + chunk].astype(np.float64)
         sums = _window_sums(rows, cols, part, hops) - part
-        out[:, start:start + chunk] = np.where(count[:, None] > 0,
-                                               sums / np.maximum(count, 1)[:, None], part)
+        out[:, start : start + chunk] = np.where(
+            count[:, None] > 0, sums / np.maximum(count, 1)[:, None], part
+        )
     return out

@@ -17,8 +17,9 @@ import numpy as np
 __all__ = ["dense_grid", "dice_iou", "overlay_png", "tile_dice_iou"]
 
 
-def dice_iou(coords: np.ndarray, extent: np.ndarray, probs: np.ndarray, threshold: float,
-             truth: Any) -> dict[str, float]:
+def dice_iou(
+    coords: np.ndarray, extent: np.ndarray, probs: np.ndarray, threshold: float, truth: Any
+) -> dict[str, float]:
     """Area Dice and IoU of the thresholded tile map against ``truth`` (a geometry)."""
     import shapely
 
@@ -32,20 +33,27 @@ def dice_iou(coords: np.ndarray, extent: np.ndarray, probs: np.ndarray, threshol
     p, t = predicted.area, true.area
     dice = 1.0 if p + t == 0 else 2 * overlap / (p + t)
     union = p + t - overlap
-    return {"dice": float(dice), "iou": float(1.0 if union == 0 else overlap / union),
-            "predicted_area_px": float(p), "true_area_px": float(t)}
+    return {
+        "dice": float(dice),
+        "iou": float(1.0 if union == 0 else overlap / union),
+        "predicted_area_px": float(p),
+        "true_area_px": float(t),
+    }
 
 
 def tile_dice_iou(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """Dice and IoU counted in tiles (label = coverage ≥ threshold)."""
     tp = float(np.sum((labels == 1) & predicted))
     p, t = float(predicted.sum()), float(labels.sum())
-    return {"dice": 1.0 if p + t == 0 else 2 * tp / (p + t),
-            "iou": 1.0 if p + t - tp == 0 else tp / (p + t - tp)}
+    return {
+        "dice": 1.0 if p + t == 0 else 2 * tp / (p + t),
+        "iou": 1.0 if p + t - tp == 0 else tp / (p + t - tp),
+    }
 
 
-def dense_grid(coords: np.ndarray, values: np.ndarray, slide_size: tuple[int, int]
-               ) -> tuple[np.ndarray, int]:
+def dense_grid(
+    coords: np.ndarray, values: np.ndarray, slide_size: tuple[int, int]
+) -> tuple[np.ndarray, int]:
     """Values on the slide's tile grid from (0, 0) (NaN where no tile); returns the
     grid and its stride in level-0 pixels."""
     from features.store.arrays import grid_from_coords
@@ -63,14 +71,34 @@ def _scale_bar(ax: Any, width_mm: float) -> None:
 
     nice = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
     length = max([n for n in nice if n <= width_mm / 4] or [nice[0]])
-    ax.add_artist(AnchoredSizeBar(ax.transData, length, f"{length:g} mm", "lower left",
-                                  pad=0.4, sep=4, frameon=True, size_vertical=width_mm / 150,
-                                  color="black", fontproperties={"size": 8}))
+    ax.add_artist(
+        AnchoredSizeBar(
+            ax.transData,
+            length,
+            f"{length:g} mm",
+            "lower left",
+            pad=0.4,
+            sep=4,
+            frameon=True,
+            size_vertical=width_mm / 150,
+            color="black",
+            fontproperties={"size": 8},
+        )
+    )
 
 
-def overlay_png(path: str | Path, *, slide_id: str, coords: np.ndarray, probs: np.ndarray,
-                slide_size: tuple[int, int], mpp: float, truth: Any, label: str,
-                metrics: Mapping[str, float]) -> Path:
+def overlay_png(
+    path: str | Path,
+    *,
+    slide_id: str,
+    coords: np.ndarray,
+    probs: np.ndarray,
+    slide_size: tuple[int, int],
+    mpp: float,
+    truth: Any,
+    label: str,
+    metrics: Mapping[str, float],
+) -> Path:
     """Tile probabilities over the slide, the annotation outline, a legend and a scale bar."""
     from matplotlib.lines import Line2D
 
@@ -81,9 +109,14 @@ def overlay_png(path: str | Path, *, slide_id: str, coords: np.ndarray, probs: n
     width_mm, height_mm = slide_size[0] * mm, slide_size[1] * mm
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, max(3.0, 7.0 * slide_size[1] / max(slide_size[0], 1))))
-    shown = ax.imshow(np.ma.masked_invalid(grid), cmap="magma", vmin=0, vmax=1,
-                      extent=(0, grid.shape[1] * stride * mm, grid.shape[0] * stride * mm, 0),
-                      interpolation="nearest")
+    shown = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap="magma",
+        vmin=0,
+        vmax=1,
+        extent=(0, grid.shape[1] * stride * mm, grid.shape[0] * stride * mm, 0),
+        interpolation="nearest",
+    )
     import shapely
 
     if truth is not None and not truth.is_empty:
@@ -93,10 +126,17 @@ def overlay_png(path: str | Path, *, slide_id: str, coords: np.ndarray, probs: n
                 ax.plot(xs * mm, ys * mm, color="cyan", linewidth=1.2)
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(f"P({label})")
-    ax.legend(handles=[Line2D([0], [0], color="cyan", lw=1.5, label=f"annotation: {label}")],
-              loc="upper right", fontsize=8, framealpha=0.8)
+    ax.legend(
+        handles=[Line2D([0], [0], color="cyan", lw=1.5, label=f"annotation: {label}")],
+        loc="upper right",
+        fontsize=8,
+        framealpha=0.8,
+    )
     _scale_bar(ax, width_mm)
     ax.set(xlim=(0, width_mm), ylim=(height_mm, 0), xlabel="x (mm)", ylabel="y (mm)")
-    ax.set_title(f"{slide_id}: P({label}), Dice {metrics.get('dice', float('nan')):.3f}, "
-                 f"IoU {metrics.get('iou', float('nan')):.3f}", fontsize=10)
+    ax.set_title(
+        f"{slide_id}: P({label}), Dice {metrics.get('dice', float('nan')):.3f}, "
+        f"IoU {metrics.get('iou', float('nan')):.3f}",
+        fontsize=10,
+    )
     return save_figure(fig, path)

@@ -29,8 +29,14 @@ from training.tiles.heads import HEADS, context_features, fit_head, predict_prob
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
-__all__ = ["TileClassifierConfig", "TileResult", "cross_validated_probs",
-           "run_tile_classifier", "slide_metrics", "write_predictions"]
+__all__ = [
+    "TileClassifierConfig",
+    "TileResult",
+    "cross_validated_probs",
+    "run_tile_classifier",
+    "slide_metrics",
+    "write_predictions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +90,19 @@ class TileResult:
         return float(np.mean([s["dice"] for s in self.per_slide]))
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "config": asdict(self.config),
-                "config_hash": self.config.config_hash(), "n_tiles": len(self.data),
-                "n_positive": int(self.data.labels.sum()), "n_slides": len(self.per_slide),
-                "metrics": self.metrics, "dice_mean": self.dice,
-                "iou_mean": float(np.mean([s["iou"] for s in self.per_slide])),
-                "per_slide": self.per_slide, "outputs": self.outputs}
+        return {
+            "name": self.name,
+            "config": asdict(self.config),
+            "config_hash": self.config.config_hash(),
+            "n_tiles": len(self.data),
+            "n_positive": int(self.data.labels.sum()),
+            "n_slides": len(self.per_slide),
+            "metrics": self.metrics,
+            "dice_mean": self.dice,
+            "iou_mean": float(np.mean([s["iou"] for s in self.per_slide])),
+            "per_slide": self.per_slide,
+            "outputs": self.outputs,
+        }
 
 
 def _features(data: TileData, config: TileClassifierConfig) -> np.ndarray:
@@ -130,30 +143,45 @@ def _truth(store: FeatureStore, slide_id: str, task: TileTask) -> Any:
     return load_annotations(store, slide_id, task.annotations).by_class().get(task.positive)
 
 
-def slide_metrics(store: FeatureStore, data: TileData, probs: np.ndarray, config: TileClassifierConfig
-                  ) -> list[dict[str, Any]]:
+def slide_metrics(
+    store: FeatureStore, data: TileData, probs: np.ndarray, config: TileClassifierConfig
+) -> list[dict[str, Any]]:
     from training.tiles.maps import dice_iou, tile_dice_iou
 
     out = []
     for sid in data.slides():
         idx = data.slide_id == sid
-        area = dice_iou(data.coords[idx], data.extent[idx], probs[idx], config.map_threshold,
-                        _truth(store, sid, config.task))
+        area = dice_iou(
+            data.coords[idx],
+            data.extent[idx],
+            probs[idx],
+            config.map_threshold,
+            _truth(store, sid, config.task),
+        )
         tiles = tile_dice_iou(data.labels[idx], probs[idx] >= config.map_threshold)
-        out.append({"slide_id": sid, **area, "tile_dice": tiles["dice"],
-                    "tile_iou": tiles["iou"], "n_tiles": int(idx.sum()),
-                    "n_positive": int(data.labels[idx].sum())})
+        out.append(
+            {
+                "slide_id": sid,
+                **area,
+                "tile_dice": tiles["dice"],
+                "tile_iou": tiles["iou"],
+                "n_tiles": int(idx.sum()),
+                "n_positive": int(data.labels[idx].sum()),
+            }
+        )
     return out
 
 
-def _metrics(data: TileData, probs: np.ndarray, config: TileClassifierConfig
-             ) -> dict[str, dict[str, float]]:
+def _metrics(
+    data: TileData, probs: np.ndarray, config: TileClassifierConfig
+) -> dict[str, dict[str, float]]:
     from training.probe.metrics import auroc, average_precision, patient_bootstrap
 
     out = {}
     for name, metric in (("auroc", auroc), ("auprc", average_precision)):
-        lo, hi = patient_bootstrap(data.labels, probs, data.patient_id, metric,
-                                   n_boot=config.n_boot, seed=config.seed)
+        lo, hi = patient_bootstrap(
+            data.labels, probs, data.patient_id, metric, n_boot=config.n_boot, seed=config.seed
+        )
         out[name] = {"value": float(metric(data.labels, probs)), "ci_low": lo, "ci_high": hi}
     return out
 
@@ -166,15 +194,21 @@ def write_predictions(store: FeatureStore, result: TileResult) -> str:
     rows = {}
     for sid in data.slides():
         idx = data.slide_id == sid
-        rows[sid] = pa.table({"x": pa.array(data.coords[idx, 0], pa.int64()),
-                              "y": pa.array(data.coords[idx, 1], pa.int64()),
-                              "value": pa.array(result.probs[idx], pa.float32())})
+        rows[sid] = pa.table(
+            {
+                "x": pa.array(data.coords[idx, 0], pa.int64()),
+                "y": pa.array(data.coords[idx, 1], pa.int64()),
+                "value": pa.array(result.probs[idx], pa.float32()),
+            }
+        )
     store.write_derived("predictions", result.name, rows)
     result.outputs["predictions"] = f"predictions/{result.name}"
     return result.outputs["predictions"]
 
 
-def _write_maps(store: FeatureStore, result: TileResult, out_dir: Path | None, max_pngs: int) -> None:
+def _write_maps(
+    store: FeatureStore, result: TileResult, out_dir: Path | None, max_pngs: int
+) -> None:
     from features.annotations.stored import slide_frame
     from training.tiles.maps import dense_grid, overlay_png
 
@@ -190,27 +224,48 @@ def _write_maps(store: FeatureStore, result: TileResult, out_dir: Path | None, m
         grid, stride = dense_grid(coords, probs, frame.size)
         store.arrays(sid).write_heatmap(name, grid, mpp=stride * frame.mpp)
         if out_dir is not None and i < max_pngs:
-            path = overlay_png(out_dir / f"{sid}.png", slide_id=sid, coords=coords, probs=probs,
-                               slide_size=frame.size, mpp=frame.mpp,
-                               truth=_truth(store, sid, result.config.task),
-                               label=result.config.task.positive, metrics=by_slide[sid])
+            path = overlay_png(
+                out_dir / f"{sid}.png",
+                slide_id=sid,
+                coords=coords,
+                probs=probs,
+                slide_size=frame.size,
+                mpp=frame.mpp,
+                truth=_truth(store, sid, result.config.task),
+                label=result.config.task.positive,
+                metrics=by_slide[sid],
+            )
             result.outputs[f"png:{sid}"] = str(path)
 
 
-def run_tile_classifier(store: FeatureStore, config: TileClassifierConfig, *,
-                        slide_ids: list[str] | None = None, out_dir: str | Path | None = None,
-                        name: str | None = None, write: bool = True, max_pngs: int = 8
-                        ) -> TileResult:
+def run_tile_classifier(
+    store: FeatureStore,
+    config: TileClassifierConfig,
+    *,
+    slide_ids: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    write: bool = True,
+    max_pngs: int = 8,
+) -> TileResult:
     """Fit and evaluate a tile head (module docstring); ``write=False`` stores nothing."""
     from infra.files import atomic_write_json
 
     data = load_tiles(store, config.task, slide_ids)
     if len(np.unique(data.labels)) < 2:
-        raise ConfigError(f"every tile has the same label for {config.task.positive!r} at "
-                          f"coverage >= {config.task.threshold}")
+        raise ConfigError(
+            f"every tile has the same label for {config.task.positive!r} at "
+            f"coverage >= {config.task.threshold}"
+        )
     probs = cross_validated_probs(data, config)
-    result = TileResult(config, name or config.default_name(), _metrics(data, probs, config),
-                        slide_metrics(store, data, probs, config), probs, data)
+    result = TileResult(
+        config,
+        name or config.default_name(),
+        _metrics(data, probs, config),
+        slide_metrics(store, data, probs, config),
+        probs,
+        data,
+    )
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -218,8 +273,14 @@ def run_tile_classifier(store: FeatureStore, config: TileClassifierConfig, *,
         _write_maps(store, result, folder, max_pngs)
     if folder is not None:
         result.outputs["metrics"] = str(folder / "metrics.json")
-        atomic_write_json(folder / "metrics.json", json.loads(json.dumps(
-            result.summary(), default=str)))
-    log.info("tile classifier %s: AUROC %.3f, Dice %.3f over %d slides", result.name,
-             result.metrics["auroc"]["value"], result.dice, len(result.per_slide))
+        atomic_write_json(
+            folder / "metrics.json", json.loads(json.dumps(result.summary(), default=str))
+        )
+    log.info(
+        "tile classifier %s: AUROC %.3f, Dice %.3f over %d slides",
+        result.name,
+        result.metrics["auroc"]["value"],
+        result.dice,
+        len(result.per_slide),
+    )
     return result

@@ -23,8 +23,14 @@ import numpy as np
 from features.annotations import Annotation, AnnotationSet, store_annotations
 from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 
-__all__ = ["TILE", "BurdenCohort", "TileCohort", "make_burden_cohort", "make_tile_cohort",
-           "tumour_polygon"]
+__all__ = [
+    "TILE",
+    "BurdenCohort",
+    "TileCohort",
+    "make_burden_cohort",
+    "make_tile_cohort",
+    "tumour_polygon",
+]
 
 TILE = 256
 MPP = 0.5
@@ -40,23 +46,25 @@ class TileCohort:
     separation: float
 
 
-def tumour_polygon(rng: np.random.Generator, side_px: float, radius: float | None = None
-                   ) -> Any:
+def tumour_polygon(rng: np.random.Generator, side_px: float, radius: float | None = None) -> Any:
     """An irregular star-shaped region inside a ``side_px`` square (mean ``radius`` in
     px; default 15-28 % of the side)."""
     from shapely.geometry import Polygon
 
     theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
     radius = side_px * rng.uniform(0.15, 0.28) if radius is None else radius
-    wobble = sum(rng.uniform(0.03, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-                 for k in (2, 3, 5, 7))
+    wobble = sum(
+        rng.uniform(0.03, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        for k in (2, 3, 5, 7)
+    )
     cx, cy = rng.uniform(0.3, 0.7, size=2) * side_px
     r = radius * (1 + wobble)
     return Polygon(np.column_stack([cx + r * np.cos(theta), cy + r * np.sin(theta)]))
 
 
-def _slide(rng: np.random.Generator, side: int, dim: int, separation: float,
-           direction: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+def _slide(
+    rng: np.random.Generator, side: int, dim: int, separation: float, direction: np.ndarray
+) -> tuple[Any, Any, np.ndarray]:
     import shapely
 
     from features.annotations.coverage import class_coverage, tile_boxes
@@ -72,8 +80,15 @@ def _slide(rng: np.random.Generator, side: int, dim: int, separation: float,
     return truth, batch, cover
 
 
-def make_tile_cohort(root: str, *, n_slides: int = 8, side: int = 24, dim: int = 16,
-                     separation: float = 6.0, seed: int = 0) -> TileCohort:
+def make_tile_cohort(
+    root: str,
+    *,
+    n_slides: int = 8,
+    side: int = 24,
+    dim: int = 16,
+    separation: float = 6.0,
+    seed: int = 0,
+) -> TileCohort:
     """A store at ``root`` with ``n_slides`` slides (one patient each) and their
     tumour annotations imported as set ``default``."""
     rng = np.random.default_rng(seed)
@@ -84,8 +99,13 @@ def make_tile_cohort(root: str, *, n_slides: int = 8, side: int = 24, dim: int =
     for i in range(n_slides):
         sid = f"T{seed:02d}-{i:03d}"
         geometry, batch, _ = _slide(rng, side, dim, separation, direction)
-        info = SlideInfo(source_uri=f"synthetic://tiles/{sid}", mpp=MPP, mpp_source="metadata",
-                         level_dimensions=((side * TILE, side * TILE),), patient_id=f"P{sid}")
+        info = SlideInfo(
+            source_uri=f"synthetic://tiles/{sid}",
+            mpp=MPP,
+            mpp_source="metadata",
+            level_dimensions=((side * TILE, side * TILE),),
+            patient_id=f"P{sid}",
+        )
         pending.append(store.write_slide(SlideKey(sid, ENCODER, "tiles1"), info, [batch]))
         truth[sid] = geometry
     store.commit(pending)
@@ -109,22 +129,26 @@ class BurdenCohort:
     fraction: dict[str, float]  # slide -> tumour area / slide (all tissue) area
 
 
-def _nuclei_embeddings(rng: np.random.Generator, cover: np.ndarray, separation: float,
-                       direction: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _nuclei_embeddings(
+    rng: np.random.Generator, cover: np.ndarray, separation: float, direction: np.ndarray
+) -> tuple[np.ndarray, float, float]:
     """handcrafted-he-v1-shaped embeddings carrying planted nuclei; (emb, tumour, all)."""
     from features.encoders.handcrafted import FEATURE_NAMES
 
     tumour = rng.poisson(TUMOUR_NUCLEI * cover)
     other = rng.poisson(OTHER_NUCLEI * (1 - cover))
-    emb = rng.normal(size=(len(cover), len(FEATURE_NAMES))) \
+    emb = (
+        rng.normal(size=(len(cover), len(FEATURE_NAMES)))
         + separation * cover[:, None] * direction[None, :]
+    )
     emb[:, FEATURE_NAMES.index("tissue_fraction")] = 1.0
     emb[:, FEATURE_NAMES.index("nuclei_density")] = np.log1p((tumour + other) / TILE**2 * 1e4)
     return emb.astype(np.float32), float(tumour.sum()), float((tumour + other).sum())
 
 
-def make_burden_cohort(root: str, *, n_slides: int = 40, side: int = 10, separation: float = 4.0,
-                       seed: int = 0) -> BurdenCohort:
+def make_burden_cohort(
+    root: str, *, n_slides: int = 40, side: int = 10, separation: float = 4.0, seed: int = 0
+) -> BurdenCohort:
     """A store at ``root`` of ``n_slides`` slides (one patient each) whose tumour covers
     3-60 % of the slide, as ``handcrafted-he-v1`` tiles, with tumour annotations (set
     ``default``) and the planted purity and tumour fraction of every slide."""
@@ -149,11 +173,17 @@ def make_burden_cohort(root: str, *, n_slides: int = 40, side: int = 10, separat
         truth = shape.intersection(shapely.box(0, 0, extent, extent))
         cover = class_coverage(tile_boxes(x, y, TILE), truth)
         emb, tumour, total = _nuclei_embeddings(rng, cover, separation, direction)
-        info = SlideInfo(source_uri=f"synthetic://burden/{sid}", mpp=MPP, mpp_source="metadata",
-                         level_dimensions=((extent, extent),), patient_id=f"P{sid}")
+        info = SlideInfo(
+            source_uri=f"synthetic://burden/{sid}",
+            mpp=MPP,
+            mpp_source="metadata",
+            level_dimensions=((extent, extent),),
+            patient_id=f"P{sid}",
+        )
         batch = tile_batch(x, y, emb, tile_size=TILE, read_mpp=MPP, tissue_fraction=1.0)
-        pending.append(store.write_slide(SlideKey(sid, HANDCRAFTED_VERSION, "burden1"), info,
-                                         [batch]))
+        pending.append(
+            store.write_slide(SlideKey(sid, HANDCRAFTED_VERSION, "burden1"), info, [batch])
+        )
         cohort.slide_ids.append(sid)
         cohort.truth[sid] = truth
         cohort.purity[sid] = tumour / total

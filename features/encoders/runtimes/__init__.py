@@ -67,10 +67,18 @@ def cache_root() -> Path:
     return root()
 
 
-def prepare(runtime: str, module: nn.Module, spec: Any, *, device: str,
-            normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            dtype: str = "float32", threads: int = 1, batch_size: int = 64,
-            weights_sha256: str | None = None) -> Prepared:
+def prepare(
+    runtime: str,
+    module: nn.Module,
+    spec: Any,
+    *,
+    device: str,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: str = "float32",
+    threads: int = 1,
+    batch_size: int = 64,
+    weights_sha256: str | None = None,
+) -> Prepared:
     """A runner for ``module`` (an encoder's pooled, eval-mode module) under ``runtime``;
     ``normalize`` is the encoder's preprocessing (uint8 tiles -> the module's input), used
     to make the fixed batch exports are checked and timed on (needed on CPU unless
@@ -84,8 +92,9 @@ def prepare(runtime: str, module: nn.Module, spec: Any, *, device: str,
         if runtime != "torch":
             raise ConfigError(f"runtime {runtime!r} needs the encoder's preprocessing (normalize=)")
         return torch_prepared(Context(module, spec, "", dtype, 1, lambda t: t), runtime)
-    ctx = Context(module, spec, weights_sha256 or _state_hash(module), dtype, max(1, threads),
-                  normalize)
+    ctx = Context(
+        module, spec, weights_sha256 or _state_hash(module), dtype, max(1, threads), normalize
+    )
     if runtime == "auto":
         from features.encoders.runtimes._auto import prepare_auto
 
@@ -98,8 +107,11 @@ def _prepare_gpu(runtime: str, module: nn.Module) -> Prepared:
 
     from features.encoders.runtimes._prepare import Prepared
 
-    info: dict[str, Any] = {"runtime": "torch", "runtime_requested": runtime,
-                            "runtime_version": torch.__version__}
+    info: dict[str, Any] = {
+        "runtime": "torch",
+        "runtime_requested": runtime,
+        "runtime_version": torch.__version__,
+    }
     if runtime == "compile":
         info["runtime"] = "compile"
         return Prepared("compile", torch.compile(module), True, info)
@@ -118,5 +130,7 @@ def _state_hash(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+        )
     return "state-" + digest.hexdigest()

@@ -41,16 +41,28 @@ _ROUNDS = 3
 
 
 def prepare_auto(ctx: Context, batch_size: int) -> Prepared:
-    available = {name: v for name in CANDIDATES
-                 if (v := _backends.runtime_version(name))
-                 and not (name == "onnxruntime" and ctx.dtype == "bfloat16")}
+    available = {
+        name: v
+        for name in CANDIDATES
+        if (v := _backends.runtime_version(name))
+        and not (name == "onnxruntime" and ctx.dtype == "bfloat16")
+    }
     if not available:  # nothing to measure: no export, nothing written
         return torch_prepared(ctx, "auto")
     n = max(1, min(batch_size, _TILES))
-    key = _cache.cache_key("choice", {
-        "weights": ctx.weights_id, "spec": ctx.spec.fingerprint(), "dtype": ctx.dtype,
-        "threads": ctx.threads, "tiles": n, "cpu": _cpu_id(), "torch": torch.__version__,
-        "runtimes": available})
+    key = _cache.cache_key(
+        "choice",
+        {
+            "weights": ctx.weights_id,
+            "spec": ctx.spec.fingerprint(),
+            "dtype": ctx.dtype,
+            "threads": ctx.threads,
+            "tiles": n,
+            "cpu": _cpu_id(),
+            "torch": torch.__version__,
+            "runtimes": available,
+        },
+    )
     try:
         with _cache.locked(key) as root:
             path = root / "choices" / f"{key}.json"
@@ -63,16 +75,20 @@ def prepare_auto(ctx: Context, batch_size: int) -> Prepared:
         log.warning("encoder runtime auto: the runtime cache is unusable (%s); eager PyTorch", exc)
         return torch_prepared(ctx, "auto", f"runtime cache unusable: {exc}")
     winner = choice["runtime"]
-    prepared = built.get(winner) or (torch_prepared(ctx, "auto") if winner == "torch"
-                                     else prepare_explicit(winner, ctx, requested="auto"))
+    prepared = built.get(winner) or (
+        torch_prepared(ctx, "auto")
+        if winner == "torch"
+        else prepare_explicit(winner, ctx, requested="auto")
+    )
     prepared.info["runtime_requested"] = "auto"
     prepared.info["runtime_choice"] = choice["measured"]
     log.info("encoder runtime auto: %s (%s)", prepared.runtime, _summary(choice["measured"]))
     return prepared
 
 
-def _measure(ctx: Context, available: dict[str, str], n: int
-             ) -> tuple[dict[str, Any], dict[str, Prepared]]:
+def _measure(
+    ctx: Context, available: dict[str, str], n: int
+) -> tuple[dict[str, Any], dict[str, Prepared]]:
     x = ctx.check_input(n, seed=1)
     ref = eager(ctx, x)
     built = {"torch": torch_prepared(ctx, "auto")}
@@ -105,8 +121,10 @@ def _call(prepared: Prepared, x: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def _summary(measured: dict[str, dict[str, Any]]) -> str:
-    return ", ".join(f"{name} {m['tiles_per_s']} tiles/s" if "tiles_per_s" in m else f"{name} excluded"
-                     for name, m in measured.items())
+    return ", ".join(
+        f"{name} {m['tiles_per_s']} tiles/s" if "tiles_per_s" in m else f"{name} excluded"
+        for name, m in measured.items()
+    )
 
 
 def _cpu_id() -> str:

@@ -22,16 +22,28 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PACKAGES", "Runner", "compile_runner", "export_onnx", "export_openvino",
-           "onnxruntime_runner", "openvino_runner", "runtime_version"]
+__all__ = [
+    "PACKAGES",
+    "Runner",
+    "compile_runner",
+    "export_onnx",
+    "export_openvino",
+    "onnxruntime_runner",
+    "openvino_runner",
+    "runtime_version",
+]
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 #: the distribution each runtime needs (the ``runtimes`` extra in pyproject.toml)
-PACKAGES = {"torch": "torch", "compile": "torch", "openvino": "openvino",
-            "onnxruntime": "onnxruntime"}
+PACKAGES = {
+    "torch": "torch",
+    "compile": "torch",
+    "openvino": "openvino",
+    "onnxruntime": "onnxruntime",
+}
 
 
 def runtime_version(runtime: str) -> str | None:
@@ -64,9 +76,16 @@ def _quiet_export() -> Iterator[None]:
 # ---- ONNX Runtime ---------------------------------------------------------------------------
 def export_onnx(module: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, Any]:
     with _quiet_export(), torch.no_grad():
-        torch.onnx.export(module, (example,), str(folder / "model.onnx"), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(folder / "model.onnx"),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return {"file": "model.onnx"}
 
 
@@ -79,8 +98,9 @@ def onnxruntime_runner(folder: Path, threads: int) -> Runner:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle worker threads would otherwise spin between batches, taking CPU from the reads.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(folder / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": _host(x)})[0])
@@ -94,8 +114,9 @@ def export_openvino(module: nn.Module, example: torch.Tensor, folder: Path) -> d
 
     size = list(example.shape[1:])
     with _quiet_export(), torch.no_grad():
-        model = ov.convert_model(module, example_input=example,
-                                 input=[ov.PartialShape([-1, *size])])
+        model = ov.convert_model(
+            module, example_input=example, input=[ov.PartialShape([-1, *size])]
+        )
     # compress_to_fp16 defaults to True: float16 weights would cost the float32 numerics.
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
     return {"file": "model.xml"}

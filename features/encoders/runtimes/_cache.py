@@ -56,7 +56,9 @@ def locked(key: str) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def artifact(key: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any], bool]:
+def artifact(
+    key: str, build: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, dict[str, Any], bool]:
     """The folder holding ``key``'s artifact, its ``meta.json``, and whether it was built now.
 
     ``build(folder)`` writes the artifact into an empty folder and returns its metadata;

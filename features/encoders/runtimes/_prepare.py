@@ -21,8 +21,16 @@ from torch import nn
 
 from features.encoders.runtimes import _backends, _cache
 
-__all__ = ["BF16_MIN_COSINE", "FP32_MAX_ABS", "Context", "Prepared", "agrees", "check_batch",
-           "compare", "prepare_explicit"]
+__all__ = [
+    "BF16_MIN_COSINE",
+    "FP32_MAX_ABS",
+    "Context",
+    "Prepared",
+    "agrees",
+    "check_batch",
+    "compare",
+    "prepare_explicit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +68,9 @@ class Context:
         return check_batch(self.spec, self.normalize, n, seed)
 
 
-def check_batch(spec: Any, normalize: Callable[[torch.Tensor], torch.Tensor], n: int = 2,
-                seed: int = 0) -> torch.Tensor:
+def check_batch(
+    spec: Any, normalize: Callable[[torch.Tensor], torch.Tensor], n: int = 2, seed: int = 0
+) -> torch.Tensor:
     """A fixed, normalized batch: the same numbers for every check of this spec."""
     size = spec.input_size
     tiles = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), np.uint8)
@@ -91,7 +100,11 @@ def eager(ctx: Context, x: torch.Tensor) -> np.ndarray:
 
 
 def torch_prepared(ctx: Context, requested: str, fallback: str | None = None) -> Prepared:
-    info = {"runtime": "torch", "runtime_requested": requested, "runtime_version": torch.__version__}
+    info = {
+        "runtime": "torch",
+        "runtime_requested": requested,
+        "runtime_version": torch.__version__,
+    }
     if fallback:
         info["runtime_fallback"] = fallback
     return Prepared("torch", ctx.module, True, info)
@@ -109,12 +122,19 @@ def prepare_explicit(runtime: str, ctx: Context, requested: str | None = None) -
     try:
         prepared = _build(runtime, version, ctx)
     except Exception as exc:  # exporters raise anything; falling back to eager is the contract
-        return _fallback(ctx, requested, f"{runtime} could not run this model: "
-                                         f"{type(exc).__name__}: {str(exc)[:300]}")
+        return _fallback(
+            ctx,
+            requested,
+            f"{runtime} could not run this model: {type(exc).__name__}: {str(exc)[:300]}",
+        )
     check = prepared.info["runtime_check"]
     if not agrees(check, ctx.dtype):
-        return _fallback(ctx, requested, f"{runtime} disagrees with eager PyTorch "
-                                         f"(max abs {check['max_abs']:.2e}, cosine {check['min_cosine']:.6f})")
+        return _fallback(
+            ctx,
+            requested,
+            f"{runtime} disagrees with eager PyTorch "
+            f"(max abs {check['max_abs']:.2e}, cosine {check['min_cosine']:.6f})",
+        )
     prepared.info["runtime_requested"] = requested
     return prepared
 
@@ -131,9 +151,17 @@ def _build(runtime: str, version: str, ctx: Context) -> Prepared:
         raise ValueError("onnxruntime runs float32 only on CPU; bf16 needs openvino or torch")
     export = _backends.export_openvino if runtime == "openvino" else _backends.export_onnx
     example = ctx.check_input()
-    key = _cache.cache_key(runtime, {
-        "weights": ctx.weights_id, "spec": ctx.spec.fingerprint(), "runtime_version": version,
-        "torch": torch.__version__, "dtype": ctx.dtype, "input": [None, *example.shape[1:]]})
+    key = _cache.cache_key(
+        runtime,
+        {
+            "weights": ctx.weights_id,
+            "spec": ctx.spec.fingerprint(),
+            "runtime_version": version,
+            "torch": torch.__version__,
+            "dtype": ctx.dtype,
+            "input": [None, *example.shape[1:]],
+        },
+    )
     started = time.perf_counter()
     loaded: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
@@ -144,9 +172,13 @@ def _build(runtime: str, version: str, ctx: Context) -> Prepared:
 
     folder, meta, built = _cache.artifact(key, build)
     run = loaded.get("run") or _load(runtime, folder, ctx)
-    info = {"runtime": runtime, "runtime_version": version, "runtime_check": meta["runtime_check"],
-            "runtime_cache": "built" if built else "hit",
-            "runtime_load_s": round(time.perf_counter() - started, 3)}
+    info = {
+        "runtime": runtime,
+        "runtime_version": version,
+        "runtime_check": meta["runtime_check"],
+        "runtime_cache": "built" if built else "hit",
+        "runtime_load_s": round(time.perf_counter() - started, 3),
+    }
     return Prepared(runtime, run, False, info)
 
 
@@ -164,7 +196,10 @@ def _compiled(version: str, ctx: Context) -> Prepared:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=ctx.dtype == "bfloat16")
     with torch.inference_mode(), autocast:
         out = run(example).float().numpy()
-    info = {"runtime": "compile", "runtime_version": version,
-            "runtime_check": compare(out, eager(ctx, example)),
-            "runtime_load_s": round(time.perf_counter() - started, 3)}
+    info = {
+        "runtime": "compile",
+        "runtime_version": version,
+        "runtime_check": compare(out, eager(ctx, example)),
+        "runtime_load_s": round(time.perf_counter() - started, 3),
+    }
     return Prepared("compile", run, True, info)

@@ -17,7 +17,8 @@ from ingest.pipeline.engines.inprocess import InProcessEngine
 __all__ = ["ENGINES", "Engine", "RunContext", "engine"]
 
 ENGINES: dict[str, type[Engine]] = {
-    e.name: e for e in (FusedEngine, DeviceEngine, DatasetEngine, InProcessEngine)}
+    e.name: e for e in (FusedEngine, DeviceEngine, DatasetEngine, InProcessEngine)
+}
 
 
 def engine(name: str) -> Engine:

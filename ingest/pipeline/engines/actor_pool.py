@@ -66,14 +66,22 @@ class ActorPool:
     grows as they join, and no slide waits on an actor whose node may never come.
     """
 
-    def __init__(self, stage: type, n_actors: int, resources: Mapping[str, float],
-                 constructor: Mapping[str, Any],
-                 before_fill: Callable[[deque], None] = lambda queue: None) -> None:
+    def __init__(
+        self,
+        stage: type,
+        n_actors: int,
+        resources: Mapping[str, float],
+        constructor: Mapping[str, Any],
+        before_fill: Callable[[deque], None] = lambda queue: None,
+    ) -> None:
         import ray
 
-        remote: Any = ray.remote(stage).options(num_cpus=resources.get("num_cpus", 1.0),
-                                           num_gpus=resources.get("num_gpus", 0.0),
-                                           max_restarts=-1, max_task_retries=0)
+        remote: Any = ray.remote(stage).options(
+            num_cpus=resources.get("num_cpus", 1.0),
+            num_gpus=resources.get("num_gpus", 0.0),
+            max_restarts=-1,
+            max_task_retries=0,
+        )
         self._actors = [_Actor(remote.remote(**constructor)) for _ in range(n_actors)]
         if resources.get("num_gpus", 0.0) > 0:  # the gate of an actor Ray is restarting
             now = time.monotonic()
@@ -83,8 +91,12 @@ class ActorPool:
         self._requeues: dict[str, int] = {}
         self._before_fill = before_fill
 
-    def run(self, items: list[dict[str, Any]], on_row: Callable[[Mapping[str, Any]], None],
-            on_tick: Callable[[], None] = lambda: None) -> None:
+    def run(
+        self,
+        items: list[dict[str, Any]],
+        on_row: Callable[[Mapping[str, Any]], None],
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
         """Process every item; ``on_row`` gets each post-write row, ``on_tick`` runs at
         least once a second (a live progress display)."""
         import ray
@@ -121,8 +133,13 @@ class ActorPool:
                 generator = actor.handle.run.options(num_returns="streaming").remote(item)
                 actor.calls.append((generator, item))
 
-    def _advance(self, actor: _Actor, call: tuple[Any, dict[str, Any]], queue: deque,
-                 on_row: Callable[[Mapping[str, Any]], None]) -> None:
+    def _advance(
+        self,
+        actor: _Actor,
+        call: tuple[Any, dict[str, Any]],
+        queue: deque,
+        on_row: Callable[[Mapping[str, Any]], None],
+    ) -> None:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -146,8 +163,10 @@ class ActorPool:
             sid = item["slide_id"]
             self._requeues[sid] = self._requeues.get(sid, 0) + 1
             if self._requeues[sid] > _MAX_REQUEUES:
-                raise RuntimeError(f"slide {sid} was requeued {_MAX_REQUEUES} times after worker "
-                                   "deaths; the worker pool cannot run") from exc
+                raise RuntimeError(
+                    f"slide {sid} was requeued {_MAX_REQUEUES} times after worker "
+                    "deaths; the worker pool cannot run"
+                ) from exc
         log.warning("a worker died (%s); %d slide(s) requeued", type(exc).__name__, len(calls))
         queue.extendleft(reversed([item for _, item in calls]))
         # Calls sent while Ray restarts the actor fail at once, so it gets no slides until
@@ -167,8 +186,11 @@ class ActorPool:
             actor.retry_at = time.monotonic() + _PROBE_EVERY_S
             return
         actor.restarting = False
-        log.info("a worker answers; %d of %d take slides", sum(not a.restarting for a in self._actors),
-                 len(self._actors))
+        log.info(
+            "a worker answers; %d of %d take slides",
+            sum(not a.restarting for a in self._actors),
+            len(self._actors),
+        )
 
     def _reprobe(self) -> None:
         now = time.monotonic()
@@ -178,5 +200,7 @@ class ActorPool:
         if all(a.restarting for a in self._actors):
             since = min(now - a.died_at for a in self._actors)
             if since > _RESTART_WAIT_S:
-                raise RuntimeError(f"no worker of the pool has answered for {since:.0f} s; "
-                                   "the cluster cannot run its actors")
+                raise RuntimeError(
+                    f"no worker of the pool has answered for {since:.0f} s; "
+                    "the cluster cannot run its actors"
+                )

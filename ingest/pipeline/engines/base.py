@@ -75,6 +75,11 @@ class Engine(ABC):
 
 def write_kwargs(location: StoreLocation, config: IngestConfig, config_hash: str) -> dict[str, Any]:
     """The write stage's arguments (:func:`ingest.pipeline.write_stage.write_batches`)."""
-    return {"store": location, "encoder": config.encoder_id, "config_hash": config_hash,
-            "dtype": config.embedding_dtype, "tile_size": config.tiling.tile_size,
-            "read_mpp": config.tiling.target_mpp}
+    return {
+        "store": location,
+        "encoder": config.encoder_id,
+        "config_hash": config_hash,
+        "dtype": config.embedding_dtype,
+        "tile_size": config.tiling.tile_size,
+        "read_mpp": config.tiling.target_mpp,
+    }

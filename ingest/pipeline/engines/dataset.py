@@ -52,22 +52,42 @@ def _stream(ray: Any, ctx: RunContext) -> None:
     # stage receives fewer than ``blocks`` inputs, and a bigger pool would start idle actors.
     ds: Any = ray.data.from_items(list(items), override_num_blocks=blocks)
     ds = ds.map_batches(
-        ReadStage, batch_size=per_task, num_cpus=plan.cpus_per_reader,
+        ReadStage,
+        batch_size=per_task,
+        num_cpus=plan.cpus_per_reader,
         compute=ray.data.ActorPoolStrategy(size=min(plan.readers, blocks)),
-        fn_constructor_kwargs={"config": config, "options": options, "store": location,
-                               "storage_options": ctx.storage_options, "ledger": ledger_name,
-                               "faults": _faults.active()})
+        fn_constructor_kwargs={
+            "config": config,
+            "options": options,
+            "store": location,
+            "storage_options": ctx.storage_options,
+            "ledger": ledger_name,
+            "faults": _faults.active(),
+        },
+    )
     ds = ds.map_batches(
-        EncodeStage, batch_size=None, num_cpus=plan.cpus_per_encoder, num_gpus=plan.gpus_per_encoder,
+        EncodeStage,
+        batch_size=None,
+        num_cpus=plan.cpus_per_encoder,
+        num_gpus=plan.gpus_per_encoder,
         compute=ray.data.ActorPoolStrategy(size=min(plan.encoder_actors, blocks)),
-        fn_constructor_kwargs={"encoder": config.encoder, "weights": config.weights,
-                               "device": options.device, "batch_size": options.tiles_per_batch,
-                               "num_threads": None if plan.gpus_per_encoder else 1,
-                               "cpu_dtype": options.cpu_dtype, "runtime": options.runtime})
+        fn_constructor_kwargs={
+            "encoder": config.encoder,
+            "weights": config.weights,
+            "device": options.device,
+            "batch_size": options.tiles_per_batch,
+            "num_threads": None if plan.gpus_per_encoder else 1,
+            "cpu_dtype": options.cpu_dtype,
+            "runtime": options.runtime,
+        },
+    )
     ds = ds.map_batches(
-        WriteStage, batch_size=1, num_cpus=plan.cpus_per_writer,
+        WriteStage,
+        batch_size=1,
+        num_cpus=plan.cpus_per_writer,
         compute=ray.data.ActorPoolStrategy(size=min(plan.writers, blocks)),
-        fn_constructor_kwargs=ctx.write_kwargs())
+        fn_constructor_kwargs=ctx.write_kwargs(),
+    )
     try:
         for row in ds.iter_rows():
             ctx.on_row(row)

@@ -31,8 +31,12 @@ class DeviceEngine(Engine):
         plan = plan_device(options, len(ctx.todo))
         # Any: Ray's stubs type remote functions by arity and reject keyword-only arguments.
         planner: Any = ray.remote(num_cpus=1)(cast(Any, plan_for_device))
-        shared = {"config": ray.put(config), "options": ray.put(options),
-                  "store": ray.put(ctx.store.location), "storage_options": ray.put(ctx.storage_options)}
+        shared = {
+            "config": ray.put(config),
+            "options": ray.put(options),
+            "store": ray.put(ctx.store.location),
+            "storage_options": ray.put(ctx.storage_options),
+        }
 
         def plan_ahead(queue: deque) -> None:
             # The first `planners_ahead` queued slides have a planning task; a requeued slide
@@ -42,9 +46,13 @@ class DeviceEngine(Engine):
                 if "plan" not in item:
                     item["plan"] = [planner.remote(slide_item(item), **shared)]
 
-        pool = ActorPool(DeviceStage, plan.actors,
-                         {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
-                         stage_kwargs(ctx, plan.device), before_fill=plan_ahead)
+        pool = ActorPool(
+            DeviceStage,
+            plan.actors,
+            {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
+            stage_kwargs(ctx, plan.device),
+            before_fill=plan_ahead,
+        )
         # Plain dicts: the planning-ahead hook adds each item's ``plan``.
         pool.run([dict(item) for item in ctx.items()], ctx.on_row, on_tick=ctx.progress.tick)
 
@@ -54,9 +62,16 @@ def stage_kwargs(ctx: RunContext, device: str) -> dict[str, Any]:
     The encoder's own batch size is the stage's ``encode_batch`` (the stage sets it)."""
     config, options = ctx.config, ctx.options
     return {
-        "config": config, "options": options, "storage_options": ctx.storage_options,
-        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights,
-                           "cpu_dtype": options.cpu_dtype, "runtime": options.runtime},
-        "write_kwargs": ctx.write_kwargs(), "device": device,
+        "config": config,
+        "options": options,
+        "storage_options": ctx.storage_options,
+        "encoder_kwargs": {
+            "encoder": config.encoder,
+            "weights": config.weights,
+            "cpu_dtype": options.cpu_dtype,
+            "runtime": options.runtime,
+        },
+        "write_kwargs": ctx.write_kwargs(),
+        "device": device,
         "encode_batch": options.encode_batch,
     }

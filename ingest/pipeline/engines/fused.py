@@ -35,16 +35,28 @@ class FusedEngine(Engine):
             ray.kill(ledger)  # on a shared cluster it would otherwise live as long as the driver
 
 
-def fused_constructor(ctx: RunContext, ledger: str | None, threads: int,
-                      device: str) -> dict[str, Any]:
+def fused_constructor(
+    ctx: RunContext, ledger: str | None, threads: int, device: str
+) -> dict[str, Any]:
     """:class:`FusedStage`'s arguments (the fused actors' and the in-process engine's)."""
     config, options = ctx.config, ctx.options
     return {
-        "read_kwargs": {"config": config, "options": options, "store": ctx.store.location,
-                        "storage_options": ctx.storage_options, "ledger": ledger,
-                        "faults": _faults.active()},
-        "encoder_kwargs": {"encoder": config.encoder, "weights": config.weights, "device": device,
-                           "batch_size": options.tiles_per_batch, "num_threads": threads,
-                           "cpu_dtype": options.cpu_dtype, "runtime": options.runtime},
+        "read_kwargs": {
+            "config": config,
+            "options": options,
+            "store": ctx.store.location,
+            "storage_options": ctx.storage_options,
+            "ledger": ledger,
+            "faults": _faults.active(),
+        },
+        "encoder_kwargs": {
+            "encoder": config.encoder,
+            "weights": config.weights,
+            "device": device,
+            "batch_size": options.tiles_per_batch,
+            "num_threads": threads,
+            "cpu_dtype": options.cpu_dtype,
+            "runtime": options.runtime,
+        },
         "write_kwargs": ctx.write_kwargs(),
     }

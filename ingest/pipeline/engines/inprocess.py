@@ -47,8 +47,12 @@ MAX_SLIDES = 4
 MAX_TILES = 2000
 
 
-def use_inprocess(options: RunOptions, todo: Sequence[SlideSource], config: IngestConfig,
-                  storage_options: Mapping[str, Any] | None = None) -> bool:
+def use_inprocess(
+    options: RunOptions,
+    todo: Sequence[SlideSource],
+    config: IngestConfig,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bool:
     """Whether this run goes without Ray (see the module docstring for the rule)."""
     if options.engine != "auto":
         return options.engine == "inprocess"
@@ -72,8 +76,9 @@ def _kills_workers() -> bool:
     return plan is not None and bool(plan.exit_once_slide or plan.exit_always_slide)
 
 
-def grid_tiles(source: SlideSource, config: IngestConfig,
-               storage_options: Mapping[str, Any] | None = None) -> int:
+def grid_tiles(
+    source: SlideSource, config: IngestConfig, storage_options: Mapping[str, Any] | None = None
+) -> int:
     """Tiles in the slide's full grid at the target resolution (the planned tiles are those
     over tissue, so never more); 0 for a slide that does not open or has no resolution:
     it fails in the run, at no cost."""
@@ -81,8 +86,13 @@ def grid_tiles(source: SlideSource, config: IngestConfig,
 
     tiling = config.tiling
     try:
-        with open_slide(source.uri, storage_options=storage_options, mpp=source.mpp,
-                        device="cpu", require_mpp=False) as slide:
+        with open_slide(
+            source.uri,
+            storage_options=storage_options,
+            mpp=source.mpp,
+            device="cpu",
+            require_mpp=False,
+        ) as slide:
             (width, height), mpp = slide.metadata.dimensions, slide.metadata.mpp
     except (SlidebankError, OSError, ValueError) as exc:
         log.debug("%s: no tile estimate (%s)", source.slide_id, exc)

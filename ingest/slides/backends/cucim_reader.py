@@ -35,9 +35,11 @@ _WARM = {"done": False}
 
 @functools.cache
 def _warn_torch_first() -> None:
-    log.warning("cuCIM disabled in this process: PyTorch was imported before cuCIM, and "
-                "cuCIM's initialisation then hangs; import cucim (or ingest.slides) first "
-                "to use it. Falling back to OpenSlide/tiffslide.")
+    log.warning(
+        "cuCIM disabled in this process: PyTorch was imported before cuCIM, and "
+        "cuCIM's initialisation then hangs; import cucim (or ingest.slides) first "
+        "to use it. Falling back to OpenSlide/tiffslide."
+    )
 
 
 class _CucimSlide(BackendSlide):
@@ -73,7 +75,11 @@ class _CucimSlide(BackendSlide):
         return xp.ascontiguousarray(xp.array(region, copy=True)[..., :3])
 
     def read_regions_on(
-        self, xp: Any, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        self,
+        xp: Any,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        size: tuple[int, int],
         threads: int = 1,
     ) -> Any:
         if self._device == "cpu" or xp is np:
@@ -89,7 +95,7 @@ class _CucimSlide(BackendSlide):
                 arr = xp.asarray(region)  # a view of the reader's buffer, reused next batch
                 if arr.ndim == 3:
                     arr = arr[None]
-                out[start:start + len(arr)] = arr[..., :3]  # so copy it now, on the device
+                out[start : start + len(arr)] = arr[..., :3]  # so copy it now, on the device
                 start += len(arr)
             return out
         except ImplicitTransferError:
@@ -102,13 +108,20 @@ class _CucimSlide(BackendSlide):
         # nvJPEG cannot decode every JPEG variant (e.g. some Aperio RGB-colourspace tiles);
         # decoding on the CPU is slower but correct, so switch once and say so, once per
         # slide, and count it: a run whose slides all fall back is a CPU run on a GPU.
-        log.warning("cuCIM GPU decode failed on %s (%s: %s); decoding this slide on the CPU",
-                    self._name or "a slide", type(exc).__name__, exc)
+        log.warning(
+            "cuCIM GPU decode failed on %s (%s: %s); decoding this slide on the CPU",
+            self._name or "a slide",
+            type(exc).__name__,
+            exc,
+        )
         metrics.record_decode_fallback()
         self._device = "cpu"
 
     def read_regions(
-        self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
+        self,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        size: tuple[int, int],
         threads: int = 1,
     ) -> np.ndarray:
         width, height = size
@@ -123,11 +136,16 @@ class _CucimSlide(BackendSlide):
             self._fall_back_to_cpu(exc)
             return self._read_batches(locations, level, size, threads, out)
 
-    def _batches(self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int],
-                 threads: int) -> Any:
+    def _batches(
+        self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int], threads: int
+    ) -> Any:
         return self._image.read_region(
-            [(int(x), int(y)) for x, y in locations], tuple(size), level,
-            num_workers=max(threads, 1), batch_size=32, device=self._device,
+            [(int(x), int(y)) for x, y in locations],
+            tuple(size),
+            level,
+            num_workers=max(threads, 1),
+            batch_size=32,
+            device=self._device,
         )
 
     def _read_batches(self, locations, level, size, threads, out) -> np.ndarray:
@@ -136,7 +154,7 @@ class _CucimSlide(BackendSlide):
             arr = _to_host_rgb(region)
             if arr.ndim == 3:
                 arr = arr[None]
-            out[start:start + len(arr)] = arr
+            out[start : start + len(arr)] = arr
             start += len(arr)
         return out
 
@@ -148,8 +166,10 @@ class _CucimSlide(BackendSlide):
 
 def _to_host_rgb(region: Any) -> np.ndarray:
     # CUDA memory, or the strict device stand-in's (which refuses np.asarray)
-    if hasattr(region, "__cuda_array_interface__") or \
-            type(region).__module__ == "infra.strict_device":
+    if (
+        hasattr(region, "__cuda_array_interface__")
+        or type(region).__module__ == "infra.strict_device"
+    ):
         from infra.arrays import asnumpy, get_xp
 
         arr = asnumpy(get_xp("cuda").asarray(region))
@@ -211,7 +231,9 @@ def warm_up() -> bool:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "warm.tif")
-            tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), tile=(16, 16), photometric="rgb")
+            tifffile.imwrite(
+                path, np.zeros((16, 16, 3), np.uint8), tile=(16, 16), photometric="rgb"
+            )
             CucimReader().open_local(path).close()
     except Exception as exc:  # cuCIM unusable here: the registry will skip it
         log.info("cuCIM warm-up failed: %s", exc)

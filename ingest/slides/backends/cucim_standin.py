@@ -40,36 +40,54 @@ class StandInCuImage:
         #: batches a batched read handed out (each overwrote the previous one's buffer)
         self.batches = 0
 
-    def read_region(self, location: Any = (0, 0), size: Any = None, level: int = 0,
-                    device: str = "cpu", num_workers: int = 1, batch_size: int = 1,
-                    **kwargs: Any) -> Any:
+    def read_region(
+        self,
+        location: Any = (0, 0),
+        size: Any = None,
+        level: int = 0,
+        device: str = "cpu",
+        num_workers: int = 1,
+        batch_size: int = 1,
+        **kwargs: Any,
+    ) -> Any:
         batched = isinstance(location, list)
         if device == "cpu":
             if batched:
-                return self._cpu.read_region(location, size, level, num_workers=num_workers,
-                                             batch_size=batch_size, device="cpu", **kwargs)
+                return self._cpu.read_region(
+                    location,
+                    size,
+                    level,
+                    num_workers=num_workers,
+                    batch_size=batch_size,
+                    device="cpu",
+                    **kwargs,
+                )
             return self._cpu.read_region(location, size, level, device="cpu", **kwargs)
         if batched:
             return self._batches(location, tuple(size), level, max(batch_size, 1))
         return strict_device.decoded(self._xp, self._decode(location, tuple(size), level))
 
     def _decode(self, location: Sequence[int], size: tuple[int, int], level: int) -> np.ndarray:
-        region = self._cpu.read_region((int(location[0]), int(location[1])), size, level,
-                                       device="cpu")
+        region = self._cpu.read_region(
+            (int(location[0]), int(location[1])), size, level, device="cpu"
+        )
         return np.asarray(region)
 
-    def _batches(self, locations: list[Any], size: tuple[int, int], level: int,
-                 batch_size: int) -> Iterator[StrictArray]:
+    def _batches(
+        self, locations: list[Any], size: tuple[int, int], level: int, batch_size: int
+    ) -> Iterator[StrictArray]:
         buffer: StrictArray | None = None
         for start in range(0, len(locations), batch_size):
-            chunk = np.stack([self._decode(loc, size, level)
-                              for loc in locations[start:start + batch_size]])
+            chunk = np.stack(
+                [self._decode(loc, size, level) for loc in locations[start : start + batch_size]]
+            )
             if buffer is None:
                 buffer = strict_device.decoded(
-                    self._xp, np.empty((batch_size, *chunk.shape[1:]), np.uint8))
+                    self._xp, np.empty((batch_size, *chunk.shape[1:]), np.uint8)
+                )
             strict_device.decode_into(buffer, chunk)
             self.batches += 1
-            yield buffer[:len(chunk)]
+            yield buffer[: len(chunk)]
 
     def close(self) -> None:
         close = getattr(self._cpu, "close", None)

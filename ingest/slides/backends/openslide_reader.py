@@ -25,7 +25,10 @@ class _OpenSlideSlide(BackendSlide):
         self.level_dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in handle.level_downsamples)
         props = handle.properties
-        tw, th = props.get("openslide.level[0].tile-width"), props.get("openslide.level[0].tile-height")
+        tw, th = (
+            props.get("openslide.level[0].tile-width"),
+            props.get("openslide.level[0].tile-height"),
+        )
         self.tile_size = (int(tw), int(th)) if tw and th else None
         objective = props.get("openslide.objective-power")
         self.vendor_properties = {
@@ -47,8 +50,17 @@ class _OpenSlideSlide(BackendSlide):
 class OpenSlideReader(SlideReader):
     name = "openslide"
     extensions: ClassVar[dict[str, int]] = {
-        ".svs": 60, ".tif": 60, ".tiff": 60, ".ndpi": 100, ".vms": 100, ".vmu": 100,
-        ".scn": 100, ".mrxs": 100, ".svslide": 100, ".bif": 100, ".dcm": 100,
+        ".svs": 60,
+        ".tif": 60,
+        ".tiff": 60,
+        ".ndpi": 100,
+        ".vms": 100,
+        ".vmu": 100,
+        ".scn": 100,
+        ".mrxs": 100,
+        ".svslide": 100,
+        ".bif": 100,
+        ".dcm": 100,
     }
     supports_remote = False
 

@@ -24,7 +24,10 @@ class _TiffSlideSlide(BackendSlide):
         self.level_dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in handle.level_downsamples)
         props = handle.properties
-        tw, th = props.get("tiffslide.level[0].tile-width"), props.get("tiffslide.level[0].tile-height")
+        tw, th = (
+            props.get("tiffslide.level[0].tile-width"),
+            props.get("tiffslide.level[0].tile-height"),
+        )
         self.tile_size = (int(tw), int(th)) if tw and th else None
         self.vendor_properties = {
             "mpp": float_pair(props, "tiffslide.mpp-x", "tiffslide.mpp-y"),
@@ -42,7 +45,14 @@ class _TiffSlideSlide(BackendSlide):
 
 class TiffSlideReader(SlideReader):
     name = "tiffslide"
-    extensions: ClassVar[dict[str, int]] = {".svs": 40, ".tif": 40, ".tiff": 40, ".ndpi": 40, ".scn": 40, ".bif": 40}
+    extensions: ClassVar[dict[str, int]] = {
+        ".svs": 40,
+        ".tif": 40,
+        ".tiff": 40,
+        ".ndpi": 40,
+        ".scn": 40,
+        ".bif": 40,
+    }
     supports_remote = True
 
     @classmethod

@@ -12,20 +12,32 @@ from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig
 from training.spatial.graphs import GraphSpec, tile_graph
 
-__all__ = ["InvariantBranch", "drop_tiles", "edges_for", "fit_transform", "options", "require_coords"]
+__all__ = [
+    "InvariantBranch",
+    "drop_tiles",
+    "edges_for",
+    "fit_transform",
+    "options",
+    "require_coords",
+]
 
 
-def options(cfg: MILConfig, defaults: dict[str, Any],
-            choices: dict[str, tuple[Any, ...]] | None = None) -> dict[str, Any]:
+def options(
+    cfg: MILConfig, defaults: dict[str, Any], choices: dict[str, tuple[Any, ...]] | None = None
+) -> dict[str, Any]:
     """``cfg.options`` over ``defaults``; unknown keys, and values outside ``choices``, are a
     one-line ConfigError naming the model, the option and what is allowed."""
     unknown = set(cfg.options) - set(defaults)
     if unknown:
-        raise ConfigError(f"model {cfg.model!r}: unknown option(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        raise ConfigError(
+            f"model {cfg.model!r}: unknown option(s) {sorted(unknown)}; known: {sorted(defaults)}"
+        )
     out = {**defaults, **cfg.options}
     for key, allowed in (choices or {}).items():
         if out[key] not in allowed:
-            raise ConfigError(f"model {cfg.model!r}: option {key}={out[key]!r} is not one of {list(allowed)}")
+            raise ConfigError(
+                f"model {cfg.model!r}: option {key}={out[key]!r} is not one of {list(allowed)}"
+            )
     return out
 
 
@@ -35,11 +47,15 @@ def require_coords(model: str, x: Tensor, coords: Tensor | None) -> Tensor:
     if coords is None:
         raise ConfigError(f"model {model!r} needs the tiles' coordinates (coords=...)")
     if coords.shape != (x.shape[0], 2):
-        raise ConfigError(f"model {model!r}: coords {tuple(coords.shape)} do not match {x.shape[0]} tiles")
+        raise ConfigError(
+            f"model {model!r}: coords {tuple(coords.shape)} do not match {x.shape[0]} tiles"
+        )
     return coords
 
 
-def edges_for(coords: Tensor, spec: GraphSpec, edges: tuple[Any, Any] | None, device: torch.device) -> Tensor:
+def edges_for(
+    coords: Tensor, spec: GraphSpec, edges: tuple[Any, Any] | None, device: torch.device
+) -> Tensor:
     """(2, E) long edge index: the given edges, or the tile graph built from ``coords``."""
     if edges is None:
         edges = tile_graph(coords.detach().cpu().numpy(), spec)
@@ -52,7 +68,9 @@ class InvariantBranch(nn.Module):
 
     def __init__(self, cfg: MILConfig) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.embed = nn.Sequential(
+            nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)
+        )
         self.attention = GatedAttention(cfg.hidden, cfg.attn_dim, 1, cfg.dropout)
         self.head = nn.Linear(cfg.hidden, cfg.n_outputs)
 

@@ -17,14 +17,20 @@ class MeanPool(nn.Module):
         if cfg.options:
             raise ConfigError(f"mean_pool takes no options, got {sorted(cfg.options)}")
         self.cfg = cfg
-        self.embed = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.embed = nn.Sequential(
+            nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)
+        )
         self.head = nn.Linear(cfg.hidden, cfg.n_outputs)
 
     def forward(self, x: Tensor, label: int | None = None) -> MILOutput:
         if x.ndim != 2 or x.shape[0] == 0:
-            raise ConfigError(f"a bag must be a non-empty (N, D) tensor, got shape {tuple(x.shape)}")
+            raise ConfigError(
+                f"a bag must be a non-empty (N, D) tensor, got shape {tuple(x.shape)}"
+            )
         n = x.shape[0]
-        return MILOutput(self.head(self.embed(x).mean(0)), torch.full((n,), 1.0 / n, device=x.device))
+        return MILOutput(
+            self.head(self.embed(x).mean(0)), torch.full((n,), 1.0 / n, device=x.device)
+        )
 
 
 @register_model("mean_pool")

@@ -35,9 +35,18 @@ __all__ = ["ModuleGraphNet"]
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "smooth": 0.0, "codebook": None,
-                            "save_codebook": True, "graph": "grid8", "max_fit_tiles": 200_000,
-                            "centre": False, "whiten": False, "stats_readout": False}
+DEFAULTS: dict[str, Any] = {
+    "modules": 8,
+    "module_seed": 0,
+    "smooth": 0.0,
+    "codebook": None,
+    "save_codebook": True,
+    "graph": "grid8",
+    "max_fit_tiles": 200_000,
+    "centre": False,
+    "whiten": False,
+    "stats_readout": False,
+}
 
 
 class ModuleGraphNet(ModuleModel):
@@ -48,13 +57,17 @@ class ModuleGraphNet(ModuleModel):
         super().__init__(cfg, opts, smooth=float(opts["smooth"]))
         k = self.k
         if self.opts["codebook"] and (self.transform.centre or self.transform.whiten):
-            raise ConfigError("module_graph: a stored codebook (option codebook) lives in the raw embedding "
-                              "space; it cannot be combined with centre or whiten")
+            raise ConfigError(
+                "module_graph: a stored codebook (option codebook) lives in the raw embedding "
+                "space; it cannot be combined with centre or whiten"
+            )
         self.spec = GraphSpec(kind=str(self.opts["graph"]))
         self.codebook: ModuleCodebook | None = None
         self.codebook_hash: str | None = None
         h = cfg.hidden
-        self.node_in = nn.Sequential(nn.Linear(cfg.in_dim + 2, h), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.node_in = nn.Sequential(
+            nn.Linear(cfg.in_dim + 2, h), nn.ReLU(), nn.Dropout(cfg.dropout)
+        )
         self.self_w = nn.ModuleList(nn.Linear(h, h) for _ in range(2))
         self.frac_w = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(2))
         self.enr_w = nn.ModuleList(nn.Linear(h, h, bias=False) for _ in range(2))
@@ -64,12 +77,18 @@ class ModuleGraphNet(ModuleModel):
         self.direct = nn.Linear(k + k * k, cfg.n_outputs)
         # ``stats_readout``: module_stats' standardised statistics (shares, enrichment,
         # distances) as a further linear branch, so the graph needs only learn the rest.
-        self.stats = StatsReadout(k, cfg.n_outputs, dropout=cfg.dropout) if self.opts["stats_readout"] else None
+        self.stats = (
+            StatsReadout(k, cfg.n_outputs, dropout=cfg.dropout)
+            if self.opts["stats_readout"]
+            else None
+        )
 
     # -- tissue modules --------------------------------------------------------------
     def set_codebook(self, codebook: ModuleCodebook) -> None:
         if codebook.k != self.k or codebook.dim != self.cfg.in_dim:
-            raise ConfigError(f"codebook is {codebook.k}×{codebook.dim}, model wants {self.k}×{self.cfg.in_dim}")
+            raise ConfigError(
+                f"codebook is {codebook.k}×{codebook.dim}, model wants {self.k}×{self.cfg.in_dim}"
+            )
         self.codebook = codebook
         self.set_centroids(codebook.centroids)
 
@@ -83,14 +102,20 @@ class ModuleGraphNet(ModuleModel):
                 raise ConfigError("module_graph option 'codebook' needs a store-backed dataset")
             book = load_codebook(store, str(self.opts["codebook"]))
             overlap = set(book.slide_ids) & {item.slide_id for item in train_data.items}
-            log.info("loaded codebook %s (%d of its %d slides are in this training set)",
-                     self.opts["codebook"], len(overlap), len(book.slide_ids))
+            log.info(
+                "loaded codebook %s (%d of its %d slides are in this training set)",
+                self.opts["codebook"],
+                len(overlap),
+                len(book.slide_ids),
+            )
         else:
             bags = fit_transform(self, train_data)
             book = fit_modules(bags, self.module_spec, encoder=getattr(train_data, "encoder", None))
         self.set_codebook(book)
         if self.stats is not None:
-            self.stats.fit(self.assign, [train_data.read(item.slide_id) for item in train_data.items])
+            self.stats.fit(
+                self.assign, [train_data.read(item.slide_id) for item in train_data.items]
+            )
         # A codebook fitted on centred/whitened tiles is only meaningful with this model's
         # transform, so it stays in the checkpoint and is not saved as a store codebook.
         plain = not (self.transform.centre or self.transform.whiten)
@@ -99,7 +124,9 @@ class ModuleGraphNet(ModuleModel):
 
             try:
                 self.codebook_hash = save_codebook(store, book)
-            except OSError as exc:  # a read-only store still trains; the codebook is in the checkpoint
+            except (
+                OSError
+            ) as exc:  # a read-only store still trains; the codebook is in the checkpoint
                 log.warning("could not save the module codebook to %s: %s", store.uri, exc)
 
     # -- model ---------------------------------------------------------------------
@@ -109,30 +136,50 @@ class ModuleGraphNet(ModuleModel):
         x = self.transform(x)
         return modules, module_graph(x, modules, edge_index[0], edge_index[1], self.k)
 
-    def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
-                edges: tuple[Any, Any] | None = None) -> MILOutput:
+    def forward(
+        self,
+        x: Tensor,
+        label: int | None = None,
+        *,
+        coords: Tensor | None = None,
+        edges: tuple[Any, Any] | None = None,
+    ) -> MILOutput:
         coords = require_coords("module_graph", x, coords)
         modules, g, h = self._nodes(x, coords, edges)
         present = g.present
         scores = self.attention(h).masked_fill(~present[None, :], float("-inf"))
         a = torch.softmax(scores, dim=1).squeeze(0)
         logits = self.head(a @ h)
-        logits = logits + self.direct(torch.cat([g.proportions, g.contact_fraction.reshape(-1)]) * self.k)
+        logits = logits + self.direct(
+            torch.cat([g.proportions, g.contact_fraction.reshape(-1)]) * self.k
+        )
         if self.stats is not None:
             logits = logits + self.stats(self.assign, x, coords)[0]
         tile_attention = a[modules] / g.counts[modules]
-        return MILOutput(logits, tile_attention, None,
-                         {"modules": modules, "module_attention": a.detach(), "enrichment": g.enrichment.detach()})
+        return MILOutput(
+            logits,
+            tile_attention,
+            None,
+            {
+                "modules": modules,
+                "module_attention": a.detach(),
+                "enrichment": g.enrichment.detach(),
+            },
+        )
 
     def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
         """(N, n_outputs): each tile gets the head applied to its module's node state."""
         modules, _, h = self._nodes(x, coords, None)
         return self.head(h)[modules]
 
-    def _nodes(self, x: Tensor, coords: Tensor, edges: tuple[Any, Any] | None) -> tuple[Tensor, Any, Tensor]:
+    def _nodes(
+        self, x: Tensor, coords: Tensor, edges: tuple[Any, Any] | None
+    ) -> tuple[Tensor, Any, Tensor]:
         modules, g = self.graph(x, coords, edges)
         present = g.present
-        nodes = torch.cat([g.mean_embedding, g.proportions[:, None], present[:, None].to(x.dtype)], dim=1)
+        nodes = torch.cat(
+            [g.mean_embedding, g.proportions[:, None], present[:, None].to(x.dtype)], dim=1
+        )
         h = self.node_in(nodes)
         frac = g.contact_fraction / g.contact_fraction.sum(1, keepdim=True).clamp_min(1e-12)
         enr = torch.tanh(g.enrichment) * (present[:, None] & present[None, :])

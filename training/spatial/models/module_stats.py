@@ -34,18 +34,27 @@ __all__ = ["ModuleModel", "ModuleStats", "StatsReadout"]
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {"modules": 8, "module_seed": 0, "centre": False, "whiten": False,
-                            "distances": True, "max_fit_tiles": 200_000}
+DEFAULTS: dict[str, Any] = {
+    "modules": 8,
+    "module_seed": 0,
+    "centre": False,
+    "whiten": False,
+    "distances": True,
+    "max_fit_tiles": 200_000,
+}
 
 
 class StatsReadout(nn.Module):
     """Standardised module statistics → linear: ``module_stats``' whole model, and an
     optional branch of ``module_graph`` (summed at its logits, so the graph learns what
     the statistics miss). ``modules_of(x)`` gives each tile's module."""
+
     feature_mean: Tensor
     feature_sd: Tensor
 
-    def __init__(self, k: int, n_outputs: int, *, distances: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self, k: int, n_outputs: int, *, distances: bool = True, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.k, self.distances = k, distances
         self.names = feature_names(k, distances)
@@ -62,7 +71,9 @@ class StatsReadout(nn.Module):
         """(F,) raw statistics of one slide, cached by the bag's content (they depend only
         on the bag and the fitted modules): later epochs cost a hash, not k-d tree queries."""
         xs, cs = x.detach().cpu().numpy(), coords.detach().cpu().numpy()
-        key = hashlib.blake2b(xs.tobytes() + cs.tobytes() + str(xs.shape).encode(), digest_size=16).digest()
+        key = hashlib.blake2b(
+            xs.tobytes() + cs.tobytes() + str(xs.shape).encode(), digest_size=16
+        ).digest()
         feats = self._cache.get(key)
         if feats is None:
             with torch.no_grad():
@@ -72,16 +83,26 @@ class StatsReadout(nn.Module):
                 self._cache[key] = feats
         return torch.from_numpy(feats).to(x.device)
 
-    def fit(self, modules_of: Callable[[Tensor], Tensor], bags: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def fit(
+        self, modules_of: Callable[[Tensor], Tensor], bags: list[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
         """Feature mean and sd over the training bags (raw embeddings, coords)."""
         self._cache.clear()
-        feats = torch.stack([self.features(modules_of, torch.from_numpy(np.asarray(emb)),
-                                           torch.from_numpy(np.asarray(c))) for emb, c in bags])
+        feats = torch.stack(
+            [
+                self.features(
+                    modules_of, torch.from_numpy(np.asarray(emb)), torch.from_numpy(np.asarray(c))
+                )
+                for emb, c in bags
+            ]
+        )
         self.feature_mean.copy_(feats.mean(0))
         sd = feats.std(0) if len(feats) > 1 else torch.ones_like(self.feature_sd)
         self.feature_sd.copy_(torch.where(sd > 1e-6, sd, torch.ones_like(sd)))
 
-    def forward(self, modules_of: Callable[[Tensor], Tensor], x: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, modules_of: Callable[[Tensor], Tensor], x: Tensor, coords: Tensor
+    ) -> tuple[Tensor, Tensor]:
         z = (self.features(modules_of, x, coords) - self.feature_mean) / self.feature_sd
         return self.head(self.dropout(z)), z
 
@@ -102,9 +123,15 @@ class ModuleModel(nn.Module):
         super().__init__()
         self.cfg, self.opts = cfg, opts
         self.k = int(opts["modules"])
-        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
-        self.module_spec = ModuleSpec(k=self.k, seed=int(opts["module_seed"]), smooth=smooth,
-                                      max_tiles=int(opts["max_fit_tiles"]))
+        self.transform = TileTransform(
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+        )
+        self.module_spec = ModuleSpec(
+            k=self.k,
+            seed=int(opts["module_seed"]),
+            smooth=smooth,
+            max_tiles=int(opts["max_fit_tiles"]),
+        )
         self.register_buffer("centroids", torch.zeros(self.k, cfg.in_dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
@@ -115,8 +142,10 @@ class ModuleModel(nn.Module):
     def assign(self, x: Tensor) -> Tensor:
         """Module of each tile, from raw embeddings (the transform is applied here)."""
         if not bool(self.fitted):
-            raise ConfigError(f"{self.model_name} has no fitted modules: call prepare(train_data) "
-                              "or load a checkpoint")
+            raise ConfigError(
+                f"{self.model_name} has no fitted modules: call prepare(train_data) "
+                "or load a checkpoint"
+            )
         c, x = self.centroids, self.transform(x.float())
         return ((c * c).sum(1)[None, :] - 2 * x @ c.T).argmin(1)
 
@@ -126,7 +155,9 @@ class ModuleStats(ModuleModel):
 
     def __init__(self, cfg: MILConfig) -> None:
         super().__init__(cfg, options(cfg, DEFAULTS))
-        self.readout = StatsReadout(self.k, cfg.n_outputs, distances=bool(self.opts["distances"]), dropout=cfg.dropout)
+        self.readout = StatsReadout(
+            self.k, cfg.n_outputs, distances=bool(self.opts["distances"]), dropout=cfg.dropout
+        )
 
     def prepare(self, train_data: Any) -> None:
         """Fit the transform, the modules and the feature scaling on the training bags only."""
@@ -134,14 +165,26 @@ class ModuleStats(ModuleModel):
         book = fit_modules(moved, self.module_spec, encoder=getattr(train_data, "encoder", None))
         self.set_centroids(book.centroids)
         self.readout.fit(self.assign, [train_data.read(item.slide_id) for item in train_data.items])
-        log.info("module_stats: %d modules, %d features from %d training slides", self.k,
-                 len(self.readout.names), len(moved))
+        log.info(
+            "module_stats: %d modules, %d features from %d training slides",
+            self.k,
+            len(self.readout.names),
+            len(moved),
+        )
 
-    def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
-                edges: Any = None) -> MILOutput:
+    def forward(
+        self,
+        x: Tensor,
+        label: int | None = None,
+        *,
+        coords: Tensor | None = None,
+        edges: Any = None,
+    ) -> MILOutput:
         require_coords("module_stats", x, coords)
         if not bool(self.fitted):
-            raise ConfigError("module_stats has no fitted modules: call prepare(train_data) or load a checkpoint")
+            raise ConfigError(
+                "module_stats has no fitted modules: call prepare(train_data) or load a checkpoint"
+            )
         logits, z = self.readout(self.assign, x, coords)
         n = x.shape[0]
         return MILOutput(logits, torch.full((n,), 1.0 / n, device=x.device), None, {"features": z})

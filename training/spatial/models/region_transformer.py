@@ -36,8 +36,15 @@ from training.spatial.preprocess import TileTransform
 
 __all__ = ["RegionTransformer", "distance_bucket"]
 
-DEFAULTS: dict[str, Any] = {"region": 16, "tile_layers": 1, "region_layers": 1, "invariant_branch": True,
-                            "geometry_pools": 4, "centre": False, "whiten": False}
+DEFAULTS: dict[str, Any] = {
+    "region": 16,
+    "tile_layers": 1,
+    "region_layers": 1,
+    "invariant_branch": True,
+    "geometry_pools": 4,
+    "centre": False,
+    "whiten": False,
+}
 N_BUCKETS = 16
 
 
@@ -63,19 +70,28 @@ class _BiasedLayer(nn.Module):
         # widens where training wants; a zero start leaves every token attending to the
         # slide mean, where arrangement gives almost no gradient.
         with torch.no_grad():
-            slopes = torch.tensor([2.0 ** -h for h in range(heads)])
-            self.bias.weight.copy_(-torch.arange(N_BUCKETS, dtype=torch.float32)[:, None] * slopes[None, :])
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+            slopes = torch.tensor([2.0**-h for h in range(heads)])
+            self.bias.weight.copy_(
+                -torch.arange(N_BUCKETS, dtype=torch.float32)[:, None] * slopes[None, :]
+            )
+        self.ff = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
         self.dropout = dropout
 
     def forward(self, t: Tensor, buckets: Tensor, pad: Tensor) -> Tensor:
         """t (B, L, dim); buckets (B, L, L) long; pad (B, L) True where padding."""
         b, n, dim = t.shape
-        q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm1(t))
+            .reshape(b, n, 3, self.heads, dim // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         bias = self.bias(buckets).permute(0, 3, 1, 2)  # (B, H, L, L)
         bias = bias.masked_fill(pad[:, None, None, :], float("-inf"))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
+        )
         t = t + self.out(y.transpose(1, 2).reshape(b, n, dim))
         return t + self.ff(self.norm2(t))
 
@@ -95,14 +111,21 @@ class RegionTransformer(nn.Module):
         if self.region < 1 or int(opts["tile_layers"]) < 1 or int(opts["region_layers"]) < 0:
             raise ConfigError(f"region_transformer: bad region/layers options {opts}")
         if cfg.hidden % cfg.n_heads:
-            raise ConfigError(f"region_transformer: hidden ({cfg.hidden}) must be divisible by n_heads ({cfg.n_heads})")
+            raise ConfigError(
+                f"region_transformer: hidden ({cfg.hidden}) must be divisible by n_heads ({cfg.n_heads})"
+            )
         h = cfg.hidden
-        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
+        self.transform = TileTransform(
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+        )
         self.embed = nn.Sequential(nn.Linear(cfg.in_dim, h), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.tile_layers = nn.ModuleList(_BiasedLayer(h, cfg.n_heads, cfg.dropout) for _ in range(int(opts["tile_layers"])))
+        self.tile_layers = nn.ModuleList(
+            _BiasedLayer(h, cfg.n_heads, cfg.dropout) for _ in range(int(opts["tile_layers"]))
+        )
         self.tile_pool = GatedAttention(h, cfg.attn_dim, 1, cfg.dropout)
-        self.region_layers = nn.ModuleList(_BiasedLayer(h, cfg.n_heads, cfg.dropout)
-                                           for _ in range(int(opts["region_layers"])))
+        self.region_layers = nn.ModuleList(
+            _BiasedLayer(h, cfg.n_heads, cfg.dropout) for _ in range(int(opts["region_layers"]))
+        )
         self.region_pool = GatedAttention(h, cfg.attn_dim, 1, cfg.dropout)
         self.norm = nn.LayerNorm(h)
         self.head = nn.Linear(h, cfg.n_outputs)
@@ -125,7 +148,9 @@ class RegionTransformer(nn.Module):
         centre = a @ pos  # (G, 2)
         spread = torch.sqrt((a * ((pos[None] - centre[:, None]) ** 2).sum(-1)).sum(1) + 1e-6)
         i, j = torch.triu_indices(len(centre), len(centre), 1, device=pos.device)
-        dist = torch.sqrt(((centre[i] - centre[j]) ** 2).sum(-1) + 1e-6)  # eps: finite gradient at 0
+        dist = torch.sqrt(
+            ((centre[i] - centre[j]) ** 2).sum(-1) + 1e-6
+        )  # eps: finite gradient at 0
         return torch.log1p(torch.cat([dist, spread])), a
 
     def _regions(self, coords: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -136,8 +161,14 @@ class RegionTransformer(nn.Module):
         _, region = torch.unique(region, return_inverse=True)
         return region, rc[0].float(), rc[1].float()
 
-    def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
-                edges: Any = None) -> MILOutput:
+    def forward(
+        self,
+        x: Tensor,
+        label: int | None = None,
+        *,
+        coords: Tensor | None = None,
+        edges: Any = None,
+    ) -> MILOutput:
         coords = require_coords("region_transformer", x, coords)
         x = self.transform(x)
         region, rows, cols = self._regions(coords)
@@ -163,7 +194,9 @@ class RegionTransformer(nn.Module):
         region_tokens = (inner[..., None] * tokens).sum(1)  # (R, h)
         # Region positions: the geometric centre of its tiles (not attention-weighted, so
         # position stays a property of the slide, not of what the model looks at).
-        centres = torch.zeros(n_regions, 2, device=x.device).index_add_(0, region, torch.stack([rows, cols], 1))
+        centres = torch.zeros(n_regions, 2, device=x.device).index_add_(
+            0, region, torch.stack([rows, cols], 1)
+        )
         centres = centres / sizes[:, None]
         top = region_tokens[None]
         top_buckets = distance_bucket(torch.cdist(centres, centres))[None]
@@ -175,8 +208,11 @@ class RegionTransformer(nn.Module):
         logits = self.head(outer @ top)
         attention = outer[region] * inner[region, slot]
         states = tokens[region, slot]
-        extras: dict[str, Tensor] = {"region": region, "region_attention": outer.detach(),
-                                     "tile_states": states.detach()}
+        extras: dict[str, Tensor] = {
+            "region": region,
+            "region_attention": outer.detach(),
+            "tile_states": states.detach(),
+        }
         if self.geo_pools is not None and self.geo_head is not None:
             geo, geo_a = self._geometry(self.geo_pools, states, torch.stack([rows, cols], 1))
             logits = logits + self.geo_head(geo)
@@ -186,7 +222,6 @@ class RegionTransformer(nn.Module):
             logits = logits + inv_logits
             extras["invariant_attention"] = inv_a.detach()
         return MILOutput(logits, attention, None, extras)
-
 
     def tile_logits(self, x: Tensor, coords: Tensor) -> Tensor:
         """(N, n_outputs): the slide head on each tile's state after the region transformer."""

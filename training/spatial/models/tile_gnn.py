@@ -37,18 +37,35 @@ from training.spatial.preprocess import TileTransform
 
 __all__ = ["TileGNN"]
 
-DEFAULTS: dict[str, Any] = {"conv": "gin", "layers": 2, "graph": "grid8", "k": 8, "invariant_branch": True,
-                            "centre": False, "whiten": False, "project": 0, "tile_dropout": 0.0,
-                            "nodes": "embedding", "modules": 8, "module_seed": 0, "stats_readout": False}
-CHOICES: dict[str, tuple[Any, ...]] = {"conv": ("gin", "gcn", "gat"), "graph": ("grid8", "grid4", "knn", "radius"),
-                                       "nodes": ("embedding", "modules")}
+DEFAULTS: dict[str, Any] = {
+    "conv": "gin",
+    "layers": 2,
+    "graph": "grid8",
+    "k": 8,
+    "invariant_branch": True,
+    "centre": False,
+    "whiten": False,
+    "project": 0,
+    "tile_dropout": 0.0,
+    "nodes": "embedding",
+    "modules": 8,
+    "module_seed": 0,
+    "stats_readout": False,
+}
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "conv": ("gin", "gcn", "gat"),
+    "graph": ("grid8", "grid4", "knn", "radius"),
+    "nodes": ("embedding", "modules"),
+}
 
 
 def _conv(kind: str, dim: int, heads: int) -> nn.Module:
     from torch_geometric.nn import GATConv, GCNConv, GINConv
 
     if kind == "gin":
-        return GINConv(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)), train_eps=True)
+        return GINConv(
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)), train_eps=True
+        )
     if kind == "gcn":
         return GCNConv(dim, dim, add_self_loops=True, normalize=True)
     if kind == "gat":
@@ -66,38 +83,56 @@ class TileGNN(nn.Module):
         self.cfg = cfg
         opts = options(cfg, DEFAULTS, CHOICES)
         if int(opts["layers"]) < 1:
-            raise ConfigError(f"model 'tile_gnn': option layers must be >= 1, got {opts['layers']!r}")
+            raise ConfigError(
+                f"model 'tile_gnn': option layers must be >= 1, got {opts['layers']!r}"
+            )
         if int(opts["project"]) < 0 or not 0.0 <= float(opts["tile_dropout"]) < 1.0:
-            raise ConfigError(f"model 'tile_gnn': project must be >= 0 and tile_dropout in [0, 1), got {opts}")
+            raise ConfigError(
+                f"model 'tile_gnn': project must be >= 0 and tile_dropout in [0, 1), got {opts}"
+            )
         # ``project``: a narrow tile projection, so message passing has fewer weights to
         # memorise the training slides with (the nodes' width is ``project``, not ``hidden``).
         width = int(opts["project"]) or cfg.hidden
         if opts["conv"] == "gat" and width % cfg.n_heads:
-            raise ConfigError(f"tile_gnn gat: width ({width}) must be divisible by n_heads ({cfg.n_heads})")
+            raise ConfigError(
+                f"tile_gnn gat: width ({width}) must be divisible by n_heads ({cfg.n_heads})"
+            )
         self.spec = GraphSpec(kind=str(opts["graph"]), k=int(opts["k"]))
         self.tile_dropout = float(opts["tile_dropout"])
-        self.transform = TileTransform(cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"]))
+        self.transform = TileTransform(
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+        )
         # ``nodes: modules``: each tile enters as the one-hot of its nearest tissue module
         # (k-means on the training fold's transformed tiles), so the graph layers cannot
         # memorise slides through per-tile noise; they can only read who touches whom.
-        self.module_spec = ModuleSpec(k=int(opts["modules"]), seed=int(opts["module_seed"])) \
-            if opts["nodes"] == "modules" else None
+        self.module_spec = (
+            ModuleSpec(k=int(opts["modules"]), seed=int(opts["module_seed"]))
+            if opts["nodes"] == "modules"
+            else None
+        )
         node_dim = self.module_spec.k if self.module_spec else cfg.in_dim
         if self.module_spec is not None:  # buffers only then: default checkpoints keep their keys
             self.register_buffer("centroids", torch.zeros(self.module_spec.k, cfg.in_dim))
             self.register_buffer("modules_fitted", torch.tensor(False))
         self.embed = nn.Sequential(nn.Linear(node_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.convs = nn.ModuleList(_conv(str(opts["conv"]), width, cfg.n_heads) for _ in range(int(opts["layers"])))
+        self.convs = nn.ModuleList(
+            _conv(str(opts["conv"]), width, cfg.n_heads) for _ in range(int(opts["layers"]))
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in self.convs)
         self.mix = nn.Sequential(nn.Linear(width * (len(self.convs) + 1), width), nn.ReLU())
         self.attention = GatedAttention(width, min(cfg.attn_dim, width), 1, cfg.dropout)
         self.head = nn.Linear(width, cfg.n_outputs)
-        self.invariant = InvariantBranch(replace(cfg, in_dim=node_dim)) if opts["invariant_branch"] else None
+        self.invariant = (
+            InvariantBranch(replace(cfg, in_dim=node_dim)) if opts["invariant_branch"] else None
+        )
         if opts["stats_readout"] and self.module_spec is None:
             raise ConfigError("model 'tile_gnn': option stats_readout needs nodes='modules'")
         # module_stats' standardised statistics as a linear branch (see module_graph)
-        self.stats = StatsReadout(self.module_spec.k, cfg.n_outputs, dropout=cfg.dropout) \
-            if self.module_spec is not None and opts["stats_readout"] else None
+        self.stats = (
+            StatsReadout(self.module_spec.k, cfg.n_outputs, dropout=cfg.dropout)
+            if self.module_spec is not None and opts["stats_readout"]
+            else None
+        )
 
     def prepare(self, train_data: Any) -> None:
         """Fit the whitening (option ``whiten``) and the modules (``nodes: modules``) on the
@@ -105,16 +140,23 @@ class TileGNN(nn.Module):
         if self.transform.whiten or self.module_spec is not None:
             bags = fit_transform(self, train_data)
             if self.module_spec is not None:
-                book = fit_modules(bags, self.module_spec, encoder=getattr(train_data, "encoder", None))
+                book = fit_modules(
+                    bags, self.module_spec, encoder=getattr(train_data, "encoder", None)
+                )
                 self.centroids.copy_(torch.from_numpy(book.centroids))
                 self.modules_fitted.fill_(True)
                 if self.stats is not None:
-                    self.stats.fit(self.module_of, [train_data.read(item.slide_id) for item in train_data.items])
+                    self.stats.fit(
+                        self.module_of,
+                        [train_data.read(item.slide_id) for item in train_data.items],
+                    )
 
     def module_of(self, x: Tensor) -> Tensor:
         """Each tile's nearest module (``nodes: modules``), from raw embeddings."""
         if self.module_spec is None or not bool(self.modules_fitted):
-            raise ConfigError("tile_gnn (nodes: modules) has no fitted modules: call prepare(train_data) first")
+            raise ConfigError(
+                "tile_gnn (nodes: modules) has no fitted modules: call prepare(train_data) first"
+            )
         c, z = self.centroids, self.transform(x).detach()
         return ((c * c).sum(1)[None, :] - 2 * z @ c.T).argmin(1)
 
@@ -137,8 +179,14 @@ class TileGNN(nn.Module):
         coords = require_coords("tile_gnn", x, coords)
         return self.head(self.node_states(x, edges_for(coords, self.spec, None, x.device)))
 
-    def forward(self, x: Tensor, label: int | None = None, *, coords: Tensor | None = None,
-                edges: tuple[Any, Any] | None = None) -> MILOutput:
+    def forward(
+        self,
+        x: Tensor,
+        label: int | None = None,
+        *,
+        coords: Tensor | None = None,
+        edges: tuple[Any, Any] | None = None,
+    ) -> MILOutput:
         coords = require_coords("tile_gnn", x, coords)
         if self.training and self.tile_dropout > 0:
             x, coords = drop_tiles(x, coords, self.tile_dropout, True)
