@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from features.store._keys import validate_encoder
 from infra.errors import SlidebankError
 from infra.ids import validate_slide_id
 from infra.validate import positive
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["H5FileError", "H5ImportConfig", "H5ImportResult", "import_h5"]
 
@@ -80,7 +83,9 @@ class H5ImportResult:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def import_h5(store: Any, paths: Iterable[str | Path], config: H5ImportConfig) -> H5ImportResult:
+def import_h5(
+    store: FeatureStore, paths: Iterable[str | Path], config: H5ImportConfig
+) -> H5ImportResult:
     """Import ``paths`` (``<slide_id>.h5`` files) into ``store``; commits once at the end."""
     from features.store import SlideKey
 

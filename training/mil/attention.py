@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = [
     "attention_grid",
@@ -70,7 +73,7 @@ def top_bottom_tiles(
     return {"top": rows(order[:k]), "bottom": rows(order[::-1][:k])}
 
 
-def slide_mpp(store: Any, slide_id: str) -> float:
+def slide_mpp(store: FeatureStore, slide_id: str) -> float:
     """The slide's level-0 microns per pixel as the store recorded it."""
     table = store.slides(slide_ids=[slide_id], columns=["mpp"])
     values = [v for v in table.column("mpp").to_pylist() if v] if table.num_rows else []
@@ -80,7 +83,7 @@ def slide_mpp(store: Any, slide_id: str) -> float:
 
 
 def write_tile_heatmap(
-    store: Any,
+    store: FeatureStore,
     slide_id: str,
     name: str,
     coords: np.ndarray,
@@ -96,7 +99,7 @@ def write_tile_heatmap(
 
 
 def write_attention(
-    store: Any,
+    store: FeatureStore,
     slide_id: str,
     coords: np.ndarray,
     attention: np.ndarray,
@@ -112,7 +115,7 @@ def write_attention(
 
 
 def render_overlay(
-    store: Any,
+    store: FeatureStore,
     slide_id: str,
     name: str,
     path: str | Path,

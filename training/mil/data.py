@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["BagDataset", "BagItem", "class_weights", "targets_from_cohort"]
 
@@ -114,7 +117,7 @@ class BagDataset:
         self.storage_options = dict(storage_options or {})
         self.cache = cache
         self.epoch = 0
-        self._store: Any = None
+        self._store: FeatureStore | None = None  # opened lazily, in the worker
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:

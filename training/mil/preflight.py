@@ -10,11 +10,14 @@ folds). Each is a :class:`~infra.errors.ConfigError` naming what is wrong and wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from infra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = ["check_cohort", "check_splits", "check_store_slides"]
 
@@ -51,7 +54,7 @@ def check_cohort(table: pd.DataFrame, labels: Sequence[str], task: str, *, sourc
 
 
 def check_store_slides(
-    table: pd.DataFrame, store: Any, encoder: str | None, *, source: str
+    table: pd.DataFrame, store: FeatureStore, encoder: str | None, *, source: str
 ) -> None:
     """Every cohort slide is ``done`` in the store for ``encoder``; patient ids agree."""
     encoders = store.encoders()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ import pandas as pd
 from infra.errors import ConfigError
 from infra.files import atomic_write, atomic_write_json, check_output
 from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 __all__ = [
     "apply_overrides",
@@ -208,7 +211,7 @@ def _resumed_run(config: TrainRunConfig, run_id: str) -> str:
 
 
 def _write_attention(
-    store: Any, runs: list[Any], run_id: str, out: Path, model: str
+    store: FeatureStore, runs: list[Any], run_id: str, out: Path, model: str
 ) -> dict[str, Any]:
     """Each test slide's attention (from the fold that held it out): a Zarr heatmap
     ``heatmaps/<run_id>`` in the slide's group, rows in the store's derived table
