@@ -715,8 +715,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.no_upkeep:
         args.upkeep = "off"
     sizes = tuple(_size(s) for s in args.sizes.split(","))
-    if list(sizes) != sorted(set(sizes)) or sizes[0] < args.tiles_per_slide:
-        parser.error(f"--sizes must ascend and start at >= one slide of tiles, not {args.sizes}")
+    # Three slides are deleted on each clone, so the smallest size needs a few more.
+    if list(sizes) != sorted(set(sizes)) or sizes[0] < 4 * args.tiles_per_slide:
+        parser.error(
+            f"--sizes must ascend and start at >= 4 slides of tiles "
+            f"({4 * args.tiles_per_slide}), not {args.sizes}"
+        )
     args.params = Params(
         sizes=sizes,
         dim=args.dim,
