@@ -75,7 +75,11 @@ from features.store.schema import (
     slides_table,
     tiles_schema,
 )
-from features.store.upkeep import ensure_scalar_indexes, fold_new_fragments
+from features.store.upkeep import (
+    compact_small_fragments,
+    ensure_scalar_indexes,
+    fold_new_fragments,
+)
 from infra.errors import ConfigError, StoreConflictError
 from infra.validate import choice, require
 
@@ -530,6 +534,9 @@ def commit_slides(
     for encoder in tiles_versions:
         # Keeps a bag read a lookup however many commits the table has had.
         fold_new_fragments(tables.tiles(encoder))
+    # Every commit adds a small slides fragment and scans the table: merge them (only the
+    # small ones) so a commit and a listing do not grow with the commits ever made.
+    compact_small_fragments(tables.slides())
     committed = tuple(
         p.key
         for p in pending

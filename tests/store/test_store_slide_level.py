@@ -13,7 +13,7 @@ from tests._support.store import ENCODER
 
 
 def test_open_missing_store_is_an_error_unless_created(tmp_path):
-    with pytest.raises(StoreNotFoundError, match="pass create=True"):
+    with pytest.raises(StoreNotFoundError, match=r"FeatureStore.open\(\.\.\., create=True\)"):
         FeatureStore.open(str(tmp_path / "typo"))
     assert not (tmp_path / "typo").exists()
     FeatureStore.open(str(tmp_path / "new"), create=True)
