@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Bag",
+    "TileFilter",
     "bag_from_table",
     "current_writes",
     "gate_rows",
@@ -201,6 +202,56 @@ def tiles_predicate(
     return gate
 
 
+@dataclass(frozen=True)
+class TileFilter:
+    """What a tile read asks for (a cohort, slides left out, a config, the caller's
+    ``where``), turned into the Lance predicate and, when the caller's text is in it, the
+    gate held again on the rows that come back. One object instead of the four arguments
+    every reader forwarded by hand."""
+
+    slide_ids: tuple[str, ...] | None = None
+    exclude_slide_ids: tuple[str, ...] = ()
+    config_hash: str | None = None
+    where: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        slide_ids: Iterable[str] | None = None,
+        exclude_slide_ids: Iterable[str] = (),
+        config_hash: str | None = None,
+        where: str | None = None,
+    ) -> TileFilter:
+        cohort = None if slide_ids is None else tuple(slide_ids)
+        return cls(cohort, tuple(exclude_slide_ids), config_hash, where)
+
+    def predicate(self, view: StoreView, encoder: str, dataset: lance.LanceDataset) -> str | None:
+        return tiles_predicate(
+            view,
+            encoder,
+            dataset,
+            slide_ids=self.slide_ids,
+            exclude_slide_ids=self.exclude_slide_ids,
+            config_hash=self.config_hash,
+            where=self.where,
+        )
+
+    def gate(
+        self, view: StoreView, encoder: str
+    ) -> Callable[[pa.RecordBatch], pa.RecordBatch] | None:
+        """The row filter to apply after Lance, or None when no caller text is in the
+        predicate (the store's own predicate is then exact)."""
+        if not self.where:
+            return None
+        return gate_rows(
+            view,
+            encoder,
+            slide_ids=self.slide_ids,
+            exclude_slide_ids=self.exclude_slide_ids,
+            config_hash=self.config_hash,
+        )
+
+
 def gate_rows(
     view: StoreView,
     encoder: str,
@@ -273,26 +324,10 @@ def scan_tiles(
     dataset = view.tiles(encoder)
     if dataset is None:
         return
-    cohort = None if slide_ids is None else list(slide_ids)
-    predicate = tiles_predicate(
-        view,
-        encoder,
-        dataset,
-        slide_ids=cohort,
-        exclude_slide_ids=exclude_slide_ids,
-        config_hash=config_hash,
-        where=where,
-    )
     wanted = list(columns) if columns else None
-    keep = None
-    if where:
-        keep = gate_rows(
-            view,
-            encoder,
-            slide_ids=cohort,
-            exclude_slide_ids=exclude_slide_ids,
-            config_hash=config_hash,
-        )
+    ask = TileFilter.of(slide_ids, exclude_slide_ids, config_hash, where)
+    predicate = ask.predicate(view, encoder, dataset)
+    keep = ask.gate(view, encoder)
     scanned = (
         wanted if keep is None or wanted is None or "write_id" in wanted else [*wanted, "write_id"]
     )

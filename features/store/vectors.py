@@ -22,7 +22,7 @@ import pyarrow as pa
 from features.store._errors import StoreNotFoundError, TileNotFoundError
 from features.store._keys import sql_literal, validate_slide_id
 from features.store._tables import StoreView, TableSet
-from features.store.reader import gate_rows, tiles_predicate, visible_writes
+from features.store.reader import TileFilter, visible_writes
 from infra.errors import ConfigError
 from infra.validate import choice, fail, integer, positive
 
@@ -286,32 +286,16 @@ def search_vector(
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     if query.shape[0] != dim:
         raise ConfigError(f"query vector has {query.shape[0]} values, the {encoder} table {dim}")
-    cohort = None if slide_ids is None else list(slide_ids)
-    exclude_slide_ids = list(exclude_slide_ids)
-    predicate = tiles_predicate(
-        view,
-        encoder,
-        dataset,
-        slide_ids=cohort,
-        exclude_slide_ids=exclude_slide_ids,
-        config_hash=config_hash,
-        where=where,
-    )
+    ask = TileFilter.of(slide_ids, exclude_slide_ids, config_hash, where)
     table = dataset.to_table(
         columns=[*RESULT_COLUMNS, "write_id", "_distance"],
         nearest=_nearest(dataset, query, params),
-        filter=predicate,
+        filter=ask.predicate(view, encoder, dataset),
         prefilter=True,
     )
-    if where:
+    keep = ask.gate(view, encoder)
+    if keep is not None:
         # The caller's text is in the predicate: hold the gate on what came back too.
-        keep = gate_rows(
-            view,
-            encoder,
-            slide_ids=cohort,
-            exclude_slide_ids=exclude_slide_ids,
-            config_hash=config_hash,
-        )
         table = pa.Table.from_batches([keep(b) for b in table.to_batches()], table.schema)
     table = table.drop_columns(["write_id"]).rename_columns([*RESULT_COLUMNS, "distance"])
     return table.sort_by([("distance", "ascending")])
