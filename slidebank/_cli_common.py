@@ -17,6 +17,7 @@ __all__ = [
     "AddressOpt",
     "JsonOpt",
     "OverwriteOpt",
+    "SlideUriArg",
     "StorageOpt",
     "fail_on_slidebank_error",
     "parse_storage_options",
@@ -40,6 +41,7 @@ AddressOpt = Annotated[
         help="A running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded local Ray).",
     ),
 ]
+SlideUriArg = Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(

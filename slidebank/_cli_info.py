@@ -10,6 +10,7 @@ import typer
 
 from slidebank._cli_common import (
     JsonOpt,
+    SlideUriArg,
     StorageOpt,
     fail_on_slidebank_error,
     parse_storage_options,
@@ -19,9 +20,7 @@ __all__ = ["register"]
 
 
 def info(
-    slide_uri: Annotated[
-        str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")
-    ],
+    slide_uri: SlideUriArg,
     out: Annotated[
         Path | None,
         typer.Option(
