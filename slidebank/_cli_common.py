@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import typer
 
@@ -16,9 +16,12 @@ from infra.fs_errors import write_error
 __all__ = [
     "AddressOpt",
     "JsonOpt",
+    "MppOverrideOpt",
     "OverwriteOpt",
+    "ReaderOpt",
     "SlideUriArg",
     "StorageOpt",
+    "StrategyOpt",
     "fail_on_slidebank_error",
     "parse_storage_options",
 ]
@@ -40,6 +43,16 @@ AddressOpt = Annotated[
         envvar="RAY_ADDRESS",
         help="A running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded local Ray).",
     ),
+]
+MppOverrideOpt = Annotated[
+    float | None, typer.Option(help="MPP override in µm/px (manifest value).")
+]
+ReaderOpt = Annotated[
+    str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")
+]
+StrategyOpt = Annotated[
+    Literal["auto", "stream", "stage"],
+    typer.Option(help="Remote access: stream byte ranges, stage to local scratch, or auto."),
 ]
 SlideUriArg = Annotated[str, typer.Argument(help="Path or URI: slide.svs, file://, s3://, gs://.")]
 OverwriteOpt = Annotated[

@@ -10,8 +10,11 @@ import typer
 
 from slidebank._cli_common import (
     JsonOpt,
+    MppOverrideOpt,
+    ReaderOpt,
     SlideUriArg,
     StorageOpt,
+    StrategyOpt,
     fail_on_slidebank_error,
     parse_storage_options,
 )
@@ -27,16 +30,9 @@ def info(
             help="Write the thumbnail PNG to OUT/<slide_id>/thumbnail.png (default: nothing written)."
         ),
     ] = None,
-    mpp: Annotated[
-        float | None, typer.Option(help="MPP override in µm/px (manifest value).")
-    ] = None,
-    reader: Annotated[
-        str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")
-    ] = None,
-    strategy: Annotated[
-        Literal["auto", "stream", "stage"],
-        typer.Option(help="Remote access: stream byte ranges, stage to local scratch, or auto."),
-    ] = "auto",
+    mpp: MppOverrideOpt = None,
+    reader: ReaderOpt = None,
+    strategy: StrategyOpt = "auto",
     thumbnail_mpp: Annotated[float, typer.Option(help="Thumbnail resolution in µm/px.")] = 8.0,
     storage_option: StorageOpt = None,
     as_json: JsonOpt = False,

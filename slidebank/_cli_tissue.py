@@ -9,9 +9,12 @@ from typing import Annotated, Literal
 import typer
 
 from slidebank._cli_common import (
+    MppOverrideOpt,
     OverwriteOpt,
+    ReaderOpt,
     SlideUriArg,
     StorageOpt,
+    StrategyOpt,
     fail_on_slidebank_error,
     parse_storage_options,
 )
@@ -24,16 +27,9 @@ def tissue(
     out: Annotated[Path, typer.Option(help="Directory; files go to OUT/<slide_id>/.")] = Path(
         "slidebank-out"
     ),
-    mpp: Annotated[
-        float | None, typer.Option(help="MPP override in µm/px (manifest value).")
-    ] = None,
-    reader: Annotated[
-        str | None, typer.Option(help="Force a backend: cucim, openslide, tiffslide.")
-    ] = None,
-    strategy: Annotated[
-        Literal["auto", "stream", "stage"],
-        typer.Option(help="Remote access: auto, stream or stage."),
-    ] = "auto",
+    mpp: MppOverrideOpt = None,
+    reader: ReaderOpt = None,
+    strategy: StrategyOpt = "auto",
     thumbnail_mpp: Annotated[float, typer.Option(min=0.1, help="Mask resolution, µm/px.")] = 8.0,
     target_mpp: Annotated[float, typer.Option(min=0.05, help="Tile resolution, µm/px.")] = 0.5,
     tile_size: Annotated[int, typer.Option(min=8, max=8192, help="Tile side in pixels.")] = 256,

@@ -140,13 +140,22 @@ class Progress:
         if self._lines is None:
             return
         self._last_line = self._clock()
-        print(text, file=self._lines, flush=True)  # flushed: a batch log is read as it grows
+        _write(self._lines, text)
+
+    def notice(self, text: str) -> None:
+        """A one-off line for the person at the terminal (stderr, whatever the mode)."""
+        _write(sys.stderr, text)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
         if self.done:
             self._line(self.status_line())
+
+
+def _write(stream: Any, text: str) -> None:
+    stream.write(f"{text}\n")
+    stream.flush()  # a batch log is read as it grows
 
 
 @contextlib.contextmanager
@@ -169,11 +178,7 @@ def deferred_interrupt(progress: Progress) -> Iterator[None]:
             signal.signal(signal.SIGINT, restore)
             raise KeyboardInterrupt
         progress.stop_requested = True
-        print(
-            "Ctrl-C: stopping after the current commit (Ctrl-C again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        progress.notice("Ctrl-C: stopping after the current commit (Ctrl-C again to stop at once)")
 
     signal.signal(signal.SIGINT, hold)
     try:

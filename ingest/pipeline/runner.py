@@ -304,13 +304,43 @@ def _execute(
     result: IngestResult,
     progress: Progress,
 ) -> None:
+    """Run the chosen engine over ``todo``; Ctrl-C waits for the next commit boundary."""
+    from features.store import new_write_id
+
+    if result.engine != "inprocess":
+        result.engine = choose_engine(options)
+        log.info("ingest engine: %s", result.engine)
+    write_ids = {s.slide_id: new_write_id() for s in todo}
+    collector = SlideCollector(
+        store,
+        config.encoder_id,
+        config_hash,
+        config.embedding_dtype,
+        write_ids,
+        options.commit_every,
+        result.run_id,
+        _faults.active(),
+        committed=result.outcomes,
+    )
+    context = RunContext(
+        todo=tuple(todo),
+        store=store,
+        config=config,
+        options=options,
+        storage_options=storage_options,
+        config_hash=config_hash,
+        result=result,
+        progress=progress,
+        write_ids=write_ids,
+        collector=collector,
+    )
     try:
         with deferred_interrupt(progress):
-            _run_engine(
-                todo, store, config, options, storage_options, config_hash, result, progress
-            )
+            engine(result.engine).run(context)
+            collector.flush(final=True)
     except KeyboardInterrupt as exc:
         raise _interrupted(todo, store, config.encoder_id, config_hash, result) from exc
+    _gather(todo, collector, result)
 
 
 def _interrupted(
@@ -340,51 +370,6 @@ def _interrupted(
         return IngestInterrupted(None, None, total)
     mine = sum(r["run_id"] == result.run_id for r in rows)
     return IngestInterrupted(mine, len(rows) + len(result.skipped), total)
-
-
-def _run_engine(
-    todo: list[SlideSource],
-    store: FeatureStore,
-    config: IngestConfig,
-    options: RunOptions,
-    storage_options: Mapping[str, Any] | None,
-    config_hash: str,
-    result: IngestResult,
-    progress: Progress,
-) -> None:
-    from features.store import new_write_id
-
-    if result.engine != "inprocess":
-        result.engine = choose_engine(options)
-        log.info("ingest engine: %s", result.engine)
-    write_ids = {s.slide_id: new_write_id() for s in todo}
-    collector = SlideCollector(
-        store,
-        config.encoder_id,
-        config_hash,
-        config.embedding_dtype,
-        write_ids,
-        options.commit_every,
-        result.run_id,
-        _faults.active(),
-        committed=result.outcomes,
-    )
-    engine(result.engine).run(
-        RunContext(
-            todo=tuple(todo),
-            store=store,
-            config=config,
-            options=options,
-            storage_options=storage_options,
-            config_hash=config_hash,
-            result=result,
-            progress=progress,
-            write_ids=write_ids,
-            collector=collector,
-        )
-    )
-    collector.flush(final=True)
-    _gather(todo, collector, result)
 
 
 def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestResult) -> None:

@@ -150,15 +150,14 @@ def test_commit_with_a_missing_fragment_file_is_refused_and_the_store_stays_read
     assert local_store.bag("s2").embeddings.shape == (8, 16)
 
 
+@pytest.mark.timeout(120)  # the bound on the wait below: no deadline inside the test
 def test_heartbeat_is_refreshed_while_running_and_removed_when_the_run_closes(local_store):
     local_store.begin_run(_run("r1"), recover=False)
     stale = datetime.now(UTC) - timedelta(hours=1)
     write_heartbeat(local_store.location, Heartbeat("r1", os.getpid(), "h", None, stale))
     with RunHeartbeat(timedelta(milliseconds=20)) as heartbeat:
         heartbeat.start(local_store.location, "r1")
-        deadline = time.monotonic() + 30
         while read_heartbeat(local_store.location, "r1").beat_at == stale:  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the heartbeat was never refreshed"
             time.sleep(0.02)
     beat = read_heartbeat(local_store.location, "r1")
     assert beat is not None and beat.pid == os.getpid() and beat.machine == machine_identity()
