@@ -2,7 +2,7 @@
 ``module_stats`` baseline and the planted-type oracle, as single-tile separability falls.
 
 Each cell is one cohort (S1, S2, ...) written with one noise model (isotropic, per-slide
-offsets, nuisance directions with heavy tails and offsets: ``training.spatial.synthetic``)
+offsets, nuisance directions with heavy tails and offsets: ``synthetic.spatial``)
 calibrated to one separability (balanced accuracy of a logistic tile typer on held-out
 slides), with irregular tissue shapes. Every model is trained on the same patient-level
 folds as the rest of the benchmark. Per cell and model: pooled out-of-fold AUROC (mean
@@ -64,12 +64,12 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from synthetic.spatial import TYPES
     from training.mil.evaluate import bootstrap_ci
     from training.spatial.stats import module_features
-    from training.spatial.synthetic import TYPES
 
     table = cohort.table
-    # real_S1's planted types use their own numbering (ingest.synthetic.nests)
+    # real_S1's planted types use their own numbering (synthetic.slides.nests)
     k = max(len(TYPES), 1 + max(int(np.max(cohort.types[s])) for s in table["slide_id"]))
     feats = {
         sid: module_features(cohort.types[sid], cohort.coords[sid], k) for sid in table["slide_id"]
@@ -143,7 +143,7 @@ def run_sweep(
     side_of: dict[str, int],
 ) -> dict[str, Any]:
     from benchmarks._common import write_json
-    from training.spatial.synthetic import NoiseSpec, write_spatial_cohort
+    from synthetic.spatial import NoiseSpec, write_spatial_cohort
 
     cells = result.setdefault("cells", [])
     for name in params["cohorts"]:

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ingest.slides import open_slide
-from ingest.synthetic.pasted import PastedSlideSpec, write_pasted_slide
 from ingest.tiling import plan_slide
 from ingest.tissue import TissueConfig, iou, resample_nearest
+from synthetic.slides.pasted import PastedSlideSpec, write_pasted_slide
 
 HERE = Path(__file__).resolve().parent
 LAZYSLIDE = HERE / ".peers" / "lazyslide" / "bin" / "python"

@@ -643,7 +643,7 @@ def _memory(env: Env) -> dict[str, Any]:
 
 def _slide(plan: Plan, folder: str) -> Path:
     """A 40×-style synthetic slide: 0.25 µm/px and a 1 µm/px level, nothing at 0.5."""
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     path = Path(folder) / f"bench40x-{plan.slide_side}.svs"
     write_synthetic_slide(

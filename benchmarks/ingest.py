@@ -39,7 +39,7 @@ ENCODERS = {"handcrafted-he-v1": None, "timm:vit_small_patch16_224": "random"}
 def cohort(quick: bool) -> list:
     """Synthetic slides at 0.5 µm/px; enough tiles that start-up does not dominate."""
     from ingest.pipeline.sources import SlideSource
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     n, side = (2, 4096) if quick else (6, 8192)
     folder = DATA / f"ingest_{n}x{side}"

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slides", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="100 slides")
     args = parser.parse_args(argv)
-    from ingest.synthetic.cohort import write_small_cohort
+    from synthetic.slides.cohort import write_small_cohort
 
     n = 100 if args.quick else args.slides
     started = time.perf_counter()

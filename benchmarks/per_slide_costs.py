@@ -105,7 +105,7 @@ print(json.dumps({"ms_per_slide": (time.perf_counter() - start) / (len(paths) - 
 
 def _small_slide_ms(tree: Path, n: int = 100) -> float:
     from benchmarks._common import DATA
-    from ingest.synthetic.cohort import write_small_cohort
+    from synthetic.slides.cohort import write_small_cohort
 
     folder = DATA / "scale_1000x1024"
     write_small_cohort(folder, 1000)  # the weight-free peer benchmark's slides (cached)

@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks._common import DATA, best_of, machine, moto_s3, print_table, write_json
 from ingest.slides import ScratchSpace, open_slide
 from ingest.slides.slide import downsample
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 TILE = 256
 

@@ -4,11 +4,11 @@ arrangement carries the label, side by side on the same folds; plus graph/module
     python -m benchmarks.spatial --out spatial.json [--quick]
     python -m benchmarks.spatial --sweep --quick   # -> benchmarks/results/spatial_sweep_quick.json
 
-Cohorts (``training.spatial.synthetic``, written into a real feature store): S0
+Cohorts (``synthetic.spatial``, written into a real feature store): S0
 composition control, S1 inflamed vs excluded, S2 module contact, S3 long range, S4
 regression (a gene driven by tumour-immune contacts and a composition control gene);
 ``real_S1``, inflamed vs excluded made from pixels: pyramidal TIFFs with tumour nests and
-lymphocyte aggregates inside or around them (``slidebank.spatial_cohort``), ingested by
+lymphocyte aggregates inside or around them (``synthetic.spatial_slides``), ingested by
 ``run_ingest`` with the default weight-free encoder (``--real-root`` keeps slides and
 store between runs). ``--quick`` runs S0 and S1 with fewer slides and one seed. Every model is trained by
 ``training.mil.train.fit`` — the loop each Ray Train worker runs — in this process, with
@@ -302,8 +302,8 @@ def masking_report(cohort: Any, runs: list[Any], bags: dict, png: Path) -> dict[
     the planted type most of their tiles carry."""
     from sklearn.metrics import roc_auc_score
 
+    from synthetic.spatial import TYPES
     from training.spatial.masking import edge_masking, masking_table, write_masking_png
-    from training.spatial.synthetic import TYPES
 
     frames, cuts = [], []
     label_of = dict(zip(cohort.table["slide_id"], cohort.table["label"], strict=True))
@@ -520,7 +520,7 @@ def main() -> None:
     if args.speed_only:
         params["cohorts"] = []
 
-    from training.spatial.synthetic import write_spatial_cohort
+    from synthetic.spatial import write_spatial_cohort
 
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -543,7 +543,7 @@ def main() -> None:
     try:
         for name in params["cohorts"]:
             if name == "real_S1":
-                from slidebank.spatial_cohort import make_real_s1_cohort
+                from synthetic.spatial_slides import make_real_s1_cohort
 
                 built = time.perf_counter()
                 cohort = make_real_s1_cohort(

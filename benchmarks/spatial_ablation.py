@@ -25,8 +25,8 @@ def main() -> None:
     import yaml
 
     from benchmarks.spatial import _auroc, train_config
+    from synthetic.spatial import NoiseSpec, write_spatial_cohort
     from training.spatial.cv import cross_validate
-    from training.spatial.synthetic import NoiseSpec, write_spatial_cohort
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", default="S1")

@@ -51,7 +51,7 @@ def load_tiles() -> tuple[np.ndarray, str]:
     """BATCH tissue tiles (≥ 50 % stained) from the sample slide, or a synthetic one."""
     path, source = SAMPLE_SLIDE, "cmu_small_region.svs"
     if not path.exists():
-        from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+        from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
         path, source = DATA / "stain_bench.svs", "synthetic"
         if not path.exists():

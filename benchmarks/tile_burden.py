@@ -1,11 +1,11 @@
 """Tumour burden and nuclear purity against planted truth, at the embedding level and
 through pixels.
 
-1. Embedding level (``training.tiles.synthetic.make_burden_cohort``): tumour regions
+1. Embedding level (``synthetic.tiles.make_burden_cohort``): tumour regions
    covering 3-60 % of each slide, nuclei planted per tile in the handcrafted encoder's
    ``nuclei_density``; the true purity is the planted tumour nuclei over all nuclei.
 2. Pixels: small slides with one tumour nest of varied radius in stroma, with a
-   lymphocyte aggregate and scattered lymphocytes (``ingest.synthetic.nests``), rendered
+   lymphocyte aggregate and scattered lymphocytes (``synthetic.slides.nests``), rendered
    tile by tile by the same tissue renderer the synthetic TIFF writer streams, and
    encoded by ``handcrafted-he-v1``: nuclei are found by its hematoxylin thresholding
    on real pixels, not planted. The true purity counts the nuclei the renderer drew
@@ -56,7 +56,7 @@ class PixelSlide:
 
 
 def _content(seed: int, radius_um: float, inflamed: bool) -> Any:
-    from ingest.synthetic.nests import NestedSlideSpec, _content, nest_layout
+    from synthetic.slides.nests import NestedSlideSpec, _content, nest_layout
 
     spec = NestedSlideSpec(
         side=SIDE_PX,
@@ -74,7 +74,7 @@ def planted_nuclei(content: Any, side_um: float) -> tuple[int, int]:
     """(tumour, all) nuclei the renderer draws on tissue: its two nucleus lattices
     (tumour/stroma nuclei and lymphocytes), with the draws ``TissueContent._nuclei`` and
     ``_lymphocytes`` make, counted at each nucleus centre."""
-    from ingest.synthetic.content import _CELL_UM, _LYMPH_CELL_UM, _LYMPH_PRESENT, _hash01
+    from synthetic.slides.content import _CELL_UM, _LYMPH_CELL_UM, _LYMPH_PRESENT, _hash01
 
     seed = content.design.seed
     n = int(math.ceil(side_um / _CELL_UM))
@@ -239,7 +239,7 @@ def evaluate(
 
 
 def embedding_level(root: Path, size: dict[str, Any]) -> dict[str, Any]:
-    from training.tiles.synthetic import make_burden_cohort
+    from synthetic.tiles import make_burden_cohort
 
     t0 = time.perf_counter()
     cohort = make_burden_cohort(str(root / "emb"), n_slides=size["slides"], seed=7)

@@ -36,7 +36,7 @@ def coverage_cost(grid: int) -> dict[str, Any]:
     import shapely
 
     from features.annotations.coverage import class_coverage, tile_boxes
-    from training.tiles.synthetic import tumour_polygon
+    from synthetic.tiles import tumour_polygon
 
     rng = np.random.default_rng(0)
     side = 256.0
@@ -85,7 +85,7 @@ def _run(store: Any, folds: int, seed: int, **kw: Any) -> Any:
 
 
 def clean(root: Path, size: dict[str, Any]) -> list[dict[str, Any]]:
-    from training.tiles.synthetic import make_tile_cohort
+    from synthetic.tiles import make_tile_cohort
 
     cohort = make_tile_cohort(
         str(root / "clean"),
@@ -114,7 +114,7 @@ def clean(root: Path, size: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def ambiguous(root: Path, size: dict[str, Any]) -> dict[str, Any]:
-    from training.tiles.synthetic import make_tile_cohort
+    from synthetic.tiles import make_tile_cohort
 
     arms = {
         "single": {},

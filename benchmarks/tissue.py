@@ -34,11 +34,11 @@ from typing import Any
 from benchmarks._common import DATA, ROOT, machine, print_table, write_json
 from benchmarks._tissue_pasted import run_pasted
 from ingest.slides import open_slide
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
-from ingest.synthetic.tissue_sets import accuracy_specs, score_slide, write_slides
 from ingest.tiling import plan_slide
 from ingest.tissue import TissueConfig, saturation_otsu_mask, slide_tissue_mask
 from ingest.tissue.overlay import margin_dye
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides.tissue_sets import accuracy_specs, score_slide, write_slides
 
 REAL_SLIDE = ROOT.parent / "shared" / "data" / "cmu_small_region.svs"
 

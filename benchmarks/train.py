@@ -130,11 +130,11 @@ def main() -> None:
     import torch
 
     from infra.ray_runtime import connect, shutdown
+    from synthetic.mil import write_planted_cohort
     from training.mil.data import BagDataset, targets_from_cohort
     from training.mil.heads import make_head
     from training.mil.job import JobConfig, run_training
     from training.mil.models import MILConfig
-    from training.mil.synthetic import write_planted_cohort
     from training.mil.train import TrainConfig, fit
 
     load_before = os.getloadavg()

@@ -44,7 +44,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from infra.ray_runtime import connect, shutdown
-    from slidebank.synthetic_cohort import CohortSpec, make_ingested_cohort
+    from synthetic.demo import CohortSpec, make_ingested_cohort
     from training.mil.job import JobConfig, cv_splits, run_cross_validation, run_training
     from training.mil.models import MILConfig
     from training.mil.train import TrainConfig

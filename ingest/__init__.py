@@ -1,2 +1,2 @@
-"""Ingestion: slide access (readers, URIs, staging), synthetic slides, tissue detection
+"""Ingestion: slide access (readers, URIs, staging), tissue detection
 and QC, tile planning, stain normalization, and the distributed Ray pipeline."""

@@ -113,7 +113,7 @@ def sample(
 
     Example: slidebank sample slidebank-out/sample.svs --width 8192 --height 6144
     """
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     style: Literal["svs", "tiff"] = "svs" if path.suffix.lower() == ".svs" else "tiff"
     path.parent.mkdir(parents=True, exist_ok=True)

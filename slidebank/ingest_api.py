@@ -113,7 +113,7 @@ def run_demo(
     from ingest.pipeline.config import RunOptions
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import SlideSource
-    from slidebank.synthetic_cohort import demo_plan, write_demo_labels
+    from synthetic.demo import demo_plan, write_demo_labels
 
     out = Path(out)
     cohort = out / "cohort"
@@ -145,8 +145,8 @@ def _write_cohort(folder: Path, n: int, *, labelled: bool = False) -> list[Any]:
     """The demo's slides; ``labelled``: with the infiltrates :func:`demo_plan` plans
     (and the scattered lymphocytes of every real slide), which its labels.csv describes."""
     from ingest.pipeline.sources import SlideSource
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
-    from slidebank.synthetic_cohort import demo_plan
+    from synthetic.demo import demo_plan
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     plan = demo_plan(n) if labelled else []

@@ -76,7 +76,7 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_svs(synthetic_dir: Path):
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     spec = SyntheticSlideSpec(
         width=2304, height=1792, mpp=0.5, style="svs", seed=11, downsamples=(1, 4), pen_marks=True
@@ -86,7 +86,7 @@ def synthetic_svs(synthetic_dir: Path):
 
 @pytest.fixture(scope="session")
 def synthetic_tiff(synthetic_dir: Path):
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     # 1502 rows: level 2 has a non-integer downsample (1502 / 375), as real scans do.
     spec = SyntheticSlideSpec(

@@ -167,13 +167,13 @@ def test_bad_label_images_fail_with_one_clear_line(store, tmp_path):
 
 @pytest.fixture(scope="module")
 def mapped(tmp_path_factory):
+    from synthetic.tiles import make_tile_cohort
     from training.tiles import (
         TileClassifierConfig,
         TileTask,
         run_tile_classifier,
         write_predictions,
     )
-    from training.tiles.synthetic import make_tile_cohort
 
     cohort = make_tile_cohort(
         str(tmp_path_factory.mktemp("oz") / "store"), n_slides=4, side=12, seed=3

@@ -20,7 +20,7 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 from tests._autoscaling import autoscaling_cluster
 from tests._multinode import auth_env
 

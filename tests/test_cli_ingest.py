@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from slidebank.cli import app
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from slidebank.cli import app
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 from tests._deploy_tools.fixtures import renders  # noqa: F401
 from tests._deploy_tools.kuberay_submitter import replay
 

@@ -115,7 +115,7 @@ def test_each_slide_whose_gpu_decode_falls_back_is_counted_and_warned_once(
     from ingest.slides import open_slide
     from ingest.slides.backends import cucim_standin
     from ingest.slides.backends.cucim_reader import CucimReader
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     if not CucimReader.is_available():
         pytest.skip("cuCIM is not installed")

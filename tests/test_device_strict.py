@@ -25,8 +25,8 @@ from infra.strict_device import ImplicitTransferError
 from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.slides.backends import cucim_standin
 from ingest.slides.backends.cucim_reader import CucimReader
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import TilingConfig
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 pytestmark = pytest.mark.skipif(not CucimReader.is_available(), reason="cuCIM is not installed")
 

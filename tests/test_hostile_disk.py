@@ -112,7 +112,7 @@ def store_root(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------ finding 11
 def test_ingest_into_a_file_exits_2_before_ray(tmp_path):
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     slide = tmp_path / "s.svs"  # a real slide: the old code got as far as Lance, then a traceback
     write_synthetic_slide(slide, SyntheticSlideSpec(width=512, height=512))
@@ -431,7 +431,7 @@ def store_with_a_full(tmp_path: Path, part: str) -> Iterator[Path]:
 
 
 def _slide(tmp_path: Path) -> Path:
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     path = tmp_path / "s1.svs"
     write_synthetic_slide(path, SyntheticSlideSpec(width=512, height=512))
@@ -474,7 +474,7 @@ def test_ingest_that_cannot_record_its_run_says_so_in_one_line(tmp_path):
 def test_ingest_the_disk_fills_under_keeps_its_summary_and_committed_slides(ray_local, tmp_path):
     """The whole run on Ray: workers write fragments, the driver commits each slide, the
     disk fills part-way; the summary lists what was committed, the store keeps it."""
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     cohort = tmp_path / "cohort"
     cohort.mkdir()
@@ -529,7 +529,7 @@ def test_ingest_api_refuses_an_unwritable_store_before_any_work(tmp_path):
 
 # ------------------------------------------------------------------ more outputs (finding 12)
 def test_tissue_refuses_existing_report_files_before_reading_the_slide(tmp_path):
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     slide = tmp_path / "t1.svs"
     write_synthetic_slide(slide, SyntheticSlideSpec(width=1024, height=768, downsamples=(1,)))

@@ -107,7 +107,7 @@ def test_read_stage_fails_the_bomb_and_reads_the_good_slide(bomb: Path, tmp_path
     from features.store import FeatureStore
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.pipeline.read_stage import read_slides
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     good = write_synthetic_slide(
         tmp_path / "good.svs",
@@ -148,7 +148,7 @@ def test_bomb_beside_a_good_slide_fails_alone(ray_local, bomb: Path, tmp_path: P
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import SlideSource
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     good = write_synthetic_slide(
         tmp_path / "good.svs",

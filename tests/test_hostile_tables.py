@@ -86,7 +86,7 @@ def test_parquet_footer_declaring_a_huge_table_is_refused_before_reading(tmp_pat
 
 
 def test_slides_table_goes_through_the_table_reader(tmp_path: Path) -> None:
-    from training.cohorts.build import slides_frame
+    from training.cohorts.slides_source import slides_frame
 
     plain = tmp_path / "slides.csv.gz"
     plain.write_bytes(gzip.compress(b"slide_id,patient_id\n007,P1\n"))

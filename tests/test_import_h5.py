@@ -19,7 +19,7 @@ from slidebank.cli import app
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     root = tmp_path_factory.mktemp("h5")
     cohort = write_planted_cohort(str(root / "store"), n_slides=9, n_tiles=8, dim=4, n_folds=3)

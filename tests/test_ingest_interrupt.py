@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.pipeline._faults import FaultPlan, injected
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from slidebank.cli import app
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 
 @dataclass(frozen=True)

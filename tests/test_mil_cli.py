@@ -72,7 +72,7 @@ def test_evaluate_command(tmp_path: Path) -> None:
 
 def _train_from_labels(tmp_path: Path, n_runs: int) -> tuple[list[list[Path]], object]:
     """``slidebank train`` ``n_runs`` times on a plain labels table (no folds)."""
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     cohort = write_planted_cohort(
         str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3, with_thumbnails=True
@@ -131,7 +131,7 @@ def test_a_second_train_run_leaves_the_first_intact(tmp_path: Path, ray_local) -
 
 def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:
     """No Ray fixture: these must fail in the preflight, with the reason, no traceback."""
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=6, n_tiles=4, dim=4, n_folds=3)
     cohort.table.to_csv(tmp_path / "cohort.csv", index=False)
@@ -155,7 +155,7 @@ def test_train_errors_before_any_worker_starts(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 def test_train_command_end_to_end(tmp_path: Path, ray_local) -> None:
     """``slidebank train`` on a store-backed cohort with one train/val/test split on Ray."""
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=40, n_tiles=64, dim=16)
     table = cohort.table.assign(

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from infra.errors import ConfigError
+from synthetic.mil import write_planted_cohort
 from training.mil.data import BagDataset, class_weights, targets_from_cohort
-from training.mil.synthetic import write_planted_cohort
 
 
 def test_targets_for_each_task() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidebank.synthetic_cohort import CohortSpec, IngestedCohort, make_ingested_cohort
+from synthetic.demo import CohortSpec, IngestedCohort, make_ingested_cohort
 from training.cohorts import check_no_leakage
 
 # Slow (two ingests and a run, about 30 s): the default suite keeps the cohort joins in

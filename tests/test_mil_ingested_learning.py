@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slidebank.synthetic_cohort import CohortSpec, IngestedCohort, make_ingested_cohort
+from synthetic.demo import CohortSpec, IngestedCohort, make_ingested_cohort
 from training.mil.attention import attention_mass, write_attention
 from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.evaluate import classification_report, regression_report

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from synthetic.mil import PlantedCohort, write_planted_cohort
 from training.mil.attention import attention_mass, render_overlay, top_bottom_tiles, write_attention
 from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.evaluate import (
@@ -21,7 +22,6 @@ from training.mil.evaluate import (
 )
 from training.mil.heads import make_head
 from training.mil.models import MILConfig, build_model
-from training.mil.synthetic import PlantedCohort, write_planted_cohort
 from training.mil.train import TrainConfig, fit, predict
 
 DIM = 32

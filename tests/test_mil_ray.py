@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthetic.mil import PlantedCohort, write_planted_cohort
 from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.evaluate import classification_report
 from training.mil.heads import make_head
 from training.mil.job import JobConfig, run_cross_validation, run_training
 from training.mil.models import MILConfig
-from training.mil.synthetic import PlantedCohort, write_planted_cohort
 from training.mil.train import TrainConfig, fit
 
 DIM = 16

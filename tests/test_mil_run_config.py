@@ -113,7 +113,7 @@ def test_fold_checks_run_before_training() -> None:
 
 
 def test_store_checks_find_missing_slides_and_patient_conflicts(tmp_path: Path) -> None:
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     cohort = write_planted_cohort(str(tmp_path / "store"), n_slides=4, n_tiles=4, dim=4, n_folds=2)
     from features.store import FeatureStore

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from synthetic.mil import write_planted_cohort
 from training.mil.data import BagDataset, targets_from_cohort
 from training.mil.heads import make_head
 from training.mil.job import JobConfig, run_training
 from training.mil.models import MILConfig, build_model
-from training.mil.synthetic import write_planted_cohort
 from training.mil.train import TrainConfig, load_checkpoint_state, predict
 
 # slow: a Ray Train run (~25 s on 2 cores) whose S3 checkpoint path the default suite

@@ -16,7 +16,7 @@ from features.store import FeatureStore
 from ingest.pipeline.config import RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 from tests._deploy_tools.metric_names import code_metrics, exported_names
 from tests._multinode import auth_env, multinode_cluster, wait_for, with_startup_retries
 
@@ -181,9 +181,9 @@ def test_mil_training_runs_across_two_nodes_with_checkpoints_on_s3(
     import ray._private.state as ray_state
     import s3fs
 
+    from synthetic.mil import write_planted_cohort
     from training.mil.job import JobConfig, run_training
     from training.mil.models import MILConfig
-    from training.mil.synthetic import write_planted_cohort
     from training.mil.train import TrainConfig
 
     bucket = s3_cohort[0].uri.split("/")[2]

@@ -15,7 +15,7 @@ from ingest.pipeline.fused_stage import FusedStage
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.slide_steps import batch_slices
 from ingest.pipeline.sources import SlideSource
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 pytestmark = pytest.mark.timeout(600)
 OPTS = RunOptions(progress=False, commit_every=2, tiles_per_batch=16)

@@ -18,8 +18,8 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.slides import open_slide
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling.plan import plan_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from ingest.pipeline.config import IngestConfig, RunOptions
 from ingest.pipeline.engines.inprocess import MAX_SLIDES, grid_tiles, use_inprocess
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = IngestConfig(stain="none")

@@ -14,8 +14,8 @@ from ingest.pipeline.config import RunOptions
 from ingest.pipeline.runner import run_ingest
 from ingest.pipeline.sources import SlideSource
 from ingest.slides import open_slide
-from ingest.synthetic.cohort import write_small_cohort
 from ingest.tiling.plan import plan_slide
+from synthetic.slides.cohort import write_small_cohort
 
 N_SLIDES = 1000
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slidebank.cli import app
-from slidebank.synthetic_cohort import demo_plan, write_demo_labels
+from synthetic.demo import demo_plan, write_demo_labels
 from tests._support.datasci import N_SLIDES, build_store, is_high
 
 README = Path(__file__).resolve().parents[1] / "README.md"

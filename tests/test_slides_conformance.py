@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from ingest.slides import ScratchSpace, open_slide
-from ingest.synthetic import FAKE_PATIENT_ID
+from synthetic.slides import FAKE_PATIENT_ID
 from tests._support.slides import (
     CMU_SLIDE,
     SlideCase,

@@ -34,10 +34,10 @@ def test_info_creates_no_folder_unless_asked(tmp_path, monkeypatch):
 
 def test_overlay_caption_states_the_pixels_shown(tmp_path):
     from ingest.slides import open_slide
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
     from ingest.tiling.plan import plan_slide
     from ingest.tissue._legend import pixel_caption
     from ingest.tissue.overlay import _scale_for
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     path = tmp_path / "small.tif"
     write_synthetic_slide(

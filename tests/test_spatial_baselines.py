@@ -12,12 +12,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from synthetic.spatial import NoiseSpec, write_spatial_cohort
 from training.mil.models import MILConfig, build_model
 from training.mil.train import TrainConfig
 from training.spatial.cv import cross_validate
 from training.spatial.preprocess import TileTransform
 from training.spatial.stats import feature_names, module_features
-from training.spatial.synthetic import NoiseSpec, write_spatial_cohort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

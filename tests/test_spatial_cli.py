@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from training.spatial.synthetic import write_spatial_cohort
+from synthetic.spatial import write_spatial_cohort
 
 
 def test_fit_modules_command(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from infra.errors import ConfigError
-from ingest.synthetic.nests import NestedSlideSpec, nest_layout
+from synthetic.slides.nests import NestedSlideSpec, nest_layout
+from synthetic.spatial import B, C, layout
 from training.spatial.cv import subsample_patients
 from training.spatial.modules import assign_modules
-from training.spatial.synthetic import B, C, layout
 
 
 @pytest.mark.parametrize("label", [0, 1])

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthetic.spatial import SpatialCohort, write_spatial_cohort
 from training.mil.models import MILConfig
 from training.mil.train import TrainConfig
 from training.spatial.cv import cross_validate
-from training.spatial.synthetic import SpatialCohort, write_spatial_cohort
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from infra.errors import ConfigError
+from synthetic.spatial import I, T, layout, type_centres
 from training.mil.heads import make_head
 from training.mil.models import MILConfig, build_model
 from training.spatial.masking import coordinate_shuffle, edge_masking, module_masking
 from training.spatial.modules import ModuleSpec, fit_modules
-from training.spatial.synthetic import I, T, layout, type_centres
 
 SPATIAL = ["tile_gnn", "module_graph", "region_transformer"]
 DIM = 16

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from infra.errors import ConfigError
+from synthetic.spatial import I, SpatialCohort, T, write_spatial_cohort
 from training.spatial.interactions import contact_counts, module_graph
 from training.spatial.modules import ModuleSpec, assign_modules, fit_modules
-from training.spatial.synthetic import I, SpatialCohort, T, write_spatial_cohort
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from features.store import FeatureStore
 from infra.errors import ConfigError
-from training.spatial.synthetic import (
+from synthetic.spatial import (
     NOISE_MODELS,
     NoiseSpec,
     S,

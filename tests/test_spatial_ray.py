@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthetic.spatial import write_spatial_cohort
 from training.mil.job import JobConfig, run_training
 from training.mil.models import MILConfig
 from training.mil.train import TrainConfig
-from training.spatial.synthetic import write_spatial_cohort
 
 
 @pytest.mark.slow

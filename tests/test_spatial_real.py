@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.synthetic.nests import BACKGROUND, IMMUNE
-from slidebank.spatial_cohort import make_real_s1_cohort
+from synthetic.slides.nests import BACKGROUND, IMMUNE
+from synthetic.spatial_slides import make_real_s1_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

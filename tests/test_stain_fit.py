@@ -17,7 +17,7 @@ from ingest.stain import (
     fit_tiles,
     sample_tissue_locations,
 )
-from ingest.synthetic.content import E_OD, H_OD
+from synthetic.slides.content import E_OD, H_OD
 from tests._support.stain import cmu_tiles, unit
 
 

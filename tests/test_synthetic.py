@@ -9,7 +9,7 @@ import pytest
 
 from infra.errors import ConfigError
 from ingest.slides import open_slide
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:

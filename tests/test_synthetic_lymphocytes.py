@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from infra.errors import ConfigError
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
-from ingest.synthetic.content import H_OD, TissueContent
-from ingest.synthetic.design import make_design, plant_lymphocytes
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides.content import H_OD, TissueContent
+from synthetic.slides.design import make_design, plant_lymphocytes
 
 SPEC = SyntheticSlideSpec(
     width=1536, height=1536, seed=21, n_blobs=3, downsamples=(1, 4), lymphocyte_fraction=0.3

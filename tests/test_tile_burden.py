@@ -14,6 +14,7 @@ from features.encoders.handcrafted import FEATURE_NAMES, HANDCRAFTED_VERSION
 from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
 from infra.errors import ConfigError
 from slidebank.cli import app
+from synthetic.tiles import make_burden_cohort
 from training.tiles import (
     SLIDE_FEATURES,
     BurdenConfig,
@@ -25,7 +26,6 @@ from training.tiles import (
     tumour_burden,
     write_predictions,
 )
-from training.tiles.synthetic import make_burden_cohort
 
 DENSITY = FEATURE_NAMES.index("nuclei_density")
 

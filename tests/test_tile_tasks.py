@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from features.annotations import ImportOptions, coverage_table, import_annotations
 from features.annotations.export import export_prediction_geojson, prediction_contours
 from slidebank.cli import app
+from synthetic.tiles import make_tile_cohort
 from training.tiles import TileClassifierConfig, TileTask, context_features, run_tile_classifier
-from training.tiles.synthetic import make_tile_cohort
 
 
 @pytest.fixture(scope="module")

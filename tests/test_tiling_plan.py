@@ -12,10 +12,10 @@ import tifffile
 
 from infra.errors import ConfigError, MissingMPPError
 from ingest.slides import open_slide
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import TILE_PLAN_SCHEMA, SlideGeometry, TilingConfig, plan_slide, plan_tiles
 from ingest.tiling._coverage import box_fractions
 from ingest.tissue import QC_BACKGROUND, QC_PEN, TileQCConfig, detect_tissue
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 from tests._support.slides import record_reads
 
 

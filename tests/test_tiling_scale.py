@@ -15,9 +15,9 @@ from __future__ import annotations
 import pytest
 
 from ingest.slides import open_slide
-from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from ingest.tiling import plan_slide
 from ingest.tissue import iou, resample_nearest
+from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 from tests._support.slides import record_reads
 
 SIDE = 100_000

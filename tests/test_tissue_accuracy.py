@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.synthetic.tissue_sets import accuracy_specs, score_slide, write_slides
+from synthetic.slides.tissue_sets import accuracy_specs, score_slide, write_slides
 
 N_SLIDES = 24
 

@@ -17,9 +17,9 @@ from scipy import ndimage
 
 from infra.arrays import gpu_available
 from infra.errors import ConfigError
-from ingest.synthetic.content import ArtifactDesign, TissueContent
-from ingest.synthetic.design import make_design
 from ingest.tissue import INKS, TissueConfig, detect_tissue, iou, saturation_otsu_mask
+from synthetic.slides.content import ArtifactDesign, TissueContent
+from synthetic.slides.design import make_design
 
 MPP = 8.0
 SIDE_UM = 2048.0

@@ -108,7 +108,7 @@ def test_cli_on_an_empty_slide_reports_a_status(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_slide_without_mpp(tmp_path: Path) -> None:
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     slide = write_synthetic_slide(
         tmp_path / "nompp.tif",

@@ -30,7 +30,7 @@ def _plan(path: str):
 
 
 def test_legend_strip_and_scale_bar_are_drawn(tmp_path):
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     path = tmp_path / "pen.tif"
     write_synthetic_slide(
@@ -89,7 +89,7 @@ def test_real_slide_margin_dye_is_shown_apart_from_pen():
 
 def test_pen_strokes_beside_and_across_sections_stay_pen(tmp_path):
     """Strokes hugging a section's edge or crossing it, and a dot on bare glass, are pen."""
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     for seed in (1001, 1002):
         path = tmp_path / f"pen{seed}.tif"

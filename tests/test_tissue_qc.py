@@ -10,8 +10,6 @@ from scipy import ndimage
 
 from infra.errors import ConfigError
 from ingest.slides import open_slide
-from ingest.synthetic.content import TissueContent
-from ingest.synthetic.design import make_design
 from ingest.tissue import (
     QC_BACKGROUND,
     QC_BLUR,
@@ -22,6 +20,8 @@ from ingest.tissue import (
     qc_flags,
     tile_qc,
 )
+from synthetic.slides.content import TissueContent
+from synthetic.slides.design import make_design
 
 MPP = 0.5
 

@@ -1,7 +1,7 @@
 """Edge refinement: real H&E pasted on glass, its outline known exactly.
 
 A piece of the real sample slide, cut along an irregular outline, is pasted on glass
-beside a pen stroke (``ingest.synthetic.pasted``, the small 0.5 µm/px version of the
+beside a pen stroke (``synthetic.slides.pasted``, the small 0.5 µm/px version of the
 benchmark slide). The coarse mask follows the 8 µm/px thumbnail; the refined one
 re-decides the edge band at 2 µm/px from the ×4 level and must fit the outline better,
 keep the pen out, read only that level's edge blocks, and feed the tile plan.
@@ -25,7 +25,7 @@ def pasted(tmp_path_factory: pytest.TempPathFactory):
 
     if not CMU_SLIDE.exists():
         pytest.skip(f"real sample slide not present at {CMU_SLIDE}")
-    from ingest.synthetic.pasted import PastedSlideSpec, write_pasted_slide
+    from synthetic.slides.pasted import PastedSlideSpec, write_pasted_slide
 
     spec = PastedSlideSpec(source=str(CMU_SLIDE), mpp=0.5, downsamples=(1, 4), canvas_um=900.0)
     return write_pasted_slide(tmp_path_factory.mktemp("pasted") / "pasted.tif", spec)
@@ -84,8 +84,8 @@ def test_small_slide_read_whole_refines_exactly_as_block_reads(tmp_path, monkeyp
     """A small slide's edge blocks are cut from one whole-slide read (fewer pixels decoded
     than the overlapping blocks: here a 1024² slide without a pyramid, as in the
     1,000-slide benchmark); the refined mask is the one block reads give."""
-    from ingest.synthetic.cohort import write_small_cohort
     from ingest.tissue import refine
+    from synthetic.slides.cohort import write_small_cohort
 
     (path,) = write_small_cohort(tmp_path, 1, processes=1)
 

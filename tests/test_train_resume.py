@@ -18,7 +18,7 @@ from training.mil.train import TrainConfig
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory):
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     root = tmp_path_factory.mktemp("resume")
     return write_planted_cohort(str(root / "store"), n_slides=12, n_tiles=8, dim=4, n_folds=3)

@@ -59,7 +59,7 @@ def test_train_has_a_json_option() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_train_prints_the_summary_and_records_the_positive_class(tmp_path: Path, ray_local) -> None:
-    from training.mil.synthetic import write_planted_cohort
+    from synthetic.mil import write_planted_cohort
 
     cohort = write_planted_cohort(
         str(tmp_path / "store"), n_slides=12, n_tiles=16, dim=8, n_folds=3

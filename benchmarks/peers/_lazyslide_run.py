@@ -1,6 +1,6 @@
 """Runs inside LazySlide's own venv: embed the given slides with the shared random ViT-S.
 
-Usage (by benchmarks/peers/run.py):
+Usage (by python -m benchmarks.peers.run):
     python _lazyslide_run.py OUT_JSON TILE MPP KEEP WEIGHTS SLIDE...
 Writes {"tiles": N, "seconds": S} (model build included, like slidebank's run; interpreter
 start excluded). Torch keeps its default thread count (all cores); the tile loader runs in

@@ -1,6 +1,6 @@
 """Runs inside slide2vec's own venv: embed the given slides with a random-init ViT-S.
 
-Usage (by benchmarks/peers/run.py):
+Usage (by python -m benchmarks.peers.run):
     python _slide2vec_run.py OUT_JSON TILE MPP KEEP WEIGHTS SLIDE...
 Prints nothing on success; writes {"tiles": N, "seconds": S} (model build included, like
 slidebank's run; interpreter start excluded). WEIGHTS is the safetensors file of random

@@ -21,9 +21,9 @@ build, Ray start for slidebank, tiling, reading, encoding, writing all included)
 to back. Peers live in their own virtual environments under ``benchmarks/.peers/``
 (git-ignored), installed on demand with ``--install``, never in the default install.
 
-Usage: python benchmarks/peers/run.py vit --install --out benchmarks/results/peers_vit.json
-       python benchmarks/peers/run.py vit --quick --peers lazyslide --out /tmp/peers.json
-       python benchmarks/peers/run.py weight-free --slides 1000 --out benchmarks/results/peers_weightfree.json
+Usage: python -m benchmarks.peers.run vit --install --out benchmarks/results/peers_vit.json
+       python -m benchmarks.peers.run vit --quick --peers lazyslide --out /tmp/peers.json
+       python -m benchmarks.peers.run weight-free --slides 1000 --out benchmarks/results/peers_weightfree.json
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks._common import DATA, machine, write_json
+from infra.files import atomic_write_bytes, atomic_write_text
 
-from benchmarks._common import DATA, machine, write_json  # noqa: E402
-from infra.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 PEERS = ROOT / "benchmarks" / ".peers"
 #: pinned peer installs: the torch and timm of slidebank's own venv, so the encoder
@@ -346,7 +345,7 @@ def _peer_list(text: str) -> list[str]:
 
 
 def weight_free_case(args: argparse.Namespace, scratch: Path) -> dict:
-    from ingest.synthetic.cohort import write_small_cohort
+    from synthetic.slides.cohort import write_small_cohort
 
     paths = [str(p) for p in write_small_cohort(DATA / "scale_1000x1024", args.slides)][
         : args.slides

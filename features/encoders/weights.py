@@ -27,7 +27,6 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,7 +43,6 @@ __all__ = [
     "adapt_state_dict",
     "check_torch_archive",
     "load_state_dict",
-    "register_state_dict_adapter",
     "resolve_weights",
     "sha256_file",
     "weights_status",
@@ -58,8 +56,6 @@ WeightsStatus = Literal["built-in", "local file", "hub cache", "downloadable", "
 HUB_PREFIX = "hf-hub:"
 _SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
-_Adapter = Callable[[dict[str, Any]], dict[str, Any]]
-_ADAPTERS: dict[str, _Adapter] = {}
 
 
 @dataclass(frozen=True)
@@ -408,16 +404,6 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def register_state_dict_adapter(name: str) -> Callable[[_Adapter], _Adapter]:
-    """Decorator registering a function that renames a checkpoint's keys onto timm's layout."""
-
-    def decorate(function: _Adapter) -> _Adapter:
-        _ADAPTERS[name] = function
-        return function
-
-    return decorate
-
-
 def adapt_state_dict(spec: EncoderSpec, state: dict[str, Any]) -> dict[str, Any]:
     """Apply the spec's adapter and strip wrapper prefixes (``module.`` from DDP, ``model.``)."""
     for prefix in ("module.", "model.", "backbone."):
@@ -426,10 +412,9 @@ def adapt_state_dict(spec: EncoderSpec, state: dict[str, Any]) -> dict[str, Any]
     fmt = spec.weights.state_dict_format if spec.weights else "timm"
     if fmt == "timm":
         return state
-    from features.encoders.registry import list_encoders
+    from features.encoders.checkpoint_formats import adapter_for
 
-    list_encoders()  # family modules register their adapters when imported
-    adapter = _ADAPTERS.get(fmt)
+    adapter = adapter_for(fmt)
     if adapter is None:
         raise WeightsError(f"{spec.name}: no adapter registered for checkpoint format {fmt!r}")
     return adapter(state)

@@ -1,7 +1,7 @@
 """Scoring masks against ground truth: IoU on a common grid.
 
 The synthetic slide sets they are scored on live with the generator
-(:mod:`ingest.synthetic.tissue_sets`), so tissue detection never imports it."""
+(:mod:`synthetic.slides.tissue_sets`), so tissue detection never imports it."""
 
 from __future__ import annotations
 

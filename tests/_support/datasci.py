@@ -78,7 +78,7 @@ def build_picture_store(root: Path, *, n_slides: int = 3) -> FeatureStore:
     """A store over real (synthetic H&E) slide files, with thumbnails in Zarr and an
     attention run, for the pictures: galleries read tile pixels back from the slides."""
     from ingest.slides import open_slide
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
     from training.mil.attention import write_attention
 
     root.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def cmu_tiles(path: str, min_tissue: float = 0.5) -> np.ndarray:
 @functools.cache
 def synthetic_he(directory: str):
     """A 2048² synthetic H&E slide without pen marks (written once per test session)."""
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     spec = SyntheticSlideSpec(
         width=2048, height=2048, mpp=0.5, style="svs", seed=5, downsamples=(1, 4), n_blobs=3

@@ -231,8 +231,9 @@ def build_label_cohort(
     import dataclasses
 
     from infra.provenance import stable_hash
-    from training.cohorts.build import Cohort, CohortReport, slides_frame
     from training.cohorts.config import SplitConfig
+    from training.cohorts.model import Cohort, CohortReport
+    from training.cohorts.slides_source import slides_frame
     from training.cohorts.splits import assign_folds, assign_train_val_test
 
     source = labels if isinstance(labels, str) else "the labels table"

@@ -19,8 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from training.cohorts.build import Cohort, join_slides, slides_frame
+from training.cohorts.build import join_slides
 from training.cohorts.config import CohortConfig
+from training.cohorts.model import Cohort
+from training.cohorts.slides_source import slides_frame
 from training.cohorts.splits import assign_folds, assign_train_val_test, external_table
 from training.omics.config import config_hash, config_json
 from training.omics.ids import load_mapping

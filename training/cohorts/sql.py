@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import duckdb
 
     from features.store import FeatureStore
-    from training.cohorts.build import Cohort
+    from training.cohorts.model import Cohort
     from training.cohorts.pipeline import CohortBuild
 
 __all__ = ["cohort_tables", "connect"]

@@ -1,6 +1,6 @@
 """Spatial context for slide-level models: tile graphs, tissue modules, module
 interaction graphs, spatial models (registered into ``training.mil.models``), masking
-diagnostics and synthetic spatial cohorts.
+diagnostics (synthetic spatial cohorts live in :mod:`synthetic.spatial`).
 
 >>> from training.mil.models import MILConfig, build_model
 >>> model = build_model(MILConfig(model="tile_gnn", in_dim=64, options={"conv": "gin"}))

@@ -335,7 +335,7 @@ class TissueContent:
 
     def crowd(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Tumour-likeness in [0, 1] (denser, larger nuclei) at µm points: fine-grained
-        noise here; a subclass plants tumour nests (``ingest.synthetic.nests``)."""
+        noise here; a subclass plants tumour nests (``synthetic.slides.nests``)."""
         return np.clip(0.5 + 0.8 * self._lattice_noise(x * 3.1 + 500, y * 3.1 + 500), 0, 1)
 
     def _nuclei(self, x0: float, y0: float, w: int, h: int, pixel_um: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Synthetic slides with tumour nests and lymphocyte aggregates placed *inside* the nests
 ("inflamed") or in the stroma *around* them ("excluded"), in the same amounts.
 
-The pixel-level counterpart of the S1 embedding cohort (``training.spatial.synthetic``):
+The pixel-level counterpart of the S1 embedding cohort (``synthetic.spatial``):
 one large tissue section, a round tumour nest (crowded, large nuclei) in stroma (sparse
 small nuclei), and lymphocyte aggregates of fixed size and number, each in a stromal
 cuff. Every nest holds stroma islands the size of a cuffed aggregate: in inflamed
@@ -9,7 +9,7 @@ slides the aggregates fill them, in excluded slides they are empty and the aggre
 lie in the stroma 1-2 tiles beyond the nest. Tumour area, nest shape and the
 tumour-stroma border are the same in both classes: only where the lymphocytes sit
 differs. Slides are written as generic pyramidal TIFFs by the same tile renderer as
-:func:`ingest.synthetic.write_synthetic_slide`.
+:func:`synthetic.slides.write_synthetic_slide`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import tifffile
 
 from infra.errors import ConfigError
 from infra.files import atomic_write
-from ingest.synthetic.content import TissueContent, TissueDesign
-from ingest.synthetic.design import make_design
-from ingest.synthetic.writer import _level_kwargs, _level_shape, _tiles
+from synthetic.slides.content import TissueContent, TissueDesign
+from synthetic.slides.design import make_design
+from synthetic.slides.writer import _level_kwargs, _level_shape, _tiles
 
 __all__ = [
     "NestLayout",
@@ -217,7 +217,7 @@ def write_nested_slide(
     path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool, seed: int
 ) -> NestLayout:
     """Write a pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the resolution tags)."""
-    from ingest.synthetic.writer import SyntheticSlideSpec
+    from synthetic.slides.writer import SyntheticSlideSpec
 
     layout = nest_layout(spec, inflamed, seed)
     content = _content(spec, layout, seed)

@@ -1,6 +1,6 @@
 """Synthetic H&E-like whole-slide images with ground truth, for tests, demos and benchmarks."""
 
-from ingest.synthetic.writer import (
+from synthetic.slides.writer import (
     FAKE_PATIENT_ID,
     SyntheticSlide,
     SyntheticSlideSpec,

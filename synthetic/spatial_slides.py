@@ -2,9 +2,9 @@
 
 Half the slides have their lymphocyte aggregates inside the tumour nest ("inflamed"),
 half in the stroma around it ("excluded"), in the same number and size
-(:mod:`ingest.synthetic.nests`). The slides are pyramidal TIFFs ingested by
+(:mod:`synthetic.slides.nests`). The slides are pyramidal TIFFs ingested by
 :func:`ingest.pipeline.runner.run_ingest` with the default weight-free encoder; the
-result is a :class:`training.spatial.synthetic.SpatialCohort` over the real store, with
+result is a :class:`synthetic.spatial.SpatialCohort` over the real store, with
 each stored tile's planted type (tumour, immune, stroma, background) for module ARI.
 
 It lives in the facade because it drives both ``ingest`` and ``training``.
@@ -32,7 +32,7 @@ PREFIX = "RS1"
 
 
 def _write(job: tuple[str, Any, bool, int]) -> tuple[str, Any]:
-    from ingest.synthetic.nests import nest_layout, write_nested_slide
+    from synthetic.slides.nests import nest_layout, write_nested_slide
 
     path, spec, inflamed, seed = job
     if Path(path).exists():  # a cohort written once is reused (the layout is seeded)
@@ -49,7 +49,7 @@ def write_real_s1_slides(
     processes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``n_slides`` (even) slides, alternating excluded (label 0) and inflamed (1)."""
-    from ingest.synthetic.nests import NestedSlideSpec
+    from synthetic.slides.nests import NestedSlideSpec
 
     if n_slides < 2 or n_slides % 2:
         raise ConfigError(f"n_slides must be even and >= 2, got {n_slides}")
@@ -95,8 +95,8 @@ def make_real_s1_cohort(
     from ingest.pipeline.config import IngestConfig, RunOptions
     from ingest.pipeline.runner import run_ingest
     from ingest.pipeline.sources import SlideSource
-    from ingest.synthetic.nests import tile_types
-    from training.spatial.synthetic import SpatialCohort
+    from synthetic.slides.nests import tile_types
+    from synthetic.spatial import SpatialCohort
 
     if n_slides < 2 * n_folds:
         raise ConfigError(f"n_slides must be >= 2·n_folds, got {n_slides}")

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from infra.errors import ConfigError
-from ingest.synthetic.content import ArtifactDesign, TissueContent, TissueDesign
+from synthetic.slides.content import ArtifactDesign, TissueContent, TissueDesign
 
 __all__ = ["make_design", "plant_lymphocytes"]
 

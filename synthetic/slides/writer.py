@@ -33,8 +33,8 @@ import tifffile
 
 from infra.errors import ConfigError
 from infra.files import atomic_write
-from ingest.synthetic.content import TissueContent
-from ingest.synthetic.design import make_design, plant_lymphocytes
+from synthetic.slides.content import TissueContent
+from synthetic.slides.design import make_design, plant_lymphocytes
 
 __all__ = ["SyntheticSlide", "SyntheticSlideSpec", "write_synthetic_slide"]
 

@@ -1,11 +1,11 @@
 """A labelled synthetic cohort made the way a real one is: pixels -> ingestion -> omics -> join.
 
 Half of the patients are "inflamed": their slides carry lymphocyte aggregates (dense
-small dark round nuclei, :mod:`ingest.synthetic`) over a chosen share of the tissue.
+small dark round nuclei, :mod:`synthetic.slides`) over a chosen share of the tissue.
 The slides go through the real ingestion pipeline (tissue detection, tiling, Macenko
 normalization, the default ``handcrafted-he-v1`` encoder) into a feature store. Each
 patient's RNA-seq has IFN-γ signature genes that rise with the infiltrate
-(:mod:`training.omics.synthetic`); labels (signature score -> High / Median/Low),
+(:mod:`synthetic.omics`); labels (signature score -> High / Median/Low),
 regression targets (log2 expression per gene) and patient-level folds come from
 :mod:`training.omics` and :mod:`training.cohorts`, exactly as for TCGA. So a model can
 only get the label right by seeing the infiltrate in the pixels, and its attention can
@@ -104,7 +104,7 @@ class CohortSlide:
     slide_id: str
     patient_id: str
     inflamed: bool
-    truth: Any  # ingest.synthetic.SyntheticSlide
+    truth: Any  # synthetic.slides.SyntheticSlide
 
 
 @dataclass
@@ -135,7 +135,7 @@ class IngestedCohort:
 def write_cohort_slides(folder: str | Path, spec: CohortSpec) -> list[CohortSlide]:
     """Write the cohort's slides; inflamed patients get an infiltrate of a random share
     in ``fraction_range`` (the same target for each of their slides)."""
-    from ingest.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from synthetic.slides import SyntheticSlideSpec, write_synthetic_slide
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -272,9 +272,9 @@ def label_cohort(
     the score is High) -> join with the store's slides -> patient-level folds, plus
     ``expr_<GENE>`` regression targets. With ``discovery``, an external cohort
     (labelled within itself, no folds, checked to share no patient with it)."""
+    from synthetic.omics import expression_tracking
     from training.cohorts import CohortConfig, SplitConfig, build_cohort, build_external
     from training.omics import ExpressionConfig, LabelConfig, regression_targets
-    from training.omics.synthetic import expression_tracking
 
     expression = expression_tracking(
         _patient_fractions(slides),

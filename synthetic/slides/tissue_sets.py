@@ -15,7 +15,7 @@ from ingest.tissue.evaluate import iou, resample_nearest
 
 if TYPE_CHECKING:
     from infra.arrays import Device
-    from ingest.synthetic import SyntheticSlide, SyntheticSlideSpec
+    from synthetic.slides import SyntheticSlide, SyntheticSlideSpec
 
 __all__ = ["accuracy_specs", "score_slide", "write_slides"]
 
@@ -37,7 +37,7 @@ def accuracy_specs(
 
     ``empty_level0`` writes level 0 without pixels, five times faster: masks are made
     from the ×4 level and never read level 0 (a mask that did would see black)."""
-    from ingest.synthetic import SyntheticSlideSpec
+    from synthetic.slides import SyntheticSlideSpec
 
     specs = []
     for i in range(count):
@@ -64,7 +64,7 @@ def accuracy_specs(
 
 
 def _write_one(job: tuple[SyntheticSlideSpec, str]) -> SyntheticSlide:
-    from ingest.synthetic import write_synthetic_slide
+    from synthetic.slides import write_synthetic_slide
 
     spec, path = job
     return write_synthetic_slide(path, spec)

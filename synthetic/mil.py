@@ -2,7 +2,7 @@
 
 Fast, for unit tests of the training machinery and for throughput benchmarks. For the
 learning claims (pixels -> ingestion -> omics -> labels), see
-:mod:`slidebank.synthetic_cohort`, which plants lymphocyte infiltrates in the pixels.
+:mod:`synthetic.demo`, which plants lymphocyte infiltrates in the pixels.
 
 Each slide is a grid of tiles with background embeddings; "High" slides carry a
 cluster of planted tiles (think dense small dark nuclei) whose embeddings are shifted

@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ingest.synthetic.writer import SyntheticSlideSpec, write_synthetic_slide
+from synthetic.slides.writer import SyntheticSlideSpec, write_synthetic_slide
 
 __all__ = ["write_small_cohort"]
 

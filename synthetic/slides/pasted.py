@@ -6,7 +6,7 @@ pyramidal TIFF whose tissue is a piece of a real scan, cut along a known irregul
 outline, so the ground truth is exact by construction: tissue is inside the cut,
 whatever the pixels there look like (white clefts within the section included, as a
 pathologist outlining the section would). Everything else is the synthetic glass and
-pen ink of :class:`~ingest.synthetic.content.TissueContent` (Beer-Lambert: the pasted
+pen ink of :class:`~synthetic.slides.content.TissueContent` (Beer-Lambert: the pasted
 H&E's optical density adds to the glass's).
 
 Level 0 is rendered in memory (the slides this makes are a few mm wide) and each
@@ -25,8 +25,8 @@ import tifffile
 
 from infra.errors import ConfigError
 from infra.files import atomic_write
-from ingest.synthetic.content import ArtifactDesign, TissueContent, TissueDesign
-from ingest.synthetic.writer import SyntheticSlide, SyntheticSlideSpec
+from synthetic.slides.content import ArtifactDesign, TissueContent, TissueDesign
+from synthetic.slides.writer import SyntheticSlide, SyntheticSlideSpec
 
 __all__ = ["PastedSlideSpec", "write_pasted_slide"]
 
