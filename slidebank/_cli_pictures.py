@@ -117,6 +117,38 @@ def umap(
     typer.echo(f"wrote {path}")
 
 
+def report(
+    run: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            file_okay=False,
+            help="A run folder: `slidebank train`'s OUT/RUN_ID or `slidebank probe`'s --out.",
+        ),
+    ],
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(help="Also render the page to this PNG in headless Chromium (on PATH)."),
+    ] = None,
+) -> None:
+    """(Re)write RUN/report.html: one self-contained page (no script, no CDN) with the
+    metrics and CIs, the class mapping, the ROC and calibration figures, the top and bottom
+    slides (with attention over the tissue for MIL runs) and the config. `probe --out` and
+    `train` write it already; this rebuilds it, e.g. for a run made before it existed.
+
+    Example: slidebank report runs/abmil/abmil-20261207T101500-ab12cd --screenshot report.png
+    """
+    from training.report import screenshot as render
+    from training.report import write_report
+
+    with fail_on_slidebank_error(run):
+        page = write_report(run)
+        typer.echo(f"report: {page}")
+        if screenshot is not None:
+            typer.echo(f"screenshot: {render(page, screenshot)}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("heatmap")(heatmap)
     app.command("umap")(umap)
+    app.command("report")(report)

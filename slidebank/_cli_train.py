@@ -109,6 +109,8 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     out = summary.get("out")
     if out:
         lines.append(f"  files: {out}/summary.json, predictions.parquet, *_roc.png")
+    if summary.get("report"):
+        lines.append(f"  report: {summary['report']}")
     return lines
 
 

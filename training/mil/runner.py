@@ -26,6 +26,7 @@ import pandas as pd
 from infra.errors import ConfigError
 from infra.files import atomic_write, atomic_write_json, check_output
 from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
+from training.report import REPORT_NAME, write_report
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -188,7 +189,9 @@ def run_from_config(
     )
     if config.attention:
         summary["attention"] = _write_attention(store, runs, run_id, out, train.model.model)
+    summary["report"] = str(out / REPORT_NAME)
     atomic_write_json(out / "summary.json", summary)
+    write_report(out)  # read back from the files above: the page shows what was written
     return summary
 
 

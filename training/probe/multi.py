@@ -216,6 +216,7 @@ def summary_table(
 
 def _write_summary(out: Path, summary: pd.DataFrame, folds: Mapping[str, int]) -> dict[str, str]:
     from infra.files import atomic_write_text
+    from training.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
@@ -223,4 +224,9 @@ def _write_summary(out: Path, summary: pd.DataFrame, folds: Mapping[str, int]) -
     )
     fold_table = pd.DataFrame({"patient_id": list(folds), "fold": list(folds.values())})
     atomic_write_text(out / "folds.tsv", fold_table.to_csv(sep="\t", index=False))
-    return {"summary": str(out / "summary.tsv"), "folds": str(out / "folds.tsv")}
+    report = write_report(out)
+    return {
+        "summary": str(out / "summary.tsv"),
+        "folds": str(out / "folds.tsv"),
+        "report": str(report),
+    }

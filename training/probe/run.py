@@ -405,6 +405,7 @@ def _write(
     config: ProbeConfig,
 ) -> None:
     from infra.files import atomic_write, atomic_write_json
+    from training.report import REPORT_NAME, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "predictions.parquet", "wb") as handle:
@@ -415,8 +416,13 @@ def _write(
             result.patient_predictions.to_parquet(handle, index=False)
         result.files["patient_predictions"] = str(out / "patient_predictions.parquet")
     result.plot = _plot(result, out / "probe.png", y, scores, groups, config)
-    result.files |= {"plot": str(result.plot), "metrics": str(out / "metrics.json")}
+    result.files |= {
+        "plot": str(result.plot),
+        "metrics": str(out / "metrics.json"),
+        "report": str(out / REPORT_NAME),
+    }
     atomic_write_json(out / "metrics.json", result.summary())
+    write_report(out)  # read back from the files above: the page shows what was written
 
 
 def plot_title(result: ProbeResult, config: ProbeConfig) -> str:
