@@ -1,7 +1,10 @@
 """Choose the array module (CuPy or NumPy) at run time.
 
 CuPy imports on machines without a GPU and only fails when it allocates, so the
-choice is made by asking the CUDA runtime for a device, once, lazily.
+choice is made by asking the CUDA runtime for a device, once, lazily. On Linux without
+the NVIDIA driver's device nodes the answer is known without importing CuPy at all
+(:func:`cuda_driver_absent`): that import costs 1–4 s on a 2-core machine, more than a
+whole small job.
 
 :func:`device_module` replaces CuPy as "the device" for a ``with`` block: tests and
 ``benchmarks/gpu.py --dry-run`` install :mod:`infra.strict_device` there, so the device
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Literal
@@ -23,10 +27,12 @@ __all__ = [
     "Device",
     "array_module",
     "asnumpy",
+    "cuda_driver_absent",
     "cuda_present",
     "device_module",
     "get_xp",
     "gpu_available",
+    "hide_cupy_without_driver",
     "ndimage_module",
     "resolve_xp",
     "skimage_module",
@@ -68,9 +74,43 @@ def cuda_present() -> bool:
     return _cuda_present()
 
 
+#: what the NVIDIA kernel driver (or WSL's GPU bridge) creates; without one, CUDA cannot run
+_DRIVER_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg")
+
+
+@functools.cache
+def cuda_driver_absent() -> bool:
+    """True when this machine certainly has no CUDA driver: Linux without the driver's
+    device nodes, or ``SLIDEBANK_DISABLE_GPU=1``. False means "ask CUDA" (CuPy)."""
+    if os.environ.get("SLIDEBANK_DISABLE_GPU") == "1":
+        return True
+    if sys.platform != "linux":
+        return sys.platform == "darwin"  # no CUDA on macOS; Windows: ask CUDA
+    return not any(os.path.exists(node) for node in _DRIVER_NODES)
+
+
+_CUPY_MODULES = ("cupy", "cupyx", "cupy_backends")
+
+
+def hide_cupy_without_driver() -> bool:
+    """Make ``import cupy`` fail fast in this process when no CUDA driver exists.
+
+    zarr and cuCIM import CuPy whenever it is installed, to offer GPU buffers and
+    functions; without a driver that buys nothing and costs 1–4 s of start-up on a 2-core
+    machine. The command line calls this once at start; a library user's process is left
+    alone. Returns True when CuPy was hidden. Both packages treat the ImportError as
+    "no CuPy".
+    """
+    if any(name in sys.modules for name in _CUPY_MODULES) or not cuda_driver_absent():
+        return False
+    for name in _CUPY_MODULES:
+        sys.modules[name] = None  # type: ignore[assignment]  # None: "import halted"
+    return True
+
+
 @functools.cache
 def _cuda_present() -> bool:
-    if os.environ.get("SLIDEBANK_DISABLE_GPU") == "1":
+    if cuda_driver_absent():
         return False
     try:
         import cupy

@@ -12,6 +12,7 @@ a run record can read what happened in this process without a metrics agent.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -64,6 +65,8 @@ def _metrics() -> dict[str, Any] | None:
     global _cache, _warned
     if _cache is not None:
         return _cache
+    if "ray" not in sys.modules:
+        return None  # Ray never started in this process (an in-process run): don't import it
     try:
         import ray
         from ray.util import metrics as m

@@ -12,6 +12,7 @@ import warnings
 
 import typer
 
+from infra.arrays import hide_cupy_without_driver
 from infra.logs import install_redaction
 
 __all__ = ["app", "main"]
@@ -57,6 +58,7 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
     )
     install_redaction()
+    hide_cupy_without_driver()
     # Ray starts its daemons with fork+exec after Lance is loaded; no Lance state is used in
     # those children, so Lance's fork-safety warning is noise to a command-line user.
     warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
