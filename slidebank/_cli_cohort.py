@@ -46,6 +46,13 @@ def build(
         list[str] | None,
         typer.Option(help="Label column(s) of --labels to keep (repeatable; default: all)."),
     ] = None,
+    slide_table: Annotated[
+        str | None,
+        typer.Option(
+            help="A slide table (slide_id, patient_id) mapping --labels keyed by patient_id "
+            "to slides, when clinical and slide tables are kept apart."
+        ),
+    ] = None,
     signature: Annotated[
         list[str] | None,
         typer.Option(help="Signature name (repeatable); see `slidebank cohort signatures`."),
@@ -149,6 +156,7 @@ def build(
                 lance_out=lance_out,
                 storage_options=options,
                 overwrite=overwrite,
+                slide_table=slide_table,
             )
         else:
             report = cohort_api.cohort_from_omics(

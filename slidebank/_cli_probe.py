@@ -64,6 +64,13 @@ def probe(
             "as 1); any other pair needs this option."
         ),
     ] = None,
+    slide_table: Annotated[
+        str | None,
+        typer.Option(
+            help="A slide table (slide_id, patient_id) mapping a labels table keyed by "
+            "patient_id to slides, when clinical and slide tables are kept apart."
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -112,6 +119,7 @@ def probe(
             positive=positive,
             aggregate=aggregate,
             labels_all=labels_all,
+            slide_table=slide_table,
         )
     if hasattr(result, "table"):
         _print_table(result, model, as_json)

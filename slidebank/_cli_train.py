@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from typer.core import TyperCommand
@@ -46,6 +47,27 @@ def train(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No per-epoch and per-fold progress lines.")
     ] = False,
+    positive: Annotated[
+        str | None,
+        typer.Option(
+            help="The positive class of a binary label (as `probe --positive`; YAML: positive). "
+            "Default: the class named High, 1, True, yes or positive; any other pair needs it."
+        ),
+    ] = None,
+    slide_table: Annotated[
+        str | None,
+        typer.Option(
+            help="A slide table (slide_id, patient_id) mapping a cohort keyed by patient_id "
+            "to slides (YAML: slide_table)."
+        ),
+    ] = None,
+    aggregate: Annotated[
+        str | None,
+        typer.Option(
+            help="slide, or patient: metrics on each patient's mean slide score "
+            "(YAML: aggregate; default slide)."
+        ),
+    ] = None,
 ) -> None:
     """Train a slide-level model with k-fold CV on Ray Train.
 
@@ -61,11 +83,21 @@ def train(
 
     Example: slidebank train clam.yaml model.model=clam_mb workers=2 out=runs/clam-mb
     """
+    from infra.storage import is_local
     from training.mil.runner import load_run_config, run_from_config
 
     with fail_on_slidebank_error():
         extra = [f"address={address}"] if address else []
         run_config = load_run_config(config, [*(overrides or []), *extra])
+        if positive is not None:
+            run_config = replace(run_config, positive=positive)
+        if slide_table is not None:
+            local = is_local(slide_table) and not slide_table.startswith("file://")
+            table_uri = str(Path(slide_table).resolve()) if local else slide_table
+            run_config = replace(run_config, slide_table=table_uri)
+        if aggregate is not None:
+            # checked there: TrainRunConfig.aggregate must be one of slide, patient
+            run_config = replace(run_config, aggregate=cast(Any, aggregate))
         # The run writes attention into the store: a refusal there names the store.
         with fail_on_slidebank_error(run_config.store):
             summary = run_from_config(
@@ -94,7 +126,12 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     labels = ", ".join(config.get("labels") or [])
     folds = len(summary.get("checkpoints") or [])
     how = f"{folds}-fold CV" if config.get("cv", True) and folds > 1 else "one train/val/test split"
-    lines = [f"{model} on {labels} ({summary.get('task')}): {how}"]
+    unit = (
+        ", metrics per patient (mean of its slides)"
+        if summary.get("aggregate") == "patient"
+        else ""
+    )
+    lines = [f"{model} on {labels} ({summary.get('task')}): {how}{unit}"]
     sets = [
         k
         for k, v in summary.items()
@@ -105,7 +142,10 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     classes = summary.get("classes")
     if isinstance(classes, Mapping) and classes.get("positive") is not None:
         score = f" ({classes['score']})" if classes.get("score") else ""
-        lines.append(f"  positive class: {classes['positive']}{score}")
+        lines.append(
+            f"  positive class: {classes.get('label', labels)}={classes['positive']} "
+            f"(negative: {classes.get('negative')}){score}"
+        )
     out = summary.get("out")
     if out:
         lines.append(f"  files: {out}/summary.json, predictions.parquet, *_roc.png")

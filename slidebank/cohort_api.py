@@ -75,8 +75,10 @@ def cohort_from_labels(
     lance_out: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    slide_table: str | None = None,
 ) -> dict[str, Any]:
-    """A cohort from a plain labels table (slide_id and/or patient_id + label columns)."""
+    """A cohort from a plain labels table (slide_id and/or patient_id + label columns);
+    ``slide_table`` (slide_id, patient_id) maps a table keyed by patient to slides."""
     from training.cohorts.config import SplitConfig
     from training.cohorts.labels import build_label_cohort
 
@@ -92,6 +94,7 @@ def cohort_from_labels(
         make_splits=splits,
         name=name,
         storage_options=storage_options,
+        slide_table=slide_table,
     )
     written = [cohort.write_parquet(str(out), storage_options, overwrite=overwrite)]
     if lance_out:

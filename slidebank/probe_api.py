@@ -51,6 +51,7 @@ def probe(
     positive: str | None = None,
     aggregate: str = "slide",
     labels_all: bool = False,
+    slide_table: Any = None,
 ) -> Any:
     """Linear / logistic / kNN probe of ``label`` (a column of the ``labels`` table,
     keyed by slide_id or patient_id) on pooled slide embeddings, patient-level CV.
@@ -68,6 +69,10 @@ def probe(
     else an error). Returns a :class:`training.probe.ProbeResult` (metrics with 95% CIs,
     out-of-fold predictions; with ``out_dir``, also predictions.parquet, metrics.json
     and probe.png).
+
+    ``slide_table`` (a path or DataFrame with slide_id and patient_id) maps a ``labels``
+    table keyed by patient_id to the slides, for a clinical table and a slide table kept
+    apart (STAMP's habit); nothing is written to the store.
     """
     from infra.errors import ConfigError
     from training.probe import ProbeConfig, run_probe, run_probe_labels
@@ -77,6 +82,8 @@ def probe(
         raise ConfigError("probe needs label= (a name, a list or a glob) or labels_all=True")
     if isinstance(store, str | Path):
         store = open_store(str(store), storage_options)
+    if slide_table is not None:
+        labels = _with_slide_table(labels, slide_table, storage_options)
     single = isinstance(label, str) and not is_pattern(label) and not labels_all
     config = ProbeConfig(
         label=label if isinstance(label, str) and single else "",
@@ -103,3 +110,16 @@ def probe(
         out_dir=out_dir,
         storage_options=storage_options,
     )
+
+
+def _with_slide_table(
+    labels: Any, slide_table: Any, storage_options: Mapping[str, Any] | None
+) -> Any:
+    import pandas as pd
+
+    from training.cohorts.labels import read_labels, with_slide_table
+
+    source = "the labels table" if isinstance(labels, pd.DataFrame) else str(labels)
+    table = labels if isinstance(labels, pd.DataFrame) else read_labels(source, storage_options)
+    slides = slide_table if isinstance(slide_table, pd.DataFrame) else str(slide_table)
+    return with_slide_table(table, slides, storage_options, source=source)

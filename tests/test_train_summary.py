@@ -46,7 +46,7 @@ def test_the_summary_is_a_few_readable_lines(tmp_path: Path) -> None:
     assert text.index("  test (pooled, n=40, 20 positive)") < text.index("  external (pooled")
     auroc = summary["test"]["pooled"]["auroc"]
     assert f"auroc              {auroc['value']:.3f}  (95% CI {auroc['ci_low']:.3f}" in text
-    assert "positive class: High" in text and "summary.json" in text
+    assert "positive class: immune=High (negative: not High)" in text and "summary.json" in text
     assert "history" not in text and "{" not in text
 
 
@@ -73,7 +73,7 @@ def test_train_prints_the_summary_and_records_the_positive_class(tmp_path: Path,
     result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) < 20 and "auroc" in result.stdout
-    assert "positive class: High" in result.stdout
+    assert "positive class: label=High (negative: Median/Low)" in result.stdout
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["classes"]["positive"] == "High" and "history" in summary

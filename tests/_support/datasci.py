@@ -28,7 +28,10 @@ def is_high(i: int) -> bool:
     return i // 2 < 3
 
 
-def build_store(root: Path, *, n_slides: int = N_SLIDES, tiles: int = 40) -> FeatureStore:
+def build_store(
+    root: Path, *, n_slides: int = N_SLIDES, tiles: int = 40, patients: bool = True
+) -> FeatureStore:
+    """``patients=False``: no patient ids, as a folder ingest leaves them."""
     store = FeatureStore.open(str(root), create=True)
     pending = []
     for i in range(n_slides):
@@ -52,7 +55,7 @@ def build_store(root: Path, *, n_slides: int = N_SLIDES, tiles: int = 40) -> Fea
             mpp_source="aperio",
             level_dimensions=((4096, 2560),),
             tissue_area_mm2=2.0 + i,
-            patient_id=patient_of(i),
+            patient_id=patient_of(i) if patients else None,
             code_version="test",
         )
         pending.append(store.write_slide(SlideKey(sid, ENCODER, CONFIG), info, [batch]))

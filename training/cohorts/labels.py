@@ -30,9 +30,13 @@ __all__ = [
     "LabelJoin",
     "build_label_cohort",
     "check_patient_conflicts",
+    "did_you_mean",
+    "is_excel",
     "join_labels",
     "misspelt_column",
+    "read_excel",
     "read_labels",
+    "with_slide_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,24 +63,159 @@ def misspelt_column(columns: Sequence[Any], key: str) -> str | None:
     return next((str(c) for c in columns if _squash(c) in forms), None)
 
 
+#: other names of the id columns in clinical and slide tables (TCGA, STAMP, cBioPortal)
+_SYNONYMS = {
+    "slide_id": ("slide", "slide_name", "filename", "file_name", "image_id", "wsi"),
+    "patient_id": ("patient", "case_id", "case", "subject_id", "submitter_id", "participant_id"),
+}
+
+
+def did_you_mean(wanted: str, columns: Sequence[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the column of ``columns`` closest to ``wanted``
+    (spelling, or a known synonym of an id column), or an empty string."""
+    import difflib
+
+    names = [str(c) for c in columns]
+    squashed = {_squash(c): c for c in names}
+    for synonym in _SYNONYMS.get(wanted, ()):
+        if _squash(synonym) in squashed:
+            return f" (did you mean {squashed[_squash(synonym)]!r}?)"
+    close = difflib.get_close_matches(_squash(wanted), list(squashed), n=1, cutoff=0.6)
+    return f" (did you mean {squashed[close[0]]!r}?)" if close else ""
+
+
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+
+
+def is_excel(uri: str) -> bool:
+    return str(uri).split("?", 1)[0].lower().endswith(EXCEL_SUFFIXES)
+
+
+def read_excel(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """The first sheet of an Excel workbook (.xlsx/.xlsm, through openpyxl), id columns
+    as text. A workbook is a zip archive: what it unpacks to is bounded as compressed
+    text tables are (:class:`infra.table_limits.TableLimits`), before any sheet is parsed."""
+    import io
+    import zipfile
+
+    from infra.errors import TableReadError
+    from infra.storage import open_filesystem
+    from infra.table_limits import TableLimits
+
+    limits = TableLimits.default()
+    fs, path = open_filesystem(uri, storage_options)
+    try:
+        with fs.open(path, "rb") as handle:
+            data = handle.read(limits.max_bytes + 1)
+    except FileNotFoundError as exc:
+        raise TableReadError(uri, "no such file") from exc
+    if len(data) > limits.max_bytes:
+        raise TableReadError(uri, f"the workbook is over {limits.max_bytes} bytes")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise TableReadError(uri, "cannot read as an Excel workbook: not an .xlsx file") from exc
+    unpacked = sum(info.file_size for info in archive.infolist())
+    allowed = limits.allowed_bytes(len(data))
+    if unpacked > allowed:
+        raise TableReadError(
+            uri,
+            f"the workbook unpacks to {unpacked} bytes from {len(data)}, over the "
+            f"{allowed} allowed (a decompression bomb?)",
+        )
+    try:
+        sheets = pd.read_excel(
+            io.BytesIO(data), sheet_name=None, engine="openpyxl", dtype={k: str for k in KEYS}
+        )
+    except (ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise TableReadError(uri, f"cannot read as an Excel workbook: {exc}") from exc
+    filled = {name: frame for name, frame in sheets.items() if not frame.empty}
+    if not filled:
+        raise TableReadError(uri, "the workbook has no sheet with rows")
+    name, frame = next(iter(filled.items()))
+    if len(filled) > 1:
+        log.warning("%s: read sheet %r, the first of %d with rows", uri, name, len(filled))
+    return frame
+
+
 def read_labels(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """A labels table (csv/tsv/parquet, also compressed) read with :mod:`infra.tables`."""
+    """A labels table (csv/tsv/parquet, also compressed, or the first sheet of an .xlsx)
+    read with :mod:`infra.tables`."""
     from infra.tables import read_table
 
-    table = read_table(uri, storage_options)
+    table = read_excel(uri, storage_options) if is_excel(uri) else read_table(uri, storage_options)
     for key in KEYS:
         found = misspelt_column(list(table.columns), key)
         if found is not None:
             raise CohortError(f"{uri}: no {key} column (found {found!r}); rename it to {key}")
     if not any(k in table.columns for k in KEYS):
+        hint = did_you_mean("slide_id", table.columns) or did_you_mean("patient_id", table.columns)
         raise CohortError(
-            f"{uri}: a labels table needs a slide_id or patient_id column; "
+            f"{uri}: a labels table needs a slide_id or patient_id column{hint}; "
             f"it has {', '.join(map(str, table.columns))}"
         )
     for key in KEYS:
         if key in table.columns:
             table[key] = table[key].astype("string").str.strip()
     return table
+
+
+def with_slide_table(
+    labels: pd.DataFrame,
+    slide_table: str | pd.DataFrame,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    source: str = "the labels table",
+) -> pd.DataFrame:
+    """A clinical table keyed by ``patient_id`` and a slide table (``slide_id``,
+    ``patient_id``), STAMP's habit, as one labels table keyed by slide: each slide of the
+    slide table gets its patient's row. The store's patient ids still win any conflict
+    (:func:`join_labels` refuses a disagreement), and nothing is written to the store."""
+    where = slide_table if isinstance(slide_table, str) else "the slide table"
+    slides = (
+        read_labels(slide_table, storage_options) if isinstance(slide_table, str) else slide_table
+    )
+    for key in KEYS:
+        if key not in slides.columns:
+            raise CohortError(
+                f"{where}: a slide table needs slide_id and patient_id columns; no {key}"
+                f"{did_you_mean(key, slides.columns)} among {', '.join(map(str, slides.columns))}"
+            )
+    if "patient_id" not in labels.columns:
+        raise CohortError(
+            f"{source}: a slide table joins on patient_id, which {source} lacks"
+            f"{did_you_mean('patient_id', labels.columns)}"
+        )
+    if "slide_id" in labels.columns:
+        raise CohortError(
+            f"{source} is keyed by slide_id already; --slide-table is for a clinical table "
+            "keyed by patient_id"
+        )
+    slides = slides[["slide_id", "patient_id"]].dropna(subset=["slide_id"])
+    slides = slides.astype("string").apply(lambda c: c.str.strip())
+    if slides["slide_id"].duplicated().any():
+        dup = slides.loc[slides["slide_id"].duplicated(), "slide_id"].iloc[0]
+        raise CohortError(f"{where}: slide {dup!r} is listed more than once")
+    if labels["patient_id"].duplicated().any():
+        dup = labels.loc[labels["patient_id"].duplicated(), "patient_id"].iloc[0]
+        raise CohortError(f"{source}: patient {dup!r} is listed more than once")
+    merged = slides.merge(labels, on="patient_id", how="inner")
+    lost = sorted(set(slides["patient_id"].dropna()) - set(labels["patient_id"].dropna()))
+    if lost:
+        log.warning(
+            "%d patients of %s have no row in %s (%s)",
+            len(lost),
+            where,
+            source,
+            ", ".join(lost[:10]) + (" ..." if len(lost) > 10 else ""),
+        )
+    if merged.empty:
+        raise CohortError(
+            f"no patient_id of {where} is in {source} (e.g. "
+            f"{', '.join(slides['patient_id'].dropna().head(3))} against "
+            f"{', '.join(map(str, labels['patient_id'].dropna().head(3)))})"
+        )
+    return merged
 
 
 def check_patient_conflicts(
@@ -130,6 +269,7 @@ def _label_columns(labels: pd.DataFrame, wanted: Sequence[str] | None) -> tuple[
         raise CohortError(
             f"label column(s) {', '.join(map(repr, missing))} not in the labels table; "
             f"it has {', '.join(map(repr, available)) or 'no label columns'}"
+            f"{did_you_mean(missing[0], available)}"
         )
     return tuple(wanted)
 
@@ -224,10 +364,12 @@ def build_label_cohort(
     name: str = "discovery",
     status: str | None = "done",
     storage_options: Mapping[str, Any] | None = None,
+    slide_table: str | pd.DataFrame | None = None,
 ) -> Any:
     """A cohort from a plain labels table: the store's slides ⋈ labels, plus patient-level
     ``fold`` and ``split`` columns (stratified on ``stratify``; ``"auto"``: the first label
-    column when each patient has one value of it, else unstratified)."""
+    column when each patient has one value of it, else unstratified). ``slide_table``
+    (slide_id, patient_id) maps a table keyed by patient to slides (:func:`with_slide_table`)."""
     import dataclasses
 
     from infra.provenance import stable_hash
@@ -238,6 +380,8 @@ def build_label_cohort(
 
     source = labels if isinstance(labels, str) else "the labels table"
     table = read_labels(labels, storage_options) if isinstance(labels, str) else labels
+    if slide_table is not None:
+        table = with_slide_table(table, slide_table, storage_options, source=source)
     store_slides = slides_frame(slides, status=status, storage_options=storage_options)
     joined = join_labels(table, store_slides, label_columns=label_columns, source=source)
     frame = joined.table

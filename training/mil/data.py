@@ -37,10 +37,20 @@ class BagItem:
     patient_id: str = ""
 
 
-def _high(values: pd.Series) -> np.ndarray:
-    """1 for High; labels may be strings ("High" / "Median/Low"), booleans or 0/1."""
+def _high(values: pd.Series, label: str) -> np.ndarray:
+    """1 for the positive class. Numbers and booleans are taken as coded (1/True is
+    positive; ``slidebank train`` codes the labels so, see :mod:`training.mil.labels`).
+    Text is resolved by probe's rule: the class named High/1/True/yes/positive in any
+    case; two classes neither (or both) named so are an error asking which is positive."""
     if values.dtype == object or pd.api.types.is_string_dtype(values):
-        return (values.astype(str) == HIGH).to_numpy(dtype=float)
+        from training.probe.classes import POSITIVE_NAMES, positive_class
+
+        text = values.astype(str)
+        classes = sorted(set(text))
+        if len(classes) == 1:  # a split with one class: positive only if named so
+            return np.full(len(text), float(classes[0].strip().casefold() in POSITIVE_NAMES))
+        positive = positive_class(classes, None, label=label)
+        return (text == positive).to_numpy(dtype=float)
     return values.astype(float).to_numpy()
 
 
@@ -60,7 +70,7 @@ def targets_from_cohort(
     table = table.dropna(subset=columns)
     names: list[str] = list(columns)
     if task == "binary":
-        values = _high(table[columns[0]])[:, None]
+        values = _high(table[columns[0]], columns[0])[:, None]
         names = ["not " + HIGH, HIGH]
     elif task == "multiclass":
         names = list(classes) if classes else sorted(table[columns[0]].astype(str).unique())
@@ -70,7 +80,7 @@ def targets_from_cohort(
             raise ConfigError(f"labels {sorted(unknown)} are not among classes {names}")
         values = table[columns[0]].astype(str).map(lookup).to_numpy(dtype=float)[:, None]
     elif task == "multisignature":
-        values = np.stack([_high(table[c]) for c in columns], axis=1)
+        values = np.stack([_high(table[c], c) for c in columns], axis=1)
     else:
         values = table[columns].to_numpy(dtype=float)
     patients = table["patient_id"].astype(str) if "patient_id" in table else table["slide_id"]

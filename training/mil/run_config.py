@@ -18,7 +18,10 @@ started from (Ray workers run in their own session folder).
     workers: 2
     cv: true                     # k-fold on the cohort's `fold` column; false: its `split` column
     folds: 4                     # a labels table without fold/split columns gets patient-level ones
+    positive: High               # the positive class (default: High/1/True/yes/positive, as probe)
+    aggregate: slide             # patient: metrics on each patient's mean slide score
     external: ext.parquet
+    slide_table: slides.csv      # slide_id, patient_id, when the cohort is keyed by patient_id
     out: runs/clam               # each run writes to out/<run_id>/
     address: auto                # optional: a running Ray cluster (else RAY_ADDRESS, else embedded)
 """
@@ -40,9 +43,10 @@ __all__ = ["TASKS", "TrainRunConfig", "apply_overrides", "load_run_config", "par
 
 TASKS = ("binary", "multiclass", "multisignature", "regression")
 Task = Literal["binary", "multiclass", "multisignature", "regression"]
+Aggregate = Literal["slide", "patient"]
 
 #: keys that name a location; resolved against the config file's folder when relative
-_PATH_KEYS = ("store", "cohort", "external", "out", "checkpoints")
+_PATH_KEYS = ("store", "cohort", "slide_table", "external", "out", "checkpoints")
 #: JobConfig fields a YAML key maps onto (YAML name -> JobConfig name)
 _JOB_KEYS = {
     "workers": "num_workers",
@@ -65,10 +69,16 @@ class TrainRunConfig:
     encoder: str | None = None
     cv: bool = True
     external: str | None = None
+    #: slide_id, patient_id: maps a cohort keyed by patient_id to slides (STAMP's habit)
+    slide_table: str | None = None
     attention: bool = False
     #: folds to assign when the cohort is a plain labels table without ``fold``/``split``
     #: (None: training.cohorts' default)
     folds: int | None = None
+    #: the positive class of a binary label (None: High/1/True/yes/positive, as probe)
+    positive: str | None = None
+    #: the unit metrics are computed on: each slide, or each patient (mean of its slides)
+    aggregate: Aggregate = "slide"
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     #: MILConfig fields (model.*), TrainConfig fields (train.*), JobConfig fields (top level)
     model: Mapping[str, Any] = field(default_factory=dict)
@@ -77,6 +87,9 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         choice("TrainRunConfig.task", self.task, Task)
+        choice("TrainRunConfig.aggregate", self.aggregate, Aggregate)
+        if self.positive is not None:  # YAML reads `positive: 1` as a number
+            object.__setattr__(self, "positive", str(self.positive))
         require(
             self.labels, "TrainRunConfig.labels", "at least one label (or gene) column", self.labels
         )

@@ -25,6 +25,7 @@ import pandas as pd
 
 from infra.errors import ConfigError
 from infra.files import atomic_write, atomic_write_json, check_output
+from training.mil.labels import code_positive, patient_predictions
 from training.mil.run_config import TrainRunConfig, apply_overrides, load_run_config
 from training.report import REPORT_NAME, write_report
 
@@ -53,7 +54,11 @@ def new_run_id(name: str) -> str:
 
 def _read_cohort(uri: str, storage_options: dict[str, Any]) -> pd.DataFrame:
     from infra.tables import read_table
+    from training.cohorts.labels import is_excel, read_excel
 
+    if is_excel(uri):  # .xlsx labels, as clinicians send them
+        table = read_excel(uri, storage_options)
+        return table.astype({k: v for k, v in _ID_DTYPES.items() if k in table.columns})
     return read_table(uri, storage_options, dtype=_ID_DTYPES)
 
 
@@ -127,6 +132,10 @@ def run_from_config(
     job = replace(job, name=run_id, fold_dir=_fold_dir(job, out))
     options = dict(config.storage_options)
     table = _read_cohort(config.cohort, options)
+    if config.slide_table is not None:
+        from training.cohorts.labels import with_slide_table
+
+        table = with_slide_table(table, config.slide_table, options, source=config.cohort)
     external = _read_cohort(config.external, options) if config.external else None
     labels = list(job.label_columns)
     store = FeatureStore.open(config.store, options)
@@ -147,6 +156,9 @@ def run_from_config(
         # a resumed run must train the same ones.
         with atomic_write(out / "cohort.parquet") as handle:
             table.to_parquet(handle, index=False)
+    # Labels coded 1/0 on the whole cohort, so a fold whose slides happen to be of one
+    # class still agrees with the mapping recorded below (training.mil.labels).
+    table, external, classes = code_positive(table, external, train.task, labels, config.positive)
     log.info(
         "run %s%s: %d slides, %d fold(s); output in %s",
         run_id,
@@ -172,12 +184,19 @@ def run_from_config(
             frame.insert(1, "set", split)
             frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
-    classes = _class_mapping(table, train.task, labels)
     if classes:  # the file says which class pred: is about, as summary.json does
         predictions["positive_class"] = classes["positive"]
     with atomic_write(out / "predictions.parquet") as handle:
         predictions.to_parquet(handle, index=False)
-    summary = evaluate_predictions(predictions, train.task, labels, out, model=train.model.model)
+    scored = predictions
+    if config.aggregate == "patient":  # metrics on patients: the mean of their slides' scores
+        scored = patient_predictions(predictions, train.task)
+        with atomic_write(out / "patient_predictions.parquet") as handle:
+            scored.to_parquet(handle, index=False)
+    summary = evaluate_predictions(
+        scored, train.task, labels, out, model=train.model.model, unit=config.aggregate
+    )
+    summary["aggregate"] = config.aggregate
     if classes:
         summary["classes"] = classes
     summary.update(
@@ -240,23 +259,6 @@ def _write_attention(
     return {"table": table, "slides": written}
 
 
-def _class_mapping(table: pd.DataFrame, task: str, labels: list[str]) -> dict[str, str] | None:
-    """What ``pred:<label>`` of a binary run is the probability of (see mil.data._high)."""
-    from training.mil.data import HIGH
-
-    if task != "binary":
-        return None
-    values = table[labels[0]]
-    text = values.dtype == object or pd.api.types.is_string_dtype(values)
-    positive, negative = (HIGH, f"not {HIGH}") if text else ("1", "0")
-    return {
-        "label": labels[0],
-        "positive": positive,
-        "negative": negative,
-        "score": f"pred:{labels[0]} = P({labels[0]} is {positive})",
-    }
-
-
 def _rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...], task: str) -> pd.DataFrame:
     frame = pd.DataFrame(
         {"slide_id": [r["slide_id"] for r in rows], "patient_id": [r["patient_id"] for r in rows]}
@@ -280,6 +282,7 @@ def evaluate_predictions(
     *,
     model: str | None = None,
     overwrite: bool = True,
+    unit: str = "slide",
 ) -> dict[str, Any]:
     """Per-fold and pooled metrics (with bootstrap CIs / FDR) and ROC PNGs from a
     predictions table as ``run_from_config`` writes it. ``overwrite=False`` refuses, before
@@ -327,7 +330,8 @@ def evaluate_predictions(
             {str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
             out / f"{split}_roc.png",
             overwrite=overwrite,
-            title=f"{model or 'MIL'}: {label} ({split})",
+            title=f"{model or 'MIL'}: {label} ({split})"
+            + ("; patients, mean of their slides" if unit == "patient" else ""),
         )
     return summary
 
