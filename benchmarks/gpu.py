@@ -13,11 +13,14 @@ Each part runs within its own time box; one part failing keeps the others' figur
            (cuCIM GPU decode, resampled on the GPU, xp=cupy) vs on the CPU (PIL)
   stain    Macenko normalization on CuPy (the pipeline's StainNormalizer)
   e2e      the production DeviceStage on that slide: plan_for_device on the CPU, then the
-           device actor's loop (read thread → QC → stain → DLPack → ViT-L/16 bf16 → one
-           copy of embeddings + flags per step → Lance fragments when pylance is there),
-           repeated within its budget; tiles/s, per-stage GPU time from CUDA events,
-           time blocked on the read, stream-busy share (events) and NVML busy, peak
-           torch and CuPy pool memory
+           device actor's loop (read thread on the read stream → event → QC → stain →
+           DLPack → ViT-L/16 bf16 on the compute stream → one non-blocking copy of
+           embeddings + flags per step into a pinned buffer → writer thread → Lance
+           fragments when pylance is there), after the stage's warm-up of the GPU decoder
+           and the encoder, repeated within its budget; tiles/s, per-stage GPU time from
+           CUDA events on the compute stream, GPU busy % (that time over the wall time),
+           time the loop was blocked on the read and on the writer, NVML busy, the CuPy
+           pool limit, peak torch and CuPy pool memory
 
 ``--dry-run`` prints the plan and runs every part on the CPU with the strict device
 stand-in (infra.strict_device as CuPy, ingest.slides.backends.cucim_standin as cuCIM's GPU
@@ -121,9 +124,11 @@ class Plan:
                 f"  reader   {self.reader_tiles} tiles of 256² at 0.5 µm/px from a "
                 f"{self.slide_side}² 0.25 µm/px slide: device vs CPU",
                 "  stain    Macenko on the device module",
-                f"  e2e      DeviceStage, {self.e2e_tiles}+ tiles a run, encode batch "
-                f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; per-stage "
-                "times, busy share, memory",
+                f"  e2e      DeviceStage (warm-up, read and compute streams, pinned copies, "
+                f"writer thread), {self.e2e_tiles}+ tiles a run, encode batch "
+                f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; tiles/s, "
+                "GPU busy % by CUDA events, per-stage times, blocked on read/write, memory"
+                + ("; the stand-in's syncs and copies" if self.dry_run else ""),
                 f"  budget   {self.budget_s:g} s per timing, results to {self.out}",
             ]
         )
@@ -138,6 +143,7 @@ class Env:
     torch_device: str
     slide: Path
     dry_run: bool
+    name: str = "cpu (dry run: strict device stand-in)"
 
 
 # ---- timing -------------------------------------------------------------------------------
@@ -483,10 +489,20 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
         "fragment": plan.fragment,
         "lance_write": writes,
     }
+    t0 = time.perf_counter()
     stage = _device_stage(env, plan, config, options, store)
+    out.update(
+        stage_build_s=round(time.perf_counter() - t0, 2),
+        warm_up_s=stage.warm_up_s,
+        cupy_pool_limit_gib=None
+        if stage.pool_limit is None
+        else round(stage.pool_limit / 2**30, 2),
+    )
+    if not writes:
+        stage._write_row = _unwritten
     clock = StageClock(cuda=not env.dry_run)
     with _instrumented(stage, clock, writes):
-        _drain(stage, planned, writes)  # warm-up: kernels, allocator, cuDNN/cuBLAS plans
+        _drain(stage, planned)  # one more warm-up: the read path's kernels, allocator blocks
         _sync(env)
         _reset_memory(env)
         clock.spans.clear()
@@ -498,7 +514,7 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
         sampler.start()
         start, tiles, runs = time.perf_counter(), 0, 0
         while runs == 0 or time.perf_counter() - start < plan.e2e_s:
-            tiles += _drain(stage, planned, writes)
+            tiles += _drain(stage, planned)
             runs += 1
         _sync(env)
         wall = time.perf_counter() - start
@@ -506,12 +522,14 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
     stages = clock.seconds()
     gpu_s = sum(v for k, v in stages.items() if k in ("qc", "stain", "encode", "d2h"))
     out.update(
+        device=env.name,
         runs=runs,
         tiles=tiles,
         seconds=round(wall, 2),
         tiles_per_s=round(tiles / wall, 1),
         stage_s=stages,
-        stream_busy_pct=round(100 * gpu_s / wall, 1),
+        gpu_busy_pct=round(100 * gpu_s / wall, 1),
+        gpu_busy_by="CUDA events on the compute stream" if not env.dry_run else "wall clock",
         nvml_busy_pct=busy,
         **_memory(env),
     )
@@ -520,6 +538,32 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
             k: {"count": v["count"] // runs, "bytes": v["bytes"] // runs}
             for k, v in ledger.summary().items()
         }
+        out["overlap"] = _overlap(ledger, stage, runs)
+    return out
+
+
+def _overlap(ledger: Any, stage: Any, runs: int) -> dict[str, Any]:
+    """What the stand-in saw of the loop's structure: host waits by kind and thread, the
+    device → host copies' stream, blocking and pinning, pinned buffers allocated."""
+    from collections import Counter
+
+    d2h = ledger.select("d2h")
+    waits = Counter(f"{s.kind}@{s.thread.rsplit('_', 1)[0]}" for s in ledger.syncs)
+    return {
+        "host_waits_per_run": {k: v // runs for k, v in sorted(waits.items())},
+        "d2h_streams": sorted({t.stream for t in d2h}),
+        "d2h_non_blocking_pinned": all(not t.blocking and t.pinned for t in d2h),
+        "decode_streams": sorted(set(ledger.decode_streams)),
+        "read_stream": stage._streams.read.name,
+        "compute_stream": stage._streams.compute.name,
+        "pinned_buffers_allocated": len(ledger.pinned_allocations),
+    }
+
+
+def _unwritten(row: dict[str, Any]) -> dict[str, Any]:
+    """The post-write row without a store (no pylance): nothing written, tiles counted."""
+    out = {k: v[0] for k, v in row.items() if k not in ("embedding", "image")}
+    out.update(n_tiles=len(row["x"][0]), fragments="[]")
     return out
 
 
@@ -573,30 +617,33 @@ def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any) -
     )
 
 
-def _drain(stage: Any, planned: dict[str, Any], writes: bool) -> int:
-    rows = stage.run(planned) if writes else stage._rows(planned)
+def _drain(stage: Any, planned: dict[str, Any]) -> int:
     tiles = 0
-    for row in rows:
+    for row in stage.run(planned):
         if row["status"] != "tiles":
             raise RuntimeError(f"slide failed: {row.get('error_type')}: {row.get('error_message')}")
-        tiles += int(row["n_tiles"]) if "n_tiles" in row else len(row["x"][0])
+        tiles += int(row["n_tiles"])
     return tiles
 
 
 @contextlib.contextmanager
 def _instrumented(stage: Any, clock: StageClock, writes: bool) -> Iterator[None]:
-    """Time the production stages in place: QC, stain, encode, the one copy to the host,
-    the Lance write, and how long the loop waits for the read thread."""
-    import infra.arrays
+    """Time the production stages in place: QC, stain, encode and the issue of the one
+    copy to the host (CUDA events, recorded on the compute stream: the loop runs them
+    inside ``DeviceStreams.computing``), the Lance write (in the writer thread), and how
+    long the loop waits for the read thread and for the writer."""
     import ingest.pipeline.device_stage as device_stage
     import ingest.tissue.qc as qc
+    from infra.device_streams import DeviceStreams
+    from ingest.pipeline.device_writer import OrderedWrites
     from ingest.stain import StainNormalizer
 
     saved = [
         (qc, "tile_flags", qc.tile_flags),
         (StainNormalizer, "normalize", StainNormalizer.normalize),
-        (infra.arrays, "asnumpy", infra.arrays.asnumpy),
+        (DeviceStreams, "to_host", DeviceStreams.to_host),
         (device_stage._ReadAhead, "take", device_stage._ReadAhead.take),
+        (OrderedWrites, "submit", OrderedWrites.submit),
         (device_stage, "write_batches", device_stage.write_batches),
     ]
     encoder = stage._encoder
@@ -604,8 +651,9 @@ def _instrumented(stage: Any, clock: StageClock, writes: bool) -> Iterator[None]
     wall = StageClock(cuda=False)
     qc.tile_flags = clock.wrap("qc", qc.tile_flags)  # type: ignore[assignment]
     StainNormalizer.normalize = clock.wrap("stain", StainNormalizer.normalize)  # type: ignore[method-assign]
-    infra.arrays.asnumpy = clock.wrap("d2h", infra.arrays.asnumpy)  # type: ignore[assignment]
+    DeviceStreams.to_host = clock.wrap("d2h", DeviceStreams.to_host)  # type: ignore[method-assign]
     device_stage._ReadAhead.take = wall.wrap("blocked_on_read", device_stage._ReadAhead.take)  # type: ignore[method-assign]
+    OrderedWrites.submit = wall.wrap("blocked_on_write", OrderedWrites.submit)  # type: ignore[method-assign]
     device_stage.write_batches = wall.wrap("write", device_stage.write_batches)  # type: ignore[assignment]
     encoder.embed_device = clock.wrap("encode", embed)
     try:
@@ -669,8 +717,9 @@ def _environment(plan: Plan, slide: Path) -> Iterator[Env]:
             yield Env(xp, "cuda", "cpu", slide, True)
         return
     import cupy
+    import torch
 
-    yield Env(cupy, "cuda", "cuda", slide, False)
+    yield Env(cupy, "cuda", "cuda", slide, False, torch.cuda.get_device_name(0))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -435,3 +435,13 @@ def test_gpu_benchmark_dry_run_runs_every_part_on_the_stand_in(tmp_path) -> None
     moved = results["e2e"]["transfers_per_run"]
     assert not any(key.endswith(":pixels") for key in moved), moved
     assert set(k for k in moved if k.startswith("d2h")) == {"d2h:embeddings+flags"}
+    e2e = results["e2e"]
+    assert e2e["device"] and e2e["tiles_per_s"] > 0 and e2e["gpu_busy_pct"] > 0
+    assert set(e2e["warm_up_s"]) == {"decoder", "encoder"} and e2e["cupy_pool_limit_gib"] == 4.0
+    overlap = e2e["overlap"]
+    assert overlap["d2h_non_blocking_pinned"] and overlap["d2h_streams"] == [
+        overlap["compute_stream"]
+    ]
+    assert overlap["decode_streams"] == [overlap["read_stream"]]
+    assert list(overlap["host_waits_per_run"]) == ["event@device-write"]
+    assert overlap["pinned_buffers_allocated"] == 0, "the warm-up's buffers were reused"

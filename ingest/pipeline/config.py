@@ -125,6 +125,9 @@ class RunOptions:
     #: CPU: :func:`features.encoders.runtime.default_batch_size`). A batch that runs out
     #: of GPU memory is halved and retried, so too large costs speed, not slides.
     encode_batch: int | None = None
+    #: the share of each GPU's memory CuPy's pool may hold in the ``device`` engine (the
+    #: rest is PyTorch's: model and activations); see :mod:`infra.device_streams`
+    device_pool_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or self.commit_every < 1:
@@ -139,6 +142,10 @@ class RunOptions:
             raise ConfigError(f"cpu_dtype must be float32 or bfloat16, got {self.cpu_dtype!r}")
         if self.encode_batch is not None and self.encode_batch < 1:
             raise ConfigError(f"encode_batch must be >= 1 or None, got {self.encode_batch}")
+        if not 0 < self.device_pool_fraction <= 1:
+            raise ConfigError(
+                f"device_pool_fraction must be in (0, 1], got {self.device_pool_fraction!r}"
+            )
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")
         if not self.gpu_wait_s > 0:

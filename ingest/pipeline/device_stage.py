@@ -11,9 +11,20 @@ between processes. Here pixels exist only on the GPU actor:
   ``Slide.read_regions_at_mpp(xp=...)``), computes tile QC flags and stain normalization
   on CuPy, and hands the tiles to the encoder through DLPack (bf16, channels-last; see
   ``Encoder.embed_device``); the embeddings come back the same way. Embeddings and QC
-  flags then cross to the host in one copy per step. Reading step ``b + 1`` runs in a
-  thread while step ``b`` is normalized and encoded, so decode and compute overlap;
-  the read in flight is waited for before a slide closes (failure or early stop).
+  flags then cross to the host in one copy per step.
+
+Overlap (:mod:`infra.device_streams`): step ``b + 1`` is read in a thread on the *read*
+stream (decode, any host → device copy, resampling) and ends with an event; step ``b``
+is checked, normalized and encoded on the *compute* stream (shared by CuPy and torch),
+which waits for that event on the device, not on the host. Its one device → host copy is
+issued there without blocking, into a pinned buffer reused slide after slide, and the
+writer thread (:mod:`ingest.pipeline.device_writer`) waits for that copy alone, builds
+the rows and writes the Lance fragments, so the loop never synchronises the device and
+never waits for a store write unless the writer is ``write_depth`` steps behind. The
+read and the writes in flight are cancelled or waited for before a slide closes (failure
+or early stop). CuPy's memory pool is capped (``pool_fraction`` of the card), and the
+stage warms the GPU decoder and the encoder at its batch size when it is built, so the
+first slide is not timed with their start-up.
 
 The same code runs on NumPy when there is no GPU (``device="cpu"``), and it computes what
 the fused CPU engine computes (tested). With the strict device stand-in
@@ -23,9 +34,12 @@ device path on a CPU machine, where tests count every host transfer.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -34,8 +48,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from infra import metrics
+from infra.device_streams import DEFAULT_POOL_FRACTION, DeviceStreams, HostCopy, limit_memory_pool
 from infra.errors import ConfigError
 from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.device_writer import OrderedWrites
 from ingest.pipeline.fused_stage import scalar_row
 from ingest.pipeline.rows import make_row
 from ingest.pipeline.slide_steps import (
@@ -110,7 +126,9 @@ class DeviceStage:
     ``encode_batch`` tiles (default: :func:`~features.encoders.runtime.default_batch_size`
     of the device, 256 on a GPU) are read, checked, normalized and encoded together and
     copied to the host once; they are stored as fragments of ``options.tiles_per_batch``
-    tiles, so the forward batch and the fragment size are chosen apart.
+    tiles, so the forward batch and the fragment size are chosen apart. ``write_depth``
+    steps may wait for the writer thread; ``pool_fraction`` of the device's memory is
+    CuPy's pool limit; ``warm`` warms the GPU decoder and the encoder now.
     """
 
     def __init__(
@@ -123,6 +141,9 @@ class DeviceStage:
         write_kwargs: Mapping[str, Any],
         device: str = "auto",
         encode_batch: int | None = None,
+        pool_fraction: float = DEFAULT_POOL_FRACTION,
+        write_depth: int = 2,
+        warm: bool = True,
     ) -> None:
         from features.encoders import Encoder
         from features.encoders.runtime import default_batch_size
@@ -134,40 +155,80 @@ class DeviceStage:
         self.device: Literal["cpu", "cuda"] = "cpu" if self.xp is np else "cuda"
         if encode_batch is not None and encode_batch < 1:
             raise ConfigError(f"encode_batch must be >= 1, got {encode_batch}")
+        if write_depth < 1:
+            raise ConfigError(f"write_depth must be >= 1, got {write_depth}")
         self.encode_batch = encode_batch or default_batch_size(self.device)
         fragment = options.tiles_per_batch
         self._step = fragment * math.ceil(self.encode_batch / fragment)  # whole fragments
         self._config, self._options, self._storage_options = config, options, storage_options
+        #: CuPy's pool limit in bytes (None on NumPy)
+        self.pool_limit = limit_memory_pool(self.xp, pool_fraction)
         self._encoder = Encoder(
             **{**encoder_kwargs, "device": torch_device(self.xp), "batch_size": self.encode_batch}
         )
+        self._streams = DeviceStreams(
+            self.xp, torch_device=torch_device(self.xp), host_buffers=write_depth + 2
+        )
         self._write_kwargs = dict(write_kwargs)
+        self._write_depth = write_depth
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="device-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="device-write")
+        #: seconds the warm-up spent per part (empty on NumPy or with ``warm=False``)
+        self.warm_up_s: dict[str, float] = self.warm_up() if warm else {}
 
     def ready(self) -> bool:
         """Returns once the actor exists (the runner's restart probe)."""
         return True
+
+    def warm_up(self) -> dict[str, float]:
+        """Start the GPU decoder (one device read of a small JPEG TIFF) and run the encoder
+        once at its batch size (kernel selection, cuBLAS/cuDNN plans, compilation, the
+        allocators' first blocks; an OOM halves the batch here, not on a slide). Nothing
+        to warm on NumPy."""
+        if self.xp is np:
+            return {}
+        xp, side = self.xp, self._config.tiling.tile_size
+        out: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with self._streams.reading():
+            _warm_decoder(xp)
+        out["decoder"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        with self._streams.computing(self._streams.mark_read()):
+            self._encoder.embed_device(xp.zeros((self.encode_batch, side, side, 3), np.uint8))
+            done = xp.cuda.Event(disable_timing=True)
+            done.record(self._streams.compute)
+        done.synchronize()  # once, before any slide: the timings start after it
+        out["encoder"] = round(time.perf_counter() - t0, 3)
+        log.info("device stage warmed up: %s", out)
+        return out
 
     def run(self, planned: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield the post-write rows of one planned slide: a :func:`plan_for_device` result,
         or a runner item whose ``plan`` is ``[ObjectRef]`` of one."""
         if "plan" in planned:
             planned = _resolve(planned)
-        for row in self._rows(planned):
-            yield scalar_row(write_batches(row, **self._write_kwargs))
+        yield from self._rows(planned)
+
+    def _write_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One row's fragment written (invisible until the driver commits); the post-write
+        row the driver gets."""
+        return scalar_row(write_batches(row, **self._write_kwargs))
 
     def _rows(self, planned: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         source, info = planned["source"], planned["info"]
         sid, write_id = source["slide_id"], source["write_id"]
         if planned["status"] != "tiles":
             error = planned.get("error")
-            yield _no_tiles(
-                make_row(
-                    slide_id=sid,
-                    write_id=write_id,
-                    status="failed" if error else "empty",
-                    info=info,
-                    error=error,
+            yield self._write_row(
+                _no_tiles(
+                    make_row(
+                        slide_id=sid,
+                        write_id=write_id,
+                        status="failed" if error else "empty",
+                        info=info,
+                        error=error,
+                    )
                 )
             )
             return
@@ -176,8 +237,10 @@ class DeviceStage:
         except Exception as exc:  # isolate the slide: a failed row, the run goes on
             log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
             metrics.record_failure(type(exc).__name__)
-            yield _no_tiles(
-                make_row(slide_id=sid, write_id=write_id, status="failed", info=info, error=exc)
+            yield self._write_row(
+                _no_tiles(
+                    make_row(slide_id=sid, write_id=write_id, status="failed", info=info, error=exc)
+                )
             )
 
     def _tiles(
@@ -186,17 +249,16 @@ class DeviceStage:
         from ingest.slides import open_slide
         from ingest.stain import StainNormalizer, standard_reference
 
-        config, xp = self._config, self.xp
+        config, xp, streams = self._config, self.xp, self._streams
         xs, ys = planned["x"], planned["y"]
-        fragment = self._options.tiles_per_batch
         steps = batch_slices(len(xs), self._step)
-        n_batches = math.ceil(len(xs) / fragment)
         info["planned_tiles"] = len(xs)
-        normalizer = (
-            None
-            if planned["stain"] is None
-            else StainNormalizer(planned["stain"], standard_reference(), device=None)
-        )
+        with streams.computing():  # its parameters are used on the compute stream
+            normalizer = (
+                None
+                if planned["stain"] is None
+                else StainNormalizer(planned["stain"], standard_reference(), device=None)
+            )
         with open_slide(
             planned["source"]["uri"],
             storage_options=self._storage_options,
@@ -205,77 +267,143 @@ class DeviceStage:
         ) as slide:
             slide.budget = _device_budget(sid, self._options, time.monotonic())
 
-            def read(part: slice) -> tuple[Any, float]:
+            def read(part: slice) -> tuple[Any, float, Any]:
                 t0 = time.perf_counter()
-                tiles = read_tiles(
-                    slide,
-                    np.stack([xs[part], ys[part]], 1),
-                    config.tiling.tile_size,
-                    config.tiling.target_mpp,
-                    config.tiling.resample,
-                    xp=xp,
-                )
-                return tiles, time.perf_counter() - t0
+                with streams.reading():
+                    tiles = read_tiles(
+                        slide,
+                        np.stack([xs[part], ys[part]], 1),
+                        config.tiling.tile_size,
+                        config.tiling.target_mpp,
+                        config.tiling.resample,
+                        xp=xp,
+                    )
+                    ready = streams.mark_read()
+                return tiles, time.perf_counter() - t0, ready
 
             reads = _ReadAhead(self._reader, read, steps)
+            writes: OrderedWrites = OrderedWrites(self._writer, self._write_depth)
             try:
                 for part in steps:
-                    embedding, flags = self._compute(reads.take(), planned, normalizer, part, info)
-                    for piece in batch_slices(len(embedding), fragment):
-                        cut = slice(part.start + piece.start, part.start + piece.stop)
-                        row = make_row(
-                            slide_id=sid,
-                            write_id=write_id,
-                            status="tiles",
-                            batch_index=cut.start // fragment,
-                            n_batches=n_batches,
-                            x=xs[cut],
-                            y=ys[cut],
-                            level=planned["level"],
-                            tissue_fraction=planned["tissue_fraction"][cut],
-                            qc_flags=flags[piece],
-                            info=info,
-                        )
-                        row.pop("image")
-                        row["embedding"] = np.ascontiguousarray(embedding[piece])[None]
-                        metrics.record_tiles(piece.stop - piece.start)
-                        yield row
+                    copy_, issued = self._compute(reads.take(), planned, normalizer, info)
+                    job = _StepRows(self, planned, sid, write_id, part, copy_, issued, info)
+                    for rows in writes.submit(job, on_cancel=copy_.release):
+                        yield from rows
+                for rows in writes.drain():
+                    yield from rows
             finally:
+                writes.close()  # no write of this slide runs after it fails or stops
                 reads.close()  # before the slide (and its scratch copy) closes under a read
 
     def _compute(
         self,
-        read: tuple[Any, float],
+        read: tuple[Any, float, Any],
         planned: Mapping[str, Any],
         normalizer: Any,
-        part: slice,
         info: dict[str, Any],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """QC, stain and encode one step's tiles on the device; (embeddings, qc_flags) on
-        the host, from one device → host copy. The ``read`` stage is the read (timed in
-        the reader thread) plus QC and stain, as in the fused engine; ``encode`` the model."""
-        from infra.arrays import asnumpy
-
-        tiles, read_s = read
+    ) -> tuple[HostCopy, float]:
+        """QC, stain and encode one step's tiles on the compute stream, after the read's
+        event, and issue the one device → host copy of embeddings + QC flags; returns
+        the copy in flight and when the step was issued. The ``read`` stage is the read
+        (timed in the reader thread) plus QC and stain, as in the fused engine."""
+        raw, read_s, ready = read
         xp = self.xp
         t0 = time.perf_counter()
-        tiles, flags = qc_and_normalize(
-            tiles,
-            config=self._config,
-            glass=planned["glass"],
-            normalizer=normalizer,
-            device=self.device,
-            xp=xp,
-        )
-        t1 = time.perf_counter()
-        record_stage(info, "read", read_s + t1 - t0)
-        embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
-        # float32 holds the flag bits exactly (< 2^24): one copy carries both.
-        packed = xp.concatenate([embedding, flags[:, None].astype(np.float32)], axis=1)
-        host = asnumpy(packed, what="embeddings+flags")
-        metrics.observe_stage("encode", time.perf_counter() - t1)
-        host_flags = host[:, -1].astype(np.int32) | planned["qc_flags"][part]
-        return host[:, :-1], host_flags
+        with self._streams.computing(after=ready):
+            tiles, flags = qc_and_normalize(
+                raw,
+                config=self._config,
+                glass=planned["glass"],
+                normalizer=normalizer,
+                device=self.device,
+                xp=xp,
+            )
+            t1 = time.perf_counter()
+            record_stage(info, "read", read_s + t1 - t0)
+            embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
+            # float32 holds the flag bits exactly (< 2^24): one copy carries both.
+            packed = xp.concatenate([embedding, flags[:, None].astype(np.float32)], axis=1)
+            # the read's pixels stay alive until the copy is done (see DeviceStreams.to_host)
+            host = self._streams.to_host(packed, what="embeddings+flags", keep=(raw, tiles))
+        return host, t1
+
+
+class _StepRows:
+    """The writer thread's job for one step: wait for its host copy, make its rows (one per
+    fragment), write them, return the post-write rows."""
+
+    def __init__(
+        self,
+        stage: DeviceStage,
+        planned: Mapping[str, Any],
+        sid: str,
+        write_id: str,
+        part: slice,
+        host: HostCopy,
+        issued: float,
+        info: dict[str, Any],
+    ) -> None:
+        self._stage, self._planned, self._sid, self._write_id = stage, planned, sid, write_id
+        self._part, self._host, self._issued = part, host, issued
+        self._info = copy.deepcopy(info)  # the loop goes on updating the slide's timings
+
+    def __call__(self) -> list[dict[str, Any]]:
+        planned, part = self._planned, self._part
+        host = self._host.result()
+        metrics.observe_stage("encode", time.perf_counter() - self._issued)
+        fragment = self._stage._options.tiles_per_batch
+        n_batches = math.ceil(len(planned["x"]) / fragment)
+        embedding = host[:, :-1]
+        flags = host[:, -1].astype(np.int32) | planned["qc_flags"][part]
+        rows = []
+        for piece in batch_slices(len(embedding), fragment):
+            cut = slice(part.start + piece.start, part.start + piece.stop)
+            row = make_row(
+                slide_id=self._sid,
+                write_id=self._write_id,
+                status="tiles",
+                batch_index=cut.start // fragment,
+                n_batches=n_batches,
+                x=planned["x"][cut],
+                y=planned["y"][cut],
+                level=planned["level"],
+                tissue_fraction=planned["tissue_fraction"][cut],
+                qc_flags=flags[piece],
+                info=self._info,
+            )
+            row.pop("image")
+            row["embedding"] = np.ascontiguousarray(embedding[piece])[None]
+            rows.append(self._stage._write_row(row))
+            metrics.record_tiles(piece.stop - piece.start)
+        return rows
+
+
+def _warm_decoder(xp: Any) -> None:
+    """One device read of a small JPEG-tiled TIFF through the cuCIM backend: loads
+    nvImageCodec and makes its decoder's first allocations. A failure is logged (the
+    reads fall back to CPU decode and count it)."""
+    from ingest.slides.backends.cucim_reader import CucimReader
+
+    if not CucimReader.is_available():
+        log.info("no cuCIM: the GPU decoder is not warmed up")
+        return
+    import tifffile
+
+    with tempfile.TemporaryDirectory(prefix="slidebank-warm-") as folder:
+        path = os.path.join(folder, "warm.tif")
+        image = np.full((64, 64, 3), 200, np.uint8)
+        try:
+            tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg")
+        except Exception as exc:  # no JPEG codec (imagecodecs): decode raw tiles instead
+            log.info("warm-up TIFF without JPEG (%s)", exc)
+            tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb")
+        slide = CucimReader(device="cuda").open_local(path)
+        try:
+            slide.read_regions_on(xp, [(0, 0)], 0, (64, 64))
+        except Exception as exc:  # warming must not stop the actor
+            log.warning("GPU decoder warm-up failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            slide.close()
 
 
 class _ReadAhead:

@@ -74,4 +74,5 @@ def stage_kwargs(ctx: RunContext, device: str) -> dict[str, Any]:
         "write_kwargs": ctx.write_kwargs(),
         "device": device,
         "encode_batch": options.encode_batch,
+        "pool_fraction": options.device_pool_fraction,
     }
