@@ -38,7 +38,8 @@ JPEG-compressed through imagecodecs. In the repo root, once, here:
     -d .whl cucim-cu13==26.10.0 nvidia-nvimgcodec-cu13==0.9.0.20 imagecodecs
 
 (add ``pylance`` and ``zarr`` with their dependencies for the e2e part's Lance write;
-without them e2e stops before the write and says so). Run with carry ``[".whl"]``:
+without them e2e runs without writing and says so: ``"lance_write": false``). Run with
+carry ``[".whl"]`` (docs/gpu.md says what the figures mean):
 
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
   PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out $OUT/gpu.json
