@@ -1,14 +1,17 @@
-"""The facade's metadata edit: patient ids added to ingested slides, never re-encoding.
+"""The facade's metadata edit: patient ids and clinical columns added to ingested
+slides, never re-encoding.
 
 >>> import slidebank as sb
 >>> report = sb.annotate_slides("clinical.csv", "slidebank-demo/store")
 >>> report.update.changed          # the slides whose patient_id was set or replaced
+>>> report.clinical_columns        # the other columns, now in slide_features/clinical
+>>> sb.probe(store, "store:clinical", label="grade")    # read back as a labels table
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from infra.errors import ConfigError
@@ -30,9 +33,16 @@ class AnnotateReport:
     update: MetadataUpdate
     ignored_columns: tuple[str, ...]
     rows_without_value: int
+    #: the table's other columns, stored per slide in ``slide_features/<clinical_table>``
+    clinical_columns: tuple[str, ...] = ()
+    clinical_slides: int = 0
+    clinical_table: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {
+            "clinical_columns": list(self.clinical_columns),
+            "clinical_slides": self.clinical_slides,
+            "clinical_table": self.clinical_table,
             "source": self.source,
             "changed": list(self.update.changed),
             "unchanged": len(self.update.unchanged),
@@ -49,44 +59,67 @@ def annotate_slides(
     store: FeatureStore | str,
     *,
     storage_options: Mapping[str, Any] | None = None,
+    clinical: str = "clinical",
 ) -> AnnotateReport:
-    """Set ``patient_id`` on the store's slides from ``table`` (CSV/TSV/Parquet or a
-    DataFrame with ``slide_id`` or an ingest manifest's ``uri``, and ``patient_id``).
+    """Set ``patient_id`` on the store's slides from ``table`` (CSV/TSV/Parquet/.xlsx or
+    a DataFrame with ``slide_id`` or an ingest manifest's ``uri``), and keep its other
+    columns (grade, stage...) in the store's ``slide_features/<clinical>`` table, which
+    probe, cohort build and train read as ``store:<clinical>``.
 
-    One new store version; tiles are untouched (:meth:`FeatureStore.set_slide_metadata`).
-    Slides the store lacks are reported in ``update.unknown``; none known is an error.
+    One new store version per table written; tiles are untouched
+    (:meth:`FeatureStore.set_slide_metadata`, :mod:`training.cohorts.clinical`). Slides
+    the store lacks are reported in ``update.unknown``; none known is an error.
     """
     from features.store import FeatureStore, SlideNotInStoreError
     from features.store.metadata import METADATA_COLUMNS
+    from training.cohorts.clinical import write_clinical
 
     source = table if isinstance(table, str) else "the table"
     frame = _read(table, storage_options)
     ids = _slide_ids(frame, source)
     present = [c for c in METADATA_COLUMNS if c in frame.columns]
-    if not present:
+    used = {"slide_id", *_URI_COLUMNS, *METADATA_COLUMNS}
+    others = [str(c) for c in frame.columns if c not in used]
+    if not present and not others:
         raise ConfigError(
-            f"{source}: no {' or '.join(METADATA_COLUMNS)} column; "
+            f"{source}: no {' or '.join(METADATA_COLUMNS)} column and no clinical column; "
             f"it has {', '.join(map(str, frame.columns))}"
         )
-    values, empty = _values(frame, ids, present, source)
+    values, empty = _values(frame, ids, present, source) if present else ({}, 0)
+    cells, _ = _values(frame, ids, others, source) if others else ({}, 0)
     if isinstance(store, str):
         store = FeatureStore.open(store, storage_options)
-    update = store.latest().set_slide_metadata(values)
-    if values and len(update.unknown) == len(values):
+    store = store.latest()
+    known = set(store.slides(columns=["slide_id"]).column("slide_id").to_pylist())
+    given = set(values) | set(cells)
+    if given and not given & known:
         raise SlideNotInStoreError(
-            f"{source}: none of its {len(values)} slides is in the store "
-            f"(e.g. {update.unknown[0]!r})"
+            f"{source}: none of its {len(given)} slides is in the store (e.g. {sorted(given)[0]!r})"
         )
-    used = {"slide_id", *_URI_COLUMNS, *present}
-    ignored = tuple(str(c) for c in frame.columns if c not in used)
-    return AnnotateReport(source, update, ignored, empty)
+    update = store.set_slide_metadata(values)
+    written = write_clinical(store, {s: c for s, c in cells.items() if s in known}, name=clinical)
+    unknown = tuple(sorted(given - known))
+    if unknown != update.unknown:
+        update = replace(update, unknown=unknown)
+    return AnnotateReport(
+        source,
+        update,
+        (),
+        empty,
+        clinical_columns=tuple(others),
+        clinical_slides=written,
+        clinical_table=f"slide_features/{clinical}" if others else "",
+    )
 
 
 def _read(table: str | pd.DataFrame, storage_options: Mapping[str, Any] | None) -> pd.DataFrame:
     if not isinstance(table, str):
         return table.astype("string")
     from infra.tables import read_table
+    from training.cohorts.labels import is_excel, read_excel
 
+    if is_excel(table):
+        return read_excel(table, storage_options).astype("string")
     return read_table(table, storage_options, dtype="string")
 
 

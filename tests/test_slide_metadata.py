@@ -136,7 +136,7 @@ def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_
     assert done.exit_code == 0, done.output
     assert "patient_id set on 6 slides" in done.output and "no tile re-encoded" in done.output
     assert "1 slides of" in done.output and "zz" in done.output
-    assert "columns not stored: age" in done.output
+    assert "clinical columns stored: age for 6 slides" in done.output
     assert _tiles(store).equals(tiles_before)
     built = runner.invoke(app, build)
     assert built.exit_code == 0, built.output
@@ -147,7 +147,7 @@ def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_
     [
         ("Slide ID,patient_id\ns0,A\n", "no slide_id column (found 'Slide ID')"),
         ("slide_id,patient_id\nnope,A\n", "none of its 1 slides is in the store"),
-        ("slide_id,age\ns0,3\n", "no patient_id column"),
+        ("slide_id\ns0\n", "no patient_id column and no clinical column"),
         ("slide_id,patient_id\ns0,A\ns0,B\n", "row 3 gives slide 's0'"),
     ],
 )

@@ -373,13 +373,26 @@ def build_label_cohort(
     import dataclasses
 
     from infra.provenance import stable_hash
+    from training.cohorts.clinical import clinical_labels, is_store_labels
     from training.cohorts.config import SplitConfig
     from training.cohorts.model import Cohort, CohortReport
     from training.cohorts.slides_source import slides_frame
     from training.cohorts.splits import assign_folds, assign_train_val_test
 
     source = labels if isinstance(labels, str) else "the labels table"
-    table = read_labels(labels, storage_options) if isinstance(labels, str) else labels
+    if is_store_labels(labels):  # store:clinical, written by slidebank annotate
+        from features.store import FeatureStore
+
+        store = slides if isinstance(slides, FeatureStore) else None
+        if store is None and isinstance(slides, str):
+            store = FeatureStore.open(slides, storage_options)
+        if store is None:
+            raise CohortError(f"{labels} names a store table; pass the store as slides")
+        table = clinical_labels(store, str(labels))
+    elif isinstance(labels, str):
+        table = read_labels(labels, storage_options)
+    else:
+        table = labels
     if slide_table is not None:
         table = with_slide_table(table, slide_table, storage_options, source=source)
     store_slides = slides_frame(slides, status=status, storage_options=storage_options)

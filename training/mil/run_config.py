@@ -200,7 +200,8 @@ def parse_run_config(raw: Mapping[str, Any], base: Path | None = None) -> TrainR
 
 
 def _resolve(value: str, base: Path | None) -> str:
-    if base is None or not is_local(value) or value.startswith("file://"):
+    # store:NAME is the store's clinical table (training.cohorts.clinical), not a path
+    if base is None or not is_local(value) or value.startswith(("file://", "store:")):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())

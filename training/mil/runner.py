@@ -123,6 +123,7 @@ def run_from_config(
     and only the rest are trained. ``progress`` gets one line per epoch and per fold.
     """
     from features.store import FeatureStore
+    from training.cohorts.clinical import clinical_labels, is_store_labels
     from training.mil import preflight
     from training.mil.job import run_cross_validation, run_training
 
@@ -131,7 +132,10 @@ def run_from_config(
     out = Path(config.out) / run_id
     job = replace(job, name=run_id, fold_dir=_fold_dir(job, out))
     options = dict(config.storage_options)
-    table = _read_cohort(config.cohort, options)
+    if is_store_labels(config.cohort):  # store:clinical, written by slidebank annotate
+        table = clinical_labels(FeatureStore.open(config.store, options), config.cohort)
+    else:
+        table = _read_cohort(config.cohort, options)
     if config.slide_table is not None:
         from training.cohorts.labels import with_slide_table
 

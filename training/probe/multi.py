@@ -130,7 +130,7 @@ def run_probe_labels(
     on shared patient folds; with ``out_dir``, write each label's files and summary.tsv."""
     from training.probe.run import load_labels, probe_rows
 
-    table, source = load_labels(labels, storage_options)
+    table, source = load_labels(labels, storage_options, store)
     names = expand_labels(list(table.columns), patterns, all_labels=all_labels)
     folders = _folder_names(names)
     emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)

@@ -122,17 +122,23 @@ def probe_frame(
 def _probe_rows(
     store: FeatureStore, labels: Any, config: ProbeConfig, storage_options: Mapping[str, Any] | None
 ) -> tuple[pd.DataFrame, np.ndarray, dict[str, list[str]]]:
-    table, source = load_labels(labels, storage_options)
+    table, source = load_labels(labels, storage_options, store)
     emb = store.slide_embeddings(encoder=config.encoder, config_hash=config.config_hash)
     return probe_rows(emb, table, config, source)
 
 
-def load_labels(labels: Any, storage_options: Mapping[str, Any] | None) -> tuple[pd.DataFrame, str]:
-    """(the labels table, how to name it in messages) from a path or a DataFrame."""
+def load_labels(
+    labels: Any, storage_options: Mapping[str, Any] | None, store: FeatureStore | None = None
+) -> tuple[pd.DataFrame, str]:
+    """(the labels table, how to name it in messages) from a path, a DataFrame, or
+    ``store:NAME`` (the clinical columns ``slidebank annotate`` kept in ``store``)."""
+    from training.cohorts.clinical import clinical_labels, is_store_labels
     from training.cohorts.labels import read_labels
 
     if isinstance(labels, pd.DataFrame):
         return labels, "the labels table"
+    if is_store_labels(labels) and store is not None:
+        return clinical_labels(store, labels), labels
     return read_labels(str(labels), storage_options), str(labels)
 
 
