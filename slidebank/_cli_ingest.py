@@ -89,7 +89,13 @@ def ingest(
     encoder_actors: Annotated[
         int | None, typer.Option(help="Encoder actors (default: one per GPU, else half the CPUs).")
     ] = None,
-    commit_every: Annotated[int, typer.Option(help="Slides per atomic store commit.")] = 8,
+    commit_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Slides per atomic store commit [default: at least 8, at most one commit "
+            "per 2 s, so many small slides share one]."
+        ),
+    ] = None,
     device: Annotated[
         Literal["auto", "cpu", "cuda"], typer.Option(help="Where to decode and encode.")
     ] = "auto",

@@ -68,6 +68,12 @@ class IngestConfig:
         return stable_hash("slidebank.ingest", PIPELINE_VERSION, self.to_dict(weights_sha256))
 
 
+#: the default commit group (RunOptions.commit_every None): at least this many slides...
+COMMIT_EVERY = 8
+#: ...and at most one commit per this many seconds (see ingest.pipeline.collector)
+COMMIT_FLOOR_S = 2.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Execution only (not hashed). ``None`` means: derive from the cluster's resources."""
@@ -78,7 +84,10 @@ class RunOptions:
     slides_per_task: int | None = None
     encoder_actors: int | None = None
     gpus_per_encoder: float | None = None
-    commit_every: int = 8
+    #: slides per atomic store commit. ``None`` (the default): at least
+    #: :data:`COMMIT_EVERY` slides and at most one commit per :data:`COMMIT_FLOOR_S`
+    #: seconds, so many small slides share a commit; a number: exactly that many.
+    commit_every: int | None = None
     force: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
@@ -130,7 +139,7 @@ class RunOptions:
     device_pool_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.tiles_per_batch < 1 or self.commit_every < 1:
+        if self.tiles_per_batch < 1 or (self.commit_every is not None and self.commit_every < 1):
             raise ConfigError("tiles_per_batch and commit_every must be >= 1")
         for name in ("slide_time_budget_s", "reader_memory_gb"):
             value = getattr(self, name)

@@ -29,7 +29,7 @@ from infra.ray_runtime import connect, shutdown
 from infra.version import CODE_VERSION
 from ingest.pipeline import _faults
 from ingest.pipeline.collector import SlideCollector, SlideOutcome
-from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.config import COMMIT_EVERY, COMMIT_FLOOR_S, IngestConfig, RunOptions
 from ingest.pipeline.engines import RunContext, engine
 from ingest.pipeline.engines.base import write_kwargs
 from ingest.pipeline.engines.inprocess import use_inprocess
@@ -317,10 +317,11 @@ def _execute(
         config_hash,
         config.embedding_dtype,
         write_ids,
-        options.commit_every,
+        options.commit_every or COMMIT_EVERY,
         result.run_id,
         _faults.active(),
         committed=result.outcomes,
+        commit_floor_s=COMMIT_FLOOR_S if options.commit_every is None else 0.0,
     )
     context = RunContext(
         todo=tuple(todo),
