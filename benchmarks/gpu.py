@@ -20,7 +20,8 @@ Each part runs within its own time box; one part failing keeps the others' figur
            and the encoder, repeated within its budget; tiles/s, per-stage GPU time from
            CUDA events on the compute stream, GPU busy % (that time over the wall time),
            time the loop was blocked on the read and on the writer, NVML busy, the CuPy
-           pool limit, peak torch and CuPy pool memory
+           pool limit, peak torch and CuPy pool memory; then the same at encode batches
+           128 and 512 (15 s each: tiles/s and busy %)
 
 ``--dry-run`` prints the plan and runs every part on the CPU with the strict device
 stand-in (infra.strict_device as CuPy, ingest.slides.backends.cucim_standin as cuCIM's GPU
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -83,6 +85,8 @@ class Plan:
     budget_s: float = 10.0
     e2e_s: float = 60.0
     e2e_tiles: int = 2048
+    e2e_sweep: tuple[int, ...] = (128, 512)
+    e2e_sweep_s: float = 15.0
     slide_blobs: int | None = 12  # about half the slide is tissue
     reader_tiles: int = 512
     parts: list[str] = field(
@@ -103,6 +107,8 @@ class Plan:
             budget_s=0.5,
             e2e_s=3.0,
             e2e_tiles=48,
+            e2e_sweep=(8,),
+            e2e_sweep_s=1.0,
             slide_blobs=None,
             reader_tiles=40,
         )
@@ -130,6 +136,8 @@ class Plan:
                 f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; tiles/s, "
                 "GPU busy % by CUDA events, per-stage times, blocked on read/write, memory"
                 + ("; the stand-in's syncs and copies" if self.dry_run else ""),
+                f"           then encode batches {', '.join(map(str, self.e2e_sweep))}, "
+                f"{self.e2e_sweep_s:g} s each",
                 f"  budget   {self.budget_s:g} s per timing, results to {self.out}",
             ]
         )
@@ -486,19 +494,47 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
         "slide_tiles": slide_tiles,
         "tiles_per_run": len(planned["x"]),
         "encoder": plan.model,
-        "encode_batch": plan.e2e_batch,
         "fragment": plan.fragment,
         "lance_write": writes,
     }
+    run = functools.partial(_e2e_timed, env, plan, planned, config, options, store, writes)
+    out.update(run(plan.e2e_batch, plan.e2e_s))
+    sweep = []
+    for batch in plan.e2e_sweep:  # the same path at other encode batches, shorter
+        try:
+            result = run(batch, plan.e2e_sweep_s)
+        except Exception as exc:  # an OOM at 512, say: the other figures stand
+            result = {"encode_batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        sweep.append(
+            {k: result.get(k) for k in ("encode_batch", "tiles_per_s", "gpu_busy_pct", "error")}
+        )
+    out["sweep"] = sweep
+    return out
+
+
+def _e2e_timed(
+    env: Env,
+    plan: Plan,
+    planned: dict[str, Any],
+    config: Any,
+    options: Any,
+    store: Any,
+    writes: bool,
+    batch: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One DeviceStage at ``batch`` tiles a step: built (with its warm-up), one untimed
+    run, then runs for ``seconds``."""
     t0 = time.perf_counter()
-    stage = _device_stage(env, plan, config, options, store)
-    out.update(
-        stage_build_s=round(time.perf_counter() - t0, 2),
-        warm_up_s=stage.warm_up_s,
-        cupy_pool_limit_gib=None
+    stage = _device_stage(env, plan, config, options, store, batch)
+    out: dict[str, Any] = {
+        "encode_batch": batch,
+        "stage_build_s": round(time.perf_counter() - t0, 2),
+        "warm_up_s": stage.warm_up_s,
+        "cupy_pool_limit_gib": None
         if stage.pool_limit is None
         else round(stage.pool_limit / 2**30, 2),
-    )
+    }
     if not writes:
         stage._write_row = _unwritten
     clock = StageClock(cuda=not env.dry_run)
@@ -514,7 +550,7 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
         sampler = BusySampler()
         sampler.start()
         start, tiles, runs = time.perf_counter(), 0, 0
-        while runs == 0 or time.perf_counter() - start < plan.e2e_s:
+        while runs == 0 or time.perf_counter() - start < seconds:
             tiles += _drain(stage, planned)
             runs += 1
         _sync(env)
@@ -594,7 +630,7 @@ def _store(config: Any, plan: Plan) -> tuple[Any, bool]:
     return store.location, True
 
 
-def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any) -> Any:
+def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any, batch: int) -> Any:
     from ingest.pipeline.device_stage import DeviceStage
 
     return DeviceStage(
@@ -614,7 +650,7 @@ def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any) -
             "read_mpp": 0.5,
         },
         device=env.device,
-        encode_batch=plan.e2e_batch,
+        encode_batch=batch,
     )
 
 

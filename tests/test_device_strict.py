@@ -445,3 +445,4 @@ def test_gpu_benchmark_dry_run_runs_every_part_on_the_stand_in(tmp_path) -> None
     assert overlap["decode_streams"] == [overlap["read_stream"]]
     assert list(overlap["host_waits_per_run"]) == ["event@device-write"]
     assert overlap["pinned_buffers_allocated"] == 0, "the warm-up's buffers were reused"
+    assert [(r["encode_batch"], r["error"]) for r in e2e["sweep"]] == [(8, None)]
