@@ -251,3 +251,32 @@ def test_a_loop_that_skips_the_read_event_is_caught(slide_40x, tmp_path, monkeyp
         rows = list(stage.run(planned))
     assert [r["status"] for r in rows] == ["failed"]
     assert rows[0]["error_type"] == "StreamOrderError"
+
+
+def test_closing_the_writes_cancels_unstarted_jobs_and_waits_for_the_running_one() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.pipeline.device_writer import OrderedWrites
+
+    started, release = threading.Event(), threading.Event()
+    ran, cancelled = [], []
+
+    def job(i: int):
+        def run():
+            if i == 0:
+                started.set()
+                release.wait(10)  # deadlock guard only
+            ran.append(i)
+            return i
+
+        return run
+
+    with ThreadPoolExecutor(1) as pool:
+        writes: OrderedWrites = OrderedWrites(pool, depth=3)
+        for i in range(3):
+            assert writes.submit(job(i), on_cancel=lambda i=i: cancelled.append(i)) == []
+        assert started.wait(10)
+        threading.Timer(0.05, release.set).start()
+        writes.close()  # returns only after job 0 has finished
+        assert ran == [0]
+    assert cancelled == [1, 2] and ran == [0]
