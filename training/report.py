@@ -90,8 +90,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def _metric_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for name, m in metrics.items():
-        if not isinstance(m, Mapping) or "value" not in m:
-            continue
+        if name == "n" or not isinstance(m, Mapping) or "value" not in m:
+            continue  # n is in the heading (with the positives)
         rows.append(
             [name, float(m["value"]), float(m.get("ci_low", "nan")), float(m.get("ci_high", "nan"))]
         )
