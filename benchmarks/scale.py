@@ -21,10 +21,10 @@ recorded on the way. At each size of ``--sizes`` (tiles in the store) the run me
   (a delta segment) and recall@10 after it, then ``compact``, ``cleanup()`` (default
   7-day horizon) and ``cleanup(older_than=0)``.
 
-The ``after`` arm's commit latency includes the ``slides``-table upkeep
-(:func:`features.store.upkeep.compact_small_fragments`), which this run calls right after
-each ``commit`` until ``features.store.writer.commit_slides`` calls it itself; with the
-upkeep off it does nothing.
+The ``after`` arm's commit latency includes all of the per-commit upkeep that
+``features.store.writer.commit_slides`` runs by itself: folding new fragments into the
+B-trees, merging the ``slides`` table's small fragments and the tiles tables' small
+fragments size-tiered (:mod:`features.store.upkeep`).
 
 Each step records its seconds and its peak RSS (the process high-water mark, reset
 before the step through ``/proc/self/clear_refs``). Two arms in one run: ``after`` with
@@ -60,7 +60,7 @@ import numpy as np
 
 from benchmarks._common import ROOT, machine, print_table, write_json
 from features.store import FeatureStore, SlideInfo, SlideKey, VectorIndexConfig, tile_batch
-from features.store.upkeep import UPKEEP_ENV, compact_small_fragments
+from features.store.upkeep import UPKEEP_ENV
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -222,10 +222,6 @@ def commit_group(arm: Arm, centers: np.ndarray, count: int) -> None:
         pending.append(arm.store.write_slide(key, _slide_info(number, p), [tiles]))
     written = time.perf_counter()
     arm.store.commit(pending)
-    committed = time.perf_counter()
-    # The slides-table upkeep the writer does not call yet (see the module doc); a no-op
-    # (one manifest read) once commit_slides calls it itself.
-    merged = compact_small_fragments(arm.store._tables.slides())
     done = time.perf_counter()
     arm.commits.append(
         {
@@ -233,8 +229,6 @@ def commit_group(arm: Arm, centers: np.ndarray, count: int) -> None:
             "slides_before": arm.slides,
             "write_s": written - start,
             "commit_s": done - written,
-            "slides_upkeep_s": done - committed,
-            "slides_merged": merged,
             "rss_mb": round(_rss_mb(), 1),
         }
     )

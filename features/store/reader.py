@@ -50,7 +50,6 @@ _KEY = ("slide_id", "encoder", "config_hash")
 _GATE_COLUMNS = [*_KEY, "write_id", "status", "tiles_version", "tile_count"]
 # Lance keeps a few decoded batches in flight; ~1k rows keeps that to tens of MB.
 DEFAULT_BATCH_ROWS = 1024
-_IO_BUFFER_BYTES = 16 << 20
 
 
 def _latest_per_key(table: pa.Table) -> pa.Table:
@@ -426,35 +425,27 @@ def _single_write(writes: pa.Table, slide_id: str) -> str | None:
     return mine.column("write_id")[0].as_py() if mine.num_rows else None
 
 
-def _fragments_of(dataset: lance.LanceDataset, predicate: str) -> list[Any]:
-    """The fragments with rows matching ``predicate``, from the scalar index alone."""
-    addresses = dataset.to_table(columns=[], filter=predicate, with_row_address=True)
-    ids = np.unique(addresses.column("_rowaddr").to_numpy() >> 32)
-    return [dataset.get_fragment(int(i)) for i in ids]
+def _row_addresses(dataset: lance.LanceDataset, predicate: str) -> np.ndarray:
+    """Row addresses (fragment id << 32 | offset) of the rows matching ``predicate``,
+    sorted, from the scalar index alone (and a scan of what it does not cover yet)."""
+    found = dataset.to_table(columns=[], filter=predicate, with_row_address=True)
+    return np.sort(found.column("_rowaddr").to_numpy())
 
 
 def _scan_write(
     dataset: lance.LanceDataset, slide_id: str, write_id: str, batch_size: int
 ) -> Iterator[Bag]:
-    predicate = f"write_id = {sql_literal(write_id)}"
-    scanner = dataset.scanner(
-        columns=["x", "y", "embedding"],
-        filter=predicate,
-        batch_size=batch_size,
-        # Only the fragments holding this write: found in the write_id index, so a bag
-        # read costs the same however many fragments the table has. They are then
-        # scanned, not taken by row address: a take decodes the whole bag at once.
-        fragments=_fragments_of(dataset, predicate),
-        use_scalar_index=False,
-        # Bounded memory: one fragment, two batches decoded ahead, a small I/O buffer
-        # (Lance's default buffers up to 2 GiB ahead of a slow consumer).
-        fragment_readahead=1,
-        batch_readahead=1,
-        io_buffer_size=_IO_BUFFER_BYTES,
-    )
-    for batch in scanner.to_batches():
-        if batch.num_rows:
-            yield bag_from_table(slide_id, batch)
+    # The write's rows by address from the write_id B-tree, then taken in pieces of
+    # ``batch_size``: the cost follows the slide's rows, not the fragments holding them
+    # (a merged fragment holds many slides, see features.store.upkeep) nor the table's
+    # fragments, and memory stays at one piece. A slide's rows are contiguous in their
+    # fragment, so each piece is a range read.
+    addresses = _row_addresses(dataset, f"write_id = {sql_literal(write_id)}")
+    for start in range(0, len(addresses), max(1, batch_size)):
+        piece = addresses[start : start + batch_size]
+        table = dataset._take_rows(pa.array(piece, pa.uint64()), columns=["x", "y", "embedding"])
+        if table.num_rows:
+            yield bag_from_table(slide_id, table)
 
 
 def _empty_bag(dataset: lance.LanceDataset | None, slide_id: str) -> Bag:

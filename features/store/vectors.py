@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.store._errors import StoreNotFoundError, TileNotFoundError
 from features.store._keys import sql_literal, validate_slide_id
@@ -287,18 +288,75 @@ def search_vector(
     if query.shape[0] != dim:
         raise ConfigError(f"query vector has {query.shape[0]} values, the {encoder} table {dim}")
     ask = TileFilter.of(slide_ids, exclude_slide_ids, config_hash, where)
+    predicate = ask.predicate(view, encoder, dataset)
+    keep = ask.gate(view, encoder)
+    table = None
+    if predicate is not None and _postfilter_first(view, encoder, dataset, ask):
+        # Ask the index for OVERFETCH x k neighbours of every row and filter those: the
+        # cost of the index search, not of the store. When at least k pass, they are
+        # the k nearest passing rows of the candidates (no passing row nearer than them
+        # was left out), what the prefilter returns too; else fall back to it.
+        wide = SearchParams(
+            k=params.k * OVERFETCH,
+            nprobes=params.nprobes,
+            refine_factor=params.refine_factor,
+            ef=params.ef,
+            metric=params.metric,
+        )
+        table = _search(dataset, query, wide, predicate, keep, prefilter=False)
+        table = table if table.num_rows >= params.k else None
+    if table is None:
+        table = _search(dataset, query, params, predicate, keep, prefilter=True)
+    table = table.drop_columns(["write_id"]).rename_columns([*RESULT_COLUMNS, "distance"])
+    return table.sort_by([("distance", "ascending")]).slice(0, params.k)
+
+
+#: Neighbours asked of the index per result wanted when a filter is applied after it.
+OVERFETCH = 4
+
+
+def _search(
+    dataset: lance.LanceDataset,
+    query: np.ndarray,
+    params: SearchParams,
+    predicate: str | None,
+    keep: Any,
+    *,
+    prefilter: bool,
+) -> pa.Table:
     table = dataset.to_table(
         columns=[*RESULT_COLUMNS, "write_id", "_distance"],
         nearest=_nearest(dataset, query, params),
-        filter=ask.predicate(view, encoder, dataset),
-        prefilter=True,
+        filter=predicate,
+        prefilter=prefilter,
     )
-    keep = ask.gate(view, encoder)
     if keep is not None:
         # The caller's text is in the predicate: hold the gate on what came back too.
         table = pa.Table.from_batches([keep(b) for b in table.to_batches()], table.schema)
-    table = table.drop_columns(["write_id"]).rename_columns([*RESULT_COLUMNS, "distance"])
-    return table.sort_by([("distance", "ascending")])
+    return table
+
+
+def _postfilter_first(
+    view: StoreView, encoder: str, dataset: lance.LanceDataset, ask: TileFilter
+) -> bool:
+    """Whether a filtered search should first filter the index's neighbours (cost
+    independent of the store's size) rather than prefilter every row (linear in it).
+
+    Only with a vector index (an exact scan reads every row anyway), and only when the
+    filter is not known to keep too few rows for OVERFETCH x k neighbours to hold k
+    of them: a cohort (``slide_ids``) keeps its slides' share of the tiles, known from
+    the gate; a ``where`` on tile columns is tried, and falls back when it is too narrow.
+    """
+    if read_plan(dataset) is None:
+        return False
+    if ask.slide_ids is None:
+        return True
+    everything = visible_writes(view, encoder)
+    total = pc.sum(everything.column("tile_count")).as_py() or 0
+    cohort = visible_writes(view, encoder, slide_ids=ask.slide_ids)
+    kept = pc.sum(cohort.column("tile_count")).as_py() or 0
+    # At least half the rows kept: about 2 x k of the OVERFETCH x k neighbours pass.
+    return total > 0 and 2 * kept >= total
 
 
 def tile_embedding(

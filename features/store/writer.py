@@ -78,7 +78,7 @@ from features.store.schema import (
 from features.store.upkeep import (
     compact_small_fragments,
     ensure_scalar_indexes,
-    fold_new_fragments,
+    tiles_upkeep,
 )
 from infra.errors import ConfigError, StoreConflictError
 from infra.validate import choice, require
@@ -532,8 +532,10 @@ def commit_slides(
         # next commit of these slides removes them.
         log.warning("commit landed but tidying replaced rows failed: %s", exc)
     for encoder in tiles_versions:
-        # Keeps a bag read a lookup however many commits the table has had.
-        fold_new_fragments(tables.tiles(encoder))
+        # Keeps a bag read a lookup however many commits the table has had, and the
+        # number of fragments (every manifest lists them all) low: the new ones are
+        # merged, a few commits' worth at a time, then indexed.
+        tiles_upkeep(tables.tiles(encoder))
     # Every commit adds a small slides fragment and scans the table: merge them (only the
     # small ones) so a commit and a listing do not grow with the commits ever made.
     compact_small_fragments(tables.slides())
