@@ -82,12 +82,26 @@ def train(
     fails continues with --resume RUN_ID.
 
     Example: slidebank train clam.yaml model.model=clam_mb workers=2 out=runs/clam-mb
+
+    A config with `kind: tiles` trains a tile classifier from annotation coverage
+    instead (training.tiles.job): folds on Ray Train workers, tile AUROC with CIs,
+    map Dice/IoU, probabilities, maps and overlays written back.
     """
     from infra.storage import is_local
     from training.mil.runner import load_run_config, run_from_config
+    from training.tiles.job import load_tile_config, run_tile_train, tile_summary_lines
 
     with fail_on_slidebank_error():
         extra = [f"address={address}"] if address else []
+        tile_job = load_tile_config(config, [*(overrides or []), *extra])
+        if tile_job is not None:  # kind: tiles (training.tiles.job)
+            with fail_on_slidebank_error(tile_job.store):
+                echo = None if quiet else lambda line: typer.echo(line, err=True)
+                done = run_tile_train(tile_job, progress=echo)
+            typer.echo(
+                json.dumps(done, indent=2) if as_json else "\n".join(tile_summary_lines(done))
+            )
+            return
         run_config = load_run_config(config, [*(overrides or []), *extra])
         if positive is not None:
             run_config = replace(run_config, positive=positive)

@@ -22,6 +22,7 @@ import numpy as np
 
 from features.annotations import Annotation, AnnotationSet, store_annotations
 from features.store import FeatureStore, SlideInfo, SlideKey, tile_batch
+from infra.errors import ConfigError
 
 __all__ = [
     "TILE",
@@ -147,16 +148,25 @@ def _nuclei_embeddings(
 
 
 def make_burden_cohort(
-    root: str, *, n_slides: int = 40, side: int = 10, separation: float = 4.0, seed: int = 0
+    root: str,
+    *,
+    n_slides: int = 40,
+    side: int = 10,
+    separation: float = 4.0,
+    seed: int = 0,
+    slide_ids: list[str] | None = None,
 ) -> BurdenCohort:
     """A store at ``root`` of ``n_slides`` slides (one patient each) whose tumour covers
     3-60 % of the slide, as ``handcrafted-he-v1`` tiles, with tumour annotations (set
-    ``default``) and the planted purity and tumour fraction of every slide."""
+    ``default``) and the planted purity and tumour fraction of every slide.
+    ``slide_ids`` names the slides (default ``B<seed>-<i>``)."""
     import shapely
 
     from features.annotations.coverage import class_coverage, tile_boxes
     from features.encoders.handcrafted import FEATURE_NAMES, HANDCRAFTED_VERSION
 
+    if slide_ids is not None and len(slide_ids) != n_slides:
+        raise ConfigError(f"{len(slide_ids)} slide_ids for {n_slides} slides")
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=len(FEATURE_NAMES))
     direction[[FEATURE_NAMES.index("tissue_fraction"), FEATURE_NAMES.index("nuclei_density")]] = 0
@@ -167,7 +177,7 @@ def make_burden_cohort(
     x, y = gx.ravel(), gy.ravel()
     pending, cohort = [], BurdenCohort(store, [], {}, {}, {})
     for i in range(n_slides):
-        sid = f"B{seed:02d}-{i:03d}"
+        sid = slide_ids[i] if slide_ids else f"B{seed:02d}-{i:03d}"
         radius = extent * float(np.sqrt(rng.uniform(0.03, 0.6) / np.pi))
         shape = tumour_polygon(rng, extent, radius)
         truth = shape.intersection(shapely.box(0, 0, extent, extent))

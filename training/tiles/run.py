@@ -7,7 +7,8 @@ of the thresholded map against the annotation, and the same counted in tiles.
 
 Written back: per-tile probabilities into the derived table ``predictions/<name>``,
 a dense map into the slide's Zarr group (``heatmaps/<name>``), PNG overlays and
-``metrics.json`` into ``out_dir``. CPU scikit-learn heads; no Ray.
+``metrics.json`` into ``out_dir``. CPU scikit-learn heads, fitted here; under
+``slidebank train`` (``kind: tiles``, :mod:`training.tiles.job`) on Ray Train workers.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "TileClassifierConfig",
     "TileResult",
     "cross_validated_probs",
+    "finish_tile_classifier",
     "run_tile_classifier",
     "slide_metrics",
     "write_predictions",
@@ -238,26 +240,23 @@ def _write_maps(
             result.outputs[f"png:{sid}"] = str(path)
 
 
-def run_tile_classifier(
+def finish_tile_classifier(
     store: FeatureStore,
     config: TileClassifierConfig,
+    data: TileData,
+    probs: np.ndarray,
     *,
-    slide_ids: list[str] | None = None,
     out_dir: str | Path | None = None,
     name: str | None = None,
     write: bool = True,
     max_pngs: int = 8,
 ) -> TileResult:
-    """Fit and evaluate a tile head (module docstring); ``write=False`` stores nothing."""
+    """Metrics, maps and ``metrics.json`` from out-of-fold ``probs`` (however they were
+    fitted: here, or on Ray Train by :mod:`training.tiles.job`)."""
     from infra.files import atomic_write_json
 
-    data = load_tiles(store, config.task, slide_ids)
-    if len(np.unique(data.labels)) < 2:
-        raise ConfigError(
-            f"every tile has the same label for {config.task.positive!r} at "
-            f"coverage >= {config.task.threshold}"
-        )
-    probs = cross_validated_probs(data, config)
+    if np.isnan(probs).any():
+        raise ConfigError(f"{int(np.isnan(probs).sum())} tiles got no out-of-fold probability")
     result = TileResult(
         config,
         name or config.default_name(),
@@ -284,3 +283,27 @@ def run_tile_classifier(
         len(result.per_slide),
     )
     return result
+
+
+def run_tile_classifier(
+    store: FeatureStore,
+    config: TileClassifierConfig,
+    *,
+    slide_ids: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    write: bool = True,
+    max_pngs: int = 8,
+) -> TileResult:
+    """Fit and evaluate a tile head in this process (module docstring); ``write=False``
+    stores nothing. ``slidebank train`` with ``kind: tiles`` fits the folds on Ray Train."""
+    data = load_tiles(store, config.task, slide_ids)
+    if len(np.unique(data.labels)) < 2:
+        raise ConfigError(
+            f"every tile has the same label for {config.task.positive!r} at "
+            f"coverage >= {config.task.threshold}"
+        )
+    probs = cross_validated_probs(data, config)
+    return finish_tile_classifier(
+        store, config, data, probs, out_dir=out_dir, name=name, write=write, max_pngs=max_pngs
+    )
