@@ -155,14 +155,16 @@ def run_from_config(
         preflight.check_store_slides(external, store, job.encoder, source=str(config.external))
     splits = _splits(config, table)
     preflight.check_splits(splits, labels, train.task)
+    # Labels coded 1/0 on the whole cohort, before any file is written: a fold whose slides
+    # happen to be of one class still agrees with the mapping recorded (training.mil.labels).
+    coded, external, classes = code_positive(table, external, train.task, labels, config.positive)
     if assigned and not (out / "cohort.parquet").exists():
         # Written before training: the folds this run made up are part of its record, and
         # a resumed run must train the same ones.
         with atomic_write(out / "cohort.parquet") as handle:
             table.to_parquet(handle, index=False)
-    # Labels coded 1/0 on the whole cohort, so a fold whose slides happen to be of one
-    # class still agrees with the mapping recorded below (training.mil.labels).
-    table, external, classes = code_positive(table, external, train.task, labels, config.positive)
+    table = coded  # the record above keeps the labels as given; training uses the codes
+    splits = _splits(config, table)
     log.info(
         "run %s%s: %d slides, %d fold(s); output in %s",
         run_id,
