@@ -66,6 +66,7 @@ def test_python_example_is_short_and_runs(py_demo):
     assert namespace["result"].metrics["auroc"]["value"] > 0.8
     assert namespace["hits"].num_rows == 5
     assert (demo / "probe-immune" / "probe.png").exists() and (demo / "cohort.parquet").exists()
+    assert (demo / "probe-immune" / "report.html").exists()  # the README's one page per run
 
 
 def _cli_lines() -> list[list[str]]:
