@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from infra.errors import ConfigError
-from infra.validate import at_least, fraction, positive
+from infra.validate import at_least, fail, fraction, positive
 from training.mil.data import BagDataset
 from training.mil.heads import Head
 from training.mil.models import MILConfig, build_model
@@ -55,6 +55,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     bags_per_step: int = 1
     patience: int = 5
+    # Early stopping never stops before this many epochs, and the kept weights are the
+    # best from epoch ``min_epochs - 1`` on: on a small validation fold an undertrained
+    # model can tie or beat the later ones by chance (one spatial fold kept epoch 0).
+    # 1: every epoch counts, as before the option existed.
+    min_epochs: int = 1
     bag_weight: float = 0.7  # CLAM: weight of the slide loss; the rest is the instance loss
     max_patches: int | None = 4096
     seed: int = 0
@@ -64,8 +69,10 @@ class TrainConfig:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "bags_per_step", "patience"):
+        for name in ("epochs", "bags_per_step", "patience", "min_epochs"):
             at_least(f"TrainConfig.{name}", getattr(self, name), 1)
+        if self.min_epochs > self.epochs:
+            raise fail("TrainConfig.min_epochs", f"<= epochs ({self.epochs})", self.min_epochs)
         fraction("TrainConfig.bag_weight", self.bag_weight, open_low=True)
         positive("TrainConfig.lr", self.lr)
 
@@ -280,8 +287,11 @@ def fit(
         # AUROC saturates at 1.0 on easy folds, so ties are broken by the validation
         # loss; an undefined score (one class in validation) ranks on the loss alone.
         key = (-math.inf if math.isnan(score) else score, -val_loss)
-        improved = key > best_key
-        best_key = max(key, best_key)
+        # Epochs before min_epochs - 1 are kept only until the first counted epoch, which
+        # replaces them whatever its score (with min_epochs 1: epoch 0, as before).
+        warm_up = epoch < cfg.min_epochs - 1
+        improved = key > best_key or epoch == cfg.min_epochs - 1
+        best_key = key if improved else best_key
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -296,7 +306,7 @@ def fit(
             state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
             best.best_state, best.best_epoch, best.best_score = state, epoch, score
             stale = 0
-        else:
+        elif not warm_up:
             stale += 1
         if reporter is not None:
             reporter(metrics, state)
