@@ -102,6 +102,27 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     }
 
 
+def permuted_control(
+    cohort: Any, models: list[str], params: dict[str, Any], evaluate_cohort: Any
+) -> dict[str, Any]:
+    """The leakage control: every model (and the oracle) on the same cohort and folds with
+    the labels permuted across slides (seeded; first seed only). Pooled AUROC and CI
+    should straddle 0.5."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(12345)
+    table = cohort.table.copy()
+    table["label"] = rng.permutation(table["label"].to_numpy())
+    shuffled = replace(cohort, table=table)
+    res = evaluate_cohort(shuffled, models, {**params, "seeds": params["seeds"][:1]})
+    return {
+        "auroc": res["auroc"],
+        "auroc_ci": res["auroc_ci"],
+        "oracle": oracle(shuffled),
+        "seeds": params["seeds"][:1],
+    }
+
+
 def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
     """Train/validation gap over every fold of every seed."""
     folds = []
@@ -182,6 +203,13 @@ def run_sweep(
                         "seconds",
                     ):
                         cell[key] = res[key]
+                    if params.get("permuted") and cohort.task == "binary":
+                        cell["permuted"] = permuted_control(
+                            cohort,
+                            models,
+                            {**params, "train_slides": train_slides},
+                            evaluate_cohort,
+                        )
                     cells.append(cell)
                     print(
                         f"{name} {spec.tag} train={train_slides} oracle={cell['oracle'].get('auroc')} "

@@ -8,6 +8,11 @@ the spatial models before module fitting or message passing:
 * ``centre``: subtract each slide's mean embedding (no fitting; removes slide offsets);
 * ``whiten``: PCA on the (centred) training tiles, every kept direction scaled to unit
   variance, so a few high-variance nuisance directions no longer outweigh the rest.
+* ``whiten: signal``: the same, keeping only the directions whose variance stands above
+  the noise bulk (the Marchenko-Pastur edge of the median eigenvalue); the others are
+  set to zero. Plain whitening also scales every pure-noise direction up to the tissue
+  directions, which makes modules noisier when there is no nuisance to remove
+  (isotropic noise); dropping them keeps whitening's gain under nuisance noise.
 
 :class:`TileTransform` keeps the fitted mean and projection in buffers, so a checkpoint
 carries them and held-out slides are transformed exactly as the training tiles were.
@@ -15,6 +20,7 @@ carries them and held-out slides are transformed exactly as the training tiles w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +29,26 @@ from torch import Tensor, nn
 
 from infra.errors import ConfigError
 
-__all__ = ["TileTransform"]
+log = logging.getLogger(__name__)
+
+__all__ = ["WHITEN", "TileTransform", "signal_components"]
+
+#: values of the ``whiten`` option: off, every direction, the directions above the noise bulk
+WHITEN = (False, True, "signal")
+
+
+def signal_components(var: np.ndarray, n: int, margin: float = 1.0) -> np.ndarray:
+    """Boolean mask of the principal components (variances ``var``, descending, from
+    ``n`` samples) that stand above an isotropic noise bulk: variance over the
+    Marchenko-Pastur upper edge ``sigma2 (1 + sqrt(d / n))^2`` times ``margin``, with the
+    noise variance ``sigma2`` estimated by the median eigenvalue (robust while fewer than
+    half the directions carry signal). At least one component is kept."""
+    var = np.asarray(var, np.float64)
+    d = len(var)
+    edge = float(np.median(var)) * (1.0 + np.sqrt(d / max(n, 1))) ** 2 * margin
+    keep = var > edge
+    keep[0] = True
+    return keep
 
 
 class TileTransform(nn.Module):
@@ -34,10 +59,13 @@ class TileTransform(nn.Module):
     fitted: Tensor
 
     def __init__(
-        self, in_dim: int, *, centre: bool = False, whiten: bool = False, eps: float = 1e-6
+        self, in_dim: int, *, centre: bool = False, whiten: bool | str = False, eps: float = 1e-6
     ) -> None:
         super().__init__()
+        if whiten not in WHITEN:
+            raise ConfigError(f"whiten must be one of {list(WHITEN)}, got {whiten!r}")
         self.centre, self.whiten, self.eps = bool(centre), bool(whiten), float(eps)
+        self.signal_only = whiten == "signal"
         # Buffers only when whitening: a model without it keeps the state-dict keys (and
         # loads the checkpoints) it had before these options existed.
         if self.whiten:
@@ -69,7 +97,12 @@ class TileTransform(nn.Module):
             raise ConfigError(f"whitening needs at least {x.shape[1]} training tiles, got {len(x)}")
         # Sign-fixed components so two fits on the same tiles give the same buffers.
         vt = vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]
-        projection = (vt.T / np.sqrt(var)).astype(np.float32)
+        projection = vt.T / np.sqrt(var)
+        if self.signal_only:
+            keep = signal_components(var, len(x))
+            projection[:, ~keep] = 0.0  # same width, so checkpoints keep their shapes
+            log.info("whiten=signal keeps %d of %d directions", int(keep.sum()), len(keep))
+        projection = projection.astype(np.float32)
         self.mean = torch.from_numpy(mean.astype(np.float32))
         self.projection = torch.from_numpy(projection)
         self.fitted.fill_(True)

@@ -124,7 +124,7 @@ class ModuleModel(nn.Module):
         self.cfg, self.opts = cfg, opts
         self.k = int(opts["modules"])
         self.transform = TileTransform(
-            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=opts["whiten"]
         )
         self.module_spec = ModuleSpec(
             k=self.k,

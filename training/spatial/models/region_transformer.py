@@ -116,7 +116,7 @@ class RegionTransformer(nn.Module):
             )
         h = cfg.hidden
         self.transform = TileTransform(
-            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=opts["whiten"]
         )
         self.embed = nn.Sequential(nn.Linear(cfg.in_dim, h), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.tile_layers = nn.ModuleList(

@@ -100,7 +100,7 @@ class TileGNN(nn.Module):
         self.spec = GraphSpec(kind=str(opts["graph"]), k=int(opts["k"]))
         self.tile_dropout = float(opts["tile_dropout"])
         self.transform = TileTransform(
-            cfg.in_dim, centre=bool(opts["centre"]), whiten=bool(opts["whiten"])
+            cfg.in_dim, centre=bool(opts["centre"]), whiten=opts["whiten"]
         )
         # ``nodes: modules``: each tile enters as the one-hot of its nearest tissue module
         # (k-means on the training fold's transformed tiles), so the graph layers cannot
