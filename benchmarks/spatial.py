@@ -615,7 +615,7 @@ def sweep(args: argparse.Namespace) -> None:
     params["permuted"] = bool(args.permuted)
     if args.train_slides:
         params["train_slides_list"] = [args.train_slides]
-    models = args.models or SWEEP_MODELS
+    models = args.models or params.get("models", SWEEP_MODELS)
     out = args.out or str(
         ROOT / "benchmarks" / "results" / f"spatial_sweep{'_quick' if args.quick else ''}.json"
     )
