@@ -42,8 +42,8 @@ def probe(
     aggregate: Annotated[
         str,
         typer.Option(
-            help="slide, or patient: score each patient by the mean of its slides' predictions "
-            "and compute the metrics per patient."
+            help="slide; patient: score each patient by the mean of its slides' predictions "
+            "and compute the metrics per patient; patient-max: by its highest (two classes)."
         ),
     ] = "slide",
     model: Annotated[str, typer.Option(help="logistic, linear (ridge) or knn.")] = "logistic",
@@ -127,7 +127,10 @@ def probe(
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))
         return
-    unit = ", metrics per patient (mean of its slides)" if result.aggregate == "patient" else ""
+    unit = {
+        "patient": ", metrics per patient (mean of its slides)",
+        "patient-max": ", metrics per patient (its highest slide score)",
+    }.get(result.aggregate, "")
     typer.echo(
         f"{model} probe of {names[0]!r} ({result.task}): {result.n_slides} slides, "
         f"{result.n_patients} patients, {result.folds} patient-level folds{unit}"

@@ -64,8 +64,8 @@ def train(
     aggregate: Annotated[
         str | None,
         typer.Option(
-            help="slide, or patient: metrics on each patient's mean slide score "
-            "(YAML: aggregate; default slide)."
+            help="slide; patient: metrics on each patient's mean slide score; patient-max: "
+            "on its highest (YAML: aggregate; default slide)."
         ),
     ] = None,
 ) -> None:
@@ -110,7 +110,7 @@ def train(
             table_uri = str(Path(slide_table).resolve()) if local else slide_table
             run_config = replace(run_config, slide_table=table_uri)
         if aggregate is not None:
-            # checked there: TrainRunConfig.aggregate must be one of slide, patient
+            # checked there: TrainRunConfig.aggregate must be slide, patient or patient-max
             run_config = replace(run_config, aggregate=cast(Any, aggregate))
         # The run writes attention into the store: a refusal there names the store.
         with fail_on_slidebank_error(run_config.store):
@@ -140,11 +140,10 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     labels = ", ".join(config.get("labels") or [])
     folds = len(summary.get("checkpoints") or [])
     how = f"{folds}-fold CV" if config.get("cv", True) and folds > 1 else "one train/val/test split"
-    unit = (
-        ", metrics per patient (mean of its slides)"
-        if summary.get("aggregate") == "patient"
-        else ""
-    )
+    unit = {
+        "patient": ", metrics per patient (mean of its slides)",
+        "patient-max": ", metrics per patient (its highest slide score)",
+    }.get(str(summary.get("aggregate")), "")
     lines = [f"{model} on {labels} ({summary.get('task')}): {how}{unit}"]
     sets = [
         k

@@ -9,6 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -185,3 +186,28 @@ def test_train_config_resolves_the_slide_table_beside_it(tmp_path):
     assert config.slide_table == str(tmp_path / "slides.csv")
     help_text = runner.invoke(app, ["train", "--help"]).output
     assert "--slide-table" in help_text
+
+
+def test_probe_patient_max_scores_each_patient_by_its_highest_slide(store, tmp_path):
+    result = _probe(
+        write_labels(tmp_path / "labels.csv"), store, tmp_path / "out", "--aggregate", "patient-max"
+    )
+    assert result.exit_code == 0, result.output
+    assert "metrics per patient (its highest slide score)" in result.output
+    slides = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    patients = pd.read_parquet(tmp_path / "out" / "patient_predictions.parquet")
+    highest = slides.groupby("patient_id")["score_high"].max()
+    assert np.allclose(patients.set_index("patient_id")["score_high"], highest)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["aggregate"] == "patient-max" and metrics["n_patients"] == N_SLIDES // 2
+    refused = _probe(
+        write_labels(tmp_path / "l2.csv"),
+        store,
+        tmp_path / "o2",
+        "--aggregate",
+        "patient-max",
+        "--model",
+        "linear",
+        label="score",
+    )
+    assert refused.exit_code == 2 and "patient-max needs a two-class label" in refused.output

@@ -136,3 +136,20 @@ def test_train_with_positive_and_patient_aggregation(tmp_path: Path, ray_local) 
     assert (test["target:label"] == test["slide_id"].isin(hot).astype(float)).all()
     assert len(patients[patients["set"] == "test"]) == test["patient_id"].nunique()
     assert (run / "report.html").exists()
+
+
+def test_patient_max_takes_each_patients_highest_score() -> None:
+    predictions = pd.DataFrame(
+        {
+            "fold": [0, 0, 0, 0],
+            "set": "test",
+            "slide_id": ["a", "b", "c", "d"],
+            "patient_id": ["P0", "P0", "P1", "P1"],
+            "target:grade": [1.0, 1.0, 0.0, 0.0],
+            "pred:grade": [0.9, 0.5, 0.2, 0.4],
+        }
+    )
+    table = patient_predictions(predictions, "binary", "max")
+    assert np.allclose(table["pred:grade"], [0.9, 0.4]) and table["n_slides"].tolist() == [2, 2]
+    with pytest.raises(ConfigError, match="patient-max is for a binary task"):
+        patient_predictions(predictions, "regression", "max")

@@ -165,8 +165,12 @@ def _probe_page(folder: Path) -> str:
     title = f"{label}: {model} probe"
     subtitle = (
         f"{metrics.get('task')} · {metrics.get('n_slides')} slides, {metrics.get('n_patients')} "
-        f"patients, {metrics.get('folds')} patient-level folds · metrics per {unit}"
-        f"{' (mean of its slides)' if unit == 'patient' else ''}, 95% patient-bootstrap CIs"
+        f"patients, {metrics.get('folds')} patient-level folds · metrics per "
+        + {
+            "patient": "patient (mean of its slides)",
+            "patient-max": "patient (its highest slide score)",
+        }.get(unit, "slide")
+        + ", 95% patient-bootstrap CIs"
     )
     mapping = metrics.get("class_mapping") or {}
     body = [
@@ -224,7 +228,12 @@ def _train_page(folder: Path) -> str:
     subtitle = (
         f"{summary.get('task')} · run {summary.get('run_id')} · "
         f"{f'{folds}-fold CV' if folds > 1 else 'one train/val/test split'} · "
-        "pooled out-of-fold metrics, 95% bootstrap CIs"
+        "pooled out-of-fold metrics"
+        + {
+            "patient": " per patient (mean of its slides)",
+            "patient-max": " per patient (its highest slide score)",
+        }.get(str(summary.get("aggregate")), "")
+        + ", 95% bootstrap CIs"
     )
     body = ["<h2>Metrics</h2>"]
     for name, result in summary.items():

@@ -9,7 +9,8 @@ fold, whatever classes its slides happen to have, agrees with the record in
 1: ``high``/``low`` labels trained a model of nothing.)
 
 ``aggregate="patient"`` scores each patient by the mean of its slides' predictions in a
-prediction set and computes the metrics on patients, as ``probe --aggregate patient``.
+prediction set and computes the metrics on patients, as ``probe --aggregate patient``;
+``"patient-max"`` by its highest (a binary task).
 """
 
 from __future__ import annotations
@@ -75,12 +76,14 @@ def code_positive(
     return table, external, mapping
 
 
-def patient_predictions(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per (set, fold, patient): the mean of its slides' ``pred:`` and ``target:``
-    columns and its slide count. A binary patient whose slides disagree on the class is
-    an error, as in ``probe``."""
+def patient_predictions(predictions: pd.DataFrame, task: str, how: str = "mean") -> pd.DataFrame:
+    """One row per (set, fold, patient): the mean (``how="max"``: for ``pred:``, the
+    highest) of its slides' ``pred:`` and ``target:`` columns, and its slide count. A
+    binary patient whose slides disagree on the class is an error, as in ``probe``."""
     if task not in ("binary", "regression"):
         raise ConfigError(f"aggregate: patient supports binary and regression tasks, not {task!r}")
+    if how == "max" and task != "binary":
+        raise ConfigError(f"aggregate: patient-max is for a binary task, not {task!r}")
     value_columns = [c for c in predictions.columns if c.startswith(("pred:", "target:"))]
     keys = ["set", "fold", "patient_id"]
     grouped = predictions.groupby(keys, sort=True)
@@ -94,6 +97,9 @@ def patient_predictions(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
                 f"slides of both classes (set {split!r}, fold {fold})"
             )
     table = grouped[value_columns].mean().reset_index()
+    if how == "max":
+        scores = [c for c in value_columns if c.startswith("pred:")]
+        table[scores] = grouped[scores].max().to_numpy()
     table.insert(3, "n_slides", grouped.size().to_numpy())
     if "positive_class" in predictions:
         table["positive_class"] = predictions["positive_class"].iloc[0]

@@ -19,7 +19,7 @@ started from (Ray workers run in their own session folder).
     cv: true                     # k-fold on the cohort's `fold` column; false: its `split` column
     folds: 4                     # a labels table without fold/split columns gets patient-level ones
     positive: High               # the positive class (default: High/1/True/yes/positive, as probe)
-    aggregate: slide             # patient: metrics on each patient's mean slide score
+    aggregate: slide             # patient (patient-max): metrics on each patient's mean (highest) slide score
     external: ext.parquet
     slide_table: slides.csv      # slide_id, patient_id, when the cohort is keyed by patient_id
     out: runs/clam               # each run writes to out/<run_id>/
@@ -43,7 +43,7 @@ __all__ = ["TASKS", "TrainRunConfig", "apply_overrides", "load_run_config", "par
 
 TASKS = ("binary", "multiclass", "multisignature", "regression")
 Task = Literal["binary", "multiclass", "multisignature", "regression"]
-Aggregate = Literal["slide", "patient"]
+Aggregate = Literal["slide", "patient", "patient-max"]
 
 #: keys that name a location; resolved against the config file's folder when relative
 _PATH_KEYS = ("store", "cohort", "slide_table", "external", "out", "checkpoints")

@@ -195,8 +195,9 @@ def run_from_config(
     with atomic_write(out / "predictions.parquet") as handle:
         predictions.to_parquet(handle, index=False)
     scored = predictions
-    if config.aggregate == "patient":  # metrics on patients: the mean of their slides' scores
-        scored = patient_predictions(predictions, train.task)
+    if config.aggregate != "slide":  # metrics on patients: the mean (max) of their slides' scores
+        how = "max" if config.aggregate == "patient-max" else "mean"
+        scored = patient_predictions(predictions, train.task, how)
         with atomic_write(out / "patient_predictions.parquet") as handle:
             scored.to_parquet(handle, index=False)
     summary = evaluate_predictions(
@@ -337,7 +338,10 @@ def evaluate_predictions(
             out / f"{split}_roc.png",
             overwrite=overwrite,
             title=f"{model or 'MIL'}: {label} ({split})"
-            + ("; patients, mean of their slides" if unit == "patient" else ""),
+            + {
+                "patient": "; patients, mean of their slides",
+                "patient-max": "; patients, their highest slide",
+            }.get(unit, ""),
         )
     return summary
 

@@ -3,6 +3,8 @@
 ``aggregate="patient"`` scores each patient by the mean of its slides' out-of-fold
 predictions: the folds never split a patient, so a patient's slides were all predicted by
 the same model, and a cohort of 2 slides per patient is not counted as twice the evidence.
+``aggregate="patient-max"`` takes the patient's highest positive-class score instead (one
+positive slide makes a positive patient), for a two-class label.
 """
 
 from __future__ import annotations
@@ -28,16 +30,32 @@ HEADLINE = {
 
 
 def patient_means(
-    predictions: pd.DataFrame, y: np.ndarray, scores: np.ndarray, classes: list[str], label: str
+    predictions: pd.DataFrame,
+    y: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    label: str,
+    *,
+    how: str = "mean",
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-    """(one row per patient, its y, its mean scores, its patient ids as groups)."""
+    """(one row per patient, its y, its scores (mean, or ``how="max"``: those of its slide
+    with the highest positive-class score), its patient ids as groups)."""
     patients = predictions["patient_id"].astype(str).to_numpy()
     units, inverse = np.unique(patients, return_inverse=True)
     counts = np.bincount(inverse)
-    mean_scores = np.stack(
-        [np.bincount(inverse, weights=scores[:, j]) / counts for j in range(scores.shape[1])],
-        axis=1,
-    )
+    if how == "max":
+        if len(classes) != 2:
+            raise ConfigError(
+                f"--aggregate patient-max needs a two-class label; {label!r} has "
+                f"{len(classes) or 'continuous'} classes (use --aggregate patient)"
+            )
+        top = pd.Series(scores[:, 1]).groupby(inverse).idxmax().to_numpy()
+        mean_scores = scores[top]  # the patient's most positive slide, both columns
+    else:
+        mean_scores = np.stack(
+            [np.bincount(inverse, weights=scores[:, j]) / counts for j in range(scores.shape[1])],
+            axis=1,
+        )
     if classes:
         mixed = pd.Series(y).groupby(inverse).nunique()
         if (mixed > 1).any():

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Model = Literal["logistic", "linear", "knn"]
 Task = Literal["auto", "classification", "regression"]
 Pooling = Literal["mean", "max"]
-Aggregate = Literal["slide", "patient"]
+Aggregate = Literal["slide", "patient", "patient-max"]
 MAX_CLASSES = 20
 
 
@@ -47,7 +47,8 @@ class ProbeConfig:
     config_hash: str | None = None
     #: the positive class of a two-class label (None: High/1/True/yes, see classes.py)
     positive: str | None = None
-    #: the unit metrics are computed on: each slide, or each patient (mean of its slides)
+    #: the unit metrics are computed on: each slide, or each patient (the mean of its
+    #: slides' scores, or with "patient-max" the highest, for a two-class label)
     aggregate: Aggregate = "slide"
 
     def __post_init__(self) -> None:
@@ -299,9 +300,10 @@ def fit_probe(
         mapping = {"positive": classes[1], "negative": classes[0]}
     predictions = _predictions(frame, fold, scores, classes, mapping, config)
     per_patient = None
-    if config.aggregate == "patient":
+    if config.aggregate != "slide":
+        how = "max" if config.aggregate == "patient-max" else "mean"
         per_patient, y, scores, groups = patient_means(
-            predictions, y, scores, classes, config.label
+            predictions, y, scores, classes, config.label, how=how
         )
     result = ProbeResult(
         task=task,
@@ -433,11 +435,12 @@ def _write(
 
 def plot_title(result: ProbeResult, config: ProbeConfig) -> str:
     """What a figure shown alone must say: label, model, slides and patients, the unit."""
-    unit = "; metrics on patient means" if result.aggregate == "patient" else ""
+    unit = {"patient": "; metrics on patient means", "patient-max": "; metrics on patient maxima"}
+    unit_text = unit.get(result.aggregate, "")
     return (
         f"{config.label}: {config.model} probe on {config.pooling}-pooled slide embeddings\n"
         f"{result.n_slides} slides, {result.n_patients} patients, "
-        f"{result.folds} patient-level folds{unit}"
+        f"{result.folds} patient-level folds{unit_text}"
     )
 
 
@@ -452,7 +455,7 @@ def _plot(
     from training.figures import write_regression_png, write_roc_calibration_png
 
     title = plot_title(result, config)
-    unit = "patients" if result.aggregate == "patient" else "slides"
+    unit = "slides" if result.aggregate == "slide" else "patients"
     if result.task == "regression":
         return write_regression_png(
             y,
