@@ -75,8 +75,8 @@ def probe(
         Path | None,
         typer.Option(
             help="Folder for predictions, metrics.json, "
-            "probe.png (several labels: summary.tsv, "
-            "folds.tsv and a folder per label)."
+            "probe.png and report.html (several labels: summary.tsv, "
+            "folds.tsv, report.html and a folder per label)."
         ),
     ] = None,
     storage_option: Annotated[

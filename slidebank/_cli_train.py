@@ -75,7 +75,8 @@ def train(
     Ray starts.
 
     The cohort is checked against the store before anything starts; each run writes to
-    its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json); the
+    its own folder OUT/RUN_ID/ (predictions, metrics, ROC plots, summary.json, and
+    report.html, one self-contained page of it all); the
     command prints a line per epoch and per fold on stderr, then a short summary of the
     metrics (--json: the summary itself). Each fold is saved in OUT/RUN_ID/folds/ when it
     ends; Ray failures are retried (max_failures=N, default 2), and a run that still
