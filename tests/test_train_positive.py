@@ -153,3 +153,25 @@ def test_patient_max_takes_each_patients_highest_score() -> None:
     assert np.allclose(table["pred:grade"], [0.9, 0.4]) and table["n_slides"].tolist() == [2, 2]
     with pytest.raises(ConfigError, match="patient-max is for a binary task"):
         patient_predictions(predictions, "regression", "max")
+
+
+def test_the_roc_figure_names_the_positive_class(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from training.mil.runner import evaluate_predictions
+
+    y = np.tile([0.0, 1.0], 6)
+    predictions = pd.DataFrame(
+        {
+            "fold": np.repeat([0, 1, 2], 4),
+            "set": "test",
+            "slide_id": [f"s{i}" for i in range(12)],
+            "patient_id": [f"P{i}" for i in range(12)],
+            "target:grade": y,
+            "pred:grade": np.linspace(0.1, 0.9, 12),
+            "positive_class": "hot",
+        }
+    )
+    evaluate_predictions(predictions, "binary", ["grade"], tmp_path, model="abmil")
+    title = Image.open(tmp_path / "test_roc.png").text["Title"]
+    assert title == "abmil: grade=hot (test)"

@@ -323,6 +323,10 @@ def evaluate_predictions(
         if task != "binary":
             raise ConfigError(f"evaluate supports binary and regression tasks, not {task!r}")
         label = labels[0]
+        # The class the curve is about, in the title and legend, as probe's figures say it
+        positive = str(part["positive_class"].iloc[0]) if "positive_class" in part.columns else None
+        named = f"{label}={positive}" if positive else label
+        curve = f"{split}: {named}" if positive else str(split)
         per_fold = []
         for _, fold in part.groupby("fold"):
             if fold[f"target:{label}"].nunique() == 2:
@@ -334,10 +338,10 @@ def evaluate_predictions(
         table = fold_table(per_fold) if per_fold else pd.DataFrame()
         summary[str(split)] = {"pooled": pooled, "folds": table.to_dict("index")}
         write_roc_png(
-            {str(split): (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
+            {curve: (part[f"target:{label}"].to_numpy(), part[f"pred:{label}"].to_numpy())},
             out / f"{split}_roc.png",
             overwrite=overwrite,
-            title=f"{model or 'MIL'}: {label} ({split})"
+            title=f"{model or 'MIL'}: {named} ({split})"
             + {
                 "patient": "; patients, mean of their slides",
                 "patient-max": "; patients, their highest slide",
