@@ -83,6 +83,31 @@ def ingest(
             "e.g. --encode-batch 128 for ViT-L on a 40 GB card.",
         ),
     ] = None,
+    fragment_tiles: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Device engine: tiles per stored fragment; the writer thread gathers a "
+            "slide's encoder batches into fragments this large (and the slide's tail).",
+        ),
+    ] = 2048,
+    compile_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Device engine: torch.compile the encoder with static batch shapes (the "
+            "last batch padded to --encode-batch), CUDA graphs on a GPU; compiles once per "
+            "actor at start-up.",
+        ),
+    ] = False,
+    cpus_per_device_actor: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Device engine: CPUs per device actor, its reader's decode threads "
+            "(default: min(4, CPUs per GPU on the node)), e.g. --cpus-per-device-actor 8.",
+        ),
+    ] = None,
     read_concurrency: Annotated[
         int | None, typer.Option(help="Parallel slide readers (default: from CPUs).")
     ] = None,
@@ -240,6 +265,9 @@ def ingest(
             gpu_wait_s=gpu_wait,
             gpu_fallback_cpu=gpu_fallback_cpu,
             encode_batch=encode_batch,
+            device_fragment_tiles=fragment_tiles,
+            device_compile=compile_encoder,
+            cpus_per_device_actor=cpus_per_device_actor,
         )
         result = run(
             source,

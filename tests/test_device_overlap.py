@@ -280,3 +280,28 @@ def test_closing_the_writes_cancels_unstarted_jobs_and_waits_for_the_running_one
         writes.close()  # returns only after job 0 has finished
         assert ran == [0]
     assert cancelled == [1, 2] and ran == [0]
+
+
+def test_results_finished_before_a_failed_write_come_back_before_its_error() -> None:
+    """Two jobs done by the time the loop looks (the first wrote, the second failed): the
+    first's rows come back, the error on the next call. Before, the error dropped them
+    (seen as a flaky ['failed'] instead of ['tiles', 'failed'] in the test above)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.pipeline.device_writer import OrderedWrites
+
+    def fails() -> str:
+        raise OSError("disk vanished (injected)")
+
+    with ThreadPoolExecutor(1) as pool:
+        writes: OrderedWrites = OrderedWrites(pool, depth=4)
+        gate = threading.Event()
+        pool.submit(gate.wait)  # holds the writer until both jobs are queued
+        assert writes.submit(lambda: "first") == []
+        assert writes.submit(fails) == []
+        gate.set()
+        pool.submit(lambda: None).result()  # both have run
+        assert writes.submit(lambda: "third") == ["first"]
+        with pytest.raises(OSError, match="disk vanished"):
+            writes.submit(lambda: "fourth")
+        writes.close()

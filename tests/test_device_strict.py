@@ -185,7 +185,16 @@ def _plan(uri: str, sid: str, store: FeatureStore, config: IngestConfig) -> dict
     return planned
 
 
-def _stage(store: FeatureStore, config: IngestConfig, device: str, encode_batch: int):
+def _stage(
+    store: FeatureStore,
+    config: IngestConfig,
+    device: str,
+    encode_batch: int,
+    fragment_tiles: int = FRAGMENT,
+    **kwargs,
+):
+    """A stage writing FRAGMENT-tile fragments (several per slide, so the tests see the
+    writer's steps) unless told otherwise."""
     from ingest.pipeline.device_stage import DeviceStage
 
     return DeviceStage(
@@ -196,6 +205,8 @@ def _stage(store: FeatureStore, config: IngestConfig, device: str, encode_batch:
         write_kwargs=_write_kwargs(store, config),
         device=device,
         encode_batch=encode_batch,
+        fragment_tiles=fragment_tiles,
+        **kwargs,
     )
 
 

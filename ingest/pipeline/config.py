@@ -137,6 +137,16 @@ class RunOptions:
     #: the share of each GPU's memory CuPy's pool may hold in the ``device`` engine (the
     #: rest is PyTorch's: model and activations); see :mod:`infra.device_streams`
     device_pool_fraction: float = 0.25
+    #: tiles per stored fragment in the ``device`` engine: its writer thread gathers a
+    #: slide's encoded steps and writes one Lance fragment per this many tiles (and the
+    #: slide's tail), so a large slide is a few fragments, not one per ``tiles_per_batch``
+    device_fragment_tiles: int = 2048
+    #: ``device`` engine: ``torch.compile`` the encoder with static shapes (every step
+    #: padded to ``encode_batch``), with CUDA graphs (``reduce-overhead``) on CUDA only
+    device_compile: bool = False
+    #: CPUs each device actor asks Ray for, which its reader uses as decode threads;
+    #: ``None``: min(4, CPUs per GPU on the GPU nodes) (1 without GPUs)
+    cpus_per_device_actor: int | None = None
 
     def __post_init__(self) -> None:
         if self.tiles_per_batch < 1 or (self.commit_every is not None and self.commit_every < 1):
@@ -154,6 +164,14 @@ class RunOptions:
         if not 0 < self.device_pool_fraction <= 1:
             raise ConfigError(
                 f"device_pool_fraction must be in (0, 1], got {self.device_pool_fraction!r}"
+            )
+        if self.device_fragment_tiles < 1:
+            raise ConfigError(
+                f"device_fragment_tiles must be >= 1, got {self.device_fragment_tiles}"
+            )
+        if self.cpus_per_device_actor is not None and self.cpus_per_device_actor < 1:
+            raise ConfigError(
+                f"cpus_per_device_actor must be >= 1 or None, got {self.cpus_per_device_actor}"
             )
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ConfigError(f"max_gpus must be >= 1 or None, got {self.max_gpus}")

@@ -51,6 +51,7 @@ from infra import metrics
 from infra.device_streams import DEFAULT_POOL_FRACTION, DeviceStreams, HostCopy, limit_memory_pool
 from infra.errors import ConfigError
 from ingest.pipeline.config import IngestConfig, RunOptions
+from ingest.pipeline.device_compile import compile_static
 from ingest.pipeline.device_writer import OrderedWrites
 from ingest.pipeline.fused_stage import scalar_row
 from ingest.pipeline.rows import make_row
@@ -125,10 +126,15 @@ class DeviceStage:
 
     ``encode_batch`` tiles (default: :func:`~features.encoders.runtime.default_batch_size`
     of the device, 256 on a GPU) are read, checked, normalized and encoded together and
-    copied to the host once; they are stored as fragments of ``options.tiles_per_batch``
-    tiles, so the forward batch and the fragment size are chosen apart. ``write_depth``
-    steps may wait for the writer thread; ``pool_fraction`` of the device's memory is
-    CuPy's pool limit; ``warm`` warms the GPU decoder and the encoder now.
+    copied to the host once; the writer thread gathers a slide's steps into fragments of
+    ``fragment_tiles`` tiles (default ``options.device_fragment_tiles``, 2048) and the
+    slide's tail, so the forward batch and the fragment size are chosen apart.
+    ``write_depth`` steps may wait for the writer thread; ``pool_fraction`` of the
+    device's memory is CuPy's pool limit; ``compile`` runs the encoder through
+    ``torch.compile`` with every step padded to ``encode_batch`` (one input shape; CUDA
+    graphs on CUDA: :mod:`ingest.pipeline.device_compile`); ``read_threads`` is the
+    reader's decode threads (the actor's CPUs); ``warm`` warms the GPU decoder and the
+    encoder now.
     """
 
     def __init__(
@@ -143,6 +149,9 @@ class DeviceStage:
         encode_batch: int | None = None,
         pool_fraction: float = DEFAULT_POOL_FRACTION,
         write_depth: int = 2,
+        fragment_tiles: int | None = None,
+        compile: bool = False,
+        read_threads: int = 1,
         warm: bool = True,
     ) -> None:
         from features.encoders import Encoder
@@ -157,15 +166,24 @@ class DeviceStage:
             raise ConfigError(f"encode_batch must be >= 1, got {encode_batch}")
         if write_depth < 1:
             raise ConfigError(f"write_depth must be >= 1, got {write_depth}")
+        if read_threads < 1:
+            raise ConfigError(f"read_threads must be >= 1, got {read_threads}")
         self.encode_batch = encode_batch or default_batch_size(self.device)
-        fragment = options.tiles_per_batch
-        self._step = fragment * math.ceil(self.encode_batch / fragment)  # whole fragments
+        self._step = self.encode_batch
+        #: tiles per stored fragment (the writer gathers steps into these)
+        self.fragment_tiles = fragment_tiles or options.device_fragment_tiles
+        if self.fragment_tiles < 1:
+            raise ConfigError(f"fragment_tiles must be >= 1, got {self.fragment_tiles}")
+        #: decode threads of each read (cuCIM's ``num_workers``, the CPU reader's pool)
+        self.read_threads = read_threads
         self._config, self._options, self._storage_options = config, options, storage_options
         #: CuPy's pool limit in bytes (None on NumPy)
         self.pool_limit = limit_memory_pool(self.xp, pool_fraction)
         self._encoder = Encoder(
             **{**encoder_kwargs, "device": torch_device(self.xp), "batch_size": self.encode_batch}
         )
+        #: what runs the encoder: "eager", or the torch.compile mode (static shapes)
+        self.compiled = compile_static(self._encoder, self.device) if compile else "eager"
         self._streams = DeviceStreams(
             self.xp, torch_device=torch_device(self.xp), host_buffers=write_depth + 2
         )
@@ -277,16 +295,18 @@ class DeviceStage:
                         config.tiling.target_mpp,
                         config.tiling.resample,
                         xp=xp,
+                        threads=self.read_threads,
                     )
                     ready = streams.mark_read()
                 return tiles, time.perf_counter() - t0, ready
 
             reads = _ReadAhead(self._reader, read, steps)
             writes: OrderedWrites = OrderedWrites(self._writer, self._write_depth)
+            fragments = _Fragments(self, planned, sid, write_id)
             try:
                 for part in steps:
                     copy_, issued = self._compute(reads.take(), planned, normalizer, info)
-                    job = _StepRows(self, planned, sid, write_id, part, copy_, issued, info)
+                    job = _StepRows(fragments, part, copy_, issued, info)
                     for rows in writes.submit(job, on_cancel=copy_.release):
                         yield from rows
                 for rows in writes.drain():
@@ -320,62 +340,106 @@ class DeviceStage:
             )
             t1 = time.perf_counter()
             record_stage(info, "read", read_s + t1 - t0)
-            embedding = self._encoder.embed_device(xp.ascontiguousarray(tiles))
+            embedding = self._embed(xp.ascontiguousarray(tiles))
             # float32 holds the flag bits exactly (< 2^24): one copy carries both.
             packed = xp.concatenate([embedding, flags[:, None].astype(np.float32)], axis=1)
             # the read's pixels stay alive until the copy is done (see DeviceStreams.to_host)
             host = self._streams.to_host(packed, what="embeddings+flags", keep=(raw, tiles))
         return host, t1
 
+    def _embed(self, tiles: Any) -> Any:
+        """The encoder on one step's tiles. Compiled, a short step (a slide's last) is
+        padded to ``encode_batch`` with zero tiles and their rows dropped, so one input
+        shape reaches the model: no recompilation, and a CUDA graph is replayed, not
+        captured again. Inference is per tile: the kept rows are the unpadded ones."""
+        n = len(tiles)
+        if self.compiled == "eager" or n >= self.encode_batch:
+            return self._encoder.embed_device(tiles)
+        padded = self.xp.zeros((self.encode_batch, *tiles.shape[1:]), tiles.dtype)
+        padded[:n] = tiles
+        return self._encoder.embed_device(padded)[:n]
+
+
+class _Fragments:
+    """One slide's fragments, made in the writer thread: each step's embeddings and flags
+    are held until ``stage.fragment_tiles`` tiles are (or the slide's last tile is), then
+    written as one fragment. Only the writer thread uses it, one step at a time in step
+    order (:class:`OrderedWrites`), so it needs no lock. A slide is all or nothing as
+    before: the driver commits its fragments only when every one of them is reported."""
+
+    def __init__(
+        self, stage: DeviceStage, planned: Mapping[str, Any], sid: str, write_id: str
+    ) -> None:
+        self._stage, self._planned, self._sid, self._write_id = stage, planned, sid, write_id
+        self._size = stage.fragment_tiles
+        self._n = len(planned["x"])
+        self._n_batches = math.ceil(self._n / self._size)
+        self._start = 0  # the slide's first tile not written yet
+        self._held: list[tuple[np.ndarray, np.ndarray]] = []  # (embeddings, flags) per step
+        self._count = 0  # tiles held
+
+    def add(
+        self, embedding: np.ndarray, flags: np.ndarray, info: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Hold one step's rows; write what makes whole fragments (and the tail once the
+        slide's last tile is here); the post-write rows of what was written."""
+        self._held.append((embedding, flags))
+        self._count += len(embedding)
+        rows = []
+        while self._count >= self._size or (self._count and self._start + self._count == self._n):
+            rows.append(self._write(min(self._size, self._count), info))
+        return rows
+
+    def _write(self, count: int, info: dict[str, Any]) -> dict[str, Any]:
+        planned = self._planned
+        embedding = np.concatenate([e for e, _ in self._held])
+        flags = np.concatenate([f for _, f in self._held])
+        self._held = [(embedding[count:], flags[count:])]
+        self._count -= count
+        cut = slice(self._start, self._start + count)
+        self._start += count
+        row = make_row(
+            slide_id=self._sid,
+            write_id=self._write_id,
+            status="tiles",
+            batch_index=cut.start // self._size,
+            n_batches=self._n_batches,
+            x=planned["x"][cut],
+            y=planned["y"][cut],
+            level=planned["level"],
+            tissue_fraction=planned["tissue_fraction"][cut],
+            qc_flags=flags[:count],
+            info=info,
+        )
+        row.pop("image")
+        row["embedding"] = np.ascontiguousarray(embedding[:count])[None]
+        out = self._stage._write_row(row)
+        metrics.record_tiles(count)
+        return out
+
 
 class _StepRows:
-    """The writer thread's job for one step: wait for its host copy, make its rows (one per
-    fragment), write them, return the post-write rows."""
+    """The writer thread's job for one step: wait for its host copy, hand its embeddings
+    and flags to the slide's :class:`_Fragments`; the post-write rows of the fragments
+    that completed (often none: a fragment spans several steps)."""
 
     def __init__(
         self,
-        stage: DeviceStage,
-        planned: Mapping[str, Any],
-        sid: str,
-        write_id: str,
+        fragments: _Fragments,
         part: slice,
         host: HostCopy,
         issued: float,
         info: dict[str, Any],
     ) -> None:
-        self._stage, self._planned, self._sid, self._write_id = stage, planned, sid, write_id
-        self._part, self._host, self._issued = part, host, issued
+        self._fragments, self._part, self._host, self._issued = fragments, part, host, issued
         self._info = copy.deepcopy(info)  # the loop goes on updating the slide's timings
 
     def __call__(self) -> list[dict[str, Any]]:
-        planned, part = self._planned, self._part
         host = self._host.result()
         metrics.observe_stage("encode", time.perf_counter() - self._issued)
-        fragment = self._stage._options.tiles_per_batch
-        n_batches = math.ceil(len(planned["x"]) / fragment)
-        embedding = host[:, :-1]
-        flags = host[:, -1].astype(np.int32) | planned["qc_flags"][part]
-        rows = []
-        for piece in batch_slices(len(embedding), fragment):
-            cut = slice(part.start + piece.start, part.start + piece.stop)
-            row = make_row(
-                slide_id=self._sid,
-                write_id=self._write_id,
-                status="tiles",
-                batch_index=cut.start // fragment,
-                n_batches=n_batches,
-                x=planned["x"][cut],
-                y=planned["y"][cut],
-                level=planned["level"],
-                tissue_fraction=planned["tissue_fraction"][cut],
-                qc_flags=flags[piece],
-                info=self._info,
-            )
-            row.pop("image")
-            row["embedding"] = np.ascontiguousarray(embedding[piece])[None]
-            rows.append(self._stage._write_row(row))
-            metrics.record_tiles(piece.stop - piece.start)
-        return rows
+        planned_flags = self._fragments._planned["qc_flags"][self._part]
+        flags = host[:, -1].astype(np.int32) | planned_flags
+        return self._fragments.add(host[:, :-1], flags, self._info)
 
 
 def _warm_decoder(xp: Any) -> None:

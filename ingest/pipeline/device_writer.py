@@ -4,7 +4,8 @@
 loop that feeds the GPU goes on to the next batch while a batch's embeddings arrive on
 the host and its Lance fragments are written. At most ``depth`` jobs wait; one more makes
 :meth:`OrderedWrites.submit` wait for the oldest, which is also where a job's error
-reaches the loop (and fails the slide). Results come back in submission order.
+reaches the loop (and fails the slide). Results come back in submission order, and the
+results of jobs that finished before a failed one come back before its error.
 
 Nothing is half-written: a job writes invisible fragments (see
 :mod:`features.store.writer`); only the rows it returns name them to the driver, and a
@@ -48,8 +49,15 @@ class OrderedWrites:
         self._pending.append((self._pool.submit(self._run, job, on_cancel), on_cancel))
         done: list[T] = []
         while self._pending and (len(self._pending) > self._depth or self._pending[0][0].done()):
-            future, _ = self._pending.popleft()
-            done.append(future.result())
+            future, _ = self._pending[0]
+            try:
+                result = future.result()
+            except BaseException:
+                if done:  # what finished before it goes back first; the error comes next call
+                    return done
+                raise
+            self._pending.popleft()
+            done.append(result)
         return done
 
     def _run(self, job: Callable[[], T], on_cancel: Callable[[], None] | None) -> T:
@@ -66,8 +74,10 @@ class OrderedWrites:
     def drain(self) -> Iterator[T]:
         """The rest of the results, in order, each as it finishes."""
         while self._pending:
-            future, _ = self._pending.popleft()
-            yield future.result()
+            future, _ = self._pending[0]
+            result = future.result()  # a failed job stays queued: close() still sees it
+            self._pending.popleft()
+            yield result
 
     def close(self) -> None:
         """Cancel what has not started (running ``on_cancel``), wait for what has."""

@@ -258,14 +258,21 @@ def batch_slices(n: int, step: int, first: int | None = None) -> list[slice]:
 
 
 def read_tiles(
-    slide: Slide, locations: np.ndarray, size: int, mpp: float, resample: Resample, xp: Any = None
+    slide: Slide,
+    locations: np.ndarray,
+    size: int,
+    mpp: float,
+    resample: Resample,
+    xp: Any = None,
+    threads: int = 1,
 ) -> Any:
     """Read with retries: object stores throttle and connections drop; corrupt bytes do not
-    heal. ``xp``: the array module of the tiles (the device engine's; NumPy by default)."""
+    heal. ``xp``: the array module of the tiles (the device engine's; NumPy by default);
+    ``threads``: decode threads (the device actor's CPUs; 1 in the one-core actors)."""
     for attempt in range(1, _READ_ATTEMPTS + 1):
         try:
             return slide.read_regions_at_mpp(
-                locations, size, mpp, threads=1, resample=resample, xp=xp
+                locations, size, mpp, threads=threads, resample=resample, xp=xp
             )
         except SlideReadError as exc:
             if attempt == _READ_ATTEMPTS or isinstance(

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from ingest.pipeline.config import RunOptions
 from ingest.pipeline.engines.actor_pool import ActorPool
 from ingest.pipeline.engines.base import Engine, RunContext
-from ingest.pipeline.resources import plan_device
+from ingest.pipeline.resources import DevicePlan, plan_device
 from ingest.pipeline.slide_steps import slide_item
 
-__all__ = ["DeviceEngine", "stage_kwargs"]
+__all__ = ["DeviceEngine", "actor_cpus", "stage_kwargs"]
+
+#: the most CPUs a device actor asks for by default (its reader's decode threads)
+DEFAULT_ACTOR_CPUS = 4
 
 
 class DeviceEngine(Engine):
@@ -46,20 +51,43 @@ class DeviceEngine(Engine):
                 if "plan" not in item:
                     item["plan"] = [planner.remote(slide_item(item), **shared)]
 
+        cpus = actor_cpus(options, plan, ray.nodes())
         pool = ActorPool(
             DeviceStage,
             plan.actors,
-            {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor},
-            stage_kwargs(ctx, plan.device),
+            {"num_cpus": cpus, "num_gpus": plan.gpus_per_actor},
+            stage_kwargs(ctx, plan.device, read_threads=max(1, int(cpus))),
             before_fill=plan_ahead,
         )
         # Plain dicts: the planning-ahead hook adds each item's ``plan``.
         pool.run([dict(item) for item in ctx.items()], ctx.on_row, on_tick=ctx.progress.tick)
 
 
-def stage_kwargs(ctx: RunContext, device: str) -> dict[str, Any]:
+def actor_cpus(options: RunOptions, plan: DevicePlan, nodes: Iterable[Mapping[str, Any]]) -> float:
+    """CPUs one device actor asks Ray for; its reader decodes with that many threads.
+
+    ``options.cpus_per_device_actor`` when set; with GPUs, min(4, the fewest CPUs per GPU
+    on a live GPU node of ``nodes`` (``ray.nodes()``)), so every GPU's actor fits its
+    node; 1 while no GPU node has joined (GPUs from zero: the nodes are not known yet).
+    Without GPUs (the NumPy stand-in) the plan's share of a core."""
+    if options.cpus_per_device_actor is not None:
+        return float(options.cpus_per_device_actor)
+    if not plan.gpus_per_actor:
+        return plan.cpus_per_actor
+    per_gpu = [
+        float(node["Resources"].get("CPU", 0)) / float(node["Resources"]["GPU"])
+        for node in nodes
+        if node.get("Alive", True) and float(node.get("Resources", {}).get("GPU", 0)) > 0
+    ]
+    if not per_gpu:
+        return plan.cpus_per_actor
+    return float(max(1, min(DEFAULT_ACTOR_CPUS, int(min(per_gpu) * plan.gpus_per_actor))))
+
+
+def stage_kwargs(ctx: RunContext, device: str, read_threads: int = 1) -> dict[str, Any]:
     """What each :class:`~ingest.pipeline.device_stage.DeviceStage` actor is built with.
-    The encoder's own batch size is the stage's ``encode_batch`` (the stage sets it)."""
+    The encoder's own batch size is the stage's ``encode_batch`` (the stage sets it);
+    ``read_threads``: the actor's CPUs, its reader's decode threads."""
     config, options = ctx.config, ctx.options
     return {
         "config": config,
@@ -75,4 +103,7 @@ def stage_kwargs(ctx: RunContext, device: str) -> dict[str, Any]:
         "device": device,
         "encode_batch": options.encode_batch,
         "pool_fraction": options.device_pool_fraction,
+        "fragment_tiles": options.device_fragment_tiles,
+        "compile": options.device_compile,
+        "read_threads": read_threads,
     }
