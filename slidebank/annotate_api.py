@@ -125,7 +125,7 @@ def _read(table: str | pd.DataFrame, storage_options: Mapping[str, Any] | None) 
 
 def _slide_ids(frame: pd.DataFrame, source: str) -> list[str]:
     from infra.ids import slide_id_from_uri
-    from training.cohorts.labels import misspelt_column
+    from training.cohorts.labels import did_you_mean, misspelt_column
 
     if "slide_id" in frame.columns:
         return [str(v).strip() for v in frame["slide_id"].fillna("")]
@@ -136,7 +136,7 @@ def _slide_ids(frame: pd.DataFrame, source: str) -> list[str]:
     hint = (
         f" (found {found!r}); rename it to slide_id"
         if found
-        else f"; it has {', '.join(map(str, frame.columns))}"
+        else f"{did_you_mean('slide_id', frame.columns)}; it has {', '.join(map(str, frame.columns))}"
     )
     raise ConfigError(f"{source}: no slide_id column{hint}")
 

@@ -129,3 +129,12 @@ def test_train_config_keeps_store_clinical_as_a_name(tmp_path):
 
     raw = {"store": "s", "cohort": "store:clinical", "labels": ["grade"], "out": "runs"}
     assert parse_run_config(raw, tmp_path).cohort == "store:clinical"
+
+
+def test_annotate_names_the_likely_slide_column(store, tmp_path):
+    table = tmp_path / "m.csv"
+    table.write_text("FILENAME,patient_id\nsynthetic-00,P000\n")
+    result = runner.invoke(app, ["annotate", str(table), "--store", store])
+    assert (
+        result.exit_code == 2 and "no slide_id column (did you mean 'FILENAME'?)" in result.output
+    )

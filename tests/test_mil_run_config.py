@@ -75,8 +75,11 @@ def test_a_tsv_cohort_is_read_as_columns_with_ids_as_text(tmp_path: Path) -> Non
     gz = tmp_path / "cohort.csv.gz"
     pd.DataFrame({"slide_id": ["a"], "label": [1]}).to_csv(gz, index=False, compression="gzip")
     assert _read_cohort(str(gz), {})["label"].tolist() == [1]
-    with pytest.raises(TableReadError, match=r"cohort\.xlsx.*unknown table format"):
+    # .xlsx is read (issue 30, openpyxl); a missing workbook is named
+    with pytest.raises(TableReadError, match=r"cohort\.xlsx.*no such file"):
         _read_cohort(str(tmp_path / "cohort.xlsx"), {})
+    with pytest.raises(TableReadError, match=r"cohort\.parq.*unknown table format"):
+        _read_cohort(str(tmp_path / "cohort.parq"), {})
 
 
 def test_cohort_checks_name_what_is_wrong_and_what_exists() -> None:

@@ -175,3 +175,13 @@ def test_the_roc_figure_names_the_positive_class(tmp_path: Path) -> None:
     evaluate_predictions(predictions, "binary", ["grade"], tmp_path, model="abmil")
     title = Image.open(tmp_path / "test_roc.png").text["Title"]
     assert title == "abmil: grade=hot (test)"
+
+
+def test_a_cohort_column_under_another_name_gets_did_you_mean() -> None:
+    from training.mil.preflight import check_cohort
+
+    table = _table("high", "low").rename(columns={"slide_id": "FILENAME"})
+    with pytest.raises(ConfigError, match=r"no column 'slide_id';.* \(did you mean 'FILENAME'\?\)"):
+        check_cohort(table, ["grade"], "binary", source="c.csv")
+    with pytest.raises(ConfigError, match=r"no column 'grad';.* \(did you mean 'grade'\?\)"):
+        check_cohort(_table("high", "low"), ["grad"], "binary", source="c.csv")

@@ -32,10 +32,13 @@ def _show(values: Sequence[Any], limit: int = 8) -> str:
 
 def check_cohort(table: pd.DataFrame, labels: Sequence[str], task: str, *, source: str) -> None:
     """Columns present, ids unique, labels usable for ``task``."""
+    from training.cohorts.labels import did_you_mean
+
     for column in ("slide_id", *labels):
         if column not in table.columns:
             raise ConfigError(
                 f"{source}: no column {column!r}; the table has: {_show(table.columns, 40)}"
+                f"{did_you_mean(column, table.columns)}"
             )
     if table.empty:
         raise ConfigError(f"{source}: the cohort table has no rows")
