@@ -6,7 +6,8 @@ Each part runs within its own time box; one part failing keeps the others' figur
            cuCIM batch read with device="cuda" hands back CUDA memory
   peak     measured bf16 GEMM peak (8192³ products): the denominator of MFU
   encoder  ViT-L/16 (random init) through slidebank's Encoder, tiles already on the GPU
-           (CuPy → DLPack → torch, bf16): batch 64/256/512 eager and 256 compiled;
+           (CuPy → DLPack → torch, bf16): batch 64/256/512 eager and 256 compiled as
+           the device engine compiles it (static shapes, CUDA graphs);
            tiles/s, MFU against the measured and the datasheet bf16 peak, peak memory
   reader   Slide.read_regions_at_mpp on a 40×-style slide (0.25 µm/px, no 0.5 µm level,
            so every 256² tile is read at 512² and area-reduced): on the device
@@ -20,8 +21,9 @@ Each part runs within its own time box; one part failing keeps the others' figur
            and the encoder, repeated within its budget; tiles/s, per-stage GPU time from
            CUDA events on the compute stream, GPU busy % (that time over the wall time),
            time the loop was blocked on the read and on the writer, NVML busy, the CuPy
-           pool limit, peak torch and CuPy pool memory; then the same at encode batches
-           128 and 512 (15 s each: tiles/s and busy %)
+           pool limit, peak torch and CuPy pool memory; fragments of 2,048 tiles; then
+           the sweep: encode batches 128 and 512, and 256 with --compile (15 s each:
+           tiles/s and busy %; the compiled row says its compile mode)
 
 ``--dry-run`` prints the plan and runs every part on the CPU with the strict device
 stand-in (infra.strict_device as CuPy, ingest.slides.backends.cucim_standin as cuCIM's GPU
@@ -81,11 +83,12 @@ class Plan:
     batches: tuple[int, ...] = (64, 256, 512)
     compile_batch: int | None = 256
     e2e_batch: int = 256
-    fragment: int = 64
+    fragment_tiles: int = 2048
     budget_s: float = 10.0
     e2e_s: float = 60.0
-    e2e_tiles: int = 2048
-    e2e_sweep: tuple[int, ...] = (128, 512)
+    e2e_tiles: int = 8192
+    #: (encode batch, compiled) of the shorter e2e runs after the main one
+    e2e_sweep: tuple[tuple[int, bool], ...] = ((128, False), (512, False), (256, True))
     e2e_sweep_s: float = 15.0
     slide_blobs: int | None = 12  # about half the slide is tissue
     reader_tiles: int = 512
@@ -101,13 +104,13 @@ class Plan:
             slide_side=3072,
             model="tiny-vit",
             batches=(8, 16),
-            compile_batch=None,
+            compile_batch=16,
             e2e_batch=16,
-            fragment=4,
+            fragment_tiles=16,
             budget_s=0.5,
             e2e_s=3.0,
             e2e_tiles=48,
-            e2e_sweep=(8,),
+            e2e_sweep=((8, False), (16, True)),
             e2e_sweep_s=1.0,
             slide_blobs=None,
             reader_tiles=40,
@@ -116,11 +119,10 @@ class Plan:
     def describe(self) -> str:
         where = "CPU, strict device stand-in" if self.dry_run else "CUDA (CuPy, cuCIM GPU decode)"
         sweep = ", ".join(str(b) for b in self.batches)
-        compiled = (
-            f"; compiled at {self.compile_batch}"
-            if self.compile_batch
-            else "; compile skipped (inductor needs minutes on a CPU)"
-        )
+        compiled = f"; compiled at {self.compile_batch}" if self.compile_batch else ""
+        if self.compile_batch and self.dry_run:
+            compiled += " (Dynamo only: Inductor needs minutes on a CPU)"
+        sweep_e2e = ", ".join(f"{b}{' compiled' if c else ''}" for b, c in self.e2e_sweep)
         return "\n".join(
             [
                 f"plan ({where}):",
@@ -133,11 +135,10 @@ class Plan:
                 "  stain    Macenko on the device module",
                 f"  e2e      DeviceStage (warm-up, read and compute streams, pinned copies, "
                 f"writer thread), {self.e2e_tiles}+ tiles a run, encode batch "
-                f"{self.e2e_batch}, fragments of {self.fragment}, {self.e2e_s:g} s; tiles/s, "
+                f"{self.e2e_batch}, fragments of {self.fragment_tiles}, {self.e2e_s:g} s; tiles/s, "
                 "GPU busy % by CUDA events, per-stage times, blocked on read/write, memory"
                 + ("; the stand-in's syncs and copies" if self.dry_run else ""),
-                f"           then encode batches {', '.join(map(str, self.e2e_sweep))}, "
-                f"{self.e2e_sweep_s:g} s each",
+                f"           then encode batches {sweep_e2e}, {self.e2e_sweep_s:g} s each",
                 f"  budget   {self.budget_s:g} s per timing, results to {self.out}",
             ]
         )
@@ -363,7 +364,11 @@ def encoder_mfu(env: Env, plan: Plan, peak_tflops: float, gpu_name: str) -> dict
         encoder.batch_size = batch
         runs.append(_encoder_run(env, plan, encoder, batch, flops, peak_tflops, datasheet, False))
     if plan.compile_batch:
-        compiled = _encoder(plan, env, plan.compile_batch, compile=True)
+        from ingest.pipeline.device_compile import compile_static
+
+        compiled = _encoder(plan, env, plan.compile_batch)
+        with _compile_backend(env):
+            compile_static(compiled, env.torch_device)  # as the device engine compiles it
         runs.append(
             _encoder_run(
                 env, plan, compiled, plan.compile_batch, flops, peak_tflops, datasheet, True
@@ -470,7 +475,7 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
     from ingest.pipeline.device_stage import plan_for_device
 
     config = IngestConfig(stain="macenko")
-    options = RunOptions(progress=False, tiles_per_batch=plan.fragment, device="cpu")
+    options = RunOptions(progress=False, device="cpu", device_fragment_tiles=plan.fragment_tiles)
     store, writes = _store(config, plan)
     source = {
         "uri": str(env.slide),
@@ -486,28 +491,29 @@ def end_to_end(env: Env, plan: Plan) -> dict[str, Any]:
     if planned["status"] != "tiles":
         raise RuntimeError(f"planning gave {planned['status']}: {planned.get('error')}")
     slide_tiles = len(planned["x"])
-    if slide_tiles < plan.fragment:  # a fragment of repeated tiles would repeat a key
-        raise RuntimeError(f"the slide has {slide_tiles} tiles, fewer than a fragment")
     planned = _repeated(planned, plan.e2e_tiles)
     out: dict[str, Any] = {
         "plan_s": round(time.perf_counter() - t0, 2),
         "slide_tiles": slide_tiles,
         "tiles_per_run": len(planned["x"]),
         "encoder": plan.model,
-        "fragment": plan.fragment,
+        "fragment_tiles": plan.fragment_tiles,
         "lance_write": writes,
     }
     run = functools.partial(_e2e_timed, env, plan, planned, config, options, store, writes)
     out.update(run(plan.e2e_batch, plan.e2e_s))
     sweep = []
-    for batch in plan.e2e_sweep:  # the same path at other encode batches, shorter
+    keys = ("encode_batch", "compiled", "stage_build_s", "tiles_per_s", "gpu_busy_pct", "error")
+    for batch, compiled in plan.e2e_sweep:  # the same path at other settings, shorter
         try:
-            result = run(batch, plan.e2e_sweep_s)
+            result = run(batch, plan.e2e_sweep_s, compiled)
         except Exception as exc:  # an OOM at 512, say: the other figures stand
-            result = {"encode_batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        sweep.append(
-            {k: result.get(k) for k in ("encode_batch", "tiles_per_s", "gpu_busy_pct", "error")}
-        )
+            result = {
+                "encode_batch": batch,
+                "compiled": compiled,
+                "error": f"{type(exc).__name__}: {exc}"[:300],
+            }
+        sweep.append({k: result.get(k) for k in keys})
     out["sweep"] = sweep
     return out
 
@@ -522,13 +528,17 @@ def _e2e_timed(
     writes: bool,
     batch: int,
     seconds: float,
+    compiled: bool = False,
 ) -> dict[str, Any]:
-    """One DeviceStage at ``batch`` tiles a step: built (with its warm-up), one untimed
-    run, then runs for ``seconds``."""
+    """One DeviceStage at ``batch`` tiles a step (``compiled``: the engine's --compile):
+    built (with its warm-up, which compiles), one untimed run, then runs for
+    ``seconds``."""
     t0 = time.perf_counter()
-    stage = _device_stage(env, plan, config, options, store, batch)
+    with _compile_backend(env):
+        stage = _device_stage(env, plan, config, options, store, batch, compiled)
     out: dict[str, Any] = {
         "encode_batch": batch,
+        "compiled": stage.compiled,
         "stage_build_s": round(time.perf_counter() - t0, 2),
         "warm_up_s": stage.warm_up_s,
         "cupy_pool_limit_gib": None
@@ -607,12 +617,17 @@ def _unwritten(row: dict[str, Any]) -> dict[str, Any]:
 def _repeated(planned: dict[str, Any], at_least: int) -> dict[str, Any]:
     """The plan's tiles repeated until there are ``at_least``: one synthetic slide small
     enough to write in seconds, read like a slide of thousands of tiles (many steps, so
-    reads overlap compute as they do on a real slide)."""
+    reads overlap compute as they do on a real slide). Repeat ``k`` is moved ``k`` pixels
+    left (right at the slide's edge), so a fragment of 2,048 tiles repeats no (x, y) key;
+    tiles are a tile apart, hundreds of pixels, so no two repeats meet."""
     n = len(planned["x"])
     times = max(1, -(-at_least // n))
     out = dict(planned)
-    for key in ("x", "y", "tissue_fraction", "qc_flags"):
+    for key in ("y", "tissue_fraction", "qc_flags"):
         out[key] = np.tile(planned[key], times)
+    x = np.asarray(planned["x"])
+    shifts = [np.where(x >= k, x - k, x + k) for k in range(times)]
+    out["x"] = np.concatenate(shifts).astype(x.dtype)
     return out
 
 
@@ -630,7 +645,24 @@ def _store(config: Any, plan: Plan) -> tuple[Any, bool]:
     return store.location, True
 
 
-def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any, batch: int) -> Any:
+@contextlib.contextmanager
+def _compile_backend(env: Env) -> Iterator[None]:
+    """The dry run compiles with Dynamo alone (Inductor's CPU code generation takes
+    minutes on a small machine); on a GPU, Inductor."""
+    from ingest.pipeline import device_compile
+
+    saved = device_compile.BACKEND
+    if env.dry_run:
+        device_compile.BACKEND = "eager"
+    try:
+        yield
+    finally:
+        device_compile.BACKEND = saved
+
+
+def _device_stage(
+    env: Env, plan: Plan, config: Any, options: Any, store: Any, batch: int, compiled: bool
+) -> Any:
     from ingest.pipeline.device_stage import DeviceStage
 
     return DeviceStage(
@@ -651,6 +683,7 @@ def _device_stage(env: Env, plan: Plan, config: Any, options: Any, store: Any, b
         },
         device=env.device,
         encode_batch=batch,
+        compile=compiled,
     )
 
 

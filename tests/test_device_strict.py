@@ -456,4 +456,9 @@ def test_gpu_benchmark_dry_run_runs_every_part_on_the_stand_in(tmp_path) -> None
     assert overlap["decode_streams"] == [overlap["read_stream"]]
     assert list(overlap["host_waits_per_run"]) == ["event@device-write"]
     assert overlap["pinned_buffers_allocated"] == 0, "the warm-up's buffers were reused"
-    assert [(r["encode_batch"], r["error"]) for r in e2e["sweep"]] == [(8, None)]
+    assert [(r["encode_batch"], r["compiled"], r["error"]) for r in e2e["sweep"]] == [
+        (8, "eager", None),
+        (16, "reduce-overhead", None),  # the device's mode (Dynamo alone on the CPU)
+    ]
+    assert e2e["fragment_tiles"] == 16
+    assert [r["compiled"] for r in results["encoder"]["runs"]] == [False, False, True]
