@@ -4,6 +4,8 @@ checked by what they touch (fragments, bytes read, the search plan), never by ti
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import lance
 import numpy as np
 import pytest
@@ -154,3 +156,26 @@ def test_a_filtered_search_filters_the_index_neighbours_first(tmp_path) -> None:
         )
     )
     assert len(got & want) >= 8
+
+
+def test_the_latest_version_is_found_from_the_last_one_seen(tmp_path) -> None:
+    from features.store._tables import TableSet
+
+    fs = FeatureStore.open(str(tmp_path / "store"), create=True)
+    _commit(fs, 0)
+    reader_tables = TableSet(fs.location)
+    seen = int(reader_tables.open_latest(reader_tables.uri("slides.lance")).version)
+    # Another writer (its own TableSet, as another process has) commits twice.
+    _commit(fs, 1)
+    _commit(fs, 2)
+    latest = int(lance.dataset(fs.location.join("slides.lance")).version)
+    assert latest > seen
+    assert int(reader_tables.open_latest(reader_tables.uri("slides.lance")).version) == latest
+    # After a cleanup of every older version, still found from the one seen.
+    fs.cleanup(older_than=timedelta(0))
+    _commit(fs, 3)
+    assert int(reader_tables.slides().version) == int(
+        lance.dataset(fs.location.join("slides.lance")).version
+    )
+    assert reader_tables.exists(reader_tables.uri("slides.lance"))
+    assert not reader_tables.exists(reader_tables.uri("nothing.lance"))
