@@ -18,6 +18,7 @@ from ingest.slides.backends.cucim_reader import CucimReader
 from ingest.tiling import TilingConfig
 from tests.test_device_strict import (
     FRAGMENT,
+    TILE,
     TINY_VIT,
     _commit,
     _config,
@@ -163,6 +164,37 @@ def test_compiled_stage_pads_to_one_shape_and_matches_the_eager_embeddings(
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@needs_cucim
+def test_compiled_padding_stays_on_the_device(slide_40x, tmp_path, monkeypatch) -> None:
+    """On the strict stand-in the padded step is built on the device: no pixel crosses to
+    or from the host, one copy per step, one input shape, CUDA-graph mode on "cuda"."""
+    from ingest.pipeline import device_compile
+
+    monkeypatch.setattr(device_compile, "BACKEND", "eager")  # Dynamo only (see above)
+    config = _config("none")
+    store = _store(tmp_path, config)
+    planned = _plan(slide_40x, "s40", store, config)
+    n_tiles, batch = len(planned["x"]), 16
+    with cucim_standin.installed() as xp:
+        stage = _stage(store, config, "cuda", encode_batch=batch, compile=True)
+        assert stage.compiled == "reduce-overhead"
+        seen: list[tuple[int, ...]] = []
+        forward = stage._encoder._backend.forward_tensor
+
+        def recording(tensor):
+            seen.append(tuple(tensor.shape))
+            return forward(tensor)
+
+        stage._encoder._backend.forward_tensor = recording
+        xp.ledger.clear()
+        rows = list(stage.run(planned))
+        assert xp.ledger.count(what="pixels") == 0, xp.ledger.summary()
+        assert len(xp.ledger.select("d2h")) == -(-n_tiles // batch)
+    assert {r["status"] for r in rows} == {"tiles"}, rows[0].get("error_message")
+    assert sum(r["n_tiles"] for r in rows) == n_tiles
+    assert set(seen) == {(batch, TILE, TILE, 3)} and len(seen) == -(-n_tiles // batch)
 
 
 # ---- CPUs per device actor ----------------------------------------------------------------
