@@ -219,6 +219,8 @@ def test_a_device_actor_asks_for_several_cpus_per_gpu() -> None:
     assert actor_cpus(RunOptions(), cpu_plan, [_node(2, 0)]) == 0.5
     # asked for
     assert actor_cpus(RunOptions(cpus_per_device_actor=6), gpu_plan, [_node(32, 4)]) == 6
+    # more than any node has would never be placed: the largest node's CPUs
+    assert actor_cpus(RunOptions(cpus_per_device_actor=6), cpu_plan, [_node(2, 0)]) == 2
 
 
 def test_the_device_actors_cpus_reach_the_readers_decode_threads(

@@ -39,7 +39,9 @@ def compile_static(encoder: Any, device: str) -> str:
     backend = getattr(encoder, "_backend", None)
     module, prepared = getattr(backend, "_module", None), getattr(backend, "_runtime", None)
     if module is None or prepared is None or not prepared.torch_native:
-        log.info("encoder %s has no PyTorch model to compile: it runs eager", encoder.name)
+        # the built-in weight-free encoder has nothing to compile; a PyTorch one should
+        say = log.warning if hasattr(backend, "forward_tensor") else log.info
+        say("encoder %s: no PyTorch model to compile here; it runs eager", encoder.name)
         return "eager"
     import torch
 

@@ -8,6 +8,7 @@ tasks run ahead of the actors.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -19,6 +20,8 @@ from ingest.pipeline.resources import DevicePlan, plan_device
 from ingest.pipeline.slide_steps import slide_item
 
 __all__ = ["DeviceEngine", "actor_cpus", "stage_kwargs"]
+
+log = logging.getLogger(__name__)
 
 #: the most CPUs a device actor asks for by default (its reader's decode threads)
 DEFAULT_ACTOR_CPUS = 4
@@ -66,19 +69,28 @@ class DeviceEngine(Engine):
 def actor_cpus(options: RunOptions, plan: DevicePlan, nodes: Iterable[Mapping[str, Any]]) -> float:
     """CPUs one device actor asks Ray for; its reader decodes with that many threads.
 
-    ``options.cpus_per_device_actor`` when set; with GPUs, min(4, the fewest CPUs per GPU
+    ``options.cpus_per_device_actor`` when set (at most the largest node's CPUs, or the
+    actor could never start); with GPUs, min(4, the fewest CPUs per GPU
     on a live GPU node of ``nodes`` (``ray.nodes()``)), so every GPU's actor fits its
     node; 1 while no GPU node has joined (GPUs from zero: the nodes are not known yet).
     Without GPUs (the NumPy stand-in) the plan's share of a core."""
+    live = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    if plan.gpus_per_actor:
+        live = [r for r in live if float(r.get("GPU", 0)) > 0]
     if options.cpus_per_device_actor is not None:
-        return float(options.cpus_per_device_actor)
+        asked = float(options.cpus_per_device_actor)
+        largest = max((float(r.get("CPU", 0)) for r in live), default=asked)
+        if asked > largest >= 1:  # Ray would never place the actor: wait forever
+            log.warning(
+                "cpus_per_device_actor=%g: no node has that many CPUs; asking for %g",
+                asked,
+                largest,
+            )
+            return largest
+        return asked
     if not plan.gpus_per_actor:
         return plan.cpus_per_actor
-    per_gpu = [
-        float(node["Resources"].get("CPU", 0)) / float(node["Resources"]["GPU"])
-        for node in nodes
-        if node.get("Alive", True) and float(node.get("Resources", {}).get("GPU", 0)) > 0
-    ]
+    per_gpu = [float(r.get("CPU", 0)) / float(r["GPU"]) for r in live]
     if not per_gpu:
         return plan.cpus_per_actor
     return float(max(1, min(DEFAULT_ACTOR_CPUS, int(min(per_gpu) * plan.gpus_per_actor))))
