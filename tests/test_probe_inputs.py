@@ -211,3 +211,14 @@ def test_probe_patient_max_scores_each_patient_by_its_highest_slide(store, tmp_p
         label="score",
     )
     assert refused.exit_code == 2 and "patient-max needs a two-class label" in refused.output
+
+
+def test_store_slides_without_a_label_row_are_named_when_a_cohort_is_built(store, caplog):
+    from training.cohorts.labels import build_label_cohort
+
+    rows = pd.read_csv(write_labels(Path(store).parent / "some.csv"))
+    with caplog.at_level("WARNING", logger="training.cohorts.labels"):
+        cohort = build_label_cohort(rows.iloc[2:], store, make_splits=False)
+    assert len(cohort.table) == N_SLIDES - 2
+    assert "2 store slides have no row in the labels table and are left out: " in caplog.text
+    assert "synthetic-00, synthetic-01" in caplog.text

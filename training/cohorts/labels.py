@@ -398,6 +398,7 @@ def build_label_cohort(
     store_slides = slides_frame(slides, status=status, storage_options=storage_options)
     joined = join_labels(table, store_slides, label_columns=label_columns, source=source)
     frame = joined.table
+    _warn_unlabelled(store_slides, frame, source)
     frame.insert(2, "cohort", name)
     split_config = splits or SplitConfig()
     strat = _stratify_column(frame, joined.label_columns, stratify)
@@ -450,3 +451,16 @@ def _stratify_column(
         log.warning("patients have slides with different %r values: splits not stratified", first)
         return None
     return first
+
+
+def _warn_unlabelled(store_slides: pd.DataFrame, frame: pd.DataFrame, source: str) -> None:
+    """Store slides left out of a cohort for want of a label row: said by id, not counted."""
+    unlabelled = sorted(set(store_slides["slide_id"].dropna().astype(str)) - set(frame["slide_id"]))
+    if unlabelled:
+        more = f" ... ({len(unlabelled)} in all)" if len(unlabelled) > 10 else ""
+        log.warning(
+            "%d store slides have no row in %s and are left out: %s",
+            len(unlabelled),
+            source,
+            ", ".join(unlabelled[:10]) + more,
+        )
