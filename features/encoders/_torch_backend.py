@@ -12,6 +12,7 @@ AMX). Everything is under ``torch.inference_mode``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -220,6 +221,32 @@ class TorchBackend:
                 "emulated there and usually slower than float32"
             )
         return dtype
+
+    def compile_static(self, mode: str, backend: str = "inductor") -> bool:
+        """Run the model through ``torch.compile(dynamic=False)`` from now on: the caller
+        feeds one input shape (the device engine pads a slide's last step). ``mode``
+        ``reduce-overhead`` uses CUDA graphs, whose output memory the next replay reuses,
+        so each output is cloned. False when this runtime has no PyTorch module to compile
+        (an exported OpenVINO/ONNX graph runs as it is)."""
+        if not self._runtime.torch_native:
+            return False
+        if backend == "inductor":
+            compiled = torch.compile(self._module, dynamic=False, mode=mode)
+        else:  # e.g. "eager": Dynamo's capture alone (tests on a CPU); mode is Inductor's
+            compiled = torch.compile(self._module, dynamic=False, backend=backend)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # a new forward, not a backward
+                return compiled(x).clone()
+            return compiled(x)
+
+        info = {**self._runtime.info, "runtime": "compile", "compile_mode": mode}
+        self._runtime = dataclasses.replace(
+            self._runtime, runtime="compile", run=run, info={**info, "static_shapes": True}
+        )
+        self.compiled = True
+        return True
 
     @property
     def device(self) -> str:

@@ -199,6 +199,20 @@ class Encoder:
     def __repr__(self) -> str:
         return f"Encoder({self.spec.name!r}, dim={self.embed_dim}, device={self.device!r})"
 
+    def compile_static(self, mode: str, backend: str = "inductor") -> str:
+        """Compile the model for one input shape from now on (see the device engine's
+        ``--compile``); the mode it runs in, or ``"eager"`` when there is no PyTorch model
+        to compile (the weight-free encoder, an exported runtime)."""
+        compile_static = getattr(self._backend, "compile_static", None)
+        if compile_static is None:  # the weight-free encoder: nothing to compile
+            logger.info("encoder %s: no PyTorch model to compile here; it runs eager", self.name)
+            return "eager"
+        if not compile_static(mode, backend):  # a PyTorch encoder on an exported runtime
+            logger.warning("encoder %s: its runtime is not PyTorch; it runs eager", self.name)
+            return "eager"
+        logger.info("encoder %s compiled (mode %s, static shapes)", self.name, mode)
+        return mode
+
     def encode(self, tiles: np.ndarray) -> np.ndarray:
         """Embeddings (B, D) float32 for uint8 RGB tiles (B, H, W, 3)."""
         array = _check_tiles(tiles)
