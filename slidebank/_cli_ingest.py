@@ -117,8 +117,8 @@ def ingest(
     commit_every: Annotated[
         int | None,
         typer.Option(
-            help="Slides per atomic store commit [default: at least 8, at most one commit "
-            "per 2 s, so many small slides share one]."
+            help="Slides per atomic store commit (default: at least 8 and at most one "
+            "commit per 2 s, so many small slides share one)."
         ),
     ] = None,
     device: Annotated[
