@@ -1,5 +1,9 @@
-"""``slidebank annotate``: patient ids and clinical columns onto ingested slides,
-without re-encoding."""
+"""``slidebank slides set``: patient ids and clinical columns onto ingested slides,
+without re-encoding.
+
+``slidebank annotate`` is a hidden alias of the same function (the command's first name),
+kept so scripts written against it keep working.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from slidebank._cli_common import (
 __all__ = ["register"]
 
 
-def annotate(
+def set_slides(
     table: Annotated[
         str,
         typer.Argument(
@@ -44,7 +48,7 @@ def annotate(
     store: a new store version, no tile re-encoded; cohort, probe and train see the
     patient ids, and read the other columns as the labels table store:clinical.
 
-    Example: slidebank annotate clinical.csv --store slidebank-demo/store
+    Example: slidebank slides set clinical.csv --store slidebank-demo/store
 
     Example: slidebank probe store:clinical --label grade --store slidebank-demo/store
     """
@@ -77,4 +81,12 @@ def annotate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("annotate")(annotate)
+    slides = typer.Typer(
+        name="slides",
+        no_args_is_help=True,
+        help="Slide metadata in the store: patient ids and clinical columns, no re-encoding.",
+    )
+    slides.command("set")(set_slides)
+    app.add_typer(slides, name="slides")
+    # The command's first name, hidden from --help: one implementation, two names.
+    app.command("annotate", hidden=True)(set_slides)

@@ -44,7 +44,7 @@ def h5(
 
     --mpp and --tile-size are required: the files do not say reliably, and slidebank
     never guesses a scale. A bad file is reported (exit 1) and the others are imported;
-    slide ids come from the file names. Patient ids: `slidebank annotate`.
+    slide ids come from the file names. Patient ids: `slidebank slides set`.
 
     Example: slidebank import h5 trident_out/features_uni_v1/ --store ./store --mpp 0.5 --tile-size 256 --encoder uni-v1
     """

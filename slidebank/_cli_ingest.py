@@ -394,7 +394,7 @@ def _report(result: IngestResult, as_json: bool) -> None:
     if result.metadata_updated:
         console.print(
             f"{len(result.metadata_updated)} slides: metadata updated, not re-encoded "
-            "(patient_id from the manifest)"
+            "(patient_id from the manifest; other columns: slidebank slides set TABLE --store S)"
         )
     if result.compacted:
         console.print(f"store compacted: {result.compacted} small fragments merged")

@@ -1,5 +1,5 @@
 """The facade's metadata edit: patient ids and clinical columns added to ingested
-slides, never re-encoding.
+slides, never re-encoding (``slidebank slides set TABLE --store S`` on the command line).
 
 >>> import slidebank as sb
 >>> report = sb.annotate_slides("clinical.csv", "slidebank-demo/store")

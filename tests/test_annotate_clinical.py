@@ -1,5 +1,5 @@
-"""``slidebank annotate`` keeps clinical columns, not only patient_id, without
-re-encoding; probe, cohort build and train read them back as ``store:clinical``
+"""``slidebank slides set`` (formerly ``slidebank annotate``) keeps clinical columns, not
+only patient_id, without re-encoding; probe, cohort build and train read them back as ``store:clinical``
 (issue 30, "slide metadata you can change without re-encoding")."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _clinical(tmp_path, columns: str = "grade,age") -> str:
 
 def test_annotate_keeps_clinical_columns_and_rewrites_no_tile(store, tmp_path):
     before = _tiles(store)
-    result = runner.invoke(app, ["annotate", _clinical(tmp_path), "--store", store])
+    result = runner.invoke(app, ["slides", "set", _clinical(tmp_path), "--store", store])
     assert result.exit_code == 0, result.output
     assert f"patient_id set on {N_SLIDES} slides" in result.output
     assert "clinical columns stored: grade, age" in result.output
@@ -61,15 +61,15 @@ def test_annotate_keeps_clinical_columns_and_rewrites_no_tile(store, tmp_path):
 
 
 def test_a_second_table_adds_columns_and_keeps_the_first(store, tmp_path):
-    runner.invoke(app, ["annotate", _clinical(tmp_path), "--store", store])
-    result = runner.invoke(app, ["annotate", _clinical(tmp_path, "stage"), "--store", store])
+    runner.invoke(app, ["slides", "set", _clinical(tmp_path), "--store", store])
+    result = runner.invoke(app, ["slides", "set", _clinical(tmp_path, "stage"), "--store", store])
     assert result.exit_code == 0, result.output
     table = clinical_labels(FeatureStore.open(store), "store:clinical")
     assert set(table.columns) == {"slide_id", "grade", "age", "stage"}
 
 
 def test_probe_and_cohort_build_read_store_clinical(store, tmp_path):
-    runner.invoke(app, ["annotate", _clinical(tmp_path), "--store", store])
+    runner.invoke(app, ["slides", "set", _clinical(tmp_path), "--store", store])
     out = tmp_path / "probe"
     probed = runner.invoke(
         app,
@@ -121,7 +121,7 @@ def test_a_store_without_the_table_names_the_command(store, tmp_path):
     result = runner.invoke(
         app, ["probe", "store:clinical", "--label", "grade", "--store", store, "--folds", "3"]
     )
-    assert result.exit_code == 2 and "slidebank annotate" in result.output
+    assert result.exit_code == 2 and "slidebank slides set" in result.output
 
 
 def test_train_config_keeps_store_clinical_as_a_name(tmp_path):
@@ -134,7 +134,28 @@ def test_train_config_keeps_store_clinical_as_a_name(tmp_path):
 def test_annotate_names_the_likely_slide_column(store, tmp_path):
     table = tmp_path / "m.csv"
     table.write_text("FILENAME,patient_id\nsynthetic-00,P000\n")
-    result = runner.invoke(app, ["annotate", str(table), "--store", store])
+    result = runner.invoke(app, ["slides", "set", str(table), "--store", store])
     assert (
         result.exit_code == 2 and "no slide_id column (did you mean 'FILENAME'?)" in result.output
     )
+
+
+def test_slides_set_is_the_command_and_annotate_its_hidden_alias(store, tmp_path):
+    """The issue names ``slidebank slides set mapping.csv --store S``; ``annotate`` (its
+    first name) still works, runs the same function, and is not listed in --help."""
+    helped = runner.invoke(app, ["--help"])
+    assert helped.exit_code == 0
+    assert "slides" in helped.output and "annotate" not in helped.output
+    slides_help = runner.invoke(app, ["slides", "set", "--help"])
+    assert slides_help.exit_code == 0
+    assert "slidebank slides set clinical.csv" in " ".join(slides_help.output.split())
+    before = _tiles(store)
+    alias = runner.invoke(app, ["annotate", _clinical(tmp_path, "grade"), "--store", store])
+    assert alias.exit_code == 0, alias.output
+    assert f"patient_id set on {N_SLIDES} slides" in alias.output
+    again = runner.invoke(app, ["slides", "set", _clinical(tmp_path, "stage"), "--store", store])
+    assert again.exit_code == 0, again.output
+    assert f"{N_SLIDES} already had it" in again.output
+    pd.testing.assert_frame_equal(_tiles(store), before)
+    table = clinical_labels(FeatureStore.open(store), "store:clinical")
+    assert {"grade", "stage"} <= set(table.columns)

@@ -122,7 +122,7 @@ def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_
     refused = runner.invoke(app, build)
     assert refused.exit_code == 2
     assert "none of the store's 6 slides has a patient_id" in refused.output
-    assert "slidebank annotate" in refused.output
+    assert "slidebank slides set" in refused.output
 
     mapping = tmp_path / "clinical.csv"
     mapping.write_text(
@@ -131,7 +131,7 @@ def test_patient_labels_on_a_folder_store_name_the_fix_then_annotate_makes_them_
         + "zz,G,1\n"
     )
     tiles_before = _tiles(store)
-    done = runner.invoke(app, ["annotate", str(mapping), "--store", store.uri])
+    done = runner.invoke(app, ["slides", "set", str(mapping), "--store", store.uri])
 
     assert done.exit_code == 0, done.output
     assert "patient_id set on 6 slides" in done.output and "no tile re-encoded" in done.output
@@ -157,7 +157,7 @@ def test_annotate_refuses_unusable_tables_in_one_line(
     store = _folder_store(tmp_path, n=1)
     mapping = tmp_path / "m.csv"
     mapping.write_text(text)
-    result = runner.invoke(app, ["annotate", str(mapping), "--store", store.uri])
+    result = runner.invoke(app, ["slides", "set", str(mapping), "--store", store.uri])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert _patients(store) == {"s0": None}
@@ -178,5 +178,6 @@ def test_ingest_rerun_with_a_manifest_updates_patient_ids_instead_of_skipping(
 
     assert result.exit_code == 0, result.output
     assert "2 slides: metadata updated, not re-encoded" in result.output
+    assert "other columns: slidebank slides set" in " ".join(result.output.split())
     assert _patients(store) == {"s0": "P1", "s1": "P1", "s2": None}, "a blank cell never clears"
     assert _tiles(store).equals(tiles_before)

@@ -1,11 +1,11 @@
 """Clinical columns kept in the store beside the slides, set without re-encoding.
 
-``slidebank annotate TABLE --store S`` puts ``patient_id`` on the slides rows and every
+``slidebank slides set TABLE --store S`` puts ``patient_id`` on the slides rows and every
 other column of TABLE (grade, stage, MSI, survival...) into the store's derived table
 ``slide_features/clinical``: one row per (slide, column), as text, so a later table may
 add columns or replace values of some slides without a schema change. Each write is a
 new store version (the derived table's write rule: a slide's newest write wins), and a
-second annotate that names other columns keeps the first one's.
+second `slides set` that names other columns keeps the first one's.
 
 Probe, cohort build and train read it as a labels table by naming ``store:clinical``
 instead of a file (:func:`clinical_labels`): slide_id, the store's patient_id, and one
@@ -86,7 +86,7 @@ def clinical_labels(store: FeatureStore, labels: str) -> pd.DataFrame:
         long = store.derived(KIND, name).to_pandas()
     except StoreNotFoundError as exc:
         raise ConfigError(
-            f"{labels}: the store has no table {KIND}/{name}; slidebank annotate TABLE "
+            f"{labels}: the store has no table {KIND}/{name}; slidebank slides set TABLE "
             "--store STORE writes the columns of TABLE into it"
         ) from exc
     if long.empty or "column" not in long.columns:

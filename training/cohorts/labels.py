@@ -45,7 +45,7 @@ KEYS = ("slide_id", "patient_id")
 #: How to add patient ids to a store that has none (a folder ingest), said wherever
 #: their absence stops a patient-level table.
 ANNOTATE_HINT = (
-    "add them without re-encoding: slidebank annotate MAPPING.csv --store STORE "
+    "add them without re-encoding: slidebank slides set MAPPING.csv --store STORE "
     "(a table with slide_id and patient_id columns)"
 )
 
@@ -380,7 +380,7 @@ def build_label_cohort(
     from training.cohorts.splits import assign_folds, assign_train_val_test
 
     source = labels if isinstance(labels, str) else "the labels table"
-    if is_store_labels(labels):  # store:clinical, written by slidebank annotate
+    if is_store_labels(labels):  # store:clinical, written by slidebank slides set
         from features.store import FeatureStore
 
         store = slides if isinstance(slides, FeatureStore) else None

@@ -132,7 +132,7 @@ def run_from_config(
     out = Path(config.out) / run_id
     job = replace(job, name=run_id, fold_dir=_fold_dir(job, out))
     options = dict(config.storage_options)
-    if is_store_labels(config.cohort):  # store:clinical, written by slidebank annotate
+    if is_store_labels(config.cohort):  # store:clinical, written by slidebank slides set
         table = clinical_labels(FeatureStore.open(config.store, options), config.cohort)
     else:
         table = _read_cohort(config.cohort, options)

@@ -132,7 +132,7 @@ def load_labels(
     labels: Any, storage_options: Mapping[str, Any] | None, store: FeatureStore | None = None
 ) -> tuple[pd.DataFrame, str]:
     """(the labels table, how to name it in messages) from a path, a DataFrame, or
-    ``store:NAME`` (the clinical columns ``slidebank annotate`` kept in ``store``)."""
+    ``store:NAME`` (the clinical columns ``slidebank slides set`` kept in ``store``)."""
     from training.cohorts.clinical import clinical_labels, is_store_labels
     from training.cohorts.labels import read_labels
 
