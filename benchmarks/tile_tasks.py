@@ -8,8 +8,10 @@
 3. Ambiguous cohort (separation 1.35: a single tile at coverage 0 vs 1 is ~75%
    separable; tumour is contiguous with a wavy border): single-tile linear head vs the
    context head (own embedding + mean of neighbours within ``hops`` tiles) vs the
-   context head with tile coordinates shuffled within each slide (the control), over
-   ≥ 3 seeds; Dice mean and 95% t-interval over seeds, and the paired gain.
+   context head with tile coordinates shuffled within each slide (the control), and the
+   spatial models' tile heads (``tile_gnn``, ``region_transformer`` trained on tile
+   labels, ``training.tiles.spatial``) with and without shuffling, over ≥ 3 seeds;
+   Dice mean and 95% t-interval over seeds, and the paired gains over the single tile.
 
 4. The same through pixels (``synthetic.tile_slides``): pyramidal TIFFs whose tumour
    and other tissue differ only in nuclear crowding, moved per tile by a random offset
@@ -27,6 +29,7 @@ Usage: python -m benchmarks.tile_tasks [--quick] [--out benchmarks/results/tile_
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -134,9 +137,14 @@ def ambiguous(root: Path, size: dict[str, Any]) -> dict[str, Any]:
         "single": {},
         "context": {"context_hops": size["hops"]},
         "context_shuffled": {"context_hops": size["hops"], "shuffle_coords": True},
+        "tile_gnn": {"head": "tile_gnn"},
+        "tile_gnn_shuffled": {"head": "tile_gnn", "shuffle_coords": True},
+        "region_transformer": {"head": "region_transformer"},
+        "region_transformer_shuffled": {"head": "region_transformer", "shuffle_coords": True},
     }
     dice: dict[str, list[float]] = {a: [] for a in arms}
     auroc: dict[str, list[float]] = {a: [] for a in arms}
+    seconds: dict[str, float] = dict.fromkeys(arms, 0.0)
     for seed in range(size["seeds"]):
         cohort = make_tile_cohort(
             str(root / f"amb{seed}"),
@@ -147,20 +155,32 @@ def ambiguous(root: Path, size: dict[str, Any]) -> dict[str, Any]:
             seed=seed,
         )
         for arm, kw in arms.items():
+            t0 = time.perf_counter()
             r = _run(cohort.store, size["folds"], seed, **kw)
+            seconds[arm] += time.perf_counter() - t0
             dice[arm].append(r.dice)
             auroc[arm].append(r.metrics["auroc"]["value"])
-    gain = [c - s for c, s in zip(dice["context"], dice["single"], strict=True)]
-    shuffled_gain = [c - s for c, s in zip(dice["context_shuffled"], dice["single"], strict=True)]
+
+    def gain_over_single(arm: str) -> dict[str, float]:
+        return _t_interval([c - s for c, s in zip(dice[arm], dice["single"], strict=True)])
+
     return {
         "separation": 1.35,
+        "seconds": seconds,
+        "spatial_heads": {
+            head: {
+                "gain": gain_over_single(head),
+                "shuffled_gain": gain_over_single(f"{head}_shuffled"),
+            }
+            for head in ("tile_gnn", "region_transformer")
+        },
         "hops": size["hops"],
         "dice": dice,
         "auroc": auroc,
         "dice_summary": {a: _t_interval(v) for a, v in dice.items()},
         "auroc_summary": {a: _t_interval(v) for a, v in auroc.items()},
-        "context_gain": _t_interval(gain),
-        "shuffled_gain": _t_interval(shuffled_gain),
+        "context_gain": gain_over_single("context"),
+        "shuffled_gain": gain_over_single("context_shuffled"),
     }
 
 
@@ -236,6 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     started = time.perf_counter()
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         cover = coverage_cost(size["grid"])
         heads = clean(Path(tmp), size)
@@ -279,6 +300,7 @@ def main() -> None:
             "quick": args.quick,
             "size": size,
             "note": "2-core machine shared with other jobs while measured",
+            "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
             "coverage": cover,
             "clean": heads,
             "ambiguous": context,

@@ -228,7 +228,13 @@ def classify(
         str | None, typer.Option(help="Only tiles of this class (coverage >= --region-coverage).")
     ] = None,
     region_coverage: Annotated[float, typer.Option(help="Threshold for --region.")] = 0.5,
-    head: Annotated[str, typer.Option(help="linear or mlp.")] = "linear",
+    head: Annotated[
+        str,
+        typer.Option(
+            help="linear or mlp (with --context-hops), or a spatial model trained on tile "
+            "labels: tile_gnn, region_transformer."
+        ),
+    ] = "linear",
     context_hops: Annotated[
         int,
         typer.Option(help="Add the mean embedding of neighbours within this many tiles (0: none)."),

@@ -16,7 +16,9 @@ from infra.errors import ConfigError
 
 __all__ = ["HEADS", "context_features", "fit_head", "predict_proba"]
 
-HEADS = ("linear", "mlp")
+#: scikit-learn heads over (context) features; the spatial models train in
+#: training.tiles.spatial (``tile_gnn``, ``region_transformer``)
+HEADS = ("linear", "mlp", "tile_gnn", "region_transformer")
 
 
 def fit_head(kind: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, c: float = 1.0) -> Any:
@@ -25,8 +27,8 @@ def fit_head(kind: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, c: float
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if kind not in HEADS:
-        raise ConfigError(f"tile head must be one of {', '.join(HEADS)}, not {kind!r}")
+    if kind not in ("linear", "mlp"):
+        raise ConfigError(f"fit_head fits linear or mlp heads, not {kind!r}")
     if len(np.unique(y)) < 2:
         raise ConfigError("a training fold has tiles of one class only; more slides or fewer folds")
     if kind == "linear":

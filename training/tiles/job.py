@@ -3,7 +3,7 @@
 The driver loads the labelled tiles once (:func:`training.tiles.data.load_tiles`) and
 puts them in Ray's object store. One ``TorchTrainer`` (as for the MIL jobs) starts
 ``workers`` Ray Train workers; worker ``r`` fits the patient-level folds ``k`` with ``k % workers == r``
-(the heads are scikit-learn, one fold per CPU, no gradient sync to do) and saves each
+(one fold per worker at a time: scikit-learn heads, or a small spatial model per fold) and saves each
 fold's out-of-fold probabilities as ``<run>/folds/fold-<k>.npz``. The driver reads
 the folds back, so a fold finished before Ray failed is never lost, and computes the
 metrics, maps and outputs exactly as ``slidebank annotations classify`` does
@@ -17,7 +17,7 @@ cluster, a shared file system (as for the MIL jobs' fold folder).
     min_coverage: 0.5        # tile label: coverage of the class >= this
     encoder: handcrafted-he-v1
     region: {class: tissue, min_coverage: 0.5}   # optional: restrict the tiles first
-    head: linear             # or mlp
+    head: linear             # mlp, or the spatial models tile_gnn, region_transformer
     context_hops: 1          # the mean of neighbours within 1 tile (0: the tile alone)
     folds: 5
     seed: 0
@@ -180,25 +180,25 @@ def _worker(loop: dict[str, Any]) -> None:
     import ray.train
 
     from infra.files import atomic_write
-    from training.tiles.heads import fit_head, predict_proba
+    from training.tiles.run import fold_probs
 
     ctx = ray.train.get_context()
     rank, size = ctx.get_world_rank(), ctx.get_world_size()
-    x, y = ray.get(loop["x"]), ray.get(loop["y"])
+    x, coords, slide_id, y = (ray.get(loop[k]) for k in ("x", "coords", "slide_id", "y"))
     folds = ray.get(loop["folds"])
     done = []
     for k, (train, test) in enumerate(folds):
         if k % size != rank:
             continue
-        model = fit_head(loop["head"], x[train], y[train], seed=loop["seed"], c=loop["c"])
+        probs = fold_probs(loop["config"], x, coords, slide_id, y, train, test)
         with atomic_write(Path(_fold_file(loop["fold_dir"], k)), "wb") as handle:
-            np.savez(handle, test=test, probs=predict_proba(model, x[test]))
+            np.savez(handle, test=test, probs=probs)
         done.append(k)
     ray.train.report({"rank": rank, "folds": done})
 
 
 def _fit_on_ray(
-    x: np.ndarray, y: np.ndarray, folds: list[Any], config: Any, job: TileTrainConfig, fold_dir: str
+    data: Any, folds: list[Any], config: Any, job: TileTrainConfig, fold_dir: str
 ) -> None:
     import ray
     import ray.exceptions
@@ -209,13 +209,15 @@ def _fit_on_ray(
     from infra.ray_runtime import connect
 
     connect(resolve_address(job.address))
+    from training.tiles.run import _coords, _features
+
     loop = {
-        "x": ray.put(x),
-        "y": ray.put(y),
+        "x": ray.put(_features(data, config)),
+        "coords": ray.put(_coords(data, config)),
+        "slide_id": ray.put(data.slide_id),
+        "y": ray.put(data.labels),
         "folds": ray.put(folds),
-        "head": config.head,
-        "seed": config.seed,
-        "c": config.c,
+        "config": config,
         "fold_dir": fold_dir,
     }
     trainer = TorchTrainer(
@@ -243,7 +245,7 @@ def run_tile_train(
     from infra.files import atomic_write_json
     from training.mil.runner import new_run_id
     from training.tiles.data import load_tiles
-    from training.tiles.run import _features, _folds, finish_tile_classifier
+    from training.tiles.run import _folds, finish_tile_classifier
 
     config = job.classifier()
     store = FeatureStore.open(job.store)
@@ -256,14 +258,13 @@ def run_tile_train(
     out = Path(job.out) / run_id
     fold_dir = out / "folds"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    x = _features(data, config)
     folds = _folds(data, config)
     if progress:
         progress(
             f"tile task {run_id}: {len(data)} tiles, {len(data.slides())} slides, "
             f"{len(folds)} folds on {job.workers} Ray Train worker(s)"
         )
-    _fit_on_ray(x, data.labels, folds, config, job, str(fold_dir))
+    _fit_on_ray(data, folds, config, job, str(fold_dir))
     probs = np.full(len(data), np.nan)
     for k in range(len(folds)):
         path = Path(_fold_file(str(fold_dir), k))

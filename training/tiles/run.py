@@ -26,6 +26,7 @@ from features.store.runs import hash_config
 from infra.errors import ConfigError
 from training.tiles.data import TileData, TileTask, load_tiles
 from training.tiles.heads import HEADS, context_features, fit_head, predict_proba
+from training.tiles.spatial import SPATIAL_HEADS
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -35,6 +36,7 @@ __all__ = [
     "TileResult",
     "cross_validated_probs",
     "finish_tile_classifier",
+    "fold_probs",
     "run_tile_classifier",
     "slide_metrics",
     "write_predictions",
@@ -46,8 +48,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TileClassifierConfig:
     """``context_hops`` > 0 adds the mean embedding of neighbours within that many grid
-    steps; ``shuffle_coords`` permutes tile positions within each slide first (the
-    control that must erase any gain from context)."""
+    steps (``linear``, ``mlp``); the ``tile_gnn`` and ``region_transformer`` heads see
+    the neighbourhood through their own layers (:mod:`training.tiles.spatial`).
+    ``shuffle_coords`` permutes tile positions within each slide first (the control
+    that must erase any gain from context)."""
 
     task: TileTask
     head: str = "linear"
@@ -107,7 +111,8 @@ class TileResult:
         }
 
 
-def _features(data: TileData, config: TileClassifierConfig) -> np.ndarray:
+def _coords(data: TileData, config: TileClassifierConfig) -> np.ndarray:
+    """Tile positions; permuted within each slide with ``shuffle_coords`` (the control)."""
     coords = data.coords
     if config.shuffle_coords:
         rng = np.random.default_rng(config.seed)
@@ -115,7 +120,35 @@ def _features(data: TileData, config: TileClassifierConfig) -> np.ndarray:
         for sid in data.slides():
             idx = np.flatnonzero(data.slide_id == sid)
             coords[idx] = coords[rng.permutation(idx)]
-    return context_features(coords, data.embeddings, data.slide_id, config.context_hops)
+    return coords
+
+
+def _features(data: TileData, config: TileClassifierConfig) -> np.ndarray:
+    if config.head in SPATIAL_HEADS:  # the model sees the neighbourhood itself
+        return data.embeddings
+    return context_features(
+        _coords(data, config), data.embeddings, data.slide_id, config.context_hops
+    )
+
+
+def fold_probs(
+    config: TileClassifierConfig,
+    x: np.ndarray,
+    coords: np.ndarray,
+    slide_id: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+) -> np.ndarray:
+    """P(positive) of the ``test`` tiles from a head fitted on the ``train`` tiles."""
+    if config.head in SPATIAL_HEADS:
+        from training.tiles.spatial import fit_predict_spatial
+
+        return fit_predict_spatial(
+            config.head, x, coords, slide_id, y, train, test, seed=config.seed
+        )
+    model = fit_head(config.head, x[train], y[train], seed=config.seed, c=config.c)
+    return predict_proba(model, x[test])
 
 
 def _folds(data: TileData, config: TileClassifierConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -131,11 +164,10 @@ def _folds(data: TileData, config: TileClassifierConfig) -> list[tuple[np.ndarra
 
 def cross_validated_probs(data: TileData, config: TileClassifierConfig) -> np.ndarray:
     """Out-of-fold P(positive) per tile, folds by patient."""
-    x = _features(data, config)
+    x, coords = _features(data, config), _coords(data, config)
     probs = np.full(len(data), np.nan)
     for train, test in _folds(data, config):
-        model = fit_head(config.head, x[train], data.labels[train], seed=config.seed, c=config.c)
-        probs[test] = predict_proba(model, x[test])
+        probs[test] = fold_probs(config, x, coords, data.slide_id, data.labels, train, test)
     return probs
 
 
