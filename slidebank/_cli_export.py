@@ -1,4 +1,5 @@
-"""``slidebank export``: the store's committed rows as AnnData, CLAM/TRIDENT h5 or Parquet.
+"""``slidebank export``: the store's committed rows as AnnData, SpatialData, CLAM/TRIDENT h5
+or Parquet.
 
 Existing files are refused (exit 2, naming the file) unless ``--overwrite``.
 """
@@ -62,6 +63,33 @@ def anndata(
     typer.echo(f"wrote {path}")
 
 
+def spatialdata(
+    out: Annotated[Path, typer.Argument(help="The SpatialData .zarr folder to write.")],
+    store: StoreOpt,
+    encoder: EncoderOpt = None,
+    slide: SlidesOpt = None,
+    storage_option: OptionsOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Tiles as SpatialData (scverse): per slide the thumbnail and the tile circles in
+    level-0 pixels, and the table 'tiles' (embeddings, obs as in 'export anndata'), for
+    spatialdata-plot, squidpy and napari-spatialdata. Needs: pip install spatialdata.
+
+    Example: slidebank export spatialdata tiles.zarr --store ./store
+    """
+    from features.store.export import to_spatialdata
+
+    with fail_on_slidebank_error(out):
+        path = to_spatialdata(
+            _store(store, storage_option),
+            out,
+            encoder=encoder,
+            slide_ids=slide,
+            overwrite=overwrite,
+        )
+    typer.echo(f"wrote {path}")
+
+
 def h5(
     out: Annotated[Path, typer.Argument(help="Folder for one <slide_id>.h5 per slide.")],
     store: StoreOpt,
@@ -112,9 +140,10 @@ def register(app: typer.Typer) -> None:
     export = typer.Typer(
         name="export",
         no_args_is_help=True,
-        help="Export committed rows: AnnData, CLAM/TRIDENT h5, Parquet.",
+        help="Export committed rows: AnnData, SpatialData, CLAM/TRIDENT h5, Parquet.",
     )
     export.command("anndata")(anndata)
+    export.command("spatialdata")(spatialdata)
     export.command("h5")(h5)
     export.command("parquet")(parquet)
     app.add_typer(export, name="export")

@@ -7,6 +7,11 @@
   draw over (``images["hires"]``, ``scalefactors["tissue_hires_scalef"]``: thumbnail px per
   level-0 px, ``scalefactors["spot_diameter_fullres"]``: tile side in level-0 px), so
   ``sq.pl.spatial_scatter(adata, library_key="slide_id", color=...)`` shows the tissue.
+* :func:`to_spatialdata`: the same tiles as a SpatialData ``.zarr`` (scverse): per slide
+  an image ``<slide_id>_thumbnail`` (scaled onto level-0 pixels), circles
+  ``<slide_id>_tiles`` at the tile centres (radius half a tile side) in the coordinate
+  system ``<slide_id>``, and the table ``tiles`` (the AnnData above, annotating the
+  circles), so spatialdata-plot and squidpy draw the tiles over the tissue.
 * :func:`to_h5_per_slide`: one ``<slide_id>.h5`` per slide in the CLAM / TRIDENT layout:
   ``features`` (N, D) float32 and ``coords`` (N, 2) int64 level-0 (x, y), with
   ``patch_size``/``patch_mpp``/``encoder`` attributes, so their MIL code reads it.
@@ -28,6 +33,8 @@ a full disk are refused before any row is read (:class:`~infra.errors.OutputExis
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +48,7 @@ from infra.fs_errors import check_writable_folder, translate_write_errors
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
-__all__ = ["to_anndata", "to_h5_per_slide", "to_parquet"]
+__all__ = ["to_anndata", "to_h5_per_slide", "to_parquet", "to_spatialdata"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,6 @@ def to_anndata(
 ) -> Path:
     """Write an ``.h5ad`` of tile (or slide, ``level="slide"``) embeddings."""
     import anndata
-    import pandas as pd
 
     from infra.errors import ConfigError
 
@@ -81,31 +87,136 @@ def to_anndata(
         )
         adata.obsm["max"] = to_numpy(table, "max")
     elif level == "tile":
-        table = store.tiles(encoder=encoder, slide_ids=slide_ids, columns=[*_OBS, "embedding"])
-        obs = table.select(_OBS).to_pandas()
-        patients = _patients(store, encoder)
-        obs["patient_id"] = obs["slide_id"].map(patients).astype("string")
-        obs.index = [
-            f"{s}:{x}:{y}" for s, x, y in zip(obs["slide_id"], obs["x"], obs["y"], strict=True)
-        ]
-        for column in ("slide_id", "patient_id"):
-            obs[column] = pd.Categorical(obs[column].astype(str))
-        x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
-        adata = anndata.AnnData(X=x, obs=obs)
-        spatial, side = _spatial(store, obs)
-        adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(dtype=np.float64) + side[:, None] / 2
-        adata.uns["spatial"] = spatial
+        adata, _ = _tile_anndata(store, encoder, slide_ids)
     else:
         raise ConfigError(f"level must be 'tile' or 'slide', not {level!r}")
-    adata.uns["slidebank"] = {
+    adata.uns["slidebank"] = _provenance(store, encoder, level)
+    with translate_write_errors(path), atomic_path(path, overwrite=overwrite) as tmp:
+        adata.write_h5ad(tmp)
+    return path
+
+
+def _provenance(store: FeatureStore, encoder: str | None, level: str) -> dict[str, Any]:
+    return {
         "store": store.uri,
         "store_version": int(store.version),
         "encoder": store._encoder(encoder),
         "level": level,
     }
-    with translate_write_errors(path), atomic_path(path, overwrite=overwrite) as tmp:
-        adata.write_h5ad(tmp)
-    return path
+
+
+def _tile_anndata(
+    store: FeatureStore, encoder: str | None, slide_ids: Sequence[str] | None
+) -> tuple[Any, np.ndarray]:
+    """(tiles as AnnData with ``obsm["spatial"]`` and ``uns["spatial"]``, each tile's side
+    in level-0 px)."""
+    import anndata
+    import pandas as pd
+
+    table = store.tiles(encoder=encoder, slide_ids=slide_ids, columns=[*_OBS, "embedding"])
+    obs = table.select(_OBS).to_pandas()
+    patients = _patients(store, encoder)
+    obs["patient_id"] = obs["slide_id"].map(patients).astype("string")
+    obs.index = [
+        f"{s}:{x}:{y}" for s, x, y in zip(obs["slide_id"], obs["x"], obs["y"], strict=True)
+    ]
+    for column in ("slide_id", "patient_id"):
+        obs[column] = pd.Categorical(obs[column].astype(str))
+    x = embeddings_to_numpy(table.column("embedding")).astype(np.float32)
+    adata = anndata.AnnData(X=x, obs=obs)
+    spatial, side = _spatial(store, obs)
+    adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(dtype=np.float64) + side[:, None] / 2
+    adata.uns["spatial"] = spatial
+    return adata, side
+
+
+def to_spatialdata(
+    store: FeatureStore,
+    path: str | Path,
+    *,
+    encoder: str | None = None,
+    slide_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a SpatialData ``.zarr`` folder of the tiles: per slide the thumbnail image,
+    the tile circles (level-0 px) and one table ``tiles`` annotating them (embeddings as
+    ``X``, ``obs`` as in :func:`to_anndata`). Needs the ``spatialdata`` package.
+
+    The folder is written beside ``path`` and renamed into place; an existing ``path`` is
+    refused unless ``overwrite``.
+    """
+    import shutil
+
+    from infra.errors import ConfigError, OutputExistsError
+    from infra.files import temp_path
+
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(str(target))
+    check_writable_folder(target.parent)
+    try:
+        import spatialdata  # noqa: F401  (the check; _spatial_elements uses it)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{path}: SpatialData export needs the spatialdata package (pip install spatialdata)"
+        ) from exc
+    adata, side = _tile_anndata(store, encoder, slide_ids)
+    adata.uns["slidebank"] = _provenance(store, encoder, "tile")
+    sdata = _spatial_elements(adata, side)
+    tmp = temp_path(target)
+    try:
+        with translate_write_errors(target), warnings.catch_warnings():
+            # spatialdata's notice about its own future default, not about this data
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+            sdata.write(tmp)
+            if target.exists():  # overwrite: the old folder goes only once the new is whole
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _spatial_elements(adata: Any, side: np.ndarray) -> Any:
+    """SpatialData of one image and one set of tile circles per slide, coordinate system
+    per slide in level-0 px, and the table annotating the circles."""
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import Point
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    images, shapes = {}, {}
+    slide = adata.obs["slide_id"].astype(str).to_numpy()
+    region = np.empty(len(slide), dtype=object)
+    instance = np.zeros(len(slide), dtype=np.int64)
+    for sid in sorted(set(slide)):
+        mine = np.flatnonzero(slide == sid)
+        region[mine], instance[mine] = f"{sid}_tiles", np.arange(len(mine))
+        centres = adata.obsm["spatial"][mine]
+        circles = gpd.GeoDataFrame(
+            {"radius": side[mine] / 2},
+            geometry=[Point(x, y) for x, y in centres],
+            index=pd.RangeIndex(len(mine)),
+        )
+        shapes[f"{sid}_tiles"] = ShapesModel.parse(circles, transformations={sid: Identity()})
+        entry = adata.uns["spatial"].get(sid)
+        if entry is not None:  # a slide without a thumbnail gets its circles only
+            scale = 1.0 / entry["scalefactors"]["tissue_hires_scalef"]
+            images[f"{sid}_thumbnail"] = Image2DModel.parse(
+                np.moveaxis(entry["images"]["hires"], -1, 0),
+                dims=("c", "y", "x"),
+                c_coords=["r", "g", "b"],
+                transformations={sid: Scale([scale, scale], axes=("y", "x"))},
+            )
+    table = adata.copy()
+    table.obs["region"] = pd.Categorical(region)
+    table.obs["instance_id"] = instance
+    table = TableModel.parse(
+        table, region=sorted(shapes), region_key="region", instance_key="instance_id"
+    )
+    return SpatialData(images=images, shapes=shapes, tables={"tiles": table})
 
 
 def _spatial(store: FeatureStore, obs: Any) -> tuple[dict[str, Any], np.ndarray]:
