@@ -23,7 +23,8 @@ slides) a commit cost 5× and a bag read 4.9× what they cost at 10⁵ tiles. So
 does not fold its slides' fragments into the B-trees at once: they wait, unindexed
 (a lookup scans their ``write_id`` column, at most :data:`TILES_PENDING_ROWS` rows in
 :data:`TILES_MAX_PENDING` fragments), until there are enough of them, then
-:func:`tiles_upkeep` merges them into one fragment and folds that one in. (Lance merges
+:func:`tiles_upkeep` merges the small ones (below :data:`TILES_SMALL_ROWS`) into one
+fragment and folds what waited in. (Lance merges
 only fragments that the same index segments cover, so merging before indexing is what
 makes the merge possible.) Each row is rewritten once; pages are copied, not re-encoded,
 where Lance can (``try_binary_copy``); a merged fragment is never rewritten again by the
@@ -56,6 +57,7 @@ __all__ = [
     "TIER_RATIO",
     "TILES_MAX_PENDING",
     "TILES_PENDING_ROWS",
+    "TILES_SMALL_ROWS",
     "TILES_TARGET_ROWS",
     "UPKEEP_ENV",
     "compact_small_fragments",
@@ -92,6 +94,10 @@ MAX_SMALL_FRAGMENTS = 16
 TILES_MAX_PENDING = 32
 TILES_PENDING_ROWS = 1 << 16
 TILES_TARGET_ROWS = 1 << 20
+#: Only fragments below this many rows are merged: a larger slide's fragment is worth
+#: its manifest entry (~15-20 µs per commit and read), and copying it would cost a
+#: commit more (a 20k-tile ViT-L slide is 41 MB) than the entry ever does.
+TILES_SMALL_ROWS = 1 << 14
 #: Environment variable that, set to ``0``, turns the per-commit upkeep off.
 UPKEEP_ENV = "SLIDEBANK_STORE_UPKEEP"
 
@@ -240,7 +246,8 @@ def tiles_upkeep(dataset: lance.LanceDataset) -> int:
         return 0
     merged = 0
     covered = _vector_indexed_fragments(dataset)
-    chosen = {f.fragment_id for f in pending} - covered
+    chosen = {f.fragment_id for f in pending if f.metadata.physical_rows < TILES_SMALL_ROWS}
+    chosen -= covered
     if len(chosen) > 1:
         others = [f.fragment_id for f in dataset.get_fragments() if f.fragment_id not in chosen]
         try:

@@ -17,7 +17,7 @@ from features.store.reader import TileFilter
 from features.store.upkeep import pending_fragments, tiles_upkeep
 from tests._support.store import CONFIG, ENCODER, slide_info, tile_payload
 
-SIZES = {"max_pending": 3, "pending_rows": 1000, "target_rows": 512}
+SIZES = {"max_pending": 3, "pending_rows": 1000, "target_rows": 512, "small_rows": 64}
 
 
 @pytest.fixture
@@ -88,7 +88,10 @@ def test_a_delete_touches_only_the_fragment_holding_the_slide(tmp_path, small_ti
     assert {f.fragment_id for f in after} == set(before)
 
 
-def test_merges_leave_fragments_under_a_vector_index_alone(tmp_path, small_tiers) -> None:
+def test_merges_leave_fragments_under_a_vector_index_alone(
+    tmp_path, small_tiers, monkeypatch
+) -> None:
+    monkeypatch.setattr(upkeep, "TILES_SMALL_ROWS", 1000)  # the 150-row slides are small
     fs = FeatureStore.open(str(tmp_path / "store"), create=True)
     for i in range(3):
         _commit(fs, i, n=150)  # waiting, unindexed: 3 fragments, 450 rows
@@ -103,6 +106,15 @@ def test_merges_leave_fragments_under_a_vector_index_alone(tmp_path, small_tiers
     assert covered <= {f.fragment_id for f in dataset.get_fragments()}
     assert pending_fragments(dataset) == []
     assert tiles_upkeep(dataset) == 0
+
+
+def test_a_large_slide_keeps_its_fragment_and_is_indexed(tmp_path, small_tiers) -> None:
+    fs = FeatureStore.open(str(tmp_path / "store"), create=True)
+    _commit(fs, 0, n=1200)  # over pending_rows: due at once, above small_rows: not copied
+    dataset = lance.dataset(fs.tiles_uri(ENCODER))
+    assert [f.metadata.physical_rows for f in dataset.get_fragments()] == [1200]
+    assert pending_fragments(dataset) == []
+    assert len(fs.latest().bag("s000", encoder=ENCODER)) == 1200
 
 
 def test_a_commit_between_merges_writes_one_tiles_version(tmp_path, small_tiers) -> None:
