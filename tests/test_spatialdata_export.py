@@ -150,6 +150,10 @@ def test_spatialdata_export_draws_tiles_over_the_thumbnail(ingested, tmp_path):
 
     out = tmp_path / "tiles.zarr"
     _export("spatialdata", out, ingested)
+    again = runner.invoke(
+        app, ["export", "spatialdata", str(out), "--store", ingested, "--overwrite"]
+    )
+    assert again.exit_code == 0, again.output
     sdata = sd.read_zarr(out)
     assert set(sdata.images) == {"slide-0_thumbnail", "slide-1_thumbnail"}
     assert set(sdata.shapes) == {"slide-0_tiles", "slide-1_tiles"}

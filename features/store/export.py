@@ -161,6 +161,8 @@ def to_spatialdata(
             f"{path}: SpatialData export needs the spatialdata package (pip install spatialdata)"
         ) from exc
     adata, side = _tile_anndata(store, encoder, slide_ids)
+    if adata.n_obs == 0:
+        raise ConfigError(f"{path}: the store has no committed tiles to export")
     adata.uns["slidebank"] = _provenance(store, encoder, "tile")
     sdata = _spatial_elements(adata, side)
     tmp = temp_path(target)
@@ -169,8 +171,10 @@ def to_spatialdata(
             # spatialdata's notice about its own future default, not about this data
             warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
             sdata.write(tmp)
-            if target.exists():  # overwrite: the old folder goes only once the new is whole
+            if target.is_dir():  # overwrite: the old output goes only once the new is whole
                 shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,7 +186,6 @@ def _spatial_elements(adata: Any, side: np.ndarray) -> Any:
     per slide in level-0 px, and the table annotating the circles."""
     import geopandas as gpd
     import pandas as pd
-    from shapely.geometry import Point
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
     from spatialdata.transformations import Identity, Scale
@@ -197,7 +200,7 @@ def _spatial_elements(adata: Any, side: np.ndarray) -> Any:
         centres = adata.obsm["spatial"][mine]
         circles = gpd.GeoDataFrame(
             {"radius": side[mine] / 2},
-            geometry=[Point(x, y) for x, y in centres],
+            geometry=gpd.points_from_xy(centres[:, 0], centres[:, 1]),
             index=pd.RangeIndex(len(mine)),
         )
         shapes[f"{sid}_tiles"] = ShapesModel.parse(circles, transformations={sid: Identity()})
