@@ -207,6 +207,10 @@ def pixels(root: Path, size: dict[str, Any]) -> dict[str, Any]:
         "single": {},
         "context": {"context_hops": hops},
         "context_shuffled": {"context_hops": hops, "shuffle_coords": True},
+        "tile_gnn": {"head": "tile_gnn"},
+        "tile_gnn_shuffled": {"head": "tile_gnn", "shuffle_coords": True},
+        "region_transformer": {"head": "region_transformer"},
+        "region_transformer_shuffled": {"head": "region_transformer", "shuffle_coords": True},
     }
     spec = AmbiguousSlideSpec(side_tiles=size["pixel_side"])
     dice: dict[str, list[float]] = {a: [] for a in arms}
@@ -224,9 +228,18 @@ def pixels(root: Path, size: dict[str, Any]) -> dict[str, Any]:
                 separability.append(_separability(r.data, r.probs))
                 n_tiles = len(r.data)
         cohorts.append({"seed": seed, "tiles": n_tiles, **cohort.seconds})
-    gain = [c - s for c, s in zip(dice["context"], dice["single"], strict=True)]
-    shuffled_gain = [c - s for c, s in zip(dice["context_shuffled"], dice["single"], strict=True)]
+
+    def gain_over_single(arm: str) -> dict[str, float]:
+        return _t_interval([c - s for c, s in zip(dice[arm], dice["single"], strict=True)])
+
     return {
+        "spatial_heads": {
+            head: {
+                "gain": gain_over_single(head),
+                "shuffled_gain": gain_over_single(f"{head}_shuffled"),
+            }
+            for head in ("tile_gnn", "region_transformer")
+        },
         "spec": {
             "side_tiles": spec.side_tiles,
             "tumour_crowd": spec.tumour_crowd,
@@ -244,8 +257,8 @@ def pixels(root: Path, size: dict[str, Any]) -> dict[str, Any]:
         "auroc": auroc,
         "dice_summary": {a: _t_interval(v) for a, v in dice.items()},
         "auroc_summary": {a: _t_interval(v) for a, v in auroc.items()},
-        "context_gain": _t_interval(gain),
-        "shuffled_gain": _t_interval(shuffled_gain),
+        "context_gain": gain_over_single("context"),
+        "shuffled_gain": gain_over_single("context_shuffled"),
     }
 
 
