@@ -68,3 +68,21 @@ def test_s3_prefix(s3_bucket: str, s3_options: dict) -> None:
     fs.pipe(f"{s3_bucket}/cohort/two.svs", b"x")
     got = load_sources(f"{s3_bucket}/cohort/*.svs", s3_options)
     assert [s.uri for s in got] == [f"{s3_bucket}/cohort/one.svs", f"{s3_bucket}/cohort/two.svs"]
+
+
+def test_manifest_columns_ingest_does_not_store_are_named_with_where_they_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 30: a manifest's clinical columns were dropped without a word."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,patient_id,grade,Stage\na.svs,P1,3,II\n")
+    with caplog.at_level("WARNING", logger="ingest.pipeline.sources"):
+        sources = load_sources(str(manifest))
+    assert sources[0].patient_id == "P1"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "'grade', 'Stage'" in message and f"slides set {manifest}" in message
+    caplog.clear()
+    (tmp_path / "plain.csv").write_text("uri,slide_id,mpp\na.svs,a,0.5\n")
+    with caplog.at_level("WARNING", logger="ingest.pipeline.sources"):
+        load_sources(str(tmp_path / "plain.csv"))
+    assert not caplog.records

@@ -14,6 +14,7 @@ a folder on a case-insensitive filesystem), or its ``mpp`` is not a number betwe
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 from collections.abc import Mapping
@@ -45,7 +46,11 @@ __all__ = [
 MPP_RANGE = (0.05, 50.0)
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
+log = logging.getLogger(__name__)
+
 _URI_COLUMNS = ("uri", "slide_uri", "path")
+#: what ingest reads from a manifest besides the slide column
+_KNOWN_COLUMNS = ("slide_id", "patient_id", "mpp")
 _MANIFEST_SUFFIXES = tuple(s for s in TABLE_SUFFIXES if not s.startswith(".txt"))
 
 
@@ -147,6 +152,17 @@ def _from_manifest(
     column = next((c for c in _URI_COLUMNS if c in rows[0]), None)
     if column is None:
         raise ManifestError(f"{source}: no slide column; expected one of {list(_URI_COLUMNS)}")
+    extra = [c for c in rows[0] if c not in (*_URI_COLUMNS, *_KNOWN_COLUMNS)]
+    if extra:
+        # Clinical columns in a manifest are common; ingest stores none of them, so say
+        # where they go instead of dropping them without a word.
+        log.warning(
+            "%s: ingest does not store the manifest columns %s; attach them to the slides "
+            "with: slidebank slides set %s --store STORE",
+            source,
+            ", ".join(map(repr, extra)),
+            source,
+        )
     base = (
         posixpath.dirname(strip_protocol(source)) if is_local(source) else source.rsplit("/", 1)[0]
     )
