@@ -11,7 +11,7 @@ slides as the ingestion collector does. Every commit's latency and the driver's 
 recorded on the way. At each size of ``--sizes`` (tiles in the store) the run measures:
 
 * on the store as it stands (the middle of a run: nothing compacted): one slide's
-  ``bag()``, ``slides()`` (all, and one slide), ``FeatureStore.open``, a SQL join of
+  ``bag()`` (random slides, then the same ones again with their pages cached), ``slides()`` (all, and one slide), ``FeatureStore.open``, a SQL join of
   ``slides`` with an omics pandas table, a slide-embeddings refresh of 256 slides;
 * on a hard-linked clone of it (Lance never rewrites a data, index or deletion file, so
   the clone costs no disk and the destructive steps leave the growing store as the API
@@ -286,6 +286,10 @@ def live_steps(arm: Arm, rng: np.random.Generator) -> dict[str, Any]:
     picks = [slide_id(int(n)) for n in rng.integers(0, arm.slides, p.bag_reads)]
     it = iter(picks)
     out["bag"], _ = measure(lambda: store.bag(next(it), encoder=ENCODER), len(picks))
+    # The same slides again: their pages are now in the OS page cache, so this is the
+    # store's own cost per bag; ``bag`` also pays the disk once the store outgrows RAM.
+    it = iter(picks)
+    out["bag_warm"], _ = measure(lambda: store.bag(next(it), encoder=ENCODER), len(picks))
     out["slides_all"], table = measure(lambda: store.slides(encoder=ENCODER), p.repeats)
     out["slides_all"]["rows"] = table.num_rows
     one = picks[0]
@@ -583,6 +587,7 @@ def summarize(arms: dict[str, Any]) -> dict[str, Any]:
 PLOTTED = (
     "commit",
     "bag",
+    "bag_warm",
     "slides_one",
     "slides_all",
     "open",
@@ -701,6 +706,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--probe",
+        default=None,
+        help="instead of a run: in this fresh process, time bag reads (random slides, then "
+        "the same again) and 16 more commits of 8 slides on a store a run left (--keep)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     bad = set(args.index_types.split(",")) - {"auto", "IVF_HNSW_SQ", "IVF_PQ"}
@@ -766,6 +777,35 @@ def _without(argv: list[str], flags: dict[str, int]) -> list[str]:
     return out
 
 
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Bag reads and commits on an existing store, in a process that did nothing else:
+    the store's own cost at that size, apart from the fill's memory and the load of the
+    moment a run's checkpoint fell on."""
+    store = FeatureStore.open(args.probe)
+    dataset = store._tables.tiles(ENCODER)
+    dim = dataset.schema.field("embedding").type.list_size
+    p = Params(sizes=(1,), dim=dim, tiles_per_slide=args.tiles_per_slide, seed=args.seed)
+    ids = store.slides(encoder=ENCODER, columns=["slide_id"]).column("slide_id").to_pylist()
+    slides = len(ids)
+    arm = Arm("probe", True, Path(args.probe).parent, p)
+    arm.store, arm.slides, arm.tiles = store, slides, dataset.count_rows()
+    rng = np.random.default_rng([p.seed, 11])
+    picks = [ids[int(n)] for n in rng.integers(0, slides, p.bag_reads)]
+    out: dict[str, Any] = {"tiles": arm.tiles, "slides": slides, "dim": dim}
+    out["fragments"] = len(dataset.get_fragments())
+    for name in ("bag", "bag_again"):
+        it = iter(picks)
+        out[name], _ = measure(lambda it=it: store.bag(next(it), encoder=ENCODER), len(picks))
+    # New slides numbered past any a run wrote (a run numbers them from 0).
+    arm.slides = 10 * slides + 1000
+    centers = _centers(p)
+    for _ in range(16):
+        commit_group(arm, centers, p.slides_per_commit)
+    last = [c["commit_s"] for c in arm.commits]
+    out["commit"] = {"s": statistics.median(last), "max_s": max(last), "n": len(last)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import sys
 
@@ -773,6 +813,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     started = time.perf_counter()
+    if args.probe:
+        result = {
+            "benchmark": "scale --probe",
+            "command": "python -m benchmarks.scale " + " ".join(argv),
+            "machine": machine(),
+            **probe(args),
+        }
+        write_json(Path(args.out), result)
+        log.info("probe: %s", {k: v for k, v in result.items() if k != "machine"})
+        return result
     if args.upkeep == "both":
         base = _without(argv, {"--upkeep": 1, "--no-upkeep": 0, "--out": 1})
         arms: dict[str, Any] = {}

@@ -95,12 +95,14 @@ def current_writes(
     }
 
 
-def _gate(view: StoreView, encoder: str) -> pa.Table:
-    """Every current ``done`` write of an encoder, cached per slides version.
+def _gate(view: StoreView, encoder: str) -> tuple[pa.Table, dict[str, list[int]]]:
+    """Every current ``done`` write of an encoder, and its rows per slide id, cached per
+    slides version.
 
     A slides version never changes, so its gate is computed once per version: a
     serving process answering many searches or bag reads re-reads it only after a
-    commit lands.
+    commit lands. The rows per slide let a one-slide read (a bag) take its row instead
+    of filtering every slide's (0.3 ms a filter at 10,000 slides, three per bag).
     """
     slides = view.slides()
     key = (int(slides.version), encoder)
@@ -108,9 +110,17 @@ def _gate(view: StoreView, encoder: str) -> pa.Table:
     if cached is None:
         rows = slides.to_table(columns=_GATE_COLUMNS, filter=_slides_filter(encoder, None, None))
         rows = _latest_per_key(rows)
-        cached = rows.filter(pc.equal(rows.column("status"), "done"))
+        rows = rows.filter(pc.equal(rows.column("status"), "done"))
+        by_slide: dict[str, list[int]] = {}
+        for i, slide in enumerate(rows.column("slide_id").to_pylist()):
+            by_slide.setdefault(slide, []).append(i)
+        cached = (rows, by_slide)
         view.tables.gate_cache.put(key, cached)
     return cached
+
+
+#: Up to this many slides asked for, their gate rows are taken by slide id, not filtered.
+_TAKE_SLIDES = 64
 
 
 def visible_writes(
@@ -122,10 +132,15 @@ def visible_writes(
     config_hash: str | None = None,
 ) -> pa.Table:
     """The gate: current ``done`` writes (slide_id, config_hash, write_id...) of an encoder."""
-    rows = _gate(view, encoder)
+    rows, by_slide = _gate(view, encoder)
     if slide_ids is not None:
-        wanted = pa.array([validate_slide_id(s) for s in slide_ids], pa.string())
-        rows = rows.filter(pc.is_in(rows.column("slide_id"), wanted))
+        wanted_ids = [validate_slide_id(s) for s in slide_ids]
+        if len(wanted_ids) <= _TAKE_SLIDES:
+            picked = sorted({i for s in wanted_ids for i in by_slide.get(s, ())})
+            rows = rows.take(pa.array(picked, pa.int64()))
+        else:
+            wanted = pa.array(wanted_ids, pa.string())
+            rows = rows.filter(pc.is_in(rows.column("slide_id"), wanted))
     if config_hash is not None:
         rows = rows.filter(pc.equal(rows.column("config_hash"), validate_config_hash(config_hash)))
     excluded = [validate_slide_id(s) for s in exclude_slide_ids]
