@@ -7,8 +7,8 @@ scanned in full. Each commit appends a fragment, so without upkeep a bag read gr
 the number of commits (measured: 64 ms at 200 commits, 320 ms at 1,000, against 4-6 ms
 once the index covered them).
 
-After each commit the driver folds the new fragments into each index as a small delta
-segment and then merges segments size-tiered, like a binary counter: the newest segments
+After a commit whose new fragments are due (every few commits, see below), the driver
+folds them into each index as a small delta segment and then merges segments size-tiered, like a binary counter: the newest segments
 merge while each holds at most :data:`TIER_RATIO` times the rows merged so far, so
 segment sizes grow geometrically, a lookup consults O(log n) segments and a row is
 re-indexed O(log n) times over the store's life. No step rebuilds an index over the
