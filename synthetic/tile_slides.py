@@ -156,36 +156,17 @@ def ambiguous_content(spec: AmbiguousSlideSpec, seed: int) -> AmbiguousContent:
 def write_ambiguous_slide(path: str | os.PathLike, spec: AmbiguousSlideSpec, seed: int) -> Any:
     """Write a pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the resolution tags);
     returns the planted tumour geometry (level-0 px)."""
-    import tifffile
+    from synthetic.slides.writer import write_content_tiff
 
-    from infra.files import atomic_write
-    from synthetic.slides.writer import SyntheticSlideSpec, _level_kwargs, _level_shape, _tiles
-
-    content = ambiguous_content(spec, seed)
-    writer_spec = SyntheticSlideSpec(
-        width=spec.side,
-        height=spec.side,
+    write_content_tiff(
+        path,
+        ambiguous_content(spec, seed),
+        side=spec.side,
         mpp=spec.mpp,
-        style="tiff",
         tile_size=spec.tile_size,
-        downsamples=(1, 4),
-        seed=seed,
         jpeg_quality=spec.jpeg_quality,
+        seed=seed,
     )
-    writer_spec.validate()
-    with atomic_write(Path(path), "wb", fsync=False) as handle, tifffile.TiffWriter(handle) as tw:
-        for index, ds in enumerate(writer_spec.resolved_downsamples()):
-            shape = _level_shape(writer_spec, ds)
-            tw.write(
-                _tiles(content, writer_spec, ds),
-                shape=(*shape, 3),
-                dtype=np.uint8,
-                tile=(spec.tile_size, spec.tile_size),
-                compression="jpeg",
-                compressionargs={"level": spec.jpeg_quality},
-                photometric="rgb",
-                **_level_kwargs(writer_spec, shape, ds, index, None),
-            )
     return ambiguous_regions(spec, seed)
 
 

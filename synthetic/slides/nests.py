@@ -18,16 +18,13 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from infra.errors import ConfigError
-from infra.files import atomic_write
 from synthetic.slides.content import TissueContent, TissueDesign
 from synthetic.slides.design import make_design
-from synthetic.slides.writer import _level_kwargs, _level_shape, _tiles
+from synthetic.slides.writer import write_content_tiff
 
 __all__ = [
     "NestLayout",
@@ -217,34 +214,16 @@ def write_nested_slide(
     path: str | os.PathLike, spec: NestedSlideSpec, *, inflamed: bool, seed: int
 ) -> NestLayout:
     """Write a pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the resolution tags)."""
-    from synthetic.slides.writer import SyntheticSlideSpec
-
     layout = nest_layout(spec, inflamed, seed)
-    content = _content(spec, layout, seed)
-    writer_spec = SyntheticSlideSpec(
-        width=spec.side,
-        height=spec.side,
+    write_content_tiff(
+        path,
+        _content(spec, layout, seed),
+        side=spec.side,
         mpp=spec.mpp,
-        style="tiff",
         tile_size=spec.tile_size,
-        downsamples=(1, 4),
-        seed=seed,
         jpeg_quality=spec.jpeg_quality,
+        seed=seed,
     )
-    writer_spec.validate()
-    with atomic_write(Path(path), "wb", fsync=False) as handle, tifffile.TiffWriter(handle) as tw:
-        for index, ds in enumerate(writer_spec.resolved_downsamples()):
-            shape = _level_shape(writer_spec, ds)
-            tw.write(
-                _tiles(content, writer_spec, ds),
-                shape=(*shape, 3),
-                dtype=np.uint8,
-                tile=(spec.tile_size, spec.tile_size),
-                compression="jpeg",
-                compressionargs={"level": spec.jpeg_quality},
-                photometric="rgb",
-                **_level_kwargs(writer_spec, shape, ds, index, None),
-            )
     return layout
 
 

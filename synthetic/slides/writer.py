@@ -259,6 +259,44 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SyntheticSlideSpec) -> 
     return SyntheticSlide(path, spec, dims, tissue, pen, mask_mpp, artifacts, lymphocytes)
 
 
+def write_content_tiff(
+    path: str | os.PathLike,
+    content: TissueContent,
+    *,
+    side: int,
+    mpp: float,
+    tile_size: int,
+    jpeg_quality: int,
+    seed: int,
+) -> None:
+    """Write ``content`` as a square pyramidal tiled-JPEG TIFF (levels 1 and 4, MPP in the
+    resolution tags): the plain TIFF that nested, spatial and tile-truth slides share."""
+    spec = SyntheticSlideSpec(
+        width=side,
+        height=side,
+        mpp=mpp,
+        style="tiff",
+        tile_size=tile_size,
+        downsamples=(1, 4),
+        seed=seed,
+        jpeg_quality=jpeg_quality,
+    )
+    spec.validate()
+    with atomic_write(Path(path), "wb", fsync=False) as handle, tifffile.TiffWriter(handle) as tw:
+        for index, ds in enumerate(spec.resolved_downsamples()):
+            shape = _level_shape(spec, ds)
+            tw.write(
+                _tiles(content, spec, ds),
+                shape=(*shape, 3),
+                dtype=np.uint8,
+                tile=(tile_size, tile_size),
+                compression="jpeg",
+                compressionargs={"level": jpeg_quality},
+                photometric="rgb",
+                **_level_kwargs(spec, shape, ds, index, None),
+            )
+
+
 def _level_kwargs(spec, shape, ds, index, power) -> dict:
     if spec.style == "svs":
         desc = _aperio_description(spec, shape, power)
