@@ -20,10 +20,10 @@ Measured, from the store's own commit timestamps (``created_at``, one per commit
 * the tile set: every done slide holds exactly its ``tile_count`` tiles, no
   (slide, x, y) twice, and identical slides (hard links) hold identical tile sets.
 
-``--chaos N``: the first N slides again, into a new store, with a read worker killed at
-slide N/2 (Ray restarts it and retries the slide) and the driver killed (``os._exit``)
-after its 3rd commit, then the same command rerun to finish; its tile set must equal the
-uninterrupted run's for those slides.
+``--chaos N``: the first N slides again, into a new store: the driver is killed
+(``os._exit``) after its 3rd commit, then the same command is rerun, and in the rerun a
+read worker is killed at slide N/2 (Ray restarts it and retries the slide). The tile set
+must equal the uninterrupted run's for those slides.
 """
 
 from __future__ import annotations
@@ -207,7 +207,9 @@ def chaos(paths: list[Path], root: Path, reference: Path) -> dict[str, Any]:
     first = subprocess.run(
         [sys.executable, "-c", _CHAOS_DRIVER, payload], env=env, cwd=ROOT, capture_output=True
     )
-    rerun_plan = json.dumps([[str(p) for p in paths], str(store), {}])
+    # the rerun meets the worker kill (the driver died before reaching that slide)
+    worker_kill = {k: plan[k] for k in ("exit_once_slide", "exit_once_marker")}
+    rerun_plan = json.dumps([[str(p) for p in paths], str(store), worker_kill])
     second = subprocess.run(
         [sys.executable, "-c", _CHAOS_DRIVER, rerun_plan], env=env, cwd=ROOT, capture_output=True
     )

@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 SLIDES, RUNS, TILES_DIR, ZARR_DIR = "slides.lance", "runs.lance", "tiles", "zarr"
 SLIDE_EMBEDDINGS_DIR, DERIVED_DIR = "slide_embeddings", "derived"
 # Lance caches every version's manifest and file metadata it has opened, and each commit
-# makes new versions: with Lance's default cap a long-running driver's memory grew with
-# its commits (measured: +4 MB per commit at 1,000 fragments). The working set (the
-# latest manifests, the footers of the files read) is far below this.
-METADATA_CACHE_BYTES = 256 << 20
+# makes new versions that are never read again: with Lance's default cap a long-running
+# driver's memory grew with its commits (measured: +4 MB per commit at 1,000 fragments;
+# at 256 MB, still +0.28 MB per commit of 10 slides, linear over 3,000 slides, while at
+# 32 MB it levelled off after ~250 commits). The working set (the latest manifests, the
+# footers of the files a read touches: ~260 fragments at 10^7 tiles) fits in this.
+METADATA_CACHE_BYTES = 64 << 20
 
 
 def _is_not_found(exc: BaseException) -> bool:
