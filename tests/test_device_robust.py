@@ -180,31 +180,6 @@ def test_encode_batch_below_one_is_refused() -> None:
         RunOptions(encode_batch=0)
 
 
-def test_cli_encode_batch_reaches_the_run_options(tmp_path, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    import slidebank.ingest_api
-    from ingest.pipeline.result import IngestResult
-    from slidebank.cli import app
-
-    seen = []
-
-    def record(source, store, *, options, **kwargs):
-        seen.append(options)  # where the run would start: the options are what we test
-        return IngestResult(run_id="r", config_hash="h", encoder="e")
-
-    monkeypatch.setattr(slidebank.ingest_api, "ingest", record)
-    args = ["ingest", str(tmp_path / "none.csv"), "--store", str(tmp_path / "store"), "--json"]
-    result = CliRunner().invoke(app, [*args, "--encode-batch", "96"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    assert seen[0].encode_batch == 96
-    assert CliRunner().invoke(app, args).exit_code == 0 and seen[1].encode_batch is None
-    assert CliRunner().invoke(app, [*args, "--encode-batch", "0"]).exit_code == 2
-
-
-# ---- the model cast to bf16 once, on CUDA ------------------------------------------------
-
-
 def test_weights_are_cast_once_to_the_autocast_dtype_on_cuda_only() -> None:
     from features.encoders._torch_backend import weight_dtype
 

@@ -280,9 +280,12 @@ def test_cli_device_options_reach_the_run_options(tmp_path, monkeypatch) -> None
     monkeypatch.setattr(slidebank.ingest_api, "ingest", record)
     args = ["ingest", str(tmp_path / "none.csv"), "--store", str(tmp_path / "store"), "--json"]
     asked = ["--compile", "--fragment-tiles", "1024", "--cpus-per-device-actor", "6"]
-    result = CliRunner().invoke(app, [*args, *asked])
+    result = CliRunner().invoke(app, [*args, *asked, "--encode-batch", "96"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert CliRunner().invoke(app, args).exit_code == 0
-    picked = [(o.device_compile, o.device_fragment_tiles, o.cpus_per_device_actor) for o in seen]
-    assert picked == [(True, 1024, 6), (False, 2048, None)]
+    picked = [
+        (o.device_compile, o.device_fragment_tiles, o.cpus_per_device_actor, o.encode_batch)
+        for o in seen
+    ]
+    assert picked == [(True, 1024, 6, 96), (False, 2048, None, None)]
     assert CliRunner().invoke(app, [*args, "--fragment-tiles", "0"]).exit_code == 2

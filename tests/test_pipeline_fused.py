@@ -43,17 +43,14 @@ def _tiles(store: FeatureStore):
     )
 
 
-def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path, monkeypatch) -> None:
-    import ingest.pipeline.fused_stage as fused_stage
-
-    monkeypatch.setattr(fused_stage, "FIRST_BATCH", 3)  # below this small slide's tile count
-    store = FeatureStore.open(str(tmp_path / "store"), create=True)
-    config = IngestConfig(stain="none")
-    store.ensure_tiles_table(config.encoder_id, 64, "float32")
-    stage = FusedStage(
+def _fused_stage(
+    store: FeatureStore, config: IngestConfig, options: RunOptions, config_hash: str
+) -> FusedStage:
+    """The fused actor's stage in this process: weight-free encoder, one CPU thread."""
+    return FusedStage(
         read_kwargs={
             "config": config,
-            "options": OPTS,
+            "options": options,
             "store": store.location,
             "storage_options": None,
         },
@@ -67,12 +64,32 @@ def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path, monk
         write_kwargs={
             "store": store.location,
             "encoder": config.encoder_id,
-            "config_hash": "c" * 16,
+            "config_hash": config_hash,
             "dtype": "float32",
             "tile_size": 256,
             "read_mpp": 0.5,
         },
     )
+
+
+def _slide_row(slide: SlideSource, write_id: str) -> dict[str, object]:
+    return {
+        "uri": slide.uri,
+        "slide_id": slide.slide_id,
+        "patient_id": "",
+        "mpp": float("nan"),
+        "write_id": write_id,
+    }
+
+
+def test_fused_stage_in_process_streams_one_row_per_batch(slides, tmp_path, monkeypatch) -> None:
+    import ingest.pipeline.fused_stage as fused_stage
+
+    monkeypatch.setattr(fused_stage, "FIRST_BATCH", 3)  # below this small slide's tile count
+    store = FeatureStore.open(str(tmp_path / "store"), create=True)
+    config = IngestConfig(stain="none")
+    store.ensure_tiles_table(config.encoder_id, 64, "float32")
+    stage = _fused_stage(store, config, OPTS, "c" * 16)
     rows = list(
         stage.run(
             {
@@ -188,40 +205,8 @@ def test_fused_and_device_stages_record_the_same_stage_metrics(
         store.ensure_tiles_table(config.encoder_id, 64, "float32")
         seen.clear()
         if name == "fused":
-            stage = FusedStage(
-                read_kwargs={
-                    "config": config,
-                    "options": OPTS,
-                    "store": store.location,
-                    "storage_options": None,
-                },
-                encoder_kwargs={
-                    "encoder": config.encoder,
-                    "weights": None,
-                    "device": "cpu",
-                    "batch_size": 16,
-                    "num_threads": 1,
-                },
-                write_kwargs={
-                    "store": store.location,
-                    "encoder": config.encoder_id,
-                    "config_hash": "e" * 16,
-                    "dtype": "float32",
-                    "tile_size": 256,
-                    "read_mpp": 0.5,
-                },
-            )
-            rows = list(
-                stage.run(
-                    {
-                        "uri": slides[0].uri,
-                        "slide_id": slides[0].slide_id,
-                        "patient_id": "",
-                        "mpp": float("nan"),
-                        "write_id": "w-f",
-                    }
-                )
-            )
+            stage = _fused_stage(store, config, OPTS, "e" * 16)
+            rows = list(stage.run(_slide_row(slides[0], "w-f")))
         else:
             rows = _device_rows(slides[0], store, config, "cpu")
         assert rows and all(r["status"] == "tiles" for r in rows)
@@ -355,40 +340,8 @@ def test_device_stage_matches_the_fused_cpu_path(slides, tmp_path, device) -> No
         store = FeatureStore.open(str(tmp_path / name), create=True)
         store.ensure_tiles_table(config.encoder_id, 64, "float32")
         if name == "fused":
-            stage = FusedStage(
-                read_kwargs={
-                    "config": config,
-                    "options": OPTS.replace(device="cpu"),
-                    "store": store.location,
-                    "storage_options": None,
-                },
-                encoder_kwargs={
-                    "encoder": config.encoder,
-                    "weights": None,
-                    "device": "cpu",
-                    "batch_size": 16,
-                    "num_threads": 1,
-                },
-                write_kwargs={
-                    "store": store.location,
-                    "encoder": config.encoder_id,
-                    "config_hash": "d" * 16,
-                    "dtype": "float32",
-                    "tile_size": 256,
-                    "read_mpp": 0.5,
-                },
-            )
-            rows = list(
-                stage.run(
-                    {
-                        "uri": slides[1].uri,
-                        "slide_id": slides[1].slide_id,
-                        "patient_id": "",
-                        "mpp": float("nan"),
-                        "write_id": "w-fused",
-                    }
-                )
-            )
+            stage = _fused_stage(store, config, OPTS.replace(device="cpu"), "d" * 16)
+            rows = list(stage.run(_slide_row(slides[1], "w-fused")))
         else:
             standin = cucim_standin.installed() if device == "standin" else contextlib.nullcontext()
             with standin:
