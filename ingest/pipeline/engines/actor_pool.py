@@ -4,9 +4,10 @@
 
 Used by the fused CPU engine (:class:`~ingest.pipeline.fused_stage.FusedStage`, one per
 core) and the GPU-resident engine (:class:`~ingest.pipeline.device_stage.DeviceStage`,
-one per GPU). Each actor gets one slide per call and at most two calls in flight (so it
-never waits for the driver between slides); the next slide goes to whichever actor
-finishes first, which balances slides of different sizes. Rows stream back as Ray
+one per GPU). Each actor gets one slide per call; every actor gets a slide before any
+gets a second call in flight (which saves it the wait for the driver between slides),
+and the last slides go to whichever actor finishes first, which balances slides of
+different sizes (:func:`next_actor`). Rows stream back as Ray
 generator items.
 
 Crashes: an actor that dies mid-slide (a segfault in native decoding, an OOM kill, its
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ActorPool"]
+__all__ = ["ActorPool", "next_actor"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,24 @@ class _Actor:
     probe: Any = None  # the pending probe, if one is out
     retry_at: float = 0.0  # when to send the next probe after a failed one
     died_at: float = 0.0
+
+
+def next_actor(actors: list[_Actor], waiting: int) -> _Actor | None:
+    """The actor the next of ``waiting`` queued slides goes to, or None to keep it queued.
+
+    Breadth first: an actor with no slide before a second call to a busy one. A second
+    call only hides the driver's round trip between slides, so it is handed out only
+    while at least as many slides wait as there are actors; the last ones go to
+    whichever actor frees first. (Filling each actor to two calls in turn gave both
+    slides of a 2-slide run to the first actor while the second idled: 0.68x slide2vec,
+    benchmarks/results/peers_vit_two.json.)"""
+    live = [a for a in actors if not a.restarting]
+    if not live:
+        return None
+    actor = min(live, key=lambda a: len(a.calls))  # the first of the least busy
+    if len(actor.calls) >= _IN_FLIGHT or (actor.calls and waiting < len(live)):
+        return None
+    return actor
 
 
 class ActorPool:
@@ -127,11 +146,10 @@ class ActorPool:
 
     def _fill(self, queue: deque) -> None:
         self._before_fill(queue)
-        for actor in self._actors:
-            while queue and not actor.restarting and len(actor.calls) < _IN_FLIGHT:
-                item = queue.popleft()
-                generator = actor.handle.run.options(num_returns="streaming").remote(item)
-                actor.calls.append((generator, item))
+        while queue and (actor := next_actor(self._actors, len(queue))) is not None:
+            item = queue.popleft()
+            generator = actor.handle.run.options(num_returns="streaming").remote(item)
+            actor.calls.append((generator, item))
 
     def _advance(
         self,
