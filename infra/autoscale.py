@@ -15,15 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from infra.errors import SlidebankError
+from infra.errors import GPUUnavailableError
 
 __all__ = ["GPUUnavailableError", "cluster_gpus", "gpu_request", "wait_for_gpus"]
 
 log = logging.getLogger(__name__)
-
-
-class GPUUnavailableError(SlidebankError, TimeoutError):
-    """GPUs were asked of the autoscaler and none joined the cluster in time."""
 
 
 def cluster_gpus(resources: Mapping[str, float] | None = None) -> int:

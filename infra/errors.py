@@ -14,6 +14,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "DiskFullError",
+    "GPUUnavailableError",
     "IngestAborted",
     "InvalidSlideIdError",
     "MissingMPPError",
@@ -35,6 +36,7 @@ __all__ = [
     "StoreWriteError",
     "TableNotFoundError",
     "TableReadError",
+    "TrainingFailedError",
     "WeightsError",
 ]
 
@@ -194,3 +196,11 @@ class TableReadError(SlidebankError, ValueError):
 
 class TableNotFoundError(TableReadError, FileNotFoundError):
     """A user-supplied table does not exist."""
+
+
+class TrainingFailedError(SlidebankError, RuntimeError):
+    """Ray Train gave up on a run (its retries spent); the folds it finished are saved."""
+
+
+class GPUUnavailableError(SlidebankError, TimeoutError):
+    """GPUs were asked of the autoscaler and none joined the cluster in time."""

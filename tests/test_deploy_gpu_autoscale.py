@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from infra.autoscale import GPUUnavailableError, gpu_request, wait_for_gpus
+from infra.autoscale import gpu_request, wait_for_gpus
+from infra.errors import GPUUnavailableError
 from ingest.pipeline.config import RunOptions
 from ingest.pipeline.resources import choose_engine, gpus_to_request, plan_device
 

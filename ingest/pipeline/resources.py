@@ -128,7 +128,8 @@ def gpus_to_request(options: RunOptions) -> int:
 
 def _gpus_for_run(options: RunOptions) -> int:
     """GPUs present now; with ``max_gpus`` and none present, wait for the first to join."""
-    from infra.autoscale import GPUUnavailableError, cluster_gpus, gpu_request, wait_for_gpus
+    from infra.autoscale import cluster_gpus, gpu_request, wait_for_gpus
+    from infra.errors import GPUUnavailableError
 
     if options.device == "cpu":
         return 0

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.errors import ConfigError, SlidebankError
+from infra.errors import ConfigError, TrainingFailedError
 from infra.validate import at_least, non_empty
 from training.mil import _faults
 from training.mil.data import BagDataset, targets_from_cohort
@@ -156,10 +156,6 @@ class _Fold:
     names: list[str]
     model_cfg: Any
     spec: dict[str, Any]
-
-
-class TrainingFailedError(SlidebankError, RuntimeError):
-    """Ray Train gave up on a run (its retries spent); the folds it finished are saved."""
 
 
 def _prepare_fold(

@@ -231,7 +231,7 @@ def _fit_on_ray(
     try:
         trainer.fit()
     except (ray.train.TrainingFailedError, ray.exceptions.RayError) as exc:
-        from training.mil.job import TrainingFailedError
+        from infra.errors import TrainingFailedError
 
         raise TrainingFailedError(f"tile task on Ray Train failed: {exc}") from exc
 
