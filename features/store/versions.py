@@ -185,19 +185,51 @@ def compact(
     return CompactionReport(fragments_removed=removed, orphan_rows_deleted=orphans)
 
 
+def _tiles_refs(tables: TableSet, encoder: str, version: int) -> dict[str, int]:
+    """The tiles version each ``done`` write of an encoder records, as of a slides version."""
+    rows = tables.slides(version).to_table(
+        columns=["write_id", "tiles_version"],
+        filter=f"encoder = {sql_literal(encoder)} AND tiles_version IS NOT NULL",
+    )
+    ids, values = rows.column("write_id").to_pylist(), rows.column("tiles_version").to_pylist()
+    return dict(zip(ids, values, strict=True))
+
+
 def _oldest_referenced_tiles_version(
     tables: TableSet, encoder: str, slides_versions: list[int]
 ) -> int | None:
-    """The oldest tiles version any retained store version reads (None: none does)."""
-    oldest = None
-    for version in slides_versions:
-        rows = tables.slides(version).to_table(
-            columns=["tiles_version"], filter=f"encoder = {sql_literal(encoder)}"
-        )
-        value = pc.min(rows.column("tiles_version")).as_py() if rows.num_rows else None
-        if value is not None:
-            oldest = value if oldest is None else min(oldest, value)
-    return oldest
+    """The oldest tiles version any retained store version reads (None: none does).
+
+    Reads two store versions, the oldest retained one holding a row of the encoder and
+    the latest, not every one (each read scans that version's slides rows, so cleanup
+    grew with versions x slides). That is enough when some write is in both with the
+    same tiles version: such a row is in every version between (rows are deleted or
+    added, a write is never re-added), and a version reads tiles at the newest
+    ``tiles_version`` of its rows (``StoreView``), at least that row's, so at least the
+    minimum of the two. Otherwise (every row of the oldest replaced since) every
+    retained version is read, as before.
+    """
+    ordered = sorted(slides_versions)
+    # Versions that hold no row of the encoder (the table's first, empty one) read no
+    # tiles: the oldest that matters is the first holding one.
+    oldest: dict[str, int] = {}
+    while ordered and not oldest:
+        oldest = _tiles_refs(tables, encoder, ordered[0])
+        if not oldest:
+            ordered = ordered[1:]
+    if not ordered:
+        return None
+    latest: dict[str, int] = {}
+    if len(ordered) > 1:
+        latest = _tiles_refs(tables, encoder, ordered[-1])
+        shared = any(latest.get(write_id) == value for write_id, value in oldest.items())
+        if not shared:
+            values = [
+                v for version in ordered for v in _tiles_refs(tables, encoder, version).values()
+            ]
+            return min(values) if values else None
+    values = [*oldest.values(), *latest.values()]
+    return min(values) if values else None
 
 
 def cleanup(

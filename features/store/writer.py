@@ -15,12 +15,15 @@ the *visibility gate* and the ``tiles`` tables are append-mostly storage behind 
    because no ``slides`` row names their ``write_id`` yet. Fragments whose
    ``write_id`` is already in the table (a retried commit of the same pending
    slides) are not appended twice.
-3. **Driver, slides**: one ``merge_insert`` on (slide_id, encoder, config_hash) for
-   the whole group. This single commit is the moment every slide of the group
-   becomes visible, its ``done`` status together with its tiles. A row replaces an
-   existing one only if its ``write_id`` is newer, and a ``failed`` row never
-   replaces a ``done`` one, so committing a slide again for the same encoder and
-   config replaces it and a stale retry cannot roll it back.
+3. **Driver, slides**: one ``Append`` commit of the group's rows keyed on
+   (slide_id, encoder, config_hash). This single commit is the moment every slide of
+   the group becomes visible, its ``done`` status together with its tiles. A row takes
+   over its key only if its ``write_id`` is newer than the key's current row, and a
+   ``failed`` row never takes over from a ``done`` one (rows that would not are not
+   appended), so committing a slide again for the same encoder and config replaces it
+   and a stale retry cannot roll it back. An Append reads no slides row: a
+   ``merge_insert`` joined the group against the whole table, so a commit grew with
+   the store.
 4. **Driver, tidy**: delete tile rows whose ``write_id`` is older than the current
    one of keys that had a slides row before this commit (the replaced copy, or orphans
    of an attempt that died between steps 2 and 3), and slides rows the current one
@@ -31,9 +34,9 @@ the *visibility gate* and the ``tiles`` tables are append-mostly storage behind 
 
 Readers (:mod:`features.store.reader`) only return tile rows whose ``write_id`` is
 the current ``done`` row's ``write_id`` for its key, choosing per key the ``done``
-row with the largest ``write_id`` (two drivers inserting the same *new* key at once
-can both land a row: ``merge_insert`` does not detect that race, so readers must
-not assume one row per key). Hence at every instant a reader sees, per slide,
+row with the largest ``write_id`` (two drivers committing the same key at once can
+both land a row, so readers must not assume one row per key; until step 4 the
+replaced row is still there too). Hence at every instant a reader sees, per slide,
 either the complete old copy or the complete new one, never both and never a part:
 
 * a crash before step 2 leaves only unreferenced data files (removed by cleanup);
@@ -42,9 +45,10 @@ either the complete old copy or the complete new one, never both and never a par
   :func:`features.store.versions.compact`'s orphan collection;
 * a crash between 3 and 4 leaves shadowed rows that readers already skip.
 
-Concurrency: appends never conflict; ``merge_insert`` and ``delete`` retry on commit
-conflicts (Lance rebases them on the newer version); when retries run out the
-driver raises :class:`~infra.errors.StoreConflictError`. Two writers committing the
+Concurrency: appends never conflict with appends, deletes or compactions; an append
+racing a table overwrite or restore, and a ``delete``, retry on commit conflicts
+(Lance rebases them on the newer version); when retries run out the driver raises
+:class:`~infra.errors.StoreConflictError`. Two writers committing the
 *same* slide at once are ordered by their ``write_id`` (worker clock); different
 slides never interfere. Each ``slides`` row also records ``tiles_version``, the
 tiles version right after its append, so a past store version is read against a
@@ -64,7 +68,7 @@ import pyarrow as pa
 
 from features.store._errors import FragmentMissingError, StoreSchemaError
 from features.store._keys import in_list, new_write_id, sql_literal, validate_write_id
-from features.store._tables import TILES_DIR, TableSet
+from features.store._tables import SLIDES, TILES_DIR, TableSet
 from features.store.location import StoreLocation
 from features.store.schema import (
     TILE_PAYLOAD_COLUMNS,
@@ -99,6 +103,9 @@ log = logging.getLogger(__name__)
 
 _KEY = ("slide_id", "encoder", "config_hash")
 _CONFLICT_RETRIES = 20
+SlideKeyT = tuple[str, str, str]
+#: The current (write id, status) of each key, as readers choose it.
+Current = Mapping[SlideKeyT, tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -385,26 +392,58 @@ def _append_tiles(tables: TableSet, encoder: str, items: Sequence[PendingSlide])
     return int(committed.version)
 
 
-def _merge_slides(tables: TableSet, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Step 3: the gate. One merge_insert makes the whole group visible at once; returns
-    how many existing rows it replaced."""
+def _row_key(row: Mapping[str, Any]) -> SlideKeyT:
+    return (str(row["slide_id"]), str(row["encoder"]), str(row["config_hash"]))
+
+
+def _wins(row: Mapping[str, Any], prior: tuple[str, str] | None) -> bool:
+    """Whether a new slides row takes its key over from the key's current row: a newer
+    write, and never a failed one over a done one (a rerun of the same write: no)."""
+    if prior is None:
+        return True
+    write_id, status = prior
+    return bool(row["write_id"] > write_id and (row["status"] == "done" or status != "done"))
+
+
+def _merge_slides(tables: TableSet, rows: Sequence[Mapping[str, Any]], prior: Current) -> int:
+    """Step 3: the gate. One Append commit makes the whole group visible at once; returns
+    how many of its rows take over a key that already had a row.
+
+    An Append, not a ``merge_insert``: a merge joins the group against every slides row
+    (10 ms at 10,000 slides, so a commit grew with the store), while an Append writes
+    the group's rows and reads none. What the merge's condition decided (a newer write
+    replaces, a failed one never replaces a done one, a rerun of the same write is a
+    no-op) is decided here against ``prior``, the keys' current rows read at the start
+    of the commit; readers choose per key the ``done`` row with the largest write id, and
+    the tidy step deletes the row that lost. A writer landing the same key in between is
+    the race two first inserts always had (module docstring): both rows land, readers see
+    one, the tidy removes the other.
+    """
+    import lance
+
+    winners = [r for r in rows if _wins(r, prior.get(_row_key(r)))]
+    if not winners:
+        return 0
     dataset = tables.slides()
-    condition = (
-        "source.write_id > target.write_id AND (source.status = 'done' OR target.status <> 'done')"
-    )
     try:
-        stats = (
-            dataset.merge_insert(list(_KEY))
-            .when_matched_update_all(condition=condition)
-            .when_not_matched_insert_all()
-            .conflict_retries(_CONFLICT_RETRIES)
-            .execute(slides_table(rows))
+        fragments = lance.fragment.write_fragments(
+            slides_table(winners),
+            tables.uri(SLIDES),
+            schema=dataset.schema,
+            storage_options=tables.storage_options,
         )
-        return int(stats.get("num_updated_rows", 0))
+        lance.LanceDataset.commit(
+            dataset,
+            lance.LanceOperation.Append(fragments),
+            read_version=dataset.version,
+            storage_options=tables.storage_options,
+            max_retries=_CONFLICT_RETRIES,
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         if _conflict(exc):
             raise StoreConflictError(f"committing {len(rows)} slide rows: {exc}") from exc
         raise
+    return sum(1 for r in winners if _row_key(r) in prior)
 
 
 def _key_predicate(key: SlideKey, *, with_encoder: bool) -> str:
@@ -415,9 +454,6 @@ def _key_predicate(key: SlideKey, *, with_encoder: bool) -> str:
     if with_encoder:
         parts.append(f"encoder = {sql_literal(key.encoder)}")
     return " AND ".join(parts)
-
-
-Current = Mapping[tuple[str, str, str], tuple[str, str]]
 
 
 def _delete_where(dataset: lance.LanceDataset, clauses: Sequence[str]) -> int:
@@ -432,24 +468,58 @@ def _delete_where(dataset: lance.LanceDataset, clauses: Sequence[str]) -> int:
     return count
 
 
-def _tidy_slides(tables: TableSet, keys: Sequence[SlideKey], current: Current) -> int:
-    """Drop slides rows shadowed by the current row of their key.
+def _is_shadowed(row: tuple[str, str], current: tuple[str, str]) -> bool:
+    """A slides row readers skip: older than its key's current row, or a failed row
+    newer than a current done one (only two first inserts racing leave one)."""
+    write_id, status = row
+    return write_id < current[0] or (
+        current[1] == "done" and status == "failed" and write_id > current[0]
+    )
+
+
+def _read_keys(tables: TableSet, keys: Sequence[SlideKey]) -> tuple[Current, set[SlideKeyT]]:
+    """The current (write id, status) of each key, as readers choose it (``done`` first,
+    then the newest write), and the keys that also hold shadowed rows: one read of the
+    keys' rows, so the tidy needs no count of its own."""
+    wanted = {(k.slide_id, k.encoder, k.config_hash) for k in keys}
+    if not wanted:
+        return {}, set()
+    table = tables.slides().to_table(
+        columns=[*_KEY, "write_id", "status"],
+        filter=in_list("slide_id", sorted({k[0] for k in wanted})),
+    )
+    rows: dict[SlideKeyT, list[tuple[str, str]]] = {}
+    for r in table.to_pylist():
+        key = (r["slide_id"], r["encoder"], r["config_hash"])
+        if key in wanted:
+            rows.setdefault(key, []).append((r["write_id"], r["status"]))
+    current = {k: max(v, key=lambda ws: (ws[1] == "done", ws[0])) for k, v in rows.items()}
+    shadowed = {k for k, v in rows.items() if any(_is_shadowed(ws, current[k]) for ws in v)}
+    return current, shadowed
+
+
+def _tidy_slides(
+    tables: TableSet, keys: Sequence[SlideKey], current: Current, shadowed: set[SlideKeyT]
+) -> int:
+    """Drop slides rows shadowed by the current row of their key (``shadowed``: the keys
+    :func:`_read_keys` found holding some); returns how many went.
 
     Only rows *older* than the current one go: a concurrent commit of the same key
-    updates the current row in place to a newer write, which must survive. A failed
-    row newer than a done one can only come from two first inserts racing (the merge
-    never lets failed replace done); it is shadowed and goes too.
+    lands a newer write, which must survive. A failed row newer than a done one can
+    only come from two first inserts racing (the gate never lets failed replace done);
+    it is shadowed and goes too.
     """
     clauses = []
     for key in keys:
-        found = current.get((key.slide_id, key.encoder, key.config_hash))
-        if found is None:
+        k = (key.slide_id, key.encoder, key.config_hash)
+        found = current.get(k)
+        if found is None or k not in shadowed:
             continue
         write_id, status = sql_literal(found[0]), found[1]
-        shadowed = f"write_id < {write_id}"
+        predicate = f"write_id < {write_id}"
         if status == "done":
-            shadowed = f"({shadowed} OR (status = 'failed' AND write_id > {write_id}))"
-        clauses.append(f"({_key_predicate(key, with_encoder=True)} AND {shadowed})")
+            predicate = f"({predicate} OR (status = 'failed' AND write_id > {write_id}))"
+        clauses.append(f"({_key_predicate(key, with_encoder=True)} AND {predicate})")
     return _delete_where(tables.slides(), clauses)
 
 
@@ -472,8 +542,6 @@ def commit_slides(
     tables: TableSet, pending: Sequence[PendingSlide], *, run_id: str | None = None
 ) -> CommitResult:
     """Driver side: make a group of written slides visible atomically (module docstring)."""
-    from features.store.reader import current_writes
-
     pending = list(pending)
     _check_group(pending)
     if not pending:
@@ -483,10 +551,10 @@ def commit_slides(
         if item.status == "done" and item.fragments:
             groups.setdefault(item.key.encoder, []).append(item)
     keys = [p.key for p in pending]
-    # Shadowed rows left by an earlier race or a failed tidy would each match the
-    # merge below and be updated into duplicates: clear them first (normally a no-op).
-    prior = current_writes(tables.slides(), keys)
-    _tidy_slides(tables, keys, prior)
+    # Shadowed rows left by an earlier race or a failed tidy: clear them first (normally
+    # none, and then no delete is issued).
+    prior, stale = _read_keys(tables, keys)
+    _tidy_slides(tables, keys, prior, stale)
     tiles_versions = {enc: _append_tiles(tables, enc, items) for enc, items in groups.items()}
     rows = []
     for item in pending:
@@ -510,12 +578,12 @@ def commit_slides(
                 tiles_version=tiles_version if item.status == "done" else None,
             )
         )
-    updated = _merge_slides(tables, rows)
-    current = current_writes(tables.slides(), keys)
+    updated = _merge_slides(tables, rows, prior)
+    current, shadowed_keys = _read_keys(tables, keys)
     try:
-        shadowed = _tidy_slides(tables, keys, current)
+        shadowed = _tidy_slides(tables, keys, current, shadowed_keys)
         # A replaced tile copy exists only where a slides row was there before this commit:
-        # seen before the merge, replaced by it (a concurrent writer's row landed in
+        # seen before the gate step, replaced by it (a concurrent writer's row landed in
         # between), or shadowed after it (two first inserts raced). When none was, the
         # tiles scan is skipped: run per commit it would make a run O(N²) in its tiles.
         # Orphans of a key never committed are left to compact's orphan collection.

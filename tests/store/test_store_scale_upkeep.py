@@ -191,3 +191,74 @@ def test_the_latest_version_is_found_from_the_last_one_seen(tmp_path) -> None:
     )
     assert reader_tables.exists(reader_tables.uri("slides.lance"))
     assert not reader_tables.exists(reader_tables.uri("nothing.lance"))
+
+
+def _commit_group(fs: FeatureStore, first: int, count: int, seed: int = 0) -> None:
+    pending = []
+    for i in range(first, first + count):
+        key = SlideKey(f"s{i:03d}", ENCODER, CONFIG)
+        payload = tile_payload(4, seed=i + seed, dim=16)
+        pending.append(fs.write_slide(key, slide_info(key.slide_id), [payload]))
+    fs.commit(pending)
+
+
+def _slides_fragments(fs: FeatureStore) -> dict[int, tuple[int, object]]:
+    dataset = lance.dataset(fs.location.join("slides.lance"))
+    return {
+        f.fragment_id: (f.metadata.physical_rows, f.metadata.deletion_file)
+        for f in dataset.get_fragments()
+    }
+
+
+def test_a_commit_lands_its_slides_rows_without_joining_the_table(tmp_path) -> None:
+    """The gate step appends the group's rows: a ``merge_insert`` joined them against
+    every slides row (10 ms at 10,000 slides, so a commit grew with the store)."""
+    fs = FeatureStore.open(str(tmp_path / "store"), create=True)
+    for group in range(6):
+        _commit_group(fs, 8 * group, 8)
+    uri = fs.location.join("slides.lance")
+    before, version = _slides_fragments(fs), lance.dataset(uri).version
+    _commit_group(fs, 100, 8)
+    dataset = lance.dataset(uri)
+    assert dataset.version == version + 1  # the gate alone: no tidy, no merge of fragments
+    operation = dataset.read_transaction(dataset.version).operation
+    assert type(operation).__name__ == "Append", operation
+    after = _slides_fragments(fs)
+    # Every earlier fragment untouched (no rewrite, no deletion); one new one of 8 rows.
+    assert {k: after[k] for k in before} == before
+    assert [after[k][0] for k in after.keys() - before.keys()] == [8]
+    # A group replacing two slides: their old rows go in the tidy, one version later.
+    _commit_group(fs, 6, 2, seed=50)
+    assert lance.dataset(uri).count_rows() == 6 * 8 + 8
+    assert fs.slides().num_rows == 6 * 8 + 8
+    assert len(fs.latest().bag("s006", encoder=ENCODER)) == 4
+
+
+def test_cleanup_reads_two_store_versions_not_every_one(tmp_path, monkeypatch) -> None:
+    """Finding the oldest tiles version a retained store version reads used to scan
+    every retained slides version: cleanup grew with versions x slides."""
+    from features.store._tables import TableSet
+
+    fs = FeatureStore.open(str(tmp_path / "store"), create=True)
+    for i in range(24):
+        _commit(fs, i, n=4)
+    _commit(fs, 3, n=5)  # a replaced slide: its old tiles stay readable at old versions
+    opened: list[int] = []
+    real = TableSet.slides
+
+    def spy(self, version=None):
+        if version is not None:
+            opened.append(int(version))
+        return real(self, version)
+
+    monkeypatch.setattr(TableSet, "slides", spy)
+    fs.cleanup()  # the 7-day horizon: every version is retained
+    # The first version (the empty table) holds no row, the second and the latest do.
+    assert sorted(set(opened)) == [1, 2, max(opened)], sorted(set(opened))
+    monkeypatch.undo()
+    versions = [v.version for v in fs.versions()]
+    assert len(versions) >= 25
+    for version in versions[:: max(1, len(versions) // 6)]:
+        view = fs.checkout(version)
+        for slide in view.slides().column("slide_id").to_pylist():
+            assert len(view.bag(slide, encoder=ENCODER)) in (4, 5)
