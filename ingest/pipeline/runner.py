@@ -180,7 +180,7 @@ def _run_ingest(
         guard.arm(lambda: _record_run(*run_row, status="failed"))
         # Create the encoder's table once here rather than racing to create it in every worker.
         store.ensure_tiles_table(config.encoder_id, int(spec.embed_dim), config.embedding_dtype)
-        if use_inprocess(options, todo, config, storage_options):  # a small job: no Ray
+        if use_inprocess(options, todo):  # a small job: no Ray
             result.engine = "inprocess"
             progress.phase("ingest (in-process: a small job, no Ray)")
             _execute(todo, store, config, options, storage_options, config_hash, result, progress)
