@@ -405,6 +405,8 @@ def _how(result: IngestResult) -> str:
     if result.engine is None:
         return ""
     engine = "in-process (a small job: no Ray)" if result.engine == "inprocess" else result.engine
+    if result.head_start:
+        engine += f" (the first slide in-process while Ray started: {result.head_start[0]})"
     runtimes = f", encoder runtime {'/'.join(result.runtimes)}" if result.runtimes else ""
     return f"; engine {engine}{runtimes}"
 

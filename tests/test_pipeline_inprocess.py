@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from features.store import FeatureStore
@@ -72,6 +73,7 @@ def test_inprocess_run_records_its_engine_and_runtime_outside_the_hash(small, tm
     assert run["status"] == "done" and run["config_hash"] == result.config_hash
     assert json.loads(run["config_json"])["execution"] == {
         "engine": "inprocess",
+        "head_start": [],
         "device": "auto",
         "cpu_dtype": "float32",
         "runtime": "auto",
@@ -114,3 +116,49 @@ def test_cli_runs_one_small_slide_without_ray_and_says_so(small, tmp_path) -> No
     if cuda_driver_absent():
         assert cupy_imported == "False"
     assert FeatureStore.open(str(tmp_path / "s")).latest().tiles(columns=["x"]).num_rows > 0
+
+
+@pytest.mark.slow
+def test_a_larger_run_starts_on_its_first_slide_while_ray_boots(small, tmp_path) -> None:
+    """More slides than the in-process rule takes: the command ingests the first one
+    itself while its embedded Ray starts, then the rest on fused actors; every slide
+    stores the same tiles (the slides are copies of one file) and the run says so."""
+    names = [f"copy-{i}" for i in range(MAX_SLIDES + 1)]
+    for name in names:
+        os.link(small.uri, tmp_path / f"{name}.svs")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["SLIDEBANK_CLUSTER_STATE"] = str(tmp_path / "no-cluster.json")
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from slidebank.cli import app; app()",
+            "ingest",
+            str(tmp_path),
+            "--store",
+            str(tmp_path / "s"),
+            "--stain",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = " ".join(proc.stdout.split())
+    assert "engine fused (the first slide in-process while Ray started: copy-0)" in out
+    store = FeatureStore.open(str(tmp_path / "s"))
+    tiles = store.latest().tiles(columns=["slide_id", "x", "y", "embedding"]).to_pandas()
+    assert sorted(tiles["slide_id"].unique()) == names
+    by_slide = {sid: g.sort_values(["x", "y"]) for sid, g in tiles.groupby("slide_id", sort=True)}
+    first = by_slide["copy-0"]
+    for sid in names[1:]:
+        other = by_slide[sid]
+        assert other[["x", "y"]].to_numpy().tolist() == first[["x", "y"]].to_numpy().tolist()
+        diff = np.abs(np.stack(other["embedding"]) - np.stack(first["embedding"])).max()
+        assert diff <= 1e-5, sid
+    (run,) = [r for r in store.runs().to_pylist() if r["status"] == "done"]
+    assert json.loads(run["config_json"])["execution"]["head_start"] == ["copy-0"]

@@ -26,6 +26,8 @@ class IngestResult:
     first_tile_s: float | None = None
     #: which engine ran: inprocess (a small job without Ray), fused, device or dataset
     engine: str | None = None
+    #: slides the driver ran itself while Ray started (engines.inprocess.head_start)
+    head_start: list[str] = field(default_factory=list)
     #: what ran the encoder in the workers (torch, openvino, ...: features.encoders.runtimes)
     runtimes: list[str] = field(default_factory=list)
 

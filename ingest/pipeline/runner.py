@@ -13,6 +13,7 @@ store's commit protocol guarantees that a slide's rows are replaced, never dupli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -32,7 +33,7 @@ from ingest.pipeline.collector import SlideCollector, SlideOutcome
 from ingest.pipeline.config import COMMIT_EVERY, COMMIT_FLOOR_S, IngestConfig, RunOptions
 from ingest.pipeline.engines import RunContext, engine
 from ingest.pipeline.engines.base import write_kwargs
-from ingest.pipeline.engines.inprocess import use_inprocess
+from ingest.pipeline.engines.inprocess import head_start, use_inprocess
 from ingest.pipeline.progress import Progress, deferred_interrupt, quiet_ray
 from ingest.pipeline.resources import choose_engine
 from ingest.pipeline.result import IngestResult
@@ -217,6 +218,11 @@ def _on_ray(
     progress: Progress,
     dashboard: bool,
 ) -> None:
+    run = (store, config, options, storage_options, config_hash, result, progress)
+    head = todo[: head_start(options, todo)]
+    if head:  # the first slide in this process while Ray boots (see head_start)
+        _head_start(head, todo[len(head) :], dashboard, run)
+        return
     progress.phase("starting Ray")
     with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
         probe = pool.submit(_probe, config)  # fails fast on weights that do not load
@@ -225,7 +231,36 @@ def _on_ray(
             progress.phase("loading the encoder")
             probe.result()
             progress.phase("ingest")
-            _execute(todo, store, config, options, storage_options, config_hash, result, progress)
+            _execute(todo, *run)
+        finally:
+            shutdown(started_ray)
+
+
+def _head_start(
+    head: list[SlideSource], rest: list[SlideSource], dashboard: bool, run: tuple[Any, ...]
+) -> None:
+    """Start the embedded Ray in a thread while this (main) thread ingests ``head`` with
+    the in-process engine (Ctrl-C handling needs the main thread), then the rest on Ray.
+    The head's own model load is the weights check the probe does otherwise."""
+    options, result, progress = run[2], run[5], run[6]
+    with quiet_ray(), ThreadPoolExecutor(1, thread_name_prefix="ray-start") as pool:
+        boot = pool.submit(connect, resolve_address(options.address), dashboard=dashboard)
+        try:
+            progress.phase("ingest (the first slide in this process while Ray starts)")
+            result.engine = "inprocess"
+            _execute(head, *run)
+            result.head_start = [s.slide_id for s in head]
+            progress.phase("starting Ray")
+            started_ray = boot.result()
+        except BaseException:
+            # Never leave a Ray behind: wait for the boot and shut down what it started.
+            with contextlib.suppress(Exception):
+                shutdown(boot.result())
+            raise
+        try:
+            progress.phase("ingest")
+            result.engine = None  # the rest: the engine choose_engine picks (fused)
+            _execute(rest, *run)
         finally:
             shutdown(started_ray)
 
@@ -374,7 +409,10 @@ def _interrupted(
 
 
 def _gather(todo: list[SlideSource], collector: SlideCollector, result: IngestResult) -> None:
-    result.outcomes = [
+    """This pass's outcomes, in ``todo``'s order, after those of an earlier pass of the
+    same run (the head start's slide)."""
+    ids = {s.slide_id for s in todo}
+    result.outcomes = [o for o in result.outcomes if o.slide_id not in ids] + [
         collector.outcomes[s.slide_id] for s in todo if s.slide_id in collector.outcomes
     ]
     missing = [s.slide_id for s in todo if s.slide_id not in collector.outcomes]
@@ -409,6 +447,7 @@ def _execution(options: RunOptions, result: IngestResult) -> dict[str, Any]:
     none of it changes the stored features beyond the runtimes' stated tolerance)."""
     return {
         "engine": result.engine,
+        "head_start": result.head_start,
         "device": options.device,
         "cpu_dtype": options.cpu_dtype,
         "runtime": options.runtime,

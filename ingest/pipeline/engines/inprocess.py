@@ -39,7 +39,7 @@ from ingest.pipeline.engines.fused import fused_constructor
 from ingest.pipeline.fused_stage import FusedStage
 from ingest.pipeline.sources import SlideSource
 
-__all__ = ["MAX_SLIDES", "InProcessEngine", "use_inprocess"]
+__all__ = ["MAX_SLIDES", "InProcessEngine", "head_start", "use_inprocess"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,26 @@ def use_inprocess(options: RunOptions, todo: Sequence[SlideSource]) -> bool:
     if _cluster_available(options) or options.max_gpus is not None or _kills_workers():
         return False
     return len(todo) <= MAX_SLIDES and all(is_local(s.uri) for s in todo)
+
+
+def head_start(options: RunOptions, todo: Sequence[SlideSource]) -> int:
+    """How many of ``todo`` (its first, or none) the driver runs itself while the
+    embedded Ray it is about to start boots in the background.
+
+    Ray's start-up (GCS, raylet, agents, then each actor's imports and model load) takes
+    10-17 s on 2 cores before the first tile; during it the driver can already plan,
+    read, encode and stage the first slide with the in-process engine, so a user sees
+    tiles within seconds and the start-up overlaps useful work. Only where the run
+    starts its own CPU Ray (no cluster, no GPU: the fused engine follows), with the
+    first slide a local file, and never under a fault plan that kills workers."""
+    if options.engine not in ("auto", "fused") or len(todo) <= MAX_SLIDES:
+        return 0
+    if _cluster_available(options) or options.max_gpus is not None or _kills_workers():
+        return 0
+    from infra.arrays import cuda_driver_absent
+
+    on_cpu = options.device == "cpu" or cuda_driver_absent()
+    return 1 if on_cpu and is_local(todo[0].uri) else 0
 
 
 def _cluster_available(options: RunOptions) -> bool:
