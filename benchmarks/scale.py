@@ -712,6 +712,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="instead of a run: in this fresh process, time bag reads (random slides, then "
         "the same again) and 16 more commits of 8 slides on a store a run left (--keep)",
     )
+    parser.add_argument(
+        "--rss-commits",
+        type=int,
+        default=0,
+        help="instead of a run: commit this many groups into a fresh store and sample the "
+        "driver's memory (RSS, Lance caches, Arrow pool, glibc heap) every --rss-every",
+    )
+    parser.add_argument("--rss-every", type=int, default=100)
+    parser.add_argument(
+        "--rss-metadata-cache-mb",
+        type=float,
+        default=None,
+        help="(--rss-commits) the store's Lance metadata cache cap instead of its default",
+    )
+    parser.add_argument(
+        "--rss-trim",
+        action="store_true",
+        help="(--rss-commits) glibc malloc_trim(0) after every commit, from the loop",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     bad = set(args.index_types.split(",")) - {"auto", "IVF_HNSW_SQ", "IVF_PQ"}
@@ -806,6 +825,94 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _memory_sample(store: FeatureStore, commits: int) -> dict[str, Any]:
+    """Where the driver's memory is: RSS, Lance's caches, Arrow's pool, glibc's heap."""
+    import ctypes
+
+    import pyarrow as pa
+
+    sample: dict[str, Any] = {
+        "commits": commits,
+        "rss_mb": round(_rss_mb(), 1),
+        "lance_session_mb": round(store._tables.session.size_bytes() / 2**20, 1),
+        "lance_index_cache_mb": round(store._tables.session.index_cache_size_bytes() / 2**20, 1),
+        "arrow_allocated_mb": round(pa.total_allocated_bytes() / 2**20, 1),
+        "arrow_pool_max_mb": round(pa.default_memory_pool().max_memory() / 2**20, 1),
+    }
+
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _Mallinfo2
+        info = libc.mallinfo2()
+        # arena + hblkhd: what glibc holds from the OS; uordblks: in use; fordblks: free
+        # but kept (fragmentation or not yet trimmed).
+        sample["glibc_held_mb"] = round((info.arena + info.hblkhd) / 2**20, 1)
+        sample["glibc_in_use_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
+        sample["glibc_free_kept_mb"] = round(info.fordblks / 2**20, 1)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    return sample
+
+
+def rss_loop(args: argparse.Namespace) -> dict[str, Any]:
+    """The driver's memory over many commits, the store alone: ``--rss-commits`` groups
+    committed into a fresh store (slide-embeddings refreshes included, as a run does),
+    a memory sample every ``--rss-every`` commits. A 10,000-slide ingest takes ten
+    minutes; this loop isolates what of its growth the store causes."""
+    p = args.params
+    work = Path(tempfile.mkdtemp(prefix="slidebank-rss-", dir=args.workdir))
+    try:
+        if args.rss_metadata_cache_mb is not None:
+            from features.store import _tables
+
+            _tables.METADATA_CACHE_BYTES = int(args.rss_metadata_cache_mb * 2**20)
+        arm = Arm("rss", True, work, p)
+        arm.store = FeatureStore.open(str(work / "store"), create=True)
+        centers = _centers(p)
+        samples = [_memory_sample(arm.store, 0)]
+        for n in range(1, args.rss_commits + 1):
+            commit_group(arm, centers, p.slides_per_commit)
+            if args.rss_trim:
+                import ctypes
+
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            if n % args.rss_every == 0:
+                samples.append(_memory_sample(arm.store, n))
+                log.info("rss: %s", samples[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    first = next((s for s in samples if s["commits"] >= args.rss_every), samples[0])
+    return {
+        "samples": samples,
+        "rss_last_over_first": round(samples[-1]["rss_mb"] / first["rss_mb"], 3),
+        "commit_ms_median": round(1000 * statistics.median(c["commit_s"] for c in arm.commits), 2),
+        "metadata_cache_mb": args.rss_metadata_cache_mb,
+        "trim_every_commit": args.rss_trim,
+        "env": {
+            k: os.environ[k]
+            for k in ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")
+            if k in os.environ
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import sys
 
@@ -813,6 +920,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     started = time.perf_counter()
+    if args.rss_commits:
+        result = {
+            "benchmark": "scale --rss-commits",
+            "command": "python -m benchmarks.scale " + " ".join(argv),
+            "machine": machine(),
+            "params": {**args.params.__dict__, "sizes": list(args.params.sizes)},
+            **rss_loop(args),
+        }
+        write_json(Path(args.out), result)
+        return result
     if args.probe:
         result = {
             "benchmark": "scale --probe",

@@ -542,6 +542,13 @@ def commit_slides(
     tables: TableSet, pending: Sequence[PendingSlide], *, run_id: str | None = None
 ) -> CommitResult:
     """Driver side: make a group of written slides visible atomically (module docstring)."""
+    with tables.writing():
+        return _commit_slides(tables, pending, run_id)
+
+
+def _commit_slides(
+    tables: TableSet, pending: Sequence[PendingSlide], run_id: str | None
+) -> CommitResult:
     pending = list(pending)
     _check_group(pending)
     if not pending:

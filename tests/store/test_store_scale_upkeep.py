@@ -262,3 +262,20 @@ def test_cleanup_reads_two_store_versions_not_every_one(tmp_path, monkeypatch) -
         view = fs.checkout(version)
         for slide in view.slides().column("slide_id").to_pylist():
             assert len(view.bag(slide, encoder=ENCODER)) in (4, 5)
+
+
+def test_commits_leave_the_readers_cache_to_readers(tmp_path, monkeypatch) -> None:
+    """A commit's versions are never read again by the process that wrote them: cached
+    with the readers' metadata they filled its cap (64 MB of a driver's memory)."""
+    from features.store import _tables
+
+    monkeypatch.setattr(_tables, "WRITER_METADATA_CACHE_BYTES", 256 << 10, raising=False)
+    fs = FeatureStore.open(str(tmp_path / "store"), create=True)
+    _commit(fs, 0, n=4)
+    fs.latest().bag("s000", encoder=ENCODER)
+    readers = fs._tables.session.size_bytes()
+    for i in range(1, 30):
+        _commit(fs, i, n=4)
+    # Only the commits ran: the readers' cache holds what the one read left there.
+    assert fs._tables.session.size_bytes() <= readers * 1.25, readers
+    assert len(fs.latest().bag("s029", encoder=ENCODER)) == 4
