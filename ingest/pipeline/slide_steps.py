@@ -320,6 +320,11 @@ def _fit_normalizer(
 def _write_arrays(store: StoreLocation, sid: str, tissue: TissueMask) -> None:
     from features.store import SlideArrays
 
-    arrays = SlideArrays(store, sid)
-    arrays.write_thumbnail(np.ascontiguousarray(tissue.thumbnail), mpp=tissue.thumbnail_grid_mpp)
-    arrays.write_mask(tissue.mask.astype(np.uint8), mpp=tissue.mpp)
+    # One write for both (not one each): on a small slide the Zarr calls, not the bytes,
+    # are the cost.
+    SlideArrays(store, sid).write_thumbnail_and_mask(
+        np.ascontiguousarray(tissue.thumbnail),
+        tissue.mask.astype(np.uint8),
+        thumbnail_mpp=tissue.thumbnail_grid_mpp,
+        mask_mpp=tissue.mpp,
+    )
