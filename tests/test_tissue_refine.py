@@ -104,3 +104,17 @@ def test_small_slide_read_whole_refines_exactly_as_block_reads(tmp_path, monkeyp
     assert whole.edge.blocks == blocks.edge.blocks > 0
     np.testing.assert_array_equal(whole.mask, blocks.mask)
     np.testing.assert_array_equal(whole.background, blocks.background)
+
+
+def test_od_signal_is_the_colour_features_signal_to_the_bit():
+    """The refinement takes each block's OD signal from one pass over the whole read (or
+    over the block's window): the same numbers as color_features', pixel for pixel, so
+    cutting the signal instead of the pixels changes no mask."""
+    from ingest.tissue.color import color_features, od_signal
+
+    rgb = np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    glass = (231.0, 224.0, 240.0)
+    whole = od_signal(rgb, glass, np)
+    np.testing.assert_array_equal(whole, color_features(rgb, np, glass=glass).signal)
+    window = (slice(13, 70), slice(40, 131))
+    np.testing.assert_array_equal(whole[window], color_features(rgb[window], np, glass).signal)

@@ -19,7 +19,7 @@ import numpy as np
 from infra.arrays import asnumpy
 from infra.errors import ConfigError
 
-__all__ = ["ColorFeatures", "color_features", "glass_reference", "optical_density"]
+__all__ = ["ColorFeatures", "color_features", "glass_reference", "od_signal", "optical_density"]
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,20 @@ def color_features(
     top += np.float32(1e-4)
     xp.divide(chroma, top, out=chroma)
     del top
+    total = _total(r, g, b)
+    return ColorFeatures((r, g, b), total, total / np.float32(3), chroma, glass)
+
+
+def od_signal(rgb: Array, glass: tuple[float, float, float], xp: ModuleType) -> Array:
+    """``color_features(rgb, xp, glass).signal`` alone (the same numbers): what the edge
+    refinement needs, without the hue measurements."""
+    return _total(*optical_density(rgb, glass, xp)) / np.float32(3)
+
+
+def _total(r: Array, g: Array, b: Array) -> Array:
     total = r + g
     total += b
-    return ColorFeatures((r, g, b), total, total / np.float32(3), chroma, glass)
+    return total
 
 
 def _check_rgb(rgb: Array) -> None:

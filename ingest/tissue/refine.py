@@ -33,7 +33,7 @@ import numpy as np
 
 from infra.arrays import asnumpy, get_xp
 from ingest.tissue import _morph
-from ingest.tissue.color import color_features
+from ingest.tissue.color import od_signal
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -115,31 +115,45 @@ def refine_edges(slide: Slide, coarse: TissueMask, device: Device = "auto") -> T
     fine = _upsample(mask, factor, xp)
     background = _upsample(xp.asarray(coarse.background), factor, xp)
     excluded = _upsample(xp.asarray(coarse.pen | coarse.artifacts), factor, xp)
+    fine_interior, fine_band = _upsample(interior, factor, xp), _upsample(band, factor, xp)
     sx, sy = width / coarse.mask.shape[1], height / coarse.mask.shape[0]  # level 0 per coarse px
     side = read * factor
     whole = _whole_slide(slide, fine_mpp, level, len(chosen) * read_px, (sx, sy))
+    if whole is not None:
+        # The OD signal is per pixel: one pass over the whole read gives each block the
+        # numbers its own window would (and the hue measurements are never needed here).
+        whole_signal = od_signal(xp.asarray(whole[0]), coarse.glass_rgb, xp)
     for start in range(0, len(chosen), _BATCH):
         batch = chosen[start : start + _BATCH]
+        windows = [_window(corner, factor, coarse.mask.shape) for corner in batch]
         locations = [(int(round((c - _HALO) * sx)), int(round((r - _HALO) * sy))) for r, c in batch]
         if whole is not None:  # the same blocks, cut from one read of the whole slide
-            image, origin, step = whole
+            _, origin, step = whole
             cuts = [
                 (int(round((y - origin) / step)), int(round((x - origin) / step)))
                 for x, y in locations
             ]
-            images = [image[i : i + side, j : j + side] for i, j in cuts]
+            signals = [
+                whole_signal[i : i + side, j : j + side][fine_window]
+                for (i, j), (_, fine_window) in zip(cuts, windows, strict=True)
+            ]
         else:
-            images = list(slide.read_regions_at_mpp(locations, side, fine_mpp))
-        for (r, c), rgb in zip(batch, images, strict=True):
+            images = slide.read_regions_at_mpp(locations, side, fine_mpp)
+            signals = [
+                od_signal(xp.asarray(rgb[fine_window]), coarse.glass_rgb, xp)
+                for rgb, (_, fine_window) in zip(images, windows, strict=True)
+            ]
+        for corner, (coarse_window, _), signal in zip(batch, windows, signals, strict=True):
             _refine_block(
-                xp.asarray(rgb),
-                (r, c),
+                signal,
+                corner,
+                coarse_window,
                 factor,
                 fine,
                 background,
                 excluded,
-                interior,
-                band,
+                fine_interior,
+                fine_band,
                 coarse,
                 fine_mpp,
                 xp,
@@ -222,34 +236,48 @@ def _upsample(mask: Array, factor: int, xp: ModuleType) -> Array:
     return xp.repeat(xp.repeat(mask, factor, axis=0), factor, axis=1)
 
 
+def _window(
+    corner: tuple[int, int], factor: int, shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The block at ``corner`` with its halo, clipped to the coarse grid of ``shape``: its
+    coarse rows and columns, and the same window in the block read's fine pixels (the
+    read starts ``_HALO`` coarse pixels before the corner)."""
+    r0, c0 = corner
+    h, w = shape
+    gr0, gc0 = max(r0 - _HALO, 0), max(c0 - _HALO, 0)
+    gr1, gc1 = min(r0 + _BLOCK + _HALO, h), min(c0 + _BLOCK + _HALO, w)
+    fr0, fc0 = (gr0 - (r0 - _HALO)) * factor, (gc0 - (c0 - _HALO)) * factor
+    fr1, fc1 = fr0 + (gr1 - gr0) * factor, fc0 + (gc1 - gc0) * factor
+    return (slice(gr0, gr1), slice(gc0, gc1)), (slice(fr0, fr1), slice(fc0, fc1))
+
+
 def _refine_block(
-    rgb: Array,
+    signal: Array,
     corner: tuple[int, int],
+    coarse_window: tuple[slice, slice],
     factor: int,
     fine: Array,
     background: Array,
     excluded: Array,
-    interior: Array,
-    band: Array,
+    fine_interior: Array,
+    fine_band: Array,
     coarse: TissueMask,
     fine_mpp: float,
     xp: ModuleType,
 ) -> None:
-    """Re-decide the band pixels of one block (in place in ``fine`` and ``background``)."""
+    """Re-decide the band pixels of one block (in place in ``fine`` and ``background``)
+    from ``signal``, the OD signal of its window (:func:`_window`)."""
     config = coarse.config
     r0, c0 = corner
     h, w = coarse.mask.shape
-    # The block with its halo on the coarse grid, clipped to the image.
-    gr0, gc0 = max(r0 - _HALO, 0), max(c0 - _HALO, 0)
-    gr1, gc1 = min(r0 + _BLOCK + _HALO, h), min(c0 + _BLOCK + _HALO, w)
-    # The same window in the read image's fine pixels (the read starts at r0 - _HALO).
-    fr0, fc0 = (gr0 - (r0 - _HALO)) * factor, (gc0 - (c0 - _HALO)) * factor
-    fr1, fc1 = fr0 + (gr1 - gr0) * factor, fc0 + (gc1 - gc0) * factor
-    features = color_features(rgb[fr0:fr1, fc0:fc1], xp, glass=coarse.glass_rgb)
-    signal = features.signal
+    rows, cols = coarse_window
+    gr0, gc0 = rows.start, cols.start
     detected = signal >= np.float32(coarse.thresholds.detect)
-    window = (slice(gr0 * factor, gr1 * factor), slice(gc0 * factor, gc1 * factor))
-    inner = _upsample(interior[gr0:gr1, gc0:gc1], factor, xp)
+    window = (
+        slice(rows.start * factor, rows.stop * factor),
+        slice(cols.start * factor, cols.stop * factor),
+    )
+    inner = fine_interior[window]
     candidates = (detected & ~excluded[window]) | inner
     candidates = _clean(candidates, fine_mpp, config, xp)
     # The edge where a pixel is about half covered, as the coarse mask places it: the
@@ -266,7 +294,7 @@ def _refine_block(
         (r0 - gr0) * factor : (min(r0 + _BLOCK, h) - gr0) * factor,
         (c0 - gc0) * factor : (min(c0 + _BLOCK, w) - gc0) * factor,
     ] = True
-    take = core & _upsample(band[gr0:gr1, gc0:gc1], factor, xp)
+    take = core & fine_band[window]
     fine[window] = xp.where(take, candidates, fine[window])
     background[window] = xp.where(take, ~detected, background[window])
 
