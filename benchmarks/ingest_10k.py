@@ -24,6 +24,12 @@ Measured, from the store's own commit timestamps (``created_at``, one per commit
 (``os._exit``) after its 3rd commit, then the same command is rerun, and in the rerun a
 read worker is killed at slide N/2 (Ray restarts it and retries the slide). The tile set
 must equal the uninterrupted run's for those slides.
+
+``--s3-chaos N``: the first N slides again into an ``s3://`` store on a local moto server,
+through a proxy that answers 503 SlowDown and resets connections mid-body all run long,
+while a stage actor is killed every ``--kill-every`` s (``benchmarks/_s3_chaos.py``);
+after ``cleanup`` the store must hold the uninterrupted run's tile set, no duplicates and
+no orphan fragment.
 """
 
 from __future__ import annotations
@@ -238,6 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slides", type=int, default=10_000)
     parser.add_argument("--distinct", type=int, default=200)
     parser.add_argument("--chaos", type=int, default=1000, help="0: no chaos run")
+    parser.add_argument(
+        "--s3-chaos",
+        type=int,
+        default=0,
+        help="the first N slides again into s3:// on moto with S3 faults and a stage actor "
+        "killed every --kill-every s (benchmarks/_s3_chaos.py); 0: not run",
+    )
+    parser.add_argument("--kill-every", type=float, default=60.0)
     parser.add_argument("--out", default="benchmarks/results/ingest_10k.json")
     args = parser.parse_args(argv)
     paths = cohort(args.slides, args.distinct)
@@ -251,6 +265,14 @@ def main(argv: list[str] | None = None) -> None:
         chaos_row = chaos(paths[: args.chaos], root, root / "store") if args.chaos else None
         if chaos_row:
             print(json.dumps(chaos_row, indent=1))
+        s3_row = None
+        if args.s3_chaos:
+            from benchmarks._s3_chaos import s3_chaos
+
+            s3_row = s3_chaos(
+                paths[: args.s3_chaos], root / "store", ENCODER, kill_every=args.kill_every
+            )
+            print(json.dumps({k: v for k, v in s3_row.items() if k != "attempts"}, indent=1))
     write_json(
         args.out,
         {
@@ -261,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             "distinct_files": min(args.slides, args.distinct),
             "run": result,
             "chaos": chaos_row,
+            "s3_chaos": s3_row,
         },
     )
     print(f"wrote {args.out}")
