@@ -836,6 +836,7 @@ def _memory_sample(store: FeatureStore, commits: int) -> dict[str, Any]:
         "rss_mb": round(_rss_mb(), 1),
         "lance_session_mb": round(store._tables.session.size_bytes() / 2**20, 1),
         "lance_index_cache_mb": round(store._tables.session.index_cache_size_bytes() / 2**20, 1),
+        "lance_writer_session_mb": round(store._tables.writer_session.size_bytes() / 2**20, 1),
         "arrow_allocated_mb": round(pa.total_allocated_bytes() / 2**20, 1),
         "arrow_pool_max_mb": round(pa.default_memory_pool().max_memory() / 2**20, 1),
     }
