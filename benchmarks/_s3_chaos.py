@@ -70,7 +70,7 @@ class StageKiller(threading.Thread):
         super().__init__(daemon=True)
         self.every, self.prefix, self._halt = every, prefix, threading.Event()
         self.kills: list[dict[str, Any]] = []
-        self._started = time.monotonic()
+        self._t0 = time.monotonic()
 
     def _stages(self) -> list[Any]:
         import psutil
@@ -95,7 +95,7 @@ class StageKiller(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills.append(
-                {"t_s": round(time.monotonic() - self._started, 1), "pid": victim.pid}
+                {"t_s": round(time.monotonic() - self._t0, 1), "pid": victim.pid}
             )
 
     def stop(self) -> None:
