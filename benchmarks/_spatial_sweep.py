@@ -60,6 +60,20 @@ FULL_SWEEP: dict[str, Any] = {
 MEMORISED_LOSS, MEMORISED_AUROC = 0.05, 0.6
 
 
+def rank_auroc(y: Any, p: Any) -> float:
+    """Binary AUROC as the Mann-Whitney statistic with average ranks for ties (label 1 is
+    positive): the value ``roc_auc_score`` gives, up to float round-off, without its input
+    validation. A bootstrap CI calls it 1000 times; through scikit-learn that was the
+    largest single cost of a sweep cell after training (profile in docs/spatial.md)."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(y).reshape(-1) == 1
+    ranks = rankdata(np.asarray(p, dtype=np.float64).reshape(-1))
+    n1 = int(pos.sum())
+    n0 = len(pos) - n1
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
     """Logistic (ridge for regression) on planted-type statistics, on the benchmark's folds
     (fold k tests; k+1, the models' validation fold, is left out as it is for them)."""
@@ -98,7 +112,7 @@ def oracle(cohort: Any, fold_column: str = "fold") -> dict[str, Any]:
             y_all.append(test[cohort.targets].to_numpy())
     y, p = np.concatenate(y_all), np.concatenate(p_all)
     if cohort.task == "binary":
-        lo, hi = bootstrap_ci(y, p, roc_auc_score, n_boot=1000)
+        lo, hi = bootstrap_ci(y, p, rank_auroc, n_boot=1000)
         return {"auroc": float(roc_auc_score(y, p)), "auroc_ci": [lo, hi]}
     return {
         "pearson": {
@@ -163,6 +177,70 @@ def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
     }
 
 
+def _run_cell(
+    name: str,
+    noise: str,
+    separability: float,
+    params: dict[str, Any],
+    models: list[str],
+    tmp: Path,
+    evaluate_cohort: Any,
+    side: int,
+) -> list[dict[str, Any]]:
+    """One cohort x noise model x separability: write the cohort, then per training-set
+    size train every model (and the permuted control); the cells, one per size."""
+    from synthetic.spatial import NoiseSpec, write_spatial_cohort
+
+    spec = NoiseSpec(noise, separability)
+    store = tmp / f"{name}_{spec.tag}"
+    built = time.perf_counter()
+    cohort = write_spatial_cohort(
+        str(store),
+        name,
+        n_slides=params["slides"],
+        side=side,
+        noise=spec,
+        shape=params["shape"],
+    )
+    build_s = time.perf_counter() - built
+    cells = []
+    try:
+        for train_slides in params["train_slides_list"]:
+            res = evaluate_cohort(cohort, models, {**params, "train_slides": train_slides})
+            cell = {
+                "cohort": name,
+                "noise": noise,
+                "separability": separability,
+                "noise_scale": cohort.meta["noise_scale"],
+                "train_slides": train_slides,
+                "build_s": build_s,
+                "oracle": oracle(cohort),
+                "gap": {m: fit_gap(runs) for m, runs in res["runs"].items()},
+            }
+            for key in (
+                "auroc",
+                "auroc_ci",
+                "auroc_per_seed",
+                "shuffle_auroc",
+                "pearson",
+                "seconds",
+            ):
+                cell[key] = res[key]
+            if params.get("permuted") and cohort.task == "binary":
+                cell["permuted"] = permuted_control(
+                    cohort, models, {**params, "train_slides": train_slides}, evaluate_cohort
+                )
+            cells.append(cell)
+            print(
+                f"{name} {spec.tag} train={train_slides} oracle={cell['oracle'].get('auroc')} "
+                f"{ {m: round(v, 3) for m, v in res['auroc'].items()} }",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    return cells
+
+
 def run_sweep(
     params: dict[str, Any],
     models: list[str],
@@ -171,62 +249,58 @@ def run_sweep(
     result: dict[str, Any],
     evaluate_cohort: Any,
     side_of: dict[str, int],
+    workers: int = 1,
 ) -> dict[str, Any]:
+    """Every cell of the grid; with ``workers`` > 1 the cells run in that many processes
+    (spawned, one torch thread each), each cell whole in one process so its models share
+    the fitted modules and statistics. Cells are independent and seeded, so the results do
+    not depend on ``workers``; the JSON lists them in grid order either way."""
     from benchmarks._common import write_json
-    from synthetic.spatial import NoiseSpec, write_spatial_cohort
+    from infra.errors import ConfigError
 
-    cells = result.setdefault("cells", [])
-    for name in params["cohorts"]:
-        for noise in params["noises"]:
-            for separability in params["separabilities"]:
-                spec = NoiseSpec(noise, separability)
-                store = tmp / f"{name}_{spec.tag}"
-                built = time.perf_counter()
-                cohort = write_spatial_cohort(
-                    str(store),
-                    name,
-                    n_slides=params["slides"],
-                    side=side_of.get(name, 16),
-                    noise=spec,
-                    shape=params["shape"],
-                )
-                build_s = time.perf_counter() - built
-                for train_slides in params["train_slides_list"]:
-                    res = evaluate_cohort(cohort, models, {**params, "train_slides": train_slides})
-                    cell = {
-                        "cohort": name,
-                        "noise": noise,
-                        "separability": separability,
-                        "noise_scale": cohort.meta["noise_scale"],
-                        "train_slides": train_slides,
-                        "build_s": build_s,
-                        "oracle": oracle(cohort),
-                        "gap": {m: fit_gap(runs) for m, runs in res["runs"].items()},
-                    }
-                    for key in (
-                        "auroc",
-                        "auroc_ci",
-                        "auroc_per_seed",
-                        "shuffle_auroc",
-                        "pearson",
-                        "seconds",
-                    ):
-                        cell[key] = res[key]
-                    if params.get("permuted") and cohort.task == "binary":
-                        cell["permuted"] = permuted_control(
-                            cohort,
-                            models,
-                            {**params, "train_slides": train_slides},
-                            evaluate_cohort,
-                        )
-                    cells.append(cell)
-                    print(
-                        f"{name} {spec.tag} train={train_slides} oracle={cell['oracle'].get('auroc')} "
-                        f"{ {m: round(v, 3) for m, v in res['auroc'].items()} }",
-                        flush=True,
-                    )
-                    write_json(out, {**result, "partial": True})
-                shutil.rmtree(store, ignore_errors=True)
+    if workers < 1:
+        raise ConfigError(f"sweep workers must be >= 1, got {workers}")
+    result.setdefault("cells", [])
+    grid = [
+        (name, noise, separability)
+        for name in params["cohorts"]
+        for noise in params["noises"]
+        for separability in params["separabilities"]
+    ]
+    done: dict[int, list[dict[str, Any]]] = {}
+
+    def record(i: int, cells: list[dict[str, Any]]) -> None:
+        done[i] = cells
+        result["cells"] = [c for j in sorted(done) for c in done[j]]
+        write_json(out, {**result, "partial": True})
+
+    def args(cell: tuple[str, str, float]) -> tuple[Any, ...]:
+        name, noise, separability = cell
+        return (
+            name,
+            noise,
+            separability,
+            params,
+            models,
+            tmp,
+            evaluate_cohort,
+            side_of.get(name, 16),
+        )
+
+    if workers == 1 or len(grid) == 1:
+        for i, cell in enumerate(grid):
+            record(i, _run_cell(*args(cell)))
+        return result
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: the parent has torch (and its thread pools) loaded
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(grid)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = {pool.submit(_run_cell, *args(cell)): i for i, cell in enumerate(grid)}
+        for future in as_completed(futures):
+            record(futures[future], future.result())
     return result
 
 

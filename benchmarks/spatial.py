@@ -44,6 +44,7 @@ from benchmarks._spatial_sweep import (
     SWEEP_MODELS,
     oracle,
     plot_sweep,
+    rank_auroc,
     run_sweep,
 )
 
@@ -223,11 +224,10 @@ def evaluate_cohort(cohort: Any, models: list[str], params: dict[str, Any]) -> d
         if cohort.task == "binary":
             y = np.array([v[0][0][0] for v in pooled.values()])
             p = np.array([np.mean([pred[0] for _, pred in v]) for v in pooled.values()])
-            from sklearn.metrics import roc_auc_score
 
             out["auroc"][model] = float(np.mean(per_seed))
             out["auroc_per_seed"][model] = per_seed
-            lo, hi = bootstrap_ci(y, p, roc_auc_score, n_boot=1000)
+            lo, hi = bootstrap_ci(y, p, rank_auroc, n_boot=1000)
             out["auroc_ci"][model] = [lo, hi]
             out["auroc_folds"][model] = {
                 "mean": float(np.mean(fold_scores)),
@@ -505,6 +505,12 @@ def main() -> None:
         help="with --sweep: also train every model on each cell with permuted labels "
         "(the leakage control; first seed only)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="with --sweep: cells run in this many processes (one torch thread each; "
+        "default: the CPU count); results do not depend on it",
+    )
     parser.add_argument("--png", default=str(ROOT / "docs" / "spatial_masking.png"))
     parser.add_argument(
         "--sweep-png",
@@ -631,8 +637,10 @@ def sweep(args: argparse.Namespace) -> None:
         },
     }
     tmp = Path(tempfile.mkdtemp(prefix="bench-spatial-sweep-"))
+    workers = args.workers or os.cpu_count() or 1
+    result["workers"] = workers
     try:
-        run_sweep(params, models, tmp, out, result, evaluate_cohort, SIDE)
+        run_sweep(params, models, tmp, out, result, evaluate_cohort, SIDE, workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.update(
@@ -642,7 +650,8 @@ def sweep(args: argparse.Namespace) -> None:
             "load_average_after": os.getloadavg(),
             "note": "per cell: auroc = mean over seeds of the pooled out-of-fold AUROC; oracle = logistic "
             "regression on planted-type statistics (not a model); gap = train/validation gap "
-            "per model over folds; torch 1 thread; 2-core machine shared with other jobs.",
+            "per model over folds; torch 1 thread per process, cells in `workers` processes; "
+            "2-core machine shared with other jobs.",
         }
     )
     write_json(out, result)

@@ -12,7 +12,9 @@ its grid neighbours before clustering/assignment, giving spatially coherent modu
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +27,14 @@ __all__ = ["ModuleCodebook", "ModuleSpec", "assign_modules", "fit_modules", "smo
 log = logging.getLogger(__name__)
 
 CODEBOOK_VERSION = 1
+
+# k-means results by the content of the fitted sample and the settings. Cross-validation
+# fits the same training fold once per training seed and once per model that shares the
+# module settings (and again for the permuted-label control), and Lloyd's iterations on
+# overlapping clusters are the slowest part of a module model's fold. Bounded: an entry
+# is K x D floats.
+_FIT_CACHE: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
+_FIT_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -146,8 +156,6 @@ def fit_modules(
     The caller passes training slides only; the codebook records them so a test or an
     auditor can check they never include validation, test or external patients.
     """
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
     from training.spatial.graphs import grid_edges
 
     spec = spec or ModuleSpec()
@@ -165,6 +173,33 @@ def fit_modules(
     x = _sample(feats, spec.max_tiles, spec.seed)
     if len(x) < spec.k:
         raise ConfigError(f"{len(x)} tiles cannot make {spec.k} modules")
+    key = hashlib.blake2b(
+        x.tobytes() + repr((x.shape, spec.k, spec.seed, spec.method, spec.batch_size)).encode(),
+        digest_size=20,
+    ).digest()
+    cached = _FIT_CACHE.get(key)
+    if cached is None:
+        cached = _kmeans(x, spec)
+        _FIT_CACHE[key] = cached
+        while len(_FIT_CACHE) > _FIT_CACHE_SIZE:
+            _FIT_CACHE.popitem(last=False)
+    else:
+        _FIT_CACHE.move_to_end(key)
+    centroids, inertia = cached
+    log.info("fitted %d modules on %d tiles from %d slides", spec.k, len(x), len(ids))
+    return ModuleCodebook(
+        centroids.copy(),
+        spec,
+        tuple(sorted(ids)),
+        encoder,
+        meta={"inertia": inertia, "n_tiles": float(len(x))},
+    )
+
+
+def _kmeans(x: np.ndarray, spec: ModuleSpec) -> tuple[np.ndarray, float]:
+    """Centroids (canonical order) and inertia of k-means on the sample ``x``."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     if spec.method == "minibatch":
         km = MiniBatchKMeans(
             n_clusters=spec.k,
@@ -177,6 +212,9 @@ def fit_modules(
         # Full Lloyd iterations on the (bounded) sample: mini-batch k-means fell into a
         # merged-cluster local minimum on imbalanced tile types (ARI 0.67 vs 1.0).
         km = KMeans(n_clusters=spec.k, random_state=spec.seed, n_init=3, max_iter=300)
+    # scikit-learn's own thread count: one thread gave other centroids on S2 at 85%
+    # (Lloyd's partial sums add up in another order), so a cached fit would not be what
+    # the same call without the cache gives.
     km.fit(x)
     # A canonical order (by the centroids' first principal direction) so two fits that
     # find the same clusters number them the same way.
@@ -185,11 +223,4 @@ def fit_modules(
     direction = np.linalg.svd(centred, full_matrices=False)[2][0]
     direction *= np.sign(direction[np.argmax(np.abs(direction))])
     centroids = centroids[np.argsort(centred @ direction, kind="stable")]
-    log.info("fitted %d modules on %d tiles from %d slides", spec.k, len(x), len(ids))
-    return ModuleCodebook(
-        np.ascontiguousarray(centroids),
-        spec,
-        tuple(sorted(ids)),
-        encoder,
-        meta={"inertia": float(km.inertia_), "n_tiles": float(len(x))},
-    )
+    return np.ascontiguousarray(centroids), float(km.inertia_)

@@ -14,12 +14,22 @@ All are unchanged by rotations, flips and translations of the slide.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 from training.spatial.graphs import grid_edges, grid_index
 from training.spatial.interactions import module_graph
 
-__all__ = ["feature_names", "module_features"]
+__all__ = ["cached_module_features", "feature_names", "module_features"]
+
+# Features by (modules, coords, K, distances) content. Every model that assigns the same
+# modules to a slide (another training seed, another model with the same module settings,
+# the permuted-label control) asks for the same statistics; the k-d tree queries behind
+# them cost more than the rest of a logistic head's step. A feature row is ~100 floats.
+_FEATURE_CACHE: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_FEATURE_CACHE_SIZE = 200_000
 
 
 def feature_names(k: int, distances: bool = True) -> list[str]:
@@ -70,3 +80,28 @@ def module_features(
             _mean_distances(modules, np.stack([rows, cols], 1).astype(np.float64), k).reshape(-1)
         )
     return np.concatenate(parts).astype(np.float32)
+
+
+def cached_module_features(
+    modules: np.ndarray, coords: np.ndarray, k: int, *, distances: bool = True
+) -> np.ndarray:
+    """:func:`module_features` through a bounded process-wide cache keyed by the content
+    of ``modules`` and ``coords`` (the result is read-only: callers must not modify it)."""
+    modules = np.ascontiguousarray(modules, np.int64)
+    coords = np.ascontiguousarray(coords)
+    key = hashlib.blake2b(
+        modules.tobytes()
+        + coords.tobytes()
+        + repr((coords.shape, str(coords.dtype), k, distances)).encode(),
+        digest_size=20,
+    ).digest()
+    feats = _FEATURE_CACHE.get(key)
+    if feats is None:
+        feats = module_features(modules, coords, k, distances=distances)
+        feats.setflags(write=False)
+        _FEATURE_CACHE[key] = feats
+        while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+            _FEATURE_CACHE.popitem(last=False)
+    else:
+        _FEATURE_CACHE.move_to_end(key)
+    return feats

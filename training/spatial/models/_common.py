@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -53,12 +55,47 @@ def require_coords(model: str, x: Tensor, coords: Tensor | None) -> Tensor:
     return coords
 
 
+# Edge indices by (coordinates, graph spec) content: a slide's graph depends on its
+# coordinates only, and training rebuilt it for every slide in every epoch. Bounded (an
+# entry is 2 x E int64, ~30 KB for a 250-tile slide).
+_EDGE_CACHE: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_EDGE_CACHE_SIZE = 4096
+
+
+def _tile_edges(coords: np.ndarray, spec: GraphSpec) -> np.ndarray:
+    coords = np.ascontiguousarray(coords)
+    key = hashlib.blake2b(
+        coords.tobytes() + repr((coords.shape, str(coords.dtype), spec)).encode(), digest_size=20
+    ).digest()
+    index = _EDGE_CACHE.get(key)
+    if index is None:
+        index = np.stack(tile_graph(coords, spec)).astype(np.int64, copy=False)
+        index.setflags(write=False)
+        _EDGE_CACHE[key] = index
+        while len(_EDGE_CACHE) > _EDGE_CACHE_SIZE:
+            _EDGE_CACHE.popitem(last=False)
+    else:
+        _EDGE_CACHE.move_to_end(key)
+    return index
+
+
 def edges_for(
-    coords: Tensor, spec: GraphSpec, edges: tuple[Any, Any] | None, device: torch.device
+    coords: Tensor,
+    spec: GraphSpec,
+    edges: tuple[Any, Any] | None,
+    device: torch.device,
+    *,
+    cache: bool = True,
 ) -> Tensor:
-    """(2, E) long edge index: the given edges, or the tile graph built from ``coords``."""
+    """(2, E) long edge index: the given edges, or the tile graph built from ``coords``
+    (looked up by the coordinates' content unless ``cache`` is off: tiles dropped at
+    random give a new graph every time)."""
     if edges is None:
-        edges = tile_graph(coords.detach().cpu().numpy(), spec)
+        xy = coords.detach().cpu().numpy()
+        if cache:
+            # a copy: the cached array is shared and read-only
+            return torch.from_numpy(_tile_edges(xy, spec).copy()).to(device)
+        edges = tile_graph(xy, spec)
     src, dst = (np.asarray(e.cpu() if isinstance(e, Tensor) else e, dtype=np.int64) for e in edges)
     return torch.from_numpy(np.stack([src, dst])).to(device)
 

@@ -28,7 +28,7 @@ from training.mil.models import MILConfig, MILOutput, register_model
 from training.spatial.models._common import fit_transform, options, require_coords
 from training.spatial.modules import ModuleSpec, fit_modules
 from training.spatial.preprocess import TileTransform
-from training.spatial.stats import feature_names, module_features
+from training.spatial.stats import cached_module_features, feature_names
 
 __all__ = ["ModuleModel", "ModuleStats", "StatsReadout"]
 
@@ -78,10 +78,11 @@ class StatsReadout(nn.Module):
         if feats is None:
             with torch.no_grad():
                 modules = modules_of(x).cpu().numpy()
-            feats = module_features(modules, cs, self.k, distances=self.distances)
+            feats = cached_module_features(modules, cs, self.k, distances=self.distances)
             if len(self._cache) < 100_000:
                 self._cache[key] = feats
-        return torch.from_numpy(feats).to(x.device)
+        # a copy: the array is shared through the process-wide cache and read-only there
+        return torch.from_numpy(feats.copy()).to(x.device)
 
     def fit(
         self, modules_of: Callable[[Tensor], Tensor], bags: list[tuple[np.ndarray, np.ndarray]]

@@ -188,10 +188,11 @@ class TileGNN(nn.Module):
         edges: tuple[Any, Any] | None = None,
     ) -> MILOutput:
         coords = require_coords("tile_gnn", x, coords)
-        if self.training and self.tile_dropout > 0:
+        dropped = self.training and self.tile_dropout > 0
+        if dropped:
             x, coords = drop_tiles(x, coords, self.tile_dropout, True)
             edges = None
-        edge_index = edges_for(coords, self.spec, edges, x.device)
+        edge_index = edges_for(coords, self.spec, edges, x.device, cache=not dropped)
         h = self.node_states(x, edge_index)
         a = torch.softmax(self.attention(h), dim=1)
         logits = self.head((a @ h).squeeze(0))
