@@ -172,9 +172,10 @@ def plan_tiles(
     on_tissue = bool(keep.any())
     keep = _in_region(keep, geometry, config, slide_id, x0, y0, footprint)
     rows, cols = np.nonzero(keep)  # row-major: deterministic order
-    pen_frac = coverage(tissue.pen)[rows, cols] if rows.size else np.zeros(0)
-    bg_frac = coverage(tissue.background)[rows, cols] if rows.size else np.zeros(0)
     n = rows.size
+    # Most slides carry no ink: their pen coverage is zero without a pass over the mask.
+    pen_frac = coverage(tissue.pen)[rows, cols] if rows.size and tissue.pen.any() else np.zeros(n)
+    bg_frac = coverage(tissue.background)[rows, cols] if rows.size else np.zeros(0)
     columns: dict[str, np.ndarray] = {
         "x": x0[cols],
         "y": y0[rows],
