@@ -94,9 +94,7 @@ class StageKiller(threading.Thread):
                 os.kill(victim.pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            self.kills.append(
-                {"t_s": round(time.monotonic() - self._t0, 1), "pid": victim.pid}
-            )
+            self.kills.append({"t_s": round(time.monotonic() - self._t0, 1), "pid": victim.pid})
 
     def stop(self) -> None:
         self._halt.set()
