@@ -4,7 +4,6 @@ the sweep's cells give the same results in worker processes as in one process.""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,6 @@ from training.spatial import stats as stats_mod
 from training.spatial.graphs import GraphSpec, tile_graph
 from training.spatial.models import _common
 from training.spatial.modules import ModuleSpec, fit_modules
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _bags(n_slides: int = 6, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -12,14 +12,13 @@ its grid neighbours before clustering/assignment, giving spatially coherent modu
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from infra.content_cache import ContentCache
 from infra.errors import ConfigError
 
 __all__ = ["ModuleCodebook", "ModuleSpec", "assign_modules", "fit_modules", "smooth_embeddings"]
@@ -33,8 +32,7 @@ CODEBOOK_VERSION = 1
 # module settings (and again for the permuted-label control), and Lloyd's iterations on
 # overlapping clusters are the slowest part of a module model's fold. Bounded: an entry
 # is K x D floats.
-_FIT_CACHE: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
-_FIT_CACHE_SIZE = 256
+_FIT_CACHE: ContentCache[tuple[np.ndarray, float]] = ContentCache(256)
 
 
 @dataclass(frozen=True)
@@ -173,19 +171,8 @@ def fit_modules(
     x = _sample(feats, spec.max_tiles, spec.seed)
     if len(x) < spec.k:
         raise ConfigError(f"{len(x)} tiles cannot make {spec.k} modules")
-    key = hashlib.blake2b(
-        x.tobytes() + repr((x.shape, spec.k, spec.seed, spec.method, spec.batch_size)).encode(),
-        digest_size=20,
-    ).digest()
-    cached = _FIT_CACHE.get(key)
-    if cached is None:
-        cached = _kmeans(x, spec)
-        _FIT_CACHE[key] = cached
-        while len(_FIT_CACHE) > _FIT_CACHE_SIZE:
-            _FIT_CACHE.popitem(last=False)
-    else:
-        _FIT_CACHE.move_to_end(key)
-    centroids, inertia = cached
+    key = ContentCache.key(x, spec.k, spec.seed, spec.method, spec.batch_size)
+    centroids, inertia = _FIT_CACHE.get(key, lambda: _kmeans(x, spec))
     log.info("fitted %d modules on %d tiles from %d slides", spec.k, len(x), len(ids))
     return ModuleCodebook(
         centroids.copy(),

@@ -14,11 +14,9 @@ All are unchanged by rotations, flips and translations of the slide.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-
 import numpy as np
 
+from infra.content_cache import ContentCache
 from training.spatial.graphs import grid_edges, grid_index
 from training.spatial.interactions import module_graph
 
@@ -28,8 +26,7 @@ __all__ = ["cached_module_features", "feature_names", "module_features"]
 # modules to a slide (another training seed, another model with the same module settings,
 # the permuted-label control) asks for the same statistics; the k-d tree queries behind
 # them cost more than the rest of a logistic head's step. A feature row is ~100 floats.
-_FEATURE_CACHE: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_FEATURE_CACHE_SIZE = 200_000
+_FEATURE_CACHE: ContentCache[np.ndarray] = ContentCache(200_000)
 
 
 def feature_names(k: int, distances: bool = True) -> list[str]:
@@ -89,19 +86,10 @@ def cached_module_features(
     of ``modules`` and ``coords`` (the result is read-only: callers must not modify it)."""
     modules = np.ascontiguousarray(modules, np.int64)
     coords = np.ascontiguousarray(coords)
-    key = hashlib.blake2b(
-        modules.tobytes()
-        + coords.tobytes()
-        + repr((coords.shape, str(coords.dtype), k, distances)).encode(),
-        digest_size=20,
-    ).digest()
-    feats = _FEATURE_CACHE.get(key)
-    if feats is None:
+
+    def compute() -> np.ndarray:
         feats = module_features(modules, coords, k, distances=distances)
         feats.setflags(write=False)
-        _FEATURE_CACHE[key] = feats
-        while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
-            _FEATURE_CACHE.popitem(last=False)
-    else:
-        _FEATURE_CACHE.move_to_end(key)
-    return feats
+        return feats
+
+    return _FEATURE_CACHE.get(ContentCache.key(modules, coords, k, distances), compute)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from infra.content_cache import ContentCache
 from infra.errors import ConfigError
 from training.mil.models import GatedAttention, MILConfig
 from training.spatial.graphs import GraphSpec, tile_graph
@@ -58,25 +57,16 @@ def require_coords(model: str, x: Tensor, coords: Tensor | None) -> Tensor:
 # Edge indices by (coordinates, graph spec) content: a slide's graph depends on its
 # coordinates only, and training rebuilt it for every slide in every epoch. Bounded (an
 # entry is 2 x E int64, ~30 KB for a 250-tile slide).
-_EDGE_CACHE: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_EDGE_CACHE_SIZE = 4096
+_EDGE_CACHE: ContentCache[np.ndarray] = ContentCache(4096)
 
 
 def _tile_edges(coords: np.ndarray, spec: GraphSpec) -> np.ndarray:
-    coords = np.ascontiguousarray(coords)
-    key = hashlib.blake2b(
-        coords.tobytes() + repr((coords.shape, str(coords.dtype), spec)).encode(), digest_size=20
-    ).digest()
-    index = _EDGE_CACHE.get(key)
-    if index is None:
+    def compute() -> np.ndarray:
         index = np.stack(tile_graph(coords, spec)).astype(np.int64, copy=False)
         index.setflags(write=False)
-        _EDGE_CACHE[key] = index
-        while len(_EDGE_CACHE) > _EDGE_CACHE_SIZE:
-            _EDGE_CACHE.popitem(last=False)
-    else:
-        _EDGE_CACHE.move_to_end(key)
-    return index
+        return index
+
+    return _EDGE_CACHE.get(ContentCache.key(coords, spec), compute)
 
 
 def edges_for(
