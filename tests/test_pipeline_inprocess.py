@@ -50,9 +50,14 @@ def test_auto_goes_to_ray_for_a_cluster_big_or_remote_jobs_and_worker_faults(
     assert not use_inprocess(AUTO.replace(engine="fused"), [small])
 
 
-def test_auto_keeps_a_few_large_slides_in_process(small) -> None:
+def test_auto_keeps_a_few_large_slides_in_process(small, tmp_path, monkeypatch) -> None:
     # The encoder gets every core's threads in either engine; with a few slides Ray's
     # start-up costs more than the actors' parallel planning gives back, whatever their size.
+    # No cluster named or running, as for a user's first command (in this test process
+    # another test may have started Ray, which auto would rightly join).
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("SLIDEBANK_CLUSTER_STATE", str(tmp_path / "no-cluster.json"))
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert use_inprocess(AUTO, [small] * MAX_SLIDES)
     big = [SlideSource(f"/slides/big-{i}.svs", f"big-{i}") for i in range(2)]
     assert use_inprocess(AUTO, big)
