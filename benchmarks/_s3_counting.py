@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -135,35 +133,14 @@ def price(ops: dict[str, int], per: float = 1.0) -> float:
 @contextmanager
 def counting_moto(env: dict[str, str]) -> Iterator[str]:
     """The counting server on a free loopback port; yields its endpoint."""
-    from tests._support.moto import free_port
+    from tests._support.moto import moto_server
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._s3_counting", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):  # start-up wait, up to 30 s
-            try:
-                read_counts(endpoint)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"counting moto exited ({proc.returncode})") from None
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"counting moto on port {port} did not answer in 30 s")
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "benchmarks._s3_counting", str(port)]
+
+    with moto_server(env, command=command) as endpoint:
+        read_counts(endpoint, reset=True)  # the counter answers; start-up probes not counted
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,15 +35,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server(env: Mapping[str, str] | None = None, *, timeout: float = 30.0) -> Iterator[str]:
+def moto_server(
+    env: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 30.0,
+    command: Callable[[int], list[str]] | None = None,
+) -> Iterator[str]:
     """Start moto, wait until it answers, yield its endpoint URL, stop it on exit.
 
     ``env`` is the server's whole environment (default: this process's, plus the fake
     credentials), so it never sees real AWS credentials from the caller's shell.
+    ``command`` (port -> argv) starts another server that serves moto's app on loopback
+    (the benchmarks' request-counting one); by default ``python -m moto.server``.
     """
     port = free_port()
+    argv = (
+        command(port)
+        if command is not None
+        else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        argv,
         env=dict(env) if env is not None else {**os.environ, **FAKE_CREDENTIALS},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
