@@ -57,7 +57,6 @@ FULL_SWEEP: dict[str, Any] = {
     "train_slides_list": [40, 80, None],
     "models": SWEEP_MODELS,
 }
-MEMORISED_LOSS, MEMORISED_AUROC = 0.05, 0.6
 
 
 def rank_auroc(y: Any, p: Any) -> float:
@@ -144,6 +143,8 @@ def permuted_control(
 
 def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
     """Train/validation gap over every fold of every seed."""
+    from training.mil.train import memorised
+
     folds = []
     for runs in runs_per_seed:
         for run in runs:
@@ -158,9 +159,8 @@ def fit_gap(runs_per_seed: list[list[Any]]) -> dict[str, Any]:
                     "kept_val_auroc": kept["val_score"],
                     "best_epoch": run.best_epoch,
                     "epochs_run": len(run.history),
-                    "memorised": bool(
-                        min_loss < MEMORISED_LOSS and kept["val_score"] < MEMORISED_AUROC
-                    ),
+                    # the trainer's own rule, which also warns the user (training.mil.train)
+                    "memorised": memorised(run.history, run.best_epoch, "binary"),
                 }
             )
     if not folds:

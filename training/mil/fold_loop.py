@@ -21,6 +21,7 @@ Progress (per epoch and per fold) goes to ``emit`` as small dicts on rank 0;
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,10 +50,19 @@ def progress_line(event: dict[str, Any]) -> str:
             f"{event['train_loss']:.4f}, val loss {event['val_loss']:.4f}, val {score} {event['val_score']:.3f}"
         )
     if event["kind"] == "fold_done":
-        return (
+        line = (
             f"{where} done: best val {score} {event['best_score']:.3f} at epoch {event['best_epoch'] + 1} "
             f"({event['fit_s']:.1f} s), saved in {event['uri']}"
         )
+        if event.get("memorised"):
+            from training.mil.train import MEMORISED_HINT
+
+            line += (
+                f"\n  warning: fold {event['fold']} memorised its training slides (training loss "
+                f"{event['min_train_loss']:.3f}, kept val {score} {event['best_score']:.3f}); "
+                f"{MEMORISED_HINT}"
+            )
+        return line
     return f"{where}: finished earlier with the same config, reused from {event['uri']}"
 
 
@@ -149,6 +159,8 @@ def run_folds(
             "best_epoch": int(result.best_epoch),
             "history": result.history,
             "fit_s": round(time.perf_counter() - started, 3),
+            "memorised": result.memorised,
+            "min_train_loss": min((h["train_loss"] for h in result.history), default=math.nan),
         }
         if rank == 0:
             uri = write_fold(

@@ -33,10 +33,14 @@ from training.mil.heads import Head
 from training.mil.models import MILConfig, build_model
 
 __all__ = [
+    "MEMORISED_AUROC",
+    "MEMORISED_HINT",
+    "MEMORISED_LOSS",
     "FitResult",
     "TrainConfig",
     "fit",
     "load_checkpoint_state",
+    "memorised",
     "predict",
     "score_predictions",
 ]
@@ -83,6 +87,34 @@ class FitResult:
     best_epoch: int
     best_score: float
     history: list[dict[str, float]]
+    # True when the fold memorised its training slides (:func:`memorised`)
+    memorised: bool = False
+
+
+# A fold "memorised" when its training loss fell below MEMORISED_LOSS while the
+# validation AUROC of the epoch it kept stayed below MEMORISED_AUROC: it fitted the
+# training slides (per-tile noise is enough to tell 50 slides apart) and learned nothing
+# that carries to others. The noise sweep (docs/spatial.md) found exactly this for
+# ``tile_gnn`` on raw realistic embeddings; the same rule counts folds there.
+MEMORISED_LOSS = 0.05
+MEMORISED_AUROC = 0.6
+MEMORISED_HINT = (
+    "for realistic embeddings use the options centre: true, whiten: signal "
+    "(and for tile_gnn nodes: modules); see docs/spatial.md"
+)
+
+
+def memorised(history: list[dict[str, float]], best_epoch: int, task: str) -> bool:
+    """Whether a fold memorised (training loss < 0.05 while the kept validation AUROC < 0.6).
+
+    Only AUROC tasks (binary, multiclass, multisignature): a regression's score is a
+    Pearson r, for which 0.6 is no line between learning and not. An undefined AUROC (one
+    class in validation) is not called memorisation."""
+    if task == "regression" or not history or not 0 <= best_epoch < len(history):
+        return False
+    kept = history[best_epoch]["val_score"]
+    lowest = min(h["train_loss"] for h in history)
+    return bool(lowest < MEMORISED_LOSS and not math.isnan(kept) and kept < MEMORISED_AUROC)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -320,6 +352,15 @@ def fit(
         if stale >= cfg.patience:
             log.info("early stop at epoch %d (best epoch %d)", epoch, best.best_epoch)
             break
+    best.memorised = memorised(best.history, best.best_epoch, head.task)
+    if best.memorised:
+        log.warning(
+            "the model memorised its training slides: training loss %.3f, kept validation "
+            "AUROC %.3f; %s",
+            min(h["train_loss"] for h in best.history),
+            best.best_score,
+            MEMORISED_HINT,
+        )
     return best
 
 
