@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from features.store._duckdb_types import for_duckdb
 from infra.errors import ConfigError, SlidebankError
 from infra.validate import at_least, optional, positive, require
 
@@ -366,8 +367,9 @@ def add_view(
     con: duckdb.DuckDBPyConnection, name: str, data: Any, predicate: str | None = None
 ) -> None:
     """Register ``data`` as the view ``name`` (filtered by a store-written ``predicate``)
-    without giving the underlying object a name of its own."""
-    relation = con.from_df(data) if _is_pandas(data) else con.from_arrow(data)
+    without giving the underlying object a name of its own. Half floats (float16
+    embeddings) are seen as float32: DuckDB has no half-float type."""
+    relation = con.from_df(data) if _is_pandas(data) else con.from_arrow(for_duckdb(data))
     if predicate:
         relation = relation.filter(predicate)
     relation.create_view(name, replace=False)
