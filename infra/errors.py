@@ -33,6 +33,7 @@ __all__ = [
     "StagingError",
     "StoreConflictError",
     "StoreError",
+    "StoreUnavailableError",
     "StoreWriteError",
     "TableNotFoundError",
     "TableReadError",
@@ -112,6 +113,20 @@ class StoreError(SlidebankError):
 
 class StoreConflictError(StoreError, RuntimeError):
     """A concurrent writer committed first and retries were exhausted."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """Object storage failed a read or listing of the store with a network fault
+    (connection reset, timeout, throttling) after the storage client's own retries.
+    ``uri`` names the store. Nothing was written: the same call may succeed later."""
+
+    def __init__(self, uri: str, message: str) -> None:
+        self.uri = uri
+        self.reason = message
+        super().__init__(f"{uri}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.uri, self.reason))
 
 
 class StoreWriteError(StoreError, OSError):

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from features.store._errors import StoreNotFoundError, StoreSchemaError
 from features.store._keys import validate_encoder
+from features.store._unavailable import translate_unavailable, unavailable_error
 from features.store.location import StoreLocation
 
 if TYPE_CHECKING:
@@ -140,7 +141,18 @@ class TableSet:
             if _is_not_found(exc):
                 what = f"version {version!r} of {uri}" if version is not None else uri
                 raise StoreNotFoundError(f"no Lance table at {what}") from exc
+            doing = (
+                "listing the versions of" if version is None else f"reading version {version!r} of"
+            )
+            typed = unavailable_error(exc, self.location.uri, f"{doing} {self._relative(uri)}")
+            if typed is not None:
+                raise typed from exc
             raise
+
+    def _relative(self, uri: str) -> str:
+        """``uri`` under the store root (``tiles/enc.lance``), for messages."""
+        root = self.location.uri.rstrip("/") + "/"
+        return uri[len(root) :] if uri.startswith(root) else uri
 
     def open_latest(self, uri: str) -> lance.LanceDataset:
         """The table's latest version, found from the newest one this process has seen.
@@ -193,8 +205,10 @@ class TableSet:
         path = "/".join([root.rstrip("/"), *folder])
         # Another process may have created an entry since the last listing.
         fs.invalidate_cache(path)
+        listing = "/".join(folder) + "/" if folder else "the store root"
         try:
-            names = fs.ls(path, detail=False)
+            with translate_unavailable(self.location.uri, f"listing {listing}"):
+                names = fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
         return sorted(str(name).rstrip("/").rsplit("/", 1)[-1] for name in names)

@@ -28,6 +28,7 @@ from features.store._keys import (
 )
 from features.store._tables import ZARR_DIR, StoreView, TableSet
 from features.store.reader import visible_writes
+from infra.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     import lance
@@ -92,6 +93,8 @@ def resolve_version(tables: TableSet, version: int | str) -> int:
         raise StoreVersionError(
             f"store version {version!r} does not exist (or was cleaned up)"
         ) from exc
+    except StoreUnavailableError:
+        raise  # a network fault says nothing about the version
     except (ValueError, OSError) as exc:
         raise StoreVersionError(f"store version {version!r}: {exc}") from exc
 
