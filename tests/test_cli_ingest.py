@@ -19,6 +19,9 @@ pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
 
 
+# Slow (about 20 s on Ray): a batch going on past bad slides is checked in the default
+# suite by tests/test_hostile_slides.py (a bomb beside a good slide) and the engine tests.
+@pytest.mark.slow
 def test_ingest_glob_reports_failures_with_exit_code_3(ray_local, tmp_path: Path) -> None:
     for i in range(2):
         write_synthetic_slide(

@@ -371,6 +371,9 @@ def test_cluster_up_listens_on_loopback_only_and_runs_tasks_only_with_its_token(
         assert cluster.processes() == set(), "cluster down leaves none of its processes"
 
 
+# Slow: a second cluster start (about 25 s); the token-auth cluster above, the default,
+# checks the same loopback-only listening in the default suite.
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_cluster_up_without_token_auth_still_listens_on_loopback_only(tmp_path) -> None:
     with _cluster(tmp_path, "disabled") as cluster:

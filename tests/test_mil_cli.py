@@ -38,6 +38,7 @@ def test_cli_lists_commands() -> None:
     assert result.exit_code == 0 and "KEY=VALUE" in result.output
 
 
+@pytest.mark.slow  # trains through the CLI first (about 18 s)
 def test_evaluate_command(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = np.tile([0, 1], 20)

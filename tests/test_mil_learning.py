@@ -127,6 +127,7 @@ def test_cross_validated_auroc_and_attention(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a second 4-fold CV (about 30 s); the learning proof above stays
 def test_permutation_control_stays_near_chance(cohort: PlantedCohort) -> None:
     table = cohort.table.copy()
     rng = np.random.default_rng(7)
@@ -139,6 +140,7 @@ def test_permutation_control_stays_near_chance(cohort: PlantedCohort) -> None:
     assert 0.25 <= auroc <= 0.75, auroc
 
 
+@pytest.mark.slow  # a regression CV (about 15 s); regression heads are unit-tested elsewhere
 def test_regression_planted_genes(cohort: PlantedCohort) -> None:
     cfg = _cfg("abmil", task="regression", epochs=30, patience=8)
     folds = cross_validate(cohort, cfg, cohort.table, cohort.genes)

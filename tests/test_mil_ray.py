@@ -42,6 +42,9 @@ def _splits(cohort: PlantedCohort):
     return table[table["fold"].isin([0, 1])], table[table["fold"] == 2], table[table["fold"] == 3]
 
 
+# Slow: two Ray Train workers and a single-process run (about 60-85 s); the Ray Train fold
+# loop itself stays in the default suite through tests/test_train_resume.py.
+@pytest.mark.slow
 def test_ddp_two_workers_match_single_process(
     ray_local, cohort: PlantedCohort, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from benchmarks.peers import run as peers
 
 
+@pytest.mark.slow  # builds and runs the peers' shared ViT (about 10 s); a benchmark's check
 def test_shared_random_vit_is_what_slidebank_runs(tmp_path):
     """The file every side loads is what slidebank's encoder runs (strict load, recorded by
     checksum), and one seed always writes the same tensors, so reruns compare like with like."""

@@ -67,6 +67,9 @@ def _stored(store: FeatureStore) -> dict[str, list[tuple[int, int]]]:
 FAST = RunOptions(progress=False, commit_every=3, tiles_per_batch=16)
 
 
+# Slow (50-75 s): S3 reads and an S3 store are covered in the default suite by the
+# slide conformance over S3, tests/test_s3_faults.py and the store's [s3] cases.
+@pytest.mark.slow
 @pytest.mark.s3
 def test_cohort_from_s3_into_a_store_on_s3(
     ray_local, cohort, cmu_slide, s3_bucket, s3_options, tmp_path

@@ -40,6 +40,7 @@ def huge_slide(tmp_path_factory: pytest.TempPathFactory):
     return write_synthetic_slide(tmp_path_factory.mktemp("huge") / "huge.tif", spec)
 
 
+@pytest.mark.slow  # writes a huge synthetic slide first (about 15 s)
 def test_huge_slide_plans_reading_only_the_coarse_level(huge_slide, monkeypatch) -> None:
     with open_slide(str(huge_slide.path)) as slide:
         assert slide.dimensions == (SIDE, SIDE)

@@ -155,6 +155,7 @@ def test_patient_max_takes_each_patients_highest_score() -> None:
         patient_predictions(predictions, "regression", "max")
 
 
+@pytest.mark.slow  # a whole CLI training run (about 18 s) for one figure's legend
 def test_the_roc_figure_names_the_positive_class(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -11,6 +11,22 @@ from features.store import FeatureStore, PendingSlide, SlideKey
 from tests._support.store import CONFIG, DIM, ENCODER, slide_info, tile_payload
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m 'not slow'`` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.slow_on_s3``: the test's S3 case is slow, its local case stays in the
+    default suite. Each S3 case pays several seconds of moto round trips; the default suite
+    keeps the S3 cases that prove something only S3 can (conditional commits, retries,
+    concurrent writers killed mid-commit) and leaves these to ``-m slow``."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if (
+            item.get_closest_marker("slow_on_s3")
+            and spec
+            and spec.params.get("store_location") == "s3"
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store_location(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict[str, Any]]:
     """A fresh store root on local disk, or in a moto S3 bucket."""

@@ -245,6 +245,7 @@ def test_derived_writes_are_checked(local_store, write):
         past.write_tile_values("attention", "run-1", "s1", bag.coords, np.zeros(len(bag)))
 
 
+@pytest.mark.slow_on_s3
 def test_derived_tables_and_codebooks_are_listed_on_each_location(store, write):
     from training.spatial.store_io import list_codebooks, load_codebook
 

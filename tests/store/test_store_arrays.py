@@ -79,6 +79,7 @@ def test_images_are_ome_ngff_pyramids(store):
         arrays.write_mask(mask, mpp=0)
 
 
+@pytest.mark.slow_on_s3
 def test_embedding_grid_is_sparse_and_matches_the_bag(store, write):
     store.commit([write(store, "s1", 40)])  # 32 tiles in row 0, 8 in row 1 (256-px grid)
     shape = store.write_embedding_grid("s1", chunk_tiles=4)

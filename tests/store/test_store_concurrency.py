@@ -17,6 +17,7 @@ def _spawn(target, *args) -> multiprocessing.process.BaseProcess:
     return process
 
 
+@pytest.mark.slow_on_s3
 def test_two_writer_processes_both_land_nothing_lost_or_duplicated(store_location, store):
     uri, options = store_location
     barrier = multiprocessing.get_context("spawn").Barrier(2)

@@ -33,6 +33,7 @@ def _raw_rows(fs: FeatureStore, slide_id: str, encoder: str = ENCODER) -> int:
     return dataset.count_rows(filter=f"slide_id = '{slide_id}'")
 
 
+@pytest.mark.slow_on_s3
 def test_uncommitted_fragments_are_invisible_until_commit(store, write):
     # Workers and driver are different processes: the store and results travel pickled.
     worker_store = pickle.loads(pickle.dumps(store))
@@ -58,6 +59,7 @@ def test_uncommitted_fragments_are_invisible_until_commit(store, write):
     )
 
 
+@pytest.mark.slow_on_s3
 @pytest.mark.parametrize("failing_step", ["_append_tiles", "_merge_slides"])
 def test_failure_between_write_and_commit_keeps_previous_version(
     store, write, monkeypatch, failing_step
@@ -131,6 +133,7 @@ def test_a_first_commit_skips_the_tiles_scan_and_a_recommit_tidies(store, write,
     assert _raw_rows(store, "s1") == 7 and store.tiles().num_rows == 5 + 6 + 7
 
 
+@pytest.mark.slow_on_s3
 def test_read_past_version_and_run_tag(store, write):
     store.commit([write(store, "s1", 30, seed=1), write(store, "s2", 10)])
     store.record_run(
@@ -200,6 +203,7 @@ def test_failed_slides_are_recorded_and_never_replace_done(store, write):
     assert store.bag("bad").embeddings.shape == (0, DIM)
 
 
+@pytest.mark.slow_on_s3
 def test_slides_filters_and_cohort_tiles(store, write):
     store.commit([write(store, f"s{i}", 10 + i, seed=i) for i in range(4)])
     assert store.slides(where="tile_count >= 12").column("slide_id").to_pylist() == ["s2", "s3"]
@@ -221,6 +225,7 @@ def test_slides_filters_and_cohort_tiles(store, write):
     assert [len(p) for p in pieces] == [4, 4, 4, 1]
 
 
+@pytest.mark.slow_on_s3
 def test_sql_joins_tiles_with_an_omics_table(store, write):
     store.commit([write(store, f"s{i}", 5 * (i + 1), seed=i) for i in range(3)])
     omics = pd.DataFrame({"slide_id": ["s0", "s1", "s2"], "tp53": [0.1, 2.5, 1.0]})

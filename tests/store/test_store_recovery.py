@@ -58,6 +58,7 @@ def _runs(fs: FeatureStore) -> dict[str, dict]:
     return {row["run_id"]: row for row in fs.runs().to_pylist()}
 
 
+@pytest.mark.slow_on_s3
 def test_killed_run_is_aborted_and_its_orphans_removed_but_live_fragments_kept(store, write):
     # Committed history: several store versions, a tagged one, a replaced slide.
     store.commit([write(store, "s1", 30, seed=1), write(store, "s2", 10)])

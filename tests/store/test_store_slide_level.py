@@ -30,6 +30,7 @@ def test_unknown_slide_id_in_bag_names_what_exists(local_store, write):
         local_store.slide_embeddings(slide_ids=["s1", "nope"])
 
 
+@pytest.mark.slow_on_s3
 def test_slide_embeddings_pool_current_tiles_and_follow_replacement(store, write):
     store.commit([write(store, "s1", 6, seed=1), write(store, "s2", 3, seed=2)])
     # Before any refresh the table is empty: rows are pooled from the tiles on read.
