@@ -20,57 +20,31 @@ import re
 from collections.abc import Iterator
 
 from infra.errors import StoreUnavailableError
+from infra.network_faults import exception_chain, network_fault
 
 __all__ = ["translate_unavailable", "unavailable_error"]
 
-# Exception types of botocore, urllib3, aiohttp and the stdlib for a connection that
-# failed, dropped or stalled (matched by name: none of these packages is imported here).
-_NETWORK_TYPES = frozenset(
-    {
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ConnectionClosedError",
-        "ResponseStreamingError",
-        "IncompleteReadError",
-        "ProtocolError",
-        "ClientConnectorError",
-        "ClientOSError",
-        "ClientPayloadError",
-        "ServerDisconnectedError",
-        "ServerTimeoutError",
-    }
-)
-# Words of object_store / Lance and of s3fs messages for the same faults and for the
-# throttling and 5xx replies that S3 documents as retryable.
-_NETWORK_WORDS = re.compile(
-    r"connection (reset|closed|refused|aborted)|broken pipe|timed out|timeout"
-    r"|request or response body error|error sending request|dispatch failure"
-    r"|incomplete ?message|unexpected eof|slow ?down|reduce your request rate"
-    r"|service unavailable|internal ?error|internal server error|bad gateway"
-    r"|gateway time-?out|status code: 5\d\d",
-    re.IGNORECASE,
-)
-_NOT_FOUND = re.compile(r"not found|does not exist|no such file|nosuchkey|nosuchbucket", re.I)
 _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
 _MAX_DETAIL = 240
 
 
 def unavailable_error(exc: BaseException, uri: str, what: str) -> StoreUnavailableError | None:
     """The typed error for ``exc`` when a network fault of object storage caused it
-    (looking through ``__cause__`` and ``__context__``), else None. ``uri`` is the store
-    root, ``what`` what was being read (``"listing slides.lance"``)."""
-    for err in _chain(exc):
+    (looking through ``__cause__`` and ``__context__``: :func:`infra.network_faults.network_fault`),
+    else None. ``uri`` is the store root, ``what`` what was being read
+    (``"listing slides.lance"``)."""
+    for err in exception_chain(exc):
         if isinstance(err, StoreUnavailableError):
             return err
-        if _is_network_fault(err):
-            return StoreUnavailableError(
-                uri,
-                f"object storage failed {what} with a network fault after the storage "
-                f"client's retries ({_detail(err)}); nothing was changed, try again later "
-                "or check the endpoint",
-            )
-    return None
+    fault = network_fault(exc)
+    if fault is None:
+        return None
+    return StoreUnavailableError(
+        uri,
+        f"object storage failed {what} with a network fault after the storage "
+        f"client's retries ({_detail(fault)}); nothing was changed, try again later "
+        "or check the endpoint",
+    )
 
 
 @contextlib.contextmanager
@@ -85,37 +59,9 @@ def translate_unavailable(uri: str, what: str) -> Iterator[None]:
         raise typed from exc
 
 
-def _is_network_fault(err: BaseException) -> bool:
-    if type(err).__name__ in _NETWORK_TYPES:
-        return True
-    if isinstance(err, ConnectionError | TimeoutError):
-        return True
-    if not isinstance(err, OSError | ValueError):
-        return False
-    text = str(err)
-    if _NOT_FOUND.search(text):
-        return False
-    # A ValueError is only storage's when Lance raised it (LanceError(IO) comes as one).
-    if isinstance(err, ValueError) and "LanceError" not in text:
-        return False
-    return _NETWORK_WORDS.search(text) is not None
-
-
 def _detail(err: BaseException) -> str:
     lines = str(err).strip().splitlines() or [type(err).__name__]
     text = _RUST_LOCATION.sub("", lines[0]).strip()
     if len(text) > _MAX_DETAIL:
         text = text[: _MAX_DETAIL - 3] + "..."
     return f"{type(err).__name__}: {text}"
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo and len(seen) < 16:
-        err = todo.pop(0)
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        yield err
-        todo += [err.__cause__, err.__context__]

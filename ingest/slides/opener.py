@@ -29,6 +29,7 @@ from infra.errors import (
     SlideOpenError,
 )
 from infra.logs import redact_text
+from infra.network_faults import network_fault
 from infra.storage import ObjectInfo, is_local, object_info, open_filesystem
 from ingest.slides.base import BackendSlide, SlideReader
 from ingest.slides.container import inspect_tiff, is_tiff, sniff
@@ -158,22 +159,9 @@ def _check_regular_file(path: str, label: str) -> None:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """Network failures (refused, DNS, timeouts) from botocore, aiohttp, gcsfs or the stdlib."""
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    return bool(
-        names
-        & {
-            "EndpointConnectionError",
-            "ConnectTimeoutError",
-            "ReadTimeoutError",
-            "ClientConnectorError",
-            "ServerDisconnectedError",
-            "ConnectionError",
-            "ConnectionRefusedError",
-            "TimeoutError",
-            "gaierror",
-        }
-    ) or isinstance(exc, ConnectionError | TimeoutError)
+    """Network failures (refused, DNS, timeouts, resets, throttling) from botocore, aiohttp,
+    gcsfs or the stdlib: the one rule the store uses too (:mod:`infra.network_faults`)."""
+    return network_fault(exc) is not None
 
 
 def _vet(fs: Any, path: str, info: ObjectInfo, label: str) -> tuple[VendorMetadata, bool]:
