@@ -7,6 +7,10 @@ fat, glass), where it would otherwise split noise in two. Object moments come fr
 ``np.bincount`` over the label image, so cost does not grow with the number of nuclei.
 Sizes are in pixels and assume roughly 0.5 µm/px (20x); count-like values go through
 ``log1p`` so every feature stays within a few units.
+
+SciPy and scikit-image are imported where used: describing the encoder (the registry, any
+run or listing) imports this module, and a run with another encoder should not pay about a
+second of start-up for them (issue 28).
 """
 
 from __future__ import annotations
@@ -14,9 +18,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage as ndi
-from scipy.spatial import cKDTree
-from skimage.filters import threshold_otsu
 
 __all__ = ["NUCLEI_NAMES", "nuclei_features"]
 
@@ -38,6 +39,8 @@ def _threshold(smooth: np.ndarray, tissue: np.ndarray) -> float:
     values = smooth[tissue]
     if values.size < 64 or float(values.max()) - float(values.min()) < 1e-6:
         return NUCLEUS_MIN_OD
+    from skimage.filters import threshold_otsu
+
     return max(float(threshold_otsu(values)), NUCLEUS_MIN_OD)
 
 
@@ -76,6 +79,8 @@ def _spacing(cy: np.ndarray, cx: np.ndarray, side: float) -> tuple[float, float]
     """Mean and std of nearest-neighbour distances; (tile side, 0) with fewer than 2 nuclei."""
     if cy.size < 2:
         return side, 0.0
+    from scipy.spatial import cKDTree
+
     points = np.column_stack([cy, cx])
     distances, _ = cKDTree(points).query(points, k=2)
     nearest = distances[:, 1]
@@ -84,6 +89,8 @@ def _spacing(cy: np.ndarray, cx: np.ndarray, side: float) -> tuple[float, float]
 
 def nuclei_features(h: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """The 16 ``NUCLEI_NAMES`` features for one tile's hematoxylin OD (H, W) and tissue mask."""
+    from scipy import ndimage as ndi
+
     smooth = ndi.gaussian_filter(h, _SMOOTH_SIGMA)
     threshold = _threshold(smooth, tissue)
     mask = smooth > threshold

@@ -10,16 +10,14 @@ do not dominate statistics.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from skimage.color import hed_from_rgb
 
 __all__ = ["COLOUR_NAMES", "STAIN_NAMES", "colour_features", "deconvolve", "stain_features"]
 
 _OD_LUT = (-np.log(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
-_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
 _HED_MAX = 4.0  # cap per-stain OD so saturated artefacts cannot swamp the statistics
-# _STAIN_LUTS[channel, stain][value]: that channel's contribution to that stain's OD.
-_STAIN_LUTS = (_OD_LUT[None, None, :] * _HED_FROM_RGB[:, :, None]).astype(np.float32)
 
 # A pixel is tissue when it is both coloured and absorbs light; glass is ~0.01 saturation
 # and ~0.13 summed OD on the sample slide, the palest eosin well above both.
@@ -38,6 +36,21 @@ STAIN_NAMES = (
 )  # fmt: skip
 
 
+@functools.cache
+def _stain_luts() -> np.ndarray:
+    """``[channel, stain][value]``: that channel's contribution to that stain's OD.
+
+    Built on first use: ``skimage.color`` loads SciPy's linear algebra (about 0.5 s), which
+    describing the encoder, or a run with another encoder, does not need (issue 28).
+    """
+    from skimage.color import hed_from_rgb
+
+    hed_from_rgb32 = hed_from_rgb.astype(np.float32)
+    luts = (_OD_LUT[None, None, :] * hed_from_rgb32[:, :, None]).astype(np.float32)
+    luts.flags.writeable = False  # cached and shared between calls
+    return luts
+
+
 def deconvolve(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hed, od_sum) for uint8 tiles (B, H, W, 3): stain ODs (B, H, W, 3) and total OD.
 
@@ -45,11 +58,12 @@ def deconvolve(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of 256 values, so a stain is the sum of three table lookups: no per-pixel matrix product.
     """
     planes = [tiles[..., c] for c in range(3)]
+    luts = _stain_luts()
     hed = np.empty(tiles.shape, dtype=np.float32)
     for stain in range(3):
-        total = _STAIN_LUTS[0, stain][planes[0]]
-        total += _STAIN_LUTS[1, stain][planes[1]]
-        total += _STAIN_LUTS[2, stain][planes[2]]
+        total = luts[0, stain][planes[0]]
+        total += luts[1, stain][planes[1]]
+        total += luts[2, stain][planes[2]]
         np.clip(total, 0.0, _HED_MAX, out=hed[..., stain])
     od_sum = _OD_LUT[planes[0]] + _OD_LUT[planes[1]] + _OD_LUT[planes[2]]
     return hed, od_sum

@@ -9,8 +9,6 @@ over four directions so the features do not depend on the tile's orientation.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
 __all__ = ["TEXTURE_NAMES", "grey_levels", "texture_features"]
 
@@ -48,6 +46,9 @@ def _entropy(p: np.ndarray) -> float:
 
 def texture_features(grey: np.ndarray) -> np.ndarray:
     """The ``TEXTURE_NAMES`` features for one grey tile (H, W) in 0..255."""
+    from scipy import ndimage as ndi
+    from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+
     small = _downsample2(grey)
     small_u8 = np.clip(small + 0.5, 0, 255).astype(np.uint8)
     lbp = local_binary_pattern(small_u8, _LBP_POINTS, 1, method="uniform")
