@@ -1101,28 +1101,32 @@ def _grow_store(
 
 
 def _index_or_skip(
-    arm: Arm, info: dict[str, Any], last_build: tuple[int, float] | None, budget_s: float
-) -> tuple[int, float] | None:
+    arm: Arm, info: dict[str, Any], builds: list[tuple[int, float]], budget_s: float
+) -> None:
     """Build the store's vector index (the first of ``--index-types``) unless the
-    previous size's build predicts more than ``budget_s``: rows^1.5, as an IVF build
-    (k-means over ~sqrt(rows) partitions) grows at least that fast."""
-    if last_build is not None:
-        rows, seconds = last_build
-        predicted = seconds * (arm.tiles / rows) ** 1.5
+    builds so far predict more than ``budget_s``: extrapolated along the growth seen
+    between the last two (at least linear in the rows: a build reads every row)."""
+    if builds:
+        rows, seconds = builds[-1]
+        power = 1.0
+        if len(builds) > 1:
+            rows0, seconds0 = builds[-2]
+            power = max(1.0, math.log(seconds / seconds0) / math.log(rows / rows0))
+        predicted = seconds * (arm.tiles / rows) ** power
         if predicted > budget_s:
             info["index_build"] = {
-                "skipped": f"predicted {predicted:.0f} s from {rows} rows in {seconds:.0f} s, "
-                f"over the --index-budget-s {budget_s:.0f}",
+                "skipped": f"predicted {predicted:.0f} s (rows^{power:.2f} from {rows} rows "
+                f"in {seconds:.0f} s), over the --index-budget-s {budget_s:.0f}",
             }
             log.info("%s: no vector index (%s)", arm.name, info["index_build"]["skipped"])
-            return last_build
+            return
     config = VectorIndexConfig(index_type=arm.params.index_types[0])  # type: ignore[arg-type]
     info["index_build"], plan = measure(
         lambda: arm.store.create_vector_index(encoder=ENCODER, config=config)
     )
     info["index_build"]["plan"] = None if plan is None else plan.index_type
     log.info("%s: index built in %.0f s", arm.name, info["index_build"]["s"])
-    return arm.tiles, info["index_build"]["s"]
+    builds.append((arm.tiles, info["index_build"]["s"]))
 
 
 def _round_cost(
@@ -1178,12 +1182,12 @@ def interleaved(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="slidebank-interleaved-", dir=args.workdir))
     stores: list[Sized] = []
     infos: dict[str, dict[str, Any]] = {}
-    last_build: tuple[int, float] | None = None
+    builds: list[tuple[int, float]] = []
     try:
         for size in p.sizes:
             name = f"{size:.0e}"
             arm, info = _grow_store(name, work / name, p, centers, size)
-            last_build = _index_or_skip(arm, info, last_build, args.index_budget_s)
+            _index_or_skip(arm, info, builds, args.index_budget_s)
             ids = [slide_id(n) for n in range(arm.slides)]
             queries = _queries(p, centers, arm.slides, rng)
             indexed = "s" in info["index_build"]
