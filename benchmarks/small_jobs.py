@@ -66,7 +66,10 @@ def _timed(command: list[str]) -> dict[str, Any]:
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     tail = " ".join(proc.stdout.split())[-300:]
-    return {"seconds": round(seconds, 3), "load_avg": load, "rc": proc.returncode, "tail": tail}
+    run = {"seconds": round(seconds, 3), "load_avg": load, "rc": proc.returncode, "tail": tail}
+    if proc.returncode != 0:  # why it failed, kept with the figures (a shared tree can be mid-edit)
+        run["stderr_tail"] = proc.stderr[-1500:]
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             "runs_s": [r["seconds"] for r in rs],
             "load_avg": [r["load_avg"] for r in rs],
             "failed": sum(r["rc"] != 0 for r in rs),
+            "errors": [r["stderr_tail"] for r in rs if "stderr_tail" in r],
             "last_output": rs[-1]["tail"],
         }
         for case, rs in runs.items()
