@@ -75,6 +75,10 @@ class _SmallCache:
                 self._items.move_to_end(key)
             return value
 
+    def items(self) -> list[tuple[Any, Any]]:
+        with self._lock:
+            return list(self._items.items())
+
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._items[key] = value

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.store import _gate as _gatemod
 from features.store._keys import in_list, sql_literal, validate_config_hash, validate_slide_id
 from features.store._tables import StoreView
 from features.store.sandbox import Sandbox, check_duckdb_predicate, check_predicate
@@ -46,22 +47,10 @@ __all__ = [
     "visible_writes",
 ]
 
-_KEY = ("slide_id", "encoder", "config_hash")
-_GATE_COLUMNS = [*_KEY, "write_id", "status", "tiles_version", "tile_count"]
+_GATE_COLUMNS = _gatemod.GATE_COLUMNS
+_latest_per_key = _gatemod.latest_per_key
 # Lance keeps a few decoded batches in flight; ~1k rows keeps that to tens of MB.
 DEFAULT_BATCH_ROWS = 1024
-
-
-def _latest_per_key(table: pa.Table) -> pa.Table:
-    """One row per (slide_id, encoder, config_hash): ``done`` first, then newest write."""
-    if table.num_rows == 0:
-        return table
-    done = pc.if_else(pc.equal(table.column("status"), "done"), "1", "0")
-    rank = pc.binary_join_element_wise(done, table.column("write_id"), "")
-    ordered = table.append_column("_rank", rank).sort_by([("_rank", "descending")])
-    keys = pc.binary_join_element_wise(*(ordered.column(c) for c in _KEY), "\x1f")
-    _, first = np.unique(keys.to_numpy(zero_copy_only=False), return_index=True)
-    return ordered.take(pa.array(np.sort(first))).drop_columns(["_rank"])
 
 
 def _slides_filter(
@@ -101,22 +90,30 @@ def _gate(view: StoreView, encoder: str) -> tuple[pa.Table, dict[str, list[int]]
 
     A slides version never changes, so its gate is computed once per version: a
     serving process answering many searches or bag reads re-reads it only after a
-    commit lands. The rows per slide let a one-slide read (a bag) take its row instead
-    of filtering every slide's (0.3 ms a filter at 10,000 slides, three per bag).
+    commit lands, and then only the fragments that commit changed (:mod:`._gate`: the
+    first read after a commit no longer scans every slide). The rows per slide let a
+    one-slide read (a bag) take its row instead of filtering every slide's (0.3 ms a
+    filter at 10,000 slides, three per bag).
     """
+    state = gate_state(view, encoder)
+    return state.rows, state.by_slide
+
+
+def gate_state(view: StoreView, encoder: str) -> _gatemod.GateState:
+    """The cached gate state of ``encoder`` at the view's slides version (built from the
+    nearest cached version of the same table when there is one)."""
     slides = view.slides()
-    key = (int(slides.version), encoder)
-    cached = view.tables.gate_cache.get(key)
-    if cached is None:
-        rows = slides.to_table(columns=_GATE_COLUMNS, filter=_slides_filter(encoder, None, None))
-        rows = _latest_per_key(rows)
-        rows = rows.filter(pc.equal(rows.column("status"), "done"))
-        by_slide: dict[str, list[int]] = {}
-        for i, slide in enumerate(rows.column("slide_id").to_pylist()):
-            by_slide.setdefault(slide, []).append(i)
-        cached = (rows, by_slide)
-        view.tables.gate_cache.put(key, cached)
-    return cached
+    version = int(slides.version)
+    cache = view.tables.gate_cache
+    state: _gatemod.GateState | None = cache.get((version, encoder))
+    if state is None:
+        near = sorted((abs(v - version), v) for (v, e), _ in cache.items() if e == encoder)
+        base = cache.get((near[0][1], encoder)) if near else None
+        state = (
+            _gatemod.advance(base, slides) if base is not None else _gatemod.build(slides, encoder)
+        )
+        cache.put((version, encoder), state)
+    return state
 
 
 #: Up to this many slides asked for, their gate rows are taken by slide id, not filtered.
