@@ -52,6 +52,7 @@ from features.store._keys import (
 )
 from features.store._tables import DERIVED_DIR, SLIDE_EMBEDDINGS_DIR, TableSet
 from features.store.sandbox import check_predicate
+from features.store.upkeep import derived_upkeep
 from features.store.writer import _delete_where
 from infra.errors import ConfigError
 
@@ -202,6 +203,7 @@ def write_rows(
         for s, w in write_ids.items()
     ]
     replaced = _delete_where(tables.open(ref.uri), older)
+    derived_upkeep(tables.open(ref.uri))
     log.debug(
         "%s/%s: wrote %d rows for %d slide(s), replaced %d",
         kind,

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from features.store._keys import in_list, validate_encoder
 from features.store._tables import SLIDE_EMBEDDINGS_DIR, StoreView, TableSet
 from features.store.reader import require_known_slides, visible_writes
+from features.store.upkeep import derived_upkeep
 from infra.errors import ConfigError
 
 __all__ = [
@@ -183,13 +184,15 @@ def _upsert(tables: TableSet, encoder: str, rows: pa.Table) -> None:
         lance.write_dataset(
             rows, table_uri(tables, encoder), mode="create", storage_options=tables.storage_options
         )
-        return
-    (
-        dataset.merge_insert(["slide_id", "config_hash"])
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .execute(rows)
-    )
+    else:
+        (
+            dataset.merge_insert(["slide_id", "config_hash"])
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+    # ``delete_slide`` filters this table on slide_id: keep it a B-tree lookup.
+    derived_upkeep(tables.open(table_uri(tables, encoder)))
 
 
 def refresh(tables: TableSet, encoder: str, slide_ids: Iterable[str]) -> int:

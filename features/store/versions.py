@@ -28,6 +28,7 @@ from features.store._keys import (
 )
 from features.store._tables import ZARR_DIR, StoreView, TableSet
 from features.store.reader import visible_writes
+from features.store.upkeep import DERIVED_INDEXED_COLUMNS, ensure_scalar_indexes
 from infra.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ def compact(
         dataset = opener()
         if name in refs:
             orphans[name] = derived.tidy(tables, refs[name])
+            ensure_scalar_indexes(opener(), DERIVED_INDEXED_COLUMNS)  # a store from before it
             dataset = opener()
         elif name not in ("slides", "runs"):
             predicate = _orphan_predicate(tables, name, orphan_grace)
