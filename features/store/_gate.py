@@ -77,7 +77,11 @@ class GateState:
 def _signature(fragment: Any) -> tuple[Any, ...]:
     meta = fragment.metadata
     deletion = meta.deletion_file
-    deleted = None if deletion is None else (deletion.id, deletion.read_version, deletion.path)
+    deleted = (
+        None
+        if deletion is None
+        else (deletion.id, deletion.read_version, deletion.num_deleted_rows)
+    )
     return (tuple(f.path for f in meta.data_files()), deleted)
 
 
