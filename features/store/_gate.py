@@ -40,6 +40,10 @@ GATE_COLUMNS = [*KEY, "write_id", "status", "tiles_version", "tile_count"]
 _ADDR = "_rowaddr"
 #: Above this share of the table's rows changed, a full rebuild is as cheap as an update.
 _REBUILD_SHARE = 0.5
+#: The gate's table drops its replaced rows once they are this many and outnumber the
+#: live ones by this ratio (amortized O(1) per update).
+_MIN_DEAD = 1024
+_DEAD_RATIO = 1.0
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:
@@ -67,8 +71,13 @@ class GateState:
     #: every live ``done`` row of the encoder, and its row addresses
     done: pa.Table
     done_addr: np.ndarray
-    #: the gate: one ``done`` row per key (the newest write), and its rows per slide id
+    #: the gate: one ``done`` row per key (the newest write)
     rows: pa.Table
+    #: ``rows`` and rows an update replaced since the last compaction (``alive`` false):
+    #: ``by_slide`` indexes this table, so an update appends to it instead of
+    #: re-indexing every slide
+    table: pa.Table
+    alive: np.ndarray
     by_slide: dict[str, list[int]]
     #: slides rows this state read from the table (all of them for a full build)
     rows_read: int
@@ -127,9 +136,33 @@ def build(slides: lance.LanceDataset, encoder: str) -> GateState:
         done=done.drop_columns([_ADDR]),
         done_addr=_addresses(done),
         rows=gate,
+        table=gate,
+        alive=np.ones(gate.num_rows, bool),
         by_slide=_index(gate),
         rows_read=table.num_rows,
     )
+
+
+def _replace_slides(
+    state: GateState, slides: set[str], winners: pa.Table
+) -> tuple[pa.Table, np.ndarray, dict[str, list[int]]]:
+    """The gate's table, live mask and index with ``slides``' rows replaced by ``winners``:
+    their old rows marked dead, the winners appended (O(changed) Python work; the table
+    is compacted, once its dead rows outnumber its live ones, in one O(slides) pass)."""
+    alive = state.alive.copy()
+    by_slide = dict(state.by_slide)
+    for slide in slides:
+        alive[by_slide.pop(slide, [])] = False
+    start = state.table.num_rows
+    for offset, slide in enumerate(winners.column("slide_id").to_pylist()):
+        by_slide.setdefault(slide, []).append(start + offset)
+    table = pa.concat_tables([state.table, winners]).combine_chunks()
+    alive = np.concatenate([alive, np.ones(winners.num_rows, bool)])
+    dead = len(alive) - int(alive.sum())
+    if dead > max(_MIN_DEAD, _DEAD_RATIO * (len(alive) - dead)):
+        table = table.filter(pa.array(alive))
+        return table, np.ones(table.num_rows, bool), _index(table)
+    return table, alive, by_slide
 
 
 def _in_fragments(addresses: np.ndarray, ids: set[int]) -> np.ndarray:
@@ -173,13 +206,12 @@ def advance(state: GateState, slides: lance.LanceDataset) -> GateState:
     done_addr = np.concatenate([state.done_addr[kept], _addresses(added)])
     live = np.union1d(np.setdiff1d(state.live, removed), new_addr[added_mask])
     affected = gone_slides | set(added.column("slide_id").to_pylist())
-    rows, by_slide = state.rows, state.by_slide
+    rows, table, alive, by_slide = state.rows, state.table, state.alive, state.by_slide
     if affected:
         touched = pa.array(sorted(affected), pa.string())
         winners = latest_per_key(new_done.filter(pc.is_in(new_done.column("slide_id"), touched)))
-        others = rows.filter(pc.invert(pc.is_in(rows.column("slide_id"), touched)))
-        rows = pa.concat_tables([others, winners]).combine_chunks()
-        by_slide = _index(rows)
+        table, alive, by_slide = _replace_slides(state, affected, winners)
+        rows = table.filter(pa.array(alive)) if not alive.all() else table
     return GateState(
         version=int(slides.version),
         encoder=state.encoder,
@@ -188,6 +220,8 @@ def advance(state: GateState, slides: lance.LanceDataset) -> GateState:
         done=new_done,
         done_addr=done_addr,
         rows=rows,
+        table=table,
+        alive=alive,
         by_slide=by_slide,
         rows_read=read.num_rows,
     )

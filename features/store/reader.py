@@ -84,24 +84,17 @@ def current_writes(
     }
 
 
-def _gate(view: StoreView, encoder: str) -> tuple[pa.Table, dict[str, list[int]]]:
+def gate_state(view: StoreView, encoder: str) -> _gatemod.GateState:
     """Every current ``done`` write of an encoder, and its rows per slide id, cached per
     slides version.
 
     A slides version never changes, so its gate is computed once per version: a
     serving process answering many searches or bag reads re-reads it only after a
-    commit lands, and then only the fragments that commit changed (:mod:`._gate`: the
-    first read after a commit no longer scans every slide). The rows per slide let a
-    one-slide read (a bag) take its row instead of filtering every slide's (0.3 ms a
-    filter at 10,000 slides, three per bag).
+    commit lands, and then only the fragments that commit changed, from the nearest
+    cached version (:mod:`._gate`: the first read after a commit no longer scans every
+    slide). The rows per slide let a one-slide read (a bag) take its row instead of
+    filtering every slide's (0.3 ms a filter at 10,000 slides, three per bag).
     """
-    state = gate_state(view, encoder)
-    return state.rows, state.by_slide
-
-
-def gate_state(view: StoreView, encoder: str) -> _gatemod.GateState:
-    """The cached gate state of ``encoder`` at the view's slides version (built from the
-    nearest cached version of the same table when there is one)."""
     slides = view.slides()
     version = int(slides.version)
     cache = view.tables.gate_cache
@@ -129,12 +122,13 @@ def visible_writes(
     config_hash: str | None = None,
 ) -> pa.Table:
     """The gate: current ``done`` writes (slide_id, config_hash, write_id...) of an encoder."""
-    rows, by_slide = _gate(view, encoder)
+    state = gate_state(view, encoder)
+    rows = state.rows
     if slide_ids is not None:
         wanted_ids = [validate_slide_id(s) for s in slide_ids]
         if len(wanted_ids) <= _TAKE_SLIDES:
-            picked = sorted({i for s in wanted_ids for i in by_slide.get(s, ())})
-            rows = rows.take(pa.array(picked, pa.int64()))
+            picked = sorted({i for s in wanted_ids for i in state.by_slide.get(s, ())})
+            rows = state.table.take(pa.array(picked, pa.int64()))
         else:
             wanted = pa.array(wanted_ids, pa.string())
             rows = rows.filter(pc.is_in(rows.column("slide_id"), wanted))

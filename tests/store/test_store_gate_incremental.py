@@ -8,6 +8,7 @@ full rebuild of the same version.
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from features.store import FeatureStore, SlideKey, failed_slide
 from features.store import _gate as gate_module
@@ -27,8 +28,10 @@ def _check(store: FeatureStore) -> gate_module.GateState:
     fresh = gate_module.build(view.slides(), ENCODER)
     assert _sorted(state.rows) == _sorted(fresh.rows)
     assert state.by_slide.keys() == fresh.by_slide.keys()
+    assert state.table.filter(pa.array(state.alive)).equals(state.rows)
     for slide, rows in state.by_slide.items():
-        assert {state.rows.column("write_id")[i].as_py() for i in rows} == {
+        assert state.alive[rows].all()
+        assert {state.table.column("write_id")[i].as_py() for i in rows} == {
             fresh.rows.column("write_id")[i].as_py() for i in fresh.by_slide[slide]
         }
     return state
@@ -39,6 +42,8 @@ def test_bag_after_commit_reads_only_the_appended_slides_rows(local_store, write
     store.commit([write(store, f"s{i}", n=5, seed=i) for i in range(12)])
     assert store.bag("s3", encoder=ENCODER).embeddings.shape[0] == 5
     assert _check(store).rows_read == 12  # first read: every row
+    store.commit([write(store, "s0", n=5, seed=50)])  # a replacement: a deletion file
+    _check(store)
 
     store.commit([write(store, "new", n=7, seed=99)])
     assert store.bag("new", encoder=ENCODER).embeddings.shape[0] == 7
@@ -47,12 +52,17 @@ def test_bag_after_commit_reads_only_the_appended_slides_rows(local_store, write
     assert state.rows.num_rows == 13
 
 
+@pytest.mark.parametrize("compact_dead", [False, True])
 def test_updated_gate_matches_a_rebuild_through_every_kind_of_change(
-    local_store, write, monkeypatch
+    local_store, write, monkeypatch, compact_dead
 ):
     # A tiny table would be rebuilt whenever a change reads more than half of it; here
-    # every change goes through the update.
+    # every change goes through the update (with the gate's replaced rows dropped at
+    # once, or kept as they are below the thresholds).
     monkeypatch.setattr(gate_module, "_REBUILD_SHARE", float("inf"))
+    if compact_dead:
+        monkeypatch.setattr(gate_module, "_MIN_DEAD", 0)
+        monkeypatch.setattr(gate_module, "_DEAD_RATIO", 0.0)
     store = local_store
     store.commit([write(store, f"s{i}", n=3, seed=i) for i in range(4)])
     _check(store)
