@@ -66,7 +66,7 @@ class GateState:
     encoder: str
     #: fragment id -> (data file paths, deletion file) at ``version``
     fragments: dict[int, tuple[Any, ...]]
-    #: every live row address of the slides table (sorted; any encoder, any status)
+    #: every live row address of the slides table (any encoder, any status)
     live: np.ndarray
     #: every live ``done`` row of the encoder, and its row addresses
     done: pa.Table
@@ -132,7 +132,7 @@ def build(slides: lance.LanceDataset, encoder: str) -> GateState:
         version=int(slides.version),
         encoder=encoder,
         fragments=signatures,
-        live=np.sort(_addresses(table)),
+        live=_addresses(table),
         done=done.drop_columns([_ADDR]),
         done_addr=_addresses(done),
         rows=gate,
@@ -195,7 +195,9 @@ def advance(state: GateState, slides: lance.LanceDataset) -> GateState:
     from_partial = (
         _in_fragments(new_addr, deleted_only) if deleted_only else np.zeros(len(new_addr), bool)
     )
-    removed = np.union1d(old_replaced, np.setdiff1d(old_partial, new_addr[from_partial]))
+    # Plain masks, no set operations over the whole table (a sort of every address).
+    gone = old_partial[~np.isin(old_partial, new_addr[from_partial])]
+    removed = np.concatenate([old_replaced, gone])
     added_mask = ~from_partial | ~np.isin(new_addr, old_partial)
     added = _done_of(read.filter(pa.array(added_mask)), state.encoder)
 
@@ -204,7 +206,8 @@ def advance(state: GateState, slides: lance.LanceDataset) -> GateState:
     new_done = pa.concat_tables([state.done.filter(pa.array(kept)), added.drop_columns([_ADDR])])
     new_done = new_done.combine_chunks()
     done_addr = np.concatenate([state.done_addr[kept], _addresses(added)])
-    live = np.union1d(np.setdiff1d(state.live, removed), new_addr[added_mask])
+    live = state.live[~np.isin(state.live, removed)] if len(removed) else state.live
+    live = np.concatenate([live, new_addr[added_mask]])
     affected = gone_slides | set(added.column("slide_id").to_pylist())
     rows, table, alive, by_slide = state.rows, state.table, state.alive, state.by_slide
     if affected:
