@@ -153,6 +153,31 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _model_with(spec: EncoderSpec, state: dict[str, Any]) -> nn.Module:
+    """The spec's model holding ``state`` (loaded strictly: every parameter and buffer).
+
+    Built on the meta device and given uninitialised storage, so no random initialisation
+    is drawn only to be overwritten (about a second of CPU for ViT-S, before the first
+    tile). A model with state no checkpoint holds (non-persistent buffers such as rotary
+    tables, plain tensor attributes) is built and initialised as usual."""
+    model = build_model(spec, device="meta")
+    if _has_unsaved_state(model):
+        model = build_model(spec, device="cpu")
+    else:
+        model = model.to_empty(device="cpu")
+    load_weights_into(model, spec, state)
+    return model
+
+
+def _has_unsaved_state(model: nn.Module) -> bool:
+    for module in model.modules():
+        if module._non_persistent_buffers_set:
+            return True
+        if any(isinstance(value, torch.Tensor) for value in vars(module).values()):
+            return True
+    return False
+
+
 class TorchBackend:
     """One timm model on one device (see module docstring)."""
 
@@ -177,13 +202,14 @@ class TorchBackend:
         self.spec = spec
         self._device = resolve_device(device)
         cuda = self._device.type == "cuda"
-        # Seeded in a forked RNG: random-weight models are reproducible and the caller's
-        # global RNG state is left alone.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(spec, device="cpu")
         if weights is not None:
-            load_weights_into(model, spec, load_state_dict(weights))
+            model = _model_with(spec, load_state_dict(weights))
+        else:
+            # Seeded in a forked RNG: random-weight models are reproducible and the
+            # caller's global RNG state is left alone.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = build_model(spec, device="cpu")
         self._autocast_dtype = self._choose_autocast(cuda, cpu_dtype)
         model = model.to(self._device, dtype=weight_dtype(self._device.type, self._autocast_dtype))
         if cuda:

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from features.encoders.runtimes import _cache
 
 __all__ = [
     "PACKAGES",
@@ -57,6 +60,47 @@ def runtime_version(runtime: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+class _Held:
+    """A runtime's native objects (session, compiled model, infer request), alive as long
+    as the runner that closes over this holder."""
+
+    __slots__ = ("__weakref__", "objects")
+
+    def __init__(self, *objects: Any) -> None:
+        self.objects = objects
+
+
+#: every live runner's native objects; pinned while a fork is under way (see _pin_for_fork)
+_LIVE: weakref.WeakSet[_Held] = weakref.WeakSet()
+_PINNED: list[_Held] = []
+
+
+def _held(*objects: Any) -> _Held:
+    held = _Held(*objects)
+    _LIVE.add(held)
+    return held
+
+
+def _pin_for_fork() -> None:
+    """Keep every runtime's native objects referenced from a global across a fork.
+
+    A child forked to run Python before its exec (``subprocess`` with ``preexec_fn``, as
+    Ray starts its processes from the thread booting it) clears the other threads' states;
+    an exception in flight on one of them (Ctrl-C during the head start) can hold the last
+    reference to an encoder. Its OpenVINO or ONNX Runtime objects would then be destroyed
+    in the child, where their destructors wait on worker threads that were not forked: the
+    child never reaches its exec and the parent waits for it forever."""
+    _PINNED[:] = list(_LIVE)
+
+
+def _unpin() -> None:
+    _PINNED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_pin_for_fork, after_in_parent=_unpin)
 
 
 def _host(x: torch.Tensor) -> np.ndarray:
@@ -102,8 +146,10 @@ def onnxruntime_runner(folder: Path, threads: int) -> Runner:
         str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
 
+    held = _held(session)
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": _host(x)})[0])
+        return torch.from_numpy(held.objects[0].run(None, {"x": _host(x)})[0])
 
     return run
 
@@ -122,7 +168,11 @@ def export_openvino(module: nn.Module, example: torch.Tensor, folder: Path) -> d
     return {"file": "model.xml"}
 
 
-def openvino_runner(folder: Path, threads: int, dtype: str) -> Runner:
+def openvino_runner(folder: Path, threads: int, dtype: str, cache: bool = True) -> Runner:
+    """``cache``: compile through OpenVINO's blob cache in ``folder/compiled`` (keyed by the
+    IR's path, the device and the config): the first process on a node compiles and
+    writes it, later ones import it, about a second sooner before their first tile, with
+    the same graph and numbers. The blob holds the weights again (disk: twice the IR)."""
     import openvino as ov
 
     core = ov.Core()
@@ -137,10 +187,16 @@ def openvino_runner(folder: Path, threads: int, dtype: str) -> Runner:
         # stack on the same cores.
         "ENABLE_CPU_PINNING": "NO",
     }
-    compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU", config)
-    request = compiled.create_infer_request()
+    if not cache:
+        compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
+    else:
+        core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        with _cache.locked(f"{folder.name}-compiled"):  # one writer per blob on this node
+            compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
+    held = _held(compiled.create_infer_request(), compiled, core)
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        request = held.objects[0]
         request.infer({0: _host(x)})
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, copy=True))
 

@@ -167,7 +167,9 @@ def _build(runtime: str, version: str, ctx: Context) -> Prepared:
 
     def build(folder: Any) -> dict[str, Any]:
         meta = export(ctx.module, example, folder)
-        loaded["run"] = run = _load(runtime, folder, ctx)  # kept: the rename keeps its files
+        # kept: the rename keeps its files. Not compiled into OpenVINO's blob cache here:
+        # its entries are keyed by the IR's path, and this folder is renamed next.
+        loaded["run"] = run = _load(runtime, folder, ctx, cache=False)
         return {**meta, "runtime_check": compare(run(example).numpy(), eager(ctx, example))}
 
     folder, meta, built = _cache.artifact(key, build)
@@ -182,9 +184,11 @@ def _build(runtime: str, version: str, ctx: Context) -> Prepared:
     return Prepared(runtime, run, False, info)
 
 
-def _load(runtime: str, folder: Any, ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
+def _load(
+    runtime: str, folder: Any, ctx: Context, cache: bool = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
     if runtime == "openvino":
-        return _backends.openvino_runner(folder, ctx.threads, ctx.dtype)
+        return _backends.openvino_runner(folder, ctx.threads, ctx.dtype, cache=cache)
     return _backends.onnxruntime_runner(folder, ctx.threads)
 
 
