@@ -152,3 +152,12 @@ def _ray_local_outlives_each_module() -> Iterator[None]:
 
         if not ray.is_initialized():
             _start_ray()
+
+
+@pytest.fixture
+def runtime_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private encoder-runtime cache (SLIDEBANK_RUNTIME_CACHE) for one test: exports and
+    compiled models never leak between tests or into the user's cache."""
+    folder = tmp_path / "runtime-cache"
+    monkeypatch.setenv("SLIDEBANK_RUNTIME_CACHE", str(folder))
+    return folder

@@ -14,24 +14,15 @@ import logging
 import numpy as np
 import pytest
 
-from features.encoders import Encoder, EncoderSpec, get_encoder_spec
+from features.encoders import Encoder
 from features.encoders.runtimes import RUNTIMES, _backends, prepare
 from infra.errors import ConfigError
+from tests._support.runtimes import tiny_vit
+
+# exports and compiled models go to each test's own folder (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("runtime_cache")
 
 FP32_MAX_ABS = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "runtime-cache"
-    monkeypatch.setenv("SLIDEBANK_RUNTIME_CACHE", str(folder))
-    return folder
-
-
-def _tiny() -> EncoderSpec:
-    return get_encoder_spec("uni").with_timm_overrides(
-        "uni-tiny", depth=1, embed_dim=96, num_heads=2
-    )
 
 
 def _tiles(n: int = 5, seed: int = 3) -> np.ndarray:
@@ -40,7 +31,7 @@ def _tiles(n: int = 5, seed: int = 3) -> np.ndarray:
 
 def _encoder(runtime: str, **kwargs) -> Encoder:
     return Encoder(
-        _tiny(),
+        tiny_vit(),
         weights="random",
         device="cpu",
         batch_size=4,
@@ -61,7 +52,7 @@ def _needs(runtime: str) -> None:
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
-def test_exported_runtime_matches_eager_fp32_and_is_cached(runtime, cache) -> None:
+def test_exported_runtime_matches_eager_fp32_and_is_cached(runtime, runtime_cache) -> None:
     _needs(runtime)
     tiles = _tiles()  # 5 tiles in batches of 4: the dynamic batch axis serves 4 and 1
     ref = _encoder("torch")(tiles)
@@ -75,8 +66,8 @@ def test_exported_runtime_matches_eager_fp32_and_is_cached(runtime, cache) -> No
     again = _encoder(runtime)  # a second process on the node: the export is reused
     assert again.provenance["runtime_cache"] == "hit"
     np.testing.assert_array_equal(again(tiles), encoder(tiles))
-    assert len([p for p in cache.iterdir() if p.name.startswith(runtime)]) == 1
-    assert not list(cache.glob(".*partial"))  # nothing half-written left behind
+    assert len([p for p in runtime_cache.iterdir() if p.name.startswith(runtime)]) == 1
+    assert not list(runtime_cache.glob(".*partial"))  # nothing half-written left behind
 
 
 @pytest.mark.slow
@@ -99,7 +90,7 @@ def test_openvino_bfloat16_is_opt_in_and_close() -> None:
     assert _metrics(encoder(tiles), ref)[1] >= 0.999
 
 
-def test_auto_measures_once_and_keeps_the_fastest_that_agrees(cache) -> None:
+def test_auto_measures_once_and_keeps_the_fastest_that_agrees(runtime_cache) -> None:
     tiles = _tiles()
     ref = _encoder("torch")(tiles)
     encoder = _encoder("auto")
@@ -109,7 +100,7 @@ def test_auto_measures_once_and_keeps_the_fastest_that_agrees(cache) -> None:
     assert _metrics(encoder(tiles), ref)[0] <= FP32_MAX_ABS
     installed = [r for r in ("openvino", "onnxruntime") if _backends.runtime_version(r)]
     if not installed:  # nothing to choose from: eager, no measurement, nothing written
-        assert chosen == "torch" and not cache.exists()
+        assert chosen == "torch" and not runtime_cache.exists()
         return
     measured = encoder.provenance["runtime_choice"]
     assert set(measured) == {"torch", *installed}
@@ -119,7 +110,7 @@ def test_auto_measures_once_and_keeps_the_fastest_that_agrees(cache) -> None:
         if "tiles_per_s" in m and (r == "torch" or m["max_abs"] <= FP32_MAX_ABS)
     }
     assert chosen == max(agreeing, key=agreeing.__getitem__)
-    (choice,) = (cache / "choices").iterdir()
+    (choice,) = (runtime_cache / "choices").iterdir()
     written = choice.stat().st_mtime_ns
     again = _encoder("auto")
     assert again.provenance["runtime"] == chosen and again.provenance["runtime_choice"] == measured
@@ -137,9 +128,9 @@ def test_a_missing_runtime_falls_back_to_eager_with_a_warning(monkeypatch, caplo
     np.testing.assert_array_equal(encoder(tiles), _encoder("torch")(tiles))
 
 
-def test_an_export_that_fails_falls_back_to_eager_with_a_warning(cache, caplog) -> None:
+def test_an_export_that_fails_falls_back_to_eager_with_a_warning(runtime_cache, caplog) -> None:
     _needs("onnxruntime")
-    cache.write_text("a file where the cache folder should be")
+    runtime_cache.write_text("a file where the cache folder should be")
     with caplog.at_level(logging.WARNING, logger="features.encoders.runtimes"):
         explicit = _encoder("onnxruntime")
         auto = _encoder("auto")
@@ -156,4 +147,4 @@ def test_runtime_names_are_checked_and_gpus_stay_on_torch() -> None:
 
     module = torch.nn.Linear(4, 2)
     for runtime in ("auto", "torch", "openvino"):  # decided without touching a GPU
-        assert prepare(runtime, module, _tiny(), device="cuda").runtime == "torch"
+        assert prepare(runtime, module, tiny_vit(), device="cuda").runtime == "torch"

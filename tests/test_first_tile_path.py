@@ -21,23 +21,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from features.encoders import Encoder, EncoderSpec, get_encoder_spec
+from features.encoders import Encoder, EncoderSpec
 from features.encoders._build import build_model
 from features.encoders._torch_backend import _has_unsaved_state
 from features.encoders.runtimes import _backends
+from tests._support.runtimes import tiny_vit
 
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "runtime-cache"
-    monkeypatch.setenv("SLIDEBANK_RUNTIME_CACHE", str(folder))
-    return folder
-
-
-def _tiny() -> EncoderSpec:
-    return get_encoder_spec("uni").with_timm_overrides(
-        "uni-tiny", depth=1, embed_dim=96, num_heads=2
-    )
+# exports and compiled models go to each test's own folder (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("runtime_cache")
 
 
 def _tiles(n: int = 5) -> np.ndarray:
@@ -78,7 +69,7 @@ def _count_random_draws(monkeypatch) -> list[tuple[int, ...]]:
 def test_a_weights_file_is_loaded_without_a_random_init_and_the_same_embeddings(
     tmp_path, monkeypatch
 ) -> None:
-    spec = _tiny()
+    spec = tiny_vit()
     path = _seed_zero_weights(tmp_path, spec)
     ref = _encoder(spec, "random")(_tiles())  # the usual build: random init, seed 0
     drawn = _count_random_draws(monkeypatch)
@@ -102,23 +93,23 @@ def test_a_model_with_state_no_file_holds_gets_the_usual_build() -> None:
 
     assert _has_unsaved_state(nn.Sequential(nn.Linear(2, 2), Rotary()))
     assert _has_unsaved_state(nn.Sequential(Scaled()))
-    assert not _has_unsaved_state(build_model(_tiny(), device="meta"))
+    assert not _has_unsaved_state(build_model(tiny_vit(), device="meta"))
 
 
-def test_openvino_keeps_its_compiled_model_beside_the_export(tmp_path, cache) -> None:
+def test_openvino_keeps_its_compiled_model_beside_the_export(tmp_path, runtime_cache) -> None:
     if _backends.runtime_version("openvino") is None:
         pytest.skip("openvino is not installed (pip install 'slidebank[runtimes]')")
-    spec = _tiny()
+    spec = tiny_vit()
     path = str(_seed_zero_weights(tmp_path, spec))
     first = _encoder(spec, path, "openvino")  # exports: compiled outside the blob cache
     assert first.provenance["runtime"] == "openvino", first.provenance.get("runtime_fallback")
-    assert not list(cache.glob("openvino-*/compiled/*.blob"))
+    assert not list(runtime_cache.glob("openvino-*/compiled/*.blob"))
     second = _encoder(spec, path, "openvino")  # the next process compiles into the cache
     assert second.provenance["runtime_cache"] == "hit"
-    blobs = list(cache.glob("openvino-*/compiled/*.blob"))
+    blobs = list(runtime_cache.glob("openvino-*/compiled/*.blob"))
     assert len(blobs) == 1
     third = _encoder(spec, path, "openvino")  # and later ones import that blob
-    assert list(cache.glob("openvino-*/compiled/*.blob")) == blobs
+    assert list(runtime_cache.glob("openvino-*/compiled/*.blob")) == blobs
     tiles = _tiles()
     np.testing.assert_array_equal(second(tiles), first(tiles))
     np.testing.assert_array_equal(third(tiles), first(tiles))
@@ -142,7 +133,7 @@ def test_a_fork_while_an_exception_holds_the_last_encoder_does_not_hang() -> Non
 
     def encode_then_stop() -> None:
         encoder = Encoder(
-            _tiny(),
+            tiny_vit(),
             weights="random",
             device="cpu",
             batch_size=4,
